@@ -1,0 +1,68 @@
+# Aliyun Assist for Python. `make demo` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := .cache/.apt-installed
+APT_PACKAGES := rpm createrepo-c dnf nsis osslsigncode apt-utils dpkg-dev gnupg curl wget \
+	debootstrap libarchive-tools
+WHEELS := .cache/wheels
+PYTEST_ARGS ?=
+
+.PHONY: install apt wheels test test-fast demo bench soak lint fmt clean
+
+install: $(STAMP) $(APT_STAMP)
+
+# Debian packages the tests drive for real; installed only when a tool is missing.
+$(APT_STAMP):
+	@mkdir -p .cache
+	@missing=""; \
+	for tool in rpm:rpm rpmbuild:rpm createrepo_c:createrepo-c dnf:dnf makensis:nsis \
+	    osslsigncode:osslsigncode apt-ftparchive:apt-utils dpkg-scanpackages:dpkg-dev gpg:gnupg \
+	    curl:curl wget:wget debootstrap:debootstrap bsdtar:libarchive-tools; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[server,mirror,test]'
+	$(BIN)/python -m pkgbuild.wheels --cache $(WHEELS) || echo "wheel cache not filled (offline?); builds will need --no-vendor"
+	@touch $@
+
+wheels: $(STAMP)
+	$(BIN)/python -m pkgbuild.wheels --cache $(WHEELS)
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 -m 'not slow' $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python -m demo
+
+bench: install
+	$(BIN)/python -m bench
+
+soak: install
+	$(BIN)/python -m bench.soak
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .cache build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""The CLI edge: logging set-up, JSON output, and errors turned into one line + exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from common.errors import AssistError
+
+log = logging.getLogger(__name__)
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every command takes: --debug and -v/--verbose."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+
+
+def setup_logging(debug: bool = False, verbose: bool = False) -> None:
+    """Log to stderr: warnings by default, info with -v, debug with --debug."""
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def print_json(value: Any) -> None:
+    """Write one JSON document to stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def format_error(prog: str, exc: AssistError) -> str:
+    """One line: what went wrong and what to do."""
+    line = f"{prog}: error: {exc.message}"
+    if exc.hint:
+        line += f" — {exc.hint}"
+    return line + f" [{exc.reference}]"
+
+
+def run_cli(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    dispatch: Callable[[argparse.Namespace], int | None],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse argv, run `dispatch`, and map every failure to one stderr line and an exit code."""
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    setup_logging(debug, bool(getattr(args, "verbose", False)))
+    try:
+        code = dispatch(args)
+    except AssistError as exc:
+        if debug:
+            traceback.print_exc()
+        print(format_error(prog, exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: never a bare traceback for users
+        if debug:
+            traceback.print_exc()
+        print(
+            f"{prog}: error: unexpected {type(exc).__name__}: {exc} — rerun with --debug and "
+            "report it [internal]",
+            file=sys.stderr,
+        )
+        return 1
+    return int(code or 0)
+
+
+def not_built(prog: str, description: str) -> Callable[[Sequence[str] | None], int]:
+    """A placeholder main for a command whose capability has not been built yet."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(prog=prog, description=description)
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        parser.parse_args(argv)
+        print(f"{prog}: error: not built yet in this release", file=sys.stderr)
+        return 1
+
+    return main

@@ -1,0 +1,75 @@
+"""Platform detection: os, arch, package format, init system."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+_ARCH_ALIASES = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "i386": "i386",
+    "i686": "i386",
+    "x86": "i386",
+}
+
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i386": "i386"}
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    """What kind of machine this is, as far as installing software is concerned."""
+
+    os: str  # linux | windows | darwin
+    arch: str  # x86_64 | aarch64 | i386
+    package_format: str  # deb | rpm | exe | tar.gz
+    init_system: str  # systemd | sysv | windows | none
+
+    @property
+    def deb_arch(self) -> str:
+        return DEB_ARCH.get(self.arch, self.arch)
+
+
+def normalize_arch(machine: str) -> str:
+    """Map uname/Windows/Debian arch names to ours (x86_64, aarch64, i386)."""
+    return _ARCH_ALIASES.get(machine.lower(), machine.lower())
+
+
+def detect_package_format(os_name: str, root: Path = Path("/")) -> str:
+    """Pick the native package format: exe on Windows, deb/rpm by the package database."""
+    if os_name == "windows":
+        return "exe"
+    if (root / "var/lib/dpkg/status").exists() and shutil.which("dpkg"):
+        return "deb"
+    if (root / "var/lib/rpm").exists() and shutil.which("rpm"):
+        return "rpm"
+    return "tar.gz"
+
+
+def detect_init_system(os_name: str, root: Path = Path("/")) -> str:
+    """Pick the service manager: systemd when it runs, else SysV when present."""
+    if os_name == "windows":
+        return "windows"
+    if (root / "run/systemd/system").is_dir():
+        return "systemd"
+    if (root / "etc/init.d").is_dir():
+        return "sysv"
+    return "none"
+
+
+def detect_platform() -> PlatformInfo:
+    """Describe the running machine."""
+    os_name = {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
+    arch = normalize_arch(platform.machine() or os.environ.get("PROCESSOR_ARCHITECTURE", ""))
+    return PlatformInfo(
+        os=os_name,
+        arch=arch,
+        package_format=detect_package_format(os_name),
+        init_system=detect_init_system(os_name),
+    )

@@ -1,0 +1,58 @@
+"""Suite-wide fixtures: the loopback-only network guard, and environment for real tools."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import netguard  # noqa: E402
+
+TESTS_DIR = Path(__file__).parent
+REPO_ROOT = TESTS_DIR.parent
+# Non-Python tools (curl, apt, dnf) get a proxy that goes nowhere for any non-loopback host.
+BLACKHOLE_PROXY = "http://127.0.0.1:9"
+LOOPBACK_NO_PROXY = "127.0.0.1,localhost,::1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    log = log_dir / f"assist-netguard-{os.getpid()}.log"
+    log.write_text("")
+    os.environ[netguard.LOG_ENV] = str(log)
+    site = str(TESTS_DIR / "netguard_site")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in [site, str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p
+    )
+    # Defaults that would reach the real world are pointed at loopback for every subprocess too.
+    os.environ["ALIYUN_ASSIST_REGION"] = os.environ.get("ALIYUN_ASSIST_REGION", "cn-test")
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        os.environ.pop(var, None)
+    netguard.install()
+
+
+@pytest.fixture(autouse=True)
+def _network_guard() -> Iterator[None]:
+    """Fail any test during which this process or a Python child tried a non-loopback address."""
+    log = Path(os.environ[netguard.LOG_ENV])
+    start = log.stat().st_size if log.exists() else 0
+    yield
+    if log.exists() and log.stat().st_size > start:
+        with log.open(encoding="utf-8") as handle:
+            handle.seek(start)
+            tried = handle.read()
+        pytest.fail("test tried to reach a non-loopback address:\n" + tried[:4000], pytrace=False)
+
+
+@pytest.fixture
+def tool_env() -> dict[str, str]:
+    """Environment for external tools: proxies that refuse everything but loopback."""
+    env = dict(os.environ)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        env[var] = BLACKHOLE_PROXY
+    env["no_proxy"] = env["NO_PROXY"] = LOOPBACK_NO_PROXY
+    return env

@@ -1,0 +1,12 @@
+"""assist-update command line (placeholder until the capability lands)."""
+
+from __future__ import annotations
+
+import sys
+
+from common.cli import not_built
+
+main = not_built("assist-update", "Self-update the Aliyun Assist agent")
+
+if __name__ == "__main__":
+    sys.exit(main(None))
