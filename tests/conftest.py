@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,14 @@ def tool_env() -> dict[str, str]:
         env[var] = BLACKHOLE_PROXY
     env["no_proxy"] = env["NO_PROXY"] = LOOPBACK_NO_PROXY
     return env
+
+
+@pytest.fixture
+def static_server(tmp_path: Path) -> Iterator[Any]:
+    """A loopback HTTP server over `tmp_path / "www"` (created empty)."""
+    from httpserver import StaticServer
+
+    root = tmp_path / "www"
+    root.mkdir()
+    with StaticServer(root) as server:
+        yield server
