@@ -24,8 +24,8 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 class _Handler(http.server.SimpleHTTPRequestHandler):
     server: _Server
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, directory=str(self.server.root), **kwargs)  # type: ignore[attr-defined]
+    def __init__(self, request: Any, client_address: Any, server: _Server) -> None:
+        super().__init__(request, client_address, server, directory=str(server.root))
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet test output
         return
