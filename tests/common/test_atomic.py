@@ -1,0 +1,43 @@
+"""Atomic writes leave either the old or the new content, never a mix or a temp file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from common.atomic import atomic_open, atomic_symlink, atomic_write_json, atomic_write_text
+
+
+def test_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "state.json"
+    atomic_write_json(target, {"phase": "idle"})
+    atomic_write_json(target, {"phase": "staged"})
+    assert json.loads(target.read_text()) == {"phase": "staged"}
+    assert os.listdir(target.parent) == ["state.json"]
+
+
+def test_failure_inside_block_keeps_old_content(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+        handle.write(b"partial")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_mode_is_applied(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "key", "secret", mode=0o600)
+    assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
+
+
+def test_symlink_swap(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    atomic_symlink("v1", tmp_path / "current")
+    atomic_symlink("v2", tmp_path / "current")
+    assert os.readlink(tmp_path / "current") == "v2"
+    assert sorted(os.listdir(tmp_path)) == ["current", "v1", "v2"]
