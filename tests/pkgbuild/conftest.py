@@ -1,0 +1,53 @@
+"""Shared pkgbuild fixtures: one key directory and one set of built artifacts per session.
+
+`keydir` runs keygen once (root threshold 1). `built_artifacts` builds aliyun-assist 1.0.0 for the
+host arch in all four formats once, with --no-vendor, and returns {format: Path}. Both live under
+tmp_path_factory and are shared read-only: copy before you modify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pkgbuild.keys import generate_keys, stop_gpg_agent
+
+
+def make_keydir(base: Path, thresholds: dict[str, int] | None = None) -> Path:
+    """Run keygen into a fresh directory under `base`."""
+    keydir = base / "keys"
+    generate_keys(keydir, thresholds)
+    return keydir
+
+
+@pytest.fixture(scope="session")
+def keydir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A KEYDIR made once per session by keygen (read-only for tests)."""
+    path = make_keydir(tmp_path_factory.mktemp("keydir"))
+    yield path
+    stop_gpg_agent(path)
+
+
+@pytest.fixture
+def keydir_factory(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Make fresh key directories (optionally with thresholds); their gpg-agents stop afterwards."""
+    made: list[Path] = []
+
+    def make(thresholds: dict[str, int] | None = None) -> Path:
+        path = make_keydir(tmp_path / f"k{len(made)}", thresholds)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        stop_gpg_agent(path)
+
+
+@pytest.fixture(scope="session")
+def other_keydir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A second, unrelated KEYDIR: an attacker's or a stale key set."""
+    path = make_keydir(tmp_path_factory.mktemp("other-keydir"))
+    yield path
+    stop_gpg_agent(path)

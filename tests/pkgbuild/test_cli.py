@@ -1,0 +1,92 @@
+"""assist-pkgbuild command line: the real console script, and its pure option parsers."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from common.errors import UsageError
+from pkgbuild.cli import parse_duration, parse_expires, parse_thresholds
+from pkgbuild.keys import stop_gpg_agent
+
+SCRIPT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "assist-pkgbuild"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script."""
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("7d", 7 * 86400), ("12h", 43200), ("30m", 1800), ("3600s", 3600), ("2w", 14 * 86400),
+     ("90", 90)],
+)  # fmt: skip
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == datetime.timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "7x", "-1d", "0d", "d", "1.5h", "7 days"])
+def test_parse_duration_rejects_garbage(text: str) -> None:
+    with pytest.raises(UsageError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_parse_expires_fills_defaults_and_rejects_unknown_roles() -> None:
+    expires = parse_expires("timestamp=1d,root=30d")
+    assert expires == {
+        "timestamp": datetime.timedelta(days=1),
+        "snapshot": datetime.timedelta(days=30),
+        "targets": datetime.timedelta(days=90),
+        "root": datetime.timedelta(days=30),
+    }
+    assert parse_expires(None)["timestamp"] == datetime.timedelta(days=7)
+    with pytest.raises(UsageError, match="unknown role"):
+        parse_expires("mirror=1d")
+    with pytest.raises(UsageError, match="invalid --expires"):
+        parse_expires("timestamp")
+
+
+def test_parse_thresholds() -> None:
+    assert parse_thresholds("root=2,targets=1") == {"root": 2, "targets": 1}
+    with pytest.raises(UsageError):
+        parse_thresholds("root=two")
+
+
+@pytest.mark.parametrize("command", ["keygen", "build", "init", "publish", "yank", "rotate-key"])
+def test_every_subcommand_has_help(command: str) -> None:
+    proc = run(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert f"assist-pkgbuild {command}" in proc.stdout
+
+
+def test_keygen_console_script_prints_fingerprints_and_refuses_rerun(tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    proc = run("keygen", "--out", str(out), "--threshold", "root=2", "--json")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert data["roles"]["root"] == {"threshold": 2, "keys": ["root-1", "root-2"]}
+        assert data == {**json.loads((out / "keys.json").read_text()), "keydir": str(out)}
+        again = run("keygen", "--out", str(out))
+        assert again.returncode != 0
+        lines = again.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refusing to overwrite" in lines[0]
+        assert "Traceback" not in again.stderr
+        assert (
+            json.loads((out / "keys.json").read_text())["gpg_fingerprint"]
+            == data["gpg_fingerprint"]
+        )
+    finally:
+        stop_gpg_agent(out)
+
+
+def test_keygen_bad_threshold_is_one_line_usage_error(tmp_path: Path) -> None:
+    proc = run("keygen", "--out", str(tmp_path / "k"), "--threshold", "root=0")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "threshold for root" in proc.stderr
+    assert not (tmp_path / "k").exists()
