@@ -1,0 +1,253 @@
+"""Mirror selection (DESIGN.md §4): region detection, candidate tiers, concurrent probing, ranking.
+
+Decisions (`candidate_mirrors`, `rank_mirrors`, `valid_region`) are pure functions over data; the
+I/O (metadata service, probing) sits at the edges and takes its HTTP session as a parameter.
+
+Tiers: 0 = explicit (`--mirror` / config `mirrors`), 1 = the region's intranet mirror,
+2 = the internet origin. When explicit mirrors are given they are the only candidates: an
+operator who names a mirror means it, and a fleet in a closed region must not reach outward.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from common.atomic import atomic_write_text
+from common.config import REGION_ENV, MirrorConfig
+from common.errors import ConfigError, DownloadError
+
+log = logging.getLogger(__name__)
+
+PROBE_PATH = "metadata/timestamp.json"
+PROBE_MAX_BYTES = 1 << 20  # a timestamp.json is a few hundred bytes; anything huge is garbage
+REGION_FILE = "region-id"
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+TIER_EXPLICIT = 0
+TIER_INTRANET = 1
+TIER_INTERNET = 2
+TIER_NAMES = {TIER_EXPLICIT: "explicit", TIER_INTRANET: "intranet", TIER_INTERNET: "internet"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A mirror base URL and the tier it came from (lower is preferred)."""
+
+    url: str
+    tier: int
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """How a candidate answered the probe: latency in seconds, or the error."""
+
+    candidate: Candidate
+    latency: float | None  # seconds; None when the probe failed
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.latency is not None
+
+
+def normalize_url(url: str) -> str:
+    """Base URLs always end with one slash so paths join by concatenation."""
+    return url.rstrip("/") + "/"
+
+
+def valid_region(region: str) -> bool:
+    """A region id is a short lowercase slug (cn-hangzhou); anything else is refused."""
+    return bool(_REGION.match(region))
+
+
+def candidate_mirrors(
+    config: MirrorConfig, region: str, explicit: Sequence[str] = ()
+) -> list[Candidate]:
+    """Candidates in tier order: explicit only if given, else intranet (if region) + internet."""
+    named = [*explicit, *config.mirrors]
+    if named:
+        return _dedupe([Candidate(normalize_url(u), TIER_EXPLICIT) for u in named])
+    out: list[Candidate] = []
+    if region and config.intranet_template:
+        url = config.intranet_template.replace("{region}", region)
+        out.append(Candidate(normalize_url(url), TIER_INTRANET))
+    if config.internet_origin:
+        out.append(Candidate(normalize_url(config.internet_origin), TIER_INTERNET))
+    return _dedupe(out)
+
+
+def _dedupe(candidates: list[Candidate]) -> list[Candidate]:
+    """Keep the first occurrence of each URL."""
+    seen: set[str] = set()
+    out = []
+    for cand in candidates:
+        if cand.url not in seen:
+            seen.add(cand.url)
+            out.append(cand)
+    return out
+
+
+def rank_mirrors(results: Sequence[ProbeResult]) -> list[str]:
+    """Mirrors that answered, best first: by tier, then latency; failed ones are dropped."""
+    good = [r for r in results if r.ok]
+    good.sort(key=lambda r: (r.candidate.tier, r.latency))
+    return [r.candidate.url for r in good]
+
+
+def detect_region(
+    config: MirrorConfig,
+    *,
+    cli_region: str | None = None,
+    state_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    session: requests.Session | None = None,
+) -> str:
+    """Region: --region > env > config > cached state/region-id > metadata service; '' if unknown."""
+    env = os.environ if env is None else env
+    for source, value in (
+        ("--region", cli_region),
+        (REGION_ENV, env.get(REGION_ENV)),
+        ("config", config.region),
+    ):
+        if value:
+            return _checked_region(value.strip(), source)
+    cached = _read_cached_region(state_dir)
+    if cached:
+        return cached
+    region = query_metadata_region(config, session=session)
+    if region and state_dir is not None:
+        atomic_write_text(state_dir / REGION_FILE, region + "\n")
+    return region
+
+
+def _checked_region(region: str, source: str) -> str:
+    """Refuse a malformed region id (it ends up in a URL)."""
+    if not valid_region(region):
+        raise ConfigError(
+            f"invalid region id {region!r} from {source}", hint="use a region id like cn-hangzhou"
+        )
+    return region
+
+
+def _read_cached_region(state_dir: Path | None) -> str:
+    """The region cached by an earlier detection, if valid."""
+    if state_dir is None:
+        return ""
+    try:
+        text = (state_dir / REGION_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+    return text if valid_region(text) else ""
+
+
+def query_metadata_region(config: MirrorConfig, session: requests.Session | None = None) -> str:
+    """Ask the instance metadata service for the region (short timeout); '' when unavailable."""
+    if not config.metadata_url:
+        return ""
+    http = session or requests.Session()
+    try:
+        resp = http.get(config.metadata_url, timeout=config.metadata_timeout)
+        text = resp.text.strip() if resp.status_code == 200 else ""
+    except requests.RequestException as exc:
+        log.info("metadata service unavailable: %s", exc)
+        return ""
+    if not valid_region(text):
+        log.info("metadata service returned no usable region")
+        return ""
+    return text
+
+
+def probe_mirror(
+    candidate: Candidate, timeout: float, session: requests.Session | None = None
+) -> ProbeResult:
+    """Fetch the candidate's timestamp.json within `timeout` seconds in total; must be TUF JSON."""
+    http = session or requests.Session()
+    start = time.monotonic()
+    deadline = start + timeout
+    try:
+        with http.get(candidate.url + PROBE_PATH, timeout=timeout, stream=True) as resp:
+            if resp.status_code != 200:
+                return ProbeResult(candidate, None, f"HTTP {resp.status_code}")
+            body = _read_with_deadline(resp, deadline)
+    except (requests.RequestException, DownloadError) as exc:
+        return ProbeResult(candidate, None, str(exc) or type(exc).__name__)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ProbeResult(candidate, None, "not JSON")
+    if not isinstance(doc, dict) or "signed" not in doc:
+        return ProbeResult(candidate, None, "not TUF metadata")
+    return ProbeResult(candidate, time.monotonic() - start)
+
+
+def _read_with_deadline(resp: requests.Response, deadline: float) -> bytes:
+    """Read a streamed body, giving up past the deadline or beyond PROBE_MAX_BYTES."""
+    chunks = []
+    size = 0
+    for chunk in resp.iter_content(chunk_size=8192):
+        size += len(chunk)
+        if size > PROBE_MAX_BYTES:
+            raise DownloadError("probe answer too large")
+        if time.monotonic() > deadline:
+            raise DownloadError("probe answer too slow")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def probe_mirrors(
+    candidates: Sequence[Candidate], timeout: float, session: requests.Session | None = None
+) -> list[ProbeResult]:
+    """Probe all candidates at once; a candidate that does not finish in time counts as failed."""
+    if not candidates:
+        return []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(candidates)))
+    futures = {pool.submit(probe_mirror, c, timeout, session): c for c in candidates}
+    done, _ = concurrent.futures.wait(futures, timeout=timeout + 0.5)
+    pool.shutdown(wait=False, cancel_futures=True)  # a hung socket must not hold us up
+    results = []
+    for future, cand in futures.items():
+        if future in done and future.exception() is None:
+            results.append(future.result())
+        else:
+            results.append(ProbeResult(cand, None, "probe timed out"))
+    for res in results:
+        log.info(
+            "mirror %s (%s): %s",
+            res.candidate.url,
+            TIER_NAMES.get(res.candidate.tier, res.candidate.tier),
+            f"{res.latency * 1000:.0f} ms" if res.latency is not None else res.error,
+        )
+    return results
+
+
+def select_mirrors(
+    config: MirrorConfig,
+    *,
+    cli_mirrors: Sequence[str] = (),
+    cli_region: str | None = None,
+    state_dir: Path | None = None,
+    session: requests.Session | None = None,
+) -> list[str]:
+    """Detect the region, probe the candidates, and return the working mirrors best first."""
+    region = detect_region(config, cli_region=cli_region, state_dir=state_dir, session=session)
+    candidates = candidate_mirrors(config, region, cli_mirrors)
+    if not candidates:
+        raise ConfigError("no mirror configured", hint="pass --mirror URL or set [mirror] mirrors")
+    ranked = rank_mirrors(probe_mirrors(candidates, config.probe_timeout, session))
+    if not ranked:
+        tried = ", ".join(c.url for c in candidates)
+        raise DownloadError(
+            f"no mirror answered (tried {tried})",
+            hint="check the network or proxy, or pass --mirror URL",
+        )
+    return ranked

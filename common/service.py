@@ -1,0 +1,355 @@
+"""Service-manager seam: register, start, stop, restart the agent; find its main pid.
+
+Managers: `systemd` (unit file + systemctl), `sysv` (init script + update-rc.d/chkconfig),
+`windows` (sc.exe; only exercised here through a fake runner, Windows cannot run on this host),
+`process` (pidfile under state/, detached child; used by tests and the demo) and `none`.
+
+Interpreter override for the process manager: when `ALIYUN_ASSIST_PYTHON` is set (or `python=` is
+given), the agent is started as `<python> -m agent.cli run --prefix P` with
+PYTHONPATH=<prefix>/current/lib instead of through the payload's sh launcher, so a payload built
+with --no-vendor runs with an interpreter that already has the dependencies (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from common.atomic import atomic_write_text
+from common.errors import ToolError, UsageError
+
+log = logging.getLogger(__name__)
+
+PYTHON_ENV = "ALIYUN_ASSIST_PYTHON"
+SERVICE_NAME = "aliyun-assist"
+WINDOWS_SERVICE = "AliyunAssistService"
+MANAGERS = ("systemd", "sysv", "windows", "process", "none")
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def run_tool(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run a service tool, raising ToolError with its output when it fails."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise ToolError(f"{argv[0]} not found", hint="is this the right --service?") from exc
+    if proc.returncode != 0:
+        raise ToolError(
+            f"{' '.join(argv)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-300:]}"
+        )
+    return proc
+
+
+class ServiceManager(Protocol):
+    """What the installer and updater need from a service manager."""
+
+    name: str
+
+    def install(self) -> None: ...
+    def uninstall(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def restart(self) -> None: ...
+    def main_pid(self) -> int | None: ...
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` runs and is not a zombie (our own dead children are reaped)."""
+    if pid <= 0:
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+class ProcessManager:
+    """A detached child with a pidfile: the manager tests and the demo use."""
+
+    name = "process"
+
+    def __init__(self, prefix: Path, *, python: str | None = None, stop_timeout: float = 10.0):
+        self.prefix = prefix
+        self.python = python if python is not None else os.environ.get(PYTHON_ENV) or None
+        self.stop_timeout = stop_timeout
+
+    @property
+    def pidfile(self) -> Path:
+        return self.prefix / "state" / "agent.pid"
+
+    def command(self) -> list[str]:
+        """The agent's command line: the launcher, or the interpreter override."""
+        if self.python:
+            return [self.python, "-m", "agent.cli", "run", "--prefix", str(self.prefix)]
+        return [
+            str(self.prefix / "current" / "bin" / "assist-agent"),
+            "run",
+            "--prefix",
+            str(self.prefix),
+        ]
+
+    def install(self) -> None:
+        """Nothing to register for a plain process."""
+
+    def uninstall(self) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Spawn the agent detached (own session), output to log/agent.log, record its pid."""
+        if self.main_pid():
+            return
+        env = dict(os.environ)
+        if self.python:
+            lib = str(self.prefix / "current" / "lib")
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH", "")) if p)
+        log_dir = self.prefix / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "agent.log", "ab") as out:
+            proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(self.prefix),
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        atomic_write_text(self.pidfile, f"{proc.pid}\n")
+        log.info("started agent pid %d", proc.pid)
+
+    def stop(self) -> None:
+        """TERM the recorded pid, KILL it after stop_timeout, forget the pidfile."""
+        pid = self._read_pid()
+        if pid and pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                while pid_alive(pid):
+                    time.sleep(0.02)
+        with contextlib.suppress(FileNotFoundError):
+            self.pidfile.unlink()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def main_pid(self) -> int | None:
+        pid = self._read_pid()
+        return pid if pid and pid_alive(pid) else None
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+class SystemdManager:
+    """A systemd unit from the payload's share/aliyun-assist.service (Restart=on-failure)."""
+
+    name = "systemd"
+
+    def __init__(
+        self,
+        prefix: Path,
+        *,
+        unit_dir: Path = Path("/etc/systemd/system"),
+        runner: Runner = run_tool,
+    ):
+        self.prefix = prefix
+        self.unit_dir = unit_dir
+        self.run = runner
+        self.unit = f"{SERVICE_NAME}.service"
+
+    def install(self) -> None:
+        """Copy the unit, reload systemd, enable it."""
+        source = self.prefix / "current" / "share" / self.unit
+        if not source.is_file():
+            raise ToolError(f"payload has no {self.unit}", hint="reinstall the agent")
+        text = source.read_text(encoding="utf-8").replace("@PREFIX@", str(self.prefix))
+        self.unit_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.unit_dir / self.unit, text)
+        self.run(["systemctl", "daemon-reload"])
+        self.run(["systemctl", "enable", self.unit])
+
+    def uninstall(self) -> None:
+        with contextlib.suppress(ToolError):
+            self.run(["systemctl", "disable", "--now", self.unit])
+        with contextlib.suppress(FileNotFoundError):
+            (self.unit_dir / self.unit).unlink()
+        self.run(["systemctl", "daemon-reload"])
+
+    def start(self) -> None:
+        self.run(["systemctl", "start", self.unit])
+
+    def stop(self) -> None:
+        self.run(["systemctl", "stop", self.unit])
+
+    def restart(self) -> None:
+        self.run(["systemctl", "restart", self.unit])
+
+    def main_pid(self) -> int | None:
+        out = self.run(["systemctl", "show", "-p", "MainPID", "--value", self.unit]).stdout.strip()
+        return int(out) if out.isdigit() and int(out) > 0 else None
+
+
+class SysvManager:
+    """A SysV init script from the payload's share/aliyun-assist.init."""
+
+    name = "sysv"
+
+    def __init__(
+        self, prefix: Path, *, init_dir: Path = Path("/etc/init.d"), runner: Runner = run_tool
+    ):
+        self.prefix = prefix
+        self.init_dir = init_dir
+        self.run = runner
+        self.script = init_dir / SERVICE_NAME
+
+    def install(self) -> None:
+        """Copy the init script and enable it with update-rc.d or chkconfig."""
+        source = self.prefix / "current" / "share" / f"{SERVICE_NAME}.init"
+        if not source.is_file():
+            raise ToolError(f"payload has no {SERVICE_NAME}.init", hint="reinstall the agent")
+        text = source.read_text(encoding="utf-8").replace("@PREFIX@", str(self.prefix))
+        self.init_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.script, text, mode=0o755)
+        if shutil.which("update-rc.d"):
+            self.run(["update-rc.d", SERVICE_NAME, "defaults"])
+        elif shutil.which("chkconfig"):
+            self.run(["chkconfig", "--add", SERVICE_NAME])
+
+    def uninstall(self) -> None:
+        with contextlib.suppress(ToolError):
+            self.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.script.unlink()
+
+    def start(self) -> None:
+        self.run([str(self.script), "start"])
+
+    def stop(self) -> None:
+        self.run([str(self.script), "stop"])
+
+    def restart(self) -> None:
+        self.run([str(self.script), "restart"])
+
+    def main_pid(self) -> int | None:
+        try:
+            text = (self.prefix / "state" / "agent.pid").read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() and pid_alive(int(text)) else None
+
+
+class WindowsManager:
+    """A Windows service through sc.exe (tests use a fake runner: no Windows here)."""
+
+    name = "windows"
+
+    def __init__(self, prefix: Path, *, runner: Runner = run_tool):
+        self.prefix = prefix
+        self.run = runner
+
+    def install(self) -> None:
+        binpath = (
+            f'"{self.prefix / "current" / "bin" / "assist-agent.exe"}" run --prefix "{self.prefix}"'
+        )
+        self.run(["sc.exe", "create", WINDOWS_SERVICE, f"binPath= {binpath}", "start= auto"])
+        self.run(["sc.exe", "failure", WINDOWS_SERVICE, "reset= 86400", "actions= restart/5000"])
+
+    def uninstall(self) -> None:
+        with contextlib.suppress(ToolError):
+            self.stop()
+        self.run(["sc.exe", "delete", WINDOWS_SERVICE])
+
+    def start(self) -> None:
+        self.run(["sc.exe", "start", WINDOWS_SERVICE])
+
+    def stop(self) -> None:
+        self.run(["sc.exe", "stop", WINDOWS_SERVICE])
+
+    def restart(self) -> None:
+        with contextlib.suppress(ToolError):
+            self.stop()
+        self.start()
+
+    def main_pid(self) -> int | None:
+        out = self.run(["sc.exe", "queryex", WINDOWS_SERVICE]).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "PID" and value.strip().isdigit() and int(value) > 0:
+                return int(value)
+        return None
+
+
+class NoManager:
+    """No service integration: nothing is started or stopped."""
+
+    name = "none"
+
+    def __init__(self, prefix: Path):
+        self.prefix = prefix
+
+    def install(self) -> None: ...
+    def uninstall(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def restart(self) -> None: ...
+
+    def main_pid(self) -> int | None:
+        return None
+
+
+def make_service(name: str, prefix: Path, *, runner: Runner | None = None) -> ServiceManager:
+    """The service manager called `name` for `prefix`."""
+    if name == "process":
+        return ProcessManager(prefix)
+    if name == "none":
+        return NoManager(prefix)
+    run = runner or run_tool
+    if name == "systemd":
+        return SystemdManager(prefix, runner=run)
+    if name == "sysv":
+        return SysvManager(prefix, runner=run)
+    if name == "windows":
+        return WindowsManager(prefix, runner=run)
+    raise UsageError(f"unknown service manager {name!r}", hint=f"use one of {', '.join(MANAGERS)}")
+
+
+def default_service_name() -> str:
+    """systemd when it runs, else SysV, Windows on Windows, else a plain process."""
+    if sys.platform == "win32":
+        return "windows"
+    if Path("/run/systemd/system").is_dir():
+        return "systemd"
+    if Path("/etc/init.d").is_dir() and (shutil.which("update-rc.d") or shutil.which("chkconfig")):
+        return "sysv"
+    return "process"

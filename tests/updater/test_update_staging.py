@@ -1,0 +1,156 @@
+"""Staging: payload extraction with path-traversal, symlink and device checks (real archives)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from common.errors import NoSpaceError, VerificationError
+from fakepayload import make_tarball, write_tree
+from updater.staging import classify_member, ensure_free_space, stage_artifact
+
+
+def test_tarball_is_staged_into_versions_dir(tmp_path: Path) -> None:
+    art = make_tarball(tmp_path / "a.tar.gz", "1.1.0")
+    versions = tmp_path / "prefix" / "versions"
+    final = stage_artifact(art, "tar.gz", "1.1.0", versions)
+    assert final == versions / "1.1.0"
+    assert (final / "VERSION").read_text() == "1.1.0\n"
+    assert (final / "bin" / "assist-agent").stat().st_mode & 0o111
+    assert sorted(p.name for p in versions.iterdir()) == ["1.1.0"]  # no staging leftovers
+
+
+ATTACKS = {
+    "dotdot": ("versions/1.1.0/../../evil", tarfile.REGTYPE, ""),
+    "absolute": ("/tmp/evil-absolute", tarfile.REGTYPE, ""),
+    "outside_tree": ("versions/9.9.9/bin/x", tarfile.REGTYPE, ""),
+    "symlink_absolute": ("versions/1.1.0/lib/abs", tarfile.SYMTYPE, "/etc"),
+    "symlink_up": ("versions/1.1.0/lib/up", tarfile.SYMTYPE, "../../../outside"),
+    "hardlink_out": ("versions/1.1.0/lib/hl", tarfile.LNKTYPE, "/etc/passwd"),
+    "device": ("versions/1.1.0/lib/dev", tarfile.CHRTYPE, ""),
+    "fifo": ("versions/1.1.0/lib/fifo", tarfile.FIFOTYPE, ""),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_malicious_tarball_is_refused_and_leaves_nothing(tmp_path: Path, attack: str) -> None:
+    art = make_tarball(tmp_path / "a.tar.gz", "1.1.0", extra=[ATTACKS[attack]])
+    versions = tmp_path / "prefix" / "versions"
+    versions.mkdir(parents=True)
+    with pytest.raises(VerificationError):
+        stage_artifact(art, "tar.gz", "1.1.0", versions)
+    assert list(versions.iterdir()) == []
+    assert not (tmp_path / "evil").exists() and not Path("/tmp/evil-absolute").exists()
+
+
+def test_symlink_chain_escape_is_refused(tmp_path: Path) -> None:
+    """`t -> .` then `s -> t/..` is lexically inside but really points out of the tree."""
+    extra = [
+        ("versions/1.1.0/t", tarfile.SYMTYPE, "."),
+        ("versions/1.1.0/s", tarfile.SYMTYPE, "t/.."),
+    ]
+    art = make_tarball(tmp_path / "a.tar.gz", "1.1.0", extra=extra)
+    versions = tmp_path / "v"
+    with pytest.raises(VerificationError, match="outside"):
+        stage_artifact(art, "tar.gz", "1.1.0", versions)
+    assert list(versions.iterdir()) == []
+
+
+def test_write_through_symlink_is_refused(tmp_path: Path) -> None:
+    """A symlink to a directory followed by a file member written through it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    extra = [
+        ("versions/1.1.0/lib/link", tarfile.SYMTYPE, "."),
+        ("versions/1.1.0/lib/link", tarfile.REGTYPE, ""),  # duplicate replacing the link
+    ]
+    art = make_tarball(tmp_path / "a.tar.gz", "1.1.0", extra=extra)
+    with pytest.raises(VerificationError):
+        stage_artifact(art, "tar.gz", "1.1.0", tmp_path / "v")
+
+
+def test_inner_relative_symlink_is_allowed(tmp_path: Path) -> None:
+    extra = [("versions/1.1.0/bin/agent-alias", tarfile.SYMTYPE, "assist-agent")]
+    art = make_tarball(tmp_path / "a.tar.gz", "1.1.0", extra=extra)
+    final = stage_artifact(art, "tar.gz", "1.1.0", tmp_path / "v")
+    assert (final / "bin" / "agent-alias").resolve() == (final / "bin" / "assist-agent").resolve()
+
+
+def test_version_mismatch_between_payload_and_metadata_is_refused(tmp_path: Path) -> None:
+    art = make_tarball(tmp_path / "a.tar.gz", "1.1.0")
+    # the archive carries versions/1.1.0 but metadata says 1.2.0: nothing is under versions/1.2.0
+    with pytest.raises(VerificationError):
+        stage_artifact(art, "tar.gz", "1.2.0", tmp_path / "v")
+
+
+def test_garbage_artifact_is_refused(tmp_path: Path) -> None:
+    art = tmp_path / "a.tar.gz"
+    art.write_bytes(b"\x1f\x8b garbage" * 100)
+    with pytest.raises(VerificationError):
+        stage_artifact(art, "tar.gz", "1.1.0", tmp_path / "v")
+
+
+@pytest.mark.parametrize(
+    ("name", "rel"),
+    [
+        ("./usr/local/share/aliyun-assist/versions/1.0/bin/x", "bin/x"),
+        ("./usr/", None),
+        ("./", None),
+    ],
+)
+def test_classify_native_members(name: str, rel: str | None) -> None:
+    assert classify_member(name, "usr/local/share/aliyun-assist/versions/1.0/") == rel
+
+
+def _build_deb(tmp_path: Path, version: str) -> Path:
+    root = tmp_path / "debroot"
+    write_tree(root / f"usr/local/share/aliyun-assist/versions/{version}", version)
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: aliyun-assist\nVersion: {version}\nArchitecture: amd64\n"
+        "Maintainer: test <t@assist.invalid>\nDescription: test\n"
+    )
+    out = tmp_path / f"aliyun-assist_{version}_amd64.deb"
+    subprocess.run(["dpkg-deb", "-Zxz", "--root-owner-group", "--build", str(root), str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_deb_payload_is_staged_with_real_dpkg_deb_archive(tmp_path: Path) -> None:
+    deb = _build_deb(tmp_path, "1.1.0")
+    final = stage_artifact(deb, "deb", "1.1.0", tmp_path / "prefix" / "versions")
+    assert (final / "VERSION").read_text().strip() == "1.1.0"
+    assert (final / "bin" / "assist-agent").is_file()
+
+
+@pytest.mark.skipif(not shutil.which("rpmbuild") or not shutil.which("bsdtar"), reason="rpmbuild")
+def test_rpm_payload_is_staged_with_real_rpmbuild_package(tmp_path: Path) -> None:
+    buildroot = tmp_path / "payload"
+    write_tree(buildroot / "usr/local/share/aliyun-assist/versions/1.1.0", "1.1.0")
+    spec = tmp_path / "t.spec"
+    spec.write_text(
+        "Name: aliyun-assist\nVersion: 1.1.0\nRelease: 1\nSummary: t\nLicense: Apache-2.0\n"
+        "BuildArch: noarch\n%description\nt\n%install\n"
+        f"cp -a {buildroot}/. %{{buildroot}}/\n"
+        "%files\n/usr/local/share/aliyun-assist/versions/1.1.0\n"
+    )
+    top = tmp_path / "rpmbuild"
+    subprocess.run(
+        ["rpmbuild", "-bb", "--define", f"_topdir {top}", "--define", "__os_install_post %{nil}",
+         str(spec)],
+        check=True, capture_output=True,
+    )
+    rpm = next(top.glob("RPMS/*/*.rpm"))
+    final = stage_artifact(rpm, "rpm", "1.1.0", tmp_path / "prefix" / "versions")
+    assert (final / "VERSION").read_text().strip() == "1.1.0"
+    assert (final / "bin" / "assist-agent").stat().st_mode & 0o111
+
+
+def test_free_space_check_refuses(tmp_path: Path) -> None:
+    with pytest.raises(NoSpaceError, match="free"):
+        ensure_free_space(tmp_path, 1 << 62)
+    ensure_free_space(tmp_path, 1)

@@ -1,0 +1,89 @@
+"""Health check: the new agent writes state/health.json once its main loop runs.
+
+Healthy = a health.json for the expected version appeared within `timeout`, written after the
+restart, and its pid stayed alive for `settle` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.service import pid_alive
+
+WAITING = "waiting"
+HEALTHY = "healthy"
+DEAD = "dead"
+WRONG_VERSION = "wrong_version"
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    """What the agent reports about itself."""
+
+    version: str
+    pid: int
+    mtime: float  # when the file was written (seconds since the epoch)
+    connected: bool = False
+
+
+def read_health(path: Path) -> HealthRecord | None:
+    """Parse state/health.json; None while it is missing or half-written."""
+    try:
+        stat = path.stat()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return HealthRecord(
+            version=str(data["version"]),
+            pid=int(data["pid"]),
+            mtime=stat.st_mtime,
+            connected=bool(data.get("connected", False)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def judge_health(
+    record: HealthRecord | None, version: str, not_before: float, alive: Callable[[int], bool]
+) -> str:
+    """One look at the health record: waiting, healthy (so far), dead or wrong version."""
+    if record is None or record.mtime < not_before - 1.0:
+        return WAITING
+    if record.version != version:
+        return WRONG_VERSION
+    return HEALTHY if alive(record.pid) else DEAD
+
+
+def wait_healthy(
+    path: Path,
+    version: str,
+    *,
+    timeout: float,
+    settle: float,
+    not_before: float,
+    service_pid: Callable[[], int | None] = lambda: None,
+    alive: Callable[[int], bool] = pid_alive,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    poll: float = 0.1,
+) -> tuple[bool, str]:
+    """Wait for the agent of `version` to report and stay alive; returns (ok, reason)."""
+    deadline = clock() + timeout
+    healthy_since: float | None = None
+    while True:
+        verdict = judge_health(read_health(path), version, not_before, alive)
+        if verdict == HEALTHY:
+            healthy_since = healthy_since if healthy_since is not None else clock()
+            if clock() - healthy_since >= settle:
+                return True, "healthy"
+        elif healthy_since is not None or verdict == DEAD:
+            return False, f"agent {version} died after it started"
+        elif verdict == WRONG_VERSION:
+            pass  # the old agent may still be shutting down
+        if healthy_since is None and clock() > deadline:
+            pid = service_pid()
+            state = "not running" if pid is None else f"pid {pid} running but silent"
+            return False, f"agent {version} did not report health within {timeout:g} s ({state})"
+        sleep(poll)

@@ -1,0 +1,132 @@
+"""Update policy: which version to move to (pure), failure counts and the blocklist."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from common.atomic import atomic_write_json
+from common.errors import LocalStateError, NotFoundError
+
+BLOCKLIST_FILE = "blocklist.json"
+
+UPDATE = "update"
+NOTHING = "nothing"
+REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What apply should do: update to `version`, nothing, or refuse (with why)."""
+
+    action: str
+    version: str = ""
+    reason: str = ""
+
+
+@dataclass
+class Blocklist:
+    """Failures per version; a version reaching max_failures is blocked."""
+
+    failures: dict[str, int] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+
+    def is_blocked(self, version: str) -> bool:
+        return version in self.blocked
+
+
+def parse_version(text: str) -> Version:
+    """packaging's Version, with a clear error for junk."""
+    try:
+        return Version(text)
+    except InvalidVersion as exc:
+        raise LocalStateError(f"not a version: {text!r}") from exc
+
+
+def plan_update(
+    current: str | None,
+    available: Sequence[str],
+    *,
+    requested: str | None = None,
+    allow_downgrade: bool = False,
+    blocked: Sequence[str] = (),
+) -> Plan:
+    """Choose the target version from what the repository offers."""
+    cur = parse_version(current) if current else None
+    if requested:
+        if requested not in available:
+            raise NotFoundError(
+                f"version {requested} is not published",
+                hint=f"available: {', '.join(available) or 'none'}",
+            )
+        if requested == current:
+            return Plan(NOTHING, requested, f"already on {requested}")
+        if requested in blocked:
+            return Plan(REFUSE, requested, f"{requested} is blocklisted after failed updates")
+        if cur is not None and parse_version(requested) < cur and not allow_downgrade:
+            return Plan(
+                REFUSE, requested, f"{requested} is older than {current}: pass --allow-downgrade"
+            )
+        return Plan(UPDATE, requested)
+    newer = sorted(
+        (v for v in available if cur is None or parse_version(v) > cur), key=parse_version
+    )
+    usable = [v for v in newer if v not in blocked]
+    if usable:
+        return Plan(UPDATE, usable[-1])
+    if newer:
+        return Plan(REFUSE, newer[-1], f"{newer[-1]} is blocklisted after failed updates")
+    return Plan(NOTHING, current or "", "up to date")
+
+
+def record_failure(blocklist: Blocklist, version: str, max_failures: int) -> Blocklist:
+    """Count one failed update to `version`; block it when it reaches max_failures."""
+    failures = dict(blocklist.failures)
+    failures[version] = failures.get(version, 0) + 1
+    blocked = list(blocklist.blocked)
+    if failures[version] >= max_failures and version not in blocked:
+        blocked.append(version)
+    return Blocklist(failures, blocked)
+
+
+def load_blocklist(state_dir: Path) -> Blocklist:
+    """Read state/blocklist.json (missing = empty)."""
+    try:
+        data = json.loads((state_dir / BLOCKLIST_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Blocklist()
+    except ValueError as exc:
+        raise LocalStateError(f"blocklist is unreadable: {exc}") from exc
+    return Blocklist(
+        {str(k): int(v) for k, v in dict(data.get("failures", {})).items()},
+        [str(v) for v in data.get("blocked", [])],
+    )
+
+
+def save_blocklist(state_dir: Path, blocklist: Blocklist) -> None:
+    atomic_write_json(
+        state_dir / BLOCKLIST_FILE, {"failures": blocklist.failures, "blocked": blocklist.blocked}
+    )
+
+
+def versions_to_prune(installed: Sequence[str], keep: int, protect: Sequence[str]) -> list[str]:
+    """Oldest versions beyond the newest `keep`, never one in `protect` (current, previous)."""
+    ordered = sorted(installed, key=_sort_key, reverse=True)
+    kept = [v for v in ordered if v in protect]
+    for version in ordered:
+        if len(kept) >= keep:
+            break
+        if version not in kept:
+            kept.append(version)
+    return [v for v in installed if v not in kept]
+
+
+def _sort_key(text: str) -> tuple[int, object]:
+    try:
+        return (1, Version(text))
+    except InvalidVersion:
+        return (0, text)

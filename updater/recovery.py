@@ -1,0 +1,150 @@
+"""Crash recovery: finish or undo an interrupted update so `current` is runnable.
+
+Runs at every start of the updater and of the agent (`recover(prefix)`). The decision is a pure
+function of the journal; the I/O only carries it out:
+
+    finished journal          nothing (but a missing/broken `current` is repaired)
+    downloading/verified/staged   abort: current back to from_version, journal → aborted
+    swapped/health_check      roll back: current → from_version, restart, journal → rolled_back
+    rolling_back              finish the rollback
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from common.config import load_config
+from common.errors import AssistError, LocalStateError, LockedError
+from common.service import ServiceManager, make_service
+from updater import journal as jr
+from updater.layout import Layout, installed_versions, is_runnable
+from updater.lock import hold_lock
+from updater.policy import load_blocklist, record_failure, save_blocklist
+from updater.staging import clean_staging
+from updater.swap import clean_temp_links, point, read_pointer
+
+log = logging.getLogger(__name__)
+
+NOTHING = "nothing"
+ABORT = "abort"
+ROLLBACK = "rollback"
+FINISH_ROLLBACK = "finish_rollback"
+
+
+def plan_recovery(journal: jr.Journal) -> str:
+    """What recovery must do for this journal."""
+    if journal.phase in jr.TERMINAL:
+        return NOTHING
+    if journal.phase in jr.PRE_SWAP:
+        return ABORT
+    if journal.phase == jr.ROLLING_BACK:
+        return FINISH_ROLLBACK
+    return ROLLBACK
+
+
+def recover(prefix: Path, *, service: ServiceManager | None = None) -> str:
+    """Finish or undo an interrupted update under `prefix`; returns what was done.
+
+    Results: "nothing", "aborted", "rolled_back", "repaired", or "busy" when an updater holds the
+    lock (its update is in progress, not interrupted). When this rolls back and the caller is the
+    service's own main process (the agent at start), the restart is skipped: the caller should
+    re-exec `<prefix>/current/bin/assist-agent`.
+    """
+    layout = Layout(Path(prefix))
+    if not layout.versions_dir.is_dir():
+        return NOTHING
+    try:
+        with hold_lock(layout.state_dir):
+            config = load_config(prefix=layout.prefix)
+            if service is None:
+                service = make_service(config.update.service, layout.prefix)
+            return recover_locked(layout, service, max_failures=config.update.max_failures)
+    except LockedError:
+        return "busy"
+
+
+def recover_locked(layout: Layout, service: ServiceManager | None, *, max_failures: int = 2) -> str:
+    """Recovery with the update lock already held."""
+    clean_temp_links(layout)
+    clean_staging(layout.versions_dir)
+    journal = _load_or_reset(layout)
+    action = plan_recovery(journal)
+    result = NOTHING
+    if action == ABORT:
+        _point_back(layout, journal.from_version)
+        _save(layout, jr.advance(journal, jr.ABORTED, error=f"interrupted while {journal.phase}"))
+        result = "aborted"
+    elif action in (ROLLBACK, FINISH_ROLLBACK):
+        if action == ROLLBACK:
+            if journal.phase == jr.HEALTH_CHECK and journal.to_version:
+                blocklist = load_blocklist(layout.state_dir)
+                blocklist = record_failure(blocklist, journal.to_version, max_failures)
+                save_blocklist(layout.state_dir, blocklist)
+            journal = jr.advance(
+                journal,
+                jr.ROLLING_BACK,
+                rollback_to=journal.from_version,
+                error=f"interrupted while {journal.phase}",
+            )
+            _save(layout, journal)
+        _point_back(layout, journal.rollback_to)
+        _save(layout, jr.advance(journal, jr.ROLLED_BACK))
+        _restart(service)
+        result = "rolled_back"
+    if repair_current(layout) and result == NOTHING:
+        result = "repaired"
+    if result != NOTHING:
+        log.warning("recovery: %s (journal was %s)", result, journal.phase)
+    return result
+
+
+def _load_or_reset(layout: Layout) -> jr.Journal:
+    """Load the journal; an unreadable one is moved aside and treated as idle."""
+    try:
+        return jr.load_journal(layout.state_dir)
+    except LocalStateError as exc:
+        path = jr.journal_path(layout.state_dir)
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        log.error("%s; moved to %s", exc, aside)
+        return jr.Journal()
+
+
+def _save(layout: Layout, journal: jr.Journal) -> None:
+    jr.save_journal(layout.state_dir, journal)
+
+
+def _point_back(layout: Layout, version: str) -> None:
+    """Point current at `version` if it is installed and not already current."""
+    if version and is_runnable(layout, version) and read_pointer(layout) != version:
+        point(layout, "current", version)
+
+
+def _restart(service: ServiceManager | None) -> None:
+    """Restart the (old) agent, unless we are that agent starting up."""
+    if service is None:
+        return
+    try:
+        if service.main_pid() == os.getpid():
+            return
+        service.restart()
+    except AssistError as exc:
+        log.error("could not restart the agent after recovery: %s", exc)
+
+
+def repair_current(layout: Layout) -> bool:
+    """If current is missing or broken, point it at previous or the newest runnable version."""
+    current = read_pointer(layout)
+    if current and is_runnable(layout, current):
+        return False
+    previous = read_pointer(layout, "previous")
+    choices = [previous] if previous else []
+    choices += list(reversed(installed_versions(layout)))
+    for version in choices:
+        if version and is_runnable(layout, version):
+            point(layout, "current", version)
+            log.warning("current was %s; now %s", current or "missing", version)
+            return True
+    return False

@@ -1,0 +1,285 @@
+"""Staging: unpack a verified artifact's payload into versions/.staging-V, then rename to versions/V.
+
+The payload is the tree `versions/V/…` (tar.gz) or `./usr/local/share/aliyun-assist/versions/V/…`
+(the data.tar of a deb, the cpio payload of an rpm). Extraction is done member by member, never
+with extractall: absolute paths, `..`, anything outside versions/V/, device files, fifos, links
+pointing outside the staging directory and writes through symlinks are refused (fail closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import posixpath
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from common.errors import NoSpaceError, ToolError, VerificationError
+
+log = logging.getLogger(__name__)
+
+NATIVE_PREFIX = "usr/local/share/aliyun-assist/"
+STAGING_PREFIX = ".staging-"
+_AR_MAGIC = b"!<arch>\n"
+
+
+def payload_prefix(fmt: str, version: str) -> str:
+    """Where the version tree sits inside the archive of format `fmt`."""
+    base = f"versions/{version}/"
+    return NATIVE_PREFIX + base if fmt in ("deb", "rpm") else base
+
+
+def stage_artifact(
+    artifact: Path, fmt: str, version: str, versions_dir: Path, *, require_agent: bool = True
+) -> Path:
+    """Unpack `artifact` into versions/.staging-V with all checks, then rename it to versions/V."""
+    versions_dir.mkdir(parents=True, exist_ok=True)
+    staging = versions_dir / f"{STAGING_PREFIX}{version}"
+    final = versions_dir / version
+    remove_tree(staging)
+    staging.mkdir()
+    try:
+        with open_payload(artifact, fmt) as tar:
+            extract_checked(tar, payload_prefix(fmt, version), staging)
+        check_links_inside(staging)
+        if require_agent:
+            check_agent_payload(staging, version)
+    except BaseException:
+        remove_tree(staging)
+        raise
+    remove_tree(final)
+    os.replace(staging, final)
+    log.info("staged %s into %s", artifact.name, final)
+    return final
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file, symlink or directory tree if it exists."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def open_payload(artifact: Path, fmt: str) -> Iterator[tarfile.TarFile]:
+    """Open the payload of a tar.gz, deb or rpm as a tar archive."""
+    if fmt == "tar.gz":
+        with _open_tar(artifact) as tar:
+            yield tar
+    elif fmt == "deb":
+        with _open_tar(io.BytesIO(read_deb_data(artifact))) as tar:
+            yield tar
+    elif fmt == "rpm":
+        with tempfile.TemporaryFile() as tmp:
+            convert_rpm_payload(artifact, tmp)
+            tmp.seek(0)
+            with _open_tar(tmp) as tar:
+                yield tar
+    else:
+        raise VerificationError(f"cannot stage a {fmt!r} artifact here", hint="use tar.gz/deb/rpm")
+
+
+@contextlib.contextmanager
+def _open_tar(source: Path | IO[bytes]) -> Iterator[tarfile.TarFile]:
+    """tarfile.open with format errors turned into VerificationError."""
+    try:
+        if isinstance(source, Path):
+            tar = tarfile.open(source, "r:*")  # noqa: SIM115 - closed below
+        else:
+            tar = tarfile.open(fileobj=source, mode="r:*")  # noqa: SIM115
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise VerificationError(f"payload is not a readable archive: {exc}") from exc
+    with tar:
+        yield tar
+
+
+def read_deb_data(deb: Path) -> bytes:
+    """The data.tar.* member of a deb (an ar archive)."""
+    with deb.open("rb") as handle:
+        if handle.read(8) != _AR_MAGIC:
+            raise VerificationError(f"{deb.name} is not a deb (ar) archive")
+        while True:
+            header = handle.read(60)
+            if len(header) < 60:
+                break
+            name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+            try:
+                size = int(header[48:58].decode("ascii").strip())
+            except ValueError as exc:
+                raise VerificationError(f"{deb.name}: corrupt ar header") from exc
+            if name.startswith("data.tar"):
+                if name.endswith(".zst"):
+                    return _dpkg_fsys_tarfile(deb)
+                return handle.read(size)
+            handle.seek(size + (size & 1), os.SEEK_CUR)
+    raise VerificationError(f"{deb.name} has no data.tar member")
+
+
+def _dpkg_fsys_tarfile(deb: Path) -> bytes:
+    """Fall back to dpkg-deb for compressions tarfile does not read (zstd)."""
+    try:
+        proc = subprocess.run(
+            ["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=False
+        )
+    except FileNotFoundError as exc:
+        raise ToolError("dpkg-deb is needed to read this deb", hint="install dpkg") from exc
+    if proc.returncode != 0:
+        raise VerificationError(f"dpkg-deb cannot read {deb.name}: {proc.stderr.decode()[-300:]}")
+    return proc.stdout
+
+
+def convert_rpm_payload(rpm: Path, out: IO[bytes]) -> None:
+    """Write the rpm's cpio payload to `out` as a tar stream (bsdtar reads rpm directly)."""
+    if not shutil.which("bsdtar"):
+        raise ToolError("bsdtar is needed to unpack rpm payloads", hint="install libarchive-tools")
+    proc = subprocess.run(
+        ["bsdtar", "-c", "-f", "-", "--format", "pax", f"@{rpm}"],
+        stdout=out,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise VerificationError(f"cannot read the rpm payload of {rpm.name}: {proc.stderr!r}")
+
+
+def classify_member(name: str, prefix: str) -> str | None:
+    """Path of a member relative to the version tree; None for an ancestor dir; refuse the rest."""
+    if name.startswith("/") or "\\" in name:
+        raise VerificationError(f"payload member has an absolute or odd path: {name!r}")
+    clean = name[2:] if name.startswith("./") else name
+    parts = [p for p in clean.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise VerificationError(f"payload member escapes with '..': {name!r}")
+    rel = "/".join(parts)
+    if rel + "/" == prefix or prefix.startswith(rel + "/") or rel == "":
+        return None
+    if not (rel + "/").startswith(prefix):
+        raise VerificationError(
+            f"payload member outside {prefix}: {name!r}", hint="the artifact is malformed"
+        )
+    return rel[len(prefix) :]
+
+
+def check_link_target(rel: str, link: str) -> str:
+    """A symlink target must be relative and stay inside the tree; returns it normalized."""
+    if link.startswith("/") or "\\" in link:
+        raise VerificationError(f"symlink {rel!r} points to an absolute path {link!r}")
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
+    if resolved == ".." or resolved.startswith("../"):
+        raise VerificationError(f"symlink {rel!r} points outside the payload: {link!r}")
+    return resolved
+
+
+def extract_checked(tar: tarfile.TarFile, prefix: str, dest: Path) -> None:
+    """Extract members under `prefix` into `dest`, refusing anything unsafe."""
+    root = os.path.realpath(dest)
+    for member in tar:
+        rel = classify_member(member.name, prefix)
+        if rel is None:
+            if not member.isdir():
+                raise VerificationError(f"payload member outside the tree: {member.name!r}")
+            continue
+        if rel == "":
+            continue
+        target = dest / rel
+        _check_parent_inside(target, root)
+        if os.path.lexists(target) and not (member.isdir() and target.is_dir()):
+            raise VerificationError(f"payload member appears twice or overwrites: {member.name!r}")
+        _extract_member(tar, member, rel, target, prefix, dest)
+
+
+def _check_parent_inside(target: Path, root: str) -> None:
+    """Refuse writing through a symlink that leads out of the staging directory."""
+    parent = os.path.realpath(target.parent)
+    if parent != root and not parent.startswith(root + os.sep):
+        raise VerificationError(f"payload member would be written outside staging: {target}")
+
+
+def _extract_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str, target: Path, prefix: str, dest: Path
+) -> None:
+    """Create one checked member: dir, regular file, symlink or hardlink."""
+    mode = member.mode & 0o755 if member.mode else 0o644
+    if member.isdir():
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, mode | 0o700)
+    elif member.isreg():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        if source is None:
+            raise VerificationError(f"payload member unreadable: {member.name!r}")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    elif member.issym():
+        check_link_target(rel, member.linkname)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(member.linkname, target)
+    elif member.islnk():
+        link_rel = classify_member(member.linkname, prefix)
+        if not link_rel:
+            raise VerificationError(f"hard link {member.name!r} points outside the payload")
+        source_path = dest / link_rel
+        if source_path.is_symlink() or not source_path.is_file():
+            raise VerificationError(f"hard link {member.name!r} to a non-file")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source_path, target)
+    else:
+        raise VerificationError(f"payload member of a refused type (device/fifo): {member.name!r}")
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def check_links_inside(tree: Path) -> None:
+    """After extraction: every symlink must really resolve inside the tree (chains included)."""
+    root = os.path.realpath(tree)
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                real = os.path.realpath(path)
+                if real != root and not real.startswith(root + os.sep):
+                    raise VerificationError(f"symlink {path} resolves outside the payload")
+
+
+def check_agent_payload(tree: Path, version: str) -> None:
+    """An agent payload has bin/assist-agent and a VERSION that matches the signed version."""
+    launcher = tree / "bin" / "assist-agent"
+    if not launcher.is_file():
+        raise VerificationError(f"payload of {version} has no bin/assist-agent")
+    stamp = tree / "VERSION"
+    if stamp.is_file():
+        text = stamp.read_text(encoding="utf-8").strip()
+        if text != version:
+            raise VerificationError(f"payload says version {text!r}, signed metadata {version!r}")
+
+
+def clean_staging(versions_dir: Path) -> list[str]:
+    """Remove leftover staging directories of interrupted updates."""
+    removed: list[str] = []
+    if not versions_dir.is_dir():
+        return removed
+    for entry in versions_dir.iterdir():
+        if entry.name.startswith(STAGING_PREFIX):
+            remove_tree(entry)
+            removed.append(entry.name)
+    return removed
+
+
+def ensure_free_space(path: Path, needed: int) -> None:
+    """Refuse to start when the filesystem holding `path` has less than `needed` bytes free."""
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise NoSpaceError(
+            f"only {free // (1 << 20)} MiB free under {path}, need {needed // (1 << 20)} MiB",
+            hint="free disk space (3× the artifact size is required) and retry",
+        )
