@@ -1,12 +1,226 @@
-"""assist-agent command line (placeholder until the capability lands)."""
+"""assist-agent: register this machine, run the daemon, show its status."""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import signal
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
 
-from common.cli import not_built
+from common.cli import add_common_options, print_json, run_cli
+from common.config import REGION_ENV, SERVER_ENV, Config, load_config
+from common.errors import ConfigError, LockedError, UsageError
 
-main = not_built("assist-agent", "The Aliyun Assist agent daemon")
+log = logging.getLogger(__name__)
+
+PROG = "assist-agent"
+# The region rule of the original agent; used only when nothing else names the server.
+SERVER_TEMPLATE = "https://{region}.axt.aliyun.com"
+LOCK_FILE = "agent.lock"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of CLI.md (assist-agent)."""
+    parser = argparse.ArgumentParser(prog=PROG, description="The Aliyun Assist agent daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    reg = sub.add_parser("register", help="join a server with an activation id and code")
+    reg.add_argument("--server", required=True, help="server base URL, e.g. https://host:8080")
+    reg.add_argument("--activation-id", required=True)
+    reg.add_argument("--activation-code", required=True)
+    reg.add_argument("--instance-name", default="", help="name shown to operators")
+    reg.add_argument("--instance-id", default="", help="register under this i-… id")
+    reg.add_argument(
+        "--prefix", help="install prefix (default: $ALIYUN_ASSIST_PREFIX or the default)"
+    )
+    reg.add_argument("--config", help="config file (default <prefix>/config/assist.toml)")
+    reg.add_argument("--force", action="store_true", help="replace an existing registration")
+    reg.add_argument("--json", action="store_true")
+    add_common_options(reg)
+
+    run = sub.add_parser("run", help="run the agent in the foreground")
+    run.add_argument("--server", help="server base URL (default: config, env, registration)")
+    run.add_argument("--prefix")
+    run.add_argument("--config")
+    add_common_options(run)
+
+    status = sub.add_parser("status", help="show whether the agent runs and is connected")
+    status.add_argument("--prefix")
+    status.add_argument("--config")
+    status.add_argument("--json", action="store_true")
+    add_common_options(status)
+    return parser
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The config for this command's --config / --prefix."""
+    return load_config(getattr(args, "config", None), getattr(args, "prefix", None))
+
+
+def read_region(config: Config, env: dict[str, str]) -> str:
+    """Region: env, then config, then the cached state/region-id."""
+    region = env.get(REGION_ENV, "") or config.mirror.region
+    if not region:
+        try:
+            region = (config.state_dir / "region-id").read_text(encoding="utf-8").strip()
+        except OSError:
+            region = ""
+    return region
+
+
+def resolve_server(
+    cli_server: str | None, config: Config, registered: str, env: dict[str, str]
+) -> str:
+    """--server, [agent] server, $ALIYUN_ASSIST_SERVER_HOST, the registration's, the region rule."""
+    for candidate in (cli_server, config.agent.server, env.get(SERVER_ENV, ""), registered):
+        if candidate:
+            return candidate
+    region = read_region(config, env)
+    if region:
+        return SERVER_TEMPLATE.format(region=region)
+    raise ConfigError(
+        "cannot tell which server to use",
+        hint=f"pass --server, set [agent] server in the config, or set {SERVER_ENV}",
+    )
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Exchange the activation for an instance id and keep the key under state/."""
+    from agent.client import AgentClient
+    from agent.identity import (
+        Identity,
+        NotRegisteredError,
+        generate_key,
+        load_identity,
+        save_identity,
+    )
+    from common.version import agent_version
+
+    config = load(args)
+    try:
+        existing = load_identity(config.state_dir)
+    except NotRegisteredError:
+        existing = None
+    if existing is not None and not args.force:
+        raise UsageError(
+            f"already registered as {existing.instance_id}",
+            hint="pass --force to register again (the old identity is replaced)",
+        )
+    key = generate_key()
+    client = AgentClient(args.server, None)
+    public = Identity("", key).public_key_b64()
+    instance_id = client.register(
+        args.activation_id,
+        args.activation_code,
+        public,
+        instance_name=args.instance_name,
+        instance_id=args.instance_id,
+        agent_version=agent_version(),
+    )
+    save_identity(config.state_dir, Identity(instance_id, key, client.server))
+    if args.json:
+        print_json({"instance_id": instance_id, "server": client.server})
+    else:
+        print(instance_id)
+    return 0
+
+
+def acquire_lock(state_dir: Path) -> IO[Any]:
+    """Hold state/agent.lock for the life of the daemon; LockedError if another agent runs."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until exit
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows only
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise LockedError(
+            f"another agent already runs with state in {state_dir}",
+            hint="stop it first, or use another --prefix",
+        ) from exc
+    return handle
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from agent.daemon import Agent, AgentOptions
+    from agent.identity import load_identity
+
+    config = load(args)
+    identity = load_identity(config.state_dir)
+    server = resolve_server(args.server, config, identity.server, dict(os.environ))
+    lock = acquire_lock(config.state_dir)
+    agent = Agent(config, AgentOptions(server=server, identity=identity))
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("agent %s starting against %s", identity.instance_id, server)
+    try:
+        agent.run()
+    finally:
+        lock.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the agent's health; exit 0 when it runs, 3 when it does not."""
+    from agent.health import pid_alive, read_health
+    from agent.identity import NotRegisteredError, load_identity
+    from agent.outbox import DB_FILE, Store
+
+    config = load(args)
+    health = read_health(config.state_dir) or {}
+    try:
+        identity: Any = load_identity(config.state_dir)
+    except NotRegisteredError:
+        identity = None
+    pending = (
+        Store(config.state_dir).pending_count() if (config.state_dir / DB_FILE).exists() else 0
+    )
+    running = bool(health) and pid_alive(int(health.get("pid") or 0))
+    report = {
+        "registered": identity is not None,
+        "instance_id": identity.instance_id if identity else "",
+        "server": identity.server if identity else "",
+        "running": running,
+        "connected": bool(health.get("connected")) and running,
+        "version": health.get("version", ""),
+        "pid": health.get("pid", 0) if running else 0,
+        "started": health.get("started", 0),
+        "pending_reports": pending,
+    }
+    if args.json:
+        print_json(report)
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0 if running else 3
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen sub-command."""
+    commands = {"register": cmd_register, "run": cmd_run, "status": cmd_status}
+    return commands[args.command](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `assist-agent`."""
+    return run_cli(PROG, build_parser(), dispatch, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main(None))

@@ -1,0 +1,675 @@
+"""The agent's main loop: long-poll for kicks, sync tasks, run them, report through the outbox.
+
+Threads: the notify loop (long-poll), a timer thread (timed invocations, scheduled updates), the
+outbox sender, the heartbeat, and task workers started on demand by the pool. Every blocking wait
+is on a socket or a condition, so an idle agent uses no CPU.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from agent import schedule
+from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
+from agent.health import write_health
+from agent.identity import Identity
+from agent.outbox import Store
+from agent.output import Chunk, b64
+from agent.pool import TaskPool
+from agent.power import PowerManager, SystemPower
+from agent.runner import (
+    POWER_OFF_EXIT,
+    REBOOT_EXIT,
+    Execution,
+    Outcome,
+    RunLimits,
+    Task,
+    now_ms,
+    process_start_stamp,
+    terminate_group,
+)
+from common.config import Config
+from common.errors import AssistError
+from common.platform import detect_platform
+from common.version import agent_version
+
+log = logging.getLogger(__name__)
+
+REBOOT_MODES = ("NextRebootOnly", "EveryReboot")
+RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a safety net)
+UPDATE_BUSY_RETRY = 60.0  # seconds to wait when an update finds a one-shot task running
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter."""
+
+    initial: float = 1.0  # seconds
+    cap: float = 60.0  # seconds
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next try; grows until `cap`."""
+        delay = min(self.cap, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        """Start over after a success."""
+        self.attempt = 0
+
+
+class Timers:
+    """One thread that calls functions at wall-clock times (Unix seconds)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._cancelled: set[int] = set()
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="timers", daemon=True)
+
+    def start(self) -> None:
+        """Start the timer thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the timer thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def call_at(self, when: float, fn: Callable[[], object]) -> int:
+        """Call `fn` at `when`; returns a handle for `cancel`."""
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (when, self._seq, fn))
+            self._cond.notify_all()
+            return self._seq
+
+    def cancel(self, handle: int) -> None:
+        """Forget a pending call."""
+        with self._cond:
+            self._cancelled.add(handle)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    if self._heap and self._heap[0][0] <= time.time():
+                        break
+                    timeout = self._heap[0][0] - time.time() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopping:
+                    return
+                _, handle, fn = heapq.heappop(self._heap)
+                if handle in self._cancelled:
+                    self._cancelled.discard(handle)
+                    continue
+            try:
+                fn()
+            except Exception:
+                log.exception("timer callback failed")
+
+
+@dataclass
+class TimedEntry:
+    """A timed task as scheduled locally."""
+
+    task: Task
+    schedule: schedule.Schedule | None
+    created: float
+    timer: int = 0
+
+
+@dataclass
+class AgentOptions:
+    """What the daemon needs besides the config; tests swap the seams."""
+
+    server: str
+    identity: Identity
+    power: PowerManager = field(default_factory=SystemPower)
+    session_factory: Callable[[], requests.Session] = requests.Session
+    boot_reader: Callable[[], schedule.Boot] = schedule.read_boot
+    kill_grace: float = 3.0  # seconds between SIGTERM and SIGKILL
+    updater_command: list[str] | None = None  # default: <prefix>/current/bin/assist-update …
+    resync_interval: float = RESYNC_INTERVAL  # seconds
+    update_busy_retry: float = UPDATE_BUSY_RETRY  # seconds
+
+
+class Agent:
+    """The daemon: owns the store, the pool, the schedules and the connection to the server."""
+
+    def __init__(self, config: Config, options: AgentOptions) -> None:
+        self.config = config
+        self.options = options
+        self.state_dir = config.state_dir
+        self.store = Store(self.state_dir)
+        cfg = config.agent
+        self.pool = TaskPool(cfg.max_running, cfg.max_queued)
+        self.limits = RunLimits(
+            output_quota=cfg.output_quota,
+            chunk_size=cfg.chunk_size,
+            chunk_interval=cfg.chunk_interval,
+            kill_grace=options.kill_grace,
+            work_dir=config.prefix / "work",
+        )
+        self.client = AgentClient(options.server, options.identity, options.session_factory())
+        self.poll_client = AgentClient(options.server, options.identity, options.session_factory())
+        self.timers = Timers()
+        self.boot = options.boot_reader()
+        self.started = time.time()
+        self.connected = False
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._active: dict[str, dict[str, Execution]] = {}  # invoke_id -> execution_id -> run
+        self._periodic: set[str] = set()  # invoke ids of timed / reboot-bound tasks
+        self._timed: dict[str, TimedEntry] = {}
+        self._stopped: set[str] = set()
+        self._sync_needed = threading.Event()
+        self._sender_wake = threading.Condition()
+        self._hold_until = 0.0
+        self._update_proc: subprocess.Popen[bytes] | None = None
+        self._update_timer = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until `stop()`: recover, start the threads, and long-poll in a background thread."""
+        recover_update(self.config.prefix)
+        self.recover_crashed()
+        self.store.prune_executions(time.time() - 7 * 86400)
+        write_health(self.state_dir, self.started, False)
+        self.timers.start()
+        for target, name in (
+            (self._send_loop, "outbox"),
+            (self._heartbeat_loop, "heartbeat"),
+            (self._notify_loop, "notify"),
+        ):
+            threading.Thread(target=target, name=name, daemon=True).start()
+        self.schedule_update()
+        self.stopping.wait()
+        self.shutdown()
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (signal handlers call this)."""
+        self.stopping.set()
+        with self._sender_wake:
+            self._sender_wake.notify_all()
+
+    def shutdown(self, flush_seconds: float = 3.0) -> None:
+        """Kill running executions (reported as AgentRestarted), flush the outbox briefly."""
+        self.timers.stop()
+        for run in self._all_active():
+            run.stop()
+        self.pool.wait_idle(self.limits.kill_grace + 5)
+        deadline = time.time() + flush_seconds
+        while self.store.pending_count() and time.time() < deadline:
+            if not self._send_due():
+                break
+        self.store.close()
+
+    def _all_active(self) -> list[Execution]:
+        with self._lock:
+            return [run for runs in self._active.values() for run in runs.values()]
+
+    def recover_crashed(self) -> None:
+        """Report executions that were running when the agent died, killing leftovers."""
+        for started in self.store.started_executions():
+            killed = False
+            alive = started.pid and started.proc_start
+            if alive and process_start_stamp(started.pid) == started.proc_start:
+                terminate_group(started.pid, self.limits.kill_grace)
+                killed = True
+            message = (
+                "the agent restarted while this task was running; "
+                + ("its leftover processes were killed" if killed else "its process had ended")
+                + " and its output was lost"
+            )
+            outcome = Outcome(
+                "error", started.start_time, now_ms(), None, b"", 0, "AgentRestarted", message
+            )
+            log.warning(
+                "execution %s/%s was cut short by an agent restart",
+                started.invoke_id,
+                started.execution_id,
+            )
+            self._record_outcome(started.invoke_id, started.execution_id, outcome)
+
+    # -- server connection --------------------------------------------------------------------
+
+    def _set_connected(self, value: bool) -> None:
+        if value == self.connected:
+            return
+        self.connected = value
+        log.info("server %s", "connected" if value else "unreachable")
+        write_health(self.state_dir, self.started, value)
+        if value:
+            self._wake_sender(force=True)
+
+    def _notify_loop(self) -> None:
+        """Long-poll for events; sync tasks at start, on every kick, and after reconnecting."""
+        backoff = Backoff()
+        self._sync_needed.set()
+        last_sync = 0.0
+        first = True
+        while not self.stopping.is_set():
+            try:
+                if (
+                    self._sync_needed.is_set()
+                    or time.time() - last_sync > self.options.resync_interval
+                ):
+                    self._sync_needed.clear()
+                    self.sync_tasks("startup" if first else "poll")
+                    last_sync = time.time()
+                    if first:
+                        self.check_update()
+                    first = False
+                self._set_connected(True)
+                backoff.reset()
+                events = self.poll_client.notify(self.config.agent.poll_timeout)
+                self._handle_events(events)
+                if any(e.get("type") in ("task", "stop") for e in events):
+                    last_sync = time.time()
+            except (ServerUnavailableError, ServerRefusedError) as exc:
+                self._sync_needed.set()
+                self._set_connected(False)
+                delay = backoff.next_delay()
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                self.stopping.wait(delay)
+            except Exception:
+                log.exception("notify loop error")
+                self._sync_needed.set()
+                self.stopping.wait(backoff.next_delay())
+
+    def _handle_events(self, events: list[dict[str, Any]]) -> None:
+        """React to long-poll events."""
+        kinds = {str(e.get("type")) for e in events}
+        if kinds & {"task", "stop"}:
+            self.sync_tasks("kick")
+        if "update" in kinds:
+            self.check_update()
+
+    def _heartbeat_loop(self) -> None:
+        """Send heartbeats with jitter at the server's interval."""
+        interval = self.config.agent.heartbeat
+        while not self.stopping.is_set():
+            body = {
+                "agent_version": agent_version(),
+                "uptime": int(time.time() - self.started),
+                "boot_time": self.boot.boot_time,
+                "running": self.pool.counts()[0],
+            }
+            try:
+                interval = self.client.heartbeat(body) or interval
+            except AssistError as exc:
+                log.info("heartbeat failed: %s", exc)
+            self.stopping.wait(interval * random.uniform(0.8, 1.0))
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def _wake_sender(self, force: bool = False) -> None:
+        with self._sender_wake:
+            if force:
+                self._hold_until = 0.0
+            self._sender_wake.notify_all()
+
+    def _send_loop(self) -> None:
+        """Deliver queued reports in order until each is acknowledged."""
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            with self._sender_wake:
+                wait = self._hold_until - time.time()
+                if wait > 0:
+                    self._sender_wake.wait(wait)
+                    continue
+            if self._send_due():
+                backoff.reset()
+            else:
+                with self._sender_wake:
+                    self._hold_until = time.time() + backoff.next_delay()
+                continue
+            nxt = self.store.next_retry_time()
+            with self.store.changed:
+                if self.stopping.is_set():
+                    return
+                pending = self.store.due_reports(time.time(), limit=1)
+                if not pending:
+                    timeout = None if nxt is None else max(0.05, nxt - time.time())
+                    self.store.changed.wait(timeout)
+
+    def _send_due(self) -> bool:
+        """Send every due report; False when the server is unreachable (the rest waits)."""
+        while True:
+            reports = self.store.due_reports(time.time())
+            if not reports:
+                return True
+            for report in reports:
+                try:
+                    self.client.post_report(report.path, report.body)
+                except ServerUnavailableError as exc:
+                    log.info("report %s not delivered: %s", report.key, exc)
+                    self._set_connected(False)
+                    return False
+                except ServerRefusedError as exc:
+                    if exc.retryable:
+                        self.store.postpone(report.id, time.time() + min(60, 2**report.attempts))
+                        continue
+                    log.error("server refused report %s for good, dropping it: %s", report.key, exc)
+                self.store.acknowledge(report.id)
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def sync_tasks(self, reason: str) -> None:
+        """Fetch the task list and bring local runs and schedules in line with it."""
+        listing = self.client.list_tasks(reason)
+        self._set_connected(True)
+        stop_ids = {str(i) for i in listing["stop"]}
+        self._stopped = stop_ids
+        listed: set[str] = set()
+        for raw in listing["run"]:
+            try:
+                task = Task.from_wire(raw)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("ignoring a malformed task %r: %s", raw, exc)
+                continue
+            if task.invoke_id in stop_ids:
+                continue
+            listed.add(task.invoke_id)
+            if task.repeat_mode in REBOOT_MODES:
+                self._consider_reboot_task(task)
+            elif task.timed or task.repeat_mode == "Period":
+                self._schedule_timed(task)
+            else:
+                self._launch(task, "0")
+        for invoke_id in list(self._timed):
+            if invoke_id not in listed:
+                self._forget_timed(invoke_id)
+        for invoke_id in stop_ids:
+            self.stop_invocation(invoke_id)
+
+    def stop_invocation(self, invoke_id: str) -> None:
+        """Stop an invocation: drop its schedule and kill its running executions."""
+        self._forget_timed(invoke_id)
+        with self._lock:
+            runs = list(self._active.get(invoke_id, {}).values())
+        for run in runs:
+            log.info("stopping %s/%s", invoke_id, run.execution_id)
+            run.stop()
+
+    def _forget_timed(self, invoke_id: str) -> None:
+        entry = self._timed.pop(invoke_id, None)
+        if entry is not None and entry.timer:
+            self.timers.cancel(entry.timer)
+        self._periodic.discard(invoke_id)
+
+    def _consider_reboot_task(self, task: Task) -> None:
+        """Run a NextRebootOnly / EveryReboot task if this boot is one it should run in."""
+        self._periodic.add(task.invoke_id)
+        self._timed.setdefault(task.invoke_id, TimedEntry(task, None, 0.0))
+        first = self.store.first_seen_boot(task.invoke_id, self.boot.boot_id)
+        runs = self.store.execution_count(task.invoke_id)
+        if schedule.should_run_on_boot(task.repeat_mode, first, self.boot, runs):
+            self._launch(task, str(self.boot.boot_time))
+
+    def _schedule_timed(self, task: Task) -> None:
+        """(Re)schedule a timed task when it is new or its revision changed."""
+        current = self._timed.get(task.invoke_id)
+        if current is not None and current.task.revision == task.revision:
+            return
+        if current is not None:
+            self._forget_timed(task.invoke_id)
+        self._periodic.add(task.invoke_id)
+        try:
+            sched = schedule.parse_frequency(task.frequency)
+        except AssistError as exc:
+            outcome = Outcome(
+                "invalid", now_ms(), now_ms(), None, b"", 0, "BadCronExpression", exc.message
+            )
+            self._timed[task.invoke_id] = TimedEntry(task, None, 0.0)
+            if self.store.claim_execution(task.invoke_id, "0", outcome.start_time):
+                self._record_outcome(task.invoke_id, "0", outcome)
+            return
+        entry = TimedEntry(task, sched, schedule.parse_created(task.created))
+        self._timed[task.invoke_id] = entry
+        if isinstance(sched, schedule.At) and sched.when <= time.time():
+            # missed while the agent was away: run it once, unless it already ran
+            self._launch(task, str(int(sched.when)))
+            return
+        self._arm(entry, time.time())
+
+    def _arm(self, entry: TimedEntry, after: float) -> None:
+        """Set the timer for the next fire of a timed task."""
+        assert entry.schedule is not None
+        when = schedule.next_fire(entry.schedule, after, entry.created)
+        if when is None:
+            return
+        revision = entry.task.revision
+        entry.timer = self.timers.call_at(
+            when, lambda: self._fire(entry.task.invoke_id, revision, when)
+        )
+
+    def _fire(self, invoke_id: str, revision: int, when: float) -> None:
+        """A timed task is due: run it unless its previous run is still going, then re-arm."""
+        entry = self._timed.get(invoke_id)
+        if entry is None or entry.task.revision != revision:
+            return
+        with self._lock:
+            busy = bool(self._active.get(invoke_id))
+        if busy:
+            log.info("timed task %s still running; skipping the run due at %d", invoke_id, when)
+        else:
+            self._launch(entry.task, str(int(when)))
+        self._arm(entry, max(when, time.time() - 1))
+
+    def _launch(self, task: Task, execution_id: str) -> None:
+        """Hand an execution to the pool, or report TaskConcurrencyLimit when it is full."""
+        key = f"{task.invoke_id}/{execution_id}"
+        if self.pool.holds(key) or self.store.execution_known(task.invoke_id, execution_id):
+            return
+        if not self.pool.submit(key, lambda: self._execute(task, execution_id)):
+            log.warning("pool full: refusing %s", key)
+            now = now_ms()
+            outcome = Outcome(
+                "error",
+                now,
+                now,
+                None,
+                b"",
+                0,
+                "TaskConcurrencyLimit",
+                f"too many tasks: {self.pool.max_running} running and {self.pool.max_queued} queued",
+            )
+            if self.store.claim_execution(task.invoke_id, execution_id, now):
+                self._record_outcome(task.invoke_id, execution_id, outcome)
+
+    def _execute(self, task: Task, execution_id: str) -> None:
+        """Run one execution on a pool thread and queue its reports."""
+        start = now_ms()
+        if not self.store.claim_execution(task.invoke_id, execution_id, start):
+            return
+        builtins = {
+            "InstanceId": self.options.identity.instance_id,
+            "InvokeId": task.invoke_id,
+            "CommandId": task.command_id,
+        }
+        invoke, execution = task.invoke_id, execution_id
+        started = {"sent": False}
+
+        def on_start(pid: int, stamp: str) -> None:
+            self.store.set_process(invoke, execution, pid, stamp)
+
+        def on_chunk(chunk: Chunk) -> None:
+            started["sent"] = True
+            body = {
+                "invoke_id": invoke,
+                "execution_id": execution,
+                "start_time": start,
+                "offset": chunk.offset,
+                "output": b64(chunk.data),
+            }
+            self.store.enqueue(
+                f"running/{invoke}/{execution}/{chunk.offset}", "/v1/task/running", body
+            )
+
+        run = Execution(task, execution_id, builtins, self.limits, on_start, on_chunk)
+        run.start_time = start
+        with self._lock:
+            self._active.setdefault(invoke, {})[execution] = run
+        if invoke in self._stopped or self.stopping.is_set():
+            run.stop()
+        try:
+            outcome = run.run()
+        finally:
+            with self._lock:
+                runs = self._active.get(invoke, {})
+                runs.pop(execution, None)
+                if not runs:
+                    self._active.pop(invoke, None)
+        if outcome.kind == "stopped" and self.stopping.is_set() and invoke not in self._stopped:
+            outcome.kind, outcome.error_code = "error", "AgentRestarted"
+            outcome.error_message = (
+                "the agent was stopped while this task was running; the task was killed"
+            )
+        self._record_outcome(invoke, execution, outcome)
+        if outcome.kind == "finish" and outcome.exit_code in (POWER_OFF_EXIT, REBOOT_EXIT):
+            self._power_action(outcome.exit_code)
+
+    def _record_outcome(self, invoke_id: str, execution_id: str, outcome: Outcome) -> None:
+        """Mark the execution done and queue its terminal report, in one transaction."""
+        body = {
+            "invoke_id": invoke_id,
+            "execution_id": execution_id,
+            "start_time": outcome.start_time,
+            "end_time": outcome.end_time,
+            "exit_code": outcome.exit_code,
+            "output": b64(outcome.output),
+            "dropped": outcome.dropped,
+            "error_code": outcome.error_code,
+            "error_message": outcome.error_message,
+        }
+        key = f"terminal/{invoke_id}/{execution_id}"
+        self.store.finish_execution(invoke_id, execution_id, key, f"/v1/task/{outcome.kind}", body)
+
+    def _power_action(self, exit_code: int | None) -> None:
+        """Power off / reboot as the task asked, after its report had a chance to go out."""
+        deadline = time.time() + 10
+        while self.store.pending_count() and time.time() < deadline:
+            time.sleep(0.1)
+        if exit_code == POWER_OFF_EXIT:
+            self.options.power.power_off()
+        else:
+            self.options.power.reboot()
+
+    def one_shot_running(self) -> bool:
+        """True while a non-periodic task runs (updates wait for it)."""
+        with self._lock:
+            return any(inv not in self._periodic for inv in self._active)
+
+    # -- self-update hooks ----------------------------------------------------------------------
+
+    def schedule_update(self, after: float | None = None) -> None:
+        """Arm the next scheduled update: [update] schedule (seconds-first cron) plus splay."""
+        text = self.config.update.schedule.strip()
+        if not text:
+            return
+        try:
+            sched = schedule.parse_cron(text)
+        except AssistError as exc:
+            log.error("[update] schedule is invalid, scheduled updates are off: %s", exc)
+            return
+        base = schedule.next_cron(sched, after or time.time())
+        when = base + random.uniform(0, max(0.0, self.config.update.splay))
+        log.info(
+            "next scheduled update check at %s",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)),
+        )
+
+        def fire() -> None:
+            self.run_updater("schedule")
+            self.schedule_update(base)
+
+        self._update_timer = self.timers.call_at(when, fire)
+
+    def check_update(self) -> None:
+        """Ask the server whether an update was requested for this instance; apply it if so."""
+        plat = detect_platform()
+        body = {
+            "agent_version": agent_version(),
+            "os": plat.os,
+            "arch": plat.arch,
+            "channel": self.config.update.channel,
+        }
+        try:
+            answer = self.client.update_check(body)
+        except AssistError as exc:
+            log.info("update check failed: %s", exc)
+            return
+        if answer.get("update_now"):
+            self.run_updater("server", str(answer.get("version") or ""))
+
+    def run_updater(self, reason: str, version: str = "") -> bool:
+        """Start `assist-update apply` detached, unless a one-shot task runs (then retry later)."""
+        if self.one_shot_running():
+            log.info("update (%s) postponed: a task is running", reason)
+            self.timers.call_at(
+                time.time() + self.options.update_busy_retry,
+                lambda: self.run_updater(reason, version),
+            )
+            return False
+        if self._update_proc is not None and self._update_proc.poll() is None:
+            log.info("update (%s) skipped: the updater is already running", reason)
+            return False
+        argv = list(self.options.updater_command or updater_command(self.config.prefix))
+        if version:
+            argv += ["--version", version]
+        log.warning("starting the updater (%s): %s", reason, " ".join(argv))
+        log_dir = self.config.log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / "update.log", "ab") as out:
+            self._update_proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        return True
+
+
+def updater_command(prefix: Path) -> list[str]:
+    """`<prefix>/current/bin/assist-update apply` if installed, else the module from this code."""
+    launcher = (
+        prefix / "current" / "bin" / ("assist-update.cmd" if os.name == "nt" else "assist-update")
+    )
+    if launcher.exists():
+        return [str(launcher), "apply", "--prefix", str(prefix)]
+    return [sys.executable, "-m", "updater.cli", "apply", "--prefix", str(prefix)]
+
+
+def recover_update(prefix: Path) -> None:
+    """Let the updater finish or undo an interrupted update (if the updater is installed)."""
+    try:
+        from updater.recovery import recover  # type: ignore[import-not-found]
+    except ImportError:
+        log.info("updater crash recovery not available (updater.recovery missing)")
+        return
+    try:
+        recover(prefix)
+    except Exception:
+        log.exception("updater crash recovery failed")

@@ -1,0 +1,128 @@
+"""The agent's identity: its instance id and Ed25519 key, and request signing per the protocol."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.atomic import atomic_write_bytes, atomic_write_json
+from common.errors import LocalStateError
+
+KEY_FILE = "agent.key"
+IDENTITY_FILE = "identity.json"
+
+
+class NotRegisteredError(LocalStateError):
+    """This machine has no agent identity yet."""
+
+    reference = "not-registered"
+
+
+@dataclass
+class Identity:
+    """Who this agent is to the server."""
+
+    instance_id: str
+    private_key: Any  # cryptography Ed25519PrivateKey
+    server: str = ""  # the server it registered with
+
+    def public_key_b64(self) -> str:
+        """The raw 32-byte public key, base64, as the register endpoint wants it."""
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return base64.b64encode(raw).decode("ascii")
+
+
+def generate_key() -> Any:
+    """A fresh Ed25519 private key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+def public_key_b64(private_key: Any) -> str:
+    """Raw public key of `private_key`, base64."""
+    return Identity("", private_key).public_key_b64()
+
+
+def save_identity(state_dir: Path, identity: Identity) -> None:
+    """Write the key (0600) and the instance id under state/, atomically."""
+    from cryptography.hazmat.primitives import serialization
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pem = identity.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    atomic_write_bytes(state_dir / KEY_FILE, pem, mode=0o600)
+    record = {"instance_id": identity.instance_id, "server": identity.server}
+    atomic_write_json(state_dir / IDENTITY_FILE, record, mode=0o600)
+
+
+def load_identity(state_dir: Path) -> Identity:
+    """Read the identity written by `register`; NotRegisteredError if there is none."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        record = json.loads((state_dir / IDENTITY_FILE).read_text(encoding="utf-8"))
+        pem = (state_dir / KEY_FILE).read_bytes()
+    except FileNotFoundError as exc:
+        raise NotRegisteredError(
+            f"this agent is not registered (no {exc.filename})",
+            hint="run `assist-agent register --server URL --activation-id ID --activation-code CODE`",
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise LocalStateError(f"cannot read the agent identity in {state_dir}: {exc}") from exc
+    mode = os.stat(state_dir / KEY_FILE).st_mode & 0o777
+    if os.name != "nt" and mode & 0o077:
+        raise LocalStateError(
+            f"{state_dir / KEY_FILE} is readable by others (mode {mode:o})",
+            hint=f"chmod 600 {state_dir / KEY_FILE}",
+        )
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except ValueError as exc:
+        raise LocalStateError(f"{state_dir / KEY_FILE} is not a valid private key") from exc
+    return Identity(str(record["instance_id"]), key, str(record.get("server", "")))
+
+
+def canonical_string(
+    method: str, path: str, query: str, timestamp: int, nonce: str, body: bytes
+) -> bytes:
+    """The bytes a request signature covers (docs/agent-protocol.md, Signing)."""
+    digest = hashlib.sha256(body).hexdigest()
+    parts = [method.upper(), path, query, str(timestamp), nonce, digest]
+    return "\n".join(parts).encode("utf-8")
+
+
+def sign_headers(
+    identity: Identity,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    now: float | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The four X-Assist-* headers for one request."""
+    timestamp = int(time.time() if now is None else now)
+    nonce = nonce or uuid.uuid4().hex
+    message = canonical_string(method, path, query, timestamp, nonce, body)
+    signature = identity.private_key.sign(message)
+    return {
+        "X-Assist-Instance-Id": identity.instance_id,
+        "X-Assist-Timestamp": str(timestamp),
+        "X-Assist-Nonce": nonce,
+        "X-Assist-Signature": base64.b64encode(signature).decode("ascii"),
+    }

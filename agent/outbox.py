@@ -1,0 +1,246 @@
+"""Durable local state in SQLite under state/: the report outbox and the execution ledger.
+
+The outbox holds every report until the server acknowledges it (the server dedupes, so a resend
+after a crash is harmless). The ledger records each execution before its process starts and marks
+it done in the same transaction that queues its terminal report, so a restarted agent knows
+exactly which executions died with it and never runs one twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DB_FILE = "agent.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    path TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS executions (
+    invoke_id TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    start_time INTEGER NOT NULL,
+    pid INTEGER NOT NULL DEFAULT 0,
+    proc_start TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL,
+    PRIMARY KEY (invoke_id, execution_id)
+);
+CREATE TABLE IF NOT EXISTS seen (
+    invoke_id TEXT PRIMARY KEY,
+    boot_id TEXT NOT NULL,
+    first_seen REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class Report:
+    """One queued report."""
+
+    id: int
+    key: str
+    path: str
+    body: dict[str, Any]
+    attempts: int
+
+
+@dataclass
+class StartedExecution:
+    """An execution the ledger says is running."""
+
+    invoke_id: str
+    execution_id: str
+    start_time: int
+    pid: int
+    proc_start: str
+
+
+class Store:
+    """The agent's SQLite database, safe to share between threads."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_FILE
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives kill -9
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self.changed = threading.Condition()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _wake(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    # -- outbox ----------------------------------------------------------------------------
+
+    def enqueue(self, key: str, path: str, body: dict[str, Any]) -> bool:
+        """Queue a report once per key; False if one with this key was already queued."""
+        with self._transaction() as db:
+            added = _insert_report(db, key, path, body)
+        self._wake()
+        return added
+
+    def due_reports(self, now: float, limit: int = 50) -> list[Report]:
+        """Reports whose retry time has come, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, key, path, body, attempts FROM outbox WHERE next_try <= ? "
+                "ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [Report(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    def next_retry_time(self) -> float | None:
+        """When the earliest queued report may be tried, or None when the outbox is empty."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_try) FROM outbox").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def acknowledge(self, report_id: int) -> None:
+        """Forget a report the server acknowledged."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM outbox WHERE id = ?", (report_id,))
+
+    def postpone(self, report_id: int, next_try: float) -> None:
+        """Count a failed attempt and set the next try."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_try = ? WHERE id = ?",
+                (next_try, report_id),
+            )
+
+    def retry_all_now(self) -> None:
+        """Make every queued report due (the server came back)."""
+        with self._transaction() as db:
+            db.execute("UPDATE outbox SET next_try = 0")
+        self._wake()
+
+    def pending_count(self) -> int:
+        """How many reports wait for acknowledgement."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # -- execution ledger --------------------------------------------------------------------
+
+    def claim_execution(self, invoke_id: str, execution_id: str, start_time: int) -> bool:
+        """Record an execution as started; False if it was already started or done."""
+        with self._transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO executions (invoke_id, execution_id, state, start_time, updated)"
+                    " VALUES (?, ?, 'running', ?, ?)",
+                    (invoke_id, execution_id, start_time, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def set_process(self, invoke_id: str, execution_id: str, pid: int, proc_start: str) -> None:
+        """Remember the process group of a running execution (to clean up after a crash)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE executions SET pid = ?, proc_start = ? WHERE invoke_id = ? AND "
+                "execution_id = ?",
+                (pid, proc_start, invoke_id, execution_id),
+            )
+
+    def finish_execution(
+        self, invoke_id: str, execution_id: str, key: str, path: str, body: dict[str, Any]
+    ) -> None:
+        """Mark an execution done and queue its terminal report, atomically."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO executions (invoke_id, execution_id, state, start_time, updated) "
+                "VALUES (?, ?, 'done', ?, ?) ON CONFLICT (invoke_id, execution_id) DO UPDATE "
+                "SET state = 'done', updated = excluded.updated",
+                (invoke_id, execution_id, int(body.get("start_time") or 0), time.time()),
+            )
+            _insert_report(db, key, path, body)
+        self._wake()
+
+    def started_executions(self) -> list[StartedExecution]:
+        """Executions recorded as running (after a crash: the ones that died with the agent)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT invoke_id, execution_id, start_time, pid, proc_start FROM executions "
+                "WHERE state = 'running'"
+            ).fetchall()
+        return [StartedExecution(*row) for row in rows]
+
+    def execution_known(self, invoke_id: str, execution_id: str) -> bool:
+        """True if this execution was started (or finished) before."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM executions WHERE invoke_id = ? AND execution_id = ?",
+                (invoke_id, execution_id),
+            ).fetchone()
+        return row is not None
+
+    def execution_count(self, invoke_id: str) -> int:
+        """How many executions of a task were ever started here."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM executions WHERE invoke_id = ?", (invoke_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def prune_executions(self, older_than: float) -> None:
+        """Forget finished executions last touched before `older_than` (Unix seconds)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM executions WHERE state = 'done' AND updated < ?", (older_than,))
+
+    # -- first sighting of reboot-bound tasks ------------------------------------------------
+
+    def first_seen_boot(self, invoke_id: str, boot_id: str) -> str:
+        """The boot a task was first seen in (recording `boot_id` if this is the first time)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO seen (invoke_id, boot_id, first_seen) VALUES (?, ?, ?)",
+                (invoke_id, boot_id, time.time()),
+            )
+            row = db.execute(
+                "SELECT boot_id FROM seen WHERE invoke_id = ?", (invoke_id,)
+            ).fetchone()
+        return str(row[0])
+
+
+def _insert_report(db: sqlite3.Connection, key: str, path: str, body: dict[str, Any]) -> bool:
+    """Insert one report row unless its key is queued already."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO outbox (key, path, body, created) VALUES (?, ?, ?, ?)",
+        (key, path, json.dumps(body, separators=(",", ":")), time.time()),
+    )
+    return cursor.rowcount > 0

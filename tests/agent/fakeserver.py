@@ -1,0 +1,293 @@
+"""A STAND-IN for assist-server's agent API, for client-level tests of the agent only.
+
+It follows docs/agent-protocol.md faithfully (Ed25519 signatures, timestamp window, nonce
+replay, first terminal report wins, chunks once per offset, long-poll notify) but keeps
+everything in memory. End-to-end tests use the real server (server/testing.py) instead; this
+exists so the agent's behaviour under faults (server down, duplicates) can be checked precisely.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import itertools
+import json
+import threading
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+TERMINAL = ("finish", "timeout", "error", "stopped", "invalid")
+_ids = itertools.count(1)
+
+
+class FakeState:
+    """Everything the stand-in server knows."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.activations: dict[str, str] = {}
+        self.keys: dict[str, Ed25519PublicKey] = {}
+        self.nonces: set[str] = set()
+        self.tasks: dict[str, dict[str, dict[str, Any]]] = {}  # instance -> invoke -> task
+        self.stopped: dict[str, set[str]] = {}
+        self.terminal: dict[tuple[str, str, str], dict[str, Any]] = {}  # first report wins
+        self.reports: list[tuple[str, str, dict[str, Any]]] = []  # every terminal report seen
+        self.chunks: dict[tuple[str, str, str], dict[int, bytes]] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        self.heartbeats: list[tuple[str, dict[str, Any]]] = []
+        self.lists: list[tuple[str, str]] = []
+        self.update_now: set[str] = set()
+        self.refuse_reports = 0  # answer 503 to the next N report posts
+
+    def add_task(self, instance: str, **fields: Any) -> str:
+        """Queue a task for `instance` and kick it; returns the invoke id."""
+        invoke = fields.pop("invoke_id", None) or f"t-{next(_ids):06d}"
+        content = fields.pop("script", None)
+        task = {
+            "invoke_id": invoke,
+            "command_id": f"c-{invoke[2:]}",
+            "command_name": "test",
+            "type": "RunShellScript",
+            "content": base64.b64encode((content or "echo 123\n").encode()).decode(),
+            "working_dir": "",
+            "username": "",
+            "timeout": 60,
+            "repeat_mode": "Once",
+            "frequency": "",
+            "timed": False,
+            "revision": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        task.update(fields)
+        with self.lock:
+            self.tasks.setdefault(instance, {})[invoke] = task
+            self.kick(instance, {"type": "task"})
+        return invoke
+
+    def stop(self, instance: str, invoke: str) -> None:
+        """The operator stops an invocation."""
+        with self.lock:
+            self.stopped.setdefault(instance, set()).add(invoke)
+            self.kick(instance, {"type": "stop"})
+
+    def kick(self, instance: str, event: dict[str, Any]) -> None:
+        """Raise a notify event (caller holds the lock)."""
+        self.events.setdefault(instance, []).append(event)
+        self.lock.notify_all()
+
+    def results_for(self, invoke: str) -> list[dict[str, Any]]:
+        """Terminal reports accepted (first per execution) for an invocation."""
+        with self.lock:
+            return [dict(v, kind=v["_kind"]) for k, v in self.terminal.items() if k[1] == invoke]
+
+    def wait(self, predicate: Any, timeout: float = 20.0) -> bool:
+        """Wait until predicate(state) is true."""
+        deadline = time.time() + timeout
+        with self.lock:
+            while not predicate(self):
+                left = deadline - time.time()
+                if left <= 0:
+                    return False
+                self.lock.wait(min(left, 0.2))
+        return True
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+    def _send(self, status: int, value: Any) -> None:
+        body = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        self._send(status, {"code": code, "message": message})
+
+    def _verify(self, body: bytes) -> str | None:
+        """Check the X-Assist-* signature; answer 401 and return None when it fails."""
+        state = self.server.state
+        h = self.headers
+        instance = h.get("X-Assist-Instance-Id", "")
+        key = state.keys.get(instance)
+        if key is None:
+            self._error(401, "InvalidSignature", "unknown instance")
+            return None
+        try:
+            ts = int(h.get("X-Assist-Timestamp", ""))
+        except ValueError:
+            self._error(401, "InvalidSignature", "bad timestamp")
+            return None
+        if abs(time.time() - ts) > 300:
+            self._error(401, "InvalidSignature", "stale timestamp")
+            return None
+        nonce = h.get("X-Assist-Nonce", "")
+        parts = urlsplit(self.path)
+        canonical = "\n".join(
+            [
+                self.command,
+                parts.path,
+                parts.query,
+                str(ts),
+                nonce,
+                hashlib.sha256(body).hexdigest(),
+            ]
+        ).encode()
+        try:
+            key.verify(base64.b64decode(h.get("X-Assist-Signature", "")), canonical)
+        except (InvalidSignature, ValueError):
+            self._error(401, "InvalidSignature", "signature does not match")
+            return None
+        with state.lock:
+            if nonce in state.nonces:
+                self._error(401, "ReplayedRequest", "nonce seen before")
+                return None
+            state.nonces.add(nonce)
+        return instance
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != "/luban/api/v1/notify":
+            self._error(404, "NotFound", parts.path)
+            return
+        instance = self._verify(b"")
+        if instance is None:
+            return
+        wait = min(60, int(parse_qs(parts.query).get("timeout", ["25"])[0]))
+        state = self.server.state
+        deadline = time.time() + wait
+        with state.lock:
+            while not state.events.get(instance) and time.time() < deadline:
+                if self.server.closing:
+                    break
+                state.lock.wait(min(0.2, deadline - time.time()))
+            events = state.events.pop(instance, [])
+        self._send(200, {"events": events})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        path = urlsplit(self.path).path
+        state = self.server.state
+        if path == "/luban/api/instance/register":
+            data = json.loads(body)
+            if state.activations.get(data.get("activation_id")) != data.get("activation_code"):
+                self._error(403, "InvalidActivation", "unknown activation or wrong code")
+                return
+            instance = data.get("instance_id") or f"mi-{uuid.uuid4().hex[:20]}"
+            raw = base64.b64decode(data["public_key"])
+            state.keys[instance] = Ed25519PublicKey.from_public_bytes(raw)
+            self._send(200, {"instance_id": instance})
+            return
+        instance = self._verify(body)
+        if instance is None:
+            return
+        data = json.loads(body or b"{}")
+        if path == "/luban/api/v1/task/list":
+            with state.lock:
+                state.lists.append((instance, data.get("reason", "")))
+                done = {k[1] for k in state.terminal if k[0] == instance and k[2] == "0"}
+                run = [
+                    t
+                    for inv, t in state.tasks.get(instance, {}).items()
+                    if inv not in state.stopped.get(instance, set())
+                    and (t["timed"] or t["repeat_mode"] != "Once" or inv not in done)
+                ]
+                stop = sorted(state.stopped.get(instance, set()))
+            self._send(200, {"run": run, "stop": stop})
+        elif path == "/luban/api/v1/task/running":
+            key = (instance, data["invoke_id"], str(data["execution_id"]))
+            with state.lock:
+                state.chunks.setdefault(key, {}).setdefault(
+                    int(data["offset"]), base64.b64decode(data["output"])
+                )
+                state.lock.notify_all()
+            self._send(200, {"ok": True})
+        elif path.rsplit("/", 1)[-1] in TERMINAL and path.startswith("/luban/api/v1/task/"):
+            with state.lock:
+                if state.refuse_reports > 0:
+                    state.refuse_reports -= 1
+                    self._error(503, "ServiceUnavailable", "try later")
+                    return
+                kind = path.rsplit("/", 1)[-1]
+                key = (instance, data["invoke_id"], str(data["execution_id"]))
+                state.reports.append((instance, kind, data))
+                duplicate = key in state.terminal
+                if not duplicate:
+                    state.terminal[key] = dict(data, _kind=kind)
+                state.lock.notify_all()
+            self._send(200, {"ok": True, "duplicate": duplicate})
+        elif path == "/luban/api/heart-beat":
+            with state.lock:
+                state.heartbeats.append((instance, data))
+            self._send(200, {"next_interval": 60})
+        elif path == "/luban/api/v1/update/update_check":
+            with state.lock:
+                now = instance in state.update_now
+                state.update_now.discard(instance)
+            self._send(200, {"update_now": now, "version": "9.9.9" if now else ""})
+        else:
+            self._error(404, "NotFound", path)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, state: FakeState) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.state = state
+        self.closing = False
+
+
+class FakeServer:
+    """Start/stop the stand-in on a fixed loopback port (so it can go down and come back)."""
+
+    def __init__(self) -> None:
+        self.state = FakeState()
+        self._server: _Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeServer:
+        self._server = _Server(self.port, self.state)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        """Stop answering (connections are refused until `start()`)."""
+        if self._server is not None:
+            self._server.closing = True
+            with self.state.lock:
+                self.state.lock.notify_all()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def activation(self) -> tuple[str, str]:
+        """Create an activation id + code."""
+        act_id, code = f"act-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+        self.state.activations[act_id] = code
+        return act_id, code
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.down()

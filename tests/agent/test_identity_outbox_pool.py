@@ -1,0 +1,113 @@
+"""Identity storage and signing, the SQLite outbox/ledger, and the bounded pool."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.identity import (
+    Identity,
+    NotRegisteredError,
+    canonical_string,
+    generate_key,
+    load_identity,
+    save_identity,
+    sign_headers,
+)
+from agent.outbox import Store
+from agent.pool import TaskPool
+from common.errors import LocalStateError
+
+
+def test_identity_round_trip_keeps_key_private(tmp_path: Path) -> None:
+    key = generate_key()
+    save_identity(tmp_path, Identity("mi-1", key, "http://127.0.0.1:1"))
+    assert stat.S_IMODE(os.stat(tmp_path / "agent.key").st_mode) == 0o600
+    loaded = load_identity(tmp_path)
+    assert loaded.instance_id == "mi-1" and loaded.server == "http://127.0.0.1:1"
+    assert loaded.public_key_b64() == Identity("", key).public_key_b64()
+
+
+def test_identity_refuses_missing_and_world_readable_keys(tmp_path: Path) -> None:
+    with pytest.raises(NotRegisteredError):
+        load_identity(tmp_path)
+    save_identity(tmp_path, Identity("mi-1", generate_key()))
+    os.chmod(tmp_path / "agent.key", 0o644)
+    with pytest.raises(LocalStateError, match="readable by others"):
+        load_identity(tmp_path)
+
+
+def test_signature_covers_the_canonical_string() -> None:
+    ident = Identity("mi-9", generate_key())
+    body = b'{"reason":"kick"}'
+    headers = sign_headers(ident, "POST", "/luban/api/v1/task/list", "", body, now=1000, nonce="n1")
+    assert headers["X-Assist-Timestamp"] == "1000"
+    expected = b"\n".join(
+        [
+            b"POST",
+            b"/luban/api/v1/task/list",
+            b"",
+            b"1000",
+            b"n1",
+            hashlib.sha256(body).hexdigest().encode(),
+        ]
+    )
+    assert canonical_string("post", "/luban/api/v1/task/list", "", 1000, "n1", body) == expected
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(ident.public_key_b64()))
+    public.verify(base64.b64decode(headers["X-Assist-Signature"]), expected)  # raises if wrong
+
+
+def test_outbox_dedupes_by_key_and_survives_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.enqueue("k1", "/v1/task/running", {"a": 1})
+    assert not store.enqueue("k1", "/v1/task/running", {"a": 2})
+    store.close()
+    store = Store(tmp_path)
+    [report] = store.due_reports(now=1e12)
+    assert (report.key, report.body) == ("k1", {"a": 1})
+    store.postpone(report.id, next_try=1e12)
+    assert store.due_reports(now=0) == []
+    store.acknowledge(report.id)
+    assert store.pending_count() == 0
+
+
+def test_ledger_claims_once_and_lists_unfinished(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.claim_execution("t-1", "0", 5)
+    assert not store.claim_execution("t-1", "0", 6)
+    store.set_process("t-1", "0", 1234, "99")
+    [started] = store.started_executions()
+    assert (started.invoke_id, started.pid, started.proc_start) == ("t-1", 1234, "99")
+    store.finish_execution("t-1", "0", "terminal/t-1/0", "/v1/task/finish", {"start_time": 5})
+    assert store.started_executions() == []
+    assert store.execution_known("t-1", "0")
+    assert store.pending_count() == 1
+    assert store.first_seen_boot("t-2", "boot-a") == "boot-a"
+    assert store.first_seen_boot("t-2", "boot-b") == "boot-a"
+
+
+def test_pool_bounds_running_and_queued() -> None:
+    pool = TaskPool(max_running=2, max_queued=1)
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+
+    def job() -> None:
+        started.release()
+        gate.wait(10)
+
+    assert pool.submit("a", job) and pool.submit("b", job)
+    assert started.acquire(timeout=5) and started.acquire(timeout=5)
+    assert pool.submit("c", job)  # queued
+    assert not pool.submit("d", job)  # beyond 2 running + 1 queued
+    assert pool.submit("a", job)  # already held: accepted once, not twice
+    assert pool.counts() == (2, 1)
+    gate.set()
+    assert pool.wait_idle(10)
+    assert pool.counts() == (0, 0) and not pool.holds("c")
