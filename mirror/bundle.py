@@ -1,0 +1,99 @@
+"""Bundles for sites with no network path: export a mirror to one tar, import it verified.
+
+A bundle is a plain tar of the published tree (through the index symlinks) plus bundle.json.
+Import unpacks it beside the mirror and runs an ordinary sync from it, so the bundle is
+verified exactly like an upstream: the pinned root, gpgv, every hash.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from common.atomic import atomic_open
+from common.errors import UsageError, VerificationError
+from mirror.source import DirSource
+from mirror.state import load_state, state_dir
+from mirror.sync import SyncOptions, SyncReport, sync
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "bundle.json"
+
+
+def export_bundle(root: Path, out: Path, since: Path | None = None) -> int:
+    """Write the published tree to `out`; with `since` (a site's state.json) only what it lacks."""
+    state = load_state(root)
+    if not state.last_sync:
+        raise UsageError(f"{root} holds no synced mirror", hint="run assist-mirror sync first")
+    have: dict[str, list[object]] = {}
+    if since is not None:
+        try:
+            have = json.loads(since.read_text(encoding="utf-8")).get("files", {})
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"cannot read --since {since}: {exc}", hint="pass the site's .mirror/state.json"
+            ) from exc
+    members = sorted(
+        rel
+        for rel, record in state.files.items()
+        if list(have.get(rel, []))[:2] != list(record)[:2]
+    )
+    manifest = {
+        "timestamp_version": state.timestamp_version,
+        "files": members,
+        "incremental": since is not None,
+    }
+    with atomic_open(out) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
+        data = json.dumps(manifest, indent=2).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for rel in members:
+            tar.add(str(root / rel), arcname=rel, recursive=False)
+    log.info("exported %d files to %s", len(members), out)
+    return len(members)
+
+
+def import_bundle(
+    bundle: Path,
+    root: Path,
+    *,
+    trust_root: Path | None = None,
+    keyring: Path | None = None,
+    region: str = "",
+    public_url: str = "",
+) -> SyncReport:
+    """Unpack `bundle` next to the mirror and sync from it with full verification."""
+    if not bundle.is_file():
+        raise UsageError(f"bundle {bundle} not found")
+    state_dir(root).mkdir(parents=True, exist_ok=True)
+    state = load_state(root)
+    with tempfile.TemporaryDirectory(prefix="import-", dir=state_dir(root)) as tmp:
+        unpacked = Path(tmp)
+        try:
+            with tarfile.open(bundle) as tar:
+                tar.extractall(unpacked, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise VerificationError(
+                f"cannot unpack bundle {bundle}: {exc}",
+                hint="the bundle is damaged or not one of ours",
+            ) from exc
+        (unpacked / MANIFEST).unlink(missing_ok=True)
+        report = sync(
+            SyncOptions(
+                root=root,
+                source=DirSource(unpacked),
+                region=region or state.region,
+                public_url=public_url or state.public_url,
+                trust_root=trust_root,
+                keyring=keyring,
+            )
+        )
+        shutil.rmtree(unpacked, ignore_errors=True)
+    return report

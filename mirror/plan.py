@@ -1,0 +1,173 @@
+"""Pure decisions of a sync: which targets and packages to mirror, and which files to fetch.
+
+Nothing here touches disk or network; the orchestrator (mirror/sync.py) feeds it parsed,
+verified metadata and acts on the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from packaging.version import InvalidVersion, Version
+
+from common.platform import DEB_ARCH
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the mirrored tree: where it goes and what it must hash to."""
+
+    relpath: str  # path inside the repository, POSIX, e.g. targets/pkg/1.0/<sha>.pkg.deb
+    length: int  # bytes
+    sha256: str  # lowercase hex
+    package: str = ""  # for content: which package and version it belongs to (prune)
+    version: str = ""
+
+    def record(self) -> list[object]:
+        """How the state file remembers a published file."""
+        return [self.sha256, self.length, self.package, self.version]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A TUF target with our custom fields (DESIGN.md §3)."""
+
+    path: str  # pkg/ver/filename
+    length: int
+    sha256: str
+    package: str
+    version: str
+    os: str
+    arch: str
+    format: str
+    channels: tuple[str, ...]
+
+    @property
+    def relpath(self) -> str:
+        """The consistent-snapshot file name under targets/."""
+        directory, name = posixpath.split(self.path)
+        return posixpath.join("targets", directory, f"{self.sha256}.{name}")
+
+    def entry(self) -> FileEntry:
+        """The file this target is published as."""
+        return FileEntry(self.relpath, self.length, self.sha256, self.package, self.version)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What part of the upstream repository a region mirrors; empty means everything."""
+
+    channels: tuple[str, ...] = ()
+    oses: tuple[str, ...] = ()
+    archs: tuple[str, ...] = ()  # our names: x86_64, aarch64
+    keep: int = 0  # newest versions per package; 0 keeps all
+
+    def fingerprint(self) -> str:
+        """A stable digest, so a sync notices the filters changed."""
+        data = json.dumps(
+            [sorted(self.channels), sorted(self.oses), sorted(self.archs), self.keep]
+        ).encode()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    def wants_os(self, os_name: str) -> bool:
+        return not self.oses or os_name in self.oses
+
+    def wants_arch(self, arch: str) -> bool:
+        """Whether `arch` (ours, Debian's or rpm's; noarch/all always) is mirrored."""
+        if not self.archs or arch in ("noarch", "all"):
+            return True
+        ours = {a for a in self.archs} | {DEB_ARCH.get(a, a) for a in self.archs}
+        return arch in ours
+
+    def wants_channel(self, channel: str) -> bool:
+        return not self.channels or channel in self.channels
+
+
+@dataclass
+class Plan:
+    """Every file the mirrored tree must hold after the sync, and which of them to fetch."""
+
+    wanted: list[FileEntry] = field(default_factory=list)
+    fetch: list[FileEntry] = field(default_factory=list)
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(entry.length for entry in self.fetch)
+
+
+def parse_targets(signed_targets: Mapping[str, Any]) -> list[Target]:
+    """Targets of a verified top-level targets role (its `signed.targets` dict)."""
+    result = []
+    for path, info in signed_targets.items():
+        custom = info.get("custom", {}) or {}
+        result.append(
+            Target(
+                path=path,
+                length=int(info["length"]),
+                sha256=str(info["hashes"]["sha256"]),
+                package=str(custom.get("package", path.split("/")[0])),
+                version=str(custom.get("version", "")),
+                os=str(custom.get("os", "")),
+                arch=str(custom.get("arch", "")),
+                format=str(custom.get("format", "")),
+                channels=tuple(custom.get("channels", ()) or ()),
+            )
+        )
+    return result
+
+
+def version_key(text: str) -> tuple[int, Any]:
+    """Order versions with packaging.version; unparsable ones sort first, by text."""
+    try:
+        return (1, Version(text))
+    except InvalidVersion:
+        return (0, text)
+
+
+def keep_newest(
+    items: Iterable[T], package: Callable[[T], str], version: Callable[[T], str], keep: int
+) -> list[T]:
+    """Items whose version is among the `keep` newest of their package (all when keep <= 0)."""
+    items = list(items)
+    if keep <= 0:
+        return items
+    versions: dict[str, set[str]] = {}
+    for item in items:
+        versions.setdefault(package(item), set()).add(version(item))
+    kept = {name: set(sorted(found, key=version_key)[-keep:]) for name, found in versions.items()}
+    return [item for item in items if version(item) in kept[package(item)]]
+
+
+def select_targets(targets: Iterable[Target], filters: Filters) -> list[Target]:
+    """Targets passing the channel/os/arch filters, then the newest `keep` per package."""
+    chosen = [
+        t
+        for t in targets
+        if filters.wants_os(t.os)
+        and (not t.arch or filters.wants_arch(t.arch))
+        and (not filters.channels or any(c in filters.channels for c in t.channels))
+    ]
+    chosen = keep_newest(chosen, lambda t: t.package, lambda t: t.version, filters.keep)
+    return sorted(chosen, key=lambda t: t.path)
+
+
+def channels_of(targets: Iterable[Target], filters: Filters) -> list[str]:
+    """The channels to mirror apt/yum trees for: those the targets name, filtered."""
+    found = {c for t in targets for c in t.channels} or {"stable"}
+    return sorted(c for c in found if filters.wants_channel(c))
+
+
+def plan_fetch(wanted: Iterable[FileEntry], have: Callable[[FileEntry], bool]) -> Plan:
+    """Deduplicate `wanted` by path and list those `have` says are missing."""
+    unique: dict[str, FileEntry] = {}
+    for entry in wanted:
+        unique.setdefault(entry.relpath, entry)
+    ordered = sorted(unique.values(), key=lambda e: e.relpath)
+    return Plan(wanted=ordered, fetch=[e for e in ordered if not have(e)])
