@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakepayload import LocalRepo, install_version, make_tarball
 
 from common.platform import detect_platform
 from common.service import ProcessManager
-from fakepayload import LocalRepo, install_version, make_tarball
-from updater.engine import UpdateSettings, Updater
+from updater.engine import Updater, UpdateSettings
 from updater.layout import Layout
 
 

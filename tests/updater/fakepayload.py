@@ -86,7 +86,9 @@ def make_tarball(
     return out
 
 
-def install_version(prefix: Path, version: str, *, current: bool = False, broken: bool = False) -> None:
+def install_version(
+    prefix: Path, version: str, *, current: bool = False, broken: bool = False
+) -> None:
     """Put a fake version under prefix/versions (and point current at it)."""
     write_tree(prefix / "versions" / version, version, broken)
     for sub in ("state", "log"):
@@ -119,8 +121,9 @@ class LocalRepo:
         version = version or self.versions(package)[-1]
         path = self.artifacts[version]
         length = self.length_override or path.stat().st_size
-        return SimpleNamespace(path=f"{package}/{version}/{path.name}", length=length,
-                               version=version, local=path)
+        return SimpleNamespace(
+            path=f"{package}/{version}/{path.name}", length=length, version=version, local=path
+        )
 
     def download(self, target: SimpleNamespace, dest_dir: Path) -> Path:
         dest_dir.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from common.service import ProcessManager
 from conftest import make_updater
 from fakepayload import LocalRepo
+
+from common.service import ProcessManager
 from updater import journal as jr
 from updater.layout import Layout, is_runnable
 from updater.recovery import recover
@@ -47,7 +47,10 @@ def test_kill_at_phase_then_recover_leaves_runnable_current(
     dist = artifacts["1.1.0"].parent
     proc = subprocess.run(
         [sys.executable, str(DRIVER), str(prefix), str(dist), version],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     layout = Layout(prefix)

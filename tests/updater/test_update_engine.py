@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import make_updater
+from fakepayload import LocalRepo
 
 from common.errors import LockedError, NoSpaceError, VerificationError
 from common.service import ProcessManager, pid_alive
-from conftest import make_updater
-from fakepayload import LocalRepo
 from updater import journal as jr
 from updater.engine import RefusedError
 from updater.layout import Layout
@@ -32,7 +32,11 @@ def test_apply_updates_to_newest_healthy_version(prefix: Path, artifacts: dict[s
     old_pid = ProcessManager(prefix).main_pid()
     repo = LocalRepo({v: artifacts[v] for v in ("1.0.0", "1.1.0")})
     outcome = make_updater(prefix, repo).apply()
-    assert (outcome.result, outcome.from_version, outcome.to_version) == ("updated", "1.0.0", "1.1.0")
+    assert (outcome.result, outcome.from_version, outcome.to_version) == (
+        "updated",
+        "1.0.0",
+        "1.1.0",
+    )
     layout = Layout(prefix)
     assert read_pointer(layout) == "1.1.0" and read_pointer(layout, "previous") == "1.0.0"
     health = _health(prefix)
@@ -83,7 +87,9 @@ def test_verification_failure_leaves_current_and_journal_unchanged(
     assert sorted(p.name for p in (prefix / "versions").iterdir()) == ["1.0.0"]
 
 
-def test_no_space_refuses_before_touching_anything(prefix: Path, artifacts: dict[str, Path]) -> None:
+def test_no_space_refuses_before_touching_anything(
+    prefix: Path, artifacts: dict[str, Path]
+) -> None:
     repo = LocalRepo(artifacts)
     repo.length_override = 1 << 60
     with pytest.raises(NoSpaceError):

@@ -18,7 +18,12 @@ def test_happy_path_transitions_are_allowed_in_order() -> None:
         j = jr.advance(j, phase)
     assert j.phase == jr.COMMITTED
     assert j.history == (
-        jr.DOWNLOADING, jr.VERIFIED, jr.STAGED, jr.SWAPPED, jr.HEALTH_CHECK, jr.COMMITTED,
+        jr.DOWNLOADING,
+        jr.VERIFIED,
+        jr.STAGED,
+        jr.SWAPPED,
+        jr.HEALTH_CHECK,
+        jr.COMMITTED,
     )
     assert (j.from_version, j.to_version) == ("1.0.0", "1.1.0")
 

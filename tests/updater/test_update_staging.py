@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from fakepayload import make_tarball, write_tree
 
 from common.errors import NoSpaceError, VerificationError
-from fakepayload import make_tarball, write_tree
 from updater.staging import classify_member, ensure_free_space, stage_artifact
 
 
@@ -115,8 +115,11 @@ def _build_deb(tmp_path: Path, version: str) -> Path:
         "Maintainer: test <t@assist.invalid>\nDescription: test\n"
     )
     out = tmp_path / f"aliyun-assist_{version}_amd64.deb"
-    subprocess.run(["dpkg-deb", "-Zxz", "--root-owner-group", "--build", str(root), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "-Zxz", "--root-owner-group", "--build", str(root), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -140,9 +143,17 @@ def test_rpm_payload_is_staged_with_real_rpmbuild_package(tmp_path: Path) -> Non
     )
     top = tmp_path / "rpmbuild"
     subprocess.run(
-        ["rpmbuild", "-bb", "--define", f"_topdir {top}", "--define", "__os_install_post %{nil}",
-         str(spec)],
-        check=True, capture_output=True,
+        [
+            "rpmbuild",
+            "-bb",
+            "--define",
+            f"_topdir {top}",
+            "--define",
+            "__os_install_post %{nil}",
+            str(spec),
+        ],
+        check=True,
+        capture_output=True,
     )
     rpm = next(top.glob("RPMS/*/*.rpm"))
     final = stage_artifact(rpm, "rpm", "1.1.0", tmp_path / "prefix" / "versions")
