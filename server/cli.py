@@ -1,12 +1,178 @@
-"""assist-server command line (placeholder until the capability lands)."""
+"""assist-server: serve the control plane, migrate its database, create AccessKeys."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from common.cli import not_built
+from common.cli import add_common_options, print_json, run_cli
+from common.errors import ConfigError, UsageError
 
-main = not_built("assist-server", "The Cloud Assistant control plane")
+SETTINGS_ENV = "ASSIST_SERVER_SETTINGS"
+H11_MAX_EVENT = 512 * 1024  # bytes: the SDK puts every parameter (18 KB content) in the URL
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [::1]:8080)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"bad --listen {text!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="assist-server", description="The Cloud Assistant control plane"
+    )
+    add_common_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    db_help = "sqlite:///PATH or postgresql://… (default: a SQLite file under the data dir)"
+
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    add_common_options(serve)
+    serve.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT")
+    serve.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
+    serve.add_argument("--tls-cert", help="PEM certificate (enables HTTPS)")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--max-invoke-instances", type=int, default=100,
+        help="InstanceId.N allowed per InvokeCommand (the real API allows 100)",
+    )
+    serve.add_argument("--heartbeat-interval", type=int, default=60, help="seconds")
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
+    add_common_options(migrate)
+    migrate.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
+    migrate.add_argument("--json", action="store_true")
+
+    accesskey = sub.add_parser("accesskey", help="manage AccessKeys")
+    add_common_options(accesskey)
+    ak_sub = accesskey.add_subparsers(dest="ak_command", required=True)
+    create = ak_sub.add_parser("create", help="create an AccessKey for an account")
+    add_common_options(create)
+    create.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
+    create.add_argument("--account", default="default")
+    create.add_argument("--json", action="store_true")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from server.app import Settings
+
+    if args.max_invoke_instances < 1 or args.heartbeat_interval < 1:
+        raise UsageError("--max-invoke-instances and --heartbeat-interval must be positive")
+    return Settings(
+        db_url=args.db,
+        max_invoke_instances=args.max_invoke_instances,
+        heartbeat_interval=args.heartbeat_interval,
+    )
+
+
+def app_from_env() -> Any:
+    """Application factory for multi-worker uvicorn (settings passed through the env)."""
+    from server.app import Settings, create_app
+
+    return create_app(Settings(**json.loads(os.environ[SETTINGS_ENV])))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.store.db import normalize_db_url
+
+    host, port = parse_listen(args.listen)
+    normalize_db_url(args.db)  # refuse a bad URL before binding
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"TLS file not found: {path}")
+    settings = settings_from_args(args)
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "debug" if args.debug else "warning",
+        "access_log": bool(args.debug),
+        "ssl_certfile": args.tls_cert,
+        "ssl_keyfile": args.tls_key,
+        "h11_max_incomplete_event_size": H11_MAX_EVENT,
+        "timeout_keep_alive": 75,
+        "backlog": 4096,
+    }
+    if args.workers > 1:
+        os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+        uvicorn.run("server.cli:app_from_env", factory=True, workers=args.workers, **common)
+        return 0
+    from server.app import create_app
+
+    config = uvicorn.Config(create_app(settings), **common)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from server.store import Store
+
+    async def run() -> tuple[int, int]:
+        store = Store(args.db)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    before, after = asyncio.run(run())
+    if args.json:
+        print_json({"before": before, "after": after})
+    else:
+        print(f"schema version {before} -> {after}")
+    return 0
+
+
+def cmd_accesskey_create(args: argparse.Namespace) -> int:
+    from server.store import Store
+    from server.store import queries as q
+
+    account = args.account.strip()
+    if not account or len(account) > 128:
+        raise UsageError("--account must be 1..128 characters")
+
+    async def run() -> tuple[str, str]:
+        store = Store(args.db)
+        try:
+            await store.migrate()
+            async with store.write() as conn:
+                return await q.create_access_key(conn, account)
+        finally:
+            await store.close()
+
+    key_id, secret = asyncio.run(run())
+    if args.json:
+        print_json({"AccessKeyId": key_id, "AccessKeySecret": secret, "Account": account})
+    else:
+        print(f"AccessKeyId:     {key_id}\nAccessKeySecret: {secret}\nAccount:         {account}")
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "migrate":
+        return cmd_migrate(args)
+    return cmd_accesskey_create(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("assist-server", build_parser(), dispatch, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main(None))

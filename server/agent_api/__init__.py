@@ -1,0 +1,1 @@
+"""The agent API under /luban/api/… (docs/agent-protocol.md)."""

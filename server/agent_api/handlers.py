@@ -1,0 +1,286 @@
+"""Endpoint logic of the agent API: register, tasks, reports, heartbeat, notify, update."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from server import model
+from server.agent_api.auth import AgentError, load_public_key
+from server.store import queries as q
+
+if TYPE_CHECKING:
+    from server.app import AgentIdentity, ServerState
+
+MAX_OUTPUT_B64 = 1024 * 1024  # bytes of base64 output accepted in one report
+_INSTANCE_ID = re.compile(r"^i-[A-Za-z0-9]{1,60}$")
+_INVOKE_ID = re.compile(r"^t-[A-Za-z0-9]{1,60}$")
+_EXECUTION_ID = re.compile(r"^[0-9A-Za-z_.:-]{1,32}$")
+TERMINAL_KINDS = ("finish", "timeout", "error", "stopped", "invalid")
+
+
+def bad(message: str) -> AgentError:
+    return AgentError("InvalidParameter", message, 400)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object."""
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise bad("the body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise bad("the body must be a JSON object")
+    return value
+
+
+def field_str(body: dict[str, Any], name: str, max_len: int = 256, required: bool = False) -> str:
+    value = body.get(name, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise bad(f"{name} must be a string")
+    if required and not value:
+        raise bad(f"{name} is required")
+    if len(value) > max_len:
+        raise bad(f"{name} is longer than {max_len} characters")
+    return value
+
+
+def field_int(body: dict[str, Any], name: str, default: int | None = 0, nullable: bool = False) -> int | None:
+    value = body.get(name, default)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(f"{name} must be an integer")
+    if abs(value) > 2**62:
+        raise bad(f"{name} is out of range")
+    return value
+
+
+def field_b64(body: dict[str, Any], name: str) -> str:
+    value = field_str(body, name, MAX_OUTPUT_B64)
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad(f"{name} must be base64") from exc
+    return value
+
+
+def ip_allowed(ip: str, ranges: str) -> bool:
+    """Whether the registering client's address is inside the activation's ranges."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for part in ranges.split(","):
+        network = ipaddress.ip_network(part.strip(), strict=False)
+        if network.prefixlen == 0 or address in network:
+            return True
+    return False
+
+
+async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str, Any]:
+    """Join with an activation and an Ed25519 public key; returns the instance id."""
+    data = parse_json(body)
+    activation_id = field_str(data, "activation_id", 64, required=True)
+    code = field_str(data, "activation_code", 128, required=True)
+    public_key = field_str(data, "public_key", 128, required=True)
+    load_public_key(public_key)
+    os_type = field_str(data, "os_type", 16) or "linux"
+    if os_type not in ("linux", "windows"):
+        raise bad("os_type must be linux or windows")
+    wanted = field_str(data, "instance_id", 64)
+    if wanted and not _INSTANCE_ID.match(wanted):
+        raise bad("instance_id must look like i-…")
+    denied = AgentError("InvalidActivation", "unknown activation id or wrong code", 403)
+    now = model.now_ms()
+    async with state.store.write() as conn:
+        activation = await q.get_activation(conn, activation_id)
+        if activation is None or activation["disabled"]:
+            raise denied
+        if not _same(q.hash_code(code), activation["code_hash"]):
+            raise denied
+        if now > activation["created_ms"] + activation["ttl_hours"] * 3600 * 1000:
+            raise AgentError("ActivationExpired", "the activation has expired", 403)
+        if not ip_allowed(client_ip, activation["ip_address_range"]):
+            raise AgentError("InvalidActivation", "this address may not use the activation", 403)
+        instance_id = wanted or model.new_id("mi-", 17)
+        existing = await q.get_instance(conn, instance_id)
+        if existing is not None and existing["account"] != activation["account"]:
+            raise AgentError("InstanceIdConflict", f"{instance_id} belongs to another account", 409)
+        if not await q.claim_activation(conn, activation_id):
+            raise AgentError(
+                "ActivationLimitExceeded", "the activation's instance count is used up", 403
+            )
+        await q.upsert_instance(
+            conn,
+            {
+                "instance_id": instance_id,
+                "account": activation["account"],
+                "activation_id": activation_id,
+                "public_key": public_key,
+                "instance_name": field_str(data, "instance_name", 128)
+                or activation["instance_name"],
+                "hostname": field_str(data, "hostname", 256),
+                "os_type": os_type,
+                "agent_version": field_str(data, "agent_version", 64),
+                "ip": client_ip,
+                "registered": model.iso_from_ms(now),
+                "registered_ms": now,
+                "last_seen_ms": now,
+                "heartbeat_interval": state.heartbeat_interval,
+                "deregistered": False,
+            },
+        )
+    state.forget_instance(instance_id)
+    return {"instance_id": instance_id}
+
+
+def _same(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def render_task(row: dict[str, Any]) -> dict[str, Any]:
+    """A Task of task/list."""
+    return {
+        "invoke_id": row["invoke_id"],
+        "command_id": row["command_id"],
+        "command_name": row["command_name"],
+        "type": row["command_type"],
+        "content": row["content"],
+        "working_dir": row["working_dir"],
+        "username": row["username"],
+        "timeout": row["timeout"],
+        "repeat_mode": row["repeat_mode"],
+        "frequency": row["frequency"],
+        "timed": bool(row["timed"]),
+        "revision": row["revision"],
+        "created": row["created"],
+    }
+
+
+async def task_list(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    """Every task the instance should have, and the invocations it should stop."""
+    data = parse_json(body)
+    reason = field_str(data, "reason", 16)
+    if reason and reason not in ("startup", "kick", "poll"):
+        raise bad("reason must be startup, kick or poll")
+    async with state.store.write() as conn:
+        await state.use_agent_nonce(conn, who)
+        run, stop = await q.tasks_for(conn, who.instance_id)
+    return {"run": [render_task(r) for r in run], "stop": stop}
+
+
+def read_ids(data: dict[str, Any]) -> tuple[str, str]:
+    invoke_id = field_str(data, "invoke_id", 64, required=True)
+    if not _INVOKE_ID.match(invoke_id):
+        raise bad("invoke_id must look like t-…")
+    execution_id = field_str(data, "execution_id", 32) or "0"
+    if not _EXECUTION_ID.match(execution_id):
+        raise bad("execution_id is not valid")
+    return invoke_id, execution_id
+
+
+def task_not_found(invoke_id: str) -> AgentError:
+    return AgentError("TaskNotFound", f"{invoke_id} is not a task of this instance", 404)
+
+
+async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    """A chunk of running output; marks the execution Running."""
+    data = parse_json(body)
+    invoke_id, execution_id = read_ids(data)
+    start = field_int(data, "start_time") or model.now_ms()
+    offset = field_int(data, "offset")
+    if offset is None or offset < 0:
+        raise bad("offset must be a non-negative integer")
+    output = field_b64(data, "output")
+    async with state.store.write() as conn:
+        await state.use_agent_nonce(conn, who)
+        known = await q.record_running(
+            conn, who.instance_id, invoke_id, execution_id, start, offset, output
+        )
+    if not known:
+        raise task_not_found(invoke_id)
+    return {"ok": True}
+
+
+def terminal_status(kind: str, exit_code: int | None, start_ms: int | None) -> str:
+    """The per-instance status a terminal report means (docs/agent-protocol.md)."""
+    if kind == "finish":
+        return model.SUCCESS if exit_code == 0 else model.FAILED
+    if kind == "timeout":
+        return model.TIMEOUT
+    if kind == "error":
+        return model.FAILED
+    if kind == "stopped":
+        return model.TERMINATED if start_ms else model.STOPPED
+    return model.INVALID
+
+
+async def task_report(
+    state: ServerState, who: AgentIdentity, kind: str, body: bytes
+) -> dict[str, Any]:
+    """A terminal report; the first one for an execution wins, repeats are acknowledged."""
+    data = parse_json(body)
+    invoke_id, execution_id = read_ids(data)
+    exit_code = field_int(data, "exit_code", None, nullable=True)
+    start_ms = field_int(data, "start_time", None, nullable=True)
+    finish_ms = field_int(data, "end_time", None, nullable=True) or model.now_ms()
+    dropped = field_int(data, "dropped") or 0
+    report = {
+        "exit_code": exit_code,
+        "start_ms": start_ms or None,
+        "finish_ms": finish_ms,
+        "output": field_b64(data, "output"),
+        "dropped": max(dropped, 0),
+        "error_code": field_str(data, "error_code", 128),
+        "error_info": field_str(data, "error_message", 4096),
+    }
+    if kind == "error" and not report["error_code"]:
+        report["error_code"] = "ExecutionException"
+    status = terminal_status(kind, exit_code, start_ms)
+    async with state.store.write() as conn:
+        await state.use_agent_nonce(conn, who)
+        duplicate = await q.record_terminal(
+            conn, who.instance_id, invoke_id, execution_id, status, report
+        )
+    if duplicate is None:
+        raise task_not_found(invoke_id)
+    return {"ok": True, "duplicate": duplicate}
+
+
+async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    """Mark the instance online; tell it when to beat next."""
+    data = parse_json(body)
+    values: dict[str, Any] = {
+        "last_seen_ms": model.now_ms(),
+        "heartbeat_interval": state.heartbeat_interval,
+    }
+    version = field_str(data, "agent_version", 64)
+    if version:
+        values["agent_version"] = version
+    for name in ("uptime", "boot_time", "running"):
+        field_int(data, name)
+    async with state.store.write() as conn:
+        await state.use_agent_nonce(conn, who)
+        await q.touch_instance(conn, who.instance_id, values)
+    state.seen(who.instance_id, values["last_seen_ms"])
+    return {"next_interval": state.heartbeat_interval}
+
+
+async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    """update_now is true once after KickAgentUpdate for this instance."""
+    data = parse_json(body)
+    for name in ("agent_version", "os", "arch", "channel"):
+        field_str(data, name, 64)
+    async with state.store.write() as conn:
+        await state.use_agent_nonce(conn, who)
+        update_now, version = await q.take_update(conn, who.instance_id)
+    return {"update_now": update_now, "version": version if update_now else ""}

@@ -1,0 +1,81 @@
+"""CreateActivation, DescribeActivations."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from server import model
+from server.api import action
+from server.rpc import Params, invalid
+from server.store import queries as q
+
+if TYPE_CHECKING:
+    from server.app import ServerState
+
+
+def parse_ip_ranges(text: str) -> str:
+    """IpAddressRange: comma-separated CIDRs (default: any IPv4 address)."""
+    if not text:
+        return "0.0.0.0/0"
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        for part in parts:
+            ipaddress.ip_network(part, strict=False)
+    except ValueError as exc:
+        raise invalid("IpAddressRange", "It must be CIDR blocks separated by commas.") from exc
+    return ",".join(parts)
+
+
+@action("CreateActivation")
+async def create_activation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """An activation code that lets up to InstanceCount machines register."""
+    now = model.now_ms()
+    row = {
+        "activation_id": model.new_activation_id(),
+        "account": account,
+        "description": p.str("Description", max_len=100),
+        "instance_name": p.str("InstanceName", max_len=50),
+        "instance_count": p.int("InstanceCount", 10, 1, 1000),
+        "registered_count": 0,
+        "deregistered_count": 0,
+        "ip_address_range": parse_ip_ranges(p.str("IpAddressRange", max_len=256)),
+        "ttl_hours": p.int("TimeToLiveInHours", 4, 1, 876000),
+        "created": model.iso_from_ms(now),
+        "created_ms": now,
+        "disabled": False,
+    }
+    code = model.new_activation_code()
+    async with state.store.write() as conn:
+        await q.insert_activation(conn, row, code)
+    return {"ActivationId": row["activation_id"], "ActivationCode": code}
+
+
+@action("DescribeActivations")
+async def describe_activations(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """The account's activations (never their codes)."""
+    number, size = p.page()
+    filters = {"ActivationId": p.str("ActivationId"), "InstanceName": p.str("InstanceName")}
+    async with state.store.read() as conn:
+        total, rows = await q.list_activations(conn, account, filters, (number - 1) * size, size)
+    return {
+        "TotalCount": total,
+        "PageNumber": number,
+        "PageSize": size,
+        "ActivationList": [
+            {
+                "ActivationId": r["activation_id"],
+                "Description": r["description"],
+                "InstanceName": r["instance_name"],
+                "InstanceCount": r["instance_count"],
+                "RegisteredCount": r["registered_count"],
+                "DeregisteredCount": r["deregistered_count"],
+                "IpAddressRange": r["ip_address_range"],
+                "TimeToLiveInHours": r["ttl_hours"],
+                "CreationTime": r["created"],
+                "Disabled": bool(r["disabled"]),
+                "Tags": [],
+            }
+            for r in rows
+        ],
+    }

@@ -1,0 +1,146 @@
+"""CreateCommand, DescribeCommands, ModifyCommand, DeleteCommand."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any
+
+from server import model
+from server.api import action
+from server.rpc import ApiError, Params, missing
+from server.store import queries as q
+
+if TYPE_CHECKING:
+    from server.app import ServerState
+
+
+def command_not_found() -> ApiError:
+    return ApiError("InvalidCommandId.NotFound", "The specified command ID does not exist.", 404)
+
+
+def read_command_fields(p: Params, content_required: bool) -> dict[str, Any]:
+    """Validate the fields CreateCommand and RunCommand share."""
+    encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
+    raw = p.raw.get("CommandContent", "")
+    if raw == "":
+        if content_required:
+            raise missing("CommandContent")
+        content = ""
+    else:
+        content = model.decode_content(raw, encoding)
+    ctype = p.str("Type", required=True)
+    if ctype not in model.COMMAND_TYPES:
+        raise ApiError("InvalidCmdType.NotFound", "The specified command type does not exist.")
+    enable = p.bool("EnableParameter", False)
+    names = model.parameter_names(content) if enable and content else []
+    return {
+        "type": ctype,
+        "content": content,
+        "working_dir": p.str("WorkingDir", max_len=200),
+        "timeout": p.int("Timeout", model.DEFAULT_TIMEOUT, 1, model.MAX_TIMEOUT),
+        "enable_parameter": enable,
+        "parameter_names": json.dumps(names),
+        "description": p.str("Description", max_len=512),
+    }
+
+
+async def store_command(state: ServerState, account: str, name: str, fields: dict[str, Any]) -> str:
+    """Insert a command; return its id."""
+    command_id = model.new_id("c-")
+    now = model.now_ms()
+    row = {
+        "command_id": command_id, "account": account, "name": name, **fields,
+        "created": model.iso_from_ms(now), "created_ms": now, "invoke_times": 0,
+    }
+    async with state.store.write() as conn:
+        await q.insert_command(conn, row)
+    return command_id
+
+
+@action("CreateCommand")
+async def create_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Store a script for later invocations."""
+    name = p.str("Name", required=True, max_len=128)
+    fields = read_command_fields(p, content_required=True)
+    return {"CommandId": await store_command(state, account, name, fields)}
+
+
+def render_command(row: dict[str, Any], encoding: str) -> dict[str, Any]:
+    """A Command item of DescribeCommands."""
+    content = row["content"]
+    if encoding == "PlainText":
+        content = base64.b64decode(content).decode("utf-8", "replace")
+    return {
+        "CommandId": row["command_id"],
+        "Name": row["name"],
+        "Type": row["type"],
+        "Description": row["description"],
+        "CommandContent": content,
+        "WorkingDir": row["working_dir"],
+        "Timeout": row["timeout"],
+        "CreationTime": row["created"],
+        "EnableParameter": bool(row["enable_parameter"]),
+        "ParameterNames": {"ParameterName": json.loads(row["parameter_names"])},
+        "InvokeTimes": row["invoke_times"],
+        "Provider": "",
+        "Version": 1,
+        "Latest": True,
+        "Category": "",
+        "Tags": {"Tag": []},
+    }
+
+
+@action("DescribeCommands")
+async def describe_commands(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """List the account's commands, newest first."""
+    number, size = p.page()
+    encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
+    ctype = p.str("Type")
+    if ctype and ctype not in model.COMMAND_TYPES:
+        raise ApiError("InvalidCmdType.NotFound", "The specified command type does not exist.")
+    filters = {k: p.str(k) for k in ("CommandId", "Name", "Description")} | {"Type": ctype}
+    async with state.store.read() as conn:
+        total, rows = await q.list_commands(conn, account, filters, (number - 1) * size, size)
+    return {
+        "TotalCount": total,
+        "PageNumber": number,
+        "PageSize": size,
+        "Commands": {"Command": [render_command(r, encoding) for r in rows]},
+    }
+
+
+@action("ModifyCommand")
+async def modify_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Change a command's name, description, working dir, timeout or content."""
+    command_id = p.str("CommandId", required=True)
+    values: dict[str, Any] = {}
+    if p.raw.get("Name"):
+        values["name"] = p.str("Name", max_len=128)
+    if "Description" in p.raw:
+        values["description"] = p.str("Description", max_len=512)
+    if "WorkingDir" in p.raw:
+        values["working_dir"] = p.str("WorkingDir", max_len=200)
+    if p.raw.get("Timeout"):
+        values["timeout"] = p.int("Timeout", None, 1, model.MAX_TIMEOUT)
+    if p.raw.get("CommandContent"):
+        values["content"] = model.decode_content(p.raw["CommandContent"])
+    async with state.store.write() as conn:
+        row = await q.get_command(conn, account, command_id)
+        if row is None:
+            raise command_not_found()
+        if "content" in values and row["enable_parameter"]:
+            values["parameter_names"] = json.dumps(model.parameter_names(values["content"]))
+        if values:
+            await q.update_command(conn, account, command_id, values)
+    return {}
+
+
+@action("DeleteCommand")
+async def delete_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Delete a command (its invocations keep their own copy)."""
+    command_id = p.str("CommandId", required=True)
+    async with state.store.write() as conn:
+        if not await q.delete_command(conn, account, command_id):
+            raise command_not_found()
+    return {}

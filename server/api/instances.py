@@ -1,0 +1,140 @@
+"""DescribeManagedInstances, DeregisterManagedInstance, DescribeCloudAssistantStatus,
+and the extension action KickAgentUpdate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from server import model
+from server.api import action
+from server.rpc import ApiError, Params, missing
+from server.store import queries as q
+
+if TYPE_CHECKING:
+    from server.app import ServerState
+
+
+def is_online(row: dict[str, Any], now_ms: int) -> bool:
+    """Online while heard from within three heartbeat intervals."""
+    window = 3 * max(int(row["heartbeat_interval"] or 60), 1) * 1000
+    return bool(row["last_seen_ms"]) and now_ms - int(row["last_seen_ms"]) <= window
+
+
+def render_managed(row: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """One Instance of DescribeManagedInstances."""
+    return {
+        "InstanceId": row["instance_id"],
+        "InstanceName": row["instance_name"],
+        "Hostname": row["hostname"],
+        "OsType": row["os_type"],
+        "OsVersion": "",
+        "AgentVersion": row["agent_version"],
+        "ActivationId": row["activation_id"],
+        "MachineId": "",
+        "InternetIp": "",
+        "IntranetIp": row["ip"],
+        "RegistrationTime": row["registered"],
+        "LastInvokedTime": model.iso_from_ms(row["last_invoked_ms"]),
+        "InvocationCount": row["invocation_count"],
+        "Connected": is_online(row, now_ms),
+        "Tags": [],
+    }
+
+
+@action("DescribeManagedInstances")
+async def describe_managed_instances(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Registered (managed) instances of the account."""
+    number, size = p.page()
+    filters: dict[str, Any] = {
+        "InstanceIds": p.list("InstanceId"),
+        "InstanceName": p.str("InstanceName"),
+        "ActivationId": p.str("ActivationId"),
+        "OsType": p.str("OsType"),
+        "InstanceIp": p.str("InstanceIp"),
+    }
+    connected = p.raw.get("Connected", "")
+    want: bool | None = p.bool("Connected") if connected else None
+    offset, limit = (number - 1) * size, size
+    if want is not None:
+        offset, limit = 0, 100_000
+    async with state.store.read() as conn:
+        total, rows = await q.list_instances(conn, account, filters, offset, limit)
+    now = model.now_ms()
+    items = [render_managed(r, now) for r in rows]
+    if want is not None:
+        items = [i for i in items if i["Connected"] is want]
+        total = len(items)
+        items = items[(number - 1) * size : number * size]
+    return {"TotalCount": total, "PageNumber": number, "PageSize": size, "Instances": items}
+
+
+@action("DeregisterManagedInstance")
+async def deregister_managed_instance(
+    state: ServerState, account: str, p: Params
+) -> dict[str, Any]:
+    """Remove an instance: its key stops working and its pending tasks are cancelled."""
+    instance_id = p.str("InstanceId", required=True)
+    async with state.store.write() as conn:
+        row = await q.deregister_instance(conn, account, instance_id)
+    if row is None:
+        raise ApiError(
+            "InvalidInstance.NotFound", "The specified instance does not exist.", 404
+        )
+    state.forget_instance(instance_id)
+    return {"Instance": render_managed(row, model.now_ms())}
+
+
+@action("DescribeCloudAssistantStatus")
+async def describe_cloud_assistant_status(
+    state: ServerState, account: str, p: Params
+) -> dict[str, Any]:
+    """Whether each instance's agent is online, its version and last heartbeat."""
+    number, size = p.page()
+    filters = {"InstanceIds": p.list("InstanceId"), "OsType": p.str("OSType")}
+    async with state.store.read() as conn:
+        total, rows = await q.list_instances(conn, account, filters, (number - 1) * size, size)
+        active = await q.active_task_counts(conn, [r["instance_id"] for r in rows])
+    now = model.now_ms()
+    return {
+        "TotalCount": total,
+        "PageNumber": number,
+        "PageSize": size,
+        "NextToken": "",
+        "InstanceCloudAssistantStatusSet": {
+            "InstanceCloudAssistantStatus": [
+                {
+                    "InstanceId": r["instance_id"],
+                    "CloudAssistantStatus": "true" if is_online(r, now) else "false",
+                    "CloudAssistantVersion": r["agent_version"],
+                    "LastHeartbeatTime": model.iso_from_ms(r["last_seen_ms"]),
+                    "OSType": r["os_type"],
+                    "ActiveTaskCount": active.get(r["instance_id"], 0),
+                    "InvocationCount": r["invocation_count"],
+                    "LastInvokedTime": model.iso_from_ms(r["last_invoked_ms"]),
+                    "SupportSessionManager": False,
+                }
+                for r in rows
+            ]
+        },
+    }
+
+
+@action("KickAgentUpdate")
+async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Extension: ask agents to update now (update_check answers update_now once)."""
+    ids = p.list("InstanceId")
+    if not ids:
+        raise missing("InstanceId.1")
+    version = p.str("Version", max_len=64)
+    async with state.store.write() as conn:
+        found = await q.existing_instances(conn, account, ids)
+        absent = [i for i in ids if i not in found]
+        if absent:
+            raise ApiError(
+                "InvalidInstance.NotFound",
+                f"The specified instance does not exist: {', '.join(absent[:10])}.",
+                404,
+            )
+        await q.request_update(conn, account, ids, version)
+    await state.notifier.publish(ids, {"type": "update", "version": version})
+    return {"InstanceIds": {"InstanceId": ids}}

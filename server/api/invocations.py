@@ -1,0 +1,292 @@
+"""InvokeCommand, RunCommand, DescribeInvocations, DescribeInvocationResults, StopInvocation."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any
+
+from server import model
+from server.api import action
+from server.api.commands import command_not_found, read_command_fields
+from server.rpc import ApiError, Params, invalid, missing
+from server.store import queries as q
+
+if TYPE_CHECKING:
+    from server.app import ServerState
+
+RECORD_STATUS_FILTER = {
+    "Running": (model.PENDING, model.SCHEDULED, model.RUNNING),
+    "Finished": (model.SUCCESS,),
+    "Success": (model.SUCCESS,),
+    "Failed": tuple(model.FAILED_LIKE),
+    "Stopped": tuple(model.STOPPED_LIKE),
+    "Stopping": (model.STOPPING,),
+    "Pending": (model.PENDING,),
+    "Scheduled": (model.SCHEDULED,),
+    "Timeout": (model.TIMEOUT,),
+    "Error": (model.ERROR,),
+    "Invalid": (model.INVALID,),
+    "Aborted": (model.ABORTED,),
+    "Cancelled": (model.CANCELLED,),
+    "Terminated": (model.TERMINATED,),
+}
+
+
+def invoke_not_found() -> ApiError:
+    return ApiError("InvalidInvokeId.NotFound", "The specified invoke ID does not exist.", 404)
+
+
+def read_schedule(p: Params) -> tuple[bool, str, str]:
+    """Timed, RepeatMode and Frequency, checked together."""
+    timed = p.bool("Timed", False)
+    mode = p.enum("RepeatMode", model.REPEAT_MODES, "", code="InvalidParameter.RepeatMode")
+    if not mode:
+        mode = "Period" if timed else "Once"
+    frequency = p.str("Frequency", max_len=256)
+    if mode == "Period":
+        if not frequency:
+            raise missing("Frequency")
+        frequency = model.validate_frequency(frequency)
+    elif frequency and mode == "Once":
+        frequency = ""
+    return mode != "Once", mode, frequency
+
+
+async def start_invocation(
+    state: ServerState, account: str, p: Params, command: dict[str, Any], keep: bool
+) -> str:
+    """Validate targets and parameters, store the invocation, wake the agents."""
+    ids = p.list("InstanceId", max_items=state.max_invoke_instances)
+    if not ids:
+        raise missing("InstanceId.1")
+    timed, mode, frequency = read_schedule(p)
+    names = json.loads(command["parameter_names"]) if command["enable_parameter"] else []
+    values = model.parse_parameters(p.str("Parameters", max_len=64 * 1024))
+    content = model.substitute(command["content"], names, values) if names else command["content"]
+    timeout = p.int("Timeout", command["timeout"], 1, model.MAX_TIMEOUT)
+    working_dir = p.str("WorkingDir", max_len=200) or command["working_dir"]
+    username = p.str("Username", max_len=255)
+    invoke_id = model.new_id("t-")
+    now = model.now_ms()
+    row = {
+        "invoke_id": invoke_id, "account": account, "command_id": command["command_id"],
+        "command_name": command["name"], "command_type": command["type"],
+        "command_description": command["description"], "content": content,
+        "parameters": json.dumps(values), "timed": timed, "repeat_mode": mode,
+        "frequency": frequency, "username": username, "working_dir": working_dir,
+        "timeout": timeout, "created": model.iso_from_ms(now), "created_ms": now,
+        "revision": 1, "stopped": False,
+    }
+    async with state.store.write() as conn:
+        found = await q.existing_instances(conn, account, ids)
+        absent = [i for i in ids if i not in found]
+        if absent:
+            raise ApiError(
+                "InvalidInstance.NotFound",
+                f"The specified instance does not exist: {', '.join(absent[:10])}.",
+                404,
+            )
+        if keep:
+            await q.insert_command(conn, command)
+        await q.insert_invocation(conn, row, ids)
+    await state.notifier.publish(ids, {"type": "task"})
+    return invoke_id
+
+
+@action("InvokeCommand")
+async def invoke_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Run a stored command on instances, once or on a schedule."""
+    command_id = p.str("CommandId", required=True)
+    async with state.store.read() as conn:
+        command = await q.get_command(conn, account, command_id)
+    if command is None:
+        raise command_not_found()
+    return {"InvokeId": await start_invocation(state, account, p, command, keep=False)}
+
+
+@action("RunCommand")
+async def run_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Create a command and invoke it in one call."""
+    fields = read_command_fields(p, content_required=True)
+    now = model.now_ms()
+    command = {
+        "command_id": model.new_id("c-"), "account": account,
+        "name": p.str("Name", max_len=128) or f"command-{now}", **fields,
+        "created": model.iso_from_ms(now), "created_ms": now, "invoke_times": 0,
+    }
+    keep = p.bool("KeepCommand", False)
+    invoke_id = await start_invocation(state, account, p, command, keep)
+    return {"CommandId": command["command_id"], "InvokeId": invoke_id}
+
+
+def encode_output(raw_b64: str, encoding: str) -> str:
+    """Output as the caller asked: Base64 (default) or PlainText."""
+    if encoding == "PlainText":
+        return base64.b64decode(raw_b64 or "").decode("utf-8", "replace")
+    return raw_b64 or ""
+
+
+async def output_of(conn: Any, row: dict[str, Any]) -> str:
+    """Base64 output of a result row; a running execution shows what it streamed so far."""
+    if row["status"] == model.RUNNING and row["execution_id"] and not row["output"]:
+        data, _ = await q.running_output(conn, row)
+        return base64.b64encode(data).decode("ascii")
+    return str(row["output"] or "")
+
+
+def render_result(row: dict[str, Any], output: str) -> dict[str, Any]:
+    """One InvocationResult / ResultItem."""
+    return {
+        "CommandId": row["command_id"],
+        "InvokeId": row["invoke_id"],
+        "InstanceId": row["instance_id"],
+        "InvocationStatus": row["status"],
+        "InvokeRecordStatus": model.record_status(row["status"]),
+        "ExitCode": row["exit_code"] if row["exit_code"] is not None else 0,
+        "Output": output,
+        "Dropped": row["dropped"],
+        "ErrorCode": row["error_code"],
+        "ErrorInfo": row["error_info"],
+        "StartTime": model.iso_from_ms(row["start_ms"]),
+        "FinishedTime": model.iso_from_ms(row["finish_ms"]),
+        "StopTime": model.iso_from_ms(row["stop_ms"]),
+        "Repeats": row["repeats"],
+        "Username": row["username"],
+        "ContainerId": "",
+        "ContainerName": "",
+        "Launcher": "",
+        "TerminationMode": "",
+        "Tags": {"Tag": []},
+    }
+
+
+@action("DescribeInvocationResults")
+async def describe_invocation_results(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Per-instance results, in both the current and the legacy response shape."""
+    number, size = p.page()
+    encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
+    record = p.str("InvokeRecordStatus")
+    if record and record not in RECORD_STATUS_FILTER:
+        raise invalid("InvokeRecordStatus")
+    filters = {
+        "InvokeId": p.str("InvokeId"),
+        "InstanceId": p.str("InstanceId"),
+        "CommandId": p.str("CommandId"),
+        "Statuses": RECORD_STATUS_FILTER.get(record, ()),
+    }
+    async with state.store.read() as conn:
+        if filters["InvokeId"] and await q.get_invocation(conn, account, filters["InvokeId"]) is None:
+            raise invoke_not_found()
+        total, rows = await q.list_results(conn, account, filters, (number - 1) * size, size)
+        items = [render_result(r, encode_output(await output_of(conn, r), encoding)) for r in rows]
+    return {
+        "Invocation": {
+            "PageSize": size,
+            "PageNumber": number,
+            "TotalCount": total,
+            "NextToken": "",
+            "InvocationResults": {"InvocationResult": items},
+            "ResultLists": {"ResultItem": items},
+        }
+    }
+
+
+def render_invocation(
+    row: dict[str, Any], results: list[dict[str, Any]], encoding: str, with_output: bool
+) -> dict[str, Any]:
+    """One Invocation of DescribeInvocations, with its InvokeInstances."""
+    overall = model.overall_status(r["status"] for r in results)
+    content = row["content"]
+    if encoding == "PlainText":
+        content = base64.b64decode(content).decode("utf-8", "replace")
+    instances = []
+    for r in results:
+        item = {
+            "InstanceId": r["instance_id"],
+            "InvocationStatus": r["status"],
+            "InstanceInvokeStatus": model.record_status(r["status"]),
+            "ExitCode": r["exit_code"] if r["exit_code"] is not None else 0,
+            "Dropped": r["dropped"],
+            "ErrorCode": r["error_code"],
+            "ErrorInfo": r["error_info"],
+            "StartTime": model.iso_from_ms(r["start_ms"]),
+            "FinishTime": model.iso_from_ms(r["finish_ms"]),
+            "StopTime": model.iso_from_ms(r["stop_ms"]),
+            "Repeats": r["repeats"],
+            "CreationTime": model.iso_from_ms(r["created_ms"]),
+            "UpdateTime": model.iso_from_ms(r["updated_ms"]),
+            "Timed": bool(row["timed"]),
+            "Output": encode_output(r["output"], encoding) if with_output else "",
+        }
+        instances.append(item)
+    return {
+        "InvokeId": row["invoke_id"],
+        "CommandId": row["command_id"],
+        "CommandName": row["command_name"],
+        "CommandType": row["command_type"],
+        "CommandDescription": row["command_description"],
+        "CommandContent": content,
+        "Parameters": row["parameters"],
+        "Timed": bool(row["timed"]),
+        "RepeatMode": row["repeat_mode"],
+        "Frequency": row["frequency"],
+        "Username": row["username"],
+        "Timeout": row["timeout"],
+        "CreationTime": row["created"],
+        "InvocationStatus": overall,
+        "InvokeStatus": model.legacy_invoke_status(overall, bool(row["timed"])),
+        "InvokeInstances": {"InvokeInstance": instances},
+        "Tags": {"Tag": []},
+    }
+
+
+@action("DescribeInvocations")
+async def describe_invocations(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Invocations with their overall and per-instance status, newest first."""
+    number, size = p.page()
+    encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
+    with_output = p.bool("IncludeOutput", False)
+    wanted = p.enum(
+        "InvokeStatus",
+        ("Running", "Finished", "Failed", "PartialFailed", "Stopped", "Stopping", "Pending",
+         "Scheduled", "Success"),
+    )
+    filters: dict[str, Any] = {
+        k: p.str(k) for k in ("InvokeId", "CommandId", "CommandName", "InstanceId")
+    }
+    filters["CommandType"] = p.str("CommandType") or p.str("Type")
+    filters["RepeatMode"] = p.enum("RepeatMode", model.REPEAT_MODES)
+    filters["Timed"] = p.bool("Timed") if p.raw.get("Timed") else None
+    offset, limit = (number - 1) * size, size
+    if wanted:
+        offset, limit = 0, 10_000
+    async with state.store.read() as conn:
+        total, rows = await q.list_invocations(conn, account, filters, offset, limit)
+        results = await q.instance_results(conn, [r["invoke_id"] for r in rows])
+    items = [render_invocation(r, results.get(r["invoke_id"], []), encoding, with_output) for r in rows]
+    if wanted:
+        items = [i for i in items if wanted in (i["InvokeStatus"], i["InvocationStatus"])]
+        total = len(items)
+        items = items[(number - 1) * size : number * size]
+    return {
+        "TotalCount": total,
+        "PageNumber": number,
+        "PageSize": size,
+        "NextToken": "",
+        "Invocations": {"Invocation": items},
+    }
+
+
+@action("StopInvocation")
+async def stop_invocation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Stop an invocation on all or some of its instances."""
+    invoke_id = p.str("InvokeId", required=True)
+    ids = p.list("InstanceId")
+    async with state.store.write() as conn:
+        if await q.get_invocation(conn, account, invoke_id) is None:
+            raise invoke_not_found()
+        notify = await q.stop_invocation(conn, invoke_id, ids or None)
+    if notify:
+        await state.notifier.publish(notify, {"type": "stop"})
+    return {}

@@ -1,0 +1,370 @@
+"""The Starlette application: operator RPC endpoint, agent API, health, background chores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from server import rpc
+from server.agent_api import auth, handlers
+from server.agent_api.auth import AgentError
+from server.api import load_actions
+from server.notify import Notifier
+from server.store import Store
+from server.store import queries as q
+from server.store.db import asyncpg_dsn
+
+log = logging.getLogger(__name__)
+
+MAX_OPERATOR_BODY = 256 * 1024  # bytes: 18 KB of content plus every other parameter
+MAX_AGENT_BODY = 2 * 1024 * 1024  # bytes
+KEY_CACHE_TTL = 5.0  # seconds a verified instance key is trusted without a DB read
+SEEN_WRITE_INTERVAL = 30_000  # ms between last-seen writes caused by long-polls
+
+
+@dataclass
+class Settings:
+    """Tunables of one server process."""
+
+    db_url: str | None = None
+    max_invoke_instances: int = 100  # InstanceId.N per InvokeCommand, as the real API
+    heartbeat_interval: int = 60  # seconds, told to agents
+    max_poll: int = 60  # seconds a long-poll may wait
+
+
+@dataclass
+class AgentIdentity:
+    """A verified agent request."""
+
+    instance_id: str
+    account: str
+    nonce_key: str
+    nonce_expires: int
+
+
+@dataclass
+class _CachedKey:
+    key: Ed25519PublicKey
+    account: str
+    loaded: float
+
+
+@dataclass
+class ServerState:
+    """Everything request handlers share in one process."""
+
+    settings: Settings
+    store: Store
+    notifier: Notifier
+    keys: dict[str, _CachedKey] = field(default_factory=dict)
+    last_seen_written: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def max_invoke_instances(self) -> int:
+        return self.settings.max_invoke_instances
+
+    @property
+    def heartbeat_interval(self) -> int:
+        return self.settings.heartbeat_interval
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Drop a cached key (after deregistration or re-registration)."""
+        self.keys.pop(instance_id, None)
+
+    def seen(self, instance_id: str, when_ms: int) -> None:
+        self.last_seen_written[instance_id] = when_ms
+
+    async def instance_key(self, instance_id: str) -> _CachedKey:
+        """The registered key of an instance (cached briefly); 401 if unknown/deregistered."""
+        cached = self.keys.get(instance_id)
+        if cached and time.monotonic() - cached.loaded < KEY_CACHE_TTL:
+            return cached
+        async with self.store.read() as conn:
+            row = await q.get_instance(conn, instance_id)
+        if row is None or row["deregistered"]:
+            self.keys.pop(instance_id, None)
+            raise auth.unauthorized("unknown or deregistered instance")
+        cached = _CachedKey(auth.load_public_key(row["public_key"]), row["account"], time.monotonic())
+        self.keys[instance_id] = cached
+        return cached
+
+    async def use_agent_nonce(self, conn: AsyncConnection, who: AgentIdentity) -> None:
+        """Record the request's nonce in the caller's transaction; 401 on a replay."""
+        if not await q.use_nonce(conn, who.nonce_key, who.nonce_expires):
+            raise auth.unauthorized("nonce already used", "ReplayedRequest")
+
+
+# --- operator API ---------------------------------------------------------------------------
+
+
+def api_error_response(exc: rpc.ApiError, request_id: str) -> JSONResponse:
+    body = {
+        "RequestId": request_id,
+        "HostId": "ecs.aliyuncs.com",
+        "Code": exc.code,
+        "Message": exc.message,
+        "Recommend": "",
+    }
+    return JSONResponse(body, status_code=exc.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ValueError("body too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ValueError("body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def authenticate_operator(state: ServerState, method: str, params: dict[str, str]) -> str:
+    """Check signature v1, timestamp and nonce; return the caller's account."""
+    rpc.check_common(params, time.time())
+    async with state.store.read() as conn:
+        key = await q.get_access_key(conn, params["AccessKeyId"])
+    if key is None:
+        raise rpc.ApiError("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404)
+    if not key["enabled"]:
+        raise rpc.ApiError("InvalidAccessKeyId.Inactive", "Specified access key is disabled.")
+    rpc.verify_signature(method, params, key["secret"])
+    expires = int(rpc.parse_timestamp(params["Timestamp"])) + rpc.TIMESTAMP_WINDOW + 60
+    nonce = f"o:{params['AccessKeyId']}:{params['SignatureNonce']}"
+    async with state.store.write() as conn:
+        if not await q.use_nonce(conn, nonce, expires):
+            raise rpc.ApiError("SignatureNonceUsed", "Specified signature nonce was used already.")
+    return str(key["account"])
+
+
+async def operator_endpoint(request: Request) -> Response:
+    """The ECS RPC endpoint: `/?Action=…&…` by GET or POST (query and/or form body)."""
+    state: ServerState = request.app.state.server
+    request_id = rpc.new_request_id()
+    try:
+        try:
+            body = await read_body(request, MAX_OPERATOR_BODY)
+        except ValueError as exc:
+            raise rpc.ApiError("InvalidParameter", "The request is too large.", 413) from exc
+        if len(request.url.query) > MAX_OPERATOR_BODY:
+            raise rpc.ApiError("InvalidParameter", "The request is too large.", 413)
+        params = rpc.parse_form(request.url.query.encode("latin-1", "replace"), body)
+        action_name = params.get("Action", "")
+        if not action_name:
+            raise rpc.missing("Action")
+        account = await authenticate_operator(state, request.method, params)
+        handler = request.app.state.actions.get(action_name)
+        if handler is None:
+            raise rpc.ApiError(
+                "InvalidAction.NotFound",
+                "Specified api is not found, please check your url and method.",
+                404,
+            )
+        result = await handler(state, account, rpc.Params(params))
+    except rpc.ApiError as exc:
+        return api_error_response(exc, request_id)
+    except Exception:
+        log.exception("operator request %s failed", request_id)
+        err = rpc.ApiError(
+            "InternalError", "The request processing has failed due to some unknown error.", 500
+        )
+        return api_error_response(err, request_id)
+    return JSONResponse({"RequestId": request_id, **result})
+
+
+# --- agent API ------------------------------------------------------------------------------
+
+AgentHandler = Callable[[ServerState, AgentIdentity, bytes], Awaitable[dict[str, Any]]]
+
+
+def agent_error(exc: AgentError) -> JSONResponse:
+    return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
+
+
+async def authenticate_agent(state: ServerState, request: Request, body: bytes) -> AgentIdentity:
+    """Verify an agent request's Ed25519 signature (the nonce is used by the handler)."""
+    headers = auth.read_headers(request.headers)
+    cached = await state.instance_key(headers.instance_id)
+    message = auth.canonical_string(
+        request.method, request.url.path, request.url.query, headers.timestamp, headers.nonce, body
+    )
+    auth.verify(cached.key, headers.signature, message)
+    return AgentIdentity(
+        instance_id=headers.instance_id,
+        account=cached.account,
+        nonce_key=f"a:{headers.instance_id}:{headers.nonce}",
+        nonce_expires=headers.timestamp + auth.TIMESTAMP_WINDOW + 60,
+    )
+
+
+def signed(handler: AgentHandler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap an agent handler with body limits, signature checks and error mapping."""
+
+    async def endpoint(request: Request) -> Response:
+        state: ServerState = request.app.state.server
+        try:
+            try:
+                body = await read_body(request, MAX_AGENT_BODY)
+            except ValueError as exc:
+                raise AgentError("RequestTooLarge", "the body is too large", 413) from exc
+            who = await authenticate_agent(state, request, body)
+            return JSONResponse(await handler(state, who, body))
+        except AgentError as exc:
+            return agent_error(exc)
+        except Exception:
+            log.exception("agent request %s failed", request.url.path)
+            return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+
+    return endpoint
+
+
+async def register_endpoint(request: Request) -> Response:
+    state: ServerState = request.app.state.server
+    try:
+        try:
+            body = await read_body(request, 64 * 1024)
+        except ValueError as exc:
+            raise AgentError("RequestTooLarge", "the body is too large", 413) from exc
+        client = request.client.host if request.client else ""
+        return JSONResponse(await handlers.register(state, body, client))
+    except AgentError as exc:
+        return agent_error(exc)
+    except Exception:
+        log.exception("registration failed")
+        return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+
+
+async def _report(kind: str, state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    return await handlers.task_report(state, who, kind, body)
+
+
+def report_endpoint(kind: str) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+        return await _report(kind, state, who, body)
+
+    return signed(handler)
+
+
+async def notify_handler(request: Request) -> Response:
+    """Long-poll: answer as soon as an event is pending for this instance, or on timeout."""
+    state: ServerState = request.app.state.server
+    try:
+        who = await authenticate_agent(state, request, b"")
+        raw = request.query_params.get("timeout", "25")
+        if not raw.isdigit() or int(raw) > state.settings.max_poll:
+            raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")
+        now_ms = int(time.time() * 1000)
+        async with state.store.write() as conn:
+            await state.use_agent_nonce(conn, who)
+            if now_ms - state.last_seen_written.get(who.instance_id, 0) > SEEN_WRITE_INTERVAL:
+                await q.touch_instance(conn, who.instance_id, {"last_seen_ms": now_ms})
+                state.seen(who.instance_id, now_ms)
+        events = await state.notifier.wait(who.instance_id, float(raw))
+        return JSONResponse({"events": events})
+    except AgentError as exc:
+        return agent_error(exc)
+    except Exception:
+        log.exception("notify failed")
+        return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+
+
+async def health(request: Request) -> Response:
+    state: ServerState = request.app.state.server
+    return JSONResponse(
+        {"ok": True, "replica": state.notifier.replica, "waiting": state.notifier.waiting()}
+    )
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith("/luban/"):
+        return JSONResponse({"code": "NotFound", "message": "no such endpoint"}, 404)
+    return JSONResponse(
+        {
+            "RequestId": rpc.new_request_id(),
+            "Code": "InvalidAction.NotFound",
+            "Message": "Specified api is not found, please check your url and method.",
+        },
+        404,
+    )
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"code": "MethodNotAllowed", "message": "method not allowed"}, 405)
+
+
+async def chores(state: ServerState) -> None:
+    """Background upkeep: purge old nonces, drop stale buffered events."""
+    while True:
+        await asyncio.sleep(60)
+        try:
+            async with state.store.write() as conn:
+                await q.purge_nonces(conn, int(time.time()))
+            state.notifier.sweep()
+        except Exception as exc:
+            log.warning("upkeep failed: %s", exc)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the application; the database is opened (and migrated) at startup."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = Store(settings.db_url)
+        await store.migrate()
+        dsn = asyncpg_dsn(store.url) if store.dialect == "postgresql" else None
+        notifier = Notifier(dsn)
+        await notifier.start()
+        state = ServerState(settings=settings, store=store, notifier=notifier)
+        app.state.server = state
+        app.state.actions = load_actions()
+        task = asyncio.create_task(chores(state))
+        log.info("assist-server ready (%s)", store.dialect)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await notifier.close()
+            await store.close()
+
+    routes = [
+        Route("/", operator_endpoint, methods=["GET", "POST"]),
+        Route("/healthz", health, methods=["GET"]),
+        Route("/luban/api/instance/register", register_endpoint, methods=["POST"]),
+        Route("/luban/api/v1/task/list", signed(handlers.task_list), methods=["POST"]),
+        Route("/luban/api/v1/task/running", signed(handlers.task_running), methods=["POST"]),
+        Route("/luban/api/heart-beat", signed(handlers.heartbeat), methods=["POST"]),
+        Route("/luban/api/v1/notify", notify_handler, methods=["GET"]),
+        Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
+    ]
+    routes += [
+        Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])
+        for kind in handlers.TERMINAL_KINDS
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: method_not_allowed},
+    )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,247 @@
+"""Pure rules of the Cloud Assistant domain: ids, statuses, parameters, schedules."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+import secrets
+import string
+import time
+import uuid
+import zoneinfo
+from collections.abc import Iterable
+
+from croniter import croniter
+
+from server.rpc import ApiError, invalid
+
+COMMAND_TYPES = ("RunShellScript", "RunBatScript", "RunPowerShellScript")
+REPEAT_MODES = ("Once", "Period", "NextRebootOnly", "EveryReboot")
+MAX_CONTENT_BYTES = 18 * 1024  # base64 CommandContent, as the real API
+MAX_PARAMETERS = 20
+MAX_PARAMETER_NAME = 64
+DEFAULT_TIMEOUT = 60  # seconds
+MAX_TIMEOUT = 86400
+
+# Per-instance statuses (InvocationStatus of one instance).
+PENDING, SCHEDULED, RUNNING = "Pending", "Scheduled", "Running"
+SUCCESS, FAILED, STOPPING, STOPPED = "Success", "Failed", "Stopping", "Stopped"
+TIMEOUT, CANCELLED, ERROR, INVALID = "Timeout", "Cancelled", "Error", "Invalid"
+ABORTED, TERMINATED, PARTIAL_FAILED = "Aborted", "Terminated", "PartialFailed"
+TERMINAL = frozenset({SUCCESS, FAILED, STOPPED, TIMEOUT, CANCELLED, ERROR, INVALID, ABORTED, TERMINATED})
+FAILED_LIKE = frozenset({FAILED, TIMEOUT, ERROR, INVALID, ABORTED})
+STOPPED_LIKE = frozenset({STOPPED, CANCELLED, TERMINATED})
+
+_ALPHABET = string.ascii_lowercase + string.digits
+_PARAM = re.compile(r"\{\{\s*([A-Za-z0-9_\-:.]+)\s*\}\}")
+_PARAM_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_RATE = re.compile(r"^rate\((\d{1,6})([smhd])\)$")
+_AT = re.compile(r"^at\((.+)\)$")
+
+
+def new_id(prefix: str, length: int = 16) -> str:
+    """A resource id in the real API's shape: c-…, t-…, mi-…."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def new_activation_id() -> str:
+    """Activation ids are uppercase UUIDs, as the real API's."""
+    return str(uuid.uuid4()).upper()
+
+
+def new_activation_code() -> str:
+    """A 32-character random activation code (shown once)."""
+    return "a-" + secrets.token_urlsafe(22)[:30]
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds."""
+    return int(time.time() * 1000)
+
+
+def iso_from_ms(ms: int | None) -> str:
+    """API time format for a millisecond timestamp ('' for none)."""
+    if not ms:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decode_content(content: str, encoding: str = "Base64") -> str:
+    """Validate CommandContent and return it base64-encoded (PlainText is encoded here)."""
+    if encoding == "PlainText":
+        encoded = base64.b64encode(content.encode("utf-8")).decode("ascii")
+    else:
+        encoded = content.strip()
+        try:
+            base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ApiError(
+                "InvalidCmdContent.Malformed", "The specified command content is not valid Base64."
+            ) from exc
+    if len(encoded) > MAX_CONTENT_BYTES:
+        raise ApiError(
+            "InvalidCmdContent.LengthLimitExceeded",
+            f"The command content exceeds the size limit of {MAX_CONTENT_BYTES // 1024} KB after Base64 encoding.",
+        )
+    return encoded
+
+
+def parameter_names(content_b64: str) -> list[str]:
+    """Custom {{name}} parameters of a script (built-in ACS:: ones excluded), in order."""
+    text = base64.b64decode(content_b64).decode("utf-8", "replace")
+    names: list[str] = []
+    for name in _PARAM.findall(text):
+        if name.startswith("ACS::") or name in names:
+            continue
+        if not _PARAM_NAME.match(name):
+            raise invalid("CommandContent", f"Parameter name {name!r} is not valid.")
+        names.append(name)
+    if len(names) > MAX_PARAMETERS:
+        raise ApiError(
+            "InvalidParameter.ParametersExceedLimit",
+            f"A command may have at most {MAX_PARAMETERS} custom parameters.",
+        )
+    return names
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """The Parameters JSON object: at most 20 string values with valid names."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = _python_literal(text)  # the SDK sends a dict as its Python repr
+    if not isinstance(value, dict):
+        raise invalid("Parameters", "It must be a JSON object.")
+    if len(value) > MAX_PARAMETERS:
+        raise ApiError(
+            "InvalidParameter.ParametersExceedLimit",
+            f"At most {MAX_PARAMETERS} custom parameters are allowed.",
+        )
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _PARAM_NAME.match(key):
+            raise invalid("Parameters", f"Parameter name {key!r} is not valid.")
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise invalid("Parameters", f"The value of {key!r} must be a string.")
+        result[key] = str(item)
+    return result
+
+
+def _python_literal(text: str) -> object:
+    """Parse a Python literal (what str(dict) gives) or return None."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return None
+
+
+def substitute(content_b64: str, names: Iterable[str], values: dict[str, str]) -> str:
+    """Replace custom {{name}} parameters; every declared name needs a value."""
+    names = list(names)
+    lacking = [n for n in names if n not in values]
+    if lacking:
+        raise ApiError(
+            "InvalidParameter.Parameters",
+            f"No value was given for the custom parameter(s): {', '.join(lacking)}.",
+        )
+    text = base64.b64decode(content_b64).decode("utf-8", "replace")
+
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return values[name] if name in names else match.group(0)
+
+    result = base64.b64encode(_PARAM.sub(repl, text).encode("utf-8")).decode("ascii")
+    if len(result) > MAX_CONTENT_BYTES:
+        raise ApiError(
+            "InvalidCmdContent.LengthLimitExceeded",
+            "The command content exceeds the size limit after parameter substitution.",
+        )
+    return result
+
+
+def validate_frequency(frequency: str) -> str:
+    """Accept 6-field seconds-first cron (+ optional timezone), rate(…) or at(…)."""
+    text = frequency.strip()
+    bad = ApiError("InvalidParameter.Frequency", "The specified parameter Frequency is not valid.")
+    if _RATE.match(text):
+        if int(_RATE.match(text).group(1)) == 0:  # type: ignore[union-attr]
+            raise bad
+        return text
+    at = _AT.match(text)
+    if at:
+        try:
+            dt.datetime.fromisoformat(at.group(1).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise bad from exc
+        return text
+    fields = text.split()
+    if len(fields) == 7:
+        try:
+            zoneinfo.ZoneInfo(fields[-1])
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise bad from exc
+        fields = fields[:-1]
+    if len(fields) != 6:
+        raise bad
+    try:
+        croniter(" ".join(fields), second_at_beginning=True)
+    except (ValueError, KeyError) as exc:
+        raise bad from exc
+    return text
+
+
+def is_one_time_schedule(repeat_mode: str, frequency: str) -> bool:
+    """Timed tasks that run once at most: at(…) and NextRebootOnly."""
+    return repeat_mode == "NextRebootOnly" or frequency.startswith("at(")
+
+
+def overall_status(statuses: Iterable[str]) -> str:
+    """An invocation's InvocationStatus from its instances', as the real API aggregates them."""
+    values = list(statuses)
+    if not values:
+        return PENDING
+    present = set(values)
+    for status in (PENDING, SCHEDULED, RUNNING, STOPPING):
+        if status in present:
+            return status
+    if present <= STOPPED_LIKE:
+        return STOPPED
+    has_success = SUCCESS in present
+    has_failure = bool(present & FAILED_LIKE)
+    if has_success and has_failure:
+        return PARTIAL_FAILED
+    if has_failure:
+        return FAILED
+    return SUCCESS
+
+
+def record_status(status: str) -> str:
+    """InvokeRecordStatus (and legacy InstanceInvokeStatus) of one instance."""
+    if status in (PENDING, SCHEDULED, RUNNING):
+        return "Running"
+    if status == SUCCESS:
+        return "Finished"
+    if status == STOPPING:
+        return "Stopping"
+    if status in STOPPED_LIKE:
+        return "Stopped"
+    return "Failed"
+
+
+def legacy_invoke_status(overall: str, timed: bool) -> str:
+    """The legacy InvokeStatus: Running, Finished, Failed, PartialFailed, Stopped."""
+    if overall in (PENDING, SCHEDULED, RUNNING, STOPPING) or (timed and overall == SUCCESS):
+        return "Running"
+    if overall == SUCCESS:
+        return "Finished"
+    if overall == STOPPED:
+        return "Stopped"
+    if overall == PARTIAL_FAILED:
+        return "PartialFailed"
+    return "Failed"

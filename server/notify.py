@@ -1,0 +1,181 @@
+"""Wake-ups for long-polling agents: in-process waiters, fanned out across replicas.
+
+`Notifier.wait()` parks a long-poll on an asyncio.Event — no database connection is held while
+it waits. `publish()` delivers an event to local waiters at once and, with PostgreSQL, sends it
+through NOTIFY so waiters on every other replica wake too (LISTEN on one dedicated asyncpg
+connection per replica). Events for an instance that is between two polls are buffered briefly
+so the next poll returns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "assist_notify"
+PENDING_TTL = 90.0  # seconds an undelivered event is kept for the next poll
+MAX_PAYLOAD = 7000  # bytes per NOTIFY (PostgreSQL's limit is 8000)
+
+Event = dict[str, Any]
+
+
+class _Slot:
+    """Pending events and the wake-up of one instance."""
+
+    __slots__ = ("events", "stamp", "waiters")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.stamp = 0.0
+        self.waiters: set[asyncio.Event] = set()
+
+
+class Notifier:
+    """Per-replica hub of long-poll waiters."""
+
+    def __init__(self, pg_dsn: str | None = None) -> None:
+        self.replica = uuid.uuid4().hex
+        self._slots: dict[str, _Slot] = {}
+        self._dsn = pg_dsn
+        self._conn: Any = None
+        self._watch: asyncio.Task[None] | None = None
+        self._closing = False
+        self._lock: asyncio.Lock | None = None
+
+    # --- local delivery ------------------------------------------------------------------
+
+    def deliver(self, instance_ids: Iterable[str], event: Event) -> None:
+        """Hand `event` to each instance's waiters, or keep it for its next poll."""
+        now = time.monotonic()
+        for iid in instance_ids:
+            slot = self._slots.get(iid)
+            if slot is None:
+                slot = self._slots[iid] = _Slot()
+            if now - slot.stamp > PENDING_TTL:
+                slot.events = []
+            if event not in slot.events:
+                slot.events.append(event)
+            slot.stamp = now
+            for waiter in slot.waiters:
+                waiter.set()
+
+    async def wait(self, instance_id: str, timeout: float) -> list[Event]:
+        """Return pending events for the instance as soon as there are any, or [] on timeout."""
+        slot = self._slots.get(instance_id)
+        if slot is None:
+            slot = self._slots[instance_id] = _Slot()
+        if not self._take_ready(slot):
+            waiter = asyncio.Event()
+            slot.waiters.add(waiter)
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), timeout)
+            finally:
+                slot.waiters.discard(waiter)
+        events = self._take_ready(slot)
+        slot.events = []
+        if not slot.waiters and not slot.events:
+            self._slots.pop(instance_id, None)
+        return events
+
+    @staticmethod
+    def _take_ready(slot: _Slot) -> list[Event]:
+        if slot.events and time.monotonic() - slot.stamp > PENDING_TTL:
+            slot.events = []
+        return list(slot.events)
+
+    def waiting(self) -> int:
+        """How many long-polls are parked on this replica."""
+        return sum(len(s.waiters) for s in self._slots.values())
+
+    def sweep(self) -> None:
+        """Drop stale buffered events of instances nobody is polling for."""
+        now = time.monotonic()
+        for iid in [k for k, s in self._slots.items() if not s.waiters and now - s.stamp > PENDING_TTL]:
+            del self._slots[iid]
+
+    # --- cross-replica fan-out -------------------------------------------------------------
+
+    async def publish(self, instance_ids: Sequence[str], event: Event) -> None:
+        """Deliver locally now, then tell the other replicas (PostgreSQL only)."""
+        self.deliver(instance_ids, event)
+        if self._dsn is None or not instance_ids:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one asyncpg connection runs one query at a time
+            for payload in _payloads(self.replica, instance_ids, event):
+                try:
+                    conn = await self._connection()
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                except Exception as exc:  # delivered locally; other replicas' agents poll again
+                    log.warning("NOTIFY failed: %s", exc)
+
+    async def start(self) -> None:
+        """Open the LISTEN connection (PostgreSQL only) and watch it."""
+        if self._dsn is None:
+            return
+        await self._connection()
+        self._watch = asyncio.create_task(self._keep_listening())
+
+    async def close(self) -> None:
+        """Stop listening and close the connection."""
+        self._closing = True
+        if self._watch:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+
+    async def _connection(self) -> Any:
+        import asyncpg
+
+        if self._conn is None or self._conn.is_closed():
+            conn = await asyncpg.connect(self._dsn)
+            await conn.add_listener(CHANNEL, self._on_notify)
+            self._conn = conn
+        return self._conn
+
+    async def _keep_listening(self) -> None:
+        """Reconnect the LISTEN connection when it drops."""
+        while not self._closing:
+            await asyncio.sleep(2.0)
+            try:
+                await self._connection()
+            except Exception as exc:
+                log.warning("LISTEN connection lost, retrying: %s", exc)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if message.get("r") == self.replica:
+            return  # delivered locally already
+        self.deliver(message.get("i", []), message.get("e", {}))
+
+
+def _payloads(replica: str, instance_ids: Sequence[str], event: Event) -> list[str]:
+    """Split a fan-out into NOTIFY payloads under PostgreSQL's size limit."""
+    payloads: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for iid in instance_ids:
+        if batch and size + len(iid) + 3 > MAX_PAYLOAD - 200:
+            payloads.append(json.dumps({"r": replica, "i": batch, "e": event}))
+            batch, size = [], 0
+        batch.append(iid)
+        size += len(iid) + 3
+    if batch:
+        payloads.append(json.dumps({"r": replica, "i": batch, "e": event}))
+    return payloads

@@ -1,0 +1,261 @@
+"""The ECS RPC edge: parameter parsing, signature v1 (HMAC-SHA1), and API errors.
+
+Pure functions over request parameters; no I/O. The signature scheme is Alibaba Cloud's RPC
+signature version 1.0: sort the parameters, percent-encode (RFC 3986) key=value pairs, join with
+"&", then sign ``METHOD&%2F&<percent-encoded query>`` with HMAC-SHA1 keyed by ``secret + "&"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import urllib.parse
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+API_VERSION = "2014-05-26"
+TIMESTAMP_WINDOW = 15 * 60  # seconds a signed request stays valid, as the real API
+MAX_PAGE_SIZE = 50
+MAX_LIST_ITEMS = 100  # InstanceId.N and friends
+_LIST_KEY = re.compile(r"^([A-Za-z]+)\.(\d{1,4})$")
+
+
+class ApiError(Exception):
+    """An error answered to the operator as {"RequestId","Code","Message"} with an HTTP 4xx."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def missing(name: str) -> ApiError:
+    """The real API's answer to a mandatory parameter that was not supplied."""
+    return ApiError(
+        "MissingParameter",
+        f'The input parameter "{name}" that is mandatory for processing this request is not supplied.',
+    )
+
+
+def invalid(name: str, detail: str = "", code: str = "InvalidParameter") -> ApiError:
+    """The real API's answer to a parameter with a bad value."""
+    message = f'The specified parameter "{name}" is not valid.'
+    if detail:
+        message += f" {detail}"
+    return ApiError(code, message)
+
+
+def new_request_id() -> str:
+    """A RequestId in the real API's shape (uppercase UUID)."""
+    return str(uuid.uuid4()).upper()
+
+
+def percent_encode(value: str) -> str:
+    """RFC 3986 percent-encoding as the signature needs it (space -> %20, ~ kept)."""
+    return urllib.parse.quote(value, safe="~")
+
+
+def string_to_sign(method: str, params: Mapping[str, str]) -> str:
+    """The canonical string signature v1 signs."""
+    pairs = sorted((k, v) for k, v in params.items() if k != "Signature")
+    query = "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in pairs)
+    return f"{method.upper()}&{percent_encode('/')}&{percent_encode(query)}"
+
+
+def compute_signature(method: str, params: Mapping[str, str], secret: str) -> str:
+    """Base64 HMAC-SHA1 of the canonical string, keyed by ``secret + "&"``."""
+    digest = hmac.new(
+        (secret + "&").encode("utf-8"),
+        string_to_sign(method, params).encode("utf-8"),
+        hashlib.sha1,
+    ).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def utc_timestamp(when: dt.datetime | None = None) -> str:
+    """ISO 8601 UTC timestamp as the API uses it: 2026-11-26T06:28:33Z."""
+    when = when or dt.datetime.now(dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sign_params(
+    params: Mapping[str, Any], access_key_id: str, secret: str, method: str = "POST"
+) -> dict[str, str]:
+    """Return `params` plus the common signature parameters and Signature (client side)."""
+    signed = {k: str(v) for k, v in params.items()}
+    signed.setdefault("Version", API_VERSION)
+    signed.setdefault("Format", "JSON")
+    signed.update(
+        {
+            "AccessKeyId": access_key_id,
+            "SignatureMethod": "HMAC-SHA1",
+            "SignatureVersion": "1.0",
+            "SignatureNonce": uuid.uuid4().hex,
+            "Timestamp": utc_timestamp(),
+        }
+    )
+    signed["Signature"] = compute_signature(method, signed, secret)
+    return signed
+
+
+def parse_timestamp(value: str) -> float:
+    """Parse the Timestamp parameter (ISO 8601, UTC 'Z') into Unix seconds."""
+    text = value.strip()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?Z", text):
+        raise ApiError(
+            "InvalidTimeStamp.Format", "Specified time stamp or date value is not well formatted."
+        )
+    try:
+        parsed = dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.timezone.utc)
+    except ValueError as exc:
+        raise ApiError(
+            "InvalidTimeStamp.Format", "Specified time stamp or date value is not well formatted."
+        ) from exc
+    return parsed.timestamp()
+
+
+def check_common(params: Mapping[str, str], now: float) -> None:
+    """Validate the common parameters that do not need the secret."""
+    for name in ("AccessKeyId", "Signature", "SignatureNonce", "Timestamp"):
+        if not params.get(name):
+            raise missing(name)
+    method = params.get("SignatureMethod", "HMAC-SHA1")
+    if method != "HMAC-SHA1":
+        raise ApiError("InvalidSignatureMethod", "Specified signature method is not supported.")
+    if params.get("SignatureVersion", "1.0") != "1.0":
+        raise ApiError("InvalidSignatureVersion", "Specified signature version is not supported.")
+    if len(params["SignatureNonce"]) > 128:
+        raise invalid("SignatureNonce", "It must be at most 128 characters.")
+    when = parse_timestamp(params["Timestamp"])
+    if abs(now - when) > TIMESTAMP_WINDOW:
+        raise ApiError("InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.")
+    fmt = params.get("Format", "JSON").upper()
+    if fmt not in ("JSON", "XML"):
+        raise invalid("Format")
+    version = params.get("Version")
+    if not version:
+        raise missing("Version")
+    if version != API_VERSION:
+        raise ApiError("InvalidVersion", "Specified parameter Version is not valid.")
+
+
+def verify_signature(method: str, params: Mapping[str, str], secret: str) -> None:
+    """Raise SignatureDoesNotMatch unless the request was signed with `secret`."""
+    expected = compute_signature(method, params, secret)
+    if not hmac.compare_digest(expected.encode(), params.get("Signature", "").encode()):
+        raise ApiError(
+            "SignatureDoesNotMatch",
+            "Specified signature is not matched with our calculation. server string to sign is:"
+            + string_to_sign(method, params),
+        )
+
+
+def parse_form(query: bytes, body: bytes) -> dict[str, str]:
+    """Merge URL query and form body parameters; a key given twice is refused."""
+    params: dict[str, str] = {}
+    for raw in (query, body):
+        if not raw:
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ApiError("InvalidParameter", "The request is not valid UTF-8.") from exc
+        for key, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+            if key in params and params[key] != value:
+                raise invalid(key, "It was given more than once.")
+            params[key] = value
+    return params
+
+
+class Params:
+    """Typed access to one request's parameters, raising the real API's errors."""
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self.raw = dict(raw)
+
+    def str(self, name: str, required: bool = False, max_len: int = 0, default: str = "") -> str:
+        """A string parameter; empty counts as absent."""
+        value = self.raw.get(name, "")
+        if value == "":
+            if required:
+                raise missing(name)
+            return default
+        if max_len and len(value) > max_len:
+            raise invalid(name, f"It must be at most {max_len} characters.")
+        return value
+
+    def int(
+        self, name: str, default: int | None = None, low: int | None = None, high: int | None = None
+    ) -> int | None:
+        """An integer parameter within [low, high]."""
+        value = self.raw.get(name, "")
+        if value == "":
+            return default
+        if not re.fullmatch(r"[+-]?\d{1,18}", value.strip()):
+            raise invalid(name, "It must be an integer.")
+        number = int(value)
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise invalid(name, f"It must be between {low} and {high}.")
+        return number
+
+    def bool(self, name: str, default: bool = False) -> bool:
+        """A boolean parameter: true/false, any case."""
+        value = self.raw.get(name, "").strip().lower()
+        if value == "":
+            return default
+        if value not in ("true", "false"):
+            raise invalid(name, "It must be true or false.")
+        return value == "true"
+
+    def enum(self, name: str, choices: tuple[str, ...], default: str = "", code: str = "") -> str:
+        """One of `choices` (case-insensitive match, canonical spelling returned)."""
+        value = self.raw.get(name, "")
+        if value == "":
+            return default
+        for choice in choices:
+            if choice.lower() == value.lower():
+                return choice
+        raise invalid(name, f"Valid values: {', '.join(choices)}.", code or "InvalidParameter")
+
+    def list(self, name: str, max_items: int = MAX_LIST_ITEMS) -> list[str]:
+        """A repeated parameter: ``Name.1``, ``Name.2`` … or a JSON list under ``Names``."""
+        items: dict[int, str] = {}
+        for key, value in self.raw.items():
+            match = _LIST_KEY.match(key)
+            if match and match.group(1) == name:
+                index = int(match.group(2))
+                if index < 1:
+                    raise invalid(key)
+                items[index] = value
+        values = [items[i] for i in sorted(items)]
+        plural = self.raw.get(name + "s", "")
+        if plural:
+            values.extend(parse_json_list(name + "s", plural))
+        values = [v for v in values if v != ""]
+        if len(values) > max_items:
+            raise invalid(name, f"At most {max_items} values are allowed.")
+        return list(dict.fromkeys(values))
+
+    def page(self) -> tuple[int, int]:
+        """PageNumber (from 1) and PageSize (1..50, default 10)."""
+        number = self.int("PageNumber", 1, 1, 10**9)
+        size = self.int("PageSize", 10, 1, MAX_PAGE_SIZE)
+        assert number is not None and size is not None
+        return number, size
+
+
+def parse_json_list(name: str, text: str) -> list[str]:
+    """A JSON list of strings, as the API accepts for InstanceIds and the like."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise invalid(name, "It must be a JSON list of strings.") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(name, "It must be a JSON list of strings.")
+    return value

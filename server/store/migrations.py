@@ -1,0 +1,53 @@
+"""Schema migrations: an ordered list of steps, each run once, recorded in schema_version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.store import schema
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[AsyncConnection], Awaitable[None]]
+
+
+async def _create_v1(conn: AsyncConnection) -> None:
+    """Version 1: every table of server/store/schema.py."""
+    await conn.run_sync(schema.metadata.create_all)
+
+
+MIGRATIONS: list[tuple[int, Step]] = [(1, _create_v1)]
+LATEST = MIGRATIONS[-1][0]
+
+
+async def current_version(conn: AsyncConnection) -> int:
+    """The schema version recorded in the database (0 for an empty database)."""
+    has_table = await conn.run_sync(
+        lambda sync: sync.dialect.has_table(sync, schema.schema_version.name)
+    )
+    if not has_table:
+        return 0
+    row = (await conn.execute(select(schema.schema_version.c.version))).first()
+    return int(row[0]) if row else 0
+
+
+async def migrate(conn: AsyncConnection) -> tuple[int, int]:
+    """Bring the schema to LATEST inside the caller's transaction; return (before, after)."""
+    if conn.dialect.name == "postgresql":
+        # Several replicas may start at once: one migrates, the others wait, then see it done.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(7250314)"))
+    before = await current_version(conn)
+    if before > LATEST:
+        raise RuntimeError(f"database schema version {before} is newer than this server ({LATEST})")
+    for version, step in MIGRATIONS:
+        if version <= before:
+            continue
+        log.info("migrating schema to version %d", version)
+        await step(conn)
+        await conn.execute(schema.schema_version.delete())
+        await conn.execute(schema.schema_version.insert().values(id=1, version=version))
+    return before, LATEST

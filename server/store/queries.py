@@ -1,0 +1,645 @@
+"""Every query the server runs, as functions over an open connection (one transaction)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Select
+
+from server import model
+from server.store.schema import (
+    access_keys,
+    activations,
+    commands,
+    executions,
+    instances,
+    invocation_instances,
+    invocations,
+    nonces,
+    output_chunks,
+)
+
+Row = dict[str, Any]
+
+
+def _insert(conn: AsyncConnection, table: Any) -> Any:
+    """A dialect insert that supports ON CONFLICT DO NOTHING."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+async def _rows(conn: AsyncConnection, stmt: Any) -> list[Row]:
+    return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+
+
+async def _one(conn: AsyncConnection, stmt: Any) -> Row | None:
+    row = (await conn.execute(stmt)).first()
+    return dict(row._mapping) if row else None
+
+
+async def _page(
+    conn: AsyncConnection, stmt: Select[Any], order: Sequence[Any], offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    """Total count and one page of a query."""
+    total = (await conn.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
+    rows = await _rows(conn, stmt.order_by(*order).offset(offset).limit(limit))
+    return int(total), rows
+
+
+# --- access keys and nonces ---------------------------------------------------------------
+
+
+async def create_access_key(conn: AsyncConnection, account: str) -> tuple[str, str]:
+    """A new AccessKey pair for `account`."""
+    key_id = "LTAI" + secrets.token_hex(10)
+    secret = secrets.token_urlsafe(22)[:30]
+    await conn.execute(
+        access_keys.insert().values(
+            access_key_id=key_id, secret=secret, account=account, created_ms=model.now_ms(),
+            enabled=True,
+        )
+    )
+    return key_id, secret
+
+
+async def get_access_key(conn: AsyncConnection, key_id: str) -> Row | None:
+    return await _one(conn, select(access_keys).where(access_keys.c.access_key_id == key_id))
+
+
+async def use_nonce(conn: AsyncConnection, key: str, expires: int) -> bool:
+    """Record a nonce; False when it was already used (a replay)."""
+    stmt = _insert(conn, nonces).values(nonce=key, expires=expires).on_conflict_do_nothing()
+    result = await conn.execute(stmt)
+    return bool(result.rowcount)
+
+
+async def purge_nonces(conn: AsyncConnection, now: int) -> int:
+    """Forget nonces whose timestamps can no longer pass the window check."""
+    result = await conn.execute(delete(nonces).where(nonces.c.expires < now))
+    return int(result.rowcount or 0)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def insert_command(conn: AsyncConnection, row: Row) -> None:
+    await conn.execute(commands.insert().values(**row))
+
+
+async def get_command(conn: AsyncConnection, account: str, command_id: str) -> Row | None:
+    return await _one(
+        conn,
+        select(commands).where(commands.c.account == account, commands.c.command_id == command_id),
+    )
+
+
+async def list_commands(
+    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(commands).where(commands.c.account == account)
+    if filters.get("CommandId"):
+        stmt = stmt.where(commands.c.command_id == filters["CommandId"])
+    if filters.get("Name"):
+        stmt = stmt.where(commands.c.name == filters["Name"])
+    if filters.get("Type"):
+        stmt = stmt.where(commands.c.type == filters["Type"])
+    if filters.get("Description"):
+        stmt = stmt.where(commands.c.description == filters["Description"])
+    order = (commands.c.created_ms.desc(), commands.c.command_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def update_command(conn: AsyncConnection, account: str, command_id: str, values: Row) -> int:
+    result = await conn.execute(
+        update(commands)
+        .where(commands.c.account == account, commands.c.command_id == command_id)
+        .values(**values)
+    )
+    return int(result.rowcount or 0)
+
+
+async def delete_command(conn: AsyncConnection, account: str, command_id: str) -> int:
+    result = await conn.execute(
+        delete(commands).where(commands.c.account == account, commands.c.command_id == command_id)
+    )
+    return int(result.rowcount or 0)
+
+
+# --- instances and activations ---------------------------------------------------------------
+
+
+async def existing_instances(conn: AsyncConnection, account: str, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` are registered, not deregistered, instances of `account`."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        rows = await conn.execute(
+            select(instances.c.instance_id).where(
+                instances.c.account == account,
+                instances.c.deregistered.is_(False),
+                instances.c.instance_id.in_(chunk),
+            )
+        )
+        found.update(r[0] for r in rows)
+    return found
+
+
+async def list_instances(
+    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(instances).where(
+        instances.c.account == account, instances.c.deregistered.is_(False)
+    )
+    if filters.get("InstanceIds"):
+        stmt = stmt.where(instances.c.instance_id.in_(filters["InstanceIds"]))
+    if filters.get("InstanceName"):
+        stmt = stmt.where(instances.c.instance_name == filters["InstanceName"])
+    if filters.get("ActivationId"):
+        stmt = stmt.where(instances.c.activation_id == filters["ActivationId"])
+    if filters.get("OsType"):
+        stmt = stmt.where(func.lower(instances.c.os_type) == filters["OsType"].lower())
+    if filters.get("InstanceIp"):
+        stmt = stmt.where(instances.c.ip == filters["InstanceIp"])
+    order = (instances.c.registered_ms, instances.c.instance_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def get_instance(conn: AsyncConnection, instance_id: str) -> Row | None:
+    return await _one(conn, select(instances).where(instances.c.instance_id == instance_id))
+
+
+async def insert_activation(conn: AsyncConnection, row: Row, code: str) -> None:
+    await conn.execute(activations.insert().values(**row, code_hash=hash_code(code)))
+
+
+def hash_code(code: str) -> str:
+    """Activation codes are stored hashed; only the operator ever sees the code."""
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+async def get_activation(conn: AsyncConnection, activation_id: str) -> Row | None:
+    return await _one(
+        conn, select(activations).where(activations.c.activation_id == activation_id)
+    )
+
+
+async def list_activations(
+    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(activations).where(activations.c.account == account)
+    if filters.get("ActivationId"):
+        stmt = stmt.where(activations.c.activation_id == filters["ActivationId"])
+    if filters.get("InstanceName"):
+        stmt = stmt.where(activations.c.instance_name == filters["InstanceName"])
+    order = (activations.c.created_ms.desc(), activations.c.activation_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def claim_activation(conn: AsyncConnection, activation_id: str) -> bool:
+    """Count one registration against the activation's limit; False when it is used up."""
+    result = await conn.execute(
+        update(activations)
+        .where(
+            activations.c.activation_id == activation_id,
+            activations.c.registered_count < activations.c.instance_count,
+        )
+        .values(registered_count=activations.c.registered_count + 1)
+    )
+    return bool(result.rowcount)
+
+
+async def upsert_instance(conn: AsyncConnection, row: Row) -> None:
+    """Register (or re-register, replacing the key of) an instance."""
+    existing = await get_instance(conn, row["instance_id"])
+    if existing is None:
+        await conn.execute(instances.insert().values(**row))
+    else:
+        await conn.execute(
+            update(instances).where(instances.c.instance_id == row["instance_id"]).values(**row)
+        )
+
+
+async def deregister_instance(conn: AsyncConnection, account: str, instance_id: str) -> Row | None:
+    """Mark an instance deregistered; its pending tasks become Cancelled."""
+    row = await _one(
+        conn,
+        select(instances).where(
+            instances.c.account == account,
+            instances.c.instance_id == instance_id,
+            instances.c.deregistered.is_(False),
+        ),
+    )
+    if row is None:
+        return None
+    await conn.execute(
+        update(instances).where(instances.c.instance_id == instance_id).values(deregistered=True)
+    )
+    await conn.execute(
+        update(activations)
+        .where(activations.c.activation_id == row["activation_id"])
+        .values(deregistered_count=activations.c.deregistered_count + 1)
+    )
+    now = model.now_ms()
+    await conn.execute(
+        update(invocation_instances)
+        .where(
+            invocation_instances.c.instance_id == instance_id,
+            invocation_instances.c.active.is_(True),
+        )
+        .values(status=model.CANCELLED, active=False, updated_ms=now, stop_ms=now)
+    )
+    return row
+
+
+async def touch_instance(conn: AsyncConnection, instance_id: str, values: Row) -> None:
+    await conn.execute(
+        update(instances).where(instances.c.instance_id == instance_id).values(**values)
+    )
+
+
+async def request_update(
+    conn: AsyncConnection, account: str, ids: Sequence[str], version: str
+) -> None:
+    await conn.execute(
+        update(instances)
+        .where(instances.c.account == account, instances.c.instance_id.in_(list(ids)))
+        .values(update_requested=True, update_version=version)
+    )
+
+
+async def take_update(conn: AsyncConnection, instance_id: str) -> tuple[bool, str]:
+    """Consume a pending update request (true once per KickAgentUpdate)."""
+    row = await _one(
+        conn,
+        select(instances.c.update_version).where(
+            instances.c.instance_id == instance_id, instances.c.update_requested.is_(True)
+        ),
+    )
+    if row is None:
+        return False, ""
+    result = await conn.execute(
+        update(instances)
+        .where(instances.c.instance_id == instance_id, instances.c.update_requested.is_(True))
+        .values(update_requested=False)
+    )
+    return bool(result.rowcount), str(row["update_version"])
+
+
+async def active_task_counts(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, int]:
+    """Running/pending task count per instance."""
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(invocation_instances.c.instance_id, func.count())
+        .where(
+            invocation_instances.c.instance_id.in_(list(ids)),
+            invocation_instances.c.status.in_([model.PENDING, model.RUNNING, model.STOPPING]),
+        )
+        .group_by(invocation_instances.c.instance_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+# --- invocations ----------------------------------------------------------------------------
+
+
+async def insert_invocation(conn: AsyncConnection, row: Row, instance_ids: Sequence[str]) -> None:
+    """Store an invocation and one pending result per instance."""
+    now = model.now_ms()
+    await conn.execute(invocations.insert().values(**row))
+    status = model.SCHEDULED if row["timed"] else model.PENDING
+    await conn.execute(
+        invocation_instances.insert(),
+        [
+            {
+                "invoke_id": row["invoke_id"], "instance_id": iid, "account": row["account"],
+                "status": status, "active": True, "delivered": False, "stop_requested": False,
+                "execution_id": "", "output": "", "dropped": 0, "error_code": "",
+                "error_info": "", "repeats": 0, "created_ms": now, "updated_ms": now,
+            }
+            for iid in instance_ids
+        ],
+    )
+    await conn.execute(
+        update(commands)
+        .where(commands.c.command_id == row["command_id"])
+        .values(invoke_times=commands.c.invoke_times + 1)
+    )
+    await conn.execute(
+        update(instances)
+        .where(instances.c.instance_id.in_(list(instance_ids)))
+        .values(last_invoked_ms=now, invocation_count=instances.c.invocation_count + 1)
+    )
+
+
+async def get_invocation(conn: AsyncConnection, account: str, invoke_id: str) -> Row | None:
+    return await _one(
+        conn,
+        select(invocations).where(
+            invocations.c.account == account, invocations.c.invoke_id == invoke_id
+        ),
+    )
+
+
+async def list_invocations(
+    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(invocations).where(invocations.c.account == account)
+    for key, column in (
+        ("InvokeId", invocations.c.invoke_id),
+        ("CommandId", invocations.c.command_id),
+        ("CommandName", invocations.c.command_name),
+        ("CommandType", invocations.c.command_type),
+        ("RepeatMode", invocations.c.repeat_mode),
+    ):
+        if filters.get(key):
+            stmt = stmt.where(column == filters[key])
+    if filters.get("Timed") is not None:
+        stmt = stmt.where(invocations.c.timed.is_(filters["Timed"]))
+    if filters.get("InstanceId"):
+        stmt = stmt.where(
+            invocations.c.invoke_id.in_(
+                select(invocation_instances.c.invoke_id).where(
+                    invocation_instances.c.instance_id == filters["InstanceId"]
+                )
+            )
+        )
+    order = (invocations.c.created_ms.desc(), invocations.c.invoke_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def instance_results(conn: AsyncConnection, invoke_ids: Sequence[str]) -> dict[str, list[Row]]:
+    """Per-instance result rows of several invocations."""
+    if not invoke_ids:
+        return {}
+    rows = await _rows(
+        conn,
+        select(invocation_instances)
+        .where(invocation_instances.c.invoke_id.in_(list(invoke_ids)))
+        .order_by(invocation_instances.c.instance_id),
+    )
+    grouped: dict[str, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row["invoke_id"], []).append(row)
+    return grouped
+
+
+async def list_results(
+    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    """Per-instance results joined with their invocation, newest first."""
+    ii, inv = invocation_instances, invocations
+    stmt = (
+        select(
+            ii,
+            inv.c.command_id,
+            inv.c.username,
+            inv.c.timed,
+            inv.c.repeat_mode,
+        )
+        .join(inv, inv.c.invoke_id == ii.c.invoke_id)
+        .where(ii.c.account == account)
+    )
+    if filters.get("InvokeId"):
+        stmt = stmt.where(ii.c.invoke_id == filters["InvokeId"])
+    if filters.get("InstanceId"):
+        stmt = stmt.where(ii.c.instance_id == filters["InstanceId"])
+    if filters.get("CommandId"):
+        stmt = stmt.where(inv.c.command_id == filters["CommandId"])
+    statuses = filters.get("Statuses")
+    if statuses:
+        stmt = stmt.where(ii.c.status.in_(list(statuses)))
+    order = (ii.c.created_ms.desc(), ii.c.invoke_id, ii.c.instance_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def running_output(conn: AsyncConnection, row: Row) -> tuple[bytes, int]:
+    """Output streamed so far by a running execution: (bytes, dropped)."""
+    chunks = await _rows(
+        conn,
+        select(output_chunks.c.chunk_offset, output_chunks.c.data)
+        .where(
+            output_chunks.c.invoke_id == row["invoke_id"],
+            output_chunks.c.instance_id == row["instance_id"],
+            output_chunks.c.execution_id == row["execution_id"],
+        )
+        .order_by(output_chunks.c.chunk_offset),
+    )
+    data = b"".join(base64.b64decode(c["data"]) for c in chunks)
+    return data, 0
+
+
+async def stop_invocation(
+    conn: AsyncConnection, invoke_id: str, instance_ids: Sequence[str] | None
+) -> list[str]:
+    """Ask instances to stop; undelivered or idle ones stop at once. Returns ids to notify."""
+    ii = invocation_instances
+    cond = and_(ii.c.invoke_id == invoke_id, ii.c.active.is_(True), ii.c.stop_requested.is_(False))
+    if instance_ids:
+        cond = and_(cond, ii.c.instance_id.in_(list(instance_ids)))
+    rows = await _rows(conn, select(ii.c.instance_id, ii.c.status, ii.c.delivered).where(cond))
+    now = model.now_ms()
+    notify: list[str] = []
+    for row in rows:
+        if row["status"] == model.RUNNING or (row["status"] == model.PENDING and row["delivered"]):
+            values: Row = {"status": model.STOPPING, "stop_requested": True}
+        else:
+            final = model.CANCELLED if row["status"] == model.PENDING else model.STOPPED
+            values = {"status": final, "stop_requested": True, "active": False, "stop_ms": now}
+        await conn.execute(
+            update(ii)
+            .where(ii.c.invoke_id == invoke_id, ii.c.instance_id == row["instance_id"])
+            .values(**values, updated_ms=now)
+        )
+        notify.append(row["instance_id"])
+    await conn.execute(
+        update(invocations)
+        .where(invocations.c.invoke_id == invoke_id)
+        .values(stopped=True, revision=invocations.c.revision + 1)
+    )
+    return notify
+
+
+# --- the agent side ---------------------------------------------------------------------------
+
+
+async def tasks_for(conn: AsyncConnection, instance_id: str) -> tuple[list[Row], list[str]]:
+    """Tasks an instance should have, and invocations it should stop; marks them delivered."""
+    ii, inv = invocation_instances, invocations
+    rows = await _rows(
+        conn,
+        select(ii.c.status, ii.c.stop_requested, ii.c.delivered, inv)
+        .join(inv, inv.c.invoke_id == ii.c.invoke_id)
+        .where(ii.c.instance_id == instance_id, ii.c.active.is_(True))
+        .order_by(inv.c.created_ms),
+    )
+    run = [r for r in rows if not r["stop_requested"]]
+    stop = [r["invoke_id"] for r in rows if r["stop_requested"]]
+    fresh = [r["invoke_id"] for r in run if not r["delivered"]]
+    if fresh:
+        await conn.execute(
+            update(ii)
+            .where(ii.c.instance_id == instance_id, ii.c.invoke_id.in_(fresh))
+            .values(delivered=True)
+        )
+    return run, stop
+
+
+async def _result_row(conn: AsyncConnection, instance_id: str, invoke_id: str) -> Row | None:
+    ii, inv = invocation_instances, invocations
+    return await _one(
+        conn,
+        select(ii, inv.c.timed, inv.c.repeat_mode, inv.c.frequency)
+        .join(inv, inv.c.invoke_id == ii.c.invoke_id)
+        .where(ii.c.instance_id == instance_id, ii.c.invoke_id == invoke_id),
+    )
+
+
+def _newer_execution(candidate: str, current: str) -> bool:
+    """Whether `candidate` is the same or a later execution than `current`."""
+    if not current:
+        return True
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) >= int(current)
+    return candidate >= current
+
+
+async def record_running(
+    conn: AsyncConnection, instance_id: str, invoke_id: str, execution_id: str, start_ms: int,
+    offset: int, data: str,
+) -> bool:
+    """Store a running-output chunk once per offset and mark the execution Running."""
+    row = await _result_row(conn, instance_id, invoke_id)
+    if row is None:
+        return False
+    ex = executions
+    await conn.execute(
+        _insert(conn, ex)
+        .values(
+            invoke_id=invoke_id, instance_id=instance_id, execution_id=execution_id,
+            status=model.RUNNING, terminal=False, start_ms=start_ms,
+        )
+        .on_conflict_do_nothing()
+    )
+    done = await _one(
+        conn,
+        select(ex.c.terminal).where(
+            ex.c.invoke_id == invoke_id, ex.c.instance_id == instance_id,
+            ex.c.execution_id == execution_id,
+        ),
+    )
+    if done and done["terminal"]:
+        return True  # a late chunk of a finished execution changes nothing
+    if data:
+        await conn.execute(
+            _insert(conn, output_chunks)
+            .values(
+                invoke_id=invoke_id, instance_id=instance_id, execution_id=execution_id,
+                chunk_offset=offset, data=data,
+            )
+            .on_conflict_do_nothing()
+        )
+    if _newer_execution(execution_id, row["execution_id"]) and row["status"] not in (
+        model.STOPPING,
+    ) and (row["active"] or row["execution_id"] == execution_id):
+        values: Row = {"status": model.RUNNING, "updated_ms": model.now_ms()}
+        if row["execution_id"] != execution_id:
+            values.update(
+                execution_id=execution_id, start_ms=start_ms, exit_code=None, output="",
+                dropped=0, error_code="", error_info="", finish_ms=None,
+            )
+        await conn.execute(
+            update(invocation_instances)
+            .where(
+                invocation_instances.c.instance_id == instance_id,
+                invocation_instances.c.invoke_id == invoke_id,
+            )
+            .values(**values)
+        )
+    return True
+
+
+async def record_terminal(
+    conn: AsyncConnection, instance_id: str, invoke_id: str, execution_id: str, status: str,
+    report: Row,
+) -> bool | None:
+    """Apply a terminal report; True if it was a duplicate, None if the task is unknown."""
+    row = await _result_row(conn, instance_id, invoke_id)
+    if row is None:
+        return None
+    ex = executions
+    key = and_(
+        ex.c.invoke_id == invoke_id, ex.c.instance_id == instance_id,
+        ex.c.execution_id == execution_id,
+    )
+    await conn.execute(
+        _insert(conn, ex)
+        .values(
+            invoke_id=invoke_id, instance_id=instance_id, execution_id=execution_id,
+            status=status, terminal=False, start_ms=report["start_ms"],
+        )
+        .on_conflict_do_nothing()
+    )
+    won = await conn.execute(
+        update(ex)
+        .where(key, ex.c.terminal.is_(False))
+        .values(
+            status=status, terminal=True, exit_code=report["exit_code"],
+            start_ms=report["start_ms"], finish_ms=report["finish_ms"],
+        )
+    )
+    if not won.rowcount:
+        return True
+    now = model.now_ms()
+    values: Row = {"repeats": invocation_instances.c.repeats + 1, "updated_ms": now}
+    if _newer_execution(execution_id, row["execution_id"]):
+        values.update(
+            execution_id=execution_id, exit_code=report["exit_code"], output=report["output"],
+            dropped=report["dropped"], error_code=report["error_code"],
+            error_info=report["error_info"], start_ms=report["start_ms"],
+            finish_ms=report["finish_ms"],
+        )
+        stopping = row["stop_requested"]
+        ends = (not row["timed"]) or stopping or model.is_one_time_schedule(
+            row["repeat_mode"], row["frequency"]
+        )
+        if status in (model.STOPPED, model.TERMINATED):
+            ends = True
+        if ends:
+            values.update(status=status, active=False)
+            if status in model.STOPPED_LIKE:
+                values["stop_ms"] = now
+        else:
+            values["status"] = model.SCHEDULED
+    await conn.execute(
+        update(invocation_instances)
+        .where(
+            invocation_instances.c.instance_id == instance_id,
+            invocation_instances.c.invoke_id == invoke_id,
+        )
+        .values(**values)
+    )
+    await conn.execute(
+        delete(output_chunks).where(
+            output_chunks.c.invoke_id == invoke_id,
+            output_chunks.c.instance_id == instance_id,
+            output_chunks.c.execution_id == execution_id,
+        )
+    )
+    return False
+
+
+def decode_parameters(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+

@@ -1,0 +1,249 @@
+"""Test and demo helpers: a real `assist-server serve` subprocess and a scripted fake agent.
+
+    with start_server(tmp_path) as srv:
+        key_id, secret = srv.create_access_key()
+        act_id, code = srv.create_activation(key_id, secret)
+        agent = FakeAgent.register(srv.url, act_id, code)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from server.rpc import sign_params
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerHandle:
+    """A running `assist-server serve` subprocess."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, db_url: str, log_path: Path
+    ) -> None:
+        self.process = process
+        self.url = url
+        self.db_url = db_url
+        self.log_path = log_path
+
+    def create_access_key(self, account: str = "default") -> tuple[str, str]:
+        """Run `assist-server accesskey create` against this server's database."""
+        out = subprocess.run(
+            [sys.executable, "-m", "server.cli", "accesskey", "create", "--db", self.db_url,
+             "--account", account, "--json"],
+            check=True, capture_output=True, text=True, cwd=REPO_ROOT, env=_env(),
+        )
+        data = json.loads(out.stdout)
+        return data["AccessKeyId"], data["AccessKeySecret"]
+
+    def call(
+        self, action: str, key_id: str, secret: str, method: str = "POST", **params: Any
+    ) -> requests.Response:
+        """One signed operator API request (signature v1)."""
+        signed = sign_params({"Action": action, **params}, key_id, secret, method)
+        if method == "GET":
+            return requests.get(self.url + "/", params=signed, timeout=30)
+        return requests.post(self.url + "/", data=signed, timeout=30)
+
+    def create_activation(self, key_id: str, secret: str, count: int = 10) -> tuple[str, str]:
+        """CreateActivation through the API; returns (ActivationId, ActivationCode)."""
+        response = self.call("CreateActivation", key_id, secret, InstanceCount=count)
+        response.raise_for_status()
+        data = response.json()
+        return data["ActivationId"], data["ActivationCode"]
+
+    def stop(self) -> None:
+        """Terminate the server and wait for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p)
+    return env
+
+
+def launch_server(
+    data_dir: str | os.PathLike[str], db_url: str | None = None, extra_args: list[str] | None = None,
+    port: int | None = None, scheme: str = "http",
+) -> ServerHandle:
+    """Start `assist-server serve` on a free loopback port and wait until it answers."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    db = db_url or f"sqlite:///{data / 'assist.db'}"
+    port = port or free_port()
+    log_path = data / f"server-{port}.log"
+    log_file = log_path.open("wb")
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--listen", f"127.0.0.1:{port}",
+           "--db", db, *(extra_args or [])]
+    process = subprocess.Popen(
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_env()
+    )
+    log_file.close()
+    handle = ServerHandle(process, f"{scheme}://127.0.0.1:{port}", db, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"assist-server exited {process.returncode}:\n{handle.log()}")
+        try:
+            if requests.get(handle.url + "/healthz", timeout=1, verify=False).ok:
+                return handle
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    handle.stop()
+    raise RuntimeError(f"assist-server did not answer within 30 s:\n{handle.log()}")
+
+
+@contextlib.contextmanager
+def start_server(
+    data_dir: str | os.PathLike[str], db_url: str | None = None, extra_args: list[str] | None = None
+) -> Iterator[ServerHandle]:
+    """Context manager around launch_server; stops the server on exit."""
+    handle = launch_server(data_dir, db_url, extra_args)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def sign_agent_request(
+    key: Ed25519PrivateKey, instance_id: str, method: str, path: str, query: str, body: bytes,
+    timestamp: int | None = None, nonce: str | None = None,
+) -> dict[str, str]:
+    """The X-Assist-* headers of docs/agent-protocol.md for one request."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = nonce or uuid.uuid4().hex
+    canonical = "\n".join(
+        [method.upper(), path, query, ts, nonce, hashlib.sha256(body).hexdigest()]
+    ).encode("utf-8")
+    return {
+        "X-Assist-Instance-Id": instance_id,
+        "X-Assist-Timestamp": ts,
+        "X-Assist-Nonce": nonce,
+        "X-Assist-Signature": base64.b64encode(key.sign(canonical)).decode("ascii"),
+    }
+
+
+class FakeAgent:
+    """A scripted agent speaking the real agent API (until the real agent exists)."""
+
+    def __init__(self, url: str, instance_id: str, key: Ed25519PrivateKey) -> None:
+        self.url = url.rstrip("/")
+        self.instance_id = instance_id
+        self.key = key
+        self.session = requests.Session()
+
+    @classmethod
+    def register(
+        cls, url: str, activation_id: str, activation_code: str, instance_id: str = "",
+        key: Ed25519PrivateKey | None = None,
+    ) -> FakeAgent:
+        """Register with an activation and a fresh Ed25519 key."""
+        key = key or Ed25519PrivateKey.generate()
+        public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        body = {
+            "activation_id": activation_id, "activation_code": activation_code,
+            "public_key": base64.b64encode(public).decode("ascii"),
+            "instance_name": "fake", "hostname": socket.gethostname(), "os_type": "linux",
+            "agent_version": "0.0.0-fake",
+        }
+        if instance_id:
+            body["instance_id"] = instance_id
+        response = requests.post(url + "/luban/api/instance/register", json=body, timeout=30)
+        if response.status_code != 200:
+            raise RuntimeError(f"register failed: {response.status_code} {response.text}")
+        return cls(url, response.json()["instance_id"], key)
+
+    def request(
+        self, method: str, path: str, body: Any = None, query: str = "", timeout: float = 30,
+        **sign: Any,
+    ) -> requests.Response:
+        """A signed request; `sign` may pin timestamp/nonce (for replay tests)."""
+        raw = b"" if body is None else json.dumps(body).encode("utf-8")
+        headers = sign_agent_request(self.key, self.instance_id, method, path, query, raw, **sign)
+        headers["Content-Type"] = "application/json"
+        url = self.url + path + (f"?{query}" if query else "")
+        return self.session.request(method, url, data=raw or None, headers=headers, timeout=timeout)
+
+    def post(self, path: str, body: Any, **sign: Any) -> dict[str, Any]:
+        response = self.request("POST", path, body, **sign)
+        if response.status_code != 200:
+            raise RuntimeError(f"{path}: {response.status_code} {response.text}")
+        return dict(response.json())
+
+    def tasks(self, reason: str = "poll") -> dict[str, Any]:
+        return self.post("/luban/api/v1/task/list", {"reason": reason})
+
+    def poll(self, timeout: int = 25) -> list[dict[str, Any]]:
+        response = self.request(
+            "GET", "/luban/api/v1/notify", query=f"timeout={timeout}", timeout=timeout + 10
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"notify: {response.status_code} {response.text}")
+        return list(response.json()["events"])
+
+    def heartbeat(self) -> dict[str, Any]:
+        return self.post(
+            "/luban/api/heart-beat",
+            {"agent_version": "0.0.0-fake", "uptime": 1, "boot_time": int(time.time()), "running": 0},
+        )
+
+    def report(
+        self, kind: str, invoke_id: str, output: bytes = b"", exit_code: int | None = 0,
+        execution_id: str = "0", **extra: Any,
+    ) -> dict[str, Any]:
+        now = int(time.time() * 1000)
+        body = {
+            "invoke_id": invoke_id, "execution_id": execution_id, "start_time": now - 5,
+            "end_time": now, "exit_code": exit_code,
+            "output": base64.b64encode(output).decode("ascii"), "dropped": 0,
+            "error_code": "", "error_message": "", **extra,
+        }
+        return self.post(f"/luban/api/v1/task/{kind}", body)
+
+    def run_shell_tasks(self) -> int:
+        """Run every listed one-shot RunShellScript for real and report it; return the count."""
+        done = 0
+        for task in self.tasks("kick")["run"]:
+            if task["timed"]:
+                continue
+            script = base64.b64decode(task["content"]).decode("utf-8")
+            proc = subprocess.run(
+                ["sh", "-c", script], capture_output=True, timeout=task["timeout"]
+            )
+            self.report("finish", task["invoke_id"], proc.stdout, proc.returncode)
+            done += 1
+        return done
