@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from common.errors import ToolError, UsageError, VerificationError
+from common.errors import UsageError, VerificationError
 from common.platform import normalize_arch
 from pkgbuild.naming import ArtifactInfo, parse_artifact_filename
 from pkgbuild.repository.tools import run_tool
@@ -26,6 +26,8 @@ def identify_artifact(path: Path, keys: Path) -> ArtifactInfo:
     elif info.format == "rpm":
         check_rpm_identity(path, info)
         check_rpm_signature(path, Path(keys) / "public" / "RPM-GPG-KEY-assist")
+    elif info.format == "exe":
+        check_authenticode(path, Path(keys) / "public" / "authenticode.crt")
     return info
 
 
@@ -81,19 +83,23 @@ def check_rpm_signature(path: Path, key_file: Path) -> None:
             ["rpmkeys", "--dbpath", dbpath, "--import", str(key_file)],
             hint=f"cannot import {key_file}",
         )
-        try:
-            out = run_tool(
-                ["rpmkeys", "--dbpath", dbpath, "--checksig", "--verbose", str(path)],
-                hint="sign it with the release key",
-            ).decode("utf-8", "replace")
-        except ToolError as exc:
-            raise VerificationError(
-                f"{path.name}: rpm signature check failed ({exc.message})",
-                hint="sign it with the release key (assist-pkgbuild build does)",
-            ) from exc
+        out = run_tool(
+            ["rpmkeys", "--dbpath", dbpath, "--checksig", "--verbose", str(path)],
+            hint=f"{path.name} must be signed by the release key (assist-pkgbuild build does)",
+            failure=VerificationError,
+        ).decode("utf-8", "replace")
     bad = ("NOT OK", "MISSING KEYS", "NOKEY", "not signed")
     if any(marker in out for marker in bad) or "Signature" not in out:
         raise VerificationError(
             f"{path.name} is not signed by the release key",
             hint="sign it with the release key (assist-pkgbuild build does)",
         )
+
+
+def check_authenticode(path: Path, cert_file: Path) -> None:
+    """Refuse an exe whose Authenticode signature does not chain to the release certificate."""
+    run_tool(
+        ["osslsigncode", "verify", "-in", str(path), "-CAfile", str(cert_file)],
+        hint=f"{path.name} must be signed by the release certificate (assist-pkgbuild build does)",
+        failure=VerificationError,
+    )

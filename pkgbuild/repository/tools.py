@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.errors import ToolError
+from common.errors import AssistError, ToolError
 from pkgbuild.keys import GPG_BATCH, gpg_env, gpg_fingerprint
 
 log = logging.getLogger(__name__)
@@ -20,8 +20,9 @@ def run_tool(
     input_data: bytes | None = None,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    failure: type[AssistError] = ToolError,
 ) -> bytes:
-    """Run `cmd` and return its stdout; a missing tool or a failure becomes a ToolError."""
+    """Run `cmd` and return its stdout; a missing tool is a ToolError, a failure `failure`."""
     log.debug("running %s", " ".join(cmd))
     try:
         proc = subprocess.run(
@@ -32,7 +33,7 @@ def run_tool(
     if proc.returncode != 0:
         lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         detail = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise ToolError(f"{Path(cmd[0]).name} failed: {detail}", hint=hint)
+        raise failure(f"{Path(cmd[0]).name} failed: {detail}", hint=hint)
     return proc.stdout
 
 

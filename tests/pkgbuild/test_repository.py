@@ -1,0 +1,434 @@
+"""Release repository: TUF metadata as the real tuf client sees it, and publish/yank/rotate rules.
+
+Every test reads the repository through tuf.ngclient over a loopback StaticServer, trusting only
+the KEYDIR's root.json, and checks the files left behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from tuf.api import exceptions as tuf_exceptions
+from tuf.api.metadata import Metadata
+
+from common.errors import (
+    ConfigError,
+    LocalStateError,
+    NotFoundError,
+    UsageError,
+    VerificationError,
+)
+from pkgbuild.keys import generate_keys, stop_gpg_agent
+from pkgbuild.naming import parse_artifact_filename
+from pkgbuild.repository import init_repository, publish_artifacts, rotate_key, yank_version
+
+sys.path.insert(0, str(Path(__file__).parent))
+from httpserver import StaticServer  # noqa: E402  (tests/ is on sys.path via tests/conftest.py)
+from test_repository_support import (  # noqa: E402
+    build_all,
+    build_deb,
+    build_rpm,
+    build_tarball,
+    tuf_updater,
+)
+
+DAY = datetime.timedelta(days=1)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load(path: Path) -> Metadata:  # type: ignore[type-arg]
+    return Metadata.from_file(str(path))
+
+
+def metadata_files(repo: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((repo / "metadata").iterdir())}
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def fresh_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Make key directories this module may modify (rotation, other expiries, thresholds)."""
+    made: list[Path] = []
+
+    def make(thresholds: dict[str, int] | None = None) -> Path:
+        path = tmp_path_factory.mktemp("k") / "keys"
+        generate_keys(path, thresholds)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        stop_gpg_agent(path)
+
+
+@pytest.fixture(scope="module")
+def published(keydir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """One repository with aliyun-assist 1.0.0 in all four formats, served on loopback."""
+    base = tmp_path_factory.mktemp("published")
+    artifacts = build_all(base / "dist", keydir, "1.0.0")
+    repo = base / "repo"
+    init_repository(repo, keydir, {})
+    paths = publish_artifacts(repo, keydir, list(artifacts.values()))
+    with StaticServer(repo) as server:
+        yield SimpleNamespace(
+            repo=repo, keys=keydir, artifacts=artifacts, paths=paths, url=server.url, base=base
+        )
+
+
+def test_tuf_client_finds_every_artifact_with_length_hash_and_custom_fields(
+    published: SimpleNamespace, tmp_path: Path
+) -> None:
+    updater = tuf_updater(tmp_path, published.keys / "root.json", published.url)
+    updater.refresh()
+    assert len(published.artifacts) == 4
+    for artifact in published.artifacts.values():
+        info = parse_artifact_filename(artifact.name)
+        target = updater.get_targetinfo(info.target_path)
+        assert target is not None, info.target_path
+        assert target.length == artifact.stat().st_size
+        assert target.hashes == {"sha256": sha256(artifact)}
+        assert target.custom == info.custom(["stable"])
+        downloaded = Path(updater.download_target(target))
+        assert downloaded.read_bytes() == artifact.read_bytes()
+        stored = published.repo / "targets" / info.package / info.version
+        assert (stored / f"{sha256(artifact)}.{artifact.name}").is_file()
+
+
+def test_repository_layout_has_keys_and_newest_root(published: SimpleNamespace) -> None:
+    repo, keys = published.repo, published.keys
+    for name in ("archive-keyring.gpg", "RPM-GPG-KEY-assist", "authenticode.crt"):
+        assert (repo / "keys" / name).read_bytes() == (keys / "public" / name).read_bytes()
+    assert (repo / "metadata/root.json").read_bytes() == (
+        repo / "metadata/1.root.json"
+    ).read_bytes()
+    # keygen's root (default 365 d) is reused as version 1: payloads built before init still match
+    assert (repo / "metadata/1.root.json").read_bytes() == (keys / "root.json").read_bytes()
+    assert load(repo / "metadata/1.root.json").signed.consistent_snapshot is True
+
+
+def test_publish_again_changes_no_metadata(published: SimpleNamespace) -> None:
+    before = metadata_files(published.repo)
+    apt_gen = os.readlink(published.repo / "apt/dists/stable")
+    yum_gen = os.readlink(published.repo / "yum/stable/repodata")
+    again = publish_artifacts(published.repo, published.keys, list(published.artifacts.values()))
+    assert sorted(again) == sorted(published.paths)
+    assert metadata_files(published.repo) == before
+    assert os.readlink(published.repo / "apt/dists/stable") == apt_gen
+    assert os.readlink(published.repo / "yum/stable/repodata") == yum_gen
+
+
+def test_publish_refuses_other_content_under_a_published_path(
+    published: SimpleNamespace, tmp_path: Path
+) -> None:
+    before = metadata_files(published.repo)
+    # same name, same version, different bytes (another build): releases are immutable
+    other = build_tarball(tmp_path, "1.0.0")
+    with pytest.raises(UsageError, match="already published with different content"):
+        publish_artifacts(published.repo, published.keys, [other])
+    assert metadata_files(published.repo) == before
+
+
+def test_publish_refuses_deb_whose_control_contradicts_its_name(
+    published: SimpleNamespace, tmp_path: Path
+) -> None:
+    before = metadata_files(published.repo)
+    liar = build_deb(tmp_path, "7.0.0", control_version="6.0.0")
+    with pytest.raises(VerificationError, match="version"):
+        publish_artifacts(published.repo, published.keys, [liar])
+    assert metadata_files(published.repo) == before
+    assert not list((published.repo / "targets/aliyun-assist").glob("7.0.0"))
+
+
+def test_publish_refuses_unsigned_and_foreign_signed_rpms(
+    published: SimpleNamespace, other_keydir: Path, tmp_path: Path
+) -> None:
+    before = metadata_files(published.repo)
+    unsigned = build_rpm(tmp_path / "u", None, "7.0.1")
+    foreign = build_rpm(tmp_path / "f", other_keydir, "7.0.2")
+    for rpm in (unsigned, foreign):
+        with pytest.raises(VerificationError):
+            publish_artifacts(published.repo, published.keys, [rpm])
+    assert metadata_files(published.repo) == before
+
+
+def test_publish_refuses_bad_names_and_channels(published: SimpleNamespace, tmp_path: Path) -> None:
+    odd = tmp_path / "aliyun-assist.zip"
+    odd.write_bytes(b"x")
+    with pytest.raises(UsageError):
+        publish_artifacts(published.repo, published.keys, [odd])
+    with pytest.raises(UsageError, match="channel"):
+        publish_artifacts(published.repo, published.keys, [odd], channel="../etc")
+    with pytest.raises(ConfigError, match="not an initialised"):
+        publish_artifacts(tmp_path / "nowhere", published.keys, [published.artifacts["tar.gz"]])
+
+
+def test_init_is_idempotent_and_refuses_other_settings(keydir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {"timestamp": 2 * DAY})
+    before = metadata_files(repo)
+    init_repository(repo, keydir, {"timestamp": 2 * DAY})
+    assert metadata_files(repo) == before
+    with pytest.raises(LocalStateError, match="other expiries"):
+        init_repository(repo, keydir, {"timestamp": 3 * DAY})
+    assert metadata_files(repo) == before
+
+
+def test_expiries_chosen_at_init_are_what_metadata_and_release_carry(
+    keydir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    chosen = {"timestamp": 2 * DAY, "snapshot": 3 * DAY, "targets": 4 * DAY}
+    init_repository(repo, keydir, chosen)
+    publish_artifacts(repo, keydir, [build_tarball(tmp_path, "1.0.0")])
+    now = utcnow()
+    md = repo / "metadata"
+    timestamp = load(md / "timestamp.json").signed
+    snapshot = load(md / f"{timestamp.snapshot_meta.version}.snapshot.json").signed
+    targets = load(md / f"{snapshot.meta['targets.json'].version}.targets.json").signed
+    assert targets.version == 2  # the publish made a new version
+    for signed, delta in ((timestamp, 2 * DAY), (snapshot, 3 * DAY), (targets, 4 * DAY)):
+        assert abs(signed.expires - (now + delta)) < datetime.timedelta(minutes=2)
+    release = (repo / "apt/dists/stable/Release").read_text()
+    valid_until = next(line for line in release.splitlines() if line.startswith("Valid-Until:"))
+    parsed = datetime.datetime.strptime(valid_until.split(": ", 1)[1], "%a, %d %b %Y %H:%M:%S %z")
+    assert parsed == targets.expires
+
+
+def test_init_with_another_root_expiry_signs_a_new_root_into_keydir(
+    fresh_keys: object, tmp_path: Path
+) -> None:
+    keys = fresh_keys()  # type: ignore[operator]
+    repo = tmp_path / "repo"
+    init_repository(repo, keys, {"root": 30 * DAY})
+    root = load(repo / "metadata/1.root.json").signed
+    assert root.version == 1
+    assert abs(root.expires - (utcnow() + 30 * DAY)) < datetime.timedelta(minutes=2)
+    assert (keys / "root.json").read_bytes() == (repo / "metadata/1.root.json").read_bytes()
+
+
+def test_second_channel_merges_into_custom_channels(keydir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    deb = build_deb(tmp_path, "1.0.0")
+    publish_artifacts(repo, keydir, [deb])
+    publish_artifacts(repo, keydir, [deb], channel="beta")
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", keydir / "root.json", server.url)
+        updater.refresh()
+        target = updater.get_targetinfo(parse_artifact_filename(deb.name).target_path)
+    assert target is not None
+    assert target.custom["channels"] == ["beta", "stable"]
+    assert (repo / "apt/dists/beta/InRelease").is_file()
+    assert "aliyun-assist" in (repo / "apt/dists/beta/main/binary-amd64/Packages").read_text()
+
+
+def test_yank_drops_version_from_channel_for_tuf(keydir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    old = build_tarball(tmp_path / "a", "1.0.0")
+    new = build_tarball(tmp_path / "b", "1.1.0")
+    publish_artifacts(repo, keydir, [old, new])
+    publish_artifacts(repo, keydir, [new], channel="beta")
+    assert yank_version(repo, keydir, "aliyun-assist", "1.1.0") == [
+        "aliyun-assist/1.1.0/aliyun-assist-1.1.0-linux-x86_64.tar.gz"
+    ]
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", keydir / "root.json", server.url)
+        updater.refresh()
+        still_beta = updater.get_targetinfo(
+            "aliyun-assist/1.1.0/aliyun-assist-1.1.0-linux-x86_64.tar.gz"
+        )
+        assert still_beta is not None and still_beta.custom["channels"] == ["beta"]
+        assert updater.get_targetinfo("aliyun-assist/1.0.0/aliyun-assist-1.0.0-linux-x86_64.tar.gz")
+    yank_version(repo, keydir, "aliyun-assist", "1.1.0", channel="beta")
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", keydir / "root.json", server.url)
+        updater.refresh()
+        assert (
+            updater.get_targetinfo("aliyun-assist/1.1.0/aliyun-assist-1.1.0-linux-x86_64.tar.gz")
+            is None
+        )
+    before = metadata_files(repo)
+    with pytest.raises(NotFoundError) as caught:
+        yank_version(repo, keydir, "aliyun-assist", "9.9.9")
+    assert "1.0.0" in (caught.value.hint or "")
+    assert metadata_files(repo) == before
+
+
+def test_thresholds_above_one_are_signed_and_accepted(fresh_keys: object, tmp_path: Path) -> None:
+    keys = fresh_keys({"root": 2, "targets": 2})  # type: ignore[operator]
+    repo = tmp_path / "repo"
+    init_repository(repo, keys, {})
+    tarball = build_tarball(tmp_path, "1.0.0")
+    publish_artifacts(repo, keys, [tarball])
+    md = repo / "metadata"
+    assert len(load(md / "1.root.json").signatures) == 2
+    assert load(md / "1.root.json").signed.roles["targets"].threshold == 2
+    assert len(load(md / "2.targets.json").signatures) == 2
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", keys / "root.json", server.url)
+        updater.refresh()
+        target = updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
+        assert target is not None
+        assert Path(updater.download_target(target)).read_bytes() == tarball.read_bytes()
+
+
+def test_rotated_targets_and_root_keys_are_followed_by_a_client_with_the_old_root(
+    fresh_keys: object, tmp_path: Path
+) -> None:
+    keys = fresh_keys()  # type: ignore[operator]
+    repo = tmp_path / "repo"
+    init_repository(repo, keys, {})
+    first = build_tarball(tmp_path, "1.0.0")
+    publish_artifacts(repo, keys, [first])
+    anchor = tmp_path / "anchor-root.json"
+    shutil.copyfile(keys / "root.json", anchor)
+    old_targets_keyid = json.loads((keys / "tuf/targets-1.pub.json").read_text())["keyid"]
+    old_root_keyid = json.loads((keys / "tuf/root-1.pub.json").read_text())["keyid"]
+    with StaticServer(repo) as server:
+        client = tmp_path / "client"
+        updater = tuf_updater(client, anchor, server.url)
+        updater.refresh()  # the client now trusts the pre-rotation metadata
+
+        rotate_key(repo, keys, "targets")
+        new_targets_keyid = json.loads((keys / "tuf/targets-1.pub.json").read_text())["keyid"]
+        assert new_targets_keyid != old_targets_keyid
+        assert list((keys / "tuf").glob(f"targets-1.{old_targets_keyid[:16]}.pem.old"))
+        root2 = load(repo / "metadata/2.root.json")
+        assert root2.signed.roles["targets"].keyids == [new_targets_keyid]
+        assert set(root2.signatures) == {old_root_keyid}
+
+        rotate_key(repo, keys, "root")
+        new_root_keyid = json.loads((keys / "tuf/root-1.pub.json").read_text())["keyid"]
+        root3 = load(repo / "metadata/3.root.json")
+        assert set(root3.signatures) == {old_root_keyid, new_root_keyid}
+        assert root3.signed.roles["root"].keyids == [new_root_keyid]
+        assert (repo / "metadata/root.json").read_bytes() == (
+            repo / "metadata/3.root.json"
+        ).read_bytes()
+
+        second = build_tarball(tmp_path / "later", "1.1.0")
+        publish_artifacts(repo, keys, [second])  # signed with the new keys only
+
+        for workdir in (client, tmp_path / "fresh-client"):  # continuing and from the v1 anchor
+            updater = tuf_updater(workdir, anchor, server.url)
+            updater.refresh()
+            target = updater.get_targetinfo(parse_artifact_filename(second.name).target_path)
+            assert target is not None
+            assert Path(updater.download_target(target)).read_bytes() == second.read_bytes()
+            trusted = load(workdir / "metadata/root.json").signed
+            assert trusted.version == 3
+
+
+def test_tampered_artifact_is_refused_by_the_tuf_client(
+    published: SimpleNamespace, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(published.repo, repo, symlinks=True)
+    tarball = published.artifacts["tar.gz"]
+    stored = repo / "targets/aliyun-assist/1.0.0" / f"{sha256(tarball)}.{tarball.name}"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", published.keys / "root.json", server.url)
+        updater.refresh()
+        target = updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
+        assert target is not None
+        with pytest.raises(tuf_exceptions.RepositoryError):
+            updater.download_target(target)
+    assert not list((tmp_path / "client/downloads").iterdir())
+
+
+def test_tampered_targets_metadata_is_refused_by_the_tuf_client(
+    published: SimpleNamespace, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(published.repo, repo, symlinks=True)
+    version = load(repo / "metadata/timestamp.json").signed.snapshot_meta.version
+    targets_version = (
+        load(repo / f"metadata/{version}.snapshot.json").signed.meta["targets.json"].version
+    )
+    path = repo / f"metadata/{targets_version}.targets.json"
+    path.write_text(path.read_text().replace('"stable"', '"stablx"'))
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", published.keys / "root.json", server.url)
+        with pytest.raises(tuf_exceptions.RepositoryError):
+            updater.refresh()
+
+
+def test_concurrent_publishes_never_show_readers_a_mix(keydir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    published_paths: list[str] = []
+    tarballs = []
+    for n in range(6):
+        tarballs.append(build_tarball(tmp_path / f"v{n}", f"1.{n}.0"))
+    debs = [build_deb(tmp_path / f"v{n}", f"1.{n}.0") for n in range(6)]
+    failures: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def read_loop(url: str) -> None:
+        nonlocal reads
+        n = 0
+        while not stop.is_set():
+            expected = list(published_paths)  # everything published before this chain started
+            try:
+                updater = tuf_updater(tmp_path / f"reader{n}", keydir / "root.json", url)
+                updater.refresh()
+                for path in expected:
+                    target = updater.get_targetinfo(path)
+                    assert target is not None, f"{path} vanished"
+                    updater.download_target(target)
+            except Exception as exc:  # any failure is a mix (or a bug) to report
+                failures.append(f"{type(exc).__name__}: {exc}")
+            n += 1
+            reads += 1
+
+    with StaticServer(repo) as server:
+        reader = threading.Thread(target=read_loop, args=(server.url,))
+        reader.start()
+        try:
+            # two writers at once for each round: the lock must serialise them
+            for n in range(0, 6, 2):
+                writers = [
+                    threading.Thread(
+                        target=publish_artifacts, args=(repo, keydir, [tarballs[i], debs[i]])
+                    )
+                    for i in (n, n + 1)
+                ]
+                for writer in writers:
+                    writer.start()
+                for writer in writers:
+                    writer.join()
+                for i in (n, n + 1):
+                    published_paths.append(parse_artifact_filename(tarballs[i].name).target_path)
+        finally:
+            stop.set()
+            reader.join()
+    assert failures == []
+    assert reads >= 2
+    timestamp = load(repo / "metadata/timestamp.json").signed
+    snapshot = load(repo / f"metadata/{timestamp.snapshot_meta.version}.snapshot.json").signed
+    targets = load(repo / f"metadata/{snapshot.meta['targets.json'].version}.targets.json").signed
+    assert targets.version == 1 + 6  # init, then one version per publish: none lost
+    assert len(targets.targets) == 12
+    packages = (repo / "apt/dists/stable/main/binary-amd64/Packages").read_text()
+    assert packages.count("Package: aliyun-assist") == 6
