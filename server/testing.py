@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -16,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,14 +52,26 @@ class ServerHandle:
         self.log_path = log_path
 
     def create_access_key(self, account: str = "default") -> tuple[str, str]:
-        """Run `assist-server accesskey create` against this server's database."""
-        out = subprocess.run(
-            [sys.executable, "-m", "server.cli", "accesskey", "create", "--db", self.db_url,
-             "--account", account, "--json"],
-            check=True, capture_output=True, text=True, cwd=REPO_ROOT, env=_env(),
-        )
-        data = json.loads(out.stdout)
-        return data["AccessKeyId"], data["AccessKeySecret"]
+        """A new AccessKey for `account`, written to this server's database.
+
+        Same code path as `assist-server accesskey create`, run in-process (in a thread, so
+        it works from inside an event loop too) because a subprocess per key is slow.
+        """
+        result: list[tuple[str, str]] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                result.append(asyncio.run(_create_key(self.db_url, account)))
+            except BaseException as exc:  # handed back to the caller below
+                errors.append(exc)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        if errors:
+            raise errors[0]
+        return result[0]
 
     def call(
         self, action: str, key_id: str, secret: str, method: str = "POST", **params: Any
@@ -87,6 +101,18 @@ class ServerHandle:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def _create_key(db_url: str, account: str) -> tuple[str, str]:
+    from server.store import Store
+    from server.store import queries as q
+
+    store = Store(db_url)
+    try:
+        async with store.write() as conn:
+            return await q.create_access_key(conn, account)
+    finally:
+        await store.close()
 
 
 def _env() -> dict[str, str]:
