@@ -1,0 +1,476 @@
+"""HTTP downloads from ranked mirrors: streamed, capped, hashed on the fly, resumable, failing over.
+
+    fetcher = Fetcher(["http://mirror-a/assist/", "http://mirror-b/assist/"])
+    result = fetcher.download("targets/x/1.0/abc.x.deb", dest, expected_length=n, expected_sha256=h)
+
+The `requests.Session` is the one seam (injected through the constructor). A transfer reads the
+body in large chunks, never accepts more bytes than the caller's cap, and moves to the next mirror
+with `Range` when one fails mid-body (connection error, 5xx, nothing received for `read_timeout`).
+Every mirror gets `1 + retries` attempts; a full round with no progress sleeps with exponential
+backoff and jitter before the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import requests
+import urllib3
+
+from common.atomic import fsync_dir
+from common.config import PROXY_ENV
+from common.errors import (
+    AssistError,
+    ConfigError,
+    DownloadError,
+    NotFoundError,
+    VerificationError,
+)
+from common.progress import open_progress, progress_enabled
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # bytes per read: large enough for sha256 and the disk to keep up with the wire
+MAX_BACKOFF = 30.0  # seconds, the longest sleep between rounds
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
+_UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)$")
+_RETRY_STATUS = {408, 425, 429}  # plus every 5xx
+_DOWNLOAD_HINT = "check the network and proxy (ALIYUN_ASSIST_PROXY), or pick another mirror"
+
+
+class EndlessDataError(DownloadError):
+    """A server sent more bytes than the file may have (the "endless data" attack)."""
+
+    reference = "endless-data"
+
+
+@dataclass
+class FetchResult:
+    """A completed, verified download."""
+
+    path: Path
+    length: int  # bytes
+    sha256: str  # hex
+    mirror: str  # base URL that served the last byte ("" if nothing had to be fetched)
+
+
+class _MirrorFailed(Exception):
+    """One attempt at one mirror failed; the message says why."""
+
+
+class _Transient(_MirrorFailed):
+    """Worth another attempt later: connection error, timeout, 5xx, body cut short."""
+
+
+class _Refused(_MirrorFailed):
+    """This mirror cannot serve this file: bad status or bad Content-Range."""
+
+
+class _NotFound(_MirrorFailed):
+    """HTTP 404/410."""
+
+
+class _TooMuch(_MirrorFailed):
+    """More bytes than the cap."""
+
+
+class _WrongLength(_MirrorFailed):
+    """The mirror's copy has a different length than expected."""
+
+
+@dataclass
+class _Transfer:
+    """The state of one file's transfer across mirrors."""
+
+    path: str  # relative to a mirror's base URL
+    offset: int = 0  # bytes the consumer already holds
+    cap: int | None = None  # bytes: never accept more than this in total
+    exact: int | None = None  # bytes: the expected total length, when known
+    restart: Callable[[], None] | None = None  # drops the held bytes; None = skip re-sent ones
+    mirror: str = ""  # base URL that served the last bytes
+    served: set[str] = field(default_factory=set)  # mirrors that contributed bytes
+
+
+class _PartFile:
+    """The `.part` file of a download and the sha256 of its content so far."""
+
+    def __init__(self, path: Path, cap: int | None) -> None:
+        self.path = path
+        self.handle: IO[bytes] = open(path, "a+b")  # noqa: SIM115 - closed in close()
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        if cap is not None and os.fstat(self.handle.fileno()).st_size > cap:
+            self.handle.truncate(0)
+        self._rehash()
+
+    def _rehash(self) -> None:
+        """Hash what an earlier run left, so the final digest covers the whole file."""
+        self.handle.seek(0)
+        while chunk := self.handle.read(CHUNK):
+            self.hasher.update(chunk)
+            self.size += len(chunk)
+        if self.size:
+            log.info("resuming %s at %d bytes", self.path.name, self.size)
+
+    def write(self, chunk: bytes) -> None:
+        """Append and hash one chunk."""
+        self.handle.write(chunk)
+        self.hasher.update(chunk)
+        self.size += len(chunk)
+
+    def restart(self) -> None:
+        """Forget everything held so far."""
+        self.handle.seek(0)
+        self.handle.truncate(0)
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def finish(self) -> None:
+        """Flush to disk and close."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def close(self) -> None:
+        """Close without syncing (the .part stays for a later resume)."""
+        self.handle.close()
+
+
+class Fetcher:
+    """Downloads files from a ranked list of mirrors (base URLs)."""
+
+    def __init__(
+        self,
+        mirrors: Sequence[str],
+        *,
+        timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        proxy: str | None = None,
+        progress: bool | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not mirrors:
+            raise ConfigError(
+                "no mirror to download from",
+                hint="pass --mirror URL or set mirrors in the [mirror] table of assist.toml",
+            )
+        self.mirrors = [m if m.endswith("/") else m + "/" for m in mirrors]
+        self.timeout = timeout  # seconds to connect
+        self.read_timeout = read_timeout  # seconds without a byte before leaving a mirror
+        self.retries = max(0, retries)  # extra attempts per mirror, per file
+        self.backoff = backoff  # seconds, first sleep between rounds
+        self.progress = progress
+        self.session = session if session is not None else requests.Session()
+        self.proxies = resolve_proxies(proxy)
+
+    def fetch_bytes(self, path: str, max_length: int) -> bytes:
+        """GET base+path from the first mirror that serves it; more than max_length bytes fails."""
+        buffer = bytearray()
+        transfer = _Transfer(path, cap=max_length, restart=buffer.clear)
+        for chunk in self._stream(transfer):
+            buffer += chunk
+        return bytes(buffer)
+
+    def stream(self, path: str, max_length: int | None = None) -> Iterator[bytes]:
+        """Yield the body of base+path in chunks, failing over between mirrors mid-body."""
+        return self._stream(_Transfer(path, cap=max_length))
+
+    def download(
+        self,
+        path: str,
+        dest: Path,
+        *,
+        expected_length: int | None = None,
+        max_length: int | None = None,
+        expected_sha256: str | None = None,
+    ) -> FetchResult:
+        """Stream base+path into dest (via dest.part, resumed if present) and verify it."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        cap = expected_length if expected_length is not None else max_length
+        sink = _PartFile(part, cap)
+        try:
+            mirror = self._download_into(path, sink, cap, expected_length, expected_sha256)
+        except (EndlessDataError, NotFoundError, VerificationError):
+            sink.close()
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise
+        except BaseException:
+            sink.close()
+            raise
+        digest = sink.hasher.hexdigest()
+        length = sink.size
+        sink.finish()
+        os.replace(part, dest)
+        fsync_dir(dest.parent)
+        log.info("downloaded %s (%d bytes) from %s", path, length, mirror or "the .part file")
+        return FetchResult(dest, length, digest, mirror)
+
+    def _download_into(
+        self,
+        path: str,
+        sink: _PartFile,
+        cap: int | None,
+        expected_length: int | None,
+        expected_sha256: str | None,
+    ) -> str:
+        """Fill `sink` until it verifies; return the mirror that served the last bytes."""
+        excluded: set[str] = set()
+        stale_part = sink.size > 0
+        bar = open_progress(
+            path.rsplit("/", 1)[-1], expected_length, sink.size, progress_enabled(self.progress)
+        )
+
+        def restart() -> None:
+            sink.restart()
+            bar.reset(total=expected_length)
+
+        with bar:
+            while True:
+                transfer = _Transfer(
+                    path, offset=sink.size, cap=cap, exact=expected_length, restart=restart
+                )
+                for chunk in self._stream(transfer, excluded):
+                    sink.write(chunk)
+                    bar.update(len(chunk))
+                problem = check_content(sink.size, sink.hasher, expected_length, expected_sha256)
+                if problem is None:
+                    return transfer.mirror
+                log.warning("%s: %s (from %s)", path, problem, ", ".join(sorted(transfer.served)))
+                restart()
+                if stale_part:  # the old .part is the first suspect: start over everywhere
+                    stale_part = False
+                    continue
+                excluded |= transfer.served
+                if not [m for m in self.mirrors if m not in excluded]:
+                    raise VerificationError(
+                        f"{path}: {problem} on every mirror",
+                        hint="the mirrors serve content that does not match the signed metadata: "
+                        "sync the mirror (assist-mirror sync) or use another one",
+                    )
+
+    def _stream(self, transfer: _Transfer, excluded: set[str] | None = None) -> Iterator[bytes]:
+        """Yield the body from transfer.offset on: failover, retries and backoff live here."""
+        failures = dict.fromkeys(self.mirrors, 0)
+        out = set(excluded or ())
+        errors: dict[str, _MirrorFailed] = {}
+        round_no = 0
+        while True:
+            progressed = False
+            for mirror in self.mirrors:
+                if mirror in out:
+                    continue
+                before = transfer.offset
+                try:
+                    yield from self._stream_from(mirror, transfer)
+                    return
+                except _MirrorFailed as exc:
+                    errors[mirror] = exc
+                    log.info("%s%s: %s", mirror, transfer.path, exc)
+                    gained = transfer.offset - before
+                    if isinstance(exc, _Transient) and gained >= CHUNK:
+                        progressed = True  # a flaky mirror that moves forward is not failing
+                    elif isinstance(exc, _Transient) and failures[mirror] < self.retries:
+                        failures[mirror] += 1
+                    else:
+                        out.add(mirror)
+                    if isinstance(exc, _TooMuch) and gained > 0:
+                        self._drop_held(transfer, exc)
+            if len(out) == len(self.mirrors):
+                raise build_error(transfer.path, errors)
+            if not progressed:
+                self._sleep(round_no)
+                round_no += 1
+
+    def _drop_held(self, transfer: _Transfer, exc: _MirrorFailed) -> None:
+        """Throw away bytes a lying mirror sent, or give up if the consumer cannot."""
+        if transfer.restart is None:
+            raise EndlessDataError(f"{transfer.path}: {exc}", hint=_DOWNLOAD_HINT)
+        transfer.restart()
+        transfer.offset = 0
+
+    def _sleep(self, round_no: int) -> None:
+        """Exponential backoff with jitter between rounds over the mirrors."""
+        delay = min(MAX_BACKOFF, self.backoff * (2**round_no)) * random.uniform(0.5, 1.5)
+        log.debug("all mirrors failed this round; retrying in %.2fs", delay)
+        time.sleep(delay)
+
+    def _stream_from(self, mirror: str, transfer: _Transfer) -> Iterator[bytes]:
+        """One attempt at one mirror: yield what it sends from transfer.offset on."""
+        headers = {"Accept-Encoding": "identity"}
+        if transfer.offset > 0:
+            headers["Range"] = f"bytes={transfer.offset}-"
+        try:
+            response = self.session.get(
+                mirror + transfer.path,
+                headers=headers,
+                stream=True,
+                timeout=(self.timeout, self.read_timeout),
+                proxies=self.proxies,
+            )
+        except requests.RequestException as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        with contextlib.closing(response):
+            skip = self._accept_response(response, transfer)
+            if skip is None:
+                transfer.mirror = mirror
+                return
+            yield from self._read_body(response, transfer, skip, mirror)
+
+    def _accept_response(self, response: requests.Response, transfer: _Transfer) -> int | None:
+        """Check status and lengths; return how many re-sent bytes to skip, None if complete."""
+        status = response.status_code
+        if status in (404, 410):
+            raise _NotFound(f"HTTP {status}")
+        if status == 416 and transfer.offset > 0:
+            return self._accept_unsatisfiable(response, transfer)
+        if status >= 500 or status in _RETRY_STATUS:
+            raise _Transient(f"HTTP {status}")
+        if status == 206 and transfer.offset > 0:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match is None or int(match.group(1)) != transfer.offset:
+                raise _Refused(f"bad Content-Range {response.headers.get('Content-Range')!r}")
+            total = None if match.group(3) == "*" else int(match.group(3))
+            check_total(total, transfer)
+            check_cap(transfer.offset + (body_length(response) or 0), transfer)
+            return 0
+        if status == 200:
+            check_total(body_length(response), transfer)
+            if transfer.offset == 0:
+                return 0
+            if transfer.restart is None:  # a stream cannot take bytes back: skip them
+                return transfer.offset
+            log.info("%s ignored Range: starting over", response.url)
+            transfer.restart()
+            transfer.offset = 0
+            return 0
+        raise _Refused(f"HTTP {status}")
+
+    def _accept_unsatisfiable(self, response: requests.Response, transfer: _Transfer) -> int | None:
+        """HTTP 416 on a resume: complete if the file is exactly what we hold, else start over."""
+        match = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
+        if match and int(match.group(1)) == transfer.offset:
+            check_total(transfer.offset, transfer)
+            return None
+        if transfer.restart is not None:
+            transfer.restart()
+            transfer.offset = 0
+        raise _Transient("HTTP 416: the held bytes do not fit the mirror's file")
+
+    def _read_body(
+        self, response: requests.Response, transfer: _Transfer, skip: int, mirror: str
+    ) -> Iterator[bytes]:
+        """Yield body chunks, never beyond the cap; a stall past read_timeout raises _Transient."""
+        limit = None if transfer.cap is None else transfer.cap - transfer.offset + skip
+        while True:
+            amount = CHUNK if limit is None else min(CHUNK, limit)
+            if amount == 0:
+                if read_chunk(response, 1)[0]:
+                    raise _TooMuch(f"endless data: more than {transfer.cap} bytes")
+                break
+            chunk, error = read_chunk(response, amount)
+            ended = len(chunk) < amount
+            if limit is not None:
+                limit -= len(chunk)
+            if skip:
+                dropped = min(skip, len(chunk))
+                skip -= dropped
+                chunk = chunk[dropped:]
+            if chunk:
+                transfer.offset += len(chunk)
+                transfer.mirror = mirror
+                transfer.served.add(mirror)
+                yield chunk
+            if error is not None:
+                raise _Transient(f"{error} after {transfer.offset} bytes")
+            if ended:
+                break
+        if transfer.exact is not None and transfer.offset < transfer.exact:
+            raise _Transient(f"body ended at {transfer.offset} of {transfer.exact} bytes")
+
+
+def read_chunk(response: requests.Response, amount: int) -> tuple[bytes, str | None]:
+    """Read up to `amount` body bytes; on a transport error return what came and the error."""
+    buffer = bytearray()
+    try:
+        while len(buffer) < amount:
+            piece = response.raw.read1(amount - len(buffer), decode_content=False)
+            if not piece:
+                break
+            buffer += piece
+    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+        return bytes(buffer), type(exc).__name__
+    return bytes(buffer), None
+
+
+def resolve_proxies(proxy: str | None) -> dict[str, str] | None:
+    """Explicit proxy, else ALIYUN_ASSIST_PROXY; None lets requests use the standard env vars."""
+    chosen = proxy or os.environ.get(PROXY_ENV) or None
+    return {"http": chosen, "https": chosen} if chosen else None
+
+
+def body_length(response: requests.Response) -> int | None:
+    """The Content-Length of a response, or None if absent or unreadable."""
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def check_total(total: int | None, transfer: _Transfer) -> None:
+    """Refuse a mirror whose file is longer than the cap or not the expected length."""
+    if total is None:
+        return
+    check_cap(total, transfer)
+    if transfer.exact is not None and total != transfer.exact:
+        raise _WrongLength(f"the mirror's file has {total} bytes, expected {transfer.exact}")
+
+
+def check_cap(total: int, transfer: _Transfer) -> None:
+    """Refuse a mirror that announces more bytes than the cap."""
+    if transfer.cap is not None and total > transfer.cap:
+        raise _TooMuch(f"endless data: the mirror offers {total} bytes, at most {transfer.cap}")
+
+
+def check_content(
+    length: int, hasher: hashlib._Hash, expected_length: int | None, expected_sha256: str | None
+) -> str | None:
+    """Say what is wrong with a finished download, or None if it matches."""
+    if expected_length is not None and length != expected_length:
+        return f"length {length} != expected {expected_length}"
+    if expected_sha256 is not None and hasher.hexdigest() != expected_sha256.lower():
+        return f"sha256 {hasher.hexdigest()} != expected {expected_sha256.lower()}"
+    return None
+
+
+def build_error(path: str, errors: dict[str, _MirrorFailed]) -> AssistError:
+    """One error for a file that no mirror would serve, of the type the failures call for."""
+    summary = "; ".join(f"{mirror}: {exc}" for mirror, exc in errors.items())
+    kinds = {type(exc) for exc in errors.values()}
+    if kinds == {_NotFound}:
+        return NotFoundError(
+            f"{path} is not on any mirror ({len(errors)} tried)",
+            hint="check the name and version, or sync the mirror (assist-mirror sync)",
+        )
+    if _TooMuch in kinds:
+        return EndlessDataError(f"{path}: {summary}", hint=_DOWNLOAD_HINT)
+    if _WrongLength in kinds:
+        return VerificationError(
+            f"{path}: {summary}",
+            hint="the mirror's copy does not match the signed metadata: sync it or use another",
+        )
+    return DownloadError(f"could not download {path}: {summary}", hint=_DOWNLOAD_HINT)
