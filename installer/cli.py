@@ -1,14 +1,218 @@
-"""assist-install command line (placeholder until the capability lands)."""
+"""assist-install: list, install, remove signed packages; first install of the agent (CLI.md)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from common.cli import not_built
+from common.cli import add_common_options, print_json, run_cli
+from common.config import Config, load_config
+from common.errors import UsageError
+from common.platform import detect_platform
+from common.service import MANAGERS, default_service_name, make_service
+from installer.agent import AgentInstall, install_agent, render_config
+from installer.native import install_native, installed_version, remove_native
+from updater.layout import Layout
+from updater.remote import find_keys_dir, open_repository
 
-main = not_built(
-    "assist-install", "Install, remove and list signed packages from the nearest mirror"
-)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The assist-install command line."""
+    parser = argparse.ArgumentParser(
+        prog="assist-install", description="Install signed packages from the nearest mirror"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str, remote: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_common_options(p)
+        p.add_argument("--prefix", help="agent prefix; TUF state lives in <prefix>/state")
+        p.add_argument("--config", help="config file (default <prefix>/config/assist.toml)")
+        if remote:
+            p.add_argument("--mirror", action="append", default=[], help="mirror base URL")
+            p.add_argument("--region", help="region id (default: detect)")
+            p.add_argument("--trust-root", help="TUF root.json (default: the installed one)")
+            p.add_argument("--channel", help="release channel (default: config, stable)")
+            p.add_argument("--keys", help="pinned native-signature keys directory")
+        return p
+
+    p = command("list", "list published packages")
+    p.add_argument("--json", action="store_true")
+    p = command("install", "verify and install packages with dpkg/rpm (or the exe)")
+    p.add_argument("packages", nargs="+", metavar="NAME[==V]")
+    p.add_argument("--root", help="install into this root (dpkg --root / rpm --root)")
+    p.add_argument("--format", choices=["deb", "rpm", "exe"], help="default: this platform's")
+    p.add_argument("--dry-run", action="store_true", help="resolve and print, change nothing")
+    p.add_argument("--json", action="store_true")
+    p = command("remove", "remove installed packages", remote=False)
+    p.add_argument("packages", nargs="+", metavar="NAME")
+    p.add_argument("--root", help="remove from this root")
+    p.add_argument("--format", choices=["deb", "rpm"], help="default: this platform's")
+    p = command("agent", "first install of the agent into the versions layout, then start it")
+    p.add_argument("--version", help="agent version (default: newest)")
+    p.add_argument("--service", choices=MANAGERS, help="default: systemd/sysv/windows/process")
+    p.add_argument(
+        "--format",
+        choices=["tar.gz", "deb", "rpm"],
+        default="tar.gz",
+        help="artifact whose payload is unpacked (default tar.gz)",
+    )
+    p.add_argument("--health-timeout", type=float, default=60.0, help="seconds; 0: do not wait")
+    p.add_argument("--no-start", action="store_true", help="install but do not start")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("assist-install", build_parser(), dispatch, argv)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    config = load_config(args.config, prefix=args.prefix)
+    layout = Layout(config.prefix)
+    handler = {"list": cmd_list, "install": cmd_install, "remove": cmd_remove, "agent": cmd_agent}
+    return handler[args.command](args, config, layout)
+
+
+def _open(args: argparse.Namespace, config: Config, layout: Layout) -> tuple[Any, list[str]]:
+    repo, mirrors = open_repository(
+        config, layout, mirrors=args.mirror, region=args.region, trust_root=args.trust_root
+    )
+    repo.refresh()
+    return repo, mirrors
+
+
+def cmd_list(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    repo, mirrors = _open(args, config, layout)
+    rows = [
+        {
+            "package": t.package,
+            "version": t.version,
+            "os": t.os,
+            "arch": t.arch,
+            "format": t.format,
+            "channels": list(t.channels),
+            "length": t.length,
+            "path": t.path,
+        }
+        for t in repo.targets()
+    ]
+    rows.sort(key=lambda r: (r["package"], r["format"], r["arch"], r["path"]))
+    if args.json:
+        print_json({"mirror": mirrors[0], "targets": rows})
+        return 0
+    for row in rows:
+        print(
+            f"{row['package']:<24} {row['version']:<12} {row['os']}/{row['arch']:<8} "
+            f"{row['format']:<7} {','.join(row['channels'])}"
+        )
+    return 0
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """NAME or NAME==V."""
+    name, sep, version = spec.partition("==")
+    if not name or (sep and not version):
+        raise UsageError(f"bad package spec {spec!r}", hint="use NAME or NAME==VERSION")
+    return name, version or None
+
+
+def _verifier(args: argparse.Namespace, layout: Layout) -> Any:
+    from common.trust import verify_native
+
+    keys = find_keys_dir(layout, getattr(args, "keys", None))
+    return lambda artifact, fmt: verify_native(artifact, fmt, keys)
+
+
+def cmd_install(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    plat = detect_platform()
+    fmt = args.format or plat.package_format
+    if fmt == "tar.gz":
+        raise UsageError("no native package tool detected", hint="pass --format deb or rpm")
+    root = Path(args.root).resolve() if args.root else None
+    repo, mirrors = _open(args, config, layout)
+    channel = args.channel or config.update.channel
+    targets = []
+    for spec in args.packages:
+        name, version = parse_spec(spec)
+        targets.append(
+            repo.find(
+                name,
+                version=version,
+                channel=channel,
+                os=plat.os,
+                arch=_arch(fmt, plat.arch),
+                format=fmt,
+            )
+        )
+    done = []
+    verify = _verifier(args, layout)
+    for target in targets:
+        if not args.dry_run:
+            artifact = repo.download(target, layout.cache_dir / "packages")
+            verify(artifact, fmt)
+            install_native(artifact, fmt, root)
+        done.append({"package": target.package, "version": target.version, "path": target.path})
+    if args.json:
+        print_json({"mirror": mirrors[0], "dry_run": args.dry_run, "installed": done})
+    else:
+        verb = "would install" if args.dry_run else "installed"
+        for item in done:
+            print(f"{verb} {item['package']} {item['version']} (from {mirrors[0]})")
+    return 0
+
+
+def _arch(fmt: str, arch: str) -> str | None:
+    """Architecture filter: none for formats that may be built noarch (exe is x86_64)."""
+    return None if fmt == "exe" else arch
+
+
+def cmd_remove(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    fmt = args.format or detect_platform().package_format
+    root = Path(args.root).resolve() if args.root else None
+    for name in args.packages:
+        if installed_version(name, fmt, root) is None:
+            raise UsageError(f"{name} is not installed", hint="see `dpkg -l` / `rpm -qa`")
+        remove_native(name, fmt, root)
+        print(f"removed {name}")
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    plat = detect_platform()
+    service_name = args.service or default_service_name()
+    repo, mirrors = _open(args, config, layout)
+    spec = AgentInstall(
+        os=plat.os,
+        arch=plat.arch,
+        format=args.format,
+        version=args.version,
+        channel=args.channel or config.update.channel,
+        health_timeout=args.health_timeout,
+        start=not args.no_start,
+    )
+    result = install_agent(
+        layout,
+        repo,
+        make_service(service_name, layout.prefix),
+        spec,
+        verify_native=_verifier(args, layout),
+        config_text=render_config(service_name, args.mirror, args.region),
+    )
+    result["mirror"] = mirrors[0]
+    result["mirrors"] = mirrors
+    if args.json:
+        print_json(result)
+    else:
+        print(
+            f"installed agent {result['version']} into {result['prefix']} from {mirrors[0]} "
+            f"(service {result['service']}{', healthy' if result['healthy'] else ''})"
+        )
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(main(None))
+    sys.exit(main())

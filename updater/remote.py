@@ -1,0 +1,83 @@
+"""The trusted repository behind the ranked mirrors: shared by the updater and the installer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import common
+from common.config import Config
+from common.errors import ConfigError
+from common.mirrors import select_mirrors
+from updater.layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+def bundled_file(*parts: str) -> Path:
+    """A file of the payload this code runs from (versions/V/share/...)."""
+    return Path(common.__file__).resolve().parent.parent.parent.joinpath(*parts)
+
+
+def find_trust_root(layout: Layout, explicit: str | Path | None = None) -> Path | None:
+    """The TUF trust anchor: --trust-root, else the installed one, else our own payload's."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"trust root {path} not found", hint="pass an existing root.json")
+        return path
+    for candidate in (
+        layout.tuf_dir / "root.json",
+        layout.current / "share" / "root.json",
+        bundled_file("share", "root.json"),
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_keys_dir(layout: Layout, explicit: str | Path | None = None) -> Path:
+    """Pinned native-signature keys: --keys, else the installed ones, else our own payload's."""
+    if explicit:
+        return Path(explicit)
+    for candidate in (layout.keys_dir(), bundled_file("share", "keys")):
+        if candidate.is_dir():
+            return candidate
+    return layout.keys_dir()
+
+
+def open_repository(
+    config: Config,
+    layout: Layout,
+    *,
+    mirrors: Sequence[str] = (),
+    region: str | None = None,
+    trust_root: str | Path | None = None,
+) -> tuple[Any, list[str]]:
+    """Pick mirrors (region, tiers, probing); open the TUF repository over them (+ the ranking)."""
+    from common.trust import TrustedRepository
+
+    from common.fetch import Fetcher
+
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    ranked = select_mirrors(
+        config.mirror, cli_mirrors=mirrors, cli_region=region, state_dir=layout.state_dir
+    )
+    log.info("mirrors, best first: %s", ", ".join(ranked))
+    mc = config.mirror
+    fetcher = Fetcher(
+        ranked,
+        timeout=mc.probe_timeout,
+        read_timeout=mc.read_timeout,
+        retries=mc.retries,
+        proxy=mc.proxy or None,
+    )
+    root = find_trust_root(layout, trust_root)
+    if root is None:
+        raise ConfigError(
+            "no TUF trust root (root.json) found",
+            hint="pass --trust-root FILE (the repository's initial root.json)",
+        )
+    return TrustedRepository(fetcher, layout.tuf_dir, trust_root=root, cache_dir=layout.cache_dir)
