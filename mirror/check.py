@@ -140,8 +140,8 @@ def mirror_status(root: Path, now: dt.datetime | None = None) -> dict[str, Any]:
     state = _require_published(root)
     now = now or dt.datetime.now(dt.timezone.utc)
     packages: dict[str, set[str]] = {}
-    for record in state.files.values():
-        if len(record) >= 4 and record[2]:
+    for rel, record in state.files.items():
+        if rel.startswith("targets/") and len(record) >= 4 and record[2]:
             packages.setdefault(str(record[2]), set()).add(str(record[3]))
     expiry = {}
     warnings = []

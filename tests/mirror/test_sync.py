@@ -1,0 +1,285 @@
+"""assist-mirror sync against a real pkgbuild repository over loopback, and the attacks it refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Timestamp
+
+from common.errors import DownloadError, ExpiredMetadataError, LockedError, VerificationError
+from mirror.check import mirror_status, verify_tree
+from mirror.plan import Filters
+from mirror.source import HttpSource
+from mirror.state import load_state, locked
+from mirror.sync import SyncOptions, sync
+from tests.mirror.conftest import Origin, make_deb, tree_hash
+
+
+def options(origin: Origin, url: str, root: Path, **kwargs: object) -> SyncOptions:
+    return SyncOptions(
+        root=root,
+        source=HttpSource(url, retries=1, backoff=0.0, progress=False),
+        trust_root=origin.trust_root,
+        keyring=origin.keyring,
+        region="cn-hangzhou",
+        public_url="http://127.0.0.1:1/assist/",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_sync_mirrors_every_verified_file(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    report = sync(options(origin, server.url, root))
+    assert report.changed and report.fetched_files == report.total_files > 0
+    for rel in (
+        "metadata/timestamp.json",
+        "metadata/root.json",
+        "metadata/1.root.json",
+        "apt/dists/stable/InRelease",
+        "yum/stable/repodata/repomd.xml",
+        "keys/archive-keyring.gpg",
+    ):
+        assert (root / rel).is_file(), rel
+    upstream_ts = (origin.repo / "metadata" / "timestamp.json").read_bytes()
+    assert (root / "metadata" / "timestamp.json").read_bytes() == upstream_ts
+    # every target and every package file is byte-identical to the origin's
+    for path in (origin.repo / "targets").rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(origin.repo)
+            assert (root / rel).read_bytes() == path.read_bytes()
+    debs = sorted(p.name for p in (root / "apt" / "pool").rglob("*.deb"))
+    assert debs == ["demo_1.0_amd64.deb", "demo_2.0_amd64.deb", "tool_0.1_amd64.deb"]
+    assert sorted(p.name for p in (root / "yum" / "stable" / "Packages").glob("*.rpm")) == [
+        "demo-1.0-1.x86_64.rpm",
+        "demo-2.0-1.x86_64.rpm",
+    ]
+    assert verify_tree(root) == []
+    status = mirror_status(root)
+    assert status["packages"]["demo"] == ["1.0", "2.0"]
+    assert status["versions"]["timestamp"] == Metadata.from_bytes(upstream_ts).signed.version
+    assert not status["warnings"]
+    assert not list((root / ".mirror" / "staging").rglob("*.part"))
+
+
+def test_noop_sync_costs_one_request(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync(options(origin, server.url, root))
+    before = tree_hash(root)
+    server.requests.clear()
+    report = sync(options(origin, server.url, root))
+    assert not report.changed
+    assert server.requests == ["/metadata/timestamp.json"]
+    assert tree_hash(root) == before
+
+
+def test_incremental_sync_fetches_only_new_files(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync(options(origin, server.url, root))
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    server.requests.clear()
+    report = sync(options(origin, server.url, root))
+    content = [
+        r
+        for r in server.requests
+        if r.startswith(("/targets/", "/apt/pool/", "/yum/stable/Packages/"))
+    ]
+    assert sorted(
+        Path(r).name.split(".", 1)[-1] if r.startswith("/targets/") else Path(r).name
+        for r in content
+    ) == ["demo_3.0_amd64.deb", "demo_3.0_amd64.deb"]
+    assert report.fetched_files == 2
+    assert verify_tree(root) == []
+
+
+def test_filters_and_keep_select_what_is_mirrored(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync(options(origin, server.url, root, filters=Filters(keep=1, oses=("linux",))))
+    targets = sorted(p.name.split(".", 1)[1] for p in (root / "targets").rglob("*") if p.is_file())
+    assert targets == [
+        "demo-2.0-1.x86_64.rpm",
+        "demo-2.0-linux-x86_64.tar.gz",
+        "demo_2.0_amd64.deb",
+        "tool_0.1_amd64.deb",
+    ]
+    assert not (root / "apt/pool/main/d/demo/demo_1.0_amd64.deb").exists()
+    assert (root / "apt/pool/main/d/demo/demo_2.0_amd64.deb").exists()
+    assert verify_tree(root) == []
+    # changing the filters is noticed: the next sync is a full one and drops nothing it needs
+    server.requests.clear()
+    report = sync(options(origin, server.url, root, filters=Filters()))
+    assert report.changed and report.fetched_files == 12 - 7  # what keep=1 had left out
+    assert (root / "apt/pool/main/d/demo/demo_1.0_amd64.deb").exists()
+
+
+def _sync_then_tamper(upstream, tmp_path: Path):
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync(options(origin, server.url, root))
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    return origin, server, root, tree_hash(root), load_state(root)
+
+
+def _assert_untouched(root: Path, before: str, state_before) -> None:
+    assert tree_hash(root) == before
+    assert load_state(root).timestamp_version == state_before.timestamp_version
+    assert verify_tree(root) == []
+
+
+def test_tampered_artifact_is_refused_and_mirror_unchanged(upstream, tmp_path: Path) -> None:
+    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+    target = next((origin.repo / "targets" / "demo" / "3.0").glob("*.deb"))
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match="failed verification|does not match"):
+        sync(options(origin, server.url, root))
+    _assert_untouched(root, before, state)
+
+
+def test_tampered_pool_file_is_refused(upstream, tmp_path: Path) -> None:
+    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+    deb = origin.repo / "apt/pool/main/d/demo/demo_3.0_amd64.deb"
+    deb.write_bytes(deb.read_bytes()[:-1] + b"X")
+    with pytest.raises(VerificationError):
+        sync(options(origin, server.url, root))
+    _assert_untouched(root, before, state)
+
+
+def test_bad_tuf_signature_is_refused(upstream, tmp_path: Path) -> None:
+    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+    path = origin.repo / "metadata" / "timestamp.json"
+    md = Metadata[Timestamp].from_bytes(path.read_bytes())
+    md.signed.version += 1  # changed content, old signature
+    path.write_bytes(md.to_bytes())
+    with pytest.raises(VerificationError, match="failed verification"):
+        sync(options(origin, server.url, root))
+    _assert_untouched(root, before, state)
+
+
+def test_bad_apt_signature_is_refused(upstream, tmp_path: Path) -> None:
+    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+    inrelease = origin.repo / "apt/dists/stable/InRelease"
+    text = inrelease.read_text().replace("Aliyun Assist", "Evil Assist", 1)
+    inrelease.write_text(text)
+    with pytest.raises(VerificationError, match="bad OpenPGP signature"):
+        sync(options(origin, server.url, root))
+    _assert_untouched(root, before, state)
+
+
+def test_bad_yum_signature_is_refused(upstream, tmp_path: Path) -> None:
+    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+    repomd = origin.repo / "yum/stable/repodata/repomd.xml"
+    repomd.write_bytes(repomd.read_bytes().replace(b"<revision>", b"<revision>1", 1))
+    with pytest.raises(VerificationError, match="bad OpenPGP signature"):
+        sync(options(origin, server.url, root))
+    _assert_untouched(root, before, state)
+
+
+def _resign_timestamp(origin: Origin, md: Metadata[Timestamp]) -> bytes:
+    pem = (origin.keys / "tuf" / "timestamp-1.pem").read_bytes()
+    md.signatures.clear()
+    md.sign(CryptoSigner(load_pem_private_key(pem, None)))
+    return md.to_bytes()
+
+
+def test_rolled_back_metadata_is_refused(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    old_ts = (origin.repo / "metadata" / "timestamp.json").read_bytes()
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    sync(options(origin, server.url, root))
+    before, state = tree_hash(root), load_state(root)
+    (origin.repo / "metadata" / "timestamp.json").write_bytes(
+        old_ts
+    )  # replay an older, validly signed one
+    with pytest.raises(VerificationError, match="rolled back"):
+        sync(options(origin, server.url, root))
+    _assert_untouched(root, before, state)
+
+
+def test_expired_metadata_is_refused(upstream, tmp_path: Path) -> None:
+    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+    path = origin.repo / "metadata" / "timestamp.json"
+    md = Metadata[Timestamp].from_bytes(path.read_bytes())
+    md.signed.version += 1
+    md.signed.expires = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(
+        hours=1
+    )
+    path.write_bytes(_resign_timestamp(origin, md))  # validly signed, but expired
+    with pytest.raises(ExpiredMetadataError, match="expired") as info:
+        sync(options(origin, server.url, root))
+    assert "re-publish" in (info.value.hint or "")
+    _assert_untouched(root, before, state)
+
+
+def test_untrusted_root_is_refused(upstream, tmp_path: Path, release_keys: Path) -> None:
+    origin, server = upstream
+    other = tmp_path / "other-keys"
+    from tests.mirror.conftest import pkgbuild
+
+    pkgbuild("keygen", "--out", str(other))
+    root = tmp_path / "mirror"
+    opts = options(origin, server.url, root)
+    opts.trust_root = other / "root.json"
+    with pytest.raises(VerificationError):
+        sync(opts)
+    assert not (root / "metadata").exists()
+
+
+def test_second_sync_is_locked_out(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    with locked(root), pytest.raises(LockedError):
+        sync(options(origin, server.url, root))
+    assert not (root / "metadata").exists()
+
+
+def test_interrupted_download_resumes_with_range(upstream, tmp_path: Path) -> None:
+    """A transfer cut mid-body (upstream then down) leaves a .part and publishes nothing;
+    the next sync continues the .part with Range instead of starting over."""
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    origin.publish(make_deb(tmp_path, "big", "1.0", size=2 << 20))
+    state = {"cut": False, "down": True}
+    ranges: list[str] = []
+
+    def hook(handler) -> bool:
+        if "big_1.0" not in handler.path or not handler.path.startswith("/targets/"):
+            return False
+        if "Range" in handler.headers:
+            ranges.append(handler.headers["Range"])
+        if not state["cut"]:
+            state["cut"] = True
+            data = (origin.repo / handler.path.lstrip("/")).read_bytes()
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data[: len(data) // 2])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return True
+        if state["down"]:
+            handler.send_error(503)
+            return True
+        return False
+
+    server.hook = hook
+    with pytest.raises(DownloadError):
+        sync(options(origin, server.url, root, workers=1))
+    assert not (root / "metadata").exists()
+    parts = list((root / ".mirror" / "staging").rglob("*big_1.0*.part"))
+    assert len(parts) == 1 and 0 < parts[0].stat().st_size < (2 << 20)
+    kept = parts[0].stat().st_size
+    state["down"] = False
+    ranges.clear()
+    sync(options(origin, server.url, root))
+    assert ranges == [f"bytes={kept}-"]
+    assert verify_tree(root) == []
