@@ -153,10 +153,12 @@ def acquire_lock(state_dir: Path) -> IO[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
-    from agent.daemon import Agent, AgentOptions
+    from agent.daemon import Agent, AgentOptions, recover_update
     from agent.identity import load_identity
 
     config = load(args)
+    if recover_update(config.prefix) == "rolled_back":
+        relaunch_current(config.prefix)
     identity = load_identity(config.state_dir)
     server = resolve_server(args.server, config, identity.server, dict(os.environ))
     lock = acquire_lock(config.state_dir)
@@ -174,6 +176,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         lock.close()
     return 0
+
+
+def relaunch_current(prefix: Path) -> None:
+    """After crash recovery rolled `current` back, become the agent of that version."""
+    launcher = prefix / "current" / "bin" / "assist-agent"
+    if os.name != "nt" and launcher.exists():
+        log.warning("re-executing %s after a rollback", launcher)
+        os.execv(str(launcher), [str(launcher), "run", "--prefix", str(prefix)])
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -181,7 +181,8 @@ class Agent:
         self._timed: dict[str, TimedEntry] = {}
         self._stopped: set[str] = set()
         self._sync_needed = threading.Event()
-        self._sender_wake = threading.Condition()
+        self._closing = threading.Event()
+        self._sender: threading.Thread | None = None
         self._hold_until = 0.0
         self._update_proc: subprocess.Popen[bytes] | None = None
         self._update_timer = 0
@@ -190,16 +191,13 @@ class Agent:
 
     def run(self) -> None:
         """Run until `stop()`: recover, start the threads, and long-poll in a background thread."""
-        recover_update(self.config.prefix)
         self.recover_crashed()
         self.store.prune_executions(time.time() - 7 * 86400)
         write_health(self.state_dir, self.started, False)
         self.timers.start()
-        for target, name in (
-            (self._send_loop, "outbox"),
-            (self._heartbeat_loop, "heartbeat"),
-            (self._notify_loop, "notify"),
-        ):
+        self._sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
+        self._sender.start()
+        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._notify_loop, "notify")):
             threading.Thread(target=target, name=name, daemon=True).start()
         self.schedule_update()
         self.stopping.wait()
@@ -208,19 +206,17 @@ class Agent:
     def stop(self) -> None:
         """Ask the daemon to stop (signal handlers call this)."""
         self.stopping.set()
-        with self._sender_wake:
-            self._sender_wake.notify_all()
 
-    def shutdown(self, flush_seconds: float = 3.0) -> None:
+    def shutdown(self, flush_seconds: float = 3.0) -> None:  # seconds to flush the outbox
         """Kill running executions (reported as AgentRestarted), flush the outbox briefly."""
         self.timers.stop()
         for run in self._all_active():
             run.stop()
         self.pool.wait_idle(self.limits.kill_grace + 5)
-        deadline = time.time() + flush_seconds
-        while self.store.pending_count() and time.time() < deadline:
-            if not self._send_due():
-                break
+        self._closing.set()
+        self._wake_sender()
+        if self._sender is not None:
+            self._sender.join(flush_seconds + self.client.timeout)
         self.store.close()
 
     def _all_active(self) -> list[Execution]:
@@ -323,34 +319,38 @@ class Agent:
     # -- outbox -------------------------------------------------------------------------------
 
     def _wake_sender(self, force: bool = False) -> None:
-        with self._sender_wake:
+        with self.store.changed:
             if force:
                 self._hold_until = 0.0
-            self._sender_wake.notify_all()
+            self.store.changed.notify_all()
 
-    def _send_loop(self) -> None:
-        """Deliver queued reports in order until each is acknowledged."""
+    def _send_loop(self, flush_seconds: float = 3.0) -> None:
+        """Deliver queued reports in order until each is acknowledged; flush once at close."""
         backoff = Backoff()
-        while not self.stopping.is_set():
-            with self._sender_wake:
-                wait = self._hold_until - time.time()
-                if wait > 0:
-                    self._sender_wake.wait(wait)
+        changed = self.store.changed
+        while not self._closing.is_set():
+            with changed:
+                hold = self._hold_until - time.time()
+                if hold > 0:
+                    changed.wait(hold)
                     continue
-            if self._send_due():
-                backoff.reset()
-            else:
-                with self._sender_wake:
+            if not self._send_due():
+                with changed:
                     self._hold_until = time.time() + backoff.next_delay()
                 continue
-            nxt = self.store.next_retry_time()
-            with self.store.changed:
-                if self.stopping.is_set():
-                    return
-                pending = self.store.due_reports(time.time(), limit=1)
-                if not pending:
-                    timeout = None if nxt is None else max(0.05, nxt - time.time())
-                    self.store.changed.wait(timeout)
+            backoff.reset()
+            with changed:
+                if self._closing.is_set():
+                    break
+                nxt = self.store.next_retry_time()
+                if nxt is None:
+                    changed.wait()
+                elif nxt > time.time():
+                    changed.wait(nxt - time.time())
+        deadline = time.time() + flush_seconds
+        while self.store.pending_count() and time.time() < deadline:
+            if not self._send_due():
+                break
 
     def _send_due(self) -> bool:
         """Send every due report; False when the server is unreachable (the rest waits)."""
@@ -662,14 +662,18 @@ def updater_command(prefix: Path) -> list[str]:
     return [sys.executable, "-m", "updater.cli", "apply", "--prefix", str(prefix)]
 
 
-def recover_update(prefix: Path) -> None:
-    """Let the updater finish or undo an interrupted update (if the updater is installed)."""
+def recover_update(prefix: Path) -> str:
+    """Let the updater finish or undo an interrupted update; returns what it did ("" if absent)."""
     try:
-        from updater.recovery import recover  # type: ignore[import-not-found]
+        from updater.recovery import recover
     except ImportError:
         log.info("updater crash recovery not available (updater.recovery missing)")
-        return
+        return ""
     try:
-        recover(prefix)
+        result = str(recover(prefix))
     except Exception:
         log.exception("updater crash recovery failed")
+        return ""
+    if result not in ("nothing", "busy"):
+        log.warning("updater crash recovery: %s", result)
+    return result

@@ -31,7 +31,8 @@ class TaskPool:
         with self._lock:
             if key in self._running or key in self._queued:
                 return True  # already here: accepted once, not twice
-            if self._workers >= self.max_running and len(self._queue) >= self.max_queued:
+            outstanding = len(self._queue) + len(self._running)
+            if outstanding >= self.max_running + self.max_queued:
                 return False
             self._queue.append((key, job))
             self._queued.add(key)

@@ -16,6 +16,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -330,15 +331,23 @@ class Execution:
         finally:
             try:
                 script.unlink()
+                if run_as.uid is not None:
+                    script.parent.rmdir()
             except OSError:
                 pass
 
     def _write_script(self, run_as: RunAs) -> Path:
-        """Write the script (built-ins substituted) where its user can read it."""
-        work = self.limits.work_dir
-        work.mkdir(parents=True, exist_ok=True)
-        if not IS_WINDOWS:
-            os.chmod(work, 0o711)
+        """Write the script (built-ins substituted) where its user can read it.
+
+        Scripts for another account go to a private directory of that account under the system
+        temp dir, so the agent's own directories need not be traversable by other users.
+        """
+        if run_as.uid is not None and run_as.gid is not None:
+            work = Path(tempfile.mkdtemp(prefix="assist-task-"))
+            os.chown(work, run_as.uid, run_as.gid)
+        else:
+            work = self.limits.work_dir
+            work.mkdir(parents=True, exist_ok=True)
         name = f"{self.task.invoke_id}-{self.execution_id}{script_suffix(self.task.type)}"
         path = work / name.replace(os.sep, "_")
         content = substitute_builtins(self.task.content, self.builtins)

@@ -1,0 +1,101 @@
+"""Fixtures for agent tests: the protocol stand-in server and in-process agents against it."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fakeserver import FakeServer  # noqa: E402
+
+from agent.client import AgentClient  # noqa: E402
+from agent.daemon import Agent, AgentOptions  # noqa: E402
+from agent.identity import Identity, generate_key, save_identity  # noqa: E402
+from agent.power import RecordingPower  # noqa: E402
+from agent.schedule import Boot  # noqa: E402
+from common.config import Config  # noqa: E402
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    with FakeServer() as server:
+        yield server
+
+
+def register(server_url: str, activation: tuple[str, str], state_dir: Path) -> Identity:
+    """Register a fresh key and save the identity like `assist-agent register` does."""
+    key = generate_key()
+    client = AgentClient(server_url, None)
+    instance = client.register(activation[0], activation[1], Identity("", key).public_key_b64())
+    identity = Identity(instance, key, client.server)
+    save_identity(state_dir, identity)
+    return identity
+
+
+@dataclass
+class AgentHarness:
+    """An in-process agent on its own thread."""
+
+    agent: Agent
+    thread: threading.Thread
+    power: RecordingPower
+    identity: Identity
+    prefix: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.thread.join(20)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path, fake_server: FakeServer) -> Iterator[Callable[..., AgentHarness]]:
+    running: list[AgentHarness] = []
+
+    def start(
+        prefix: Path | None = None,
+        boot: Boot | None = None,
+        identity: Identity | None = None,
+        updater_command: list[str] | None = None,
+        **agent_config: Any,
+    ) -> AgentHarness:
+        prefix = prefix or tmp_path / "prefix"
+        config = Config(prefix=prefix)
+        config.agent.poll_timeout = 5
+        config.agent.chunk_interval = 0.3
+        config.update.schedule = ""
+        for key, value in agent_config.items():
+            if hasattr(config.agent, key):
+                setattr(config.agent, key, value)
+            else:
+                setattr(config.update, key.removeprefix("update_"), value)
+        if identity is None:
+            identity = register(fake_server.url, fake_server.activation(), config.state_dir)
+        power = RecordingPower()
+        options = AgentOptions(
+            server=fake_server.url,
+            identity=identity,
+            power=power,
+            kill_grace=1.0,
+            updater_command=updater_command,
+        )
+        if boot is not None:
+            options.boot_reader = lambda: boot
+        agent = Agent(config, options)
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        harness = AgentHarness(agent, thread, power, identity, prefix)
+        running.append(harness)
+        return harness
+
+    yield start
+    for harness in running:
+        if harness.thread.is_alive():
+            harness.stop()

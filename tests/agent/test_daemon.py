@@ -1,0 +1,247 @@
+"""The daemon against the protocol stand-in: kicks, reports, timed runs, faults, hooks.
+
+The stand-in (fakeserver.py) lets these tests count every report precisely; the end-to-end tests
+in test_e2e.py run the same flows against the real assist-server and the official SDK.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from agent.health import read_health
+from agent.outbox import Store
+from agent.runner import group_alive
+from agent.schedule import Boot
+
+
+def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    assert wait_until(lambda: state.lists)
+    invoke = state.add_task(h.identity.instance_id, script="echo 123\n")
+    assert state.wait(lambda s: s.results_for(invoke), timeout=10)
+    [result] = state.results_for(invoke)
+    assert result["kind"] == "finish" and result["exit_code"] == 0
+    assert result["output"] == "MTIzCg==" and result["dropped"] == 0
+    assert wait_until(lambda: Store(h.prefix / "state").pending_count() == 0)
+    health = read_health(h.prefix / "state")
+    assert health and health["connected"] is True and health["pid"] == os.getpid()
+    h.stop()
+    assert len([r for r in state.reports if r[2]["invoke_id"] == invoke]) == 1
+
+
+def test_timed_cron_every_second_never_overlaps(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    invoke = state.add_task(
+        h.identity.instance_id,
+        script="sleep 1.5; echo tick",
+        repeat_mode="Period",
+        timed=True,
+        frequency="* * * * * *",
+    )
+    assert state.wait(lambda s: len(s.results_for(invoke)) >= 3, timeout=15)
+    state.stop(h.identity.instance_id, invoke)
+    time.sleep(1.0)
+    results = sorted(state.results_for(invoke), key=lambda r: r["start_time"])
+    for earlier, later in zip(results, results[1:]):
+        assert earlier["end_time"] <= later["start_time"]  # runs never overlap
+    for r in results:
+        assert r["execution_id"] == str(int(r["execution_id"]))  # fire time, Unix seconds
+        assert abs(int(r["execution_id"]) * 1000 - r["start_time"]) < 1000
+    count = len(state.results_for(invoke))
+    time.sleep(2.5)
+    assert len(state.results_for(invoke)) == count  # stopped: no more runs
+
+
+def test_revision_change_reschedules(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    instance = h.identity.instance_id
+    invoke = state.add_task(
+        instance, script="echo one", repeat_mode="Period", timed=True, frequency="0 0 0 1 1 *"
+    )
+    assert wait_until(lambda: invoke in h.agent._timed)
+    time.sleep(1.5)
+    assert state.results_for(invoke) == []
+    state.add_task(
+        instance,
+        invoke_id=invoke,
+        script="echo two",
+        repeat_mode="Period",
+        timed=True,
+        frequency="*/1 * * * * *",
+        revision=2,
+    )
+    assert state.wait(lambda s: len(s.results_for(invoke)) >= 2, timeout=10)
+    assert base64.b64decode(state.results_for(invoke)[0]["output"]) == b"two\n"
+
+
+def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    invokes = [
+        state.add_task(h.identity.instance_id, script=f"sleep 1; echo r{i}") for i in range(3)
+    ]
+    assert wait_until(lambda: h.agent.pool.counts()[0] == 3)
+    fake_server.down()
+    assert wait_until(lambda: Store(h.prefix / "state").pending_count() >= 3, timeout=10)
+    assert wait_until(lambda: read_health(h.prefix / "state")["connected"] is False, timeout=10)
+    time.sleep(1)
+    fake_server.start()
+    assert state.wait(lambda s: all(s.results_for(i) for i in invokes), timeout=30)
+    assert wait_until(lambda: Store(h.prefix / "state").pending_count() == 0, timeout=10)
+    for i, invoke in enumerate(invokes):
+        [result] = state.results_for(invoke)
+        assert base64.b64decode(result["output"]) == f"r{i}\n".encode()
+    reports = [r for r in state.reports if r[2]["invoke_id"] in invokes]
+    assert len(reports) == 3  # each delivered exactly once
+
+
+def test_refused_reports_are_retried_until_acknowledged(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    state.refuse_reports = 2
+    invoke = state.add_task(h.identity.instance_id, script="echo x")
+    assert state.wait(lambda s: s.results_for(invoke), timeout=20)
+    assert len([r for r in state.reports if r[2]["invoke_id"] == invoke]) == 1
+
+
+def test_pool_overflow_reports_task_concurrency_limit(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent(max_running=1, max_queued=1)
+    state = fake_server.state
+    instance = h.identity.instance_id
+    assert wait_until(lambda: state.lists)
+    with state.lock:
+        invokes = [state.add_task(instance, script="sleep 0.5; echo ok") for _ in range(3)]
+    assert state.wait(lambda s: all(s.results_for(i) for i in invokes), timeout=15)
+    kinds = sorted((r["kind"], r["error_code"]) for i in invokes for r in state.results_for(i))
+    assert kinds == [("error", "TaskConcurrencyLimit"), ("finish", ""), ("finish", "")]
+
+
+def test_exit_194_asks_the_service_manager_to_reboot(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    invoke = state.add_task(h.identity.instance_id, script="exit 194")
+    assert wait_until(lambda: h.power.actions == ["reboot"], timeout=15)
+    assert state.results_for(invoke)[0]["exit_code"] == 194  # reported before the reboot
+    invoke = state.add_task(h.identity.instance_id, script="exit 193")
+    assert wait_until(lambda: h.power.actions == ["reboot", "power_off"], timeout=15)
+
+
+def test_stop_invocation_kills_a_running_task(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    invoke = state.add_task(h.identity.instance_id, script="echo start; sleep 60")
+    assert wait_until(lambda: invoke in h.agent._active)
+    pgid = next(iter(h.agent._active[invoke].values())).pid
+    assert pgid and group_alive(pgid)
+    state.stop(h.identity.instance_id, invoke)
+    assert state.wait(lambda s: s.results_for(invoke), timeout=10)
+    [result] = state.results_for(invoke)
+    assert result["kind"] == "stopped"
+    assert base64.b64decode(result["output"]) == b"start\n"
+    assert wait_until(lambda: not group_alive(pgid), timeout=5)
+
+
+def test_reboot_bound_tasks_run_after_a_reboot_not_a_restart(
+    tmp_path, fake_server, start_agent
+) -> None:  # type: ignore[no-untyped-def]
+    state = fake_server.state
+    h = start_agent(boot=Boot("boot-a", 1000))
+    instance = h.identity.instance_id
+    every = state.add_task(instance, script="echo every", repeat_mode="EveryReboot", timed=True)
+    once = state.add_task(instance, script="echo once", repeat_mode="NextRebootOnly", timed=True)
+    assert wait_until(lambda: every in h.agent._timed and once in h.agent._timed)
+    h.stop()
+    # a service restart within the same boot: nothing runs
+    h = start_agent(prefix=h.prefix, identity=h.identity, boot=Boot("boot-a", 1000))
+    assert wait_until(lambda: len(state.lists) >= 2)
+    time.sleep(1)
+    h.stop()
+    assert state.results_for(every) == [] and state.results_for(once) == []
+    # a reboot: both run, named after the boot
+    h = start_agent(prefix=h.prefix, identity=h.identity, boot=Boot("boot-b", 2000))
+    assert state.wait(lambda s: s.results_for(every) and s.results_for(once), timeout=10)
+    assert [r["execution_id"] for r in state.results_for(every)] == ["2000"]
+    h.stop()
+    # another reboot: only EveryReboot runs again
+    h = start_agent(prefix=h.prefix, identity=h.identity, boot=Boot("boot-c", 3000))
+    assert state.wait(lambda s: len(s.results_for(every)) == 2, timeout=10)
+    time.sleep(1)
+    assert len(state.results_for(once)) == 1
+
+
+def test_update_kick_runs_the_updater_but_not_during_a_task(
+    tmp_path, fake_server, start_agent
+) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "updated"
+    cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+    h = start_agent(updater_command=cmd)
+    h.agent.options.update_busy_retry = 0.5
+    state = fake_server.state
+    instance = h.identity.instance_id
+    invoke = state.add_task(instance, script="sleep 2; echo done")
+    assert wait_until(lambda: invoke in h.agent._active)
+    with state.lock:
+        state.update_now.add(instance)
+        state.kick(instance, {"type": "update", "version": "9.9.9"})
+    time.sleep(1)
+    assert not marker.exists()  # a one-shot task is running: the update waits
+    assert state.wait(lambda s: s.results_for(invoke), timeout=10)
+    assert wait_until(marker.exists, timeout=10)
+    assert marker.read_text() == "x"
+
+
+def test_scheduled_update_runs_the_updater(tmp_path, fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "scheduled"
+    cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+    start_agent(updater_command=cmd, update_schedule="* * * * * *", update_splay=0.0)
+    assert wait_until(marker.exists, timeout=10)
+
+
+def test_crash_recovery_reports_agent_restarted_and_kills_leftovers(
+    tmp_path, fake_server, start_agent
+) -> None:  # type: ignore[no-untyped-def]
+    from agent.runner import process_start_stamp
+
+    prefix = tmp_path / "prefix"
+    leftover = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    store = Store(prefix / "state")
+    store.claim_execution("t-dead", "0", 1234)
+    store.set_process("t-dead", "0", leftover.pid, process_start_stamp(leftover.pid))
+    store.close()
+    state = fake_server.state
+    state.add_task("ignored", invoke_id="t-dead")
+    h = start_agent(prefix=prefix)
+    state.tasks[h.identity.instance_id] = state.tasks.pop("ignored")
+    assert state.wait(lambda s: s.results_for("t-dead"), timeout=10)
+    [result] = state.results_for("t-dead")
+    assert result["kind"] == "error" and result["error_code"] == "AgentRestarted"
+    assert "restarted" in result["error_message"]
+    assert leftover.wait(5) == -signal.SIGTERM
+    time.sleep(1)
+    assert len(state.results_for("t-dead")) == 1  # not run again either
+
+
+def test_health_file_is_valid_json(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    path = h.prefix / "state" / "health.json"
+    assert wait_until(lambda: path.exists() and json.loads(path.read_text())["connected"])
+    record = json.loads(path.read_text())
+    assert set(record) >= {"version", "pid", "started", "connected"}
