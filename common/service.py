@@ -4,10 +4,10 @@ Managers: `systemd` (unit file + systemctl), `sysv` (init script + update-rc.d/c
 `windows` (sc.exe; only exercised here through a fake runner, Windows cannot run on this host),
 `process` (pidfile under state/, detached child; used by tests and the demo) and `none`.
 
-Interpreter override for the process manager: when `ALIYUN_ASSIST_PYTHON` is set (or `python=` is
-given), the agent is started as `<python> -m agent.cli run --prefix P` with
-PYTHONPATH=<prefix>/current/lib instead of through the payload's sh launcher, so a payload built
-with --no-vendor runs with an interpreter that already has the dependencies (tests, the demo).
+Interpreter override for the process manager: when `ALIYUN_ASSIST_PYTHON` (or the launcher's own
+`ASSIST_PYTHON`) is set, or `python=` is given, the agent's sh launcher is run with
+ASSIST_PYTHON=<that interpreter>, so a payload built with --no-vendor runs with an interpreter that
+already has the dependencies (tests, the demo). The launcher still sets PYTHONPATH to the payload.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from common.errors import ToolError, UsageError
 log = logging.getLogger(__name__)
 
 PYTHON_ENV = "ALIYUN_ASSIST_PYTHON"
+LAUNCHER_PYTHON_ENV = "ASSIST_PYTHON"  # read by the payload's bin/ launchers
+PAYLOAD_DEFAULT_PREFIX = "/usr/local/share/aliyun-assist"  # baked into the payload's unit/init
 SERVICE_NAME = "aliyun-assist"
 WINDOWS_SERVICE = "AliyunAssistService"
 MANAGERS = ("systemd", "sysv", "windows", "process", "none")
@@ -48,6 +50,11 @@ def run_tool(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
             f"{' '.join(argv)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-300:]}"
         )
     return proc
+
+
+def render_for_prefix(text: str, prefix: Path) -> str:
+    """A unit/init script from the payload, rewritten for the actual install prefix."""
+    return text.replace("@PREFIX@", str(prefix)).replace(PAYLOAD_DEFAULT_PREFIX, str(prefix))
 
 
 class ServiceManager(Protocol):
@@ -91,7 +98,8 @@ class ProcessManager:
 
     def __init__(self, prefix: Path, *, python: str | None = None, stop_timeout: float = 10.0):
         self.prefix = prefix
-        self.python = python if python is not None else os.environ.get(PYTHON_ENV) or None
+        env_python = os.environ.get(PYTHON_ENV) or os.environ.get(LAUNCHER_PYTHON_ENV)
+        self.python = python if python is not None else env_python or None
         self.stop_timeout = stop_timeout
 
     @property
@@ -99,9 +107,7 @@ class ProcessManager:
         return self.prefix / "state" / "agent.pid"
 
     def command(self) -> list[str]:
-        """The agent's command line: the launcher, or the interpreter override."""
-        if self.python:
-            return [self.python, "-m", "agent.cli", "run", "--prefix", str(self.prefix)]
+        """The agent's command line: the payload's launcher."""
         return [
             str(self.prefix / "current" / "bin" / "assist-agent"),
             "run",
@@ -121,8 +127,7 @@ class ProcessManager:
             return
         env = dict(os.environ)
         if self.python:
-            lib = str(self.prefix / "current" / "lib")
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH", "")) if p)
+            env[LAUNCHER_PYTHON_ENV] = self.python
         log_dir = self.prefix / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "agent.log", "ab") as out:
@@ -193,7 +198,7 @@ class SystemdManager:
         source = self.prefix / "current" / "share" / self.unit
         if not source.is_file():
             raise ToolError(f"payload has no {self.unit}", hint="reinstall the agent")
-        text = source.read_text(encoding="utf-8").replace("@PREFIX@", str(self.prefix))
+        text = render_for_prefix(source.read_text(encoding="utf-8"), self.prefix)
         self.unit_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.unit_dir / self.unit, text)
         self.run(["systemctl", "daemon-reload"])
@@ -238,7 +243,7 @@ class SysvManager:
         source = self.prefix / "current" / "share" / f"{SERVICE_NAME}.init"
         if not source.is_file():
             raise ToolError(f"payload has no {SERVICE_NAME}.init", hint="reinstall the agent")
-        text = source.read_text(encoding="utf-8").replace("@PREFIX@", str(self.prefix))
+        text = render_for_prefix(source.read_text(encoding="utf-8"), self.prefix)
         self.init_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.script, text, mode=0o755)
         if shutil.which("update-rc.d"):

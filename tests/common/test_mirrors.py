@@ -1,0 +1,188 @@
+"""Mirror selection: pure ranking and tiers, region detection, concurrent probing against real
+loopback servers that misbehave (slow, garbage, hang mid-body, 404, closed port)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpserver import StaticServer
+
+from common.config import MirrorConfig
+from common.errors import ConfigError, DownloadError
+from common.mirrors import (
+    TIER_EXPLICIT,
+    TIER_INTERNET,
+    TIER_INTRANET,
+    Candidate,
+    ProbeResult,
+    candidate_mirrors,
+    detect_region,
+    probe_mirrors,
+    rank_mirrors,
+    select_mirrors,
+)
+
+TIMESTAMP = json.dumps({"signed": {"_type": "timestamp", "version": 1}, "signatures": []})
+
+
+def _closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[dict[str, StaticServer]]:
+    """good, slow, garbage, hang (mid-body), missing — each a real loopback server."""
+    made: dict[str, StaticServer] = {}
+    for name in ("good", "slow", "garbage", "hang", "missing"):
+        root = tmp_path / name
+        (root / "metadata").mkdir(parents=True)
+        if name != "missing":
+            (root / "metadata" / "timestamp.json").write_text(TIMESTAMP)
+        made[name] = StaticServer(root).start()
+
+    def slow(handler: Any) -> bool:
+        time.sleep(0.4)
+        return False
+
+    def garbage(handler: Any) -> bool:
+        body = b"<html>captive portal</html>"
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
+
+    def hang(handler: Any) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.wfile.write(b'{"signed": ')
+        handler.wfile.flush()
+        time.sleep(8)
+        return True
+
+    made["slow"].hook = slow
+    made["garbage"].hook = garbage
+    made["hang"].hook = hang
+    yield made
+    for server in made.values():
+        server.stop()
+
+
+def test_rank_prefers_tier_then_latency_and_drops_failures() -> None:
+    results = [
+        ProbeResult(Candidate("http://internet/", TIER_INTERNET), 0.001),
+        ProbeResult(Candidate("http://intranet-slow/", TIER_INTRANET), 0.5),
+        ProbeResult(Candidate("http://intranet-fast/", TIER_INTRANET), 0.05),
+        ProbeResult(Candidate("http://dead/", TIER_EXPLICIT), None, "refused"),
+    ]
+    assert rank_mirrors(results) == [
+        "http://intranet-fast/",
+        "http://intranet-slow/",
+        "http://internet/",
+    ]
+
+
+def test_candidates_by_tier_with_region() -> None:
+    config = MirrorConfig(
+        intranet_template="http://127.0.0.1:1/{region}/assist", internet_origin="http://127.0.0.1:2"
+    )
+    assert candidate_mirrors(config, "cn-hangzhou") == [
+        Candidate("http://127.0.0.1:1/cn-hangzhou/assist/", TIER_INTRANET),
+        Candidate("http://127.0.0.1:2/", TIER_INTERNET),
+    ]
+    assert candidate_mirrors(config, "") == [Candidate("http://127.0.0.1:2/", TIER_INTERNET)]
+
+
+def test_explicit_mirrors_are_the_only_candidates() -> None:
+    config = MirrorConfig(mirrors=["http://127.0.0.1:3/a"])
+    got = candidate_mirrors(config, "cn-x", ["http://127.0.0.1:4/b/", "http://127.0.0.1:3/a/"])
+    assert got == [
+        Candidate("http://127.0.0.1:4/b/", TIER_EXPLICIT),
+        Candidate("http://127.0.0.1:3/a/", TIER_EXPLICIT),
+    ]
+
+
+def test_region_precedence(tmp_path: Path) -> None:
+    config = MirrorConfig(region="cn-config", metadata_url="")
+    env = {"ALIYUN_ASSIST_REGION": "cn-env"}
+    assert detect_region(config, cli_region="cn-cli", env=env) == "cn-cli"
+    assert detect_region(config, env=env) == "cn-env"
+    assert detect_region(config, env={}) == "cn-config"
+    (tmp_path / "region-id").write_text("cn-cached\n")
+    assert detect_region(MirrorConfig(metadata_url=""), env={}, state_dir=tmp_path) == "cn-cached"
+
+
+def test_region_from_metadata_service_is_cached(tmp_path: Path, static_server: Any) -> None:
+    meta = static_server.httpd.root / "latest" / "meta-data"
+    meta.mkdir(parents=True)
+    (meta / "region-id").write_text("cn-shanghai")
+    config = MirrorConfig(metadata_url=static_server.url + "latest/meta-data/region-id")
+    state = tmp_path / "state"
+    state.mkdir()
+    assert detect_region(config, env={}, state_dir=state) == "cn-shanghai"
+    assert (state / "region-id").read_text().strip() == "cn-shanghai"
+    (meta / "region-id").write_text("cn-changed")
+    assert detect_region(config, env={}, state_dir=state) == "cn-shanghai"  # cached
+
+
+def test_metadata_service_down_means_no_region(tmp_path: Path) -> None:
+    config = MirrorConfig(metadata_url=f"http://127.0.0.1:{_closed_port()}/region-id")
+    assert detect_region(config, env={}, state_dir=tmp_path) == ""
+    assert not (tmp_path / "region-id").exists()
+
+
+def test_malformed_region_is_refused() -> None:
+    with pytest.raises(ConfigError, match="region"):
+        detect_region(MirrorConfig(), cli_region="cn/../../evil", env={})
+
+
+def test_probe_leaves_slow_garbage_hanging_and_dead_mirrors_behind(
+    servers: dict[str, StaticServer],
+) -> None:
+    dead = f"http://127.0.0.1:{_closed_port()}/"
+    candidates = [Candidate(s.url, TIER_EXPLICIT) for s in servers.values()]
+    candidates.append(Candidate(dead, TIER_EXPLICIT))
+    start = time.monotonic()
+    results = probe_mirrors(candidates, timeout=1.0)
+    elapsed = time.monotonic() - start
+    by_url = {r.candidate.url: r for r in results}
+    assert by_url[servers["good"].url].ok and by_url[servers["slow"].url].ok
+    for bad in ("garbage", "hang", "missing"):
+        assert not by_url[servers[bad].url].ok, bad
+    assert not by_url[dead].ok
+    assert rank_mirrors(results) == [servers["good"].url, servers["slow"].url]
+    assert elapsed < 4.0  # the hanging mirror did not hold the probe for its 8 s
+
+
+def test_select_picks_regional_mirror_when_internet_is_unreachable(
+    servers: dict[str, StaticServer], tmp_path: Path
+) -> None:
+    good = servers["good"]
+    config = MirrorConfig(
+        intranet_template=good.url + "{region}/",
+        internet_origin=f"http://127.0.0.1:{_closed_port()}/",
+        probe_timeout=1.0,
+        metadata_url="",
+    )
+    regional = good.httpd.root / "cn-test" / "metadata"
+    regional.mkdir(parents=True)
+    (regional / "timestamp.json").write_text(TIMESTAMP)
+    ranked = select_mirrors(config, cli_region="cn-test", state_dir=tmp_path)
+    assert ranked == [good.url + "cn-test/"]
+
+
+def test_select_with_nothing_reachable_is_a_download_error(tmp_path: Path) -> None:
+    config = MirrorConfig(mirrors=[f"http://127.0.0.1:{_closed_port()}/"], probe_timeout=0.5)
+    with pytest.raises(DownloadError, match="no mirror answered"):
+        select_mirrors(config, state_dir=tmp_path)
