@@ -125,7 +125,7 @@ async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict
     ids = p.list("InstanceId")
     if not ids:
         raise missing("InstanceId.1")
-    version = p.str("Version", max_len=64)
+    version = p.str("AgentVersion", max_len=64)
     async with state.store.write() as conn:
         found = await q.existing_instances(conn, account, ids)
         absent = [i for i in ids if i not in found]
