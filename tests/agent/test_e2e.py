@@ -1,0 +1,170 @@
+"""The real agent (subprocess) against the real assist-server, operated through the official SDK.
+
+Covers the README flow (echo 123 -> MTIzCg==), timed invocations, timeouts, and the fault cases:
+kill -9 of the agent mid-task, the server down and back, 1 MB of output, a fork that outlives its
+parent, and a script that reads stdin.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from realenv import (
+    AgentProcess,
+    Sdk,
+    group_members,
+    register_agent,
+    server_executions,
+)
+
+from server.testing import ServerHandle, launch_server
+
+pytestmark = pytest.mark.xdist_group("agent-e2e")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    handle = launch_server(tmp_path_factory.mktemp("agent-server"))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+class Env:
+    def __init__(self, server: ServerHandle, prefix: Path) -> None:
+        self.server = server
+        self.key_id, self.secret = server.create_access_key(f"agent-{uuid.uuid4().hex[:8]}")
+        self.sdk = Sdk(server, self.key_id, self.secret)
+        self.prefix = prefix
+        self.instance_id = register_agent(server, self.key_id, self.secret, prefix)
+        self.agents: list[AgentProcess] = []
+
+    def start_agent(self) -> AgentProcess:
+        agent = AgentProcess(self.prefix)
+        self.agents.append(agent)
+        agent.wait_connected()
+        return agent
+
+
+@pytest.fixture
+def env(server: ServerHandle, tmp_path: Path) -> Iterator[Env]:
+    environment = Env(server, tmp_path / "prefix")
+    yield environment
+    for agent in environment.agents:
+        agent.stop()
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_readme_flow_echo_123(env: Env) -> None:
+    assert env.instance_id.startswith("mi-")
+    agent = env.start_agent()
+    invoke = env.sdk.run_script("echo 123", env.instance_id)
+    item = env.sdk.wait_result(invoke, env.instance_id, ("Success", "Failed"))
+    assert item["Output"] == "MTIzCg=="
+    assert item["InvocationStatus"] == "Success" and item["ExitCode"] == 0
+    assert item["InvokeRecordStatus"] == "Finished"
+    assert server_executions(env.server, invoke) == [("0", "Success")]
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
+
+
+def test_timed_every_two_seconds(env: Env) -> None:
+    env.start_agent()
+    invoke = env.sdk.run_script(
+        "date +%s", env.instance_id, Timed=True, RepeatMode="Period", Frequency="*/2 * * * * *"
+    )
+    assert wait_for(lambda: len(server_executions(env.server, invoke)) >= 4, timeout=20)
+    env.sdk.stop(invoke)
+    runs = [int(e) for e, status in server_executions(env.server, invoke) if status == "Success"]
+    assert len(runs) >= 4
+    assert all(r % 2 == 0 for r in runs)
+    assert all(b - a == 2 for a, b in zip(runs, runs[1:]))
+    time.sleep(3)
+    after = server_executions(env.server, invoke)
+    time.sleep(3)
+    assert server_executions(env.server, invoke) == after  # stopped: no more runs
+
+
+def test_timeout_kills_everything_and_reports_timeout(env: Env, tmp_path: Path) -> None:
+    env.start_agent()
+    pidfile = tmp_path / "pgid"
+    invoke = env.sdk.run_script(
+        f"echo $$ > {pidfile}; sleep 30 & sleep 5", env.instance_id, Timeout=1
+    )
+    item = env.sdk.wait_result(invoke, env.instance_id, ("Timeout", "Success", "Failed"))
+    assert item["InvocationStatus"] == "Timeout"
+    pgid = int(pidfile.read_text())
+    assert wait_for(lambda: group_members(pgid) == [], timeout=5)
+
+
+def test_kill9_mid_task_reports_agent_restarted_once(env: Env, tmp_path: Path) -> None:
+    agent = env.start_agent()
+    pidfile = tmp_path / "pgid"
+    invoke = env.sdk.run_script(f"echo $$ > {pidfile}; echo started; sleep 60", env.instance_id)
+    env.sdk.wait_result(invoke, env.instance_id, ("Running",))
+    agent.kill9()
+    pgid = int(pidfile.read_text())
+    assert group_members(pgid)  # the task outlived the killed agent…
+    env.start_agent()
+    item = env.sdk.wait_result(invoke, env.instance_id, ("Failed", "Success"))
+    assert item["InvocationStatus"] == "Failed" and item["ErrorCode"] == "AgentRestarted"
+    assert "restarted" in item["ErrorInfo"]
+    assert wait_for(lambda: group_members(pgid) == [], timeout=10)  # …until the new one cleaned up
+    time.sleep(2)
+    assert server_executions(env.server, invoke) == [("0", "Failed")]
+
+
+def test_server_down_and_back_loses_nothing(env: Env, tmp_path: Path) -> None:
+    agent = env.start_agent()
+    invoke = env.sdk.run_script("echo begin; sleep 2; echo survived", env.instance_id)
+    env.sdk.wait_result(invoke, env.instance_id, ("Running",))
+    port = int(env.server.url.rsplit(":", 1)[1])
+    data_dir = Path(env.server.db_url[len("sqlite:///") :]).parent
+    env.server.stop()
+    try:
+        time.sleep(5)  # the task ends while the server is away
+        assert agent.proc.poll() is None
+    finally:
+        restarted = launch_server(data_dir, env.server.db_url, port=port)
+        env.server.process = restarted.process
+    item = env.sdk.wait_result(invoke, env.instance_id, ("Success", "Failed"), timeout=90)
+    assert base64.b64decode(item["Output"]) == b"begin\nsurvived\n"
+    assert server_executions(env.server, invoke) == [("0", "Success")]
+    assert item["Repeats"] == 1
+
+
+def test_big_output_fork_and_stdin(env: Env, tmp_path: Path) -> None:
+    env.start_agent()
+    big = env.sdk.run_script(
+        "head -c 1048576 /dev/zero | tr '\\0' 'a'; printf 'END\\377'", env.instance_id
+    )
+    marker = tmp_path / "forked"
+    fork = env.sdk.run_script(f"(sleep 3; touch {marker}) & echo parent", env.instance_id)
+    stdin = env.sdk.run_script("read x; cat; echo no-stdin:$?", env.instance_id)
+    item = env.sdk.wait_result(big, env.instance_id, ("Success", "Failed"))
+    output = base64.b64decode(item["Output"])
+    assert len(output) == 24 * 1024 and output.endswith(b"aaEND\xff")
+    assert item["Dropped"] == 1048576 + 4 - 24 * 1024
+    item = env.sdk.wait_result(fork, env.instance_id, ("Success", "Failed"))
+    assert item["InvocationStatus"] == "Success" and base64.b64decode(item["Output"]) == b"parent\n"
+    assert not marker.exists()  # reported before the outliving child finished
+    assert wait_for(marker.exists, timeout=10)
+    item = env.sdk.wait_result(stdin, env.instance_id, ("Success", "Failed"), timeout=10)
+    assert base64.b64decode(item["Output"]) == b"no-stdin:0\n"
+    for invoke in (big, fork, stdin):
+        assert len(server_executions(env.server, invoke)) == 1
