@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from tuf.api.metadata import Metadata, Root, TargetFile
 
-from common.atomic import atomic_write_bytes
+from common.atomic import atomic_open
 from common.errors import LocalStateError, NotFoundError, UsageError
 from pkgbuild.keys import write_root as write_keydir_root
 from pkgbuild.naming import ArtifactInfo
@@ -162,7 +163,8 @@ def store_artifact(repo: Path, target: TargetFile, source: Path) -> None:
     dest = stored_target_path(repo, target)
     if dest.is_file() and dest.stat().st_size == target.length:
         return
-    atomic_write_bytes(dest, source.read_bytes())
+    with atomic_open(dest) as out, source.open("rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def yank_version(

@@ -432,3 +432,81 @@ def test_concurrent_publishes_never_show_readers_a_mix(keydir: Path, tmp_path: P
     assert len(targets.targets) == 12
     packages = (repo / "apt/dists/stable/main/binary-amd64/Packages").read_text()
     assert packages.count("Package: aliyun-assist") == 6
+
+
+@pytest.mark.parametrize("role", ["snapshot", "timestamp"])
+def test_rotated_snapshot_or_timestamp_key_is_followed_by_the_client(
+    role: str, fresh_keys: object, tmp_path: Path
+) -> None:
+    keys = fresh_keys()  # type: ignore[operator]
+    repo = tmp_path / "repo"
+    init_repository(repo, keys, {})
+    tarball = build_tarball(tmp_path, "1.0.0")
+    publish_artifacts(repo, keys, [tarball])
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", keys / "root.json", server.url)
+        updater.refresh()
+        rotate_key(repo, keys, role)
+        new_keyid = json.loads((keys / f"tuf/{role}-1.pub.json").read_text())["keyid"]
+        timestamp = load(repo / "metadata/timestamp.json")
+        snapshot = load(repo / f"metadata/{timestamp.signed.snapshot_meta.version}.snapshot.json")
+        signed = timestamp if role == "timestamp" else snapshot
+        assert set(signed.signatures) == {new_keyid}
+        updater = tuf_updater(tmp_path / "client", keys / "root.json", server.url)
+        updater.refresh()
+        target = updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
+        assert target is not None
+        assert load(tmp_path / "client/metadata/root.json").signed.version == 2
+
+
+def test_rotate_refuses_unknown_roles_and_foreign_key_directories(
+    keydir: Path, other_keydir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    before = metadata_files(repo)
+    with pytest.raises(UsageError, match="unknown TUF role"):
+        rotate_key(repo, keydir, "mirror")
+    with pytest.raises(ConfigError, match="current keys"):
+        rotate_key(repo, other_keydir, "targets")
+    with pytest.raises(ConfigError, match="not a targets key"):
+        publish_artifacts(repo, other_keydir, [build_tarball(tmp_path, "1.0.0")])
+    assert metadata_files(repo) == before
+    assert not list((other_keydir / "tuf").glob("*.new"))
+
+
+def test_publish_rebuilds_native_trees_left_out_of_date(keydir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    deb = build_deb(tmp_path, "1.0.0")
+    publish_artifacts(repo, keydir, [deb])
+    # as if a publish died after its metadata but before its apt tree was swapped in
+    current = repo / "apt/dists" / os.readlink(repo / "apt/dists/stable")
+    (current / ".manifest").write_text("stale\n")
+    before = metadata_files(repo)
+    publish_artifacts(repo, keydir, [deb])
+    assert metadata_files(repo) == before  # TUF unchanged
+    assert repo / "apt/dists" / os.readlink(repo / "apt/dists/stable") != current
+    assert (
+        "aliyun-assist_1.0.0_amd64.deb"
+        in (repo / "apt/dists/stable/main/binary-amd64/Packages").read_text()
+    )
+
+
+def test_bootstrap_templates_get_the_repository_fingerprints(
+    published: SimpleNamespace, tmp_path: Path
+) -> None:
+    from pkgbuild.keys import gpg_fingerprint
+    from pkgbuild.repository.public import write_bootstrap
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "bootstrap.sh").write_text("KEY=@KEY_FINGERPRINT@\nMIRROR=@MIRROR_URL@\n")
+    repo = tmp_path / "repo"
+    shutil.copytree(published.repo, repo, symlinks=True)
+    written = write_bootstrap(repo, published.keys, templates)
+    assert written == [repo / "bootstrap/bootstrap.sh"]
+    text = (repo / "bootstrap/bootstrap.sh").read_text()
+    assert text == f"KEY={gpg_fingerprint(published.keys)}\nMIRROR=@MIRROR_URL@\n"
+    assert os.access(repo / "bootstrap/bootstrap.sh", os.X_OK)
+    assert not (repo / "bootstrap/bootstrap.ps1").exists()  # no template, nothing written

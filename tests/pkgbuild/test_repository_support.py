@@ -275,3 +275,37 @@ class DnfClient:
     def installed(self, package: str) -> subprocess.CompletedProcess[str]:
         """`rpm --root installroot -q package`."""
         return run(["rpm", "--root", str(self.root / "installroot"), "-q", package])
+
+
+def install_sh_stub(installroot: Path, work: Path) -> None:
+    """Register a package providing /bin/sh in an empty installroot's rpmdb (no files).
+
+    The real agent rpm requires /bin/sh for its scriptlets; an empty installroot has none, so
+    this stands in for the OS's shell package. Scriptlets are then skipped (tsflags=noscripts)
+    because there is no shell to run them in the installroot.
+    """
+    top = work / ".sh-stub"
+    (top / "SPECS").mkdir(parents=True)
+    spec = top / "SPECS/stub.spec"
+    spec.write_text(
+        textwrap.dedent(
+            """\
+            Name: assist-test-sh-stub
+            Version: 1
+            Release: 1
+            Summary: provides /bin/sh for an empty installroot
+            License: Apache-2.0
+            BuildArch: noarch
+            Provides: /bin/sh
+            AutoReqProv: no
+            %description
+            stub
+            %files
+            """
+        )
+    )
+    checked(["rpmbuild", "--quiet", "--define", f"_topdir {top}", "-bb", str(spec)])
+    stub = next((top / "RPMS/noarch").glob("*.rpm"))
+    installroot.mkdir(parents=True, exist_ok=True)
+    checked(["rpm", "--root", str(installroot), "--nosignature", "--noscripts", "-i", str(stub)])
+    shutil.rmtree(top)
