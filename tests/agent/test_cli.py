@@ -1,0 +1,156 @@
+"""assist-agent's command line: register, status, server discovery, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from realenv import AgentProcess, agent_env
+
+from agent.cli import SERVER_TEMPLATE, resolve_server
+from common.config import Config
+from common.errors import ConfigError
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        env=agent_env(),
+        timeout=60,
+    )
+
+
+def test_server_discovery_order(tmp_path: Path) -> None:
+    config = Config(prefix=tmp_path)
+    env = {"ALIYUN_ASSIST_SERVER_HOST": "127.0.0.1:9001", "ALIYUN_ASSIST_REGION": "cn-test"}
+    assert (
+        resolve_server("http://127.0.0.1:1", config, "http://127.0.0.1:4", env)
+        == "http://127.0.0.1:1"
+    )
+    config.agent.server = "http://127.0.0.1:2"
+    assert resolve_server(None, config, "http://127.0.0.1:4", env) == "http://127.0.0.1:2"
+    config.agent.server = ""
+    assert resolve_server(None, config, "http://127.0.0.1:4", env) == "127.0.0.1:9001"
+    assert resolve_server(None, config, "http://127.0.0.1:4", {}) == "http://127.0.0.1:4"
+    # the region rule is only the last resort (and only computed, never contacted here)
+    assert resolve_server(None, config, "", env | {"ALIYUN_ASSIST_SERVER_HOST": ""}) == (
+        SERVER_TEMPLATE.format(region="cn-test")
+    )
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "region-id").write_text("cn-beijing\n")
+    assert resolve_server(None, config, "", {}) == "https://cn-beijing.axt.aliyun.com"
+    (tmp_path / "state" / "region-id").unlink()
+    with pytest.raises(ConfigError, match="which server"):
+        resolve_server(None, config, "", {})
+
+
+def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
+    act_id, code = fake_server.activation()
+    prefix = tmp_path / "p"
+    args = [
+        "register",
+        "--server",
+        fake_server.url,
+        "--activation-id",
+        act_id,
+        "--activation-code",
+        code,
+        "--prefix",
+        str(prefix),
+    ]
+    first = cli(*args, "--json")
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["instance_id"].startswith("mi-")
+    key = prefix / "state" / "agent.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    identity = json.loads((prefix / "state" / "identity.json").read_text())
+    assert identity == {"instance_id": answer["instance_id"], "server": fake_server.url}
+    again = cli(*args)
+    assert again.returncode == 2 and "already registered" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert json.loads((prefix / "state" / "identity.json").read_text()) == identity  # unchanged
+
+
+def test_register_with_a_wrong_code_is_one_clear_line(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
+    act_id, _ = fake_server.activation()
+    out = cli(
+        "register",
+        "--server",
+        fake_server.url,
+        "--activation-id",
+        act_id,
+        "--activation-code",
+        "wrong",
+        "--prefix",
+        str(tmp_path),
+    )
+    assert out.returncode == 1
+    assert "InvalidActivation" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "state" / "agent.key").exists()
+
+
+def test_register_against_a_dead_server_is_one_clear_line(tmp_path: Path) -> None:
+    out = cli(
+        "register",
+        "--server",
+        "http://127.0.0.1:9",
+        "--activation-id",
+        "a",
+        "--activation-code",
+        "b",
+        "--prefix",
+        str(tmp_path),
+    )
+    assert out.returncode == 1 and "cannot reach" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_run_unregistered_names_the_fix(tmp_path: Path) -> None:
+    out = cli("run", "--prefix", str(tmp_path))
+    assert out.returncode != 0 and "not registered" in out.stderr and "register" in out.stderr
+
+
+def test_status_reports_running_agent_and_refuses_a_second_one(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
+    act_id, code = fake_server.activation()
+    prefix = tmp_path / "p"
+    (prefix / "config").mkdir(parents=True)
+    (prefix / "config" / "assist.toml").write_text(
+        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
+    )
+    assert (
+        cli(
+            "register",
+            "--server",
+            fake_server.url,
+            "--activation-id",
+            act_id,
+            "--activation-code",
+            code,
+            "--prefix",
+            str(prefix),
+        ).returncode
+        == 0
+    )
+    down = cli("status", "--prefix", str(prefix), "--json")
+    assert down.returncode == 3 and json.loads(down.stdout)["running"] is False
+    agent = AgentProcess(prefix)
+    try:
+        agent.wait_connected()
+        up = cli("status", "--prefix", str(prefix), "--json")
+        report = json.loads(up.stdout)
+        assert up.returncode == 0 and report["running"] and report["connected"]
+        assert report["pid"] == agent.proc.pid and report["registered"]
+        second = cli("run", "--prefix", str(prefix))
+        assert second.returncode == 4 and "another agent" in second.stderr
+    finally:
+        assert agent.stop() == 0
+    assert cli("status", "--prefix", str(prefix)).returncode == 3
+    assert os.path.exists(prefix / "state" / "agent.db")
