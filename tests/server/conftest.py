@@ -110,12 +110,37 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator
         handle.stop()
 
 
-@pytest.fixture
-def api(sqlite_server: ServerHandle) -> Api:
-    """A fresh account with its own AccessKey on the module's SQLite server."""
-    key_id, secret = sqlite_server.create_access_key(f"acct-{uuid.uuid4().hex[:8]}")
-    return Api(sqlite_server, key_id, secret)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def api(request: pytest.FixtureRequest) -> Api:
+    """A fresh account with its own AccessKey, on each storage backend's server."""
+    name = "sqlite_server" if request.param == "sqlite" else "pg_server"
+    server: ServerHandle = request.getfixturevalue(name)
+    key_id, secret = server.create_access_key(f"acct-{uuid.uuid4().hex[:8]}")
+    return Api(server, key_id, secret)
 
 
 def db_path(server: ServerHandle) -> Path:
     return Path(server.db_url[len("sqlite:///") :])
+
+
+def run_sql(server: ServerHandle, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a server's database (SQLite or PostgreSQL); '?' placeholders."""
+    if server.db_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(db_path(server)) as db:
+            return [tuple(r) for r in db.execute(sql, args).fetchall()]
+    import asyncpg
+
+    parts = sql.split("?")
+    pg_sql = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    pg_sql = pg_sql.replace("= 0", "= false").replace("= 1 ", "= true ")
+
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(server.db_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(pg_sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import sqlite3
 import threading
 import time
 import uuid
 
 import pytest
 import requests
-from conftest import Api, db_path
+from conftest import Api, run_sql
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.testing import FakeAgent
@@ -60,9 +59,9 @@ def test_activation_usage_limit(api: Api) -> None:
 
 def test_expired_activation(api: Api) -> None:
     act_id, code = api.server.create_activation(api.key_id, api.secret)
-    with sqlite3.connect(db_path(api.server)) as db:  # five hours ago, TTL 4 h
-        db.execute("UPDATE activations SET created_ms = created_ms - 5 * 3600 * 1000 "
-                   "WHERE activation_id = ?", (act_id,))
+    # five hours ago, TTL 4 h
+    run_sql(api.server, "UPDATE activations SET created_ms = created_ms - 18000000 "
+            "WHERE activation_id = ?", act_id)
     response = register_raw(api, activation_id=act_id, activation_code=code)
     assert (response.status_code, response.json()["code"]) == (403, "ActivationExpired")
 
@@ -189,9 +188,8 @@ def test_running_chunks_then_finish(api: Api) -> None:
     done = result(api, invoke_id, agent)
     assert (done["InvocationStatus"], done["Dropped"]) == ("Success", 5)
     assert base64.b64decode(done["Output"]) == b"hello world\n"
-    with sqlite3.connect(db_path(api.server)) as db:
-        left = db.execute("SELECT COUNT(*) FROM output_chunks WHERE invoke_id = ?", (invoke_id,)).fetchone()
-    assert left == (0,)
+    left = run_sql(api.server, "SELECT COUNT(*) FROM output_chunks WHERE invoke_id = ?", invoke_id)
+    assert left == [(0,)]
 
 
 def test_terminal_report_is_idempotent(api: Api) -> None:

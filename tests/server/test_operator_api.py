@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 
 import pytest
 from aliyunsdkecs.request.v20140526 import (
@@ -21,7 +20,7 @@ from aliyunsdkecs.request.v20140526 import (
     RunCommandRequest,
     StopInvocationRequest,
 )
-from conftest import Api, db_path
+from conftest import Api, run_sql
 
 ECHO = "ZWNobyAxMjM="  # echo 123
 
@@ -380,8 +379,8 @@ def test_activations_and_managed_instances_with_sdk(api: Api) -> None:
 
 def test_cloud_assistant_status_goes_offline(api: Api) -> None:
     agent = api.agent()
-    with sqlite3.connect(db_path(api.server)) as db:
-        db.execute("UPDATE instances SET last_seen_ms = 1000 WHERE instance_id = ?", (agent.instance_id,))
+    run_sql(api.server, "UPDATE instances SET last_seen_ms = 1000 WHERE instance_id = ?",
+            agent.instance_id)
     status = api.ok("DescribeCloudAssistantStatus", **{"InstanceId.1": agent.instance_id})
     assert status["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0][
         "CloudAssistantStatus"] == "false"

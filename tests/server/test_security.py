@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import sqlite3
 import uuid
 
 import requests
 from aliyunsdkcore.acs_exception.exceptions import ServerException
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkecs.request.v20140526 import CreateCommandRequest, DescribeCommandsRequest
-from conftest import Api, db_path
+from conftest import Api, run_sql
 
 from server.rpc import compute_signature, sign_params, utc_timestamp
 
@@ -137,9 +136,9 @@ def test_sdk_with_wrong_secret_raises_server_exception(api: Api) -> None:
         raise AssertionError("a bad signature was accepted")
 
 
-def test_accounts_are_isolated(api: Api, sqlite_server) -> None:  # type: ignore[no-untyped-def]
-    other_id, other_secret = sqlite_server.create_access_key(f"other-{uuid.uuid4().hex[:6]}")
-    other = Api(sqlite_server, other_id, other_secret)
+def test_accounts_are_isolated(api: Api) -> None:
+    other_id, other_secret = api.server.create_access_key(f"other-{uuid.uuid4().hex[:6]}")
+    other = Api(api.server, other_id, other_secret)
     command_id = api.ok("CreateCommand", **{k: v for k, v in create_params().items() if k != "Action"})["CommandId"]
     agent = api.agent()
     # the other account sees nothing and can touch nothing of the first
@@ -166,8 +165,7 @@ def test_accounts_are_isolated(api: Api, sqlite_server) -> None:  # type: ignore
 
 
 def test_disabled_access_key_is_refused(api: Api) -> None:
-    with sqlite3.connect(db_path(api.server)) as db:
-        db.execute("UPDATE access_keys SET enabled = 0 WHERE access_key_id = ?", (api.key_id,))
+    run_sql(api.server, "UPDATE access_keys SET enabled = 0 WHERE access_key_id = ?", api.key_id)
     response = post(api, signed(api, **create_params()))
     assert (response.status_code, response.json()["Code"]) == (400, "InvalidAccessKeyId.Inactive")
 
