@@ -451,7 +451,7 @@ class Execution:
                 os.close(pidfd)
         if ended_by:
             kill_group(proc.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
-        self._emit_chunk(collector)
+        # no last chunk: the terminal report carries the tail
         returncode = normalize_exit(proc.wait())
         kind = ended_by or "finish"
         message = ""
