@@ -435,9 +435,9 @@ def check_total(total: int | None, transfer: _Transfer) -> None:
     """Refuse a mirror whose file is longer than the cap or not the expected length."""
     if total is None:
         return
-    check_cap(total, transfer)
     if transfer.exact is not None and total != transfer.exact:
         raise _WrongLength(f"the mirror's file has {total} bytes, expected {transfer.exact}")
+    check_cap(total, transfer)
 
 
 def check_cap(total: int, transfer: _Transfer) -> None:

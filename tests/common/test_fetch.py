@@ -213,7 +213,7 @@ def test_endless_data_is_cut_at_the_cap(
             written.append(len(chunk))
     assert sum(written) <= CHUNK + 5
     with pytest.raises(EndlessDataError):
-        fetcher.download(NAME, dest, expected_length=CHUNK + 5)
+        fetcher.download(NAME, dest, max_length=CHUNK + 5)
     assert_nothing_left(dest)
     with pytest.raises(EndlessDataError):
         fetcher.fetch_bytes("metadata/timestamp.json", 16384)
