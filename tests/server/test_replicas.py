@@ -1,0 +1,92 @@
+"""Several replicas on one PostgreSQL database: shared state, and kicks across replicas."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import Api
+
+from server.testing import FakeAgent, ServerHandle, launch_server
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[ServerHandle]]:
+    """Two servers started at the same time on one database (migrations race safely)."""
+    handles: list[ServerHandle] = []
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        try:
+            handles.append(launch_server(tmp_path_factory.mktemp(f"replica{i}"), db_url=pg_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        yield handles
+    finally:
+        for handle in handles:
+            handle.stop()
+
+
+def test_invocation_on_one_replica_wakes_agent_polling_another(replicas: list[ServerHandle]) -> None:
+    a, b = replicas
+    key_id, secret = a.create_access_key("replicas")
+    api_a = Api(a, key_id, secret)
+    registered = api_a.agent()
+    agent_on_b = FakeAgent(b.url, registered.instance_id, registered.key)
+    events: list = []
+    poller = threading.Thread(target=lambda: events.extend(agent_on_b.poll(timeout=20)))
+    poller.start()
+    time.sleep(0.5)
+    command_id = api_a.ok("CreateCommand", Name="x", Type="RunShellScript",
+                          CommandContent="ZWNobyAxMjM=")["CommandId"]
+    invoke_id = api_a.ok("InvokeCommand", CommandId=command_id,
+                         **{"InstanceId.1": registered.instance_id})["InvokeId"]
+    poller.join(timeout=15)
+    assert not poller.is_alive(), "NOTIFY from replica A did not wake the long-poll on replica B"
+    assert events == [{"type": "task"}]
+    # the report goes to B, the operator reads it on A: one shared database
+    assert [t["invoke_id"] for t in agent_on_b.tasks()["run"]] == [invoke_id]
+    agent_on_b.report("finish", invoke_id, b"123\n", 0)
+    item = api_a.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"][
+        "InvocationResults"]["InvocationResult"][0]
+    assert (item["InvocationStatus"], item["Output"]) == ("Success", "MTIzCg==")
+
+
+def test_kick_update_crosses_replicas(replicas: list[ServerHandle]) -> None:
+    a, b = replicas
+    key_id, secret = b.create_access_key("kick")
+    api_b = Api(b, key_id, secret)
+    registered = api_b.agent()
+    agent_on_a = FakeAgent(a.url, registered.instance_id, registered.key)
+    events: list = []
+    poller = threading.Thread(target=lambda: events.extend(agent_on_a.poll(timeout=20)))
+    poller.start()
+    time.sleep(0.5)
+    api_b.ok("KickAgentUpdate", AgentVersion="9.9", **{"InstanceId.1": registered.instance_id})
+    poller.join(timeout=15)
+    assert events == [{"type": "update", "version": "9.9"}]
+    check = {"agent_version": "1", "os": "linux", "arch": "x86_64", "channel": "stable"}
+    assert agent_on_a.post("/luban/api/v1/update/update_check", check)["update_now"] is True
+    assert registered.post("/luban/api/v1/update/update_check", check)["update_now"] is False
+
+
+def test_nonce_replay_is_refused_across_replicas(replicas: list[ServerHandle]) -> None:
+    a, b = replicas
+    key_id, secret = a.create_access_key("nonce")
+    registered = Api(a, key_id, secret).agent()
+    on_b = FakeAgent(b.url, registered.instance_id, registered.key)
+    assert registered.request("POST", "/luban/api/heart-beat", {}, nonce="n-1").status_code == 200
+    again = on_b.request("POST", "/luban/api/heart-beat", {}, nonce="n-1")
+    assert (again.status_code, again.json()["code"]) == (401, "ReplayedRequest")
