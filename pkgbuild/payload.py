@@ -160,7 +160,7 @@ def _write_launchers(bin_dir: Path, windows: bool) -> None:
         script.chmod(0o755)
         if windows:
             cmd = render_template("launcher.cmd.tmpl", COMMAND=command, MODULE=module)
-            (bin_dir / f"{command}.cmd").write_bytes(cmd.encode("utf-8"))
+            (bin_dir / f"{command}.cmd").write_bytes(cmd.replace("\n", "\r\n").encode("utf-8"))
 
 
 def _write_share(share: Path, keys: Path) -> None:

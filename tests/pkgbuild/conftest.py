@@ -51,3 +51,49 @@ def other_keydir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = make_keydir(tmp_path_factory.mktemp("other-keydir"))
     yield path
     stop_gpg_agent(path)
+
+
+class ArtifactBuilder:
+    """Build artifacts once per distinct request in a session (memoised by its arguments)."""
+
+    def __init__(self, base: Path, keydir: Path) -> None:
+        self.base = base
+        self.keydir = keydir
+        self._built: dict[tuple[object, ...], dict[str, Path]] = {}
+
+    def __call__(
+        self,
+        version: str,
+        formats: tuple[str, ...] = ("deb", "rpm", "exe", "tar.gz"),
+        arch: str = "x86_64",
+        package: str = "aliyun-assist",
+        source: Path | None = None,
+    ) -> dict[str, Path]:
+        """{format: path} of NAME version V for `arch`, built with --no-vendor."""
+        from pkgbuild.formats import BuildRequest, build_artifacts
+
+        key = (version, formats, arch, package, source)
+        if key not in self._built:
+            out = self.base / f"dist-{len(self._built)}"
+            request = BuildRequest(
+                version=version, keys=self.keydir, source=source, arches=[arch],
+                formats=list(formats), package=package, out=out, vendor=False,
+            )  # fmt: skip
+            self._built[key] = {a.format: a.path for a in build_artifacts(request)}
+        return dict(self._built[key])
+
+
+@pytest.fixture(scope="session")
+def artifact_builder(tmp_path_factory: pytest.TempPathFactory, keydir: Path) -> ArtifactBuilder:
+    """Build (and cache for the session) artifacts signed with `keydir`; treat them read-only."""
+    return ArtifactBuilder(tmp_path_factory.mktemp("artifacts"), keydir)
+
+
+@pytest.fixture(scope="session")
+def built_artifacts(artifact_builder: ArtifactBuilder) -> dict[str, Path]:
+    """aliyun-assist 1.0.0 for the host arch in all four formats: {"deb": Path, "rpm": …}."""
+    import platform
+
+    from common.platform import normalize_arch
+
+    return artifact_builder("1.0.0", arch=normalize_arch(platform.machine()))

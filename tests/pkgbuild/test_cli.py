@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -90,3 +91,77 @@ def test_keygen_bad_threshold_is_one_line_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "threshold for root" in proc.stderr
     assert not (tmp_path / "k").exists()
+
+
+def test_build_console_script_json_and_files(keydir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dist"
+    proc = run(
+        "build", "--version", "2.2.5", "--keys", str(keydir), "--arch", "x86_64,aarch64",
+        "--formats", "deb,tar.gz", "--out", str(out), "--no-vendor", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(proc.stdout)
+    assert sorted(Path(a["path"]).name for a in listing) == [
+        "aliyun-assist-2.2.5-linux-aarch64.tar.gz",
+        "aliyun-assist-2.2.5-linux-x86_64.tar.gz",
+        "aliyun-assist_2.2.5_amd64.deb",
+        "aliyun-assist_2.2.5_arm64.deb",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(a["path"]).name for a in listing)
+    for artifact in listing:
+        path = Path(artifact["path"])
+        assert artifact["size"] == path.stat().st_size
+        assert artifact["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert artifact["version"] == "2.2.5" and artifact["package"] == "aliyun-assist"
+
+
+def test_build_plain_text_output(keydir: Path, tmp_path: Path) -> None:
+    proc = run(
+        "build", "--version", "1.0.0", "--keys", str(keydir), "--formats", "tar.gz",
+        "--out", str(tmp_path), "--no-vendor",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    path = tmp_path / "aliyun-assist-1.0.0-linux-x86_64.tar.gz"
+    assert line.startswith(str(path)) and hashlib.sha256(path.read_bytes()).hexdigest() in line
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["--version", "1.0-1"], "invalid version", 2),
+        (["--version", "../x"], "invalid version", 2),
+        (["--version", "1.0", "--formats", "zip"], "unknown format", 2),
+        (["--version", "1.0", "--arch", "sparc"], "unsupported arch", 2),
+        (["--version", "1.0", "--package", "Bad_Name"], "invalid package name", 2),
+    ],
+)
+def test_build_bad_input_is_one_line_and_writes_nothing(
+    keydir: Path, tmp_path: Path, args: list[str], message: str, code: int
+) -> None:
+    out = tmp_path / "dist"
+    proc = run("build", "--keys", str(keydir), "--out", str(out), "--no-vendor", *args)
+    assert proc.returncode == code
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_build_without_keys_names_keygen(tmp_path: Path) -> None:
+    proc = run(
+        "build", "--version", "1.0", "--keys", str(tmp_path / "nokeys"), "--out", str(tmp_path)
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "keygen" in proc.stderr
+
+
+def test_build_with_empty_wheel_cache_names_the_fix(keydir: Path, tmp_path: Path) -> None:
+    (tmp_path / "wheels").mkdir()
+    proc = run(
+        "build", "--version", "1.0", "--keys", str(keydir), "--formats", "tar.gz",
+        "--out", str(tmp_path / "dist"), "--wheel-cache", str(tmp_path / "wheels"),
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1
+    assert "make wheels" in proc.stderr and "--no-vendor" in proc.stderr
+    assert not list((tmp_path / "dist").glob("*"))
