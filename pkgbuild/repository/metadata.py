@@ -153,49 +153,83 @@ def commit_chain(
     previous: RepoMetadata | None,
 ) -> RepoMetadata:
     """Sign and write new targets, snapshot and timestamp versions (timestamp last)."""
-    now = utcnow()
-    folder = metadata_dir(repo)
-    version = {role: 1 for role in ("targets", "snapshot", "timestamp")}
-    if previous is not None:
-        version["targets"] = previous.targets.signed.version + 1
-        version["snapshot"] = previous.snapshot.signed.version + 1
-        version["timestamp"] = previous.timestamp.signed.version + 1
-
+    version = previous.targets.signed.version + 1 if previous is not None else 1
     targets_md = Metadata(
-        Targets(version=version["targets"], expires=now + state.expires["targets"], targets=targets)
+        Targets(version=version, expires=utcnow() + state.expires["targets"], targets=targets)
     )
     sign_role(targets_md, "targets", root.signed, load_tuf_signers(keys, "targets"))
-    targets_bytes = to_bytes(targets_md)
+    atomic_write_bytes(metadata_dir(repo) / f"{version}.targets.json", to_bytes(targets_md))
+    return commit_snapshot(repo, keys, state, root, targets_md, previous)
 
+
+def commit_snapshot(
+    repo: Path,
+    keys: Path,
+    state: RepoState,
+    root: Metadata[Root],
+    targets_md: Metadata[Targets],
+    previous: RepoMetadata | None,
+) -> RepoMetadata:
+    """Sign and write a new snapshot of `targets_md` (already written), then a timestamp."""
+    version = previous.snapshot.signed.version + 1 if previous is not None else 1
     snapshot_md = Metadata(
         Snapshot(
-            version=version["snapshot"],
-            expires=now + state.expires["snapshot"],
-            meta={"targets.json": _metafile(version["targets"], targets_bytes)},
+            version=version,
+            expires=utcnow() + state.expires["snapshot"],
+            meta={"targets.json": _metafile(targets_md.signed.version, to_bytes(targets_md))},
         )
     )
     sign_role(snapshot_md, "snapshot", root.signed, load_tuf_signers(keys, "snapshot"))
-    snapshot_bytes = to_bytes(snapshot_md)
+    atomic_write_bytes(metadata_dir(repo) / f"{version}.snapshot.json", to_bytes(snapshot_md))
+    return commit_timestamp(repo, keys, state, root, targets_md, snapshot_md, previous)
 
+
+def commit_timestamp(
+    repo: Path,
+    keys: Path,
+    state: RepoState,
+    root: Metadata[Root],
+    targets_md: Metadata[Targets],
+    snapshot_md: Metadata[Snapshot],
+    previous: RepoMetadata | None,
+) -> RepoMetadata:
+    """Sign and atomically replace timestamp.json: the moment readers switch to the new chain."""
+    version = previous.timestamp.signed.version + 1 if previous is not None else 1
     timestamp_md = Metadata(
         Timestamp(
-            version=version["timestamp"],
-            expires=now + state.expires["timestamp"],
-            snapshot_meta=_metafile(version["snapshot"], snapshot_bytes),
+            version=version,
+            expires=utcnow() + state.expires["timestamp"],
+            snapshot_meta=_metafile(snapshot_md.signed.version, to_bytes(snapshot_md)),
         )
     )
     sign_role(timestamp_md, "timestamp", root.signed, load_tuf_signers(keys, "timestamp"))
-
-    atomic_write_bytes(folder / f"{version['targets']}.targets.json", targets_bytes)
-    atomic_write_bytes(folder / f"{version['snapshot']}.snapshot.json", snapshot_bytes)
-    atomic_write_bytes(folder / "timestamp.json", to_bytes(timestamp_md))
+    atomic_write_bytes(metadata_dir(repo) / "timestamp.json", to_bytes(timestamp_md))
     log.info(
         "published targets v%d, snapshot v%d, timestamp v%d",
-        version["targets"],
-        version["snapshot"],
-        version["timestamp"],
+        targets_md.signed.version,
+        snapshot_md.signed.version,
+        version,
     )
     return RepoMetadata(root, targets_md, snapshot_md, timestamp_md)
+
+
+def is_stale(expires: datetime.datetime, lifetime: datetime.timedelta) -> bool:
+    """True when less than half of a role's lifetime is left: time to re-sign it."""
+    return expires - utcnow() < lifetime / 2
+
+
+def refresh_chain(repo: Path, keys: Path, state: RepoState, current: RepoMetadata) -> RepoMetadata:
+    """Re-sign the roles that are past half their lifetime (and those above them); else no-op."""
+    if is_stale(current.targets.signed.expires, state.expires["targets"]):
+        targets = dict(current.targets.signed.targets)
+        return commit_chain(repo, keys, state, current.root, targets, current)
+    if is_stale(current.snapshot.signed.expires, state.expires["snapshot"]):
+        return commit_snapshot(repo, keys, state, current.root, current.targets, current)
+    if is_stale(current.timestamp.signed.expires, state.expires["timestamp"]):
+        return commit_timestamp(
+            repo, keys, state, current.root, current.targets, current.snapshot, current
+        )
+    return current
 
 
 def same_targets(a: dict[str, TargetFile], b: dict[str, TargetFile]) -> bool:
@@ -209,6 +243,14 @@ def target_custom(target: TargetFile) -> dict[str, object]:
     if not isinstance(custom, dict) or "channels" not in custom:
         raise VerificationError(f"target {target.path} has no custom fields")
     return custom
+
+
+def target_channels(target: TargetFile) -> list[str]:
+    """The channels a target is published in."""
+    channels = target_custom(target)["channels"]
+    if not isinstance(channels, list):
+        raise VerificationError(f"target {target.path} has malformed channels")
+    return [str(c) for c in channels]
 
 
 def target_sha256(target: TargetFile) -> str:

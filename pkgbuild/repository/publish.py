@@ -7,6 +7,7 @@ metadata (timestamp last), then the apt and yum trees of the touched channels (s
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -38,10 +39,13 @@ from pkgbuild.repository.metadata import (
     commit_chain,
     load_metadata,
     metadata_dir,
+    refresh_chain,
     root_matches_keys,
     same_targets,
     stored_target_path,
+    target_channels,
     target_custom,
+    target_sha256,
     utcnow,
     write_root,
 )
@@ -134,7 +138,8 @@ def publish_artifacts(
         if not same_targets(targets, current.targets.signed.targets):
             current = commit_chain(repo, keys, state, current.root, targets, current)
         else:
-            log.info("targets unchanged: no new metadata version")
+            log.info("targets unchanged: no new targets version")
+            current = refresh_chain(repo, keys, state, current)
         sync_channels(repo, keys, current, [channel])
         write_public_keys(repo, keys)
         write_bootstrap(repo, keys)
@@ -153,7 +158,7 @@ def merge_target(
                 f"{info.target_path} is already published with different content",
                 hint="releases are immutable: build and publish a new version",
             )
-        channels |= set(target_custom(existing)["channels"])  # type: ignore[call-overload]
+        channels |= set(target_channels(existing))
     target.unrecognized_fields["custom"] = info.custom(sorted(channels))
     return target
 
@@ -161,10 +166,19 @@ def merge_target(
 def store_artifact(repo: Path, target: TargetFile, source: Path) -> None:
     """Copy an artifact to its consistent-snapshot name under targets/ (once)."""
     dest = stored_target_path(repo, target)
-    if dest.is_file() and dest.stat().st_size == target.length:
+    if dest.is_file() and file_sha256(dest) == target_sha256(target):
         return
     with atomic_open(dest) as out, source.open("rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def yank_version(
@@ -180,7 +194,7 @@ def yank_version(
         yanked = []
         for path, target in sorted(targets.items()):
             custom = target_custom(target)
-            channels = list(custom["channels"])  # type: ignore[call-overload]
+            channels = target_channels(target)
             if custom.get("package") != package or custom.get("version") != version:
                 continue
             if channel not in channels:
@@ -212,8 +226,7 @@ def describe_versions(current: RepoMetadata, package: str, channel: str) -> str:
         {
             str(target_custom(t)["version"])
             for t in current.targets.signed.targets.values()
-            if target_custom(t).get("package") == package
-            and channel in target_custom(t)["channels"]  # type: ignore[operator]
+            if target_custom(t).get("package") == package and channel in target_channels(t)
         }
     )
     if not versions:
@@ -221,14 +234,29 @@ def describe_versions(current: RepoMetadata, package: str, channel: str) -> str:
     return f"{channel} has {package} {', '.join(versions)}"
 
 
+def known_channels(repo: Path, current: RepoMetadata, extra: list[str]) -> list[str]:
+    """Every channel with a target or an existing apt/yum tree, plus `extra`."""
+    channels = set(extra)
+    for target in current.targets.signed.targets.values():
+        channels.update(target_channels(target))
+    for folder in (repo / "apt" / "dists", repo / "yum"):
+        if folder.is_dir():
+            channels.update(p.name for p in folder.iterdir() if p.is_symlink() or p.is_dir())
+    return sorted(c for c in channels if not c.startswith("."))
+
+
 def sync_channels(repo: Path, keys: Path, current: RepoMetadata, channels: list[str]) -> None:
-    """Rebuild the apt and yum trees of `channels` that do not match the signed targets."""
+    """Rebuild the apt and yum trees that do not match the signed targets.
+
+    Every known channel is checked, not only `channels`: Release's Valid-Until follows the
+    targets expiry, so a new targets version re-signs the apt trees of all channels.
+    """
     valid_until = current.targets.signed.expires
-    for channel in channels:
+    for channel in known_channels(repo, current, channels):
         debs, rpms = [], []
         for target in current.targets.signed.targets.values():
             custom = target_custom(target)
-            if channel not in custom["channels"]:  # type: ignore[operator]
+            if channel not in target_channels(target):
                 continue
             source = stored_target_path(repo, target)
             filename = target.path.rpartition("/")[2]

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,6 +56,12 @@ def load(path: Path) -> Metadata:  # type: ignore[type-arg]
 
 def metadata_files(repo: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((repo / "metadata").iterdir())}
+
+
+def release_valid_until(repo: Path, channel: str) -> datetime.datetime:
+    release = (repo / "apt/dists" / channel / "Release").read_text()
+    line = next(line for line in release.splitlines() if line.startswith("Valid-Until:"))
+    return datetime.datetime.strptime(line.split(": ", 1)[1], "%a, %d %b %Y %H:%M:%S %z")
 
 
 def utcnow() -> datetime.datetime:
@@ -204,10 +211,7 @@ def test_expiries_chosen_at_init_are_what_metadata_and_release_carry(
     assert targets.version == 2  # the publish made a new version
     for signed, delta in ((timestamp, 2 * DAY), (snapshot, 3 * DAY), (targets, 4 * DAY)):
         assert abs(signed.expires - (now + delta)) < datetime.timedelta(minutes=2)
-    release = (repo / "apt/dists/stable/Release").read_text()
-    valid_until = next(line for line in release.splitlines() if line.startswith("Valid-Until:"))
-    parsed = datetime.datetime.strptime(valid_until.split(": ", 1)[1], "%a, %d %b %Y %H:%M:%S %z")
-    assert parsed == targets.expires
+    assert release_valid_until(repo, "stable") == targets.expires
 
 
 def test_init_with_another_root_expiry_signs_a_new_root_into_keydir(
@@ -235,6 +239,12 @@ def test_second_channel_merges_into_custom_channels(keydir: Path, tmp_path: Path
     assert target is not None
     assert target.custom["channels"] == ["beta", "stable"]
     assert (repo / "apt/dists/beta/InRelease").is_file()
+    # every channel's Release follows the newest targets expiry
+    timestamp = load(repo / "metadata/timestamp.json").signed
+    snapshot = load(repo / f"metadata/{timestamp.snapshot_meta.version}.snapshot.json").signed
+    targets = load(repo / f"metadata/{snapshot.meta['targets.json'].version}.targets.json").signed
+    for channel in ("stable", "beta"):
+        assert release_valid_until(repo, channel) == targets.expires
     assert "aliyun-assist" in (repo / "apt/dists/beta/main/binary-amd64/Packages").read_text()
 
 
@@ -510,3 +520,29 @@ def test_bootstrap_templates_get_the_repository_fingerprints(
     assert text == f"KEY={gpg_fingerprint(published.keys)}\nMIRROR=@MIRROR_URL@\n"
     assert os.access(repo / "bootstrap/bootstrap.sh", os.X_OK)
     assert not (repo / "bootstrap/bootstrap.ps1").exists()  # no template, nothing written
+
+
+def test_republishing_re_signs_only_a_timestamp_past_half_its_lifetime(
+    keydir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {"timestamp": datetime.timedelta(seconds=4)})
+    tarball = build_tarball(tmp_path, "1.0.0")
+    publish_artifacts(repo, keydir, [tarball])
+    before = metadata_files(repo)
+    publish_artifacts(repo, keydir, [tarball])
+    assert metadata_files(repo) == before  # fresh: nothing to do
+    expires = Metadata.from_bytes(before["timestamp.json"]).signed.expires
+    time.sleep(max(0.0, (expires - utcnow()).total_seconds() - 1.0))  # < half of 4 s left
+    publish_artifacts(repo, keydir, [tarball])
+    after = metadata_files(repo)
+    assert set(after) == set(before)  # no new snapshot or targets version
+    assert {k: v for k, v in after.items() if k != "timestamp.json"} == {
+        k: v for k, v in before.items() if k != "timestamp.json"
+    }
+    old, new = (Metadata.from_bytes(m["timestamp.json"]).signed for m in (before, after))
+    assert new.version == old.version + 1 and new.expires > old.expires
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", keydir / "root.json", server.url)
+        updater.refresh()
+        assert updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
