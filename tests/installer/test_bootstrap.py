@@ -1,0 +1,164 @@
+"""bootstrap.sh for real: a throw-away copy of this Debian 12 host (overlayfs over /, in its own
+mount namespace) with NO network but loopback (its own network namespace), where the only
+reachable thing is a loopback HTTP server over a repository built and published by
+assist-pkgbuild. The host is untouched: every write lands in the overlay's upper directory.
+
+Why not debootstrap: the local apt cache lacks the essential packages of a minbase root (libc6,
+coreutils, …) and /dev nodes cannot be made there; the overlay copy is the same Debian userland.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from assistrelease import build, init_repo, keygen, publish
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO_ROOT / "installer" / "bootstrap.sh"
+
+
+def _can_isolate() -> bool:
+    if not shutil.which("unshare") or not shutil.which("chroot"):
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "-n", "sh", "-c", "mount -t tmpfs t /mnt 2>/dev/null || exit 1"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+pytestmark = [
+    pytest.mark.skipif(not _can_isolate(), reason="needs root with mount+net namespaces"),
+    pytest.mark.xdist_group("bootstrap"),
+]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """keys + a repository with aliyun-assist 1.0.0 as deb and tar.gz."""
+    base = tmp_path_factory.mktemp("bootstrap-release")
+    keys = keygen(base / "keys")
+    artifacts = build(keys, "1.0.0", base / "dist", formats="deb,tar.gz")
+    repo = init_repo(base / "repo", keys)
+    publish(repo, keys, artifacts)
+    yield {"keys": keys, "repo": repo, "base": base}
+
+
+def _fingerprint(keys: Path) -> str:
+    import json
+
+    return str(json.loads((keys / "keys.json").read_text())["gpg_fingerprint"])
+
+
+def _script(release: dict[str, Path], port: int, fingerprint: str | None = None) -> Path:
+    """The repository's bootstrap.sh (written by publish from our template), for this mirror."""
+    published = release["repo"] / "bootstrap" / "bootstrap.sh"
+    use_published = published.is_file() and fingerprint is None
+    text = (published if use_published else TEMPLATE).read_text()
+    text = text.replace("@GPG_FINGERPRINT@", fingerprint or _fingerprint(release["keys"]))
+    text = text.replace("@MIRROR_URL@", f"http://127.0.0.1:{port}/").replace("@CHANNEL@", "stable")
+    out = release["base"] / f"bootstrap-{port}.sh"
+    out.write_text(text)
+    return out
+
+
+def _isolated(
+    tmp_path: Path, repo: Path, script: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run `script` as root in an overlay copy of / with loopback-only networking."""
+    upper, work, merged = (tmp_path / n for n in ("upper", "work", "merged"))
+    for d in (upper, work, merged):
+        d.mkdir()
+    outer = f"""
+set -e
+ip link set lo up 2>/dev/null || true
+mount -t overlay overlay -o lowerdir=/,upperdir={upper},workdir={work} {merged}
+mount -t proc proc {merged}/proc
+mount --rbind /dev {merged}/dev
+exec chroot {merged} /bin/sh -c '
+cd /
+/usr/bin/python3 -m http.server 18080 --bind 127.0.0.1 -d {repo} >/dev/null 2>&1 &
+i=0; while ! /usr/bin/python3 -c "import socket; socket.create_connection((\\"127.0.0.1\\", 18080), 1)" 2>/dev/null; do i=$((i+1)); [ $i -lt 50 ] || exit 97; sleep 0.1; done
+{script}
+'
+"""
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+    }
+    proc = subprocess.run(
+        ["unshare", "-m", "-n", "sh", "-c", outer],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+    return proc, upper
+
+
+def test_bootstrap_installs_agent_through_apt_with_pinned_key(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
+    script = _script(release, 18080)
+    proc, upper = _isolated(
+        tmp_path,
+        release["repo"],
+        f"ASSIST_NO_START=1 sh {script} && dpkg-query -W -f=\\${{Version}} aliyun-assist && "
+        "readlink /usr/local/share/aliyun-assist/current",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1.0.0" in proc.stdout and "versions/1.0.0" in proc.stdout
+    # left behind in the VM copy: our apt source with signed-by, the key, the installed payload
+    source = (upper / "etc/apt/sources.list.d/aliyun-assist.list").read_text()
+    assert "signed-by=/usr/share/keyrings/aliyun-assist-archive-keyring.gpg" in source
+    assert "http://127.0.0.1:18080/apt stable main" in source
+    assert (upper / "usr/local/share/aliyun-assist/versions/1.0.0/bin/assist-agent").is_file()
+    assert "Package: aliyun-assist" in (upper / "var/lib/dpkg/status").read_text()
+    # and the host itself is untouched
+    assert not Path("/etc/apt/sources.list.d/aliyun-assist.list").exists()
+
+
+def test_bootstrap_refuses_a_key_that_is_not_the_pinned_one(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
+    script = _script(release, 18080, fingerprint="0" * 40)
+    proc, upper = _isolated(tmp_path, release["repo"], f"sh {script}")
+    assert proc.returncode != 0
+    assert "pinned" in proc.stderr
+    assert not (upper / "etc/apt/sources.list.d/aliyun-assist.list").exists()
+    assert not (upper / "usr/local/share/aliyun-assist").exists()
+
+
+def test_bootstrap_tarball_fallback_checks_sha256(release: dict[str, Path], tmp_path: Path) -> None:
+    script = _script(release, 18080)
+    proc, upper = _isolated(
+        tmp_path,
+        release["repo"],
+        f"ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist && "
+        "cat /opt/assist/current/VERSION",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("1.0.0")
+    assert (upper / "opt/assist/versions/1.0.0/share/root.json").is_file()
+    assert (upper / "etc/init.d/aliyun-assist").is_file()
+    assert 'PREFIX="/opt/assist"' in (upper / "etc/init.d/aliyun-assist").read_text()
+
+
+def test_bootstrap_tarball_refuses_wrong_pinned_sha256(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
+    script = _script(release, 18080)
+    proc, upper = _isolated(
+        tmp_path,
+        release["repo"],
+        f"sh {script} --method tarball --prefix /opt/assist --sha256 {'ab' * 32}",
+    )
+    assert proc.returncode != 0 and "differs" in proc.stderr
+    assert not (upper / "opt/assist").exists()
