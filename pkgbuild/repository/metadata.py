@@ -126,6 +126,15 @@ def root_matches_keys(root: Root, keys: Path) -> bool:
     return True
 
 
+def require_repository_keys(root: Root, keys: Path) -> None:
+    """Refuse a key directory that does not hold exactly the keys the current root lists."""
+    if not root_matches_keys(root, keys):
+        raise ConfigError(
+            f"{keys} does not hold this repository's current keys",
+            hint="use the key directory the repository was initialised (or last rotated) with",
+        )
+
+
 def to_bytes(md: Metadata[T]) -> bytes:
     """Canonical on-disk form (indented JSON)."""
     return md.to_bytes(SERIALIZER)

@@ -40,6 +40,7 @@ from pkgbuild.repository.metadata import (
     load_metadata,
     metadata_dir,
     refresh_chain,
+    require_repository_keys,
     root_matches_keys,
     same_targets,
     stored_target_path,
@@ -128,6 +129,7 @@ def publish_artifacts(
     with repo_lock(repo):
         state = load_state(repo)
         current = load_metadata(repo)
+        require_repository_keys(current.root.signed, keys)
         targets = dict(current.targets.signed.targets)
         for info, path in identified:
             targets[info.target_path] = merge_target(
@@ -190,6 +192,7 @@ def yank_version(
     with repo_lock(repo):
         state = load_state(repo)
         current = load_metadata(repo)
+        require_repository_keys(current.root.signed, keys)
         targets = dict(current.targets.signed.targets)
         yanked = []
         for path, target in sorted(targets.items()):

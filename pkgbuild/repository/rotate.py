@@ -26,7 +26,7 @@ from pkgbuild.repository.layout import ROLES, load_state, repo_lock
 from pkgbuild.repository.metadata import (
     commit_chain,
     load_metadata,
-    root_matches_keys,
+    require_repository_keys,
     to_bytes,
     utcnow,
     write_root,
@@ -45,12 +45,7 @@ def rotate_key(repo: Path, keys: Path, role: str) -> None:
     with repo_lock(repo):
         state = load_state(repo)
         current = load_metadata(repo)
-        if not root_matches_keys(current.root.signed, keys):
-            raise ConfigError(
-                "the key directory does not hold this repository's current keys",
-                hint="use the key directory the repository was published with "
-                "(finish an interrupted rotation by renaming tuf/*.new to their final names)",
-            )
+        require_repository_keys(current.root.signed, keys)
         names = list(load_keys_json(keys)["roles"][role]["keys"])
         new_keys = {name: ed25519.Ed25519PrivateKey.generate() for name in names}
         stage_new_keys(keys, new_keys)

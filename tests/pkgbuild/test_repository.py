@@ -479,8 +479,10 @@ def test_rotate_refuses_unknown_roles_and_foreign_key_directories(
         rotate_key(repo, keydir, "mirror")
     with pytest.raises(ConfigError, match="current keys"):
         rotate_key(repo, other_keydir, "targets")
-    with pytest.raises(ConfigError, match="not a targets key"):
+    with pytest.raises(ConfigError, match="current keys"):
         publish_artifacts(repo, other_keydir, [build_tarball(tmp_path, "1.0.0")])
+    with pytest.raises(ConfigError, match="current keys"):
+        yank_version(repo, other_keydir, "aliyun-assist", "1.0.0")
     assert metadata_files(repo) == before
     assert not list((other_keydir / "tuf").glob("*.new"))
 
