@@ -197,7 +197,12 @@ class Updater:
         ensure_free_space(self.layout.prefix, 3 * int(getattr(target, "length", 0)))
         before = jr.load_journal(self.layout.state_dir)
         journal = jr.begin(
-            before, current or "", version, str(getattr(target, "path", "")), s.format
+            before,
+            current or "",
+            version,
+            str(getattr(target, "path", "")),
+            s.format,
+            previous_version=read_pointer(self.layout, "previous") or "",
         )
         self._save(journal)
         try:
@@ -275,6 +280,7 @@ class Updater:
         self._save(journal)
         if old:
             point(self.layout, "current", old)
+        restore_previous(self.layout, journal.previous_version)
         blocklist = record_failure(
             load_blocklist(self.layout.state_dir), journal.to_version, self.settings.max_failures
         )
@@ -304,6 +310,12 @@ class Updater:
             self.layout.state_dir / LAST_RESULT_FILE,
             {"result": result, "version": version, "reason": reason, "time": jr.now_iso()},
         )
+
+
+def restore_previous(layout: Layout, version: str) -> None:
+    """After a rollback, `previous` points where it did before the attempt."""
+    if version and layout.version_dir(version).is_dir():
+        point(layout, "previous", version)
 
 
 def prune_versions(layout: Layout, keep: int) -> list[str]:

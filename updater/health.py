@@ -68,9 +68,15 @@ def wait_healthy(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     poll: float = 0.1,
+    grace: float = 2.0,
 ) -> tuple[bool, str]:
-    """Wait for the agent of `version` to report and stay alive; returns (ok, reason)."""
-    deadline = clock() + timeout
+    """Wait for the agent of `version` to report and stay alive; returns (ok, reason).
+
+    An agent whose process is gone before it reported (after `grace` seconds) fails at once
+    rather than at the end of the timeout.
+    """
+    start = clock()
+    deadline = start + timeout
     healthy_since: float | None = None
     while True:
         verdict = judge_health(read_health(path), version, not_before, alive)
@@ -82,6 +88,8 @@ def wait_healthy(
             return False, f"agent {version} died after it started"
         elif verdict == WRONG_VERSION:
             pass  # the old agent may still be shutting down
+        if healthy_since is None and clock() - start > grace and service_pid() is None:
+            return False, f"agent {version} exited before it reported health"
         if healthy_since is None and clock() > deadline:
             pid = service_pid()
             state = "not running" if pid is None else f"pid {pid} running but silent"

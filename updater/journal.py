@@ -79,6 +79,7 @@ class Journal:
     updated: str = ""  # ISO time of the last transition
     error: str = ""  # why it was aborted or rolled back
     rollback_to: str = ""  # version `current` goes back to, set on entering rolling_back
+    previous_version: str = ""  # what `previous` pointed at before the attempt
     history: tuple[str, ...] = field(default_factory=tuple)  # phases passed, in order
 
     @property
@@ -96,7 +97,14 @@ def can_transition(current: str, new: str) -> bool:
     return new in _NEXT.get(current, frozenset())
 
 
-def begin(journal: Journal, from_version: str, to_version: str, target: str, fmt: str) -> Journal:
+def begin(
+    journal: Journal,
+    from_version: str,
+    to_version: str,
+    target: str,
+    fmt: str,
+    previous_version: str = "",
+) -> Journal:
     """Start a new attempt: only from a finished journal."""
     if not journal.finished:
         raise LocalStateError(
@@ -110,6 +118,7 @@ def begin(journal: Journal, from_version: str, to_version: str, target: str, fmt
         to_version=to_version,
         target=target,
         format=fmt,
+        previous_version=previous_version,
         started=stamp,
         updated=stamp,
         history=(DOWNLOADING,),

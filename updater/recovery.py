@@ -90,6 +90,8 @@ def recover_locked(layout: Layout, service: ServiceManager | None, *, max_failur
             )
             _save(layout, journal)
         _point_back(layout, journal.rollback_to)
+        if journal.previous_version and is_runnable(layout, journal.previous_version):
+            point(layout, "previous", journal.previous_version)
         _save(layout, jr.advance(journal, jr.ROLLED_BACK))
         _restart(service)
         result = "rolled_back"

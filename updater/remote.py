@@ -80,4 +80,5 @@ def open_repository(
             "no TUF trust root (root.json) found",
             hint="pass --trust-root FILE (the repository's initial root.json)",
         )
-    return TrustedRepository(fetcher, layout.tuf_dir, trust_root=root, cache_dir=layout.cache_dir)
+    repo = TrustedRepository(fetcher, layout.tuf_dir, trust_root=root, cache_dir=layout.cache_dir)
+    return repo, ranked
