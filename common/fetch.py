@@ -20,6 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -33,6 +34,7 @@ from common.errors import (
     AssistError,
     ConfigError,
     DownloadError,
+    LocalStateError,
     NotFoundError,
     VerificationError,
 )
@@ -102,13 +104,20 @@ class _Transfer:
 
 
 class _PartFile:
-    """The `.part` file of a download and the sha256 of its content so far."""
+    """The `.part` file of a download and the sha256 of its content so far.
+
+    Writing and hashing a chunk happen on a worker thread while the caller reads the next one
+    from the socket (hashlib and file writes release the GIL); at most one chunk is in flight,
+    so order is kept and memory stays at two chunks.
+    """
 
     def __init__(self, path: Path, cap: int | None) -> None:
         self.path = path
         self.handle: IO[bytes] = open(path, "a+b")  # noqa: SIM115 - closed in close()
         self.hasher = hashlib.sha256()
         self.size = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-write")
+        self._pending: Future[None] | None = None
         if cap is not None and os.fstat(self.handle.fileno()).st_size > cap:
             self.handle.truncate(0)
         self._rehash()
@@ -123,13 +132,29 @@ class _PartFile:
             log.info("resuming %s at %d bytes", self.path.name, self.size)
 
     def write(self, chunk: bytes) -> None:
-        """Append and hash one chunk."""
+        """Append and hash one chunk (in the background; errors surface on the next call)."""
+        self.wait()
+        self._pending = self._worker.submit(self._append, chunk)
+        self.size += len(chunk)
+
+    def _append(self, chunk: bytes) -> None:
         self.handle.write(chunk)
         self.hasher.update(chunk)
-        self.size += len(chunk)
+
+    def wait(self) -> None:
+        """Let the chunk in flight land; re-raise its error (disk full…)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def digest(self) -> str:
+        """sha256 hex of everything written."""
+        self.wait()
+        return self.hasher.hexdigest()
 
     def restart(self) -> None:
         """Forget everything held so far."""
+        self.wait()
         self.handle.seek(0)
         self.handle.truncate(0)
         self.hasher = hashlib.sha256()
@@ -137,12 +162,16 @@ class _PartFile:
 
     def finish(self) -> None:
         """Flush to disk and close."""
+        self.wait()
         self.handle.flush()
         os.fsync(self.handle.fileno())
-        self.handle.close()
+        self.close()
 
     def close(self) -> None:
         """Close without syncing (the .part stays for a later resume)."""
+        with contextlib.suppress(Exception):
+            self.wait()
+        self._worker.shutdown(wait=True)
         self.handle.close()
 
 
@@ -209,10 +238,15 @@ class Fetcher:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
             raise
+        except OSError as exc:  # transport errors never get here: this is the local disk
+            sink.close()
+            raise LocalStateError(
+                f"cannot write {part}: {exc}", hint="check free space and permissions"
+            ) from exc
         except BaseException:
             sink.close()
             raise
-        digest = sink.hasher.hexdigest()
+        digest = sink.digest()
         length = sink.size
         sink.finish()
         os.replace(part, dest)
@@ -247,7 +281,7 @@ class Fetcher:
                 for chunk in self._stream(transfer, excluded):
                     sink.write(chunk)
                     bar.update(len(chunk))
-                problem = check_content(sink.size, sink.hasher, expected_length, expected_sha256)
+                problem = check_content(sink.size, sink.digest(), expected_length, expected_sha256)
                 if problem is None:
                     return transfer.mirror
                 log.warning("%s: %s (from %s)", path, problem, ", ".join(sorted(transfer.served)))
@@ -407,6 +441,10 @@ def read_chunk(response: requests.Response, amount: int) -> tuple[bytes, str | N
     """Read up to `amount` body bytes; on a transport error return what came and the error."""
     buffer = bytearray()
     try:
+        first = response.raw.read1(amount, decode_content=False)
+        if len(first) == amount or not first:
+            return first, None  # the usual case: one read, no copy
+        buffer += first
         while len(buffer) < amount:
             piece = response.raw.read1(amount - len(buffer), decode_content=False)
             if not piece:
@@ -447,13 +485,13 @@ def check_cap(total: int, transfer: _Transfer) -> None:
 
 
 def check_content(
-    length: int, hasher: hashlib._Hash, expected_length: int | None, expected_sha256: str | None
+    length: int, digest: str, expected_length: int | None, expected_sha256: str | None
 ) -> str | None:
     """Say what is wrong with a finished download, or None if it matches."""
     if expected_length is not None and length != expected_length:
         return f"length {length} != expected {expected_length}"
-    if expected_sha256 is not None and hasher.hexdigest() != expected_sha256.lower():
-        return f"sha256 {hasher.hexdigest()} != expected {expected_sha256.lower()}"
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        return f"sha256 {digest} != expected {expected_sha256.lower()}"
     return None
 
 
