@@ -76,5 +76,5 @@ def build_deb(stage: Stage, dest: Path) -> Path:
         script = debian / name
         script.write_text(text, encoding="utf-8")
         script.chmod(0o755)
-    run_tool(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(dest)])
+    run_tool(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z6", "--build", str(root), str(dest)])
     return dest

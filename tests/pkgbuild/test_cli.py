@@ -165,3 +165,53 @@ def test_build_with_empty_wheel_cache_names_the_fix(keydir: Path, tmp_path: Path
     assert proc.stderr.count("\n") == 1
     assert "make wheels" in proc.stderr and "--no-vendor" in proc.stderr
     assert not list((tmp_path / "dist").glob("*"))
+
+
+def test_verbose_before_the_subcommand_is_kept(keydir: Path, tmp_path: Path) -> None:
+    proc = run(
+        "-v", "build", "--version", "1.0.0", "--keys", str(keydir), "--formats", "tar.gz",
+        "--out", str(tmp_path), "--no-vendor",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "INFO pkgbuild" in proc.stderr
+
+
+def test_repository_commands_are_wired(tmp_path: Path) -> None:
+    """keygen → build → init → publish → yank → rotate-key through the console script."""
+    keys, repo, dist = tmp_path / "keys", tmp_path / "repo", tmp_path / "dist"
+    try:
+        assert run("keygen", "--out", str(keys)).returncode == 0
+        built = run(
+            "build", "--version", "1.0.0", "--keys", str(keys), "--formats", "tar.gz",
+            "--out", str(dist), "--no-vendor", "--json",
+        )  # fmt: skip
+        artifact = json.loads(built.stdout)[0]["path"]
+        init = run("init", "--repo", str(repo), "--keys", str(keys), "--expires", "timestamp=2d")
+        assert init.returncode == 0, init.stderr
+        published = run("publish", "--repo", str(repo), "--keys", str(keys), artifact)
+        assert published.returncode == 0, published.stderr
+        target = "aliyun-assist/1.0.0/aliyun-assist-1.0.0-linux-x86_64.tar.gz"
+        assert published.stdout.split() == [target]
+        timestamp = json.loads((repo / "metadata/timestamp.json").read_text())["signed"]
+        expires = datetime.datetime.fromisoformat(timestamp["expires"].replace("Z", "+00:00"))
+        left = expires - datetime.datetime.now(datetime.timezone.utc)
+        assert datetime.timedelta(days=1) < left <= datetime.timedelta(days=2)
+        yanked = run(
+            "yank", "--repo", str(repo), "--keys", str(keys), "--package", "aliyun-assist",
+            "--version", "1.0.0", "--json",
+        )  # fmt: skip
+        assert yanked.returncode == 0, yanked.stderr
+        assert json.loads(yanked.stdout) == [target]
+        rotated = run("rotate-key", "--repo", str(repo), "--keys", str(keys), "--role", "timestamp")
+        assert rotated.returncode == 0, rotated.stderr
+        assert (repo / "metadata/2.root.json").is_file()
+        bad = run("rotate-key", "--repo", str(repo), "--keys", str(keys), "--role", "admin")
+        assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    finally:
+        stop_gpg_agent(keys)
+
+
+def test_publish_to_missing_repository_is_one_line(keydir: Path, tmp_path: Path) -> None:
+    proc = run("publish", "--repo", str(tmp_path / "none"), "--keys", str(keydir), "x.deb")
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
