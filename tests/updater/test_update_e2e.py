@@ -1,0 +1,161 @@
+"""End to end over loopback with real releases (assist-pkgbuild keygen/build/init/publish), the
+real console scripts as subprocesses, TUF verification and real agent processes:
+
+install agent 1.0.0 from a repository whose internet mirror is unreachable and whose regional
+mirror is up (it picks the regional one) → `assist-update apply` → 1.1.0, healthy → a broken
+1.2.0 (built with --source from a copy whose agent exits at start) → exit 3, back on 1.1.0; a
+second failure blocklists it and a third apply is refused (exit 4) → `status --json` tells it all.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from assistrelease import broken_source, build, init_repo, keygen, publish
+from httpserver import StaticServer
+
+from common.service import ProcessManager
+
+pytestmark = pytest.mark.xdist_group("update-e2e")
+
+
+def closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+def run_cli(module: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run one of our console scripts (python -m MODULE) the way an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Keys, artifacts 1.0.0, 1.1.0 and a broken 1.2.0 (tar.gz), a repo with 1.0.0 + 1.1.0."""
+    base = tmp_path_factory.mktemp("release")
+    keys = keygen(base / "keys")
+    good = build(keys, "1.0.0", base / "dist") + build(keys, "1.1.0", base / "dist")
+    broken = build(keys, "1.2.0", base / "broken", source=broken_source(base / "broken-src"))
+    repo = init_repo(base / "www" / "cn-test", keys)
+    publish(repo, keys, good)
+    return {"keys": keys, "repo": repo, "www": base / "www", "broken": broken, "base": base}
+
+
+@pytest.fixture
+def world(
+    release: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
+    """A regional mirror on loopback, an unreachable internet origin, and a prefix configured so."""
+    from agent.identity import Identity, generate_key, save_identity
+
+    monkeypatch.setenv("ALIYUN_ASSIST_PYTHON", sys.executable)  # --no-vendor payloads
+    monkeypatch.setenv("ALIYUN_ASSIST_REGION", "cn-test")
+    prefix = tmp_path / "prefix"
+    dead = f"http://127.0.0.1:{closed_port()}/"
+    with StaticServer(release["www"]) as mirror:
+        (prefix / "config").mkdir(parents=True)
+        (prefix / "config" / "assist.toml").write_text(
+            "[mirror]\n"
+            f'intranet_template = "{mirror.url}{{region}}/"\n'
+            f'internet_origin = "{dead}"\n'
+            'metadata_url = ""\n'
+            "probe_timeout = 2.0\n"
+            "[update]\n"
+            'service = "process"\n'
+            "health_timeout = 30.0\n"
+            "settle = 1.0\n"
+        )
+        save_identity(prefix / "state", Identity("mi-e2e", generate_key(), dead))
+        try:
+            yield {
+                "prefix": prefix,
+                "mirror": mirror,
+                "regional": f"{mirror.url}cn-test/",
+                "internet": dead,
+            }
+        finally:
+            ProcessManager(prefix, stop_timeout=5).stop()
+
+
+def status(prefix: Path) -> dict[str, Any]:
+    proc = run_cli("updater.cli", "status", "--prefix", str(prefix), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_install_update_broken_update_rollback_blocklist(
+    release: dict[str, Any], world: dict[str, Any]
+) -> None:
+    prefix = world["prefix"]
+    keys = release["keys"]
+    # 1. first install of 1.0.0 from the regional mirror (internet unreachable)
+    proc = run_cli(
+        "installer.cli",
+        "agent",
+        "--prefix",
+        str(prefix),
+        "--version",
+        "1.0.0",
+        "--service",
+        "process",
+        "--trust-root",
+        str(keys / "root.json"),
+        "--health-timeout",
+        "30",
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    installed = json.loads(proc.stdout)
+    assert installed["version"] == "1.0.0" and installed["healthy"] is True
+    assert installed["mirror"] == world["regional"]
+    assert world["internet"] not in installed["mirrors"]
+    st = status(prefix)
+    assert st["current"] == "1.0.0" and st["health"]["version"] == "1.0.0"
+    assert st["health"]["running"]
+
+    # 2. apply: 1.1.0, healthy
+    proc = run_cli("updater.cli", "apply", "--prefix", str(prefix))
+    assert proc.returncode == 0, proc.stderr
+    st = status(prefix)
+    assert (st["current"], st["previous"]) == ("1.1.0", "1.0.0")
+    assert st["journal"]["phase"] == "committed"
+    assert st["health"]["version"] == "1.1.0" and st["health"]["running"]
+
+    # 3. broken 1.2.0 published: exit 3, back on 1.1.0 (running, healthy), failure counted
+    publish(release["repo"], keys, release["broken"])
+    proc = run_cli("updater.cli", "apply", "--prefix", str(prefix))
+    assert proc.returncode == 3, proc.stderr
+    assert "rolled back" in proc.stderr
+    st = status(prefix)
+    assert (st["current"], st["previous"]) == ("1.1.0", "1.0.0")
+    assert st["journal"]["phase"] == "rolled_back" and st["journal"]["to_version"] == "1.2.0"
+    assert st["health"]["version"] == "1.1.0" and st["health"]["running"]
+    assert st["blocklist"] == {"failures": {"1.2.0": 1}, "blocked": []}
+
+    # 4. a second failure blocklists 1.2.0; then apply refuses (exit 4) and check says up to date
+    assert run_cli("updater.cli", "apply", "--prefix", str(prefix)).returncode == 3
+    proc = run_cli("updater.cli", "apply", "--prefix", str(prefix))
+    assert proc.returncode == 4 and "blocklisted" in proc.stderr
+    proc = run_cli("updater.cli", "check", "--prefix", str(prefix), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["update_available"] is False
+    st = status(prefix)
+    assert st["current"] == "1.1.0" and st["blocklist"]["blocked"] == ["1.2.0"]
+    assert st["last_update"]["result"] == "refused"
+    assert st["health"]["running"] and st["health"]["version"] == "1.1.0"
+    assert sorted(st["installed"]) == ["1.0.0", "1.1.0", "1.2.0"]
