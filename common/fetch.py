@@ -289,8 +289,9 @@ class Fetcher:
                 if stale_part:  # the old .part is the first suspect: start over everywhere
                     stale_part = False
                     continue
+                blamed = transfer.served - excluded
                 excluded |= transfer.served
-                if not [m for m in self.mirrors if m not in excluded]:
+                if not blamed or not [m for m in self.mirrors if m not in excluded]:
                     raise VerificationError(
                         f"{path}: {problem} on every mirror",
                         hint="the mirrors serve content that does not match the signed metadata: "
@@ -311,6 +312,8 @@ class Fetcher:
                 before = transfer.offset
                 try:
                     yield from self._stream_from(mirror, transfer)
+                    transfer.mirror = transfer.mirror or mirror
+                    transfer.served.add(mirror)  # even an empty body came from somewhere
                     return
                 except _MirrorFailed as exc:
                     errors[mirror] = exc

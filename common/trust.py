@@ -58,7 +58,9 @@ REPOSITORY_HINT = (
 RPM_KEY = "RPM-GPG-KEY-assist"
 AUTHENTICODE_CERT = "authenticode.crt"
 _TOOL_TIMEOUT = 120.0  # seconds for rpmkeys / osslsigncode
-_RPM_SIGNATURE = re.compile(r"Signature, key ID ([0-9a-fA-F]+): OK$")
+# rpm <= 4.19: "Header V4 RSA/SHA256 Signature, key ID 1a2b3c4d: OK"; newer ones may print a
+# fingerprint instead of the short id: both end with the key's last 8 hex digits.
+_RPM_SIGNATURE = re.compile(r"[Ss]ignature, key (?:ID|fingerprint):? ([0-9a-fA-F]+): OK$")
 
 
 @dataclass(frozen=True)
@@ -481,7 +483,10 @@ def rpm_signature_problem(returncode: int, output: str, key_ids: set[str]) -> st
     signers = {m.group(1).lower() for line in lines if (m := _RPM_SIGNATURE.search(line))}
     if not signers:
         return "the package is not signed"
-    if key_ids and not any(s[-8:] in key_ids for s in signers):
+    pinned = {key[-8:].lower() for key in key_ids}
+    if not pinned:
+        return "the pinned key could not be read back from the rpm database"
+    if not any(s[-8:] in pinned for s in signers):
         return f"signed by key {', '.join(sorted(signers))}, not the pinned key"
     if not any(line.startswith("Payload SHA256 digest: OK") for line in lines):
         return "no payload digest in the signed header"

@@ -295,6 +295,20 @@ def test_mirror_stalling_mid_body_fails_over_with_range(
     assert dest.read_bytes() == PAYLOAD
 
 
+@pytest.mark.parametrize("api", ["stream", "fetch_bytes"])
+def test_failover_to_a_mirror_ignoring_range_keeps_the_body_whole(
+    servers: list[StaticServer], release: threading.Event, api: str
+) -> None:
+    servers[0].hook = stall_after(256 * 1024, release)
+    servers[1].hook = serve_bytes(PAYLOAD)  # 200 with the whole body despite Range
+    fetcher = fetcher_for(servers[0].url, servers[1].url, read_timeout=0.5)
+    if api == "stream":
+        body = b"".join(fetcher.stream(NAME, max_length=len(PAYLOAD)))
+    else:
+        body = fetcher.fetch_bytes(NAME, len(PAYLOAD))
+    assert body == PAYLOAD
+
+
 def test_refused_connection_fails_over(servers: list[StaticServer], tmp_path: Path) -> None:
     dead = closed_port_url()
     result = fetcher_for(dead, servers[0].url).download(NAME, tmp_path / "f", expected_sha256=SHA)
@@ -351,6 +365,17 @@ def test_wrong_content_is_refused_and_removed(static_server: StaticServer, tmp_p
         fetcher_for(static_server.url).download(
             NAME, dest, expected_length=len(PAYLOAD), expected_sha256=SHA
         )
+    assert_nothing_left(dest)
+
+
+def test_empty_file_with_wrong_hash_fails_once_per_mirror(
+    servers: list[StaticServer], www: Path, tmp_path: Path
+) -> None:
+    (www / "empty.bin").write_bytes(b"")
+    dest = tmp_path / "empty.bin"
+    with pytest.raises(VerificationError):
+        fetcher_for(*(s.url for s in servers)).download("empty.bin", dest, expected_sha256=SHA)
+    assert servers[0].requests == ["/empty.bin"] and servers[1].requests == ["/empty.bin"]
     assert_nothing_left(dest)
 
 
