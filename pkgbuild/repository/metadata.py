@@ -227,6 +227,19 @@ def is_stale(expires: datetime.datetime, lifetime: datetime.timedelta) -> bool:
     return expires - utcnow() < lifetime / 2
 
 
+def refresh_root(repo: Path, keys: Path, state: RepoState, current: RepoMetadata) -> RepoMetadata:
+    """Publish root N+1 (same keys, new expiry) when root is past half its lifetime."""
+    if not is_stale(current.root.signed.expires, state.expires["root"]):
+        return current
+    root: Metadata[Root] = Metadata.from_bytes(to_bytes(current.root))
+    root.signed.version += 1
+    root.signed.expires = utcnow() + state.expires["root"]
+    sign_role(root, "root", current.root.signed, load_tuf_signers(keys, "root"))
+    write_root(repo, root)
+    log.info("re-signed root as version %d", root.signed.version)
+    return RepoMetadata(root, current.targets, current.snapshot, current.timestamp)
+
+
 def refresh_chain(repo: Path, keys: Path, state: RepoState, current: RepoMetadata) -> RepoMetadata:
     """Re-sign the roles that are past half their lifetime (and those above them); else no-op."""
     if is_stale(current.targets.signed.expires, state.expires["targets"]):

@@ -40,6 +40,7 @@ from pkgbuild.repository.metadata import (
     load_metadata,
     metadata_dir,
     refresh_chain,
+    refresh_root,
     require_repository_keys,
     root_matches_keys,
     same_targets,
@@ -137,6 +138,7 @@ def publish_artifacts(
             )
         for info, path in identified:
             store_artifact(repo, targets[info.target_path], path)
+        current = refresh_root(repo, keys, state, current)
         if not same_targets(targets, current.targets.signed.targets):
             current = commit_chain(repo, keys, state, current.root, targets, current)
         else:

@@ -548,3 +548,26 @@ def test_republishing_re_signs_only_a_timestamp_past_half_its_lifetime(
         updater = tuf_updater(tmp_path / "client", keydir / "root.json", server.url)
         updater.refresh()
         assert updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
+
+
+def test_root_past_half_its_lifetime_is_re_signed_and_followed_by_the_client(
+    fresh_keys: object, tmp_path: Path
+) -> None:
+    keys = fresh_keys()  # type: ignore[operator]
+    repo = tmp_path / "repo"
+    init_repository(repo, keys, {"root": datetime.timedelta(seconds=6)})
+    anchor = tmp_path / "anchor.json"
+    shutil.copyfile(keys / "root.json", anchor)  # init signed a 6 s root into KEYDIR
+    tarball = build_tarball(tmp_path, "1.0.0")
+    expires = load(repo / "metadata/1.root.json").signed.expires
+    time.sleep(max(0.0, (expires - utcnow()).total_seconds() - 2.0))  # < half of 6 s left
+    publish_artifacts(repo, keys, [tarball])
+    root2 = load(repo / "metadata/2.root.json").signed
+    assert root2.expires > expires
+    assert root2.roles == load(repo / "metadata/1.root.json").signed.roles  # same keys
+    time.sleep(max(0.0, (expires - utcnow()).total_seconds() + 0.5))  # the anchor has expired
+    with StaticServer(repo) as server:
+        updater = tuf_updater(tmp_path / "client", anchor, server.url)
+        updater.refresh()
+        assert updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
+    assert load(tmp_path / "client/metadata/root.json").signed.version == 2
