@@ -22,7 +22,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization.json import JSONSerializer
 
-from common.atomic import atomic_write_bytes, atomic_write_json
+from common.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
 from common.errors import ConfigError, LocalStateError, ToolError, UsageError
 
 log = logging.getLogger(__name__)
@@ -52,11 +54,34 @@ _PRIVATE = 0o600
 
 
 def generate_keys(out: Path, thresholds: dict[str, int] | None = None) -> dict[str, Any]:
-    """Create a fresh KEYDIR at `out` and return its keys.json content."""
+    """Create a fresh KEYDIR at `out` and return its keys.json content.
+
+    Keys are made in a temporary sibling directory that is renamed into place at the end, so a
+    failure never leaves a half-made KEYDIR behind.
+    """
     out = Path(out)
     counts = _resolve_thresholds(thresholds)
     _refuse_existing(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.keygen-", dir=out.parent))
+    try:
+        content = _generate_into(work, counts)
+        stop_gpg_agent(work)  # its sockets live in the temporary GNUPGHOME
+        if out.exists():
+            out.rmdir()  # empty (checked above); a non-empty one makes this fail loudly
+        work.chmod(0o755)
+        os.rename(work, out)
+    except BaseException:
+        stop_gpg_agent(work)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
+    log.info("generated release keys in %s (gpg %s)", out, content["gpg_fingerprint"])
+    return content
+
+
+def _generate_into(out: Path, counts: dict[str, int]) -> dict[str, Any]:
+    """Write every key, keys.json and root.json into the (empty) directory `out`."""
     for sub in ("tuf", "public", "authenticode"):
         (out / sub).mkdir(exist_ok=True)
     (out / "authenticode").chmod(0o700)
@@ -82,7 +107,6 @@ def generate_keys(out: Path, thresholds: dict[str, int] | None = None) -> dict[s
     }
     atomic_write_json(out / "keys.json", content)
     write_root(out, DEFAULT_ROOT_EXPIRY)
-    log.info("generated release keys in %s (gpg %s)", out, fingerprint)
     return content
 
 
@@ -297,11 +321,16 @@ def gpg_fingerprint(keydir: Path) -> str:
 
 def stop_gpg_agent(keydir: Path) -> None:
     """Stop the gpg-agent started for KEYDIR/gpg (it restarts on the next gpg call)."""
-    subprocess.run(
-        ["gpgconf", "--homedir", str(Path(keydir) / "gpg"), "--kill", "gpg-agent"],
-        capture_output=True,
-        check=False,
-    )
+    if not (Path(keydir) / "gpg").is_dir():
+        return
+    try:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(Path(keydir) / "gpg"), "--kill", "gpg-agent"],
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        log.debug("gpgconf unavailable; gpg-agent for %s not stopped", keydir)
 
 
 # --- the trust anchor -------------------------------------------------------------------------

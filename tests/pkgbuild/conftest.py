@@ -1,8 +1,10 @@
 """Shared pkgbuild fixtures: one key directory and one set of built artifacts per session.
 
-`keydir` runs keygen once (root threshold 1). `built_artifacts` builds aliyun-assist 1.0.0 for the
-host arch in all four formats once, with --no-vendor, and returns {format: Path}. Both live under
-tmp_path_factory and are shared read-only: copy before you modify.
+`keydir` runs keygen once (thresholds 1); `other_keydir` is a second, unrelated key set (an
+attacker's); `keydir_factory(thresholds)` makes fresh ones per test. `built_artifacts` builds
+aliyun-assist 1.0.0 for the host arch in all four formats once, with --no-vendor, and returns
+{format: Path}; `artifact_builder(version, formats=…, arch=…, package=…, source=…)` builds and
+memoises any other set. Session-scoped results are shared read-only: copy before you modify.
 """
 
 from __future__ import annotations

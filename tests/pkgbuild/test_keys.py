@@ -18,7 +18,7 @@ from securesystemslib.signer import Signature
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root
 
-from common.errors import LocalStateError, UsageError
+from common.errors import LocalStateError, ToolError, UsageError
 from pkgbuild.keys import (
     generate_keys,
     gpg_env,
@@ -166,3 +166,12 @@ def test_unknown_role_and_bad_threshold_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="threshold"):
         generate_keys(tmp_path / "keys", {"root": 0})
     assert not (tmp_path / "keys").exists()
+
+
+def test_failed_keygen_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no gpg to be found
+    with pytest.raises(ToolError, match="gpg is not installed"):
+        generate_keys(tmp_path / "keys")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -28,7 +28,7 @@ def spec(keydir: Path, **kwargs: object) -> PayloadSpec:
     return PayloadSpec(**values)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("version", ["1.0.0", "2.2.5", "1.0.0rc1", "10.0.1.post2", "1!2.0"[2:]])
+@pytest.mark.parametrize("version", ["1.0.0", "2.2.5", "1.0.0rc1", "10.0.1.post2", "2.0"])
 def test_valid_versions(version: str) -> None:
     assert validate_version(version) == version
 
