@@ -14,6 +14,7 @@ Every failure is a VerificationError with a hint; nothing here trusts a location
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -503,7 +504,12 @@ def verify_authenticode(exe: Path, cert_file: Path) -> None:
             f"cannot read the pinned Authenticode certificate {cert_file}: {exc}",
             hint="the pinned certificate is damaged: reinstall the agent or its keys",
         ) from exc
-    verified = run_tool([tool, "verify", "-in", str(exe), "-CAfile", str(cert_file)])
+    fingerprint = hashlib.sha256(pinned.public_bytes(Encoding.DER)).digest()
+    args = [tool, "verify", "-in", str(exe), "-CAfile", str(cert_file)]
+    args += ["-require-leaf-hash", f"sha256:{fingerprint.hex()}"]
+    if osslsigncode_supports(tool, "-ignore-cdp"):
+        args.append("-ignore-cdp")  # never fetch CRLs from the network: the signer is pinned
+    verified = run_tool(args)
     output = verified.stdout + verified.stderr
     if verified.returncode != 0 or "Signature verification: ok" not in output:
         raise authenticode_error(exe, first_failure(output))
@@ -511,11 +517,17 @@ def verify_authenticode(exe: Path, cert_file: Path) -> None:
     if not serials or serials != {pinned.serial_number}:
         raise authenticode_error(exe, "the signer is not the pinned certificate")
     signers = [c for c in embedded_certificates(tool, exe) if c.serial_number in serials]
-    fingerprint = hashlib.sha256(pinned.public_bytes(Encoding.DER)).digest()
     if not signers or any(
         hashlib.sha256(c.public_bytes(Encoding.DER)).digest() != fingerprint for c in signers
     ):
         raise authenticode_error(exe, "the signer certificate differs from the pinned one")
+
+
+@functools.cache
+def osslsigncode_supports(tool: str, option: str) -> bool:
+    """Whether this osslsigncode knows `option` (older releases lack -ignore-cdp)."""
+    shown = run_tool([tool, "--help"])
+    return option in shown.stdout + shown.stderr
 
 
 def authenticode_error(exe: Path, problem: str) -> VerificationError:
