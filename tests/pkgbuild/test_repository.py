@@ -571,3 +571,31 @@ def test_root_past_half_its_lifetime_is_re_signed_and_followed_by_the_client(
         updater.refresh()
         assert updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
     assert load(tmp_path / "client/metadata/root.json").signed.version == 2
+
+
+def test_yanked_files_leave_the_native_trees_once_no_kept_generation_lists_them(
+    keydir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    for version in ("1.0.0", "1.1.0"):
+        publish_artifacts(
+            repo,
+            keydir,
+            [
+                build_deb(tmp_path / version, version),
+                build_rpm(tmp_path / version, keydir, version),
+            ],
+        )
+    pool_deb = repo / "apt/pool/main/a/aliyun-assist/aliyun-assist_1.1.0_amd64.deb"
+    yum_rpm = repo / "yum/stable/Packages/aliyun-assist-1.1.0-1.x86_64.rpm"
+    yank_version(repo, keydir, "aliyun-assist", "1.1.0")
+    assert "1.1.0" not in (repo / "apt/dists/stable/main/binary-amd64/Packages").read_text()
+    assert pool_deb.is_file() and yum_rpm.is_file()  # the previous generation still lists them
+    newer = [build_deb(tmp_path / "1.2.0", "1.2.0"), build_rpm(tmp_path / "1.2.0", keydir, "1.2.0")]
+    publish_artifacts(repo, keydir, newer)  # a new generation: the pre-yank one is dropped
+    assert not pool_deb.exists() and not yum_rpm.exists()
+    assert (repo / "apt/pool/main/a/aliyun-assist/aliyun-assist_1.0.0_amd64.deb").is_file()
+    assert (repo / "yum/stable/Packages/aliyun-assist-1.0.0-1.x86_64.rpm").is_file()
+    assert len(list((repo / "apt/dists").glob(".stable.*"))) == 2  # current and previous only
+    assert len(list((repo / "yum/stable").glob(".repodata.*"))) == 2
