@@ -19,7 +19,7 @@ from common.atomic import atomic_open
 from common.errors import UsageError, VerificationError
 from mirror.source import DirSource
 from mirror.state import load_state, state_dir
-from mirror.sync import SyncOptions, SyncReport, sync
+from mirror.sync import SyncOptions, SyncReport, is_content, sync
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ MANIFEST = "bundle.json"
 
 
 def export_bundle(root: Path, out: Path, since: Path | None = None) -> int:
-    """Write the published tree to `out`; with `since` (a site's state.json) only what it lacks."""
+    """Write the published tree to `out`; with `since` (a site's state.json) only the content
+    it lacks (metadata and indexes always travel: import re-verifies them)."""
     state = load_state(root)
     if not state.last_sync:
         raise UsageError(f"{root} holds no synced mirror", hint="run assist-mirror sync first")
@@ -42,7 +43,7 @@ def export_bundle(root: Path, out: Path, since: Path | None = None) -> int:
     members = sorted(
         rel
         for rel, record in state.files.items()
-        if list(have.get(rel, []))[:2] != list(record)[:2]
+        if not is_content(rel) or list(have.get(rel, []))[:2] != list(record)[:2]
     )
     manifest = {
         "timestamp_version": state.timestamp_version,

@@ -256,7 +256,7 @@ def _full_sync(options: SyncOptions, state: MirrorState, tuf_dir: Path) -> SyncR
         trees=stage.trees,
         metadata=stage.metadata,
         remove=sorted(
-            r for r in state.files if r not in wanted and r not in stage.indexed and _is_content(r)
+            r for r in state.files if r not in wanted and r not in stage.indexed and is_content(r)
         ),
     )
     FileStorage(root).publish(publication, stage.dir)
@@ -294,7 +294,7 @@ def _full_sync(options: SyncOptions, state: MirrorState, tuf_dir: Path) -> SyncR
     )
 
 
-def _is_content(rel: str) -> bool:
+def is_content(rel: str) -> bool:
     """Paths of artifacts (targets, debs, rpms) as opposed to metadata and indexes."""
     return rel.startswith(("targets/", "apt/pool/")) or (
         rel.startswith("yum/") and "/repodata/" not in rel
@@ -307,7 +307,7 @@ def _kept_indexes(state: MirrorState, stage: _Stage) -> dict[str, list[object]]:
     swapped = tuple(f"{t}/" for t in stage.trees)
     for rel, value in state.files.items():
         if (
-            not _is_content(rel)
+            not is_content(rel)
             and not rel.startswith(swapped)
             and (rel.startswith("metadata/") or rel.startswith(("keys/", "bootstrap/")))
         ):

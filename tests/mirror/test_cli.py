@@ -1,0 +1,197 @@
+"""assist-mirror's other commands as an operator runs them: status, verify, prune, export/import."""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from pathlib import Path
+
+from tests.mirror.conftest import Origin, make_deb, pkgbuild, tree_hash
+from tests.mirror.helpers import mirror_cli
+
+
+def sync_args(origin: Origin, url: str, root: Path) -> list[str]:
+    return [
+        "sync",
+        "--region",
+        "cn-hangzhou",
+        "--upstream",
+        url,
+        "--root",
+        str(root),
+        "--trust-root",
+        str(origin.trust_root),
+        "--keyring",
+        str(origin.keyring),
+    ]
+
+
+def test_sync_status_and_noop_from_the_command_line(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    first = mirror_cli(*sync_args(origin, server.url, root))
+    assert first.stdout.startswith("synced timestamp v")
+    again = mirror_cli(*sync_args(origin, server.url, root))
+    assert again.stdout.startswith("up to date")
+    status = json.loads(mirror_cli("status", "--root", str(root), "--json").stdout)
+    assert status["packages"] == {"demo": ["1.0", "2.0"], "tool": ["0.1"]}
+    assert status["region"] == "cn-hangzhou"
+    assert status["public_url"] == "http://axt.cn-hangzhou.alibaba-inc.com:8080/assist/"
+    assert status["bytes"] > 0 and status["last_sync"]
+    assert 6.9 < status["expiry"]["timestamp"]["days_left"] <= 7
+    assert status["warnings"] == []
+    text = mirror_cli("status", "--root", str(root)).stdout
+    assert "package    demo: 1.0, 2.0" in text
+
+
+def test_status_warns_when_metadata_expires_within_two_days(
+    release_keys: Path, tmp_path: Path
+) -> None:
+    from tests.httpserver import StaticServer
+
+    repo = tmp_path / "repo"
+    pkgbuild("init", "--repo", str(repo), "--keys", str(release_keys), "--expires", "timestamp=1d")
+    origin = Origin(repo, release_keys, tmp_path)
+    origin.publish(make_deb(tmp_path, "demo", "1.0"))
+    root = tmp_path / "mirror"
+    with StaticServer(repo) as server:
+        mirror_cli(*sync_args(origin, server.url, root))
+    proc = mirror_cli("status", "--root", str(root), "--json")
+    status = json.loads(proc.stdout)
+    assert any(w.startswith("timestamp metadata expires in 1.0 days") for w in status["warnings"])
+    assert "WARNING" in proc.stderr and "assist-mirror sync" in proc.stderr
+
+
+def test_verify_catches_a_changed_file(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    mirror_cli(*sync_args(origin, server.url, root))
+    assert mirror_cli("verify", "--root", str(root)).returncode == 0
+    deb = root / "apt/pool/main/d/demo/demo_2.0_amd64.deb"
+    raw = bytearray(deb.read_bytes())
+    raw[-1] ^= 0xFF
+    deb.write_bytes(bytes(raw))
+    proc = mirror_cli("verify", "--root", str(root), check=False)
+    assert proc.returncode == 4
+    assert "apt/pool/main/d/demo/demo_2.0_amd64.deb: does not match its signed hash" in proc.stderr
+    target = next((root / "targets/tool").rglob("*.deb"))
+    target.unlink()
+    (target.parent / ("0" * 64 + ".tool_0.1_amd64.deb")).write_bytes(b"planted")
+    report = json.loads(mirror_cli("verify", "--root", str(root), "--json", check=False).stdout)
+    assert not report["ok"]
+    assert any("missing" in p for p in report["problems"])
+    assert any("not a target of the signed metadata" in p for p in report["problems"])
+
+
+def test_prune_keeps_the_newest_versions(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    mirror_cli(*sync_args(origin, server.url, root))
+    removed = json.loads(mirror_cli("prune", "--root", str(root), "--keep", "1", "--json").stdout)[
+        "removed"
+    ]
+    assert "apt/pool/main/d/demo/demo_1.0_amd64.deb" in removed
+    assert "yum/stable/Packages/demo-1.0-1.x86_64.rpm" in removed
+    assert not any("tool" in r for r in removed)
+    assert not (root / "apt/pool/main/d/demo/demo_1.0_amd64.deb").exists()
+    assert (root / "apt/pool/main/d/demo/demo_2.0_amd64.deb").exists()
+    status = json.loads(mirror_cli("status", "--root", str(root), "--json").stdout)
+    assert status["packages"] == {"demo": ["2.0"], "tool": ["0.1"]}
+    assert mirror_cli("verify", "--root", str(root)).returncode == 0
+
+
+def test_export_import_full_then_incremental(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    connected, site = tmp_path / "connected", tmp_path / "site"
+    mirror_cli(*sync_args(origin, server.url, connected))
+    full = tmp_path / "full.tar"
+    mirror_cli("export", "--root", str(connected), "--out", str(full))
+    imported = mirror_cli(
+        "import",
+        str(full),
+        "--root",
+        str(site),
+        "--trust-root",
+        str(origin.trust_root),
+        "--keyring",
+        str(origin.keyring),
+        "--json",
+    )
+    assert json.loads(imported.stdout)["changed"]
+    assert mirror_cli("verify", "--root", str(site)).returncode == 0
+    assert (site / "metadata/timestamp.json").read_bytes() == (
+        connected / "metadata/timestamp.json"
+    ).read_bytes()
+    # upstream moves on; the connected mirror follows; only the difference travels
+    origin.publish(make_deb(tmp_path, "demo", "3.0", size=200_000))
+    mirror_cli(*sync_args(origin, server.url, connected))
+    delta = tmp_path / "delta.tar"
+    mirror_cli(
+        "export",
+        "--root",
+        str(connected),
+        "--out",
+        str(delta),
+        "--since",
+        str(site / ".mirror/state.json"),
+    )
+    with tarfile.open(delta) as tar:
+        names = tar.getnames()
+    assert not any("demo_2.0" in n or "demo-2.0" in n for n in names)
+    assert sum("demo_3.0_amd64.deb" in n for n in names) == 2  # the target and the pool file
+    from mirror.sync import is_content
+
+    assert sorted(re.sub(r"^[0-9a-f]{64}\.", "", Path(n).name) for n in names if is_content(n)) == [
+        "demo_3.0_amd64.deb",
+        "demo_3.0_amd64.deb",
+    ]
+    mirror_cli("import", str(delta), "--root", str(site))
+    assert mirror_cli("verify", "--root", str(site)).returncode == 0
+    assert (site / "apt/pool/main/d/demo/demo_3.0_amd64.deb").exists()
+    status = json.loads(mirror_cli("status", "--root", str(site), "--json").stdout)
+    assert status["packages"]["demo"] == ["1.0", "2.0", "3.0"]
+
+
+def test_import_of_a_tampered_bundle_changes_nothing(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    connected, site = tmp_path / "connected", tmp_path / "site"
+    mirror_cli(*sync_args(origin, server.url, connected))
+    bundle = tmp_path / "full.tar"
+    mirror_cli("export", "--root", str(connected), "--out", str(bundle))
+    mirror_cli(
+        "import",
+        str(bundle),
+        "--root",
+        str(site),
+        "--trust-root",
+        str(origin.trust_root),
+        "--keyring",
+        str(origin.keyring),
+    )
+    before = tree_hash(site)
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    mirror_cli(*sync_args(origin, server.url, connected))
+    mirror_cli("export", "--root", str(connected), "--out", str(bundle))
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(bundle) as src, tarfile.open(evil, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member)
+            if member.name.endswith("demo_3.0_amd64.deb") and member.name.startswith("targets/"):
+                import io
+
+                raw = bytearray(data.read())
+                raw[-1] ^= 1
+                data = io.BytesIO(bytes(raw))
+            dst.addfile(member, data)
+    proc = mirror_cli("import", str(evil), "--root", str(site), check=False)
+    assert proc.returncode == 4 and "failed verification" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert tree_hash(site) == before
+
+
+def test_unknown_region_is_a_usage_error(tmp_path: Path) -> None:
+    proc = mirror_cli("sync", "--region", "mars-1", "--root", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert "unknown region 'mars-1'" in proc.stderr and "cn-hangzhou" in proc.stderr
+    assert not (tmp_path / "metadata").exists()
