@@ -40,6 +40,7 @@ from test_repository_support import (  # noqa: E402
     build_deb,
     build_rpm,
     build_tarball,
+    checked,
     tuf_updater,
 )
 
@@ -599,3 +600,19 @@ def test_yanked_files_leave_the_native_trees_once_no_kept_generation_lists_them(
     assert (repo / "yum/stable/Packages/aliyun-assist-1.0.0-1.x86_64.rpm").is_file()
     assert len(list((repo / "apt/dists").glob(".stable.*"))) == 2  # current and previous only
     assert len(list((repo / "yum/stable").glob(".repodata.*"))) == 2
+
+
+def test_publish_writes_the_installer_bootstrap_with_the_pinned_fingerprint(
+    published: SimpleNamespace,
+) -> None:
+    from pkgbuild.keys import gpg_fingerprint
+    from pkgbuild.repository.public import TEMPLATE_DIR
+
+    if not (TEMPLATE_DIR / "bootstrap.sh").is_file():
+        pytest.skip("installer/bootstrap.sh template not written yet (installer engineer)")
+    script = published.repo / "bootstrap/bootstrap.sh"
+    text = script.read_text()
+    assert gpg_fingerprint(published.keys) in text
+    assert "@GPG_FINGERPRINT@" not in text
+    assert "@MIRROR_URL@" in text  # the region's mirror fills it in (assist-mirror sync)
+    assert checked(["sh", "-n", str(script)]) == ""
