@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 REBOOT_MODES = ("NextRebootOnly", "EveryReboot")
 RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a safety net)
-UPDATE_BUSY_RETRY = 60.0  # seconds to wait when an update finds a one-shot task running
+UPDATE_BUSY_RETRY = 60.0
+LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered  # seconds to wait when an update finds a one-shot task running
 
 
 @dataclass
@@ -168,8 +169,13 @@ class Agent:
             kill_grace=options.kill_grace,
             work_dir=config.prefix / "work",
         )
+        # one HTTP session per thread that talks to the server (requests.Session is not
+        # guaranteed thread-safe): notify loop (long-poll, task list, update check), outbox, heartbeat
         self.client = AgentClient(options.server, options.identity, options.session_factory())
-        self.poll_client = AgentClient(options.server, options.identity, options.session_factory())
+        self.report_client = AgentClient(
+            options.server, options.identity, options.session_factory()
+        )
+        self.beat_client = AgentClient(options.server, options.identity, options.session_factory())
         self.timers = Timers()
         self.boot = options.boot_reader()
         self.started = time.time()
@@ -192,7 +198,7 @@ class Agent:
     def run(self) -> None:
         """Run until `stop()`: recover, start the threads, and long-poll in a background thread."""
         self.recover_crashed()
-        self.store.prune_executions(time.time() - 7 * 86400)
+        self.prune_ledger()
         write_health(self.state_dir, self.started, False)
         self.timers.start()
         self._sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
@@ -202,6 +208,12 @@ class Agent:
         self.schedule_update()
         self.stopping.wait()
         self.shutdown()
+
+    def prune_ledger(self) -> None:
+        """Forget executions finished and acknowledged over a day ago; again every hour."""
+        self.store.prune_executions(time.time() - LEDGER_KEEP)
+        if not self.stopping.is_set():
+            self.timers.call_at(time.time() + 3600, self.prune_ledger)
 
     def stop(self) -> None:
         """Ask the daemon to stop (signal handlers call this)."""
@@ -216,7 +228,7 @@ class Agent:
         self._closing.set()
         self._wake_sender()
         if self._sender is not None:
-            self._sender.join(flush_seconds + self.client.timeout)
+            self._sender.join(flush_seconds + self.report_client.timeout)
         self.store.close()
 
     def _all_active(self) -> list[Execution]:
@@ -277,7 +289,7 @@ class Agent:
                     first = False
                 self._set_connected(True)
                 backoff.reset()
-                events = self.poll_client.notify(self.config.agent.poll_timeout)
+                events = self.client.notify(self.config.agent.poll_timeout)
                 self._handle_events(events)
                 if any(e.get("type") in ("task", "stop") for e in events):
                     last_sync = time.time()
@@ -311,7 +323,7 @@ class Agent:
                 "running": self.pool.counts()[0],
             }
             try:
-                interval = self.client.heartbeat(body) or interval
+                interval = self.beat_client.heartbeat(body) or interval
             except AssistError as exc:
                 log.info("heartbeat failed: %s", exc)
             self.stopping.wait(interval * random.uniform(0.8, 1.0))
@@ -360,7 +372,7 @@ class Agent:
                 return True
             for report in reports:
                 try:
-                    self.client.post_report(report.path, report.body)
+                    self.report_client.post_report(report.path, report.body)
                 except ServerUnavailableError as exc:
                     log.info("report %s not delivered: %s", report.key, exc)
                     self._set_connected(False)

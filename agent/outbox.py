@@ -218,9 +218,18 @@ class Store:
         return int(row[0])
 
     def prune_executions(self, older_than: float) -> None:
-        """Forget finished executions last touched before `older_than` (Unix seconds)."""
+        """Forget finished executions last touched before `older_than` (Unix seconds).
+
+        An execution whose terminal report still waits in the outbox is kept: the server lists
+        the task until that report arrives, and the ledger is what stops a second run.
+        """
         with self._transaction() as db:
-            db.execute("DELETE FROM executions WHERE state = 'done' AND updated < ?", (older_than,))
+            db.execute(
+                "DELETE FROM executions WHERE state = 'done' AND updated < ? AND NOT EXISTS "
+                "(SELECT 1 FROM outbox WHERE outbox.key = "
+                "'terminal/' || executions.invoke_id || '/' || executions.execution_id)",
+                (older_than,),
+            )
 
     # -- first sighting of reboot-bound tasks ------------------------------------------------
 

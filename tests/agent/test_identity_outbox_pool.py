@@ -111,3 +111,17 @@ def test_pool_bounds_running_and_queued() -> None:
     gate.set()
     assert pool.wait_idle(10)
     assert pool.counts() == (0, 0) and not pool.holds("c")
+
+
+def test_prune_keeps_executions_whose_report_is_still_queued(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for invoke in ("t-acked", "t-queued"):
+        store.claim_execution(invoke, "0", 1)
+        store.finish_execution(
+            invoke, "0", f"terminal/{invoke}/0", "/v1/task/finish", {"start_time": 1}
+        )
+    acked = next(r for r in store.due_reports(1e12) if r.key == "terminal/t-acked/0")
+    store.acknowledge(acked.id)
+    store.prune_executions(older_than=1e12)
+    assert not store.execution_known("t-acked", "0")
+    assert store.execution_known("t-queued", "0")  # the server still lists it: never run twice
