@@ -154,10 +154,10 @@ class TrustedRepository:
     def refresh(self) -> None:
         """Fetch and verify root -> timestamp -> snapshot -> targets (a fresh TUF session).
 
-        python-tuf persists each role as soon as it verifies (a newer but expired timestamp,
-        say, even when the snapshot then fails). We run it on a copy of the metadata directory
-        and copy the result back only when the whole refresh succeeded, so a failed refresh
-        leaves the trusted metadata exactly as it was.
+        python-tuf persists each role as soon as it verifies (a new timestamp and snapshot stay
+        on disk even when the targets metadata they name then fails, e.g. mix-and-match). We
+        run it on a copy of the metadata directory and copy the result back only when the whole
+        refresh succeeded, so a failed refresh leaves the trusted metadata exactly as it was.
         """
         self._updater = None
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
