@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from httpserver import StaticServer
 
 from common.errors import ConfigError, DownloadError, NotFoundError, VerificationError
@@ -179,6 +180,17 @@ def test_mirror_urls_get_a_trailing_slash(servers: list[StaticServer], tmp_path:
     fetcher = fetcher_for(servers[0].url.rstrip("/"))
     assert fetcher.mirrors == [servers[0].url]
     assert fetcher.fetch_bytes(NAME, len(PAYLOAD)) == PAYLOAD
+
+
+def test_injected_session_is_the_transport(servers: list[StaticServer]) -> None:
+    session = requests.Session()
+    session.headers["User-Agent"] = "assist-test/1"
+    seen: list[dict[str, str]] = []
+    servers[0].hook = record_headers(seen)
+    fetcher = fetcher_for(servers[0].url, session=session)
+    assert fetcher.session is session
+    assert fetcher.fetch_bytes(NAME, len(PAYLOAD)) == PAYLOAD
+    assert seen[0]["User-Agent"] == "assist-test/1"
 
 
 def test_no_mirrors_is_a_config_error() -> None:
