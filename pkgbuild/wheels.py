@@ -235,19 +235,30 @@ def vendor_wheels(
 
 
 def _unpack_wheel(path: Path, lib: Path) -> None:
-    """Extract a wheel into lib/, refusing entries that would escape it."""
+    """Extract a wheel into lib/ like an installer would, refusing entries that would escape it."""
     root = lib.resolve()
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
-            dest = (root / info.filename).resolve()
-            if dest != root and root not in dest.parents:
+            name = _install_name(info.filename)
+            if name is None or info.is_dir():
+                continue
+            dest = (root / name).resolve()
+            if root not in dest.parents:
                 raise LocalStateError(f"wheel {path.name} has an unsafe entry {info.filename!r}")
-            if ".data/" in info.filename.split("/", 1)[0] + "/":
-                continue  # scripts/headers of .data dirs are not needed at runtime
-            archive.extract(info, root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, dest.open("wb") as out:
+                shutil.copyfileobj(src, out)
             mode = (info.external_attr >> 16) & 0o777
-            if mode and not info.is_dir():
-                dest.chmod(mode | 0o644)
+            dest.chmod(0o755 if mode & 0o111 else 0o644)
+
+
+def _install_name(entry: str) -> str | None:
+    """Where a wheel entry goes under lib/: <name>.data/purelib|platlib/x -> x; other .data skipped."""
+    first, _, rest = entry.partition("/")
+    if not first.endswith(".data"):
+        return entry
+    scheme, _, inner = rest.partition("/")
+    return inner if scheme in ("purelib", "platlib") and inner else None
 
 
 def fill_cache(

@@ -89,3 +89,20 @@ def test_target_markers() -> None:
     assert target_requirements(reqs, "linux-x86_64", "3.12") == ["requests>=2.31"]
     win = target_requirements(reqs, "windows-x86_64", "3.12")
     assert win == ["requests>=2.31", "pywin32", "colorama"]
+
+
+def test_wheel_data_purelib_is_installed_and_scripts_skipped(tmp_path: Path) -> None:
+    make_wheel(
+        tmp_path,
+        "odd-1.0-py3-none-any.whl",
+        files={
+            "odd/__init__.py": "A = 1\n",
+            "odd-1.0.data/purelib/odd_extra.py": "B = 2\n",
+            "odd-1.0.data/scripts/odd-tool": "#!python\n",
+        },
+    )
+    lib = tmp_path / "lib"
+    assert vendor_wheels(lib, "linux-x86_64", tmp_path, ["odd"]) == ["odd-1.0-py3-none-any.whl"]
+    assert (lib / "odd/__init__.py").read_text() == "A = 1\n"
+    assert (lib / "odd_extra.py").read_text() == "B = 2\n"
+    assert not list(lib.rglob("odd-tool")) and not (lib / "odd-1.0.data").exists()
