@@ -1,0 +1,287 @@
+"""Attacks on the update path, modelled on python-tuf's client tests, against a real repository
+(assist-pkgbuild) served on loopback and the real `assist-update apply` (in-process main).
+
+Set-up for each: agent 1.0.0 installed, updated to 1.1.0 (journal `committed`), then 1.2.0
+published; the attack is applied to the served repository. Every attack must be refused and
+leave `current`, the journal and the trusted TUF metadata byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from assistrelease import build, init_repo, keygen, pkgbuild, publish
+from httpserver import StaticServer
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata
+
+from installer.cli import main as install_main
+from pkgbuild.keys import load_tuf_signers
+from updater.cli import main as update_main
+
+pytestmark = pytest.mark.xdist_group("update-attacks")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("attack-release")
+    keys = keygen(base / "keys")
+    dist = base / "dist"
+    arts = {v: build(keys, v, dist) for v in ("1.0.0", "1.1.0", "1.2.0")}
+    repo = init_repo(base / "repo", keys)
+    publish(repo, keys, arts["1.0.0"] + arts["1.1.0"])
+    return {"keys": keys, "repo": repo, "arts": arts, "base": base}
+
+
+class World:
+    """A repository copy on loopback and a prefix updated to 1.1.0 from it."""
+
+    def __init__(self, release: dict[str, Any], tmp_path: Path, server: StaticServer) -> None:
+        self.keys: Path = tmp_path / "keys"  # a copy: key rotation rewrites it
+        shutil.copytree(release["keys"], self.keys)
+        self.repo: Path = server.httpd.root
+        self.server = server
+        self.prefix = tmp_path / "prefix"
+        self.release = release
+
+    def cli(self, main: Callable[[list[str]], int], *args: str) -> int:
+        return main(
+            [*args, "--prefix", str(self.prefix), "--mirror", self.server.url, "--service", "none"]
+            if args[0] != "agent"
+            else [
+                *args,
+                "--prefix",
+                str(self.prefix),
+                "--mirror",
+                self.server.url,
+                "--service",
+                "none",
+                "--trust-root",
+                str(self.keys / "root.json"),
+            ]
+        )
+
+    def apply(self) -> int:
+        return self.cli(update_main, "apply")
+
+    def snapshot_state(self) -> dict[str, bytes | str | None]:
+        """current, the journal and every trusted metadata file."""
+        state: dict[str, bytes | str | None] = {
+            "current": str(Path(self.prefix / "current").readlink()),
+        }
+        journal = self.prefix / "state" / "update.json"
+        state["journal"] = journal.read_bytes() if journal.exists() else None
+        for path in sorted((self.prefix / "state" / "tuf").glob("*.json")):
+            state[f"tuf/{path.name}"] = path.read_bytes()
+        return state
+
+    # -- metadata surgery (python-tuf's RepositorySimulator, by hand on real files) --------------
+
+    def path(self, role: str) -> Path:
+        meta = self.repo / "metadata"
+        if role == "timestamp":
+            return meta / "timestamp.json"
+        ts = Metadata.from_file(str(meta / "timestamp.json"))
+        snap_v = ts.signed.snapshot_meta.version
+        if role == "snapshot":
+            return meta / f"{snap_v}.snapshot.json"
+        snap = Metadata.from_file(str(meta / f"{snap_v}.snapshot.json"))
+        return meta / f"{snap.signed.meta['targets.json'].version}.targets.json"
+
+    def load(self, role: str) -> Metadata[Any]:
+        return Metadata.from_file(str(self.path(role)))
+
+    def sign(self, md: Metadata[Any], role: str, signers: list[Any] | None = None) -> None:
+        md.signatures.clear()
+        for signer in signers if signers is not None else load_tuf_signers(self.keys, role):
+            md.sign(signer, append=True)
+
+    def write(self, md: Metadata[Any], path: Path) -> None:
+        md.to_file(str(path))
+
+    def new_timestamp_for(self, snapshot_version: int) -> None:
+        """A properly signed timestamp (version + 1) naming `snapshot_version`."""
+        ts = self.load("timestamp")
+        ts.signed.version += 1
+        ts.signed.snapshot_meta.version = snapshot_version
+        ts.signed.snapshot_meta.hashes = None
+        ts.signed.snapshot_meta.length = None
+        self.sign(ts, "timestamp")
+        self.write(ts, self.repo / "metadata" / "timestamp.json")
+
+
+@pytest.fixture
+def world(release: dict[str, Any], tmp_path: Path) -> Iterator[World]:
+    repo = tmp_path / "repo"
+    shutil.copytree(release["repo"], repo, symlinks=True)
+    with StaticServer(repo) as server:
+        w = World(release, tmp_path, server)
+        assert w.cli(install_main, "agent", "--version", "1.0.0") == 0
+        assert w.apply() == 0
+        assert (w.prefix / "current").readlink() == Path("versions/1.1.0")
+        publish(repo, w.keys, release["arts"]["1.2.0"])
+        yield w
+
+
+def assert_refused(world: World, expected_exit: int = 4, refresh_first: bool = False) -> None:
+    """The apply fails with `expected_exit` and changes nothing we trust.
+
+    refresh_first: for attacks on artifacts (not metadata), the valid new metadata is fetched
+    first with `check`, so "unchanged" compares like with like.
+    """
+    if refresh_first:
+        assert world.cli(update_main, "check") == 100
+    before = world.snapshot_state()
+    code = world.apply()
+    assert code == expected_exit
+    assert world.snapshot_state() == before
+    assert not (world.prefix / "versions" / "1.2.0").exists()
+
+
+def test_sanity_the_unattacked_update_works(world: World) -> None:
+    assert world.apply() == 0
+    assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
+
+
+def test_new_timestamp_version_rollback(world: World) -> None:
+    ts = world.load("timestamp")
+    trusted = Metadata.from_file(str(world.prefix / "state" / "tuf" / "timestamp.json"))
+    ts.signed.version = trusted.signed.version - 1
+    world.sign(ts, "timestamp")
+    world.write(ts, world.path("timestamp"))
+    assert_refused(world)
+
+
+def test_new_snapshot_version_rollback(world: World) -> None:
+    world.new_timestamp_for(1)  # 1.snapshot.json is older than the trusted snapshot
+    assert_refused(world)
+
+
+def test_new_targets_version_rollback(world: World) -> None:
+    snap = world.load("snapshot")
+    snap.signed.version += 1
+    snap.signed.meta["targets.json"].version = 1
+    snap.signed.meta["targets.json"].hashes = None
+    snap.signed.meta["targets.json"].length = None
+    world.sign(snap, "snapshot")
+    world.write(snap, world.repo / "metadata" / f"{snap.signed.version}.snapshot.json")
+    world.new_timestamp_for(snap.signed.version)
+    assert_refused(world)
+
+
+def test_expired_timestamp_is_a_freeze_attack(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ts = world.load("timestamp")
+    ts.signed.version += 1
+    ts.signed.expires = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
+    world.sign(ts, "timestamp")
+    world.write(ts, world.path("timestamp"))
+    assert_refused(world)
+    assert "expired" in capsys.readouterr().err
+
+
+def test_mix_and_match_targets_from_another_version(world: World) -> None:
+    current = world.path("targets")
+    shutil.copy(world.repo / "metadata" / "1.targets.json", current)  # validly signed, but old
+    assert_refused(world)
+
+
+def test_timestamp_signed_by_wrong_key(world: World) -> None:
+    ts = world.load("timestamp")
+    ts.signed.version += 1
+    world.sign(ts, "timestamp", [CryptoSigner.generate_ed25519()])
+    world.write(ts, world.path("timestamp"))
+    assert_refused(world)
+
+
+def test_endless_timestamp_data(world: World) -> None:
+    def endless(handler: Any) -> bool:
+        if not handler.path.endswith("timestamp.json"):
+            return False
+        handler.send_response(200)
+        handler.end_headers()
+        try:
+            for _ in range(20000):  # ~160 MB if nobody stops reading
+                handler.wfile.write(b'{"signed": ' + b" " * 8192)
+        except OSError:
+            pass
+        return True
+
+    world.server.hook = endless
+    before = world.snapshot_state()
+    assert world.apply() in (1, 4)  # transport (DownloadError) or content refusal
+    assert world.snapshot_state() == before
+
+
+def test_artifact_with_wrong_hash(world: World) -> None:
+    target = next((world.repo / "targets" / "aliyun-assist" / "1.2.0").iterdir())
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    assert_refused(world, refresh_first=True)
+
+
+def test_artifact_with_wrong_length(world: World) -> None:
+    target = next((world.repo / "targets" / "aliyun-assist" / "1.2.0").iterdir())
+    target.write_bytes(target.read_bytes() + b"\0" * 4096)
+    assert_refused(world, refresh_first=True)
+
+
+def _evil_tarball(out: Path, version: str, member: tarfile.TarInfo) -> Path:
+    with tarfile.open(out, "w:gz") as tar:
+        for name, data in (
+            (f"versions/{version}/VERSION", f"{version}\n".encode()),
+            (f"versions/{version}/bin/assist-agent", b"#!/bin/sh\nexit 0\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        tar.addfile(member, io.BytesIO(b"x") if member.isreg() else None)
+    return out
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = 1 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _member("versions/1.3.0/../../../escape"),
+        _member("/etc/evil-absolute"),
+        _member("versions/1.3.0/lib/out", tarfile.SYMTYPE, "../../../../etc"),
+    ],
+    ids=["dotdot", "absolute", "symlink-out"],
+)
+def test_signed_tarball_with_unsafe_members_is_refused(
+    world: World, tmp_path: Path, member: tarfile.TarInfo
+) -> None:
+    """Even correctly signed (a compromised build), the payload must not leave versions/V."""
+    evil = _evil_tarball(tmp_path / "aliyun-assist-1.3.0-linux-x86_64.tar.gz", "1.3.0", member)
+    publish(world.repo, world.keys, [evil])
+    assert_refused(world, refresh_first=True)
+    assert not (world.prefix / "versions" / "1.3.0").exists()
+    assert not list((world.prefix / "versions").glob(".staging-*"))
+    assert not (tmp_path / "escape").exists() and not Path("/etc/evil-absolute").exists()
+
+
+@pytest.mark.parametrize("role", ["timestamp", "snapshot", "targets", "root"])
+def test_key_rotation_properly_signed_is_accepted(world: World, role: str) -> None:
+    pkgbuild("rotate-key", "--repo", str(world.repo), "--keys", str(world.keys), "--role", role)
+    assert world.apply() == 0
+    assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
+    trusted_root = json.loads((world.prefix / "state" / "tuf" / "root.json").read_text())
+    assert trusted_root["signed"]["version"] >= 2
