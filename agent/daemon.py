@@ -491,7 +491,7 @@ class Agent:
     def _launch(self, task: Task, execution_id: str) -> None:
         """Hand an execution to the pool, or report TaskConcurrencyLimit when it is full."""
         key = f"{task.invoke_id}/{execution_id}"
-        if self.pool.holds(key) or self.store.execution_known(task.invoke_id, execution_id):
+        if self.stopping.is_set() or self.pool.holds(key) or self.store.execution_known(task.invoke_id, execution_id):
             return
         if not self.pool.submit(key, lambda: self._execute(task, execution_id)):
             log.warning("pool full: refusing %s", key)
@@ -512,6 +512,8 @@ class Agent:
     def _execute(self, task: Task, execution_id: str) -> None:
         """Run one execution on a pool thread and queue its reports."""
         start = now_ms()
+        if self.stopping.is_set():
+            return  # not started: the server lists it again at the next start
         if not self.store.claim_execution(task.invoke_id, execution_id, start):
             return
         builtins = {
@@ -543,7 +545,7 @@ class Agent:
         with self._lock:
             self._active.setdefault(invoke, {})[execution] = run
         if invoke in self._stopped or self.stopping.is_set():
-            run.stop()
+            run.stop()  # stopped by the operator, or the agent began to shut down meanwhile
         try:
             outcome = run.run()
         finally:

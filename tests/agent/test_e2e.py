@@ -168,3 +168,43 @@ def test_big_output_fork_and_stdin(env: Env, tmp_path: Path) -> None:
     assert base64.b64decode(item["Output"]) == b"no-stdin:0\n"
     for invoke in (big, fork, stdin):
         assert len(server_executions(env.server, invoke)) == 1
+
+
+def test_stop_invocation_kills_the_task(env: Env, tmp_path: Path) -> None:
+    env.start_agent()
+    pidfile = tmp_path / "pgid"
+    invoke = env.sdk.run_script(f"echo $$ > {pidfile}; echo started; sleep 60", env.instance_id)
+    env.sdk.wait_result(invoke, env.instance_id, ("Running",))
+    env.sdk.stop(invoke)
+    item = env.sdk.wait_result(invoke, env.instance_id, ("Terminated", "Stopped"), timeout=20)
+    assert base64.b64decode(item["Output"]) == b"started\n"
+    assert wait_for(lambda: group_members(int(pidfile.read_text())) == [], timeout=10)
+
+
+def test_kick_agent_update_runs_the_installed_updater(env: Env, tmp_path: Path) -> None:
+    # The updater is another component: a recording stand-in is installed where the agent
+    # looks for it (<prefix>/current/bin/assist-update).
+    record = tmp_path / "updater-args"
+    launcher = env.prefix / "versions" / "1.0.0" / "bin" / "assist-update"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    launcher.chmod(0o755)
+    (env.prefix / "current").symlink_to(env.prefix / "versions" / "1.0.0")
+    env.start_agent()
+    response = env.server.call(
+        "KickAgentUpdate",
+        env.key_id,
+        env.secret,
+        AgentVersion="2.0.0",
+        **{"InstanceId.1": env.instance_id},
+    )
+    assert response.status_code == 200, response.text
+    assert wait_for(record.exists, timeout=20)
+    time.sleep(0.5)
+    assert record.read_text().split() == [
+        "apply",
+        "--prefix",
+        str(env.prefix),
+        "--version",
+        "2.0.0",
+    ]
