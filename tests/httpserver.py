@@ -86,7 +86,9 @@ class StaticServer:
         self.httpd.root = Path(root)
         self.httpd.hook = None
         self.httpd.requests = []
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
