@@ -143,7 +143,7 @@ def cmd_install(args: argparse.Namespace, config: Config, layout: Layout) -> int
                 name,
                 version=version,
                 channel=channel,
-                os=plat.os,
+                os="windows" if fmt == "exe" else plat.os,
                 arch=_arch(fmt, plat.arch),
                 format=fmt,
             )
