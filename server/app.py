@@ -25,6 +25,7 @@ from server.api import load_actions
 from server.notify import Notifier
 from server.store import Store
 from server.store import queries as q
+from server.store.conn import Conn
 from server.store.db import asyncpg_dsn
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,18 @@ class ServerState:
         cached = self.keys.get(instance_id)
         if cached and time.monotonic() - cached.loaded < KEY_CACHE_TTL:
             return cached
-        async with self.store.read() as conn:
+
+        async def _tx(conn: Conn) -> Any:
             row = await q.get_instance(conn, instance_id)
+            return row
+
+        row = await self.store.read(_tx)
         if row is None or row["deregistered"]:
             self.keys.pop(instance_id, None)
             raise auth.unauthorized("unknown or deregistered instance")
-        cached = _CachedKey(auth.load_public_key(row["public_key"]), row["account"], time.monotonic())
+        cached = _CachedKey(
+            auth.load_public_key(row["public_key"]), row["account"], time.monotonic()
+        )
         self.keys[instance_id] = cached
         return cached
 
@@ -139,8 +146,12 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def authenticate_operator(state: ServerState, method: str, params: dict[str, str]) -> str:
     """Check signature v1, timestamp and nonce; return the caller's account."""
     rpc.check_common(params, time.time())
-    async with state.store.read() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         key = await q.get_access_key(conn, params["AccessKeyId"])
+        return key
+
+    key = await state.store.read(_tx)
     if key is None:
         raise rpc.ApiError("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404)
     if not key["enabled"]:
@@ -148,9 +159,12 @@ async def authenticate_operator(state: ServerState, method: str, params: dict[st
     rpc.verify_signature(method, params, key["secret"])
     expires = int(rpc.parse_timestamp(params["Timestamp"])) + rpc.TIMESTAMP_WINDOW + 60
     nonce = f"o:{params['AccessKeyId']}:{params['SignatureNonce']}"
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         if not await q.use_nonce(conn, nonce, expires):
             raise rpc.ApiError("SignatureNonceUsed", "Specified signature nonce was used already.")
+
+    await state.store.write(_tx)
     return str(key["account"])
 
 
@@ -271,11 +285,16 @@ async def notify_handler(request: Request) -> Response:
         if not raw.isdigit() or int(raw) > state.settings.max_poll:
             raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")
         now_ms = int(time.time() * 1000)
-        async with state.store.write() as conn:
+        touch = now_ms - state.last_seen_written.get(who.instance_id, 0) > SEEN_WRITE_INTERVAL
+
+        async def _tx(conn: Conn) -> Any:
             await state.use_agent_nonce(conn, who)
-            if now_ms - state.last_seen_written.get(who.instance_id, 0) > SEEN_WRITE_INTERVAL:
+            if touch:
                 await q.touch_instance(conn, who.instance_id, {"last_seen_ms": now_ms})
-                state.seen(who.instance_id, now_ms)
+
+        await state.store.write(_tx)
+        if touch:
+            state.seen(who.instance_id, now_ms)
         events = await state.notifier.wait(who.instance_id, float(raw))
         return JSONResponse({"events": events})
     except AgentError as exc:
@@ -314,8 +333,11 @@ async def chores(state: ServerState) -> None:
     while True:
         await asyncio.sleep(60)
         try:
-            async with state.store.write() as conn:
+
+            async def _tx(conn: Conn) -> Any:
                 await q.purge_nonces(conn, int(time.time()))
+
+            await state.store.write(_tx)
             state.notifier.sweep()
         except Exception as exc:
             log.warning("upkeep failed: %s", exc)

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument(
-        "--max-invoke-instances", type=int, default=100,
+        "--max-invoke-instances",
+        type=int,
+        default=100,
         help="InstanceId.N allowed per InvokeCommand (the real API allows 100)",
     )
     serve.add_argument("--heartbeat-interval", type=int, default=60, help="seconds")
@@ -149,8 +151,7 @@ def cmd_accesskey_create(args: argparse.Namespace) -> int:
         store = Store(args.db)
         try:
             await store.migrate()
-            async with store.write() as conn:
-                return await q.create_access_key(conn, account)
+            return await store.write(lambda conn: q.create_access_key(conn, account))
         finally:
             await store.close()
 

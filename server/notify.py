@@ -99,7 +99,9 @@ class Notifier:
     def sweep(self) -> None:
         """Drop stale buffered events of instances nobody is polling for."""
         now = time.monotonic()
-        for iid in [k for k, s in self._slots.items() if not s.waiters and now - s.stamp > PENDING_TTL]:
+        for iid in [
+            k for k, s in self._slots.items() if not s.waiters and now - s.stamp > PENDING_TTL
+        ]:
             del self._slots[iid]
 
     # --- cross-replica fan-out -------------------------------------------------------------

@@ -227,7 +227,8 @@ def fetch_results(config: dict[str, str], invoke_id: str) -> list[dict[str, Any]
     page = 1
     while True:
         body = call_api(
-            config, "DescribeInvocationResults",
+            config,
+            "DescribeInvocationResults",
             {"InvokeId": invoke_id, "PageSize": 50, "PageNumber": page},
         )
         inv = body["Invocation"]
@@ -257,8 +258,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.endpoint:
         config["endpoint"] = args.endpoint
     params: dict[str, Any] = {
-        "Type": args.type, "CommandContent": args.command, "ContentEncoding": "PlainText",
-        "Timeout": args.timeout, "Name": args.name,
+        "Type": args.type,
+        "CommandContent": args.command,
+        "ContentEncoding": "PlainText",
+        "Timeout": args.timeout,
+        "Name": args.name,
     }
     for index, instance in enumerate(args.instance_ids, 1):
         params[f"InstanceId.{index}"] = instance
@@ -299,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(run)
     run.add_argument("--instance-ids", nargs="+", required=True, metavar="ID")
     run.add_argument("--command", required=True, help="the script text")
-    run.add_argument("--type", default="RunShellScript",
-                     choices=["RunShellScript", "RunBatScript", "RunPowerShellScript"])
+    run.add_argument(
+        "--type",
+        default="RunShellScript",
+        choices=["RunShellScript", "RunBatScript", "RunPowerShellScript"],
+    )
     run.add_argument("--timeout", type=int, default=60, help="seconds")
     run.add_argument("--name", default="assist-run")
     run.add_argument("--wait", action="store_true", help="wait and print a table of results")

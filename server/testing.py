@@ -1,9 +1,9 @@
 """Test and demo helpers: a real `assist-server serve` subprocess and a scripted fake agent.
 
-    with start_server(tmp_path) as srv:
-        key_id, secret = srv.create_access_key()
-        act_id, code = srv.create_activation(key_id, secret)
-        agent = FakeAgent.register(srv.url, act_id, code)
+with start_server(tmp_path) as srv:
+    key_id, secret = srv.create_access_key()
+    act_id, code = srv.create_activation(key_id, secret)
+    agent = FakeAgent.register(srv.url, act_id, code)
 """
 
 from __future__ import annotations
@@ -110,8 +110,7 @@ async def _create_key(db_url: str, account: str) -> tuple[str, str]:
 
     store = Store(db_url)
     try:
-        async with store.write() as conn:
-            return await q.create_access_key(conn, account)
+        return await store.write(lambda conn: q.create_access_key(conn, account))
     finally:
         await store.close()
 
@@ -123,8 +122,11 @@ def _env() -> dict[str, str]:
 
 
 def launch_server(
-    data_dir: str | os.PathLike[str], db_url: str | None = None, extra_args: list[str] | None = None,
-    port: int | None = None, scheme: str = "http",
+    data_dir: str | os.PathLike[str],
+    db_url: str | None = None,
+    extra_args: list[str] | None = None,
+    port: int | None = None,
+    scheme: str = "http",
 ) -> ServerHandle:
     """Start `assist-server serve` on a free loopback port and wait until it answers."""
     data = Path(data_dir)
@@ -133,8 +135,17 @@ def launch_server(
     port = port or free_port()
     log_path = data / f"server-{port}.log"
     log_file = log_path.open("wb")
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--listen", f"127.0.0.1:{port}",
-           "--db", db, *(extra_args or [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--db",
+        db,
+        *(extra_args or []),
+    ]
     process = subprocess.Popen(
         cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_env()
     )
@@ -169,8 +180,14 @@ def start_server(
 
 
 def sign_agent_request(
-    key: Ed25519PrivateKey, instance_id: str, method: str, path: str, query: str, body: bytes,
-    timestamp: int | None = None, nonce: str | None = None,
+    key: Ed25519PrivateKey,
+    instance_id: str,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    timestamp: int | None = None,
+    nonce: str | None = None,
 ) -> dict[str, str]:
     """The X-Assist-* headers of docs/agent-protocol.md for one request."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
@@ -197,16 +214,23 @@ class FakeAgent:
 
     @classmethod
     def register(
-        cls, url: str, activation_id: str, activation_code: str, instance_id: str = "",
+        cls,
+        url: str,
+        activation_id: str,
+        activation_code: str,
+        instance_id: str = "",
         key: Ed25519PrivateKey | None = None,
     ) -> FakeAgent:
         """Register with an activation and a fresh Ed25519 key."""
         key = key or Ed25519PrivateKey.generate()
         public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         body = {
-            "activation_id": activation_id, "activation_code": activation_code,
+            "activation_id": activation_id,
+            "activation_code": activation_code,
             "public_key": base64.b64encode(public).decode("ascii"),
-            "instance_name": "fake", "hostname": socket.gethostname(), "os_type": "linux",
+            "instance_name": "fake",
+            "hostname": socket.gethostname(),
+            "os_type": "linux",
             "agent_version": "0.0.0-fake",
         }
         if instance_id:
@@ -217,7 +241,12 @@ class FakeAgent:
         return cls(url, response.json()["instance_id"], key)
 
     def request(
-        self, method: str, path: str, body: Any = None, query: str = "", timeout: float = 30,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: str = "",
+        timeout: float = 30,
         **sign: Any,
     ) -> requests.Response:
         """A signed request; `sign` may pin timestamp/nonce (for replay tests)."""
@@ -247,19 +276,35 @@ class FakeAgent:
     def heartbeat(self) -> dict[str, Any]:
         return self.post(
             "/luban/api/heart-beat",
-            {"agent_version": "0.0.0-fake", "uptime": 1, "boot_time": int(time.time()), "running": 0},
+            {
+                "agent_version": "0.0.0-fake",
+                "uptime": 1,
+                "boot_time": int(time.time()),
+                "running": 0,
+            },
         )
 
     def report(
-        self, kind: str, invoke_id: str, output: bytes = b"", exit_code: int | None = 0,
-        execution_id: str = "0", **extra: Any,
+        self,
+        kind: str,
+        invoke_id: str,
+        output: bytes = b"",
+        exit_code: int | None = 0,
+        execution_id: str = "0",
+        **extra: Any,
     ) -> dict[str, Any]:
         now = int(time.time() * 1000)
         body = {
-            "invoke_id": invoke_id, "execution_id": execution_id, "start_time": now - 5,
-            "end_time": now, "exit_code": exit_code,
-            "output": base64.b64encode(output).decode("ascii"), "dropped": 0,
-            "error_code": "", "error_message": "", **extra,
+            "invoke_id": invoke_id,
+            "execution_id": execution_id,
+            "start_time": now - 5,
+            "end_time": now,
+            "exit_code": exit_code,
+            "output": base64.b64encode(output).decode("ascii"),
+            "dropped": 0,
+            "error_code": "",
+            "error_message": "",
+            **extra,
         }
         return self.post(f"/luban/api/v1/task/{kind}", body)
 

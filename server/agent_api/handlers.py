@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from server import model
 from server.agent_api.auth import AgentError, load_public_key
 from server.store import queries as q
+from server.store.conn import Conn
 
 if TYPE_CHECKING:
     from server.app import AgentIdentity, ServerState
@@ -51,7 +52,9 @@ def field_str(body: dict[str, Any], name: str, max_len: int = 256, required: boo
     return value
 
 
-def field_int(body: dict[str, Any], name: str, default: int | None = 0, nullable: bool = False) -> int | None:
+def field_int(
+    body: dict[str, Any], name: str, default: int | None = 0, nullable: bool = False
+) -> int | None:
     value = body.get(name, default)
     if value is None and nullable:
         return None
@@ -99,7 +102,8 @@ async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str,
         raise bad("instance_id must look like i-…")
     denied = AgentError("InvalidActivation", "unknown activation id or wrong code", 403)
     now = model.now_ms()
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         activation = await q.get_activation(conn, activation_id)
         if activation is None or activation["disabled"]:
             raise denied
@@ -137,6 +141,9 @@ async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str,
                 "deregistered": False,
             },
         )
+        return activation, instance_id, existing
+
+    activation, instance_id, existing = await state.store.write(_tx)
     state.forget_instance(instance_id)
     return {"instance_id": instance_id}
 
@@ -172,9 +179,13 @@ async def task_list(state: ServerState, who: AgentIdentity, body: bytes) -> dict
     reason = field_str(data, "reason", 16)
     if reason and reason not in ("startup", "kick", "poll"):
         raise bad("reason must be startup, kick or poll")
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         run, stop = await q.tasks_for(conn, who.instance_id)
+        return run, stop
+
+    run, stop = await state.store.write(_tx)
     return {"run": [render_task(r) for r in run], "stop": stop}
 
 
@@ -201,11 +212,15 @@ async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> d
     if offset is None or offset < 0:
         raise bad("offset must be a non-negative integer")
     output = field_b64(data, "output")
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         known = await q.record_running(
             conn, who.instance_id, invoke_id, execution_id, start, offset, output
         )
+        return known
+
+    known = await state.store.write(_tx)
     if not known:
         raise task_not_found(invoke_id)
     return {"ok": True}
@@ -246,11 +261,15 @@ async def task_report(
     if kind == "error" and not report["error_code"]:
         report["error_code"] = "ExecutionException"
     status = terminal_status(kind, exit_code, start_ms)
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         duplicate = await q.record_terminal(
             conn, who.instance_id, invoke_id, execution_id, status, report
         )
+        return duplicate
+
+    duplicate = await state.store.write(_tx)
     if duplicate is None:
         raise task_not_found(invoke_id)
     return {"ok": True, "duplicate": duplicate}
@@ -268,9 +287,12 @@ async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict
         values["agent_version"] = version
     for name in ("uptime", "boot_time", "running"):
         field_int(data, name)
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         await q.touch_instance(conn, who.instance_id, values)
+
+    await state.store.write(_tx)
     state.seen(who.instance_id, values["last_seen_ms"])
     return {"next_interval": state.heartbeat_interval}
 
@@ -280,7 +302,11 @@ async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> d
     data = parse_json(body)
     for name in ("agent_version", "os", "arch", "channel"):
         field_str(data, name, 64)
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         update_now, version = await q.take_update(conn, who.instance_id)
+        return update_now, version
+
+    update_now, version = await state.store.write(_tx)
     return {"update_now": update_now, "version": version if update_now else ""}

@@ -9,6 +9,7 @@ from server import model
 from server.api import action
 from server.rpc import Params, invalid
 from server.store import queries as q
+from server.store.conn import Conn
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -46,8 +47,11 @@ async def create_activation(state: ServerState, account: str, p: Params) -> dict
         "disabled": False,
     }
     code = model.new_activation_code()
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         await q.insert_activation(conn, row, code)
+
+    await state.store.write(_tx)
     return {"ActivationId": row["activation_id"], "ActivationCode": code}
 
 
@@ -56,8 +60,12 @@ async def describe_activations(state: ServerState, account: str, p: Params) -> d
     """The account's activations (never their codes)."""
     number, size = p.page()
     filters = {"ActivationId": p.str("ActivationId"), "InstanceName": p.str("InstanceName")}
-    async with state.store.read() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_activations(conn, account, filters, (number - 1) * size, size)
+        return total, rows
+
+    total, rows = await state.store.read(_tx)
     return {
         "TotalCount": total,
         "PageNumber": number,

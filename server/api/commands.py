@@ -10,6 +10,7 @@ from server import model
 from server.api import action
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
+from server.store.conn import Conn
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -50,11 +51,19 @@ async def store_command(state: ServerState, account: str, name: str, fields: dic
     command_id = model.new_id("c-")
     now = model.now_ms()
     row = {
-        "command_id": command_id, "account": account, "name": name, **fields,
-        "created": model.iso_from_ms(now), "created_ms": now, "invoke_times": 0,
+        "command_id": command_id,
+        "account": account,
+        "name": name,
+        **fields,
+        "created": model.iso_from_ms(now),
+        "created_ms": now,
+        "invoke_times": 0,
     }
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         await q.insert_command(conn, row)
+
+    await state.store.write(_tx)
     return command_id
 
 
@@ -100,8 +109,12 @@ async def describe_commands(state: ServerState, account: str, p: Params) -> dict
     if ctype and ctype not in model.COMMAND_TYPES:
         raise ApiError("InvalidCmdType.NotFound", "The specified command type does not exist.")
     filters = {k: p.str(k) for k in ("CommandId", "Name", "Description")} | {"Type": ctype}
-    async with state.store.read() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_commands(conn, account, filters, (number - 1) * size, size)
+        return total, rows
+
+    total, rows = await state.store.read(_tx)
     return {
         "TotalCount": total,
         "PageNumber": number,
@@ -125,7 +138,8 @@ async def modify_command(state: ServerState, account: str, p: Params) -> dict[st
         values["timeout"] = p.int("Timeout", None, 1, model.MAX_TIMEOUT)
     if p.raw.get("CommandContent"):
         values["content"] = model.decode_content(p.raw["CommandContent"])
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         row = await q.get_command(conn, account, command_id)
         if row is None:
             raise command_not_found()
@@ -133,6 +147,8 @@ async def modify_command(state: ServerState, account: str, p: Params) -> dict[st
             values["parameter_names"] = json.dumps(model.parameter_names(values["content"]))
         if values:
             await q.update_command(conn, account, command_id, values)
+
+    await state.store.write(_tx)
     return {}
 
 
@@ -140,7 +156,10 @@ async def modify_command(state: ServerState, account: str, p: Params) -> dict[st
 async def delete_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Delete a command (its invocations keep their own copy)."""
     command_id = p.str("CommandId", required=True)
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         if not await q.delete_command(conn, account, command_id):
             raise command_not_found()
+
+    await state.store.write(_tx)
     return {}

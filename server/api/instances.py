@@ -9,6 +9,7 @@ from server import model
 from server.api import action
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
+from server.store.conn import Conn
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -57,8 +58,12 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
     offset, limit = (number - 1) * size, size
     if want is not None:
         offset, limit = 0, 100_000
-    async with state.store.read() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_instances(conn, account, filters, offset, limit)
+        return total, rows
+
+    total, rows = await state.store.read(_tx)
     now = model.now_ms()
     items = [render_managed(r, now) for r in rows]
     if want is not None:
@@ -74,12 +79,14 @@ async def deregister_managed_instance(
 ) -> dict[str, Any]:
     """Remove an instance: its key stops working and its pending tasks are cancelled."""
     instance_id = p.str("InstanceId", required=True)
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         row = await q.deregister_instance(conn, account, instance_id)
+        return row
+
+    row = await state.store.write(_tx)
     if row is None:
-        raise ApiError(
-            "InvalidInstance.NotFound", "The specified instance does not exist.", 404
-        )
+        raise ApiError("InvalidInstance.NotFound", "The specified instance does not exist.", 404)
     state.forget_instance(instance_id)
     return {"Instance": render_managed(row, model.now_ms())}
 
@@ -91,9 +98,13 @@ async def describe_cloud_assistant_status(
     """Whether each instance's agent is online, its version and last heartbeat."""
     number, size = p.page()
     filters = {"InstanceIds": p.list("InstanceId"), "OsType": p.str("OSType")}
-    async with state.store.read() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_instances(conn, account, filters, (number - 1) * size, size)
         active = await q.active_task_counts(conn, [r["instance_id"] for r in rows])
+        return total, rows, active
+
+    total, rows, active = await state.store.read(_tx)
     now = model.now_ms()
     return {
         "TotalCount": total,
@@ -126,7 +137,8 @@ async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict
     if not ids:
         raise missing("InstanceId.1")
     version = p.str("AgentVersion", max_len=64)
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         found = await q.existing_instances(conn, account, ids)
         absent = [i for i in ids if i not in found]
         if absent:
@@ -136,5 +148,8 @@ async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict
                 404,
             )
         await q.request_update(conn, account, ids, version)
+        return found, absent
+
+    found, absent = await state.store.write(_tx)
     await state.notifier.publish(ids, {"type": "update", "version": version})
     return {"InstanceIds": {"InstanceId": ids}}

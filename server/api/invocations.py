@@ -11,6 +11,7 @@ from server.api import action
 from server.api.commands import command_not_found, read_command_fields
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import queries as q
+from server.store.conn import Conn
 
 if TYPE_CHECKING:
     from server.app import ServerState
@@ -70,15 +71,27 @@ async def start_invocation(
     invoke_id = model.new_id("t-")
     now = model.now_ms()
     row = {
-        "invoke_id": invoke_id, "account": account, "command_id": command["command_id"],
-        "command_name": command["name"], "command_type": command["type"],
-        "command_description": command["description"], "content": content,
-        "parameters": json.dumps(values), "timed": timed, "repeat_mode": mode,
-        "frequency": frequency, "username": username, "working_dir": working_dir,
-        "timeout": timeout, "created": model.iso_from_ms(now), "created_ms": now,
-        "revision": 1, "stopped": False,
+        "invoke_id": invoke_id,
+        "account": account,
+        "command_id": command["command_id"],
+        "command_name": command["name"],
+        "command_type": command["type"],
+        "command_description": command["description"],
+        "content": content,
+        "parameters": json.dumps(values),
+        "timed": timed,
+        "repeat_mode": mode,
+        "frequency": frequency,
+        "username": username,
+        "working_dir": working_dir,
+        "timeout": timeout,
+        "created": model.iso_from_ms(now),
+        "created_ms": now,
+        "revision": 1,
+        "stopped": False,
     }
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         found = await q.existing_instances(conn, account, ids)
         absent = [i for i in ids if i not in found]
         if absent:
@@ -90,6 +103,8 @@ async def start_invocation(
         if keep:
             await q.insert_command(conn, command)
         await q.insert_invocation(conn, row, ids)
+
+    await state.store.write(_tx)
     await state.notifier.publish(ids, {"type": "task"})
     return invoke_id
 
@@ -98,8 +113,12 @@ async def start_invocation(
 async def invoke_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Run a stored command on instances, once or on a schedule."""
     command_id = p.str("CommandId", required=True)
-    async with state.store.read() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         command = await q.get_command(conn, account, command_id)
+        return command
+
+    command = await state.store.read(_tx)
     if command is None:
         raise command_not_found()
     return {"InvokeId": await start_invocation(state, account, p, command, keep=False)}
@@ -111,9 +130,13 @@ async def run_command(state: ServerState, account: str, p: Params) -> dict[str, 
     fields = read_command_fields(p, content_required=True)
     now = model.now_ms()
     command = {
-        "command_id": model.new_id("c-"), "account": account,
-        "name": p.str("Name", max_len=128) or f"command-{now}", **fields,
-        "created": model.iso_from_ms(now), "created_ms": now, "invoke_times": 0,
+        "command_id": model.new_id("c-"),
+        "account": account,
+        "name": p.str("Name", max_len=128) or f"command-{now}",
+        **fields,
+        "created": model.iso_from_ms(now),
+        "created_ms": now,
+        "invoke_times": 0,
     }
     keep = p.bool("KeepCommand", False)
     invoke_id = await start_invocation(state, account, p, command, keep)
@@ -162,7 +185,9 @@ def render_result(row: dict[str, Any], output: str) -> dict[str, Any]:
 
 
 @action("DescribeInvocationResults")
-async def describe_invocation_results(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+async def describe_invocation_results(
+    state: ServerState, account: str, p: Params
+) -> dict[str, Any]:
     """Per-instance results, in both the current and the legacy response shape."""
     number, size = p.page()
     encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
@@ -175,11 +200,18 @@ async def describe_invocation_results(state: ServerState, account: str, p: Param
         "CommandId": p.str("CommandId"),
         "Statuses": RECORD_STATUS_FILTER.get(record, ()),
     }
-    async with state.store.read() as conn:
-        if filters["InvokeId"] and await q.get_invocation(conn, account, filters["InvokeId"]) is None:
+
+    async def _tx(conn: Conn) -> Any:
+        if (
+            filters["InvokeId"]
+            and await q.get_invocation(conn, account, filters["InvokeId"]) is None
+        ):
             raise invoke_not_found()
         total, rows = await q.list_results(conn, account, filters, (number - 1) * size, size)
         items = [render_result(r, encode_output(await output_of(conn, r), encoding)) for r in rows]
+        return total, rows, items
+
+    total, rows, items = await state.store.read(_tx)
     return {
         "Invocation": {
             "PageSize": size,
@@ -249,8 +281,17 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     with_output = p.bool("IncludeOutput", False)
     wanted = p.enum(
         "InvokeStatus",
-        ("Running", "Finished", "Failed", "PartialFailed", "Stopped", "Stopping", "Pending",
-         "Scheduled", "Success"),
+        (
+            "Running",
+            "Finished",
+            "Failed",
+            "PartialFailed",
+            "Stopped",
+            "Stopping",
+            "Pending",
+            "Scheduled",
+            "Success",
+        ),
     )
     filters: dict[str, Any] = {
         k: p.str(k) for k in ("InvokeId", "CommandId", "CommandName", "InstanceId")
@@ -261,10 +302,16 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     offset, limit = (number - 1) * size, size
     if wanted:
         offset, limit = 0, 10_000
-    async with state.store.read() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_invocations(conn, account, filters, offset, limit)
         results = await q.instance_results(conn, [r["invoke_id"] for r in rows])
-    items = [render_invocation(r, results.get(r["invoke_id"], []), encoding, with_output) for r in rows]
+        return total, rows, results
+
+    total, rows, results = await state.store.read(_tx)
+    items = [
+        render_invocation(r, results.get(r["invoke_id"], []), encoding, with_output) for r in rows
+    ]
     if wanted:
         items = [i for i in items if wanted in (i["InvokeStatus"], i["InvocationStatus"])]
         total = len(items)
@@ -283,10 +330,14 @@ async def stop_invocation(state: ServerState, account: str, p: Params) -> dict[s
     """Stop an invocation on all or some of its instances."""
     invoke_id = p.str("InvokeId", required=True)
     ids = p.list("InstanceId")
-    async with state.store.write() as conn:
+
+    async def _tx(conn: Conn) -> Any:
         if await q.get_invocation(conn, account, invoke_id) is None:
             raise invoke_not_found()
         notify = await q.stop_invocation(conn, invoke_id, ids or None)
+        return notify
+
+    notify = await state.store.write(_tx)
     if notify:
         await state.notifier.publish(notify, {"type": "stop"})
     return {}

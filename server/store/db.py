@@ -1,31 +1,46 @@
-"""The Store: one async engine (SQLite with WAL, or PostgreSQL) and its transactions.
+"""The Store: one seam for every transaction, on SQLite (WAL) or PostgreSQL.
 
-Queries live in server/store/queries.py and take the connection a transaction yields, so an
-action can combine several (nonce + report) in one commit. SQLite allows one writer: writes are
-serialized in-process with a lock and begin IMMEDIATE, so concurrent requests queue instead of
-spinning on SQLITE_BUSY; several processes on one file still work through the busy timeout.
+Callers hand the store a *transaction function*: ``async def tx(conn) -> T`` that runs queries
+(server/store/queries.py) on `conn`. The store runs it in one transaction:
+
+- PostgreSQL: on the event loop with an asyncpg-backed AsyncConnection; replicas share the
+  database.
+- SQLite: on threads with the plain sqlite3 driver. Writes go to one writer thread that takes
+  every transaction queued meanwhile and runs them in one BEGIN IMMEDIATE … COMMIT, each inside
+  its own SAVEPOINT (group commit: a failing function rolls back alone). Reads run on a small
+  thread pool (WAL lets them proceed beside the writer). A transaction function costs one thread
+  hand-off, not one per statement, which is what makes SQLite fast under many agents.
+
+On SQLite, transaction functions must not await anything but `conn` (they are driven to
+completion synchronously on the thread); the store refuses one that suspends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import logging
 import os
-from collections.abc import AsyncIterator
+import queue
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from common.errors import ConfigError
 from server.store import migrations
+from server.store.conn import T, TxFunction
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+MAX_BATCH = 512  # transaction functions per SQLite group commit
+READ_THREADS = 2
 
 
 def default_data_dir() -> Path:
@@ -58,75 +73,189 @@ def asyncpg_dsn(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to completion, synchronously."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a SQLite transaction function awaited something other than its connection")
+
+
+class SyncConn:
+    """A sync SQLAlchemy Connection behind the async interface transaction functions use."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if parameters is None:
+            return self._conn.execute(statement)
+        return self._conn.execute(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self._conn, *args)
+
+
+@dataclass
+class _Job:
+    fn: TxFunction[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = field(default=False)
+
+
+def _resolve(job: _Job) -> None:
+    """Hand a job's outcome to its awaiting coroutine (on the loop's thread)."""
+    if job.future.done():
+        return
+    if job.error is not None:
+        job.future.set_exception(job.error)
+    else:
+        job.future.set_result(job.result)
+
+
+class _SqliteRunner:
+    """One writer thread with group commit, and a reader pool, over one SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(
+            f"sqlite:///{path}",
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_size=READ_THREADS + 2,
+        )
+        _configure_sqlite(self.engine)
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
+        self._writer.start()
+        self._readers = concurrent.futures.ThreadPoolExecutor(READ_THREADS, "sqlite-reader")
+
+    async def write(self, fn: TxFunction[T]) -> T:
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop, loop.create_future())
+        self._queue.put(job)
+        return await job.future  # type: ignore[no-any-return]
+
+    async def read(self, fn: TxFunction[T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_sync, fn)
+
+    def _read_sync(self, fn: TxFunction[T]) -> T:
+        with self.engine.connect() as conn, conn.begin():
+            return drive(fn(SyncConn(conn)))
+
+    def _write_loop(self) -> None:
+        conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)
+                    break
+                batch.append(job)
+            self._run_batch(conn, batch)
+        conn.close()
+
+    def _run_batch(self, conn: Connection, batch: list[_Job]) -> None:
+        """One transaction for the whole batch, one savepoint per job."""
+        try:
+            with conn.begin():
+                for job in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        job.result = drive(job.fn(SyncConn(conn)))
+                    except BaseException as exc:
+                        savepoint.rollback()
+                        job.error = exc
+                    else:
+                        savepoint.commit()
+        except BaseException as exc:  # the commit failed: nothing of the batch was stored
+            log.error("SQLite group commit failed: %s", exc)
+            for job in batch:
+                job.error = job.error or exc
+        for job in batch:
+            job.loop.call_soon_threadsafe(_resolve, job)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, busy timeout, and BEGIN issued by us (IMMEDIATE for writers)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
 class Store:
-    """The database behind the server: engine, transactions, dialect quirks."""
+    """The database behind the server."""
 
     def __init__(self, url: str | None = None, pool_size: int = 10) -> None:
         self.url = normalize_db_url(url)
         self.dialect = "postgresql" if self.url.startswith("postgresql") else "sqlite"
-        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
-        self.engine = self._create_engine(pool_size)
-
-    def _create_engine(self, pool_size: int) -> AsyncEngine:
-        """Build the engine; SQLite gets WAL, a busy timeout and manual BEGIN handling."""
-        if self.dialect == "postgresql":
-            return create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        self._sqlite: _SqliteRunner | None = None
+        self._engine: AsyncEngine | None = None
+        if self.dialect == "sqlite":
+            self._sqlite = _SqliteRunner(make_url(self.url).database or ":memory:")
+        else:
+            self._engine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True
             )
-        path = make_url(self.url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            self.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        )
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+    async def write(self, fn: TxFunction[T]) -> T:
+        """Run `fn` in a read-write transaction; its exception rolls it back and propagates."""
+        if self._sqlite is not None:
+            return await self._sqlite.write(fn)
+        assert self._engine is not None
+        async with self._engine.begin() as conn:
+            return await fn(conn)  # type: ignore[arg-type]
 
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
-
-        return engine
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A read-write transaction, committed when the block exits cleanly."""
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock:
-            async with self.engine.connect() as conn:
-                conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
-                async with conn.begin():
-                    yield conn
-
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction (a consistent snapshot)."""
-        async with self.engine.connect() as conn:
-            async with conn.begin():
-                yield conn
+    async def read(self, fn: TxFunction[T]) -> T:
+        """Run `fn` in a read-only transaction (a consistent snapshot)."""
+        if self._sqlite is not None:
+            return await self._sqlite.read(fn)
+        assert self._engine is not None
+        async with self._engine.connect() as conn, conn.begin():
+            return await fn(conn)  # type: ignore[arg-type]
 
     async def migrate(self) -> tuple[int, int]:
         """Bring the schema up to date; return (version before, version after)."""
-        async with self.write() as conn:
-            return await migrations.migrate(conn)
+        return await self.write(migrations.migrate)
 
     async def schema_version(self) -> int:
         """The schema version the database is at."""
-        async with self.read() as conn:
-            return await migrations.current_version(conn)
+        return await self.read(migrations.current_version)
 
     async def close(self) -> None:
-        """Release every pooled connection."""
-        await self.engine.dispose()
+        """Stop the threads and release every connection."""
+        if self._sqlite is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._sqlite.close)
+        if self._engine is not None:
+            await self._engine.dispose()

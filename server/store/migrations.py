@@ -6,16 +6,16 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.store import schema
+from server.store.conn import Conn
 
 log = logging.getLogger(__name__)
 
-Step = Callable[[AsyncConnection], Awaitable[None]]
+Step = Callable[[Conn], Awaitable[None]]
 
 
-async def _create_v1(conn: AsyncConnection) -> None:
+async def _create_v1(conn: Conn) -> None:
     """Version 1: every table of server/store/schema.py."""
     await conn.run_sync(schema.metadata.create_all)
 
@@ -24,7 +24,7 @@ MIGRATIONS: list[tuple[int, Step]] = [(1, _create_v1)]
 LATEST = MIGRATIONS[-1][0]
 
 
-async def current_version(conn: AsyncConnection) -> int:
+async def current_version(conn: Conn) -> int:
     """The schema version recorded in the database (0 for an empty database)."""
     has_table = await conn.run_sync(
         lambda sync: sync.dialect.has_table(sync, schema.schema_version.name)
@@ -35,7 +35,7 @@ async def current_version(conn: AsyncConnection) -> int:
     return int(row[0]) if row else 0
 
 
-async def migrate(conn: AsyncConnection) -> tuple[int, int]:
+async def migrate(conn: Conn) -> tuple[int, int]:
     """Bring the schema to LATEST inside the caller's transaction; return (before, after)."""
     if conn.dialect.name == "postgresql":
         # Several replicas may start at once: one migrates, the others wait, then see it done.

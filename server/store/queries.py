@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
 from server import model
+from server.store.conn import Conn
 from server.store.schema import (
     access_keys,
     activations,
@@ -30,22 +30,22 @@ from server.store.schema import (
 Row = dict[str, Any]
 
 
-def _insert(conn: AsyncConnection, table: Any) -> Any:
+def _insert(conn: Conn, table: Any) -> Any:
     """A dialect insert that supports ON CONFLICT DO NOTHING."""
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-async def _rows(conn: AsyncConnection, stmt: Any) -> list[Row]:
+async def _rows(conn: Conn, stmt: Any) -> list[Row]:
     return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
 
 
-async def _one(conn: AsyncConnection, stmt: Any) -> Row | None:
+async def _one(conn: Conn, stmt: Any) -> Row | None:
     row = (await conn.execute(stmt)).first()
     return dict(row._mapping) if row else None
 
 
 async def _page(
-    conn: AsyncConnection, stmt: Select[Any], order: Sequence[Any], offset: int, limit: int
+    conn: Conn, stmt: Select[Any], order: Sequence[Any], offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     """Total count and one page of a query."""
     total = (await conn.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
@@ -56,31 +56,34 @@ async def _page(
 # --- access keys and nonces ---------------------------------------------------------------
 
 
-async def create_access_key(conn: AsyncConnection, account: str) -> tuple[str, str]:
+async def create_access_key(conn: Conn, account: str) -> tuple[str, str]:
     """A new AccessKey pair for `account`."""
     key_id = "LTAI" + secrets.token_hex(10)
     secret = secrets.token_urlsafe(22)[:30]
     await conn.execute(
         access_keys.insert().values(
-            access_key_id=key_id, secret=secret, account=account, created_ms=model.now_ms(),
+            access_key_id=key_id,
+            secret=secret,
+            account=account,
+            created_ms=model.now_ms(),
             enabled=True,
         )
     )
     return key_id, secret
 
 
-async def get_access_key(conn: AsyncConnection, key_id: str) -> Row | None:
+async def get_access_key(conn: Conn, key_id: str) -> Row | None:
     return await _one(conn, select(access_keys).where(access_keys.c.access_key_id == key_id))
 
 
-async def use_nonce(conn: AsyncConnection, key: str, expires: int) -> bool:
+async def use_nonce(conn: Conn, key: str, expires: int) -> bool:
     """Record a nonce; False when it was already used (a replay)."""
     stmt = _insert(conn, nonces).values(nonce=key, expires=expires).on_conflict_do_nothing()
     result = await conn.execute(stmt)
     return bool(result.rowcount)
 
 
-async def purge_nonces(conn: AsyncConnection, now: int) -> int:
+async def purge_nonces(conn: Conn, now: int) -> int:
     """Forget nonces whose timestamps can no longer pass the window check."""
     result = await conn.execute(delete(nonces).where(nonces.c.expires < now))
     return int(result.rowcount or 0)
@@ -89,11 +92,11 @@ async def purge_nonces(conn: AsyncConnection, now: int) -> int:
 # --- commands -------------------------------------------------------------------------------
 
 
-async def insert_command(conn: AsyncConnection, row: Row) -> None:
+async def insert_command(conn: Conn, row: Row) -> None:
     await conn.execute(commands.insert().values(**row))
 
 
-async def get_command(conn: AsyncConnection, account: str, command_id: str) -> Row | None:
+async def get_command(conn: Conn, account: str, command_id: str) -> Row | None:
     return await _one(
         conn,
         select(commands).where(commands.c.account == account, commands.c.command_id == command_id),
@@ -101,7 +104,7 @@ async def get_command(conn: AsyncConnection, account: str, command_id: str) -> R
 
 
 async def list_commands(
-    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(commands).where(commands.c.account == account)
     if filters.get("CommandId"):
@@ -116,7 +119,7 @@ async def list_commands(
     return await _page(conn, stmt, order, offset, limit)
 
 
-async def update_command(conn: AsyncConnection, account: str, command_id: str, values: Row) -> int:
+async def update_command(conn: Conn, account: str, command_id: str, values: Row) -> int:
     result = await conn.execute(
         update(commands)
         .where(commands.c.account == account, commands.c.command_id == command_id)
@@ -125,7 +128,7 @@ async def update_command(conn: AsyncConnection, account: str, command_id: str, v
     return int(result.rowcount or 0)
 
 
-async def delete_command(conn: AsyncConnection, account: str, command_id: str) -> int:
+async def delete_command(conn: Conn, account: str, command_id: str) -> int:
     result = await conn.execute(
         delete(commands).where(commands.c.account == account, commands.c.command_id == command_id)
     )
@@ -135,7 +138,7 @@ async def delete_command(conn: AsyncConnection, account: str, command_id: str) -
 # --- instances and activations ---------------------------------------------------------------
 
 
-async def existing_instances(conn: AsyncConnection, account: str, ids: Sequence[str]) -> set[str]:
+async def existing_instances(conn: Conn, account: str, ids: Sequence[str]) -> set[str]:
     """Which of `ids` are registered, not deregistered, instances of `account`."""
     found: set[str] = set()
     for start in range(0, len(ids), 500):
@@ -152,7 +155,7 @@ async def existing_instances(conn: AsyncConnection, account: str, ids: Sequence[
 
 
 async def list_instances(
-    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(instances).where(
         instances.c.account == account, instances.c.deregistered.is_(False)
@@ -171,11 +174,11 @@ async def list_instances(
     return await _page(conn, stmt, order, offset, limit)
 
 
-async def get_instance(conn: AsyncConnection, instance_id: str) -> Row | None:
+async def get_instance(conn: Conn, instance_id: str) -> Row | None:
     return await _one(conn, select(instances).where(instances.c.instance_id == instance_id))
 
 
-async def insert_activation(conn: AsyncConnection, row: Row, code: str) -> None:
+async def insert_activation(conn: Conn, row: Row, code: str) -> None:
     await conn.execute(activations.insert().values(**row, code_hash=hash_code(code)))
 
 
@@ -184,14 +187,12 @@ def hash_code(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
-async def get_activation(conn: AsyncConnection, activation_id: str) -> Row | None:
-    return await _one(
-        conn, select(activations).where(activations.c.activation_id == activation_id)
-    )
+async def get_activation(conn: Conn, activation_id: str) -> Row | None:
+    return await _one(conn, select(activations).where(activations.c.activation_id == activation_id))
 
 
 async def list_activations(
-    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(activations).where(activations.c.account == account)
     if filters.get("ActivationId"):
@@ -202,7 +203,7 @@ async def list_activations(
     return await _page(conn, stmt, order, offset, limit)
 
 
-async def claim_activation(conn: AsyncConnection, activation_id: str) -> bool:
+async def claim_activation(conn: Conn, activation_id: str) -> bool:
     """Count one registration against the activation's limit; False when it is used up."""
     result = await conn.execute(
         update(activations)
@@ -215,7 +216,7 @@ async def claim_activation(conn: AsyncConnection, activation_id: str) -> bool:
     return bool(result.rowcount)
 
 
-async def upsert_instance(conn: AsyncConnection, row: Row) -> None:
+async def upsert_instance(conn: Conn, row: Row) -> None:
     """Register (or re-register, replacing the key of) an instance."""
     existing = await get_instance(conn, row["instance_id"])
     if existing is None:
@@ -226,7 +227,7 @@ async def upsert_instance(conn: AsyncConnection, row: Row) -> None:
         )
 
 
-async def deregister_instance(conn: AsyncConnection, account: str, instance_id: str) -> Row | None:
+async def deregister_instance(conn: Conn, account: str, instance_id: str) -> Row | None:
     """Mark an instance deregistered; its pending tasks become Cancelled."""
     row = await _one(
         conn,
@@ -258,15 +259,13 @@ async def deregister_instance(conn: AsyncConnection, account: str, instance_id: 
     return row
 
 
-async def touch_instance(conn: AsyncConnection, instance_id: str, values: Row) -> None:
+async def touch_instance(conn: Conn, instance_id: str, values: Row) -> None:
     await conn.execute(
         update(instances).where(instances.c.instance_id == instance_id).values(**values)
     )
 
 
-async def request_update(
-    conn: AsyncConnection, account: str, ids: Sequence[str], version: str
-) -> None:
+async def request_update(conn: Conn, account: str, ids: Sequence[str], version: str) -> None:
     await conn.execute(
         update(instances)
         .where(instances.c.account == account, instances.c.instance_id.in_(list(ids)))
@@ -274,7 +273,7 @@ async def request_update(
     )
 
 
-async def take_update(conn: AsyncConnection, instance_id: str) -> tuple[bool, str]:
+async def take_update(conn: Conn, instance_id: str) -> tuple[bool, str]:
     """Consume a pending update request (true once per KickAgentUpdate)."""
     row = await _one(
         conn,
@@ -292,7 +291,7 @@ async def take_update(conn: AsyncConnection, instance_id: str) -> tuple[bool, st
     return bool(result.rowcount), str(row["update_version"])
 
 
-async def active_task_counts(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, int]:
+async def active_task_counts(conn: Conn, ids: Sequence[str]) -> dict[str, int]:
     """Running/pending task count per instance."""
     if not ids:
         return {}
@@ -310,7 +309,7 @@ async def active_task_counts(conn: AsyncConnection, ids: Sequence[str]) -> dict[
 # --- invocations ----------------------------------------------------------------------------
 
 
-async def insert_invocation(conn: AsyncConnection, row: Row, instance_ids: Sequence[str]) -> None:
+async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -> None:
     """Store an invocation and one pending result per instance."""
     now = model.now_ms()
     await conn.execute(invocations.insert().values(**row))
@@ -319,10 +318,21 @@ async def insert_invocation(conn: AsyncConnection, row: Row, instance_ids: Seque
         invocation_instances.insert(),
         [
             {
-                "invoke_id": row["invoke_id"], "instance_id": iid, "account": row["account"],
-                "status": status, "active": True, "delivered": False, "stop_requested": False,
-                "execution_id": "", "output": "", "dropped": 0, "error_code": "",
-                "error_info": "", "repeats": 0, "created_ms": now, "updated_ms": now,
+                "invoke_id": row["invoke_id"],
+                "instance_id": iid,
+                "account": row["account"],
+                "status": status,
+                "active": True,
+                "delivered": False,
+                "stop_requested": False,
+                "execution_id": "",
+                "output": "",
+                "dropped": 0,
+                "error_code": "",
+                "error_info": "",
+                "repeats": 0,
+                "created_ms": now,
+                "updated_ms": now,
             }
             for iid in instance_ids
         ],
@@ -339,7 +349,7 @@ async def insert_invocation(conn: AsyncConnection, row: Row, instance_ids: Seque
     )
 
 
-async def get_invocation(conn: AsyncConnection, account: str, invoke_id: str) -> Row | None:
+async def get_invocation(conn: Conn, account: str, invoke_id: str) -> Row | None:
     return await _one(
         conn,
         select(invocations).where(
@@ -349,7 +359,7 @@ async def get_invocation(conn: AsyncConnection, account: str, invoke_id: str) ->
 
 
 async def list_invocations(
-    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(invocations).where(invocations.c.account == account)
     for key, column in (
@@ -375,7 +385,7 @@ async def list_invocations(
     return await _page(conn, stmt, order, offset, limit)
 
 
-async def instance_results(conn: AsyncConnection, invoke_ids: Sequence[str]) -> dict[str, list[Row]]:
+async def instance_results(conn: Conn, invoke_ids: Sequence[str]) -> dict[str, list[Row]]:
     """Per-instance result rows of several invocations."""
     if not invoke_ids:
         return {}
@@ -392,7 +402,7 @@ async def instance_results(conn: AsyncConnection, invoke_ids: Sequence[str]) -> 
 
 
 async def list_results(
-    conn: AsyncConnection, account: str, filters: Row, offset: int, limit: int
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     """Per-instance results joined with their invocation, newest first."""
     ii, inv = invocation_instances, invocations
@@ -420,7 +430,7 @@ async def list_results(
     return await _page(conn, stmt, order, offset, limit)
 
 
-async def running_output(conn: AsyncConnection, row: Row) -> tuple[bytes, int]:
+async def running_output(conn: Conn, row: Row) -> tuple[bytes, int]:
     """Output streamed so far by a running execution: (bytes, dropped)."""
     chunks = await _rows(
         conn,
@@ -437,7 +447,7 @@ async def running_output(conn: AsyncConnection, row: Row) -> tuple[bytes, int]:
 
 
 async def stop_invocation(
-    conn: AsyncConnection, invoke_id: str, instance_ids: Sequence[str] | None
+    conn: Conn, invoke_id: str, instance_ids: Sequence[str] | None
 ) -> list[str]:
     """Ask instances to stop; undelivered or idle ones stop at once. Returns ids to notify."""
     ii = invocation_instances
@@ -470,7 +480,7 @@ async def stop_invocation(
 # --- the agent side ---------------------------------------------------------------------------
 
 
-async def tasks_for(conn: AsyncConnection, instance_id: str) -> tuple[list[Row], list[str]]:
+async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]:
     """Tasks an instance should have, and invocations it should stop; marks them delivered."""
     ii, inv = invocation_instances, invocations
     rows = await _rows(
@@ -492,7 +502,7 @@ async def tasks_for(conn: AsyncConnection, instance_id: str) -> tuple[list[Row],
     return run, stop
 
 
-async def _result_row(conn: AsyncConnection, instance_id: str, invoke_id: str) -> Row | None:
+async def _result_row(conn: Conn, instance_id: str, invoke_id: str) -> Row | None:
     ii, inv = invocation_instances, invocations
     return await _one(
         conn,
@@ -512,8 +522,13 @@ def _newer_execution(candidate: str, current: str) -> bool:
 
 
 async def record_running(
-    conn: AsyncConnection, instance_id: str, invoke_id: str, execution_id: str, start_ms: int,
-    offset: int, data: str,
+    conn: Conn,
+    instance_id: str,
+    invoke_id: str,
+    execution_id: str,
+    start_ms: int,
+    offset: int,
+    data: str,
 ) -> bool:
     """Store a running-output chunk once per offset and mark the execution Running."""
     row = await _result_row(conn, instance_id, invoke_id)
@@ -523,15 +538,20 @@ async def record_running(
     await conn.execute(
         _insert(conn, ex)
         .values(
-            invoke_id=invoke_id, instance_id=instance_id, execution_id=execution_id,
-            status=model.RUNNING, terminal=False, start_ms=start_ms,
+            invoke_id=invoke_id,
+            instance_id=instance_id,
+            execution_id=execution_id,
+            status=model.RUNNING,
+            terminal=False,
+            start_ms=start_ms,
         )
         .on_conflict_do_nothing()
     )
     done = await _one(
         conn,
         select(ex.c.terminal).where(
-            ex.c.invoke_id == invoke_id, ex.c.instance_id == instance_id,
+            ex.c.invoke_id == invoke_id,
+            ex.c.instance_id == instance_id,
             ex.c.execution_id == execution_id,
         ),
     )
@@ -541,19 +561,30 @@ async def record_running(
         await conn.execute(
             _insert(conn, output_chunks)
             .values(
-                invoke_id=invoke_id, instance_id=instance_id, execution_id=execution_id,
-                chunk_offset=offset, data=data,
+                invoke_id=invoke_id,
+                instance_id=instance_id,
+                execution_id=execution_id,
+                chunk_offset=offset,
+                data=data,
             )
             .on_conflict_do_nothing()
         )
-    if _newer_execution(execution_id, row["execution_id"]) and row["status"] not in (
-        model.STOPPING,
-    ) and (row["active"] or row["execution_id"] == execution_id):
+    if (
+        _newer_execution(execution_id, row["execution_id"])
+        and row["status"] not in (model.STOPPING,)
+        and (row["active"] or row["execution_id"] == execution_id)
+    ):
         values: Row = {"status": model.RUNNING, "updated_ms": model.now_ms()}
         if row["execution_id"] != execution_id:
             values.update(
-                execution_id=execution_id, start_ms=start_ms, exit_code=None, output="",
-                dropped=0, error_code="", error_info="", finish_ms=None,
+                execution_id=execution_id,
+                start_ms=start_ms,
+                exit_code=None,
+                output="",
+                dropped=0,
+                error_code="",
+                error_info="",
+                finish_ms=None,
             )
         await conn.execute(
             update(invocation_instances)
@@ -567,7 +598,11 @@ async def record_running(
 
 
 async def record_terminal(
-    conn: AsyncConnection, instance_id: str, invoke_id: str, execution_id: str, status: str,
+    conn: Conn,
+    instance_id: str,
+    invoke_id: str,
+    execution_id: str,
+    status: str,
     report: Row,
 ) -> bool | None:
     """Apply a terminal report; True if it was a duplicate, None if the task is unknown."""
@@ -576,14 +611,19 @@ async def record_terminal(
         return None
     ex = executions
     key = and_(
-        ex.c.invoke_id == invoke_id, ex.c.instance_id == instance_id,
+        ex.c.invoke_id == invoke_id,
+        ex.c.instance_id == instance_id,
         ex.c.execution_id == execution_id,
     )
     await conn.execute(
         _insert(conn, ex)
         .values(
-            invoke_id=invoke_id, instance_id=instance_id, execution_id=execution_id,
-            status=status, terminal=False, start_ms=report["start_ms"],
+            invoke_id=invoke_id,
+            instance_id=instance_id,
+            execution_id=execution_id,
+            status=status,
+            terminal=False,
+            start_ms=report["start_ms"],
         )
         .on_conflict_do_nothing()
     )
@@ -591,8 +631,11 @@ async def record_terminal(
         update(ex)
         .where(key, ex.c.terminal.is_(False))
         .values(
-            status=status, terminal=True, exit_code=report["exit_code"],
-            start_ms=report["start_ms"], finish_ms=report["finish_ms"],
+            status=status,
+            terminal=True,
+            exit_code=report["exit_code"],
+            start_ms=report["start_ms"],
+            finish_ms=report["finish_ms"],
         )
     )
     if not won.rowcount:
@@ -601,14 +644,20 @@ async def record_terminal(
     values: Row = {"repeats": invocation_instances.c.repeats + 1, "updated_ms": now}
     if _newer_execution(execution_id, row["execution_id"]):
         values.update(
-            execution_id=execution_id, exit_code=report["exit_code"], output=report["output"],
-            dropped=report["dropped"], error_code=report["error_code"],
-            error_info=report["error_info"], start_ms=report["start_ms"],
+            execution_id=execution_id,
+            exit_code=report["exit_code"],
+            output=report["output"],
+            dropped=report["dropped"],
+            error_code=report["error_code"],
+            error_info=report["error_info"],
+            start_ms=report["start_ms"],
             finish_ms=report["finish_ms"],
         )
         stopping = row["stop_requested"]
-        ends = (not row["timed"]) or stopping or model.is_one_time_schedule(
-            row["repeat_mode"], row["frequency"]
+        ends = (
+            (not row["timed"])
+            or stopping
+            or model.is_one_time_schedule(row["repeat_mode"], row["frequency"])
         )
         if status in (model.STOPPED, model.TERMINATED):
             ends = True
@@ -642,4 +691,3 @@ def decode_parameters(text: str) -> dict[str, str]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
