@@ -239,7 +239,12 @@ def select_mirrors(
     session: requests.Session | None = None,
 ) -> list[str]:
     """Detect the region, probe the candidates, and return the working mirrors best first."""
-    region = detect_region(config, cli_region=cli_region, state_dir=state_dir, session=session)
+    explicit = [*cli_mirrors, *config.mirrors]
+    region = (
+        ""  # explicit mirrors are the only candidates: no need to ask anyone for the region
+        if explicit
+        else detect_region(config, cli_region=cli_region, state_dir=state_dir, session=session)
+    )
     candidates = candidate_mirrors(config, region, cli_mirrors)
     if not candidates:
         raise ConfigError("no mirror configured", hint="pass --mirror URL or set [mirror] mirrors")

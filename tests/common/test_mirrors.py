@@ -186,3 +186,16 @@ def test_select_with_nothing_reachable_is_a_download_error(tmp_path: Path) -> No
     config = MirrorConfig(mirrors=[f"http://127.0.0.1:{_closed_port()}/"], probe_timeout=0.5)
     with pytest.raises(DownloadError, match="no mirror answered"):
         select_mirrors(config, state_dir=tmp_path)
+
+
+def test_explicit_mirrors_never_ask_the_metadata_service(
+    servers: dict[str, StaticServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ALIYUN_ASSIST_REGION", raising=False)
+    asked: list[str] = []
+    meta = servers["missing"]
+    meta.hook = lambda handler: bool(asked.append(handler.path))
+    config = MirrorConfig(metadata_url=meta.url + "latest/meta-data/region-id", probe_timeout=1.0)
+    ranked = select_mirrors(config, cli_mirrors=[servers["good"].url], state_dir=tmp_path)
+    assert ranked == [servers["good"].url]
+    assert asked == [] and not (tmp_path / "region-id").exists()
