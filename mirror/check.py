@@ -18,7 +18,7 @@ from mirror.gpg import verify_clearsigned, verify_detached
 from mirror.plan import FileEntry, keep_newest, parse_targets
 from mirror.source import DirSource
 from mirror.state import MirrorState, load_state, locked, save_state, state_dir
-from mirror.sync import refresh_metadata
+from mirror.tufclient import refresh_metadata
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from tuf.api import exceptions as tuf_exceptions
-from tuf.ngclient import FetcherInterface
-
 from common.errors import DownloadError, NotFoundError, VerificationError
-
-TUF_BASE = "upstream://repo/"
 
 
 class Source(Protocol):
@@ -103,25 +97,3 @@ class DirSource:
             part.unlink()
             raise VerificationError(f"{path} does not match its signed length/sha256")
         os.replace(part, dest)
-
-
-class TufFetcher(FetcherInterface):
-    """tuf's transport seam over a Source; remembers every metadata file it fetched."""
-
-    def __init__(self, source: Source, max_length: int = 64 << 20) -> None:
-        self.source = source
-        self.max_length = max_length
-        self.fetched: dict[str, bytes] = {}
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        if not url.startswith(TUF_BASE):
-            raise tuf_exceptions.DownloadError(f"unexpected URL {url}")
-        path = url[len(TUF_BASE) :]
-        try:
-            data = self.source.fetch_bytes(path, self.max_length)
-        except NotFoundError as exc:
-            raise tuf_exceptions.DownloadHTTPError(str(exc), 404) from exc
-        except DownloadError as exc:
-            raise tuf_exceptions.DownloadError(str(exc)) from exc
-        self.fetched[path] = data
-        return iter([data])

@@ -1,61 +1,32 @@
-"""The sync orchestrator: verify upstream, fetch what is missing, publish in a safe order.
+"""assist-mirror sync: bring a mirror up to date with its upstream, verified, published safely.
 
-    metadata (tuf Updater, pinned root)  ->  targets / apt / yum plans (mirror.plan, .apt, .yum)
-    ->  parallel verified downloads into .mirror/staging  ->  Publication  ->  Storage(s)
+    is the upstream timestamp.json what we published?  -> done (one small request)
+    else mirror.fullsync: tuf Updater with the pinned root -> targets / apt / yum plans ->
+    parallel verified downloads into .mirror/staging -> Publication -> Storage(s)
 
 Nothing reaches the published tree before every file of the new set is verified; a failure at
-any step leaves the published tree exactly as it was.
+any step leaves the published tree exactly as it was. This module stays light (no tuf import)
+so the no-op sync is fast.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
-import shutil
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuf.api import exceptions as tuf_exceptions
-from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
-from tuf.ngclient import Updater, UpdaterConfig
-
-from common.atomic import atomic_write_bytes
-from common.errors import (
-    ConfigError,
-    DownloadError,
-    ExpiredMetadataError,
-    NoSpaceError,
-    NotFoundError,
-    VerificationError,
-)
-from common.platform import DEB_ARCH
-from mirror import apt, yum
-from mirror.bootstrap import render_bootstraps
-from mirror.gpg import keyring_fingerprints, verify_clearsigned, verify_detached
-from mirror.plan import (
-    FileEntry,
-    Filters,
-    channels_of,
-    keep_newest,
-    parse_targets,
-    plan_fetch,
-    select_targets,
-)
-from mirror.source import TUF_BASE, Source, TufFetcher
-from mirror.state import MirrorState, load_state, locked, save_state, state_dir
-from mirror.storage import FileStorage, Publication, Storage
+from common.errors import DownloadError, ExpiredMetadataError, NotFoundError
+from mirror.plan import Filters
+from mirror.source import Source
+from mirror.state import MirrorState, load_state, locked
+from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
 
 MAX_METADATA = 16 << 20  # bytes: refuse larger metadata / index files
-MAX_INDEX = 256 << 20
-SPACE_MARGIN = 64 << 20  # bytes kept free beyond the download
-SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "share" / "root.json"
-KEY_FILES = ("archive-keyring.gpg", "RPM-GPG-KEY-assist")
 
 
 @dataclass
@@ -87,22 +58,6 @@ class SyncReport:
     seconds: float = 0.0
 
 
-@dataclass
-class _Stage:
-    """The new repository being assembled in .mirror/staging."""
-
-    dir: Path
-    content: list[FileEntry] = field(default_factory=list)
-    trees: list[str] = field(default_factory=list)
-    metadata: list[str] = field(default_factory=list)
-    indexed: dict[str, list[object]] = field(default_factory=dict)  # non-content rel -> hash
-
-    def write(self, rel: str, data: bytes) -> None:
-        """Stage a small verified file and remember its hash."""
-        atomic_write_bytes(self.dir / rel, data)
-        self.indexed[rel] = [hashlib.sha256(data).hexdigest(), len(data)]
-
-
 def sync(options: SyncOptions) -> SyncReport:
     """Bring the mirror at options.root (and options.dests) up to date with its upstream."""
     started = time.monotonic()
@@ -110,33 +65,14 @@ def sync(options: SyncOptions) -> SyncReport:
     root.mkdir(parents=True, exist_ok=True)
     with locked(root):
         state = load_state(root)
-        tuf_dir = prepare_trust(root, options.trust_root)
         if is_unchanged(options, state):
             log.info("upstream timestamp unchanged: nothing to do")
             return SyncReport(False, state.timestamp_version, seconds=time.monotonic() - started)
-        report = _full_sync(options, state, tuf_dir)
+        from mirror.fullsync import full_sync  # tuf & co. load only when there is work
+
+        report = full_sync(options, state)
         report.seconds = time.monotonic() - started
         return report
-
-
-def prepare_trust(root: Path, trust_root: Path | None) -> Path:
-    """The mirror's trusted metadata directory, seeded with the pinned root on first use."""
-    tuf_dir = state_dir(root) / "tuf"
-    if (tuf_dir / "root.json").exists():
-        return tuf_dir
-    anchor = trust_root or (SHIPPED_ROOT if SHIPPED_ROOT.exists() else None)
-    if anchor is None or not anchor.is_file():
-        raise ConfigError(
-            f"no trusted root.json for the mirror at {root}",
-            hint="pass --trust-root FILE (the root.json shipped with the agent payload)",
-        )
-    try:
-        Metadata[Root].from_bytes(anchor.read_bytes())
-    except Exception as exc:
-        raise ConfigError(f"{anchor} is not TUF root metadata: {exc}") from exc
-    tuf_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(tuf_dir / "root.json", anchor.read_bytes())
-    return tuf_dir
 
 
 def is_unchanged(options: SyncOptions, state: MirrorState) -> bool:
@@ -173,401 +109,8 @@ def check_expiry(expires: dict[str, str], now: dt.datetime) -> None:
             )
 
 
-def refresh_metadata(source: Source, tuf_dir: Path) -> TufFetcher:
-    """Run tuf's client workflow against the upstream; errors become ours, with hints."""
-    fetcher = TufFetcher(source)
-    updater = Updater(
-        metadata_dir=str(tuf_dir),
-        metadata_base_url=TUF_BASE + "metadata/",
-        target_base_url=TUF_BASE + "targets/",
-        fetcher=fetcher,
-        config=UpdaterConfig(prefix_targets_with_hash=True),
-        bootstrap=None,
-    )
-    try:
-        updater.refresh()
-    except tuf_exceptions.ExpiredMetadataError as exc:
-        raise ExpiredMetadataError(
-            f"upstream metadata expired: {exc}",
-            hint="the upstream must re-publish (assist-pkgbuild publish) before the mirror can sync",
-        ) from exc
-    except tuf_exceptions.BadVersionNumberError as exc:
-        raise VerificationError(
-            f"upstream metadata rolled back: {exc}",
-            hint="the upstream serves older metadata than the mirror already trusts; check --upstream",
-        ) from exc
-    except tuf_exceptions.RepositoryError as exc:
-        raise VerificationError(
-            f"upstream metadata failed verification: {type(exc).__name__}: {exc}",
-            hint="the upstream is not signed by the pinned root; check --upstream and --trust-root",
-        ) from exc
-    except tuf_exceptions.DownloadError as exc:
-        raise DownloadError(
-            f"cannot fetch metadata from {source.description}: {exc}",
-            hint="check --upstream and the network path to it",
-        ) from exc
-    return fetcher
-
-
-def _full_sync(options: SyncOptions, state: MirrorState, tuf_dir: Path) -> SyncReport:
-    """Verify everything new, download it, publish it, record it."""
-    root = options.root
-    initial_root = (tuf_dir / "root.json").read_bytes()
-    fetcher = refresh_metadata(options.source, tuf_dir)
-    md = {
-        name: (tuf_dir / f"{name}.json").read_bytes()
-        for name in ("root", "timestamp", "snapshot", "targets")
-    }
-    root_md = Metadata[Root].from_bytes(md["root"])
-    timestamp = Metadata[Timestamp].from_bytes(md["timestamp"])
-    snapshot = Metadata[Snapshot].from_bytes(md["snapshot"])
-    targets_md = Metadata[Targets].from_bytes(md["targets"])
-    now = options.now()
-    expires = {
-        "root": root_md.signed.expires.isoformat(),
-        "timestamp": timestamp.signed.expires.isoformat(),
-        "snapshot": snapshot.signed.expires.isoformat(),
-        "targets": targets_md.signed.expires.isoformat(),
-    }
-
-    all_targets = parse_targets({p: t.to_dict() for p, t in targets_md.signed.targets.items()})
-    targets = select_targets(all_targets, options.filters)
-    stage = _Stage(state_dir(root) / "staging")
-    stage.dir.mkdir(parents=True, exist_ok=True)
-    _clear_staged_indexes(stage.dir)
-    stage.content = [t.entry() for t in targets]
-
-    keyring = _pinned_keyring(options)
-    if options.filters.wants_os("linux"):
-        channels = channels_of(all_targets, options.filters)
-        for channel in channels:
-            _stage_apt(options, stage, channel, keyring, expires, now)
-            _stage_yum(options, stage, channel, keyring)
-
-    plan = plan_fetch(stage.content, lambda e: _have(root, stage.dir, state, e))
-    check_space(stage.dir, plan.fetch, stage.dir)
-    log.info("fetching %d files, %d bytes", len(plan.fetch), plan.fetch_bytes)
-    download_all(options.source, plan.fetch, stage.dir, options.workers)
-
-    _stage_metadata(options, stage, fetcher, initial_root, md, keyring)
-    wanted = {e.relpath: e.record() for e in plan.wanted}
-    publication = Publication(
-        content=[e.relpath for e in plan.wanted],
-        trees=stage.trees,
-        metadata=stage.metadata,
-        remove=sorted(
-            r for r in state.files if r not in wanted and r not in stage.indexed and is_content(r)
-        ),
-    )
-    FileStorage(root).publish(publication, stage.dir)
-    state.files = {**wanted, **_kept_indexes(state, stage)}
-    state.upstream = options.source.description
-    state.region, state.public_url = options.region, options.public_url
-    state.filters = options.filters.fingerprint()
-    state.timestamp_version = timestamp.signed.version
-    state.snapshot_version = snapshot.signed.version
-    state.targets_version = targets_md.signed.version
-    state.root_version = root_md.signed.version
-    state.expires = expires
-    state.last_sync = now.isoformat()
-    state.dests = []
-    save_state(root, state)
-    for dest in options.dests:
-        dest.publish(
-            Publication(
-                content=publication.content,
-                trees=publication.trees,
-                metadata=publication.metadata,
-                remove=publication.remove,
-            ),
-            root,
-        )
-        state.dests.append(dest.description)
-        save_state(root, state)
-    return SyncReport(
-        changed=True,
-        timestamp_version=timestamp.signed.version,
-        fetched_files=len(plan.fetch),
-        fetched_bytes=plan.fetch_bytes,
-        total_files=len(plan.wanted),
-        total_bytes=sum(e.length for e in plan.wanted),
-    )
-
-
 def is_content(rel: str) -> bool:
     """Paths of artifacts (targets, debs, rpms) as opposed to metadata and indexes."""
     return rel.startswith(("targets/", "apt/pool/")) or (
         rel.startswith("yum/") and "/repodata/" not in rel
     )
-
-
-def _kept_indexes(state: MirrorState, stage: _Stage) -> dict[str, list[object]]:
-    """Hashes of the indexes and metadata now published (new ones replace old)."""
-    kept: dict[str, list[object]] = {}
-    swapped = tuple(f"{t}/" for t in stage.trees)
-    for rel, value in state.files.items():
-        if (
-            not is_content(rel)
-            and not rel.startswith(swapped)
-            and (rel.startswith("metadata/") or rel.startswith(("keys/", "bootstrap/")))
-        ):
-            kept[rel] = value
-    kept.update(stage.indexed)
-    return kept
-
-
-def _clear_staged_indexes(staging: Path) -> None:
-    """Drop index trees and metadata left by an interrupted sync; keep downloaded content."""
-    for name in ("metadata", "keys", "bootstrap"):
-        shutil.rmtree(staging / name, ignore_errors=True)
-    shutil.rmtree(staging / "apt" / "dists", ignore_errors=True)
-    for repodata in (staging / "yum").glob("*/repodata"):
-        shutil.rmtree(repodata, ignore_errors=True)
-
-
-def _have(root: Path, staging: Path, state: MirrorState, entry: FileEntry) -> bool:
-    """Whether a verified copy is already published or staged."""
-    staged = staging / entry.relpath
-    if staged.is_file() and staged.stat().st_size == entry.length:
-        return True
-    published = root / entry.relpath
-    return (
-        state.files.get(entry.relpath, [])[:2] == [entry.sha256, entry.length]
-        and published.is_file()
-        and published.stat().st_size == entry.length
-    )
-
-
-def _pinned_keyring(options: SyncOptions) -> Path | None:
-    """The OpenPGP keyring indexes must be signed with: --keyring, else the one pinned at the
-    mirror's first sync, else one shipped next to the trust root. Kept in .mirror/keyring.gpg."""
-    pinned = state_dir(options.root) / "keyring.gpg"
-    chosen = options.keyring
-    if chosen is not None and not chosen.is_file():
-        raise ConfigError(f"keyring {chosen} not found", hint="check --keyring")
-    if chosen is None and pinned.is_file():
-        return pinned
-    if chosen is None:
-        anchor = options.trust_root or SHIPPED_ROOT
-        for candidate in (
-            anchor.parent / "archive-keyring.gpg",
-            anchor.parent / "keys" / "archive-keyring.gpg",
-        ):
-            if candidate.is_file():
-                chosen = candidate
-                break
-    if chosen is None:
-        return None
-    atomic_write_bytes(pinned, chosen.read_bytes())
-    return pinned
-
-
-def _require_keyring(keyring: Path | None, what: str) -> Path:
-    if keyring is None:
-        raise VerificationError(
-            f"upstream has {what} but no pinned OpenPGP keyring to check it with",
-            hint="pass --keyring archive-keyring.gpg (from the release keys), or mirror with --os windows",
-        )
-    return keyring
-
-
-def _fetch_optional(source: Source, rel: str, limit: int = MAX_METADATA) -> bytes | None:
-    try:
-        return source.fetch_bytes(rel, limit)
-    except NotFoundError:
-        return None
-
-
-def _fetch_verified(source: Source, entry: FileEntry) -> bytes:
-    """A small file fetched whole and checked against the hash an index lists for it."""
-    data = source.fetch_bytes(entry.relpath, entry.length)
-    if len(data) != entry.length or hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise VerificationError(
-            f"{entry.relpath} does not match the hash its signed index lists",
-            hint="the upstream tree is inconsistent or tampered with; retry later or check --upstream",
-        )
-    return data
-
-
-def _stage_apt(
-    options: SyncOptions,
-    stage: _Stage,
-    channel: str,
-    keyring: Path | None,
-    expires: dict[str, str],
-    now: dt.datetime,
-) -> None:
-    """Verify one channel's apt tree and stage dists/<channel>; add its .debs to the content."""
-    base = f"apt/dists/{channel}"
-    inrelease = _fetch_optional(options.source, f"{base}/InRelease")
-    if inrelease is None:
-        log.info("upstream has no apt tree for channel %s", channel)
-        return
-    keys = _require_keyring(keyring, "an apt tree")
-    text = verify_clearsigned(inrelease, keys, f"{base}/InRelease").decode("utf-8")
-    release = apt.parse_release(text)
-    apt.check_release_fresh(release, channel, now)
-    if release.valid_until is not None:
-        expires[f"apt:{channel}"] = release.valid_until.astimezone(dt.timezone.utc).isoformat()
-    stage.write(f"{base}/InRelease", inrelease)
-    plain = _fetch_optional(options.source, f"{base}/Release")
-    detached = _fetch_optional(options.source, f"{base}/Release.gpg")
-    if plain is not None and detached is not None:
-        verify_detached(plain, detached, keys, f"{base}/Release")
-        if apt.parse_release(plain.decode("utf-8")).sha256 != release.sha256:
-            raise VerificationError(f"{base}/Release and InRelease disagree")
-        stage.write(f"{base}/Release", plain)
-        stage.write(f"{base}/Release.gpg", detached)
-    archs = (
-        [DEB_ARCH.get(a, a) for a in options.filters.archs] + ["all"]
-        if options.filters.archs
-        else None
-    )
-    packages: list[apt.DebPackage] = []
-    for entry in apt.index_entries(release, channel, archs):
-        data = _fetch_verified(options.source, entry)
-        stage.write(entry.relpath, data)
-        inner = entry.relpath[len(base) + 1 :]
-        for by_hash in apt.by_hash_paths(release, inner, data):
-            stage.write(f"{base}/{by_hash}", data)
-        if entry.relpath.endswith(("/Packages", "/Packages.gz")):
-            packages.extend(apt.parse_packages(apt.decode_packages(entry.relpath, data)))
-    chosen = [p for p in packages if options.filters.wants_arch(p.arch)]
-    chosen = keep_newest(chosen, lambda p: p.name, lambda p: p.version, options.filters.keep)
-    stage.content.extend(apt.pool_entry(p) for p in chosen)
-    _carry_by_hash(options.root / base, stage.dir / base)
-    if "apt/dists" not in stage.trees:
-        stage.trees.append("apt/dists")
-
-
-def _carry_by_hash(published: Path, staged: Path) -> None:
-    """Keep the previous generation's by-hash files, so a client holding the old InRelease
-    still finds the indexes it names while the new tree is swapped in."""
-    if not published.is_dir():
-        return
-    for old in published.rglob("by-hash/*/*"):
-        new = staged / old.relative_to(published)
-        if old.is_file() and not new.exists():
-            new.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(old, new)
-
-
-def _stage_yum(options: SyncOptions, stage: _Stage, channel: str, keyring: Path | None) -> None:
-    """Verify one channel's yum tree and stage its repodata/; add its rpms to the content."""
-    prefix = f"yum/{channel}"
-    repomd = _fetch_optional(options.source, f"{prefix}/repodata/repomd.xml")
-    if repomd is None:
-        log.info("upstream has no yum tree for channel %s", channel)
-        return
-    keys = _require_keyring(keyring, "a yum tree")
-    signature = _fetch_optional(options.source, f"{prefix}/repodata/repomd.xml.asc")
-    if signature is None:
-        raise VerificationError(f"{prefix}/repodata/repomd.xml is not signed (no repomd.xml.asc)")
-    verify_detached(repomd, signature, keys, f"{prefix}/repodata/repomd.xml")
-    stage.write(f"{prefix}/repodata/repomd.xml", repomd)
-    stage.write(f"{prefix}/repodata/repomd.xml.asc", signature)
-    entries = yum.parse_repomd(repomd, prefix)
-    primary = yum.primary_entry(entries)
-    for entry in entries:
-        data = _fetch_verified(options.source, entry)
-        stage.write(entry.relpath, data)
-        if entry == primary:
-            packages = yum.parse_primary(yum.decompress(entry.relpath, data))
-    chosen = [p for p in packages if options.filters.wants_arch(p.arch)]
-    chosen = keep_newest(chosen, lambda p: p.name, lambda p: p.version, options.filters.keep)
-    stage.content.extend(yum.rpm_entry(p, prefix) for p in chosen)
-    stage.trees.append(f"{prefix}/repodata")
-
-
-def _stage_metadata(
-    options: SyncOptions,
-    stage: _Stage,
-    fetcher: TufFetcher,
-    initial_root: bytes,
-    md: dict[str, bytes],
-    keyring: Path | None,
-) -> None:
-    """Stage keys/, bootstrap/ and TUF metadata in publish order, timestamp.json last."""
-    if keyring is not None:
-        pinned = set(keyring_fingerprints(keyring))
-        for name in KEY_FILES:
-            data = _fetch_optional(options.source, f"keys/{name}")
-            if data is None:
-                continue
-            tmp = stage.dir / ".key-check"
-            tmp.write_bytes(data)
-            if set(keyring_fingerprints(tmp)) != pinned:
-                raise VerificationError(
-                    f"upstream keys/{name} is not the pinned key",
-                    hint="the upstream's published key differs from --keyring; check both",
-                )
-            tmp.unlink()
-            _stage_meta(stage, f"keys/{name}", data)
-        for name, text in render_bootstraps(
-            options.public_url, sorted(pinned)[0] if pinned else "", _bootstrap_channel(options)
-        ).items():
-            _stage_meta(stage, f"bootstrap/{name}", text.encode("utf-8"))
-    roots = {Metadata[Root].from_bytes(initial_root).signed.version: initial_root}
-    for rel, data in fetcher.fetched.items():
-        if rel.startswith("metadata/") and rel.endswith(".root.json"):
-            roots[Metadata[Root].from_bytes(data).signed.version] = data
-    for version in sorted(roots):
-        if not (options.root / f"metadata/{version}.root.json").exists() or version == max(roots):
-            _stage_meta(stage, f"metadata/{version}.root.json", roots[version])
-    _stage_meta(stage, "metadata/root.json", md["root"])
-    targets_version = Metadata[Targets].from_bytes(md["targets"]).signed.version
-    snapshot_version = Metadata[Snapshot].from_bytes(md["snapshot"]).signed.version
-    _stage_meta(stage, f"metadata/{targets_version}.targets.json", md["targets"])
-    _stage_meta(stage, f"metadata/{snapshot_version}.snapshot.json", md["snapshot"])
-    _stage_meta(stage, "metadata/timestamp.json", md["timestamp"])
-
-
-def _stage_meta(stage: _Stage, rel: str, data: bytes) -> None:
-    stage.write(rel, data)
-    stage.metadata.append(rel)
-
-
-def _bootstrap_channel(options: SyncOptions) -> str:
-    return options.filters.channels[0] if options.filters.channels else "stable"
-
-
-def check_space(directory: Path, entries: Iterable[FileEntry], staging: Path) -> None:
-    """Refuse to start downloads that would not fit on the disk."""
-    needed = 0
-    for entry in entries:
-        part = staging / (entry.relpath + ".part")
-        needed += entry.length - (part.stat().st_size if part.exists() else 0)
-    free = shutil.disk_usage(directory).free
-    if needed + SPACE_MARGIN > free:
-        raise NoSpaceError(
-            f"the sync needs {needed} bytes but only {free} are free on {directory}",
-            hint="free disk space, or mirror less (--channel, --os, --arch, --keep)",
-        )
-
-
-def download_all(source: Source, entries: list[FileEntry], staging: Path, workers: int) -> None:
-    """Download `entries` into `staging` in parallel; the first failure stops the rest."""
-    if not entries:
-        return
-
-    def fetch(entry: FileEntry) -> None:
-        dest = staging / entry.relpath
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        source.download(
-            entry.relpath, dest, expected_length=entry.length, expected_sha256=entry.sha256
-        )
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(fetch, e) for e in entries]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in done:
-            exc = future.exception()
-            if exc is not None:
-                if isinstance(exc, VerificationError):
-                    raise VerificationError(
-                        f"an upstream file failed verification: {exc.message}",
-                        hint="the upstream is tampered with or inconsistent; nothing was published",
-                    ) from exc
-                raise exc
