@@ -57,6 +57,7 @@ def swap_generation(parent: Path, name: str, build: Callable[[Path], None]) -> P
     staging.mkdir()
     try:
         build(staging)
+        advance_mtimes(staging, current_generation(parent, name))
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -65,6 +66,24 @@ def swap_generation(parent: Path, name: str, build: Callable[[Path], None]) -> P
     atomic_symlink(final.name, parent / name)
     prune_generations(parent, name, keep=2)
     return final
+
+
+def advance_mtimes(new: Path, previous: Path | None) -> None:
+    """Give files that replace ones of `previous` a later whole-second mtime.
+
+    HTTP servers send Last-Modified with one-second resolution and apt asks If-Modified-Since:
+    an InRelease rewritten within the second of the last fetch would be answered 304 and the
+    client would keep the old view until the next publish.
+    """
+    if previous is None or not previous.is_dir():
+        return
+    for path in new.rglob("*"):
+        old = previous / path.relative_to(new)
+        if not path.is_file() or not old.is_file() or os.path.samefile(path, old):
+            continue
+        old_second = int(old.stat().st_mtime)
+        if int(path.stat().st_mtime) <= old_second:
+            os.utime(path, (old_second + 1, old_second + 1))
 
 
 def prune_generations(parent: Path, name: str, keep: int) -> None:

@@ -616,3 +616,24 @@ def test_publish_writes_the_installer_bootstrap_with_the_pinned_fingerprint(
     assert "@GPG_FINGERPRINT@" not in text
     assert "@MIRROR_URL@" in text  # the region's mirror fills it in (assist-mirror sync)
     assert checked(["sh", "-n", str(script)]) == ""
+
+
+def test_replaced_index_files_get_a_later_last_modified_second(
+    keydir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    publish_artifacts(repo, keydir, [build_deb(tmp_path / "a", "1.0.0")])
+    # as if the next publish came within the same second: an If-Modified-Since client would get
+    # a 304 for the new file if its Last-Modified second were not later
+    seconds = {}
+    for path in ("apt/dists/stable/InRelease", "yum/stable/repodata/repomd.xml"):
+        seconds[path] = int(time.time()) + 3
+        os.utime(repo / path, (seconds[path], seconds[path]))
+    publish_artifacts(
+        repo,
+        keydir,
+        [build_deb(tmp_path / "b", "1.1.0"), build_rpm(tmp_path / "b", keydir, "1.1.0")],
+    )
+    for path, second in seconds.items():
+        assert int((repo / path).stat().st_mtime) > second, path

@@ -163,6 +163,8 @@ def test_apt_update_refuses_a_modified_inrelease_and_keeps_the_old_lists(
         ).hexdigest()
         assert packages_hash in text
         inrelease.write_text(text.replace(packages_hash, "0" * 64))
+        later = inrelease.stat().st_mtime + 2  # served as changed, not 304 Not Modified
+        os.utime(inrelease, (later, later))
         (repo / "apt/dists/stable/Release.gpg").unlink()  # no fallback either
         # apt keeps the old lists and only warns by default; --error-on=any makes it exit non-zero
         result = apt.run("update", "--error-on=any")
