@@ -303,33 +303,41 @@ def test_thresholds_above_one_are_signed_and_accepted(fresh_keys: object, tmp_pa
 def test_rotated_targets_and_root_keys_are_followed_by_a_client_with_the_old_root(
     fresh_keys: object, tmp_path: Path
 ) -> None:
-    keys = fresh_keys()  # type: ignore[operator]
+    keys = fresh_keys({"root": 2})  # type: ignore[operator]
     repo = tmp_path / "repo"
     init_repository(repo, keys, {})
     first = build_tarball(tmp_path, "1.0.0")
     publish_artifacts(repo, keys, [first])
     anchor = tmp_path / "anchor-root.json"
     shutil.copyfile(keys / "root.json", anchor)
-    old_targets_keyid = json.loads((keys / "tuf/targets-1.pub.json").read_text())["keyid"]
-    old_root_keyid = json.loads((keys / "tuf/root-1.pub.json").read_text())["keyid"]
+
+    def keyids(role: str) -> set[str]:
+        names = json.loads((keys / "keys.json").read_text())["roles"][role]["keys"]
+        return {json.loads((keys / f"tuf/{n}.pub.json").read_text())["keyid"] for n in names}
+
+    old_targets, old_root = keyids("targets"), keyids("root")
+    assert len(old_root) == 2
     with StaticServer(repo) as server:
         client = tmp_path / "client"
         updater = tuf_updater(client, anchor, server.url)
         updater.refresh()  # the client now trusts the pre-rotation metadata
 
         rotate_key(repo, keys, "targets")
-        new_targets_keyid = json.loads((keys / "tuf/targets-1.pub.json").read_text())["keyid"]
-        assert new_targets_keyid != old_targets_keyid
-        assert list((keys / "tuf").glob(f"targets-1.{old_targets_keyid[:16]}.pem.old"))
+        new_targets = keyids("targets")
+        assert new_targets.isdisjoint(old_targets)
+        (old_id,) = old_targets
+        assert list((keys / "tuf").glob(f"targets-1.{old_id[:16]}.pem.old"))
         root2 = load(repo / "metadata/2.root.json")
-        assert root2.signed.roles["targets"].keyids == [new_targets_keyid]
-        assert set(root2.signatures) == {old_root_keyid}
+        assert set(root2.signed.roles["targets"].keyids) == new_targets
+        assert set(root2.signatures) == old_root
 
         rotate_key(repo, keys, "root")
-        new_root_keyid = json.loads((keys / "tuf/root-1.pub.json").read_text())["keyid"]
+        new_root = keyids("root")
+        assert len(new_root) == 2 and new_root.isdisjoint(old_root)
         root3 = load(repo / "metadata/3.root.json")
-        assert set(root3.signatures) == {old_root_keyid, new_root_keyid}
-        assert root3.signed.roles["root"].keyids == [new_root_keyid]
+        assert set(root3.signatures) == old_root | new_root  # both thresholds met
+        assert set(root3.signed.roles["root"].keyids) == new_root
+        assert root3.signed.roles["root"].threshold == 2
         assert (repo / "metadata/root.json").read_bytes() == (
             repo / "metadata/3.root.json"
         ).read_bytes()
