@@ -59,7 +59,7 @@ class Backoff:
     """Capped exponential backoff with full jitter."""
 
     initial: float = 1.0  # seconds
-    cap: float = 60.0  # seconds
+    cap: float = 30.0  # seconds (a fleet still spreads out: full jitter)
     attempt: int = 0
 
     def next_delay(self) -> float:
