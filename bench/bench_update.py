@@ -108,8 +108,19 @@ def timed(fn: Callable[[], object]) -> float:
 
 def figure(name: str, ours: list[float], base: list[float], target: str, unit: str = "s") -> None:
     o, b = statistics.median(ours), statistics.median(base)
-    print(json.dumps({"bench": name, "ours": round(o, 4), "baseline": round(b, 4),
-                      "ratio": round(o / b, 3), "unit": unit, "target": target, "runs": len(ours)}))
+    print(
+        json.dumps(
+            {
+                "bench": name,
+                "ours": round(o, 4),
+                "baseline": round(b, 4),
+                "ratio": round(o / b, 3),
+                "unit": unit,
+                "target": target,
+                "runs": len(ours),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -126,7 +137,9 @@ def run(base: Path) -> None:
     dist = base / "dist"
     dist.mkdir()
     pkgbuild("keygen", "--out", str(keys))
-    arts = [make_tarball(dist / f"aliyun-assist-{v}-linux-x86_64.tar.gz", v) for v in ("1.0.0", "1.1.0")]
+    arts = [
+        make_tarball(dist / f"aliyun-assist-{v}-linux-x86_64.tar.gz", v) for v in ("1.0.0", "1.1.0")
+    ]
     repo = base / "repo"
     pkgbuild("init", "--repo", str(repo), "--keys", str(keys))
     pkgbuild("publish", "--repo", str(repo), "--keys", str(keys), *map(str, arts))
@@ -139,26 +152,72 @@ def run(base: Path) -> None:
     env["ALIYUN_ASSIST_REGION"] = "bench-local"  # never ask the metadata service
     ours: list[float] = []
     floor: list[float] = []
+    inproc: list[float] = []
     with StaticServer(repo) as server:
         url = server.url + str(new.relative_to(repo))
         for _ in range(RUNS):
             prefix = fresh_prefix(base, dist)
-            cmd = [PY, "-m", "updater.cli", "apply", "--prefix", str(prefix), "--mirror",
-                   server.url, "--trust-root", str(keys / "root.json"), "--settle", "0",
-                   "--service", "process"]
-            ours.append(timed(lambda: subprocess.run(cmd, check=True, env=env, capture_output=True)))
+            cmd = [
+                PY,
+                "-m",
+                "updater.cli",
+                "apply",
+                "--prefix",
+                str(prefix),
+                "--mirror",
+                server.url,
+                "--trust-root",
+                str(keys / "root.json"),
+                "--settle",
+                "0",
+                "--service",
+                "process",
+            ]
+            ours.append(
+                timed(lambda: subprocess.run(cmd, check=True, env=env, capture_output=True))
+            )
             wait_health(prefix, "1.1.0")
             ProcessManager(prefix).stop()
 
             prefix = fresh_prefix(base, dist)
             floor.append(timed(lambda p=prefix: floor_update(p, url, sha)))
             ProcessManager(prefix).stop()
+
+            prefix = fresh_prefix(base, dist)
+            inproc.append(timed(lambda p=prefix: apply_in_process(p, server.url, keys)))
+            ProcessManager(prefix).stop()
     figure("update_apply_30MB", ours, floor, "<= 1.3x floor (curl+sha256sum+tar+restart)")
+    figure(
+        "update_apply_30MB_in_process",
+        inproc,
+        floor,
+        "same apply without interpreter start-up and imports (engine cost only)",
+    )
 
     swaps, bare = time_swaps(base)
     figure("update_swap", swaps, bare, "atomic swap incl. fsync; bare symlink+rename as baseline")
     rollbacks, restarts = time_rollbacks(base, dist)
     figure("update_rollback", rollbacks, restarts, "<= 1.3x a bare restart")
+
+
+def apply_in_process(prefix: Path, mirror: str, keys: Path) -> None:
+    """The same apply through the engine in this (already warm) interpreter."""
+    from common.config import load_config
+    from common.trust import verify_native
+    from updater.remote import open_repository
+
+    config = load_config(prefix=prefix)
+    layout = Layout(prefix)
+    repo, _ = open_repository(config, layout, mirrors=[mirror], trust_root=keys / "root.json")
+    settings = UpdateSettings(os="linux", arch="x86_64", format="tar.gz", settle=0.0)
+    updater = Updater(
+        layout,
+        repo,
+        ProcessManager(prefix),
+        settings,
+        verify_native=lambda a, f, k: verify_native(a, f, k),
+    )
+    assert updater.apply().result == "updated"
 
 
 def floor_update(prefix: Path, url: str, sha: str) -> None:
@@ -202,8 +261,12 @@ def time_rollbacks(base: Path, dist: Path) -> tuple[list[float], list[float]]:
             tar.extractall(prefix, filter="data")
         swap_current(Layout(prefix), "1.1.0")
         restart_agent(prefix, "1.1.0")
-        updater = Updater(Layout(prefix), None, ProcessManager(prefix),
-                          UpdateSettings(os="linux", arch="x86_64", format="tar.gz"))
+        updater = Updater(
+            Layout(prefix),
+            None,
+            ProcessManager(prefix),
+            UpdateSettings(os="linux", arch="x86_64", format="tar.gz"),
+        )
 
         def rollback(p: Path = prefix, u: Updater = updater) -> None:
             (p / "state" / "health.json").unlink(missing_ok=True)

@@ -152,7 +152,7 @@ class ProcessManager:
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
             while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.01)
             if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
