@@ -56,15 +56,15 @@ LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembere
 
 @dataclass
 class Backoff:
-    """Capped exponential backoff with full jitter."""
+    """Capped exponential backoff; each delay is drawn from [d/2, d]."""
 
     initial: float = 1.0  # seconds
-    cap: float = 30.0  # seconds (a fleet still spreads out: full jitter)
+    cap: float = 30.0  # seconds; each delay is jittered so a fleet spreads out
     attempt: int = 0
 
     def next_delay(self) -> float:
         """The delay before the next try; grows until `cap`."""
-        delay = min(self.cap, self.initial * (2**self.attempt))
+        delay = min(self.cap, self.initial * (2 ** min(self.attempt, 30)))
         self.attempt += 1
         return random.uniform(delay / 2, delay)
 
