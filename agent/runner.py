@@ -163,21 +163,28 @@ class RunAs:
     name: str = ""
 
 
+def own_account() -> RunAs:
+    """The account the agent runs as."""
+    import pwd
+
+    try:
+        own = pwd.getpwuid(os.getuid())
+    except KeyError:
+        return RunAs(home="/")
+    return RunAs(home=own.pw_dir, name=own.pw_name)
+
+
 def resolve_user(username: str) -> RunAs:
     """Look up `username`; TaskRejected(UserNotExist) if there is no such account."""
-    if not username or IS_WINDOWS:
-        # Windows: running as another account needs its password; not supported by this agent.
-        if username and IS_WINDOWS:
+    if IS_WINDOWS:  # pragma: no cover - Windows only
+        if username:
+            # running as another account needs its password: not supported by this agent
             raise TaskRejected(
-                "invalid", "UserNotExist", "running as another user is not supported"
+                "invalid", "UserNotExist", "running as another user is not supported on Windows"
             )
-        import pwd
-
-        try:
-            own = pwd.getpwuid(os.getuid())
-            return RunAs(home=own.pw_dir, name=own.pw_name)
-        except KeyError:
-            return RunAs(home="/")
+        return RunAs(home=os.environ.get("USERPROFILE", ""))
+    if not username:
+        return own_account()
     import pwd
 
     try:
