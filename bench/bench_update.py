@@ -100,10 +100,15 @@ def restart_agent(prefix: Path, version: str) -> None:
     wait_health(prefix, version)
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[..., object], *args: object) -> float:
+    """Seconds `fn(*args)` takes."""
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
+
+
+def run_quiet(cmd: list[str], env: dict[str, str]) -> None:
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
 
 
 def figure(name: str, ours: list[float], base: list[float], target: str, unit: str = "s") -> None:
@@ -173,18 +178,16 @@ def run(base: Path) -> None:
                 "--service",
                 "process",
             ]
-            ours.append(
-                timed(lambda: subprocess.run(cmd, check=True, env=env, capture_output=True))
-            )
+            ours.append(timed(run_quiet, cmd, env))
             wait_health(prefix, "1.1.0")
             ProcessManager(prefix).stop()
 
             prefix = fresh_prefix(base, dist)
-            floor.append(timed(lambda p=prefix: floor_update(p, url, sha)))
+            floor.append(timed(floor_update, prefix, url, sha))
             ProcessManager(prefix).stop()
 
             prefix = fresh_prefix(base, dist)
-            inproc.append(timed(lambda p=prefix: apply_in_process(p, server.url, keys)))
+            inproc.append(timed(apply_in_process, prefix, server.url, keys))
             ProcessManager(prefix).stop()
     figure("update_apply_30MB", ours, floor, "<= 1.3x floor (curl+sha256sum+tar+restart)")
     figure(
@@ -241,7 +244,7 @@ def time_swaps(base: Path, n: int = 200) -> tuple[list[float], list[float]]:
     swap_current(layout, "1")
     ours, bare = [], []
     for i in range(n):
-        ours.append(timed(lambda i=i: swap_current(layout, "2" if i % 2 else "1")))
+        ours.append(timed(swap_current, layout, "2" if i % 2 else "1"))
 
         def raw(i: int = i) -> None:
             tmp = prefix / ".raw.tmp"
@@ -274,7 +277,7 @@ def time_rollbacks(base: Path, dist: Path) -> tuple[list[float], list[float]]:
             wait_health(p, "1.0.0")
 
         ours.append(timed(rollback))
-        restarts.append(timed(lambda p=prefix: restart_agent(p, "1.0.0")))
+        restarts.append(timed(restart_agent, prefix, "1.0.0"))
         ProcessManager(prefix).stop()
         shutil.rmtree(prefix, ignore_errors=True)
     return ours, restarts

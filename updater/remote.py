@@ -57,9 +57,8 @@ def open_repository(
     trust_root: str | Path | None = None,
 ) -> tuple[Any, list[str]]:
     """Pick mirrors (region, tiers, probing); open the TUF repository over them (+ the ranking)."""
-    from common.trust import TrustedRepository
-
     from common.fetch import Fetcher
+    from common.trust import TrustedRepository
 
     layout.state_dir.mkdir(parents=True, exist_ok=True)
     ranked = select_mirrors(
