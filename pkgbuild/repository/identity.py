@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def identify_artifact(path: Path, keys: Path) -> ArtifactInfo:
         check_rpm_signature(path, Path(keys) / "public" / "RPM-GPG-KEY-assist")
     elif info.format == "exe":
         check_authenticode(path, Path(keys) / "public" / "authenticode.crt")
+    elif info.format == "tar.gz":
+        check_tarball_identity(path, info)
     return info
 
 
@@ -51,6 +54,22 @@ def check_deb_identity(path: Path, info: ArtifactInfo) -> None:
     _refuse_mismatch(path, "package", info.package, fields.get("Package", ""))
     _refuse_mismatch(path, "version", info.version, fields.get("Version", ""))
     _refuse_mismatch(path, "arch", info.arch, normalize_arch(fields.get("Architecture", "")))
+
+
+def check_tarball_identity(path: Path, info: ArtifactInfo) -> None:
+    """The tarball must be a readable gzip tar; a payload in it (versions/V/) must be V."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            names = tar.getnames()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise VerificationError(f"{path.name} is not a readable .tar.gz: {exc}") from exc
+    versions = {
+        name.split("/")[1]
+        for name in names
+        if name.startswith("versions/") and len(name.split("/")) > 1 and name.split("/")[1]
+    }
+    for version in sorted(versions):
+        _refuse_mismatch(path, "version", info.version, version)
 
 
 def check_rpm_identity(path: Path, info: ArtifactInfo) -> None:

@@ -163,6 +163,20 @@ def test_publish_refuses_deb_whose_control_contradicts_its_name(
     assert not list((published.repo / "targets/aliyun-assist").glob("7.0.0"))
 
 
+def test_publish_refuses_tarballs_that_are_not_what_their_name_says(
+    published: SimpleNamespace, tmp_path: Path
+) -> None:
+    before = metadata_files(published.repo)
+    liar = build_tarball(tmp_path / "liar", "7.1.0", payload_version="7.0.0")
+    with pytest.raises(VerificationError, match="version"):
+        publish_artifacts(published.repo, published.keys, [liar])
+    garbage = tmp_path / "aliyun-assist-7.2.0-linux-x86_64.tar.gz"
+    garbage.write_bytes(b"not a tarball")
+    with pytest.raises(VerificationError, match="readable"):
+        publish_artifacts(published.repo, published.keys, [garbage])
+    assert metadata_files(published.repo) == before
+
+
 def test_publish_refuses_unsigned_and_foreign_signed_rpms(
     published: SimpleNamespace, other_keydir: Path, tmp_path: Path
 ) -> None:

@@ -130,15 +130,17 @@ def build_exe(out: Path, keys: Path, version: str, *, package: str = "aliyun-ass
     return exe
 
 
-def build_tarball(out: Path, version: str, *, package: str = "aliyun-assist") -> Path:
-    """A tiny linux x86_64 tarball named per pkgbuild.naming."""
+def build_tarball(
+    out: Path, version: str, *, package: str = "aliyun-assist", payload_version: str | None = None
+) -> Path:
+    """A tiny linux x86_64 tarball named per pkgbuild.naming (its payload version may lie)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{package}-{version}-linux-x86_64.tar.gz"
     payload = out / f".tar-{version}"
     payload.mkdir()
-    (payload / "VERSION").write_text(f"{version}\n")
+    (payload / "VERSION").write_text(f"{payload_version or version}\n{os.urandom(8).hex()}\n")
     with tarfile.open(path, "w:gz") as tar:
-        tar.add(payload / "VERSION", arcname=f"versions/{version}/VERSION")
+        tar.add(payload / "VERSION", arcname=f"versions/{payload_version or version}/VERSION")
     shutil.rmtree(payload)
     return path
 
