@@ -106,9 +106,12 @@ def save_state(repo: Path, state: RepoState) -> None:
 
 
 @contextlib.contextmanager
-def repo_lock(repo: Path) -> Iterator[None]:
+def repo_lock(repo: Path, create: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on REPO so two writers never interleave (waits for the other)."""
-    Path(repo).mkdir(parents=True, exist_ok=True)
+    if create:
+        Path(repo).mkdir(parents=True, exist_ok=True)
+    elif not state_path(repo).is_file():
+        load_state(repo)  # raises the "not initialised" error without creating anything
     fd = os.open(Path(repo) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -65,7 +65,7 @@ def init_repository(repo: Path, keys: Path, expires: dict[str, datetime.timedelt
     """Create an empty release repository (idempotent for identical settings)."""
     repo, keys = Path(repo), Path(keys)
     state = RepoState(resolve_expires(expires))
-    with repo_lock(repo):
+    with repo_lock(repo, create=True):
         if state_path(repo).exists():
             refuse_different_init(repo, keys, state)
             log.info("%s is already initialised with these settings", repo)

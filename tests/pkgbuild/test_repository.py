@@ -198,6 +198,7 @@ def test_publish_refuses_bad_names_and_channels(published: SimpleNamespace, tmp_
         publish_artifacts(published.repo, published.keys, [odd], channel="../etc")
     with pytest.raises(ConfigError, match="not an initialised"):
         publish_artifacts(tmp_path / "nowhere", published.keys, [published.artifacts["tar.gz"]])
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_init_is_idempotent_and_refuses_other_settings(keydir: Path, tmp_path: Path) -> None:
