@@ -10,7 +10,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,18 +88,20 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     stage.content = [t.entry() for t in targets]
 
     keyring = _pinned_keyring(options)
-    if options.filters.wants_os("linux"):
-        channels = channels_of(all_targets, options.filters)
-        for channel in channels:
-            _stage_apt(options, stage, channel, keyring, expires, now)
-            _stage_yum(options, stage, channel, keyring)
-
-    plan = plan_fetch(stage.content, lambda e: _have(root, stage.dir, state, e))
-    check_space(stage.dir, plan.fetch, stage.dir)
-    log.info("fetching %d files, %d bytes", len(plan.fetch), plan.fetch_bytes)
-    download_all(options.source, plan.fetch, stage.dir, options.workers)
-
-    _stage_metadata(options, stage, fetcher, initial_root, md, keyring)
+    with Downloads(options.source, stage.dir, options.workers) as downloads:
+        # targets are known now: download them while the apt/yum indexes are verified
+        downloads.submit(
+            plan_fetch(stage.content, lambda e: _have(root, stage.dir, state, e)).fetch
+        )
+        if options.filters.wants_os("linux"):
+            for channel in channels_of(all_targets, options.filters):
+                _stage_apt(options, stage, channel, keyring, expires, now)
+                _stage_yum(options, stage, channel, keyring)
+        plan = plan_fetch(stage.content, lambda e: _have(root, stage.dir, state, e))
+        downloads.submit(plan.fetch)
+        _stage_metadata(options, stage, fetcher, initial_root, md, keyring)
+        downloads.wait()
+    log.info("fetched %d files, %d bytes", len(downloads.submitted), downloads.bytes)
     wanted = {e.relpath: e.record() for e in plan.wanted}
     publication = Publication(
         content=[e.relpath for e in plan.wanted],
@@ -137,8 +139,8 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     return SyncReport(
         changed=True,
         timestamp_version=timestamp.signed.version,
-        fetched_files=len(plan.fetch),
-        fetched_bytes=plan.fetch_bytes,
+        fetched_files=len(downloads.submitted),
+        fetched_bytes=downloads.bytes,
         total_files=len(plan.wanted),
         total_bytes=sum(e.length for e in plan.wanted),
     )
@@ -388,29 +390,57 @@ def check_space(directory: Path, entries: Iterable[FileEntry], staging: Path) ->
         )
 
 
-def download_all(source: Source, entries: list[FileEntry], staging: Path, workers: int) -> None:
-    """Download `entries` into `staging` in parallel; the first failure stops the rest."""
-    if not entries:
-        return
+class Downloads:
+    """Verified downloads into staging on a thread pool: submit in batches, wait once.
 
-    def fetch(entry: FileEntry) -> None:
-        dest = staging / entry.relpath
+    Leaving the block early (an index failed verification) cancels what has not started."""
+
+    def __init__(self, source: Source, staging: Path, workers: int) -> None:
+        self.source = source
+        self.staging = staging
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self.futures: list[Future[None]] = []
+        self.submitted: dict[str, FileEntry] = {}
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.length for e in self.submitted.values())
+
+    def __enter__(self) -> Downloads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, entries: list[FileEntry]) -> None:
+        """Start downloading the entries not yet submitted, after a free-space check."""
+        check_space(
+            self.staging, [e for e in entries if e.relpath not in self.submitted], self.staging
+        )
+        for entry in entries:
+            if entry.relpath not in self.submitted:
+                self.submitted[entry.relpath] = entry
+                self.futures.append(self.pool.submit(self._fetch, entry))
+
+    def _fetch(self, entry: FileEntry) -> None:
+        dest = self.staging / entry.relpath
         dest.parent.mkdir(parents=True, exist_ok=True)
-        source.download(
+        self.source.download(
             entry.relpath, dest, expected_length=entry.length, expected_sha256=entry.sha256
         )
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(fetch, e) for e in entries]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    def wait(self) -> None:
+        """Wait for every download; the first failure cancels the rest and is raised."""
+        done, pending = wait(self.futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
         for future in done:
             exc = future.exception()
-            if exc is not None:
-                if isinstance(exc, VerificationError):
-                    raise VerificationError(
-                        f"an upstream file failed verification: {exc.message}",
-                        hint="the upstream is tampered with or inconsistent; nothing was published",
-                    ) from exc
-                raise exc
+            if exc is None:
+                continue
+            if isinstance(exc, VerificationError):
+                raise VerificationError(
+                    f"an upstream file failed verification: {exc.message}",
+                    hint="the upstream is tampered with or inconsistent; nothing was published",
+                ) from exc
+            raise exc
