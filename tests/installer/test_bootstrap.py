@@ -148,7 +148,8 @@ def test_bootstrap_tarball_fallback_checks_sha256(release: dict[str, Path], tmp_
     assert proc.stdout.strip().endswith("1.0.0")
     assert (upper / "opt/assist/versions/1.0.0/share/root.json").is_file()
     assert (upper / "etc/init.d/aliyun-assist").is_file()
-    assert 'PREFIX="/opt/assist"' in (upper / "etc/init.d/aliyun-assist").read_text()
+    init = (upper / "etc/init.d/aliyun-assist").read_text()
+    assert '/opt/assist"' in init and "/usr/local/share/aliyun-assist" not in init
 
 
 def test_bootstrap_tarball_refuses_wrong_pinned_sha256(
@@ -162,3 +163,16 @@ def test_bootstrap_tarball_refuses_wrong_pinned_sha256(
     )
     assert proc.returncode != 0 and "differs" in proc.stderr
     assert not (upper / "opt/assist").exists()
+
+
+def test_published_bootstrap_scripts_carry_the_pinned_values(release: dict[str, Path]) -> None:
+    """bootstrap.ps1 cannot run here (no Windows / PowerShell): check what publish baked in."""
+    import json
+
+    keys = json.loads((release["keys"] / "keys.json").read_text())
+    ps1 = (release["repo"] / "bootstrap" / "bootstrap.ps1").read_text()
+    sh = (release["repo"] / "bootstrap" / "bootstrap.sh").read_text()
+    assert keys["authenticode_sha256"] in ps1 and "@AUTHENTICODE_SHA256@" not in ps1
+    assert keys["gpg_fingerprint"] in sh and "@GPG_FINGERPRINT@" not in sh
+    for text in (ps1, sh):
+        assert "@MIRROR_URL@" in text  # left for the mirror to fill per region
