@@ -39,6 +39,7 @@ from pkgbuild.repository.metadata import (
     commit_chain,
     load_metadata,
     metadata_dir,
+    newest_root_version,
     refresh_chain,
     refresh_root,
     require_repository_keys,
@@ -70,7 +71,7 @@ def init_repository(repo: Path, keys: Path, expires: dict[str, datetime.timedelt
             refuse_different_init(repo, keys, state)
             log.info("%s is already initialised with these settings", repo)
             return
-        if metadata_dir(repo).exists():
+        if metadata_dir(repo).exists() and not is_interrupted_init(repo, keys):
             raise LocalStateError(
                 f"{repo}/metadata exists but the repository has no state file",
                 hint="init into a new, empty directory",
@@ -83,6 +84,20 @@ def init_repository(repo: Path, keys: Path, expires: dict[str, datetime.timedelt
         write_bootstrap(repo, keys)
         save_state(repo, state)
     log.info("initialised release repository %s", repo)
+
+
+def is_interrupted_init(repo: Path, keys: Path) -> bool:
+    """True when REPO holds only what an init that died before its state file wrote."""
+    try:
+        current = load_metadata(repo)
+    except LocalStateError:
+        return newest_root_version(repo) <= 1
+    return (
+        current.root.signed.version == 1
+        and current.targets.signed.version == 1
+        and not current.targets.signed.targets
+        and root_matches_keys(current.root.signed, keys)
+    )
 
 
 def refuse_different_init(repo: Path, keys: Path, state: RepoState) -> None:

@@ -212,6 +212,22 @@ def test_init_is_idempotent_and_refuses_other_settings(keydir: Path, tmp_path: P
     assert metadata_files(repo) == before
 
 
+def test_init_finishes_an_interrupted_init_but_never_overwrites_a_used_repository(
+    keydir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    (repo / ".pkgbuild.json").unlink()  # as if init died just before its last step
+    init_repository(repo, keydir, {})
+    assert (repo / ".pkgbuild.json").is_file()
+    publish_artifacts(repo, keydir, [build_tarball(tmp_path, "1.0.0")])
+    (repo / ".pkgbuild.json").unlink()
+    before = metadata_files(repo)
+    with pytest.raises(LocalStateError, match="no state file"):
+        init_repository(repo, keydir, {})
+    assert metadata_files(repo) == before
+
+
 def test_expiries_chosen_at_init_are_what_metadata_and_release_carry(
     keydir: Path, tmp_path: Path
 ) -> None:
