@@ -149,7 +149,10 @@ def test_bootstrap_tarball_fallback_checks_sha256(release: dict[str, Path], tmp_
     assert (upper / "opt/assist/versions/1.0.0/share/root.json").is_file()
     assert (upper / "etc/init.d/aliyun-assist").is_file()
     init = (upper / "etc/init.d/aliyun-assist").read_text()
-    assert '/opt/assist"' in init and "/usr/local/share/aliyun-assist" not in init
+    assert (
+        'PREFIX="${ALIYUN_ASSIST_PREFIX:-/opt/assist}"' in init
+        and "/usr/local/share/aliyun-assist" not in init
+    )
 
 
 def test_bootstrap_tarball_refuses_wrong_pinned_sha256(
