@@ -34,7 +34,7 @@ from mirror.source import Source
 from mirror.state import MirrorState, save_state, state_dir
 from mirror.storage import FileStorage, Publication
 from mirror.sync import MAX_METADATA, SyncOptions, SyncReport, is_content
-from mirror.tufclient import SHIPPED_ROOT, TufFetcher, prepare_trust, refresh_metadata
+from mirror.tufclient import TufFetcher, prepare_trust, refresh_metadata, shipped_root
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,11 @@ def _pinned_keyring(options: SyncOptions) -> Path | None:
     if chosen is None and pinned.is_file():
         return pinned
     if chosen is None:
-        anchor = options.trust_root or SHIPPED_ROOT
+        anchor = options.trust_root or shipped_root() or Path("/nonexistent/root.json")
         for candidate in (
             anchor.parent / "archive-keyring.gpg",
-            anchor.parent / "keys" / "archive-keyring.gpg",
+            anchor.parent / "keys" / "archive-keyring.gpg",  # payload: share/keys/
+            anchor.parent / "public" / "archive-keyring.gpg",  # a keygen KEYDIR
         ):
             if candidate.is_file():
                 chosen = candidate

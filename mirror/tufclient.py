@@ -21,7 +21,15 @@ from mirror.source import Source
 from mirror.state import state_dir
 
 TUF_BASE = "upstream://repo/"
-SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "share" / "root.json"
+_HERE = Path(__file__).resolve()
+# The payload ships versions/V/share/root.json next to versions/V/lib/mirror/; a source tree
+# may carry share/root.json at its top.
+SHIPPED_ROOTS = (_HERE.parents[2] / "share" / "root.json", _HERE.parents[1] / "share" / "root.json")
+
+
+def shipped_root() -> Path | None:
+    """The trust anchor shipped with this code, if any."""
+    return next((p for p in SHIPPED_ROOTS if p.is_file()), None)
 
 
 class TufFetcher(FetcherInterface):
@@ -51,7 +59,7 @@ def prepare_trust(root: Path, trust_root: Path | None) -> Path:
     tuf_dir = state_dir(root) / "tuf"
     if (tuf_dir / "root.json").exists():
         return tuf_dir
-    anchor = trust_root or (SHIPPED_ROOT if SHIPPED_ROOT.exists() else None)
+    anchor = trust_root or shipped_root()
     if anchor is None or not anchor.is_file():
         raise ConfigError(
             f"no trusted root.json for the mirror at {root}",

@@ -48,13 +48,18 @@ def test_sync_status_and_noop_from_the_command_line(upstream, tmp_path: Path) ->
 def test_sync_writes_the_regions_bootstrap_scripts(upstream, tmp_path: Path) -> None:
     origin, server = upstream
     root = tmp_path / "mirror"
-    mirror_cli(*sync_args(origin, server.url, root), "--public-url", "http://127.0.0.1:8081/assist/")
+    mirror_cli(
+        *sync_args(origin, server.url, root), "--public-url", "http://127.0.0.1:8081/assist/"
+    )
     fingerprint = json.loads((origin.keys / "keys.json").read_text())["gpg_fingerprint"]
     for name in ("bootstrap.sh", "bootstrap.ps1"):
         text = (root / "bootstrap" / name).read_text()
         assert "http://127.0.0.1:8081/assist/" in text and "@MIRROR_URL@" not in text
         assert "@CHANNEL@" not in text and "@GPG_FINGERPRINT@" not in text
-    assert f'"${{ASSIST_GPG_FINGERPRINT:-{fingerprint}}}"' in (root / "bootstrap/bootstrap.sh").read_text()
+    assert (
+        f'"${{ASSIST_GPG_FINGERPRINT:-{fingerprint}}}"'
+        in (root / "bootstrap/bootstrap.sh").read_text()
+    )
     assert mirror_cli("verify", "--root", str(root)).returncode == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,42 @@ def test_interrupted_download_resumes_with_range(upstream, tmp_path: Path) -> No
     sync(options(origin, server.url, root))
     assert ranges == [f"bytes={kept}-"]
     assert verify_tree(root) == []
+
+
+def test_keyring_defaults_to_the_one_shipped_beside_the_trust_root(
+    upstream, tmp_path: Path
+) -> None:
+    """Payload layout: share/root.json with share/keys/archive-keyring.gpg; later syncs reuse
+    the keyring pinned at the first one."""
+    origin, server = upstream
+    share = tmp_path / "share"
+    (share / "keys").mkdir(parents=True)
+    shutil.copy(origin.trust_root, share / "root.json")
+    shutil.copy(origin.keyring, share / "keys" / "archive-keyring.gpg")
+    root = tmp_path / "mirror"
+    opts = options(origin, server.url, root)
+    opts.trust_root, opts.keyring = share / "root.json", None
+    sync(opts)
+    assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
+    shutil.rmtree(share)
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    opts.trust_root = None
+    assert sync(opts).changed
+    assert verify_tree(root) == []
+
+
+def test_apt_and_yum_trees_need_a_pinned_keyring(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(origin.trust_root, lone / "root.json")
+    root = tmp_path / "mirror"
+    opts = options(origin, server.url, root)
+    opts.trust_root, opts.keyring = lone / "root.json", None
+    with pytest.raises(VerificationError, match="no pinned OpenPGP keyring"):
+        sync(opts)
+    assert not (root / "metadata").exists()
+    # windows-only mirrors carry no apt/yum trees and need no keyring
+    opts.filters = Filters(oses=("windows",))
+    sync(opts)
+    assert (root / "metadata/timestamp.json").exists() and not (root / "apt").exists()
