@@ -556,6 +556,7 @@ def test_bootstrap_templates_get_the_repository_fingerprints(
     (templates / "bootstrap.sh").write_text("KEY=@KEY_FINGERPRINT@\nMIRROR=@MIRROR_URL@\n")
     repo = tmp_path / "repo"
     shutil.copytree(published.repo, repo, symlinks=True)
+    shutil.rmtree(repo / "bootstrap", ignore_errors=True)
     written = write_bootstrap(repo, published.keys, templates)
     assert written == [repo / "bootstrap/bootstrap.sh"]
     text = (repo / "bootstrap/bootstrap.sh").read_text()
@@ -655,6 +656,10 @@ def test_publish_writes_the_installer_bootstrap_with_the_pinned_fingerprint(
     assert "@GPG_FINGERPRINT@" not in text
     assert "@MIRROR_URL@" in text  # the region's mirror fills it in (assist-mirror sync)
     assert checked(["sh", "-n", str(script)]) == ""
+    if (TEMPLATE_DIR / "bootstrap.ps1").is_file():
+        ps1 = (published.repo / "bootstrap/bootstrap.ps1").read_text()
+        pinned = json.loads((published.keys / "keys.json").read_text())["authenticode_sha256"]
+        assert pinned in ps1 and "@AUTHENTICODE_SHA256@" not in ps1
 
 
 def test_replaced_index_files_get_a_later_last_modified_second(
