@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 from common.atomic import atomic_write_text
-from common.config import REGION_ENV, MirrorConfig
+from common.config import PROXY_ENV, REGION_ENV, MirrorConfig
 from common.errors import ConfigError, DownloadError
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,16 @@ def probe_mirrors(
     return results
 
 
+def proxied_session(config: MirrorConfig, env: Mapping[str, str] | None = None) -> requests.Session:
+    """A session using the configured proxy, else ALIYUN_ASSIST_PROXY, else the standard env."""
+    env = os.environ if env is None else env
+    session = requests.Session()
+    proxy = config.proxy or env.get(PROXY_ENV, "")
+    if proxy:
+        session.proxies = {"http": proxy, "https": proxy}
+    return session
+
+
 def select_mirrors(
     config: MirrorConfig,
     *,
@@ -246,6 +256,7 @@ def select_mirrors(
         else detect_region(config, cli_region=cli_region, state_dir=state_dir, session=session)
     )
     candidates = candidate_mirrors(config, region, cli_mirrors)
+    session = session or proxied_session(config)
     if not candidates:
         raise ConfigError("no mirror configured", hint="pass --mirror URL or set [mirror] mirrors")
     ranked = rank_mirrors(probe_mirrors(candidates, config.probe_timeout, session))

@@ -199,3 +199,25 @@ def test_explicit_mirrors_never_ask_the_metadata_service(
     ranked = select_mirrors(config, cli_mirrors=[servers["good"].url], state_dir=tmp_path)
     assert ranked == [servers["good"].url]
     assert asked == [] and not (tmp_path / "region-id").exists()
+
+
+def test_probe_goes_through_the_configured_proxy(tmp_path: Path) -> None:
+    """ALIYUN_ASSIST_PROXY / [mirror] proxy: the probe is sent to the proxy, absolute URL."""
+    seen: list[str] = []
+
+    def proxy(handler: Any) -> bool:
+        seen.append(handler.path)
+        body = TIMESTAMP.encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
+
+    (tmp_path / "www").mkdir()
+    with StaticServer(tmp_path / "www") as server:
+        server.hook = proxy
+        target = f"http://127.0.0.1:{_closed_port()}/assist/"  # only reachable via the proxy
+        config = MirrorConfig(mirrors=[target], proxy=server.url, probe_timeout=2.0)
+        assert select_mirrors(config, state_dir=tmp_path) == [target]
+    assert seen == [target + "metadata/timestamp.json"]

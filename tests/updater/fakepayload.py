@@ -28,6 +28,13 @@ exec sleep 600
 """
 
 
+UNIT = (
+    "[Service]\nExecStart=/usr/local/share/aliyun-assist/current/bin/assist-agent run "
+    "--prefix /usr/local/share/aliyun-assist\nRestart=on-failure\n"
+)
+INIT = '#!/bin/sh\nPREFIX="/usr/local/share/aliyun-assist"\n'
+
+
 def agent_script(version: str, broken: bool = False) -> str:
     return AGENT_SH.replace("@VERSION@", version).replace("@BROKEN@", "yes" if broken else "no")
 
@@ -39,6 +46,8 @@ def payload_files(version: str, broken: bool = False) -> dict[str, tuple[bytes, 
         "VERSION": (f"{version}\n".encode(), 0o644),
         "lib/placeholder.txt": (b"fake lib\n", 0o644),
         "share/keys/README": (b"no keys in the fake payload\n", 0o644),
+        "share/aliyun-assist.service": (UNIT.encode(), 0o644),
+        "share/aliyun-assist.init": (INIT.encode(), 0o755),
     }
 
 
