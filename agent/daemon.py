@@ -491,7 +491,11 @@ class Agent:
     def _launch(self, task: Task, execution_id: str) -> None:
         """Hand an execution to the pool, or report TaskConcurrencyLimit when it is full."""
         key = f"{task.invoke_id}/{execution_id}"
-        if self.stopping.is_set() or self.pool.holds(key) or self.store.execution_known(task.invoke_id, execution_id):
+        if (
+            self.stopping.is_set()
+            or self.pool.holds(key)
+            or self.store.execution_known(task.invoke_id, execution_id)
+        ):
             return
         if not self.pool.submit(key, lambda: self._execute(task, execution_id)):
             log.warning("pool full: refusing %s", key)

@@ -6,14 +6,23 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.output import Chunk
-from agent.runner import Execution, RunLimits, Task, TaskRejected, group_alive, interpreter_for
+from agent.runner import (
+    Execution,
+    Outcome,
+    RunLimits,
+    Task,
+    TaskRejected,
+    group_alive,
+    interpreter_for,
+)
 
 
-def run(tmp_path: Path, script: str, **fields: object) -> tuple[Execution, object]:
+def run(tmp_path: Path, script: str, **fields: Any) -> tuple[Execution, Outcome]:
     task = Task(invoke_id=str(fields.pop("invoke_id", "t-1")), content=script.encode(), **fields)  # type: ignore[arg-type]
     limits = RunLimits(work_dir=tmp_path / "work", kill_grace=1.0, linger=0.3)
     execution = Execution(

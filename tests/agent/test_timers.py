@@ -26,7 +26,12 @@ def test_timers_fire_in_order_and_cancel() -> None:
     fired: list[str] = []
     done = threading.Event()
     now = time.time()
-    timers.call_at(now + 0.3, lambda: (fired.append("b"), done.set()))
+
+    def last() -> None:
+        fired.append("b")
+        done.set()
+
+    timers.call_at(now + 0.3, last)
     timers.call_at(now + 0.1, lambda: fired.append("a"))
     handle = timers.call_at(now + 0.2, lambda: fired.append("cancelled"))
     timers.cancel(handle)
