@@ -23,7 +23,7 @@ from httpserver import StaticServer
 
 from common.service import ProcessManager
 
-pytestmark = pytest.mark.xdist_group("update-e2e")
+pytestmark = [pytest.mark.xdist_group("update-e2e"), pytest.mark.slow]
 
 
 def closed_port() -> int:

@@ -1,0 +1,62 @@
+"""assist-update status / rollback / recover through the real CLI entry point (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_updater
+from fakepayload import LocalRepo
+
+from updater import journal as jr
+from updater.cli import main
+
+
+def test_status_json_reports_layout_journal_blocklist_health(
+    prefix: Path, artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_updater(prefix, LocalRepo(artifacts)).apply("1.1.0")
+    capsys.readouterr()
+    assert main(["status", "--prefix", str(prefix), "--json", "--service", "process"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["current"], info["previous"]) == ("1.1.0", "1.0.0")
+    assert info["installed"] == ["1.0.0", "1.1.0"]
+    assert info["journal"]["phase"] == "committed"
+    assert info["health"]["version"] == "1.1.0" and info["health"]["running"]
+    assert info["blocklist"] == {"failures": {}, "blocked": []}
+
+
+def test_rollback_command_goes_back_and_restarts(
+    prefix: Path, artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_updater(prefix, LocalRepo(artifacts)).apply("1.1.0")
+    assert main(["rollback", "--prefix", str(prefix), "--service", "process"]) == 0
+    assert "rolled back 1.1.0 -> 1.0.0" in capsys.readouterr().out
+    assert (prefix / "current").readlink() == Path("versions/1.0.0")
+
+
+def test_rollback_without_previous_is_a_clear_error(
+    prefix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["rollback", "--prefix", str(prefix), "--service", "process"]) == 1
+    assert "no previous version" in capsys.readouterr().err
+
+
+def test_recover_command_aborts_an_interrupted_update(
+    prefix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = prefix / "state"
+    j = jr.begin(jr.Journal(), "1.0.0", "1.1.0", "t", "tar.gz")
+    jr.save_journal(state, jr.advance(jr.advance(j, jr.VERIFIED), jr.STAGED))
+    assert main(["recover", "--prefix", str(prefix), "--service", "process"]) == 0
+    assert capsys.readouterr().out.strip() == "aborted"
+    assert jr.load_journal(state).phase == jr.ABORTED
+    assert main(["recover", "--prefix", str(prefix), "--service", "process"]) == 0
+    assert capsys.readouterr().out.strip() == "nothing"
+
+
+def test_status_text_output(prefix: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--prefix", str(prefix), "--service", "process"]) == 0
+    out = capsys.readouterr().out
+    assert "current:   1.0.0" in out and "journal:   idle" in out
