@@ -10,8 +10,8 @@ loopback by a separate `python -m http.server` process (directory listings, so w
 its request log counts the no-op's requests). Both sides run as subprocesses, interleaved,
 BENCH_MIRROR_RUNS times (default 3) into fresh directories. Our side verifies everything (TUF,
 gpgv, sha256 of every file) and publishes atomically; wget only copies.
-Targets: full sync ratio <= 1.2; no-op sync under 0.5 s with one request (ratio reported
-against wget's no-op).
+Targets: full sync ratio <= 1.2; no-op sync under 0.5 s with one request (budget_s,
+budget_met and requests in its figure; its ratio is against wget's no-op re-run).
 """
 
 from __future__ import annotations
@@ -219,8 +219,10 @@ def main() -> None:
             "mirror_noop_sync",
             ours_noop,
             theirs_noop,
-            "ours < 0.5 s, 1 request",
+            "<= 1.0",
             requests=max(noop_requests),
+            budget_s=0.5,
+            budget_met=statistics.median(ours_noop) < 0.5 and max(noop_requests) == 1,
             baseline_cmd="wget --mirror (re-run)",
         )
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.cli import add_common_options, print_json, run_cli
-from common.config import load_config
+from common.config import Config, load_config
 from common.errors import UsageError
 from mirror.plan import Filters
 from mirror.regions import load_table, region_url
@@ -140,10 +140,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from mirror.storage import S3Storage, Storage, make_s3_client
     from mirror.sync import SyncOptions, sync
 
-    config = (
-        load_config(args.config) if args.config else load_config(prefix=Path("/nonexistent-prefix"))
-    )
-    table = load_table(args.regions)
+    config = load_config(args.config) if args.config else Config()
+    table = load_table(args.regions, config.mirror.intranet_template)
     public_url = args.public_url or region_url(args.region, table)
     upstream = args.upstream or config.mirror.internet_origin
     if args.workers < 1:

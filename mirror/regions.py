@@ -36,14 +36,15 @@ DEFAULT_REGIONS: tuple[str, ...] = (
 )
 
 
-def default_table() -> dict[str, str]:
+def default_table(template: str = DEFAULT_TEMPLATE) -> dict[str, str]:
     """Every known region mapped to its intranet mirror URL template."""
-    return dict.fromkeys(DEFAULT_REGIONS, DEFAULT_TEMPLATE)
+    return dict.fromkeys(DEFAULT_REGIONS, template)
 
 
-def load_table(path: Path | None) -> dict[str, str]:
-    """The default table, overridden by `[regions]` (region = template) of a TOML file."""
-    table = default_table()
+def load_table(path: Path | None, template: str = DEFAULT_TEMPLATE) -> dict[str, str]:
+    """The default table (with `template`, e.g. [mirror] intranet_template of assist.toml),
+    overridden per region by `[regions]` (region = template) of a TOML file."""
+    table = default_table(template)
     if path is None:
         return table
     try:

@@ -196,3 +196,32 @@ def test_serve_ranges_etags_types_and_no_traversal(served_mirror) -> None:
         check=False,
     )
     assert raw.stdout == "404"
+
+
+def test_mirrors_chain_into_a_tree(served_mirror, tmp_path: Path) -> None:
+    """A region mirror can sync from its parent region's mirror (assist-mirror serve)."""
+    origin, parent_root, url = served_mirror
+    child = tmp_path / "child"
+    mirror_cli(
+        "sync",
+        "--region",
+        "cn-shanghai",
+        "--upstream",
+        url,
+        "--root",
+        str(child),
+        "--trust-root",
+        str(origin.trust_root),
+        "--keyring",
+        str(origin.keyring),
+    )
+    assert mirror_cli("verify", "--root", str(child)).returncode == 0
+    for rel in (
+        "metadata/timestamp.json",
+        "apt/dists/stable/InRelease",
+        "yum/stable/repodata/repomd.xml",
+    ):
+        assert (child / rel).read_bytes() == (parent_root / rel).read_bytes()
+    status = json.loads(mirror_cli("status", "--root", str(child), "--json").stdout)
+    assert status["public_url"] == "http://axt.cn-shanghai.alibaba-inc.com:8080/assist/"
+    assert status["packages"]["demo"] == ["1.0", "2.0"]

@@ -122,6 +122,10 @@ def test_region_table_defaults_and_overrides(tmp_path: Path) -> None:
     assert region_url("lab-1", table) == "http://lab/lab-1/"
     with pytest.raises(UsageError, match="unknown region"):
         region_url("nowhere", table)
+    assert (
+        region_url("cn-beijing", load_table(None, "http://m.{region}.lab/"))
+        == "http://m.cn-beijing.lab/"
+    )
     overrides.write_text("[regions]\ncn-hangzhou = 3\n")
     with pytest.raises(ConfigError):
         load_table(overrides)
@@ -196,3 +200,12 @@ def test_tree_files_put_signed_entry_points_last(tmp_path: Path) -> None:
     assert (
         content_type("x/InRelease") == "text/plain" and content_type("a.rpm") == "application/x-rpm"
     )
+
+
+def test_free_space_is_checked_before_downloading(tmp_path: Path) -> None:
+    from common.errors import NoSpaceError
+    from mirror.fullsync import check_space
+
+    check_space(tmp_path, [FileEntry("a", 1024, "0" * 64)], tmp_path)
+    with pytest.raises(NoSpaceError, match="needs"):
+        check_space(tmp_path, [FileEntry("a", 1 << 60, "0" * 64)], tmp_path)
