@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,15 +10,16 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fakeserver import FakeServer  # noqa: E402
+# pytest puts this directory on sys.path (no __init__.py here: a package named after this
+# folder would shadow the real `agent` package)
+from agent_fakeserver import FakeServer
 
-from agent.client import AgentClient  # noqa: E402
-from agent.daemon import Agent, AgentOptions  # noqa: E402
-from agent.identity import Identity, generate_key, save_identity  # noqa: E402
-from agent.power import RecordingPower  # noqa: E402
-from agent.schedule import Boot  # noqa: E402
-from common.config import Config  # noqa: E402
+from agent.client import AgentClient
+from agent.daemon import Agent, AgentOptions
+from agent.identity import Identity, generate_key, save_identity
+from agent.power import RecordingPower
+from agent.schedule import Boot
+from common.config import Config
 
 
 @pytest.fixture

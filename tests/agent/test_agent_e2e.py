@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from realenv import (
+from agent_realenv import (
     AgentProcess,
     Sdk,
     group_members,

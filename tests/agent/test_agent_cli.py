@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from realenv import AgentProcess, agent_env
+from agent_realenv import AgentProcess, agent_env
 
 from agent.cli import SERVER_TEMPLATE, resolve_server
 from common.config import Config

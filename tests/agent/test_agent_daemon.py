@@ -1,7 +1,7 @@
 """The daemon against the protocol stand-in: kicks, reports, timed runs, faults, hooks.
 
-The stand-in (fakeserver.py) lets these tests count every report precisely; the end-to-end tests
-in test_e2e.py run the same flows against the real assist-server and the official SDK.
+The stand-in (agent_fakeserver.py) lets these tests count every report precisely; the end-to-end tests
+in test_agent_e2e.py run the same flows against the real assist-server and the official SDK.
 """
 
 from __future__ import annotations
