@@ -285,3 +285,58 @@ def test_key_rotation_properly_signed_is_accepted(world: World, role: str) -> No
     assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
     trusted_root = json.loads((world.prefix / "state" / "tuf" / "root.json").read_text())
     assert trusted_root["signed"]["version"] >= 2
+
+
+def test_mirror_hanging_mid_body_is_left_behind_and_download_resumes_elsewhere(
+    world: World,
+) -> None:
+    """Two mirrors; the faster-probing one stalls half-way through the artifact. The update must
+    finish from the other one, resuming with Range, within seconds, and be healthy."""
+    (world.prefix / "config").mkdir(exist_ok=True)
+    (world.prefix / "config" / "assist.toml").write_text(
+        "[mirror]\nread_timeout = 1.0\nretries = 0\nprobe_timeout = 2.0\n"
+    )
+    ranges: list[str] = []
+
+    def stall_on_targets(handler: Any) -> bool:
+        if "/targets/" not in handler.path:
+            return False
+        path = world.repo / handler.path.lstrip("/")
+        data = path.read_bytes()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data[: len(data) // 2])
+        handler.wfile.flush()
+        time.sleep(5)
+        return True
+
+    def slow_probe_and_record(handler: Any) -> bool:
+        if handler.path.endswith("timestamp.json"):
+            time.sleep(0.3)  # ranks second
+        if "/targets/" in handler.path:
+            ranges.append(handler.headers.get("Range", ""))
+        return False
+
+    world.server.hook = stall_on_targets
+    with StaticServer(world.repo) as second:
+        second.hook = slow_probe_and_record
+        start = time.monotonic()
+        code = update_main(
+            [
+                "apply",
+                "--prefix",
+                str(world.prefix),
+                "--mirror",
+                world.server.url,
+                "--mirror",
+                second.url,
+                "--service",
+                "none",
+            ]
+        )
+        elapsed = time.monotonic() - start
+    assert code == 0
+    assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
+    assert ranges and ranges[0].startswith("bytes=") and not ranges[0].startswith("bytes=0-")
+    assert elapsed < 15
