@@ -290,7 +290,7 @@ async def notify_handler(request: Request) -> Response:
         async def _tx(conn: Conn) -> Any:
             await state.use_agent_nonce(conn, who)
             if touch:
-                await q.touch_instance(conn, who.instance_id, {"last_seen_ms": now_ms})
+                await q.record_seen(conn, who.instance_id, now_ms)
 
         await state.store.write(_tx)
         if touch:

@@ -278,22 +278,17 @@ async def task_report(
 async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
     """Mark the instance online; tell it when to beat next."""
     data = parse_json(body)
-    values: dict[str, Any] = {
-        "last_seen_ms": model.now_ms(),
-        "heartbeat_interval": state.heartbeat_interval,
-    }
     version = field_str(data, "agent_version", 64)
-    if version:
-        values["agent_version"] = version
     for name in ("uptime", "boot_time", "running"):
         field_int(data, name)
+    now = model.now_ms()
 
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
-        await q.touch_instance(conn, who.instance_id, values)
+        await q.record_heartbeat(conn, who.instance_id, now, state.heartbeat_interval, version)
 
     await state.store.write(_tx)
-    state.seen(who.instance_id, values["last_seen_ms"])
+    state.seen(who.instance_id, now)
     return {"next_interval": state.heartbeat_interval}
 
 

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select
 
@@ -19,7 +19,6 @@ from server.store.schema import (
     access_keys,
     activations,
     commands,
-    executions,
     instances,
     invocation_instances,
     invocations,
@@ -76,10 +75,14 @@ async def get_access_key(conn: Conn, key_id: str) -> Row | None:
     return await _one(conn, select(access_keys).where(access_keys.c.access_key_id == key_id))
 
 
+_USE_NONCE = text(
+    "INSERT INTO nonces (nonce, expires) VALUES (:nonce, :expires) ON CONFLICT DO NOTHING"
+)
+
+
 async def use_nonce(conn: Conn, key: str, expires: int) -> bool:
     """Record a nonce; False when it was already used (a replay)."""
-    stmt = _insert(conn, nonces).values(nonce=key, expires=expires).on_conflict_do_nothing()
-    result = await conn.execute(stmt)
+    result = await conn.execute(_USE_NONCE, {"nonce": key, "expires": expires})
     return bool(result.rowcount)
 
 
@@ -174,8 +177,11 @@ async def list_instances(
     return await _page(conn, stmt, order, offset, limit)
 
 
+_GET_INSTANCE = text("SELECT * FROM instances WHERE instance_id = :id")
+
+
 async def get_instance(conn: Conn, instance_id: str) -> Row | None:
-    return await _one(conn, select(instances).where(instances.c.instance_id == instance_id))
+    return await _one(conn, _GET_INSTANCE.bindparams(id=instance_id))
 
 
 async def insert_activation(conn: Conn, row: Row, code: str) -> None:
@@ -259,10 +265,25 @@ async def deregister_instance(conn: Conn, account: str, instance_id: str) -> Row
     return row
 
 
-async def touch_instance(conn: Conn, instance_id: str, values: Row) -> None:
+_HEARTBEAT = text(
+    "UPDATE instances SET last_seen_ms = :now, heartbeat_interval = :interval, "
+    "agent_version = CASE WHEN :version = '' THEN agent_version ELSE :version END "
+    "WHERE instance_id = :id"
+)
+_SEEN = text("UPDATE instances SET last_seen_ms = :now WHERE instance_id = :id")
+
+
+async def record_heartbeat(
+    conn: Conn, instance_id: str, now_ms: int, interval: int, version: str
+) -> None:
+    """Mark an instance heard from (and remember its agent version)."""
     await conn.execute(
-        update(instances).where(instances.c.instance_id == instance_id).values(**values)
+        _HEARTBEAT, {"now": now_ms, "interval": interval, "version": version, "id": instance_id}
     )
+
+
+async def record_seen(conn: Conn, instance_id: str, now_ms: int) -> None:
+    await conn.execute(_SEEN, {"now": now_ms, "id": instance_id})
 
 
 async def request_update(conn: Conn, account: str, ids: Sequence[str], version: str) -> None:
@@ -273,22 +294,20 @@ async def request_update(conn: Conn, account: str, ids: Sequence[str], version: 
     )
 
 
+_TAKE_UPDATE = text(
+    "UPDATE instances SET update_requested = :no "
+    "WHERE instance_id = :id AND update_requested = :yes"
+)
+_UPDATE_VERSION = text("SELECT update_version FROM instances WHERE instance_id = :id")
+
+
 async def take_update(conn: Conn, instance_id: str) -> tuple[bool, str]:
     """Consume a pending update request (true once per KickAgentUpdate)."""
-    row = await _one(
-        conn,
-        select(instances.c.update_version).where(
-            instances.c.instance_id == instance_id, instances.c.update_requested.is_(True)
-        ),
-    )
-    if row is None:
+    result = await conn.execute(_TAKE_UPDATE, {"no": False, "yes": True, "id": instance_id})
+    if not result.rowcount:
         return False, ""
-    result = await conn.execute(
-        update(instances)
-        .where(instances.c.instance_id == instance_id, instances.c.update_requested.is_(True))
-        .values(update_requested=False)
-    )
-    return bool(result.rowcount), str(row["update_version"])
+    row = await _one(conn, _UPDATE_VERSION.bindparams(id=instance_id))
+    return True, str(row["update_version"]) if row else ""
 
 
 async def active_task_counts(conn: Conn, ids: Sequence[str]) -> dict[str, int]:
@@ -480,36 +499,39 @@ async def stop_invocation(
 # --- the agent side ---------------------------------------------------------------------------
 
 
+# The agent API's hot path: prepared text statements (valid on SQLite and PostgreSQL), so a
+# request costs a few cheap executes instead of building and caching SQL constructs each time.
+
+_TASKS_FOR = text(
+    "SELECT ii.stop_requested, ii.delivered, inv.* FROM invocation_instances ii "
+    "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
+    "WHERE ii.instance_id = :id AND ii.active = :yes ORDER BY inv.created_ms"
+)
+_MARK_DELIVERED = text(
+    "UPDATE invocation_instances SET delivered = :yes WHERE instance_id = :id AND invoke_id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+
 async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]:
     """Tasks an instance should have, and invocations it should stop; marks them delivered."""
-    ii, inv = invocation_instances, invocations
-    rows = await _rows(
-        conn,
-        select(ii.c.status, ii.c.stop_requested, ii.c.delivered, inv)
-        .join(inv, inv.c.invoke_id == ii.c.invoke_id)
-        .where(ii.c.instance_id == instance_id, ii.c.active.is_(True))
-        .order_by(inv.c.created_ms),
-    )
+    rows = await _rows(conn, _TASKS_FOR.bindparams(id=instance_id, yes=True))
     run = [r for r in rows if not r["stop_requested"]]
     stop = [r["invoke_id"] for r in rows if r["stop_requested"]]
     fresh = [r["invoke_id"] for r in run if not r["delivered"]]
     if fresh:
-        await conn.execute(
-            update(ii)
-            .where(ii.c.instance_id == instance_id, ii.c.invoke_id.in_(fresh))
-            .values(delivered=True)
-        )
+        await conn.execute(_MARK_DELIVERED, {"yes": True, "id": instance_id, "ids": fresh})
     return run, stop
 
 
+_RESULT_ROW = text(
+    "SELECT ii.*, inv.timed, inv.repeat_mode, inv.frequency FROM invocation_instances ii "
+    "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
+    "WHERE ii.instance_id = :instance AND ii.invoke_id = :invoke"
+)
+
+
 async def _result_row(conn: Conn, instance_id: str, invoke_id: str) -> Row | None:
-    ii, inv = invocation_instances, invocations
-    return await _one(
-        conn,
-        select(ii, inv.c.timed, inv.c.repeat_mode, inv.c.frequency)
-        .join(inv, inv.c.invoke_id == ii.c.invoke_id)
-        .where(ii.c.instance_id == instance_id, ii.c.invoke_id == invoke_id),
-    )
+    return await _one(conn, _RESULT_ROW.bindparams(instance=instance_id, invoke=invoke_id))
 
 
 def _newer_execution(candidate: str, current: str) -> bool:
@@ -519,6 +541,30 @@ def _newer_execution(candidate: str, current: str) -> bool:
     if candidate.isdigit() and current.isdigit():
         return int(candidate) >= int(current)
     return candidate >= current
+
+
+_START_EXECUTION = text(
+    "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, start_ms) "
+    "VALUES (:invoke, :instance, :execution, :status, :no, :start) ON CONFLICT DO NOTHING"
+)
+_EXECUTION_DONE = text(
+    "SELECT terminal FROM executions "
+    "WHERE invoke_id = :invoke AND instance_id = :instance AND execution_id = :execution"
+)
+_ADD_CHUNK = text(
+    "INSERT INTO output_chunks (invoke_id, instance_id, execution_id, chunk_offset, data) "
+    "VALUES (:invoke, :instance, :execution, :offset, :data) ON CONFLICT DO NOTHING"
+)
+_MARK_RUNNING = text(
+    "UPDATE invocation_instances SET status = :status, updated_ms = :now "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
+_NEW_EXECUTION = text(
+    "UPDATE invocation_instances SET status = :status, updated_ms = :now, "
+    "execution_id = :execution, start_ms = :start, exit_code = NULL, output = '', dropped = 0, "
+    "error_code = '', error_info = '', finish_ms = NULL "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
 
 
 async def record_running(
@@ -534,67 +580,54 @@ async def record_running(
     row = await _result_row(conn, instance_id, invoke_id)
     if row is None:
         return False
-    ex = executions
+    key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
     await conn.execute(
-        _insert(conn, ex)
-        .values(
-            invoke_id=invoke_id,
-            instance_id=instance_id,
-            execution_id=execution_id,
-            status=model.RUNNING,
-            terminal=False,
-            start_ms=start_ms,
-        )
-        .on_conflict_do_nothing()
+        _START_EXECUTION, {**key, "status": model.RUNNING, "no": False, "start": start_ms}
     )
-    done = await _one(
-        conn,
-        select(ex.c.terminal).where(
-            ex.c.invoke_id == invoke_id,
-            ex.c.instance_id == instance_id,
-            ex.c.execution_id == execution_id,
-        ),
-    )
+    done = await _one(conn, _EXECUTION_DONE.bindparams(**key))
     if done and done["terminal"]:
         return True  # a late chunk of a finished execution changes nothing
     if data:
-        await conn.execute(
-            _insert(conn, output_chunks)
-            .values(
-                invoke_id=invoke_id,
-                instance_id=instance_id,
-                execution_id=execution_id,
-                chunk_offset=offset,
-                data=data,
-            )
-            .on_conflict_do_nothing()
-        )
+        await conn.execute(_ADD_CHUNK, {**key, "offset": offset, "data": data})
+    current = row["execution_id"]
     if (
-        _newer_execution(execution_id, row["execution_id"])
-        and row["status"] not in (model.STOPPING,)
-        and (row["active"] or row["execution_id"] == execution_id)
+        _newer_execution(execution_id, current)
+        and row["status"] != model.STOPPING
+        and (row["active"] or current == execution_id)
     ):
-        values: Row = {"status": model.RUNNING, "updated_ms": model.now_ms()}
-        if row["execution_id"] != execution_id:
-            values.update(
-                execution_id=execution_id,
-                start_ms=start_ms,
-                exit_code=None,
-                output="",
-                dropped=0,
-                error_code="",
-                error_info="",
-                finish_ms=None,
-            )
-        await conn.execute(
-            update(invocation_instances)
-            .where(
-                invocation_instances.c.instance_id == instance_id,
-                invocation_instances.c.invoke_id == invoke_id,
-            )
-            .values(**values)
-        )
+        params = {**key, "status": model.RUNNING, "now": model.now_ms(), "start": start_ms}
+        if current == execution_id:
+            if row["status"] != model.RUNNING:
+                await conn.execute(_MARK_RUNNING, params)
+        else:
+            await conn.execute(_NEW_EXECUTION, params)
     return True
+
+
+# First terminal report wins: insert, or update a non-terminal row; 0 rows means a repeat.
+_FINISH_EXECUTION = text(
+    "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, exit_code, "
+    "start_ms, finish_ms) VALUES (:invoke, :instance, :execution, :status, :yes, :exit_code, "
+    ":start, :finish) ON CONFLICT (invoke_id, instance_id, execution_id) DO UPDATE SET "
+    "status = excluded.status, terminal = excluded.terminal, exit_code = excluded.exit_code, "
+    "start_ms = excluded.start_ms, finish_ms = excluded.finish_ms "
+    "WHERE executions.terminal = :no"
+)
+_APPLY_RESULT = text(
+    "UPDATE invocation_instances SET repeats = repeats + 1, updated_ms = :now, "
+    "execution_id = :execution, exit_code = :exit_code, output = :output, dropped = :dropped, "
+    "error_code = :error_code, error_info = :error_info, start_ms = :start, "
+    "finish_ms = :finish, status = :status, active = :active, stop_ms = :stop "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
+_COUNT_REPEAT = text(
+    "UPDATE invocation_instances SET repeats = repeats + 1, updated_ms = :now "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
+_DROP_CHUNKS = text(
+    "DELETE FROM output_chunks "
+    "WHERE invoke_id = :invoke AND instance_id = :instance AND execution_id = :execution"
+)
 
 
 async def record_terminal(
@@ -609,79 +642,50 @@ async def record_terminal(
     row = await _result_row(conn, instance_id, invoke_id)
     if row is None:
         return None
-    ex = executions
-    key = and_(
-        ex.c.invoke_id == invoke_id,
-        ex.c.instance_id == instance_id,
-        ex.c.execution_id == execution_id,
-    )
-    await conn.execute(
-        _insert(conn, ex)
-        .values(
-            invoke_id=invoke_id,
-            instance_id=instance_id,
-            execution_id=execution_id,
-            status=status,
-            terminal=False,
-            start_ms=report["start_ms"],
-        )
-        .on_conflict_do_nothing()
-    )
+    key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
     won = await conn.execute(
-        update(ex)
-        .where(key, ex.c.terminal.is_(False))
-        .values(
-            status=status,
-            terminal=True,
-            exit_code=report["exit_code"],
-            start_ms=report["start_ms"],
-            finish_ms=report["finish_ms"],
-        )
+        _FINISH_EXECUTION,
+        {
+            **key,
+            "status": status,
+            "yes": True,
+            "no": False,
+            "exit_code": report["exit_code"],
+            "start": report["start_ms"],
+            "finish": report["finish_ms"],
+        },
     )
     if not won.rowcount:
         return True
     now = model.now_ms()
-    values: Row = {"repeats": invocation_instances.c.repeats + 1, "updated_ms": now}
-    if _newer_execution(execution_id, row["execution_id"]):
-        values.update(
-            execution_id=execution_id,
-            exit_code=report["exit_code"],
-            output=report["output"],
-            dropped=report["dropped"],
-            error_code=report["error_code"],
-            error_info=report["error_info"],
-            start_ms=report["start_ms"],
-            finish_ms=report["finish_ms"],
-        )
-        stopping = row["stop_requested"]
-        ends = (
-            (not row["timed"])
-            or stopping
-            or model.is_one_time_schedule(row["repeat_mode"], row["frequency"])
-        )
-        if status in (model.STOPPED, model.TERMINATED):
-            ends = True
-        if ends:
-            values.update(status=status, active=False)
-            if status in model.STOPPED_LIKE:
-                values["stop_ms"] = now
-        else:
-            values["status"] = model.SCHEDULED
-    await conn.execute(
-        update(invocation_instances)
-        .where(
-            invocation_instances.c.instance_id == instance_id,
-            invocation_instances.c.invoke_id == invoke_id,
-        )
-        .values(**values)
+    if not _newer_execution(execution_id, row["execution_id"]):
+        await conn.execute(_COUNT_REPEAT, {**key, "now": now})  # a late, older execution
+        return False
+    ends = (
+        not row["timed"]
+        or row["stop_requested"]
+        or model.is_one_time_schedule(row["repeat_mode"], row["frequency"])
+        or status in (model.STOPPED, model.TERMINATED)
     )
     await conn.execute(
-        delete(output_chunks).where(
-            output_chunks.c.invoke_id == invoke_id,
-            output_chunks.c.instance_id == instance_id,
-            output_chunks.c.execution_id == execution_id,
-        )
+        _APPLY_RESULT,
+        {
+            **key,
+            "now": now,
+            "exit_code": report["exit_code"],
+            "output": report["output"],
+            "dropped": report["dropped"],
+            "error_code": report["error_code"],
+            "error_info": report["error_info"],
+            "start": report["start_ms"],
+            "finish": report["finish_ms"],
+            "status": status if ends else model.SCHEDULED,
+            "active": not ends,
+            "stop": now if ends and status in model.STOPPED_LIKE else row["stop_ms"],
+        },
     )
+    if row["status"] in (model.RUNNING, model.STOPPING) or row["execution_id"] != execution_id:
+        await conn.execute(_DROP_CHUNKS, key)  # chunks exist only once it reported running
     return False
 
 
