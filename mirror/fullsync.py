@@ -209,6 +209,7 @@ def _pinned_keyring(options: SyncOptions) -> Path | None:
 
 
 def _require_keyring(keyring: Path | None, what: str) -> Path:
+    """The pinned keyring, or a refusal to mirror signed indexes without one."""
     if keyring is None:
         raise VerificationError(
             f"upstream has {what} but no pinned OpenPGP keyring to check it with",
@@ -218,6 +219,7 @@ def _require_keyring(keyring: Path | None, what: str) -> Path:
 
 
 def _fetch_optional(source: Source, rel: str, limit: int = MAX_METADATA) -> bytes | None:
+    """A small upstream file, or None if the upstream does not have it."""
     try:
         return source.fetch_bytes(rel, limit)
     except NotFoundError:
@@ -369,11 +371,13 @@ def _stage_metadata(
 
 
 def _stage_meta(stage: _Stage, rel: str, data: bytes) -> None:
+    """Stage a metadata-group file; publish order is the order of these calls."""
     stage.write(rel, data)
     stage.metadata.append(rel)
 
 
 def _bootstrap_channel(options: SyncOptions) -> str:
+    """The channel the bootstrap scripts install from."""
     return options.filters.channels[0] if options.filters.channels else "stable"
 
 

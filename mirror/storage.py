@@ -80,21 +80,18 @@ class FileStorage:
         for rel in publication.trees:
             self.swap_tree(source / rel, self.root / rel)
         for rel in publication.metadata:
-            self._move_in(source / rel, self.root / rel, replace=True)
+            self._move_in(source / rel, self.root / rel)
         for rel in publication.remove:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / rel).unlink()
                 log.info("removed %s", rel)
 
-    def _move_in(self, src: Path, dest: Path, replace: bool = False) -> None:
-        """Rename a staged file into the tree (a no-op if it is already there)."""
+    def _move_in(self, src: Path, dest: Path) -> None:
+        """Rename a staged (verified) file into the tree; nothing staged means already there."""
         if not src.exists():
             if dest.exists():
                 return
             raise FileNotFoundError(f"staged file missing: {src}")
-        if dest.exists() and not replace:
-            src.unlink()
-            return
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         fsync_dir(dest.parent)

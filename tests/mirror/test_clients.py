@@ -225,3 +225,21 @@ def test_mirrors_chain_into_a_tree(served_mirror, tmp_path: Path) -> None:
     status = json.loads(mirror_cli("status", "--root", str(child), "--json").stdout)
     assert status["public_url"] == "http://axt.cn-shanghai.alibaba-inc.com:8080/assist/"
     assert status["packages"]["demo"] == ["1.0", "2.0"]
+
+
+def test_serve_handles_many_concurrent_clients(served_mirror) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _origin, root, url = served_mirror
+    rpm = next((root / "yum/stable/Packages").glob("*.rpm"))
+    expected = rpm.read_bytes()
+    rel = rpm.relative_to(root).as_posix()
+
+    def fetch(i: int) -> bool:
+        if i % 2:
+            part = requests.get(url + rel, headers={"Range": f"bytes={i}-"}, timeout=30)
+            return part.status_code == 206 and part.content == expected[i:]
+        return requests.get(url + rel, timeout=30).content == expected
+
+    with ThreadPoolExecutor(64) as pool:
+        assert all(pool.map(fetch, range(256)))

@@ -209,3 +209,40 @@ def test_free_space_is_checked_before_downloading(tmp_path: Path) -> None:
     check_space(tmp_path, [FileEntry("a", 1024, "0" * 64)], tmp_path)
     with pytest.raises(NoSpaceError, match="needs"):
         check_space(tmp_path, [FileEntry("a", 1 << 60, "0" * 64)], tmp_path)
+
+
+def test_file_storage_publishes_staged_files_and_swaps_trees(tmp_path: Path) -> None:
+    from mirror.storage import FileStorage, Publication
+
+    root, staging = tmp_path / "root", tmp_path / "staging"
+    (root / "apt/pool").mkdir(parents=True)
+    (root / "apt/pool/a.deb").write_text("old bytes")  # upstream re-published it: replaced
+    (root / "apt/pool/gone.deb").write_text("x")
+    (staging / "apt/pool").mkdir(parents=True)
+    (staging / "apt/pool/a.deb").write_text("new bytes")
+    (staging / "apt/dists/stable").mkdir(parents=True)
+    (staging / "apt/dists/stable/InRelease").write_text("v1")
+    (staging / "metadata").mkdir()
+    (staging / "metadata/timestamp.json").write_text("{}")
+    FileStorage(root).publish(
+        Publication(
+            content=["apt/pool/a.deb"],
+            trees=["apt/dists"],
+            metadata=["metadata/timestamp.json"],
+            remove=["apt/pool/gone.deb"],
+        ),
+        staging,
+    )
+    assert (root / "apt/pool/a.deb").read_text() == "new bytes"
+    assert not (root / "apt/pool/gone.deb").exists()
+    assert (root / "apt/dists").is_symlink() and (
+        root / "apt/dists/stable/InRelease"
+    ).read_text() == "v1"
+    assert not any(staging.rglob("*.*"))  # everything was moved, nothing copied
+    first = (root / "apt/dists").readlink()
+    (staging / "apt/dists/stable").mkdir(parents=True)
+    (staging / "apt/dists/stable/InRelease").write_text("v2")
+    FileStorage(root).publish(Publication(trees=["apt/dists"]), staging)
+    assert (root / "apt/dists/stable/InRelease").read_text() == "v2"
+    assert (root / "apt/dists").readlink() != first
+    assert (root / "apt" / first).is_dir()  # the previous generation stays for readers mid-way
