@@ -83,5 +83,8 @@ def installed_versions(layout: Layout) -> list[str]:
 
 def is_runnable(layout: Layout, version: str) -> bool:
     """A version directory that has its launcher."""
-    launcher = layout.version_dir(version) / "bin" / "assist-agent"
+    bin_dir = layout.version_dir(version) / "bin"
+    if os.name == "nt":  # pragma: no cover - Windows launchers are .cmd files
+        return (bin_dir / "assist-agent.cmd").is_file()
+    launcher = bin_dir / "assist-agent"
     return launcher.is_file() and os.access(launcher, os.X_OK)

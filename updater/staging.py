@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -36,18 +36,44 @@ def payload_prefix(fmt: str, version: str) -> str:
     return NATIVE_PREFIX + base if fmt in ("deb", "rpm") else base
 
 
+ExeRunner = Callable[[Sequence[str]], object]
+
+
+def run_exe(argv: Sequence[str]) -> None:
+    """Run a signed installer silently (Windows only)."""
+    if os.name != "nt":
+        raise ToolError("exe installers run only on Windows", hint="use the tar.gz on Linux")
+    proc = subprocess.run(list(argv), capture_output=True, check=False)  # pragma: no cover
+    if proc.returncode != 0:  # pragma: no cover
+        raise ToolError(f"installer exited with {proc.returncode}")
+
+
 def stage_artifact(
-    artifact: Path, fmt: str, version: str, versions_dir: Path, *, require_agent: bool = True
+    artifact: Path,
+    fmt: str,
+    version: str,
+    versions_dir: Path,
+    *,
+    require_agent: bool = True,
+    exe_runner: ExeRunner = run_exe,
 ) -> Path:
-    """Unpack `artifact` into versions/.staging-V with all checks, then rename it to versions/V."""
+    """Unpack `artifact` into versions/.staging-V with all checks, then rename it to versions/V.
+
+    An exe (already Authenticode-checked) is run silently into a scratch prefix
+    (`/S /D=versions/.staging-V-exe`); its versions/V tree becomes the staging directory, so
+    `current` stays ours to swap.
+    """
     versions_dir.mkdir(parents=True, exist_ok=True)
     staging = versions_dir / f"{STAGING_PREFIX}{version}"
     final = versions_dir / version
     remove_tree(staging)
-    staging.mkdir()
     try:
-        with open_payload(artifact, fmt) as tar:
-            extract_checked(tar, payload_prefix(fmt, version), staging)
+        if fmt == "exe":
+            stage_exe(artifact, version, staging, exe_runner)
+        else:
+            staging.mkdir()
+            with open_payload(artifact, fmt) as tar:
+                extract_checked(tar, payload_prefix(fmt, version), staging)
         check_links_inside(staging)
         if require_agent:
             check_agent_payload(staging, version)
@@ -58,6 +84,21 @@ def stage_artifact(
     os.replace(staging, final)
     log.info("staged %s into %s", artifact.name, final)
     return final
+
+
+def stage_exe(artifact: Path, version: str, staging: Path, runner: ExeRunner) -> None:
+    """Run the silent installer into a scratch prefix and keep only its versions/V tree."""
+    scratch = staging.with_name(staging.name + "-exe")
+    remove_tree(scratch)
+    scratch.mkdir()
+    try:
+        runner([str(artifact), "/S", f"/D={scratch}"])  # NSIS: /D must come last, unquoted
+        tree = scratch / "versions" / version
+        if not tree.is_dir() or tree.is_symlink():
+            raise VerificationError(f"the installer did not produce versions/{version}")
+        os.replace(tree, staging)
+    finally:
+        remove_tree(scratch)
 
 
 def remove_tree(path: Path) -> None:
@@ -253,8 +294,8 @@ def check_links_inside(tree: Path) -> None:
 
 def check_agent_payload(tree: Path, version: str) -> None:
     """An agent payload has bin/assist-agent and a VERSION that matches the signed version."""
-    launcher = tree / "bin" / "assist-agent"
-    if not launcher.is_file():
+    launchers = (tree / "bin" / "assist-agent", tree / "bin" / "assist-agent.cmd")
+    if not any(launcher.is_file() for launcher in launchers):
         raise VerificationError(f"payload of {version} has no bin/assist-agent")
     stamp = tree / "VERSION"
     if stamp.is_file():

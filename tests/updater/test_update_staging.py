@@ -165,3 +165,42 @@ def test_free_space_check_refuses(tmp_path: Path) -> None:
     with pytest.raises(NoSpaceError, match="free"):
         ensure_free_space(tmp_path, 1 << 62)
     ensure_free_space(tmp_path, 1)
+
+
+def test_exe_is_run_silently_into_scratch_and_only_versions_v_is_kept(tmp_path: Path) -> None:
+    """Mocked: the NSIS installer runs only on Windows; the runner stands in for it and lays
+    out what it would (versions/V plus its own current.txt, which must not leak)."""
+    calls: list[list[str]] = []
+
+    def fake_installer(argv: list[str]) -> None:
+        calls.append(list(argv))
+        scratch = Path(argv[-1].removeprefix("/D="))
+        write_tree(scratch / "versions" / "1.1.0", "1.1.0")
+        (scratch / "current.txt").write_text("1.1.0\n")
+
+    exe = tmp_path / "aliyun-assist-1.1.0-setup.exe"
+    exe.write_bytes(b"MZ")
+    versions = tmp_path / "prefix" / "versions"
+    final = stage_artifact(exe, "exe", "1.1.0", versions, exe_runner=fake_installer)
+    assert calls[0][:2] == [str(exe), "/S"] and calls[0][2].startswith("/D=")
+    assert (final / "VERSION").read_text().strip() == "1.1.0"
+    assert sorted(p.name for p in versions.iterdir()) == ["1.1.0"]
+    assert not (tmp_path / "prefix" / "current.txt").exists()
+
+
+def test_exe_that_produces_nothing_is_refused(tmp_path: Path) -> None:
+    exe = tmp_path / "x.exe"
+    exe.write_bytes(b"MZ")
+    versions = tmp_path / "v"
+    with pytest.raises(VerificationError, match="did not produce"):
+        stage_artifact(exe, "exe", "1.1.0", versions, exe_runner=lambda argv: None)
+    assert list(versions.iterdir()) == []
+
+
+def test_exe_cannot_run_off_windows(tmp_path: Path) -> None:
+    from common.errors import ToolError
+
+    exe = tmp_path / "x.exe"
+    exe.write_bytes(b"MZ")
+    with pytest.raises(ToolError, match="Windows"):
+        stage_artifact(exe, "exe", "1.1.0", tmp_path / "v")
