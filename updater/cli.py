@@ -266,12 +266,12 @@ def cmd_schedule(args: argparse.Namespace, config: Config, layout: Layout) -> in
         print(when.isoformat() if when else "scheduled updates are disabled")
     if args.wait and when is not None:
         time.sleep(max(0.0, (when - datetime.now(timezone.utc)).total_seconds()))
-        args.version, args.allow_downgrade, args.splay = None, False, 0.0
-        for name in ("mirror", "region", "channel", "trust_root", "format", "keys"):
-            if not hasattr(args, name):
-                setattr(args, name, [] if name == "mirror" else None)
-        args.health_timeout = args.settle = None
-        return cmd_apply(args, config, layout)
+        argv = ["apply", "--prefix", str(layout.prefix)]
+        if args.config:
+            argv += ["--config", args.config]
+        if args.service:
+            argv += ["--service", args.service]
+        return dispatch(build_parser().parse_args(argv))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Scheduled updates: seconds-first cron (like timed invocations) plus a random splay."""
+"""Scheduled updates: seconds-first cron (like timed invocations) plus a random splay.
+
+The agent asks `next_update_time` when to run `assist-update apply`; `assist-update schedule
+--wait` does the same from a shell. Hosts that prefer the system cron can use its 5-field form
+and let the updater add the splay: `0 3 * * * root assist-update apply --splay 3600`.
+"""
 
 from __future__ import annotations
 

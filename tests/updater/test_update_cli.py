@@ -60,3 +60,19 @@ def test_status_text_output(prefix: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["status", "--prefix", str(prefix), "--service", "process"]) == 0
     out = capsys.readouterr().out
     assert "current:   1.0.0" in out and "journal:   idle" in out
+
+
+def test_schedule_reports_next_run_or_disabled(
+    prefix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = prefix / "config" / "assist.toml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text('[update]\nschedule = "0 30 4 * * *"\nsplay = 60.0\n')
+    assert main(["schedule", "--prefix", str(prefix), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (
+        info["schedule"] == "0 30 4 * * *" and "04:30:" in info["next"] or "04:31:" in info["next"]
+    )
+    config.write_text('[update]\nschedule = ""\n')
+    assert main(["schedule", "--prefix", str(prefix)]) == 0
+    assert "disabled" in capsys.readouterr().out
