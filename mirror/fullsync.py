@@ -108,11 +108,18 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
         trees=stage.trees,
         metadata=stage.metadata,
         remove=sorted(
-            r for r in state.files if r not in wanted and r not in stage.indexed and is_content(r)
+            r
+            for r in {*state.files, *state.pending_remove}
+            if r not in wanted and r not in stage.indexed and is_content(r)
         ),
     )
-    FileStorage(root).publish(publication, stage.dir)
+    # Record the new file set first: after a kill mid-publish the next sync neither
+    # re-downloads what was already moved into place nor forgets what it had to delete.
     state.files = {**wanted, **_kept_indexes(state, stage)}
+    state.publishing, state.pending_remove = True, publication.remove
+    save_state(root, state)
+    FileStorage(root).publish(publication, stage.dir)
+    state.publishing, state.pending_remove = False, []
     state.upstream = options.source.description
     state.region, state.public_url = options.region, options.public_url
     state.filters = options.filters.fingerprint()

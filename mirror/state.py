@@ -40,6 +40,8 @@ class MirrorState:
     expires: dict[str, str] = field(default_factory=dict)  # role -> ISO 8601
     files: dict[str, list[Any]] = field(default_factory=dict)  # relpath -> [sha256, length]
     dests: list[str] = field(default_factory=list)  # extra backends holding this version
+    publishing: bool = False  # set while a publish runs: a kill then forces a full next sync
+    pending_remove: list[str] = field(default_factory=list)  # removals a killed publish owes
 
 
 def state_dir(root: Path) -> Path:

@@ -81,6 +81,7 @@ def is_unchanged(options: SyncOptions, state: MirrorState) -> bool:
     dests = {d.description for d in options.dests}
     if (
         not state.last_sync
+        or state.publishing
         or state.filters != options.filters.fingerprint()
         or not published.exists()
         or not dests <= set(state.dests)

@@ -205,6 +205,11 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
             for p in staging.rglob("*")
             if p.is_file() and not p.name.endswith(".part") and is_content(p.relative_to(staging))
         }
+        complete |= {
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and is_content(p.relative_to(root))
+        }
         partial = {
             p.relative_to(staging).as_posix()[: -len(".part")]: p.stat().st_size
             for p in staging.rglob("*.part")

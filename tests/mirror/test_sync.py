@@ -15,7 +15,7 @@ from common.errors import DownloadError, ExpiredMetadataError, LockedError, Veri
 from mirror.check import mirror_status, verify_tree
 from mirror.plan import Filters
 from mirror.source import HttpSource
-from mirror.state import load_state, locked
+from mirror.state import load_state, locked, save_state
 from mirror.sync import SyncOptions, sync
 from tests.mirror.conftest import Origin, make_deb, tree_hash
 
@@ -323,3 +323,27 @@ def test_apt_and_yum_trees_need_a_pinned_keyring(upstream, tmp_path: Path) -> No
     opts.filters = Filters(oses=("windows",))
     sync(opts)
     assert (root / "metadata/timestamp.json").exists() and not (root / "apt").exists()
+
+
+def test_sync_after_a_publish_was_cut_short_completes_it(upstream, tmp_path: Path) -> None:
+    """state.publishing left set (a kill between the first file moved and the state saved):
+    the next sync is a full one, yet downloads nothing it already has."""
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync(options(origin, server.url, root))
+    state = load_state(root)
+    state.publishing, state.pending_remove = True, ["targets/demo/0.9/" + "0" * 64 + ".x.deb"]
+    leftover = root / state.pending_remove[0]
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"from a version the killed publish was dropping")
+    save_state(root, state)
+    server.requests.clear()
+    report = sync(options(origin, server.url, root))
+    assert report.changed and report.fetched_files == 0
+    assert not any(
+        r.startswith(("/targets/", "/apt/pool/", "/yum/stable/Packages/")) for r in server.requests
+    )
+    assert not leftover.exists()
+    after = load_state(root)
+    assert not after.publishing and after.pending_remove == []
+    assert verify_tree(root) == []
