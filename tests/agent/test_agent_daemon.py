@@ -150,9 +150,14 @@ def test_stop_invocation_kills_a_running_task(fake_server, start_agent) -> None:
     h = start_agent()
     state = fake_server.state
     invoke = state.add_task(h.identity.instance_id, script="echo start; sleep 60")
-    assert wait_until(lambda: invoke in h.agent._active)
-    pgid = next(iter(h.agent._active[invoke].values())).pid
-    assert pgid and group_alive(pgid)
+
+    def running_pid() -> int:
+        runs = list(h.agent._active.get(invoke, {}).values())
+        return runs[0].pid if runs else 0
+
+    assert wait_until(lambda: running_pid() != 0)  # registered first, spawned a moment later
+    pgid = running_pid()
+    assert group_alive(pgid)
     state.stop(h.identity.instance_id, invoke)
     assert state.wait(lambda s: s.results_for(invoke), timeout=10)
     [result] = state.results_for(invoke)
