@@ -366,6 +366,7 @@ def _stage_metadata(
     for rel, data in fetcher.fetched.items():
         if rel.startswith("metadata/") and rel.endswith(".root.json"):
             roots[Metadata[Root].from_bytes(data).signed.version] = data
+    roots.update(_older_roots(options, roots))
     for version in sorted(roots):
         if not (options.root / f"metadata/{version}.root.json").exists() or version == max(roots):
             _stage_meta(stage, f"metadata/{version}.root.json", roots[version])
@@ -375,6 +376,36 @@ def _stage_metadata(
     _stage_meta(stage, f"metadata/{targets_version}.targets.json", md["targets"])
     _stage_meta(stage, f"metadata/{snapshot_version}.snapshot.json", md["snapshot"])
     _stage_meta(stage, "metadata/timestamp.json", md["timestamp"])
+
+
+def _older_roots(options: SyncOptions, roots: dict[int, bytes]) -> dict[int, bytes]:
+    """Roots older than our anchor that the mirror lacks, for clients with older anchors.
+
+    Walking down from the trusted root: root N-1 is accepted only if its keys signed root N.
+    """
+    found: dict[int, bytes] = {}
+    version = min(roots)
+    newer = Metadata[Root].from_bytes(roots[version])
+    while version > 1 and not (options.root / f"metadata/{version - 1}.root.json").exists():
+        data = _fetch_optional(options.source, f"metadata/{version - 1}.root.json")
+        if data is None:
+            log.warning(
+                "upstream lacks metadata/%d.root.json; older clients cannot chain", version - 1
+            )
+            break
+        try:
+            older = Metadata[Root].from_bytes(data)
+            if older.signed.version != version - 1:
+                raise ValueError(f"it claims version {older.signed.version}")
+            older.verify_delegate(Root.type, newer)
+        except Exception as exc:
+            raise VerificationError(
+                f"upstream metadata/{version - 1}.root.json does not precede the trusted root: {exc}",
+                hint="the upstream's root history is tampered with; check --upstream",
+            ) from exc
+        found[version - 1] = data
+        newer, version = older, version - 1
+    return found
 
 
 def _stage_meta(stage: _Stage, rel: str, data: bytes) -> None:

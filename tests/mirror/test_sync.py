@@ -347,3 +347,66 @@ def test_sync_after_a_publish_was_cut_short_completes_it(upstream, tmp_path: Pat
     after = load_state(root)
     assert not after.publishing and after.pending_remove == []
     assert verify_tree(root) == []
+
+
+def test_root_rotation_reaches_clients_with_old_and_new_anchors(origin, tmp_path: Path) -> None:
+    """After a root change upstream, the mirror serves the whole root chain: a client pinned to
+    1.root.json chains through it, and a mirror started from 2.root.json still publishes 1."""
+    from tests.httpserver import StaticServer
+    from tests.mirror.conftest import pkgbuild
+
+    keys = tmp_path / "keys"
+    shutil.copytree(origin.keys, keys, ignore=shutil.ignore_patterns("S.*"))
+    repo = Origin(tmp_path / "repo", keys, tmp_path)
+    shutil.copytree(origin.repo, repo.repo, symlinks=True)
+    anchor_v1 = tmp_path / "1.root.json"
+    shutil.copy(keys / "root.json", anchor_v1)
+    with StaticServer(repo.repo) as server:
+        first = tmp_path / "first"
+        sync(
+            SyncOptions(
+                root=first,
+                source=HttpSource(server.url, progress=False),
+                trust_root=anchor_v1,
+                keyring=origin.keyring,
+            )
+        )
+        pkgbuild("rotate-key", "--repo", str(repo.repo), "--keys", str(keys), "--role", "timestamp")
+        assert sync(SyncOptions(root=first, source=HttpSource(server.url, progress=False))).changed
+        assert (
+            Metadata.from_bytes((first / "metadata/2.root.json").read_bytes()).signed.version == 2
+        )
+        assert (first / "metadata/root.json").read_bytes() == (
+            first / "metadata/2.root.json"
+        ).read_bytes()
+        anchor_v2 = tmp_path / "2.root.json"
+        shutil.copy(first / "metadata/2.root.json", anchor_v2)
+        fresh = tmp_path / "fresh"
+        fresh_options = SyncOptions(
+            root=fresh,
+            source=HttpSource(server.url, progress=False),
+            trust_root=anchor_v2,
+            keyring=origin.keyring,
+        )
+        # a forged 1.root.json upstream (other keys, so it never signed root 2) is refused
+        other = tmp_path / "other"
+        pkgbuild("keygen", "--out", str(other))
+        (repo.repo / "metadata/1.root.json").write_bytes((other / "root.json").read_bytes())
+        with pytest.raises(VerificationError, match="does not precede the trusted root"):
+            sync(fresh_options)
+        assert not (fresh / "metadata").exists()
+        (repo.repo / "metadata/1.root.json").write_bytes(anchor_v1.read_bytes())
+        sync(fresh_options)
+        assert (fresh / "metadata/1.root.json").read_bytes() == anchor_v1.read_bytes()
+    with StaticServer(fresh) as mirror_server:
+        client = tmp_path / "client"
+        report = sync(
+            SyncOptions(
+                root=client,
+                source=HttpSource(mirror_server.url, progress=False),
+                trust_root=anchor_v1,
+                keyring=origin.keyring,
+            )
+        )
+        assert report.changed and load_state(client).root_version == 2
+        assert verify_tree(client) == []
