@@ -159,3 +159,65 @@ def test_install_update_broken_update_rollback_blocklist(
     assert st["last_update"]["result"] == "refused"
     assert st["health"]["running"] and st["health"]["version"] == "1.1.0"
     assert sorted(st["installed"]) == ["1.0.0", "1.1.0", "1.2.0"]
+
+
+def test_killed_updater_is_recovered_by_the_agent_at_its_next_start(
+    release: dict[str, Any], world: dict[str, Any]
+) -> None:
+    """kill -9 of the real updater right after `health_check` (new agent 1.1.0 running), then a
+    "reboot": the agent started by the service manager runs recovery itself (no updater runs),
+    which rolls back to 1.0.0 and re-executes as 1.0.0, which reports health."""
+    import os
+    import time
+
+    prefix = world["prefix"]
+    proc = run_cli(
+        "installer.cli",
+        "agent",
+        "--prefix",
+        str(prefix),
+        "--version",
+        "1.0.0",
+        "--service",
+        "process",
+        "--trust-root",
+        str(release["keys"] / "root.json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    env = dict(os.environ, ASSIST_UPDATE_CRASH_AT="health_check")
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "updater.cli",
+            "apply",
+            "--prefix",
+            str(prefix),
+            "--version",
+            "1.1.0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    # The 1.1.0 agent was started just before the kill; if its own start-up recovery ran after
+    # the updater died (lock free), it has already rolled back — either way the reboot below
+    # must end on 1.0.0.
+    assert status(prefix)["journal"]["phase"] in ("health_check", "rolled_back")
+
+    manager = ProcessManager(prefix, stop_timeout=5)
+    manager.stop()  # the machine goes down
+    manager.start()  # and comes back: the agent of `current` (1.1.0) starts first
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = status(prefix)
+        if st["health"] and st["health"]["version"] == "1.0.0" and st["health"]["running"]:
+            break
+        time.sleep(0.2)
+    assert st["current"] == "1.0.0"
+    assert st["health"]["version"] == "1.0.0" and st["health"]["running"]
+    assert st["journal"]["phase"] == "rolled_back"
+    assert st["blocklist"]["failures"] == {"1.1.0": 1}
