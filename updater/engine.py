@@ -130,6 +130,11 @@ class Updater:
         with hold_lock(self.layout.state_dir):
             recover_locked(self.layout, self.service, max_failures=self.settings.max_failures)
             current = read_pointer(self.layout)
+            if current is None:
+                raise LocalStateError(
+                    f"no agent is installed under {self.layout.prefix}",
+                    hint="install it first: assist-install agent --prefix PREFIX",
+                )
             plan = self._plan(version, allow_downgrade=allow_downgrade)
             if plan.action == NOTHING:
                 return Outcome("up_to_date", current, current or "", plan.reason)

@@ -137,3 +137,14 @@ def test_keep_k_versions_prunes_old_versions_and_cache(
         make_updater(prefix, repo, keep_versions=2).apply(version)
     assert sorted(p.name for p in (prefix / "versions").iterdir()) == ["1.3.0", "1.4.0"]
     assert sorted(p.name for p in (prefix / "state" / "cache").iterdir()) == ["1.3.0", "1.4.0"]
+
+
+def test_apply_without_an_installed_agent_is_refused(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    from common.errors import LocalStateError
+
+    empty = tmp_path / "empty"
+    with pytest.raises(LocalStateError, match="assist-install agent"):
+        make_updater(empty, LocalRepo(artifacts)).apply()
+    assert not (empty / "current").exists() and not (empty / "state" / "update.json").exists()
