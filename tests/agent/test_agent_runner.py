@@ -100,6 +100,11 @@ def test_fork_that_outlives_its_parent_does_not_hang_the_task(tmp_path: Path) ->
     assert marker.exists()
 
 
+def test_stdin_is_dev_null(tmp_path: Path) -> None:
+    _, outcome = run(tmp_path, "readlink /proc/$$/fd/0")
+    assert outcome.output == b"/dev/null\n"
+
+
 def test_stdin_is_dev_null_so_a_reading_script_does_not_hang(tmp_path: Path) -> None:
     _, outcome = run(tmp_path, 'read line; echo "got:$line:$?"; cat; echo done', timeout=5)
     assert outcome.kind == "finish" and outcome.output == b"got::1\ndone\n"
