@@ -145,6 +145,7 @@ def test_apply_without_an_installed_agent_is_refused(
     from common.errors import LocalStateError
 
     empty = tmp_path / "empty"
-    with pytest.raises(LocalStateError, match="assist-install agent"):
+    with pytest.raises(LocalStateError, match="no agent is installed") as info:
         make_updater(empty, LocalRepo(artifacts)).apply()
+    assert "assist-install agent" in (info.value.hint or "")
     assert not (empty / "current").exists() and not (empty / "state" / "update.json").exists()
