@@ -22,14 +22,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from mirror_testlib import make_deb, make_tarball, mirror_cli, serving
 from tuf.api.metadata import Metadata
 
 from mirror import apt, yum
 from mirror.check import verify_tree
 from mirror.gpg import verify_clearsigned, verify_detached
 from mirror.plan import parse_targets
-from tests.mirror.conftest import make_deb, make_tarball
-from tests.mirror.helpers import mirror_cli, serving
 
 CHUNK = 64 * 1024
 

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mirror_testlib import free_port
 
 from common.errors import DownloadError
 from mirror.source import HttpSource
 from mirror.state import load_state
 from mirror.storage import S3Storage, make_s3_client
 from mirror.sync import SyncOptions, sync
-from tests.mirror.helpers import free_port
 
 
 @pytest.fixture

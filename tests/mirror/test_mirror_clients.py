@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from tests.mirror.helpers import mirror_cli, serving
+from mirror_testlib import mirror_cli, serving
 
 
 @pytest.fixture
@@ -88,7 +87,7 @@ def test_apt_get_installs_from_the_mirror(served_mirror, tmp_path: Path, tool_en
 
 def test_apt_refuses_the_mirror_with_another_key(served_mirror, tmp_path: Path, tool_env) -> None:
     """Signature checks really are on: with a different signed-by key apt update fails."""
-    from tests.mirror.conftest import pkgbuild
+    from mirror_testlib import pkgbuild
 
     _origin, _root, url = served_mirror
     other = tmp_path / "other"

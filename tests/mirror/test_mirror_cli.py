@@ -7,8 +7,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from tests.mirror.conftest import Origin, make_deb, pkgbuild, tree_hash
-from tests.mirror.helpers import mirror_cli
+from mirror_testlib import Origin, make_deb, mirror_cli, pkgbuild, tree_hash
 
 
 def sync_args(origin: Origin, url: str, root: Path) -> list[str]:
@@ -66,7 +65,7 @@ def test_sync_writes_the_regions_bootstrap_scripts(upstream, tmp_path: Path) -> 
 def test_status_warns_when_metadata_expires_within_two_days(
     release_keys: Path, tmp_path: Path
 ) -> None:
-    from tests.httpserver import StaticServer
+    from httpserver import StaticServer
 
     repo = tmp_path / "repo"
     pkgbuild("init", "--repo", str(repo), "--keys", str(release_keys), "--expires", "timestamp=1d")

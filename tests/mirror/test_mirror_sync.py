@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from mirror_testlib import Origin, make_deb, tree_hash
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
@@ -17,7 +18,6 @@ from mirror.plan import Filters
 from mirror.source import HttpSource
 from mirror.state import load_state, locked, save_state
 from mirror.sync import SyncOptions, sync
-from tests.mirror.conftest import Origin, make_deb, tree_hash
 
 
 def options(origin: Origin, url: str, root: Path, **kwargs: object) -> SyncOptions:
@@ -224,7 +224,7 @@ def test_expired_metadata_is_refused(upstream, tmp_path: Path) -> None:
 def test_untrusted_root_is_refused(upstream, tmp_path: Path, release_keys: Path) -> None:
     origin, server = upstream
     other = tmp_path / "other-keys"
-    from tests.mirror.conftest import pkgbuild
+    from mirror_testlib import pkgbuild
 
     pkgbuild("keygen", "--out", str(other))
     root = tmp_path / "mirror"
@@ -352,8 +352,8 @@ def test_sync_after_a_publish_was_cut_short_completes_it(upstream, tmp_path: Pat
 def test_root_rotation_reaches_clients_with_old_and_new_anchors(origin, tmp_path: Path) -> None:
     """After a root change upstream, the mirror serves the whole root chain: a client pinned to
     1.root.json chains through it, and a mirror started from 2.root.json still publishes 1."""
-    from tests.httpserver import StaticServer
-    from tests.mirror.conftest import pkgbuild
+    from httpserver import StaticServer
+    from mirror_testlib import pkgbuild
 
     keys = tmp_path / "keys"
     shutil.copytree(origin.keys, keys, ignore=shutil.ignore_patterns("S.*"))
