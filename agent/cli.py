@@ -190,7 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print the agent's health; exit 0 when it runs, 3 when it does not."""
     from agent.health import pid_alive, read_health
     from agent.identity import NotRegisteredError, load_identity
-    from agent.outbox import DB_FILE, Store
+    from agent.outbox import count_pending
 
     config = load(args)
     health = read_health(config.state_dir) or {}
@@ -198,9 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         identity: Any = load_identity(config.state_dir)
     except NotRegisteredError:
         identity = None
-    pending = (
-        Store(config.state_dir).pending_count() if (config.state_dir / DB_FILE).exists() else 0
-    )
+    pending = count_pending(config.state_dir)
     running = bool(health) and pid_alive(int(health.get("pid") or 0))
     report = {
         "registered": identity is not None,

@@ -253,3 +253,18 @@ def _insert_report(db: sqlite3.Connection, key: str, path: str, body: dict[str, 
         (key, path, json.dumps(body, separators=(",", ":")), time.time()),
     )
     return cursor.rowcount > 0
+
+
+def count_pending(state_dir: Path) -> int | None:
+    """Queued reports, read-only (for `assist-agent status`); None if the database is unreadable."""
+    path = state_dir / DB_FILE
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None

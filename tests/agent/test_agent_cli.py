@@ -148,6 +148,7 @@ def test_status_reports_running_agent_and_refuses_a_second_one(tmp_path: Path, f
         report = json.loads(up.stdout)
         assert up.returncode == 0 and report["running"] and report["connected"]
         assert report["pid"] == agent.proc.pid and report["registered"]
+        assert report["pending_reports"] == 0
         second = cli("run", "--prefix", str(prefix))
         assert second.returncode == 4 and "another agent" in second.stderr
     finally:
