@@ -221,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("publish", "add artifacts to the repository and re-sign")
     _repo_options(p)
     p.add_argument("--channel", default="stable", help="channel (stable)")
-    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="built artifact files")
+    p.add_argument(
+        "artifacts",
+        nargs="*",
+        metavar="ARTIFACT",
+        help="built artifact files (none: only re-sign metadata past half its lifetime)",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = command("yank", "withdraw a package version from a channel")

@@ -136,11 +136,16 @@ def initial_root(keys: Path, expiry: datetime.timedelta) -> Metadata[Root]:
 def publish_artifacts(
     repo: Path, keys: Path, artifacts: Sequence[Path], channel: str = DEFAULT_CHANNEL
 ) -> list[str]:
-    """Add artifacts to `channel`: TUF targets, apt/yum trees, keys/ and bootstrap/."""
+    """Add artifacts to `channel`: TUF targets, apt/yum trees, keys/ and bootstrap/.
+
+    With no artifacts it only re-signs what is past half its lifetime (a cron job keeps a
+    repository's 7-day timestamp alive this way).
+    """
     repo, keys = Path(repo), Path(keys)
     check_channel(channel)
     if not artifacts:
-        raise UsageError("nothing to publish", hint="pass one or more artifact files")
+        refresh_repository(repo, keys)
+        return []
     identified = [(identify_artifact(Path(p), keys), Path(p)) for p in artifacts]
     with repo_lock(repo):
         state = load_state(repo)
@@ -163,6 +168,17 @@ def publish_artifacts(
         write_public_keys(repo, keys)
         write_bootstrap(repo, keys)
     return [info.target_path for info, _ in identified]
+
+
+def refresh_repository(repo: Path, keys: Path) -> None:
+    """Re-sign roles past half their lifetime and the apt/yum indexes that follow them."""
+    with repo_lock(repo):
+        state = load_state(repo)
+        current = load_metadata(repo)
+        require_repository_keys(current.root.signed, keys)
+        current = refresh_root(repo, keys, state, current)
+        current = refresh_chain(repo, keys, state, current)
+        sync_channels(repo, keys, current, known_channels(repo, current, []))
 
 
 def merge_target(

@@ -591,6 +591,24 @@ def test_republishing_re_signs_only_a_timestamp_past_half_its_lifetime(
         assert updater.get_targetinfo(parse_artifact_filename(tarball.name).target_path)
 
 
+def test_publish_with_no_artifacts_only_refreshes_an_aging_timestamp(
+    keydir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {"timestamp": datetime.timedelta(seconds=4)})
+    publish_artifacts(repo, keydir, [build_tarball(tmp_path, "1.0.0")])
+    before = metadata_files(repo)
+    assert publish_artifacts(repo, keydir, []) == []
+    assert metadata_files(repo) == before  # fresh: nothing to re-sign
+    expires = Metadata.from_bytes(before["timestamp.json"]).signed.expires
+    time.sleep(max(0.0, (expires - utcnow()).total_seconds() - 1.0))  # < half of 4 s left
+    assert publish_artifacts(repo, keydir, []) == []
+    old, new = (
+        Metadata.from_bytes(m["timestamp.json"]).signed for m in (before, metadata_files(repo))
+    )
+    assert new.version == old.version + 1 and new.expires > old.expires
+
+
 def test_root_past_half_its_lifetime_is_re_signed_and_followed_by_the_client(
     fresh_keys: object, tmp_path: Path
 ) -> None:
