@@ -59,8 +59,9 @@ class Sdk:
             "Type": "RunShellScript",
             "Name": "agent-e2e",
         }
-        if "Timeout" in invoke:
-            create["Timeout"] = invoke.pop("Timeout")
+        for name in ("Timeout", "Type"):
+            if name in invoke:
+                create[name] = invoke.pop(name)
         command_id = self.do(CreateCommandRequest.CreateCommandRequest(), **create)["CommandId"]
         invoke.setdefault("Timed", False)
         answer = self.do(

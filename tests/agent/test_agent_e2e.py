@@ -8,6 +8,7 @@ parent, and a script that reads stdin.
 from __future__ import annotations
 
 import base64
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -231,3 +232,27 @@ def test_kick_agent_update_runs_the_installed_updater(env: Env, tmp_path: Path) 
         "--version",
         "2.0.0",
     ]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+def test_username_working_dir_and_type_errors_through_the_api(env: Env, tmp_path: Path) -> None:
+    env.start_agent()
+    as_nobody = env.sdk.run_script(
+        "id -un; pwd", env.instance_id, Username="nobody", WorkingDir="/tmp"
+    )
+    no_user = env.sdk.run_script("id -un", env.instance_id, Username="no-such-user-xyz")
+    no_dir = env.sdk.run_script("pwd", env.instance_id, WorkingDir=str(tmp_path / "missing"))
+    control = env.sdk.run_script("echo hi", env.instance_id)
+    bat = env.sdk.run_script("echo hi", env.instance_id, Type="RunBatScript")
+    item = env.sdk.wait_result(as_nobody, env.instance_id, ("Success", "Failed", "Invalid"))
+    assert item["InvocationStatus"] == "Success", item
+    assert base64.b64decode(item["Output"]) == b"nobody\n/tmp\n"
+    item = env.sdk.wait_result(no_user, env.instance_id, ("Success", "Failed", "Invalid"))
+    assert (item["InvocationStatus"], item["ErrorCode"]) == ("Invalid", "UserNotExist")
+    assert "no-such-user-xyz" in item["ErrorInfo"]
+    item = env.sdk.wait_result(no_dir, env.instance_id, ("Success", "Failed", "Invalid"))
+    assert (item["InvocationStatus"], item["ErrorCode"]) == ("Invalid", "DirectoryNotExists")
+    item = env.sdk.wait_result(control, env.instance_id, ("Success", "Failed", "Invalid"))
+    assert item["InvocationStatus"] == "Success"
+    item = env.sdk.wait_result(bat, env.instance_id, ("Success", "Failed", "Invalid"))
+    assert (item["InvocationStatus"], item["ErrorCode"]) == ("Invalid", "CommandNotApplicable")
