@@ -58,53 +58,74 @@ class _Stage:
         self.indexed[rel] = [hashlib.sha256(data).hexdigest(), len(data)]
 
 
+@dataclass
+class _Trusted:
+    """The upstream metadata tuf just verified: raw bytes (published as-is) and parsed."""
+
+    raw: dict[str, bytes]  # role -> bytes
+    root: Metadata[Root]
+    timestamp: Metadata[Timestamp]
+    snapshot: Metadata[Snapshot]
+    targets: Metadata[Targets]
+
+    @property
+    def expires(self) -> dict[str, str]:
+        """Expiry of each role, ISO 8601."""
+        roles = (self.root, self.timestamp, self.snapshot, self.targets)
+        return {md.signed.type: md.signed.expires.isoformat() for md in roles}
+
+
+def load_trusted(tuf_dir: Path) -> _Trusted:
+    """Read the metadata tuf persisted after a successful refresh."""
+    raw = {
+        r: (tuf_dir / f"{r}.json").read_bytes()
+        for r in ("root", "timestamp", "snapshot", "targets")
+    }
+    return _Trusted(
+        raw,
+        Metadata[Root].from_bytes(raw["root"]),
+        Metadata[Timestamp].from_bytes(raw["timestamp"]),
+        Metadata[Snapshot].from_bytes(raw["snapshot"]),
+        Metadata[Targets].from_bytes(raw["targets"]),
+    )
+
+
 def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     """Verify everything new, download it, publish it, record it."""
     root = options.root
     tuf_dir = prepare_trust(root, options.trust_root)
     initial_root = (tuf_dir / "root.json").read_bytes()
     fetcher = refresh_metadata(options.source, tuf_dir)
-    md = {
-        name: (tuf_dir / f"{name}.json").read_bytes()
-        for name in ("root", "timestamp", "snapshot", "targets")
-    }
-    root_md = Metadata[Root].from_bytes(md["root"])
-    timestamp = Metadata[Timestamp].from_bytes(md["timestamp"])
-    snapshot = Metadata[Snapshot].from_bytes(md["snapshot"])
-    targets_md = Metadata[Targets].from_bytes(md["targets"])
+    trusted = load_trusted(tuf_dir)
+    expires = trusted.expires
     now = options.now()
-    expires = {
-        "root": root_md.signed.expires.isoformat(),
-        "timestamp": timestamp.signed.expires.isoformat(),
-        "snapshot": snapshot.signed.expires.isoformat(),
-        "targets": targets_md.signed.expires.isoformat(),
-    }
-
-    all_targets = parse_targets({p: t.to_dict() for p, t in targets_md.signed.targets.items()})
-    targets = select_targets(all_targets, options.filters)
+    signed = trusted.targets.signed.targets
+    all_targets = parse_targets({p: t.to_dict() for p, t in signed.items()})
     stage = _Stage(state_dir(root) / "staging")
     stage.dir.mkdir(parents=True, exist_ok=True)
     _clear_staged_indexes(stage.dir)
-    stage.content = [t.entry() for t in targets]
+    stage.content = [t.entry() for t in select_targets(all_targets, options.filters)]
+
+    def have(entry: FileEntry) -> bool:
+        return _have(root, stage.dir, state, entry)
 
     keyring = _pinned_keyring(options)
     with Downloads(options.source, stage.dir, options.workers) as downloads:
         # targets are known now: download them while the apt/yum indexes are verified
-        downloads.submit(
-            plan_fetch(stage.content, lambda e: _have(root, stage.dir, state, e)).fetch
-        )
+        downloads.submit(plan_fetch(stage.content, have).fetch)
         if options.filters.wants_os("linux"):
             for channel in channels_of(all_targets, options.filters):
                 _stage_apt(options, stage, channel, keyring, expires, now)
                 _stage_yum(options, stage, channel, keyring)
-        plan = plan_fetch(stage.content, lambda e: _have(root, stage.dir, state, e))
+        plan = plan_fetch(stage.content, have)
         downloads.submit(plan.fetch)
-        _stage_metadata(options, stage, fetcher, initial_root, md, keyring)
+        _stage_metadata(options, stage, fetcher, initial_root, trusted.raw, keyring)
         downloads.wait()
     log.info("fetched %d files, %d bytes", len(downloads.submitted), downloads.bytes)
+
     wanted = {e.relpath: e.record() for e in plan.wanted}
     publication = Publication(
-        content=[e.relpath for e in plan.wanted],
+        content=list(wanted),
         trees=stage.trees,
         metadata=stage.metadata,
         remove=sorted(
@@ -119,38 +140,41 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     state.publishing, state.pending_remove = True, publication.remove
     save_state(root, state)
     FileStorage(root).publish(publication, stage.dir)
-    state.publishing, state.pending_remove = False, []
-    state.upstream = options.source.description
-    state.region, state.public_url = options.region, options.public_url
-    state.filters = options.filters.fingerprint()
-    state.timestamp_version = timestamp.signed.version
-    state.snapshot_version = snapshot.signed.version
-    state.targets_version = targets_md.signed.version
-    state.root_version = root_md.signed.version
-    state.expires = expires
-    state.last_sync = now.isoformat()
-    state.dests = []
+    _record_published(state, options, trusted, expires, now)
     save_state(root, state)
     for dest in options.dests:
-        dest.publish(
-            Publication(
-                content=publication.content,
-                trees=publication.trees,
-                metadata=publication.metadata,
-                remove=publication.remove,
-            ),
-            root,
-        )
+        dest.publish(publication, root)
         state.dests.append(dest.description)
         save_state(root, state)
     return SyncReport(
         changed=True,
-        timestamp_version=timestamp.signed.version,
+        timestamp_version=trusted.timestamp.signed.version,
         fetched_files=len(downloads.submitted),
         fetched_bytes=downloads.bytes,
         total_files=len(plan.wanted),
         total_bytes=sum(e.length for e in plan.wanted),
     )
+
+
+def _record_published(
+    state: MirrorState,
+    options: SyncOptions,
+    trusted: _Trusted,
+    expires: dict[str, str],
+    now: dt.datetime,
+) -> None:
+    """What the state file says after a complete local publish."""
+    state.publishing, state.pending_remove = False, []
+    state.upstream = options.source.description
+    state.region, state.public_url = options.region, options.public_url
+    state.filters = options.filters.fingerprint()
+    state.timestamp_version = trusted.timestamp.signed.version
+    state.snapshot_version = trusted.snapshot.signed.version
+    state.targets_version = trusted.targets.signed.version
+    state.root_version = trusted.root.signed.version
+    state.expires = expires
+    state.last_sync = now.isoformat()
+    state.dests = []
 
 
 def _kept_indexes(state: MirrorState, stage: _Stage) -> dict[str, list[object]]:
