@@ -152,7 +152,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         read_timeout=config.mirror.read_timeout,
         retries=config.mirror.retries,
         proxy=config.mirror.proxy or None,
-        progress=False,
+        progress=None,  # tqdm bars on a terminal only
     )
     dests: list[Storage] = []
     for url in args.dest:
