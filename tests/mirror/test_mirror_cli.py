@@ -212,3 +212,23 @@ def test_unknown_region_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown region 'mars-1'" in proc.stderr and "cn-hangzhou" in proc.stderr
     assert not (tmp_path / "metadata").exists()
+
+
+def test_tampered_upstream_fails_with_one_clear_line(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    mirror_cli(*sync_args(origin, server.url, root))
+    before = tree_hash(root)
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    target = next((origin.repo / "targets/demo/3.0").glob("*.deb"))
+    target.write_bytes(target.read_bytes()[::-1])
+    proc = mirror_cli(*sync_args(origin, server.url, root), check=False)
+    assert proc.returncode == 4
+    errors = [
+        line for line in proc.stderr.splitlines() if "error:" in line
+    ]  # (fetch logs warnings)
+    assert len(errors) == 1 and errors[0].startswith(
+        "assist-mirror: error: an upstream file failed verification"
+    )
+    assert "nothing was published" in errors[0] and errors[0].endswith("[verification-failed]")
+    assert tree_hash(root) == before
