@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 REBOOT_MODES = ("NextRebootOnly", "EveryReboot")
 RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a safety net)
 UPDATE_BUSY_RETRY = 60.0
+STOP_EXECUTION = "stopped"  # execution id of a stop acknowledged without a run
 LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered  # seconds to wait when an update finds a one-shot task running
 
 
@@ -415,13 +416,28 @@ class Agent:
             self.stop_invocation(invoke_id)
 
     def stop_invocation(self, invoke_id: str) -> None:
-        """Stop an invocation: drop its schedule and kill its running executions."""
+        """Stop an invocation: drop its schedule and kill its running executions.
+
+        With nothing running or queued here, the stop is acknowledged with a `stopped` report
+        (execution "stopped", no start time), so the server does not wait for it forever (a
+        timed task stopped before its first run, a task whose start died with the agent). A
+        one-shot task that already ran here keeps its own report.
+        """
         self._forget_timed(invoke_id)
         with self._lock:
             runs = list(self._active.get(invoke_id, {}).values())
         for run in runs:
             log.info("stopping %s/%s", invoke_id, run.execution_id)
             run.stop()
+        if runs or self.pool.holds_prefix(f"{invoke_id}/"):
+            return
+        if self.store.execution_known(invoke_id, "0"):
+            return
+        if self.store.claim_execution(invoke_id, STOP_EXECUTION, 0):
+            now = now_ms()
+            message = "stopped by the operator before it ran on this instance"
+            outcome = Outcome("stopped", 0, now, None, b"", 0, "", message)
+            self._record_outcome(invoke_id, STOP_EXECUTION, outcome)
 
     def _forget_timed(self, invoke_id: str) -> None:
         entry = self._timed.pop(invoke_id, None)

@@ -46,6 +46,11 @@ class TaskPool:
         with self._lock:
             return key in self._running or key in self._queued
 
+    def holds_prefix(self, prefix: str) -> bool:
+        """True while any key starting with `prefix` is queued or running."""
+        with self._lock:
+            return any(k.startswith(prefix) for k in self._running | self._queued)
+
     def counts(self) -> tuple[int, int]:
         """(running, queued)."""
         with self._lock:

@@ -36,6 +36,7 @@ class FakeState:
         self.nonces: set[str] = set()
         self.tasks: dict[str, dict[str, dict[str, Any]]] = {}  # instance -> invoke -> task
         self.stopped: dict[str, set[str]] = {}
+        self.stop_acked: set[str] = set()
         self.terminal: dict[tuple[str, str, str], dict[str, Any]] = {}  # first report wins
         self.reports: list[tuple[str, str, dict[str, Any]]] = []  # every terminal report seen
         self.chunks: dict[tuple[str, str, str], dict[int, bytes]] = {}
@@ -205,7 +206,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     if inv not in state.stopped.get(instance, set())
                     and (t["timed"] or t["repeat_mode"] != "Once" or inv not in done)
                 ]
-                stop = sorted(state.stopped.get(instance, set()))
+                # like the real server: a stop is listed until a terminal report after it arrives
+                stop = sorted(state.stopped.get(instance, set()) - state.stop_acked)
             self._send(200, {"run": run, "stop": stop})
         elif path == "/luban/api/v1/task/running":
             key = (instance, data["invoke_id"], str(data["execution_id"]))
@@ -227,6 +229,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 duplicate = key in state.terminal
                 if not duplicate:
                     state.terminal[key] = dict(data, _kind=kind)
+                if data["invoke_id"] in state.stopped.get(instance, set()):
+                    state.stop_acked.add(data["invoke_id"])
                 state.lock.notify_all()
             self._send(200, {"ok": True, "duplicate": duplicate})
         elif path == "/luban/api/heart-beat":

@@ -58,7 +58,8 @@ def test_timed_cron_every_second_never_overlaps(fake_server, start_agent) -> Non
     assert state.wait(lambda s: len(s.results_for(invoke)) >= 3, timeout=15)
     state.stop(h.identity.instance_id, invoke)
     time.sleep(1.0)
-    results = sorted(state.results_for(invoke), key=lambda r: r["start_time"])
+    runs = [r for r in state.results_for(invoke) if r["execution_id"] != "stopped"]
+    results = sorted(runs, key=lambda r: r["start_time"])
     for earlier, later in zip(results, results[1:]):
         assert earlier["end_time"] <= later["start_time"]  # runs never overlap
     for r in results:
@@ -252,3 +253,37 @@ def test_health_file_is_valid_json(fake_server, start_agent) -> None:  # type: i
     assert wait_until(lambda: path.exists() and json.loads(path.read_text())["connected"])
     record = json.loads(path.read_text())
     assert set(record) >= {"version", "pid", "started", "connected"}
+
+
+def test_stop_before_the_first_run_is_acknowledged(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    instance = h.identity.instance_id
+    invoke = state.add_task(
+        instance, script="echo never", repeat_mode="Period", timed=True, frequency="0 0 0 1 1 *"
+    )
+    assert wait_until(lambda: invoke in h.agent._timed)
+    state.stop(instance, invoke)
+    assert state.wait(lambda s: s.results_for(invoke), timeout=10)
+    [result] = state.results_for(invoke)
+    assert (result["kind"], result["execution_id"], result["start_time"]) == (
+        "stopped",
+        "stopped",
+        0,
+    )
+    assert invoke not in h.agent._timed
+    time.sleep(1)
+    assert len([r for r in state.reports if r[2]["invoke_id"] == invoke]) == 1
+
+
+def test_stop_of_a_finished_one_shot_keeps_its_result(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    instance = h.identity.instance_id
+    invoke = state.add_task(instance, script="echo done")
+    assert state.wait(lambda s: s.results_for(invoke), timeout=10)
+    lists = len(state.lists)
+    state.stop(instance, invoke)
+    assert wait_until(lambda: len(state.lists) > lists), state.lists  # the stop was seen
+    time.sleep(1)
+    assert [r["kind"] for r in state.results_for(invoke)] == ["finish"]

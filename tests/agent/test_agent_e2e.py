@@ -256,3 +256,22 @@ def test_username_working_dir_and_type_errors_through_the_api(env: Env, tmp_path
     assert item["InvocationStatus"] == "Success"
     item = env.sdk.wait_result(bat, env.instance_id, ("Success", "Failed", "Invalid"))
     assert (item["InvocationStatus"], item["ErrorCode"]) == ("Invalid", "CommandNotApplicable")
+
+
+def test_task_delivered_to_a_dead_agent_then_stopped_is_acknowledged(env: Env) -> None:
+    # The agent lists its tasks and dies before starting one (simulated with the agent's own
+    # client and identity); the operator stops the invocation meanwhile. The server then waits
+    # in Stopping until the restarted agent acknowledges the stop.
+    from agent.client import AgentClient
+    from agent.identity import load_identity
+
+    invoke = env.sdk.run_script("echo never", env.instance_id)
+    identity = load_identity(env.prefix / "state")
+    listed = AgentClient(env.server.url, identity).list_tasks("startup")
+    assert [t["invoke_id"] for t in listed["run"]] == [invoke]
+    env.sdk.stop(invoke)
+    assert env.sdk.result(invoke, env.instance_id)["InvocationStatus"] == "Stopping"
+    env.start_agent()
+    item = env.sdk.wait_result(invoke, env.instance_id, ("Stopped", "Terminated"), timeout=20)
+    assert item["InvocationStatus"] == "Stopped" and item["Output"] == ""
+    assert server_executions(env.server, invoke) == [("stopped", "Stopped")]
