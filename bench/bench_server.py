@@ -51,6 +51,7 @@ FANOUT_ROUNDS = int(os.environ.get("BENCH_FANOUT_ROUNDS", "3"))
 INGEST_INVOCATIONS = int(os.environ.get("BENCH_INGEST_INVOCATIONS", "3"))
 RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", "3"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
+# BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 HELLO_APP = """
@@ -380,8 +381,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))
     try:
         time.sleep(1.0)
-        backends: list[tuple[str, str | None]] = [("sqlite", None)]
-        pg = pg_database()
+        wanted = os.environ.get("BENCH_BACKENDS", "sqlite,postgres").split(",")
+        backends: list[tuple[str, str | None]] = [("sqlite", None)] if "sqlite" in wanted else []
+        pg = pg_database() if "postgres" in wanted else None
         if pg:
             backends.append(("postgres", pg))
         for name, url in backends:

@@ -292,7 +292,7 @@ async def notify_handler(request: Request) -> Response:
             if touch:
                 await q.record_seen(conn, who.instance_id, now_ms)
 
-        await state.store.write(_tx)
+        await state.store.write(_tx, durable=False)
         if touch:
             state.seen(who.instance_id, now_ms)
         events = await state.notifier.wait(who.instance_id, float(raw))

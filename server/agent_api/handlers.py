@@ -185,7 +185,7 @@ async def task_list(state: ServerState, who: AgentIdentity, body: bytes) -> dict
         run, stop = await q.tasks_for(conn, who.instance_id)
         return run, stop
 
-    run, stop = await state.store.write(_tx)
+    run, stop = await state.store.write(_tx, durable=False)
     return {"run": [render_task(r) for r in run], "stop": stop}
 
 
@@ -220,7 +220,7 @@ async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> d
         )
         return known
 
-    known = await state.store.write(_tx)
+    known = await state.store.write(_tx, durable=False)
     if not known:
         raise task_not_found(invoke_id)
     return {"ok": True}
@@ -287,7 +287,7 @@ async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict
         await state.use_agent_nonce(conn, who)
         await q.record_heartbeat(conn, who.instance_id, now, state.heartbeat_interval, version)
 
-    await state.store.write(_tx)
+    await state.store.write(_tx, durable=False)
     state.seen(who.instance_id, now)
     return {"next_interval": state.heartbeat_interval}
 
