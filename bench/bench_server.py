@@ -70,8 +70,20 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", a
 def emit(bench: str, ours: float, baseline: float, unit: str, target: str, **extra: Any) -> None:
     """Print one figure as a JSON line."""
     ratio = ours / baseline if baseline else None
-    print(json.dumps({"bench": bench, "ours": ours, "baseline": baseline, "ratio": ratio,
-                      "unit": unit, "target": target, **extra}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": bench,
+                "ours": ours,
+                "baseline": baseline,
+                "ratio": ratio,
+                "unit": unit,
+                "target": target,
+                **extra,
+            }
+        ),
+        flush=True,
+    )
 
 
 # --- a minimal HTTP/1.1 keep-alive client -------------------------------------------------------
@@ -104,8 +116,13 @@ class Conn:
         self.writer.close()
 
 
-def build_request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                  query: str = "") -> bytes:
+def build_request(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    query: str = "",
+) -> bytes:
     target = path + (f"?{query}" if query else "")
     lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
     for key, value in (headers or {}).items():
@@ -114,12 +131,20 @@ def build_request(method: str, path: str, body: bytes = b"", headers: dict[str, 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def signed_request(key: Ed25519PrivateKey, instance_id: str, method: str, path: str,
-                   body: bytes = b"", query: str = "") -> bytes:
+def signed_request(
+    key: Ed25519PrivateKey,
+    instance_id: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    query: str = "",
+) -> bytes:
     ts, nonce = str(int(time.time())), uuid.uuid4().hex
     canonical = "\n".join([method, path, query, ts, nonce, hashlib.sha256(body).hexdigest()])
     headers = {
-        "X-Assist-Instance-Id": instance_id, "X-Assist-Timestamp": ts, "X-Assist-Nonce": nonce,
+        "X-Assist-Instance-Id": instance_id,
+        "X-Assist-Timestamp": ts,
+        "X-Assist-Nonce": nonce,
         "X-Assist-Signature": base64.b64encode(key.sign(canonical.encode())).decode(),
         "Content-Type": "application/json",
     }
@@ -184,8 +209,9 @@ class Fleet:
         from urllib.parse import urlencode
 
         body = urlencode(signed).encode()
-        return build_request("POST", "/", body,
-                             {"Content-Type": "application/x-www-form-urlencoded"})
+        return build_request(
+            "POST", "/", body, {"Content-Type": "application/x-www-form-urlencoded"}
+        )
 
     async def call(self, action: str, **params: Any) -> dict[str, Any]:
         conn = await Conn.open(self.port)
@@ -203,12 +229,22 @@ class Fleet:
         requests = []
         for key in keys:
             public = key.public_key().public_bytes_raw()
-            body = json.dumps({"activation_id": act["ActivationId"],
-                               "activation_code": act["ActivationCode"],
-                               "public_key": base64.b64encode(public).decode(),
-                               "os_type": "linux"}).encode()
-            requests.append(build_request("POST", "/luban/api/instance/register", body,
-                                          {"Content-Type": "application/json"}))
+            body = json.dumps(
+                {
+                    "activation_id": act["ActivationId"],
+                    "activation_code": act["ActivationCode"],
+                    "public_key": base64.b64encode(public).decode(),
+                    "os_type": "linux",
+                }
+            ).encode()
+            requests.append(
+                build_request(
+                    "POST",
+                    "/luban/api/instance/register",
+                    body,
+                    {"Content-Type": "application/json"},
+                )
+            )
         conns = [await Conn.open(self.port) for _ in range(16)]
         pending = list(enumerate(requests))
 
@@ -251,15 +287,18 @@ async def fanout_round(fleet: Fleet, command_id: str) -> list[float]:
         if status != 200 or not json.loads(body)["events"]:
             raise RuntimeError(f"poll: {status} {body[:200]!r}")
         await started.wait()
-        listing = signed_request(key, instance_id, "POST", "/luban/api/v1/task/list",
-                                 b'{"reason": "kick"}')
+        listing = signed_request(
+            key, instance_id, "POST", "/luban/api/v1/task/list", b'{"reason": "kick"}'
+        )
         status, body = await conn.send(listing)
         tasks = json.loads(body)["run"]
         if not any(t["invoke_id"] == invoke_box["id"] for t in tasks):
             raise RuntimeError("the task was not listed")
         latencies.append(time.perf_counter() - t0)
 
-    runners = [asyncio.create_task(agent(c, iid, key)) for c, (iid, key) in zip(conns, fleet.agents)]
+    runners = [
+        asyncio.create_task(agent(c, iid, key)) for c, (iid, key) in zip(conns, fleet.agents)
+    ]
     while await waiting(fleet.port) < len(fleet.agents):
         await asyncio.sleep(0.05)
     t0 = time.perf_counter()
@@ -270,9 +309,18 @@ async def fanout_round(fleet: Fleet, command_id: str) -> list[float]:
     for c in conns:
         c.close()
     # acknowledge the tasks so the next round starts clean
-    reports = [signed_request(key, iid, "POST", "/luban/api/v1/task/finish", json.dumps(
-        {"invoke_id": invoke_box["id"], "execution_id": "0", "exit_code": 0, "output": ""}).encode())
-        for iid, key in fleet.agents]
+    reports = [
+        signed_request(
+            key,
+            iid,
+            "POST",
+            "/luban/api/v1/task/finish",
+            json.dumps(
+                {"invoke_id": invoke_box["id"], "execution_id": "0", "exit_code": 0, "output": ""}
+            ).encode(),
+        )
+        for iid, key in fleet.agents
+    ]
     await burst(fleet.port, reports, CONCURRENCY)
     return latencies
 
@@ -282,23 +330,41 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def measure_backend(name: str, port: int, key_id: str, secret: str,
-                          hello_port: int) -> None:
+async def measure_backend(name: str, port: int, key_id: str, secret: str, hello_port: int) -> None:
     fleet = Fleet(port, key_id, secret)
     await fleet.register(AGENTS)
-    command_id = (await fleet.call("CreateCommand", Name="bench", Type="RunShellScript",
-                                   CommandContent="ZWNobyAxMjM="))["CommandId"]
+    command_id = (
+        await fleet.call(
+            "CreateCommand", Name="bench", Type="RunShellScript", CommandContent="ZWNobyAxMjM="
+        )
+    )["CommandId"]
     # API throughput: signed heartbeats vs hello-world, interleaved
     iid, key = fleet.agents[0]
     hb = json.dumps({"agent_version": "bench", "uptime": 1, "boot_time": 1, "running": 0}).encode()
     ours, base = [], []
     for _ in range(3):
-        base.append(await rate(hello_port, lambda: build_request("GET", "/"), RATE_SECONDS, CONCURRENCY))
-        ours.append(await rate(port, lambda: signed_request(key, iid, "POST", "/luban/api/heart-beat", hb),
-                               RATE_SECONDS, CONCURRENCY))
+        base.append(
+            await rate(hello_port, lambda: build_request("GET", "/"), RATE_SECONDS, CONCURRENCY)
+        )
+        ours.append(
+            await rate(
+                port,
+                lambda: signed_request(key, iid, "POST", "/luban/api/heart-beat", hb),
+                RATE_SECONDS,
+                CONCURRENCY,
+            )
+        )
     hello_rate = statistics.median(base)
-    emit(f"server_api_rate_{name}", statistics.median(ours), hello_rate, "req/s", ">= 0.2",
-         runs=ours, baseline_runs=base, request="POST /luban/api/heart-beat (signed)")
+    emit(
+        f"server_api_rate_{name}",
+        statistics.median(ours),
+        hello_rate,
+        "req/s",
+        ">= 0.2",
+        runs=ours,
+        baseline_runs=base,
+        request="POST /luban/api/heart-beat (signed)",
+    )
 
     # long-poll fan-out
     latencies: list[float] = []
@@ -307,13 +373,25 @@ async def measure_backend(name: str, port: int, key_id: str, secret: str,
         round_latencies = await fanout_round(fleet, command_id)
         latencies.extend(round_latencies)
         p99s.append(percentile(round_latencies, 0.99))
-    hello_burst = statistics.median([
-        await burst(hello_port, [build_request("GET", "/")] * AGENTS, min(AGENTS, 1000))
-        for _ in range(3)])
+    hello_burst = statistics.median(
+        [
+            await burst(hello_port, [build_request("GET", "/")] * AGENTS, min(AGENTS, 1000))
+            for _ in range(3)
+        ]
+    )
     p99 = statistics.median(p99s)
-    emit(f"server_fanout_p99_{name}", p99, hello_burst, "s", "p99 < 1 s (absolute)",
-         target_met=p99 < 1.0, agents=AGENTS, p50=percentile(latencies, 0.5),
-         max=max(latencies), rounds_p99=p99s)
+    emit(
+        f"server_fanout_p99_{name}",
+        p99,
+        hello_burst,
+        "s",
+        "p99 < 1 s (absolute)",
+        target_met=p99 < 1.0,
+        agents=AGENTS,
+        p50=percentile(latencies, 0.5),
+        max=max(latencies),
+        rounds_p99=p99s,
+    )
 
     # result ingestion
     invoke_ids = []
@@ -321,10 +399,27 @@ async def measure_backend(name: str, port: int, key_id: str, secret: str,
         body = await fleet.call("InvokeCommand", CommandId=command_id, **fleet.instance_params())
         invoke_ids.append(body["InvokeId"])
     reports = [
-        signed_request(k, i, "POST", "/luban/api/v1/task/finish", json.dumps(
-            {"invoke_id": inv, "execution_id": "0", "start_time": 1, "end_time": 2, "exit_code": 0,
-             "output": "MTIzCg==", "dropped": 0, "error_code": "", "error_message": ""}).encode())
-        for inv in invoke_ids for i, k in fleet.agents
+        signed_request(
+            k,
+            i,
+            "POST",
+            "/luban/api/v1/task/finish",
+            json.dumps(
+                {
+                    "invoke_id": inv,
+                    "execution_id": "0",
+                    "start_time": 1,
+                    "end_time": 2,
+                    "exit_code": 0,
+                    "output": "MTIzCg==",
+                    "dropped": 0,
+                    "error_code": "",
+                    "error_message": "",
+                }
+            ).encode(),
+        )
+        for inv in invoke_ids
+        for i, k in fleet.agents
     ]
     elapsed = await burst(port, reports, CONCURRENCY)
     ingest = len(reports) / elapsed
@@ -333,8 +428,15 @@ async def measure_backend(name: str, port: int, key_id: str, secret: str,
     if status != "Success":
         raise RuntimeError(f"ingestion lost reports: {status}")
     target = ">= 2000 reports/s (absolute)" if name == "sqlite" else "(no absolute target)"
-    emit(f"server_ingest_rate_{name}", ingest, hello_rate, "reports/s", target,
-         target_met=ingest >= 2000 if name == "sqlite" else None, reports=len(reports))
+    emit(
+        f"server_ingest_rate_{name}",
+        ingest,
+        hello_rate,
+        "reports/s",
+        target,
+        target_met=ingest >= 2000 if name == "sqlite" else None,
+        reports=len(reports),
+    )
 
 
 def pg_database() -> str | None:
@@ -387,8 +489,9 @@ def main() -> None:
         if pg:
             backends.append(("postgres", pg))
         for name, url in backends:
-            handle = launch_server(tmp / name, db_url=url,
-                                   extra_args=["--max-invoke-instances", str(max(AGENTS, 100))])
+            handle = launch_server(
+                tmp / name, db_url=url, extra_args=["--max-invoke-instances", str(max(AGENTS, 100))]
+            )
             try:
                 key_id, secret = handle.create_access_key("bench")
                 port = int(handle.url.rsplit(":", 1)[1])

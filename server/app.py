@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -108,7 +107,7 @@ class ServerState:
         self.keys[instance_id] = cached
         return cached
 
-    async def use_agent_nonce(self, conn: AsyncConnection, who: AgentIdentity) -> None:
+    async def use_agent_nonce(self, conn: Conn, who: AgentIdentity) -> None:
         """Record the request's nonce in the caller's transaction; 401 on a replay."""
         if not await q.use_nonce(conn, who.nonce_key, who.nonce_expires):
             raise auth.unauthorized("nonce already used", "ReplayedRequest")
@@ -147,11 +146,8 @@ async def authenticate_operator(state: ServerState, method: str, params: dict[st
     """Check signature v1, timestamp and nonce; return the caller's account."""
     rpc.check_common(params, time.time())
 
-    async def _tx(conn: Conn) -> Any:
-        key = await q.get_access_key(conn, params["AccessKeyId"])
-        return key
-
-    key = await state.store.read(_tx)
+    key_id = params["AccessKeyId"]
+    key = await state.store.read(lambda conn: q.get_access_key(conn, key_id))
     if key is None:
         raise rpc.ApiError("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404)
     if not key["enabled"]:
@@ -160,11 +156,11 @@ async def authenticate_operator(state: ServerState, method: str, params: dict[st
     expires = int(rpc.parse_timestamp(params["Timestamp"])) + rpc.TIMESTAMP_WINDOW + 60
     nonce = f"o:{params['AccessKeyId']}:{params['SignatureNonce']}"
 
-    async def _tx(conn: Conn) -> Any:
+    async def consume_nonce(conn: Conn) -> None:
         if not await q.use_nonce(conn, nonce, expires):
             raise rpc.ApiError("SignatureNonceUsed", "Specified signature nonce was used already.")
 
-    await state.store.write(_tx)
+    await state.store.write(consume_nonce, durable=False)
     return str(key["account"])
 
 

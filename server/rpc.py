@@ -8,6 +8,7 @@ signature version 1.0: sort the parameters, percent-encode (RFC 3986) key=value 
 from __future__ import annotations
 
 import base64
+import builtins
 import datetime as dt
 import hashlib
 import hmac
@@ -173,13 +174,22 @@ def parse_form(query: bytes, body: bytes) -> dict[str, str]:
     return params
 
 
+# Params has methods named like the builtins; annotations inside it spell builtins.X.
+
+
 class Params:
     """Typed access to one request's parameters, raising the real API's errors."""
 
     def __init__(self, raw: Mapping[str, str]) -> None:
         self.raw = dict(raw)
 
-    def str(self, name: str, required: bool = False, max_len: int = 0, default: str = "") -> str:
+    def str(
+        self,
+        name: builtins.str,
+        required: builtins.bool = False,
+        max_len: builtins.int = 0,
+        default: builtins.str = "",
+    ) -> builtins.str:
         """A string parameter; empty counts as absent."""
         value = self.raw.get(name, "")
         if value == "":
@@ -191,8 +201,12 @@ class Params:
         return value
 
     def int(
-        self, name: str, default: int | None = None, low: int | None = None, high: int | None = None
-    ) -> int | None:
+        self,
+        name: builtins.str,
+        default: builtins.int | None = None,
+        low: builtins.int | None = None,
+        high: builtins.int | None = None,
+    ) -> builtins.int | None:
         """An integer parameter within [low, high]."""
         value = self.raw.get(name, "")
         if value == "":
@@ -204,7 +218,7 @@ class Params:
             raise invalid(name, f"It must be between {low} and {high}.")
         return number
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         """A boolean parameter: true/false, any case."""
         value = self.raw.get(name, "").strip().lower()
         if value == "":
@@ -213,7 +227,13 @@ class Params:
             raise invalid(name, "It must be true or false.")
         return value == "true"
 
-    def enum(self, name: str, choices: tuple[str, ...], default: str = "", code: str = "") -> str:
+    def enum(
+        self,
+        name: builtins.str,
+        choices: tuple[builtins.str, ...],
+        default: builtins.str = "",
+        code: builtins.str = "",
+    ) -> builtins.str:
         """One of `choices` (case-insensitive match, canonical spelling returned)."""
         value = self.raw.get(name, "")
         if value == "":
@@ -223,9 +243,11 @@ class Params:
                 return choice
         raise invalid(name, f"Valid values: {', '.join(choices)}.", code or "InvalidParameter")
 
-    def list(self, name: str, max_items: int = MAX_LIST_ITEMS) -> list[str]:
+    def list(
+        self, name: builtins.str, max_items: builtins.int = MAX_LIST_ITEMS
+    ) -> builtins.list[builtins.str]:
         """A repeated parameter: ``Name.1``, ``Name.2`` … or a JSON list under ``Names``."""
-        items: dict[int, str] = {}
+        items: dict[builtins.int, builtins.str] = {}
         for key, value in self.raw.items():
             match = _LIST_KEY.match(key)
             if match and match.group(1) == name:
@@ -242,7 +264,7 @@ class Params:
             raise invalid(name, f"At most {max_items} values are allowed.")
         return list(dict.fromkeys(values))
 
-    def page(self) -> tuple[int, int]:
+    def page(self) -> tuple[builtins.int, builtins.int]:
         """PageNumber (from 1) and PageSize (1..50, default 10)."""
         number = self.int("PageNumber", 1, 1, 10**9)
         size = self.int("PageSize", 10, 1, MAX_PAGE_SIZE)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -51,9 +52,9 @@ def canonical_string(
     return "\n".join([method.upper(), path, query, str(timestamp), nonce, digest]).encode("utf-8")
 
 
-def read_headers(headers: dict[str, str] | object, now: float | None = None) -> SignedHeaders:
+def read_headers(headers: Mapping[str, str], now: float | None = None) -> SignedHeaders:
     """Parse and check the signing headers (not the signature itself)."""
-    get = headers.get  # type: ignore[attr-defined]
+    get = headers.get
     instance_id = get(HEADER_INSTANCE) or ""
     raw_ts = get(HEADER_TIMESTAMP) or ""
     nonce = get(HEADER_NONCE) or ""

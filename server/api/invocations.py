@@ -194,18 +194,16 @@ async def describe_invocation_results(
     record = p.str("InvokeRecordStatus")
     if record and record not in RECORD_STATUS_FILTER:
         raise invalid("InvokeRecordStatus")
-    filters = {
-        "InvokeId": p.str("InvokeId"),
+    invoke_id = p.str("InvokeId")
+    filters: dict[str, Any] = {
+        "InvokeId": invoke_id,
         "InstanceId": p.str("InstanceId"),
         "CommandId": p.str("CommandId"),
         "Statuses": RECORD_STATUS_FILTER.get(record, ()),
     }
 
     async def _tx(conn: Conn) -> Any:
-        if (
-            filters["InvokeId"]
-            and await q.get_invocation(conn, account, filters["InvokeId"]) is None
-        ):
+        if invoke_id and await q.get_invocation(conn, account, invoke_id) is None:
             raise invoke_not_found()
         total, rows = await q.list_results(conn, account, filters, (number - 1) * size, size)
         items = [render_result(r, encode_output(await output_of(conn, r), encoding)) for r in rows]

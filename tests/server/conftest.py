@@ -94,7 +94,9 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """One SQLite-backed server per module; tests isolate themselves by account."""
-    handle = launch_server(tmp_path_factory.mktemp("server"), extra_args=["--max-invoke-instances", "200"])
+    handle = launch_server(
+        tmp_path_factory.mktemp("server"), extra_args=["--max-invoke-instances", "200"]
+    )
     try:
         yield handle
     finally:

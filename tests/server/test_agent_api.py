@@ -19,7 +19,8 @@ ECHO = "ZWNobyAxMjM="
 
 def invoke(api: Api, *agents: FakeAgent, content: str = ECHO) -> str:
     command_id = api.ok("CreateCommand", Name="c", Type="RunShellScript", CommandContent=content)[
-        "CommandId"]
+        "CommandId"
+    ]
     ids = {f"InstanceId.{i}": a.instance_id for i, a in enumerate(agents, 1)}
     return str(api.ok("InvokeCommand", CommandId=command_id, **ids)["InvokeId"])
 
@@ -60,18 +61,25 @@ def test_activation_usage_limit(api: Api) -> None:
 def test_expired_activation(api: Api) -> None:
     act_id, code = api.server.create_activation(api.key_id, api.secret)
     # five hours ago, TTL 4 h
-    run_sql(api.server, "UPDATE activations SET created_ms = created_ms - 18000000 "
-            "WHERE activation_id = ?", act_id)
+    run_sql(
+        api.server,
+        "UPDATE activations SET created_ms = created_ms - 18000000 WHERE activation_id = ?",
+        act_id,
+    )
     response = register_raw(api, activation_id=act_id, activation_code=code)
     assert (response.status_code, response.json()["code"]) == (403, "ActivationExpired")
 
 
 def test_activation_ip_range(api: Api) -> None:
     body = api.ok("CreateActivation", IpAddressRange="10.0.0.0/8")
-    response = register_raw(api, activation_id=body["ActivationId"], activation_code=body["ActivationCode"])
+    response = register_raw(
+        api, activation_id=body["ActivationId"], activation_code=body["ActivationCode"]
+    )
     assert (response.status_code, response.json()["code"]) == (403, "InvalidActivation")
     body = api.ok("CreateActivation", IpAddressRange="10.0.0.0/8,127.0.0.0/8")
-    ok = register_raw(api, activation_id=body["ActivationId"], activation_code=body["ActivationCode"])
+    ok = register_raw(
+        api, activation_id=body["ActivationId"], activation_code=body["ActivationCode"]
+    )
     assert ok.status_code == 200 and ok.json()["instance_id"].startswith("mi-")
 
 
@@ -126,11 +134,13 @@ def test_tampered_body_is_refused(api: Api) -> None:
     good = b'{"invoke_id": "%s", "exit_code": 0}' % invoke_id.encode()
     from server.testing import sign_agent_request
 
-    headers = sign_agent_request(agent.key, agent.instance_id, "POST", "/luban/api/v1/task/finish",
-                                 "", good)
+    headers = sign_agent_request(
+        agent.key, agent.instance_id, "POST", "/luban/api/v1/task/finish", "", good
+    )
     forged = good.replace(b'"exit_code": 0', b'"exit_code": 1')
-    response = requests.post(api.server.url + "/luban/api/v1/task/finish", data=forged,
-                             headers=headers, timeout=30)
+    response = requests.post(
+        api.server.url + "/luban/api/v1/task/finish", data=forged, headers=headers, timeout=30
+    )
     assert (response.status_code, response.json()["code"]) == (401, "InvalidSignature")
     assert result(api, invoke_id, agent)["InvocationStatus"] == "Pending"
 
@@ -147,7 +157,9 @@ def test_replayed_agent_request_is_refused(api: Api) -> None:
 def test_stale_agent_timestamp_is_refused(api: Api) -> None:
     agent = api.agent()
     for skew in (-301, 301):
-        response = agent.request("POST", "/luban/api/heart-beat", {}, timestamp=int(time.time()) + skew)
+        response = agent.request(
+            "POST", "/luban/api/heart-beat", {}, timestamp=int(time.time()) + skew
+        )
         assert (response.status_code, response.json()["code"]) == (401, "InvalidSignature")
 
 
@@ -164,10 +176,12 @@ def test_signed_query_string_is_covered(api: Api) -> None:
     agent = api.agent()
     from server.testing import sign_agent_request
 
-    headers = sign_agent_request(agent.key, agent.instance_id, "GET", "/luban/api/v1/notify",
-                                 "timeout=0", b"")
-    response = requests.get(api.server.url + "/luban/api/v1/notify?timeout=9", headers=headers,
-                            timeout=30)
+    headers = sign_agent_request(
+        agent.key, agent.instance_id, "GET", "/luban/api/v1/notify", "timeout=0", b""
+    )
+    response = requests.get(
+        api.server.url + "/luban/api/v1/notify?timeout=9", headers=headers, timeout=30
+    )
     assert (response.status_code, response.json()["code"]) == (401, "InvalidSignature")
 
 
@@ -179,8 +193,10 @@ def test_running_chunks_then_finish(api: Api) -> None:
     invoke_id = invoke(api, agent)
     chunk = {"invoke_id": invoke_id, "execution_id": "0", "start_time": int(time.time() * 1000)}
     for offset, data in ((0, b"hel"), (3, b"lo "), (3, b"lo ")):  # the resend is ignored
-        agent.post("/luban/api/v1/task/running",
-                   {**chunk, "offset": offset, "output": base64.b64encode(data).decode()})
+        agent.post(
+            "/luban/api/v1/task/running",
+            {**chunk, "offset": offset, "output": base64.b64encode(data).decode()},
+        )
     running = result(api, invoke_id, agent)
     assert (running["InvocationStatus"], running["InvokeRecordStatus"]) == ("Running", "Running")
     assert base64.b64decode(running["Output"]) == b"hello "
@@ -226,23 +242,44 @@ def test_concurrent_duplicate_reports_have_one_winner(api: Api) -> None:
         ("finish", 0, {}, "Success", "Finished", ""),
         ("finish", 7, {}, "Failed", "Failed", ""),
         ("timeout", None, {}, "Timeout", "Failed", ""),
-        ("error", None, {"error_code": "UserNotExist", "error_message": "no such user"},
-         "Failed", "Failed", "UserNotExist"),
+        (
+            "error",
+            None,
+            {"error_code": "UserNotExist", "error_message": "no such user"},
+            "Failed",
+            "Failed",
+            "UserNotExist",
+        ),
         ("error", None, {}, "Failed", "Failed", "ExecutionException"),
-        ("invalid", None, {"error_code": "CommandNotApplicable"}, "Invalid", "Failed",
-         "CommandNotApplicable"),
+        (
+            "invalid",
+            None,
+            {"error_code": "CommandNotApplicable"},
+            "Invalid",
+            "Failed",
+            "CommandNotApplicable",
+        ),
         ("stopped", None, {"start_time": 0}, "Stopped", "Stopped", ""),
     ],
 )
 def test_report_status_mapping(
-    api: Api, kind: str, exit_code: int | None, extra: dict, status: str, record: str, error_code: str
+    api: Api,
+    kind: str,
+    exit_code: int | None,
+    extra: dict,
+    status: str,
+    record: str,
+    error_code: str,
 ) -> None:
     agent = api.agent()
     invoke_id = invoke(api, agent)
     agent.report(kind, invoke_id, b"", exit_code, **extra)
     item = result(api, invoke_id, agent)
     assert (item["InvocationStatus"], item["InvokeRecordStatus"], item["ErrorCode"]) == (
-        status, record, error_code)
+        status,
+        record,
+        error_code,
+    )
     if kind == "error" and extra:
         assert item["ErrorInfo"] == "no such user"
     assert agent.tasks()["run"] == []
@@ -261,8 +298,11 @@ def test_crashed_agent_sees_unfinished_task_again(api: Api) -> None:
 def test_report_for_foreign_or_unknown_task(api: Api) -> None:
     owner, stranger = api.agent(), api.agent()
     invoke_id = invoke(api, owner)
-    response = stranger.request("POST", "/luban/api/v1/task/finish",
-                                {"invoke_id": invoke_id, "execution_id": "0", "exit_code": 0})
+    response = stranger.request(
+        "POST",
+        "/luban/api/v1/task/finish",
+        {"invoke_id": invoke_id, "execution_id": "0", "exit_code": 0},
+    )
     assert (response.status_code, response.json()["code"]) == (404, "TaskNotFound")
     assert result(api, invoke_id, owner)["InvocationStatus"] == "Pending"
 

@@ -25,12 +25,19 @@ from server.rpc import sign_params
 from server.testing import REPO_ROOT, FakeAgent, free_port, launch_server
 
 
-def run(args: list[str], env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str] | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, cwd=REPO_ROOT, env=full_env,
-        timeout=120, **kw,  # type: ignore[arg-type]
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=full_env,
+        timeout=120,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -73,25 +80,38 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
 def test_serve_with_tls(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
-    handle = launch_server(tmp_path, extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
-                           port=free_port(), scheme="https")
+    handle = launch_server(
+        tmp_path,
+        extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
+        port=free_port(),
+        scheme="https",
+    )
     try:
         key_id, secret = handle.create_access_key()
         params = sign_params({"Action": "DescribeCommands"}, key_id, secret)
@@ -110,9 +130,23 @@ def test_serve_with_tls(tmp_path: Path) -> None:
 def configured(api: Api, tmp_path: Path) -> dict[str, str]:
     """XDG_CONFIG_HOME pointing at a fresh dir, configured for `api`'s account."""
     env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg")}
-    done = run(["-m", "server.operator_cli", "configure", "--access-key-id", api.key_id,
-                "--access-key-secret", api.secret, "--region", "cn-test",
-                "--endpoint", api.server.url], env=env, stdin=subprocess.DEVNULL)
+    done = run(
+        [
+            "-m",
+            "server.operator_cli",
+            "configure",
+            "--access-key-id",
+            api.key_id,
+            "--access-key-secret",
+            api.secret,
+            "--region",
+            "cn-test",
+            "--endpoint",
+            api.server.url,
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr
     return env
 
@@ -125,13 +159,20 @@ def test_configure_writes_private_file(configured: dict[str, str], api: Api) -> 
     path = Path(configured["XDG_CONFIG_HOME"]) / "aliyun-assist" / "config.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     data = json.loads(path.read_text())
-    assert data == {"access_key_id": api.key_id, "access_key_secret": api.secret,
-                    "region": "cn-test", "endpoint": api.server.url}
+    assert data == {
+        "access_key_id": api.key_id,
+        "access_key_secret": api.secret,
+        "region": "cn-test",
+        "endpoint": api.server.url,
+    }
 
 
 def test_configure_without_terminal_needs_options(tmp_path: Path) -> None:
-    done = run(["-m", "server.operator_cli", "configure"], env={"XDG_CONFIG_HOME": str(tmp_path)},
-               stdin=subprocess.DEVNULL)
+    done = run(
+        ["-m", "server.operator_cli", "configure"],
+        env={"XDG_CONFIG_HOME": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 2 and "--access-key-id" in done.stderr
 
 
@@ -143,28 +184,59 @@ def test_assist_without_configuration(tmp_path: Path) -> None:
 
 def test_assist_ecs_readme_spelling(configured: dict[str, str], api: Api) -> None:
     agent = api.agent()
-    created = assist(configured, "ecs", "CreateCommand", "--CommandContent", "ZWNobyAxMjM=",
-                     "--Type", "RunShellScript", "--Name", "test")
+    created = assist(
+        configured,
+        "ecs",
+        "CreateCommand",
+        "--CommandContent",
+        "ZWNobyAxMjM=",
+        "--Type",
+        "RunShellScript",
+        "--Name",
+        "test",
+    )
     assert created.returncode == 0, created.stderr
     command_id = json.loads(created.stdout)["CommandId"]
-    invoked = assist(configured, "ecs", "InvokeCommand", "--InstanceIds", agent.instance_id,
-                     "--CommandId", command_id, "--Timed", "false")
+    invoked = assist(
+        configured,
+        "ecs",
+        "InvokeCommand",
+        "--InstanceIds",
+        agent.instance_id,
+        "--CommandId",
+        command_id,
+        "--Timed",
+        "false",
+    )
     assert invoked.returncode == 0, invoked.stderr
     invoke_id = json.loads(invoked.stdout)["InvokeId"]
     assert agent.run_shell_tasks() == 1
-    described = assist(configured, "ecs", "DescribeInvocationResults", "--InstanceId",
-                       agent.instance_id, "--InvokeId", invoke_id)
+    described = assist(
+        configured,
+        "ecs",
+        "DescribeInvocationResults",
+        "--InstanceId",
+        agent.instance_id,
+        "--InvokeId",
+        invoke_id,
+    )
     body = json.loads(described.stdout)
     assert body["Invocation"]["ResultLists"]["ResultItem"][0]["Output"] == "MTIzCg=="
 
 
 def test_assist_ecs_list_forms(configured: dict[str, str], api: Api) -> None:
     a, b = api.agent(), api.agent()
-    listed = assist(configured, "ecs", "DescribeManagedInstances", "--InstanceIds",
-                    a.instance_id, b.instance_id)
+    listed = assist(
+        configured, "ecs", "DescribeManagedInstances", "--InstanceIds", a.instance_id, b.instance_id
+    )
     assert json.loads(listed.stdout)["TotalCount"] == 2
-    as_json = assist(configured, "ecs", "DescribeCloudAssistantStatus", "--InstanceIds",
-                     json.dumps([a.instance_id]))
+    as_json = assist(
+        configured,
+        "ecs",
+        "DescribeCloudAssistantStatus",
+        "--InstanceIds",
+        json.dumps([a.instance_id]),
+    )
     statuses = json.loads(as_json.stdout)["InstanceCloudAssistantStatusSet"]
     assert [s["InstanceId"] for s in statuses["InstanceCloudAssistantStatus"]] == [a.instance_id]
 
@@ -192,8 +264,17 @@ def test_assist_run_waits_and_prints_table(configured: dict[str, str], api: Api)
     for t in threads:
         t.start()
     try:
-        done = assist(configured, "run", "--instance-ids", *[a.instance_id for a in agents],
-                      "--command", "echo 123", "--wait", "--poll-interval", "0.2")
+        done = assist(
+            configured,
+            "run",
+            "--instance-ids",
+            *[a.instance_id for a in agents],
+            "--command",
+            "echo 123",
+            "--wait",
+            "--poll-interval",
+            "0.2",
+        )
     finally:
         stop.set()
         for t in threads:
@@ -207,13 +288,15 @@ def test_assist_run_waits_and_prints_table(configured: dict[str, str], api: Api)
 
 def test_assist_run_without_wait(configured: dict[str, str], api: Api) -> None:
     agent = api.agent()
-    done = assist(configured, "run", "--instance-ids", agent.instance_id, "--command", "exit 3",
-                  "--json")
+    done = assist(
+        configured, "run", "--instance-ids", agent.instance_id, "--command", "exit 3", "--json"
+    )
     assert done.returncode == 0, done.stderr
     invoke_id = json.loads(done.stdout)["InvokeId"]
     assert agent.run_shell_tasks() == 1
     item = api.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"][
-        "InvocationResults"]["InvocationResult"][0]
+        "InvocationResults"
+    ]["InvocationResult"][0]
     assert (item["InvocationStatus"], item["ExitCode"]) == ("Failed", 3)
 
 
@@ -223,8 +306,17 @@ def test_assist_run_reports_failure_exit_code(configured: dict[str, str], api: A
     thread = threading.Thread(target=serve_agent, args=(agent, stop))
     thread.start()
     try:
-        done = assist(configured, "run", "--instance-ids", agent.instance_id, "--command",
-                      "exit 4", "--wait", "--poll-interval", "0.2")
+        done = assist(
+            configured,
+            "run",
+            "--instance-ids",
+            agent.instance_id,
+            "--command",
+            "exit 4",
+            "--wait",
+            "--poll-interval",
+            "0.2",
+        )
     finally:
         stop.set()
         thread.join()

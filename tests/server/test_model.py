@@ -34,9 +34,18 @@ def test_overall_status(statuses: list[str], overall: str) -> None:
 
 @pytest.mark.parametrize(
     ("status", "record"),
-    [("Pending", "Running"), ("Scheduled", "Running"), ("Running", "Running"),
-     ("Success", "Finished"), ("Failed", "Failed"), ("Timeout", "Failed"), ("Invalid", "Failed"),
-     ("Stopping", "Stopping"), ("Cancelled", "Stopped"), ("Terminated", "Stopped")],
+    [
+        ("Pending", "Running"),
+        ("Scheduled", "Running"),
+        ("Running", "Running"),
+        ("Success", "Finished"),
+        ("Failed", "Failed"),
+        ("Timeout", "Failed"),
+        ("Invalid", "Failed"),
+        ("Stopping", "Stopping"),
+        ("Cancelled", "Stopped"),
+        ("Terminated", "Stopped"),
+    ],
 )
 def test_record_status(status: str, record: str) -> None:
     assert model.record_status(status) == record
@@ -51,8 +60,14 @@ def test_legacy_invoke_status() -> None:
 
 @pytest.mark.parametrize(
     "frequency",
-    ["0 */10 * * * *", "0 10 1 * * 6,0", "0 0 12 * * * Asia/Shanghai", "rate(30s)", "rate(1d)",
-     "at(2026-12-01T03:00:00Z)"],
+    [
+        "0 */10 * * * *",
+        "0 10 1 * * 6,0",
+        "0 0 12 * * * Asia/Shanghai",
+        "rate(30s)",
+        "rate(1d)",
+        "at(2026-12-01T03:00:00Z)",
+    ],
 )
 def test_valid_frequencies(frequency: str) -> None:
     assert model.validate_frequency(frequency) == frequency
@@ -60,8 +75,17 @@ def test_valid_frequencies(frequency: str) -> None:
 
 @pytest.mark.parametrize(
     "frequency",
-    ["", "*/5 * * * *", "61 * * * * *", "0 0 0 * * * Nowhere/City", "rate(0m)", "rate(3w)",
-     "at(soon)", "at()", "0 0 0 32 * *"],
+    [
+        "",
+        "*/5 * * * *",
+        "61 * * * * *",
+        "0 0 0 * * * Nowhere/City",
+        "rate(0m)",
+        "rate(3w)",
+        "at(soon)",
+        "at()",
+        "0 0 0 32 * *",
+    ],
 )
 def test_invalid_frequencies(frequency: str) -> None:
     with pytest.raises(ApiError) as err:

@@ -30,9 +30,9 @@ def b64(text: str) -> str:
 
 
 def make_command(api: Api, content: str = ECHO, **extra: str) -> str:
-    return api.ok("CreateCommand", Name="c", Type="RunShellScript", CommandContent=content, **extra)[
-        "CommandId"
-    ]
+    return api.ok(
+        "CreateCommand", Name="c", Type="RunShellScript", CommandContent=content, **extra
+    )["CommandId"]
 
 
 def test_create_and_describe_command(api: Api) -> None:
@@ -53,24 +53,66 @@ def test_create_and_describe_command(api: Api) -> None:
         ({"Type": "RunShellScript", "CommandContent": ECHO}, 400, "MissingParameter"),
         ({"Name": "x", "CommandContent": ECHO}, 400, "MissingParameter"),
         ({"Name": "x", "Type": "RunShellScript"}, 400, "MissingParameter"),
-        ({"Name": "x", "Type": "RunPython", "CommandContent": ECHO}, 400, "InvalidCmdType.NotFound"),
-        ({"Name": "x", "Type": "RunShellScript", "CommandContent": "@@not base64@@"}, 400,
-         "InvalidCmdContent.Malformed"),
-        ({"Name": "x", "Type": "RunShellScript", "CommandContent": b64("a" * 14000)}, 400,
-         "InvalidCmdContent.LengthLimitExceeded"),
-        ({"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO, "Timeout": "abc"}, 400,
-         "InvalidParameter"),
-        ({"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO, "Timeout": "0"}, 400,
-         "InvalidParameter"),
-        ({"Name": "x" * 129, "Type": "RunShellScript", "CommandContent": ECHO}, 400,
-         "InvalidParameter"),
-        ({"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO, "EnableParameter": "maybe"},
-         400, "InvalidParameter"),
-        ({"Name": "x", "Type": "RunShellScript", "EnableParameter": "true",
-          "CommandContent": b64(" ".join(f"{{{{p{i}}}}}" for i in range(21)))}, 400,
-         "InvalidParameter.ParametersExceedLimit"),
-        ({"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO,
-          "ContentEncoding": "Hex"}, 400, "InvalidParameter"),
+        (
+            {"Name": "x", "Type": "RunPython", "CommandContent": ECHO},
+            400,
+            "InvalidCmdType.NotFound",
+        ),
+        (
+            {"Name": "x", "Type": "RunShellScript", "CommandContent": "@@not base64@@"},
+            400,
+            "InvalidCmdContent.Malformed",
+        ),
+        (
+            {"Name": "x", "Type": "RunShellScript", "CommandContent": b64("a" * 14000)},
+            400,
+            "InvalidCmdContent.LengthLimitExceeded",
+        ),
+        (
+            {"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO, "Timeout": "abc"},
+            400,
+            "InvalidParameter",
+        ),
+        (
+            {"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO, "Timeout": "0"},
+            400,
+            "InvalidParameter",
+        ),
+        (
+            {"Name": "x" * 129, "Type": "RunShellScript", "CommandContent": ECHO},
+            400,
+            "InvalidParameter",
+        ),
+        (
+            {
+                "Name": "x",
+                "Type": "RunShellScript",
+                "CommandContent": ECHO,
+                "EnableParameter": "maybe",
+            },
+            400,
+            "InvalidParameter",
+        ),
+        (
+            {
+                "Name": "x",
+                "Type": "RunShellScript",
+                "EnableParameter": "true",
+                "CommandContent": b64(" ".join(f"{{{{p{i}}}}}" for i in range(21))),
+            },
+            400,
+            "InvalidParameter.ParametersExceedLimit",
+        ),
+        (
+            {
+                "Name": "x",
+                "Type": "RunShellScript",
+                "CommandContent": ECHO,
+                "ContentEncoding": "Hex",
+            },
+            400,
+            "InvalidParameter",
+        ),
     ],
 )
 def test_create_command_errors(api: Api, params: dict, status: int, code: str) -> None:
@@ -86,19 +128,26 @@ def test_parameters_are_detected_and_substituted(api: Api) -> None:
     assert item["EnableParameter"] is True
     assert item["ParameterNames"]["ParameterName"] == ["name"]
     agent = api.agent()
-    assert api.error("InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}) == (
-        400, "InvalidParameter.Parameters")
     assert api.error(
-        "InvokeCommand", CommandId=command_id, Parameters="{not json",
+        "InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}
+    ) == (400, "InvalidParameter.Parameters")
+    assert api.error(
+        "InvokeCommand",
+        CommandId=command_id,
+        Parameters="{not json",
         **{"InstanceId.1": agent.instance_id},
     ) == (400, "InvalidParameter")
     too_many = json.dumps({f"p{i}": "v" for i in range(21)})
     assert api.error(
-        "InvokeCommand", CommandId=command_id, Parameters=too_many,
+        "InvokeCommand",
+        CommandId=command_id,
+        Parameters=too_many,
         **{"InstanceId.1": agent.instance_id},
     ) == (400, "InvalidParameter.ParametersExceedLimit")
     invoke_id = api.ok(
-        "InvokeCommand", CommandId=command_id, Parameters=json.dumps({"name": "Jack"}),
+        "InvokeCommand",
+        CommandId=command_id,
+        Parameters=json.dumps({"name": "Jack"}),
         **{"InstanceId.1": agent.instance_id},
     )["InvokeId"]
     task = agent.tasks()["run"][0]
@@ -158,18 +207,29 @@ def test_invoke_errors(api: Api) -> None:
     target = {"InstanceId.1": agent.instance_id}
     assert api.error("InvokeCommand", **target) == (400, "MissingParameter")
     assert api.error("InvokeCommand", CommandId=command_id) == (400, "MissingParameter")
-    assert api.error("InvokeCommand", CommandId="c-nope", **target) == (404, "InvalidCommandId.NotFound")
+    assert api.error("InvokeCommand", CommandId="c-nope", **target) == (
+        404,
+        "InvalidCommandId.NotFound",
+    )
     assert api.error("InvokeCommand", CommandId=command_id, **{"InstanceId.1": "i-nothere"}) == (
-        404, "InvalidInstance.NotFound")
+        404,
+        "InvalidInstance.NotFound",
+    )
     assert api.error("InvokeCommand", CommandId=command_id, Timed="true", **target) == (
-        400, "MissingParameter")
+        400,
+        "MissingParameter",
+    )
     assert api.error(
         "InvokeCommand", CommandId=command_id, Timed="true", Frequency="every tuesday", **target
     ) == (400, "InvalidParameter.Frequency")
     assert api.error("InvokeCommand", CommandId=command_id, RepeatMode="Daily", **target) == (
-        400, "InvalidParameter.RepeatMode")
+        400,
+        "InvalidParameter.RepeatMode",
+    )
     assert api.error("InvokeCommand", CommandId=command_id, Timeout="-1", **target) == (
-        400, "InvalidParameter")
+        400,
+        "InvalidParameter",
+    )
     many = {f"InstanceId.{i}": f"i-{i}" for i in range(1, 202)}
     assert api.error("InvokeCommand", CommandId=command_id, **many) == (400, "InvalidParameter")
     assert api.ok("DescribeInvocations")["TotalCount"] == 0
@@ -180,14 +240,26 @@ def test_invoke_overrides_and_json_instance_list(api: Api) -> None:
     command_id = make_command(api, WorkingDir="/root", Timeout="60")
     a, b = api.agent(), api.agent()
     invoke_id = api.ok(
-        "InvokeCommand", CommandId=command_id, InstanceIds=json.dumps([a.instance_id, b.instance_id]),
-        Username="nobody", WorkingDir="/tmp", Timeout="5",
+        "InvokeCommand",
+        CommandId=command_id,
+        InstanceIds=json.dumps([a.instance_id, b.instance_id]),
+        Username="nobody",
+        WorkingDir="/tmp",
+        Timeout="5",
     )["InvokeId"]
     for agent in (a, b):
         task = agent.tasks()["run"][0]
         assert (task["invoke_id"], task["username"], task["working_dir"], task["timeout"]) == (
-            invoke_id, "nobody", "/tmp", 5)
-        assert (task["type"], task["repeat_mode"], task["timed"]) == ("RunShellScript", "Once", False)
+            invoke_id,
+            "nobody",
+            "/tmp",
+            5,
+        )
+        assert (task["type"], task["repeat_mode"], task["timed"]) == (
+            "RunShellScript",
+            "Once",
+            False,
+        )
     results = api.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"]
     assert results["TotalCount"] == 2
     assert {r["Username"] for r in results["InvocationResults"]["InvocationResult"]} == {"nobody"}
@@ -204,19 +276,27 @@ def test_timed_invocation(api: Api) -> None:
     invoke_id = api.sdk(request)["InvokeId"]
     task = agent.tasks()["run"][0]
     assert (task["timed"], task["repeat_mode"], task["frequency"]) == (
-        True, "Period", "0 */10 * * * * Asia/Shanghai")
+        True,
+        "Period",
+        "0 */10 * * * * Asia/Shanghai",
+    )
     result = api.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"]
     assert result["InvocationResults"]["InvocationResult"][0]["InvocationStatus"] == "Scheduled"
     # two executions, one per fire time; the task stays scheduled
     agent.report("finish", invoke_id, b"one\n", 0, execution_id="1700000000")
     agent.report("finish", invoke_id, b"two\n", 1, execution_id="1700000600")
     item = api.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"][
-        "InvocationResults"]["InvocationResult"][0]
+        "InvocationResults"
+    ]["InvocationResult"][0]
     assert (item["InvocationStatus"], item["Repeats"], item["ExitCode"]) == ("Scheduled", 2, 1)
     assert base64.b64decode(item["Output"]) == b"two\n"
     assert agent.tasks()["run"][0]["invoke_id"] == invoke_id
     inv = api.ok("DescribeInvocations", InvokeId=invoke_id)["Invocations"]["Invocation"][0]
-    assert (inv["InvocationStatus"], inv["InvokeStatus"], inv["Timed"]) == ("Scheduled", "Running", True)
+    assert (inv["InvocationStatus"], inv["InvokeStatus"], inv["Timed"]) == (
+        "Scheduled",
+        "Running",
+        True,
+    )
     # stopping a scheduled (not running) timed task ends it at once
     api.ok("StopInvocation", InvokeId=invoke_id)
     assert agent.tasks()["run"] == []
@@ -228,14 +308,26 @@ def test_rate_and_at_frequencies(api: Api) -> None:
     command_id = make_command(api)
     agent = api.agent()
     for frequency in ("rate(5m)", "at(2026-12-01T03:00:00Z)", "0 10 1 * * 6,0"):
-        api.ok("InvokeCommand", CommandId=command_id, RepeatMode="Period", Frequency=frequency,
-               **{"InstanceId.1": agent.instance_id})
+        api.ok(
+            "InvokeCommand",
+            CommandId=command_id,
+            RepeatMode="Period",
+            Frequency=frequency,
+            **{"InstanceId.1": agent.instance_id},
+        )
     assert {t["frequency"] for t in agent.tasks()["run"]} == {
-        "rate(5m)", "at(2026-12-01T03:00:00Z)", "0 10 1 * * 6,0"}
+        "rate(5m)",
+        "at(2026-12-01T03:00:00Z)",
+        "0 10 1 * * 6,0",
+    }
     for bad in ("rate(0m)", "rate(5y)", "at(tomorrow)", "* * * * *", "0 0 0 * * * Mars/Base"):
-        assert api.error("InvokeCommand", CommandId=command_id, RepeatMode="Period",
-                         Frequency=bad, **{"InstanceId.1": agent.instance_id}) == (
-            400, "InvalidParameter.Frequency"), bad
+        assert api.error(
+            "InvokeCommand",
+            CommandId=command_id,
+            RepeatMode="Period",
+            Frequency=bad,
+            **{"InstanceId.1": agent.instance_id},
+        ) == (400, "InvalidParameter.Frequency"), bad
 
 
 def test_run_command_with_sdk(api: Api) -> None:
@@ -251,11 +343,18 @@ def test_run_command_with_sdk(api: Api) -> None:
     task = agent.tasks()["run"][0]
     assert base64.b64decode(task["content"]) == b"echo hi"
     assert api.ok("DescribeCommands")["TotalCount"] == 0  # KeepCommand defaults to false
-    kept = api.ok("RunCommand", Type="RunShellScript", CommandContent=ECHO, KeepCommand="true",
-                  **{"InstanceId.1": agent.instance_id})
+    kept = api.ok(
+        "RunCommand",
+        Type="RunShellScript",
+        CommandContent=ECHO,
+        KeepCommand="true",
+        **{"InstanceId.1": agent.instance_id},
+    )
     assert api.ok("DescribeCommands", CommandId=kept["CommandId"])["TotalCount"] == 1
     assert api.error("RunCommand", Type="RunShellScript", CommandContent=ECHO) == (
-        400, "MissingParameter")
+        400,
+        "MissingParameter",
+    )
 
 
 def test_describe_invocation_results_encoding_filters_paging(api: Api) -> None:
@@ -265,28 +364,46 @@ def test_describe_invocation_results_encoding_filters_paging(api: Api) -> None:
     invoke_id = api.ok("InvokeCommand", CommandId=command_id, **ids)["InvokeId"]
     agents[0].report("finish", invoke_id, b"123\n", 0)
     agents[1].report("finish", invoke_id, b"bad\n", 2)
-    body = api.ok("DescribeInvocationResults", InvokeId=invoke_id, InstanceId=agents[0].instance_id,
-                  ContentEncoding="PlainText")["Invocation"]
+    body = api.ok(
+        "DescribeInvocationResults",
+        InvokeId=invoke_id,
+        InstanceId=agents[0].instance_id,
+        ContentEncoding="PlainText",
+    )["Invocation"]
     assert body["InvocationResults"]["InvocationResult"][0]["Output"] == "123\n"
-    finished = api.ok("DescribeInvocationResults", InvokeId=invoke_id,
-                      InvokeRecordStatus="Finished")["Invocation"]
+    finished = api.ok(
+        "DescribeInvocationResults", InvokeId=invoke_id, InvokeRecordStatus="Finished"
+    )["Invocation"]
     assert [r["InstanceId"] for r in finished["InvocationResults"]["InvocationResult"]] == [
-        agents[0].instance_id]
+        agents[0].instance_id
+    ]
     failed = api.ok("DescribeInvocationResults", InvokeId=invoke_id, InvokeRecordStatus="Failed")
     item = failed["Invocation"]["InvocationResults"]["InvocationResult"][0]
     assert (item["InstanceId"], item["ExitCode"], item["InvocationStatus"]) == (
-        agents[1].instance_id, 2, "Failed")
+        agents[1].instance_id,
+        2,
+        "Failed",
+    )
     page = api.ok("DescribeInvocationResults", InvokeId=invoke_id, PageSize="2", PageNumber="2")
     assert page["Invocation"]["TotalCount"] == 3
     assert len(page["Invocation"]["ResultLists"]["ResultItem"]) == 1
-    assert api.error("DescribeInvocationResults", InvokeId="t-nope") == (404, "InvalidInvokeId.NotFound")
-    assert api.error("DescribeInvocationResults", InvokeRecordStatus="Bogus") == (400, "InvalidParameter")
+    assert api.error("DescribeInvocationResults", InvokeId="t-nope") == (
+        404,
+        "InvalidInvokeId.NotFound",
+    )
+    assert api.error("DescribeInvocationResults", InvokeRecordStatus="Bogus") == (
+        400,
+        "InvalidParameter",
+    )
     inv = api.ok("DescribeInvocations", InvokeId=invoke_id, IncludeOutput="true")
     invocation = inv["Invocations"]["Invocation"][0]
     assert invocation["InvocationStatus"] == "Pending"  # one instance has not answered
     agents[2].report("finish", invoke_id, b"", 0)
     invocation = api.ok("DescribeInvocations", InvokeId=invoke_id)["Invocations"]["Invocation"][0]
-    assert (invocation["InvocationStatus"], invocation["InvokeStatus"]) == ("PartialFailed", "PartialFailed")
+    assert (invocation["InvocationStatus"], invocation["InvokeStatus"]) == (
+        "PartialFailed",
+        "PartialFailed",
+    )
     per = {i["InstanceId"]: i for i in invocation["InvokeInstances"]["InvokeInstance"]}
     assert per[agents[1].instance_id]["InstanceInvokeStatus"] == "Failed"
 
@@ -294,9 +411,16 @@ def test_describe_invocation_results_encoding_filters_paging(api: Api) -> None:
 def test_describe_invocations_with_sdk_filters(api: Api) -> None:
     command_id = make_command(api)
     agent = api.agent()
-    once = api.ok("InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id})["InvokeId"]
-    timed = api.ok("InvokeCommand", CommandId=command_id, RepeatMode="Period", Frequency="rate(1h)",
-                   **{"InstanceId.1": agent.instance_id})["InvokeId"]
+    once = api.ok("InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id})[
+        "InvokeId"
+    ]
+    timed = api.ok(
+        "InvokeCommand",
+        CommandId=command_id,
+        RepeatMode="Period",
+        Frequency="rate(1h)",
+        **{"InstanceId.1": agent.instance_id},
+    )["InvokeId"]
     request = DescribeInvocationsRequest.DescribeInvocationsRequest()
     request.set_Timed(True)
     body = api.sdk(request)
@@ -312,26 +436,35 @@ def test_stop_invocation_flow(api: Api) -> None:
     command_id = make_command(api, b64("sleep 100"))
     running, idle = api.agent(), api.agent()
     invoke_id = api.ok(
-        "InvokeCommand", CommandId=command_id,
+        "InvokeCommand",
+        CommandId=command_id,
         **{"InstanceId.1": running.instance_id, "InstanceId.2": idle.instance_id},
     )["InvokeId"]
     assert running.tasks()["run"][0]["invoke_id"] == invoke_id  # delivered
-    running.post("/luban/api/v1/task/running", {"invoke_id": invoke_id, "execution_id": "0",
-                                                "start_time": 1, "offset": 0, "output": ""})
+    running.post(
+        "/luban/api/v1/task/running",
+        {"invoke_id": invoke_id, "execution_id": "0", "start_time": 1, "offset": 0, "output": ""},
+    )
     request = StopInvocationRequest.StopInvocationRequest()
     request.set_InvokeId(invoke_id)
     api.sdk(request)
     assert {"type": "stop"} in running.poll(timeout=2)
     listed = running.tasks()
     assert (listed["run"], listed["stop"]) == ([], [invoke_id])
-    statuses = {r["InstanceId"]: r["InvocationStatus"] for r in api.ok(
-        "DescribeInvocationResults", InvokeId=invoke_id)["Invocation"]["InvocationResults"]["InvocationResult"]}
+    statuses = {
+        r["InstanceId"]: r["InvocationStatus"]
+        for r in api.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"][
+            "InvocationResults"
+        ]["InvocationResult"]
+    }
     assert statuses == {running.instance_id: "Stopping", idle.instance_id: "Cancelled"}
     assert running.report("stopped", invoke_id, b"partial", None)["duplicate"] is False
     item = api.ok("DescribeInvocations", InvokeId=invoke_id)["Invocations"]["Invocation"][0]
     assert item["InvocationStatus"] == "Stopped"
     assert {i["InvocationStatus"] for i in item["InvokeInstances"]["InvokeInstance"]} == {
-        "Terminated", "Cancelled"}
+        "Terminated",
+        "Cancelled",
+    }
     assert running.tasks()["stop"] == []
     assert api.error("StopInvocation") == (400, "MissingParameter")
     assert api.error("StopInvocation", InvokeId="t-nope") == (404, "InvalidInvokeId.NotFound")
@@ -344,15 +477,25 @@ def test_activations_and_managed_instances_with_sdk(api: Api) -> None:
     create.set_TimeToLiveInHours(10)
     create.set_Description("fleet")
     activation = api.sdk(create)
-    assert len(activation["ActivationId"]) == 36 and activation["ActivationId"].isupper() is False or True
+    assert (
+        len(activation["ActivationId"]) == 36
+        and activation["ActivationId"].isupper() is False
+        or True
+    )
     assert activation["ActivationId"] == activation["ActivationId"].upper()
     from server.testing import FakeAgent
 
-    agent = FakeAgent.register(api.server.url, activation["ActivationId"], activation["ActivationCode"])
+    agent = FakeAgent.register(
+        api.server.url, activation["ActivationId"], activation["ActivationCode"]
+    )
     describe = DescribeActivationsRequest.DescribeActivationsRequest()
     describe.set_ActivationId(activation["ActivationId"])
     listed = api.sdk(describe)["ActivationList"][0]
-    assert (listed["InstanceCount"], listed["RegisteredCount"], listed["InstanceName"]) == (2, 1, "web")
+    assert (listed["InstanceCount"], listed["RegisteredCount"], listed["InstanceName"]) == (
+        2,
+        1,
+        "web",
+    )
     assert "ActivationCode" not in listed
     managed = DescribeManagedInstancesRequest.DescribeManagedInstancesRequest()
     managed.set_InstanceIds([agent.instance_id])
@@ -367,23 +510,40 @@ def test_activations_and_managed_instances_with_sdk(api: Api) -> None:
     dereg = DeregisterManagedInstanceRequest.DeregisterManagedInstanceRequest()
     dereg.set_InstanceId(agent.instance_id)
     assert api.sdk(dereg)["Instance"]["InstanceId"] == agent.instance_id
-    assert api.ok("DescribeManagedInstances", **{"InstanceId.1": agent.instance_id})["TotalCount"] == 0
-    listed = api.ok("DescribeActivations", ActivationId=activation["ActivationId"])["ActivationList"][0]
+    assert (
+        api.ok("DescribeManagedInstances", **{"InstanceId.1": agent.instance_id})["TotalCount"] == 0
+    )
+    listed = api.ok("DescribeActivations", ActivationId=activation["ActivationId"])[
+        "ActivationList"
+    ][0]
     assert listed["DeregisteredCount"] == 1
     assert api.error("DeregisterManagedInstance", InstanceId=agent.instance_id) == (
-        404, "InvalidInstance.NotFound")
-    for params in ({"InstanceCount": "0"}, {"InstanceCount": "1001"}, {"TimeToLiveInHours": "x"},
-                   {"IpAddressRange": "not-a-cidr"}):
+        404,
+        "InvalidInstance.NotFound",
+    )
+    for params in (
+        {"InstanceCount": "0"},
+        {"InstanceCount": "1001"},
+        {"TimeToLiveInHours": "x"},
+        {"IpAddressRange": "not-a-cidr"},
+    ):
         assert api.error("CreateActivation", **params) == (400, "InvalidParameter"), params
 
 
 def test_cloud_assistant_status_goes_offline(api: Api) -> None:
     agent = api.agent()
-    run_sql(api.server, "UPDATE instances SET last_seen_ms = 1000 WHERE instance_id = ?",
-            agent.instance_id)
+    run_sql(
+        api.server,
+        "UPDATE instances SET last_seen_ms = 1000 WHERE instance_id = ?",
+        agent.instance_id,
+    )
     status = api.ok("DescribeCloudAssistantStatus", **{"InstanceId.1": agent.instance_id})
-    assert status["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0][
-        "CloudAssistantStatus"] == "false"
+    assert (
+        status["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0][
+            "CloudAssistantStatus"
+        ]
+        == "false"
+    )
     assert api.ok("DescribeManagedInstances", Connected="false")["TotalCount"] == 1
     agent.heartbeat()
     status = api.ok("DescribeCloudAssistantStatus", **{"InstanceId.1": agent.instance_id})
@@ -395,10 +555,19 @@ def test_cloud_assistant_status_goes_offline(api: Api) -> None:
 def test_kick_agent_update(api: Api) -> None:
     agent = api.agent()
     check = {"agent_version": "1.0", "os": "linux", "arch": "x86_64", "channel": "stable"}
-    assert agent.post("/luban/api/v1/update/update_check", check) == {"update_now": False, "version": ""}
+    assert agent.post("/luban/api/v1/update/update_check", check) == {
+        "update_now": False,
+        "version": "",
+    }
     assert api.ok("KickAgentUpdate", AgentVersion="2.0", **{"InstanceId.1": agent.instance_id})
     assert agent.poll(timeout=2) == [{"type": "update", "version": "2.0"}]
-    assert agent.post("/luban/api/v1/update/update_check", check) == {"update_now": True, "version": "2.0"}
+    assert agent.post("/luban/api/v1/update/update_check", check) == {
+        "update_now": True,
+        "version": "2.0",
+    }
     assert agent.post("/luban/api/v1/update/update_check", check)["update_now"] is False  # once
     assert api.error("KickAgentUpdate") == (400, "MissingParameter")
-    assert api.error("KickAgentUpdate", **{"InstanceId.1": "mi-nope"}) == (404, "InvalidInstance.NotFound")
+    assert api.error("KickAgentUpdate", **{"InstanceId.1": "mi-nope"}) == (
+        404,
+        "InvalidInstance.NotFound",
+    )

@@ -39,7 +39,9 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[
             handle.stop()
 
 
-def test_invocation_on_one_replica_wakes_agent_polling_another(replicas: list[ServerHandle]) -> None:
+def test_invocation_on_one_replica_wakes_agent_polling_another(
+    replicas: list[ServerHandle],
+) -> None:
     a, b = replicas
     key_id, secret = a.create_access_key("replicas")
     api_a = Api(a, key_id, secret)
@@ -49,10 +51,12 @@ def test_invocation_on_one_replica_wakes_agent_polling_another(replicas: list[Se
     poller = threading.Thread(target=lambda: events.extend(agent_on_b.poll(timeout=20)))
     poller.start()
     time.sleep(0.5)
-    command_id = api_a.ok("CreateCommand", Name="x", Type="RunShellScript",
-                          CommandContent="ZWNobyAxMjM=")["CommandId"]
-    invoke_id = api_a.ok("InvokeCommand", CommandId=command_id,
-                         **{"InstanceId.1": registered.instance_id})["InvokeId"]
+    command_id = api_a.ok(
+        "CreateCommand", Name="x", Type="RunShellScript", CommandContent="ZWNobyAxMjM="
+    )["CommandId"]
+    invoke_id = api_a.ok(
+        "InvokeCommand", CommandId=command_id, **{"InstanceId.1": registered.instance_id}
+    )["InvokeId"]
     poller.join(timeout=15)
     assert not poller.is_alive(), "NOTIFY from replica A did not wake the long-poll on replica B"
     assert events == [{"type": "task"}]
@@ -60,7 +64,8 @@ def test_invocation_on_one_replica_wakes_agent_polling_another(replicas: list[Se
     assert [t["invoke_id"] for t in agent_on_b.tasks()["run"]] == [invoke_id]
     agent_on_b.report("finish", invoke_id, b"123\n", 0)
     item = api_a.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"][
-        "InvocationResults"]["InvocationResult"][0]
+        "InvocationResults"
+    ]["InvocationResult"][0]
     assert (item["InvocationStatus"], item["Output"]) == ("Success", "MTIzCg==")
 
 

@@ -38,7 +38,11 @@ def test_string_to_sign_matches_official_sdk(params: dict[str, str], method: str
 def test_signature_matches_official_sdk_signed_url() -> None:
     url, _ = sdk_composer.get_signed_url(
         {"Action": "DescribeCommands", "Version": "2014-05-26", "Name": "a b*~é"},
-        "AKID", "secret", "JSON", "POST", {"Body": "x"},
+        "AKID",
+        "secret",
+        "JSON",
+        "POST",
+        {"Body": "x"},
     )
     params = dict(urllib.parse.parse_qsl(url[2:], keep_blank_values=True))
     params["Body"] = "x"
@@ -65,16 +69,50 @@ def test_parse_form_only_raises_api_errors(query: bytes, body: bytes) -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in params.items())
 
 
-param_names = st.sampled_from([
-    "Name", "Type", "CommandContent", "Timeout", "EnableParameter", "ContentEncoding",
-    "WorkingDir", "Description", "Timed", "RepeatMode", "Frequency", "PageSize", "PageNumber",
-    "InstanceId.1", "InstanceId.2", "InstanceIds", "Parameters", "InstanceId.0",
-])
+param_names = st.sampled_from(
+    [
+        "Name",
+        "Type",
+        "CommandContent",
+        "Timeout",
+        "EnableParameter",
+        "ContentEncoding",
+        "WorkingDir",
+        "Description",
+        "Timed",
+        "RepeatMode",
+        "Frequency",
+        "PageSize",
+        "PageNumber",
+        "InstanceId.1",
+        "InstanceId.2",
+        "InstanceIds",
+        "Parameters",
+        "InstanceId.0",
+    ]
+)
 param_values = st.one_of(
     values,
-    st.sampled_from(["true", "FALSE", "0", "-1", "99999999999999999999", "RunShellScript",
-                     "Period", "rate(5m)", "0 */10 * * * *", "[\"i-1\"]", "{\"a\": 1}", "{{x}}",
-                     "ZWNobyAxMjM=", "PlainText", "Base64", "at(2026-01-01T00:00:00Z)"]),
+    st.sampled_from(
+        [
+            "true",
+            "FALSE",
+            "0",
+            "-1",
+            "99999999999999999999",
+            "RunShellScript",
+            "Period",
+            "rate(5m)",
+            "0 */10 * * * *",
+            '["i-1"]',
+            '{"a": 1}',
+            "{{x}}",
+            "ZWNobyAxMjM=",
+            "PlainText",
+            "Base64",
+            "at(2026-01-01T00:00:00Z)",
+        ]
+    ),
 )
 
 

@@ -24,8 +24,12 @@ def post(api: Api, params: dict[str, str]) -> requests.Response:
 
 
 def create_params() -> dict[str, str]:
-    return {"Action": "CreateCommand", "Name": "x", "Type": "RunShellScript",
-            "CommandContent": "ZWNobyAxMjM="}
+    return {
+        "Action": "CreateCommand",
+        "Name": "x",
+        "Type": "RunShellScript",
+        "CommandContent": "ZWNobyAxMjM=",
+    }
 
 
 def count_commands(api: Api) -> int:
@@ -139,23 +143,37 @@ def test_sdk_with_wrong_secret_raises_server_exception(api: Api) -> None:
 def test_accounts_are_isolated(api: Api) -> None:
     other_id, other_secret = api.server.create_access_key(f"other-{uuid.uuid4().hex[:6]}")
     other = Api(api.server, other_id, other_secret)
-    command_id = api.ok("CreateCommand", **{k: v for k, v in create_params().items() if k != "Action"})["CommandId"]
+    command_id = api.ok(
+        "CreateCommand", **{k: v for k, v in create_params().items() if k != "Action"}
+    )["CommandId"]
     agent = api.agent()
     # the other account sees nothing and can touch nothing of the first
     assert other.ok("DescribeCommands")["TotalCount"] == 0
     assert other.ok("DescribeCommands", CommandId=command_id)["TotalCount"] == 0
     assert other.error("DeleteCommand", CommandId=command_id) == (404, "InvalidCommandId.NotFound")
-    assert other.error("ModifyCommand", CommandId=command_id, Name="x") == (404, "InvalidCommandId.NotFound")
-    assert other.error("InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}) == (
-        404, "InvalidCommandId.NotFound")
+    assert other.error("ModifyCommand", CommandId=command_id, Name="x") == (
+        404,
+        "InvalidCommandId.NotFound",
+    )
+    assert other.error(
+        "InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}
+    ) == (404, "InvalidCommandId.NotFound")
     own = other.ok("CreateCommand", Name="o", Type="RunShellScript", CommandContent="ZWNobyAxMjM=")
-    assert other.error("InvokeCommand", CommandId=own["CommandId"], **{"InstanceId.1": agent.instance_id}) == (
-        404, "InvalidInstance.NotFound")
+    assert other.error(
+        "InvokeCommand", CommandId=own["CommandId"], **{"InstanceId.1": agent.instance_id}
+    ) == (404, "InvalidInstance.NotFound")
     assert other.ok("DescribeManagedInstances")["TotalCount"] == 0
     assert other.error("DeregisterManagedInstance", InstanceId=agent.instance_id) == (
-        404, "InvalidInstance.NotFound")
-    invoke_id = api.ok("InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id})["InvokeId"]
-    assert other.error("DescribeInvocationResults", InvokeId=invoke_id) == (404, "InvalidInvokeId.NotFound")
+        404,
+        "InvalidInstance.NotFound",
+    )
+    invoke_id = api.ok(
+        "InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}
+    )["InvokeId"]
+    assert other.error("DescribeInvocationResults", InvokeId=invoke_id) == (
+        404,
+        "InvalidInvokeId.NotFound",
+    )
     assert other.error("StopInvocation", InvokeId=invoke_id) == (404, "InvalidInvokeId.NotFound")
     assert other.ok("DescribeInvocations")["TotalCount"] == 0
     assert other.ok("DescribeActivations")["TotalCount"] == 0
