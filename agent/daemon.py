@@ -41,6 +41,7 @@ from agent.runner import (
     process_start_stamp,
     terminate_group,
 )
+from agent.spool import Spool, read_tail, spool_path
 from common.config import Config
 from common.errors import AssistError
 from common.platform import detect_platform
@@ -244,13 +245,22 @@ class Agent:
             if alive and process_start_stamp(started.pid) == started.proc_start:
                 terminate_group(started.pid, self.limits.kill_grace)
                 killed = True
+            path = spool_path(self.state_dir, started.invoke_id, started.execution_id)
+            tail, dropped = read_tail(path, self.limits.output_quota)
             message = (
                 "the agent restarted while this task was running; "
                 + ("its leftover processes were killed" if killed else "its process had ended")
-                + " and its output was lost"
+                + "; the output is what it printed until the agent stopped"
             )
             outcome = Outcome(
-                "error", started.start_time, now_ms(), None, b"", 0, "AgentRestarted", message
+                "error",
+                started.start_time,
+                now_ms(),
+                None,
+                tail,
+                dropped,
+                "AgentRestarted",
+                message,
             )
             log.warning(
                 "execution %s/%s was cut short by an agent restart",
@@ -258,6 +268,7 @@ class Agent:
                 started.execution_id,
             )
             self._record_outcome(started.invoke_id, started.execution_id, outcome)
+            Spool(path).discard()
 
     # -- server connection --------------------------------------------------------------------
 
@@ -542,13 +553,11 @@ class Agent:
             "CommandId": task.command_id,
         }
         invoke, execution = task.invoke_id, execution_id
-        started = {"sent": False}
 
         def on_start(pid: int, stamp: str) -> None:
             self.store.set_process(invoke, execution, pid, stamp)
 
         def on_chunk(chunk: Chunk) -> None:
-            started["sent"] = True
             body = {
                 "invoke_id": invoke,
                 "execution_id": execution,
@@ -560,7 +569,8 @@ class Agent:
                 f"running/{invoke}/{execution}/{chunk.offset}", "/v1/task/running", body
             )
 
-        run = Execution(task, execution_id, builtins, self.limits, on_start, on_chunk)
+        spool = Spool(spool_path(self.state_dir, invoke, execution))
+        run = Execution(task, execution_id, builtins, self.limits, on_start, on_chunk, spool.write)
         run.start_time = start
         with self._lock:
             self._active.setdefault(invoke, {})[execution] = run
@@ -568,6 +578,10 @@ class Agent:
             run.stop()  # stopped by the operator, or the agent began to shut down meanwhile
         try:
             outcome = run.run()
+        except Exception as exc:  # a bug here must still end the execution with a report
+            log.exception("execution %s/%s failed inside the agent", invoke, execution)
+            message = f"the agent failed to run the task: {type(exc).__name__}: {exc}"
+            outcome = Outcome("error", start, now_ms(), None, b"", 0, "ExecutionException", message)
         finally:
             with self._lock:
                 runs = self._active.get(invoke, {})
@@ -580,6 +594,7 @@ class Agent:
                 "the agent was stopped while this task was running; the task was killed"
             )
         self._record_outcome(invoke, execution, outcome)
+        spool.discard()
         if outcome.kind == "finish" and outcome.exit_code in (POWER_OFF_EXIT, REBOOT_EXIT):
             self._power_action(outcome.exit_code)
 

@@ -287,6 +287,7 @@ class Execution:
         limits: RunLimits,
         on_start: Callable[[int, str], None] | None = None,
         on_chunk: Callable[[Chunk], None] | None = None,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> None:
         self.task = task
         self.execution_id = execution_id
@@ -294,6 +295,7 @@ class Execution:
         self.limits = limits
         self.on_start = on_start
         self.on_chunk = on_chunk
+        self.on_output = on_output
         self.start_time = now_ms()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -444,6 +446,8 @@ class Execution:
                         data = _read(out_fd)
                         if data:
                             collector.feed(data)
+                            if self.on_output is not None:
+                                self.on_output(data)
                         else:
                             eof = True
                             selector.unregister(out_fd)

@@ -18,6 +18,7 @@ from agent.health import read_health
 from agent.outbox import Store
 from agent.runner import group_alive
 from agent.schedule import Boot
+from agent.spool import spool_path
 
 
 def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
@@ -234,6 +235,9 @@ def test_crash_recovery_reports_agent_restarted_and_kills_leftovers(
     store.claim_execution("t-dead", "0", 1234)
     store.set_process("t-dead", "0", leftover.pid, process_start_stamp(leftover.pid))
     store.close()
+    spool = spool_path(prefix / "state", "t-dead", "0")
+    spool.parent.mkdir(parents=True)
+    spool.write_bytes(b"x" * 30000 + b"printed before the crash\n")
     state = fake_server.state
     state.add_task("ignored", invoke_id="t-dead")
     h = start_agent(prefix=prefix)
@@ -242,6 +246,10 @@ def test_crash_recovery_reports_agent_restarted_and_kills_leftovers(
     [result] = state.results_for("t-dead")
     assert result["kind"] == "error" and result["error_code"] == "AgentRestarted"
     assert "restarted" in result["error_message"]
+    output = base64.b64decode(result["output"])
+    assert len(output) == 24 * 1024 and output.endswith(b"xprinted before the crash\n")
+    assert result["dropped"] == 30025 - 24 * 1024
+    assert not spool.exists()
     assert leftover.wait(5) == -signal.SIGTERM
     time.sleep(1)
     assert len(state.results_for("t-dead")) == 1  # not run again either

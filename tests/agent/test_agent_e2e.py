@@ -125,6 +125,7 @@ def test_kill9_mid_task_reports_agent_restarted_once(env: Env, tmp_path: Path) -
     item = env.sdk.wait_result(invoke, env.instance_id, ("Failed", "Success"))
     assert item["InvocationStatus"] == "Failed" and item["ErrorCode"] == "AgentRestarted"
     assert "restarted" in item["ErrorInfo"]
+    assert base64.b64decode(item["Output"]) == b"started\n"  # printed before the agent died
     assert wait_for(lambda: group_members(pgid) == [], timeout=10)  # …until the new one cleaned up
     time.sleep(2)
     assert server_executions(env.server, invoke) == [("0", "Failed")]
