@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -53,8 +54,15 @@ class _Stage:
     indexed: dict[str, list[object]] = field(default_factory=dict)  # non-content rel -> hash
 
     def write(self, rel: str, data: bytes) -> None:
-        """Stage a small verified file and remember its hash."""
-        atomic_write_bytes(self.dir / rel, data)
+        """Stage a small verified file and remember its hash.
+
+        No fsync per file: staging is scratch (cleared at the next run) and FileStorage.publish
+        flushes everything once before any of it becomes visible."""
+        path = self.dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
         self.indexed[rel] = [hashlib.sha256(data).hexdigest(), len(data)]
 
 

@@ -75,6 +75,7 @@ class FileStorage:
         self.description = str(root)
 
     def publish(self, publication: Publication, source: Path) -> None:
+        os.sync()  # staged bytes reach the disk before any rename makes them visible
         for rel in publication.content:
             self._move_in(source / rel, self.root / rel)
         for rel in publication.trees:

@@ -121,3 +121,44 @@ def test_failed_s3_publish_is_retried_by_the_next_sync(
     assert report.changed
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="missing-bucket")["Contents"]]
     assert "x/metadata/timestamp.json" in keys
+
+
+def test_cli_dest_takes_endpoint_and_credentials_from_env(
+    upstream, tmp_path: Path, s3_endpoint: str
+) -> None:
+    import os
+
+    from mirror_testlib import mirror_cli
+
+    origin, server = upstream
+    client(s3_endpoint).create_bucket(Bucket="oss")
+    env = dict(
+        os.environ,
+        AWS_ENDPOINT_URL=s3_endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    root = tmp_path / "mirror"
+    mirror_cli(
+        "sync",
+        "--region",
+        "cn-hangzhou",
+        "--upstream",
+        server.url,
+        "--root",
+        str(root),
+        "--trust-root",
+        str(origin.trust_root),
+        "--keyring",
+        str(origin.keyring),
+        "--dest",
+        "s3://oss/assist",
+        env=env,
+    )
+    body = (
+        client(s3_endpoint)
+        .get_object(Bucket="oss", Key="assist/metadata/timestamp.json")["Body"]
+        .read()
+    )
+    assert body == (root / "metadata/timestamp.json").read_bytes()
