@@ -168,6 +168,8 @@ def parse_form(query: bytes, body: bytes) -> dict[str, str]:
         except UnicodeDecodeError as exc:
             raise ApiError("InvalidParameter", "The request is not valid UTF-8.") from exc
         for key, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+            if "\x00" in key or "\x00" in value:
+                raise invalid(key.replace("\x00", ""), "It must not contain NUL characters.")
             if key in params and params[key] != value:
                 raise invalid(key, "It was given more than once.")
             params[key] = value

@@ -47,6 +47,8 @@ def field_str(body: dict[str, Any], name: str, max_len: int = 256, required: boo
         raise bad(f"{name} must be a string")
     if required and not value:
         raise bad(f"{name} is required")
+    if "\x00" in value:
+        raise bad(f"{name} must not contain NUL characters")
     if len(value) > max_len:
         raise bad(f"{name} is longer than {max_len} characters")
     return value
