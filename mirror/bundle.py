@@ -18,7 +18,7 @@ from pathlib import Path
 from common.atomic import atomic_open
 from common.errors import UsageError, VerificationError
 from mirror.source import DirSource
-from mirror.state import load_state, state_dir
+from mirror.state import load_state, locked, state_dir
 from mirror.sync import SyncOptions, SyncReport, is_content, sync
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,18 @@ MANIFEST = "bundle.json"
 def export_bundle(root: Path, out: Path, since: Path | None = None) -> int:
     """Write the published tree to `out`; with `since` (a site's state.json) only the content
     it lacks (metadata and indexes always travel: import re-verifies them)."""
+    with locked(root):  # no sync may change the tree while it is being copied
+        return _write_bundle(root, out, since)
+
+
+def _write_bundle(root: Path, out: Path, since: Path | None) -> int:
+    """export_bundle under the lock."""
     state = load_state(root)
-    if not state.last_sync:
-        raise UsageError(f"{root} holds no synced mirror", hint="run assist-mirror sync first")
+    if not state.last_sync or state.publishing:
+        raise UsageError(
+            f"{root} holds no completely synced mirror",
+            hint="run assist-mirror sync (it finishes an interrupted publish) and export again",
+        )
     have: dict[str, list[object]] = {}
     if since is not None:
         try:
