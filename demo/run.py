@@ -355,6 +355,7 @@ def step_timed(demo: Demo) -> str:
     invoke.set_Frequency("*/2 * * * * *")
     invoke.set_RepeatMode("Period")
     invoke_id = demo.sdk(invoke)["InvokeId"]
+    started = time.monotonic()
     runs = wait_for(
         lambda: enough_runs(demo.results(invoke_id, history=True), 3), 20, "3 timed runs"
     )
@@ -362,9 +363,11 @@ def step_timed(demo: Demo) -> str:
     stop.set_InvokeId(invoke_id)
     stop.set_InstanceIds([demo.instance_id])
     demo.sdk(stop)
-    stamps = sorted(int(base64.b64decode(r["Output"]).decode().strip() or 0) for r in runs)
+    elapsed = time.monotonic() - started
+    repeats = max(len(runs), max(int(r.get("Repeats", 0)) for r in runs))
+    stamps = sorted({int(base64.b64decode(r["Output"]).decode().strip() or 0) for r in runs})
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return f"timed invocation */2 * * * * *: {len(runs)} runs, gaps {gaps} s, then stopped"
+    return f"timed invocation */2 * * * * *: {repeats} runs within {elapsed:.1f}s (history gaps {gaps or 'n/a'} s), then stopped"
 
 
 def step_update(demo: Demo) -> str:
@@ -395,10 +398,10 @@ def make_broken_source(demo: Demo) -> Path:
         ),
     )
     cli = source / "agent" / "cli.py"
-    cli.write_text(
-        cli.read_text()
-        + "\n\ndef main(argv=None):  # broken release: exits at start\n    raise SystemExit(70)\n"
-    )
+    text = cli.read_text()
+    marker = "from __future__ import annotations\n"
+    broken = 'raise SystemExit("broken release: this agent exits at start")\n'
+    cli.write_text(text.replace(marker, marker + broken, 1))
     return source
 
 
@@ -546,8 +549,11 @@ def finished(results: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def enough_runs(results: list[dict[str, Any]], count: int) -> list[dict[str, Any]] | None:
-    done = [r for r in results if r.get("InvocationStatus") == "Success"]
-    return done if len(done) >= count else None
+    """`count` successful runs: history items, or the Repeats counter of the latest one."""
+    done = [r for r in results if r.get("ExitCode") == 0 and r.get("Output")]
+    if len(done) >= count or (done and int(done[0].get("Repeats", 0)) >= count):
+        return done
+    return None
 
 
 def create_command(demo: Demo, script: str, name: str) -> str:
