@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import TextClause
 
 from common.errors import ConfigError
 from server.store import migrations
@@ -81,14 +82,59 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a SQLite transaction function awaited something other than its connection")
 
 
+class _Row:
+    """A result row with the `_mapping` SQLAlchemy rows have."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self._mapping = mapping
+
+    def __getitem__(self, index: int) -> Any:
+        return list(self._mapping.values())[index]
+
+
+class _FastResult:
+    """The part of a SQLAlchemy Result the queries use, over a raw sqlite3 cursor."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.rowcount = cursor.rowcount
+        names = [d[0] for d in cursor.description] if cursor.description else []
+        self._rows = [_Row(dict(zip(names, r))) for r in cursor.fetchall()] if names else []
+
+    def first(self) -> _Row | None:
+        return self._rows[0] if self._rows else None
+
+    def all(self) -> list[_Row]:
+        return self._rows
+
+    def __iter__(self) -> Any:
+        return iter(self._rows)
+
+
+def _is_plain_text(statement: Any) -> bool:
+    """A text() statement sqlite3 can run as is (named :params, no expanding IN lists)."""
+    return isinstance(statement, TextClause) and not any(
+        b.expanding for b in statement._bindparams.values()
+    )
+
+
 class SyncConn:
-    """A sync SQLAlchemy Connection behind the async interface transaction functions use."""
+    """A sync SQLAlchemy Connection behind the async interface transaction functions use.
+
+    Prepared text() statements go straight to the sqlite3 cursor (SQLite takes :name
+    parameters natively), skipping SQLAlchemy's per-execute work on the hot path.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self.dialect = conn.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if _is_plain_text(statement) and (parameters is None or isinstance(parameters, dict)):
+            raw = self._conn.connection.driver_connection
+            assert raw is not None
+            return _FastResult(raw.execute(statement.text, parameters or {}))
         if parameters is None:
             return self._conn.execute(statement)
         return self._conn.execute(statement, parameters)
@@ -180,15 +226,16 @@ class _SqliteRunner:
         """One transaction for the whole batch, one savepoint per job."""
         try:
             with conn.begin():
+                raw = conn.connection.driver_connection
+                assert raw is not None
                 for job in batch:
-                    savepoint = conn.begin_nested()
+                    raw.execute("SAVEPOINT job")
                     try:
                         job.result = drive(job.fn(SyncConn(conn)))
                     except BaseException as exc:
-                        savepoint.rollback()
+                        raw.execute("ROLLBACK TO job")
                         job.error = exc
-                    else:
-                        savepoint.commit()
+                    raw.execute("RELEASE job")
         except Exception as exc:  # the commit failed: nothing of the batch was stored
             log.error("SQLite group commit failed: %s", exc)
             for job in batch:

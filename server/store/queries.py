@@ -34,12 +34,12 @@ def _insert(conn: Conn, table: Any) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-async def _rows(conn: Conn, stmt: Any) -> list[Row]:
-    return [dict(r._mapping) for r in (await conn.execute(stmt)).all()]
+async def _rows(conn: Conn, stmt: Any, params: dict[str, Any] | None = None) -> list[Row]:
+    return [dict(r._mapping) for r in (await conn.execute(stmt, params)).all()]
 
 
-async def _one(conn: Conn, stmt: Any) -> Row | None:
-    row = (await conn.execute(stmt)).first()
+async def _one(conn: Conn, stmt: Any, params: dict[str, Any] | None = None) -> Row | None:
+    row = (await conn.execute(stmt, params)).first()
     return dict(row._mapping) if row else None
 
 
@@ -181,7 +181,7 @@ _GET_INSTANCE = text("SELECT * FROM instances WHERE instance_id = :id")
 
 
 async def get_instance(conn: Conn, instance_id: str) -> Row | None:
-    return await _one(conn, _GET_INSTANCE.bindparams(id=instance_id))
+    return await _one(conn, _GET_INSTANCE, {"id": instance_id})
 
 
 async def insert_activation(conn: Conn, row: Row, code: str) -> None:
@@ -306,7 +306,7 @@ async def take_update(conn: Conn, instance_id: str) -> tuple[bool, str]:
     result = await conn.execute(_TAKE_UPDATE, {"no": False, "yes": True, "id": instance_id})
     if not result.rowcount:
         return False, ""
-    row = await _one(conn, _UPDATE_VERSION.bindparams(id=instance_id))
+    row = await _one(conn, _UPDATE_VERSION, {"id": instance_id})
     return True, str(row["update_version"]) if row else ""
 
 
@@ -514,7 +514,7 @@ _MARK_DELIVERED = text(
 
 async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]:
     """Tasks an instance should have, and invocations it should stop; marks them delivered."""
-    rows = await _rows(conn, _TASKS_FOR.bindparams(id=instance_id, yes=True))
+    rows = await _rows(conn, _TASKS_FOR, {"id": instance_id, "yes": True})
     run = [r for r in rows if not r["stop_requested"]]
     stop = [r["invoke_id"] for r in rows if r["stop_requested"]]
     fresh = [r["invoke_id"] for r in run if not r["delivered"]]
@@ -531,7 +531,7 @@ _RESULT_ROW = text(
 
 
 async def _result_row(conn: Conn, instance_id: str, invoke_id: str) -> Row | None:
-    return await _one(conn, _RESULT_ROW.bindparams(instance=instance_id, invoke=invoke_id))
+    return await _one(conn, _RESULT_ROW, {"instance": instance_id, "invoke": invoke_id})
 
 
 def _newer_execution(candidate: str, current: str) -> bool:
@@ -584,7 +584,7 @@ async def record_running(
     await conn.execute(
         _START_EXECUTION, {**key, "status": model.RUNNING, "no": False, "start": start_ms}
     )
-    done = await _one(conn, _EXECUTION_DONE.bindparams(**key))
+    done = await _one(conn, _EXECUTION_DONE, key)
     if done and done["terminal"]:
         return True  # a late chunk of a finished execution changes nothing
     if data:
