@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import posixpath
 import shutil
 from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -328,15 +329,19 @@ def _stage_apt(
 
 
 def _carry_by_hash(published: Path, staged: Path) -> None:
-    """Keep the previous generation's by-hash files, so a client holding the old InRelease
-    still finds the indexes it names while the new tree is swapped in."""
-    if not published.is_dir():
+    """Keep the by-hash files the previous Release names (only those: no growth over syncs),
+    so a client holding the old InRelease still finds its indexes after the swap."""
+    release_file = published / "Release"
+    if not release_file.is_file():
         return
-    for old in published.rglob("by-hash/*/*"):
-        new = staged / old.relative_to(published)
-        if old.is_file() and not new.exists():
-            new.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(old, new)
+    previous = apt.parse_release(release_file.read_text(encoding="utf-8"))
+    for section, paths in previous.hashes.items():
+        for path, digest in paths.items():
+            rel = f"{posixpath.dirname(path)}/by-hash/{section}/{digest}"
+            old, new = published / rel, staged / rel
+            if old.is_file() and not new.exists():
+                new.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(old, new)
 
 
 def _stage_yum(options: SyncOptions, stage: _Stage, channel: str, keyring: Path | None) -> None:

@@ -410,3 +410,32 @@ def test_root_rotation_reaches_clients_with_old_and_new_anchors(origin, tmp_path
         )
         assert report.changed and load_state(client).root_version == 2
         assert verify_tree(client) == []
+
+
+def test_previous_by_hash_indexes_stay_one_generation(upstream, tmp_path: Path) -> None:
+    """A client that read the old InRelease just before the swap still gets its Packages by
+    hash (no "Hash Sum mismatch"); generations before that are dropped."""
+    from mirror import apt
+
+    origin, server = upstream
+    root = tmp_path / "mirror"
+
+    def packages_by_hash() -> str:
+        release = apt.parse_release((root / "apt/dists/stable/Release").read_text())
+        digest = release.sha256["main/binary-amd64/Packages"][0]
+        return f"apt/dists/stable/main/binary-amd64/by-hash/SHA256/{digest}"
+
+    sync(options(origin, server.url, root))
+    first = packages_by_hash()
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    sync(options(origin, server.url, root))
+    second = packages_by_hash()
+    assert second != first and (root / first).is_file() and (root / second).is_file()
+    origin.publish(make_deb(tmp_path, "demo", "4.0"))
+    sync(options(origin, server.url, root))
+    assert (
+        not (root / first).exists()
+        and (root / second).is_file()
+        and (root / packages_by_hash()).is_file()
+    )
+    assert verify_tree(root) == []
