@@ -97,9 +97,11 @@ def _verify_apt(root: Path, keyring: Path) -> list[str]:
             problems.append(f"apt/dists/{channel}/InRelease: {exc.message}")
             continue
         for entry in apt.index_entries(release, channel, None):
+            before = len(problems)
             _check_entry(root, entry, problems)
             path = root / entry.relpath
-            if path.is_file() and entry.relpath.endswith("/Packages") and not problems:
+            intact = len(problems) == before
+            if intact and path.is_file() and entry.relpath.endswith("/Packages"):
                 for package in apt.parse_packages(path.read_text(encoding="utf-8")):
                     _check_entry(root, apt.pool_entry(package), problems)
     return problems
