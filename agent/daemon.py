@@ -50,6 +50,8 @@ from common.version import agent_version
 log = logging.getLogger(__name__)
 
 REBOOT_MODES = ("NextRebootOnly", "EveryReboot")
+# An empty long-poll answer before this fraction of its timeout means a lost wake-up.
+EARLY_WAKE_FRACTION = 0.8
 RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a safety net)
 UPDATE_BUSY_RETRY = 60.0
 STOP_EXECUTION = "stopped"  # execution id of a stop acknowledged without a run
@@ -301,8 +303,15 @@ class Agent:
                     first = False
                 self._set_connected(True)
                 backoff.reset()
+                polled = time.monotonic()
                 events = self.client.notify(self.config.agent.poll_timeout)
                 self._handle_events(events)
+                if not events and time.monotonic() - polled < EARLY_WAKE_FRACTION * (
+                    self.config.agent.poll_timeout
+                ):
+                    # Woken with nothing to show: another poll (e.g. a dead predecessor's
+                    # connection) may have taken the event. Listing tasks costs one request.
+                    self._sync_needed.set()
                 if any(e.get("type") in ("task", "stop") for e in events):
                     last_sync = time.time()
             except (ServerUnavailableError, ServerRefusedError) as exc:

@@ -45,6 +45,7 @@ class FakeState:
         self.lists: list[tuple[str, str]] = []
         self.update_now: set[str] = set()
         self.refuse_reports = 0  # answer 503 to the next N report posts
+        self.empty_wakes: set[str] = set()  # answer the instance's pending poll early, empty
 
     def add_task(self, instance: str, **fields: Any) -> str:
         """Queue a task for `instance` and kick it; returns the invoke id."""
@@ -170,11 +171,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         state = self.server.state
         deadline = time.time() + wait
         with state.lock:
-            while not state.events.get(instance) and time.time() < deadline:
+            while (
+                not state.events.get(instance)
+                and instance not in state.empty_wakes
+                and time.time() < deadline
+            ):
                 if self.server.closing:
                     break
                 state.lock.wait(min(0.2, deadline - time.time()))
             events = state.events.pop(instance, [])
+            state.empty_wakes.discard(instance)
         self._send(200, {"events": events})
 
     def do_POST(self) -> None:

@@ -46,6 +46,25 @@ def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # t
     assert len([r for r in state.reports if r[2]["invoke_id"] == invoke]) == 1
 
 
+def test_early_empty_wake_up_lists_tasks(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    """A wake-up whose event another (dead) poll took still makes the agent look for work."""
+    h = start_agent()
+    state = fake_server.state
+    instance = h.identity.instance_id
+    assert wait_until(lambda: state.lists)
+    invoke = state.add_task(instance, script="echo 123\n")
+    assert state.wait(lambda s: s.results_for(invoke), timeout=10)
+    with state.lock:  # a second task whose event is lost: no kick reaches this agent
+        state.tasks[instance]["t-lost"] = dict(state.tasks[instance][invoke], invoke_id="t-lost")
+    time.sleep(1.0)
+    assert not state.results_for("t-lost")  # parked in its long-poll, it cannot know
+    with state.lock:  # the server answers the poll early and empty (the event went elsewhere)
+        state.empty_wakes.add(instance)
+        state.lock.notify_all()
+    assert state.wait(lambda s: s.results_for("t-lost"), timeout=10)
+    h.stop()
+
+
 def test_timed_cron_every_second_never_overlaps(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
     h = start_agent()
     state = fake_server.state
