@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select, text, update
+from sqlalchemy import and_, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select
 
@@ -508,8 +508,8 @@ _TASKS_FOR = text(
     "WHERE ii.instance_id = :id AND ii.active = :yes ORDER BY inv.created_ms"
 )
 _MARK_DELIVERED = text(
-    "UPDATE invocation_instances SET delivered = :yes WHERE instance_id = :id AND invoke_id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
+    "UPDATE invocation_instances SET delivered = :yes WHERE instance_id = :id AND invoke_id = :invoke"
+)
 
 
 async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]:
@@ -518,8 +518,8 @@ async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]
     run = [r for r in rows if not r["stop_requested"]]
     stop = [r["invoke_id"] for r in rows if r["stop_requested"]]
     fresh = [r["invoke_id"] for r in run if not r["delivered"]]
-    if fresh:
-        await conn.execute(_MARK_DELIVERED, {"yes": True, "id": instance_id, "ids": fresh})
+    for invoke_id in fresh:  # usually one: what arrived since the last listing
+        await conn.execute(_MARK_DELIVERED, {"yes": True, "id": instance_id, "invoke": invoke_id})
     return run, stop
 
 
