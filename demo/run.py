@@ -245,6 +245,7 @@ def step_install(demo: Demo) -> str:
         "--json",
     )
     demo.instance_id = registered["instance_id"]
+    demo.stack.callback(stop_agent, demo)  # before the install starts it: Ctrl-C stops it too
     installed = demo.run_json(
         "assist-install",
         "agent",
@@ -258,7 +259,6 @@ def step_install(demo: Demo) -> str:
         "process",
         "--json",
     )
-    demo.stack.callback(stop_agent, demo)
     mirror = installed.get("mirror", "?")
     if not str(mirror).startswith(demo.mirror_url.rstrip("/")):
         raise DemoError(
