@@ -291,13 +291,36 @@ async def notify_handler(request: Request) -> Response:
         await state.store.write(_tx, durable=False)
         if touch:
             state.seen(who.instance_id, now_ms)
-        events = await state.notifier.wait(who.instance_id, float(raw))
+        events = await wait_unless_gone(request, state.notifier.wait(who.instance_id, float(raw)))
         return JSONResponse({"events": events})
     except AgentError as exc:
         return agent_error(exc)
     except Exception:
         log.exception("notify failed")
         return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+
+
+async def wait_unless_gone(request: Request, poll: Awaitable[list[Any]]) -> list[Any]:
+    """Await a long-poll, cancelling it when the client disconnects (its events stay queued)."""
+    waiting = asyncio.ensure_future(poll)
+    gone = asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, gone):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    if waiting.cancelled():
+        return []  # nobody is listening for this answer
+    return list(waiting.result())
+
+
+async def client_gone(request: Request) -> None:
+    """Return once the ASGI server reports the client's disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def health(request: Request) -> Response:

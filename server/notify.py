@@ -4,7 +4,9 @@
 it waits. `publish()` delivers an event to local waiters at once and, with PostgreSQL, sends it
 through NOTIFY so waiters on every other replica wake too (LISTEN on one dedicated asyncpg
 connection per replica). Events for an instance that is between two polls are buffered briefly
-so the next poll returns at once.
+so the next poll returns at once. Each instance has at most one parked poll per replica: a new
+poll dismisses the older one (a restarted agent's dead poll), and a poll cancelled because its
+client went away hands its events back to the buffer.
 """
 
 from __future__ import annotations
@@ -27,15 +29,25 @@ MAX_PAYLOAD = 7000  # bytes per NOTIFY (PostgreSQL's limit is 8000)
 Event = dict[str, Any]
 
 
-class _Slot:
-    """Pending events and the wake-up of one instance."""
+class _Waiter:
+    """One parked long-poll: its wake-up and the events handed to it while parked."""
 
-    __slots__ = ("events", "stamp", "waiters")
+    __slots__ = ("events", "woken")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.woken = asyncio.Event()
+
+
+class _Slot:
+    """Buffered events and the parked long-poll of one instance."""
+
+    __slots__ = ("events", "stamp", "waiter")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []  # for the next poll: nobody was parked
         self.stamp = 0.0
-        self.waiters: set[asyncio.Event] = set()
+        self.waiter: _Waiter | None = None  # at most one: the newest poll
 
 
 class Notifier:
@@ -53,54 +65,84 @@ class Notifier:
     # --- local delivery ------------------------------------------------------------------
 
     def deliver(self, instance_ids: Iterable[str], event: Event) -> None:
-        """Hand `event` to each instance's waiters, or keep it for its next poll."""
+        """Hand `event` to each instance's parked poll, or keep it for its next poll."""
         now = time.monotonic()
         for iid in instance_ids:
             slot = self._slots.get(iid)
             if slot is None:
                 slot = self._slots[iid] = _Slot()
+            if slot.waiter is not None:
+                _add(slot.waiter.events, [event])
+                slot.waiter.woken.set()
+                continue
             if now - slot.stamp > PENDING_TTL:
                 slot.events = []
-            if event not in slot.events:
-                slot.events.append(event)
+            _add(slot.events, [event])
             slot.stamp = now
-            for waiter in slot.waiters:
-                waiter.set()
 
     async def wait(self, instance_id: str, timeout: float) -> list[Event]:
-        """Return pending events for the instance as soon as there are any, or [] on timeout."""
+        """Return pending events for the instance as soon as there are any, or [] on timeout.
+
+        One live poll per instance: a new poll dismisses the one parked before it (an agent
+        that restarted leaves its dead predecessor's poll behind, and the server does not see
+        that client go). The dismissed poll answers [] and hands whatever it had been given to
+        the new one, so no event is answered to a dead connection.
+        """
         slot = self._slots.get(instance_id)
         if slot is None:
             slot = self._slots[instance_id] = _Slot()
-        if not self._take_ready(slot):
-            waiter = asyncio.Event()
-            slot.waiters.add(waiter)
-            try:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(waiter.wait(), timeout)
-            finally:
-                slot.waiters.discard(waiter)
-        events = self._take_ready(slot)
-        slot.events = []
-        if not slot.waiters and not slot.events:
+        if slot.waiter is not None:
+            self._dismiss(slot, slot.waiter)
+        events = self._take_buffered(slot)
+        if not events:
+            events = await self._park(slot, timeout)
+        if slot.waiter is None and not slot.events:
             self._slots.pop(instance_id, None)
         return events
 
+    async def _park(self, slot: _Slot, timeout: float) -> list[Event]:
+        """Wait as the instance's poll; give events back to the buffer if cancelled."""
+        me = slot.waiter = _Waiter()
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(me.woken.wait(), timeout)
+        except asyncio.CancelledError:  # the client went away: keep its events for the next
+            self._dismiss(slot, me)
+            raise
+        finally:
+            if slot.waiter is me:
+                slot.waiter = None
+        return me.events
+
     @staticmethod
-    def _take_ready(slot: _Slot) -> list[Event]:
-        if slot.events and time.monotonic() - slot.stamp > PENDING_TTL:
-            slot.events = []
-        return list(slot.events)
+    def _dismiss(slot: _Slot, waiter: _Waiter) -> None:
+        """Wake `waiter` empty-handed, moving its events to the buffer for the next poll."""
+        if waiter.events:
+            if time.monotonic() - slot.stamp > PENDING_TTL:
+                slot.events = []
+            _add(slot.events, waiter.events)
+            slot.stamp = time.monotonic()
+            waiter.events = []
+        if slot.waiter is waiter:
+            slot.waiter = None
+        waiter.woken.set()
+
+    @staticmethod
+    def _take_buffered(slot: _Slot) -> list[Event]:
+        """The buffered events (if not stale), removed from the buffer."""
+        events = slot.events if time.monotonic() - slot.stamp <= PENDING_TTL else []
+        slot.events = []
+        return events
 
     def waiting(self) -> int:
         """How many long-polls are parked on this replica."""
-        return sum(len(s.waiters) for s in self._slots.values())
+        return sum(1 for s in self._slots.values() if s.waiter is not None)
 
     def sweep(self) -> None:
         """Drop stale buffered events of instances nobody is polling for."""
         now = time.monotonic()
         for iid in [
-            k for k, s in self._slots.items() if not s.waiters and now - s.stamp > PENDING_TTL
+            k for k, s in self._slots.items() if s.waiter is None and now - s.stamp > PENDING_TTL
         ]:
             del self._slots[iid]
 
@@ -165,6 +207,13 @@ class Notifier:
         if message.get("r") == self.replica:
             return  # delivered locally already
         self.deliver(message.get("i", []), message.get("e", {}))
+
+
+def _add(events: list[Event], new: Iterable[Event]) -> None:
+    """Append each event of `new` not already in `events` (a repeated kick is one kick)."""
+    for event in new:
+        if event not in events:
+            events.append(event)
 
 
 def _payloads(replica: str, instance_ids: Sequence[str], event: Event) -> list[str]:

@@ -1,0 +1,74 @@
+"""Long-polls (`/luban/api/v1/notify`): a restarted agent's dead poll must not eat its wake-ups."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from urllib.parse import urlsplit
+
+import requests
+from conftest import Api
+from test_agent_api import invoke
+
+from server.testing import FakeAgent, ServerHandle, sign_agent_request
+
+NOTIFY = "/luban/api/v1/notify"
+
+
+def open_poll(agent: FakeAgent, timeout: int = 30) -> http.client.HTTPConnection:
+    """Send a signed long-poll and leave it unread, like an agent that died mid-poll."""
+    query = f"timeout={timeout}"
+    headers = sign_agent_request(agent.key, agent.instance_id, "GET", NOTIFY, query, b"")
+    parts = urlsplit(agent.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout + 10)
+    conn.request("GET", f"{NOTIFY}?{query}", headers=headers)
+    return conn
+
+
+def parked(server: ServerHandle) -> int:
+    """How many long-polls the server has parked."""
+    return int(requests.get(server.url + "/healthz", timeout=10).json()["waiting"])
+
+
+def wait_parked(server: ServerHandle, count: int) -> None:
+    """Wait until the server has exactly `count` polls parked."""
+    deadline = time.monotonic() + 10
+    while parked(server) != count:
+        assert time.monotonic() < deadline, f"{parked(server)} polls parked, expected {count}"
+        time.sleep(0.05)
+
+
+def test_new_poll_gets_the_wakeup_not_the_dead_predecessor(api: Api) -> None:
+    agent = api.agent()
+    for _ in range(3):  # each round: the agent restarts, its old poll stays open on the server
+        base = parked(api.server)
+        dead = open_poll(agent)
+        wait_parked(api.server, base + 1)
+        events: list = []
+        live = threading.Thread(target=lambda got=events: got.extend(agent.poll(timeout=20)))
+        live.start()
+        try:
+            # the dead poll is dismissed empty-handed as soon as the new one arrives
+            answer = dead.getresponse()
+            assert (answer.status, answer.read()) == (200, b'{"events":[]}')
+            wait_parked(api.server, base + 1)
+            invoke(api, agent)
+            live.join(timeout=15)
+            assert not live.is_alive(), "the live poll was not woken by the invocation"
+            assert events == [{"type": "task"}]
+        finally:
+            dead.close()
+            live.join()
+        assert parked(api.server) == base
+
+
+def test_disconnected_poll_is_unparked(api: Api) -> None:
+    agent = api.agent()
+    base = parked(api.server)
+    gone = open_poll(agent, timeout=60)
+    wait_parked(api.server, base + 1)
+    gone.close()  # the agent died: its socket is closed
+    wait_parked(api.server, base)
+    invoke(api, agent)  # raised while nobody polls: kept for the next poll
+    assert agent.poll(timeout=10) == [{"type": "task"}]
