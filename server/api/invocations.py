@@ -201,11 +201,13 @@ async def describe_invocation_results(
         "CommandId": p.str("CommandId"),
         "Statuses": RECORD_STATUS_FILTER.get(record, ()),
     }
+    # IncludeHistory: every execution (a timed invocation runs many times), not only the latest
+    lister = q.list_execution_results if p.bool("IncludeHistory", False) else q.list_results
 
     async def _tx(conn: Conn) -> Any:
         if invoke_id and await q.get_invocation(conn, account, invoke_id) is None:
             raise invoke_not_found()
-        total, rows = await q.list_results(conn, account, filters, (number - 1) * size, size)
+        total, rows = await lister(conn, account, filters, (number - 1) * size, size)
         items = [render_result(r, encode_output(await output_of(conn, r), encoding)) for r in rows]
         return total, rows, items
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from server.store import schema
 from server.store.conn import Conn
@@ -20,7 +20,26 @@ async def _create_v1(conn: Conn) -> None:
     await conn.run_sync(schema.metadata.create_all)
 
 
-MIGRATIONS: list[tuple[int, Step]] = [(1, _create_v1)]
+# Columns version 2 added to `executions` (a database created at version 2 has them already).
+_EXECUTION_DETAIL = {
+    "output": "TEXT NOT NULL DEFAULT ''",
+    "dropped": "BIGINT NOT NULL DEFAULT 0",
+    "error_code": "VARCHAR(128) NOT NULL DEFAULT ''",
+    "error_info": "TEXT NOT NULL DEFAULT ''",
+}
+
+
+async def _add_execution_detail_v2(conn: Conn) -> None:
+    """Version 2: each execution keeps its own output and error (execution history)."""
+    have = await conn.run_sync(
+        lambda sync: {c["name"] for c in inspect(sync).get_columns(schema.executions.name)}
+    )
+    for name, ddl in _EXECUTION_DETAIL.items():
+        if name not in have:
+            await conn.execute(text(f"ALTER TABLE executions ADD COLUMN {name} {ddl}"))
+
+
+MIGRATIONS: list[tuple[int, Step]] = [(1, _create_v1), (2, _add_execution_detail_v2)]
 LATEST = MIGRATIONS[-1][0]
 
 

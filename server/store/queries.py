@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, text, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select
 
@@ -19,6 +19,7 @@ from server.store.schema import (
     access_keys,
     activations,
     commands,
+    executions,
     instances,
     invocation_instances,
     invocations,
@@ -449,6 +450,70 @@ async def list_results(
     return await _page(conn, stmt, order, offset, limit)
 
 
+async def list_execution_results(
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    """One result per execution (an instance not yet run shows its pending row), newest first."""
+    ii, inv, ex = invocation_instances, invocations, executions
+    ran = and_(
+        ex.c.invoke_id == ii.c.invoke_id,
+        ex.c.instance_id == ii.c.instance_id,
+        ex.c.execution_id != "",  # "" never names a run; guard the outer join anyway
+    )
+    latest = ex.c.execution_id == ii.c.execution_id
+    # a run still going shows the instance's live status (e.g. Stopping); a finished run its own
+    status = case(
+        (ex.c.execution_id.is_(None), ii.c.status),
+        (and_(latest, ex.c.terminal.is_(False)), ii.c.status),
+        else_=ex.c.status,
+    )
+    newest = func.coalesce(ex.c.start_ms, ex.c.finish_ms, ii.c.created_ms)
+    stmt = (
+        select(
+            ii.c.invoke_id,
+            ii.c.instance_id,
+            ii.c.repeats,
+            ii.c.created_ms,
+            status.label("status"),
+            func.coalesce(ex.c.execution_id, ii.c.execution_id).label("execution_id"),
+            case((ex.c.execution_id.is_(None), ii.c.exit_code), else_=ex.c.exit_code).label(
+                "exit_code"
+            ),
+            func.coalesce(ex.c.output, ii.c.output).label("output"),
+            func.coalesce(ex.c.dropped, ii.c.dropped).label("dropped"),
+            func.coalesce(ex.c.error_code, ii.c.error_code).label("error_code"),
+            func.coalesce(ex.c.error_info, ii.c.error_info).label("error_info"),
+            case((ex.c.execution_id.is_(None), ii.c.start_ms), else_=ex.c.start_ms).label(
+                "start_ms"
+            ),
+            case((ex.c.execution_id.is_(None), ii.c.finish_ms), else_=ex.c.finish_ms).label(
+                "finish_ms"
+            ),
+            case((or_(ex.c.execution_id.is_(None), latest), ii.c.stop_ms), else_=None).label(
+                "stop_ms"
+            ),
+            newest.label("newest_ms"),
+            inv.c.command_id,
+            inv.c.username,
+            inv.c.timed,
+            inv.c.repeat_mode,
+        )
+        .select_from(ii.join(inv, inv.c.invoke_id == ii.c.invoke_id).outerjoin(ex, ran))
+        .where(ii.c.account == account)
+    )
+    if filters.get("InvokeId"):
+        stmt = stmt.where(ii.c.invoke_id == filters["InvokeId"])
+    if filters.get("InstanceId"):
+        stmt = stmt.where(ii.c.instance_id == filters["InstanceId"])
+    if filters.get("CommandId"):
+        stmt = stmt.where(inv.c.command_id == filters["CommandId"])
+    statuses = filters.get("Statuses")
+    if statuses:
+        stmt = stmt.where(status.in_(list(statuses)))
+    order = (newest.desc(), ii.c.invoke_id, ii.c.instance_id, ex.c.execution_id.desc())
+    return await _page(conn, stmt, order, offset, limit)
+
+
 async def running_output(conn: Conn, row: Row) -> tuple[bytes, int]:
     """Output streamed so far by a running execution: (bytes, dropped)."""
     chunks = await _rows(
@@ -607,11 +672,13 @@ async def record_running(
 # First terminal report wins: insert, or update a non-terminal row; 0 rows means a repeat.
 _FINISH_EXECUTION = text(
     "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, exit_code, "
-    "start_ms, finish_ms) VALUES (:invoke, :instance, :execution, :status, :yes, :exit_code, "
-    ":start, :finish) ON CONFLICT (invoke_id, instance_id, execution_id) DO UPDATE SET "
+    "start_ms, finish_ms, output, dropped, error_code, error_info) VALUES (:invoke, :instance, "
+    ":execution, :status, :yes, :exit_code, :start, :finish, :output, :dropped, :error_code, "
+    ":error_info) ON CONFLICT (invoke_id, instance_id, execution_id) DO UPDATE SET "
     "status = excluded.status, terminal = excluded.terminal, exit_code = excluded.exit_code, "
-    "start_ms = excluded.start_ms, finish_ms = excluded.finish_ms "
-    "WHERE executions.terminal = :no"
+    "start_ms = excluded.start_ms, finish_ms = excluded.finish_ms, output = excluded.output, "
+    "dropped = excluded.dropped, error_code = excluded.error_code, "
+    "error_info = excluded.error_info WHERE executions.terminal = :no"
 )
 _APPLY_RESULT = text(
     "UPDATE invocation_instances SET repeats = repeats + 1, updated_ms = :now, "
@@ -653,6 +720,10 @@ async def record_terminal(
             "exit_code": report["exit_code"],
             "start": report["start_ms"],
             "finish": report["finish_ms"],
+            "output": report["output"],
+            "dropped": report["dropped"],
+            "error_code": report["error_code"],
+            "error_info": report["error_info"],
         },
     )
     if not won.rowcount:

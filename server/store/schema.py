@@ -120,6 +120,11 @@ executions = Table(
     Column("exit_code", BigInteger, nullable=True),
     Column("start_ms", BigInteger, nullable=True),
     Column("finish_ms", BigInteger, nullable=True),
+    # schema version 2: each run's own result, for DescribeInvocationResults IncludeHistory
+    Column("output", Text, nullable=False, server_default=""),  # base64 tail
+    Column("dropped", BigInteger, nullable=False, server_default="0"),
+    Column("error_code", String(128), nullable=False, server_default=""),
+    Column("error_info", Text, nullable=False, server_default=""),
 )
 
 output_chunks = Table(

@@ -49,9 +49,9 @@ def test_migrate_and_accesskey_create(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'a.db'}"
     first = server_cli("migrate", "--db", db, "--json")
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"before": 0, "after": 1}
+    assert json.loads(first.stdout) == {"before": 0, "after": 2}
     again = server_cli("migrate", "--db", db, "--json")
-    assert json.loads(again.stdout) == {"before": 1, "after": 1}
+    assert json.loads(again.stdout) == {"before": 2, "after": 2}
     created = server_cli("accesskey", "create", "--db", db, "--account", "ops", "--json")
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)

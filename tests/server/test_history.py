@@ -1,0 +1,181 @@
+"""DescribeInvocationResults IncludeHistory: one result per execution of a timed invocation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import Api, run_sql
+
+from server.testing import REPO_ROOT, FakeAgent
+
+HOUR = 3600
+
+
+def timed_invocation(api: Api, *agents: FakeAgent) -> str:
+    command_id = api.ok(
+        "CreateCommand", Name="t", Type="RunShellScript", CommandContent="ZWNobyAx"
+    )["CommandId"]
+    ids = {f"InstanceId.{i}": a.instance_id for i, a in enumerate(agents, 1)}
+    body = api.ok("InvokeCommand", CommandId=command_id, Timed="true", Frequency="rate(1h)", **ids)
+    return str(body["InvokeId"])
+
+
+def run_fire(agent: FakeAgent, invoke_id: str, fire: int, output: bytes, exit_code: int) -> None:
+    """One execution of a timed task, named by its fire time as the agent names it."""
+    agent.report(
+        "finish",
+        invoke_id,
+        output,
+        exit_code,
+        execution_id=str(fire),
+        start_time=fire * 1000,
+        end_time=fire * 1000 + 500,
+    )
+
+
+def results(api: Api, **params: str) -> dict:
+    return dict(api.ok("DescribeInvocationResults", **params)["Invocation"])
+
+
+def items(body: dict) -> list[dict]:
+    return list(body["InvocationResults"]["InvocationResult"])
+
+
+def test_include_history_lists_every_execution_newest_first(api: Api) -> None:
+    ran, idle = api.agent(), api.agent()
+    invoke_id = timed_invocation(api, ran, idle)
+    now = int(time.time())
+    fires = [now - 4 * HOUR, now - 3 * HOUR, now - 2 * HOUR]
+    for n, fire in enumerate(fires):
+        run_fire(ran, invoke_id, fire, f"run {n}\n".encode(), n % 2)
+    going = now - HOUR  # a fourth run, still going: its streamed output shows
+    ran.post(
+        "/luban/api/v1/task/running",
+        {
+            "invoke_id": invoke_id,
+            "execution_id": str(going),
+            "start_time": going * 1000,
+            "offset": 0,
+            "output": base64.b64encode(b"half").decode(),
+        },
+    )
+
+    history = results(api, InvokeId=invoke_id, IncludeHistory="true", PageSize="50")
+    got = [
+        (
+            i["InstanceId"],
+            i["InvocationStatus"],
+            i["ExitCode"],
+            base64.b64decode(i["Output"]),
+            i["StartTime"],
+        )
+        for i in items(history)
+    ]
+    iso = time.strftime
+    stamp = [iso("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f)) for f in [*fires, going]]
+    assert history["TotalCount"] == 5
+    assert got == [
+        (idle.instance_id, "Scheduled", 0, b"", ""),  # not run yet: its pending row
+        (ran.instance_id, "Running", 0, b"half", stamp[3]),
+        (ran.instance_id, "Success", 0, b"run 2\n", stamp[2]),
+        (ran.instance_id, "Failed", 1, b"run 1\n", stamp[1]),
+        (ran.instance_id, "Success", 0, b"run 0\n", stamp[0]),
+    ]
+    # every run keeps its own result in the database, not only the latest
+    rows = run_sql(
+        api.server,
+        "SELECT execution_id, status, exit_code FROM executions WHERE invoke_id = ? "
+        "ORDER BY execution_id",
+        invoke_id,
+    )
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (str(fires[0]), "Success", 0),
+        (str(fires[1]), "Failed", 1),
+        (str(fires[2]), "Success", 0),
+        (str(going), "Running", None),
+    ]
+
+    # pages of 2 cover the same list in the same order
+    paged: list[dict] = []
+    for number in (1, 2, 3):
+        page = results(
+            api, InvokeId=invoke_id, IncludeHistory="true", PageSize="2", PageNumber=str(number)
+        )
+        assert (page["TotalCount"], page["PageNumber"], page["PageSize"]) == (5, number, 2)
+        paged += items(page)
+    assert paged == items(history)
+
+    # filters apply per execution
+    failed = results(api, InvokeId=invoke_id, IncludeHistory="true", InvokeRecordStatus="Failed")
+    assert [(i["ExitCode"], i["InvocationStatus"]) for i in items(failed)] == [(1, "Failed")]
+    one = results(api, InvokeId=invoke_id, IncludeHistory="true", InstanceId=idle.instance_id)
+    assert [i["InvocationStatus"] for i in items(one)] == ["Scheduled"]
+
+
+def test_without_history_the_latest_per_instance(api: Api) -> None:
+    ran, idle = api.agent(), api.agent()
+    invoke_id = timed_invocation(api, ran, idle)
+    now = int(time.time())
+    run_fire(ran, invoke_id, now - 2 * HOUR, b"old\n", 3)
+    run_fire(ran, invoke_id, now - HOUR, b"new\n", 0)
+    for params in ({}, {"IncludeHistory": "false"}):
+        body = results(api, InvokeId=invoke_id, **params)
+        assert body["TotalCount"] == 2
+        by_instance = {i["InstanceId"]: i for i in items(body)}
+        latest = by_instance[ran.instance_id]
+        assert (latest["Repeats"], base64.b64decode(latest["Output"])) == (2, b"new\n")
+        assert by_instance[idle.instance_id]["InvocationStatus"] == "Scheduled"
+    assert api.error(
+        "DescribeInvocationResults", InvokeId=invoke_id, IncludeHistory="sometimes"
+    ) == (400, "InvalidParameter")
+
+
+def test_one_shot_invocation_history_is_its_single_run(api: Api) -> None:
+    agent = api.agent()
+    command_id = api.ok(
+        "CreateCommand", Name="o", Type="RunShellScript", CommandContent="ZWNobyAx"
+    )["CommandId"]
+    invoke_id = api.ok(
+        "InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}
+    )["InvokeId"]
+    pending = items(results(api, InvokeId=invoke_id, IncludeHistory="true"))
+    assert [i["InvocationStatus"] for i in pending] == ["Pending"]
+    agent.report("error", invoke_id, b"", None, error_code="UserNotExist", error_message="no")
+    done = items(results(api, InvokeId=invoke_id, IncludeHistory="true"))
+    assert [(i["InvocationStatus"], i["ErrorCode"], i["ErrorInfo"]) for i in done] == [
+        ("Failed", "UserNotExist", "no")
+    ]
+
+
+def test_version_1_database_migrates_to_execution_history(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+
+    def migrate() -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    migrate()
+    with sqlite3.connect(db) as conn:  # make it what a version-1 server left behind
+        for column in ("output", "dropped", "error_code", "error_info"):
+            conn.execute(f"ALTER TABLE executions DROP COLUMN {column}")
+        conn.execute("INSERT INTO executions VALUES ('t-1', 'mi-1', '0', 'Success', 1, 0, 1, 2)")
+        conn.execute("UPDATE schema_version SET version = 1")
+    assert migrate() == {"before": 1, "after": 2}
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "SELECT status, output, dropped, error_code, error_info FROM executions"
+        ).fetchall()
+    assert row == [("Success", "", 0, "", "")]
