@@ -294,10 +294,8 @@ def step_readme_cli(demo: Demo) -> str:
     demo.run(
         "assist",
         "configure",
-        "--access-key-id",
-        demo.key_id,
-        "--access-key-secret",
-        demo.secret,
+        f"--access-key-id={demo.key_id}",
+        f"--access-key-secret={demo.secret}",  # "=": a secret may start with "-"
         "--region",
         "cn-hangzhou",
         "--endpoint",
