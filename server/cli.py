@@ -1,4 +1,4 @@
-"""assist-server: serve the control plane, migrate its database, create AccessKeys."""
+"""assist-server: serve the control plane, migrate its database, manage AccessKeys."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import add_common_options, print_json, run_cli
-from common.errors import ConfigError, UsageError
+from common.errors import ConfigError, NotFoundError, UsageError
 
 SETTINGS_ENV = "ASSIST_SERVER_SETTINGS"
 H11_MAX_EVENT = 512 * 1024  # bytes: the SDK puts every parameter (18 KB content) in the URL
@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
     create.add_argument("--account", default="default")
     create.add_argument("--json", action="store_true")
+    listing = ak_sub.add_parser("list", help="list AccessKeys (never their secrets)")
+    add_common_options(listing)
+    listing.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
+    listing.add_argument("--json", action="store_true")
+    for verb, text in (("disable", "refuse requests signed with"), ("enable", "accept again")):
+        toggle = ak_sub.add_parser(verb, help=f"{text} an AccessKey")
+        add_common_options(toggle)
+        toggle.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+        toggle.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
+        toggle.add_argument("--json", action="store_true")
     return parser
 
 
@@ -163,11 +173,89 @@ def cmd_accesskey_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_database(db: str | None) -> None:
+    """Refuse a SQLite file that does not exist (a mistyped --db would create an empty one)."""
+    from server.store.db import normalize_db_url
+
+    url = normalize_db_url(db)
+    prefix = "sqlite+aiosqlite:///"
+    if url.startswith(prefix) and not Path(url[len(prefix) :]).is_file():
+        raise ConfigError(
+            f"no database at {url[len(prefix) :]}",
+            hint="check --db, or create it with assist-server migrate / accesskey create",
+        )
+
+
+def cmd_accesskey_list(args: argparse.Namespace) -> int:
+    from server.model import iso_from_ms
+    from server.store import Store
+    from server.store import queries as q
+
+    require_database(args.db)
+
+    async def run() -> list[dict[str, Any]]:
+        store = Store(args.db)
+        try:
+            await store.migrate()
+            return await store.read(q.list_access_keys)
+        finally:
+            await store.close()
+
+    keys = [
+        {
+            "AccessKeyId": row["access_key_id"],
+            "Account": row["account"],
+            "Created": iso_from_ms(row["created_ms"]),
+            "Enabled": bool(row["enabled"]),
+        }
+        for row in asyncio.run(run())
+    ]
+    if args.json:
+        print_json(keys)
+        return 0
+    print(f"{'AccessKeyId':<26} {'Account':<20} {'Created':<21} Enabled")
+    for key in keys:
+        enabled = "yes" if key["Enabled"] else "no"
+        print(f"{key['AccessKeyId']:<26} {key['Account']:<20} {key['Created']:<21} {enabled}")
+    return 0
+
+
+def cmd_accesskey_toggle(args: argparse.Namespace) -> int:
+    from server.store import Store
+    from server.store import queries as q
+
+    require_database(args.db)
+    key_id = args.access_key_id.strip()
+    enabled = args.ak_command == "enable"
+
+    async def run() -> bool:
+        store = Store(args.db)
+        try:
+            await store.migrate()
+            return await store.write(lambda conn: q.set_access_key_enabled(conn, key_id, enabled))
+        finally:
+            await store.close()
+
+    if not asyncio.run(run()):
+        raise NotFoundError(
+            f"no AccessKey {key_id!r}", hint="see the ids with: assist-server accesskey list"
+        )
+    if args.json:
+        print_json({"AccessKeyId": key_id, "Enabled": enabled})
+    else:
+        print(f"{key_id} {'enabled' if enabled else 'disabled'}")
+    return 0
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "migrate":
         return cmd_migrate(args)
+    if args.ak_command == "list":
+        return cmd_accesskey_list(args)
+    if args.ak_command in ("enable", "disable"):
+        return cmd_accesskey_toggle(args)
     return cmd_accesskey_create(args)
 
 

@@ -76,6 +76,25 @@ async def get_access_key(conn: Conn, key_id: str) -> Row | None:
     return await _one(conn, select(access_keys).where(access_keys.c.access_key_id == key_id))
 
 
+async def list_access_keys(conn: Conn) -> list[Row]:
+    """Every AccessKey without its secret, oldest first."""
+    ak = access_keys
+    return await _rows(
+        conn,
+        select(ak.c.access_key_id, ak.c.account, ak.c.created_ms, ak.c.enabled).order_by(
+            ak.c.created_ms, ak.c.access_key_id
+        ),
+    )
+
+
+async def set_access_key_enabled(conn: Conn, key_id: str, enabled: bool) -> bool:
+    """Enable or disable an AccessKey; False if there is no such key."""
+    done = await conn.execute(
+        update(access_keys).where(access_keys.c.access_key_id == key_id).values(enabled=enabled)
+    )
+    return bool(done.rowcount)
+
+
 _USE_NONCE = text(
     "INSERT INTO nonces (nonce, expires) VALUES (:nonce, :expires) ON CONFLICT DO NOTHING"
 )
