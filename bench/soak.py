@@ -56,6 +56,10 @@ class SoakError(Exception):
     """The soak could not set itself up."""
 
 
+class SoakStopped(Exception):
+    """A process was about to start while the soak is stopping."""
+
+
 @dataclass
 class Counters:
     """What the soak did, filled from several threads (guarded by `lock`)."""
@@ -68,6 +72,7 @@ class Counters:
     restarts: collections.Counter[str] = field(default_factory=collections.Counter)
     updates: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def event(self, text: str, began: float) -> None:
         """Remember one fault or update with its time into the run."""
@@ -154,38 +159,48 @@ class Soak:
         self.secret = ""
         self.command_id = ""
         self.stopping = threading.Event()
+        self.proc_lock = threading.Lock()
+        self.children: list[subprocess.Popen[Any]] = []
+        self.threads: list[threading.Thread] = []
         stack.callback(self.stop_everything)
 
     # ---- processes --------------------------------------------------------------------------
 
     def spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a process in its own session, its output appended to NAME.log."""
-        with (self.work / f"{name}.log").open("ab") as log:
-            return subprocess.Popen(
-                argv,
-                env=self.env,
-                cwd=self.work,
-                stderr=log,
-                stdout=kwargs.pop("stdout", log),
-                start_new_session=True,
-                **kwargs,
-            )
+        """Start a process in its own session, its output appended to NAME.log.
+
+        Every process is registered for stop_everything(); none starts once the soak stops.
+        """
+        with self.proc_lock:
+            if self.stopping.is_set():
+                raise SoakStopped(name)
+            with (self.work / f"{name}.log").open("ab") as log:
+                proc = subprocess.Popen(
+                    argv,
+                    env=self.env,
+                    cwd=self.work,
+                    stderr=kwargs.pop("stderr", log),
+                    stdout=kwargs.pop("stdout", log),
+                    start_new_session=True,
+                    **kwargs,
+                )
+            self.children.append(proc)
+            return proc
 
     def run(
         self, *argv: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         """Run one console script to completion."""
-        proc = subprocess.run(
-            [str(BIN / argv[0]), *argv[1:]],
-            env=self.env,
-            cwd=self.work,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        cmd = [str(BIN / argv[0]), *argv[1:]]
+        proc = self.spawn(argv[0], cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            out, err = proc.communicate()
         if check and proc.returncode != 0:
-            raise SoakError(f"{' '.join(argv[:2])} exited {proc.returncode}: {proc.stderr[-2000:]}")
-        return proc
+            raise SoakError(f"{' '.join(argv[:2])} exited {proc.returncode}: {err[-2000:]}")
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     def start_server(self) -> None:
         """assist-server serve on the soak's fixed port and database."""
@@ -236,14 +251,23 @@ class Soak:
         return ids
 
     def stop_everything(self) -> None:
-        """Stop every process the soak started (agents first, then mirror and server)."""
-        self.stopping.set()
+        """Stop every process the soak started: updaters, agents, mirror, server, stragglers."""
+        with self.proc_lock:
+            self.stopping.set()
+            children = list(self.children)
+        for proc in children:  # one-shot commands first (an updater could start an agent)
+            argv0 = proc.args[0] if isinstance(proc.args, list) else proc.args
+            if Path(str(argv0)).name.startswith("assist-") and proc.stdout is not None:
+                kill_group(proc)
         for prefix in self.real_prefixes:
             stop_real_agent(prefix)
-        for proc in self.hosts:
+        for proc in reversed(children):
             kill_group(proc, signal.SIGTERM)
-        kill_group(self.mirror, signal.SIGTERM)
-        kill_group(self.server, signal.SIGTERM)
+        for pid in pids_mentioning(self.work):  # e.g. an agent an updater started meanwhile
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for thread in self.threads:
+            thread.join(timeout=30)
 
     # ---- set-up -----------------------------------------------------------------------------
 
@@ -524,22 +548,35 @@ class Soak:
         self.began = time.monotonic()
         self.began_wall = time.time()
         until = self.began + self.args.duration
-        threads = [threading.Thread(target=self.invoke_loop, args=(until,), name="invoke")]
-        threads.append(
-            threading.Thread(target=self.fault_loop, args=(self.fault_plan(),), name="faults")
-        )
+        jobs: list[tuple[str, Any, tuple[Any, ...]]] = [
+            ("invoke", self.invoke_loop, (until,)),
+            ("faults", self.fault_loop, (self.fault_plan(),)),
+        ]
         d = self.args.duration
         for i in range(len(self.real_prefixes)):
             plan = [(d * (0.2 + 0.1 * i), VERSIONS[1]), (d * (0.55 + 0.1 * i), VERSIONS[2])]
-            threads.append(
-                threading.Thread(target=self.update_loop, args=(i, plan, until), name=f"update-{i}")
+            jobs.append((f"update-{i}", self.update_loop, (i, plan, until)))
+        for name, target, args in jobs:
+            thread = threading.Thread(
+                target=self.guarded, args=(target, *args), name=name, daemon=True
             )
-        for thread in threads:
+            self.threads.append(thread)
             thread.start()
-        threads[0].join()
-        threads[1].join()
-        for thread in threads[2:]:
+        for thread in self.threads:
             thread.join()  # an update in flight finishes; no new one starts after the duration
+        if self.counters.errors:
+            raise SoakError("; ".join(self.counters.errors))
+
+    def guarded(self, target: Any, *args: Any) -> None:
+        """Run a soak thread; a failure is recorded (and ends the run), a stop is quiet."""
+        try:
+            target(*args)
+        except SoakStopped:
+            pass
+        except Exception as exc:
+            if not self.stopping.is_set():
+                with self.counters.lock:
+                    self.counters.errors.append(f"{threading.current_thread().name}: {exc}")
 
     def drain(self) -> float:
         """Wait (up to --drain seconds) until every invocation the server knows is finished."""
@@ -727,6 +764,18 @@ def stop_real_agent(prefix: Path) -> None:
             os.kill(pid, 0)
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
+
+
+def pids_mentioning(path: Path) -> list[int]:
+    """Live processes (not this one) whose command line names `path`: the soak's own children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if str(path).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
 
 
 def read_answers(path: Path) -> dict[str, Any]:
