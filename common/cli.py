@@ -16,9 +16,25 @@ log = logging.getLogger(__name__)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Options every command takes: --debug and -v/--verbose."""
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    """Options every command takes: --debug and -v/--verbose.
+
+    The default is SUPPRESS so that the same option on a parent parser and a subcommand
+    (`assist-server --debug migrate`) is not reset by the subcommand's default; read them with
+    getattr(args, "debug", False).
+    """
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and debug logs",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress to stderr",
+    )
 
 
 def setup_logging(debug: bool = False, verbose: bool = False) -> None:
@@ -37,10 +53,15 @@ def print_json(value: Any) -> None:
 
 def format_error(prog: str, exc: AssistError) -> str:
     """One line: what went wrong and what to do."""
-    line = f"{prog}: error: {exc.message}"
+    line = f"{prog}: error: {one_line(exc.message)}"
     if exc.hint:
-        line += f" — {exc.hint}"
+        line += f" — {one_line(exc.hint)}"
     return line + f" [{exc.reference}]"
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace (a tool's multi-line message) so an error stays one line."""
+    return " ".join(text.split())
 
 
 def run_cli(
@@ -67,7 +88,7 @@ def run_cli(
         if debug:
             traceback.print_exc()
         print(
-            f"{prog}: error: unexpected {type(exc).__name__}: {exc} — rerun with --debug and "
+            f"{prog}: error: unexpected {type(exc).__name__}: {one_line(str(exc))} — rerun with --debug and "
             "report it [internal]",
             file=sys.stderr,
         )

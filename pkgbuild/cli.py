@@ -184,9 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        # the same options after the subcommand; SUPPRESS keeps `-v build` from being reset
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks")
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+        add_common_options(p)  # also after the subcommand (SUPPRESS keeps `-v build` intact)
         p.add_argument("--json", action="store_true", help="print JSON on stdout")
         return p
 

@@ -62,3 +62,29 @@ def test_unexpected_errors_have_no_traceback(capsys: pytest.CaptureFixture[str])
     assert run_cli("assist-x", argparse.ArgumentParser(), crash, []) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--debug" in err
+
+
+def test_debug_before_a_subcommand_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    from common.cli import add_common_options
+
+    parser = argparse.ArgumentParser()
+    add_common_options(parser)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_common_options(sub.add_parser("go"))
+
+    def crash(args: argparse.Namespace) -> int:
+        raise KeyError("boom")
+
+    assert run_cli("assist-x", parser, crash, ["--debug", "go"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_multi_line_tool_messages_become_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise VerificationError(
+            "tar said:\n  bad header\n  at offset 0", hint="re-export\nthe bundle"
+        )
+
+    run_cli("assist-x", argparse.ArgumentParser(), fail, [])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tar said: bad header at offset 0 — re-export the bundle" in err
