@@ -8,9 +8,11 @@
 # native: adds our apt / dnf / yum / zypper repository with the pinned OpenPGP key (its
 #   fingerprint is baked in below and checked before the key is trusted) and installs the package
 #   with the system's own tool, which verifies every index and package signature itself.
-# tarball: downloads NAME-V-linux-ARCH.tar.gz, checks its sha256 (from --sha256, else from the
-#   repository's targets metadata — integrity, not authenticity: pass --sha256 from a trusted
-#   source where that matters), unpacks versions/V into the prefix and points current at it.
+# tarball: downloads NAME-V-linux-ARCH.tar.gz, checks it against the sha256 given with --sha256
+#   (take it from a trusted source: `assist-install list --json` on a verified machine, or the
+#   release notes), unpacks versions/V into the prefix and points current at it. This shell
+#   script cannot check TUF signatures, so it never trusts the mirror's own hash: without
+#   --sha256 the tarball path refuses (fail closed), also as the fallback of --method auto.
 # Only POSIX sh, curl or wget, tar, sha256sum (or shasum/openssl).
 set -eu
 
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
         --sha256) SHA256="$2"; shift 2 ;;
         --prefix) PREFIX="$2"; shift 2 ;;
         --python) PYTHON="$2"; shift 2 ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -173,7 +175,7 @@ print(path, info["custom"]["version"], info["hashes"]["sha256"], info["length"])
     if [ -n "$SHA256" ] && [ "$SHA256" != "$meta_sha" ]; then
         die "the repository's hash for $target differs from --sha256: refusing"
     fi
-    [ -n "$SHA256" ] || { SHA256=$meta_sha; say "checking $target against the repository's sha256 (pass --sha256 for a pinned hash)"; }
+    [ -n "$SHA256" ] || die "refusing the unsigned tarball path without a pinned hash: pass --sha256 $meta_sha only if a trusted source (release notes, \`assist-install list --json\` on a verified machine) gives that value, or install apt/dnf/yum/zypper and rerun"
     dir=${target%/*} file=${target##*/}
     fetch "targets/$dir/$meta_sha.$file" "$TMP/agent.tar.gz" || die "cannot download $target"
     got=$(sha256_of "$TMP/agent.tar.gz")

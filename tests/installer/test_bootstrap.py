@@ -136,12 +136,23 @@ def test_bootstrap_refuses_a_key_that_is_not_the_pinned_one(
     assert not (upper / "usr/local/share/aliyun-assist").exists()
 
 
-def test_bootstrap_tarball_fallback_checks_sha256(release: dict[str, Path], tmp_path: Path) -> None:
+def _tarball_sha256(repo: Path, version: str) -> str:
+    """The published tarball's sha256, from its consistent-snapshot file name."""
+    [stored] = (repo / "targets/aliyun-assist" / version).glob(
+        "*.aliyun-assist-*-linux-x86_64.tar.gz"
+    )
+    return stored.name.split(".", 1)[0]
+
+
+def test_bootstrap_tarball_installs_with_a_pinned_sha256(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
     script = _script(release, 18080)
+    pinned = _tarball_sha256(release["repo"], "1.0.0")
     proc, upper = _isolated(
         tmp_path,
         release["repo"],
-        f"ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist && "
+        f"ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist --sha256 {pinned} && "
         "cat /opt/assist/current/VERSION",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -153,6 +164,21 @@ def test_bootstrap_tarball_fallback_checks_sha256(release: dict[str, Path], tmp_
         'PREFIX="${ALIYUN_ASSIST_PREFIX:-/opt/assist}"' in init
         and "/usr/local/share/aliyun-assist" not in init
     )
+
+
+def test_bootstrap_tarball_without_pinned_sha256_refuses(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
+    """The script cannot check TUF signatures: the mirror's own hash proves nothing."""
+    script = _script(release, 18080)
+    proc, upper = _isolated(
+        tmp_path,
+        release["repo"],
+        f"ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist",
+    )
+    assert proc.returncode != 0
+    assert "refusing the unsigned tarball path without a pinned hash" in proc.stderr
+    assert not (upper / "opt/assist").exists()
 
 
 def test_bootstrap_tarball_refuses_wrong_pinned_sha256(
