@@ -79,7 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--s3-endpoint", metavar="URL", help="S3 endpoint (default AWS_ENDPOINT_URL)")
     p.add_argument("--s3-access-key", metavar="ID", help="default AWS_ACCESS_KEY_ID")
-    p.add_argument("--s3-secret-key", metavar="KEY", help="default AWS_SECRET_ACCESS_KEY")
+    p.add_argument(
+        "--s3-secret-key",
+        metavar="KEY",
+        help="default AWS_SECRET_ACCESS_KEY; visible to every user in `ps`: prefer the "
+        "AWS_SECRET_ACCESS_KEY environment variable",
+    )
+    p.add_argument(
+        "--s3-instance-metadata",
+        action="store_true",
+        help="let boto3 take S3 credentials from the cloud instance metadata service "
+        "(off: only options and AWS_* environment variables are used)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_common_options(p)
 
@@ -148,15 +159,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not args.dest:
         _skip_unused_boto3()
     from mirror.source import HttpSource
-    from mirror.storage import S3Storage, Storage, make_s3_client
+    from mirror.storage import S3Storage, Storage, make_s3_client, parse_s3_url
     from mirror.sync import SyncOptions, sync
 
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    for url in args.dest:
+        parse_s3_url(url)  # before any client exists: a bad URL never reaches boto3
     config = load_config(args.config) if args.config else Config()
     table = load_table(args.regions, config.mirror.intranet_template)
     public_url = args.public_url or region_url(args.region, table)
     upstream = args.upstream or config.mirror.internet_origin
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
     source = HttpSource(
         upstream,
         timeout=config.mirror.probe_timeout,
@@ -167,7 +180,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     )
     dests: list[Storage] = []
     for url in args.dest:
-        client = make_s3_client(args.s3_endpoint, args.s3_access_key, args.s3_secret_key)
+        client = make_s3_client(
+            args.s3_endpoint,
+            args.s3_access_key,
+            args.s3_secret_key,
+            instance_metadata=args.s3_instance_metadata,
+        )
         dests.append(S3Storage(url, client=client))
     report = sync(
         SyncOptions(

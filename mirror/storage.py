@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from common.atomic import atomic_symlink, fsync_dir
-from common.errors import ConfigError, DownloadError, UsageError
+from common.errors import ConfigError, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ class S3Storage:
     """An S3-compatible bucket (OSS, MinIO, AWS) under a key prefix, published with boto3."""
 
     def __init__(self, url: str, client: Any | None = None, **client_options: Any) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise UsageError(f"not an S3 URL: {url!r}", hint="use s3://BUCKET/PREFIX")
-        self.bucket = parsed.netloc
-        self.prefix = parsed.path.strip("/")
+        self.bucket, self.prefix = parse_s3_url(url)
         self.description = url
         self.client = client or make_s3_client(**client_options)
 
@@ -167,26 +163,72 @@ class S3Storage:
         log.debug("uploaded %s", rel)
 
 
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, key prefix) of an s3://BUCKET/PREFIX URL; anything else is a ConfigError."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ConfigError(
+            f"not an S3 URL: {url!r}",
+            hint="--dest takes s3://BUCKET/PREFIX (S3-compatible storage: OSS, MinIO, AWS)",
+        )
+    return parsed.netloc, parsed.path.strip("/")
+
+
 def make_s3_client(
     endpoint_url: str | None = None,
     access_key: str | None = None,
     secret_key: str | None = None,
     region: str | None = None,
+    *,
+    instance_metadata: bool = False,
 ) -> Any:
-    """A boto3 S3 client; unset options come from AWS_ENDPOINT_URL / AWS_* env vars."""
+    """A boto3 S3 client; unset options come from AWS_ENDPOINT_URL / AWS_* env vars.
+
+    Credentials must come from the arguments or the environment: botocore's own search would
+    end at the cloud instance metadata service (169.254.169.254), which it may consult only
+    when `instance_metadata` says the operator asked for it."""
+    token = None if access_key else os.environ.get("AWS_SESSION_TOKEN") or None
+    access_key = access_key or os.environ.get("AWS_ACCESS_KEY_ID") or None
+    secret_key = secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+    if not instance_metadata and not (access_key and secret_key):
+        raise ConfigError(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --s3-access-key "
+            "(and AWS_SECRET_ACCESS_KEY)",
+            hint="or pass --s3-instance-metadata to take them from the instance's role",
+        )
     try:
         import boto3
     except ImportError as exc:
         raise ConfigError(
             "boto3 is not installed", hint="pip install 'aliyun-assist[mirror]'"
         ) from exc
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-        aws_access_key_id=access_key or None,
-        aws_secret_access_key=secret_key or None,
-        region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
+    with _metadata_service(enabled=instance_metadata):
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            aws_session_token=token if access_key else None,
+            region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+
+@contextlib.contextmanager
+def _metadata_service(enabled: bool) -> Iterator[None]:
+    """Set AWS_EC2_METADATA_DISABLED=true while botocore builds a client, unless `enabled`.
+
+    botocore reads it when it creates its metadata fetchers (credentials, region defaults)."""
+    name = "AWS_EC2_METADATA_DISABLED"
+    before = os.environ.get(name)
+    if not enabled:
+        os.environ[name] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 @contextlib.contextmanager

@@ -162,3 +162,72 @@ def test_cli_dest_takes_endpoint_and_credentials_from_env(
         .read()
     )
     assert body == (root / "metadata/timestamp.json").read_bytes()
+
+
+def _env_without_aws_credentials(tmp_path: Path) -> dict[str, str]:
+    """The caller's environment minus every AWS_* setting and with an empty HOME (no ~/.aws)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(tmp_path / "home")
+    return env
+
+
+@pytest.mark.parametrize(
+    ("dest", "message"),
+    [
+        ("ftp://x/y", "assist-mirror: error: not an S3 URL: 'ftp://x/y'"),
+        (
+            "s3://b/p",
+            "assist-mirror: error: no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "or --s3-access-key",
+        ),
+    ],
+)
+def test_bad_dest_fails_with_one_line_and_never_asks_instance_metadata(
+    tmp_path: Path, dest: str, message: str
+) -> None:
+    """Before the fix boto3 built its client first and, with no credentials, asked the EC2
+    metadata service (169.254.169.254): the network guard fails this test on that attempt."""
+    from mirror_testlib import mirror_cli
+
+    root = tmp_path / "mirror"
+    proc = mirror_cli(
+        "sync",
+        "--region",
+        "cn-hangzhou",
+        "--upstream",
+        "http://127.0.0.1:9/",
+        "--root",
+        str(root),
+        "--dest",
+        dest,
+        check=False,
+        env=_env_without_aws_credentials(tmp_path),
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert "169.254" not in proc.stderr
+    assert not root.exists()  # nothing was started
+
+
+def test_s3_client_needs_credentials_unless_instance_metadata_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+
+    from common.errors import ConfigError
+
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="no S3 credentials"):
+        S3Storage("s3://bucket/prefix")
+    with pytest.raises(ConfigError, match="not an S3 URL"):
+        S3Storage("https://bucket/prefix", client=object())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id-from-env")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+    s3 = make_s3_client("http://127.0.0.1:9")
+    credentials = s3._request_signer._credentials  # botocore keeps what it will sign with
+    assert (credentials.access_key, credentials.secret_key) == ("id-from-env", "secret-from-env")
+    assert "AWS_EC2_METADATA_DISABLED" not in os.environ  # only set while the client is built
