@@ -43,6 +43,8 @@ class Settings:
     max_invoke_instances: int = 100  # InstanceId.N per InvokeCommand, as the real API
     heartbeat_interval: int = 60  # seconds, told to agents
     max_poll: int = 60  # seconds a long-poll may wait
+    offline_grace: int = 300  # seconds past a task's Timeout before an offline instance fails it
+    chores_interval: float = 60.0  # seconds between background upkeep rounds
 
 
 @dataclass
@@ -348,18 +350,27 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 async def chores(state: ServerState) -> None:
-    """Background upkeep: purge old nonces, drop stale buffered events."""
+    """Background upkeep every `chores_interval` seconds; one failing chore skips a round."""
     while True:
-        await asyncio.sleep(60)
+        await asyncio.sleep(state.settings.chores_interval)
         try:
-
-            async def _tx(conn: Conn) -> Any:
-                await q.purge_nonces(conn, int(time.time()))
-
-            await state.store.write(_tx)
-            state.notifier.sweep()
+            await run_chores(state)
         except Exception as exc:
             log.warning("upkeep failed: %s", exc)
+
+
+async def run_chores(state: ServerState) -> None:
+    """Purge old nonces, fail tasks abandoned by offline instances, drop stale events."""
+    now_ms = int(time.time() * 1000)
+    grace_ms = state.settings.offline_grace * 1000
+
+    async def _tx(conn: Conn) -> list[tuple[str, str]]:
+        await q.purge_nonces(conn, now_ms // 1000)
+        return await q.fail_abandoned_tasks(conn, now_ms, grace_ms)
+
+    for invoke_id, instance_id in await state.store.write(_tx):
+        log.warning("%s on %s: instance offline past its timeout, failed", invoke_id, instance_id)
+    state.notifier.sweep()
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="InstanceId.N allowed per InvokeCommand (the real API allows 100)",
     )
     serve.add_argument("--heartbeat-interval", type=int, default=60, help="seconds")
+    serve.add_argument(
+        "--offline-grace",
+        type=int,
+        default=300,
+        help="seconds past a one-shot task's timeout before an offline instance's task fails",
+    )
+    serve.add_argument(  # tests only: how often the background upkeep runs
+        "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
+    )
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     add_common_options(migrate)
@@ -81,10 +90,14 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     if args.max_invoke_instances < 1 or args.heartbeat_interval < 1:
         raise UsageError("--max-invoke-instances and --heartbeat-interval must be positive")
+    if args.offline_grace < 0 or not args.chores_interval > 0:
+        raise UsageError("--offline-grace must be 0 or more, --chores-interval positive")
     return Settings(
         db_url=args.db,
         max_invoke_instances=args.max_invoke_instances,
         heartbeat_interval=args.heartbeat_interval,
+        offline_grace=args.offline_grace,
+        chores_interval=args.chores_interval,
     )
 
 
@@ -111,8 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_level": "debug" if args.debug else "warning",
-        "access_log": bool(args.debug),
+        "log_level": "debug" if getattr(args, "debug", False) else "warning",
+        "access_log": bool(getattr(args, "debug", False)),
         "ssl_certfile": args.tls_cert,
         "ssl_keyfile": args.tls_key,
         "h11_max_incomplete_event_size": H11_MAX_EVENT,

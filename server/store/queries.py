@@ -779,6 +779,61 @@ async def record_terminal(
     return False
 
 
+# --- offline instances ----------------------------------------------------------------------
+
+OFFLINE_ERROR = "InstanceOffline"
+
+# One-shot tasks past their deadline (started, or created if never started, + Timeout + grace)
+# on instances not heard from within three heartbeat intervals: nobody will report them.
+_ABANDONED = text(
+    "SELECT ii.invoke_id, ii.instance_id, ii.execution_id FROM invocation_instances ii "
+    "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
+    "JOIN instances i ON i.instance_id = ii.instance_id "
+    "WHERE ii.active = :yes AND inv.timed = :no AND ii.status IN (:pending, :running, :stopping) "
+    "AND i.last_seen_ms < CAST(:now AS BIGINT) - 3000 * i.heartbeat_interval "
+    "AND COALESCE(ii.start_ms, ii.created_ms) + 1000 * inv.timeout + CAST(:grace AS BIGINT) "
+    "< CAST(:now AS BIGINT)"
+)
+_FAIL_EXECUTION = text(
+    "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, "
+    "finish_ms, error_code, error_info) VALUES (:invoke, :instance, :execution, :status, :yes, "
+    ":now, :error_code, :error_info) ON CONFLICT (invoke_id, instance_id, execution_id) "
+    "DO UPDATE SET status = excluded.status, terminal = excluded.terminal, "
+    "finish_ms = excluded.finish_ms, error_code = excluded.error_code, "
+    "error_info = excluded.error_info WHERE executions.terminal = :no"
+)
+_FAIL_TASK = text(
+    "UPDATE invocation_instances SET status = :status, active = :no, execution_id = :execution, "
+    "error_code = :error_code, error_info = :error_info, finish_ms = :now, updated_ms = :now "
+    "WHERE invoke_id = :invoke AND instance_id = :instance AND active = :yes"
+)
+
+
+async def fail_abandoned_tasks(conn: Conn, now_ms: int, grace_ms: int) -> list[tuple[str, str]]:
+    """Mark one-shot tasks of long-offline instances Failed (InstanceOffline); return them."""
+    flags = {"yes": True, "no": False}
+    statuses = {"pending": model.PENDING, "running": model.RUNNING, "stopping": model.STOPPING}
+    rows = await _rows(conn, _ABANDONED, {**flags, **statuses, "now": now_ms, "grace": grace_ms})
+    failed: list[tuple[str, str]] = []
+    for row in rows:
+        values = {
+            **flags,
+            "invoke": row["invoke_id"],
+            "instance": row["instance_id"],
+            "execution": row["execution_id"] or "0",  # a one-shot task's only execution
+            "status": model.FAILED,
+            "now": now_ms,
+            "error_code": OFFLINE_ERROR,
+            "error_info": "the instance went offline and did not report the task in time",
+        }
+        if not (await conn.execute(_FAIL_EXECUTION, values)).rowcount:
+            continue  # its terminal report arrived meanwhile: that result stands
+        await conn.execute(_FAIL_TASK, values)
+        await conn.execute(_DROP_CHUNKS, values)
+        failed.append((row["invoke_id"], row["instance_id"]))
+    return failed
+
+
 def decode_parameters(text: str) -> dict[str, str]:
     try:
         value = json.loads(text or "{}")
