@@ -250,7 +250,14 @@ def _repo_options(parser: argparse.ArgumentParser) -> None:
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand."""
     func: Any = args.func
-    return int(func(args) or 0)
+    try:
+        return int(func(args) or 0)
+    finally:
+        keys = getattr(args, "keys", None)
+        if keys:  # signing started a gpg-agent for KEYDIR/gpg: leave no daemon behind
+            from pkgbuild.keys import stop_gpg_agent
+
+            stop_gpg_agent(Path(keys))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -215,3 +215,15 @@ def test_publish_to_missing_repository_is_one_line(keydir: Path, tmp_path: Path)
     proc = run("publish", "--repo", str(tmp_path / "none"), "--keys", str(keydir), "x.deb")
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_signing_commands_leave_no_gpg_agent_running(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert run("keygen", "--out", str(keys)).returncode == 0
+    init = run("init", "--repo", str(tmp_path / "repo"), "--keys", str(keys))
+    assert init.returncode == 0, init.stderr
+    homedir = str((keys / "gpg").resolve())
+    agents = subprocess.run(
+        ["pgrep", "-f", f"gpg-agent --homedir {homedir}"], capture_output=True, text=True
+    )
+    assert agents.stdout.strip() == ""
