@@ -36,6 +36,13 @@ def pytest_configure(config: pytest.Config) -> None:
     netguard.install()
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this run's guard log when nothing was refused (keep it as evidence otherwise)."""
+    log = Path(os.environ.get(netguard.LOG_ENV, ""))
+    if log.name.startswith("assist-netguard-") and log.is_file() and log.stat().st_size == 0:
+        log.unlink()
+
+
 @pytest.fixture(autouse=True)
 def _network_guard() -> Iterator[None]:
     """Fail any test during which this process or a Python child tried a non-loopback address."""
