@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.atomic import atomic_open
 from common.errors import UsageError, VerificationError
+from mirror.plan import Filters
 from mirror.source import DirSource
 from mirror.state import load_state, locked, state_dir
 from mirror.sync import SyncOptions, SyncReport, is_content, sync
@@ -56,6 +57,7 @@ def _write_bundle(root: Path, out: Path, since: Path | None) -> int:
     )
     manifest = {
         "timestamp_version": state.timestamp_version,
+        "filters": state.filter_spec or Filters().to_dict(),
         "files": members,
         "incremental": since is not None,
     }
@@ -68,6 +70,29 @@ def _write_bundle(root: Path, out: Path, since: Path | None) -> int:
             tar.add(str(root / rel), arcname=rel, recursive=False)
     log.info("exported %d files to %s", len(members), out)
     return len(members)
+
+
+def _bundle_filters(manifest: Path) -> Filters:
+    """The filters the exporting mirror synced with: the bundle holds only what they select."""
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VerificationError(
+            f"bundle has no readable {MANIFEST}: {exc}",
+            hint="the bundle is damaged or not one of ours; export it again",
+        ) from exc
+    if not isinstance(data, dict):
+        raise VerificationError(f"bundle {MANIFEST} is not an object", hint="export it again")
+    if "filters" not in data:  # bundles of mirrors that predate recorded filters
+        log.warning("bundle names no filters: importing it as a mirror of everything")
+        return Filters()
+    try:
+        return Filters.from_dict(data["filters"])
+    except ValueError as exc:
+        raise VerificationError(
+            f"bundle {MANIFEST} has bad filters: {exc}",
+            hint="the bundle is damaged or not one of ours; export it again",
+        ) from exc
 
 
 def import_bundle(
@@ -94,11 +119,13 @@ def import_bundle(
                 f"cannot unpack bundle {bundle}: {exc}",
                 hint="the bundle is damaged or not one of ours",
             ) from exc
+        filters = _bundle_filters(unpacked / MANIFEST)
         (unpacked / MANIFEST).unlink(missing_ok=True)
         report = sync(
             SyncOptions(
                 root=root,
                 source=DirSource(unpacked),
+                filters=filters,
                 region=region or state.region,
                 public_url=public_url or state.public_url,
                 trust_root=trust_root,

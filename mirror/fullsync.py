@@ -177,6 +177,7 @@ def _record_published(
     state.upstream = options.source.description
     state.region, state.public_url = options.region, options.public_url
     state.filters = options.filters.fingerprint()
+    state.filter_spec = options.filters.to_dict()
     state.timestamp_version = trusted.timestamp.signed.version
     state.snapshot_version = trusted.snapshot.signed.version
     state.targets_version = trusted.targets.signed.version

@@ -76,6 +76,28 @@ class Filters:
         ).encode()
         return hashlib.sha256(data).hexdigest()[:16]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The filters as JSON-ready data (state.json, bundle.json)."""
+        return {
+            "channels": list(self.channels),
+            "oses": list(self.oses),
+            "archs": list(self.archs),
+            "keep": self.keep,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Filters:
+        """Filters from to_dict() data; ValueError if it is not that shape."""
+        if not isinstance(data, dict) or set(data) != {"channels", "oses", "archs", "keep"}:
+            raise ValueError(f"not a filter set: {data!r}")
+        lists = [data[k] for k in ("channels", "oses", "archs")]
+        if not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in lists):
+            raise ValueError(f"filter lists must hold strings: {data!r}")
+        keep = data["keep"]
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+            raise ValueError(f"keep must be a whole number >= 0: {keep!r}")
+        return cls(tuple(lists[0]), tuple(lists[1]), tuple(lists[2]), keep)
+
     def wants_os(self, os_name: str) -> bool:
         return not self.oses or os_name in self.oses
 

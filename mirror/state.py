@@ -32,6 +32,7 @@ class MirrorState:
     region: str = ""
     public_url: str = ""
     filters: str = ""  # Filters.fingerprint()
+    filter_spec: dict[str, Any] = field(default_factory=dict)  # Filters.to_dict(): for export
     last_sync: str = ""  # ISO 8601 UTC of the last completed sync
     timestamp_version: int = 0
     snapshot_version: int = 0

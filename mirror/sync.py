@@ -83,6 +83,7 @@ def is_unchanged(options: SyncOptions, state: MirrorState) -> bool:
         not state.last_sync
         or state.publishing
         or state.filters != options.filters.fingerprint()
+        or not state.filter_spec  # a mirror synced before filters were recorded: record them
         or not published.exists()
         or not dests <= set(state.dests)
     ):

@@ -232,3 +232,45 @@ def test_tampered_upstream_fails_with_one_clear_line(upstream, tmp_path: Path) -
     )
     assert "nothing was published" in errors[0] and errors[0].endswith("[verification-failed]")
     assert tree_hash(root) == before
+
+
+def test_export_import_round_trip_of_a_filtered_mirror(upstream, tmp_path: Path) -> None:
+    """The bundle of a `--os linux --keep 1` mirror holds only what those filters select; the
+    import applies the same filters (and verifies like a sync) instead of asking for the rest."""
+    origin, server = upstream
+    connected, site = tmp_path / "connected", tmp_path / "site"
+    mirror_cli(*sync_args(origin, server.url, connected), "--os", "linux", "--keep", "1")
+    bundle = tmp_path / "filtered.tar"
+    mirror_cli("export", "--root", str(connected), "--out", str(bundle))
+    with tarfile.open(bundle) as tar:
+        manifest = json.load(tar.extractfile("bundle.json"))  # type: ignore[arg-type]
+    assert manifest["filters"] == {"channels": [], "oses": ["linux"], "archs": [], "keep": 1}
+    trust = ["--trust-root", str(origin.trust_root), "--keyring", str(origin.keyring)]
+    imported = mirror_cli("import", str(bundle), "--root", str(site), *trust, "--json")
+    assert json.loads(imported.stdout)["changed"]
+    assert mirror_cli("verify", "--root", str(site)).returncode == 0
+    connected_state = json.loads((connected / ".mirror/state.json").read_text())
+    site_state = json.loads((site / ".mirror/state.json").read_text())
+    from mirror.sync import is_content
+
+    def content(state: dict) -> dict:
+        return {rel: record for rel, record in state["files"].items() if is_content(rel)}
+
+    assert content(site_state) == content(connected_state)
+    assert site_state["filter_spec"] == manifest["filters"]
+    status = json.loads(mirror_cli("status", "--root", str(site), "--json").stdout)
+    assert status["packages"] == {"demo": ["2.0"], "tool": ["0.1"]}
+    assert not (site / "apt/pool/main/d/demo/demo_1.0_amd64.deb").exists()
+    # the same bundle again is a no-op, and a later incremental one imports too
+    again = mirror_cli("import", str(bundle), "--root", str(site), "--json")
+    assert not json.loads(again.stdout)["changed"]
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    mirror_cli(*sync_args(origin, server.url, connected), "--os", "linux", "--keep", "1")
+    delta = tmp_path / "delta.tar"
+    since = str(site / ".mirror/state.json")
+    mirror_cli("export", "--root", str(connected), "--out", str(delta), "--since", since)
+    mirror_cli("import", str(delta), "--root", str(site))
+    assert mirror_cli("verify", "--root", str(site)).returncode == 0
+    status = json.loads(mirror_cli("status", "--root", str(site), "--json").stdout)
+    assert status["packages"]["demo"] == ["3.0"]
+    assert (site / "apt/pool/main/d/demo/demo_3.0_amd64.deb").exists()
