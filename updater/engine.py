@@ -179,6 +179,11 @@ class Updater:
         available = repo.versions(
             s.package, channel=s.channel, os=s.os, arch=s.arch, format=s.format
         )
+        if not available:  # a typo'd channel must not read as "up to date" forever
+            raise NotFoundError(
+                f"no {s.package} release for {s.os}/{s.arch} ({s.format}) in channel {s.channel!r}",
+                hint="check --channel / [update] channel, and the mirror (assist-mirror status)",
+            )
         return plan_update(
             read_pointer(self.layout),
             available,

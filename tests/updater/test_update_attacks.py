@@ -340,3 +340,13 @@ def test_mirror_hanging_mid_body_is_left_behind_and_download_resumes_elsewhere(
     assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
     assert ranges and ranges[0].startswith("bytes=") and not ranges[0].startswith("bytes=0-")
     assert elapsed < 15
+
+
+def test_unknown_channel_is_an_error_not_up_to_date(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert world.cli(update_main, "check") == 100  # the valid new metadata is trusted first
+    before = world.snapshot_state()
+    assert world.cli(update_main, "check", "--channel", "stabel") == 1
+    assert "in channel 'stabel'" in capsys.readouterr().err
+    assert world.snapshot_state() == before
