@@ -36,7 +36,13 @@ from mirror.source import Source
 from mirror.state import MirrorState, save_state, state_dir
 from mirror.storage import FileStorage, Publication
 from mirror.sync import MAX_METADATA, SyncOptions, SyncReport, is_content
-from mirror.tufclient import TufFetcher, prepare_trust, refresh_metadata, shipped_root
+from mirror.tufclient import (
+    TufFetcher,
+    prepare_trust,
+    promote_trust,
+    refresh_metadata,
+    shipped_root,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +124,7 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     def have(entry: FileEntry) -> bool:
         return _have(root, stage.dir, state, entry)
 
-    keyring = _pinned_keyring(options)
+    keyring = _choose_keyring(options, first_trust=tuf_dir.name != "tuf")
     with Downloads(options.source, stage.dir, options.workers) as downloads:
         # targets are known now: download them while the apt/yum indexes are verified
         downloads.submit(plan_fetch(stage.content, have).fetch)
@@ -149,6 +155,8 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     state.publishing, state.pending_remove = True, publication.remove
     save_state(root, state)
     FileStorage(root).publish(publication, stage.dir)
+    promote_trust(root, tuf_dir)  # pinned only now that what they verified is published
+    _pin_keyring(root, keyring)
     _record_published(state, options, trusted, expires, now)
     save_state(root, state)
     for dest in options.dests:
@@ -224,29 +232,39 @@ def _have(root: Path, staging: Path, state: MirrorState, entry: FileEntry) -> bo
     )
 
 
-def _pinned_keyring(options: SyncOptions) -> Path | None:
+def _choose_keyring(options: SyncOptions, first_trust: bool) -> Path | None:
     """The OpenPGP keyring indexes must be signed with: --keyring, else the one pinned at the
-    mirror's first sync, else one shipped next to the trust root. Kept in .mirror/keyring.gpg."""
+    mirror's first sync, else one shipped next to the trust root (next to --trust-root only
+    while that is the root being trusted for the first time). _pin_keyring keeps it."""
     pinned = state_dir(options.root) / "keyring.gpg"
-    chosen = options.keyring
-    if chosen is not None and not chosen.is_file():
-        raise ConfigError(f"keyring {chosen} not found", hint="check --keyring")
-    if chosen is None and pinned.is_file():
+    if options.keyring is not None:
+        if not options.keyring.is_file():
+            raise ConfigError(f"keyring {options.keyring} not found", hint="check --keyring")
+        return options.keyring
+    if pinned.is_file():
         return pinned
-    if chosen is None:
-        anchor = options.trust_root or shipped_root() or Path("/nonexistent/root.json")
-        for candidate in (
-            anchor.parent / "archive-keyring.gpg",
-            anchor.parent / "keys" / "archive-keyring.gpg",  # payload: share/keys/
-            anchor.parent / "public" / "archive-keyring.gpg",  # a keygen KEYDIR
-        ):
-            if candidate.is_file():
-                chosen = candidate
-                break
-    if chosen is None:
+    anchor = (options.trust_root if first_trust else None) or shipped_root()
+    if anchor is None:
         return None
-    atomic_write_bytes(pinned, chosen.read_bytes())
-    return pinned
+    for candidate in (
+        anchor.parent / "archive-keyring.gpg",
+        anchor.parent / "keys" / "archive-keyring.gpg",  # payload: share/keys/
+        anchor.parent / "public" / "archive-keyring.gpg",  # a keygen KEYDIR
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pin_keyring(root: Path, keyring: Path | None) -> None:
+    """After a successful publish: keep the keyring it verified with as .mirror/keyring.gpg."""
+    pinned = state_dir(root) / "keyring.gpg"
+    if keyring is None or keyring == pinned:
+        return
+    data = keyring.read_bytes()
+    if not pinned.is_file() or pinned.read_bytes() != data:
+        atomic_write_bytes(pinned, data)
+        log.info("pinned OpenPGP keyring %s", keyring)
 
 
 def _require_keyring(keyring: Path | None, what: str) -> Path:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +12,7 @@ from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from common.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes, fsync_dir
 from common.errors import (
     ConfigError,
     DownloadError,
@@ -20,7 +23,10 @@ from common.errors import (
 from mirror.source import Source
 from mirror.state import state_dir
 
+log = logging.getLogger(__name__)
+
 TUF_BASE = "upstream://repo/"
+PENDING_TUF = "tuf-new"  # the first anchor, until a sync verified against it is published
 _HERE = Path(__file__).resolve()
 # The payload ships versions/V/share/root.json next to versions/V/lib/mirror/; a source tree
 # may carry share/root.json at its top.
@@ -55,10 +61,14 @@ class TufFetcher(FetcherInterface):
 
 
 def prepare_trust(root: Path, trust_root: Path | None) -> Path:
-    """The mirror's trusted metadata directory, seeded with the pinned root on first use."""
-    tuf_dir = state_dir(root) / "tuf"
-    if (tuf_dir / "root.json").exists():
-        return tuf_dir
+    """The metadata directory a sync refreshes: the mirror's trusted one, or before the first
+    successful publish a fresh one seeded with the anchor (promote_trust keeps it afterwards),
+    so an anchor that fails verification is never pinned."""
+    trusted = state_dir(root) / "tuf"
+    if (trusted / "root.json").exists():
+        if trust_root is not None:
+            _warn_if_other_root(root, trust_root, trusted / "root.json")
+        return trusted
     anchor = trust_root or shipped_root()
     if anchor is None or not anchor.is_file():
         raise ConfigError(
@@ -69,9 +79,42 @@ def prepare_trust(root: Path, trust_root: Path | None) -> Path:
         Metadata[Root].from_bytes(anchor.read_bytes())
     except Exception as exc:
         raise ConfigError(f"{anchor} is not TUF root metadata: {exc}") from exc
-    tuf_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(tuf_dir / "root.json", anchor.read_bytes())
-    return tuf_dir
+    pending = state_dir(root) / PENDING_TUF
+    shutil.rmtree(pending, ignore_errors=True)  # an anchor a failed sync tried is not trusted
+    pending.mkdir(parents=True)
+    atomic_write_bytes(pending / "root.json", anchor.read_bytes())
+    return pending
+
+
+def promote_trust(root: Path, tuf_dir: Path) -> None:
+    """After a successful publish: the anchor it verified against becomes the pinned one."""
+    trusted = state_dir(root) / "tuf"
+    if tuf_dir == trusted:
+        return
+    os.replace(tuf_dir, trusted)
+    fsync_dir(trusted.parent)
+    log.info("pinned the TUF root of %s", root)
+
+
+def _warn_if_other_root(root: Path, trust_root: Path, trusted: Path) -> None:
+    """Log that --trust-root is ignored when it is not a root of the chain already trusted."""
+    try:
+        given = trust_root.read_bytes()
+    except OSError as exc:
+        log.warning("--trust-root %s is ignored (unreadable: %s)", trust_root, exc)
+        return
+    if given == trusted.read_bytes():
+        return
+    published = [p.read_bytes() for p in (root / "metadata").glob("*.root.json") if p.is_file()]
+    if given in published:  # an older root of the same chain
+        return
+    log.warning(
+        "--trust-root %s differs from the root this mirror already trusts (%s); ignoring it"
+        " (to re-anchor the mirror, remove %s and sync again)",
+        trust_root,
+        trusted,
+        trusted.parent,
+    )
 
 
 def refresh_metadata(source: Source, tuf_dir: Path) -> TufFetcher:

@@ -439,3 +439,58 @@ def test_previous_by_hash_indexes_stay_one_generation(upstream, tmp_path: Path) 
         and (root / packages_by_hash()).is_file()
     )
     assert verify_tree(root) == []
+
+
+def test_a_wrong_trust_root_pins_nothing_and_a_right_one_then_works(
+    upstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither the root nor the keyring beside a --trust-root that failed verification is
+    pinned; once a root is trusted, another --trust-root is ignored with a warning and its
+    neighbouring keyring is not taken."""
+    origin, server = upstream
+    other = tmp_path / "other-keys"
+    from mirror_testlib import pkgbuild
+
+    pkgbuild("keygen", "--out", str(other))  # root.json with public/archive-keyring.gpg beside
+    root = tmp_path / "mirror"
+    opts = options(origin, server.url, root)
+    opts.trust_root, opts.keyring = other / "root.json", None
+    with pytest.raises(VerificationError):
+        sync(opts)
+    assert not (root / ".mirror/keyring.gpg").exists()
+    assert not (root / ".mirror/tuf/root.json").exists()
+    opts.trust_root = origin.trust_root  # keys/root.json, keyring in keys/public/
+    assert sync(opts).changed
+    assert verify_tree(root) == []
+    assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
+    assert (root / ".mirror/tuf/root.json").read_bytes() == origin.trust_root.read_bytes()
+    assert not (root / ".mirror/tuf-new").exists()
+    # the trusted root stays; the other --trust-root (and the keyring next to it) is ignored
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    opts.trust_root = other / "root.json"
+    with caplog.at_level("WARNING", logger="mirror.tufclient"):
+        assert sync(opts).changed
+    assert any(
+        "differs from the root this mirror already trusts" in r.getMessage()
+        and "ignoring it" in r.getMessage()
+        for r in caplog.records
+    )
+    assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
+    assert verify_tree(root) == []
+
+
+def test_keyring_is_pinned_only_after_a_successful_publish(upstream, tmp_path: Path) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    wrong = tmp_path / "wrong-keys"
+    from mirror_testlib import pkgbuild
+
+    pkgbuild("keygen", "--out", str(wrong))
+    opts = options(origin, server.url, root)
+    opts.keyring = wrong / "public" / "archive-keyring.gpg"
+    with pytest.raises(VerificationError):
+        sync(opts)
+    assert not (root / ".mirror/keyring.gpg").exists()
+    opts.keyring = None  # the keyring beside the (right) --trust-root, pinned once published
+    assert sync(opts).changed
+    assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
