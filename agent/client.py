@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 import requests
 
 from agent.identity import Identity, sign_headers
-from common.errors import AssistError, DownloadError
+from common.errors import AssistError, DownloadError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def normalize_server(url: str) -> str:
     url = url.strip()
     if "://" not in url:
         url = "https://" + url
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise UsageError(f"not a server URL: {url!r}", hint="use https://HOST[:PORT] (or http://)")
     return url.rstrip("/")
 
 

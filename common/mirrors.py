@@ -24,7 +24,7 @@ import requests
 
 from common.atomic import atomic_write_text
 from common.config import PROXY_ENV, REGION_ENV, MirrorConfig
-from common.errors import ConfigError, DownloadError
+from common.errors import ConfigError, DownloadError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,12 @@ class ProbeResult:
 
 
 def normalize_url(url: str) -> str:
-    """Base URLs always end with one slash so paths join by concatenation."""
+    """Base URLs always end with one slash so paths join by concatenation; http(s) only."""
+    url = url.strip()
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise UsageError(
+            f"not a mirror URL: {url!r}", hint="use http://HOST[:PORT]/PATH/ or https://…"
+        )
     return url.rstrip("/") + "/"
 
 

@@ -28,6 +28,7 @@ from common.atomic import atomic_write_text
 from common.errors import ToolError, UsageError
 
 log = logging.getLogger(__name__)
+TOOL_TIMEOUT = 600.0  # seconds a service/package tool may take before it counts as hung
 
 PYTHON_ENV = "ALIYUN_ASSIST_PYTHON"
 LAUNCHER_PYTHON_ENV = "ASSIST_PYTHON"  # read by the payload's bin/ launchers
@@ -42,7 +43,12 @@ Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 def run_tool(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """Run a service tool, raising ToolError with its output when it fails."""
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+        try:
+            proc = subprocess.run(
+                list(argv), capture_output=True, text=True, check=False, timeout=TOOL_TIMEOUT
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ToolError(f"{argv[0]} did not answer within {TOOL_TIMEOUT:.0f} s") from exc
     except FileNotFoundError as exc:
         raise ToolError(f"{argv[0]} not found", hint="is this the right --service?") from exc
     if proc.returncode != 0:

@@ -15,6 +15,7 @@ from pathlib import Path
 from common.errors import ToolError, UsageError
 
 log = logging.getLogger(__name__)
+TOOL_TIMEOUT = 600.0  # seconds a service/package tool may take before it counts as hung
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -23,7 +24,12 @@ def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """Run a package tool; ToolError with its output tail when it fails."""
     log.info("running %s", " ".join(argv))
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+        try:
+            proc = subprocess.run(
+                list(argv), capture_output=True, text=True, check=False, timeout=TOOL_TIMEOUT
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ToolError(f"{argv[0]} did not finish within {TOOL_TIMEOUT:.0f} s") from exc
     except FileNotFoundError as exc:
         raise ToolError(f"{argv[0]} is not installed", hint="install it or pick --format") from exc
     if proc.returncode != 0:

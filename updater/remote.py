@@ -9,7 +9,7 @@ from typing import Any
 
 import common
 from common.config import Config
-from common.errors import ConfigError
+from common.errors import ConfigError, UsageError
 from common.mirrors import select_mirrors
 from updater.layout import Layout
 
@@ -41,6 +41,11 @@ def find_trust_root(layout: Layout, explicit: str | Path | None = None) -> Path 
 def find_keys_dir(layout: Layout, explicit: str | Path | None = None) -> Path:
     """Pinned native-signature keys: --keys, else the installed ones, else our own payload's."""
     if explicit:
+        if not Path(explicit).is_dir():
+            raise UsageError(
+                f"--keys {explicit}: no such directory",
+                hint="point it at the pinned keys (RPM-GPG-KEY-assist, authenticode.crt)",
+            )
         return Path(explicit)
     for candidate in (layout.keys_dir(), bundled_file("share", "keys")):
         if candidate.is_dir():

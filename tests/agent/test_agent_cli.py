@@ -155,3 +155,15 @@ def test_status_reports_running_agent_and_refuses_a_second_one(tmp_path: Path, f
         assert agent.stop() == 0
     assert cli("status", "--prefix", str(prefix)).returncode == 3
     assert os.path.exists(prefix / "state" / "agent.db")
+
+
+def test_server_url_must_be_http_or_https() -> None:
+    import pytest
+
+    from agent.client import normalize_server
+    from common.errors import UsageError
+
+    assert normalize_server("127.0.0.1:8080") == "https://127.0.0.1:8080"
+    assert normalize_server("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+    with pytest.raises(UsageError, match="not a server URL"):
+        normalize_server("ftp://nope")

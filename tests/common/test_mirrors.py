@@ -221,3 +221,13 @@ def test_probe_goes_through_the_configured_proxy(tmp_path: Path) -> None:
         config = MirrorConfig(mirrors=[target], proxy=server.url, probe_timeout=2.0)
         assert select_mirrors(config, state_dir=tmp_path) == [target]
     assert seen == [target + "metadata/timestamp.json"]
+
+
+@pytest.mark.parametrize("bad", ["not-a-url", "ftp://mirror/", "http://", "127.0.0.1:8081"])
+def test_mirror_urls_must_be_http(bad: str) -> None:
+    from common.errors import UsageError
+    from common.mirrors import normalize_url
+
+    with pytest.raises(UsageError, match="not a mirror URL"):
+        normalize_url(bad)
+    assert normalize_url(" http://127.0.0.1:8081/assist ") == "http://127.0.0.1:8081/assist/"
