@@ -19,7 +19,7 @@ from common.atomic import atomic_open
 from common.errors import UsageError, VerificationError
 from mirror.plan import Filters
 from mirror.source import DirSource
-from mirror.state import load_state, locked, state_dir
+from mirror.state import load_state, locked, require_mirror, state_dir
 from mirror.sync import SyncOptions, SyncReport, is_content, sync
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ MANIFEST = "bundle.json"
 def export_bundle(root: Path, out: Path, since: Path | None = None) -> int:
     """Write the published tree to `out`; with `since` (a site's state.json) only the content
     it lacks (metadata and indexes always travel: import re-verifies them)."""
+    require_mirror(root)
     with locked(root):  # no sync may change the tree while it is being copied
         return _write_bundle(root, out, since)
 

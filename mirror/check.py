@@ -17,7 +17,7 @@ from mirror import apt, yum
 from mirror.gpg import verify_clearsigned, verify_detached
 from mirror.plan import FileEntry, keep_newest, parse_targets
 from mirror.source import DirSource
-from mirror.state import MirrorState, load_state, locked, save_state, state_dir
+from mirror.state import MirrorState, load_state, locked, require_mirror, save_state, state_dir
 from mirror.tufclient import refresh_metadata
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ def format_status(status: dict[str, Any]) -> str:
 
 def prune(root: Path, keep: int, remove: Callable[[Path], None] = Path.unlink) -> list[str]:
     """Delete content of all but the newest `keep` versions of each package; returns paths."""
+    require_mirror(root)
     with locked(root):
         state = _require_published(root)
         content = [(rel, r) for rel, r in state.files.items() if len(r) >= 4 and r[2]]

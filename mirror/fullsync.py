@@ -5,6 +5,7 @@ Called by mirror.sync.sync under the mirror's lock once the upstream timestamp h
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -139,6 +140,7 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     log.info("fetched %d files, %d bytes", len(downloads.submitted), downloads.bytes)
 
     wanted = {e.relpath: e.record() for e in plan.wanted}
+    _drop_unwanted_staging(stage, wanted)
     publication = Publication(
         content=list(wanted),
         trees=stage.trees,
@@ -217,6 +219,22 @@ def _clear_staged_indexes(staging: Path) -> None:
     shutil.rmtree(staging / "apt" / "dists", ignore_errors=True)
     for repodata in (staging / "yum").glob("*/repodata"):
         shutil.rmtree(repodata, ignore_errors=True)
+
+
+def _drop_unwanted_staging(stage: _Stage, wanted: dict[str, list[object]]) -> None:
+    """Delete what earlier failed syncs left in staging and this one does not publish
+    (content no longer wanted, its partial downloads, temporary files)."""
+    trees = tuple(f"{t}/" for t in stage.trees)
+    for path in sorted(stage.dir.rglob("*"), reverse=True):  # children before their dirs
+        rel = path.relative_to(stage.dir).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty
+            continue
+        if rel in wanted or rel in stage.indexed or rel.startswith(trees):
+            continue
+        path.unlink(missing_ok=True)
+        log.info("dropped staging leftover %s", rel)
 
 
 def _have(root: Path, staging: Path, state: MirrorState, entry: FileEntry) -> bool:

@@ -49,6 +49,15 @@ def state_dir(root: Path) -> Path:
     return root / STATE_DIR
 
 
+def require_mirror(root: Path) -> None:
+    """Refuse (creating nothing) a --root that holds no mirror at all."""
+    if not (state_dir(root) / "state.json").is_file():
+        raise LocalStateError(
+            f"{root} holds no mirror (no {STATE_DIR}/state.json)",
+            hint="check --root, or run assist-mirror sync first",
+        )
+
+
 def load_state(root: Path) -> MirrorState:
     """The recorded state, or an empty one for a new mirror."""
     path = state_dir(root) / "state.json"

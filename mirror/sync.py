@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import DownloadError, ExpiredMetadataError, NotFoundError
+from common.errors import DownloadError, ExpiredMetadataError, NotFoundError, UsageError
 from mirror.plan import Filters
 from mirror.source import Source
-from mirror.state import MirrorState, load_state, locked
+from mirror.state import MirrorState, load_state, locked, state_dir
 from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class SyncOptions:
     keyring: Path | None = None
     dests: list[Storage] = field(default_factory=list)  # extra backends, e.g. S3
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError(f"workers must be at least 1, not {self.workers}")
 
 
 @dataclass
@@ -67,12 +72,21 @@ def sync(options: SyncOptions) -> SyncReport:
         state = load_state(root)
         if is_unchanged(options, state):
             log.info("upstream timestamp unchanged: nothing to do")
+            _drop_staging(root)
             return SyncReport(False, state.timestamp_version, seconds=time.monotonic() - started)
         from mirror.fullsync import full_sync  # tuf & co. load only when there is work
 
         report = full_sync(options, state)
         report.seconds = time.monotonic() - started
         return report
+
+
+def _drop_staging(root: Path) -> None:
+    """Everything wanted is published: whatever a failed sync left in staging is garbage."""
+    staging = state_dir(root) / "staging"
+    if staging.is_dir() and any(staging.iterdir()):
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("dropped what an earlier failed sync left in %s", staging)
 
 
 def is_unchanged(options: SyncOptions, state: MirrorState) -> bool:

@@ -274,3 +274,27 @@ def test_export_import_round_trip_of_a_filtered_mirror(upstream, tmp_path: Path)
     status = json.loads(mirror_cli("status", "--root", str(site), "--json").stdout)
     assert status["packages"]["demo"] == ["3.0"]
     assert (site / "apt/pool/main/d/demo/demo_3.0_amd64.deb").exists()
+
+
+def test_prune_and_export_refuse_a_missing_root_without_creating_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-mirror"
+    for args in (
+        ["prune", "--root", str(missing), "--keep", "1"],
+        ["export", "--root", str(missing), "--out", str(tmp_path / "b.tar")],
+    ):
+        proc = mirror_cli(*args, check=False)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "holds no mirror" in lines[0], proc.stderr
+        assert not missing.exists()
+    assert not (tmp_path / "b.tar").exists()
+
+
+def test_sync_refuses_zero_workers(tmp_path: Path) -> None:
+    root = tmp_path / "mirror"
+    proc = mirror_cli(
+        "sync", "--region", "cn-hangzhou", "--root", str(root), "--workers", "0", check=False
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "assist-mirror: error: --workers must be at least 1 [usage]"
+    assert not root.exists()

@@ -494,3 +494,53 @@ def test_keyring_is_pinned_only_after_a_successful_publish(upstream, tmp_path: P
     opts.keyring = None  # the keyring beside the (right) --trust-root, pinned once published
     assert sync(opts).changed
     assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
+
+
+def test_sync_options_refuse_zero_workers(upstream, tmp_path: Path) -> None:
+    from common.errors import UsageError
+
+    origin, server = upstream
+    with pytest.raises(UsageError, match="workers must be at least 1"):
+        options(origin, server.url, tmp_path / "mirror", workers=0)
+
+
+def test_staging_leftovers_are_dropped_but_wanted_partials_resume(upstream, tmp_path: Path) -> None:
+    """What failed syncs left in .mirror/staging goes at the next sync, except a partial
+    download of a file still wanted, which is continued with Range."""
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    origin.publish(make_deb(tmp_path, "big", "1.0", size=1 << 20))
+    target = next((origin.repo / "targets/big/1.0").glob("*.deb"))
+    staging = root / ".mirror/staging"
+    rel = target.relative_to(origin.repo).as_posix()
+    wanted_part = staging / f"{rel}.part"
+    wanted_part.parent.mkdir(parents=True)
+    wanted_part.write_bytes(target.read_bytes()[:300_000])
+    leftovers = [
+        staging / "targets/gone/0.9/ab.gone_0.9_amd64.deb.part",
+        staging / "targets/gone/0.9/cd.gone_0.9_amd64.deb",
+        staging / "apt/pool/main/g/gone/gone_0.9_amd64.deb",
+        staging / "yum/stable/Packages/.gone-0.9-1.x86_64.rpm.tmp",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left by a failed sync")
+    ranges: list[str] = []
+
+    def hook(handler) -> bool:
+        if handler.path.lstrip("/") == rel and "Range" in handler.headers:
+            ranges.append(handler.headers["Range"])
+        return False
+
+    server.hook = hook
+    assert sync(options(origin, server.url, root)).changed
+    assert ranges == ["bytes=300000-"]
+    assert verify_tree(root) == []
+    assert not any(path.exists() for path in leftovers)
+    assert not (staging / "targets/gone").exists()
+    assert [p for p in staging.rglob("*") if p.is_file()] == []
+    # a no-op sync clears what a failed one left, too
+    leftovers[0].parent.mkdir(parents=True, exist_ok=True)
+    leftovers[0].write_bytes(b"left by a failed sync")
+    assert not sync(options(origin, server.url, root)).changed
+    assert not leftovers[0].exists()
