@@ -293,7 +293,7 @@ async def notify_handler(request: Request) -> Response:
         await state.store.write(_tx, durable=False)
         if touch:
             state.seen(who.instance_id, now_ms)
-        events = await wait_unless_gone(request, state.notifier.wait(who.instance_id, float(raw)))
+        events = await wait_unless_gone(request, state.notifier, who.instance_id, float(raw))
         return JSONResponse({"events": events})
     except AgentError as exc:
         return agent_error(exc)
@@ -302,9 +302,11 @@ async def notify_handler(request: Request) -> Response:
         return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
 
 
-async def wait_unless_gone(request: Request, poll: Awaitable[list[Any]]) -> list[Any]:
-    """Await a long-poll, cancelling it when the client disconnects (its events stay queued)."""
-    waiting = asyncio.ensure_future(poll)
+async def wait_unless_gone(
+    request: Request, notifier: Notifier, instance_id: str, timeout: float
+) -> list[Any]:
+    """Long-poll the notifier, giving up when the client disconnects (its events stay queued)."""
+    waiting = asyncio.ensure_future(notifier.wait(instance_id, timeout))
     gone = asyncio.ensure_future(client_gone(request))
     try:
         await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -316,7 +318,11 @@ async def wait_unless_gone(request: Request, poll: Awaitable[list[Any]]) -> list
                     await task
     if waiting.cancelled():
         return []  # nobody is listening for this answer
-    return list(waiting.result())
+    events = list(waiting.result())
+    if gone.done() and not gone.cancelled():  # both finished at once: keep them for the next
+        notifier.give_back(instance_id, events)
+        return []
+    return events
 
 
 async def client_gone(request: Request) -> None:

@@ -104,8 +104,10 @@ class Notifier:
         """Wait as the instance's poll; give events back to the buffer if cancelled."""
         me = slot.waiter = _Waiter()
         try:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(me.woken.wait(), timeout)
+            # asyncio.timeout, not wait_for: wait_for may swallow a cancel once woken (3.11)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await me.woken.wait()
         except asyncio.CancelledError:  # the client went away: keep its events for the next
             self._dismiss(slot, me)
             raise
@@ -113,6 +115,11 @@ class Notifier:
             if slot.waiter is me:
                 slot.waiter = None
         return me.events
+
+    def give_back(self, instance_id: str, events: list[Event]) -> None:
+        """Return events a poll took but could not answer (its client left) for the next poll."""
+        for event in events:
+            self.deliver([instance_id], event)
 
     @staticmethod
     def _dismiss(slot: _Slot, waiter: _Waiter) -> None:
