@@ -96,8 +96,8 @@ class Notifier:
         events = self._take_buffered(slot)
         if not events:
             events = await self._park(slot, timeout)
-        if slot.waiter is None and not slot.events:
-            self._slots.pop(instance_id, None)
+        if slot.waiter is None and not slot.events and self._slots.get(instance_id) is slot:
+            del self._slots[instance_id]  # not a newer slot: a dismissed poll may end late
         return events
 
     async def _park(self, slot: _Slot, timeout: float) -> list[Event]:

@@ -81,3 +81,24 @@ def test_instances_do_not_dismiss_each_other() -> None:
         await settle()
 
     asyncio.run(scenario())
+
+
+def test_late_ending_dismissed_poll_does_not_orphan_a_newer_poll() -> None:
+    async def scenario() -> None:
+        hub = Notifier()
+        old = asyncio.create_task(hub.wait("mi-1", 30))
+        await settle()
+        hub.deliver(["mi-1"], TASK)
+        taker = hub.wait("mi-1", 30)  # dismisses `old`, takes the event, ends at once
+        try:
+            taker.send(None)
+        except StopIteration as answered:
+            assert answered.value == [TASK]
+        newest = asyncio.create_task(hub.wait("mi-1", 30))
+        await settle()  # `old` ends after `newest` parked
+        assert old.done() and old.result() == []
+        assert hub.waiting() == 1
+        hub.deliver(["mi-1"], STOP)
+        assert await asyncio.wait_for(newest, 5) == [STOP]
+
+    asyncio.run(scenario())
