@@ -119,6 +119,13 @@ async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str,
         existing = await q.get_instance(conn, instance_id)
         if existing is not None and existing["account"] != activation["account"]:
             raise AgentError("InstanceIdConflict", f"{instance_id} belongs to another account", 409)
+        if existing is not None and not existing["deregistered"]:
+            # Any activation of the account must not take over a live instance's identity.
+            raise AgentError(
+                "InstanceIdConflict",
+                f"{instance_id} is registered: deregister it first (DeregisterManagedInstance)",
+                409,
+            )
         if not await q.claim_activation(conn, activation_id):
             raise AgentError(
                 "ActivationLimitExceeded", "the activation's instance count is used up", 403

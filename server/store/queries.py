@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import secrets
+import string
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,10 +57,14 @@ async def _page(
 # --- access keys and nonces ---------------------------------------------------------------
 
 
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
 async def create_access_key(conn: Conn, account: str) -> tuple[str, str]:
     """A new AccessKey pair for `account`."""
     key_id = "LTAI" + secrets.token_hex(10)
-    secret = secrets.token_urlsafe(22)[:30]
+    # Alphanumeric like the real ones: a secret starting with "-" would read as an option.
+    secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(30))
     await conn.execute(
         access_keys.insert().values(
             access_key_id=key_id,

@@ -113,6 +113,18 @@ def test_register_with_given_instance_id(api: Api) -> None:
     agent.heartbeat()  # the original key still works
 
 
+def test_register_over_a_live_instance_of_the_same_account_is_refused(api: Api) -> None:
+    name = "i-" + uuid.uuid4().hex[:12]
+    victim = api.agent(instance_id=name)
+    act_id, code = api.server.create_activation(api.key_id, api.secret)
+    taken = register_raw(api, activation_id=act_id, activation_code=code, instance_id=name)
+    assert (taken.status_code, taken.json()["code"]) == (409, "InstanceIdConflict")
+    victim.heartbeat()  # the victim's key still works
+    api.ok("DeregisterManagedInstance", InstanceId=name)
+    again = register_raw(api, activation_id=act_id, activation_code=code, instance_id=name)
+    assert again.status_code == 200, again.text  # after deregistration the id may be reused
+
+
 # --- signing attacks -----------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from aliyunsdkecs.request.v20140526 import CreateCommandRequest, DescribeCommand
 from conftest import Api, run_sql
 
 from server.rpc import compute_signature, sign_params, utc_timestamp
+from server.testing import ServerHandle
 
 
 def signed(api: Api, **params: str) -> dict[str, str]:
@@ -207,3 +208,9 @@ def test_sdk_sends_18k_content_in_url(api: Api) -> None:
     command_id = api.sdk(request)["CommandId"]
     listed = api.ok("DescribeCommands", CommandId=command_id)["Commands"]["Command"][0]
     assert listed["CommandContent"] == content
+
+
+def test_access_key_secrets_are_alphanumeric(sqlite_server: ServerHandle) -> None:
+    """A secret starting with "-" would be read as an option by `assist configure`."""
+    secrets = [sqlite_server.create_access_key("alnum")[1] for _ in range(100)]
+    assert all(len(s) == 30 and s.isalnum() for s in secrets)
