@@ -71,4 +71,8 @@ def serve(root: Path, host: str, port: int) -> None:
     """Serve `root` until interrupted."""
     import uvicorn
 
+    from common.listen import check_port_free
+
+    check_port_free(host, port)
+
     uvicorn.run(make_app(root), host=host, port=port, log_level="warning", access_log=False)

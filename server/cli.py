@@ -7,13 +7,16 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.cli import add_common_options, print_json, run_cli
 from common.errors import ConfigError, NotFoundError, UsageError
+
+T = TypeVar("T")
 
 SETTINGS_ENV = "ASSIST_SERVER_SETTINGS"
 H11_MAX_EVENT = 512 * 1024  # bytes: the SDK puts every parameter (18 KB content) in the URL
@@ -108,13 +111,34 @@ def app_from_env() -> Any:
     return create_app(Settings(**json.loads(os.environ[SETTINGS_ENV])))
 
 
+def run_db(db_url: str, job: Coroutine[Any, Any, T]) -> T:
+    """Run one database command; an unreachable or unopenable database is one clear line."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return asyncio.run(job)
+    except (OSError, DBAPIError) as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        raise ConfigError(
+            f"cannot open the database {redact_db_url(db_url)}: {reason}",
+            hint="check --db (sqlite:///PATH or postgresql://USER@HOST/DB) and that it is reachable",
+        ) from exc
+
+
+def redact_db_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url or "")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from common.listen import check_port_free
     from server.store.db import normalize_db_url
 
     host, port = parse_listen(args.listen)
     normalize_db_url(args.db)  # refuse a bad URL before binding
+    check_port_free(host, port)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     for path in (args.tls_cert, args.tls_key):
@@ -154,7 +178,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    before, after = asyncio.run(run())
+    before, after = run_db(args.db, run())
     if args.json:
         print_json({"before": before, "after": after})
     else:
@@ -178,7 +202,7 @@ def cmd_accesskey_create(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    key_id, secret = asyncio.run(run())
+    key_id, secret = run_db(args.db, run())
     if args.json:
         print_json({"AccessKeyId": key_id, "AccessKeySecret": secret, "Account": account})
     else:
@@ -221,7 +245,7 @@ def cmd_accesskey_list(args: argparse.Namespace) -> int:
             "Created": iso_from_ms(row["created_ms"]),
             "Enabled": bool(row["enabled"]),
         }
-        for row in asyncio.run(run())
+        for row in run_db(args.db, run())
     ]
     if args.json:
         print_json(keys)
@@ -249,7 +273,7 @@ def cmd_accesskey_toggle(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    if not asyncio.run(run()):
+    if not run_db(args.db, run()):
         raise NotFoundError(
             f"no AccessKey {key_id!r}", hint="see the ids with: assist-server accesskey list"
         )
