@@ -13,6 +13,16 @@ after a final drain, one JSON report on stdout and a short table on stderr: invo
 results received, duplicates, lost, update outcomes. Exit code 1 if anything was lost or
 duplicated. Every process and the directory are removed at the end, also on Ctrl-C.
 
+What is counted: an invocation is *sent* when InvokeCommand answered its InvokeId (one per
+target instance); rows the server stored for a call that got no answer (killed mid-request)
+count as created-unconfirmed and must finish too. *Lost*: sent or stored, but not in a terminal
+status after the drain (default 180 s, below the agent's 300 s task-list safety net, so a lost
+wake-up shows). *Duplicated*: an execution with more than one terminal row on the server, a
+terminal report the server accepted as first more than once (every in-process agent logs the
+server's answers), or a script that started twice (each run appends to runs.txt). Repeats the
+server acknowledged as `duplicate: true` (at-least-once delivery after a crash) are reported but
+are not duplicates.
+
 Knobs also as env: SOAK_DURATION, SOAK_AGENTS, SOAK_RATE, SOAK_SEED, SOAK_REAL_AGENTS,
 SOAK_DRAIN.
 """
