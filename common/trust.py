@@ -29,7 +29,6 @@ from typing import IO, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
-from packaging.version import InvalidVersion, Version
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
@@ -46,6 +45,7 @@ from common.errors import (
     VerificationError,
 )
 from common.fetch import EndlessDataError, Fetcher
+from common.version import version_sort_key
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,10 @@ class TrustedRepository:
                 f"repository; available: {self._summary(package)}",
                 hint="check the name, version, channel and platform (assist-install list)",
             )
-        newest = max(sort_key(t.version) for t in found)
-        return min((t for t in found if sort_key(t.version) == newest), key=lambda t: t.path)
+        newest = max(version_sort_key(t.version) for t in found)
+        return min(
+            (t for t in found if version_sort_key(t.version) == newest), key=lambda t: t.path
+        )
 
     def versions(
         self,
@@ -221,7 +223,7 @@ class TrustedRepository:
     ) -> list[str]:
         """Distinct versions of a package, oldest first."""
         found = {t.version for t in self._matching(package, channel, os, arch, format)}
-        return sorted(found, key=sort_key)
+        return sorted(found, key=version_sort_key)
 
     def download(self, target: TargetInfo, dest_dir: Path) -> Path:
         """Download (or reuse) a target into dest_dir, verified against the signed metadata."""
@@ -395,14 +397,6 @@ def target_info(path: str, target: TargetFile) -> TargetInfo | None:
     except (KeyError, TypeError):
         log.debug("target %s has no package custom fields; ignored", path)
         return None
-
-
-def sort_key(version: str) -> tuple[int, Version | str]:
-    """packaging.version order; unparseable versions sort before all others, by text."""
-    try:
-        return (1, Version(version))
-    except InvalidVersion:
-        return (0, version)
 
 
 def describe_query(

@@ -13,6 +13,7 @@ from typing import Any
 from tuf.api.metadata import Metadata, Targets
 
 from common.errors import AssistError, LocalStateError
+from common.version import version_sort_key
 from mirror import apt, yum
 from mirror.gpg import verify_clearsigned, verify_detached
 from mirror.plan import FileEntry, keep_newest, parse_targets
@@ -171,19 +172,13 @@ def mirror_status(root: Path, now: dt.datetime | None = None) -> dict[str, Any]:
             "root": state.root_version,
         },
         "packages": {
-            name: sorted(found, key=_version_key) for name, found in sorted(packages.items())
+            name: sorted(found, key=version_sort_key) for name, found in sorted(packages.items())
         },
         "files": len(state.files),
         "bytes": sum(int(r[1]) for r in state.files.values()),
         "expiry": expiry,
         "warnings": warnings,
     }
-
-
-def _version_key(text: str) -> Any:
-    from mirror.plan import version_key
-
-    return version_key(text)
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from packaging.version import InvalidVersion, Version
-
 from common.platform import DEB_ARCH
+from common.version import version_sort_key
 
 T = TypeVar("T")
 
@@ -145,14 +144,6 @@ def parse_targets(signed_targets: Mapping[str, Any]) -> list[Target]:
     return result
 
 
-def version_key(text: str) -> tuple[int, Any]:
-    """Order versions with packaging.version; unparsable ones sort first, by text."""
-    try:
-        return (1, Version(text))
-    except InvalidVersion:
-        return (0, text)
-
-
 def keep_newest(
     items: Iterable[T], package: Callable[[T], str], version: Callable[[T], str], keep: int
 ) -> list[T]:
@@ -163,7 +154,9 @@ def keep_newest(
     versions: dict[str, set[str]] = {}
     for item in items:
         versions.setdefault(package(item), set()).add(version(item))
-    kept = {name: set(sorted(found, key=version_key)[-keep:]) for name, found in versions.items()}
+    kept = {
+        name: set(sorted(found, key=version_sort_key)[-keep:]) for name, found in versions.items()
+    }
     return [item for item in items if version(item) in kept[package(item)]]
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.version import version_sort_key
+
 AGENT_PACKAGE = "aliyun-assist"
 
 
@@ -62,8 +64,6 @@ class Layout:
 
 def installed_versions(layout: Layout) -> list[str]:
     """Version directories present (staging leftovers excluded), in version order."""
-    from packaging.version import InvalidVersion, Version
-
     if not layout.versions_dir.is_dir():
         return []
     names = [
@@ -71,14 +71,7 @@ def installed_versions(layout: Layout) -> list[str]:
         for e in layout.versions_dir.iterdir()
         if e.is_dir() and not e.name.startswith(".") and not e.is_symlink()
     ]
-
-    def key(name: str) -> tuple[int, object]:
-        try:
-            return (1, Version(name))
-        except InvalidVersion:
-            return (0, name)
-
-    return sorted(names, key=key)
+    return sorted(names, key=version_sort_key)
 
 
 def is_runnable(layout: Layout, version: str) -> bool:

@@ -11,6 +11,7 @@ from packaging.version import InvalidVersion, Version
 
 from common.atomic import atomic_write_json
 from common.errors import LocalStateError, NotFoundError
+from common.version import version_sort_key
 
 BLOCKLIST_FILE = "blocklist.json"
 
@@ -115,7 +116,7 @@ def save_blocklist(state_dir: Path, blocklist: Blocklist) -> None:
 
 def versions_to_prune(installed: Sequence[str], keep: int, protect: Sequence[str]) -> list[str]:
     """Oldest versions beyond the newest `keep`, never one in `protect` (current, previous)."""
-    ordered = sorted(installed, key=_sort_key, reverse=True)
+    ordered = sorted(installed, key=version_sort_key, reverse=True)
     kept = [v for v in ordered if v in protect]
     for version in ordered:
         if len(kept) >= keep:
@@ -123,10 +124,3 @@ def versions_to_prune(installed: Sequence[str], keep: int, protect: Sequence[str
         if version not in kept:
             kept.append(version)
     return [v for v in installed if v not in kept]
-
-
-def _sort_key(text: str) -> tuple[int, object]:
-    try:
-        return (1, Version(text))
-    except InvalidVersion:
-        return (0, text)
