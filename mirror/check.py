@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Any
 from tuf.api.metadata import Metadata, Targets
 
 from common.errors import AssistError, LocalStateError
+from common.hashing import file_sha256
 from common.version import version_sort_key
 from mirror import apt, yum
 from mirror.gpg import verify_clearsigned, verify_detached
@@ -24,15 +24,6 @@ from mirror.tufclient import refresh_metadata
 log = logging.getLogger(__name__)
 
 WARN_DAYS = 2.0
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_entry(root: Path, entry: FileEntry, problems: list[str]) -> None:

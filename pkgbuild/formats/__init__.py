@@ -6,7 +6,6 @@ into the output directory); each format module only knows its own tool.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ToolError, UsageError
+from common.hashing import file_sha256
 from common.platform import normalize_arch
 from pkgbuild.keys import load_keys_json
 from pkgbuild.naming import FORMATS, artifact_filename
@@ -124,15 +124,6 @@ def run_tool(
             hint="rerun with --debug to see the tool's output",
         )
     return proc
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_request(request: BuildRequest) -> tuple[list[str], list[str]]:

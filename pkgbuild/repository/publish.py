@@ -7,7 +7,6 @@ metadata (timestamp last), then the apt and yum trees of the touched channels (s
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 
 from common.atomic import atomic_open
 from common.errors import LocalStateError, NotFoundError, UsageError
+from common.hashing import file_sha256
 from pkgbuild.keys import write_root as write_keydir_root
 from pkgbuild.naming import ArtifactInfo
 from pkgbuild.repository.apt import (
@@ -205,15 +205,6 @@ def store_artifact(repo: Path, target: TargetFile, source: Path) -> None:
         return
     with atomic_open(dest) as out, source.open("rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def yank_version(
