@@ -30,7 +30,7 @@ from common.atomic import atomic_write_json  # noqa: E402
 
 RESULTS = BENCH_DIR / "results.json"
 MODULE_TIMEOUT = 1800.0  # seconds per benchmark module
-_TARGET = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9.]+)\s*$")
+_TARGET = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9.]+)x?(\s|$)")
 
 
 def discover(names: list[str]) -> list[str]:
@@ -85,11 +85,14 @@ def parse_figure(line: str) -> dict[str, Any] | None:
 
 
 def meets(figure: dict[str, Any]) -> str:
-    """ "ok" / "MISS" when the target is "<= x"-like and the ratio is known, else "?"."""
+    """ "ok" / "MISS": the benchmark's own `target_met`, else a "<= N[x]" target on the ratio;
+    "-" for figures reported without a checkable target."""
+    if isinstance(figure.get("target_met"), bool):
+        return "ok" if figure["target_met"] else "MISS"
     match = _TARGET.match(str(figure.get("target", "")))
     ratio = figure.get("ratio")
     if match is None or not isinstance(ratio, (int, float)):
-        return "?"
+        return "-"
     op, bound = match.group(1), float(match.group(2))
     good = {
         "<=": ratio <= bound,

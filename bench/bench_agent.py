@@ -106,6 +106,7 @@ def bench_task_overhead(runs: int) -> None:
         med_bare,
         "s",
         "added < 0.020 s at the median",
+        target_met=med_ours - med_bare < 0.020,
         added=med_ours - med_bare,
         runs=runs,
     )
@@ -204,7 +205,8 @@ def bench_idle(server: Any, key_id: str, secret: str, seconds: int, tmp: Path) -
         cpu_a / seconds,
         cpu_b / seconds,
         "cpu-s/s",
-        "near zero",
+        "near zero (< 0.01 cpu-s/s)",
+        target_met=cpu_a / seconds < 0.01,
         seconds=seconds,
         cpu_seconds=cpu_a,
     )
@@ -384,6 +386,7 @@ def bench_fleet(server: Any, key_id: str, secret: str, tmp: Path) -> None:
         statistics.median(base_lat) if base_lat else 0.0,
         "s",
         "every result arrives; latency distribution printed",
+        target_met=len(done) == n_invocations,
         agents=n_agents,
         invocations=n_invocations,
         instances_per_call=batch,
