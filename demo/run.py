@@ -179,24 +179,18 @@ def step_releases(demo: Demo) -> str:
     return f"signed {names}; published to the origin at {demo.origin_url}"
 
 
+def sync_mirror(demo: Demo) -> Any:
+    """`assist-mirror sync --region cn-hangzhou` from the origin; its JSON report."""
+    return demo.run_json(
+        "assist-mirror", "sync", "--region", "cn-hangzhou", "--upstream", demo.origin_url,
+        "--root", str(demo.mirror), "--trust-root", str(demo.keys / "root.json"),
+        "--keyring", str(demo.keys / "public" / "archive-keyring.gpg"),
+        "--public-url", demo.mirror_url, "--json",
+    )  # fmt: skip
+
+
 def step_mirror(demo: Demo) -> str:
-    report = demo.run_json(
-        "assist-mirror",
-        "sync",
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        demo.origin_url,
-        "--root",
-        str(demo.mirror),
-        "--trust-root",
-        str(demo.keys / "root.json"),
-        "--keyring",
-        str(demo.keys / "public" / "archive-keyring.gpg"),
-        "--public-url",
-        demo.mirror_url,
-        "--json",
-    )
+    report = sync_mirror(demo)
     demo.serve("mirror", demo.mirror, demo.mirror_port)
     stop_process(demo.origin_proc)
     return f"cn-hangzhou mirror synced ({summarise(report)}) and served at {demo.mirror_url}; origin stopped"
@@ -429,22 +423,7 @@ def step_broken(demo: Demo) -> str:
         *[i["path"] for i in built],
     )
     demo.origin_proc = demo.serve("origin", demo.origin, demo.origin_port)
-    demo.run(
-        "assist-mirror",
-        "sync",
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        demo.origin_url,
-        "--root",
-        str(demo.mirror),
-        "--trust-root",
-        str(demo.keys / "root.json"),
-        "--keyring",
-        str(demo.keys / "public" / "archive-keyring.gpg"),
-        "--public-url",
-        demo.mirror_url,
-    )
+    sync_mirror(demo)
     stop_process(demo.origin_proc)
     proc = demo.run(
         "assist-update",
