@@ -188,9 +188,10 @@ def relaunch_current(prefix: Path) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the agent's health; exit 0 when it runs, 3 when it does not."""
-    from agent.health import pid_alive, read_health
+    from agent.health import read_health
     from agent.identity import NotRegisteredError, load_identity
     from agent.outbox import count_pending
+    from common.platform import pid_alive
 
     config = load(args)
     health = read_health(config.state_dir) or {}

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from common.atomic import atomic_write_text
 from common.errors import ToolError, UsageError
+from common.platform import pid_alive
 
 log = logging.getLogger(__name__)
 TOOL_TIMEOUT = 600.0  # seconds a service/package tool may take before it counts as hung
@@ -74,27 +75,6 @@ class ServiceManager(Protocol):
     def stop(self) -> None: ...
     def restart(self) -> None: ...
     def main_pid(self) -> int | None: ...
-
-
-def pid_alive(pid: int) -> bool:
-    """True when `pid` runs and is not a zombie (our own dead children are reaped)."""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 class ProcessManager:
