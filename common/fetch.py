@@ -19,7 +19,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -458,9 +458,12 @@ def read_chunk(response: requests.Response, amount: int) -> tuple[bytes, str | N
     return bytes(buffer), None
 
 
-def resolve_proxies(proxy: str | None) -> dict[str, str] | None:
+def resolve_proxies(
+    proxy: str | None, env: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
     """Explicit proxy, else ALIYUN_ASSIST_PROXY; None lets requests use the standard env vars."""
-    chosen = proxy or os.environ.get(PROXY_ENV) or None
+    env = os.environ if env is None else env
+    chosen = proxy or env.get(PROXY_ENV) or None
     return {"http": chosen, "https": chosen} if chosen else None
 
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import requests
 
 from common.atomic import atomic_write_text
-from common.config import PROXY_ENV, REGION_ENV, MirrorConfig
+from common.config import REGION_ENV, MirrorConfig
 from common.errors import ConfigError, DownloadError, UsageError
+from common.fetch import resolve_proxies
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,10 @@ def probe_mirrors(
 
 def proxied_session(config: MirrorConfig, env: Mapping[str, str] | None = None) -> requests.Session:
     """A session using the configured proxy, else ALIYUN_ASSIST_PROXY, else the standard env."""
-    env = os.environ if env is None else env
     session = requests.Session()
-    proxy = config.proxy or env.get(PROXY_ENV, "")
-    if proxy:
-        session.proxies = {"http": proxy, "https": proxy}
+    proxies = resolve_proxies(config.proxy, env)
+    if proxies:
+        session.proxies = proxies
     return session
 
 
