@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from common.errors import AssistError, ConfigError
+
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Flush a directory entry so a rename survives power loss (no-op where unsupported)."""
@@ -71,3 +73,15 @@ def atomic_symlink(target: str, link: str | os.PathLike[str]) -> None:
     os.symlink(target, tmp)
     os.replace(tmp, link_path)
     fsync_dir(link_path.parent)
+
+
+def read_json(
+    path: str | os.PathLike[str], *, missing: AssistError, unreadable_hint: str | None = None
+) -> Any:
+    """Parsed JSON of `path`: raise `missing` if it does not exist, ConfigError if unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise missing from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", hint=unreadable_hint) from exc

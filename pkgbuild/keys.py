@@ -36,7 +36,7 @@ from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root
 from tuf.api.serialization.json import JSONSerializer
 
-from common.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+from common.atomic import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from common.errors import ConfigError, LocalStateError, ToolError, UsageError
 
 log = logging.getLogger(__name__)
@@ -247,15 +247,11 @@ def _generate_authenticode(keydir: Path) -> str:
 def load_keys_json(keydir: Path) -> dict[str, Any]:
     """Read KEYDIR/keys.json, with a clear error when KEYDIR is not a key directory."""
     path = Path(keydir) / "keys.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{keydir} is not a key directory (no keys.json)",
-            hint="create one with `assist-pkgbuild keygen --out KEYDIR`",
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", hint="regenerate the keys") from exc
+    missing = ConfigError(
+        f"{keydir} is not a key directory (no keys.json)",
+        hint="create one with `assist-pkgbuild keygen --out KEYDIR`",
+    )
+    data = read_json(path, missing=missing, unreadable_hint="regenerate the keys")
     if not isinstance(data, dict) or not isinstance(data.get("roles"), dict):
         raise ConfigError(f"{path} has no roles", hint="regenerate the keys")
     return data

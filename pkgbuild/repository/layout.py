@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import json
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.atomic import atomic_write_json
+from common.atomic import atomic_write_json, read_json
 from common.errors import ConfigError, UsageError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -86,15 +85,11 @@ def state_path(repo: Path) -> Path:
 def load_state(repo: Path) -> RepoState:
     """Read the state `init` wrote, or explain that the repository is not initialised."""
     path = state_path(repo)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"{repo} is not an initialised release repository",
-            hint="create it with `assist-pkgbuild init --repo REPO --keys KEYDIR`",
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    missing = ConfigError(
+        f"{repo} is not an initialised release repository",
+        hint="create it with `assist-pkgbuild init --repo REPO --keys KEYDIR`",
+    )
+    data = read_json(path, missing=missing)
     if not isinstance(data, dict):
         raise ConfigError(f"{path} is not a JSON object", hint="re-run init into a new directory")
     return RepoState.from_dict(data)
