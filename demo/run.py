@@ -425,36 +425,17 @@ def step_broken(demo: Demo) -> str:
     demo.origin_proc = demo.serve("origin", demo.origin, demo.origin_port)
     sync_mirror(demo)
     stop_process(demo.origin_proc)
-    proc = demo.run(
-        "assist-update",
-        "apply",
-        "--prefix",
-        str(demo.prefix),
-        "--trust-root",
-        str(demo.keys / "root.json"),
-        "--health-timeout",
-        "8",
-        "--settle",
-        "2",
-        check=False,
-    )
-    if proc.returncode != 3:
-        raise DemoError(
-            f"expected exit 3 (rolled back) for the broken 1.2.0, got {proc.returncode}: {proc.stderr}"
-        )
-    demo.run(
-        "assist-update",
-        "apply",
-        "--prefix",
-        str(demo.prefix),
-        "--trust-root",
-        str(demo.keys / "root.json"),
-        "--health-timeout",
-        "8",
-        "--settle",
-        "2",
-        check=False,
-    )
+    for attempt in (1, 2):  # max_failures = 2: the second failure blocklists 1.2.0
+        proc = demo.run(
+            "assist-update", "apply", "--prefix", str(demo.prefix),
+            "--trust-root", str(demo.keys / "root.json"), "--health-timeout", "8", "--settle", "2",
+            check=False,
+        )  # fmt: skip
+        if proc.returncode != 3:
+            raise DemoError(
+                f"expected exit 3 (rolled back) for the broken 1.2.0 (attempt {attempt}), "
+                f"got {proc.returncode}: {proc.stderr}"
+            )
     status = demo.run_json("assist-update", "status", "--prefix", str(demo.prefix), "--json")
     if status.get("current") != "1.1.0" or "1.2.0" not in json.dumps(status.get("blocklist")):
         raise DemoError(f"expected current 1.1.0 and 1.2.0 blocklisted, status says {status}")
