@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +77,20 @@ def static_server(tmp_path: Path) -> Iterator[Any]:
     root.mkdir()
     with StaticServer(root) as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_stray_gpg_agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """gpg and dnf (librepo) start a gpg-agent per GNUPGHOME; stop those under this run's tmp."""
+    yield
+    base = str(tmp_path_factory.getbasetemp()).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"gpg-agent") and base in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGTERM)
