@@ -461,6 +461,14 @@ async def list_results(
         .join(inv, inv.c.invoke_id == ii.c.invoke_id)
         .where(ii.c.account == account)
     )
+    stmt = _filter_results(stmt, filters, ii.c.status)
+    order = (ii.c.created_ms.desc(), ii.c.invoke_id, ii.c.instance_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+def _filter_results(stmt: Any, filters: Row, status: Any) -> Any:
+    """DescribeInvocationResults' InvokeId / InstanceId / CommandId / status filters."""
+    ii, inv = invocation_instances, invocations
     if filters.get("InvokeId"):
         stmt = stmt.where(ii.c.invoke_id == filters["InvokeId"])
     if filters.get("InstanceId"):
@@ -469,9 +477,8 @@ async def list_results(
         stmt = stmt.where(inv.c.command_id == filters["CommandId"])
     statuses = filters.get("Statuses")
     if statuses:
-        stmt = stmt.where(ii.c.status.in_(list(statuses)))
-    order = (ii.c.created_ms.desc(), ii.c.invoke_id, ii.c.instance_id)
-    return await _page(conn, stmt, order, offset, limit)
+        stmt = stmt.where(status.in_(list(statuses)))
+    return stmt
 
 
 async def list_execution_results(
@@ -525,15 +532,7 @@ async def list_execution_results(
         .select_from(ii.join(inv, inv.c.invoke_id == ii.c.invoke_id).outerjoin(ex, ran))
         .where(ii.c.account == account)
     )
-    if filters.get("InvokeId"):
-        stmt = stmt.where(ii.c.invoke_id == filters["InvokeId"])
-    if filters.get("InstanceId"):
-        stmt = stmt.where(ii.c.instance_id == filters["InstanceId"])
-    if filters.get("CommandId"):
-        stmt = stmt.where(inv.c.command_id == filters["CommandId"])
-    statuses = filters.get("Statuses")
-    if statuses:
-        stmt = stmt.where(status.in_(list(statuses)))
+    stmt = _filter_results(stmt, filters, status)
     order = (newest.desc(), ii.c.invoke_id, ii.c.instance_id, ex.c.execution_id.desc())
     return await _page(conn, stmt, order, offset, limit)
 
