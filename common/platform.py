@@ -95,3 +95,21 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def pid_runs(pid: int, argument: str) -> bool:
+    """True when `pid` is alive and, where procfs shows command lines, has `argument` among its
+    arguments (the agent is started with `--prefix PREFIX`).
+
+    A pidfile outlives a killed process and pids are reused (pid_max is often 32768): without this
+    check a stale pidfile would have us signal an unrelated process.
+    """
+    if not pid_alive(pid):
+        return False
+    if not Path("/proc/self/cmdline").exists():
+        return True  # no procfs (macOS, Windows): liveness is all there is to check
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False  # exited meanwhile
+    return os.fsencode(argument) in args

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from common.atomic import atomic_write_text
 from common.errors import ToolError, UsageError
-from common.platform import pid_alive
+from common.platform import pid_runs
 
 log = logging.getLogger(__name__)
 TOOL_TIMEOUT = 600.0  # seconds a service/package tool may take before it counts as hung
@@ -132,17 +132,18 @@ class ProcessManager:
 
     def stop(self) -> None:
         """TERM the recorded pid, KILL it after stop_timeout, forget the pidfile."""
-        pid = self._read_pid()
-        if pid and pid_alive(pid):
+        pid = self.main_pid()
+        if pid:
+            ours = str(self.prefix)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
-            while pid_alive(pid) and time.monotonic() < deadline:
+            while pid_runs(pid, ours) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            if pid_alive(pid):
+            if pid_runs(pid, ours):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                while pid_alive(pid):
+                while pid_runs(pid, ours):
                     time.sleep(0.02)
         with contextlib.suppress(FileNotFoundError):
             self.pidfile.unlink()
@@ -153,7 +154,7 @@ class ProcessManager:
 
     def main_pid(self) -> int | None:
         pid = self._read_pid()
-        return pid if pid and pid_alive(pid) else None
+        return pid if pid and pid_runs(pid, str(self.prefix)) else None
 
     def _read_pid(self) -> int | None:
         try:
@@ -257,7 +258,7 @@ class SysvManager:
             text = (self.prefix / "state" / "agent.pid").read_text().strip()
         except OSError:
             return None
-        return int(text) if text.isdigit() and pid_alive(int(text)) else None
+        return int(text) if text.isdigit() and pid_runs(int(text), str(self.prefix)) else None
 
 
 class WindowsManager:

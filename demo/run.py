@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import interrupts_as_exceptions
+from common.service import ProcessManager
 from server.testing import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -547,14 +548,7 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
 
 def stop_agent(demo: Demo) -> None:
     """Stop the installed agent through its pidfile (the `process` service manager)."""
-    pidfile = demo.prefix / "state" / "agent.pid"
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+    ProcessManager(demo.prefix, stop_timeout=5).stop()
 
 
 def main(argv: list[str] | None = None) -> int:

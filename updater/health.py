@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.service import pid_alive
+from common.platform import pid_alive
 
 WAITING = "waiting"
 HEALTHY = "healthy"

@@ -114,16 +114,26 @@ def run_tool(
     except FileNotFoundError as exc:
         raise ToolError(f"{cmd[0]} is not installed", hint="run `make install`") from exc
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        lines = [ln for ln in lines if "error" in ln.lower()] or lines
-        lines = lines or [ln for ln in proc.stdout.splitlines() if ln.strip()]
         log.debug("%s output:\n%s", cmd[0], proc.stderr + proc.stdout)
         raise ToolError(
-            f"{os.path.basename(cmd[0])} failed (exit {proc.returncode}): "
-            f"{lines[-1] if lines else 'no output'}",
+            f"{os.path.basename(cmd[0])} failed (exit {proc.returncode}): {_gist(proc)}",
             hint="rerun with --debug to see the tool's output",
         )
     return proc
+
+
+def _gist(proc: subprocess.CompletedProcess[str]) -> str:
+    """The line of a failed tool's output that says why: its last error line, and for a failed
+    build step ("Bad exit status from …") also the line the step printed before it."""
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [i for i, ln in enumerate(lines) if "error" in ln.lower()]
+    if not errors:
+        lines = lines or [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+        return lines[-1] if lines else "no output"
+    last = errors[-1]
+    if "bad exit status" in lines[last].lower() and last > 0:
+        return f"{lines[last]} after: {lines[last - 1]}"
+    return lines[last]
 
 
 def resolve_request(request: BuildRequest) -> tuple[list[str], list[str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import ToolError, UsageError
+from common.platform import pid_alive
 from common.service import (
     NoManager,
     ProcessManager,
@@ -21,13 +22,13 @@ from common.service import (
     SysvManager,
     WindowsManager,
     make_service,
-    pid_alive,
 )
 
-AGENT = """#!/bin/sh
+SLEEP = 'exec python3 -c "import time; time.sleep(600)" "$@"'  # keeps --prefix in its cmdline
+AGENT = f"""#!/bin/sh
 @TRAP@
-echo "python=${ASSIST_PYTHON:-none} args=$*"
-exec sleep 600
+echo "python=${{ASSIST_PYTHON:-none}} args=$*"
+{SLEEP}
 """
 
 
@@ -37,7 +38,7 @@ def _prefix(tmp_path: Path, ignore_term: bool = False) -> Path:
     bin_dir.mkdir(parents=True)
     script = AGENT.replace("@TRAP@", "trap '' TERM" if ignore_term else "")
     if ignore_term:  # a child sh keeps the trap; exec would drop it
-        script = script.replace("exec sleep 600", "while :; do sleep 1; done")
+        script = script.replace(SLEEP, "while :; do sleep 1; done")
     (bin_dir / "assist-agent").write_text(script)
     (bin_dir / "assist-agent").chmod(0o755)
     (prefix / "current").symlink_to("versions/1.0.0")
@@ -127,6 +128,23 @@ def test_stale_pidfile_is_not_running(tmp_path: Path) -> None:
     (prefix / "state").mkdir()
     (prefix / "state" / "agent.pid").write_text(f"{proc.pid}\n")
     assert ProcessManager(prefix).main_pid() is None
+
+
+def test_pidfile_naming_an_unrelated_process_is_not_ours(tmp_path: Path) -> None:
+    """A pid reused by another program after the agent died: never signalled."""
+    prefix = _prefix(tmp_path)
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        (prefix / "state").mkdir()
+        (prefix / "state" / "agent.pid").write_text(f"{other.pid}\n")
+        manager = ProcessManager(prefix, stop_timeout=0.5)
+        assert manager.main_pid() is None
+        manager.stop()
+        assert other.poll() is None  # still running
+        assert not (prefix / "state" / "agent.pid").exists()
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_pid_alive_sees_zombies_as_dead() -> None:

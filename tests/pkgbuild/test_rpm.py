@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from pkgbuild.formats.rpm import sign_rpm
 
 Builder = Callable[..., dict[str, Path]]
@@ -135,3 +137,20 @@ def test_aarch64_rpm_is_built_and_signed(
     ).stdout
     assert arch == "aarch64"
     assert checksig(rpmdb(tmp_path, keydir), package).returncode == 0
+
+
+def test_a_failed_build_step_names_its_cause(tmp_path: Path) -> None:
+    """rpmbuild's own last line ("Bad exit status from …") says nothing; the cause comes with it."""
+    from common.errors import ToolError
+    from pkgbuild.formats import run_tool
+
+    spec = tmp_path / "broken.spec"
+    spec.write_text(
+        f"%define _topdir {tmp_path}/top\n"
+        "Name: broken\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\n"
+        "%description\nd\n%install\ncp /nonexistent/file %{buildroot}/\n%files\n"
+    )
+    with pytest.raises(ToolError) as caught:
+        run_tool(["rpmbuild", "-bb", "--quiet", str(spec)])
+    message = str(caught.value)
+    assert "Bad exit status" in message and "/nonexistent/file" in message, message

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from common.platform import pid_runs
 from pkgbuild.payload import project_root
 
 Builder = Callable[..., dict[str, Path]]
@@ -91,10 +92,24 @@ def test_sysv_script_starts_reports_and_stops_the_agent(installed_prefix: Path) 
         assert not alive(pid)
         assert sysv(prefix, "status").returncode == 3
     finally:
-        try:
+        if pid_runs(pid, str(prefix)):  # never a pid some other process has taken over since
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+
+
+def test_sysv_script_leaves_a_reused_pid_alone(installed_prefix: Path) -> None:
+    """The pidfile names a pid that now belongs to another program: not ours, not signalled."""
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        (installed_prefix / "state").mkdir(exist_ok=True)
+        (installed_prefix / "state/agent.pid").write_text(f"{other.pid}\n")
+        assert sysv(installed_prefix, "status").returncode == 3
+        stopped = sysv(installed_prefix, "stop")
+        assert stopped.returncode == 0 and "not running" in stopped.stdout
+        assert other.poll() is None
+        assert not (installed_prefix / "state/agent.pid").exists()
+    finally:
+        other.kill()
+        other.wait()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
