@@ -45,7 +45,11 @@ while [ $# -gt 0 ]; do case "$1" in --prefix) prefix="$2"; shift 2;; *) shift;; 
 mkdir -p "$prefix/state"
 printf '{"version": "@V@", "pid": %s, "started": 0, "connected": true}\\n' "$$" > "$prefix/state/.h"
 mv "$prefix/state/.h" "$prefix/state/health.json"
-exec sleep 600
+# this shell stays the agent's pid (its command line keeps --prefix, which the process manager
+# checks before it signals a recorded pid); TERM ends the sleep with it
+trap 'kill $! 2>/dev/null; exit 0' TERM
+sleep 600 &
+wait
 """
 
 

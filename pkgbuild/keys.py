@@ -152,7 +152,7 @@ def _write_tuf_key(directory: Path, name: str) -> str:
 
 def _run_gpg(keydir: Path, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     """Run gpg in batch mode against KEYDIR/gpg; a failure becomes a ToolError."""
-    cmd = ["gpg", "--homedir", str(keydir / "gpg"), *GPG_BATCH, *args]
+    cmd = ["gpg", "--homedir", gnupg_home(keydir), *GPG_BATCH, *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, env=gpg_env(keydir), check=False, **kwargs)
     except FileNotFoundError as exc:
@@ -300,10 +300,50 @@ def role_thresholds(keydir: Path) -> dict[str, int]:
     return {role: int(roles[role]["threshold"]) for role in ROLES if role in roles}
 
 
+# sun_path holds 108 bytes; gpg-agent's longest socket name is S.gpg-agent.browser
+_SOCKET_PATH_MAX = 104
+
+
+def gnupg_home(keydir: Path) -> str:
+    """The GNUPGHOME to hand gpg for KEYDIR/gpg.
+
+    gpg-agent keeps its sockets in GNUPGHOME (unless /run/user/UID exists); under a deep KEYDIR
+    a socket path overflows sun_path and every signing fails with "No agent running". gpg then
+    gets a short alias instead: TMPDIR/assist-gnupg-UID/<hash> -> KEYDIR/gpg, in a directory only
+    this user can write to.
+    """
+    home = Path(keydir).resolve() / "gpg"
+    if len(os.fsencode(home / "S.gpg-agent.browser")) <= _SOCKET_PATH_MAX:
+        return str(home)
+    aliases = Path(tempfile.gettempdir()) / f"assist-gnupg-{os.getuid()}"
+    aliases.mkdir(mode=0o700, exist_ok=True)
+    info = aliases.lstat()
+    if (
+        not aliases.is_dir()
+        or aliases.is_symlink()
+        or info.st_uid != os.getuid()
+        or info.st_mode & 0o077
+    ):
+        raise LocalStateError(
+            f"{aliases} is not a private directory of this user",
+            hint="remove it, or set TMPDIR to a directory of your own",
+        )
+    alias = aliases / hashlib.sha256(os.fsencode(home)).hexdigest()[:16]
+    if not (alias.is_symlink() and os.readlink(alias) == str(home)):
+        for stale in aliases.iterdir():  # links whose key directory is gone
+            if stale.is_symlink() and not stale.exists():
+                stale.unlink(missing_ok=True)
+        tmp = aliases / f".{alias.name}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(home)
+        os.replace(tmp, alias)
+    return str(alias)
+
+
 def gpg_env(keydir: Path) -> dict[str, str]:
-    """os.environ with GNUPGHOME pointing at KEYDIR/gpg."""
+    """os.environ with GNUPGHOME pointing at KEYDIR/gpg (see gnupg_home)."""
     env = dict(os.environ)
-    env["GNUPGHOME"] = str(Path(keydir).resolve() / "gpg")
+    env["GNUPGHOME"] = gnupg_home(keydir)
     return env
 
 
@@ -321,7 +361,7 @@ def stop_gpg_agent(keydir: Path) -> None:
         return
     try:
         subprocess.run(
-            ["gpgconf", "--homedir", str(Path(keydir) / "gpg"), "--kill", "gpg-agent"],
+            ["gpgconf", "--homedir", gnupg_home(keydir), "--kill", "gpg-agent"],
             capture_output=True,
             check=False,
         )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.errors import AssistError, ToolError
-from pkgbuild.keys import GPG_BATCH, gpg_env, gpg_fingerprint
+from pkgbuild.keys import GPG_BATCH, gnupg_home, gpg_env, gpg_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def gpg_sign(keys: Path, data: bytes, mode: str) -> bytes:
     cmd = [
         "gpg",
         "--homedir",
-        str(Path(keys).resolve() / "gpg"),
+        gnupg_home(keys),
         *GPG_BATCH,
         "--local-user",
         gpg_fingerprint(keys),

@@ -6,6 +6,7 @@ import datetime
 import json
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def test_failed_keygen_leaves_nothing_behind(
     with pytest.raises(ToolError, match="gpg is not installed"):
         generate_keys(tmp_path / "keys")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_keys_deep_in_the_filesystem_still_sign(tmp_path: Path) -> None:
+    """gpg-agent's socket under a deep KEYDIR would overflow sun_path ("No agent running");
+    gpg works through a short private alias instead, and nothing is left running."""
+    from pkgbuild.keys import gnupg_home, stop_gpg_agent
+    from pkgbuild.repository.tools import gpg_sign
+
+    keys = tmp_path / ("deep-" * 12) / "keys"
+    assert len(str(keys / "gpg/S.gpg-agent.browser")) > 108
+    generate_keys(keys)
+    try:
+        signed = gpg_sign(keys, b"Origin: test\n", "clearsign")
+        assert b"BEGIN PGP SIGNED MESSAGE" in signed
+        alias = Path(gnupg_home(keys))
+        assert alias.is_symlink() and alias.resolve() == (keys / "gpg").resolve()
+        assert stat.S_IMODE(alias.parent.stat().st_mode) == 0o700
+    finally:
+        stop_gpg_agent(keys)
+    deadline = time.monotonic() + 5  # gpgconf --kill returns as the agent shuts down
+    while (
+        str(alias)
+        in subprocess.run(["pgrep", "-af", "gpg-agent"], capture_output=True, text=True).stdout
+    ):
+        assert time.monotonic() < deadline, "the gpg-agent was left running"
+        time.sleep(0.1)

@@ -1,13 +1,14 @@
 """Fake agent payloads for updater tests (until/besides real `assist-pkgbuild build` artifacts).
 
 The fake agent is a tiny POSIX sh launcher at versions/V/bin/assist-agent: `run --prefix P`
-writes P/state/health.json for its version and then `exec sleep`s (same pid), like the real agent
+writes P/state/health.json for its version and then execs a sleeping Python (same pid), like the real agent
 once its main loop runs. A broken one exits at start without reporting.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -24,7 +25,9 @@ mkdir -p "$prefix/state"
 printf '{"version": "@VERSION@", "pid": %s, "started": "%s", "connected": true}\\n' \\
   "$$" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$prefix/state/.health.tmp"
 mv "$prefix/state/.health.tmp" "$prefix/state/health.json"
-exec sleep 600
+# sleep on under the same pid, keeping `--prefix P` in the command line (the service manager
+# checks it before it signals a recorded pid)
+exec "@PYTHON@" -c "import time; time.sleep(600)" run --prefix "$prefix"
 """
 
 
@@ -36,7 +39,8 @@ INIT = '#!/bin/sh\nPREFIX="/usr/local/share/aliyun-assist"\n'
 
 
 def agent_script(version: str, broken: bool = False) -> str:
-    return AGENT_SH.replace("@VERSION@", version).replace("@BROKEN@", "yes" if broken else "no")
+    script = AGENT_SH.replace("@VERSION@", version).replace("@PYTHON@", sys.executable)
+    return script.replace("@BROKEN@", "yes" if broken else "no")
 
 
 def payload_files(version: str, broken: bool = False) -> dict[str, tuple[bytes, int]]:

@@ -14,7 +14,8 @@ from conftest import make_updater
 from fakepayload import LocalRepo
 
 from common.errors import LockedError, NoSpaceError, VerificationError
-from common.service import ProcessManager, pid_alive
+from common.platform import pid_alive
+from common.service import ProcessManager
 from updater import journal as jr
 from updater.engine import RefusedError
 from updater.layout import Layout
