@@ -91,6 +91,8 @@ def _stop_stray_gpg_agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cmdline.startswith(b"gpg-agent") and base in cmdline:
+        # the homedir may be a short alias (pkgbuild.keys.gnupg_home) of a directory under base
+        homes = [os.path.realpath(arg) for arg in cmdline.split(b"\0") if arg.startswith(b"/")]
+        if cmdline.startswith(b"gpg-agent") and any(home.startswith(base) for home in homes):
             with contextlib.suppress(OSError):
                 os.kill(int(entry.name), signal.SIGTERM)
