@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nacl.signing import VerifyKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -59,7 +59,7 @@ class AgentIdentity:
 
 @dataclass
 class _CachedKey:
-    key: Ed25519PublicKey
+    key: VerifyKey
     account: str
     loaded: float
 
@@ -290,7 +290,7 @@ async def notify_handler(request: Request) -> Response:
             if touch:
                 await q.record_seen(conn, who.instance_id, now_ms)
 
-        await state.store.write(_tx, durable=False)
+        await state.store.write(_tx, durable=False, key=who.instance_id)
         if touch:
             state.seen(who.instance_id, now_ms)
         events = await wait_unless_gone(request, state.notifier, who.instance_id, float(raw))

@@ -194,7 +194,7 @@ async def task_list(state: ServerState, who: AgentIdentity, body: bytes) -> dict
         run, stop = await q.tasks_for(conn, who.instance_id)
         return run, stop
 
-    run, stop = await state.store.write(_tx, durable=False)
+    run, stop = await state.store.write(_tx, durable=False, key=who.instance_id)
     return {"run": [render_task(r) for r in run], "stop": stop}
 
 
@@ -229,7 +229,7 @@ async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> d
         )
         return known
 
-    known = await state.store.write(_tx, durable=False)
+    known = await state.store.write(_tx, durable=False, key=who.instance_id)
     if not known:
         raise task_not_found(invoke_id)
     return {"ok": True}
@@ -278,7 +278,7 @@ async def task_report(
         )
         return duplicate
 
-    duplicate = await state.store.write(_tx)
+    duplicate = await state.store.write(_tx, key=who.instance_id)
     if duplicate is None:
         raise task_not_found(invoke_id)
     return {"ok": True, "duplicate": duplicate}
@@ -296,7 +296,7 @@ async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict
         await state.use_agent_nonce(conn, who)
         await q.record_heartbeat(conn, who.instance_id, now, state.heartbeat_interval, version)
 
-    await state.store.write(_tx, durable=False)
+    await state.store.write(_tx, durable=False, key=who.instance_id)
     state.seen(who.instance_id, now)
     return {"next_interval": state.heartbeat_interval}
 
@@ -312,5 +312,5 @@ async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> d
         update_now, version = await q.take_update(conn, who.instance_id)
         return update_now, version
 
-    update_now, version = await state.store.write(_tx)
+    update_now, version = await state.store.write(_tx, key=who.instance_id)
     return {"update_now": update_now, "version": version if update_now else ""}

@@ -4,7 +4,8 @@ Callers hand the store a *transaction function*: ``async def tx(conn) -> T`` tha
 (server/store/queries.py) on `conn`. The store runs it in one transaction:
 
 - PostgreSQL: on the event loop with an asyncpg-backed AsyncConnection; replicas share the
-  database.
+  database. Writes are group-committed too: one writer runs every transaction function queued
+  meanwhile in one transaction, and runs them again one by one if any of them fails.
 - SQLite: on threads with the plain sqlite3 driver. Writes go to one writer thread that takes
   every transaction queued meanwhile and runs them in one BEGIN IMMEDIATE … COMMIT, each inside
   its own SAVEPOINT (group commit: a failing function rolls back alone). Reads run on a small
@@ -19,9 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import logging
 import os
-from collections.abc import Callable, Coroutine
+import re
+import zlib
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MAX_BATCH = 512  # transaction functions per SQLite group commit
 READ_THREADS = 2
+PG_WRITE_LANES = 4  # writer connections, each group-committing its own queue
 
 
 def default_data_dir() -> Path:
@@ -269,6 +275,200 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
+# deadlock_detected, serialization_failure: a batch that hit one is run again job by job
+_RETRY_SQLSTATES = ("40P01", "40001")
+
+
+@dataclass
+class _PgJob:
+    fn: TxFunction[Any]
+    durable: bool
+    future: asyncio.Future[Any]
+
+
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name parameter, as text() finds them
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(sql: str) -> tuple[str, tuple[str, ...], bool]:
+    """A text() statement in asyncpg's form: $n parameters, their names, whether it returns rows."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    upper = sql.lstrip().upper()
+    returns_rows = upper.startswith(("SELECT", "WITH")) or " RETURNING " in upper
+    return _BIND.sub(number, sql), tuple(names), returns_rows
+
+
+class _PgFastConn:
+    """A SQLAlchemy AsyncConnection whose plain text() statements go straight to asyncpg.
+
+    SQLAlchemy's execution layers cost more server CPU than asyncpg itself on the agent API's
+    hot path; the prepared text statements there need none of them (no type processing, no
+    compilation). Everything else, and the transaction itself, stays with SQLAlchemy: the first
+    fast statement opens the transaction through the driver adapter exactly as SQLAlchemy would.
+    """
+
+    def __init__(self, conn: Any, adapter: Any) -> None:
+        self._conn = conn
+        self._adapter = adapter
+        self.dialect = conn.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if not (_is_plain_text(statement) and (parameters is None or isinstance(parameters, dict))):
+            return await self._conn.execute(statement, parameters)
+        sql, names, returns_rows = _numbered(statement.text)
+        args = [(parameters or {})[name] for name in names]
+        adapter = self._adapter
+        async with adapter._execute_mutex:
+            if adapter._transaction is None:
+                await adapter._start_transaction()
+            if returns_rows:
+                records = await adapter._connection.fetch(sql, *args)
+                return _PgResult([_Row(dict(r.items())) for r in records], len(records))
+            status = await adapter._connection.execute(sql, *args)
+        count = status.rsplit(" ", 1)[-1]
+        return _PgResult([], int(count) if count.isdigit() else -1)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._conn.run_sync(fn, *args)
+
+
+class _PgResult(_FastResult):
+    """Rows (or a row count) of a statement _PgFastConn ran."""
+
+    def __init__(self, rows: list[_Row], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+
+@contextlib.asynccontextmanager
+async def _pg_transaction(engine: AsyncEngine) -> AsyncIterator[_PgFastConn]:
+    """engine.begin(), handing out the fast connection."""
+    async with engine.begin() as conn:
+        raw = await conn.get_raw_connection()
+        yield _PgFastConn(conn, raw.dbapi_connection)
+
+
+class _PgLane:
+    """One writer connection's queue: runs the transaction functions queued meanwhile as one
+    transaction (durable commit if any of them asked for it). When any function of a batch
+    fails, the batch rolls back and each function runs again alone, so a failure (or a deadlock
+    with another replica) never leaks one job's partial writes or error into another's."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.pending: list[_PgJob] = []
+        self.in_flight = 0
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def submit(self, job: _PgJob) -> None:
+        if self._writer is None or self._writer.done():
+            self._wake = asyncio.Event()
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self.pending.append(job)
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                batch = self.pending[:MAX_BATCH]
+                del self.pending[:MAX_BATCH]
+                self.in_flight = len(batch)
+                try:
+                    if len(batch) == 1 or not await self._run_batch(batch):
+                        for job in batch:
+                            await self._run_alone(job)
+                finally:
+                    self.in_flight = 0
+
+    async def _run_batch(self, batch: list[_PgJob]) -> bool:
+        """All of `batch` in one transaction; False (nothing stored) if any of it failed."""
+        results = []
+        try:
+            async with _pg_transaction(self.engine) as conn:
+                if not any(job.durable for job in batch):
+                    await conn.execute(_ASYNC_COMMIT)
+                for job in batch:
+                    results.append(await job.fn(conn))  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("a batch of %d writes rolled back (%s); one by one now", len(batch), exc)
+            return False
+        for job, result in zip(batch, results):
+            if not job.future.done():
+                job.future.set_result(result)
+        return True
+
+    async def _run_alone(self, job: _PgJob) -> None:
+        for attempt in range(3):
+            try:
+                async with _pg_transaction(self.engine) as conn:
+                    if not job.durable:
+                        await conn.execute(_ASYNC_COMMIT)
+                    result = await job.fn(conn)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt < 2 and _sqlstate(exc) in _RETRY_SQLSTATES:
+                    continue
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                return
+            if not job.future.done():
+                job.future.set_result(result)
+            return
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+
+
+class _PgGroupCommit:
+    """Group-committed writes on PostgreSQL over a few writer lanes.
+
+    Per request the server used to pay a pool checkout, BEGIN, SET LOCAL and COMMIT around a
+    statement or two; under many agents that bookkeeping was most of both processes' CPU. Each
+    lane batches what queued while its last batch ran. Jobs are spread over the lanes by
+    instance, so one agent's writes always take the same lane: two lanes never lock the same
+    instance's rows, and batches of agent requests cannot deadlock each other.
+    """
+
+    def __init__(self, engine: AsyncEngine, lanes: int) -> None:
+        self._lanes = [_PgLane(engine) for _ in range(lanes)]
+
+    async def write(self, fn: TxFunction[T], durable: bool, key: str) -> T:
+        job = _PgJob(fn, durable, asyncio.get_running_loop().create_future())
+        self._lanes[zlib.crc32(key.encode()) % len(self._lanes)].submit(job)
+        return await job.future  # type: ignore[no-any-return]
+
+    def busy(self) -> bool:
+        return any(lane.pending or lane.in_flight for lane in self._lanes)
+
+    def close(self) -> None:
+        for lane in self._lanes:
+            lane.close()
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE of a database error (asyncpg's, wrapped by SQLAlchemy or not), or ""."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return ""
 
 
 class Store:
@@ -279,6 +479,7 @@ class Store:
         self.dialect = "postgresql" if self.url.startswith("postgresql") else "sqlite"
         self._sqlite: _SqliteRunner | None = None
         self._engine: AsyncEngine | None = None
+        self._pg_writer: _PgGroupCommit | None = None
         if self.dialect == "sqlite":
             self._sqlite = _SqliteRunner(make_url(self.url).database or ":memory:")
         else:
@@ -286,21 +487,20 @@ class Store:
             self._engine = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=600
             )
+            self._pg_writer = _PgGroupCommit(self._engine, PG_WRITE_LANES)
 
-    async def write(self, fn: TxFunction[T], durable: bool = True) -> T:
+    async def write(self, fn: TxFunction[T], durable: bool = True, key: str = "") -> T:
         """Run `fn` in a read-write transaction; its exception rolls it back and propagates.
 
         `durable=False` (heartbeats, task lists, nonces of idempotent requests) lets PostgreSQL
         acknowledge before the WAL flush: a database crash may forget the last few such writes,
         never a result report. SQLite in WAL mode with synchronous=NORMAL behaves so always.
+        `key` (an instance id) keeps one agent's writes in one PostgreSQL writer lane.
         """
         if self._sqlite is not None:
             return await self._sqlite.write(fn)
-        assert self._engine is not None
-        async with self._engine.begin() as conn:
-            if not durable:
-                await conn.execute(_ASYNC_COMMIT)
-            return await fn(conn)  # type: ignore[arg-type]
+        assert self._pg_writer is not None
+        return await self._pg_writer.write(fn, durable, key)
 
     async def read(self, fn: TxFunction[T]) -> T:
         """Run `fn` in a read-only transaction (a consistent snapshot)."""
@@ -324,5 +524,9 @@ class Store:
             while self._sqlite._pending:  # let queued writes finish first
                 await asyncio.sleep(0.01)
             self._sqlite.close()
+        if self._pg_writer is not None:
+            while self._pg_writer.busy():  # let queued writes finish first
+                await asyncio.sleep(0.01)
+            self._pg_writer.close()
         if self._engine is not None:
             await self._engine.dispose()
