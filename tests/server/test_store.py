@@ -1,0 +1,70 @@
+"""The Store's group commit, on SQLite and PostgreSQL: many transaction functions share one
+database transaction, yet each one's writes and errors stay its own."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from server.store.db import Store
+
+INSERT = text("INSERT INTO nonces (nonce, expires) VALUES (:nonce, :expires)")
+COUNT = text("SELECT count(*) AS n FROM nonces WHERE nonce LIKE :prefix")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+async def _batch_with_failures(url: str, prefix: str) -> tuple[list[Any], int, list[str]]:
+    store = Store(url)
+    try:
+        await store.migrate()
+
+        def job(i: int) -> Any:
+            async def tx(conn: Any) -> int:
+                await conn.execute(INSERT, {"nonce": f"{prefix}{i}", "expires": i})
+                if i % 10 == 3:
+                    raise ValueError(f"job {i} refuses after writing")
+                if i % 10 == 7:  # a database error: the same nonce twice
+                    await conn.execute(INSERT, {"nonce": f"{prefix}{i}", "expires": i})
+                return i
+
+            return tx
+
+        outcomes = await asyncio.gather(
+            *(store.write(job(i), durable=i % 2 == 0, key=f"i-{i % 7}") for i in range(100)),
+            return_exceptions=True,
+        )
+
+        async def count(conn: Any) -> int:
+            return int((await conn.execute(COUNT, {"prefix": f"{prefix}%"})).first()[0])
+
+        async def names(conn: Any) -> list[str]:
+            rows = await conn.execute(
+                text("SELECT nonce FROM nonces WHERE nonce LIKE :p"), {"p": f"{prefix}%"}
+            )
+            return sorted(r[0] for r in rows.all())
+
+        return list(outcomes), await store.read(count), await store.read(names)
+    finally:
+        await store.close()
+
+
+def test_failing_functions_in_a_group_commit_lose_only_their_own_writes(db_url: str) -> None:
+    outcomes, stored, names = asyncio.run(_batch_with_failures(db_url, "grp-"))
+    refused = [i for i, o in enumerate(outcomes) if isinstance(o, ValueError)]
+    conflicted = [i for i, o in enumerate(outcomes) if isinstance(o, Exception)]
+    assert refused == [i for i in range(100) if i % 10 == 3]
+    assert sorted(set(conflicted) - set(refused)) == [i for i in range(100) if i % 10 == 7]
+    succeeded = [i for i in range(100) if i % 10 not in (3, 7)]
+    assert [outcomes[i] for i in succeeded] == succeeded
+    assert stored == len(succeeded) == 80
+    assert names == sorted(f"grp-{i}" for i in succeeded)
