@@ -25,13 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
-from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile
-from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+from typing import IO, TYPE_CHECKING, Any
 
 from common.atomic import atomic_symlink, atomic_write_bytes
 from common.errors import (
@@ -45,7 +39,16 @@ from common.errors import (
     VerificationError,
 )
 from common.fetch import EndlessDataError, Fetcher
+from common.imports import optional_sdks_hidden
 from common.version import version_sort_key
+
+with optional_sdks_hidden():  # tuf's signer registry would load unused cloud SDKs on every start
+    from tuf.api import exceptions as tuf_errors
+    from tuf.api.metadata import TargetFile
+    from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -490,6 +493,9 @@ def rpm_signature_problem(returncode: int, output: str, key_ids: set[str]) -> st
 
 def verify_authenticode(exe: Path, cert_file: Path) -> None:
     """`osslsigncode verify` against the pinned certificate, and the signer must be exactly it."""
+    from cryptography import x509  # only Windows artifacts need it: not on every start
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     tool = require_tool("osslsigncode")
     try:
         pinned = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
@@ -560,6 +566,8 @@ def signer_serials(output: str) -> set[int]:
 
 def embedded_certificates(tool: str, exe: Path) -> list[x509.Certificate]:
     """The certificates inside the signature's PKCS#7 blob."""
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
     with tempfile.TemporaryDirectory(prefix="assist-authenticode-") as tmp:
         blob = Path(tmp) / "signature.der"
         extracted = run_tool([tool, "extract-signature", "-in", str(exe), "-out", str(blob)])

@@ -12,6 +12,7 @@ from pathlib import Path
 from common.cli import add_common_options, print_json, run_cli
 from common.config import Config, load_config
 from common.errors import UsageError
+from common.imports import preload_tuf
 from mirror.plan import Filters
 from mirror.regions import load_table, region_url
 
@@ -145,19 +146,8 @@ def _filters(args: argparse.Namespace) -> Filters:
     return Filters(tuple(args.channel), tuple(args.os), tuple(args.arch), args.keep)
 
 
-def _skip_unused_boto3() -> None:
-    """Keep boto3 out of a sync that does not publish to S3.
-
-    tuf's securesystemslib imports boto3 (for an AWS KMS signer we never use) whenever it is
-    installed, which costs ~0.25 s of every sync. A None entry in sys.modules makes that import
-    fail fast as ImportError, which securesystemslib expects and tolerates."""
-    sys.modules.setdefault("boto3", None)  # type: ignore[arg-type]
-
-
 def cmd_sync(args: argparse.Namespace) -> int:
     """assist-mirror sync."""
-    if not args.dest:
-        _skip_unused_boto3()
     from mirror.source import HttpSource
     from mirror.storage import S3Storage, Storage, make_s3_client, parse_s3_url
     from mirror.sync import SyncOptions, sync
@@ -312,6 +302,7 @@ COMMANDS = {
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    preload_tuf()  # without the cloud SDKs; --dest s3:// imports boto3 itself later
     return COMMANDS[args.command](args)
 
 
