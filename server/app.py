@@ -118,7 +118,14 @@ class ServerState:
 # --- operator API ---------------------------------------------------------------------------
 
 
-def api_error_response(exc: rpc.ApiError, request_id: str) -> JSONResponse:
+def api_response(root: str, body: dict[str, Any], fmt: str, status: int = 200) -> Response:
+    """The body as JSON, or with Format=XML as the real API's XML under <root>."""
+    if fmt == "XML":
+        return Response(rpc.to_xml(root, body), status, media_type="application/xml")
+    return JSONResponse(body, status_code=status)
+
+
+def api_error_response(exc: rpc.ApiError, request_id: str, fmt: str = "JSON") -> Response:
     body = {
         "RequestId": request_id,
         "HostId": "ecs.aliyuncs.com",
@@ -126,7 +133,7 @@ def api_error_response(exc: rpc.ApiError, request_id: str) -> JSONResponse:
         "Message": exc.message,
         "Recommend": "",
     }
-    return JSONResponse(body, status_code=exc.status)
+    return api_response("Error", body, fmt, exc.status)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -170,6 +177,7 @@ async def operator_endpoint(request: Request) -> Response:
     """The ECS RPC endpoint: `/?Action=…&…` by GET or POST (query and/or form body)."""
     state: ServerState = request.app.state.server
     request_id = rpc.new_request_id()
+    fmt = "JSON"
     try:
         try:
             body = await read_body(request, MAX_OPERATOR_BODY)
@@ -178,6 +186,8 @@ async def operator_endpoint(request: Request) -> Response:
         if len(request.url.query) > MAX_OPERATOR_BODY:
             raise rpc.ApiError("InvalidParameter", "The request is too large.", 413)
         params = rpc.parse_form(request.url.query.encode("latin-1", "replace"), body)
+        if params.get("Format", "").upper() == "XML":
+            fmt = "XML"
         action_name = params.get("Action", "")
         if not action_name:
             raise rpc.missing("Action")
@@ -191,14 +201,14 @@ async def operator_endpoint(request: Request) -> Response:
             )
         result = await handler(state, account, rpc.Params(params))
     except rpc.ApiError as exc:
-        return api_error_response(exc, request_id)
+        return api_error_response(exc, request_id, fmt)
     except Exception:
         log.exception("operator request %s failed", request_id)
         err = rpc.ApiError(
             "InternalError", "The request processing has failed due to some unknown error.", 500
         )
-        return api_error_response(err, request_id)
-    return JSONResponse({"RequestId": request_id, **result})
+        return api_error_response(err, request_id, fmt)
+    return api_response(f"{action_name}Response", {"RequestId": request_id, **result}, fmt)
 
 
 # --- agent API ------------------------------------------------------------------------------

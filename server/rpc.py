@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -266,12 +267,78 @@ class Params:
             raise invalid(name, f"At most {max_items} values are allowed.")
         return list(dict.fromkeys(values))
 
-    def page(self) -> tuple[builtins.int, builtins.int]:
-        """PageNumber (from 1) and PageSize (1..50, default 10)."""
+    def page(self) -> Page:
+        """The page asked for: NextToken + MaxResults, or PageNumber (from 1) + PageSize
+        (1..50, default 10), as the real API takes either."""
+        token = self.str("NextToken", max_len=256)
+        max_results = self.int("MaxResults", None, 1, MAX_PAGE_SIZE)
+        size = max_results or self.int("PageSize", 10, 1, MAX_PAGE_SIZE)
+        assert size is not None
+        if token:
+            offset = decode_next_token(token)
+            return Page(offset, size, offset // size + 1)
         number = self.int("PageNumber", 1, 1, 10**9)
-        size = self.int("PageSize", 10, 1, MAX_PAGE_SIZE)
-        assert number is not None and size is not None
-        return number, size
+        assert number is not None
+        return Page((number - 1) * size, size, number)
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """Rows [offset, offset + size) of a listing."""
+
+    offset: builtins.int
+    size: builtins.int
+    number: builtins.int
+
+    def fields(self, total: builtins.int) -> dict[str, Any]:
+        """The paging fields of a response: a NextToken while more rows follow."""
+        following = self.offset + self.size
+        return {
+            "TotalCount": total,
+            "PageNumber": self.number,
+            "PageSize": self.size,
+            "NextToken": encode_next_token(following) if following < total else "",
+        }
+
+
+def to_xml(root: str, body: Mapping[str, Any]) -> bytes:
+    """A response in the real API's XML form (Format=XML): a dict is a sequence of elements, a
+    list repeats its key's element, True/False are true/false, None is an empty element."""
+    from xml.etree import ElementTree as ET
+
+    def fill(element: ET.Element, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                add(element, str(key), item)
+        elif isinstance(value, bool):
+            element.text = "true" if value else "false"
+        elif value is not None:
+            element.text = str(value)
+
+    def add(parent: ET.Element, key: str, value: Any) -> None:
+        for item in value if isinstance(value, list) else [value]:
+            fill(ET.SubElement(parent, key), item)
+
+    top = ET.Element(root)
+    fill(top, body)
+    return b"<?xml version='1.0' encoding='UTF-8'?>" + ET.tostring(top, encoding="utf-8")
+
+
+def encode_next_token(offset: builtins.int) -> str:
+    """An opaque NextToken for the row at `offset`."""
+    return base64.urlsafe_b64encode(f"assist:{offset}".encode()).decode().rstrip("=")
+
+
+def decode_next_token(token: str) -> builtins.int:
+    """The offset a NextToken of ours stands for; InvalidParameter for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    prefix, _, number = text.partition(":")
+    if prefix != "assist" or not number.isdigit() or len(number) > 12:
+        raise invalid("NextToken", "Use the NextToken of the previous response.")
+    return builtins.int(number)
 
 
 def parse_json_list(name: str, text: str) -> list[str]:

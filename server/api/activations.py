@@ -58,18 +58,16 @@ async def create_activation(state: ServerState, account: str, p: Params) -> dict
 @action("DescribeActivations")
 async def describe_activations(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """The account's activations (never their codes)."""
-    number, size = p.page()
+    page = p.page()
     filters = {"ActivationId": p.str("ActivationId"), "InstanceName": p.str("InstanceName")}
 
     async def _tx(conn: Conn) -> Any:
-        total, rows = await q.list_activations(conn, account, filters, (number - 1) * size, size)
+        total, rows = await q.list_activations(conn, account, filters, page.offset, page.size)
         return total, rows
 
     total, rows = await state.store.read(_tx)
     return {
-        "TotalCount": total,
-        "PageNumber": number,
-        "PageSize": size,
+        **page.fields(total),
         "ActivationList": [
             {
                 "ActivationId": r["activation_id"],

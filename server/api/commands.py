@@ -103,7 +103,7 @@ def render_command(row: dict[str, Any], encoding: str) -> dict[str, Any]:
 @action("DescribeCommands")
 async def describe_commands(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """List the account's commands, newest first."""
-    number, size = p.page()
+    page = p.page()
     encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
     ctype = p.str("Type")
     if ctype and ctype not in model.COMMAND_TYPES:
@@ -111,14 +111,12 @@ async def describe_commands(state: ServerState, account: str, p: Params) -> dict
     filters = {k: p.str(k) for k in ("CommandId", "Name", "Description")} | {"Type": ctype}
 
     async def _tx(conn: Conn) -> Any:
-        total, rows = await q.list_commands(conn, account, filters, (number - 1) * size, size)
+        total, rows = await q.list_commands(conn, account, filters, page.offset, page.size)
         return total, rows
 
     total, rows = await state.store.read(_tx)
     return {
-        "TotalCount": total,
-        "PageNumber": number,
-        "PageSize": size,
+        **page.fields(total),
         "Commands": {"Command": [render_command(r, encoding) for r in rows]},
     }
 

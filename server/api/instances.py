@@ -45,7 +45,7 @@ def render_managed(row: dict[str, Any], now_ms: int) -> dict[str, Any]:
 @action("DescribeManagedInstances")
 async def describe_managed_instances(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Registered (managed) instances of the account."""
-    number, size = p.page()
+    page = p.page()
     filters: dict[str, Any] = {
         "InstanceIds": p.list("InstanceId"),
         "InstanceName": p.str("InstanceName"),
@@ -55,7 +55,7 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
     }
     connected = p.raw.get("Connected", "")
     want: bool | None = p.bool("Connected") if connected else None
-    offset, limit = (number - 1) * size, size
+    offset, limit = page.offset, page.size
     if want is not None:
         offset, limit = 0, 100_000
 
@@ -69,8 +69,8 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
     if want is not None:
         items = [i for i in items if i["Connected"] is want]
         total = len(items)
-        items = items[(number - 1) * size : number * size]
-    return {"TotalCount": total, "PageNumber": number, "PageSize": size, "Instances": items}
+        items = items[page.offset : page.offset + page.size]
+    return {**page.fields(total), "Instances": items}
 
 
 @action("DeregisterManagedInstance")
@@ -96,21 +96,18 @@ async def describe_cloud_assistant_status(
     state: ServerState, account: str, p: Params
 ) -> dict[str, Any]:
     """Whether each instance's agent is online, its version and last heartbeat."""
-    number, size = p.page()
+    page = p.page()
     filters = {"InstanceIds": p.list("InstanceId"), "OsType": p.str("OSType")}
 
     async def _tx(conn: Conn) -> Any:
-        total, rows = await q.list_instances(conn, account, filters, (number - 1) * size, size)
+        total, rows = await q.list_instances(conn, account, filters, page.offset, page.size)
         active = await q.active_task_counts(conn, [r["instance_id"] for r in rows])
         return total, rows, active
 
     total, rows, active = await state.store.read(_tx)
     now = model.now_ms()
     return {
-        "TotalCount": total,
-        "PageNumber": number,
-        "PageSize": size,
-        "NextToken": "",
+        **page.fields(total),
         "InstanceCloudAssistantStatusSet": {
             "InstanceCloudAssistantStatus": [
                 {

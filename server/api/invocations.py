@@ -189,7 +189,7 @@ async def describe_invocation_results(
     state: ServerState, account: str, p: Params
 ) -> dict[str, Any]:
     """Per-instance results, in both the current and the legacy response shape."""
-    number, size = p.page()
+    page = p.page()
     encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
     record = p.str("InvokeRecordStatus")
     if record and record not in RECORD_STATUS_FILTER:
@@ -207,17 +207,14 @@ async def describe_invocation_results(
     async def _tx(conn: Conn) -> Any:
         if invoke_id and await q.get_invocation(conn, account, invoke_id) is None:
             raise invoke_not_found()
-        total, rows = await lister(conn, account, filters, (number - 1) * size, size)
+        total, rows = await lister(conn, account, filters, page.offset, page.size)
         items = [render_result(r, encode_output(await output_of(conn, r), encoding)) for r in rows]
         return total, rows, items
 
     total, rows, items = await state.store.read(_tx)
     return {
         "Invocation": {
-            "PageSize": size,
-            "PageNumber": number,
-            "TotalCount": total,
-            "NextToken": "",
+            **page.fields(total),
             "InvocationResults": {"InvocationResult": items},
             "ResultLists": {"ResultItem": items},
         }
@@ -276,7 +273,7 @@ def render_invocation(
 @action("DescribeInvocations")
 async def describe_invocations(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Invocations with their overall and per-instance status, newest first."""
-    number, size = p.page()
+    page = p.page()
     encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
     with_output = p.bool("IncludeOutput", False)
     wanted = p.enum(
@@ -299,7 +296,7 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     filters["CommandType"] = p.str("CommandType") or p.str("Type")
     filters["RepeatMode"] = p.enum("RepeatMode", model.REPEAT_MODES)
     filters["Timed"] = p.bool("Timed") if p.raw.get("Timed") else None
-    offset, limit = (number - 1) * size, size
+    offset, limit = page.offset, page.size
     if wanted:
         offset, limit = 0, 10_000
 
@@ -315,12 +312,9 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     if wanted:
         items = [i for i in items if wanted in (i["InvokeStatus"], i["InvocationStatus"])]
         total = len(items)
-        items = items[(number - 1) * size : number * size]
+        items = items[page.offset : page.offset + page.size]
     return {
-        "TotalCount": total,
-        "PageNumber": number,
-        "PageSize": size,
-        "NextToken": "",
+        **page.fields(total),
         "Invocations": {"Invocation": items},
     }
 

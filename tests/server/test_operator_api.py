@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 from aliyunsdkecs.request.v20140526 import (
@@ -199,6 +200,89 @@ def test_describe_commands_paging(api: Api) -> None:
     assert api.error("DescribeCommands", PageSize="51") == (400, "InvalidParameter")
     assert api.error("DescribeCommands", PageNumber="0") == (400, "InvalidParameter")
     assert api.error("DescribeCommands", Type="Nope") == (400, "InvalidCmdType.NotFound")
+
+
+def test_next_token_paging_walks_every_listing_once(api: Api) -> None:
+    """MaxResults + NextToken (the SDK's newer paging) visit every row once, newest first."""
+    ids = [make_command(api) for _ in range(5)]
+    seen: list[str] = []
+    token = ""
+    for _ in range(5):
+        request = DescribeCommandsRequest.DescribeCommandsRequest()
+        request.set_MaxResults(2)
+        if token:
+            request.set_NextToken(token)
+        page = api.sdk(request)
+        assert page["TotalCount"] == 5 and page["PageSize"] == 2
+        seen += [c["CommandId"] for c in page["Commands"]["Command"]]
+        token = page["NextToken"]
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    # PageNumber paging hands out the token of the page after it too
+    assert api.ok("DescribeCommands", PageSize="2", PageNumber="3")["NextToken"] == ""
+    middle = api.ok("DescribeCommands", PageSize="2", PageNumber="2")
+    after = api.ok("DescribeCommands", MaxResults="2", NextToken=middle["NextToken"])
+    assert [c["CommandId"] for c in after["Commands"]["Command"]] == [ids[0]]
+    assert api.error("DescribeCommands", NextToken="bm90LW91cnM") == (400, "InvalidParameter")
+    assert api.error("DescribeCommands", MaxResults="51") == (400, "InvalidParameter")
+
+
+def test_next_token_on_results_invocations_and_instances(api: Api) -> None:
+    agents = [api.agent() for _ in range(3)]
+    command = make_command(api)
+    ids = {f"InstanceId.{i}": a.instance_id for i, a in enumerate(agents, 1)}
+    invoke = api.ok("InvokeCommand", CommandId=command, **ids)["InvokeId"]
+    first = api.ok("DescribeInvocationResults", InvokeId=invoke, MaxResults="2")["Invocation"]
+    assert first["TotalCount"] == 3 and len(first["InvocationResults"]["InvocationResult"]) == 2
+    rest = api.ok(
+        "DescribeInvocationResults", InvokeId=invoke, MaxResults="2", NextToken=first["NextToken"]
+    )["Invocation"]
+    assert rest["NextToken"] == "" and len(rest["InvocationResults"]["InvocationResult"]) == 1
+    listed = {
+        r["InstanceId"]
+        for r in first["InvocationResults"]["InvocationResult"]
+        + rest["InvocationResults"]["InvocationResult"]
+    }
+    assert listed == {a.instance_id for a in agents}
+    status = api.ok("DescribeCloudAssistantStatus", MaxResults="2")
+    assert status["TotalCount"] == 3 and status["NextToken"]
+    managed = api.ok("DescribeManagedInstances", MaxResults="1", NextToken=status["NextToken"])
+    assert len(managed["Instances"]) == 1 and managed["PageNumber"] == 3
+
+
+def test_format_xml_answers_in_the_real_apis_xml(api: Api) -> None:
+    """Format=XML (CLI-style scripts, the SDK's set_accept_format('XML')): the same fields as
+    XML elements, lists as repeated elements, errors under <Error>."""
+    from xml.etree import ElementTree as ET
+
+    request = DescribeCommandsRequest.DescribeCommandsRequest()
+    request.set_accept_format("XML")
+    command = make_command(api)
+    # do_action_with_exception forces JSON; get_response sends the request as it is
+    status, _headers, raw = api.client.get_response(_at(api, request))
+    assert status == 200 and request.get_query_params()["Format"] == "XML"
+    root = ET.fromstring(raw)
+    assert root.tag == "DescribeCommandsResponse" and root.findtext("RequestId")
+    assert root.findtext("TotalCount") == "1"
+    (element,) = root.findall("./Commands/Command")
+    assert element.findtext("CommandId") == command
+    assert element.findtext("EnableParameter") == "false"
+    response = api.server.call(
+        "DescribeCommands", api.key_id, api.secret, Format="XML", PageSize="99"
+    )
+    assert response.status_code == 400 and response.headers["content-type"].startswith(
+        "application/xml"
+    )
+    error = ET.fromstring(response.content)
+    assert (error.tag, error.findtext("Code")) == ("Error", "InvalidParameter")
+    assert error.findtext("RequestId") and error.findtext("Message")
+
+
+def _at(api: Api, request: Any) -> Any:
+    request.set_endpoint(api.server.url.split("://", 1)[1])
+    request.set_protocol_type("http")
+    return request
 
 
 def test_invoke_errors(api: Api) -> None:
