@@ -44,6 +44,8 @@ class Settings:
     heartbeat_interval: int = 60  # seconds, told to agents
     max_poll: int = 60  # seconds a long-poll may wait
     offline_grace: int = 300  # seconds past a task's Timeout before an offline instance fails it
+    history_days: int = 30  # finished runs of timed invocations are kept this long…
+    history_keep: int = 1000  # …and at most this many per instance and invocation
     chores_interval: float = 60.0  # seconds between background upkeep rounds
 
 
@@ -376,12 +378,18 @@ async def chores(state: ServerState) -> None:
 
 
 async def run_chores(state: ServerState) -> None:
-    """Purge old nonces, fail tasks abandoned by offline instances, drop stale events."""
+    """Purge old nonces and execution history, fail tasks abandoned by offline instances,
+    drop stale events."""
+    settings = state.settings
     now_ms = int(time.time() * 1000)
-    grace_ms = state.settings.offline_grace * 1000
+    grace_ms = settings.offline_grace * 1000
+    history_cutoff = now_ms - settings.history_days * 86_400_000
 
     async def _tx(conn: Conn) -> list[tuple[str, str]]:
         await q.purge_nonces(conn, now_ms // 1000)
+        forgotten = await q.purge_history(conn, history_cutoff, settings.history_keep)
+        if forgotten:
+            log.info("forgot %d finished executions past the history limits", forgotten)
         return await q.fail_abandoned_tasks(conn, now_ms, grace_ms)
 
     for invoke_id, instance_id in await state.store.write(_tx):

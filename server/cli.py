@@ -58,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=300,
         help="seconds past a one-shot task's timeout before an offline instance's task fails",
     )
+    serve.add_argument(
+        "--history-days",
+        type=int,
+        default=30,
+        help="days the finished runs of timed invocations are kept (IncludeHistory)",
+    )
+    serve.add_argument(
+        "--history-keep",
+        type=int,
+        default=1000,
+        help="finished runs kept at most per instance and timed invocation",
+    )
     serve.add_argument(  # tests only: how often the background upkeep runs
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
     )
@@ -95,11 +107,15 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("--max-invoke-instances and --heartbeat-interval must be positive")
     if args.offline_grace < 0 or not args.chores_interval > 0:
         raise UsageError("--offline-grace must be 0 or more, --chores-interval positive")
+    if args.history_days < 1 or args.history_keep < 1:
+        raise UsageError("--history-days and --history-keep must be positive")
     return Settings(
         db_url=args.db,
         max_invoke_instances=args.max_invoke_instances,
         heartbeat_interval=args.heartbeat_interval,
         offline_grace=args.offline_grace,
+        history_days=args.history_days,
+        history_keep=args.history_keep,
         chores_interval=args.chores_interval,
     )
 

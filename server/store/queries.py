@@ -783,6 +783,36 @@ async def record_terminal(
     return False
 
 
+# --- execution history retention ----------------------------------------------------------
+
+# Finished runs of timed invocations, other than each task's latest (which its
+# invocation_instances row mirrors): older than the cutoff, or beyond the newest `keep`.
+_PURGE_OLD_EXECUTIONS = text(
+    "DELETE FROM executions WHERE terminal = :yes AND finish_ms < CAST(:cutoff AS BIGINT) "
+    "AND NOT EXISTS (SELECT 1 FROM invocation_instances ii WHERE ii.invoke_id = "
+    "executions.invoke_id AND ii.instance_id = executions.instance_id "
+    "AND ii.execution_id = executions.execution_id)"
+)
+_PURGE_EXTRA_EXECUTIONS = text(
+    "DELETE FROM executions WHERE (invoke_id, instance_id, execution_id) IN ("
+    "SELECT invoke_id, instance_id, execution_id FROM (SELECT e.invoke_id, e.instance_id, "
+    "e.execution_id, e.terminal, ROW_NUMBER() OVER (PARTITION BY e.invoke_id, e.instance_id "
+    "ORDER BY COALESCE(e.finish_ms, e.start_ms, 0) DESC, e.execution_id DESC) AS newest "
+    "FROM executions e) ranked WHERE ranked.newest > CAST(:keep AS BIGINT) "
+    "AND ranked.terminal = :yes) "
+    "AND NOT EXISTS (SELECT 1 FROM invocation_instances ii WHERE ii.invoke_id = "
+    "executions.invoke_id AND ii.instance_id = executions.instance_id "
+    "AND ii.execution_id = executions.execution_id)"
+)
+
+
+async def purge_history(conn: Conn, cutoff_ms: int, keep: int) -> int:
+    """Forget finished executions older than cutoff_ms or beyond the newest `keep` per task."""
+    old = await conn.execute(_PURGE_OLD_EXECUTIONS, {"yes": True, "cutoff": cutoff_ms})
+    extra = await conn.execute(_PURGE_EXTRA_EXECUTIONS, {"yes": True, "keep": keep})
+    return max(old.rowcount, 0) + max(extra.rowcount, 0)
+
+
 # --- offline instances ----------------------------------------------------------------------
 
 OFFLINE_ERROR = "InstanceOffline"

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Api, run_sql
 
-from server.testing import REPO_ROOT, FakeAgent
+from server.testing import REPO_ROOT, FakeAgent, launch_server
 
 HOUR = 3600
 
@@ -179,3 +180,46 @@ def test_version_1_database_migrates_to_execution_history(tmp_path: Path) -> Non
             "SELECT status, output, dropped, error_code, error_info FROM executions"
         ).fetchall()
     assert row == [("Success", "", 0, "", "")]
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_history_past_its_limits_is_forgotten(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """--history-days and --history-keep bound the stored runs of a timed invocation; each
+    task's latest run (and every other task's history) stays."""
+    db_url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    server = launch_server(
+        tmp_path / "server",
+        db_url=db_url,
+        extra_args=["--chores-interval", "0.3", "--history-days", "7", "--history-keep", "2"],
+    )
+    try:
+        key_id, secret = server.create_access_key("history")
+        api = Api(server, key_id, secret)
+        agent, other = api.agent(), api.agent()
+        invoke_id = timed_invocation(api, agent, other)
+        now = int(time.time())
+        fires = [now - 40 * 24 * HOUR, now - 3 * HOUR, now - 2 * HOUR, now - HOUR]
+        for n, fire in enumerate(fires):
+            run_fire(agent, invoke_id, fire, f"run {n}\n".encode(), 0)
+        run_fire(other, invoke_id, now - 30 * 24 * HOUR, b"only run\n", 0)  # its latest: kept
+
+        def kept() -> list[tuple[str, str]]:
+            body = results(api, InvokeId=invoke_id, IncludeHistory="true", PageSize="50")
+            return [(i["InstanceId"], base64.b64decode(i["Output"]).decode()) for i in items(body)]
+
+        deadline = time.monotonic() + 20
+        while len(kept()) > 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(kept()) == sorted(
+            [
+                (agent.instance_id, "run 3\n"),
+                (agent.instance_id, "run 2\n"),
+                (other.instance_id, "only run\n"),
+            ]
+        )
+    finally:
+        server.stop()
