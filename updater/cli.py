@@ -28,7 +28,6 @@ from updater.layout import Layout, installed_versions
 from updater.policy import NOTHING, REFUSE, load_blocklist
 from updater.recovery import recover
 from updater.remote import find_keys_dir, open_repository
-from updater.schedule import next_update_time
 from updater.swap import read_pointer
 
 EXIT_ROLLED_BACK = 3
@@ -258,6 +257,8 @@ def cmd_recover(args: argparse.Namespace, config: Config, layout: Layout) -> int
 
 
 def cmd_schedule(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    from updater.schedule import next_update_time  # croniter: only this command needs it
+
     now = datetime.now(timezone.utc)
     when = next_update_time(config.update.schedule, now, config.update.splay, random.Random())
     if args.json:
