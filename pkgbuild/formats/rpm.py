@@ -56,11 +56,22 @@ def render_spec(stage: Stage, topdir: Path) -> str:
 def build_rpm(stage: Stage, dest: Path) -> Path:
     """Write the signed .rpm for `stage` to `dest`."""
     topdir = stage.workdir / "rpmbuild"
-    for sub in ("BUILD", "RPMS", "SOURCES", "SPECS", "SRPMS", "BUILDROOT"):
+    for sub in ("BUILD", "RPMS", "SOURCES", "SPECS", "SRPMS", "BUILDROOT", "tmp"):
         (topdir / sub).mkdir(parents=True, exist_ok=True)
     spec = topdir / "SPECS" / f"{stage.package}.spec"
     spec.write_text(render_spec(stage, topdir), encoding="utf-8")
-    run_tool(["rpmbuild", "-bb", "--quiet", "--target", f"{stage.arch}-linux", str(spec)])
+    # _topdir and the buildroot on the command line: rpmbuild fixes %buildroot before it reads
+    # the spec, so without them every build of NAME-VERSION shares ~/rpmbuild/BUILDROOT/… and
+    # two builds at once delete each other's files ("cpio: open failed")
+    run_tool(
+        [
+            "rpmbuild", "-bb", "--quiet", "--target", f"{stage.arch}-linux",
+            "--define", f"_topdir {topdir}",
+            "--define", f"_tmppath {topdir / 'tmp'}",
+            "--buildroot", str(topdir / "BUILDROOT" / "root"),
+            str(spec),
+        ]
+    )  # fmt: skip
     found = sorted((topdir / "RPMS").rglob("*.rpm"))
     if [p.name for p in found] != [dest.name]:
         raise ToolError(

@@ -146,11 +146,39 @@ def test_a_failed_build_step_names_its_cause(tmp_path: Path) -> None:
 
     spec = tmp_path / "broken.spec"
     spec.write_text(
-        f"%define _topdir {tmp_path}/top\n"
         "Name: broken\nVersion: 1\nRelease: 1\nSummary: s\nLicense: MIT\n"
         "%description\nd\n%install\ncp /nonexistent/file %{buildroot}/\n%files\n"
     )
     with pytest.raises(ToolError) as caught:
-        run_tool(["rpmbuild", "-bb", "--quiet", str(spec)])
+        run_tool(
+            ["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path}/top",
+             "--buildroot", str(tmp_path / "root"), str(spec)]
+        )  # fmt: skip
     message = str(caught.value)
     assert "Bad exit status" in message and "/nonexistent/file" in message, message
+
+
+def test_builds_of_one_version_at_once_do_not_collide(keydir: Path, tmp_path: Path) -> None:
+    """Two builds of NAME-VERSION at the same time (two CI jobs, two xdist workers) each get
+    their own buildroot: both packages are complete and verify."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pkgbuild.formats import BuildRequest, build_artifacts
+
+    def build(n: int) -> Path:
+        request = BuildRequest(
+            version="7.7.7", keys=keydir, arches=["x86_64"], formats=["rpm"],
+            out=tmp_path / f"out-{n}", vendor=False,
+        )  # fmt: skip
+        (artifact,) = build_artifacts(request)
+        return artifact.path
+
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(build, range(2)))
+    db = rpmdb(tmp_path, keydir)
+    for n, package in enumerate(built):
+        assert checksig(db, package).returncode == 0
+        prefix = tmp_path / f"prefix-{n}"
+        rpm(db, "-i", "--nodeps", "--prefix", str(prefix), str(package))
+        assert (prefix / "versions/7.7.7/VERSION").read_text().strip() == "7.7.7"
+        rpm(db, "-e", "aliyun-assist")
