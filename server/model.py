@@ -72,6 +72,9 @@ def iso_from_ms(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+BAD_PARAMETERS = "InvalidParameter.Parameters"
+
+
 def decode_content(content: str, encoding: str = "Base64") -> str:
     """Validate CommandContent and return it base64-encoded (PlainText is encoded here)."""
     if encoding == "PlainText":
@@ -82,12 +85,13 @@ def decode_content(content: str, encoding: str = "Base64") -> str:
             base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ApiError(
-                "InvalidCmdContent.Malformed", "The specified command content is not valid Base64."
+                "CmdContent.DecodeError", "The specified command content is not valid Base64."
             ) from exc
     if len(encoded) > MAX_CONTENT_BYTES:
         raise ApiError(
-            "InvalidCmdContent.LengthLimitExceeded",
+            "CmdContent.ExceedLimit",
             f"The command content exceeds the size limit of {MAX_CONTENT_BYTES // 1024} KB after Base64 encoding.",
+            403,
         )
     return encoded
 
@@ -100,12 +104,17 @@ def parameter_names(content_b64: str) -> list[str]:
         if name.startswith("ACS::") or name in names:
             continue
         if not _PARAM_NAME.match(name):
-            raise invalid("CommandContent", f"Parameter name {name!r} is not valid.")
+            raise invalid(
+                "CommandContent",
+                f"Parameter name {name!r} is not valid.",
+                "CmdParam.InvalidParamName",
+            )
         names.append(name)
     if len(names) > MAX_PARAMETERS:
         raise ApiError(
-            "InvalidParameter.ParametersExceedLimit",
+            "CmdParamCount.ExceedLimit",
             f"A command may have at most {MAX_PARAMETERS} custom parameters.",
+            403,
         )
     return names
 
@@ -119,18 +128,24 @@ def parse_parameters(text: str) -> dict[str, str]:
     except ValueError:
         value = _python_literal(text)  # the SDK sends a dict as its Python repr
     if not isinstance(value, dict):
-        raise invalid("Parameters", "It must be a JSON object.")
+        raise invalid("Parameters", "It must be a JSON object.", BAD_PARAMETERS)
     if len(value) > MAX_PARAMETERS:
         raise ApiError(
-            "InvalidParameter.ParametersExceedLimit",
+            "ParameterCount.ExceedLimit",
             f"At most {MAX_PARAMETERS} custom parameters are allowed.",
+            403,
         )
     result: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not _PARAM_NAME.match(key):
-            raise invalid("Parameters", f"Parameter name {key!r} is not valid.")
+            raise invalid("Parameters", f"Parameter name {key!r} is not valid.", BAD_PARAMETERS)
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise invalid("Parameters", f"The value of {key!r} must be a string.")
+            raise invalid(
+                "Parameters",
+                f"The value of {key!r} must be a string.",
+                "ParameterType.NotSupported",
+                403,
+            )
         result[key] = str(item)
     return result
 
@@ -149,7 +164,7 @@ def substitute(content_b64: str, names: Iterable[str], values: dict[str, str]) -
     lacking = [n for n in names if n not in values]
     if lacking:
         raise ApiError(
-            "InvalidParameter.Parameters",
+            "Parameter.MissingValue",
             f"No value was given for the custom parameter(s): {', '.join(lacking)}.",
         )
     text = base64.b64decode(content_b64).decode("utf-8", "replace")
@@ -161,8 +176,9 @@ def substitute(content_b64: str, names: Iterable[str], values: dict[str, str]) -
     result = base64.b64encode(_PARAM.sub(repl, text).encode("utf-8")).decode("ascii")
     if len(result) > MAX_CONTENT_BYTES:
         raise ApiError(
-            "InvalidCmdContent.LengthLimitExceeded",
+            "CmdContent.ExceedLimit",
             "The command content exceeds the size limit after parameter substitution.",
+            403,
         )
     return result
 
@@ -170,7 +186,7 @@ def substitute(content_b64: str, names: Iterable[str], values: dict[str, str]) -
 def validate_frequency(frequency: str) -> str:
     """Accept 6-field seconds-first cron (+ optional timezone), rate(…) or at(…)."""
     text = frequency.strip()
-    bad = ApiError("InvalidParameter.Frequency", "The specified parameter Frequency is not valid.")
+    bad = ApiError("InvalidParam.Frequency", "The specified parameter Frequency is not valid.")
     if _RATE.match(text):
         if int(_RATE.match(text).group(1)) == 0:  # type: ignore[union-attr]
             raise bad

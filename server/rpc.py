@@ -24,6 +24,7 @@ API_VERSION = "2014-05-26"
 TIMESTAMP_WINDOW = 15 * 60  # seconds a signed request stays valid, as the real API
 MAX_PAGE_SIZE = 50
 MAX_LIST_ITEMS = 100  # InstanceId.N and friends
+BAD_NEXT_TOKEN = ("InvalidParameter.NextToken", 400)
 _LIST_KEY = re.compile(r"^([A-Za-z]+)\.(\d{1,4})$")
 
 
@@ -37,20 +38,27 @@ class ApiError(Exception):
         self.status = status
 
 
-def missing(name: str) -> ApiError:
+# An error code with its HTTP status, where the real API has its own for a parameter
+# (the ECS 2014-05-26 API reference's per-action error tables)
+Code = tuple[str, int]
+
+
+def missing(name: str, code: str = "MissingParameter") -> ApiError:
     """The real API's answer to a mandatory parameter that was not supplied."""
     return ApiError(
-        "MissingParameter",
+        code,
         f'The input parameter "{name}" that is mandatory for processing this request is not supplied.',
     )
 
 
-def invalid(name: str, detail: str = "", code: str = "InvalidParameter") -> ApiError:
+def invalid(
+    name: str, detail: str = "", code: str = "InvalidParameter", status: int = 400
+) -> ApiError:
     """The real API's answer to a parameter with a bad value."""
     message = f'The specified parameter "{name}" is not valid.'
     if detail:
         message += f" {detail}"
-    return ApiError(code, message)
+    return ApiError(code, message, status)
 
 
 def new_request_id() -> str:
@@ -192,6 +200,7 @@ class Params:
         required: builtins.bool = False,
         max_len: builtins.int = 0,
         default: builtins.str = "",
+        too_long: Code = ("InvalidParameter", 400),
     ) -> builtins.str:
         """A string parameter; empty counts as absent."""
         value = self.raw.get(name, "")
@@ -200,7 +209,7 @@ class Params:
                 raise missing(name)
             return default
         if max_len and len(value) > max_len:
-            raise invalid(name, f"It must be at most {max_len} characters.")
+            raise invalid(name, f"It must be at most {max_len} characters.", *too_long)
         return value
 
     def int(
@@ -209,6 +218,7 @@ class Params:
         default: builtins.int | None = None,
         low: builtins.int | None = None,
         high: builtins.int | None = None,
+        out_of_range: Code = ("InvalidParameter", 400),
     ) -> builtins.int | None:
         """An integer parameter within [low, high]."""
         value = self.raw.get(name, "")
@@ -218,7 +228,7 @@ class Params:
             raise invalid(name, "It must be an integer.")
         number = int(value)
         if (low is not None and number < low) or (high is not None and number > high):
-            raise invalid(name, f"It must be between {low} and {high}.")
+            raise invalid(name, f"It must be between {low} and {high}.", *out_of_range)
         return number
 
     def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
@@ -235,7 +245,7 @@ class Params:
         name: builtins.str,
         choices: tuple[builtins.str, ...],
         default: builtins.str = "",
-        code: builtins.str = "",
+        unknown: Code = ("InvalidParameter", 400),
     ) -> builtins.str:
         """One of `choices` (case-insensitive match, canonical spelling returned)."""
         value = self.raw.get(name, "")
@@ -244,10 +254,13 @@ class Params:
         for choice in choices:
             if choice.lower() == value.lower():
                 return choice
-        raise invalid(name, f"Valid values: {', '.join(choices)}.", code or "InvalidParameter")
+        raise invalid(name, f"Valid values: {', '.join(choices)}.", *unknown)
 
     def list(
-        self, name: builtins.str, max_items: builtins.int = MAX_LIST_ITEMS
+        self,
+        name: builtins.str,
+        max_items: builtins.int = MAX_LIST_ITEMS,
+        too_many: Code = ("InvalidParameter", 400),
     ) -> builtins.list[builtins.str]:
         """A repeated parameter: ``Name.1``, ``Name.2`` … or a JSON list under ``Names``."""
         items: dict[builtins.int, builtins.str] = {}
@@ -264,20 +277,24 @@ class Params:
             values.extend(parse_json_list(name + "s", plural))
         values = [v for v in values if v != ""]
         if len(values) > max_items:
-            raise invalid(name, f"At most {max_items} values are allowed.")
+            raise invalid(name, f"At most {max_items} values are allowed.", *too_many)
         return list(dict.fromkeys(values))
 
     def page(self) -> Page:
         """The page asked for: NextToken + MaxResults, or PageNumber (from 1) + PageSize
         (1..50, default 10), as the real API takes either."""
-        token = self.str("NextToken", max_len=256)
-        max_results = self.int("MaxResults", None, 1, MAX_PAGE_SIZE)
-        size = max_results or self.int("PageSize", 10, 1, MAX_PAGE_SIZE)
+        token = self.str("NextToken", max_len=256, too_long=BAD_NEXT_TOKEN)
+        max_results = self.int(
+            "MaxResults", None, 1, MAX_PAGE_SIZE, ("InvalidParameter.MaxResults", 400)
+        )
+        size = max_results or self.int(
+            "PageSize", 10, 1, MAX_PAGE_SIZE, ("InvalidParam.PageSize", 400)
+        )
         assert size is not None
         if token:
             offset = decode_next_token(token)
             return Page(offset, size, offset // size + 1)
-        number = self.int("PageNumber", 1, 1, 10**9)
+        number = self.int("PageNumber", 1, 1, 10**9, ("InvalidParam.PageNumber", 400))
         assert number is not None
         return Page((number - 1) * size, size, number)
 
@@ -337,7 +354,7 @@ def decode_next_token(token: str) -> builtins.int:
         text = ""
     prefix, _, number = text.partition(":")
     if prefix != "assist" or not number.isdigit() or len(number) > 12:
-        raise invalid("NextToken", "Use the NextToken of the previous response.")
+        raise invalid("NextToken", "Use the NextToken of the previous response.", *BAD_NEXT_TOKEN)
     return builtins.int(number)
 
 

@@ -24,7 +24,11 @@ def parse_ip_ranges(text: str) -> str:
         for part in parts:
             ipaddress.ip_network(part, strict=False)
     except ValueError as exc:
-        raise invalid("IpAddressRange", "It must be CIDR blocks separated by commas.") from exc
+        raise invalid(
+            "IpAddressRange",
+            "It must be CIDR blocks separated by commas.",
+            "AddressRange.InvalidPattern",
+        ) from exc
     return ",".join(parts)
 
 
@@ -35,13 +39,21 @@ async def create_activation(state: ServerState, account: str, p: Params) -> dict
     row = {
         "activation_id": model.new_activation_id(),
         "account": account,
-        "description": p.str("Description", max_len=100),
-        "instance_name": p.str("InstanceName", max_len=50),
-        "instance_count": p.int("InstanceCount", 10, 1, 1000),
+        "description": p.str(
+            "Description", max_len=100, too_long=("ActivationDesc.ExceedLimit", 400)
+        ),
+        "instance_name": p.str(
+            "InstanceName", max_len=50, too_long=("InstanceName.ExceedLimit", 400)
+        ),
+        "instance_count": p.int(
+            "InstanceCount", 10, 1, 1000, ("ActivationLimitation.Invalid", 400)
+        ),
         "registered_count": 0,
         "deregistered_count": 0,
-        "ip_address_range": parse_ip_ranges(p.str("IpAddressRange", max_len=256)),
-        "ttl_hours": p.int("TimeToLiveInHours", 4, 1, 876000),
+        "ip_address_range": parse_ip_ranges(
+            p.str("IpAddressRange", max_len=256, too_long=("AddressRange.InvalidPattern", 400))
+        ),
+        "ttl_hours": p.int("TimeToLiveInHours", 4, 1, 876000, ("ActivationTTL.ExceedLimit", 400)),
         "created": model.iso_from_ms(now),
         "created_ms": now,
         "disabled": False,

@@ -16,13 +16,29 @@ if TYPE_CHECKING:
     from server.app import ServerState
 
 
+# the real API's codes for the command fields (CreateCommand/ModifyCommand error tables)
+NAME_TOO_LONG = ("CmdName.ExceedLimit", 403)
+DESCRIPTION_TOO_LONG = ("CmdDesc.ExceedLimit", 403)
+WORKING_DIR_TOO_LONG = ("InvalidParameter.WorkingDir", 400)
+TIMEOUT_OUT_OF_RANGE = ("InvalidTimeout.ExceedLimit", 403)
+
+
 def command_not_found() -> ApiError:
-    return ApiError("InvalidCommandId.NotFound", "The specified command ID does not exist.", 404)
+    return ApiError("InvalidCmdId.NotFound", "The specified command ID does not exist.", 404)
+
+
+def command_type(p: Params, required: bool) -> str:
+    """Type: RunShellScript, RunBatScript or RunPowerShellScript."""
+    ctype = p.str("Type", required=required)
+    if ctype and ctype not in model.COMMAND_TYPES:
+        raise ApiError("InvalidCmdType.NotFound", "The specified command type does not exist.", 404)
+    return ctype
 
 
 def read_command_fields(p: Params, content_required: bool) -> dict[str, Any]:
     """Validate the fields CreateCommand and RunCommand share."""
-    encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
+    # as the real API: an unknown ContentEncoding means Base64
+    encoding = "PlainText" if p.raw.get("ContentEncoding", "").lower() == "plaintext" else "Base64"
     raw = p.raw.get("CommandContent", "")
     if raw == "":
         if content_required:
@@ -30,19 +46,19 @@ def read_command_fields(p: Params, content_required: bool) -> dict[str, Any]:
         content = ""
     else:
         content = model.decode_content(raw, encoding)
-    ctype = p.str("Type", required=True)
-    if ctype not in model.COMMAND_TYPES:
-        raise ApiError("InvalidCmdType.NotFound", "The specified command type does not exist.")
+    ctype = command_type(p, required=True)
     enable = p.bool("EnableParameter", False)
     names = model.parameter_names(content) if enable and content else []
     return {
         "type": ctype,
         "content": content,
-        "working_dir": p.str("WorkingDir", max_len=200),
-        "timeout": p.int("Timeout", model.DEFAULT_TIMEOUT, 1, model.MAX_TIMEOUT),
+        "working_dir": p.str("WorkingDir", max_len=200, too_long=WORKING_DIR_TOO_LONG),
+        "timeout": p.int(
+            "Timeout", model.DEFAULT_TIMEOUT, 1, model.MAX_TIMEOUT, TIMEOUT_OUT_OF_RANGE
+        ),
         "enable_parameter": enable,
         "parameter_names": json.dumps(names),
-        "description": p.str("Description", max_len=512),
+        "description": p.str("Description", max_len=512, too_long=DESCRIPTION_TOO_LONG),
     }
 
 
@@ -70,7 +86,7 @@ async def store_command(state: ServerState, account: str, name: str, fields: dic
 @action("CreateCommand")
 async def create_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Store a script for later invocations."""
-    name = p.str("Name", required=True, max_len=128)
+    name = p.str("Name", required=True, max_len=128, too_long=NAME_TOO_LONG)
     fields = read_command_fields(p, content_required=True)
     return {"CommandId": await store_command(state, account, name, fields)}
 
@@ -107,7 +123,9 @@ async def describe_commands(state: ServerState, account: str, p: Params) -> dict
     encoding = p.enum("ContentEncoding", ("Base64", "PlainText"), "Base64")
     ctype = p.str("Type")
     if ctype and ctype not in model.COMMAND_TYPES:
-        raise ApiError("InvalidCmdType.NotFound", "The specified command type does not exist.")
+        raise ApiError(
+            "InvalidCommandType.NotFound", "The specified command type does not exist.", 404
+        )
     filters = {k: p.str(k) for k in ("CommandId", "Name", "Description")} | {"Type": ctype}
 
     async def _tx(conn: Conn) -> Any:
@@ -127,13 +145,13 @@ async def modify_command(state: ServerState, account: str, p: Params) -> dict[st
     command_id = p.str("CommandId", required=True)
     values: dict[str, Any] = {}
     if p.raw.get("Name"):
-        values["name"] = p.str("Name", max_len=128)
+        values["name"] = p.str("Name", max_len=128, too_long=NAME_TOO_LONG)
     if "Description" in p.raw:
-        values["description"] = p.str("Description", max_len=512)
+        values["description"] = p.str("Description", max_len=512, too_long=DESCRIPTION_TOO_LONG)
     if "WorkingDir" in p.raw:
-        values["working_dir"] = p.str("WorkingDir", max_len=200)
+        values["working_dir"] = p.str("WorkingDir", max_len=200, too_long=WORKING_DIR_TOO_LONG)
     if p.raw.get("Timeout"):
-        values["timeout"] = p.int("Timeout", None, 1, model.MAX_TIMEOUT)
+        values["timeout"] = p.int("Timeout", None, 1, model.MAX_TIMEOUT, TIMEOUT_OUT_OF_RANGE)
     if p.raw.get("CommandContent"):
         values["content"] = model.decode_content(p.raw["CommandContent"])
 

@@ -97,7 +97,10 @@ async def describe_cloud_assistant_status(
 ) -> dict[str, Any]:
     """Whether each instance's agent is online, its version and last heartbeat."""
     page = p.page()
-    filters = {"InstanceIds": p.list("InstanceId"), "OsType": p.str("OSType")}
+    filters = {
+        "InstanceIds": p.list("InstanceId", too_many=("InstanceIds.ExceedLimit", 403)),
+        "OsType": p.str("OSType"),
+    }
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_instances(conn, account, filters, page.offset, page.size)

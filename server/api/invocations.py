@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.api import action
-from server.api.commands import command_not_found, read_command_fields
+from server.api.commands import (
+    NAME_TOO_LONG,
+    TIMEOUT_OUT_OF_RANGE,
+    WORKING_DIR_TOO_LONG,
+    command_not_found,
+    read_command_fields,
+)
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import queries as q
 from server.store.conn import Conn
@@ -34,6 +40,9 @@ RECORD_STATUS_FILTER = {
 }
 
 
+TOO_MANY_INSTANCES = ("InstanceIds.ExceedLimit", 403)
+
+
 def invoke_not_found() -> ApiError:
     return ApiError("InvalidInvokeId.NotFound", "The specified invoke ID does not exist.", 404)
 
@@ -41,13 +50,13 @@ def invoke_not_found() -> ApiError:
 def read_schedule(p: Params) -> tuple[bool, str, str]:
     """Timed, RepeatMode and Frequency, checked together."""
     timed = p.bool("Timed", False)
-    mode = p.enum("RepeatMode", model.REPEAT_MODES, "", code="InvalidParameter.RepeatMode")
+    mode = p.enum("RepeatMode", model.REPEAT_MODES, "", ("InvalidRepeatMode.NotFound", 404))
     if not mode:
         mode = "Period" if timed else "Once"
     frequency = p.str("Frequency", max_len=256)
     if mode == "Period":
         if not frequency:
-            raise missing("Frequency")
+            raise missing("Frequency", "MissingParam.Frequency")
         frequency = model.validate_frequency(frequency)
     elif frequency and mode == "Once":
         frequency = ""
@@ -58,16 +67,27 @@ async def start_invocation(
     state: ServerState, account: str, p: Params, command: dict[str, Any], keep: bool
 ) -> str:
     """Validate targets and parameters, store the invocation, wake the agents."""
-    ids = p.list("InstanceId", max_items=state.max_invoke_instances)
+    ids = p.list("InstanceId", max_items=state.max_invoke_instances, too_many=TOO_MANY_INSTANCES)
     if not ids:
-        raise missing("InstanceId.1")
+        raise missing("InstanceId.1", "MissingParam.InstanceId")
     timed, mode, frequency = read_schedule(p)
     names = json.loads(command["parameter_names"]) if command["enable_parameter"] else []
     values = model.parse_parameters(p.str("Parameters", max_len=64 * 1024))
+    if values and not command["enable_parameter"]:
+        raise ApiError("Parameter.Disabled", "The command does not take custom parameters.")
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ApiError(
+            "Parameter.NotMatched",
+            f"The command has no custom parameter(s) {', '.join(unknown)}.",
+            403,
+        )
     content = model.substitute(command["content"], names, values) if names else command["content"]
-    timeout = p.int("Timeout", command["timeout"], 1, model.MAX_TIMEOUT)
-    working_dir = p.str("WorkingDir", max_len=200) or command["working_dir"]
-    username = p.str("Username", max_len=255)
+    timeout = p.int("Timeout", command["timeout"], 1, model.MAX_TIMEOUT, TIMEOUT_OUT_OF_RANGE)
+    working_dir = (
+        p.str("WorkingDir", max_len=200, too_long=WORKING_DIR_TOO_LONG) or command["working_dir"]
+    )
+    username = p.str("Username", max_len=255, too_long=("Username.ExceedLimit", 403))
     invoke_id = model.new_id("t-")
     now = model.now_ms()
     row = {
@@ -132,7 +152,7 @@ async def run_command(state: ServerState, account: str, p: Params) -> dict[str, 
     command = {
         "command_id": model.new_id("c-"),
         "account": account,
-        "name": p.str("Name", max_len=128) or f"command-{now}",
+        "name": p.str("Name", max_len=128, too_long=NAME_TOO_LONG) or f"command-{now}",
         **fields,
         "created": model.iso_from_ms(now),
         "created_ms": now,
@@ -323,7 +343,7 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
 async def stop_invocation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Stop an invocation on all or some of its instances."""
     invoke_id = p.str("InvokeId", required=True)
-    ids = p.list("InstanceId")
+    ids = p.list("InstanceId", too_many=TOO_MANY_INSTANCES)
 
     async def _tx(conn: Conn) -> Any:
         if await q.get_invocation(conn, account, invoke_id) is None:

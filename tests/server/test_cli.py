@@ -244,8 +244,8 @@ def test_assist_ecs_list_forms(configured: dict[str, str], api: Api) -> None:
 def test_assist_ecs_error_exit(configured: dict[str, str]) -> None:
     done = assist(configured, "ecs", "DeleteCommand", "--CommandId", "c-nope")
     assert done.returncode == 1
-    assert json.loads(done.stdout)["Code"] == "InvalidCommandId.NotFound"
-    assert "InvalidCommandId.NotFound" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert json.loads(done.stdout)["Code"] == "InvalidCmdId.NotFound"
+    assert "InvalidCmdId.NotFound" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     bad = assist(configured, "ecs", "DescribeCommands", "stray")
     assert bad.returncode == 2
 

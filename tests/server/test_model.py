@@ -90,7 +90,7 @@ def test_valid_frequencies(frequency: str) -> None:
 def test_invalid_frequencies(frequency: str) -> None:
     with pytest.raises(ApiError) as err:
         model.validate_frequency(frequency)
-    assert err.value.code == "InvalidParameter.Frequency"
+    assert err.value.code == "InvalidParam.Frequency"
 
 
 def b64(text: str) -> str:
@@ -109,10 +109,10 @@ def test_content_limits() -> None:
     assert model.decode_content("echo hi", "PlainText") == b64("echo hi")
     with pytest.raises(ApiError) as err:
         model.decode_content(b64("x" * 14000))
-    assert err.value.code == "InvalidCmdContent.LengthLimitExceeded"
+    assert err.value.code == "CmdContent.ExceedLimit"
     with pytest.raises(ApiError) as err:
         model.decode_content("%%%")
-    assert err.value.code == "InvalidCmdContent.Malformed"
+    assert err.value.code == "CmdContent.DecodeError"
 
 
 def test_parse_parameters_accepts_python_repr_of_a_dict() -> None:

@@ -56,18 +56,18 @@ def test_create_and_describe_command(api: Api) -> None:
         ({"Name": "x", "Type": "RunShellScript"}, 400, "MissingParameter"),
         (
             {"Name": "x", "Type": "RunPython", "CommandContent": ECHO},
-            400,
+            404,
             "InvalidCmdType.NotFound",
         ),
         (
             {"Name": "x", "Type": "RunShellScript", "CommandContent": "@@not base64@@"},
             400,
-            "InvalidCmdContent.Malformed",
+            "CmdContent.DecodeError",
         ),
         (
             {"Name": "x", "Type": "RunShellScript", "CommandContent": b64("a" * 14000)},
-            400,
-            "InvalidCmdContent.LengthLimitExceeded",
+            403,
+            "CmdContent.ExceedLimit",
         ),
         (
             {"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO, "Timeout": "abc"},
@@ -76,13 +76,13 @@ def test_create_and_describe_command(api: Api) -> None:
         ),
         (
             {"Name": "x", "Type": "RunShellScript", "CommandContent": ECHO, "Timeout": "0"},
-            400,
-            "InvalidParameter",
+            403,
+            "InvalidTimeout.ExceedLimit",
         ),
         (
             {"Name": "x" * 129, "Type": "RunShellScript", "CommandContent": ECHO},
-            400,
-            "InvalidParameter",
+            403,
+            "CmdName.ExceedLimit",
         ),
         (
             {
@@ -101,24 +101,21 @@ def test_create_and_describe_command(api: Api) -> None:
                 "EnableParameter": "true",
                 "CommandContent": b64(" ".join(f"{{{{p{i}}}}}" for i in range(21))),
             },
-            400,
-            "InvalidParameter.ParametersExceedLimit",
-        ),
-        (
-            {
-                "Name": "x",
-                "Type": "RunShellScript",
-                "CommandContent": ECHO,
-                "ContentEncoding": "Hex",
-            },
-            400,
-            "InvalidParameter",
+            403,
+            "CmdParamCount.ExceedLimit",
         ),
     ],
 )
 def test_create_command_errors(api: Api, params: dict, status: int, code: str) -> None:
     assert api.error("CreateCommand", **params) == (status, code)
     assert api.ok("DescribeCommands")["TotalCount"] == 0  # nothing was stored
+
+
+def test_unknown_content_encoding_means_base64(api: Api) -> None:
+    """As the real API documents it: an invalid ContentEncoding is taken as Base64."""
+    command_id = make_command(api, ContentEncoding="Hex")
+    (stored,) = api.ok("DescribeCommands", CommandId=command_id)["Commands"]["Command"]
+    assert stored["CommandContent"] == ECHO
 
 
 def test_parameters_are_detected_and_substituted(api: Api) -> None:
@@ -131,20 +128,32 @@ def test_parameters_are_detected_and_substituted(api: Api) -> None:
     agent = api.agent()
     assert api.error(
         "InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}
-    ) == (400, "InvalidParameter.Parameters")
+    ) == (400, "Parameter.MissingValue")
     assert api.error(
         "InvokeCommand",
         CommandId=command_id,
         Parameters="{not json",
         **{"InstanceId.1": agent.instance_id},
-    ) == (400, "InvalidParameter")
+    ) == (400, "InvalidParameter.Parameters")
     too_many = json.dumps({f"p{i}": "v" for i in range(21)})
     assert api.error(
         "InvokeCommand",
         CommandId=command_id,
         Parameters=too_many,
         **{"InstanceId.1": agent.instance_id},
-    ) == (400, "InvalidParameter.ParametersExceedLimit")
+    ) == (403, "ParameterCount.ExceedLimit")
+    assert api.error(
+        "InvokeCommand",
+        CommandId=command_id,
+        Parameters=json.dumps({"name": "Jack", "age": "3"}),
+        **{"InstanceId.1": agent.instance_id},
+    ) == (403, "Parameter.NotMatched")
+    assert api.error(
+        "InvokeCommand",
+        CommandId=make_command(api),  # EnableParameter false
+        Parameters=json.dumps({"name": "Jack"}),
+        **{"InstanceId.1": agent.instance_id},
+    ) == (400, "Parameter.Disabled")
     invoke_id = api.ok(
         "InvokeCommand",
         CommandId=command_id,
@@ -184,8 +193,8 @@ def test_modify_and_delete_command_with_sdk(api: Api) -> None:
     delete.set_CommandId(command_id)
     api.sdk(delete)
     assert api.ok("DescribeCommands", CommandId=command_id)["TotalCount"] == 0
-    assert api.error("DeleteCommand", CommandId=command_id) == (404, "InvalidCommandId.NotFound")
-    assert api.error("ModifyCommand", CommandId=command_id) == (404, "InvalidCommandId.NotFound")
+    assert api.error("DeleteCommand", CommandId=command_id) == (404, "InvalidCmdId.NotFound")
+    assert api.error("ModifyCommand", CommandId=command_id) == (404, "InvalidCmdId.NotFound")
     assert api.error("DeleteCommand") == (400, "MissingParameter")
 
 
@@ -197,9 +206,9 @@ def test_describe_commands_paging(api: Api) -> None:
     page = api.sdk(request)
     assert (page["TotalCount"], page["PageNumber"], page["PageSize"]) == (5, 3, 2)
     assert [c["CommandId"] for c in page["Commands"]["Command"]] == [ids[0]]  # newest first
-    assert api.error("DescribeCommands", PageSize="51") == (400, "InvalidParameter")
-    assert api.error("DescribeCommands", PageNumber="0") == (400, "InvalidParameter")
-    assert api.error("DescribeCommands", Type="Nope") == (400, "InvalidCmdType.NotFound")
+    assert api.error("DescribeCommands", PageSize="51") == (400, "InvalidParam.PageSize")
+    assert api.error("DescribeCommands", PageNumber="0") == (400, "InvalidParam.PageNumber")
+    assert api.error("DescribeCommands", Type="Nope") == (404, "InvalidCommandType.NotFound")
 
 
 def test_next_token_paging_walks_every_listing_once(api: Api) -> None:
@@ -224,8 +233,11 @@ def test_next_token_paging_walks_every_listing_once(api: Api) -> None:
     middle = api.ok("DescribeCommands", PageSize="2", PageNumber="2")
     after = api.ok("DescribeCommands", MaxResults="2", NextToken=middle["NextToken"])
     assert [c["CommandId"] for c in after["Commands"]["Command"]] == [ids[0]]
-    assert api.error("DescribeCommands", NextToken="bm90LW91cnM") == (400, "InvalidParameter")
-    assert api.error("DescribeCommands", MaxResults="51") == (400, "InvalidParameter")
+    assert api.error("DescribeCommands", NextToken="bm90LW91cnM") == (
+        400,
+        "InvalidParameter.NextToken",
+    )
+    assert api.error("DescribeCommands", MaxResults="51") == (400, "InvalidParameter.MaxResults")
 
 
 def test_next_token_on_results_invocations_and_instances(api: Api) -> None:
@@ -275,7 +287,7 @@ def test_format_xml_answers_in_the_real_apis_xml(api: Api) -> None:
         "application/xml"
     )
     error = ET.fromstring(response.content)
-    assert (error.tag, error.findtext("Code")) == ("Error", "InvalidParameter")
+    assert (error.tag, error.findtext("Code")) == ("Error", "InvalidParam.PageSize")
     assert error.findtext("RequestId") and error.findtext("Message")
 
 
@@ -290,10 +302,10 @@ def test_invoke_errors(api: Api) -> None:
     agent = api.agent()
     target = {"InstanceId.1": agent.instance_id}
     assert api.error("InvokeCommand", **target) == (400, "MissingParameter")
-    assert api.error("InvokeCommand", CommandId=command_id) == (400, "MissingParameter")
+    assert api.error("InvokeCommand", CommandId=command_id) == (400, "MissingParam.InstanceId")
     assert api.error("InvokeCommand", CommandId="c-nope", **target) == (
         404,
-        "InvalidCommandId.NotFound",
+        "InvalidCmdId.NotFound",
     )
     assert api.error("InvokeCommand", CommandId=command_id, **{"InstanceId.1": "i-nothere"}) == (
         404,
@@ -301,21 +313,24 @@ def test_invoke_errors(api: Api) -> None:
     )
     assert api.error("InvokeCommand", CommandId=command_id, Timed="true", **target) == (
         400,
-        "MissingParameter",
+        "MissingParam.Frequency",
     )
     assert api.error(
         "InvokeCommand", CommandId=command_id, Timed="true", Frequency="every tuesday", **target
-    ) == (400, "InvalidParameter.Frequency")
+    ) == (400, "InvalidParam.Frequency")
     assert api.error("InvokeCommand", CommandId=command_id, RepeatMode="Daily", **target) == (
-        400,
-        "InvalidParameter.RepeatMode",
+        404,
+        "InvalidRepeatMode.NotFound",
     )
     assert api.error("InvokeCommand", CommandId=command_id, Timeout="-1", **target) == (
-        400,
-        "InvalidParameter",
+        403,
+        "InvalidTimeout.ExceedLimit",
     )
     many = {f"InstanceId.{i}": f"i-{i}" for i in range(1, 202)}
-    assert api.error("InvokeCommand", CommandId=command_id, **many) == (400, "InvalidParameter")
+    assert api.error("InvokeCommand", CommandId=command_id, **many) == (
+        403,
+        "InstanceIds.ExceedLimit",
+    )
     assert api.ok("DescribeInvocations")["TotalCount"] == 0
     assert agent.tasks()["run"] == []
 
@@ -411,7 +426,7 @@ def test_rate_and_at_frequencies(api: Api) -> None:
             RepeatMode="Period",
             Frequency=bad,
             **{"InstanceId.1": agent.instance_id},
-        ) == (400, "InvalidParameter.Frequency"), bad
+        ) == (400, "InvalidParam.Frequency"), bad
 
 
 def test_run_command_with_sdk(api: Api) -> None:
@@ -437,7 +452,7 @@ def test_run_command_with_sdk(api: Api) -> None:
     assert api.ok("DescribeCommands", CommandId=kept["CommandId"])["TotalCount"] == 1
     assert api.error("RunCommand", Type="RunShellScript", CommandContent=ECHO) == (
         400,
-        "MissingParameter",
+        "MissingParam.InstanceId",
     )
 
 
@@ -605,13 +620,16 @@ def test_activations_and_managed_instances_with_sdk(api: Api) -> None:
         404,
         "InvalidInstance.NotFound",
     )
-    for params in (
-        {"InstanceCount": "0"},
-        {"InstanceCount": "1001"},
-        {"TimeToLiveInHours": "x"},
-        {"IpAddressRange": "not-a-cidr"},
+    for params, code in (
+        ({"InstanceCount": "0"}, "ActivationLimitation.Invalid"),
+        ({"InstanceCount": "1001"}, "ActivationLimitation.Invalid"),
+        ({"TimeToLiveInHours": "x"}, "InvalidParameter"),
+        ({"TimeToLiveInHours": "876001"}, "ActivationTTL.ExceedLimit"),
+        ({"IpAddressRange": "not-a-cidr"}, "AddressRange.InvalidPattern"),
+        ({"Description": "d" * 101}, "ActivationDesc.ExceedLimit"),
+        ({"InstanceName": "n" * 51}, "InstanceName.ExceedLimit"),
     ):
-        assert api.error("CreateActivation", **params) == (400, "InvalidParameter"), params
+        assert api.error("CreateActivation", **params) == (400, code), params
 
 
 def test_cloud_assistant_status_goes_offline(api: Api) -> None:

@@ -151,14 +151,14 @@ def test_accounts_are_isolated(api: Api) -> None:
     # the other account sees nothing and can touch nothing of the first
     assert other.ok("DescribeCommands")["TotalCount"] == 0
     assert other.ok("DescribeCommands", CommandId=command_id)["TotalCount"] == 0
-    assert other.error("DeleteCommand", CommandId=command_id) == (404, "InvalidCommandId.NotFound")
+    assert other.error("DeleteCommand", CommandId=command_id) == (404, "InvalidCmdId.NotFound")
     assert other.error("ModifyCommand", CommandId=command_id, Name="x") == (
         404,
-        "InvalidCommandId.NotFound",
+        "InvalidCmdId.NotFound",
     )
     assert other.error(
         "InvokeCommand", CommandId=command_id, **{"InstanceId.1": agent.instance_id}
-    ) == (404, "InvalidCommandId.NotFound")
+    ) == (404, "InvalidCmdId.NotFound")
     own = other.ok("CreateCommand", Name="o", Type="RunShellScript", CommandContent="ZWNobyAxMjM=")
     assert other.error(
         "InvokeCommand", CommandId=own["CommandId"], **{"InstanceId.1": agent.instance_id}
