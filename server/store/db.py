@@ -4,8 +4,9 @@ Callers hand the store a *transaction function*: ``async def tx(conn) -> T`` tha
 (server/store/queries.py) on `conn`. The store runs it in one transaction:
 
 - PostgreSQL: on the event loop with an asyncpg-backed AsyncConnection; replicas share the
-  database. Writes are group-committed too: one writer runs every transaction function queued
-  meanwhile in one transaction, and runs them again one by one if any of them fails.
+  database. Writes are group-committed too, over a few writer lanes (an instance's writes always
+  take the same lane): each lane runs every transaction function queued meanwhile in one
+  transaction, and runs them again one by one if any of them fails.
 - SQLite: on threads with the plain sqlite3 driver. Writes go to one writer thread that takes
   every transaction queued meanwhile and runs them in one BEGIN IMMEDIATE … COMMIT, each inside
   its own SAVEPOINT (group commit: a failing function rolls back alone). Reads run on a small
