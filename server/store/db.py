@@ -349,10 +349,32 @@ class _PgResult(_FastResult):
 
 @contextlib.asynccontextmanager
 async def _pg_transaction(engine: AsyncEngine) -> AsyncIterator[_PgFastConn]:
-    """engine.begin(), handing out the fast connection."""
+    """engine.begin(), handing out the fast connection.
+
+    A connection found dead by a fast statement is invalidated here, as SQLAlchemy does for its
+    own statements, so the pool replaces it instead of handing it out again (PostgreSQL
+    restarted, or the server's backends terminated)."""
     async with engine.begin() as conn:
         raw = await conn.get_raw_connection()
-        yield _PgFastConn(conn, raw.dbapi_connection)
+        try:
+            yield _PgFastConn(conn, raw.dbapi_connection)
+        except Exception as exc:
+            if connection_lost(exc) and not conn.invalidated:
+                await conn.invalidate()
+            raise
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether an error (asyncpg's, or SQLAlchemy's wrapping of it) means the connection is gone."""
+    import asyncpg
+
+    lost = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.InterfaceError)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, lost) or getattr(seen, "connection_invalidated", False):
+            return True
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    return False
 
 
 class _PgLane:
@@ -421,7 +443,7 @@ class _PgLane:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if attempt < 2 and _sqlstate(exc) in _RETRY_SQLSTATES:
+                if attempt < 2 and (_sqlstate(exc) in _RETRY_SQLSTATES or connection_lost(exc)):
                     continue
                 if not job.future.done():
                     job.future.set_exception(exc)
@@ -508,8 +530,14 @@ class Store:
         if self._sqlite is not None:
             return await self._sqlite.read(fn)
         assert self._engine is not None
-        async with self._engine.connect() as conn, conn.begin():
-            return await fn(conn)  # type: ignore[arg-type]
+        for attempt in range(3):  # a read is safe to repeat on a fresh connection
+            try:
+                async with self._engine.connect() as conn, conn.begin():
+                    return await fn(conn)  # type: ignore[arg-type]
+            except Exception as exc:
+                if attempt == 2 or not connection_lost(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     async def migrate(self) -> tuple[int, int]:
         """Bring the schema up to date; return (version before, version after)."""

@@ -68,3 +68,51 @@ def test_failing_functions_in_a_group_commit_lose_only_their_own_writes(db_url: 
     assert [outcomes[i] for i in succeeded] == succeeded
     assert stored == len(succeeded) == 80
     assert names == sorted(f"grp-{i}" for i in succeeded)
+
+
+@pytest.mark.postgres
+def test_server_outlives_its_database_connections(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL restarted or the server's backends killed: the pool's dead connections are
+    replaced and the next requests succeed (agent writes, operator reads and writes)."""
+    import asyncpg
+    from conftest import PG_ADMIN_DSN
+
+    from server.testing import FakeAgent, launch_server
+
+    server = launch_server(tmp_path / "server", db_url=pg_url)
+    try:
+        key_id, secret = server.create_access_key("outlive")
+        agent = FakeAgent.register(server.url, *server.create_activation(key_id, secret))
+        assert agent.heartbeat()["next_interval"] > 0
+        database = pg_url.rsplit("/", 1)[1]
+
+        async def kill_backends() -> str:
+            conn = await asyncpg.connect(PG_ADMIN_DSN)
+            try:
+                return str(
+                    await conn.fetchval(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        database,
+                    )
+                )
+            finally:
+                await conn.close()
+
+        assert int(asyncio.run(kill_backends())) >= 1
+        for _ in range(3):
+            assert agent.heartbeat()["next_interval"] > 0
+        listed = server.call("DescribeManagedInstances", key_id, secret)
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["TotalCount"] == 1
+        created = server.call(
+            "CreateCommand",
+            key_id,
+            secret,
+            Name="n",
+            Type="RunShellScript",
+            CommandContent="ZWNobw==",
+        )
+        assert created.status_code == 200, created.text
+    finally:
+        server.stop()
