@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Api, run_sql
+from serverkit import Api, run_sql
 
 from server.testing import REPO_ROOT
 

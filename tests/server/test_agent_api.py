@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 import requests
-from conftest import Api, run_sql
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from serverkit import Api, run_sql
 
 from server.testing import FakeAgent
 

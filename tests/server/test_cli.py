@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Api
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from serverkit import Api
 
 from server.rpc import sign_params
 from server.testing import REPO_ROOT, FakeAgent, free_port, launch_server

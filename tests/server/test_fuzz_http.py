@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import Api
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serverkit import Api
 
 from server.api import load_actions
 from server.testing import ServerHandle, launch_server

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Api, run_sql
+from serverkit import Api, run_sql
 
 from server.testing import REPO_ROOT, FakeAgent, launch_server
 

@@ -8,7 +8,7 @@ import time
 from urllib.parse import urlsplit
 
 import requests
-from conftest import Api
+from serverkit import Api
 from test_agent_api import invoke
 
 from server.testing import FakeAgent, ServerHandle, sign_agent_request

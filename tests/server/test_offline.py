@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Api, pg_reachable, run_sql
+from serverkit import Api, pg_reachable, run_sql
 
 from server.testing import FakeAgent, ServerHandle, launch_server
 

@@ -21,7 +21,7 @@ from aliyunsdkecs.request.v20140526 import (
     RunCommandRequest,
     StopInvocationRequest,
 )
-from conftest import Api, run_sql
+from serverkit import Api, run_sql
 
 ECHO = "ZWNobyAxMjM="  # echo 123
 

@@ -14,7 +14,7 @@ from aliyunsdkecs.request.v20140526 import (
     DescribeInvocationResultsRequest,
     InvokeCommandRequest,
 )
-from conftest import Api
+from serverkit import Api
 
 from server.testing import ServerHandle
 

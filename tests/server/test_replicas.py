@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Api
+from serverkit import Api
 
 from server.testing import FakeAgent, ServerHandle, launch_server
 

@@ -10,7 +10,7 @@ import requests
 from aliyunsdkcore.acs_exception.exceptions import ServerException
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkecs.request.v20140526 import CreateCommandRequest, DescribeCommandsRequest
-from conftest import Api, run_sql
+from serverkit import Api, run_sql
 
 from server.rpc import compute_signature, sign_params, utc_timestamp
 from server.testing import ServerHandle

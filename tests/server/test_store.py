@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serverkit import PG_ADMIN_DSN
 from sqlalchemy import text
 
 from server.store.db import Store
@@ -75,7 +76,6 @@ def test_server_outlives_its_database_connections(pg_url: str, tmp_path: Path) -
     """PostgreSQL restarted or the server's backends killed: the pool's dead connections are
     replaced and the next requests succeed (agent writes, operator reads and writes)."""
     import asyncpg
-    from conftest import PG_ADMIN_DSN
 
     from server.testing import FakeAgent, launch_server
 

@@ -9,12 +9,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "installer"))  # assistrelease
-from fakepayload import LocalRepo, install_version, make_tarball
+from fakepayload import install_version, make_tarball
 
-from common.platform import detect_platform
 from common.service import ProcessManager
-from updater.engine import Updater, UpdateSettings
-from updater.layout import Layout
 
 
 @pytest.fixture
@@ -41,14 +38,3 @@ def artifacts(tmp_path: Path) -> dict[str, Path]:
             out / "aliyun-assist-1.2.0-linux-x86_64.tar.gz", "1.2.0", broken=True
         ),
     }
-
-
-def make_updater(prefix: Path, repo: LocalRepo, **settings: object) -> Updater:
-    plat = detect_platform()
-    values = {"health_timeout": 5.0, "settle": 0.3, **settings}
-    return Updater(
-        Layout(prefix),
-        repo,
-        ProcessManager(prefix, stop_timeout=3),
-        UpdateSettings(os="linux", arch=plat.arch, format="tar.gz", **values),  # type: ignore[arg-type]
-    )

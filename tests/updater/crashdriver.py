@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import make_updater  # noqa: E402
 from fakepayload import LocalRepo  # noqa: E402
+from updaterkit import make_updater  # noqa: E402
 
 
 def main() -> int:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_updater
 from fakepayload import LocalRepo
+from updaterkit import make_updater
 
 from updater import journal as jr
 from updater.cli import main

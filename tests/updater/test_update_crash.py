@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_updater
 from fakepayload import LocalRepo
+from updaterkit import make_updater
 
 from common.service import ProcessManager
 from updater import journal as jr

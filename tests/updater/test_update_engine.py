@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_updater
 from fakepayload import LocalRepo
+from updaterkit import make_updater
 
 from common.errors import LockedError, NoSpaceError, VerificationError
 from common.platform import pid_alive

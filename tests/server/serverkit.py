@@ -1,0 +1,104 @@
+"""Helpers of the control-plane tests, importable by name (`from serverkit import Api`).
+
+They live outside conftest.py: `from conftest import …` resolves to whichever conftest module
+was imported first when several test folders run in one pytest session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from server.testing import FakeAgent, ServerHandle
+
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class Api:
+    """Signed calls as one account, through the official SDK's request classes."""
+
+    def __init__(self, server: ServerHandle, key_id: str, secret: str) -> None:
+        from aliyunsdkcore.client import AcsClient
+
+        self.server = server
+        self.key_id = key_id
+        self.secret = secret
+        self.client = AcsClient(key_id, secret, "cn-hangzhou", timeout=30)
+
+    def sdk(self, request: Any) -> dict[str, Any]:
+        """Send an aliyunsdkecs request object to the local server; parsed JSON back."""
+        request.set_endpoint(self.server.url.split("://", 1)[1])
+        request.set_protocol_type("http")
+        return dict(json.loads(self.client.do_action_with_exception(request)))
+
+    def call(self, action: str, **params: Any) -> tuple[int, dict[str, Any]]:
+        """A raw signed request (our client-side signer): (HTTP status, JSON body)."""
+        response = self.server.call(action, self.key_id, self.secret, **params)
+        return response.status_code, response.json()
+
+    def ok(self, action: str, **params: Any) -> dict[str, Any]:
+        status, body = self.call(action, **params)
+        assert status == 200, body
+        return body
+
+    def error(self, action: str, **params: Any) -> tuple[int, str]:
+        status, body = self.call(action, **params)
+        assert status >= 400, body
+        assert set(body) >= {"RequestId", "Code", "Message"}
+        return status, body["Code"]
+
+    def agent(self, instance_id: str = "") -> FakeAgent:
+        """Register a fake agent with a fresh activation of this account."""
+        act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
+        return FakeAgent.register(self.server.url, act_id, code, instance_id=instance_id)
+
+
+def pg_admin(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def pg_reachable() -> str:
+    """'' if PostgreSQL answers on 127.0.0.1:5432, else why not."""
+    try:
+        pg_admin("SELECT 1")
+    except Exception as exc:  # any failure means: skip with the reason
+        return f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}"
+    return ""
+
+
+def db_path(server: ServerHandle) -> Path:
+    return Path(server.db_url[len("sqlite:///") :])
+
+
+def run_sql(server: ServerHandle, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a server's database (SQLite or PostgreSQL); '?' placeholders."""
+    if server.db_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(db_path(server)) as db:
+            return [tuple(r) for r in db.execute(sql, args).fetchall()]
+    import asyncpg
+
+    parts = sql.split("?")
+    pg_sql = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    pg_sql = pg_sql.replace("= 0", "= false").replace("= 1 ", "= true ")
+
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(server.db_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(pg_sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
