@@ -29,7 +29,11 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 PY = sys.executable
+
+from server.testing import free_port  # noqa: E402
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -37,12 +41,6 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed: {proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_tarball(out: Path, name: str, size: int) -> Path:

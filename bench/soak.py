@@ -51,7 +51,7 @@ from typing import Any
 import requests
 
 from common.cli import interrupts_as_exceptions
-from server.testing import free_port
+from server.testing import free_port, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -99,33 +99,6 @@ def child_env(work: Path) -> dict[str, str]:
     env["XDG_CONFIG_HOME"] = str(work / "xdg")
     env.pop("ALIYUN_ASSIST_SERVER_HOST", None)
     return env
-
-
-def kill_group(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGKILL) -> None:
-    """Signal a process group started with start_new_session and reap it."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 60) -> None:
-    """Until `url` answers 200; SoakError if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SoakError(f"{url}: process exited {proc.returncode}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise SoakError(f"{url} did not answer within {timeout:.0f}s")
 
 
 class Soak:
@@ -199,7 +172,7 @@ class Soak:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
+            stop_group(proc, signal.SIGKILL, 15)
             out, err = proc.communicate()
         if check and proc.returncode != 0:
             raise SoakError(f"{' '.join(argv[:2])} exited {proc.returncode}: {err[-2000:]}")
@@ -219,7 +192,7 @@ class Soak:
             "30",
         ]
         self.server = self.spawn("server", argv)
-        wait_http(self.server_url + "/healthz", self.server)
+        wait_http(self.server_url + "/healthz", self.server, 60, SoakError)
 
     def start_mirror(self) -> None:
         """assist-mirror serve of the regional mirror on its fixed port."""
@@ -233,7 +206,7 @@ class Soak:
             f"127.0.0.1:{self.mirror_port}",
         ]
         self.mirror = self.spawn("mirror", argv)
-        wait_http(self.mirror_url + "metadata/timestamp.json", self.mirror)
+        wait_http(self.mirror_url + "metadata/timestamp.json", self.mirror, 60, SoakError)
 
     def start_host(self, index: int) -> list[str]:
         """Start (or restart) agent host `index`; its instance ids once every agent runs."""
@@ -261,11 +234,11 @@ class Soak:
         for proc in children:  # one-shot commands first (an updater could start an agent)
             argv0 = proc.args[0] if isinstance(proc.args, list) else proc.args
             if Path(str(argv0)).name.startswith("assist-") and proc.stdout is not None:
-                kill_group(proc)
+                stop_group(proc, signal.SIGKILL, 15)
         for prefix in self.real_prefixes:
             stop_real_agent(prefix)
         for proc in reversed(children):
-            kill_group(proc, signal.SIGTERM)
+            stop_group(proc, signal.SIGTERM, 15)
         for pid in pids_mentioning(self.work):  # e.g. an agent an updater started meanwhile
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -347,7 +320,7 @@ class Soak:
         ]
         origin_proc = self.spawn("origin", argv)
         try:
-            wait_http(self.origin_url + "metadata/timestamp.json", origin_proc)
+            wait_http(self.origin_url + "metadata/timestamp.json", origin_proc, 60, SoakError)
             self.run(
                 "assist-mirror",
                 "sync",
@@ -365,7 +338,7 @@ class Soak:
                 self.mirror_url,
             )
         finally:
-            kill_group(origin_proc, signal.SIGTERM)
+            stop_group(origin_proc, signal.SIGTERM, 15)
         self.start_mirror()
 
     def set_up_real_agents(self) -> None:
@@ -473,18 +446,18 @@ class Soak:
             outage = self.rng.uniform(0.5, 4.0)
             with self.lock:
                 if what == "server":
-                    kill_group(self.server)
+                    stop_group(self.server, signal.SIGKILL, 15)
                     self.counters.event(f"SIGKILL server (down {outage:.1f}s)", self.began)
                     time.sleep(outage)
                     self.start_server()
                 elif what == "mirror":
-                    kill_group(self.mirror)
+                    stop_group(self.mirror, signal.SIGKILL, 15)
                     self.counters.event(f"SIGKILL mirror (down {outage:.1f}s)", self.began)
                     time.sleep(outage)
                     self.start_mirror()
                 else:
                     index = self.rng.randrange(len(self.hosts))
-                    kill_group(self.hosts[index])
+                    stop_group(self.hosts[index], signal.SIGKILL, 15)
                     self.counters.event(
                         f"SIGKILL agent host {index} (down {outage:.1f}s)", self.began
                     )

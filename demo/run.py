@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 
 from common.cli import interrupts_as_exceptions
 from common.service import ProcessManager
-from server.testing import free_port
+from server.testing import free_port, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -93,14 +92,14 @@ class Demo:
             start_new_session=True,
         )
         log.close()
-        self.stack.callback(stop_process, proc)
+        self.stack.callback(stop_group, proc)
         return proc
 
     def serve(self, name: str, root: Path, port: int) -> subprocess.Popen[bytes]:
         proc = self.spawn(
             name, "assist-mirror", "serve", "--root", str(root), "--listen", f"127.0.0.1:{port}"
         )
-        wait_http(f"http://127.0.0.1:{port}/metadata/timestamp.json", proc)
+        wait_http(f"http://127.0.0.1:{port}/metadata/timestamp.json", proc, 20, DemoError)
         return proc
 
     # ---- API helpers -----------------------------------------------------------------------
@@ -196,7 +195,7 @@ def sync_mirror(demo: Demo) -> Any:
 def step_mirror(demo: Demo) -> str:
     report = sync_mirror(demo)
     demo.serve("mirror", demo.mirror, demo.mirror_port)
-    stop_process(demo.origin_proc)
+    stop_group(demo.origin_proc)
     return f"cn-hangzhou mirror synced ({summarise(report)}) and served at {demo.mirror_url}; origin stopped"
 
 
@@ -428,7 +427,7 @@ def step_broken(demo: Demo) -> str:
     )
     demo.origin_proc = demo.serve("origin", demo.origin, demo.origin_port)
     sync_mirror(demo)
-    stop_process(demo.origin_proc)
+    stop_group(demo.origin_proc)
     for attempt in (1, 2):  # max_failures = 2: the second failure blocklists 1.2.0
         proc = demo.run(
             "assist-update", "apply", "--prefix", str(demo.prefix),
@@ -471,20 +470,6 @@ STEPS: list[tuple[str, Callable[[Demo], str]]] = [
 
 
 # ---- small helpers --------------------------------------------------------------------------
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(f"{url}: server exited {proc.returncode}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise DemoError(f"{url} did not answer within {timeout:.0f}s")
 
 
 def wait_for(probe: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -531,19 +516,6 @@ def summarise(report: Any) -> str:
             or "ok"
         )
     return "ok"
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def stop_agent(demo: Demo) -> None:

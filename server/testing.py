@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +33,41 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from server.rpc import sign_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def stop_group(
+    proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 10
+) -> None:
+    """Signal the process group of a child started with start_new_session, KILL it after
+    `timeout`, and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_http(
+    url: str,
+    proc: subprocess.Popen[Any],
+    timeout: float,
+    error: type[Exception] = RuntimeError,
+) -> None:
+    """Until `url` answers 200; `error` if `proc` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise error(f"{url}: process exited {proc.returncode}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise error(f"{url} did not answer within {timeout:.0f}s")
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -170,7 +170,54 @@ def _resolve(job: _Job) -> None:
         job.future.set_result(job.result)
 
 
-class _SqliteRunner:
+J = TypeVar("J")
+
+
+class _GroupCommit(Generic[J]):
+    """A queue of write jobs that a writer task takes in batches: every job queued since its
+    last turn (up to MAX_BATCH) goes to `_commit` at once. Subclasses commit a batch."""
+
+    def __init__(self) -> None:
+        self.pending: list[J] = []
+        self.in_flight = 0
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def submit(self, job: J) -> None:
+        if self._writer is None or self._writer.done():
+            self._wake = asyncio.Event()
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self.pending.append(job)
+        assert self._wake is not None
+        self._wake.set()
+
+    def busy(self) -> bool:
+        return bool(self.pending) or self.in_flight > 0
+
+    async def _commit(self, batch: list[J]) -> None:
+        raise NotImplementedError
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                batch = self.pending[:MAX_BATCH]
+                del self.pending[:MAX_BATCH]
+                self.in_flight = len(batch)
+                try:
+                    await self._commit(batch)
+                finally:
+                    self.in_flight = 0
+                await asyncio.sleep(0)  # let the requests that queued meanwhile in
+
+    def stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+
+
+class _SqliteRunner(_GroupCommit[_Job]):
     """Group-committed writes on the event loop, reads on a small thread pool, one SQLite file.
 
     Writes run on the loop's own thread: a writer task takes every transaction function queued
@@ -188,21 +235,14 @@ class _SqliteRunner:
             pool_size=READ_THREADS + 2,
         )
         _configure_sqlite(self.engine)
-        self._pending: list[_Job] = []
-        self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
+        super().__init__()
         self._conn: Connection | None = None
         self._readers = concurrent.futures.ThreadPoolExecutor(READ_THREADS, "sqlite-reader")
 
     async def write(self, fn: TxFunction[T]) -> T:
         loop = asyncio.get_running_loop()
-        if self._writer is None or self._writer.done():
-            self._wake = asyncio.Event()
-            self._writer = loop.create_task(self._write_loop())
         job = _Job(fn, loop, loop.create_future())
-        self._pending.append(job)
-        assert self._wake is not None
-        self._wake.set()
+        self.submit(job)
         return await job.future  # type: ignore[no-any-return]
 
     async def read(self, fn: TxFunction[T]) -> T:
@@ -213,20 +253,12 @@ class _SqliteRunner:
         with self.engine.connect() as conn, conn.begin():
             return drive(fn(SyncConn(conn)))
 
-    async def _write_loop(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                if self._conn is None:
-                    self._conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
-                self._run_batch(self._conn, batch)
-                for job in batch:
-                    _resolve(job)
-                await asyncio.sleep(0)  # let the requests that queued meanwhile in
+    async def _commit(self, batch: list[_Job]) -> None:
+        if self._conn is None:
+            self._conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+        self._run_batch(self._conn, batch)
+        for job in batch:
+            _resolve(job)
 
     @staticmethod
     def _run_batch(conn: Connection, batch: list[_Job]) -> None:
@@ -249,8 +281,7 @@ class _SqliteRunner:
                 job.error = job.error or exc
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        self.stop_writer()
         if self._conn is not None:
             self._conn.close()
         self._readers.shutdown(wait=True)
@@ -377,42 +408,20 @@ def connection_lost(exc: BaseException) -> bool:
     return False
 
 
-class _PgLane:
+class _PgLane(_GroupCommit[_PgJob]):
     """One writer connection's queue: runs the transaction functions queued meanwhile as one
     transaction (durable commit if any of them asked for it). When any function of a batch
     fails, the batch rolls back and each function runs again alone, so a failure (or a deadlock
     with another replica) never leaks one job's partial writes or error into another's."""
 
     def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__()
         self.engine = engine
-        self.pending: list[_PgJob] = []
-        self.in_flight = 0
-        self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
 
-    def submit(self, job: _PgJob) -> None:
-        if self._writer is None or self._writer.done():
-            self._wake = asyncio.Event()
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
-        self.pending.append(job)
-        assert self._wake is not None
-        self._wake.set()
-
-    async def _write_loop(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.pending:
-                batch = self.pending[:MAX_BATCH]
-                del self.pending[:MAX_BATCH]
-                self.in_flight = len(batch)
-                try:
-                    if len(batch) == 1 or not await self._run_batch(batch):
-                        for job in batch:
-                            await self._run_alone(job)
-                finally:
-                    self.in_flight = 0
+    async def _commit(self, batch: list[_PgJob]) -> None:
+        if len(batch) == 1 or not await self._run_batch(batch):
+            for job in batch:
+                await self._run_alone(job)
 
     async def _run_batch(self, batch: list[_PgJob]) -> bool:
         """All of `batch` in one transaction; False (nothing stored) if any of it failed."""
@@ -452,10 +461,6 @@ class _PgLane:
                 job.future.set_result(result)
             return
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-
 
 class _PgGroupCommit:
     """Group-committed writes on PostgreSQL over a few writer lanes.
@@ -476,11 +481,11 @@ class _PgGroupCommit:
         return await job.future  # type: ignore[no-any-return]
 
     def busy(self) -> bool:
-        return any(lane.pending or lane.in_flight for lane in self._lanes)
+        return any(lane.busy() for lane in self._lanes)
 
     def close(self) -> None:
         for lane in self._lanes:
-            lane.close()
+            lane.stop_writer()
 
 
 def _sqlstate(exc: BaseException) -> str:
@@ -550,7 +555,7 @@ class Store:
     async def close(self) -> None:
         """Stop the threads and release every connection."""
         if self._sqlite is not None:
-            while self._sqlite._pending:  # let queued writes finish first
+            while self._sqlite.busy():  # let queued writes finish first
                 await asyncio.sleep(0.01)
             self._sqlite.close()
         if self._pg_writer is not None:

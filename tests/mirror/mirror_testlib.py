@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 import requests
+
+from server.testing import free_port
 
 SPEC = """Name: {name}
 Version: {version}
@@ -172,10 +173,21 @@ class Origin:
         return Origin(dest, self.keys, self.work)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def sync_args(origin: Origin, url: str, root: Path) -> list[str]:
+    """`assist-mirror sync` of ORIGIN served at URL into ROOT, with its trust root and keyring."""
+    return [
+        "sync",
+        "--region",
+        "cn-hangzhou",
+        "--upstream",
+        url,
+        "--root",
+        str(root),
+        "--trust-root",
+        str(origin.trust_root),
+        "--keyring",
+        str(origin.keyring),
+    ]
 
 
 def mirror_cli(

@@ -7,23 +7,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from mirror_testlib import Origin, make_deb, mirror_cli, pkgbuild, tree_hash
-
-
-def sync_args(origin: Origin, url: str, root: Path) -> list[str]:
-    return [
-        "sync",
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        url,
-        "--root",
-        str(root),
-        "--trust-root",
-        str(origin.trust_root),
-        "--keyring",
-        str(origin.keyring),
-    ]
+from mirror_testlib import Origin, make_deb, mirror_cli, pkgbuild, sync_args, tree_hash
 
 
 def test_sync_status_and_noop_from_the_command_line(upstream, tmp_path: Path) -> None:

@@ -10,27 +10,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from mirror_testlib import mirror_cli, serving
+from mirror_testlib import mirror_cli, serving, sync_args
 
 
 @pytest.fixture
 def served_mirror(upstream, tmp_path: Path):
     origin, server = upstream
     root = tmp_path / "mirror"
-    proc = mirror_cli(
-        "sync",
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        server.url,
-        "--root",
-        str(root),
-        "--trust-root",
-        str(origin.trust_root),
-        "--keyring",
-        str(origin.keyring),
-        "--json",
-    )
+    proc = mirror_cli(*sync_args(origin, server.url, root), "--json")
     report = json.loads(proc.stdout)
     assert report["changed"] and report["fetched_files"] > 0
     with serving(root) as url:

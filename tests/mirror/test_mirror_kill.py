@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from mirror_testlib import make_deb, make_tarball, mirror_cli, serving
+from mirror_testlib import make_deb, make_tarball, mirror_cli, serving, sync_args
 from tuf.api.metadata import Metadata
 
 from mirror import apt, yum
@@ -159,21 +159,8 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
 ) -> None:
     origin, server = upstream
     root = tmp_path / "mirror"
-    common = [
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        server.url,
-        "--root",
-        str(root),
-        "--trust-root",
-        str(origin.trust_root),
-        "--keyring",
-        str(origin.keyring),
-        "--workers",
-        "2",
-    ]
-    mirror_cli("sync", *common)  # the mirror starts with the origin's first state
+    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
+    mirror_cli(*sync)  # the mirror starts with the origin's first state
     art = tmp_path / "art"
     art.mkdir()
     origin.publish(
@@ -190,7 +177,7 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
         parts_seen = 0
         for _ in range(20):
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mirror", "sync", *common],
+                [sys.executable, "-m", "mirror", *sync],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -214,7 +201,7 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
             for p in staging.rglob("*.part")
         }
         requests_log.clear()
-        mirror_cli("sync", *common)
+        mirror_cli(*sync)
         time.sleep(0.5)
         reader.stop.set()
         thread.join(30)

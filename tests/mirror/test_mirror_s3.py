@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mirror_testlib import free_port
 
 from common.errors import DownloadError
 from mirror.source import HttpSource
 from mirror.state import load_state
 from mirror.storage import S3Storage, make_s3_client
 from mirror.sync import SyncOptions, sync
+from server.testing import free_port
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_cli_dest_takes_endpoint_and_credentials_from_env(
 ) -> None:
     import os
 
-    from mirror_testlib import mirror_cli
+    from mirror_testlib import mirror_cli, sync_args
 
     origin, server = upstream
     client(s3_endpoint).create_bucket(Bucket="oss")
@@ -141,17 +141,7 @@ def test_cli_dest_takes_endpoint_and_credentials_from_env(
     )
     root = tmp_path / "mirror"
     mirror_cli(
-        "sync",
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        server.url,
-        "--root",
-        str(root),
-        "--trust-root",
-        str(origin.trust_root),
-        "--keyring",
-        str(origin.keyring),
+        *sync_args(origin, server.url, root),
         "--dest",
         "s3://oss/assist",
         env=env,
