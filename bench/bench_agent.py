@@ -41,22 +41,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.figures import emit  # noqa: E402
+
 IDLE_CONFIG = '[agent]\npoll_timeout = 25.0\n[update]\nschedule = ""\n'
-
-
-def emit(bench: str, ours: float, baseline: float, unit: str, target: str, **extra: Any) -> None:
-    """Print one figure as a JSON line."""
-    ratio = ours / baseline if baseline else None
-    line = {
-        "bench": bench,
-        "ours": ours,
-        "baseline": baseline,
-        "ratio": ratio,
-        "unit": unit,
-        "target": target,
-        **extra,
-    }
-    print(json.dumps(line), flush=True)
 
 
 def env_int(name: str, default: int) -> int:

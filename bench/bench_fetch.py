@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import json
 import os
 import shlex
 import statistics
@@ -28,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.figures import median_figure  # noqa: E402
 from common.fetch import Fetcher  # noqa: E402
 
 FILE_NAME = "big.bin"
@@ -127,22 +127,18 @@ def main() -> None:
             server.kill()
             server.wait()
     ours_s, baseline_s = statistics.median(ours), statistics.median(baseline)
-    line = {
-        "bench": "fetch_download_sha256",
-        "ours": round(ours_s, 4),
-        "baseline": round(baseline_s, 4),
-        "ratio": round(ours_s / baseline_s, 3),
-        "unit": "s",
-        "target": TARGET,
-        "size_mb": megabytes,
-        "runs": runs,
-        "ours_mb_s": round(megabytes / ours_s, 1),
-        "baseline_mb_s": round(megabytes / baseline_s, 1),
-        "baseline_cmd": "curl -s URL | sha256sum",
-        "ours_runs": [round(x, 4) for x in ours],
-        "baseline_runs": [round(x, 4) for x in baseline],
-    }
-    print(json.dumps(line), flush=True)
+    median_figure(
+        "fetch_download_sha256",
+        ours,
+        baseline,
+        TARGET,
+        size_mb=megabytes,
+        ours_mb_s=round(megabytes / ours_s, 1),
+        baseline_mb_s=round(megabytes / baseline_s, 1),
+        baseline_cmd="curl -s URL | sha256sum",
+        ours_runs=[round(x, 4) for x in ours],
+        baseline_runs=[round(x, 4) for x in baseline],
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ budget_met and requests in its figure; its ratio is against wget's no-op re-run)
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -33,6 +32,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 PY = sys.executable
 
+from bench.figures import median_figure  # noqa: E402
 from server.testing import free_port  # noqa: E402
 
 
@@ -101,27 +101,6 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 
 def requests_logged(log: Path) -> int:
     return sum('"GET ' in line or '"HEAD ' in line for line in log.read_text().splitlines())
-
-
-def figure(
-    name: str, ours: list[float], baseline: list[float], target: str, **extra: object
-) -> None:
-    mo, mb = statistics.median(ours), statistics.median(baseline)
-    print(
-        json.dumps(
-            {
-                "bench": name,
-                "ours": round(mo, 4),
-                "baseline": round(mb, 4),
-                "ratio": round(mo / mb, 3),
-                "unit": "s",
-                "target": target,
-                "runs": len(ours),
-                **extra,
-            }
-        ),
-        flush=True,
-    )
 
 
 def main() -> None:
@@ -205,7 +184,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(10)
-        figure(
+        median_figure(
             "mirror_full_sync",
             ours,
             theirs,
@@ -213,7 +192,7 @@ def main() -> None:
             repository_mb=round(size / (1 << 20), 1),
             baseline_cmd="wget --mirror",
         )
-        figure(
+        median_figure(
             "mirror_noop_sync",
             ours_noop,
             theirs_noop,

@@ -43,6 +43,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
+from bench.figures import emit  # noqa: E402
 from server.rpc import sign_params  # noqa: E402
 from server.testing import free_port, launch_server  # noqa: E402
 
@@ -66,25 +67,6 @@ app = Starlette(routes=[Route("/", hello)])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False,
             backlog=4096, timeout_keep_alive=75)
 """
-
-
-def emit(bench: str, ours: float, baseline: float, unit: str, target: str, **extra: Any) -> None:
-    """Print one figure as a JSON line."""
-    ratio = ours / baseline if baseline else None
-    print(
-        json.dumps(
-            {
-                "bench": bench,
-                "ours": ours,
-                "baseline": baseline,
-                "ratio": ratio,
-                "unit": unit,
-                "target": target,
-                **extra,
-            }
-        ),
-        flush=True,
-    )
 
 
 # --- a minimal HTTP/1.1 keep-alive client -------------------------------------------------------

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -30,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from bench.figures import median_figure  # noqa: E402
 from common.service import ProcessManager  # noqa: E402
 from updater.engine import Updater, UpdateSettings  # noqa: E402
 from updater.layout import Layout  # noqa: E402
@@ -115,23 +115,6 @@ def run_quiet(cmd: list[str], env: dict[str, str]) -> None:
     subprocess.run(cmd, check=True, env=env, capture_output=True)
 
 
-def figure(name: str, ours: list[float], base: list[float], target: str, unit: str = "s") -> None:
-    o, b = statistics.median(ours), statistics.median(base)
-    print(
-        json.dumps(
-            {
-                "bench": name,
-                "ours": round(o, 4),
-                "baseline": round(b, 4),
-                "ratio": round(o / b, 3),
-                "unit": unit,
-                "target": target,
-                "runs": len(ours),
-            }
-        )
-    )
-
-
 def main() -> None:
     os.environ["ALIYUN_ASSIST_REGION"] = "bench-local"  # loopback only: no metadata service
     with tempfile.TemporaryDirectory(prefix="bench-update-") as tmp:
@@ -193,8 +176,8 @@ def run(base: Path) -> None:
             prefix = fresh_prefix(base, dist)
             inproc.append(timed(apply_in_process, prefix, server.url, keys))
             ProcessManager(prefix).stop()
-    figure("update_apply_30MB", ours, floor, "<= 1.3x floor (curl+sha256sum+tar+restart)")
-    figure(
+    median_figure("update_apply_30MB", ours, floor, "<= 1.3x floor (curl+sha256sum+tar+restart)")
+    median_figure(
         "update_apply_30MB_in_process",
         inproc,
         floor,
@@ -202,9 +185,11 @@ def run(base: Path) -> None:
     )
 
     swaps, bare = time_swaps(base)
-    figure("update_swap", swaps, bare, "atomic swap incl. fsync; bare symlink+rename as baseline")
+    median_figure(
+        "update_swap", swaps, bare, "atomic swap incl. fsync; bare symlink+rename as baseline"
+    )
     rollbacks, restarts = time_rollbacks(base, dist)
-    figure("update_rollback", rollbacks, restarts, "<= 1.3x a bare restart")
+    median_figure("update_rollback", rollbacks, restarts, "<= 1.3x a bare restart")
 
 
 def apply_in_process(prefix: Path, mirror: str, keys: Path) -> None:
