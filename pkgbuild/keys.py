@@ -152,9 +152,10 @@ def _write_tuf_key(directory: Path, name: str) -> str:
 
 def _run_gpg(keydir: Path, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     """Run gpg in batch mode against KEYDIR/gpg; a failure becomes a ToolError."""
-    cmd = ["gpg", "--homedir", gnupg_home(keydir), *GPG_BATCH, *args]
+    env = gpg_env(keydir)
+    cmd = ["gpg", "--homedir", env["GNUPGHOME"], *GPG_BATCH, *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, env=gpg_env(keydir), check=False, **kwargs)
+        proc = subprocess.run(cmd, capture_output=True, env=env, check=False, **kwargs)
     except FileNotFoundError as exc:
         raise ToolError("gpg is not installed", hint="install gnupg (make install)") from exc
     if proc.returncode != 0:

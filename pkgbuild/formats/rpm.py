@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common.errors import ToolError
 from pkgbuild.formats import Stage, run_tool
-from pkgbuild.keys import gnupg_home, gpg_env, gpg_fingerprint
+from pkgbuild.keys import gpg_env, gpg_fingerprint
 from pkgbuild.payload import render_template
 
 SIGN_ARGS = "--pinentry-mode loopback --passphrase ''"
@@ -85,15 +85,16 @@ def build_rpm(stage: Stage, dest: Path) -> Path:
 
 def sign_rpm(path: Path, keys: Path) -> None:
     """Add an OpenPGP header signature made with KEYDIR/gpg (rpmsign --addsign)."""
+    env = gpg_env(keys)
     run_tool(
         [
             "rpmsign",
             "--addsign",
             "--define", f"__gpg {shutil.which('gpg') or 'gpg'}",
             "--define", f"_gpg_name {gpg_fingerprint(keys)}",
-            "--define", f"_gpg_path {gnupg_home(keys)}",
+            "--define", f"_gpg_path {env['GNUPGHOME']}",
             "--define", f"_gpg_sign_cmd_extra_args {SIGN_ARGS}",
             str(path),
         ],
-        env=gpg_env(keys),
+        env=env,
     )  # fmt: skip

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.errors import AssistError, ToolError
-from pkgbuild.keys import GPG_BATCH, gnupg_home, gpg_env, gpg_fingerprint
+from pkgbuild.keys import GPG_BATCH, gpg_env, gpg_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,11 @@ def run_tool(
 def gpg_sign(keys: Path, data: bytes, mode: str) -> bytes:
     """Sign `data` with the release OpenPGP key: mode 'clearsign' or 'detach' (armored)."""
     flag = {"clearsign": "--clearsign", "detach": "--detach-sign"}[mode]
+    env = gpg_env(keys)
     cmd = [
         "gpg",
         "--homedir",
-        gnupg_home(keys),
+        env["GNUPGHOME"],
         *GPG_BATCH,
         "--local-user",
         gpg_fingerprint(keys),
@@ -55,6 +56,6 @@ def gpg_sign(keys: Path, data: bytes, mode: str) -> bytes:
     return run_tool(
         cmd,
         input_data=data,
-        env=gpg_env(keys),
+        env=env,
         hint="check the gpg/ directory of the key directory (assist-pkgbuild keygen)",
     )

@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -400,12 +400,17 @@ def connection_lost(exc: BaseException) -> bool:
     import asyncpg
 
     lost = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.InterfaceError)
+    return any(
+        isinstance(e, lost) or getattr(e, "connection_invalidated", False) for e in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: SQLAlchemy's `orig`, then the `raise … from` chain."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, lost) or getattr(seen, "connection_invalidated", False):
-            return True
-        seen = seen.__cause__ or getattr(seen, "orig", None)
-    return False
+        yield seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
 
 
 class _PgLane(_GroupCommit[_PgJob]):
@@ -490,12 +495,10 @@ class _PgGroupCommit:
 
 def _sqlstate(exc: BaseException) -> str:
     """The SQLSTATE of a database error (asyncpg's, wrapped by SQLAlchemy or not), or ""."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _causes(exc):
         code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
         if isinstance(code, str):
             return code
-        seen = getattr(seen, "orig", None) or seen.__cause__
     return ""
 
 
