@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +109,15 @@ def pid_runs(pid: int, argument: str) -> bool:
         return False
     if not Path("/proc/self/cmdline").exists():
         return True  # no procfs (macOS, Windows): liveness is all there is to check
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False  # exited meanwhile
-    return os.fsencode(argument) in args
+    # A process in the middle of execve (the launcher script exec'ing python) shows an empty
+    # cmdline for a moment; a kernel thread shows one for good. Look again briefly before
+    # deciding: calling a live agent dead would start a second one.
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False  # exited meanwhile
+        if raw or time.monotonic() > deadline or not pid_alive(pid):
+            return os.fsencode(argument) in raw.split(b"\0")
+        time.sleep(0.005)

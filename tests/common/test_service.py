@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import ToolError, UsageError
-from common.platform import pid_alive
+from common.platform import pid_alive, pid_runs
 from common.service import (
     NoManager,
     ProcessManager,
@@ -154,6 +154,27 @@ def test_pid_alive_sees_zombies_as_dead() -> None:
     os.kill(os.getpid(), 0)
     assert pid_alive(os.getpid())
     assert not pid_alive(0)
+
+
+def test_pid_runs_sees_an_agent_in_the_middle_of_exec() -> None:
+    """The launcher is a script that execs python; while execve swaps the image procfs shows an
+    empty cmdline. Reading that as "not our agent" made start() spawn a second agent (a CI
+    failure). The old check got this wrong in about half of these starts."""
+    misses = 0
+    launcher = 'exec python3 -c "import time; time.sleep(5)" "$@"'
+    for _ in range(30):
+        proc = subprocess.Popen(["sh", "-c", launcher, "sh", "--prefix", "/P"])
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 0.15:
+                if not pid_runs(proc.pid, "/P"):
+                    misses += 1
+                    break
+        finally:
+            proc.kill()
+            proc.wait()
+    assert misses == 0
+    assert not pid_runs(2, "/P")  # kthreadd: empty cmdline for good, not ours
 
 
 class Recorder:
