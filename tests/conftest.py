@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
+# tests/ holds the shared helpers; the project root goes before it, or the test folders named after
+# our packages (tests/common, tests/agent, …) would be imported as namespace packages in their
+# place whenever pytest is started as a script (`.venv/bin/pytest`) rather than `python -m pytest`.
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
 import netguard  # noqa: E402
 
 TESTS_DIR = Path(__file__).parent
