@@ -25,7 +25,16 @@ def _can_isolate() -> bool:
     if not shutil.which("unshare") or not shutil.which("chroot"):
         return False
     probe = subprocess.run(
-        ["unshare", "-m", "-n", "sh", "-c", "mount -t tmpfs t /mnt 2>/dev/null || exit 1"],
+        [
+            "unshare",
+            "-m",
+            "-n",
+            "-p",
+            "-f",
+            "sh",
+            "-c",
+            "mount -t tmpfs t /mnt 2>/dev/null || exit 1",
+        ],
         capture_output=True,
         check=False,
     )
@@ -70,7 +79,8 @@ def _script(release: dict[str, Path], port: int, fingerprint: str | None = None)
 def _isolated(
     tmp_path: Path, repo: Path, script: str
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """Run `script` as root in an overlay copy of / with loopback-only networking."""
+    """Run `script` as root in an overlay copy of / with loopback-only networking, in its own pid
+    namespace so that the repository server started inside dies with it."""
     upper, work, merged = (tmp_path / n for n in ("upper", "work", "merged"))
     for d in (upper, work, merged):
         d.mkdir()
@@ -93,7 +103,7 @@ i=0; while ! /usr/bin/python3 -c "import socket; socket.create_connection((\\"12
         "LANG": "C.UTF-8",
     }
     proc = subprocess.run(
-        ["unshare", "-m", "-n", "sh", "-c", outer],
+        ["unshare", "--mount", "--net", "--pid", "--fork", "sh", "-c", outer],
         capture_output=True,
         text=True,
         env=env,

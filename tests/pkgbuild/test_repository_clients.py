@@ -293,7 +293,8 @@ def test_apt_clients_updating_during_publishes_never_fail(
         finally:
             stop.set()
             reader.join()
-        assert apt.run("update").returncode == 0
+        final = apt.run("update")
+        assert final.returncode == 0, final.stdout + final.stderr
         assert apt.run("download", "aliyun-assist=2.3.0").returncode == 0
     assert failures == []
     assert runs >= 1
