@@ -25,6 +25,7 @@ from pkgbuild.repository.generations import (
     current_generation,
     link_or_copy,
     swap_generation,
+    young,
 )
 from pkgbuild.repository.tools import gpg_sign, run_tool
 
@@ -113,11 +114,13 @@ def build_apt_channel(
 
 
 def listed_by_hash(previous: Path | None) -> Callable[[Path], bool]:
-    """Select the by-hash files the previous generation's Release lists (not older ones)."""
+    """Select the by-hash files the previous generation's Release lists, and younger ones."""
     release = previous / "Release" if previous is not None else None
     text = release.read_text(encoding="utf-8") if release and release.is_file() else ""
     hashes = {line.split()[0] for line in text.splitlines() if line.startswith(" ")}
-    return lambda path: path.parent.parent.name == "by-hash" and path.name in hashes
+    return lambda path: (
+        path.parent.parent.name == "by-hash" and (path.name in hashes or young(path))
+    )
 
 
 def write_packages(root: Path, stage: Path, arch: str, entries: list[DebEntry]) -> None:

@@ -5,7 +5,9 @@ generation is built completely (indexes, signatures, and the previous generation
 content-addressed files carried over), renamed into place, and the symlink replaced by rename.
 A client resolving the link gets one generation or the other; one that fetched the old
 InRelease/repomd.xml just before the swap still finds the hash-named files it lists, because
-they are carried into the new generation. Only the current and the previous generation are kept.
+they are carried into the new generation, and so are hash-named files younger than GRACE_SECONDS:
+a slow client that read an InRelease two quick publishes ago still finds its indexes. Only the
+current and the previous generation directories are kept.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,6 +99,14 @@ def prune_generations(parent: Path, name: str, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+GRACE_SECONDS = 3600  # hash-named index files stay this long after a newer publish replaced them
+
+
+def young(path: Path) -> bool:
+    """True for a file written less than GRACE_SECONDS ago (carried-over files keep their mtime)."""
+    return time.time() - path.stat().st_mtime < GRACE_SECONDS
+
+
 def carry_over(previous: Path | None, new: Path, wanted: Callable[[Path], bool]) -> None:
     """Hard-link the files of `previous` that `wanted(path)` selects into `new` (same places)."""
     if previous is None or not previous.is_dir():
@@ -118,5 +129,5 @@ def link_or_copy(source: Path, dest: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        shutil.copyfile(source, tmp)
+        shutil.copy2(source, tmp)  # keeps the mtime, which young() reads
     os.replace(tmp, dest)

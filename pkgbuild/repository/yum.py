@@ -8,6 +8,7 @@ the previous repomd.xml still finds what it lists.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pkgbuild.repository.generations import (
     link_or_copy,
     list_generations,
     swap_generation,
+    young,
 )
 from pkgbuild.repository.tools import gpg_sign, run_tool
 
@@ -103,10 +105,17 @@ def build_yum_channel(repo: Path, keys: Path, channel: str, entries: list[RpmEnt
 
 
 def listed_by_repomd(previous: Path | None) -> Callable[[Path], bool]:
-    """Select the data files the previous generation's repomd.xml lists (not older ones)."""
+    """Select the data files the previous generation's repomd.xml lists, and younger hash-named
+    ones (createrepo_c names them <sha256>-primary.xml.gz …)."""
     repomd = previous / "repomd.xml" if previous is not None else None
     text = repomd.read_text(encoding="utf-8") if repomd and repomd.is_file() else ""
-    return lambda path: f'href="{REPODATA}/{path.name}"' in text
+    return lambda path: (
+        f'href="{REPODATA}/{path.name}"' in text
+        or bool(_HASH_NAMED.match(path.name) and young(path))
+    )
+
+
+_HASH_NAMED = re.compile(r"^[0-9a-f]{64}-")
 
 
 def prune_packages(root: Path) -> None:

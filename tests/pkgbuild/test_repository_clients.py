@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -315,42 +316,70 @@ def publish_once_when(server: StaticServer, marker: str, publish: object) -> lis
     return seen
 
 
-def test_apt_client_holding_the_previous_inrelease_still_gets_its_indexes(
-    keydir: Path, tmp_path: Path, tool_env: dict[str, str]
+@pytest.mark.parametrize("publishes", [1, 2], ids=["one-publish", "two-publishes"])
+def test_apt_client_holding_an_older_inrelease_still_gets_its_indexes(
+    keydir: Path, tmp_path: Path, tool_env: dict[str, str], publishes: int
 ) -> None:
+    """Two quick publishes while apt is between InRelease and its indexes: the hash-named files of
+    both older generations are still served (the grace period, not only the previous one)."""
     repo = tmp_path / "repo"
     init_repository(repo, keydir, {})
     publish_artifacts(repo, keydir, [build_deb(tmp_path / "a", "3.0.0")])
-    newer = build_deb(tmp_path / "b", "3.1.0")
+    newer = [build_deb(tmp_path / f"b{n}", f"3.{n + 1}.0") for n in range(publishes)]
+    newest = f"3.{publishes}.0"
     with StaticServer(repo) as server:
         apt = AptClient(tmp_path / "apt", tool_env).setup(
             server.url, repo / "keys/archive-keyring.gpg"
         )
-        # the publish lands between apt reading InRelease and fetching the Packages it lists
+        # the publishes land between apt reading InRelease and fetching the Packages it lists
         seen = publish_once_when(
-            server, "/by-hash/", lambda: publish_artifacts(repo, keydir, [newer])
+            server, "/by-hash/", lambda: [publish_artifacts(repo, keydir, [d]) for d in newer]
         )
         result = apt.run("update", "--error-on=any")
         assert result.returncode == 0, result.stdout + result.stderr
         assert seen, "apt did not fetch by hash"
         assert apt.run("download", "aliyun-assist=3.0.0").returncode == 0
-        assert apt.run("download", "aliyun-assist=3.1.0").returncode != 0  # old view, consistently
+        assert apt.run("download", f"aliyun-assist={newest}").returncode != 0  # old view
         server.hook = None
         assert apt.run("update", "--error-on=any").returncode == 0
-        assert apt.run("download", "aliyun-assist=3.1.0").returncode == 0
+        assert apt.run("download", f"aliyun-assist={newest}").returncode == 0
 
 
-def test_dnf_client_holding_the_previous_repomd_still_gets_its_metadata(
+def test_apt_client_sees_a_publish_made_in_the_second_it_last_updated(
     keydir: Path, tmp_path: Path, tool_env: dict[str, str]
+) -> None:
+    """apt revalidates InRelease with If-Modified-Since (whole seconds). The InRelease it holds is
+    dated a few seconds ahead here, as if the next publish came within the same second: that
+    publish must still be answered 200, not 304 (which would leave apt on the old packages)."""
+    repo = tmp_path / "repo"
+    init_repository(repo, keydir, {})
+    publish_artifacts(repo, keydir, [build_deb(tmp_path / "a", "4.0.0")])
+    inrelease = repo / "apt/dists/stable/InRelease"
+    ahead = int(time.time()) + 3
+    os.utime(inrelease, (ahead, ahead))
+    with StaticServer(repo) as server:
+        apt = AptClient(tmp_path / "apt", tool_env).setup(
+            server.url, repo / "keys/archive-keyring.gpg"
+        )
+        assert apt.run("update", "--error-on=any").returncode == 0
+        publish_artifacts(repo, keydir, [build_deb(tmp_path / "b", "4.1.0")])
+        assert inrelease.stat().st_mtime > ahead
+        assert apt.run("update", "--error-on=any").returncode == 0
+        assert apt.run("download", "aliyun-assist=4.1.0").returncode == 0
+
+
+@pytest.mark.parametrize("publishes", [1, 2], ids=["one-publish", "two-publishes"])
+def test_dnf_client_holding_an_older_repomd_still_gets_its_metadata(
+    keydir: Path, tmp_path: Path, tool_env: dict[str, str], publishes: int
 ) -> None:
     repo = tmp_path / "repo"
     init_repository(repo, keydir, {})
     publish_artifacts(repo, keydir, [build_rpm(tmp_path / "a", keydir, "3.0.0")])
-    newer = build_rpm(tmp_path / "b", keydir, "3.1.0")
+    newer = [build_rpm(tmp_path / f"b{n}", keydir, f"3.{n + 1}.0") for n in range(publishes)]
     with StaticServer(repo) as server:
         dnf = DnfClient(tmp_path / "dnf", tool_env).setup(server.url)
         seen = publish_once_when(
-            server, "primary.xml", lambda: publish_artifacts(repo, keydir, [newer])
+            server, "primary.xml", lambda: [publish_artifacts(repo, keydir, [r]) for r in newer]
         )
         result = dnf.run("install", "aliyun-assist")
         assert result.returncode == 0, result.stdout + result.stderr
