@@ -396,13 +396,24 @@ async def _pg_transaction(engine: AsyncEngine) -> AsyncIterator[_PgFastConn]:
 
 
 def connection_lost(exc: BaseException) -> bool:
-    """Whether an error (asyncpg's, or SQLAlchemy's wrapping of it) means the connection is gone."""
+    """Whether an error (asyncpg's, or SQLAlchemy's wrapping of it) means the connection is gone
+    or no longer usable: the socket closed, the backend terminated (SQLSTATE class 08, 57P01-03:
+    PostgreSQL restarted or pg_terminate_backend), or the driver's protocol state left mid-query
+    by such an error ("another operation is in progress")."""
     import asyncpg
 
-    lost = (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.InterfaceError)
+    lost = (
+        OSError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
+    )
     return any(
         isinstance(e, lost) or getattr(e, "connection_invalidated", False) for e in _causes(exc)
-    )
+    ) or _sqlstate(exc).startswith(_LOST_SQLSTATES)
+
+
+_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
