@@ -4,8 +4,40 @@ from __future__ import annotations
 
 import shutil
 import sys
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from types import TracebackType
+
+
+class Progress(Protocol):
+    """What a download needs of a bar (tqdm's names)."""
+
+    def update(self, n: int) -> Any: ...
+
+    def reset(self, total: int | None = None) -> Any: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Any: ...
+
+
+class _NoProgress:
+    """The bar of a run without a terminal: costs nothing, and spares importing tqdm."""
+
+    def update(self, n: int) -> None:
+        """Count nothing."""
+
+    def reset(self, total: int | None = None) -> None:
+        """Forget nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -16,19 +48,23 @@ def progress_enabled(progress: bool | None) -> bool:
     return bool(isatty and isatty())
 
 
-def open_progress(desc: str, total: int | None, initial: int, enabled: bool) -> tqdm:
-    """A byte-counting bar on stderr; a disabled bar costs nothing and prints nothing."""
+def open_progress(desc: str, total: int | None, initial: int, enabled: bool) -> Progress:
+    """A byte-counting tqdm bar on stderr when enabled; otherwise one that prints nothing."""
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
     size = shutil.get_terminal_size((80, 24))  # a pty may report 0x0, which silences tqdm
-    return tqdm(
+    bar: Progress = tqdm(
         desc=desc,
         total=total,
         initial=initial,
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        disable=not enabled,
         file=sys.stderr,
         leave=False,
         ncols=size.columns,
         nrows=size.lines,
     )
+    return bar
