@@ -38,6 +38,7 @@ from common.errors import (
     NotFoundError,
     VerificationError,
 )
+from common.hashing import PieceGate
 from common.progress import open_progress, progress_enabled
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,11 @@ class _PartFile:
     so order is kept and memory stays at two chunks.
     """
 
-    def __init__(self, path: Path, cap: int | None) -> None:
+    def __init__(self, path: Path, cap: int | None, gate: PieceGate | None = None) -> None:
         self.path = path
         self.handle: IO[bytes] = open(path, "a+b")  # noqa: SIM115 - closed in close()
         self.hasher = hashlib.sha256()
+        self.gate = gate  # checks signed pieces and hands them on while the rest downloads
         self.size = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-write")
         self._pending: Future[None] | None = None
@@ -127,6 +129,8 @@ class _PartFile:
         self.handle.seek(0)
         while chunk := self.handle.read(CHUNK):
             self.hasher.update(chunk)
+            if self.gate is not None:
+                self.gate.feed(chunk)
             self.size += len(chunk)
         if self.size:
             log.info("resuming %s at %d bytes", self.path.name, self.size)
@@ -140,6 +144,8 @@ class _PartFile:
     def _append(self, chunk: bytes) -> None:
         self.handle.write(chunk)
         self.hasher.update(chunk)
+        if self.gate is not None:
+            self.gate.feed(chunk)
 
     def wait(self) -> None:
         """Let the chunk in flight land; re-raise its error (disk full…)."""
@@ -158,13 +164,16 @@ class _PartFile:
         self.handle.seek(0)
         self.handle.truncate(0)
         self.hasher = hashlib.sha256()
+        if self.gate is not None:
+            self.gate.restart()
         self.size = 0
 
-    def finish(self) -> None:
-        """Flush to disk and close."""
+    def finish(self, durable: bool = True) -> None:
+        """Flush (to disk, if durable) and close."""
         self.wait()
         self.handle.flush()
-        os.fsync(self.handle.fileno())
+        if durable:
+            os.fsync(self.handle.fileno())
         self.close()
 
     def close(self) -> None:
@@ -224,13 +233,20 @@ class Fetcher:
         expected_length: int | None = None,
         max_length: int | None = None,
         expected_sha256: str | None = None,
+        gate: PieceGate | None = None,
+        durable: bool = True,
     ) -> FetchResult:
-        """Stream base+path into dest (via dest.part, resumed if present) and verify it."""
+        """Stream base+path into dest (via dest.part, resumed if present) and verify it.
+
+        With a `gate` (signed piece digests), checked pieces are also handed on as they arrive;
+        a file whose whole digest matches but whose pieces did not is refused. `durable=False`
+        skips the fsyncs, for a cache whose files are verified again before every use.
+        """
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
         cap = expected_length if expected_length is not None else max_length
-        sink = _PartFile(part, cap)
+        sink = _PartFile(part, cap, gate)
         try:
             mirror = self._download_into(path, sink, cap, expected_length, expected_sha256)
         except (EndlessDataError, NotFoundError, VerificationError):
@@ -248,9 +264,17 @@ class Fetcher:
             raise
         digest = sink.digest()
         length = sink.size
-        sink.finish()
+        if gate is not None and not gate.complete:
+            sink.close()
+            part.unlink()
+            raise VerificationError(
+                f"{path}: the file matches its signed sha256 but not its signed pieces",
+                hint="the repository's metadata contradicts itself: republish the artifact",
+            )
+        sink.finish(durable)
         os.replace(part, dest)
-        fsync_dir(dest.parent)
+        if durable:
+            fsync_dir(dest.parent)
         log.info("downloaded %s (%d bytes) from %s", path, length, mirror or "the .part file")
         return FetchResult(dest, length, digest, mirror)
 

@@ -22,7 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from common.errors import (
     VerificationError,
 )
 from common.fetch import EndlessDataError, Fetcher
+from common.hashing import PieceGate, valid_pieces
 from common.imports import optional_sdks_hidden
 from common.version import version_sort_key
 
@@ -228,8 +229,14 @@ class TrustedRepository:
         found = {t.version for t in self._matching(package, channel, os, arch, format)}
         return sorted(found, key=version_sort_key)
 
-    def download(self, target: TargetInfo, dest_dir: Path) -> Path:
-        """Download (or reuse) a target into dest_dir, verified against the signed metadata."""
+    def download(
+        self, target: TargetInfo, dest_dir: Path, deliver: Callable[[bytes], None] | None = None
+    ) -> Path:
+        """Download (or reuse) a target into dest_dir, verified against the signed metadata.
+
+        `deliver`, when the metadata signs the target's pieces, receives the file's bytes in
+        order as each piece is checked, while the rest downloads (nothing for a reused file).
+        """
         updater = self._refreshed()
         trusted = self._trusted_targets().get(target.path)
         if trusted is None:
@@ -241,11 +248,14 @@ class TrustedRepository:
         sha256 = trusted.hashes.get("sha256")
         if sha256 is None:
             raise VerificationError(f"{target.path} has no sha256 in the signed metadata")
+        pieces = valid_pieces(trusted.custom, trusted.length) if deliver is not None else None
         self.fetcher.download(
             self._target_url_path(trusted),
             dest,
             expected_length=trusted.length,
             expected_sha256=sha256,
+            gate=PieceGate(*pieces, trusted.length, deliver) if pieces and deliver else None,
+            durable=False,  # a cached target is verified again before any use (above)
         )
         if len(trusted.hashes) > 1:
             self._verify_other_hashes(trusted, dest)

@@ -33,7 +33,13 @@ from updater.policy import (
     versions_to_prune,
 )
 from updater.recovery import recover_locked
-from updater.staging import clean_staging, ensure_free_space, remove_tree, stage_artifact
+from updater.staging import (
+    StreamStager,
+    clean_staging,
+    ensure_free_space,
+    remove_tree,
+    stage_artifact,
+)
 from updater.swap import point, read_pointer, swap_current
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,9 @@ class Repository(Protocol):
         arch: str | None = ...,
         format: str | None = ...,
     ) -> object: ...
-    def download(self, target: object, dest_dir: Path) -> Path: ...
+    def download(
+        self, target: object, dest_dir: Path, deliver: Callable[[bytes], None] | None = ...
+    ) -> Path: ...
 
 
 @dataclass
@@ -239,15 +247,32 @@ class Updater:
         return Outcome("updated", current, version, reason)
 
     def _fetch_and_stage(self, journal: jr.Journal, target: object) -> jr.Journal:
-        """downloading → verified → staged."""
+        """downloading → verified → staged. A tar.gz is unpacked while it downloads, from pieces
+        the signed metadata vouches for (StreamStager); versions/V appears only after the
+        whole-file check. Other formats are checked natively first, then unpacked."""
         s = self.settings
         dest = self.layout.cache_dir / journal.to_version
-        artifact = self._repo().download(target, dest)
-        if self.verify_native is not None:
-            self.verify_native(artifact, s.format, self.layout.keys_dir())
-        journal = jr.advance(journal, jr.VERIFIED, artifact=str(artifact))
-        self._save(journal)
-        stage_artifact(artifact, s.format, journal.to_version, self.layout.versions_dir)
+        stager = None
+        if s.format == "tar.gz":
+            length = int(getattr(target, "length", 0))
+            stager = StreamStager(journal.to_version, self.layout.versions_dir, length)
+        try:
+            if stager is None:
+                artifact = self._repo().download(target, dest)
+            else:
+                artifact = self._repo().download(target, dest, deliver=stager.feed)
+            if self.verify_native is not None:
+                self.verify_native(artifact, s.format, self.layout.keys_dir())
+            journal = jr.advance(journal, jr.VERIFIED, artifact=str(artifact))
+            self._save(journal)
+            if stager is None:
+                stage_artifact(artifact, s.format, journal.to_version, self.layout.versions_dir)
+            else:
+                stager.finish(artifact)
+        except BaseException:
+            if stager is not None:
+                stager.abort()
+            raise
         journal = jr.advance(journal, jr.STAGED)
         self._save(journal)
         return journal

@@ -13,15 +13,17 @@ import io
 import logging
 import os
 import posixpath
+import queue
 import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from common.errors import NoSpaceError, ToolError, VerificationError
+from common.errors import AssistError, NoSpaceError, ToolError, VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,133 @@ def stage_artifact(
     os.replace(staging, final)
     log.info("staged %s into %s", artifact.name, final)
     return final
+
+
+class StreamStager:
+    """Unpacks a tar.gz into versions/.staging-V from bytes handed over while it downloads.
+
+    The bytes come from the download's piece gate, so each one was checked against the signed
+    metadata before it reaches the unpacker; the download's whole-file check still runs, and
+    `finish` renames the tree into versions/V only after it. Extraction runs on its own thread
+    (zlib and file writes release the GIL), overlapping the network and the disk.
+    """
+
+    def __init__(
+        self, version: str, versions_dir: Path, length: int, *, require_agent: bool = True
+    ) -> None:
+        self.version = version
+        self.versions_dir = versions_dir
+        self.length = length
+        self.require_agent = require_agent
+        self.received = 0
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        self.staging = versions_dir / f"{STAGING_PREFIX}{version}"
+        remove_tree(self.staging)
+        self.staging.mkdir()
+        self._pipe = _Pipe()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._extract, name="stage-stream", daemon=True)
+        self._thread.start()
+
+    def feed(self, data: bytes) -> None:
+        """Checked bytes of the artifact, in order (dropped once the unpacker stopped)."""
+        self.received += len(data)
+        self._pipe.put(data)
+
+    def _extract(self) -> None:
+        try:
+            with tarfile.open(fileobj=self._pipe, mode="r|gz", bufsize=1 << 20) as tar:
+                extract_checked(tar, payload_prefix("tar.gz", self.version), self.staging)
+        except BaseException as exc:  # handed to finish(), which raises it on the caller's thread
+            self._error = exc
+        finally:
+            self._pipe.reader_gone()
+
+    def finish(self, artifact: Path) -> Path:
+        """After the download verified: complete, check and rename the tree into versions/V.
+
+        When not every byte came through (a download reused from the cache, or a target whose
+        pieces are not signed) the artifact file is unpacked the ordinary way instead.
+        """
+        if self.received < self.length:
+            self.abort()
+            return stage_artifact(
+                artifact,
+                "tar.gz",
+                self.version,
+                self.versions_dir,
+                require_agent=self.require_agent,
+            )
+        self._pipe.put(None)
+        self._thread.join()
+        final = self.versions_dir / self.version
+        try:
+            if isinstance(self._error, AssistError):
+                raise self._error
+            if self._error is not None:
+                raise VerificationError(f"cannot unpack {artifact.name}: {self._error}")
+            check_links_inside(self.staging)
+            if self.require_agent:
+                check_agent_payload(self.staging, self.version)
+        except BaseException:
+            remove_tree(self.staging)
+            raise
+        remove_tree(final)
+        os.replace(self.staging, final)
+        log.info("staged %s into %s while it downloaded", artifact.name, final)
+        return final
+
+    def abort(self) -> None:
+        """Stop the unpacker and remove what it wrote."""
+        self._pipe.abort()
+        self._thread.join()
+        remove_tree(self.staging)
+
+
+class _Pipe(io.RawIOBase):
+    """A bounded queue of byte strings read as a file; None from the writer means end of data."""
+
+    def __init__(self, depth: int = 4) -> None:
+        super().__init__()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._view = memoryview(b"")
+        self._eof = False
+        self._aborted = False
+        self._gone = threading.Event()
+
+    def put(self, data: bytes | None) -> None:
+        while not self._gone.is_set():
+            try:
+                self._queue.put(data, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def reader_gone(self) -> None:
+        self._gone.set()
+
+    def abort(self) -> None:
+        self._aborted = True
+        self.put(None)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._view:
+            if self._eof:
+                return 0
+            item = self._queue.get()
+            if self._aborted:
+                raise VerificationError("unpacking stopped")
+            if item is None:
+                self._eof = True
+                return 0
+            self._view = memoryview(item)
+        count = min(len(buffer), len(self._view))
+        buffer[:count] = self._view[:count]
+        self._view = self._view[count:]
+        return count
 
 
 def stage_exe(artifact: Path, version: str, staging: Path, runner: ExeRunner) -> None:

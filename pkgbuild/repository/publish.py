@@ -16,7 +16,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 
 from common.atomic import atomic_open
 from common.errors import LocalStateError, NotFoundError, UsageError
-from common.hashing import file_sha256
+from common.hashing import PIECE, file_sha256, piece_sha256s
 from pkgbuild.keys import write_root as write_keydir_root
 from pkgbuild.naming import ArtifactInfo
 from pkgbuild.repository.apt import (
@@ -194,7 +194,10 @@ def merge_target(
                 hint="releases are immutable: build and publish a new version",
             )
         channels |= set(target_channels(existing))
-    target.unrecognized_fields["custom"] = info.custom(sorted(channels))
+    custom = info.custom(sorted(channels))
+    if info.format == "tar.gz":  # clients unpack it while it downloads, piece by checked piece
+        custom["pieces"] = {"size": PIECE, "sha256": piece_sha256s(path)}
+    target.unrecognized_fields["custom"] = custom
     return target
 
 

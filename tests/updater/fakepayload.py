@@ -138,7 +138,7 @@ class LocalRepo:
             path=f"{package}/{version}/{path.name}", length=length, version=version, local=path
         )
 
-    def download(self, target: SimpleNamespace, dest_dir: Path) -> Path:
+    def download(self, target: SimpleNamespace, dest_dir: Path, deliver: object = None) -> Path:
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / target.local.name
         dest.write_bytes(target.local.read_bytes())
