@@ -67,7 +67,7 @@ def wait_healthy(
     alive: Callable[[int], bool] = pid_alive,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    poll: float = 0.02,
+    poll: float = 0.005,
     grace: float = 2.0,
 ) -> tuple[bool, str]:
     """Wait for the agent of `version` to report and stay alive; returns (ok, reason).
