@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,27 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def sync_filesystem(path: str | os.PathLike[str]) -> None:
+    """Flush every dirty file of the filesystem holding `path` (Linux syncfs; sync elsewhere).
+
+    Before `current` points at a freshly unpacked tree: without it a power cut soon after the
+    swap can leave the rename on disk but the tree's files empty (delayed allocation). One
+    syncfs costs one journal commit, where an fsync per file would cost one each.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    if hasattr(os, "sync"):
+        os.sync()
 
 
 @contextlib.contextmanager

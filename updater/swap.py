@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from common.atomic import atomic_write_text, fsync_dir
+from common.atomic import atomic_write_text, fsync_dir, sync_filesystem
 from updater.journal import crash_point
 from updater.layout import Layout
 
@@ -55,7 +55,11 @@ def point(layout: Layout, name: str, version: str) -> None:
 
 
 def swap_current(layout: Layout, version: str) -> str | None:
-    """Point current at `version` and previous at the old current; returns the old version."""
+    """Point current at `version` and previous at the old current; returns the old version.
+
+    The new tree is flushed to disk first, so `current` never survives a power cut pointing
+    at files whose content did not."""
+    sync_filesystem(layout.versions_dir / version)
     old = read_pointer(layout, "current")
     if old and old != version:
         point(layout, "previous", old)

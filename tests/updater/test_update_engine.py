@@ -48,6 +48,26 @@ def test_apply_updates_to_newest_healthy_version(prefix: Path, artifacts: dict[s
     assert not list((prefix / "versions").glob(".staging-*"))
 
 
+def test_the_new_tree_is_flushed_to_disk_before_current_points_at_it(
+    prefix: Path, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut cannot be staged here; what can be checked is the order: the filesystem of
+    the new tree is synced (for real: syncfs) while `current` still names the old version."""
+    import updater.swap
+
+    real = updater.swap.sync_filesystem
+    seen: list[tuple[str, str | None]] = []
+
+    def recording(path: Path) -> None:
+        real(path)
+        seen.append((Path(path).name, read_pointer(Layout(prefix))))
+
+    monkeypatch.setattr(updater.swap, "sync_filesystem", recording)
+    repo = LocalRepo({v: artifacts[v] for v in ("1.0.0", "1.1.0")})
+    assert make_updater(prefix, repo).apply().result == "updated"
+    assert seen == [("1.1.0", "1.0.0")]
+
+
 def test_broken_version_is_rolled_back_then_blocklisted(
     prefix: Path, artifacts: dict[str, Path]
 ) -> None:
