@@ -44,6 +44,10 @@ from updater.swap import point, read_pointer, swap_current
 
 log = logging.getLogger(__name__)
 
+FAILURE_COUNTED = (
+    "failure_counted"  # crash-hook name: failure recorded, journal not yet rolling_back
+)
+
 LAST_RESULT_FILE = "last-update.json"
 
 
@@ -311,15 +315,21 @@ class Updater:
     def _roll_back_failed(self, journal: jr.Journal, reason: str) -> Outcome:
         """rolling_back → rolled_back: old version back, restarted, failure recorded."""
         old = journal.from_version
+        # Counted before the journal says rolling_back: a kill between the two makes recovery
+        # repeat the count, which the attempt id turns into a no-op (never a lost count).
+        blocklist = record_failure(
+            load_blocklist(self.layout.state_dir),
+            journal.to_version,
+            self.settings.max_failures,
+            journal.attempt,
+        )
+        save_blocklist(self.layout.state_dir, blocklist)
+        jr.crash_point(FAILURE_COUNTED)
         journal = jr.advance(journal, jr.ROLLING_BACK, rollback_to=old, error=reason)
         self._save(journal)
         if old:
             point(self.layout, "current", old)
         restore_previous(self.layout, journal.previous_version)
-        blocklist = record_failure(
-            load_blocklist(self.layout.state_dir), journal.to_version, self.settings.max_failures
-        )
-        save_blocklist(self.layout.state_dir, blocklist)
         not_before = self._clear_health()
         restart_error = self._try_restart()
         if old and self.service.name != "none":

@@ -81,6 +81,7 @@ class Journal:
     rollback_to: str = ""  # version `current` goes back to, set on entering rolling_back
     previous_version: str = ""  # what `previous` pointed at before the attempt
     history: tuple[str, ...] = field(default_factory=tuple)  # phases passed, in order
+    attempt: str = ""  # random id of this attempt (failures are counted once per attempt)
 
     @property
     def finished(self) -> bool:
@@ -122,6 +123,7 @@ def begin(
         started=stamp,
         updated=stamp,
         history=(DOWNLOADING,),
+        attempt=os.urandom(8).hex(),
     )
 
 

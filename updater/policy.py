@@ -35,6 +35,7 @@ class Blocklist:
 
     failures: dict[str, int] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
+    counted: list[str] = field(default_factory=list)  # attempts already counted (newest last)
 
     def is_blocked(self, version: str) -> bool:
         return version in self.blocked
@@ -84,14 +85,26 @@ def plan_update(
     return Plan(NOTHING, current or "", "up to date")
 
 
-def record_failure(blocklist: Blocklist, version: str, max_failures: int) -> Blocklist:
-    """Count one failed update to `version`; block it when it reaches max_failures."""
+def record_failure(
+    blocklist: Blocklist, version: str, max_failures: int, attempt: str = ""
+) -> Blocklist:
+    """Count one failed update to `version`; block it when it reaches max_failures.
+
+    `attempt` (the journal's id) makes this idempotent: a recovery that repeats the rollback of
+    an attempt killed half-way does not count that attempt twice.
+    """
+    if attempt and attempt in blocklist.counted:
+        return blocklist
     failures = dict(blocklist.failures)
     failures[version] = failures.get(version, 0) + 1
     blocked = list(blocklist.blocked)
     if failures[version] >= max_failures and version not in blocked:
         blocked.append(version)
-    return Blocklist(failures, blocked)
+    counted = [*blocklist.counted, attempt][-COUNTED_KEEP:] if attempt else list(blocklist.counted)
+    return Blocklist(failures, blocked, counted)
+
+
+COUNTED_KEEP = 20
 
 
 def load_blocklist(state_dir: Path) -> Blocklist:
@@ -105,12 +118,18 @@ def load_blocklist(state_dir: Path) -> Blocklist:
     return Blocklist(
         {str(k): int(v) for k, v in dict(data.get("failures", {})).items()},
         [str(v) for v in data.get("blocked", [])],
+        [str(v) for v in data.get("counted", [])],
     )
 
 
 def save_blocklist(state_dir: Path, blocklist: Blocklist) -> None:
     atomic_write_json(
-        state_dir / BLOCKLIST_FILE, {"failures": blocklist.failures, "blocked": blocklist.blocked}
+        state_dir / BLOCKLIST_FILE,
+        {
+            "failures": blocklist.failures,
+            "blocked": blocklist.blocked,
+            "counted": blocklist.counted,
+        },
     )
 
 

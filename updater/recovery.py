@@ -80,7 +80,9 @@ def recover_locked(layout: Layout, service: ServiceManager | None, *, max_failur
         if action == ROLLBACK:
             if journal.phase == jr.HEALTH_CHECK and journal.to_version:
                 blocklist = load_blocklist(layout.state_dir)
-                blocklist = record_failure(blocklist, journal.to_version, max_failures)
+                blocklist = record_failure(
+                    blocklist, journal.to_version, max_failures, journal.attempt
+                )
                 save_blocklist(layout.state_dir, blocklist)
             journal = jr.advance(
                 journal,

@@ -18,23 +18,27 @@ from updaterkit import make_updater
 
 from common.service import ProcessManager
 from updater import journal as jr
+from updater.engine import FAILURE_COUNTED
 from updater.layout import Layout, is_runnable
+from updater.policy import load_blocklist
 from updater.recovery import recover
 from updater.swap import read_pointer
 
 DRIVER = Path(__file__).with_name("crashdriver.py")
 
-# phase -> (target version, versions current may be on after recovery, journal phase after)
+# phase -> (target version, versions current may be on after recovery, journal phase after,
+#           failures counted after recovery: once per attempt, however the kill fell)
 MATRIX = {
-    jr.DOWNLOADING: ("1.1.0", {"1.0.0"}, jr.ABORTED),
-    jr.VERIFIED: ("1.1.0", {"1.0.0"}, jr.ABORTED),
-    jr.STAGED: ("1.1.0", {"1.0.0"}, jr.ABORTED),
-    "swap_midway": ("1.1.0", {"1.0.0"}, jr.ABORTED),
-    jr.SWAPPED: ("1.1.0", {"1.0.0"}, jr.ROLLED_BACK),
-    jr.HEALTH_CHECK: ("1.1.0", {"1.0.0"}, jr.ROLLED_BACK),
-    jr.COMMITTED: ("1.1.0", {"1.1.0"}, jr.COMMITTED),
-    jr.ROLLING_BACK: ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK),
-    jr.ROLLED_BACK: ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK),
+    jr.DOWNLOADING: ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
+    jr.VERIFIED: ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
+    jr.STAGED: ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
+    "swap_midway": ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
+    jr.SWAPPED: ("1.1.0", {"1.0.0"}, jr.ROLLED_BACK, {}),
+    jr.HEALTH_CHECK: ("1.1.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.1.0": 1}),
+    jr.COMMITTED: ("1.1.0", {"1.1.0"}, jr.COMMITTED, {}),
+    FAILURE_COUNTED: ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.2.0": 1}),
+    jr.ROLLING_BACK: ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.2.0": 1}),
+    jr.ROLLED_BACK: ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.2.0": 1}),
 }
 
 
@@ -42,7 +46,7 @@ MATRIX = {
 def test_kill_at_phase_then_recover_leaves_runnable_current(
     prefix: Path, artifacts: dict[str, Path], phase: str
 ) -> None:
-    version, expected_current, expected_phase = MATRIX[phase]
+    version, expected_current, expected_phase, expected_failures = MATRIX[phase]
     env = dict(os.environ, ASSIST_UPDATE_CRASH_AT=phase)
     dist = artifacts["1.1.0"].parent
     proc = subprocess.run(
@@ -55,10 +59,13 @@ def test_kill_at_phase_then_recover_leaves_runnable_current(
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     layout = Layout(prefix)
     killed_at = jr.load_journal(layout.state_dir)
-    if phase != "swap_midway":
-        assert killed_at.phase == phase
-    else:
+    if phase == "swap_midway":
         assert killed_at.phase == jr.STAGED and list(prefix.glob(".current.*.tmp"))
+    elif phase == FAILURE_COUNTED:  # counted, the journal not yet rolling_back
+        assert killed_at.phase == jr.HEALTH_CHECK
+        assert load_blocklist(layout.state_dir).failures == {"1.2.0": 1}
+    else:
+        assert killed_at.phase == phase
 
     result = recover(prefix, service=ProcessManager(prefix, stop_timeout=3))
 
@@ -67,6 +74,7 @@ def test_kill_at_phase_then_recover_leaves_runnable_current(
     journal = jr.load_journal(layout.state_dir)
     assert journal.finished and journal.phase == expected_phase
     assert result in ("nothing", "aborted", "rolled_back")
+    assert load_blocklist(layout.state_dir).failures == expected_failures
     assert not list(prefix.glob(".current.*.tmp"))
     assert not list((prefix / "versions").glob(".staging-*"))
     assert ProcessManager(prefix).main_pid() is not None

@@ -65,9 +65,17 @@ def test_failures_block_at_threshold() -> None:
     assert bl.is_blocked("1.2.0") and bl.failures == {"1.2.0": 2}
 
 
+def test_a_failure_is_counted_once_per_attempt() -> None:
+    bl = record_failure(Blocklist(), "1.2.0", 3, "attempt-a")
+    again = record_failure(bl, "1.2.0", 3, "attempt-a")  # a recovery repeating the rollback
+    assert again == bl and again.failures == {"1.2.0": 1}
+    other = record_failure(again, "1.2.0", 3, "attempt-b")
+    assert other.failures == {"1.2.0": 2} and other.counted == ["attempt-a", "attempt-b"]
+
+
 def test_blocklist_persists(tmp_path: Path) -> None:
-    save_blocklist(tmp_path, Blocklist({"1.2.0": 2}, ["1.2.0"]))
-    assert load_blocklist(tmp_path) == Blocklist({"1.2.0": 2}, ["1.2.0"])
+    save_blocklist(tmp_path, Blocklist({"1.2.0": 2}, ["1.2.0"], ["a"]))
+    assert load_blocklist(tmp_path) == Blocklist({"1.2.0": 2}, ["1.2.0"], ["a"])
     assert load_blocklist(tmp_path / "none") == Blocklist()
 
 
