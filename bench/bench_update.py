@@ -83,6 +83,7 @@ def fresh_prefix(base: Path, dist: Path) -> Path:
     (prefix / "current").symlink_to("versions/1.0.0")
     ProcessManager(prefix).start()
     wait_health(prefix, "1.0.0")
+    os.sync()  # the set-up's writes are not the timed step's to flush (apply syncs its tree)
     return prefix
 
 
