@@ -44,9 +44,8 @@ from updater.swap import point, read_pointer, swap_current
 
 log = logging.getLogger(__name__)
 
-FAILURE_COUNTED = (
-    "failure_counted"  # crash-hook name: failure recorded, journal not yet rolling_back
-)
+# crash-hook name: the failure is recorded, the journal not yet rolling_back
+FAILURE_COUNTED = "failure_counted"
 
 LAST_RESULT_FILE = "last-update.json"
 

@@ -76,16 +76,25 @@ def stage_artifact(
             staging.mkdir()
             with open_payload(artifact, fmt) as tar:
                 extract_checked(tar, payload_prefix(fmt, version), staging)
+    except BaseException:
+        remove_tree(staging)
+        raise
+    promote_staging(staging, final, require_agent)
+    log.info("staged %s into %s", artifact.name, final)
+    return final
+
+
+def promote_staging(staging: Path, final: Path, require_agent: bool) -> None:
+    """The last checks of an unpacked tree, then its rename to versions/V (removed if refused)."""
+    try:
         check_links_inside(staging)
         if require_agent:
-            check_agent_payload(staging, version)
+            check_agent_payload(staging, final.name)
     except BaseException:
         remove_tree(staging)
         raise
     remove_tree(final)
     os.replace(staging, final)
-    log.info("staged %s into %s", artifact.name, final)
-    return final
 
 
 class StreamStager:
@@ -145,20 +154,13 @@ class StreamStager:
             )
         self._pipe.put(None)
         self._thread.join()
-        final = self.versions_dir / self.version
-        try:
+        if self._error is not None:
+            remove_tree(self.staging)
             if isinstance(self._error, AssistError):
                 raise self._error
-            if self._error is not None:
-                raise VerificationError(f"cannot unpack {artifact.name}: {self._error}")
-            check_links_inside(self.staging)
-            if self.require_agent:
-                check_agent_payload(self.staging, self.version)
-        except BaseException:
-            remove_tree(self.staging)
-            raise
-        remove_tree(final)
-        os.replace(self.staging, final)
+            raise VerificationError(f"cannot unpack {artifact.name}: {self._error}")
+        final = self.versions_dir / self.version
+        promote_staging(self.staging, final, self.require_agent)
         log.info("staged %s into %s while it downloaded", artifact.name, final)
         return final
 

@@ -41,6 +41,7 @@ from test_repository_support import (  # noqa: E402
     build_rpm,
     build_tarball,
     checked,
+    expected_custom,
     tuf_updater,
 )
 
@@ -111,7 +112,7 @@ def test_tuf_client_finds_every_artifact_with_length_hash_and_custom_fields(
         assert target is not None, info.target_path
         assert target.length == artifact.stat().st_size
         assert target.hashes == {"sha256": sha256(artifact)}
-        assert target.custom == info.custom(["stable"])
+        assert target.custom == expected_custom(info, artifact)
         downloaded = Path(updater.download_target(target))
         assert downloaded.read_bytes() == artifact.read_bytes()
         stored = published.repo / "targets" / info.package / info.version

@@ -22,6 +22,7 @@ from test_repository_support import (  # noqa: E402
     AptClient,
     DnfClient,
     checked,
+    expected_custom,
     install_sh_stub,
     run,
     tuf_updater,
@@ -54,7 +55,7 @@ def test_tuf_client_gets_every_built_artifact(built_repo: SimpleNamespace, tmp_p
         assert target is not None
         assert target.length == artifact.stat().st_size
         assert target.hashes["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
-        assert target.custom == info.custom(["stable"]) and target.custom["format"] == fmt
+        assert target.custom == expected_custom(info, artifact) and target.custom["format"] == fmt
         assert Path(updater.download_target(target)).read_bytes() == artifact.read_bytes()
 
 

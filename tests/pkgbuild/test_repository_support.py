@@ -7,6 +7,7 @@ ngclient) run for real against a loopback StaticServer. This module holds no tes
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from tuf.ngclient import Updater
 
+from common.hashing import PIECE
 from pkgbuild.keys import gpg_fingerprint
+from pkgbuild.naming import ArtifactInfo
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -154,6 +157,23 @@ def build_all(out: Path, keys: Path, version: str) -> dict[str, Path]:
         "exe": build_exe(out, keys, version),
         "tar.gz": build_tarball(out, version),
     }
+
+
+def expected_custom(
+    info: ArtifactInfo, artifact: Path, channels: tuple[str, ...] = ("stable",)
+) -> dict[str, object]:
+    """The custom fields publish must sign for `artifact`: ours, and for a tar.gz the sha256 of
+    each 4 MiB piece (clients unpack it while it downloads)."""
+    custom = info.custom(list(channels))
+    if info.format == "tar.gz":
+        data = artifact.read_bytes()
+        custom["pieces"] = {
+            "size": PIECE,
+            "sha256": [
+                hashlib.sha256(data[i : i + PIECE]).hexdigest() for i in range(0, len(data), PIECE)
+            ],
+        }
+    return custom
 
 
 def tuf_updater(workdir: Path, keys_root: Path, base_url: str) -> Updater:
