@@ -11,7 +11,8 @@ its request log counts the no-op's requests). Both sides run as subprocesses, in
 BENCH_MIRROR_RUNS times (default 3) into fresh directories. Our side verifies everything (TUF,
 gpgv, sha256 of every file) and publishes atomically; wget only copies.
 Targets: full sync ratio <= 1.2; no-op sync under 0.5 s with one request (budget_s,
-budget_met and requests in its figure; its ratio is against wget's no-op re-run).
+budget_met/target_met and requests in its figure; its ratio against wget's no-op re-run is
+shown for information).
 """
 
 from __future__ import annotations
@@ -192,14 +193,16 @@ def main() -> None:
             repository_mb=round(size / (1 << 20), 1),
             baseline_cmd="wget --mirror",
         )
+        met = statistics.median(ours_noop) < 0.5 and max(noop_requests) == 1
         median_figure(
             "mirror_noop_sync",
             ours_noop,
             theirs_noop,
-            "<= 1.0",
+            "< 0.5 s and one request (ratio: vs wget's no-op re-run)",
             requests=max(noop_requests),
             budget_s=0.5,
-            budget_met=statistics.median(ours_noop) < 0.5 and max(noop_requests) == 1,
+            budget_met=met,
+            target_met=met,
             baseline_cmd="wget --mirror (re-run)",
         )
 
