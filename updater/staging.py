@@ -9,6 +9,7 @@ pointing outside the staging directory and writes through symlinks are refused (
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -23,7 +24,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from common.errors import AssistError, NoSpaceError, ToolError, VerificationError
+from common.errors import (
+    AssistError,
+    LocalStateError,
+    NoSpaceError,
+    ToolError,
+    VerificationError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,10 @@ class StreamStager:
         self._thread.start()
 
     def feed(self, data: bytes) -> None:
-        """Checked bytes of the artifact, in order (dropped once the unpacker stopped)."""
+        """Checked bytes of the artifact, in order. Once the unpacker failed this raises its
+        error, which ends the download instead of fetching the rest for nothing."""
+        if self._error is not None:
+            raise self._failure()
         self.received += len(data)
         self._pipe.put(data)
 
@@ -156,13 +166,29 @@ class StreamStager:
         self._thread.join()
         if self._error is not None:
             remove_tree(self.staging)
-            if isinstance(self._error, AssistError):
-                raise self._error
-            raise VerificationError(f"cannot unpack {artifact.name}: {self._error}")
+            raise self._failure()
         final = self.versions_dir / self.version
         promote_staging(self.staging, final, self.require_agent)
         log.info("staged %s into %s while it downloaded", artifact.name, final)
         return final
+
+    def _failure(self) -> AssistError:
+        """The unpacker's error as the operator should see it: a refused archive is a
+        verification failure, a full disk or a permission problem is local."""
+        error = self._error
+        if isinstance(error, AssistError):
+            return error
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            failure: AssistError = NoSpaceError(
+                f"disk full while unpacking into {self.staging}: {error}",
+                hint="free disk space and retry",
+            )
+        elif isinstance(error, OSError):
+            failure = LocalStateError(f"cannot unpack into {self.staging}: {error}")
+        else:
+            failure = VerificationError(f"payload is not a readable archive: {error}")
+        failure.__cause__ = error
+        return failure
 
     def abort(self) -> None:
         """Stop the unpacker and remove what it wrote."""

@@ -6,10 +6,12 @@ servers, the real CLI in-process. The artifacts carry a 13 MiB random file, so t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import threading
 import time
@@ -29,14 +31,17 @@ pytestmark = pytest.mark.xdist_group("update-stream")
 BLOB = 13 << 20
 
 
-def _tarball(out: Path, version: str) -> Path:
-    """An agent tar.gz: VERSION and bin/assist-agent first, then lib/blob.bin (random)."""
+def _tarball(out: Path, version: str, first: str = "", blob: int = BLOB) -> Path:
+    """An agent tar.gz: VERSION and bin/assist-agent first, then lib/blob.bin (random);
+    `first` names an extra member put before all of them (relative to versions/V/)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     members = [
         ("VERSION", f"{version}\n".encode(), 0o644),
         ("bin/assist-agent", b"#!/bin/sh\nexit 0\n", 0o755),
-        ("lib/blob.bin", os.urandom(BLOB), 0o644),
+        ("lib/blob.bin", os.urandom(blob), 0o644),
     ]
+    if first:
+        members.insert(0, (first, b"x", 0o644))
     with tarfile.open(out, "w:gz", compresslevel=1) as tar:
         for name, data, mode in members:
             info = tarfile.TarInfo(f"versions/{version}/{name}")
@@ -205,6 +210,46 @@ def test_the_only_mirror_tampering_leaves_nothing_behind(
     assert sorted(p.name for p in (prefix / "versions").iterdir()) == ["1.0.0"]
     assert not journal.exists() or json.loads(journal.read_text()).get("phase") != "downloading"
     assert threading.active_count() < 10  # the unpacker thread ended
+
+
+def test_a_signed_tarball_refused_early_stops_the_download(
+    release: dict[str, Any], prefix: Path, tmp_path: Path
+) -> None:
+    """A properly signed 1.2.0 (40 MiB) whose first member climbs out (`../`): the unpacker
+    refuses it in the first piece, and the download ends within a piece or two — the server,
+    sending slowly, never gets to write the whole file."""
+    repo = tmp_path / "repo"
+    shutil.copytree(release["repo"], repo, symlinks=True)
+    dist = tmp_path / "dist"
+    bad = _tarball(dist / "aliyun-assist-1.2.0-linux-x86_64.tar.gz", "1.2.0", "../up", 40 << 20)
+    publish(repo, release["keys"], [bad])
+    data = bad.read_bytes()
+    total = len(data)
+    sent: list[int] = []
+
+    def slow_body(handler: Any) -> bool:
+        if "/targets/" not in handler.path:
+            return False
+        _serve(handler, data)
+        done = 0
+        with contextlib.suppress(OSError):  # the client hangs up
+            while done < total:
+                handler.wfile.write(data[done : done + (256 << 10)])
+                done += 256 << 10
+                time.sleep(0.005)
+        sent.append(min(done, total))
+        return True
+
+    with StaticServer(repo) as server:
+        server.hook = slow_body
+        assert _apply({**release, "repo": repo}, prefix, server.url) == 4
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert sent and sent[0] < total // 2, (sent, total)
+    assert os.readlink(prefix / "current") == "versions/1.0.0"
+    assert sorted(p.name for p in (prefix / "versions").iterdir()) == ["1.0.0"]
+    assert not (prefix.parent / "up").exists()
 
 
 def test_a_download_already_in_the_cache_is_unpacked_from_the_file(
