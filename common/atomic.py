@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from common.errors import AssistError, ConfigError
+from common.errors import AssistError, ConfigError, LocalStateError
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -35,18 +36,35 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
     swap can leave the rename on disk but the tree's files empty (delayed allocation). One
     syncfs costs one journal commit, where an fsync per file would cost one each.
     """
-    if sys.platform.startswith("linux"):
+    syncfs = _libc_syncfs() if sys.platform.startswith("linux") else None
+    if syncfs is not None:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(os.fspath(path), os.O_RDONLY)
         try:
-            if libc.syncfs(fd) == 0:
-                return
+            failed = syncfs(fd) != 0
+            code = ctypes.get_errno()
         finally:
             os.close(fd)
+        if not failed:
+            return
+        if code != errno.ENOSYS:  # writeback failed (EIO, ENOSPC…): the files are not safe
+            raise LocalStateError(
+                f"cannot flush {path} to disk: {os.strerror(code)}",
+                hint="check the disk (dmesg, df) and retry",
+            )
     if hasattr(os, "sync"):
         os.sync()
+
+
+def _libc_syncfs() -> Any:
+    """libc's syncfs, or None where it is missing (old glibc, musl without it, no ctypes)."""
+    try:
+        import ctypes
+
+        return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    except (ImportError, OSError):
+        return None
 
 
 @contextlib.contextmanager

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from common.atomic import atomic_open, atomic_symlink, atomic_write_json, atomic_write_text
+import common.atomic
+from common.atomic import (
+    atomic_open,
+    atomic_symlink,
+    atomic_write_json,
+    atomic_write_text,
+    sync_filesystem,
+)
+from common.errors import LocalStateError
 
 
 def test_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -41,3 +51,33 @@ def test_symlink_swap(tmp_path: Path) -> None:
     atomic_symlink("v2", tmp_path / "current")
     assert os.readlink(tmp_path / "current") == "v2"
     assert sorted(os.listdir(tmp_path)) == ["current", "v1", "v2"]
+
+
+def test_sync_filesystem_flushes_for_real(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 4096)
+    sync_filesystem(tmp_path)  # the real syncfs(2) here; nothing to assert but that it returns
+
+
+def test_sync_filesystem_refuses_when_writeback_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO from syncfs means the files did not reach the disk: the swap must not go ahead.
+    (A failing disk cannot be staged here: libc's syncfs is replaced by one that fails.)"""
+
+    def failing(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(common.atomic, "_libc_syncfs", lambda: failing)
+    with pytest.raises(LocalStateError, match="cannot flush"):
+        sync_filesystem(tmp_path)
+
+
+def test_sync_filesystem_without_syncfs_falls_back_to_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(common.atomic, "_libc_syncfs", lambda: None)
+    monkeypatch.setattr(os, "sync", lambda: calls.append("sync"))
+    sync_filesystem(tmp_path)
+    assert calls == ["sync"]
