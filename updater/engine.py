@@ -26,10 +26,9 @@ from updater.policy import (
     NOTHING,
     REFUSE,
     Plan,
+    count_failure,
     load_blocklist,
     plan_update,
-    record_failure,
-    save_blocklist,
     versions_to_prune,
 )
 from updater.recovery import recover_locked
@@ -316,13 +315,9 @@ class Updater:
         old = journal.from_version
         # Counted before the journal says rolling_back: a kill between the two makes recovery
         # repeat the count, which the attempt id turns into a no-op (never a lost count).
-        blocklist = record_failure(
-            load_blocklist(self.layout.state_dir),
-            journal.to_version,
-            self.settings.max_failures,
-            journal.attempt,
+        count_failure(
+            self.layout.state_dir, journal.to_version, self.settings.max_failures, journal.attempt
         )
-        save_blocklist(self.layout.state_dir, blocklist)
         jr.crash_point(FAILURE_COUNTED)
         journal = jr.advance(journal, jr.ROLLING_BACK, rollback_to=old, error=reason)
         self._save(journal)

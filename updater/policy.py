@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from packaging.version import InvalidVersion, Version
 from common.atomic import atomic_write_json
 from common.errors import LocalStateError, NotFoundError
 from common.version import version_sort_key
+
+log = logging.getLogger(__name__)
 
 BLOCKLIST_FILE = "blocklist.json"
 
@@ -107,14 +110,27 @@ def record_failure(
 COUNTED_KEEP = 20
 
 
+def count_failure(state_dir: Path, version: str, max_failures: int, attempt: str) -> None:
+    """Record a failed attempt in state/blocklist.json, best effort: a rollback must never
+    wait on it (a full disk right after unpacking a new version is exactly when it fails)."""
+    try:
+        blocklist = load_blocklist(state_dir)
+        save_blocklist(state_dir, record_failure(blocklist, version, max_failures, attempt))
+    except (LocalStateError, OSError) as exc:
+        log.error("could not count the failure of %s in the blocklist: %s", version, exc)
+
+
 def load_blocklist(state_dir: Path) -> Blocklist:
     """Read state/blocklist.json (missing = empty)."""
     try:
         data = json.loads((state_dir / BLOCKLIST_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return Blocklist()
-    except ValueError as exc:
-        raise LocalStateError(f"blocklist is unreadable: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise LocalStateError(
+            f"blocklist {state_dir / BLOCKLIST_FILE} is unreadable: {exc}",
+            hint="it is written atomically, so this is outside damage: inspect and delete it",
+        ) from exc
     return Blocklist(
         {str(k): int(v) for k, v in dict(data.get("failures", {})).items()},
         [str(v) for v in data.get("blocked", [])],

@@ -21,7 +21,7 @@ from common.service import ServiceManager, make_service
 from updater import journal as jr
 from updater.layout import Layout, installed_versions, is_runnable
 from updater.lock import hold_lock
-from updater.policy import load_blocklist, record_failure, save_blocklist
+from updater.policy import count_failure
 from updater.staging import clean_staging
 from updater.swap import clean_temp_links, point, read_pointer
 
@@ -79,11 +79,7 @@ def recover_locked(layout: Layout, service: ServiceManager | None, *, max_failur
     elif action in (ROLLBACK, FINISH_ROLLBACK):
         if action == ROLLBACK:
             if journal.phase == jr.HEALTH_CHECK and journal.to_version:
-                blocklist = load_blocklist(layout.state_dir)
-                blocklist = record_failure(
-                    blocklist, journal.to_version, max_failures, journal.attempt
-                )
-                save_blocklist(layout.state_dir, blocklist)
+                count_failure(layout.state_dir, journal.to_version, max_failures, journal.attempt)
             journal = jr.advance(
                 journal,
                 jr.ROLLING_BACK,

@@ -89,6 +89,31 @@ def test_broken_version_is_rolled_back_then_blocklisted(
     assert read_pointer(layout) == "1.1.0" and ProcessManager(prefix).main_pid()
 
 
+def test_rollback_goes_ahead_when_the_blocklist_cannot_be_written(
+    prefix: Path, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure count is best effort (a full disk right after unpacking is when it fails):
+    the rollback to the old version must happen all the same. (The full disk is simulated:
+    writing the blocklist raises ENOSPC.)"""
+    import errno
+
+    import updater.policy
+
+    repo = LocalRepo(artifacts)
+    assert make_updater(prefix, repo).apply("1.1.0").result == "updated"
+
+    def disk_full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(updater.policy, "save_blocklist", disk_full)
+    outcome = make_updater(prefix, repo, health_timeout=2.0).apply("1.2.0")
+    assert (outcome.result, outcome.to_version) == ("rolled_back", "1.2.0")
+    layout = Layout(prefix)
+    assert read_pointer(layout) == "1.1.0"
+    assert jr.load_journal(layout.state_dir).phase == jr.ROLLED_BACK
+    assert _health(prefix)["version"] == "1.1.0"
+
+
 def test_verification_failure_leaves_current_and_journal_unchanged(
     prefix: Path, artifacts: dict[str, Path]
 ) -> None:
