@@ -25,7 +25,6 @@ from pkgbuild.repository.generations import (
     current_generation,
     link_or_copy,
     swap_generation,
-    young,
 )
 from pkgbuild.repository.tools import gpg_sign, run_tool
 
@@ -105,7 +104,7 @@ def build_apt_channel(
         atomic_write_bytes(stage / "Release", release)
         atomic_write_bytes(stage / "Release.gpg", gpg_sign(keys, release, "detach"))
         atomic_write_bytes(stage / "InRelease", gpg_sign(keys, release, "clearsign"))
-        carry_over(previous, stage, listed_by_hash(previous))
+        carry_over(previous, stage, listed_by_hash(previous), is_by_hash)
         atomic_write_bytes(stage / ".manifest", manifest_of(entries, valid_until))
 
     swap_generation(dists, channel, build)
@@ -114,13 +113,16 @@ def build_apt_channel(
 
 
 def listed_by_hash(previous: Path | None) -> Callable[[Path], bool]:
-    """Select the by-hash files the previous generation's Release lists, and younger ones."""
+    """Select the by-hash files the previous generation's Release lists."""
     release = previous / "Release" if previous is not None else None
     text = release.read_text(encoding="utf-8") if release and release.is_file() else ""
     hashes = {line.split()[0] for line in text.splitlines() if line.startswith(" ")}
-    return lambda path: (
-        path.parent.parent.name == "by-hash" and (path.name in hashes or young(path))
-    )
+    return lambda path: path.name in hashes
+
+
+def is_by_hash(path: Path) -> bool:
+    """A content-addressed index file (…/by-hash/SHA256/<hash>)."""
+    return path.parent.parent.name == "by-hash"
 
 
 def write_packages(root: Path, stage: Path, arch: str, entries: list[DebEntry]) -> None:

@@ -5,8 +5,9 @@ generation is built completely (indexes, signatures, and the previous generation
 content-addressed files carried over), renamed into place, and the symlink replaced by rename.
 A client resolving the link gets one generation or the other; one that fetched the old
 InRelease/repomd.xml just before the swap still finds the hash-named files it lists, because
-they are carried into the new generation, and so are hash-named files younger than GRACE_SECONDS:
-a slow client that read an InRelease two quick publishes ago still finds its indexes. Only the
+they are carried into the new generation, and stay for GRACE_SECONDS after the publish that
+stopped listing them: a slow client that read an InRelease two quick publishes ago still finds
+its indexes. Only the
 current and the previous generation directories are kept.
 """
 
@@ -99,26 +100,39 @@ def prune_generations(parent: Path, name: str, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-GRACE_SECONDS = 3600  # hash-named index files stay this long after a newer publish replaced them
+GRACE_SECONDS = 3600  # hash-named index files stay this long after a publish stopped listing them
 
 
 def young(path: Path) -> bool:
-    """True for a file written less than GRACE_SECONDS ago (carried-over files keep their mtime)."""
+    """True for a file whose grace period (from its mtime) has not run out."""
     return time.time() - path.stat().st_mtime < GRACE_SECONDS
 
 
-def carry_over(previous: Path | None, new: Path, wanted: Callable[[Path], bool]) -> None:
-    """Hard-link the files of `previous` that `wanted(path)` selects into `new` (same places)."""
+def carry_over(
+    previous: Path | None,
+    new: Path,
+    listed: Callable[[Path], bool],
+    hash_named: Callable[[Path], bool],
+) -> None:
+    """Hard-link into `new` the hash-named files of `previous` (same places) that a client may
+    still ask for: those the previous index lists — no longer listed from this publish on, so
+    their grace period starts now (mtime set) — and those still within GRACE_SECONDS of the
+    publish that stopped listing them."""
     if previous is None or not previous.is_dir():
         return
     for source in previous.rglob("*"):
-        if not source.is_file() or not wanted(source):
+        if not source.is_file() or not hash_named(source):
+            continue
+        was_listed = listed(source)
+        if not (was_listed or young(source)):
             continue
         dest = new / source.relative_to(previous)
-        if dest.exists():
+        if dest.exists():  # the new generation lists it too
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         link_or_copy(source, dest)
+        if was_listed:
+            os.utime(dest)
 
 
 def link_or_copy(source: Path, dest: Path) -> None:

@@ -22,7 +22,6 @@ from pkgbuild.repository.generations import (
     link_or_copy,
     list_generations,
     swap_generation,
-    young,
 )
 from pkgbuild.repository.tools import gpg_sign, run_tool
 
@@ -96,7 +95,7 @@ def build_yum_channel(repo: Path, keys: Path, channel: str, entries: list[RpmEnt
                 shutil.move(str(item), stage / item.name)
         repomd = (stage / "repomd.xml").read_bytes()
         atomic_write_bytes(stage / "repomd.xml.asc", gpg_sign(keys, repomd, "detach"))
-        carry_over(previous, stage, listed_by_repomd(previous))
+        carry_over(previous, stage, listed_by_repomd(previous), is_hash_named)
         atomic_write_bytes(stage / PKGLIST, pkglist)
 
     swap_generation(root, REPODATA, build)
@@ -105,14 +104,15 @@ def build_yum_channel(repo: Path, keys: Path, channel: str, entries: list[RpmEnt
 
 
 def listed_by_repomd(previous: Path | None) -> Callable[[Path], bool]:
-    """Select the data files the previous generation's repomd.xml lists, and younger hash-named
-    ones (createrepo_c names them <sha256>-primary.xml.gz …)."""
+    """Select the data files the previous generation's repomd.xml lists."""
     repomd = previous / "repomd.xml" if previous is not None else None
     text = repomd.read_text(encoding="utf-8") if repomd and repomd.is_file() else ""
-    return lambda path: (
-        f'href="{REPODATA}/{path.name}"' in text
-        or bool(_HASH_NAMED.match(path.name) and young(path))
-    )
+    return lambda path: f'href="{REPODATA}/{path.name}"' in text
+
+
+def is_hash_named(path: Path) -> bool:
+    """A content-addressed metadata file (createrepo_c names them <sha256>-primary.xml.gz …)."""
+    return bool(_HASH_NAMED.match(path.name))
 
 
 _HASH_NAMED = re.compile(r"^[0-9a-f]{64}-")

@@ -700,3 +700,37 @@ def test_replaced_index_files_get_a_later_last_modified_second(
     )
     for path, second in seconds.items():
         assert int((repo / path).stat().st_mtime) > second, path
+
+
+def test_hash_named_indexes_stay_for_the_grace_period_after_they_stop_being_listed(
+    tmp_path: Path,
+) -> None:
+    """The grace period runs from the publish that stopped listing a file, not from when the
+    file was written: an index written two hours ago and replaced just now stays another hour."""
+    from pkgbuild.repository.apt import is_by_hash, listed_by_hash
+    from pkgbuild.repository.generations import GRACE_SECONDS, carry_over
+
+    def generation(name: str, listed: list[str]) -> Path:
+        gen = tmp_path / name
+        (gen / "main/binary-amd64/by-hash/SHA256").mkdir(parents=True)
+        (gen / "Release").write_text("SHA256:\n" + "".join(f" {h} 10 x\n" for h in listed))
+        return gen
+
+    two_hours_ago = time.time() - 2 * GRACE_SECONDS
+    gen1 = generation("gen1", ["aaaa"])
+    for name in ("aaaa", "old0"):  # aaaa: gen1's index; old0: unlisted for two hours
+        path = gen1 / "main/binary-amd64/by-hash/SHA256" / name
+        path.write_text(name)
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    gen2 = generation("gen2", ["bbbb"])  # publish 2 replaces aaaa
+    carry_over(gen1, gen2, listed_by_hash(gen1), is_by_hash)
+    by_hash2 = gen2 / "main/binary-amd64/by-hash/SHA256"
+    assert sorted(p.name for p in by_hash2.iterdir()) == ["aaaa"]
+    assert time.time() - (by_hash2 / "aaaa").stat().st_mtime < 60  # its grace starts now
+    (by_hash2 / "bbbb").write_text("bbbb")
+    gen3 = generation("gen3", ["cccc"])  # publish 3, a minute later: aaaa is still in grace
+    carry_over(gen2, gen3, listed_by_hash(gen2), is_by_hash)
+    assert sorted(p.name for p in (gen3 / "main/binary-amd64/by-hash/SHA256").iterdir()) == [
+        "aaaa",
+        "bbbb",
+    ]
