@@ -309,6 +309,7 @@ def _configure_sqlite(engine: Engine) -> None:
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 # deadlock_detected, serialization_failure: a batch that hit one is run again job by job
 _RETRY_SQLSTATES = ("40P01", "40001")
+_RETRY_PAUSE = 0.05  # seconds before the first retry (a restarting PostgreSQL answers 57P03)
 
 
 @dataclass
@@ -469,6 +470,7 @@ class _PgLane(_GroupCommit[_PgJob]):
                 raise
             except Exception as exc:
                 if attempt < 2 and (_sqlstate(exc) in _RETRY_SQLSTATES or connection_lost(exc)):
+                    await asyncio.sleep(_RETRY_PAUSE * (attempt + 1))
                     continue
                 if not job.future.done():
                     job.future.set_exception(exc)
@@ -556,6 +558,7 @@ class Store:
             except Exception as exc:
                 if attempt == 2 or not connection_lost(exc):
                     raise
+                await asyncio.sleep(_RETRY_PAUSE * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def migrate(self) -> tuple[int, int]:
