@@ -183,7 +183,7 @@ class StreamStager:
                 f"disk full while unpacking into {self.staging}: {error}",
                 hint="free disk space and retry",
             )
-        elif isinstance(error, OSError):
+        elif isinstance(error, OSError) and error.errno is not None:  # the filesystem's
             failure = LocalStateError(f"cannot unpack into {self.staging}: {error}")
         else:
             failure = VerificationError(f"payload is not a readable archive: {error}")

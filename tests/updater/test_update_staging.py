@@ -11,7 +11,7 @@ import pytest
 from fakepayload import make_tarball, write_tree
 
 from common.errors import NoSpaceError, VerificationError
-from updater.staging import classify_member, ensure_free_space, stage_artifact
+from updater.staging import StreamStager, classify_member, ensure_free_space, stage_artifact
 
 
 def test_tarball_is_staged_into_versions_dir(tmp_path: Path) -> None:
@@ -204,3 +204,36 @@ def test_exe_cannot_run_off_windows(tmp_path: Path) -> None:
     exe.write_bytes(b"MZ")
     with pytest.raises(ToolError, match="Windows"):
         stage_artifact(exe, "exe", "1.1.0", tmp_path / "v")
+
+
+def test_stream_stager_refuses_a_stream_that_is_not_a_tarball(tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    stager = StreamStager("1.1.0", versions, 10)
+    stager.feed(b"0123456789")
+    with pytest.raises(VerificationError, match="not a readable archive"):
+        stager.finish(tmp_path / "a.tar.gz")
+    assert list(versions.iterdir()) == []
+
+
+def test_stream_stager_reports_a_full_disk_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while unpacking is a local problem (exit 4, NoSpaceError), not a bad archive.
+    (The full disk is simulated: the member extraction raises ENOSPC.)"""
+    import errno
+
+    import updater.staging
+
+    def disk_full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(updater.staging, "extract_checked", disk_full)
+    art = make_tarball(tmp_path / "a.tar.gz", "1.1.0")
+    data = art.read_bytes()
+    versions = tmp_path / "versions"
+    stager = StreamStager("1.1.0", versions, len(data))
+    with pytest.raises(NoSpaceError):
+        stager.feed(data)
+        stager.finish(art)
+    stager.abort()
+    assert list(versions.iterdir()) == []
