@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 PY = sys.executable
 
 from bench.figures import median_figure  # noqa: E402
-from server.testing import free_port  # noqa: E402
+from server.testing import free_port, mirror_sync_args  # noqa: E402
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -146,22 +146,7 @@ def main() -> None:
             ours, theirs, ours_noop, theirs_noop, noop_requests = [], [], [], [], []
             for i in range(runs):
                 root, dest = work / f"mirror{i}", work / f"wget{i}"
-                sync = [
-                    PY,
-                    "-m",
-                    "mirror",
-                    "sync",
-                    "--region",
-                    "cn-hangzhou",
-                    "--upstream",
-                    url,
-                    "--root",
-                    str(root),
-                    "--trust-root",
-                    str(keys / "root.json"),
-                    "--keyring",
-                    str(keys / "public" / "archive-keyring.gpg"),
-                ]
+                sync = [PY, "-m", "mirror", *mirror_sync_args(url, root, keys)]
                 wget = [
                     "wget",
                     "--mirror",

@@ -51,7 +51,7 @@ from typing import Any
 import requests
 
 from common.cli import interrupts_as_exceptions
-from server.testing import free_port, stop_group, wait_http
+from server.testing import free_port, mirror_sync_args, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -323,17 +323,7 @@ class Soak:
             wait_http(self.origin_url + "metadata/timestamp.json", origin_proc, 60, SoakError)
             self.run(
                 "assist-mirror",
-                "sync",
-                "--region",
-                "cn-hangzhou",
-                "--upstream",
-                self.origin_url,
-                "--root",
-                str(self.work / "mirror"),
-                "--trust-root",
-                str(self.keys / "root.json"),
-                "--keyring",
-                str(self.keys / "public" / "archive-keyring.gpg"),
+                *mirror_sync_args(self.origin_url, self.work / "mirror", self.keys),
                 "--public-url",
                 self.mirror_url,
             )

@@ -24,7 +24,7 @@ from typing import Any
 
 from common.cli import interrupts_as_exceptions
 from common.service import ProcessManager
-from server.testing import free_port, stop_group, wait_http
+from server.testing import free_port, mirror_sync_args, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -185,9 +185,7 @@ def step_releases(demo: Demo) -> str:
 def sync_mirror(demo: Demo) -> Any:
     """`assist-mirror sync --region cn-hangzhou` from the origin; its JSON report."""
     return demo.run_json(
-        "assist-mirror", "sync", "--region", "cn-hangzhou", "--upstream", demo.origin_url,
-        "--root", str(demo.mirror), "--trust-root", str(demo.keys / "root.json"),
-        "--keyring", str(demo.keys / "public" / "archive-keyring.gpg"),
+        "assist-mirror", *mirror_sync_args(demo.origin_url, demo.mirror, demo.keys),
         "--public-url", demo.mirror_url, "--json",
     )  # fmt: skip
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from server.testing import free_port
+from server.testing import free_port, mirror_sync_args
 
 SPEC = """Name: {name}
 Version: {version}
@@ -175,19 +175,7 @@ class Origin:
 
 def sync_args(origin: Origin, url: str, root: Path) -> list[str]:
     """`assist-mirror sync` of ORIGIN served at URL into ROOT, with its trust root and keyring."""
-    return [
-        "sync",
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        url,
-        "--root",
-        str(root),
-        "--trust-root",
-        str(origin.trust_root),
-        "--keyring",
-        str(origin.keyring),
-    ]
+    return mirror_sync_args(url, root, origin.keys)
 
 
 def mirror_cli(
