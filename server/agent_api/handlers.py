@@ -15,7 +15,7 @@ from server.store import queries as q
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
-    from server.app import AgentIdentity, ServerState
+    from server.state import AgentIdentity, ServerState
 
 MAX_OUTPUT_B64 = 1024 * 1024  # bytes of base64 output accepted in one report
 _INSTANCE_ID = re.compile(r"^i-[A-Za-z0-9]{1,60}$")
