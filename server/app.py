@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from common import protocol
 from server import rpc
 from server.agent_api import auth, handlers
 from server.agent_api.auth import AgentError
@@ -142,7 +143,7 @@ async def authenticate_agent(state: ServerState, request: Request, body: bytes) 
     """Verify an agent request's Ed25519 signature (the nonce is used by the handler)."""
     headers = auth.read_headers(request.headers)
     cached = await state.instance_key(headers.instance_id)
-    message = auth.canonical_string(
+    message = protocol.canonical_string(
         request.method, request.url.path, request.url.query, headers.timestamp, headers.nonce, body
     )
     auth.verify(cached.key, headers.signature, message)
@@ -150,7 +151,7 @@ async def authenticate_agent(state: ServerState, request: Request, body: bytes) 
         instance_id=headers.instance_id,
         account=cached.account,
         nonce_key=f"a:{headers.instance_id}:{headers.nonce}",
-        nonce_expires=headers.timestamp + auth.TIMESTAMP_WINDOW + 60,
+        nonce_expires=headers.timestamp + protocol.TIMESTAMP_WINDOW + 60,
     )
 
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nacl.signing import VerifyKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.agent_api import auth
 from server.notify import Notifier
@@ -43,7 +43,7 @@ class AgentIdentity:
 
 @dataclass
 class _CachedKey:
-    key: VerifyKey
+    key: Ed25519PublicKey
     account: str
     loaded: float
 
