@@ -22,8 +22,7 @@ from server.agent_api.auth import AgentError
 from server.api import load_actions
 from server.notify import Notifier
 from server.state import AgentIdentity, ServerState, Settings
-from server.store import Store
-from server.store import queries as q
+from server.store import Store, access, instances, tasks
 from server.store.conn import Conn
 from server.store.db import asyncpg_dsn
 
@@ -75,7 +74,7 @@ async def authenticate_operator(state: ServerState, method: str, params: dict[st
     rpc.check_common(params, time.time())
 
     key_id = params["AccessKeyId"]
-    key = await state.store.read(lambda conn: q.get_access_key(conn, key_id))
+    key = await state.store.read(lambda conn: access.get_access_key(conn, key_id))
     if key is None:
         raise rpc.ApiError("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404)
     if not key["enabled"]:
@@ -85,7 +84,7 @@ async def authenticate_operator(state: ServerState, method: str, params: dict[st
     nonce = f"o:{params['AccessKeyId']}:{params['SignatureNonce']}"
 
     async def consume_nonce(conn: Conn) -> None:
-        if not await q.use_nonce(conn, nonce, expires):
+        if not await access.use_nonce(conn, nonce, expires):
             raise rpc.ApiError("SignatureNonceUsed", "Specified signature nonce was used already.")
 
     await state.store.write(consume_nonce, durable=False)
@@ -217,7 +216,7 @@ async def notify_handler(request: Request) -> Response:
         async def _tx(conn: Conn) -> Any:
             await state.use_agent_nonce(conn, who)
             if touch:
-                await q.record_seen(conn, who.instance_id, now_ms)
+                await instances.record_seen(conn, who.instance_id, now_ms)
 
         await state.store.write(_tx, durable=False, key=who.instance_id)
         if touch:
@@ -303,11 +302,11 @@ async def run_chores(state: ServerState) -> None:
     history_cutoff = now_ms - settings.history_days * 86_400_000
 
     async def _tx(conn: Conn) -> list[tuple[str, str]]:
-        await q.purge_nonces(conn, now_ms // 1000)
-        forgotten = await q.purge_history(conn, history_cutoff, settings.history_keep)
+        await access.purge_nonces(conn, now_ms // 1000)
+        forgotten = await tasks.purge_history(conn, history_cutoff, settings.history_keep)
         if forgotten:
             log.info("forgot %d finished executions past the history limits", forgotten)
-        return await q.fail_abandoned_tasks(conn, now_ms, grace_ms)
+        return await tasks.fail_abandoned_tasks(conn, now_ms, grace_ms)
 
     for invoke_id, instance_id in await state.store.write(_tx):
         log.warning("%s on %s: instance offline past its timeout, failed", invoke_id, instance_id)

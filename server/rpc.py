@@ -20,45 +20,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from server.errors import ApiError, Code, invalid, missing  # noqa: F401 (re-exported)
+
 API_VERSION = "2014-05-26"
 TIMESTAMP_WINDOW = 15 * 60  # seconds a signed request stays valid, as the real API
 MAX_PAGE_SIZE = 50
 MAX_LIST_ITEMS = 100  # InstanceId.N and friends
 BAD_NEXT_TOKEN = ("InvalidParameter.NextToken", 400)
 _LIST_KEY = re.compile(r"^([A-Za-z]+)\.(\d{1,4})$")
-
-
-class ApiError(Exception):
-    """An error answered to the operator as {"RequestId","Code","Message"} with an HTTP 4xx."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-# An error code with its HTTP status, where the real API has its own for a parameter
-# (the ECS 2014-05-26 API reference's per-action error tables)
-Code = tuple[str, int]
-
-
-def missing(name: str, code: str = "MissingParameter") -> ApiError:
-    """The real API's answer to a mandatory parameter that was not supplied."""
-    return ApiError(
-        code,
-        f'The input parameter "{name}" that is mandatory for processing this request is not supplied.',
-    )
-
-
-def invalid(
-    name: str, detail: str = "", code: str = "InvalidParameter", status: int = 400
-) -> ApiError:
-    """The real API's answer to a parameter with a bad value."""
-    message = f'The specified parameter "{name}" is not valid.'
-    if detail:
-        message += f" {detail}"
-    return ApiError(code, message, status)
 
 
 def new_request_id() -> str:

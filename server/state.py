@@ -10,8 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.agent_api import auth
 from server.notify import Notifier
-from server.store import Store
-from server.store import queries as q
+from server.store import Store, access, instances
 from server.store.conn import Conn
 
 KEY_CACHE_TTL = 5.0  # seconds a verified instance key is trusted without a DB read
@@ -80,7 +79,7 @@ class ServerState:
             return cached
 
         async def _tx(conn: Conn) -> Any:
-            row = await q.get_instance(conn, instance_id)
+            row = await instances.get_instance(conn, instance_id)
             return row
 
         row = await self.store.read(_tx)
@@ -95,5 +94,5 @@ class ServerState:
 
     async def use_agent_nonce(self, conn: Conn, who: AgentIdentity) -> None:
         """Record the request's nonce in the caller's transaction; 401 on a replay."""
-        if not await q.use_nonce(conn, who.nonce_key, who.nonce_expires):
+        if not await access.use_nonce(conn, who.nonce_key, who.nonce_expires):
             raise auth.unauthorized("nonce already used", "ReplayedRequest")

@@ -7,6 +7,9 @@ are deterministic, so any drift of the string to sign changes the signature and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.datastructures import Headers
@@ -100,3 +103,13 @@ def test_register_refuses_a_public_key_that_is_not_32_raw_bytes(text: str) -> No
     with pytest.raises(auth.AgentError) as refused:
         auth.load_public_key(text)
     assert refused.value.status == 400
+
+
+def test_server_and_agent_load_one_ed25519_library() -> None:
+    # PyNaCl is no dependency any more: the server verifies with cryptography, like the agent signs
+    code = (
+        "import sys, server.app, server.testing, agent.client; "
+        "print(sorted(m for m in sys.modules if m == 'nacl' or m.startswith('nacl.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
