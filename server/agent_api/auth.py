@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from server.inputs import ascii_int
+
 TIMESTAMP_WINDOW = 300  # seconds
 MAX_NONCE = 64
 HEADER_INSTANCE = "x-assist-instance-id"
@@ -68,9 +70,9 @@ def read_headers(headers: Mapping[str, str], now: float | None = None) -> Signed
         raise unauthorized("the request is not signed (X-Assist-* headers missing)")
     if len(instance_id) > 64 or len(nonce) > MAX_NONCE:
         raise unauthorized("instance id or nonce too long")
-    if not raw_ts.isdigit() or len(raw_ts) > 12:
+    timestamp = ascii_int(raw_ts, 12)
+    if timestamp is None:
         raise unauthorized("X-Assist-Timestamp must be Unix seconds")
-    timestamp = int(raw_ts)
     now = time.time() if now is None else now
     if abs(now - timestamp) > TIMESTAMP_WINDOW:
         raise unauthorized("X-Assist-Timestamp is more than 300 s off the server's clock")
