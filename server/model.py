@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import binascii
 import datetime as dt
-import json
 import re
 import secrets
 import string
@@ -18,6 +16,7 @@ from collections.abc import Iterable
 from croniter import croniter
 
 from server.errors import ApiError, invalid
+from server.inputs import load_json, load_literal, small_int
 
 # The task lifecycle (statuses and their rules) lives in server/lifecycle.py; these names stay
 # importable from here for the API modules.
@@ -139,7 +138,7 @@ def parse_parameters(text: str) -> dict[str, str]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except ValueError:
         value = _python_literal(text)  # the SDK sends a dict as its Python repr
     if not isinstance(value, dict):
@@ -154,6 +153,8 @@ def parse_parameters(text: str) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(key, str) or not _PARAM_NAME.match(key):
             raise invalid("Parameters", f"Parameter name {key!r} is not valid.", BAD_PARAMETERS)
+        if isinstance(item, int) and not isinstance(item, bool) and not small_int(item):
+            raise invalid("Parameters", f"The value of {key!r} is too large.", BAD_PARAMETERS)
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise invalid(
                 "Parameters",
@@ -168,8 +169,8 @@ def parse_parameters(text: str) -> dict[str, str]:
 def _python_literal(text: str) -> object:
     """Parse a Python literal (what str(dict) gives) or return None."""
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return load_literal(text)
+    except ValueError:
         return None
 
 
