@@ -641,17 +641,16 @@ class Agent:
     # -- self-update hooks ----------------------------------------------------------------------
 
     def schedule_update(self, after: float | None = None) -> None:
-        """Arm the next scheduled update: [update] schedule (seconds-first cron) plus splay."""
-        text = self.config.update.schedule.strip()
-        if not text:
-            return
+        """Arm the next scheduled update: [update] schedule plus splay (docs/schedules.md)."""
         try:
-            sched = schedule.parse_cron(text)
+            when = schedule.next_update_time(
+                self.config.update.schedule, after or time.time(), self.config.update.splay
+            )
         except AssistError as exc:
             log.error("[update] schedule is invalid, scheduled updates are off: %s", exc)
             return
-        base = schedule.next_cron(sched, after or time.time())
-        when = base + random.uniform(0, max(0.0, self.config.update.splay))
+        if when is None:
+            return
         log.info(
             "next scheduled update check at %s",
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)),
@@ -659,7 +658,7 @@ class Agent:
 
         def fire() -> None:
             self.run_updater("schedule")
-            self.schedule_update(base)
+            self.schedule_update(when)
 
         self._update_timer = self.timers.call_at(when, fire)
 
