@@ -53,9 +53,11 @@ REBOOT_MODES = ("NextRebootOnly", "EveryReboot")
 # An empty long-poll answer before this fraction of its timeout means a lost wake-up.
 EARLY_WAKE_FRACTION = 0.8
 RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a safety net)
-UPDATE_BUSY_RETRY = 60.0
+UPDATE_BUSY_RETRY = 60.0  # seconds to wait when an update finds a one-shot task running
+MAX_QUEUED_CHUNKS = 4  # streamed chunks of one execution kept while the server is away
+MAX_UPDATE_LOG = 1 << 20  # bytes of log/update.log before it is rotated to update.log.1
 STOP_EXECUTION = "stopped"  # execution id of a stop acknowledged without a run
-LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered  # seconds to wait when an update finds a one-shot task running
+LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered
 
 
 @dataclass
@@ -270,7 +272,7 @@ class Agent:
                 started.execution_id,
             )
             self._record_outcome(started.invoke_id, started.execution_id, outcome)
-            Spool(path).discard()
+            Spool(path, self.limits.output_quota).discard()
 
     # -- server connection --------------------------------------------------------------------
 
@@ -574,11 +576,12 @@ class Agent:
                 "offset": chunk.offset,
                 "output": b64(chunk.data),
             }
-            self.store.enqueue(
-                f"running/{invoke}/{execution}/{chunk.offset}", "/v1/task/running", body
+            group = f"running/{invoke}/{execution}/"
+            self.store.enqueue_capped(
+                f"{group}{chunk.offset}", "/v1/task/running", body, group, MAX_QUEUED_CHUNKS
             )
 
-        spool = Spool(spool_path(self.state_dir, invoke, execution))
+        spool = Spool(spool_path(self.state_dir, invoke, execution), self.limits.output_quota)
         run = Execution(task, execution_id, builtins, self.limits, on_start, on_chunk, spool.write)
         run.start_time = start
         with self._lock:
@@ -697,6 +700,7 @@ class Agent:
         log.warning("starting the updater (%s): %s", reason, " ".join(argv))
         log_dir = self.config.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
+        rotate_log(log_dir / "update.log", MAX_UPDATE_LOG)
         with open(log_dir / "update.log", "ab") as out:
             self._update_proc = subprocess.Popen(
                 argv,
@@ -707,6 +711,15 @@ class Agent:
                 close_fds=True,
             )
         return True
+
+
+def rotate_log(path: Path, limit: int) -> None:
+    """Move a log over `limit` bytes to `<name>.1` (replacing the older one) so it stays bounded."""
+    try:
+        if path.stat().st_size > limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except OSError:
+        pass
 
 
 def updater_command(prefix: Path) -> list[str]:
