@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from agent.private import make_private_dir, restrict_umask
 from common.cli import add_common_options, print_json, run_cli
 from common.config import REGION_ENV, SERVER_ENV, Config, load_config
 from common.errors import ConfigError, LockedError, UsageError
@@ -100,6 +101,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     )
     from common.version import agent_version
 
+    restrict_umask()
     config = load(args)
     try:
         existing = load_identity(config.state_dir)
@@ -131,8 +133,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def acquire_lock(state_dir: Path) -> IO[Any]:
     """Hold state/agent.lock for the life of the daemon; LockedError if another agent runs."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until exit
+    make_private_dir(state_dir)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    handle = os.fdopen(fd, "a+")
     try:
         if os.name == "nt":  # pragma: no cover - Windows only
             import msvcrt
@@ -156,13 +159,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent, AgentOptions, recover_update
     from agent.identity import load_identity
 
+    task_umask = restrict_umask()
     config = load(args)
     if recover_update(config.prefix) == "rolled_back":
         relaunch_current(config.prefix)
     identity = load_identity(config.state_dir)
     server = resolve_server(args.server, config, identity.server, dict(os.environ))
     lock = acquire_lock(config.state_dir)
-    agent = Agent(config, AgentOptions(server=server, identity=identity))
+    agent = Agent(config, AgentOptions(server=server, identity=identity, task_umask=task_umask))
 
     def on_signal(signum: int, frame: Any) -> None:
         log.info("signal %d: stopping", signum)

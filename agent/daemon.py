@@ -30,6 +30,7 @@ from agent.outbox import Store
 from agent.output import Chunk, b64
 from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
+from agent.private import make_private_dir, tighten_tree
 from agent.runner import (
     POWER_OFF_EXIT,
     REBOOT_EXIT,
@@ -156,6 +157,7 @@ class AgentOptions:
     updater_command: list[str] | None = None  # default: <prefix>/current/bin/assist-update …
     resync_interval: float = RESYNC_INTERVAL  # seconds
     update_busy_retry: float = UPDATE_BUSY_RETRY  # seconds
+    task_umask: int | None = None  # umask for task processes (the agent's own is 077)
 
 
 class Agent:
@@ -174,6 +176,7 @@ class Agent:
             chunk_interval=cfg.chunk_interval,
             kill_grace=options.kill_grace,
             work_dir=config.prefix / "work",
+            task_umask=options.task_umask,
         )
         # one HTTP session per thread that talks to the server (requests.Session is not
         # guaranteed thread-safe): notify loop (long-poll, task list, update check), outbox, heartbeat
@@ -203,6 +206,8 @@ class Agent:
 
     def run(self) -> None:
         """Run until `stop()`: recover, start the threads, and long-poll in a background thread."""
+        make_private_dir(self.state_dir)
+        tighten_tree(self.state_dir)
         self.recover_crashed()
         self.prune_ledger()
         write_health(self.state_dir, self.started, False)
@@ -701,6 +706,9 @@ class Agent:
         log_dir = self.config.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         rotate_log(log_dir / "update.log", MAX_UPDATE_LOG)
+        extra: dict[str, Any] = {}
+        if self.options.task_umask is not None:
+            extra["umask"] = self.options.task_umask  # unpacked versions keep their own modes
         with open(log_dir / "update.log", "ab") as out:
             self._update_proc = subprocess.Popen(
                 argv,
@@ -709,6 +717,7 @@ class Agent:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                **extra,
             )
         return True
 
