@@ -2,10 +2,12 @@
 that dies mid-task can still report what the task printed up to then (the tail within the quota,
 and exactly how many bytes were dropped before it).
 
-The spool is bounded: two segment files of at most `quota` bytes each (docs/agent-state.md,
-Spool). `<name>.out` is written; when full it becomes `<name>.out.1` and a new `<name>.out`
-starts. Each segment begins with a header holding the stream offset of its first byte, so the
-reader knows what came before without keeping it. Files are 0600 in a 0700 directory.
+The spool is bounded (docs/agent-state.md, Spool): one file, a 16-byte header (magic, ring size,
+bytes written so far) and a ring of twice the quota, where stream byte p lives at slot
+p mod ring. Each piece written is at most the quota and the header is updated after it, so a
+crash between the two only touches slots older than the tail the header promises. Writing
+reuses the same file (a few pwrite calls per read from the task), so a chatty task is not slowed
+down by its own spool. Files are 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
@@ -16,124 +18,101 @@ from pathlib import Path
 from typing import BinaryIO
 
 SPOOL_DIR = "spool"
-MAGIC = b"ASP1"
-_HEADER = struct.Struct(">4sQ")  # magic, stream offset of the segment's first byte
+MAGIC = b"ASP2"
+_HEADER = struct.Struct(">4sIQ")  # magic, ring size (bytes), bytes written so far
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 
 def spool_path(state_dir: Path, invoke_id: str, execution_id: str) -> Path:
-    """Where one execution's output is spooled (the current segment)."""
+    """Where one execution's output is spooled."""
     name = f"{invoke_id}-{execution_id}.out".replace(os.sep, "_")
     return state_dir / SPOOL_DIR / name
 
 
-def previous_segment(path: Path) -> Path:
-    """The full segment written before the current one."""
-    return path.with_name(path.name + ".1")
-
-
 class Spool:
-    """Bounded output file pair of one execution, opened on the first byte."""
+    """Ring-buffer output file of one execution, opened on the first byte."""
 
     def __init__(self, path: Path, quota: int) -> None:
         self.path = path
-        self.quota = max(1, quota)  # bytes kept per segment
+        self.quota = max(1, quota)  # bytes of tail that must survive a crash
+        self.ring = 2 * self.quota  # bytes of ring on disk
         self.total = 0  # bytes of output seen
-        self._handle: BinaryIO | None = None
-        self._segment = 0  # bytes in the current segment
+        self._fd: int | None = None
 
     def write(self, data: bytes) -> None:
-        """Append bytes (unbuffered: they survive the agent's death); older bytes roll off."""
-        if len(data) >= self.quota:
-            # nothing written before survives this write: start over with its last quota bytes
-            self.total += len(data) - self.quota
-            data = data[-self.quota :]
-            self._start_segment(keep_previous=False)
-        elif self._handle is None:
-            self._start_segment(keep_previous=False)
-        while data:
-            room = self.quota - self._segment
-            if room <= 0:
-                self._start_segment(keep_previous=True)
-                continue
-            piece = data[:room]
-            assert self._handle is not None
-            self._handle.write(piece)
-            self._segment += len(piece)
-            self.total += len(piece)
-            data = data[room:]
+        """Append bytes (straight to the file: they survive the agent's death)."""
+        if not data:
+            return
+        if self._fd is None:
+            self._open()
+        view = memoryview(data)
+        for start in range(0, len(view), self.quota):
+            self._put(view[start : start + self.quota])
 
-    def _start_segment(self, keep_previous: bool) -> None:
-        """Begin a new current segment at offset `total`; the old one becomes the previous."""
-        self.close()
-        directory = self.path.parent
-        directory.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        previous = previous_segment(self.path)
-        if keep_previous and self.path.exists():
-            os.replace(self.path, previous)
-        else:
-            _unlink(previous)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-        self._handle = os.fdopen(fd, "wb", buffering=0)
-        self._handle.write(_HEADER.pack(MAGIC, self.total))
-        self._segment = 0
+    def _open(self) -> None:
+        """Create the spool file (0600, in a 0700 directory) with an empty ring."""
+        self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, 0), 0)
+
+    def _put(self, piece: memoryview) -> None:
+        """Write at most `quota` bytes into the ring, then publish them in the header."""
+        assert self._fd is not None
+        slot = self.total % self.ring
+        first = piece[: self.ring - slot]
+        os.pwrite(self._fd, first, _HEADER.size + slot)
+        if len(first) < len(piece):
+            os.pwrite(self._fd, piece[len(first) :], _HEADER.size)
+        self.total += len(piece)
+        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, self.total), 0)
 
     def close(self) -> None:
-        """Close the current segment (it stays on disk)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        """Close the file (it stays on disk)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def discard(self) -> None:
         """Close and delete the spool (its execution was reported)."""
         self.close()
-        _unlink(self.path)
-        _unlink(previous_segment(self.path))
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def read_tail(path: Path, quota: int) -> tuple[bytes, int]:
-    """(last `quota` bytes, bytes dropped before them) of a spool; (b"", 0) if there is none."""
-    quota = max(0, quota)
-    current = _read_segment(path, quota)
-    previous = _read_segment(previous_segment(path), quota)
-    if current is None and previous is None:
-        return b"", 0
-    if current is None:
-        assert previous is not None
-        end, data = previous[1], previous[2]
-    elif previous is not None and previous[1] == current[0]:
-        end, data = current[1], previous[2] + current[2]
-    else:
-        end, data = current[1], current[2]
-    tail = data[max(0, len(data) - quota) :]
-    return tail, end - len(tail)
+    """(last `quota` bytes, bytes dropped before them) of a spool; (b"", 0) if there is none.
 
-
-def _read_segment(path: Path, quota: int) -> tuple[int, int, bytes] | None:
-    """(start offset, end offset, last `quota` bytes) of one segment, or None if it is absent.
-
-    A file without the header (an older agent's spool, found after an upgrade) starts at 0.
-    Only the last `quota` bytes are read, however large the file.
+    A file without the header (an older agent's plain spool, found after an upgrade) is read
+    from its end only, however large it is.
     """
+    quota = max(0, quota)
     try:
         with open(path, "rb") as handle:
             head = handle.read(_HEADER.size)
-            size = handle.seek(0, os.SEEK_END)
             if len(head) == _HEADER.size and head[:4] == MAGIC:
-                start, body = int(_HEADER.unpack(head)[1]), _HEADER.size
-            else:
-                start, body = 0, 0
-            handle.seek(max(body, size - quota))
-            data = handle.read(quota) if quota else b""
+                _, ring, total = _HEADER.unpack(head)
+                return _read_ring(handle, ring, total, quota)
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - quota)
+            handle.seek(start)
+            return handle.read(quota), start
     except FileNotFoundError:
-        return None
-    return start, start + size - body, data
+        return b"", 0
 
 
-def _unlink(path: Path) -> None:
-    """Remove a file if it exists."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+def _read_ring(handle: BinaryIO, ring: int, total: int, quota: int) -> tuple[bytes, int]:
+    """The last min(quota, ring / 2, total) bytes of a ring spool and the count before them."""
+    keep = min(quota, ring // 2, total)
+    first = total - keep
+    out = bytearray()
+    while len(out) < keep:
+        slot = (first + len(out)) % ring
+        handle.seek(_HEADER.size + slot)
+        piece = handle.read(min(keep - len(out), ring - slot))
+        if not piece:
+            break  # a truncated file: report what is there
+        out += piece
+    return bytes(out), total - len(out)

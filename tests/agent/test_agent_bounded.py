@@ -121,3 +121,44 @@ def test_update_log_is_rotated_when_it_grows_past_its_limit(tmp_path: Path) -> N
     log.write_bytes(b"small")
     rotate_log(log, MAX_UPDATE_LOG)
     assert log.read_bytes() == b"small"
+
+
+def test_after_a_kill_9_the_restarted_agent_reports_the_exact_tail_from_the_ring_spool(
+    tmp_path: Path, fake_server
+) -> None:  # type: ignore[no-untyped-def]
+    from agent_realenv import AgentProcess
+    from conftest import register
+
+    prefix = tmp_path / "p"
+    (prefix / "config").mkdir(parents=True)
+    (prefix / "config" / "assist.toml").write_text(
+        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
+    )
+    identity = register(fake_server.url, fake_server.activation(), prefix / "state")
+    agent = AgentProcess(prefix, fake_server.url)
+    lines = "".join(f"line {i:06d}\n" for i in range(10000)).encode()  # 120,000 bytes
+    state = fake_server.state
+    try:
+        agent.wait_connected()
+        script = "i=0; while [ $i -lt 10000 ]; do printf 'line %06d\\n' $i; i=$((i+1)); done\n"
+        invoke = state.add_task(identity.instance_id, script=script + "sleep 60\n")
+        spool = prefix / "state" / "spool" / f"{invoke}-0.out"
+        deadline = time.time() + 60
+        while time.time() < deadline:  # all printed (the ring's header counts every byte)
+            if spool.exists() and int.from_bytes(spool.read_bytes()[8:16], "big") == len(lines):
+                break
+            time.sleep(0.1)
+        assert spool.stat().st_size <= 2 * QUOTA + 16
+        agent.kill9()
+    finally:
+        agent.stop()
+    restarted = AgentProcess(prefix, fake_server.url)
+    try:
+        assert state.wait(lambda s: s.results_for(invoke), timeout=30), restarted.log()
+        [result] = state.results_for(invoke)
+        assert result["error_code"] == "AgentRestarted"
+        assert base64.b64decode(result["output"]) == lines[-QUOTA:]
+        assert result["dropped"] == len(lines) - QUOTA
+        assert not spool.exists()
+    finally:
+        restarted.stop()

@@ -8,15 +8,15 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.spool import Spool, previous_segment, read_tail, spool_path
+from agent.spool import Spool, read_tail, spool_path
 
 QUOTA = 1000
-HEADER = 12
+HEADER = 16
 
 
 def spool_bytes(path: Path) -> int:
-    """Bytes the spool occupies now (both segments)."""
-    return sum(p.stat().st_size for p in (path, previous_segment(path)) if p.exists())
+    """Bytes the spool occupies now."""
+    return path.stat().st_size if path.exists() else 0
 
 
 @settings(max_examples=150, deadline=None)
@@ -32,32 +32,46 @@ def test_spool_keeps_the_exact_tail_within_two_segments(sizes: list[int]) -> Non
             data = bytes((n * 7 + i) % 251 for i in range(size))
             spool.write(data)
             written += data
-            assert spool_bytes(path) <= 2 * (QUOTA + HEADER)
+            assert spool_bytes(path) <= 2 * QUOTA + HEADER
             tail, dropped = read_tail(path, QUOTA)
             assert tail == bytes(written[-QUOTA:])
             assert dropped == len(written) - len(tail)
         spool.discard()
-        assert not path.exists() and not previous_segment(path).exists()
+        assert not path.exists()
 
 
 def test_spool_files_are_private(tmp_path: Path) -> None:
     path = spool_path(tmp_path / "state", "t-1", "0")
     spool = Spool(path, QUOTA)
     spool.write(b"x" * (QUOTA + 10))
-    spool.write(b"y" * 10)
     assert os.stat(path.parent).st_mode & 0o777 == 0o700
-    for segment in (path, previous_segment(path)):
-        assert os.stat(segment).st_mode & 0o777 == 0o600
+    assert os.stat(path).st_mode & 0o777 == 0o600
 
 
-def test_a_crash_between_the_two_renames_loses_nothing_reported(tmp_path: Path) -> None:
-    path = spool_path(tmp_path, "t-1", "0")
-    spool = Spool(path, QUOTA)
-    spool.write(b"a" * QUOTA)  # the current segment is full
-    spool.close()
-    os.replace(path, previous_segment(path))  # the agent died right after the first rename
-    assert read_tail(path, QUOTA) == (b"a" * QUOTA, 0)
-    assert read_tail(path, 10) == (b"a" * 10, QUOTA - 10)
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=3 * QUOTA), min_size=1, max_size=20),
+    st.integers(min_value=1, max_value=QUOTA),
+)
+def test_a_crash_between_data_and_header_keeps_the_promised_tail(
+    sizes: list[int], torn: int
+) -> None:
+    """The agent died after writing the next piece's bytes but before the header said so."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = spool_path(Path(tmp), "t-1", "0")
+        spool = Spool(path, QUOTA)
+        for n, size in enumerate(sizes):
+            spool.write(bytes([n % 256]) * size)
+        before = read_tail(path, QUOTA)
+        ring = 2 * QUOTA
+        with open(path, "r+b") as handle:  # the torn write: up to QUOTA new bytes, no header
+            for i in range(torn):
+                handle.seek(HEADER + (spool.total + i) % ring)
+                handle.write(b"!")
+        assert read_tail(path, QUOTA) == before
+        spool.discard()
 
 
 def test_an_older_agents_huge_spool_is_read_from_its_end_only(tmp_path: Path) -> None:
