@@ -237,7 +237,7 @@ def test_artifact_with_wrong_length(world: World) -> None:
     assert_refused(world, refresh_first=True)
 
 
-def _evil_tarball(out: Path, version: str, member: tarfile.TarInfo) -> Path:
+def _evil_tarball(out: Path, version: str, member: tarfile.TarInfo | list[tarfile.TarInfo]) -> Path:
     with tarfile.open(out, "w:gz") as tar:
         for name, data in (
             (f"versions/{version}/VERSION", f"{version}\n".encode()),
@@ -246,7 +246,8 @@ def _evil_tarball(out: Path, version: str, member: tarfile.TarInfo) -> Path:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
             tar.addfile(info, io.BytesIO(data))
-        tar.addfile(member, io.BytesIO(b"x") if member.isreg() else None)
+        for extra in member if isinstance(member, list) else [member]:
+            tar.addfile(extra, io.BytesIO(b"x") if extra.isreg() else None)
     return out
 
 
@@ -276,6 +277,30 @@ def test_signed_tarball_with_unsafe_members_is_refused(
     assert not (world.prefix / "versions" / "1.3.0").exists()
     assert not list((world.prefix / "versions").glob(".staging-*"))
     assert not (tmp_path / "escape").exists() and not Path("/etc/evil-absolute").exists()
+
+
+def test_signed_tarball_chaining_links_out_then_a_directory_changes_nothing_outside(
+    world: World, tmp_path: Path
+) -> None:
+    """Issue 10.1 through the real apply: `l -> .`, `a -> l/..`, `b -> a/..`, `c -> b/..` (each
+    lexically inside), then a directory member `c` (0700). The old staging followed `c` and
+    chmodded the directory above the prefix 755 -> 700 before it refused the update."""
+    tmp_path.chmod(0o755)
+    chain = [
+        _member("versions/1.3.0/l", tarfile.SYMTYPE, "."),
+        _member("versions/1.3.0/a", tarfile.SYMTYPE, "l/.."),
+        _member("versions/1.3.0/b", tarfile.SYMTYPE, "a/.."),
+        _member("versions/1.3.0/c", tarfile.SYMTYPE, "b/.."),
+        _member("versions/1.3.0/c", tarfile.DIRTYPE),
+    ]
+    chain[-1].mode = 0o700
+    evil = _evil_tarball(tmp_path / "aliyun-assist-1.3.0-linux-x86_64.tar.gz", "1.3.0", chain)
+    publish(world.repo, world.keys, [evil])
+    outside = {p: (p.stat().st_mode, p.stat().st_mtime_ns) for p in (tmp_path, world.prefix)}
+    assert_refused(world, refresh_first=True)
+    assert {p: (p.stat().st_mode, p.stat().st_mtime_ns) for p in outside} == outside
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o755"
+    assert not list((world.prefix / "versions").glob(".staging-*"))
 
 
 @pytest.mark.parametrize("role", ["timestamp", "snapshot", "targets", "root"])
