@@ -31,7 +31,7 @@ from updater.policy import (
     plan_update,
     versions_to_prune,
 )
-from updater.recovery import recover_locked
+from updater.recovery import HealthPatience, recover_locked
 from updater.staging import (
     StreamStager,
     clean_staging,
@@ -131,14 +131,14 @@ class Updater:
         """Refresh trusted metadata and say what apply would do."""
         self.layout.ensure()
         with hold_lock(self.layout.state_dir):
-            recover_locked(self.layout, self.service, max_failures=self.settings.max_failures)
+            self._recover()
             return self._plan(None, allow_downgrade=False)
 
     def apply(self, version: str | None = None, *, allow_downgrade: bool = False) -> Outcome:
         """Update to the newest (or the given) version; roll back if it is not healthy."""
         self.layout.ensure()
         with hold_lock(self.layout.state_dir):
-            recover_locked(self.layout, self.service, max_failures=self.settings.max_failures)
+            self._recover()
             current = read_pointer(self.layout)
             if current is None:
                 raise LocalStateError(
@@ -159,7 +159,7 @@ class Updater:
         """Go back to `previous` (no network needed) and restart."""
         self.layout.ensure()
         with hold_lock(self.layout.state_dir):
-            recover_locked(self.layout, self.service, max_failures=self.settings.max_failures)
+            self._recover()
             current = read_pointer(self.layout)
             previous = read_pointer(self.layout, "previous")
             if not previous or previous == current:
@@ -181,6 +181,16 @@ class Updater:
             return Outcome("rolled_back", current, previous, "manual rollback")
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _recover(self) -> str:
+        """Finish or undo an interrupted update first (with this run's health patience)."""
+        s = self.settings
+        return recover_locked(
+            self.layout,
+            self.service,
+            max_failures=s.max_failures,
+            health=HealthPatience(s.health_timeout, s.settle),
+        )
 
     def _plan(self, version: str | None, *, allow_downgrade: bool) -> Plan:
         repo = self._repo()
@@ -316,7 +326,11 @@ class Updater:
         # Counted before the journal says rolling_back: a kill between the two makes recovery
         # repeat the count, which the attempt id turns into a no-op (never a lost count).
         count_failure(
-            self.layout.state_dir, journal.to_version, self.settings.max_failures, journal.attempt
+            self.layout.state_dir,
+            journal.to_version,
+            self.settings.max_failures,
+            journal.attempt,
+            reason,
         )
         jr.crash_point(FAILURE_COUNTED)
         journal = jr.advance(journal, jr.ROLLING_BACK, rollback_to=old, error=reason)
