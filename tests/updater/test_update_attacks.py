@@ -367,6 +367,60 @@ def test_mirror_hanging_mid_body_is_left_behind_and_download_resumes_elsewhere(
     assert elapsed < 15
 
 
+def test_apply_with_a_trickling_mirror_exits_once_its_work_is_done(world: World) -> None:
+    """Issue 10.8, through the real console script: a second mirror answers a byte every 2 s.
+    The old probe thread (a non-daemon executor worker reading 8 KiB at a time) kept the
+    process alive for len(timestamp.json) x 2 s (many minutes) after "updated"; now the
+    process ends when its work does. The subprocess timeout is a hang bound, not a benchmark."""
+    import subprocess
+    import sys
+    import threading
+
+    stop = threading.Event()
+
+    def trickle(handler: Any) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        try:
+            while not stop.wait(2.0):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+        except OSError:
+            pass  # the client went away
+        return True
+
+    # the default probe_timeout (3 s) is longer than the gap between bytes: no read times out
+    with StaticServer(world.repo) as slow:
+        slow.hook = trickle
+        try:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "updater.cli",
+                    "apply",
+                    "--prefix",
+                    str(world.prefix),
+                    "--mirror",
+                    slow.url,
+                    "--mirror",
+                    world.server.url,
+                    "--service",
+                    "none",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+        finally:
+            stop.set()
+    assert proc.returncode == 0, proc.stderr
+    assert "1.1.0 -> 1.2.0" in proc.stdout
+    assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
+
+
 def test_unknown_channel_is_an_error_not_up_to_date(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
