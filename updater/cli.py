@@ -248,6 +248,11 @@ def _report(args: argparse.Namespace, outcome: Outcome) -> None:
         return
     if outcome.result == "updated":
         print(f"updated {outcome.from_version or '-'} -> {outcome.to_version}")
+    elif outcome.result == "installed":
+        print(
+            f"installed {outcome.from_version or '-'} -> {outcome.to_version}, "
+            f"but the agent is NOT running: {outcome.reason}"
+        )
     elif outcome.result == "up_to_date":
         print(f"up to date ({outcome.to_version})")
     else:

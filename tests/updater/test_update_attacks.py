@@ -421,6 +421,20 @@ def test_apply_with_a_trickling_mirror_exits_once_its_work_is_done(world: World)
     assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
 
 
+def test_apply_with_service_none_and_no_agent_running_never_says_updated(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13.3 through the real CLI: nothing runs the agent here, so the apply says the new
+    version is installed but NOT running and how to start it, never "updated"."""
+    capsys.readouterr()
+    assert world.apply() == 0
+    out = capsys.readouterr().out
+    assert not out.startswith("updated")
+    assert "installed 1.1.0 -> 1.2.0, but the agent is NOT running" in out
+    assert f"assist-agent run --prefix {world.prefix}" in out
+    assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
+
+
 def test_unknown_channel_is_an_error_not_up_to_date(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
