@@ -131,7 +131,8 @@ def install(
     argv = [sys.executable, "-m", "installer.cli", "agent", "--prefix", str(prefix)]
     argv += ["--mirror", mirror.url, "--trust-root", str(release["keys"] / "root.json")]
     argv += ["--service", "process", "--health-timeout", "60", "--json", *extra]
-    env = {**os.environ, "ALIYUN_ASSIST_PYTHON": sys.executable, **kw.pop("env", {})}
+    env = {**os.environ, "ALIYUN_ASSIST_PYTHON": sys.executable, "ASSIST_PYTHON": sys.executable}
+    env.update(kw.pop("env", {}))
     return subprocess.run(
         argv, capture_output=True, text=True, env=env, timeout=300, check=False, **kw
     )
@@ -173,7 +174,9 @@ def test_one_step_install_registers_and_runs_an_invocation_without_showing_the_c
             item = op.run("echo 123", instance_id)
             assert item["InvocationStatus"] == "Success", item
             assert base64.b64decode(item["Output"]) == b"123\n"
-        assert watch.scans > 10 and watch.seen == []
+            subprocess.run(["sh", "-c", "sleep 0.5", "control", code], check=True)  # must be seen
+        assert watch.scans > 10
+        assert set(watch.seen) == {f"sh -c sleep 0.5 control {code} "}, watch.seen
         # state left: the identity under state/, the agent running without the code in its env
         identity = json.loads((prefix / "state" / "identity.json").read_text())
         assert identity["instance_id"] == instance_id
