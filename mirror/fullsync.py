@@ -22,28 +22,24 @@ from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from common.atomic import atomic_write_bytes
 from common.errors import ConfigError, NoSpaceError, NotFoundError, VerificationError
 from common.platform import DEB_ARCH
+from common.targets import parse_targets
+from common.trust import TufTransport
 from mirror import apt, yum
+from mirror.anchor import prepare_trust, promote_trust, refresh_metadata, shipped_root
 from mirror.bootstrap import render_bootstraps
 from mirror.gpg import keyring_fingerprints, verify_clearsigned, verify_detached
 from mirror.plan import (
     FileEntry,
     channels_of,
     keep_newest,
-    parse_targets,
     plan_fetch,
     select_targets,
+    target_entry,
 )
 from mirror.source import Source
 from mirror.state import MirrorState, save_state, state_dir
 from mirror.storage import FileStorage, Publication
 from mirror.sync import MAX_METADATA, SyncOptions, SyncReport, is_content
-from mirror.tufclient import (
-    TufFetcher,
-    prepare_trust,
-    promote_trust,
-    refresh_metadata,
-    shipped_root,
-)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +116,7 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     stage = _Stage(state_dir(root) / "staging")
     stage.dir.mkdir(parents=True, exist_ok=True)
     _clear_staged_indexes(stage.dir)
-    stage.content = [t.entry() for t in select_targets(all_targets, options.filters)]
+    stage.content = [target_entry(t) for t in select_targets(all_targets, options.filters)]
 
     def have(entry: FileEntry) -> bool:
         return _have(root, stage.dir, state, entry)
@@ -411,7 +407,7 @@ def _stage_yum(options: SyncOptions, stage: _Stage, channel: str, keyring: Path 
 def _stage_metadata(
     options: SyncOptions,
     stage: _Stage,
-    fetcher: TufFetcher,
+    fetcher: TufTransport,
     initial_root: bytes,
     md: dict[str, bytes],
     keyring: Path | None,

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError, UsageError, VerificationError
+from common.targets import TargetInfo
 from mirror import apt, yum
 from mirror.bootstrap import render_bootstraps
 from mirror.plan import (
     FileEntry,
     Filters,
-    Target,
     channels_of,
     keep_newest,
     plan_fetch,
@@ -29,8 +29,8 @@ def target(
     arch: str = "x86_64",
     fmt: str = "deb",
     channels: tuple[str, ...] = ("stable",),
-) -> Target:
-    return Target(
+) -> TargetInfo:
+    return TargetInfo(
         f"{package}/{version}/{package}_{version}.{fmt}",
         10,
         "ab" * 32,

@@ -468,7 +468,7 @@ def test_a_wrong_trust_root_pins_nothing_and_a_right_one_then_works(
     # the trusted root stays; the other --trust-root (and the keyring next to it) is ignored
     origin.publish(make_deb(tmp_path, "demo", "3.0"))
     opts.trust_root = other / "root.json"
-    with caplog.at_level("WARNING", logger="mirror.tufclient"):
+    with caplog.at_level("WARNING", logger="mirror.anchor"):
         assert sync(opts).changed
     assert any(
         "differs from the root this mirror already trusts" in r.getMessage()
