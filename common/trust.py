@@ -37,7 +37,7 @@ from common.errors import (
 from common.fetch import EndlessDataError, Fetcher
 from common.hashing import PieceGate, valid_pieces
 from common.imports import optional_sdks_hidden
-from common.targets import TargetInfo, parse_targets
+from common.targets import KEY_TARGETS, TargetInfo, parse_targets
 from common.version import version_sort_key
 
 with optional_sdks_hidden():  # tuf's signer registry would load unused cloud SDKs on every start
@@ -296,6 +296,21 @@ class TrustedRepository:
         if len(trusted.hashes) > 1:
             self._verify_other_hashes(trusted, dest)
         return dest
+
+    def fetch_release_keys(self, dest_dir: Path) -> Path:
+        """The release's public keys (TUF targets keys/<name>) into dest_dir, verified through
+        the pinned root: a keys directory for common.native_sig. NotFoundError if the
+        repository publishes none (a repository from before keys were targets)."""
+        keys = [t for t in self.all_targets() if t.path in KEY_TARGETS]
+        if not keys:
+            raise NotFoundError(
+                "the repository publishes no release keys as TUF targets (keys/…)",
+                hint="re-publish the repository (assist-pkgbuild publish) or pass the keys "
+                "directory explicitly",
+            )
+        for target in keys:
+            self.download(target, dest_dir)
+        return Path(dest_dir)
 
     def _verify_other_hashes(self, trusted: TargetFile, dest: Path) -> None:
         """Check every hash the metadata lists, not only the sha256 checked while streaming."""

@@ -172,6 +172,29 @@ def test_a_target_without_package_fields_is_signed_content_for_every_client(
     assert state.joinpath("tuf", "targets.json").is_file()
 
 
+def test_release_keys_are_fetched_through_tuf(
+    repo: TufRepo, server: StaticServer, state: Path, tmp_path: Path
+) -> None:
+    """An installer with only root.json gets the native-signature keys verified by TUF; a
+    swapped key file on the mirror is refused and nothing is left in the keys directory."""
+    with pytest.raises(NotFoundError, match="no release keys"):
+        client(repo, state, server.url).fetch_release_keys(tmp_path / "none")
+    for name in ("archive-keyring.gpg", "RPM-GPG-KEY-assist", "authenticode.crt"):
+        add_plain_target(repo, f"keys/{name}", f"{name} bytes".encode())
+    repo.publish()
+    keys = client(repo, state, server.url).fetch_release_keys(tmp_path / "keys")
+    assert sorted(p.name for p in keys.iterdir()) == [
+        "RPM-GPG-KEY-assist",
+        "archive-keyring.gpg",
+        "authenticode.crt",
+    ]
+    assert (keys / "authenticode.crt").read_bytes() == b"authenticode.crt bytes"
+    repo.stored_target("keys/RPM-GPG-KEY-assist").write_bytes(b"RPM-GPG-KEY-assist bytez")
+    with pytest.raises(VerificationError):
+        client(repo, state, server.url).fetch_release_keys(tmp_path / "swapped")
+    assert not (tmp_path / "swapped" / "RPM-GPG-KEY-assist").exists()
+
+
 def test_find_names_what_exists(repo: TufRepo, server: StaticServer, state: Path) -> None:
     trusted_repo = client(repo, state, server.url)
     with pytest.raises(NotFoundError) as info:
