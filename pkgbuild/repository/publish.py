@@ -79,7 +79,7 @@ def init_repository(repo: Path, keys: Path, expires: dict[str, datetime.timedelt
             )
         root = initial_root(keys, state.expires["root"])
         write_root(repo, root)
-        current = commit_chain(repo, keys, state, root, {}, None)
+        current = commit_chain(repo, keys, state, root, key_targets(repo, keys), None)
         sync_channels(repo, keys, current, [DEFAULT_CHANNEL])
         write_public_keys(repo, keys)
         write_bootstrap(repo, keys)
@@ -96,7 +96,7 @@ def is_interrupted_init(repo: Path, keys: Path) -> bool:
     return (
         current.root.signed.version == 1
         and current.targets.signed.version == 1
-        and not current.targets.signed.targets
+        and not package_targets(current.targets.signed.targets)
         and root_matches_keys(current.root.signed, keys)
     )
 
