@@ -1,6 +1,6 @@
 """Mirror selection (DESIGN.md §4): region detection, candidate tiers, concurrent probing, ranking.
 
-Decisions (`candidate_mirrors`, `rank_mirrors`, `valid_region`) are pure functions over data; the
+Decisions (`candidate_mirrors`, `rank_mirrors`; the region table is common.regions) are pure functions over data; the
 I/O (metadata service, probing) sits at the edges and takes its HTTP session as a parameter.
 
 Tiers: 0 = explicit (`--mirror` / config `mirrors`), 1 = the region's intranet mirror,
@@ -26,13 +26,13 @@ from common.atomic import atomic_write_text
 from common.config import REGION_ENV, MirrorConfig
 from common.errors import ConfigError, DownloadError, UsageError
 from common.fetch import read_small_body, resolve_proxies
+from common.regions import default_table, region_url, valid_region
 
 log = logging.getLogger(__name__)
 
 PROBE_PATH = "metadata/timestamp.json"
 PROBE_MAX_BYTES = 1 << 20  # a timestamp.json is a few hundred bytes; anything huge is garbage
 REGION_FILE = "region-id"
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 TIER_EXPLICIT = 0
 TIER_INTRANET = 1
@@ -71,11 +71,6 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/") + "/"
 
 
-def valid_region(region: str) -> bool:
-    """A region id is a short lowercase slug (cn-hangzhou); anything else is refused."""
-    return bool(_REGION.match(region))
-
-
 def candidate_mirrors(
     config: MirrorConfig, region: str, explicit: Sequence[str] = ()
 ) -> list[Candidate]:
@@ -85,7 +80,7 @@ def candidate_mirrors(
         return _dedupe([Candidate(normalize_url(u), TIER_EXPLICIT) for u in named])
     out: list[Candidate] = []
     if region and config.intranet_template:
-        url = config.intranet_template.replace("{region}", region)
+        url = region_url(region, default_table(config.intranet_template))
         out.append(Candidate(normalize_url(url), TIER_INTRANET))
     if config.internet_origin:
         out.append(Candidate(normalize_url(config.internet_origin), TIER_INTERNET))

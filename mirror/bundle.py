@@ -18,10 +18,11 @@ from pathlib import Path
 from common.atomic import atomic_open
 from common.errors import UsageError, VerificationError
 from common.extract import extract_tar
+from mirror.options import SyncOptions, SyncReport, is_content
 from mirror.plan import Filters
 from mirror.source import DirSource
 from mirror.state import load_state, locked, require_mirror, state_dir
-from mirror.sync import SyncOptions, SyncReport, is_content, sync
+from mirror.sync import sync
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from common.config import Config, load_config
 from common.errors import UsageError
 from common.imports import preload_tuf
 from common.listen import add_limit_options, limits_from_args, parse_listen
+from common.regions import load_table, region_url
 from mirror.plan import Filters
-from mirror.regions import load_table, region_url
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keyring",
         type=Path,
         metavar="FILE",
-        help="pinned OpenPGP keyring for apt/yum (archive-keyring.gpg)",
+        help="OpenPGP keyring for apt/yum, overriding the signed keys/archive-keyring.gpg target",
     )
     p.add_argument(
         "--public-url",
@@ -150,9 +150,10 @@ def _filters(args: argparse.Namespace) -> Filters:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """assist-mirror sync."""
+    from mirror.options import SyncOptions
     from mirror.source import HttpSource
     from mirror.storage import S3Storage, Storage, make_s3_client, parse_s3_url
-    from mirror.sync import SyncOptions, sync
+    from mirror.sync import sync
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")

@@ -122,7 +122,7 @@ def _opt(args: argparse.Namespace, name: str, default: float) -> float:
 
 
 def _updater(args: argparse.Namespace, config: Config, layout: Layout, remote: bool) -> Updater:
-    from common.trust import verify_native
+    from common.native_sig import verify_native
 
     repo = None
     if remote:
