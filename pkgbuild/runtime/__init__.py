@@ -147,10 +147,12 @@ def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
     log.warning("building the %s runtime %s (first build: tens of minutes)", arch, recipe.digest())
     root.mkdir(parents=True, exist_ok=True)
     sources = fetch_sources(root / "src", recipe.sources)
+    # the work directory outlives a failed or killed build: the next run resumes from its stamps
+    work = root / f"work-{arch}-{recipe.digest()}"
     with tempfile.TemporaryDirectory(prefix=f"runtime-{arch}-", dir=root) as tmp:
         out = Path(tmp) / "out"
         started = time.monotonic()
-        run_build(recipe, zig, sources, Path(tmp) / "work", out, jobs)
+        run_build(recipe, zig, sources, work, out, jobs)
         info = {
             "recipe": recipe.digest(),
             "arch": arch,
@@ -162,6 +164,7 @@ def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
         if build.exists():
             shutil.rmtree(build)
         os.replace(out, build)
+    shutil.rmtree(work, ignore_errors=True)
     log.info("runtime %s built in %ss into %s", recipe.digest(), info["build_seconds"], build)
     return build
 
@@ -193,19 +196,17 @@ def fetch_sources(dest: Path, sources: Mapping[str, str]) -> Path:
 def run_build(recipe: Recipe, zig: Path, sources: Path, work: Path, out: Path, jobs: int) -> None:
     """Run build-runtime.sh at low priority; a failure keeps its log and names it."""
     env = dict(os.environ, ZIG=str(zig), JOBS=str(jobs), BUILD_PYTHON=_build_python())
-    log_path = work.parent / "build.log"
+    log_path = work.parent / f"build-{recipe.arch}-{recipe.digest()}.log"
     cmd = ["nice", "-n", "15", "sh", str(BUILD_SCRIPT), recipe.zig_target, str(sources)]
-    with log_path.open("w", encoding="utf-8") as log_file:
+    with log_path.open("a", encoding="utf-8") as log_file:
         proc = subprocess.run(
             [*cmd, str(work), str(out)], env=env, stdout=log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, check=False,
         )  # fmt: skip
     if proc.returncode != 0:
-        kept = log_path.parent.parent / f"build-{recipe.arch}-{recipe.digest()}-failed.log"
-        shutil.copyfile(log_path, kept)
         raise ToolError(
             f"the {recipe.arch} runtime build failed (exit {proc.returncode})",
-            hint=f"see {kept}",
+            hint=f"see {log_path}; rerunning resumes after the last finished stage",
         )
 
 
