@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import LocalStateError, ToolError, UsageError
@@ -46,6 +46,10 @@ ZIG_TARGETS = {
     "aarch64": f"aarch64-linux-gnu.{GLIBC_FLOOR}",
 }
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build-runtime.sh"
+# Autoconf answers that a cross build cannot find out by running a test program on the build host.
+CROSS_ENV: Mapping[str, Mapping[str, str]] = {
+    "aarch64": {"ac_cv_buggy_getaddrinfo": "no"},
+}
 # What the agent never needs: dropped when a build is copied into a payload.
 STRIPPED_DIRS = frozenset(
     {
@@ -67,6 +71,7 @@ class Recipe:
     sources: Mapping[str, str]
     script_sha256: str
     zig_version: str
+    env: Mapping[str, str] = field(default_factory=dict)  # extra build environment (cross)
 
     @property
     def zig_target(self) -> str:
@@ -74,17 +79,17 @@ class Recipe:
 
     def digest(self) -> str:
         """A short hash of the recipe: the cache key."""
-        text = json.dumps(
-            {
-                "arch": self.arch,
-                "sources": dict(sorted(self.sources.items())),
-                "script": self.script_sha256,
-                "zig": self.zig_version,
-                "python": PYTHON_VERSION,
-                "floor": GLIBC_FLOOR,
-            },
-            sort_keys=True,
-        )
+        fields: dict[str, object] = {
+            "arch": self.arch,
+            "sources": dict(sorted(self.sources.items())),
+            "script": self.script_sha256,
+            "zig": self.zig_version,
+            "python": PYTHON_VERSION,
+            "floor": GLIBC_FLOOR,
+        }
+        if self.env:
+            fields["env"] = dict(sorted(self.env.items()))
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -110,7 +115,13 @@ def make_recipe(arch: str, zig_ver: str) -> Recipe:
     if arch not in ZIG_TARGETS:
         raise UsageError(f"no runtime for arch {arch!r}", hint="use x86_64 or aarch64")
     script = hashlib.sha256(BUILD_SCRIPT.read_bytes()).hexdigest()
-    return Recipe(arch=arch, sources=dict(SOURCES), script_sha256=script, zig_version=zig_ver)
+    return Recipe(
+        arch=arch,
+        sources=dict(SOURCES),
+        script_sha256=script,
+        zig_version=zig_ver,
+        env=dict(CROSS_ENV.get(arch, {})),
+    )
 
 
 def cache_root(env: Mapping[str, str] | None = None) -> Path:
@@ -195,7 +206,7 @@ def fetch_sources(dest: Path, sources: Mapping[str, str]) -> Path:
 
 def run_build(recipe: Recipe, zig: Path, sources: Path, work: Path, out: Path, jobs: int) -> None:
     """Run build-runtime.sh at low priority; a failure keeps its log and names it."""
-    env = dict(os.environ, ZIG=str(zig), JOBS=str(jobs), BUILD_PYTHON=_build_python())
+    env = dict(os.environ, **recipe.env, ZIG=str(zig), JOBS=str(jobs), BUILD_PYTHON=_build_python())
     log_path = work.parent / f"build-{recipe.arch}-{recipe.digest()}.log"
     cmd = ["nice", "-n", "15", "sh", str(BUILD_SCRIPT), recipe.zig_target, str(sources)]
     with log_path.open("a", encoding="utf-8") as log_file:
