@@ -50,7 +50,8 @@ runtime: install
 	ASSIST_RUNTIME_CACHE=$(RUNTIME_CACHE) $(BIN)/python -m pkgbuild.runtime --arch x86_64
 
 runtime-aarch64: runtime
-	@command -v qemu-aarch64-static >/dev/null || apt-get install -y -qq qemu-user-static
+	@command -v qemu-aarch64-static >/dev/null && [ -d /usr/aarch64-linux-gnu/lib ] || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static libc6-arm64-cross
 	ASSIST_RUNTIME_CACHE=$(RUNTIME_CACHE) $(BIN)/python -m pkgbuild.runtime --arch aarch64
 # ---------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ Needs the runtime that `make runtime` builds into the machine-wide cache (skips 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -99,3 +100,26 @@ def test_shipped_runtime_imports_everything_the_agent_needs_isolated(
     prefix, openssl, _sqlite = proc.stdout.strip().split("|")
     assert prefix == str(python.parent.parent)
     assert openssl.startswith("OpenSSL 3.")
+
+
+@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None, reason="no qemu-user-static")
+def test_aarch64_runtime_imports_ssl_cryptography_tuf_under_qemu(
+    keydir: Path, tmp_path: Path
+) -> None:
+    """The aarch64 release tar.gz, unpacked, runs its own python3 under qemu-user."""
+    require_runtime("aarch64")
+    tarball = build_release(keydir, tmp_path / "dist", "tar.gz", "aarch64")["tar.gz"]
+    tree = unpack_artifact(tarball, tmp_path / "arm")
+    python = tree / "versions/1.0.0/runtime/bin/python3"
+    assert python.resolve().read_bytes()[18:20] == (183).to_bytes(2, "little")  # EM_AARCH64
+    proc = subprocess.run(
+        ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu", str(python), "-I", "-c",
+         "import ssl, cryptography, tuf, platform; "
+         "from cryptography.hazmat.primitives.asymmetric import ed25519; "
+         "ed25519.Ed25519PrivateKey.generate(); "
+         "print(platform.machine(), ssl.OPENSSL_VERSION, cryptography.__version__)"],
+        env={}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    print(f"\naarch64 under qemu: {proc.stdout.strip()}")
+    assert proc.stdout.startswith("aarch64 OpenSSL 3.")
