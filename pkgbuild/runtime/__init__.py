@@ -59,7 +59,10 @@ STRIPPED_DIRS = frozenset(
     }
 )  # fmt: skip
 STRIPPED_SUFFIXES = (".a", ".pyc", ".pyo", ".exe")
-STRIPPED_BIN = ("idle3", "idle3.11", "pydoc3", "pydoc3.11", "2to3", "2to3-3.11")
+STRIPPED_BIN = (
+    "idle3", "idle3.11", "pydoc3", "pydoc3.11", "2to3", "2to3-3.11", "python3-config",
+    "python3.11-config",
+)  # fmt: skip
 HINT = "run `make runtime` (needs Debian's deb-src lists and the ziglang package)"
 
 
