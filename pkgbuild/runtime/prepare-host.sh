@@ -2,7 +2,8 @@
 # Prepare a build host for the agent runtime (docs/runtime.md), idempotently:
 #  1. a deb-src entry for every Debian `deb` source apt already uses (apt-get source needs it);
 #  2. the python-less Debian 11 root that tests/e2e/test_no_python_vm.py copies per test,
-#     made by `debootstrap --variant=minbase bullseye` from the Debian mirror apt already uses.
+#     made by `debootstrap --variant=minbase --include=wget bullseye` from the Debian mirror apt
+#     already uses.
 # Usage: prepare-host.sh CACHE_DIR
 set -eu
 CACHE=$1
@@ -27,7 +28,9 @@ fi
 mkdir -p "$CACHE"
 if [ ! -f "$CACHE/bullseye-minbase/etc/debian_version" ]; then
     rm -rf "$CACHE/bullseye-minbase.tmp"
-    nice -n 10 debootstrap --variant=minbase bullseye "$CACHE/bullseye-minbase.tmp" "$MIRROR" >/dev/null
+    # wget: bootstrap.sh needs curl or wget; neither pulls in python3
+    nice -n 10 debootstrap --variant=minbase --include=wget bullseye "$CACHE/bullseye-minbase.tmp" \
+        "$MIRROR" >/dev/null
     mv "$CACHE/bullseye-minbase.tmp" "$CACHE/bullseye-minbase"
 fi
 echo "host ready: deb-src in $LIST, Debian 11 root in $CACHE/bullseye-minbase"

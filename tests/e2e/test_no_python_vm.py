@@ -9,15 +9,19 @@ Needs root (chroot, mount) and the cached runtime; skips otherwise.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from httpserver import StaticServer
 from runtimekit import build_release, require_bullseye_root, require_runtime
 
 from server.testing import ServerHandle, launch_server
@@ -97,8 +101,6 @@ def sdk_echo_123(server: ServerHandle, instance_id: str) -> dict[str, object]:
     client = AcsClient(key_id, secret, "cn-hangzhou", timeout=30)
 
     def send(request: object) -> dict[str, object]:
-        import json
-
         request.set_endpoint(server.url.split("://", 1)[1])  # type: ignore[attr-defined]
         request.set_protocol_type("http")  # type: ignore[attr-defined]
         return dict(json.loads(client.do_action_with_exception(request)))
@@ -125,15 +127,8 @@ def sdk_echo_123(server: ServerHandle, instance_id: str) -> dict[str, object]:
         time.sleep(0.5)
 
 
-def test_deb_in_python_less_debian_11_runs_echo_123(
-    vm: Path, server: ServerHandle, keydir: Path, tmp_path: Path
-) -> None:
-    require_runtime("x86_64")
-    assert in_vm(vm, "sh", "-c", "command -v python3 || ls /usr/bin/python*").returncode != 0
-    deb = build_release(keydir, tmp_path / "dist", "deb")["deb"]
-    shutil.copyfile(deb, vm / "tmp" / deb.name)
-    installed = in_vm(vm, "dpkg", "-i", f"/tmp/{deb.name}")
-    assert installed.returncode == 0, installed.stderr + installed.stdout
+def register_and_echo_123(vm: Path, server: ServerHandle, tmp_path: Path) -> None:
+    """Register the installed agent, run it in the root, and get echo 123 back via the SDK."""
     assert in_vm(vm, "sh", "-c", "command -v python3").returncode != 0, "still no python3"
     write_agent_config(vm, server.url)
     agent = f"{PREFIX}/current/bin/assist-agent"
@@ -144,8 +139,6 @@ def test_deb_in_python_less_debian_11_runs_echo_123(
         "--json",
     )  # fmt: skip
     assert registered.returncode == 0, registered.stderr
-    import json
-
     instance_id = json.loads(registered.stdout)["instance_id"]
     log = (tmp_path / "agent.log").open("wb")
     proc = subprocess.Popen(
@@ -166,4 +159,48 @@ def test_deb_in_python_less_debian_11_runs_echo_123(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-    print((tmp_path / "agent.log").read_text(errors="replace")[-2000:])
+
+
+def test_deb_in_python_less_debian_11_runs_echo_123(
+    vm: Path, server: ServerHandle, keydir: Path, tmp_path: Path
+) -> None:
+    require_runtime("x86_64")
+    assert in_vm(vm, "sh", "-c", "command -v python3 || ls /usr/bin/python*").returncode != 0
+    deb = build_release(keydir, tmp_path / "dist", "deb")["deb"]
+    shutil.copyfile(deb, vm / "tmp" / deb.name)
+    installed = in_vm(vm, "dpkg", "-i", f"/tmp/{deb.name}")
+    assert installed.returncode == 0, installed.stderr + installed.stdout
+    assert in_vm(vm, "dpkg-query", "-W", "aliyun-assist").stdout.split() == [
+        "aliyun-assist",
+        "1.0.0",
+    ]
+    register_and_echo_123(vm, server, tmp_path)
+
+
+def test_tarball_through_bootstrap_sh_in_python_less_debian_11_runs_echo_123(
+    vm: Path, server: ServerHandle, keydir: Path, tmp_path: Path
+) -> None:
+    """bootstrap.sh --method tarball with a pinned --version and --sha256 (no python3 to read
+    the metadata), from a repository published by assist-pkgbuild on a loopback server."""
+    require_runtime("x86_64")
+    tarball = build_release(keydir, tmp_path / "dist", "tar.gz")["tar.gz"]
+    repo = tmp_path / "repo"
+    for args in (
+        ["init", "--repo", str(repo), "--keys", str(keydir)],
+        ["publish", "--repo", str(repo), "--keys", str(keydir), str(tarball)],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "pkgbuild", *args], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+    pinned = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    shutil.copyfile(repo / "bootstrap" / "bootstrap.sh", vm / "tmp" / "bootstrap.sh")
+    with StaticServer(repo) as mirror:
+        installed = in_vm(
+            vm, "env", "ASSIST_NO_START=1", "sh", "/tmp/bootstrap.sh", "--mirror", mirror.url,
+            "--method", "tarball", "--version", "1.0.0", "--sha256", pinned,
+        )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    assert (vm / PREFIX.lstrip("/") / "current").resolve().name == "1.0.0"
+    assert (vm / "etc/init.d/aliyun-assist").is_file()
+    register_and_echo_123(vm, server, tmp_path)
