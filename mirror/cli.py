@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import add_common_options, print_json, run_cli
 from common.config import Config, load_config
@@ -15,6 +16,9 @@ from common.errors import UsageError
 from common.imports import preload_tuf
 from common.regions import load_table, region_url
 from mirror.plan import Filters
+
+if TYPE_CHECKING:
+    from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +154,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """assist-mirror sync."""
     from mirror.options import SyncOptions
     from mirror.source import HttpSource
-    from mirror.storage import S3Storage, Storage, make_s3_client, parse_s3_url
+    from mirror.storage import S3Storage, make_s3_client, parse_s3_url
     from mirror.sync import sync
 
     if args.workers < 1:
@@ -302,8 +306,14 @@ COMMANDS = {
 }
 
 
+# Commands that read TUF metadata on every run; sync loads tuf only when there is work
+# (mirror.sync), serve never: a no-op sync's one request comes before any heavy import.
+NEEDS_TUF = frozenset({"verify", "status", "prune", "export", "import"})
+
+
 def dispatch(args: argparse.Namespace) -> int:
-    preload_tuf()  # without the cloud SDKs; --dest s3:// imports boto3 itself later
+    if args.command in NEEDS_TUF:
+        preload_tuf()  # without the cloud SDKs; --dest s3:// imports boto3 itself later
     return COMMANDS[args.command](args)
 
 
