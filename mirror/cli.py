@@ -171,7 +171,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         read_timeout=config.mirror.read_timeout,
         retries=config.mirror.retries,
         proxy=config.mirror.proxy or None,
-        progress=None,  # tqdm bars on a terminal only
+        progress=False,  # no bar per file: the sync shows one overall bar
     )
     dests: list[Storage] = []
     for url in args.dest:
@@ -193,6 +193,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             trust_root=args.trust_root,
             keyring=args.keyring,
             dests=dests,
+            progress=None,  # one tqdm bar (files and bytes) on a terminal only
         )
     )
     if args.json:

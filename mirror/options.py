@@ -31,6 +31,7 @@ class SyncOptions:
     trust_root: Path | None = None
     keyring: Path | None = None
     dests: list[Storage] = field(default_factory=list)  # extra backends, e.g. S3
+    progress: bool | None = False  # one overall bar; None: only when stdout is a terminal
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
 
     def __post_init__(self) -> None:
