@@ -58,7 +58,7 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
     """Write the key (0600) and the instance id under state/, atomically."""
     from cryptography.hazmat.primitives import serialization
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pem = identity.private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

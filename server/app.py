@@ -20,6 +20,7 @@ from server import lifecycle, rpc
 from server.agent_api import auth, handlers
 from server.agent_api.auth import AgentError
 from server.api import load_actions
+from server.inputs import ascii_int
 from server.notify import Notifier
 from server.state import AgentIdentity, ServerState, Settings
 from server.store import Store, access, instances, tasks
@@ -57,7 +58,8 @@ def api_error_response(exc: rpc.ApiError, request_id: str, fmt: str = "JSON") ->
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    size = ascii_int(declared or "", 18)
+    if size is not None and size > limit:
         raise ValueError("body too large")
     chunks: list[bytes] = []
     size = 0
@@ -207,8 +209,8 @@ async def notify_handler(request: Request) -> Response:
     state: ServerState = request.app.state.server
     try:
         who = await authenticate_agent(state, request, b"")
-        raw = request.query_params.get("timeout", "25")
-        if not raw.isdigit() or int(raw) > state.settings.max_poll:
+        timeout = ascii_int(request.query_params.get("timeout", "25"), 6)
+        if timeout is None or timeout > state.settings.max_poll:
             raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")
         now_ms = int(time.time() * 1000)
         touch = now_ms - state.last_seen_written.get(who.instance_id, 0) > SEEN_WRITE_INTERVAL
@@ -221,7 +223,7 @@ async def notify_handler(request: Request) -> Response:
         await state.store.write(_tx, durable=False, key=who.instance_id)
         if touch:
             state.seen(who.instance_id, now_ms)
-        events = await wait_unless_gone(request, state.notifier, who.instance_id, float(raw))
+        events = await wait_unless_gone(request, state.notifier, who.instance_id, float(timeout))
         return JSONResponse({"events": events})
     except AgentError as exc:
         return agent_error(exc)

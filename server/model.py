@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import binascii
 import datetime as dt
-import json
 import re
 import secrets
 import string
 import time
 import uuid
-import zoneinfo
 from collections.abc import Iterable
 
-from croniter import croniter
-
+from common import schedule
 from server.errors import ApiError, invalid
+from server.inputs import load_json, load_literal, small_int
 
 # The task lifecycle (statuses and their rules) lives in server/lifecycle.py; these names stay
 # importable from here for the API modules.
@@ -56,8 +53,6 @@ MAX_TIMEOUT = 86400
 _ALPHABET = string.ascii_lowercase + string.digits
 _PARAM = re.compile(r"\{\{\s*([A-Za-z0-9_\-:.]+)\s*\}\}")
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_RATE = re.compile(r"^rate\((\d{1,6})([smhd])\)$")
-_AT = re.compile(r"^at\((.+)\)$")
 
 
 def new_id(prefix: str, length: int = 16) -> str:
@@ -139,7 +134,7 @@ def parse_parameters(text: str) -> dict[str, str]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except ValueError:
         value = _python_literal(text)  # the SDK sends a dict as its Python repr
     if not isinstance(value, dict):
@@ -154,6 +149,8 @@ def parse_parameters(text: str) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(key, str) or not _PARAM_NAME.match(key):
             raise invalid("Parameters", f"Parameter name {key!r} is not valid.", BAD_PARAMETERS)
+        if isinstance(item, int) and not isinstance(item, bool) and not small_int(item):
+            raise invalid("Parameters", f"The value of {key!r} is too large.", BAD_PARAMETERS)
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise invalid(
                 "Parameters",
@@ -168,8 +165,8 @@ def parse_parameters(text: str) -> dict[str, str]:
 def _python_literal(text: str) -> object:
     """Parse a Python literal (what str(dict) gives) or return None."""
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return load_literal(text)
+    except ValueError:
         return None
 
 
@@ -199,31 +196,12 @@ def substitute(content_b64: str, names: Iterable[str], values: dict[str, str]) -
 
 
 def validate_frequency(frequency: str) -> str:
-    """Accept 6-field seconds-first cron (+ optional timezone), rate(…) or at(…)."""
+    """Accept what an agent can schedule (docs/schedules.md); return it stripped."""
     text = frequency.strip()
-    bad = ApiError("InvalidParam.Frequency", "The specified parameter Frequency is not valid.")
-    if _RATE.match(text):
-        if int(_RATE.match(text).group(1)) == 0:  # type: ignore[union-attr]
-            raise bad
-        return text
-    at = _AT.match(text)
-    if at:
-        try:
-            dt.datetime.fromisoformat(at.group(1).replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise bad from exc
-        return text
-    fields = text.split()
-    if len(fields) == 7:
-        try:
-            zoneinfo.ZoneInfo(fields[-1])
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise bad from exc
-        fields = fields[:-1]
-    if len(fields) != 6:
-        raise bad
     try:
-        croniter(" ".join(fields), second_at_beginning=True)
-    except (ValueError, KeyError) as exc:
-        raise bad from exc
+        schedule.parse_frequency(text)
+    except schedule.InvalidFrequencyError as exc:
+        raise ApiError(
+            "InvalidParam.Frequency", "The specified parameter Frequency is not valid."
+        ) from exc
     return text

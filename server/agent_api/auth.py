@@ -24,6 +24,7 @@ from common.protocol import (
     public_key_from_raw,
     signature_valid,
 )
+from server.inputs import ascii_int
 
 
 class AgentError(Exception):
@@ -61,9 +62,9 @@ def read_headers(headers: Mapping[str, str], now: float | None = None) -> Signed
         raise unauthorized("the request is not signed (X-Assist-* headers missing)")
     if len(instance_id) > 64 or len(nonce) > MAX_NONCE:
         raise unauthorized("instance id or nonce too long")
-    if not raw_ts.isdigit() or len(raw_ts) > 12:
+    timestamp = ascii_int(raw_ts, 12)
+    if timestamp is None:
         raise unauthorized("X-Assist-Timestamp must be Unix seconds")
-    timestamp = int(raw_ts)
     now = time.time() if now is None else now
     if abs(now - timestamp) > TIMESTAMP_WINDOW:
         raise unauthorized("X-Assist-Timestamp is more than 300 s off the server's clock")

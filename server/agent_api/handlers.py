@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import json
 import re
 from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.agent_api.auth import AgentError, load_public_key
+from server.inputs import load_json
 from server.lifecycle import terminal_status
 from server.store import instances, tasks
 from server.store.conn import Conn
@@ -31,7 +31,7 @@ def bad(message: str) -> AgentError:
 def parse_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object."""
     try:
-        value = json.loads(body or b"{}")
+        value = load_json(body or b"{}")
     except ValueError as exc:
         raise bad("the body is not valid JSON") from exc
     if not isinstance(value, dict):

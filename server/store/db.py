@@ -256,7 +256,13 @@ class _SqliteRunner(_GroupCommit[_Job]):
 
     async def _commit(self, batch: list[_Job]) -> None:
         if self._conn is None:
-            self._conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            try:
+                self._conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            except Exception as exc:  # unopenable file: fail the batch, never leave it waiting
+                for job in batch:
+                    job.error = exc
+                    _resolve(job)
+                return
         self._run_batch(self._conn, batch)
         for job in batch:
             _resolve(job)
