@@ -196,3 +196,49 @@ def is_temp_sibling(path: str, of: str) -> bool:
     return os.path.dirname(path) == os.path.dirname(of) and os.path.basename(path).startswith(
         "." + os.path.basename(of)
     )
+
+
+def check_region_option(region: str | None, configured: str = "") -> None:
+    """Refuse an unknown --region at once: install would save a typo and use it from then on.
+
+    Known: the region table (mirror/regions.py, where this installation has it) and the region
+    the config already names. The syntax check of common/mirrors.py applies everywhere.
+    """
+    from common.errors import UsageError
+    from common.mirrors import valid_region
+
+    if not region or region == configured:
+        return
+    if not valid_region(region):
+        raise UsageError(f"invalid --region {region!r}", hint="use a region id like cn-hangzhou")
+    try:
+        from mirror.regions import DEFAULT_REGIONS
+    except ImportError:  # an agent payload carries no mirror package: syntax check only
+        return
+    if region not in DEFAULT_REGIONS:
+        raise UsageError(
+            f"unknown region {region!r}",
+            hint=f"known regions: {', '.join(sorted(DEFAULT_REGIONS))}; "
+            "for a mirror of your own pass --mirror URL",
+        )
+
+
+def check_trust_root_option(path: str | None) -> None:
+    """A --trust-root must be a readable TUF root.json; say so naming the option, before any use."""
+    if not path:
+        return
+    from common.errors import ConfigError
+
+    hint = (
+        "pass the repository's root.json (KEYDIR/root.json, or share/root.json of an agent payload)"
+    )
+    if not os.path.isfile(path):
+        raise ConfigError(f"--trust-root {path}: no such file", hint=hint)
+    from tuf.api.metadata import Metadata, Root
+
+    try:
+        Metadata[Root].from_file(path)
+    except Exception as exc:  # tuf raises several deserialisation errors
+        raise ConfigError(
+            f"--trust-root {path} is not a TUF root.json ({type(exc).__name__})", hint=hint
+        ) from exc
