@@ -10,7 +10,7 @@ APT_PACKAGES := rpm createrepo-c dnf nsis osslsigncode apt-utils dpkg-dev gnupg 
 WHEELS := .cache/wheels
 PYTEST_ARGS ?=
 
-.PHONY: install apt wheels postgres test test-fast demo bench soak lint fmt clean
+.PHONY: install apt wheels postgres test test-fast demo bench soak lint fmt clean runtime runtime-aarch64
 
 install: $(STAMP) $(APT_STAMP)
 
@@ -39,6 +39,22 @@ $(STAMP): pyproject.toml
 
 wheels: $(STAMP)
 	$(BIN)/python -m pkgbuild.wheels --cache $(WHEELS)
+
+# --- the agent's own CPython (docs/runtime.md) ---------------------------------------------------
+# Built once per recipe into a machine-wide cache (RUNTIME_CACHE) that every clone, CI's included,
+# reuses; `runtime` also makes the python-less Debian 11 root of tests/e2e/test_no_python_vm.py.
+RUNTIME_CACHE ?= $(or $(ASSIST_RUNTIME_CACHE),/var/cache/aliyun-assist-build)
+
+runtime: install
+	sh pkgbuild/runtime/prepare-host.sh $(RUNTIME_CACHE)
+	ASSIST_RUNTIME_CACHE=$(RUNTIME_CACHE) $(BIN)/python -m pkgbuild.runtime --arch x86_64
+
+runtime-aarch64: runtime
+	@command -v qemu-aarch64-static >/dev/null && [ -d /usr/aarch64-linux-gnu/lib ] || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static libc6-arm64-cross
+	ASSIST_RUNTIME_CACHE=$(RUNTIME_CACHE) $(BIN)/python -m pkgbuild.runtime --arch aarch64
+# ---------------------------------------------------------------------------------------------------
+
 
 # The PostgreSQL tests need a server on 127.0.0.1:5432 that trusts the user postgres, and a
 # database "test". Where none answers: install Debian's postgresql, let its clusters trust the

@@ -179,8 +179,13 @@ json_field() { # $1: python expression over `d` (the parsed JSON on stdin)
 }
 
 install_tarball() {
-    command -v "$PYTHON" >/dev/null 2>&1 || die "python3 (>= 3.9) is required by the agent: install it first"
     case "$(uname -m)" in x86_64 | amd64) arch=x86_64 ;; aarch64 | arm64) arch=aarch64 ;; *) arch=$(uname -m) ;; esac
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    # No python3 to read the metadata with (the agent carries its own Python): the pinned
+    # --version and --sha256 name the file, and the hash is checked below all the same.
+    [ -n "$VERSION" ] && [ -n "$SHA256" ] || die "no python3 here to read the repository metadata: pass --version V and --sha256 HEX (the agent itself needs no python3)"
+    pick="$PACKAGE/$VERSION/$PACKAGE-$VERSION-linux-$arch.tar.gz $VERSION $SHA256"
+    else
     fetch metadata/timestamp.json "$TMP/ts.json" || die "cannot reach $MIRROR_URL"
     snap=$(json_field 'd["signed"]["meta"]["snapshot.json"]["version"]' <"$TMP/ts.json")
     fetch "metadata/$snap.snapshot.json" "$TMP/snap.json" || die "cannot download snapshot metadata"
@@ -200,6 +205,7 @@ if not rows:
 path, info = max(rows, key=lambda r: key(r[1]["custom"]["version"]))
 print(path, info["custom"]["version"], info["hashes"]["sha256"], info["length"])
 ' <"$TMP/targets.json") || die "no $PACKAGE tarball for $arch in channel $CHANNEL"
+    fi
     set -- $pick
     target=$1 version=$2 meta_sha=$3
     if [ -n "$SHA256" ] && [ "$SHA256" != "$meta_sha" ]; then

@@ -175,7 +175,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _verifier(args: argparse.Namespace, layout: Layout) -> Any:
-    from common.trust import verify_native
+    from common.native_sig import verify_native
 
     keys = find_keys_dir(layout, getattr(args, "keys", None))
     return lambda artifact, fmt: verify_native(artifact, fmt, keys)

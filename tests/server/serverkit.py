@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 from server.testing import FakeAgent, ServerHandle
 
@@ -37,9 +38,10 @@ class Api:
         return dict(json.loads(self.client.do_action_with_exception(request)))
 
     def call(self, action: str, **params: Any) -> tuple[int, dict[str, Any]]:
-        """A raw signed request (our client-side signer): (HTTP status, JSON body)."""
+        """A raw signed request (our client-side signer): (HTTP status, body). A Format=XML
+        answer must be well-formed XML; its top-level elements come back as a dict."""
         response = self.server.call(action, self.key_id, self.secret, **params)
-        return response.status_code, response.json()
+        return response.status_code, parse_body(response)
 
     def ok(self, action: str, **params: Any) -> dict[str, Any]:
         status, body = self.call(action, **params)
@@ -56,6 +58,22 @@ class Api:
         """Register a fake agent with a fresh activation of this account."""
         act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
         return FakeAgent.register(self.server.url, act_id, code, instance_id=instance_id)
+
+
+def parse_xml(raw: bytes) -> ET.Element:
+    """A response body that must be well-formed XML 1.0 (expat refuses anything else)."""
+    try:
+        return ET.fromstring(raw)
+    except ET.ParseError as exc:
+        raise AssertionError(f"not well-formed XML ({exc}): {raw[:300]!r}") from exc
+
+
+def parse_body(response: Any) -> dict[str, Any]:
+    """JSON as a dict; XML (checked well-formed) as {tag: text} of the root's children."""
+    if response.headers.get("content-type", "").startswith("application/xml"):
+        root = parse_xml(response.content)
+        return {child.tag: child.text or "" for child in root} | {"_root": root.tag}
+    return dict(response.json())
 
 
 def pg_admin(sql: str) -> None:
