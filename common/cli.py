@@ -198,29 +198,18 @@ def is_temp_sibling(path: str, of: str) -> bool:
     )
 
 
-def check_region_option(region: str | None, configured: str = "") -> None:
+def check_region_option(
+    region: str | None, configured: str = "", template: str | None = None
+) -> None:
     """Refuse an unknown --region at once: install would save a typo and use it from then on.
 
-    Known: the region table (mirror/regions.py, where this installation has it) and the region
-    the config already names. The syntax check of common/mirrors.py applies everywhere.
+    Known: the region table (common/regions.py, with the config's intranet template, which maps
+    every region when it is the operator's own) and the region the config already names.
     """
-    from common.errors import UsageError
-    from common.mirrors import valid_region
+    from common.regions import DEFAULT_TEMPLATE, default_table, region_url
 
-    if not region or region == configured:
-        return
-    if not valid_region(region):
-        raise UsageError(f"invalid --region {region!r}", hint="use a region id like cn-hangzhou")
-    try:
-        from mirror.regions import DEFAULT_REGIONS
-    except ImportError:  # an agent payload carries no mirror package: syntax check only
-        return
-    if region not in DEFAULT_REGIONS:
-        raise UsageError(
-            f"unknown region {region!r}",
-            hint=f"known regions: {', '.join(sorted(DEFAULT_REGIONS))}; "
-            "for a mirror of your own pass --mirror URL",
-        )
+    if region and region != configured:
+        region_url(region, default_table(template or DEFAULT_TEMPLATE))
 
 
 def check_trust_root_option(path: str | None) -> None:

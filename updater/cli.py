@@ -90,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config, prefix=args.prefix)
-    check_region_option(getattr(args, "region", None), config.mirror.region)
+    check_region_option(
+        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
+    )
     check_trust_root_option(getattr(args, "trust_root", None))
     layout = Layout(config.prefix)
     handler = {
