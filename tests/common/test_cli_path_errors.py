@@ -171,3 +171,11 @@ def test_missing_file_is_a_path_error() -> None:
     assert isinstance(error, PathError) and error.exit_code == 1
     assert error.message == "/nope/root.json: no such file or directory"
     assert error.hint == "check the path or pass another --trust-root"
+
+
+def test_a_fault_without_a_path_does_not_suggest_another_path() -> None:
+    error = explain_os_error(
+        PermissionError(errno.EACCES, "Permission denied"), argparse.Namespace()
+    )
+    assert error.message == "permission denied"
+    assert error.hint == "run as a user allowed to use it (e.g. root)"
