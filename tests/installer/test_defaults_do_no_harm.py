@@ -183,3 +183,14 @@ def test_wrong_trust_root_gets_a_hint_naming_trust_root(
     # a root that does not sign this repository is still a verification failure (fail closed)
     assert proc.returncode == (4 if case == "another-repository" else 2)
     assert not default_prefix.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["updater.cli", "status"], ["updater.cli", "schedule"], ["agent.cli", "status"]],
+    ids=lambda a: " ".join(a),
+)
+def test_other_read_only_commands_create_nothing(argv: list[str], default_prefix: Path) -> None:
+    """Regression guard (these already wrote nothing): status and schedule on no install."""
+    run(default_prefix, *argv)
+    assert not default_prefix.exists()
