@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agent_fakeserver import register
 from agent_realenv import agent_env
-from conftest import register
 
 from agent.private import tighten_tree
 
