@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -29,6 +29,8 @@ SERVER_TEMPLATE = "https://{region}.axt.aliyun.com"
 LOCK_FILE = "agent.lock"
 REGISTRATION_POLL = 1.0  # seconds between looks for the identity of a later `register`
 WAITING = "registration"  # health.json "waiting" value of an agent not registered yet
+# The activation code is a secret: read from here or stdin, it never shows in `ps`.
+ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser("register", help="join a server with an activation id and code")
     reg.add_argument("--server", required=True, help="server base URL, e.g. https://host:8080")
-    reg.add_argument("--activation-id", required=True)
-    reg.add_argument("--activation-code", required=True)
+    reg.add_argument("--activation-id", required=True, help="from `assist ecs CreateActivation`")
+    reg.add_argument(
+        "--activation-code",
+        help=f"the activation's code; '-' reads it from stdin (default: ${ACTIVATION_CODE_ENV}); "
+        "on the command line it shows in `ps`",
+    )
     reg.add_argument("--instance-name", default="", help="name shown to operators")
     reg.add_argument("--instance-id", default="", help="register under this i-… id")
     reg.add_argument(
@@ -96,6 +102,25 @@ def resolve_server(
     )
 
 
+def read_activation_code(
+    option: str | None, env: Mapping[str, str], stdin: IO[str] | None = None
+) -> str:
+    """The activation code: --activation-code, '-' for one line of stdin, else the environment."""
+    if option == "-":
+        code = (stdin or sys.stdin).readline().strip()
+        source = "stdin"
+    elif option:
+        code, source = option, "--activation-code"
+    else:
+        code, source = env.get(ACTIVATION_CODE_ENV, "").strip(), f"${ACTIVATION_CODE_ENV}"
+    if not code:
+        raise UsageError(
+            f"no activation code ({source} is empty)",
+            hint=f"set {ACTIVATION_CODE_ENV}, or pass --activation-code - and write it to stdin",
+        )
+    return code
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     """Exchange the activation for an instance id and keep the key under state/."""
     from agent.client import AgentClient
@@ -119,12 +144,13 @@ def cmd_register(args: argparse.Namespace) -> int:
             f"already registered as {existing.instance_id}",
             hint="pass --force to register again (the old identity is replaced)",
         )
+    code = read_activation_code(args.activation_code, os.environ)
     key = generate_key()
     client = AgentClient(args.server, None)
     public = Identity("", key).public_key_b64()
     instance_id = client.register(
         args.activation_id,
-        args.activation_code,
+        code,
         public,
         instance_name=args.instance_name,
         instance_id=args.instance_id,

@@ -13,8 +13,9 @@ from common.cli import add_common_options, print_json, run_cli
 from common.config import Config, load_config
 from common.errors import UsageError
 from common.imports import preload_tuf
+from common.listen import add_limit_options, limits_from_args, parse_listen
+from common.regions import load_table, region_url
 from mirror.plan import Filters
-from mirror.regions import load_table, region_url
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keyring",
         type=Path,
         metavar="FILE",
-        help="pinned OpenPGP keyring for apt/yum (archive-keyring.gpg)",
+        help="OpenPGP keyring for apt/yum, overriding the signed keys/archive-keyring.gpg target",
     )
     p.add_argument(
         "--public-url",
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve --root over HTTP (Range, ETag)")
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT")
+    add_limit_options(p, idle=15.0)
     add_common_options(p)
 
     p = sub.add_parser("verify", help="exit 0 only if every file matches signed metadata")
@@ -148,9 +150,10 @@ def _filters(args: argparse.Namespace) -> Filters:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """assist-mirror sync."""
+    from mirror.options import SyncOptions
     from mirror.source import HttpSource
     from mirror.storage import S3Storage, Storage, make_s3_client, parse_s3_url
-    from mirror.sync import SyncOptions, sync
+    from mirror.sync import sync
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -206,11 +209,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """assist-mirror serve."""
     from mirror.serve import serve
 
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"bad --listen {args.listen!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8081")
-    serve(args.root, host.strip("[]"), int(port))
-    return 0
+    host, port = parse_listen(args.listen, "127.0.0.1:8081")
+    return serve(args.root, host, port, limits_from_args(args))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

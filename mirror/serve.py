@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from common.errors import LocalStateError
+from common.listen import ConnLimits
 from mirror.storage import content_type
 
 # Files replaced in place at every sync: caches must revalidate them.
@@ -67,12 +68,12 @@ def make_app(root: Path) -> Starlette:
     return Starlette(routes=[Mount("/", app=MirrorFiles(directory=str(root)))])
 
 
-def serve(root: Path, host: str, port: int) -> None:
-    """Serve `root` until interrupted."""
-    import uvicorn
+def serve(root: Path, host: str, port: int, limits: ConnLimits | None = None) -> int:
+    """Serve `root` until SIGINT/SIGTERM (0), with the slow-loris guard of common/connguard.py."""
+    from common.connguard import serve_asgi
+    from common.listen import announce, check_port_free
 
-    from common.listen import check_port_free
-
+    app = make_app(root)
     check_port_free(host, port)
-
-    uvicorn.run(make_app(root), host=host, port=port, log_level="warning", access_log=False)
+    limits = limits or ConnLimits(idle_timeout=15.0)
+    return serve_asgi(app, host, port, limits, announce, log_level="warning", access_log=False)

@@ -15,19 +15,12 @@ from typing import Any, TypeVar
 
 from common.cli import add_common_options, print_json, run_cli
 from common.errors import ConfigError, NotFoundError, UsageError
+from common.listen import add_limit_options, announce, limits_from_args, parse_listen
 
 T = TypeVar("T")
 
 SETTINGS_ENV = "ASSIST_SERVER_SETTINGS"
 H11_MAX_EVENT = 512 * 1024  # bytes: the SDK puts every parameter (18 KB content) in the URL
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT (IPv6 as [::1]:8080)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"bad --listen {text!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="finished runs kept at most per instance and timed invocation",
     )
+    add_limit_options(serve, idle=75.0)
     serve.add_argument(  # tests only: how often the background upkeep runs
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
     )
@@ -147,8 +141,7 @@ def redact_db_url(url: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from common.connguard import serve_asgi
     from common.listen import check_port_free
     from server.store.db import normalize_db_url
 
@@ -161,40 +154,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if path and not Path(path).is_file():
             raise ConfigError(f"TLS file not found: {path}")
     settings = settings_from_args(args)
-    common: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": "debug" if getattr(args, "debug", False) else "warning",
-        "access_log": bool(getattr(args, "debug", False)),
+    limits = limits_from_args(args)
+    migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
+    debug = bool(getattr(args, "debug", False))
+    options: dict[str, Any] = {
+        "log_level": "debug" if debug else "warning",
+        "access_log": debug,
         "ssl_certfile": args.tls_cert,
         "ssl_keyfile": args.tls_key,
         "h11_max_incomplete_event_size": H11_MAX_EVENT,
-        "timeout_keep_alive": 75,
         "backlog": 4096,
     }
     if args.workers > 1:
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
-        uvicorn.run("server.cli:app_from_env", factory=True, workers=args.workers, **common)
-        return 0
-    from server.app import create_app
+        app: Any = "server.cli:app_from_env"
+    else:
+        from server.app import create_app
 
-    config = uvicorn.Config(create_app(settings), **common)
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1
+        app = create_app(settings)
+    return serve_asgi(app, host, port, limits, announce, args.workers, **options)
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
+def migrate_database(db: str | None) -> tuple[int, int]:
+    """Open the database and bring its schema up to date; ConfigError if it cannot be opened."""
     from server.store import Store
 
+    check_sqlite_path(db)
+
     async def run() -> tuple[int, int]:
-        store = Store(args.db)
+        store = Store(db)
         try:
             return await store.migrate()
         finally:
             await store.close()
 
-    before, after = run_db(args.db, run())
+    return run_db(db or "", run())
+
+
+def check_sqlite_path(db: str | None) -> None:
+    """Refuse a SQLite path that cannot hold a database, naming the path and the fix."""
+    from server.store.db import normalize_db_url
+
+    url = normalize_db_url(db)
+    prefix = "sqlite+aiosqlite:///"
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
+        return
+    path = Path(url[len(prefix) :])
+    hint = "pass --db sqlite:///PATH with PATH a file in a writable directory"
+    if path.is_dir():
+        raise ConfigError(f"the database path {path} is a directory", hint=hint)
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {path}: {existing} is not a directory", hint=hint)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the database under {existing}: the directory is not writable "
+            "(or on a read-only filesystem); SQLite needs it for the file and its journal",
+            hint=hint,
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"the database {path} is not readable and writable", hint=hint)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    before, after = migrate_database(args.db)
     if args.json:
         print_json({"before": before, "after": after})
     else:
@@ -209,6 +232,8 @@ def cmd_accesskey_create(args: argparse.Namespace) -> int:
     account = args.account.strip()
     if not account or len(account) > 128:
         raise UsageError("--account must be 1..128 characters")
+
+    check_sqlite_path(args.db)
 
     async def run() -> tuple[str, str]:
         store = Store(args.db)

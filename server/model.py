@@ -1,12 +1,10 @@
-"""Pure rules of the Cloud Assistant domain: ids, statuses, parameters, schedules."""
+"""Pure rules of the Cloud Assistant domain: ids, times, command content, parameters, schedules."""
 
 from __future__ import annotations
 
-import ast
 import base64
 import binascii
 import datetime as dt
-import json
 import re
 import secrets
 import string
@@ -15,7 +13,34 @@ import uuid
 from collections.abc import Iterable
 
 from common import schedule
-from server.rpc import ApiError, invalid
+from server.errors import ApiError, invalid
+from server.inputs import load_json, load_literal, small_int
+
+# The task lifecycle (statuses and their rules) lives in server/lifecycle.py; these names stay
+# importable from here for the API modules.
+from server.lifecycle import (  # noqa: F401
+    ABORTED,
+    CANCELLED,
+    ERROR,
+    FAILED,
+    FAILED_LIKE,
+    INVALID,
+    PARTIAL_FAILED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    STOPPED,
+    STOPPED_LIKE,
+    STOPPING,
+    SUCCESS,
+    TERMINAL,
+    TERMINATED,
+    TIMEOUT,
+    is_one_time_schedule,
+    legacy_invoke_status,
+    overall_status,
+    record_status,
+)
 
 COMMAND_TYPES = ("RunShellScript", "RunBatScript", "RunPowerShellScript")
 REPEAT_MODES = ("Once", "Period", "NextRebootOnly", "EveryReboot")
@@ -24,17 +49,6 @@ MAX_PARAMETERS = 20
 MAX_PARAMETER_NAME = 64
 DEFAULT_TIMEOUT = 60  # seconds
 MAX_TIMEOUT = 86400
-
-# Per-instance statuses (InvocationStatus of one instance).
-PENDING, SCHEDULED, RUNNING = "Pending", "Scheduled", "Running"
-SUCCESS, FAILED, STOPPING, STOPPED = "Success", "Failed", "Stopping", "Stopped"
-TIMEOUT, CANCELLED, ERROR, INVALID = "Timeout", "Cancelled", "Error", "Invalid"
-ABORTED, TERMINATED, PARTIAL_FAILED = "Aborted", "Terminated", "PartialFailed"
-TERMINAL = frozenset(
-    {SUCCESS, FAILED, STOPPED, TIMEOUT, CANCELLED, ERROR, INVALID, ABORTED, TERMINATED}
-)
-FAILED_LIKE = frozenset({FAILED, TIMEOUT, ERROR, INVALID, ABORTED})
-STOPPED_LIKE = frozenset({STOPPED, CANCELLED, TERMINATED})
 
 _ALPHABET = string.ascii_lowercase + string.digits
 _PARAM = re.compile(r"\{\{\s*([A-Za-z0-9_\-:.]+)\s*\}\}")
@@ -120,7 +134,7 @@ def parse_parameters(text: str) -> dict[str, str]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except ValueError:
         value = _python_literal(text)  # the SDK sends a dict as its Python repr
     if not isinstance(value, dict):
@@ -135,6 +149,8 @@ def parse_parameters(text: str) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(key, str) or not _PARAM_NAME.match(key):
             raise invalid("Parameters", f"Parameter name {key!r} is not valid.", BAD_PARAMETERS)
+        if isinstance(item, int) and not isinstance(item, bool) and not small_int(item):
+            raise invalid("Parameters", f"The value of {key!r} is too large.", BAD_PARAMETERS)
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise invalid(
                 "Parameters",
@@ -149,8 +165,8 @@ def parse_parameters(text: str) -> dict[str, str]:
 def _python_literal(text: str) -> object:
     """Parse a Python literal (what str(dict) gives) or return None."""
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        return load_literal(text)
+    except ValueError:
         return None
 
 
@@ -189,54 +205,3 @@ def validate_frequency(frequency: str) -> str:
             "InvalidParam.Frequency", "The specified parameter Frequency is not valid."
         ) from exc
     return text
-
-
-def is_one_time_schedule(repeat_mode: str, frequency: str) -> bool:
-    """Timed tasks that run once at most: at(…) and NextRebootOnly."""
-    return repeat_mode == "NextRebootOnly" or frequency.startswith("at(")
-
-
-def overall_status(statuses: Iterable[str]) -> str:
-    """An invocation's InvocationStatus from its instances', as the real API aggregates them."""
-    values = list(statuses)
-    if not values:
-        return PENDING
-    present = set(values)
-    for status in (PENDING, SCHEDULED, RUNNING, STOPPING):
-        if status in present:
-            return status
-    if present <= STOPPED_LIKE:
-        return STOPPED
-    has_success = SUCCESS in present
-    has_failure = bool(present & FAILED_LIKE)
-    if has_success and has_failure:
-        return PARTIAL_FAILED
-    if has_failure:
-        return FAILED
-    return SUCCESS
-
-
-def record_status(status: str) -> str:
-    """InvokeRecordStatus (and legacy InstanceInvokeStatus) of one instance."""
-    if status in (PENDING, SCHEDULED, RUNNING):
-        return "Running"
-    if status == SUCCESS:
-        return "Finished"
-    if status == STOPPING:
-        return "Stopping"
-    if status in STOPPED_LIKE:
-        return "Stopped"
-    return "Failed"
-
-
-def legacy_invoke_status(overall: str, timed: bool) -> str:
-    """The legacy InvokeStatus: Running, Finished, Failed, PartialFailed, Stopped."""
-    if overall in (PENDING, SCHEDULED, RUNNING, STOPPING) or (timed and overall == SUCCESS):
-        return "Running"
-    if overall == SUCCESS:
-        return "Finished"
-    if overall == STOPPED:
-        return "Stopped"
-    if overall == PARTIAL_FAILED:
-        return "PartialFailed"
-    return "Failed"

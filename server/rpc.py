@@ -13,52 +13,23 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
-import json
 import re
 import urllib.parse
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from server.errors import ApiError, Code, invalid, missing  # noqa: F401 (re-exported)
+from server.inputs import ascii_int, load_json
+
 API_VERSION = "2014-05-26"
 TIMESTAMP_WINDOW = 15 * 60  # seconds a signed request stays valid, as the real API
 MAX_PAGE_SIZE = 50
 MAX_LIST_ITEMS = 100  # InstanceId.N and friends
 BAD_NEXT_TOKEN = ("InvalidParameter.NextToken", 400)
-_LIST_KEY = re.compile(r"^([A-Za-z]+)\.(\d{1,4})$")
-
-
-class ApiError(Exception):
-    """An error answered to the operator as {"RequestId","Code","Message"} with an HTTP 4xx."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-# An error code with its HTTP status, where the real API has its own for a parameter
-# (the ECS 2014-05-26 API reference's per-action error tables)
-Code = tuple[str, int]
-
-
-def missing(name: str, code: str = "MissingParameter") -> ApiError:
-    """The real API's answer to a mandatory parameter that was not supplied."""
-    return ApiError(
-        code,
-        f'The input parameter "{name}" that is mandatory for processing this request is not supplied.',
-    )
-
-
-def invalid(
-    name: str, detail: str = "", code: str = "InvalidParameter", status: int = 400
-) -> ApiError:
-    """The real API's answer to a parameter with a bad value."""
-    message = f'The specified parameter "{name}" is not valid.'
-    if detail:
-        message += f" {detail}"
-    return ApiError(code, message, status)
+# What XML 1.0 cannot carry, even escaped: C0 controls but tab/LF/CR, surrogates, U+FFFE/FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_LIST_KEY = re.compile(r"^([A-Za-z]+)\.([0-9]{1,4})$")
 
 
 def new_request_id() -> str:
@@ -117,7 +88,7 @@ def sign_params(
 def parse_timestamp(value: str) -> float:
     """Parse the Timestamp parameter (ISO 8601, UTC 'Z') into Unix seconds."""
     text = value.strip()
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?Z", text):
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?Z", text, re.ASCII):
         raise ApiError(
             "InvalidTimeStamp.Format", "Specified time stamp or date value is not well formatted."
         )
@@ -224,7 +195,7 @@ class Params:
         value = self.raw.get(name, "")
         if value == "":
             return default
-        if not re.fullmatch(r"[+-]?\d{1,18}", value.strip()):
+        if not re.fullmatch(r"[+-]?[0-9]{1,18}", value.strip()):
             raise invalid(name, "It must be an integer.")
         number = int(value)
         if (low is not None and number < low) or (high is not None and number > high):
@@ -318,9 +289,15 @@ class Page:
         }
 
 
+def xml_text(value: str) -> str:
+    """`value` with every character XML 1.0 forbids (ANSI escapes' ESC, \\x01…) as U+FFFD."""
+    return _NOT_XML.sub("\ufffd", value)
+
+
 def to_xml(root: str, body: Mapping[str, Any]) -> bytes:
     """A response in the real API's XML form (Format=XML): a dict is a sequence of elements, a
-    list repeats its key's element, True/False are true/false, None is an empty element."""
+    list repeats its key's element, True/False are true/false, None is an empty element; text
+    XML cannot carry is replaced (xml_text), so the document is always well-formed."""
     from xml.etree import ElementTree as ET
 
     def fill(element: ET.Element, value: Any) -> None:
@@ -330,7 +307,7 @@ def to_xml(root: str, body: Mapping[str, Any]) -> bytes:
         elif isinstance(value, bool):
             element.text = "true" if value else "false"
         elif value is not None:
-            element.text = str(value)
+            element.text = xml_text(str(value))
 
     def add(parent: ET.Element, key: str, value: Any) -> None:
         for item in value if isinstance(value, list) else [value]:
@@ -353,15 +330,16 @@ def decode_next_token(token: str) -> builtins.int:
     except (ValueError, UnicodeDecodeError):
         text = ""
     prefix, _, number = text.partition(":")
-    if prefix != "assist" or not number.isdigit() or len(number) > 12:
+    offset = ascii_int(number, 12) if prefix == "assist" else None
+    if offset is None:
         raise invalid("NextToken", "Use the NextToken of the previous response.", *BAD_NEXT_TOKEN)
-    return builtins.int(number)
+    return offset
 
 
 def parse_json_list(name: str, text: str) -> list[str]:
     """A JSON list of strings, as the API accepts for InstanceIds and the like."""
     try:
-        value = json.loads(text)
+        value = load_json(text)
     except ValueError as exc:
         raise invalid(name, "It must be a JSON list of strings.") from exc
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -1,7 +1,8 @@
 """The Store: one seam for every transaction, on SQLite (WAL) or PostgreSQL.
 
 Callers hand the store a *transaction function*: ``async def tx(conn) -> T`` that runs queries
-(server/store/queries.py) on `conn`. The store runs it in one transaction:
+(server/store/access.py, commands.py, instances.py, invocations.py, tasks.py) on `conn`. The
+store runs it in one transaction:
 
 - PostgreSQL: on the event loop with an asyncpg-backed AsyncConnection; replicas share the
   database. Writes are group-committed too, over a few writer lanes (an instance's writes always
@@ -255,7 +256,13 @@ class _SqliteRunner(_GroupCommit[_Job]):
 
     async def _commit(self, batch: list[_Job]) -> None:
         if self._conn is None:
-            self._conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            try:
+                self._conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+            except Exception as exc:  # unopenable file: fail the batch, never leave it waiting
+                for job in batch:
+                    job.error = exc
+                    _resolve(job)
+                return
         self._run_batch(self._conn, batch)
         for job in batch:
             _resolve(job)

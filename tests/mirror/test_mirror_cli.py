@@ -141,7 +141,7 @@ def test_export_import_full_then_incremental(upstream, tmp_path: Path) -> None:
         names = tar.getnames()
     assert not any("demo_2.0" in n or "demo-2.0" in n for n in names)
     assert sum("demo_3.0_amd64.deb" in n for n in names) == 2  # the target and the pool file
-    from mirror.sync import is_content
+    from mirror.options import is_content
 
     assert sorted(re.sub(r"^[0-9a-f]{64}\.", "", Path(n).name) for n in names if is_content(n)) == [
         "demo_3.0_amd64.deb",
@@ -235,7 +235,7 @@ def test_export_import_round_trip_of_a_filtered_mirror(upstream, tmp_path: Path)
     assert mirror_cli("verify", "--root", str(site)).returncode == 0
     connected_state = json.loads((connected / ".mirror/state.json").read_text())
     site_state = json.loads((site / ".mirror/state.json").read_text())
-    from mirror.sync import is_content
+    from mirror.options import is_content
 
     def content(state: dict) -> dict:
         return {rel: record for rel, record in state["files"].items() if is_content(rel)}

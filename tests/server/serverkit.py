@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 from server.testing import FakeAgent, ServerHandle
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+# The PostgreSQL the tests use (trust auth, user postgres, a database "test"): `make postgres`.
+PG_HOST = os.environ.get("ASSIST_TEST_PG_HOST", "127.0.0.1:5432")
+PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}/test"
 
 
 class Api:
@@ -34,9 +38,10 @@ class Api:
         return dict(json.loads(self.client.do_action_with_exception(request)))
 
     def call(self, action: str, **params: Any) -> tuple[int, dict[str, Any]]:
-        """A raw signed request (our client-side signer): (HTTP status, JSON body)."""
+        """A raw signed request (our client-side signer): (HTTP status, body). A Format=XML
+        answer must be well-formed XML; its top-level elements come back as a dict."""
         response = self.server.call(action, self.key_id, self.secret, **params)
-        return response.status_code, response.json()
+        return response.status_code, parse_body(response)
 
     def ok(self, action: str, **params: Any) -> dict[str, Any]:
         status, body = self.call(action, **params)
@@ -53,6 +58,22 @@ class Api:
         """Register a fake agent with a fresh activation of this account."""
         act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
         return FakeAgent.register(self.server.url, act_id, code, instance_id=instance_id)
+
+
+def parse_xml(raw: bytes) -> ET.Element:
+    """A response body that must be well-formed XML 1.0 (expat refuses anything else)."""
+    try:
+        return ET.fromstring(raw)
+    except ET.ParseError as exc:
+        raise AssertionError(f"not well-formed XML ({exc}): {raw[:300]!r}") from exc
+
+
+def parse_body(response: Any) -> dict[str, Any]:
+    """JSON as a dict; XML (checked well-formed) as {tag: text} of the root's children."""
+    if response.headers.get("content-type", "").startswith("application/xml"):
+        root = parse_xml(response.content)
+        return {child.tag: child.text or "" for child in root} | {"_root": root.tag}
+    return dict(response.json())
 
 
 def pg_admin(sql: str) -> None:
@@ -73,7 +94,10 @@ def pg_reachable() -> str:
     try:
         pg_admin("SELECT 1")
     except Exception as exc:  # any failure means: skip with the reason
-        return f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}"
+        return (
+            f"PostgreSQL not reachable on {PG_HOST} ({type(exc).__name__}: {exc}): "
+            "run `make postgres` (installs and starts Debian's postgresql)"
+        )
     return ""
 
 

@@ -1,0 +1,259 @@
+"""Slow-loris guard for the uvicorn servers (assist-server serve, assist-mirror serve).
+
+uvicorn times out a keep-alive connection only after a response: a connection that never
+finishes its request headers (or its body) holds a file descriptor forever, and ~1,000 of them
+stop a server from accepting anyone (docs/SECURITY.md, "slow-loris"). This module adds, per
+connection, a deadline for each phase of a request:
+
+- ``wait``: from connect (or the first byte of a keep-alive request) until the headers are in;
+- ``body``: from the headers until the body is in;
+- ``idle``: after a response, until the next request starts (keep-alive);
+- ``app``: the application is working on a complete request: no deadline (a long-poll may wait).
+
+It also bounds the connections per process, below the file-descriptor limit: when the bound is
+reached, the connection that has waited longest in a phase the client controls (wait, body,
+idle) is closed to make room, so a flood of stalled sockets cannot starve real clients. Only if
+every connection is being served is the newcomer answered 503 and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from common.listen import ConnLimits
+
+log = logging.getLogger(__name__)
+
+FD_RESERVE = 64  # descriptors kept free for the database, log files and the listener
+REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+LIMITS_ENV = "ASSIST_CONN_LIMITS"  # the limits, for worker processes started by uvicorn
+GRACEFUL_SHUTDOWN = 5  # seconds running requests (long-polls) get after SIGTERM
+
+
+class Phase(enum.Enum):
+    """Where a connection is in its request cycle."""
+
+    WAIT = "wait"
+    BODY = "body"
+    APP = "app"
+    IDLE = "idle"
+
+
+# Phases in which the client, not the server, must make progress (evictable, timed).
+CLIENT_PHASES = frozenset({Phase.WAIT, Phase.BODY, Phase.IDLE})
+
+
+def phase_timeout(limits: ConnLimits, phase: Phase) -> float | None:
+    """The deadline of `phase`, or None for the application's own time."""
+    return {
+        Phase.WAIT: limits.header_timeout,
+        Phase.BODY: limits.body_timeout,
+        Phase.IDLE: limits.idle_timeout,
+        Phase.APP: None,
+    }[phase]
+
+
+def connection_cap(requested: int, nofile: int) -> int:
+    """The connection bound: `requested`, but never more than the descriptors left to use."""
+    room = nofile - FD_RESERVE if nofile > 2 * FD_RESERVE else nofile // 2
+    return max(1, min(requested, room))
+
+
+def pick_victim(candidates: Iterable[tuple[Any, Phase, float]]) -> Any | None:
+    """Of (connection, phase, since) the one waiting on its client longest; None if all busy."""
+    best: tuple[Any, float] | None = None
+    for conn, phase, since in candidates:
+        if phase in CLIENT_PHASES and (best is None or since < best[1]):
+            best = (conn, since)
+    return best[0] if best else None
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard one; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
+def configure(limits: ConnLimits) -> ConnLimits:
+    """Set this process's limits (and its workers', through the environment); the bound is
+    lowered to fit the file-descriptor limit, which is raised to its hard maximum first."""
+    limits = dataclasses.replace(
+        limits, max_connections=connection_cap(limits.max_connections, raise_fd_limit())
+    )
+    os.environ[LIMITS_ENV] = json.dumps(dataclasses.asdict(limits))
+    return limits
+
+
+def current_limits() -> ConnLimits:
+    """The limits configure() set (defaults if it was not called)."""
+    raw = os.environ.get(LIMITS_ENV)
+    if not raw:
+        return ConnLimits()
+    return ConnLimits(**json.loads(raw))
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with per-phase deadlines and a connection bound."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = current_limits()
+        self.phase = Phase.WAIT
+        self.since = time.monotonic()
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # --- phase bookkeeping ---------------------------------------------------------------
+
+    def enter(self, phase: Phase) -> None:
+        """Move to `phase` and (re)arm its deadline."""
+        self.phase = phase
+        self.since = time.monotonic()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        timeout = phase_timeout(self.limits, phase)
+        if timeout is not None and self.transport is not None:
+            self._deadline = self.loop.call_later(timeout, self.expire)
+
+    def expire(self) -> None:
+        """The client missed its deadline: close the connection."""
+        self._deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            log.info("closing %s: no progress in phase %s", self.client, self.phase.value)
+            self.transport.close()
+
+    def make_room(self) -> bool:
+        """At the bound: close the longest-waiting client-paced connection; False if none."""
+        others = (
+            (conn, conn.phase, conn.since)
+            for conn in self.connections
+            if conn is not self and isinstance(conn, GuardedHttpProtocol)
+        )
+        victim = pick_victim(others)
+        if victim is None:
+            return False
+        log.info("connection bound reached: closing %s (%s)", victim.client, victim.phase.value)
+        victim.transport.abort()
+        return True
+
+    # --- asyncio / httptools callbacks ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections and not self.make_room():
+            log.warning("connection bound reached and every connection busy: refusing one")
+            transport.write(REFUSAL)
+            transport.close()
+            return
+        self.enter(Phase.WAIT)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.phase is not Phase.WAIT:  # a fresh connection's deadline runs from connect
+            self.enter(Phase.WAIT)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.enter(Phase.BODY)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.enter(Phase.APP)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.phase is Phase.APP or self.phase is Phase.BODY:
+            self.enter(Phase.IDLE)
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's Server that announces itself once and exits 0 on SIGINT/SIGTERM.
+
+    uvicorn re-raises a caught stop signal after its graceful shutdown, so the process would
+    die by the signal (exit -15); a requested stop is a clean exit for our commands.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_started = on_started
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self.on_started()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def serve_asgi(
+    app: Any,
+    host: str,
+    port: int,
+    limits: ConnLimits,
+    on_listening: Callable[[str], None] | None = None,
+    workers: int = 1,
+    **options: Any,
+) -> int:
+    """Run `app` (with workers > 1: an import string of a factory) under uvicorn with the guard
+    until SIGINT/SIGTERM; 0 after a clean stop, 1 if it never started. `on_listening` gets the
+    URL once, when the socket accepts connections."""
+    limits = configure(limits)
+    scheme = "https" if options.get("ssl_certfile") else "http"
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "http": GuardedHttpProtocol,
+        "timeout_keep_alive": max(1, int(limits.idle_timeout)),
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
+        **options,
+    }
+    if workers > 1:
+        if on_listening:
+            on_listening(url)
+        uvicorn.run(app, workers=workers, factory=True, **common)
+        return 0
+    server = GuardedServer(
+        uvicorn.Config(app, **common), lambda: on_listening(url) if on_listening else None
+    )
+    server.run()
+    return 0 if server.started else 1
