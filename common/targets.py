@@ -1,8 +1,9 @@
 """The signed targets of a release repository, as every TUF client here reads them (pure).
 
 A target with our custom fields {"package", "version", "os", "arch", "format", "channels"} is a
-package artifact (docs/SECURITY.md); a target without them (the release keys under `keys/`) is
-signed content too, but not a package: installers never list it, mirrors always copy it.
+package artifact (README.md, "Publish a release"); a target without them (the release keys
+under `keys/`) is signed content too, but not a package: installers never list it, mirrors
+always copy it.
 Nothing here imports tuf, so the mirror's planning and the CLIs' start-up stay light.
 """
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 PACKAGE_FIELDS = ("package", "version", "os", "arch", "format")
 # The release's public keys, published as TUF targets so the one pinned root.json
-# authenticates them (docs/SECURITY.md, "one trust anchor").
+# authenticates them (mirror/README.md, "Safety").
 KEYRING_TARGET = "keys/archive-keyring.gpg"
 RPM_KEY_TARGET = "keys/RPM-GPG-KEY-assist"
 AUTHENTICODE_TARGET = "keys/authenticode.crt"

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import add_common_options, print_json, run_cli
 from common.config import Config, load_config
@@ -16,6 +17,9 @@ from common.imports import preload_tuf
 from common.listen import add_limit_options, limits_from_args, parse_listen
 from common.regions import load_table, region_url
 from mirror.plan import Filters
+
+if TYPE_CHECKING:
+    from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +156,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """assist-mirror sync."""
     from mirror.options import SyncOptions
     from mirror.source import HttpSource
-    from mirror.storage import S3Storage, Storage, make_s3_client, parse_s3_url
+    from mirror.storage import S3Storage, make_s3_client, parse_s3_url
     from mirror.sync import sync
 
     if args.workers < 1:
@@ -169,7 +173,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         read_timeout=config.mirror.read_timeout,
         retries=config.mirror.retries,
         proxy=config.mirror.proxy or None,
-        progress=None,  # tqdm bars on a terminal only
+        progress=False,  # no bar per file: the sync shows one overall bar
     )
     dests: list[Storage] = []
     for url in args.dest:
@@ -191,6 +195,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             trust_root=args.trust_root,
             keyring=args.keyring,
             dests=dests,
+            progress=None,  # one tqdm bar (files and bytes) on a terminal only
         )
     )
     if args.json:
@@ -301,8 +306,14 @@ COMMANDS = {
 }
 
 
+# Commands that read TUF metadata on every run; sync loads tuf only when there is work
+# (mirror.sync), serve never: a no-op sync's one request comes before any heavy import.
+NEEDS_TUF = frozenset({"verify", "status", "prune", "export", "import"})
+
+
 def dispatch(args: argparse.Namespace) -> int:
-    preload_tuf()  # without the cloud SDKs; --dest s3:// imports boto3 itself later
+    if args.command in NEEDS_TUF:
+        preload_tuf()  # without the cloud SDKs; --dest s3:// imports boto3 itself later
     return COMMANDS[args.command](args)
 
 

@@ -38,6 +38,7 @@ from mirror.plan import (
     select_targets,
     target_entry,
 )
+from mirror.progress import SyncProgress
 from mirror.source import Source
 from mirror.state import MirrorState, save_state, state_dir
 from mirror.storage import FileStorage, Publication
@@ -125,7 +126,7 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
 
     release_keys = _fetch_release_keys(options, stage, all_targets)
     keyring = _choose_keyring(options, release_keys)
-    with Downloads(options.source, stage.dir, options.workers) as downloads:
+    with Downloads(options.source, stage.dir, options.workers, options.progress) as downloads:
         # targets are known now: download them while the apt/yum indexes are verified
         downloads.submit(plan_fetch(stage.content, have).fetch)
         if options.filters.wants_os("linux"):
@@ -535,9 +536,12 @@ class Downloads:
 
     Leaving the block early (an index failed verification) cancels what has not started."""
 
-    def __init__(self, source: Source, staging: Path, workers: int) -> None:
+    def __init__(
+        self, source: Source, staging: Path, workers: int, progress: bool | None = False
+    ) -> None:
         self.source = source
         self.staging = staging
+        self.bar = SyncProgress(progress)
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
         self.futures: list[Future[None]] = []
         self.submitted: dict[str, FileEntry] = {}
@@ -551,13 +555,16 @@ class Downloads:
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.bar.close()
 
     def submit(self, entries: list[FileEntry]) -> None:
         """Start downloading the entries not yet submitted, after a free-space check."""
         check_space(
             self.staging, [e for e in entries if e.relpath not in self.submitted], self.staging
         )
-        for entry in entries:
+        new = [e for e in entries if e.relpath not in self.submitted]
+        self.bar.add(len(new), sum(e.length for e in new))
+        for entry in new:
             if entry.relpath not in self.submitted:
                 self.submitted[entry.relpath] = entry
                 self.futures.append(self.pool.submit(self._fetch, entry))
@@ -568,6 +575,7 @@ class Downloads:
         self.source.download(
             entry.relpath, dest, expected_length=entry.length, expected_sha256=entry.sha256
         )
+        self.bar.finished(entry.length)
 
     def wait(self) -> None:
         """Wait for every download; the first failure cancels the rest and is raised."""

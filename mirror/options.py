@@ -6,11 +6,14 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.errors import UsageError
 from mirror.plan import Filters
-from mirror.source import Source
-from mirror.storage import Storage
+
+if TYPE_CHECKING:  # types only: a no-op sync imports neither storage nor boto3's seam
+    from mirror.source import Source
+    from mirror.storage import Storage
 
 MAX_METADATA = 16 << 20  # bytes: refuse larger metadata / index files
 
@@ -28,6 +31,7 @@ class SyncOptions:
     trust_root: Path | None = None
     keyring: Path | None = None
     dests: list[Storage] = field(default_factory=list)  # extra backends, e.g. S3
+    progress: bool | None = False  # one overall bar; None: only when stdout is a terminal
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
 
     def __post_init__(self) -> None:

@@ -88,7 +88,7 @@ class FileOps:
 class FileStorage:
     """The mirror's own --root: moves staged files into place, swaps index trees by symlink.
 
-    Durable without an fsync per file (docs/SECURITY.md): staged files are written without
+    Durable without an fsync per file (mirror/README.md, "Safety"): staged files are written without
     fsync; one syncfs of the mirror's filesystem makes them durable before the first rename,
     and each group of renames (content, each index tree, metadata) has its directories fsynced
     before the next group can refer to it; timestamp.json, the last, is renamed alone."""

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from common.errors import DownloadError, ExpiredMetadataError, NotFoundError
+from common.imports import preload_tuf
 from mirror.options import MAX_METADATA, SyncOptions, SyncReport
 from mirror.state import MirrorState, load_state, locked, state_dir
 
@@ -35,7 +36,8 @@ def sync(options: SyncOptions) -> SyncReport:
             log.info("upstream timestamp unchanged: nothing to do")
             _drop_staging(root)
             return SyncReport(False, state.timestamp_version, seconds=time.monotonic() - started)
-        from mirror.fullsync import full_sync  # tuf & co. load only when there is work
+        preload_tuf()  # tuf & co. load only when there is work, without the cloud SDKs
+        from mirror.fullsync import full_sync
 
         report = full_sync(options, state)
         report.seconds = time.monotonic() - started

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import protocol
-from server import rpc
+from server import lifecycle, rpc
 from server.agent_api import auth, handlers
 from server.agent_api.auth import AgentError
 from server.api import load_actions
@@ -351,7 +351,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     routes += [
         Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])
-        for kind in handlers.TERMINAL_KINDS
+        for kind in lifecycle.TERMINAL_KINDS
     ]
     return Starlette(
         routes=routes,

@@ -28,7 +28,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from common.protocol import sign_request
+from common.protocol import sign_request as sign_agent_request  # the X-Assist-* headers
 from server.rpc import sign_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -230,20 +230,6 @@ def start_server(
         yield handle
     finally:
         handle.stop()
-
-
-def sign_agent_request(
-    key: Ed25519PrivateKey,
-    instance_id: str,
-    method: str,
-    path: str,
-    query: str,
-    body: bytes,
-    timestamp: int | None = None,
-    nonce: str | None = None,
-) -> dict[str, str]:
-    """The X-Assist-* headers of docs/agent-protocol.md for one request."""
-    return sign_request(key, instance_id, method, path, query, body, timestamp, nonce)
 
 
 class FakeAgent:

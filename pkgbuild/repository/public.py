@@ -2,7 +2,7 @@
 
 The keys are also TUF targets (keys/archive-keyring.gpg, keys/RPM-GPG-KEY-assist,
 keys/authenticode.crt, without package custom fields), so the one pinned root.json
-authenticates them for mirrors and installers (docs/SECURITY.md).
+authenticates them for mirrors and installers (mirror/README.md, "Safety").
 """
 
 from __future__ import annotations

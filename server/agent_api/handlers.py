@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from server import model
 from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
-from server.lifecycle import TERMINAL_KINDS, terminal_status  # noqa: F401 (TERMINAL_KINDS: the routes)
+from server.lifecycle import terminal_status
 from server.store import instances, tasks
 from server.store.conn import Conn
 
