@@ -196,3 +196,38 @@ def is_temp_sibling(path: str, of: str) -> bool:
     return os.path.dirname(path) == os.path.dirname(of) and os.path.basename(path).startswith(
         "." + os.path.basename(of)
     )
+
+
+def check_region_option(
+    region: str | None, configured: str = "", template: str | None = None
+) -> None:
+    """Refuse an unknown --region at once: install would save a typo and use it from then on.
+
+    Known: the region table (common/regions.py, with the config's intranet template, which maps
+    every region when it is the operator's own) and the region the config already names.
+    """
+    from common.regions import DEFAULT_TEMPLATE, default_table, region_url
+
+    if region and region != configured:
+        region_url(region, default_table(template or DEFAULT_TEMPLATE))
+
+
+def check_trust_root_option(path: str | None) -> None:
+    """A --trust-root must be a readable TUF root.json; say so naming the option, before any use."""
+    if not path:
+        return
+    from common.errors import ConfigError
+
+    hint = (
+        "pass the repository's root.json (KEYDIR/root.json, or share/root.json of an agent payload)"
+    )
+    if not os.path.isfile(path):
+        raise ConfigError(f"--trust-root {path}: no such file", hint=hint)
+    from tuf.api.metadata import Metadata, Root
+
+    try:
+        Metadata[Root].from_file(path)
+    except Exception as exc:  # tuf raises several deserialisation errors
+        raise ConfigError(
+            f"--trust-root {path} is not a TUF root.json ({type(exc).__name__})", hint=hint
+        ) from exc

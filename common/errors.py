@@ -130,7 +130,7 @@ def path_error(
     when is_path_fault(exc).
     """
     name = str(exc.filename) if exc.filename is not None else None
-    other = f" or pass another {option}" if option else " or choose another path"
+    other = f" or pass another {option}" if option else " or choose another path" if name else ""
     if exc.errno in _SPACE_FAULTS:
         where = f" writing {name}" if name else ""
         return NoSpaceError(

@@ -111,6 +111,7 @@ class _Tree:
     def __init__(self, dest: Path) -> None:
         self.dest = dest
         self.root_fd = -1
+        self._held: tuple[tuple[str, ...], int] | None = None  # the last parent and its fd
 
     def __enter__(self) -> _Tree:
         if _HAVE_DIRFD:
@@ -118,6 +119,9 @@ class _Tree:
         return self
 
     def __exit__(self, *_: object) -> None:
+        if self._held is not None:
+            os.close(self._held[1])
+            self._held = None
         if self.root_fd >= 0:
             os.close(self.root_fd)
 
@@ -143,25 +147,51 @@ class _Tree:
     @contextlib.contextmanager
     def parent(self, parts: Sequence[str], shown: str, create: bool = True) -> Iterator[int | str]:
         """The parent directory of `parts` (a descriptor, or a checked path without openat),
-        each component a real directory (created 0755 when missing), never a symlink."""
+        each component a real directory (created 0755 when missing), never a symlink.
+
+        The last parent opened for writing stays open for the next member (archives list a
+        directory's files together). That is safe: extraction never removes or replaces a
+        directory, so a held descriptor keeps naming the directory it was checked as.
+        """
         if not _HAVE_DIRFD:
             yield self._parent_path(parts, shown, create)
             return
+        key = tuple(parts[:-1])
+        if self._held is not None and self._held[0] == key:
+            yield self._held[1]
+            return
+        fd = self._walk(key, shown, create)
+        if not create:  # a hard link's source, looked up while a parent is in use: not kept
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+            return
+        if self._held is not None:
+            os.close(self._held[1])
+        self._held = (key, fd)
+        yield fd
+
+    def _walk(self, parts: Sequence[str], shown: str, create: bool) -> int:
+        """Open the directory `parts` below the root component by component with O_NOFOLLOW."""
         fd = os.dup(self.root_fd)
         try:
-            for part in parts[:-1]:
+            for part in parts:
                 if create:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=fd)
                 try:
                     child = os.open(part, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError as exc:
+                    raise VerificationError(f"archive member {shown!r} refers to nothing") from exc
                 except OSError as exc:
                     raise _through_link(exc, shown) from exc
                 os.close(fd)
                 fd = child
-            yield fd
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     def _parent_path(self, parts: Sequence[str], shown: str, create: bool) -> str:
         """Without openat (Windows): check every component with lstat before using it."""

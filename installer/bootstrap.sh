@@ -56,7 +56,7 @@ while [ $# -gt 0 ]; do
             [ "$2" = - ] || die "--activation-code takes only '-' (stdin): a code on the command line shows in ps; or set ALIYUN_ASSIST_ACTIVATION_CODE"
             ACTIVATION_CODE_FROM=stdin; shift 2 ;;
         --instance-name) INSTANCE_NAME="$2"; shift 2 ;;
-        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done

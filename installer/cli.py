@@ -8,21 +8,28 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.cli import ACTIVATION_CODE_ENV, read_activation_code
-from common.cli import add_common_options, print_json, run_cli
+from common.cli import (
+    add_common_options,
+    check_region_option,
+    check_trust_root_option,
+    print_json,
+    run_cli,
+)
 from common.config import Config, load_config
-from common.errors import AssistError, ConfigError, UsageError
+from common.errors import AssistError, ConfigError, UsageError, VerificationError
 from common.platform import detect_platform
 from common.service import MANAGERS, default_service_name, make_service
 from installer.agent import AgentInstall, install_agent, render_config
 from installer.native import install_native, installed_version, remove_native
 from updater.layout import Layout
-from updater.remote import find_keys_dir, open_repository
+from updater.remote import find_keys_dir, find_trust_root, open_repository
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config, prefix=args.prefix)
+    check_region_option(
+        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
+    )
+    check_trust_root_option(getattr(args, "trust_root", None))
     layout = Layout(config.prefix)
     handler = {"list": cmd_list, "install": cmd_install, "remove": cmd_remove, "agent": cmd_agent}
     return handler[args.command](args, config, layout)
@@ -99,12 +110,39 @@ def _open(args: argparse.Namespace, config: Config, layout: Layout) -> tuple[Any
     repo, mirrors = open_repository(
         config, layout, mirrors=args.mirror, region=args.region, trust_root=args.trust_root
     )
-    repo.refresh()
+    try:
+        repo.refresh()
+    except VerificationError as exc:
+        if args.trust_root and type(exc) is VerificationError:  # not expiry: maybe the wrong root
+            exc.hint = (
+                f"check that --trust-root {args.trust_root} is this repository's root.json; "
+                + (exc.hint or "")
+            )
+        raise
     return repo, mirrors
 
 
+def is_installed(layout: Layout) -> bool:
+    """Whether the prefix holds an installation (or the TUF state of an earlier command)."""
+    return os.path.lexists(layout.current) or (layout.tuf_dir / "root.json").is_file()
+
+
 def cmd_list(args: argparse.Namespace, config: Config, layout: Layout) -> int:
-    repo, mirrors = _open(args, config, layout)
+    """List the repository's targets; read-only: without an installation, state goes to a temp dir."""
+    if is_installed(layout):
+        return show_targets(args, *_open(args, config, layout))
+    if not args.trust_root and find_trust_root(Layout(layout.prefix), None) is None:
+        raise ConfigError(
+            f"no agent is installed in {layout.prefix}, so there is no trust root to list with",
+            hint="pass --trust-root FILE (the repository's root.json) to list without installing, "
+            "or the --prefix of an installation",
+        )
+    with tempfile.TemporaryDirectory(prefix="assist-list-") as scratch:
+        return show_targets(args, *_open(args, config, Layout(Path(scratch))))
+
+
+def show_targets(args: argparse.Namespace, repo: Any, mirrors: list[str]) -> int:
+    """Print the repository's targets (a table, or JSON with --json)."""
     rows = [
         {
             "package": t.package,

@@ -17,9 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.cli import add_common_options, print_json, run_cli
+from common.cli import (
+    add_common_options,
+    check_region_option,
+    check_trust_root_option,
+    print_json,
+    run_cli,
+)
 from common.config import Config, load_config
-from common.errors import NotFoundError
+from common.errors import LocalStateError, NotFoundError
 from common.platform import detect_platform
 from common.service import MANAGERS, ServiceManager, make_service
 from updater import journal as jr
@@ -84,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config, prefix=args.prefix)
+    check_region_option(
+        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
+    )
+    check_trust_root_option(getattr(args, "trust_root", None))
     layout = Layout(config.prefix)
     handler = {
         "status": cmd_status,
@@ -212,6 +222,11 @@ def gather_status(layout: Layout, service: ServiceManager) -> dict[str, Any]:
 
 
 def cmd_check(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    if read_pointer(layout) is None:  # read-only: say so, create nothing
+        raise LocalStateError(
+            f"no agent is installed in {layout.prefix}",
+            hint="install it with `assist-install agent`, or pass the --prefix of an installation",
+        )
     plan = _updater(args, config, layout, remote=True).check()
     current = read_pointer(layout)
     available = plan.action not in (NOTHING, REFUSE)

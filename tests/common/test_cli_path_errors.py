@@ -34,16 +34,17 @@ def run(*argv: str, user: str | None = None) -> subprocess.CompletedProcess[str]
 def commands(base: Path) -> dict[str, tuple[list[str], str]]:
     """Commands that write under a path the user chose, and the option that chose it."""
     return {
-        "install-list": (
-            ["assist-install", "list", "--prefix", f"{base}/p", "--mirror", DEAD_MIRROR],
+        "install-install": (
+            ["assist-install", "install", "hello", "--format", "deb", "--prefix", f"{base}/p"]
+            + ["--mirror", DEAD_MIRROR],
             "--prefix",
         ),
         "install-agent": (
             ["assist-install", "agent", "--prefix", f"{base}/p", "--mirror", DEAD_MIRROR],
             "--prefix",
         ),
-        "update-check": (
-            ["assist-update", "check", "--prefix", f"{base}/p", "--mirror", DEAD_MIRROR],
+        "update-apply": (
+            ["assist-update", "apply", "--prefix", f"{base}/p", "--mirror", DEAD_MIRROR],
             "--prefix",
         ),
         "pkgbuild-keygen": (["assist-pkgbuild", "keygen", "--out", f"{base}/keys"], "--out"),
@@ -124,7 +125,7 @@ def test_path_under_a_file_names_the_file_in_the_way(name: str, tmp_path: Path) 
     assert tree(tmp_path) == ["afile"]
 
 
-@pytest.mark.parametrize("name", ["install-agent", "update-check", "pkgbuild-keygen"])
+@pytest.mark.parametrize("name", ["install-agent", "update-apply", "pkgbuild-keygen"])
 def test_directory_of_another_user_is_permission_denied_not_internal(
     name: str, tmp_path: Path
 ) -> None:
@@ -170,3 +171,11 @@ def test_missing_file_is_a_path_error() -> None:
     assert isinstance(error, PathError) and error.exit_code == 1
     assert error.message == "/nope/root.json: no such file or directory"
     assert error.hint == "check the path or pass another --trust-root"
+
+
+def test_a_fault_without_a_path_does_not_suggest_another_path() -> None:
+    error = explain_os_error(
+        PermissionError(errno.EACCES, "Permission denied"), argparse.Namespace()
+    )
+    assert error.message == "permission denied"
+    assert error.hint == "run as a user allowed to use it (e.g. root)"

@@ -76,6 +76,8 @@ def test_ordinary_tree_with_inner_links_is_unpacked(dest: Path) -> None:
         [("a", tarfile.SYMTYPE, "x/.."), ("x", tarfile.SYMTYPE, ".")],
         # a hard link to a file reached through a link
         [("l", tarfile.SYMTYPE, ".."), ("h", tarfile.LNKTYPE, "l/victim")],
+        # a hard link to a file in a directory that does not exist
+        [("h", tarfile.LNKTYPE, "nodir/file")],
         # a link created inside a directory reached through a link
         [
             ("l", tarfile.SYMTYPE, "."),
@@ -89,6 +91,7 @@ def test_ordinary_tree_with_inner_links_is_unpacked(dest: Path) -> None:
         "file-over-link",
         "dangling-chain",
         "hardlink-through-link",
+        "hardlink-to-nothing",
         "link-under-link",
     ],
 )

@@ -303,6 +303,47 @@ def test_signed_tarball_chaining_links_out_then_a_directory_changes_nothing_outs
     assert not list((world.prefix / "versions").glob(".staging-*"))
 
 
+def test_first_install_of_a_signed_tarball_chaining_links_out_changes_nothing_outside(
+    world: World, tmp_path: Path
+) -> None:
+    """The same attack through `assist-install agent` (a fresh prefix): the installer stages
+    with the same extractor, so the directory above the new prefix keeps its mode."""
+    fresh = tmp_path / "outer" / "prefix"
+    fresh.parent.mkdir()
+    fresh.parent.chmod(0o755)
+    chain = [
+        _member("versions/1.3.0/l", tarfile.SYMTYPE, "."),
+        _member("versions/1.3.0/a", tarfile.SYMTYPE, "l/.."),
+        _member("versions/1.3.0/b", tarfile.SYMTYPE, "a/.."),
+        _member("versions/1.3.0/c", tarfile.SYMTYPE, "b/.."),
+        _member("versions/1.3.0/c", tarfile.DIRTYPE),
+    ]
+    chain[-1].mode = 0o700
+    evil = _evil_tarball(tmp_path / "aliyun-assist-1.3.0-linux-x86_64.tar.gz", "1.3.0", chain)
+    publish(world.repo, world.keys, [evil])
+    before = (fresh.parent.stat().st_mode, tmp_path.stat().st_mode)
+    code = install_main(
+        [
+            "agent",
+            "--version",
+            "1.3.0",
+            "--prefix",
+            str(fresh),
+            "--mirror",
+            world.server.url,
+            "--service",
+            "none",
+            "--trust-root",
+            str(world.keys / "root.json"),
+        ]
+    )
+    assert code == 4
+    assert (fresh.parent.stat().st_mode, tmp_path.stat().st_mode) == before
+    assert oct(fresh.parent.stat().st_mode & 0o777) == "0o755"
+    assert not (fresh / "current").exists() and not (fresh / "versions" / "1.3.0").exists()
+    assert not list((fresh / "versions").glob(".staging-*"))
+
+
 @pytest.mark.parametrize("role", ["timestamp", "snapshot", "targets", "root"])
 def test_key_rotation_properly_signed_is_accepted(world: World, role: str) -> None:
     pkgbuild("rotate-key", "--repo", str(world.repo), "--keys", str(world.keys), "--role", role)
