@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 from agent.private import make_private_dir, restrict_umask
 from common.cli import add_common_options, print_json, run_cli
 from common.config import REGION_ENV, SERVER_ENV, Config, load_config
-from common.errors import ConfigError, LockedError, UsageError
+from common.errors import ConfigError, LocalStateError, LockedError, UsageError
 
 if TYPE_CHECKING:
     from agent.identity import Identity
@@ -266,6 +266,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from common.platform import pid_alive
 
     config = load(args)
+    state = config.state_dir
+    if state.is_dir() and not os.access(state, os.R_OK | os.X_OK):
+        raise LocalStateError(
+            f"cannot read {state}: it is private to the agent's user",
+            hint="run `assist-agent status` as that user (usually root, e.g. with sudo)",
+        )
     health = read_health(config.state_dir) or {}
     try:
         identity: Any = load_identity(config.state_dir)

@@ -53,20 +53,24 @@ def test_server_discovery_order(tmp_path: Path) -> None:
         resolve_server(None, config, "", {})
 
 
+def register_args(server_url: str, activation: tuple[str, str], prefix: Path) -> list[str]:
+    """`assist-agent register` arguments for an activation of the stand-in server."""
+    act_id, code = activation
+    options = {"--server": server_url, "--activation-id": act_id, "--activation-code": code}
+    return ["register", *(x for pair in options.items() for x in pair), "--prefix", str(prefix)]
+
+
+def write_quiet_config(prefix: Path) -> None:
+    """A config with short long-polls and no scheduled updates."""
+    (prefix / "config").mkdir(parents=True)
+    (prefix / "config" / "assist.toml").write_text(
+        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
+    )
+
+
 def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
-    act_id, code = fake_server.activation()
     prefix = tmp_path / "p"
-    args = [
-        "register",
-        "--server",
-        fake_server.url,
-        "--activation-id",
-        act_id,
-        "--activation-code",
-        code,
-        "--prefix",
-        str(prefix),
-    ]
+    args = register_args(fake_server.url, fake_server.activation(), prefix)
     first = cli(*args, "--json")
     assert first.returncode == 0, first.stderr
     answer = json.loads(first.stdout)
@@ -125,10 +129,7 @@ def test_run_unregistered_waits_healthy_and_picks_up_a_later_register(
     tmp_path: Path, fake_server
 ) -> None:  # type: ignore[no-untyped-def]
     prefix = tmp_path / "p"
-    (prefix / "config").mkdir(parents=True)
-    (prefix / "config" / "assist.toml").write_text(
-        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
-    )
+    write_quiet_config(prefix)
     agent = AgentProcess(prefix)
     try:
         health = prefix / "state" / "health.json"
@@ -148,18 +149,7 @@ def test_run_unregistered_waits_healthy_and_picks_up_a_later_register(
         before = cpu_ticks(agent.proc.pid)
         time.sleep(3)
         assert cpu_ticks(agent.proc.pid) - before < 30  # idle: well under 0.3 s of CPU in 3 s
-        act_id, code = fake_server.activation()
-        registered = cli(
-            "register",
-            "--server",
-            fake_server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
-        )
+        registered = cli(*register_args(fake_server.url, fake_server.activation(), prefix))
         assert registered.returncode == 0, registered.stderr
         agent.wait_connected(timeout=30)  # the same process, not restarted
         instance = registered.stdout.strip()
@@ -186,26 +176,9 @@ def test_an_unregistered_agent_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_status_reports_running_agent_and_refuses_a_second_one(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
-    act_id, code = fake_server.activation()
     prefix = tmp_path / "p"
-    (prefix / "config").mkdir(parents=True)
-    (prefix / "config" / "assist.toml").write_text(
-        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
-    )
-    assert (
-        cli(
-            "register",
-            "--server",
-            fake_server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
-        ).returncode
-        == 0
-    )
+    write_quiet_config(prefix)
+    assert cli(*register_args(fake_server.url, fake_server.activation(), prefix)).returncode == 0
     down = cli("status", "--prefix", str(prefix), "--json")
     assert down.returncode == 3 and json.loads(down.stdout)["running"] is False
     agent = AgentProcess(prefix)
