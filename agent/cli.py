@@ -33,6 +33,15 @@ WAITING = "registration"  # health.json "waiting" value of an agent not register
 ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-agent status --json",
+    "register": "ALIYUN_ASSIST_ACTIVATION_CODE=CODE assist-agent register --server https://assist.example:8443 --activation-id ID",
+    "run": "assist-agent run --prefix /usr/local/share/aliyun-assist",
+    "status": "assist-agent status --json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of CLI.md (assist-agent)."""
     parser = argparse.ArgumentParser(prog=PROG, description="The Aliyun Assist agent daemon")
@@ -318,7 +327,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `assist-agent`."""
-    return run_cli(PROG, build_parser(), dispatch, argv)
+    return run_cli(PROG, build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

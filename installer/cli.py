@@ -34,6 +34,16 @@ from updater.remote import find_keys_dir, find_trust_root, open_repository
 log = logging.getLogger(__name__)
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-install agent --region cn-hangzhou --service systemd --trust-root root.json",
+    "list": "assist-install list --mirror http://mirror:8081/ --trust-root root.json",
+    "install": "assist-install install aliyun-assist==2.2.5 --mirror http://mirror:8081/ --trust-root root.json",
+    "remove": "assist-install remove aliyun-assist",
+    "agent": "ALIYUN_ASSIST_ACTIVATION_CODE=CODE assist-install agent --mirror http://mirror:8081/ --trust-root root.json --service systemd --server https://assist.example:8443 --activation-id ID",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The assist-install command line."""
     parser = argparse.ArgumentParser(
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist-install", build_parser(), dispatch, argv)
+    return run_cli("assist-install", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 def dispatch(args: argparse.Namespace) -> int:

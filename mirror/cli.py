@@ -27,6 +27,19 @@ PROG = "assist-mirror"
 DEFAULT_ROOT = "/var/lib/aliyun-assist-mirror"
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-mirror sync --region cn-hangzhou --upstream http://origin:8081/ --root /srv/mirror --trust-root root.json",
+    "sync": "assist-mirror sync --region cn-hangzhou --upstream http://origin:8081/ --root /srv/mirror --trust-root root.json --public-url http://mirror:8081/",
+    "serve": "assist-mirror serve --root /srv/mirror --listen 0.0.0.0:8081",
+    "verify": "assist-mirror verify --root /srv/mirror",
+    "status": "assist-mirror status --root /srv/mirror --json",
+    "prune": "assist-mirror prune --root /srv/mirror --keep 3",
+    "export": "assist-mirror export --root /srv/mirror --out bundle.tar --since site-state.json",
+    "import": "assist-mirror import bundle.tar --root /srv/mirror",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of CLI.md, plus a few options of our own."""
     parser = argparse.ArgumentParser(
@@ -318,7 +331,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(PROG, build_parser(), dispatch, argv)
+    return run_cli(PROG, build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,19 @@ SETTINGS_ENV = "ASSIST_SERVER_SETTINGS"
 H11_MAX_EVENT = 512 * 1024  # bytes: the SDK puts every parameter (18 KB content) in the URL
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-server serve --listen 0.0.0.0:8443 --db sqlite:///var/lib/assist/assist.db",
+    "serve": "assist-server serve --listen 0.0.0.0:8443 --db postgresql://assist@db/assist --tls-cert c.pem --tls-key k.pem",
+    "migrate": "assist-server migrate --db sqlite:///var/lib/assist/assist.db",
+    "accesskey": "assist-server accesskey create --db sqlite:///var/lib/assist/assist.db --account ops",
+    "accesskey create": "assist-server accesskey create --db sqlite:///var/lib/assist/assist.db --account ops --json",
+    "accesskey list": "assist-server accesskey list --db sqlite:///var/lib/assist/assist.db",
+    "accesskey disable": "assist-server accesskey disable LTAI0123456789abcdef --db sqlite:///var/lib/assist/assist.db",
+    "accesskey enable": "assist-server accesskey enable LTAI0123456789abcdef --db sqlite:///var/lib/assist/assist.db",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="assist-server", description="The Cloud Assistant control plane"
@@ -338,7 +351,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist-server", build_parser(), dispatch, argv)
+    return run_cli("assist-server", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

@@ -284,6 +284,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r["InvocationStatus"] == "Success" for r in results) else 1
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
+    "configure": "assist configure --access-key-id LTAI… --access-key-secret … --region cn-hangzhou --endpoint https://assist.example:8443",
+    "ecs": "assist ecs DescribeInvocationResults --InstanceId i-1 --InvokeId t-…",
+    "run": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assist", description="Cloud Assistant operator CLI")
     add_common_options(parser)
@@ -327,7 +336,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist", build_parser(), dispatch, argv)
+    return run_cli("assist", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,19 @@ EXIT_ROLLED_BACK = 3
 EXIT_UPDATE_AVAILABLE = 100
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-update apply --mirror http://mirror:8081/",
+    "status": "assist-update status --json",
+    "check": "assist-update check --channel stable",
+    "apply": "assist-update apply --mirror http://mirror:8081/ --health-timeout 60",
+    "rollback": "assist-update rollback",
+    "recover": "assist-update recover",
+    "unblock": "assist-update unblock 2.2.5",
+    "schedule": "assist-update schedule --json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The assist-update command line."""
     parser = argparse.ArgumentParser(prog="assist-update", description="Self-update the agent")
@@ -85,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist-update", build_parser(), dispatch, argv)
+    return run_cli("assist-update", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 def dispatch(args: argparse.Namespace) -> int:
