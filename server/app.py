@@ -23,6 +23,7 @@ from server.agent_api.auth import AgentError
 from server.api import load_actions
 from server.inputs import ascii_int
 from server.notify import Notifier
+from server.output_limits import DEFAULT_QUOTA
 from server.store import Store
 from server.store import queries as q
 from server.store.conn import Conn
@@ -48,6 +49,7 @@ class Settings:
     history_days: int = 30  # finished runs of timed invocations are kept this long…
     history_keep: int = 1000  # …and at most this many per instance and invocation
     chores_interval: float = 60.0  # seconds between background upkeep rounds
+    output_quota: int = DEFAULT_QUOTA  # bytes of output kept per execution (the tail)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from common.cli import add_common_options, print_json, run_cli
 from common.errors import ConfigError, NotFoundError, UsageError
 from common.listen import add_limit_options, announce, limits_from_args, parse_listen
+from server.output_limits import DEFAULT_QUOTA
 
 T = TypeVar("T")
 
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="finished runs kept at most per instance and timed invocation",
     )
+    serve.add_argument(
+        "--output-quota",
+        type=int,
+        default=DEFAULT_QUOTA,
+        help="bytes of task output kept per execution, the tail; the agent's quota "
+        "(default: %(default)s)",
+    )
     add_limit_options(serve, idle=75.0)
     serve.add_argument(  # tests only: how often the background upkeep runs
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
@@ -101,8 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("--max-invoke-instances and --heartbeat-interval must be positive")
     if args.offline_grace < 0 or not args.chores_interval > 0:
         raise UsageError("--offline-grace must be 0 or more, --chores-interval positive")
-    if args.history_days < 1 or args.history_keep < 1:
-        raise UsageError("--history-days and --history-keep must be positive")
+    if args.history_days < 1 or args.history_keep < 1 or args.output_quota < 1:
+        raise UsageError("--history-days, --history-keep and --output-quota must be positive")
     return Settings(
         db_url=args.db,
         max_invoke_instances=args.max_invoke_instances,
@@ -111,6 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         history_days=args.history_days,
         history_keep=args.history_keep,
         chores_interval=args.chores_interval,
+        output_quota=args.output_quota,
     )
 
 
