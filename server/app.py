@@ -13,7 +13,7 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -142,18 +142,22 @@ def api_error_response(exc: rpc.ApiError, request_id: str, fmt: str = "JSON") ->
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes."""
+    """The request body; ValueError beyond `limit` bytes, or when the client went away (or was
+    closed by its body deadline, common/connguard.py) before sending it all."""
     declared = request.headers.get("content-length")
     size = ascii_int(declared or "", 18)
     if size is not None and size > limit:
         raise ValueError("body too large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ValueError("body too large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ValueError("body too large")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:  # nobody reads the answer: no error to log
+        raise ValueError("the client went away before its body ended") from exc
     return b"".join(chunks)
 
 

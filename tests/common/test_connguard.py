@@ -170,6 +170,7 @@ def test_stalled_headers_body_and_idle_connections_are_closed(kind: str, tmp_pat
             with sock:
                 assert closed_by_server(sock)
         assert requests.get(url, timeout=20).status_code == 200
+    assert "Traceback" not in (tmp_path / "serve.log").read_text(errors="replace")
 
 
 def test_long_poll_outlives_the_header_timeout(tmp_path: Path) -> None:
