@@ -40,6 +40,7 @@ from common.listen import ConnLimits
 log = logging.getLogger(__name__)
 
 FD_RESERVE = 64  # descriptors kept free for the database, log files and the listener
+TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 LIMITS_ENV = "ASSIST_CONN_LIMITS"  # the limits, for worker processes started by uvicorn
 GRACEFUL_SHUTDOWN = 5  # seconds running requests (long-polls) get after SIGTERM
@@ -122,6 +123,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.limits = current_limits()
         self.phase = Phase.WAIT
         self.since = time.monotonic()
+        self.header_bytes = 0  # received since the current request started
         self._deadline: asyncio.TimerHandle | None = None
 
     # --- phase bookkeeping ---------------------------------------------------------------
@@ -130,6 +132,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """Move to `phase` and (re)arm its deadline."""
         self.phase = phase
         self.since = time.monotonic()
+        if phase is not Phase.WAIT:
+            self.header_bytes = 0
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -174,6 +178,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase in (Phase.WAIT, Phase.IDLE):
+            self.header_bytes += len(data)
+            if self.header_bytes > self.limits.max_header_bytes:
+                log.info(
+                    "closing %s: request headers beyond %d bytes",
+                    self.client,
+                    self.limits.max_header_bytes,
+                )
+                self.transport.write(TOO_LARGE)
+                self.transport.close()
+                return
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

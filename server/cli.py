@@ -163,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if path and not Path(path).is_file():
             raise ConfigError(f"TLS file not found: {path}")
     settings = settings_from_args(args)
-    limits = limits_from_args(args)
+    limits = dataclasses.replace(limits_from_args(args), max_header_bytes=H11_MAX_EVENT)
     migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
     debug = bool(getattr(args, "debug", False))
     options: dict[str, Any] = {
@@ -171,7 +171,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": debug,
         "ssl_certfile": args.tls_cert,
         "ssl_keyfile": args.tls_key,
-        "h11_max_incomplete_event_size": H11_MAX_EVENT,
         "backlog": 4096,
     }
     if args.workers > 1:
