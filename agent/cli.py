@@ -7,13 +7,19 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from agent.private import make_private_dir, restrict_umask
 from common.cli import add_common_options, print_json, run_cli
 from common.config import REGION_ENV, SERVER_ENV, Config, load_config
 from common.errors import ConfigError, LockedError, UsageError
+
+if TYPE_CHECKING:
+    from agent.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +27,10 @@ PROG = "assist-agent"
 # The region rule of the original agent; used only when nothing else names the server.
 SERVER_TEMPLATE = "https://{region}.axt.aliyun.com"
 LOCK_FILE = "agent.lock"
+REGISTRATION_POLL = 1.0  # seconds between looks for the identity of a later `register`
+WAITING = "registration"  # health.json "waiting" value of an agent not registered yet
+# The activation code is a secret: read from here or stdin, it never shows in `ps`.
+ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser("register", help="join a server with an activation id and code")
     reg.add_argument("--server", required=True, help="server base URL, e.g. https://host:8080")
-    reg.add_argument("--activation-id", required=True)
-    reg.add_argument("--activation-code", required=True)
+    reg.add_argument("--activation-id", required=True, help="from `assist ecs CreateActivation`")
+    reg.add_argument(
+        "--activation-code",
+        help=f"the activation's code; '-' reads it from stdin (default: ${ACTIVATION_CODE_ENV}); "
+        "on the command line it shows in `ps`",
+    )
     reg.add_argument("--instance-name", default="", help="name shown to operators")
     reg.add_argument("--instance-id", default="", help="register under this i-… id")
     reg.add_argument(
@@ -88,6 +102,25 @@ def resolve_server(
     )
 
 
+def read_activation_code(
+    option: str | None, env: Mapping[str, str], stdin: IO[str] | None = None
+) -> str:
+    """The activation code: --activation-code, '-' for one line of stdin, else the environment."""
+    if option == "-":
+        code = (stdin or sys.stdin).readline().strip()
+        source = "stdin"
+    elif option:
+        code, source = option, "--activation-code"
+    else:
+        code, source = env.get(ACTIVATION_CODE_ENV, "").strip(), f"${ACTIVATION_CODE_ENV}"
+    if not code:
+        raise UsageError(
+            f"no activation code ({source} is empty)",
+            hint=f"set {ACTIVATION_CODE_ENV}, or pass --activation-code - and write it to stdin",
+        )
+    return code
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     """Exchange the activation for an instance id and keep the key under state/."""
     from agent.client import AgentClient
@@ -100,6 +133,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     )
     from common.version import agent_version
 
+    restrict_umask()
     config = load(args)
     try:
         existing = load_identity(config.state_dir)
@@ -110,12 +144,13 @@ def cmd_register(args: argparse.Namespace) -> int:
             f"already registered as {existing.instance_id}",
             hint="pass --force to register again (the old identity is replaced)",
         )
+    code = read_activation_code(args.activation_code, os.environ)
     key = generate_key()
     client = AgentClient(args.server, None)
     public = Identity("", key).public_key_b64()
     instance_id = client.register(
         args.activation_id,
-        args.activation_code,
+        code,
         public,
         instance_name=args.instance_name,
         instance_id=args.instance_id,
@@ -131,8 +166,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def acquire_lock(state_dir: Path) -> IO[Any]:
     """Hold state/agent.lock for the life of the daemon; LockedError if another agent runs."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held until exit
+    make_private_dir(state_dir)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    handle = os.fdopen(fd, "a+")
     try:
         if os.name == "nt":  # pragma: no cover - Windows only
             import msvcrt
@@ -152,30 +188,66 @@ def acquire_lock(state_dir: Path) -> IO[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGTERM/SIGINT."""
+    """Run the daemon until SIGTERM/SIGINT; unregistered, wait for `register` first."""
     from agent.daemon import Agent, AgentOptions, recover_update
-    from agent.identity import load_identity
 
+    task_umask = restrict_umask()
     config = load(args)
     if recover_update(config.prefix) == "rolled_back":
         relaunch_current(config.prefix)
-    identity = load_identity(config.state_dir)
-    server = resolve_server(args.server, config, identity.server, dict(os.environ))
     lock = acquire_lock(config.state_dir)
-    agent = Agent(config, AgentOptions(server=server, identity=identity))
+    stopping = threading.Event()
+    agent: Agent | None = None
 
     def on_signal(signum: int, frame: Any) -> None:
         log.info("signal %d: stopping", signum)
-        agent.stop()
+        stopping.set()
+        if agent is not None:
+            agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("agent %s starting against %s", identity.instance_id, server)
     try:
+        identity = wait_for_registration(config.state_dir, stopping)
+        if identity is None:
+            return 0
+        server = resolve_server(args.server, config, identity.server, dict(os.environ))
+        agent = Agent(config, AgentOptions(server=server, identity=identity, task_umask=task_umask))
+        if stopping.is_set():
+            return 0
+        log.info("agent %s starting against %s", identity.instance_id, server)
         agent.run()
     finally:
         lock.close()
     return 0
+
+
+def wait_for_registration(
+    state_dir: Path, stopping: threading.Event, poll: float = REGISTRATION_POLL
+) -> Identity | None:
+    """The identity once `assist-agent register` wrote it; None if asked to stop meanwhile.
+
+    Until then the agent is up and healthy, "waiting for registration" in health.json (an agent
+    installed by an image build is registered later, or never). Polling is one stat a second.
+    """
+    from agent.health import write_health
+    from agent.identity import IDENTITY_FILE, NotRegisteredError, load_identity
+
+    started = time.time()
+    announced = False
+    while not stopping.is_set():
+        try:
+            return load_identity(state_dir)
+        except NotRegisteredError:
+            if not announced:
+                log.warning(
+                    "not registered yet: waiting for `assist-agent register` (watching %s)",
+                    state_dir / IDENTITY_FILE,
+                )
+                write_health(state_dir, started, False, registered=False, waiting=WAITING)
+                announced = True
+        stopping.wait(poll)
+    return None
 
 
 def relaunch_current(prefix: Path) -> None:
@@ -201,11 +273,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         identity = None
     pending = count_pending(config.state_dir)
     running = bool(health) and pid_alive(int(health.get("pid") or 0))
+    waiting = running and identity is None and health.get("waiting") == WAITING
     report = {
         "registered": identity is not None,
         "instance_id": identity.instance_id if identity else "",
         "server": identity.server if identity else "",
         "running": running,
+        "state": describe_state(running, identity is not None, bool(health.get("connected"))),
+        "waiting_for_registration": waiting,
         "connected": bool(health.get("connected")) and running,
         "version": health.get("version", ""),
         "pid": health.get("pid", 0) if running else 0,
@@ -218,6 +293,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, value in report.items():
             print(f"{key}: {value}")
     return 0 if running else 3
+
+
+def describe_state(running: bool, registered: bool, connected: bool) -> str:
+    """One phrase for `status`: not running, waiting for registration, connected, …"""
+    if not running:
+        return "not running"
+    if not registered:
+        return "waiting for registration"
+    return "connected" if connected else "running, server unreachable"
 
 
 def dispatch(args: argparse.Namespace) -> int:

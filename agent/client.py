@@ -11,6 +11,7 @@ import logging
 import platform
 import re
 import socket
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from common.errors import AssistError, DownloadError, UsageError
 log = logging.getLogger(__name__)
 
 API = "/luban/api"
+MAX_ANSWER = 8 * 1024 * 1024  # bytes of one server answer (task lists of 18 KiB scripts fit)
 RETRYABLE_CODES = {"InvalidSignature", "ReplayedRequest"}  # clock skew, nonce clash: try again
 
 
@@ -91,30 +93,46 @@ class AgentClient:
                 raise AssistError("cannot sign a request without an identity")
             headers.update(sign_headers(self.identity, method, full_path, query, data))
         url = self.server + API + path + (f"?{query}" if query else "")
+        wait = timeout or self.timeout
         try:
             response = self.session.request(
-                method, url, data=data or None, headers=headers, timeout=timeout or self.timeout
+                method, url, data=data or None, headers=headers, timeout=wait, stream=True
             )
+            try:
+                content = self._read_capped(response, time.monotonic() + wait + self.timeout)
+            finally:
+                response.close()
         except requests.RequestException as exc:
             raise ServerUnavailableError(f"cannot reach {self.server}: {exc}") from exc
-        return self._decode(response)
+        return self._decode(response, content)
 
-    def _decode(self, response: requests.Response) -> Any:
+    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+        """The answer's body, refused past MAX_ANSWER bytes or the deadline (monotonic)."""
+        content = bytearray()
+        for piece in response.iter_content(65536):
+            content += piece
+            if len(content) > MAX_ANSWER:
+                raise ServerUnavailableError(
+                    f"{self.server} answered more than {MAX_ANSWER} bytes; answer ignored",
+                    hint="check that --server points at an assist-server",
+                )
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(f"{self.server} took too long to answer")
+        return bytes(content)
+
+    def _decode(self, response: requests.Response, content: bytes) -> Any:
         """Turn a response into JSON or the right error."""
+        text = content[:200].decode("utf-8", "replace")
         if response.status_code >= 500:
-            raise ServerUnavailableError(
-                f"{self.server} answered {response.status_code}: {response.text[:200]}"
-            )
+            raise ServerUnavailableError(f"{self.server} answered {response.status_code}: {text}")
         try:
-            payload = response.json()
-        except ValueError:
+            payload = json.loads(content)
+        except (ValueError, RecursionError):
             payload = None
         if response.status_code >= 400:
             code = payload.get("code", "") if isinstance(payload, dict) else ""
             message = payload.get("message", "") if isinstance(payload, dict) else ""
-            raise ServerRefusedError(
-                response.status_code, code or "HTTP", message or response.text[:200]
-            )
+            raise ServerRefusedError(response.status_code, code or "HTTP", message or text)
         if payload is None:
             raise ServerUnavailableError(f"{self.server} answered something that is not JSON")
         return payload

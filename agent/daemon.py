@@ -30,6 +30,7 @@ from agent.outbox import Store
 from agent.output import Chunk, b64
 from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
+from agent.private import make_private_dir, tighten_tree
 from agent.runner import (
     POWER_OFF_EXIT,
     REBOOT_EXIT,
@@ -53,9 +54,11 @@ REBOOT_MODES = ("NextRebootOnly", "EveryReboot")
 # An empty long-poll answer before this fraction of its timeout means a lost wake-up.
 EARLY_WAKE_FRACTION = 0.8
 RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a safety net)
-UPDATE_BUSY_RETRY = 60.0
+UPDATE_BUSY_RETRY = 60.0  # seconds to wait when an update finds a one-shot task running
+MAX_QUEUED_CHUNKS = 4  # streamed chunks of one execution kept while the server is away
+MAX_UPDATE_LOG = 1 << 20  # bytes of log/update.log before it is rotated to update.log.1
 STOP_EXECUTION = "stopped"  # execution id of a stop acknowledged without a run
-LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered  # seconds to wait when an update finds a one-shot task running
+LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered
 
 
 @dataclass
@@ -154,6 +157,7 @@ class AgentOptions:
     updater_command: list[str] | None = None  # default: <prefix>/current/bin/assist-update …
     resync_interval: float = RESYNC_INTERVAL  # seconds
     update_busy_retry: float = UPDATE_BUSY_RETRY  # seconds
+    task_umask: int | None = None  # umask for task processes (the agent's own is 077)
 
 
 class Agent:
@@ -172,6 +176,7 @@ class Agent:
             chunk_interval=cfg.chunk_interval,
             kill_grace=options.kill_grace,
             work_dir=config.prefix / "work",
+            task_umask=options.task_umask,
         )
         # one HTTP session per thread that talks to the server (requests.Session is not
         # guaranteed thread-safe): notify loop (long-poll, task list, update check), outbox, heartbeat
@@ -201,6 +206,8 @@ class Agent:
 
     def run(self) -> None:
         """Run until `stop()`: recover, start the threads, and long-poll in a background thread."""
+        make_private_dir(self.state_dir)
+        tighten_tree(self.state_dir)
         self.recover_crashed()
         self.prune_ledger()
         write_health(self.state_dir, self.started, False)
@@ -270,7 +277,7 @@ class Agent:
                 started.execution_id,
             )
             self._record_outcome(started.invoke_id, started.execution_id, outcome)
-            Spool(path).discard()
+            Spool(path, self.limits.output_quota).discard()
 
     # -- server connection --------------------------------------------------------------------
 
@@ -574,11 +581,12 @@ class Agent:
                 "offset": chunk.offset,
                 "output": b64(chunk.data),
             }
-            self.store.enqueue(
-                f"running/{invoke}/{execution}/{chunk.offset}", "/v1/task/running", body
+            group = f"running/{invoke}/{execution}/"
+            self.store.enqueue_capped(
+                f"{group}{chunk.offset}", "/v1/task/running", body, group, MAX_QUEUED_CHUNKS
             )
 
-        spool = Spool(spool_path(self.state_dir, invoke, execution))
+        spool = Spool(spool_path(self.state_dir, invoke, execution), self.limits.output_quota)
         run = Execution(task, execution_id, builtins, self.limits, on_start, on_chunk, spool.write)
         run.start_time = start
         with self._lock:
@@ -641,17 +649,16 @@ class Agent:
     # -- self-update hooks ----------------------------------------------------------------------
 
     def schedule_update(self, after: float | None = None) -> None:
-        """Arm the next scheduled update: [update] schedule (seconds-first cron) plus splay."""
-        text = self.config.update.schedule.strip()
-        if not text:
-            return
+        """Arm the next scheduled update: [update] schedule plus splay (docs/schedules.md)."""
         try:
-            sched = schedule.parse_cron(text)
+            when = schedule.next_update_time(
+                self.config.update.schedule, after or time.time(), self.config.update.splay
+            )
         except AssistError as exc:
             log.error("[update] schedule is invalid, scheduled updates are off: %s", exc)
             return
-        base = schedule.next_cron(sched, after or time.time())
-        when = base + random.uniform(0, max(0.0, self.config.update.splay))
+        if when is None:
+            return
         log.info(
             "next scheduled update check at %s",
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)),
@@ -659,7 +666,7 @@ class Agent:
 
         def fire() -> None:
             self.run_updater("schedule")
-            self.schedule_update(base)
+            self.schedule_update(when)
 
         self._update_timer = self.timers.call_at(when, fire)
 
@@ -698,6 +705,10 @@ class Agent:
         log.warning("starting the updater (%s): %s", reason, " ".join(argv))
         log_dir = self.config.log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
+        rotate_log(log_dir / "update.log", MAX_UPDATE_LOG)
+        extra: dict[str, Any] = {}
+        if self.options.task_umask is not None:
+            extra["umask"] = self.options.task_umask  # unpacked versions keep their own modes
         with open(log_dir / "update.log", "ab") as out:
             self._update_proc = subprocess.Popen(
                 argv,
@@ -706,8 +717,18 @@ class Agent:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                **extra,
             )
         return True
+
+
+def rotate_log(path: Path, limit: int) -> None:
+    """Move a log over `limit` bytes to `<name>.1` (replacing the older one) so it stays bounded."""
+    try:
+        if path.stat().st_size > limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except OSError:
+        pass
 
 
 def updater_command(prefix: Path) -> list[str]:

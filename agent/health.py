@@ -24,7 +24,7 @@ def write_health(state_dir: Path, started: float, connected: bool, **extra: Any)
         "updated": time.time(),
     }
     record.update(extra)
-    atomic_write_json(state_dir / HEALTH_FILE, record)
+    atomic_write_json(state_dir / HEALTH_FILE, record, mode=0o600)
 
 
 def read_health(state_dir: Path) -> dict[str, Any] | None:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write_bytes, atomic_write_json
 from common.errors import LocalStateError
+from common.protocol import canonical_string as canonical_string  # re-exported
+from common.protocol import sign_request
 
 KEY_FILE = "agent.key"
 IDENTITY_FILE = "identity.json"
@@ -59,7 +58,7 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
     """Write the key (0600) and the instance id under state/, atomically."""
     from cryptography.hazmat.primitives import serialization
 
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pem = identity.private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -97,15 +96,6 @@ def load_identity(state_dir: Path) -> Identity:
     return Identity(str(record["instance_id"]), key, str(record.get("server", "")))
 
 
-def canonical_string(
-    method: str, path: str, query: str, timestamp: int, nonce: str, body: bytes
-) -> bytes:
-    """The bytes a request signature covers (docs/agent-protocol.md, Signing)."""
-    digest = hashlib.sha256(body).hexdigest()
-    parts = [method.upper(), path, query, str(timestamp), nonce, digest]
-    return "\n".join(parts).encode("utf-8")
-
-
 def sign_headers(
     identity: Identity,
     method: str,
@@ -115,14 +105,8 @@ def sign_headers(
     now: float | None = None,
     nonce: str | None = None,
 ) -> dict[str, str]:
-    """The four X-Assist-* headers for one request."""
-    timestamp = int(time.time() if now is None else now)
-    nonce = nonce or uuid.uuid4().hex
-    message = canonical_string(method, path, query, timestamp, nonce, body)
-    signature = identity.private_key.sign(message)
-    return {
-        "X-Assist-Instance-Id": identity.instance_id,
-        "X-Assist-Timestamp": str(timestamp),
-        "X-Assist-Nonce": nonce,
-        "X-Assist-Signature": base64.b64encode(signature).decode("ascii"),
-    }
+    """The four X-Assist-* headers for one request (common/protocol.py)."""
+    timestamp = None if now is None else int(now)
+    return sign_request(
+        identity.private_key, identity.instance_id, method, path, query, body, timestamp, nonce
+    )

@@ -9,6 +9,7 @@ exactly which executions died with it and never runs one twice.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -74,13 +75,19 @@ class Store:
     """The agent's SQLite database, safe to share between threads."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = state_dir / DB_FILE
+        # created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the mode of
+        # the database file, and queued reports carry task output
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives kill -9
         self._db.execute("PRAGMA busy_timeout=5000")
+        # bound the WAL: checkpoint every 1 MiB and shrink the file back to 1 MiB afterwards
+        self._db.execute("PRAGMA wal_autocheckpoint=256")
+        self._db.execute("PRAGMA journal_size_limit=1048576")
         self._db.executescript(_SCHEMA)
         self.changed = threading.Condition()
 
@@ -112,6 +119,21 @@ class Store:
             added = _insert_report(db, key, path, body)
         self._wake()
         return added
+
+    def enqueue_capped(
+        self, key: str, path: str, body: dict[str, Any], group: str, keep: int
+    ) -> None:
+        """Queue a report, keeping only the newest `keep` queued reports whose key starts with
+        `group` (streamed chunks of one execution: while the server is away they would pile up
+        without end; the terminal report carries the tail anyway)."""
+        with self._transaction() as db:
+            _insert_report(db, key, path, body)
+            db.execute(
+                "DELETE FROM outbox WHERE substr(key, 1, ?) = ? AND id NOT IN (SELECT id FROM "
+                "outbox WHERE substr(key, 1, ?) = ? ORDER BY id DESC LIMIT ?)",
+                (len(group), group, len(group), group, max(0, keep)),
+            )
+        self._wake()
 
     def due_reports(self, now: float, limit: int = 50) -> list[Report]:
         """Reports whose retry time has come, oldest first."""

@@ -99,6 +99,7 @@ class RunLimits:
     kill_grace: float = 3.0  # seconds between SIGTERM and SIGKILL
     linger: float = 0.5  # seconds to keep reading after the script exited
     work_dir: Path = field(default_factory=lambda: Path("/tmp"))  # where script files go
+    task_umask: int | None = None  # umask of task processes (None: the agent's own)
 
 
 class TaskRejected(Exception):
@@ -356,7 +357,7 @@ class Execution:
             os.chown(work, run_as.uid, run_as.gid)
         else:
             work = self.limits.work_dir
-            work.mkdir(parents=True, exist_ok=True)
+            work.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{self.task.invoke_id}-{self.execution_id}{script_suffix(self.task.type)}"
         path = work / name.replace(os.sep, "_")
         content = substitute_builtins(self.task.content, self.builtins)
@@ -378,6 +379,9 @@ class Execution:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         else:
             kwargs["start_new_session"] = True
+            if self.limits.task_umask is not None:
+                # the agent's own umask is 077; tasks get the one the agent was started with
+                kwargs["umask"] = self.limits.task_umask
             if run_as.uid is not None:
                 kwargs.update(user=run_as.uid, group=run_as.gid, extra_groups=run_as.groups)
         try:

@@ -1,13 +1,27 @@
-"""Output spool: every running execution's output is appended to state/spool/, so an agent that
-dies mid-task can still report what the task printed up to then (the tail within the quota)."""
+"""Output spool: each running execution's output tail is kept under state/spool/, so an agent
+that dies mid-task can still report what the task printed up to then (the tail within the quota,
+and exactly how many bytes were dropped before it).
+
+The spool is bounded (docs/agent-state.md, Spool): one file, a 16-byte header (magic, ring size,
+bytes written so far) and a ring of twice the quota, where stream byte p lives at slot
+p mod ring. Each piece written is at most the quota and the header is updated after it, so a
+crash between the two only touches slots older than the tail the header promises. Writing
+reuses the same file (a few pwrite calls per read from the task), so a chatty task is not slowed
+down by its own spool. Files are 0600 in a 0700 directory.
+"""
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import BinaryIO
 
 SPOOL_DIR = "spool"
+MAGIC = b"ASP2"
+_HEADER = struct.Struct(">4sIQ")  # magic, ring size (bytes), bytes written so far
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 
 
 def spool_path(state_dir: Path, invoke_id: str, execution_id: str) -> Path:
@@ -17,24 +31,51 @@ def spool_path(state_dir: Path, invoke_id: str, execution_id: str) -> Path:
 
 
 class Spool:
-    """Append-only output file of one execution, opened on the first byte."""
+    """Ring-buffer output file of one execution, opened on the first byte."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, quota: int) -> None:
         self.path = path
-        self._handle: BinaryIO | None = None
+        self.quota = max(1, quota)  # bytes of tail that must survive a crash
+        self.ring = 2 * self.quota  # bytes of ring on disk
+        self.total = 0  # bytes of output seen
+        self._fd: int | None = None
 
     def write(self, data: bytes) -> None:
-        """Append bytes (unbuffered: they survive the agent's death)."""
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in discard
-        self._handle.write(data)
+        """Append bytes (straight to the file: they survive the agent's death)."""
+        if not data:
+            return
+        if self._fd is None:
+            self._open()
+        view = memoryview(data)
+        for start in range(0, len(view), self.quota):
+            self._put(view[start : start + self.quota])
+
+    def _open(self) -> None:
+        """Create the spool file (0600, in a 0700 directory) with an empty ring."""
+        self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, 0), 0)
+
+    def _put(self, piece: memoryview) -> None:
+        """Write at most `quota` bytes into the ring, then publish them in the header."""
+        assert self._fd is not None
+        slot = self.total % self.ring
+        first = piece[: self.ring - slot]
+        os.pwrite(self._fd, first, _HEADER.size + slot)
+        if len(first) < len(piece):
+            os.pwrite(self._fd, piece[len(first) :], _HEADER.size)
+        self.total += len(piece)
+        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, self.total), 0)
+
+    def close(self) -> None:
+        """Close the file (it stays on disk)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def discard(self) -> None:
         """Close and delete the spool (its execution was reported)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        self.close()
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -42,12 +83,36 @@ class Spool:
 
 
 def read_tail(path: Path, quota: int) -> tuple[bytes, int]:
-    """(last `quota` bytes, bytes dropped before them) of a spool; (b"", 0) if there is none."""
+    """(last `quota` bytes, bytes dropped before them) of a spool; (b"", 0) if there is none.
+
+    A file without the header (an older agent's plain spool, found after an upgrade) is read
+    from its end only, however large it is.
+    """
+    quota = max(0, quota)
     try:
         with open(path, "rb") as handle:
+            head = handle.read(_HEADER.size)
+            if len(head) == _HEADER.size and head[:4] == MAGIC:
+                _, ring, total = _HEADER.unpack(head)
+                return _read_ring(handle, ring, total, quota)
             size = handle.seek(0, os.SEEK_END)
             start = max(0, size - quota)
             handle.seek(start)
-            return handle.read(), start
+            return handle.read(quota), start
     except FileNotFoundError:
         return b"", 0
+
+
+def _read_ring(handle: BinaryIO, ring: int, total: int, quota: int) -> tuple[bytes, int]:
+    """The last min(quota, ring / 2, total) bytes of a ring spool and the count before them."""
+    keep = min(quota, ring // 2, total)
+    first = total - keep
+    out = bytearray()
+    while len(out) < keep:
+        slot = (first + len(out)) % ring
+        handle.seek(_HEADER.size + slot)
+        piece = handle.read(min(keep - len(out), ring - slot))
+        if not piece:
+            break  # a truncated file: report what is there
+        out += piece
+    return bytes(out), total - len(out)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import resource
@@ -44,6 +43,7 @@ if str(REPO_ROOT) not in sys.path:
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from bench.figures import emit  # noqa: E402
+from common.protocol import sign_request  # noqa: E402
 from server.rpc import sign_params  # noqa: E402
 from server.testing import free_port, launch_server  # noqa: E402
 
@@ -122,15 +122,8 @@ def signed_request(
     body: bytes = b"",
     query: str = "",
 ) -> bytes:
-    ts, nonce = str(int(time.time())), uuid.uuid4().hex
-    canonical = "\n".join([method, path, query, ts, nonce, hashlib.sha256(body).hexdigest()])
-    headers = {
-        "X-Assist-Instance-Id": instance_id,
-        "X-Assist-Timestamp": ts,
-        "X-Assist-Nonce": nonce,
-        "X-Assist-Signature": base64.b64encode(key.sign(canonical.encode())).decode(),
-        "Content-Type": "application/json",
-    }
+    headers = sign_request(key, instance_id, method, path, query, body)
+    headers["Content-Type"] = "application/json"
     return build_request(method, path, body, headers, query)
 
 

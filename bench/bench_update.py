@@ -203,7 +203,7 @@ def run(base: Path) -> None:
 def apply_in_process(prefix: Path, mirror: str, keys: Path) -> None:
     """The same apply through the engine in this (already warm) interpreter."""
     from common.config import load_config
-    from common.trust import verify_native
+    from common.native_sig import verify_native
     from updater.remote import open_repository
 
     config = load_config(prefix=prefix)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from common.errors import AssistError
+from common.errors import AssistError, is_path_fault, path_error
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +88,29 @@ def run_cli(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # the last line of defence: never a bare traceback for users
+    except OSError as exc:
+        if not is_path_fault(exc):
+            return report_internal(prog, exc, debug)
         if debug:
             traceback.print_exc()
-        print(
-            f"{prog}: error: unexpected {type(exc).__name__}: {one_line(str(exc))} — rerun with --debug and "
-            "report it [internal]",
-            file=sys.stderr,
-        )
-        return 1
+        error = explain_os_error(exc, args)
+        print(format_error(prog, error), file=sys.stderr)
+        return error.exit_code
+    except Exception as exc:  # the last line of defence: never a bare traceback for users
+        return report_internal(prog, exc, debug)
     return int(code or 0)
+
+
+def report_internal(prog: str, exc: Exception, debug: bool) -> int:
+    """A bug of ours: say so in one line (the traceback with --debug) and exit 1."""
+    if debug:
+        traceback.print_exc()
+    print(
+        f"{prog}: error: unexpected {type(exc).__name__}: {one_line(str(exc))} — rerun with --debug and "
+        "report it [internal]",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def not_built(prog: str, description: str) -> Callable[[Sequence[str] | None], int]:
@@ -123,3 +138,96 @@ def interrupts_as_exceptions() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def explain_os_error(exc: OSError, args: argparse.Namespace) -> AssistError:
+    """A path fault (permission, read-only, a file in the way…) as an error naming path and option."""
+    filename = os.fsdecode(exc.filename) if exc.filename is not None else None
+    blocker = None
+    if filename is not None and exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = find_file_in_the_way(filename)
+    return path_error(exc, blocker=blocker, option=option_holding(args, filename))
+
+
+def find_file_in_the_way(path: str) -> str | None:
+    """The path itself or its nearest ancestor that exists and is not a directory, if any."""
+    current = os.path.normpath(path)
+    while True:
+        if os.path.lexists(current) and not os.path.isdir(current):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current or not parent:
+            return None
+        current = parent
+
+
+def option_holding(args: argparse.Namespace, path: str | None) -> str | None:
+    """The --option whose value is `path`, one of its directories, or (failing that) under it."""
+    if path is None:
+        return None
+    target = os.path.abspath(path)
+    best: tuple[int, str] | None = None
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, (str, os.PathLike)):
+                continue
+            text = os.fsdecode(item)
+            if not text or "://" in text:
+                continue
+            base = os.path.abspath(text)
+            if target == base or is_under(target, base):
+                score = len(base)  # the deepest option directory holding the path
+            elif is_under(base, target) or is_temp_sibling(target, base):
+                score = 0  # below the failing path, or its temporary sibling
+            else:
+                continue
+            if best is None or score > best[0]:
+                best = (score, "--" + name.replace("_", "-"))
+    return best[1] if best else None
+
+
+def is_under(path: str, directory: str) -> bool:
+    """Whether absolute `path` lies below absolute `directory`."""
+    return path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def is_temp_sibling(path: str, of: str) -> bool:
+    """Whether `path` is a hidden temporary next to `of` (`.NAME.tmp…`, atomic writes)."""
+    return os.path.dirname(path) == os.path.dirname(of) and os.path.basename(path).startswith(
+        "." + os.path.basename(of)
+    )
+
+
+def check_region_option(
+    region: str | None, configured: str = "", template: str | None = None
+) -> None:
+    """Refuse an unknown --region at once: install would save a typo and use it from then on.
+
+    Known: the region table (common/regions.py, with the config's intranet template, which maps
+    every region when it is the operator's own) and the region the config already names.
+    """
+    from common.regions import DEFAULT_TEMPLATE, default_table, region_url
+
+    if region and region != configured:
+        region_url(region, default_table(template or DEFAULT_TEMPLATE))
+
+
+def check_trust_root_option(path: str | None) -> None:
+    """A --trust-root must be a readable TUF root.json; say so naming the option, before any use."""
+    if not path:
+        return
+    from common.errors import ConfigError
+
+    hint = (
+        "pass the repository's root.json (KEYDIR/root.json, or share/root.json of an agent payload)"
+    )
+    if not os.path.isfile(path):
+        raise ConfigError(f"--trust-root {path}: no such file", hint=hint)
+    from tuf.api.metadata import Metadata, Root
+
+    try:
+        Metadata[Root].from_file(path)
+    except Exception as exc:  # tuf raises several deserialisation errors
+        raise ConfigError(
+            f"--trust-root {path} is not a TUF root.json ({type(exc).__name__})", hint=hint
+        ) from exc

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read: large enough for sha256 and the disk to keep up with the wire
 MAX_BACKOFF = 30.0  # seconds, the longest sleep between rounds
+MIN_SPEED = 1024  # bytes/s: a mirror slower than this over a whole read_timeout window is left
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)$")
 _RETRY_STATUS = {408, 425, 429}  # plus every 5xx
@@ -195,6 +196,7 @@ class Fetcher:
         read_timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.5,
+        min_speed: int = MIN_SPEED,
         proxy: str | None = None,
         progress: bool | None = None,
         session: requests.Session | None = None,
@@ -209,6 +211,7 @@ class Fetcher:
         self.read_timeout = read_timeout  # seconds without a byte before leaving a mirror
         self.retries = max(0, retries)  # extra attempts per mirror, per file
         self.backoff = backoff  # seconds, first sleep between rounds
+        self.min_speed = min_speed  # bytes/s averaged over read_timeout (curl's low-speed limit)
         self.progress = progress
         self.session = session if session is not None else requests.Session()
         self.proxies = resolve_proxies(proxy)
@@ -437,13 +440,14 @@ class Fetcher:
     ) -> Iterator[bytes]:
         """Yield body chunks, never beyond the cap; a stall past read_timeout raises _Transient."""
         limit = None if transfer.cap is None else transfer.cap - transfer.offset + skip
+        pace = Pace(self.read_timeout, self.min_speed)
         while True:
             amount = CHUNK if limit is None else min(CHUNK, limit)
             if amount == 0:
-                if read_chunk(response, 1)[0]:
+                if read_chunk(response, 1, pace)[0]:
                     raise _TooMuch(f"endless data: more than {transfer.cap} bytes")
                 break
-            chunk, error = read_chunk(response, amount)
+            chunk, error = read_chunk(response, amount, pace)
             ended = len(chunk) < amount
             if limit is not None:
                 limit -= len(chunk)
@@ -464,11 +468,43 @@ class Fetcher:
             raise _Transient(f"body ended at {transfer.offset} of {transfer.exact} bytes")
 
 
-def read_chunk(response: requests.Response, amount: int) -> tuple[bytes, str | None]:
-    """Read up to `amount` body bytes; on a transport error return what came and the error."""
+class Pace:
+    """curl's low-speed limit: fewer than `min_speed` bytes/s over a `window` is a stall.
+
+    A read timeout alone never fires for a server that trickles one byte a second; this does,
+    so every wait on a body has a bound (docs/SECURITY.md, "slow mirror").
+    """
+
+    def __init__(
+        self, window: float, min_speed: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window = window  # seconds
+        self.min_bytes = int(min_speed * window)
+        self.clock = clock
+        self.since = clock()
+        self.got = 0
+
+    def too_slow(self, received: int) -> bool:
+        """Count `received` bytes; True once a whole window brought fewer than the minimum."""
+        self.got += received
+        now = self.clock()
+        if now - self.since < self.window:
+            return False
+        slow = self.got < self.min_bytes
+        self.since, self.got = now, 0
+        return slow
+
+
+def read_chunk(
+    response: requests.Response, amount: int, pace: Pace | None = None
+) -> tuple[bytes, str | None]:
+    """Read up to `amount` body bytes; on a transport error or a stall (`pace`) return what
+    came and the error."""
     buffer = bytearray()
     try:
         first = response.raw.read1(amount, decode_content=False)
+        if pace is not None and pace.too_slow(len(first)):
+            return first, f"slower than {pace.min_bytes} bytes in {pace.window:g} s"
         if len(first) == amount or not first:
             return first, None  # the usual case: one read, no copy
         buffer += first
@@ -477,9 +513,35 @@ def read_chunk(response: requests.Response, amount: int) -> tuple[bytes, str | N
             if not piece:
                 break
             buffer += piece
+            if pace is not None and pace.too_slow(len(piece)):
+                return bytes(buffer), f"slower than {pace.min_bytes} bytes in {pace.window:g} s"
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
         return bytes(buffer), type(exc).__name__
     return bytes(buffer), None
+
+
+def read_small_body(response: requests.Response, max_bytes: int, deadline: float) -> bytes:
+    """The whole (small) body of a streamed response by `deadline` (time.monotonic seconds).
+
+    Each read returns as soon as any bytes arrive, so a server trickling a byte at a time
+    cannot hold the caller past the deadline by more than one read timeout.
+    """
+    buffer = bytearray()
+    while True:
+        if time.monotonic() > deadline:
+            raise DownloadError(
+                f"{response.url}: no complete answer in time ({len(buffer)} bytes)",
+                hint=_DOWNLOAD_HINT,
+            )
+        try:
+            piece = response.raw.read1(max_bytes + 1 - len(buffer), decode_content=False)
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            raise DownloadError(f"{response.url}: {type(exc).__name__}: {exc}") from exc
+        if not piece:
+            return bytes(buffer)
+        buffer += piece
+        if len(buffer) > max_bytes:
+            raise DownloadError(f"{response.url}: answer larger than {max_bytes} bytes")
 
 
 def resolve_proxies(

@@ -1,6 +1,6 @@
 """Mirror selection (DESIGN.md §4): region detection, candidate tiers, concurrent probing, ranking.
 
-Decisions (`candidate_mirrors`, `rank_mirrors`, `valid_region`) are pure functions over data; the
+Decisions (`candidate_mirrors`, `rank_mirrors`; the region table is common.regions) are pure functions over data; the
 I/O (metadata service, probing) sits at the edges and takes its HTTP session as a parameter.
 
 Tiers: 0 = explicit (`--mirror` / config `mirrors`), 1 = the region's intranet mirror,
@@ -10,11 +10,11 @@ operator who names a mirror means it, and a fleet in a closed region must not re
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,14 +25,14 @@ import requests
 from common.atomic import atomic_write_text
 from common.config import REGION_ENV, MirrorConfig
 from common.errors import ConfigError, DownloadError, UsageError
-from common.fetch import resolve_proxies
+from common.fetch import read_small_body, resolve_proxies
+from common.regions import default_table, region_url, valid_region
 
 log = logging.getLogger(__name__)
 
 PROBE_PATH = "metadata/timestamp.json"
 PROBE_MAX_BYTES = 1 << 20  # a timestamp.json is a few hundred bytes; anything huge is garbage
 REGION_FILE = "region-id"
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 TIER_EXPLICIT = 0
 TIER_INTRANET = 1
@@ -71,11 +71,6 @@ def normalize_url(url: str) -> str:
     return url.rstrip("/") + "/"
 
 
-def valid_region(region: str) -> bool:
-    """A region id is a short lowercase slug (cn-hangzhou); anything else is refused."""
-    return bool(_REGION.match(region))
-
-
 def candidate_mirrors(
     config: MirrorConfig, region: str, explicit: Sequence[str] = ()
 ) -> list[Candidate]:
@@ -85,7 +80,7 @@ def candidate_mirrors(
         return _dedupe([Candidate(normalize_url(u), TIER_EXPLICIT) for u in named])
     out: list[Candidate] = []
     if region and config.intranet_template:
-        url = config.intranet_template.replace("{region}", region)
+        url = region_url(region, default_table(config.intranet_template))
         out.append(Candidate(normalize_url(url), TIER_INTRANET))
     if config.internet_origin:
         out.append(Candidate(normalize_url(config.internet_origin), TIER_INTERNET))
@@ -161,10 +156,17 @@ def query_metadata_region(config: MirrorConfig, session: requests.Session | None
     if not config.metadata_url:
         return ""
     http = session or requests.Session()
+    deadline = time.monotonic() + config.metadata_timeout
     try:
-        resp = http.get(config.metadata_url, timeout=config.metadata_timeout)
-        text = resp.text.strip() if resp.status_code == 200 else ""
-    except requests.RequestException as exc:
+        with http.get(
+            config.metadata_url,
+            timeout=config.metadata_timeout,
+            stream=True,
+            headers={"Accept-Encoding": "identity"},
+        ) as resp:
+            body = read_small_body(resp, 256, deadline) if resp.status_code == 200 else b""
+        text = body.decode("ascii", "replace").strip()
+    except (requests.RequestException, DownloadError) as exc:
         log.info("metadata service unavailable: %s", exc)
         return ""
     if not valid_region(text):
@@ -181,10 +183,15 @@ def probe_mirror(
     start = time.monotonic()
     deadline = start + timeout
     try:
-        with http.get(candidate.url + PROBE_PATH, timeout=timeout, stream=True) as resp:
+        with http.get(
+            candidate.url + PROBE_PATH,
+            timeout=timeout,
+            stream=True,
+            headers={"Accept-Encoding": "identity"},
+        ) as resp:
             if resp.status_code != 200:
                 return ProbeResult(candidate, None, f"HTTP {resp.status_code}")
-            body = _read_with_deadline(resp, deadline)
+            body = read_small_body(resp, PROBE_MAX_BYTES, deadline)
     except (requests.RequestException, DownloadError) as exc:
         return ProbeResult(candidate, None, str(exc) or type(exc).__name__)
     try:
@@ -196,36 +203,37 @@ def probe_mirror(
     return ProbeResult(candidate, time.monotonic() - start)
 
 
-def _read_with_deadline(resp: requests.Response, deadline: float) -> bytes:
-    """Read a streamed body, giving up past the deadline or beyond PROBE_MAX_BYTES."""
-    chunks = []
-    size = 0
-    for chunk in resp.iter_content(chunk_size=8192):
-        size += len(chunk)
-        if size > PROBE_MAX_BYTES:
-            raise DownloadError("probe answer too large")
-        if time.monotonic() > deadline:
-            raise DownloadError("probe answer too slow")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def probe_mirrors(
     candidates: Sequence[Candidate], timeout: float, session: requests.Session | None = None
 ) -> list[ProbeResult]:
-    """Probe all candidates at once; a candidate that does not finish in time counts as failed."""
+    """Probe all candidates at once; a candidate that does not finish in time counts as failed.
+
+    Each probe runs on a daemon thread, and the caller waits for them only until the deadline:
+    a mirror that trickles or hangs (even in DNS, which no socket timeout covers) can neither
+    delay the ranking nor keep the process alive once its work is done.
+    """
     if not candidates:
         return []
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(candidates)))
-    futures = {pool.submit(probe_mirror, c, timeout, session): c for c in candidates}
-    done, _ = concurrent.futures.wait(futures, timeout=timeout + 0.5)
-    pool.shutdown(wait=False, cancel_futures=True)  # a hung socket must not hold us up
-    results = []
-    for future, cand in futures.items():
-        if future in done and future.exception() is None:
-            results.append(future.result())
-        else:
-            results.append(ProbeResult(cand, None, "probe timed out"))
+    answers: dict[int, ProbeResult] = {}
+
+    def run(index: int, candidate: Candidate) -> None:
+        try:
+            answers[index] = probe_mirror(candidate, timeout, session)
+        except Exception as exc:  # noqa: BLE001 - a probe's failure is its result
+            answers[index] = ProbeResult(candidate, None, f"{type(exc).__name__}: {exc}")
+
+    threads = [
+        threading.Thread(target=run, args=(i, c), name=f"probe-{i}", daemon=True)
+        for i, c in enumerate(candidates)
+    ]
+    deadline = time.monotonic() + timeout + 0.5
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    results = [
+        answers.get(i) or ProbeResult(c, None, "probe timed out") for i, c in enumerate(candidates)
+    ]
     for res in results:
         log.info(
             "mirror %s (%s): %s",

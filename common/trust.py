@@ -1,31 +1,28 @@
-"""Trust: the TUF client (python-tuf's ngclient behind our Fetcher) and native signature checks.
+"""The one TUF client: python-tuf's ngclient behind our transport, used by installer, updater
+and mirror.
 
     repo = TrustedRepository(fetcher, prefix / "state/tuf", trust_root=payload / "share/root.json")
     repo.refresh()
     target = repo.find("aliyun-assist", os="linux", arch="x86_64", format="deb")
     artifact = repo.download(target, cache_dir)
-    verify_native(artifact, target.format, keys_dir)
+    verify_native(artifact, target.format, keys_dir)      # common.native_sig
 
-Every byte used is covered by signed TUF metadata (length + sha256 of each artifact); the native
-checks (rpm header signature, Authenticode pinned to the publisher's certificate) come on top.
-Every failure is a VerificationError with a hint; nothing here trusts a location.
+The mirror refreshes through the same `refresh_tuf` over its upstream `Source`. Every byte used
+is covered by signed TUF metadata (length + sha256 of each artifact); every failure is an error
+of common.errors with a hint (docs/SECURITY.md); nothing here trusts a location.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import logging
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Protocol
 
 from common.atomic import atomic_symlink, atomic_write_bytes
 from common.errors import (
@@ -35,12 +32,12 @@ from common.errors import (
     ExpiredMetadataError,
     LocalStateError,
     NotFoundError,
-    ToolError,
     VerificationError,
 )
 from common.fetch import EndlessDataError, Fetcher
 from common.hashing import PieceGate, valid_pieces
 from common.imports import optional_sdks_hidden
+from common.targets import KEY_TARGETS, TargetInfo, parse_targets
 from common.version import version_sort_key
 
 with optional_sdks_hidden():  # tuf's signer registry would load unused cloud SDKs on every start
@@ -48,81 +45,64 @@ with optional_sdks_hidden():  # tuf's signer registry would load unused cloud SD
     from tuf.api.metadata import TargetFile
     from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-if TYPE_CHECKING:
-    from cryptography import x509
-
 log = logging.getLogger(__name__)
 
-EXPIRED_HINT = (
-    "the mirror's metadata expired: sync the mirror (assist-mirror sync) or use another mirror"
-)
-REPOSITORY_HINT = (
-    "the repository's signed metadata failed verification: the mirror may be tampered with or "
-    "half-synced; sync it (assist-mirror sync) or use another mirror"
-)
-RPM_KEY = "RPM-GPG-KEY-assist"
-AUTHENTICODE_CERT = "authenticode.crt"
-_TOOL_TIMEOUT = 120.0  # seconds for rpmkeys / osslsigncode
-# rpm <= 4.19: "Header V4 RSA/SHA256 Signature, key ID 1a2b3c4d: OK"; newer ones may print a
-# fingerprint instead of the short id: both end with the key's last 8 hex digits.
-_RPM_SIGNATURE = re.compile(r"[Ss]ignature, key (?:ID|fingerprint):? ([0-9a-fA-F]+): OK$")
+__all__ = ["TargetInfo", "TrustedRepository", "TufHints", "refresh_tuf"]
+
+TUF_BASE = "tuf://repository/"  # a URL python-tuf joins paths to; the reader resolves them
+MAX_METADATA = 16 << 20  # bytes: the most any one metadata file may be
 
 
 @dataclass(frozen=True)
-class TargetInfo:
-    """One artifact as the signed targets metadata describes it."""
+class TufHints:
+    """What to tell the user when a refresh fails, by kind of failure."""
 
-    path: str  # target path: <package>/<version>/<filename>
-    length: int  # bytes
-    sha256: str  # hex
-    package: str
-    version: str
-    os: str
-    arch: str
-    format: str
-    channels: tuple[str, ...]
-
-    @property
-    def filename(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
+    expired: str
+    repository: str
+    download: str
 
 
-class _TufFetcher(FetcherInterface):
-    """python-tuf's transport seam, served by our Fetcher (streaming, capped, failing over)."""
+CLIENT_HINTS = TufHints(
+    expired="the mirror's metadata expired: sync the mirror (assist-mirror sync) or use "
+    "another mirror",
+    repository="the repository's signed metadata failed verification: the mirror may be "
+    "tampered with or half-synced; sync it (assist-mirror sync) or use another mirror",
+    download="check the mirror URL and the network path to it",
+)
 
-    def __init__(self, fetcher: Fetcher) -> None:
-        self._fetcher = fetcher
-        self._base = fetcher.mirrors[0]
+
+class RepositoryReader(Protocol):
+    """Reads one file of a repository tree by relative path (common.fetch.Fetcher, a mirror's
+    Source)."""
+
+    def fetch_bytes(self, path: str, max_length: int) -> bytes:
+        """The whole file; NotFoundError if absent, DownloadError if longer than max_length."""
+        ...
+
+
+class TufTransport(FetcherInterface):
+    """python-tuf's transport seam over a RepositoryReader; remembers what it fetched."""
+
+    def __init__(self, reader: RepositoryReader) -> None:
+        self.reader = reader
+        self.fetched: dict[str, bytes] = {}  # relative path -> bytes, e.g. metadata/2.root.json
 
     def _relative(self, url: str) -> str:
-        """The path of `url` below the first mirror, so every mirror can be asked for it."""
-        if not url.startswith(self._base):
-            raise tuf_errors.DownloadError(f"{url} is not below the mirror {self._base}")
-        return url[len(self._base) :]
+        """The repository path of a URL python-tuf built from TUF_BASE."""
+        if not url.startswith(TUF_BASE):
+            raise tuf_errors.DownloadError(f"unexpected URL {url}")
+        return url[len(TUF_BASE) :]
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        return translate_stream(self._fetcher.stream(self._relative(url)))
+        return iter([self.download_bytes(url, MAX_METADATA)])
 
     def download_bytes(self, url: str, max_length: int) -> bytes:
         """Fetch at most max_length bytes (refused beyond, without reading them)."""
+        path = self._relative(url)
         with translate_errors():
-            return self._fetcher.fetch_bytes(self._relative(url), max_length)
-
-    @contextlib.contextmanager
-    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
-        """Like download_bytes, into a temporary file."""
-        with tempfile.TemporaryFile() as handle:
-            with translate_errors():
-                for chunk in self._fetcher.stream(self._relative(url), max_length):
-                    handle.write(chunk)
-            handle.seek(0)
-            yield handle
-
-
-def translate_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Re-raise our transport errors as python-tuf's while streaming."""
-    with translate_errors():
-        yield from chunks
+            data = bytes(self.reader.fetch_bytes(path, max_length))
+        self.fetched[path] = data
+        return data
 
 
 @contextlib.contextmanager
@@ -136,6 +116,78 @@ def translate_errors() -> Iterator[None]:
         raise tuf_errors.DownloadLengthMismatchError(str(exc)) from exc
     except (DownloadError, VerificationError) as exc:
         raise tuf_errors.DownloadError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def map_tuf_errors(hints: TufHints = CLIENT_HINTS) -> Iterator[None]:
+    """python-tuf's errors -> ours, keeping our own transport errors when they are the cause."""
+    try:
+        yield
+    except tuf_errors.ExpiredMetadataError as exc:
+        raise ExpiredMetadataError(f"TUF metadata expired: {exc}", hint=hints.expired) from exc
+    except tuf_errors.BadVersionNumberError as exc:
+        raise VerificationError(
+            f"TUF metadata rolled back ({type(exc).__name__}): {exc}", hint=hints.repository
+        ) from exc
+    except tuf_errors.RepositoryError as exc:
+        raise VerificationError(
+            f"TUF metadata failed verification ({type(exc).__name__}): {exc}",
+            hint=hints.repository,
+        ) from exc
+    except tuf_errors.DownloadError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, AssistError):
+            if cause.hint is None:
+                cause.hint = hints.download
+            raise cause from exc
+        raise DownloadError(f"TUF metadata download failed: {exc}", hint=hints.download) from exc
+    except OSError as exc:
+        raise LocalStateError(
+            f"cannot use the TUF metadata directory: {exc}",
+            hint="check permissions and free space of the state directory",
+        ) from exc
+
+
+def refresh_tuf(
+    reader: RepositoryReader,
+    metadata_dir: Path,
+    *,
+    bootstrap: bytes | None = None,
+    hints: TufHints = CLIENT_HINTS,
+) -> tuple[Updater, TufTransport]:
+    """Fetch and verify root -> timestamp -> snapshot -> targets into metadata_dir.
+
+    python-tuf persists each role as soon as it verifies (a new timestamp and snapshot stay on
+    disk even when the targets metadata they name then fails, e.g. mix-and-match). It runs on a
+    copy of the directory, copied back only when the whole refresh succeeded, so a failed
+    refresh leaves the trusted metadata exactly as it was.
+    """
+    metadata_dir = Path(metadata_dir)
+    metadata_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{metadata_dir.name}-refresh-", dir=metadata_dir.parent))
+    transport = TufTransport(reader)
+    try:
+        shutil.copytree(metadata_dir, stage, symlinks=True, dirs_exist_ok=True)
+        with map_tuf_errors(hints):
+            updater = Updater(
+                str(stage),
+                TUF_BASE + "metadata/",
+                None,
+                TUF_BASE + "targets/",
+                fetcher=transport,
+                config=UpdaterConfig(),
+                bootstrap=bootstrap,
+            )
+            updater.refresh()
+            commit_metadata(stage, metadata_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return updater, transport
+
+
+def trusted_targets(updater: Updater) -> dict[str, TargetFile]:
+    """The verified top-level targets (ngclient has no public listing, so its trusted set)."""
+    return dict(updater._trusted_set.targets.targets)
 
 
 class TrustedRepository:
@@ -156,38 +208,22 @@ class TrustedRepository:
         self._updater: Updater | None = None
 
     def refresh(self) -> None:
-        """Fetch and verify root -> timestamp -> snapshot -> targets (a fresh TUF session).
-
-        python-tuf persists each role as soon as it verifies (a new timestamp and snapshot stay
-        on disk even when the targets metadata they name then fails, e.g. mix-and-match). We
-        run it on a copy of the metadata directory and copy the result back only when the whole
-        refresh succeeded, so a failed refresh leaves the trusted metadata exactly as it was.
-        """
+        """Fetch and verify root -> timestamp -> snapshot -> targets (refresh_tuf)."""
         self._updater = None
-        self.metadata_dir.mkdir(parents=True, exist_ok=True)
-        stage = Path(
-            tempfile.mkdtemp(
-                prefix=f".{self.metadata_dir.name}-refresh-", dir=self.metadata_dir.parent
-            )
-        )
-        try:
-            shutil.copytree(self.metadata_dir, stage, symlinks=True, dirs_exist_ok=True)
-            with map_tuf_errors():
-                updater = self._new_updater(stage)
-                updater.refresh()
-            with map_tuf_errors():
-                commit_metadata(stage, self.metadata_dir)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        updater, _ = refresh_tuf(self.fetcher, self.metadata_dir, bootstrap=self._bootstrap)
         self._bootstrap = None  # the trusted root (possibly rotated) is on disk now
         self._updater = updater
         log.info("TUF metadata refreshed from %s", self.fetcher.mirrors[0])
 
     def targets(self) -> list[TargetInfo]:
-        """All artifacts of the top-level targets role, by target path."""
+        """All package artifacts of the top-level targets role, by target path (the keys and
+        other targets without package custom fields are not packages: fetch_file reads them)."""
+        return [t for t in self.all_targets() if t.is_package]
+
+    def all_targets(self) -> list[TargetInfo]:
+        """Every signed target, packages or not, by target path."""
         files = self._trusted_targets()
-        infos = (target_info(path, files[path]) for path in sorted(files))
-        return [info for info in infos if info is not None]
+        return parse_targets({path: files[path].to_dict() for path in files})
 
     def find(
         self,
@@ -261,6 +297,21 @@ class TrustedRepository:
             self._verify_other_hashes(trusted, dest)
         return dest
 
+    def fetch_release_keys(self, dest_dir: Path) -> Path:
+        """The release's public keys (TUF targets keys/<name>) into dest_dir, verified through
+        the pinned root: a keys directory for common.native_sig. NotFoundError if the
+        repository publishes none (a repository from before keys were targets)."""
+        keys = [t for t in self.all_targets() if t.path in KEY_TARGETS]
+        if not keys:
+            raise NotFoundError(
+                "the repository publishes no release keys as TUF targets (keys/…)",
+                hint="re-publish the repository (assist-pkgbuild publish) or pass the keys "
+                "directory explicitly",
+            )
+        for target in keys:
+            self.download(target, dest_dir)
+        return Path(dest_dir)
+
     def _verify_other_hashes(self, trusted: TargetFile, dest: Path) -> None:
         """Check every hash the metadata lists, not only the sha256 checked while streaming."""
         try:
@@ -268,7 +319,7 @@ class TrustedRepository:
                 trusted.verify_length_and_hashes(handle)
         except tuf_errors.LengthOrHashMismatchError as exc:
             dest.unlink()
-            raise VerificationError(f"{trusted.path}: {exc}", hint=REPOSITORY_HINT) from exc
+            raise VerificationError(f"{trusted.path}: {exc}", hint=CLIENT_HINTS.repository) from exc
 
     def _target_url_path(self, trusted: TargetFile) -> str:
         """targets/<dir>/<hash>.<name> under consistent snapshots (python-tuf's rule), else plain."""
@@ -279,19 +330,6 @@ class TrustedRepository:
             path = f"{dirname}{sep}{next(iter(trusted.hashes.values()))}.{basename}"
         return "targets/" + path
 
-    def _new_updater(self, metadata_dir: Path) -> Updater:
-        """A python-tuf Updater over our fetcher; its root comes from disk or the trust root."""
-        base = self.fetcher.mirrors[0]
-        return Updater(
-            str(metadata_dir),
-            base + "metadata/",
-            str(self.cache_dir) if self.cache_dir is not None else None,
-            base + "targets/",
-            fetcher=_TufFetcher(self.fetcher),
-            config=UpdaterConfig(),
-            bootstrap=self._bootstrap,
-        )
-
     def _refreshed(self) -> Updater:
         """The updater of the last refresh, refreshing first if there was none."""
         if self._updater is None:
@@ -300,8 +338,8 @@ class TrustedRepository:
         return self._updater
 
     def _trusted_targets(self) -> dict[str, TargetFile]:
-        """The verified top-level targets (ngclient has no public listing, so its trusted set)."""
-        return dict(self._refreshed()._trusted_set.targets.targets)
+        """The verified top-level targets of the last refresh."""
+        return trusted_targets(self._refreshed())
 
     def _matching(
         self, package: str, channel: str | None, os: str | None, arch: str | None, fmt: str | None
@@ -365,53 +403,6 @@ def load_bootstrap(metadata_dir: Path, trust_root: Path | None) -> bytes | None:
     return Path(trust_root).read_bytes()
 
 
-@contextlib.contextmanager
-def map_tuf_errors() -> Iterator[None]:
-    """python-tuf's errors -> ours, keeping our own transport errors when they are the cause."""
-    try:
-        yield
-    except tuf_errors.ExpiredMetadataError as exc:
-        raise ExpiredMetadataError(f"TUF metadata expired: {exc}", hint=EXPIRED_HINT) from exc
-    except tuf_errors.RepositoryError as exc:
-        raise VerificationError(
-            f"TUF verification failed ({type(exc).__name__}): {exc}", hint=REPOSITORY_HINT
-        ) from exc
-    except tuf_errors.DownloadError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, AssistError):
-            raise cause from exc
-        raise DownloadError(f"TUF metadata download failed: {exc}") from exc
-    except OSError as exc:
-        raise LocalStateError(
-            f"cannot use the TUF metadata directory: {exc}",
-            hint="check permissions and free space of the state directory",
-        ) from exc
-
-
-def target_info(path: str, target: TargetFile) -> TargetInfo | None:
-    """Our view of a TUF target; None (logged) for targets without our custom fields."""
-    custom: Any = target.custom or {}
-    sha256 = target.hashes.get("sha256")
-    if sha256 is None:
-        log.debug("target %s has no sha256; ignored", path)
-        return None
-    try:
-        return TargetInfo(
-            path=path,
-            length=target.length,
-            sha256=str(sha256),
-            package=str(custom["package"]),
-            version=str(custom["version"]),
-            os=str(custom["os"]),
-            arch=str(custom["arch"]),
-            format=str(custom["format"]),
-            channels=tuple(str(c) for c in custom.get("channels", ())),
-        )
-    except (KeyError, TypeError):
-        log.debug("target %s has no package custom fields; ignored", path)
-        return None
-
-
 def describe_query(
     package: str,
     version: str | None,
@@ -427,175 +418,3 @@ def describe_query(
     if fmt:
         text += f" ({fmt})"
     return text + (f" in channel {channel}" if channel else "")
-
-
-def require_tool(name: str) -> str:
-    """The path of an external tool, or ToolError naming the package to install."""
-    path = shutil.which(name)
-    if path is None:
-        package = {"rpmkeys": "rpm", "osslsigncode": "osslsigncode"}.get(name, name)
-        raise ToolError(f"{name} is not installed", hint=f"install it (apt-get install {package})")
-    return path
-
-
-def run_tool(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run a verification tool, capturing its output (no shell, bounded time)."""
-    try:
-        return subprocess.run(
-            args, capture_output=True, text=True, timeout=_TOOL_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ToolError(f"{Path(args[0]).name} failed to run: {exc}") from exc
-
-
-def verify_rpm_signature(rpm: Path, key_file: Path) -> None:
-    """Require a good header signature by exactly the pinned key (the header binds the payload)."""
-    rpmkeys = require_tool("rpmkeys")
-    if not Path(rpm).is_file() or not Path(key_file).is_file():
-        raise VerificationError(f"cannot check {rpm}: it or the key {key_file} is missing")
-    with tempfile.TemporaryDirectory(prefix="assist-rpmdb-") as dbpath:
-        imported = run_tool([rpmkeys, "--dbpath", dbpath, "--import", str(key_file)])
-        if imported.returncode != 0:
-            raise VerificationError(
-                f"cannot import the rpm signing key {key_file}: {imported.stderr.strip()}",
-                hint="the pinned key file is damaged: reinstall the agent or its keys",
-            )
-        key_ids = imported_key_ids(dbpath)
-        checked = run_tool([rpmkeys, "--dbpath", dbpath, "--checksig", "-v", str(rpm)])
-    problem = rpm_signature_problem(checked.returncode, checked.stdout, key_ids)
-    if problem:
-        raise VerificationError(
-            f"{Path(rpm).name}: rpm signature check failed: {problem}",
-            hint="the package is not signed by the publisher's key: do not install it; "
-            "download it again from another mirror",
-        )
-
-
-def imported_key_ids(dbpath: str) -> set[str]:
-    """Short key ids (8 hex, lower case) of the keys in a throw-away rpmdb."""
-    rpm = shutil.which("rpm")
-    if rpm is None:
-        return set()
-    listed = run_tool([rpm, "--dbpath", dbpath, "-q", "gpg-pubkey", "--qf", "%{version}\\n"])
-    return {line.strip().lower() for line in listed.stdout.splitlines() if line.strip()}
-
-
-def rpm_signature_problem(returncode: int, output: str, key_ids: set[str]) -> str | None:
-    """What is wrong with `rpmkeys --checksig -v` output, or None if signed by one of key_ids."""
-    lines = [line.strip() for line in output.splitlines()[1:] if line.strip()]
-    if returncode != 0:
-        return "; ".join(line for line in lines if not line.endswith(": OK")) or "rpmkeys failed"
-    bad = [line for line in lines if not line.endswith(": OK")]
-    if bad:
-        return "; ".join(bad)
-    signers = {m.group(1).lower() for line in lines if (m := _RPM_SIGNATURE.search(line))}
-    if not signers:
-        return "the package is not signed"
-    pinned = {key[-8:].lower() for key in key_ids}
-    if not pinned:
-        return "the pinned key could not be read back from the rpm database"
-    if not any(s[-8:] in pinned for s in signers):
-        return f"signed by key {', '.join(sorted(signers))}, not the pinned key"
-    if not any(line.startswith("Payload SHA256 digest: OK") for line in lines):
-        return "no payload digest in the signed header"
-    return None
-
-
-def verify_authenticode(exe: Path, cert_file: Path) -> None:
-    """`osslsigncode verify` against the pinned certificate, and the signer must be exactly it."""
-    from cryptography import x509  # only Windows artifacts need it: not on every start
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    tool = require_tool("osslsigncode")
-    try:
-        pinned = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise VerificationError(
-            f"cannot read the pinned Authenticode certificate {cert_file}: {exc}",
-            hint="the pinned certificate is damaged: reinstall the agent or its keys",
-        ) from exc
-    fingerprint = hashlib.sha256(pinned.public_bytes(Encoding.DER)).digest()
-    args = [tool, "verify", "-in", str(exe), "-CAfile", str(cert_file)]
-    args += ["-require-leaf-hash", f"sha256:{fingerprint.hex()}"]
-    if osslsigncode_supports(tool, "-ignore-cdp"):
-        args.append("-ignore-cdp")  # never fetch CRLs from the network: the signer is pinned
-    verified = run_tool(args)
-    output = verified.stdout + verified.stderr
-    if verified.returncode != 0 or "Signature verification: ok" not in output:
-        raise authenticode_error(exe, first_failure(output))
-    serials = signer_serials(output)
-    if not serials or serials != {pinned.serial_number}:
-        raise authenticode_error(exe, "the signer is not the pinned certificate")
-    signers = [c for c in embedded_certificates(tool, exe) if c.serial_number in serials]
-    if not signers or any(
-        hashlib.sha256(c.public_bytes(Encoding.DER)).digest() != fingerprint for c in signers
-    ):
-        raise authenticode_error(exe, "the signer certificate differs from the pinned one")
-
-
-@functools.cache
-def osslsigncode_supports(tool: str, option: str) -> bool:
-    """Whether this osslsigncode knows `option` (older releases lack -ignore-cdp)."""
-    shown = run_tool([tool, "--help"])
-    return option in shown.stdout + shown.stderr
-
-
-def authenticode_error(exe: Path, problem: str) -> VerificationError:
-    """The one error for a bad Authenticode signature."""
-    return VerificationError(
-        f"{Path(exe).name}: Authenticode check failed: {problem}",
-        hint="the installer is not signed by the publisher's certificate: do not run it; "
-        "download it again from another mirror",
-    )
-
-
-def first_failure(output: str) -> str:
-    """The most telling line of a failed osslsigncode run."""
-    for needle in ("MISMATCH", "failed", "Failed", "No signature", "Error", "error"):
-        for line in output.splitlines():
-            if needle in line:
-                return " ".join(line.split())
-    return "not signed or not verifiable"
-
-
-def signer_serials(output: str) -> set[int]:
-    """Serial numbers listed under "Signer's certificate:" in `osslsigncode verify` output."""
-    serials: set[int] = set()
-    inside = False
-    for line in output.splitlines():
-        if line.startswith("Signer's certificate:"):
-            inside = True
-            continue
-        if line and not line[0].isspace():
-            inside = False
-        match = re.match(r"\s+Serial\s*:\s*([0-9A-Fa-f]+)\s*$", line)
-        if inside and match:
-            serials.add(int(match.group(1), 16))
-    return serials
-
-
-def embedded_certificates(tool: str, exe: Path) -> list[x509.Certificate]:
-    """The certificates inside the signature's PKCS#7 blob."""
-    from cryptography.hazmat.primitives.serialization import pkcs7
-
-    with tempfile.TemporaryDirectory(prefix="assist-authenticode-") as tmp:
-        blob = Path(tmp) / "signature.der"
-        extracted = run_tool([tool, "extract-signature", "-in", str(exe), "-out", str(blob)])
-        if extracted.returncode != 0 or not blob.is_file():
-            raise authenticode_error(exe, "cannot extract the signature")
-        try:
-            return list(pkcs7.load_der_pkcs7_certificates(blob.read_bytes()))
-        except ValueError as exc:
-            raise authenticode_error(exe, f"unreadable signature: {exc}") from exc
-
-
-def verify_native(artifact: Path, fmt: str, keys_dir: Path) -> None:
-    """The format's own signature check: rpm and exe have one, deb and tar.gz rely on TUF."""
-    if fmt == "rpm":
-        verify_rpm_signature(artifact, Path(keys_dir) / RPM_KEY)
-    elif fmt == "exe":
-        verify_authenticode(artifact, Path(keys_dir) / AUTHENTICODE_CERT)
-    elif fmt not in ("deb", "tar.gz"):
-        raise VerificationError(
-            f"unknown artifact format {fmt!r}", hint="use one of deb, rpm, exe, tar.gz"
-        )

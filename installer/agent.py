@@ -54,8 +54,13 @@ def install_agent(
     *,
     verify_native: Callable[[Path, str], None],
     config_text: str | None = None,
+    before_start: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Download, verify, stage versions/V, point current at it, register and start the service."""
+    """Download, verify, stage versions/V, point current at it, register and start the service.
+
+    `before_start` runs once `current` and the config are in place and before the service is
+    set up (e.g. registering the installed agent); its result is merged into the returned one.
+    """
     layout.ensure()
     with hold_lock(layout.state_dir):
         repo.refresh()
@@ -79,6 +84,7 @@ def install_agent(
         config_file = layout.prefix / "config" / "assist.toml"
         if config_text is not None and not config_file.exists():
             atomic_write_text(config_file, config_text)
+        extra = before_start() if before_start is not None else {}
         service.install()
         result: dict[str, Any] = {
             "version": version,
@@ -86,6 +92,7 @@ def install_agent(
             "service": service.name,
             "target": target.path,
             "healthy": None,
+            **extra,
         }
         if spec.start:
             not_before = time.time()

@@ -1,6 +1,12 @@
 # Aliyun Assist bootstrap for Windows: install the agent from the region's mirror.
 #
 #   powershell -ExecutionPolicy Bypass -File bootstrap.ps1 [-Mirror URL] [-Channel C] [-Version V]
+#       [-Server URL -ActivationId ID [-ActivationCode -] [-InstanceName N]]
+#
+# One step (image pipelines, cloud-init): with -Server and -ActivationId the installed agent is
+# registered right after the install. The activation code is a secret: give it in
+# $env:ALIYUN_ASSIST_ACTIVATION_CODE or on stdin with -ActivationCode - ; it is piped to
+# `assist-agent register --activation-code -`, never put on a command line.
 #
 # Finds the newest aliyun-assist setup.exe of the channel in the repository's TUF targets
 # metadata, downloads it, checks its length and sha256 against that metadata, checks its
@@ -12,7 +18,11 @@ param(
     [string]$Mirror = $(if ($env:ASSIST_MIRROR_URL) { $env:ASSIST_MIRROR_URL } else { "@MIRROR_URL@" }),
     [string]$Channel = $(if ($env:ASSIST_CHANNEL) { $env:ASSIST_CHANNEL } else { "@CHANNEL@" }),
     [string]$Version = $env:ASSIST_VERSION,
-    [string]$Prefix = "C:\ProgramData\aliyun\assist"
+    [string]$Prefix = "C:\ProgramData\aliyun\assist",
+    [string]$Server = $env:ASSIST_SERVER_URL,
+    [string]$ActivationId = $env:ASSIST_ACTIVATION_ID,
+    [string]$ActivationCode = "",
+    [string]$InstanceName = $env:ASSIST_INSTANCE_NAME
 )
 
 $ErrorActionPreference = "Stop"
@@ -31,6 +41,41 @@ if ($PublisherSha256.StartsWith("@") -or -not $PublisherSha256) {
     Fail "no pinned publisher certificate in this script: download it from your mirror's bootstrap/"
 }
 if (-not $Mirror.EndsWith("/")) { $Mirror = "$Mirror/" }
+
+# The activation code: read now, removed from the environment so nothing started below has it.
+$Code = $env:ALIYUN_ASSIST_ACTIVATION_CODE
+Remove-Item Env:ALIYUN_ASSIST_ACTIVATION_CODE -ErrorAction SilentlyContinue
+if ($Server -or $ActivationId) {
+    if (-not ($Server -and $ActivationId)) {
+        Fail "-Server and -ActivationId go together (pass both to register now, or neither)"
+    }
+    if ($ActivationCode -eq "-") { $Code = [Console]::In.ReadLine() }
+    elseif ($ActivationCode) {
+        Fail "-ActivationCode takes only '-' (stdin): a code on the command line is visible to other processes; or set ALIYUN_ASSIST_ACTIVATION_CODE"
+    }
+    if (-not $Code) {
+        Fail "no activation code: set ALIYUN_ASSIST_ACTIVATION_CODE, or pass -ActivationCode - and write it to stdin"
+    }
+}
+
+function Register-Agent {
+    if (-not $Server) { return }
+    if (Test-Path (Join-Path $Prefix "state\identity.json")) {
+        Write-Host "bootstrap: already registered: keeping that registration"
+        return
+    }
+    $current = (Get-Content -Path (Join-Path $Prefix "current.txt") -TotalCount 1).Trim()
+    $launcher = Join-Path $Prefix "versions\$current\bin\assist-agent.cmd"
+    $arguments = @("register", "--server", $Server, "--activation-id", $ActivationId, "--activation-code", "-", "--prefix", $Prefix)
+    if ($InstanceName) { $arguments += @("--instance-name", $InstanceName) }
+    # piped: the code reaches the agent on its stdin, not on its command line
+    $instance = $Code | & $launcher @arguments
+    if ($LASTEXITCODE -ne 0) {
+        Fail "installed, but registration with $Server failed (see above); register later with $launcher register --server URL --activation-id ID (code in ALIYUN_ASSIST_ACTIVATION_CODE)"
+    }
+    Write-Host "bootstrap: registered as $instance with $Server"
+    Restart-Service -Name "AliyunAssistService" -ErrorAction SilentlyContinue
+}
 [Net.ServicePointManager]::SecurityProtocol = [Net.SecurityProtocolType]::Tls12
 
 function Get-Json([string]$Path) {
@@ -91,6 +136,7 @@ try {
     $process = Start-Process -FilePath $exe -ArgumentList @("/S", "/D=$Prefix") -Wait -PassThru
     if ($process.ExitCode -ne 0) { Fail "the installer exited with $($process.ExitCode)" }
     Write-Host "bootstrap: installed $Package $($info.custom.version) into $Prefix"
+    Register-Agent
 }
 finally {
     Remove-Item -Recurse -Force $tmp -ErrorAction SilentlyContinue

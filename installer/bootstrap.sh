@@ -4,7 +4,13 @@
 #   curl -fsSL MIRROR/bootstrap/bootstrap.sh | sh
 #   sh bootstrap.sh [--mirror URL] [--channel C] [--method auto|native|tarball] [--version V]
 #                   [--sha256 HEX] [--prefix DIR] [--python PY]
+#                   [--server URL --activation-id ID [--activation-code -] [--instance-name N]]
 #
+# One step (image pipelines, cloud-init): with --server and --activation-id the installed agent
+#   is registered before it starts. The activation code is a secret: give it in the environment
+#   (ALIYUN_ASSIST_ACTIVATION_CODE=... sh bootstrap.sh ..., also under `curl | sh`) or on stdin
+#   with --activation-code - (sh bootstrap.sh only: under `curl | sh` stdin is the script). It is
+#   handed to `assist-agent register` on a pipe, never on a command line (`ps` shows those).
 # native: adds our apt / dnf / yum / zypper repository with the pinned OpenPGP key (its
 #   fingerprint is baked in below and checked before the key is trusted) and installs the package
 #   with the system's own tool, which verifies every index and package signature itself.
@@ -25,6 +31,10 @@ PACKAGE="aliyun-assist"
 VERSION="${ASSIST_VERSION:-}"
 SHA256="${ASSIST_TARBALL_SHA256:-}"
 PYTHON="${ASSIST_PYTHON:-python3}"
+SERVER="${ASSIST_SERVER_URL:-}"
+ACTIVATION_ID="${ASSIST_ACTIVATION_ID:-}"
+ACTIVATION_CODE_FROM=env
+INSTANCE_NAME="${ASSIST_INSTANCE_NAME:-}"
 KEYRING=/usr/share/keyrings/aliyun-assist-archive-keyring.gpg
 RPM_KEY=/etc/pki/rpm-gpg/RPM-GPG-KEY-assist
 
@@ -40,7 +50,13 @@ while [ $# -gt 0 ]; do
         --sha256) SHA256="$2"; shift 2 ;;
         --prefix) PREFIX="$2"; shift 2 ;;
         --python) PYTHON="$2"; shift 2 ;;
-        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+        --server) SERVER="$2"; shift 2 ;;
+        --activation-id) ACTIVATION_ID="$2"; shift 2 ;;
+        --activation-code)
+            [ "$2" = - ] || die "--activation-code takes only '-' (stdin): a code on the command line shows in ps; or set ALIYUN_ASSIST_ACTIVATION_CODE"
+            ACTIVATION_CODE_FROM=stdin; shift 2 ;;
+        --instance-name) INSTANCE_NAME="$2"; shift 2 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -53,6 +69,20 @@ MIRROR_URL="${MIRROR_URL%/}/"
 FPR=$(printf '%s' "$GPG_FINGERPRINT" | tr -d ' ' | tr 'a-f' 'A-F')
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs a system service)"
+
+# The activation code is read now, kept in an unexported variable, and removed from the
+# environment so that nothing started below (apt, the agent) inherits it.
+ACTIVATION_CODE="${ALIYUN_ASSIST_ACTIVATION_CODE:-}"
+unset ALIYUN_ASSIST_ACTIVATION_CODE
+if [ -n "$SERVER$ACTIVATION_ID" ]; then
+    [ -n "$SERVER" ] && [ -n "$ACTIVATION_ID" ] ||
+        die "--server and --activation-id go together (pass both to register now, or neither)"
+    if [ "$ACTIVATION_CODE_FROM" = stdin ]; then
+        IFS= read -r ACTIVATION_CODE || [ -n "$ACTIVATION_CODE" ] || die "no activation code on stdin"
+    fi
+    [ -n "$ACTIVATION_CODE" ] ||
+        die "no activation code: set ALIYUN_ASSIST_ACTIVATION_CODE, or pass --activation-code - and write it to stdin"
+fi
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM
@@ -149,8 +179,13 @@ json_field() { # $1: python expression over `d` (the parsed JSON on stdin)
 }
 
 install_tarball() {
-    command -v "$PYTHON" >/dev/null 2>&1 || die "python3 (>= 3.9) is required by the agent: install it first"
     case "$(uname -m)" in x86_64 | amd64) arch=x86_64 ;; aarch64 | arm64) arch=aarch64 ;; *) arch=$(uname -m) ;; esac
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    # No python3 to read the metadata with (the agent carries its own Python): the pinned
+    # --version and --sha256 name the file, and the hash is checked below all the same.
+    [ -n "$VERSION" ] && [ -n "$SHA256" ] || die "no python3 here to read the repository metadata: pass --version V and --sha256 HEX (the agent itself needs no python3)"
+    pick="$PACKAGE/$VERSION/$PACKAGE-$VERSION-linux-$arch.tar.gz $VERSION $SHA256"
+    else
     fetch metadata/timestamp.json "$TMP/ts.json" || die "cannot reach $MIRROR_URL"
     snap=$(json_field 'd["signed"]["meta"]["snapshot.json"]["version"]' <"$TMP/ts.json")
     fetch "metadata/$snap.snapshot.json" "$TMP/snap.json" || die "cannot download snapshot metadata"
@@ -170,6 +205,7 @@ if not rows:
 path, info = max(rows, key=lambda r: key(r[1]["custom"]["version"]))
 print(path, info["custom"]["version"], info["hashes"]["sha256"], info["length"])
 ' <"$TMP/targets.json") || die "no $PACKAGE tarball for $arch in channel $CHANNEL"
+    fi
     set -- $pick
     target=$1 version=$2 meta_sha=$3
     if [ -n "$SHA256" ] && [ "$SHA256" != "$meta_sha" ]; then
@@ -198,8 +234,35 @@ print(path, info["custom"]["version"], info["hashes"]["sha256"], info["length"])
     mv "$PREFIX/versions/.staging-$version" "$PREFIX/versions/$version"
     ln -sfn "versions/$version" "$PREFIX/.current.tmp"
     mv -f "$PREFIX/.current.tmp" "$PREFIX/current" 2>/dev/null || { rm -f "$PREFIX/current"; mv "$PREFIX/.current.tmp" "$PREFIX/current"; }
-    start_service
     say "installed $PACKAGE $version into $PREFIX (tarball)"
+    register_agent
+    start_service
+}
+
+# -- one step: register the installed agent -------------------------------------------------------
+register_agent() {
+    [ -n "$SERVER" ] || return 0
+    if [ -f "$PREFIX/state/identity.json" ]; then
+        say "already registered ($PREFIX/state/identity.json): keeping that registration"
+        return 0
+    fi
+    set -- register --server "$SERVER" --activation-id "$ACTIVATION_ID" --activation-code - --prefix "$PREFIX"
+    [ -z "$INSTANCE_NAME" ] || set -- "$@" --instance-name "$INSTANCE_NAME"
+    # printf is a shell builtin: the code goes through a pipe, not through any argv
+    instance=$(printf '%s\n' "$ACTIVATION_CODE" | "$PREFIX/current/bin/assist-agent" "$@") ||
+        die "installed, but registration with $SERVER failed (see above); register later with: $PREFIX/current/bin/assist-agent register --server URL --activation-id ID (code in ALIYUN_ASSIST_ACTIVATION_CODE)"
+    say "registered as $instance with $SERVER"
+}
+
+# After a native install the package's scripts may already have started the agent: restart it so
+# it runs with the new registration.
+restart_service() {
+    [ -n "$SERVER" ] && [ -z "${ASSIST_NO_START:-}" ] || return 0
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl restart aliyun-assist.service || say "the agent did not restart; see $PREFIX/log/agent.log"
+    elif [ -x /etc/init.d/aliyun-assist ]; then
+        /etc/init.d/aliyun-assist restart || say "the agent did not restart; see $PREFIX/log/agent.log"
+    fi
 }
 
 start_service() {
@@ -237,6 +300,8 @@ case "$METHOD" in
                 zypper) install_zypper ;;
             esac
             say "installed $PACKAGE through $tool"
+            register_agent
+            restart_service
         elif [ "$METHOD" = native ]; then
             die "no apt-get, dnf, yum or zypper here (use --method tarball)"
         else

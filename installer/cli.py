@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.cli import add_common_options, print_json, run_cli
+from agent.cli import ACTIVATION_CODE_ENV, read_activation_code
+from common.cli import (
+    add_common_options,
+    check_region_option,
+    check_trust_root_option,
+    print_json,
+    run_cli,
+)
 from common.config import Config, load_config
-from common.errors import UsageError
+from common.errors import AssistError, ConfigError, UsageError, VerificationError
 from common.platform import detect_platform
 from common.service import MANAGERS, default_service_name, make_service
 from installer.agent import AgentInstall, install_agent, render_config
 from installer.native import install_native, installed_version, remove_native
 from updater.layout import Layout
-from updater.remote import find_keys_dir, open_repository
+from updater.remote import find_keys_dir, find_trust_root, open_repository
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--health-timeout", type=float, default=60.0, help="seconds; 0: do not wait")
     p.add_argument("--no-start", action="store_true", help="install but do not start")
+    p.add_argument(
+        "--server", help="also register with this server before starting (needs --activation-id)"
+    )
+    p.add_argument("--activation-id", help="activation to register with (`CreateActivation`)")
+    p.add_argument(
+        "--activation-code",
+        help=f"its code; '-' reads it from stdin (default: ${ACTIVATION_CODE_ENV}); "
+        "on the command line it shows in `ps`",
+    )
+    p.add_argument("--instance-name", default="", help="name shown to operators")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -72,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config, prefix=args.prefix)
+    check_region_option(
+        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
+    )
+    check_trust_root_option(getattr(args, "trust_root", None))
     layout = Layout(config.prefix)
     handler = {"list": cmd_list, "install": cmd_install, "remove": cmd_remove, "agent": cmd_agent}
     return handler[args.command](args, config, layout)
@@ -81,12 +110,39 @@ def _open(args: argparse.Namespace, config: Config, layout: Layout) -> tuple[Any
     repo, mirrors = open_repository(
         config, layout, mirrors=args.mirror, region=args.region, trust_root=args.trust_root
     )
-    repo.refresh()
+    try:
+        repo.refresh()
+    except VerificationError as exc:
+        if args.trust_root and type(exc) is VerificationError:  # not expiry: maybe the wrong root
+            exc.hint = (
+                f"check that --trust-root {args.trust_root} is this repository's root.json; "
+                + (exc.hint or "")
+            )
+        raise
     return repo, mirrors
 
 
+def is_installed(layout: Layout) -> bool:
+    """Whether the prefix holds an installation (or the TUF state of an earlier command)."""
+    return os.path.lexists(layout.current) or (layout.tuf_dir / "root.json").is_file()
+
+
 def cmd_list(args: argparse.Namespace, config: Config, layout: Layout) -> int:
-    repo, mirrors = _open(args, config, layout)
+    """List the repository's targets; read-only: without an installation, state goes to a temp dir."""
+    if is_installed(layout):
+        return show_targets(args, *_open(args, config, layout))
+    if not args.trust_root and find_trust_root(Layout(layout.prefix), None) is None:
+        raise ConfigError(
+            f"no agent is installed in {layout.prefix}, so there is no trust root to list with",
+            hint="pass --trust-root FILE (the repository's root.json) to list without installing, "
+            "or the --prefix of an installation",
+        )
+    with tempfile.TemporaryDirectory(prefix="assist-list-") as scratch:
+        return show_targets(args, *_open(args, config, Layout(Path(scratch))))
+
+
+def show_targets(args: argparse.Namespace, repo: Any, mirrors: list[str]) -> int:
+    """Print the repository's targets (a table, or JSON with --json)."""
     rows = [
         {
             "package": t.package,
@@ -121,7 +177,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _verifier(args: argparse.Namespace, layout: Layout) -> Any:
-    from common.trust import verify_native
+    from common.native_sig import verify_native
 
     keys = find_keys_dir(layout, getattr(args, "keys", None))
     return lambda artifact, fmt: verify_native(artifact, fmt, keys)
@@ -181,9 +237,61 @@ def cmd_remove(args: argparse.Namespace, config: Config, layout: Layout) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What `assist-install agent` registers the new agent with (one step)."""
+
+    server: str
+    activation_id: str
+    code: str = field(repr=False)  # a secret: never logged, never on a command line
+    instance_name: str = ""
+
+
+def registration_from_args(args: argparse.Namespace) -> Registration | None:
+    """--server + --activation-id (+ the code from the option, stdin or env), or None."""
+    if not args.server and not args.activation_id:
+        return None
+    if not (args.server and args.activation_id):
+        raise UsageError(
+            "--server and --activation-id go together",
+            hint="pass both to register in the same step, or neither and register later",
+        )
+    code = read_activation_code(args.activation_code, os.environ)
+    os.environ.pop(ACTIVATION_CODE_ENV, None)  # the agent started later must not inherit it
+    return Registration(args.server, args.activation_id, code, args.instance_name)
+
+
+def register_installed(layout: Layout, reg: Registration) -> dict[str, Any]:
+    """Run the installed agent's `register`, the code on its stdin; skip if already registered."""
+    if (layout.state_dir / "identity.json").is_file():
+        log.warning("already registered (%s): keeping that registration", layout.state_dir)
+        return {"registered": "kept"}
+    launcher = layout.current / "bin" / ("assist-agent.cmd" if os.name == "nt" else "assist-agent")
+    argv = [str(launcher), "register", "--server", reg.server, "--activation-id"]
+    argv += [reg.activation_id, "--activation-code", "-", "--prefix", str(layout.prefix), "--json"]
+    if reg.instance_name:
+        argv += ["--instance-name", reg.instance_name]
+    env = {k: v for k, v in os.environ.items() if k != ACTIVATION_CODE_ENV}
+    proc = subprocess.run(
+        argv, input=reg.code + "\n", capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"]
+        error = ConfigError if proc.returncode == 2 else AssistError
+        raise error(
+            f"the agent is installed but did not register: {lines[-1]}",
+            hint=f"fix that, then run {launcher} register --server URL --activation-id ID "
+            f"(code from ${ACTIVATION_CODE_ENV}); it is not started",
+        )
+    instance_id = json.loads(proc.stdout)["instance_id"]
+    log.info("registered as %s with %s", instance_id, reg.server)
+    return {"registered": "now", "instance_id": instance_id}
+
+
 def cmd_agent(args: argparse.Namespace, config: Config, layout: Layout) -> int:
     plat = detect_platform()
     service_name = args.service or default_service_name()
+    registration = registration_from_args(args)  # before any download: a usage error is cheap
     repo, mirrors = _open(args, config, layout)
     spec = AgentInstall(
         os=plat.os,
@@ -201,6 +309,9 @@ def cmd_agent(args: argparse.Namespace, config: Config, layout: Layout) -> int:
         spec,
         verify_native=_verifier(args, layout),
         config_text=render_config(service_name, args.mirror, args.region),
+        before_start=None
+        if registration is None
+        else lambda: register_installed(layout, registration),
     )
     result["mirror"] = mirrors[0]
     result["mirrors"] = mirrors
@@ -210,6 +321,7 @@ def cmd_agent(args: argparse.Namespace, config: Config, layout: Layout) -> int:
         print(
             f"installed agent {result['version']} into {result['prefix']} from {mirrors[0]} "
             f"(service {result['service']}{', healthy' if result['healthy'] else ''})"
+            + (f", registered as {result['instance_id']}" if result.get("instance_id") else "")
         )
     return 0
 

@@ -1,13 +1,21 @@
-"""The region's bootstrap/ scripts: installer templates with the mirror URL and key baked in."""
+"""The region's bootstrap/ scripts: installer templates with the mirror URL and key baked in.
+
+The templates are package data of `installer` (bootstrap.sh, bootstrap.ps1), read with
+importlib.resources, so they are found wherever the code is installed (a wheel, a payload's
+lib/); a missing template is a packaging fault and fails the sync loudly.
+"""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+from importlib import resources
+from typing import TYPE_CHECKING
 
-log = logging.getLogger(__name__)
+from common.errors import LocalStateError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "installer"
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
+TEMPLATE_PACKAGE = "installer"
 TEMPLATES = ("bootstrap.sh", "bootstrap.ps1")
 
 
@@ -20,19 +28,25 @@ def render(template: str, mirror_url: str, fingerprint: str, channel: str) -> st
     )
 
 
+def read_template(name: str, templates: Traversable | None = None) -> str:
+    """One template's text; LocalStateError naming the file when the package lacks it."""
+    where = templates if templates is not None else resources.files(TEMPLATE_PACKAGE)
+    try:
+        return where.joinpath(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LocalStateError(
+            f"the bootstrap template {name} is missing from {where}: {exc}",
+            hint="reinstall aliyun-assist (the installer package data is incomplete)",
+        ) from exc
+
+
 def render_bootstraps(
-    mirror_url: str, fingerprint: str, channel: str, template_dir: Path = TEMPLATE_DIR
+    mirror_url: str, fingerprint: str, channel: str, templates: Traversable | None = None
 ) -> dict[str, str]:
-    """Rendered scripts by file name, for the templates that exist (none without a URL)."""
+    """Rendered scripts by file name (none without a URL); every template must exist."""
     if not mirror_url:
         return {}
-    scripts = {}
-    for name in TEMPLATES:
-        path = template_dir / name
-        if path.is_file():
-            scripts[name] = render(
-                path.read_text(encoding="utf-8"), mirror_url, fingerprint, channel
-            )
-        else:
-            log.info("no %s template in %s; bootstrap/%s not written", name, template_dir, name)
-    return scripts
+    return {
+        name: render(read_template(name, templates), mirror_url, fingerprint, channel)
+        for name in TEMPLATES
+    }

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from common.atomic import atomic_open
 from common.errors import UsageError, VerificationError
+from common.extract import extract_tar
+from mirror.options import SyncOptions, SyncReport, is_content
 from mirror.plan import Filters
 from mirror.source import DirSource
 from mirror.state import load_state, locked, require_mirror, state_dir
-from mirror.sync import SyncOptions, SyncReport, is_content, sync
+from mirror.sync import sync
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,8 @@ def import_bundle(
         unpacked = Path(tmp)
         try:
             with tarfile.open(bundle) as tar:
-                tar.extractall(unpacked, filter="data")
-        except (tarfile.TarError, OSError) as exc:
+                extract_tar(tar, unpacked)  # never follows a link it made (common/extract.py)
+        except (tarfile.TarError, OSError, EOFError) as exc:
             raise VerificationError(
                 f"cannot unpack bundle {bundle}: {exc}",
                 hint="the bundle is damaged or not one of ours",

@@ -13,13 +13,14 @@ from tuf.api.metadata import Metadata, Targets
 
 from common.errors import AssistError, LocalStateError
 from common.hashing import file_sha256
+from common.targets import parse_targets
 from common.version import version_sort_key
 from mirror import apt, yum
+from mirror.anchor import refresh_metadata
 from mirror.gpg import verify_clearsigned, verify_detached
-from mirror.plan import FileEntry, keep_newest, parse_targets
+from mirror.plan import FileEntry, keep_newest, target_entry
 from mirror.source import DirSource
 from mirror.state import MirrorState, load_state, locked, require_mirror, save_state, state_dir
-from mirror.tufclient import refresh_metadata
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def verify_tree(root: Path) -> list[str]:
             return [f"TUF metadata: {exc.message}"]
         targets = Metadata[Targets].from_bytes((Path(tmp) / "targets.json").read_bytes())
     signed = {
-        t.relpath: t.entry()
+        t.relpath: target_entry(t)
         for t in parse_targets({p: t.to_dict() for p, t in targets.signed.targets.items()})
     }
     for path in sorted((root / "targets").rglob("*")) if (root / "targets").is_dir() else []:

@@ -8,14 +8,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import add_common_options, print_json, run_cli
 from common.config import Config, load_config
 from common.errors import UsageError
 from common.imports import preload_tuf
 from common.listen import add_limit_options, limits_from_args, parse_listen
+from common.regions import load_table, region_url
 from mirror.plan import Filters
-from mirror.regions import load_table, region_url
+
+if TYPE_CHECKING:
+    from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keyring",
         type=Path,
         metavar="FILE",
-        help="pinned OpenPGP keyring for apt/yum (archive-keyring.gpg)",
+        help="OpenPGP keyring for apt/yum, overriding the signed keys/archive-keyring.gpg target",
     )
     p.add_argument(
         "--public-url",
@@ -150,9 +154,10 @@ def _filters(args: argparse.Namespace) -> Filters:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """assist-mirror sync."""
+    from mirror.options import SyncOptions
     from mirror.source import HttpSource
-    from mirror.storage import S3Storage, Storage, make_s3_client, parse_s3_url
-    from mirror.sync import SyncOptions, sync
+    from mirror.storage import S3Storage, make_s3_client, parse_s3_url
+    from mirror.sync import sync
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -168,7 +173,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         read_timeout=config.mirror.read_timeout,
         retries=config.mirror.retries,
         proxy=config.mirror.proxy or None,
-        progress=None,  # tqdm bars on a terminal only
+        progress=False,  # no bar per file: the sync shows one overall bar
     )
     dests: list[Storage] = []
     for url in args.dest:
@@ -190,6 +195,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             trust_root=args.trust_root,
             keyring=args.keyring,
             dests=dests,
+            progress=None,  # one tqdm bar (files and bytes) on a terminal only
         )
     )
     if args.json:
@@ -300,8 +306,14 @@ COMMANDS = {
 }
 
 
+# Commands that read TUF metadata on every run; sync loads tuf only when there is work
+# (mirror.sync), serve never: a no-op sync's one request comes before any heavy import.
+NEEDS_TUF = frozenset({"verify", "status", "prune", "export", "import"})
+
+
 def dispatch(args: argparse.Namespace) -> int:
-    preload_tuf()  # without the cloud SDKs; --dest s3:// imports boto3 itself later
+    if args.command in NEEDS_TUF:
+        preload_tuf()  # without the cloud SDKs; --dest s3:// imports boto3 itself later
     return COMMANDS[args.command](args)
 
 

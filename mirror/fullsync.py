@@ -21,29 +21,27 @@ from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from common.atomic import atomic_write_bytes
 from common.errors import ConfigError, NoSpaceError, NotFoundError, VerificationError
+from common.hashing import file_sha256
 from common.platform import DEB_ARCH
+from common.targets import KEY_TARGETS, KEYRING_TARGET, TargetInfo, parse_targets
+from common.trust import TufTransport
 from mirror import apt, yum
+from mirror.anchor import prepare_trust, promote_trust, refresh_metadata
 from mirror.bootstrap import render_bootstraps
 from mirror.gpg import keyring_fingerprints, verify_clearsigned, verify_detached
+from mirror.options import MAX_METADATA, SyncOptions, SyncReport, is_content
 from mirror.plan import (
     FileEntry,
     channels_of,
     keep_newest,
-    parse_targets,
     plan_fetch,
     select_targets,
+    target_entry,
 )
+from mirror.progress import SyncProgress
 from mirror.source import Source
 from mirror.state import MirrorState, save_state, state_dir
 from mirror.storage import FileStorage, Publication
-from mirror.sync import MAX_METADATA, SyncOptions, SyncReport, is_content
-from mirror.tufclient import (
-    TufFetcher,
-    prepare_trust,
-    promote_trust,
-    refresh_metadata,
-    shipped_root,
-)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +58,7 @@ class _Stage:
     trees: list[str] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)
     indexed: dict[str, list[object]] = field(default_factory=dict)  # non-content rel -> hash
+    fetched: list[FileEntry] = field(default_factory=list)  # content fetched outside Downloads
 
     def write(self, rel: str, data: bytes) -> None:
         """Stage a small verified file and remember its hash.
@@ -120,13 +119,14 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     stage = _Stage(state_dir(root) / "staging")
     stage.dir.mkdir(parents=True, exist_ok=True)
     _clear_staged_indexes(stage.dir)
-    stage.content = [t.entry() for t in select_targets(all_targets, options.filters)]
+    stage.content = [target_entry(t) for t in select_targets(all_targets, options.filters)]
 
     def have(entry: FileEntry) -> bool:
         return _have(root, stage.dir, state, entry)
 
-    keyring = _choose_keyring(options, first_trust=tuf_dir.name != "tuf")
-    with Downloads(options.source, stage.dir, options.workers) as downloads:
+    release_keys = _fetch_release_keys(options, stage, all_targets)
+    keyring = _choose_keyring(options, release_keys)
+    with Downloads(options.source, stage.dir, options.workers, options.progress) as downloads:
         # targets are known now: download them while the apt/yum indexes are verified
         downloads.submit(plan_fetch(stage.content, have).fetch)
         if options.filters.wants_os("linux"):
@@ -135,7 +135,7 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
                 _stage_yum(options, stage, channel, keyring)
         plan = plan_fetch(stage.content, have)
         downloads.submit(plan.fetch)
-        _stage_metadata(options, stage, fetcher, initial_root, trusted.raw, keyring)
+        _stage_metadata(options, stage, fetcher, initial_root, trusted.raw, keyring, release_keys)
         downloads.wait()
     log.info("fetched %d files, %d bytes", len(downloads.submitted), downloads.bytes)
 
@@ -156,9 +156,10 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     state.files = {**wanted, **_kept_indexes(state, stage)}
     state.publishing, state.pending_remove = True, publication.remove
     save_state(root, state)
+    keyring_bytes = keyring.read_bytes() if keyring is not None else None  # staged: moves now
     FileStorage(root).publish(publication, stage.dir)
     promote_trust(root, tuf_dir)  # pinned only now that what they verified is published
-    _pin_keyring(root, keyring)
+    _pin_keyring(root, keyring_bytes)
     _record_published(state, options, trusted, expires, now)
     save_state(root, state)
     for dest in options.dests:
@@ -168,8 +169,8 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
     return SyncReport(
         changed=True,
         timestamp_version=trusted.timestamp.signed.version,
-        fetched_files=len(downloads.submitted),
-        fetched_bytes=downloads.bytes,
+        fetched_files=len(downloads.submitted) + len(stage.fetched),
+        fetched_bytes=downloads.bytes + sum(e.length for e in stage.fetched),
         total_files=len(plan.wanted),
         total_bytes=sum(e.length for e in plan.wanted),
     )
@@ -250,39 +251,56 @@ def _have(root: Path, staging: Path, state: MirrorState, entry: FileEntry) -> bo
     )
 
 
-def _choose_keyring(options: SyncOptions, first_trust: bool) -> Path | None:
-    """The OpenPGP keyring indexes must be signed with: --keyring, else the one pinned at the
-    mirror's first sync, else one shipped next to the trust root (next to --trust-root only
-    while that is the root being trusted for the first time). _pin_keyring keeps it."""
-    pinned = state_dir(options.root) / "keyring.gpg"
+def _fetch_release_keys(
+    options: SyncOptions, stage: _Stage, targets: list[TargetInfo]
+) -> dict[str, Path]:
+    """The release's public keys (TUF targets keys/<name>), checked against the signed targets
+    before any apt/yum index is read: where each verified copy is, by file name. A copy
+    already published is reused; a new one is fetched and staged as content."""
+    found: dict[str, Path] = {}
+    for target in targets:
+        if target.path not in KEY_TARGETS:
+            continue
+        entry = target_entry(target)
+        staged, published = stage.dir / entry.relpath, options.root / entry.relpath
+        for copy in (staged, published):
+            if copy.is_file() and file_sha256(copy) == entry.sha256:
+                found[target.filename] = copy
+                break
+        else:
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            part = staged.with_name(staged.name + ".part")
+            part.write_bytes(_fetch_verified(options.source, entry))
+            os.replace(part, staged)  # scratch: made durable with the rest before publish
+            stage.fetched.append(entry)
+            found[target.filename] = staged
+    return found
+
+
+def _choose_keyring(options: SyncOptions, release_keys: dict[str, Path]) -> Path | None:
+    """The OpenPGP keyring indexes must be signed with: --keyring (an override), else the
+    release's keyring as the signed TUF target keys/archive-keyring.gpg (so a rotation
+    reaches the mirror through the pinned root), else the one an earlier sync pinned."""
     if options.keyring is not None:
         if not options.keyring.is_file():
             raise ConfigError(f"keyring {options.keyring} not found", hint="check --keyring")
         return options.keyring
-    if pinned.is_file():
-        return pinned
-    anchor = (options.trust_root if first_trust else None) or shipped_root()
-    if anchor is None:
-        return None
-    for candidate in (
-        anchor.parent / "archive-keyring.gpg",
-        anchor.parent / "keys" / "archive-keyring.gpg",  # payload: share/keys/
-        anchor.parent / "public" / "archive-keyring.gpg",  # a keygen KEYDIR
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
+    signed = release_keys.get(KEYRING_TARGET.rsplit("/", 1)[1])
+    if signed is not None:
+        return signed
+    pinned = state_dir(options.root) / "keyring.gpg"
+    return pinned if pinned.is_file() else None
 
 
-def _pin_keyring(root: Path, keyring: Path | None) -> None:
-    """After a successful publish: keep the keyring it verified with as .mirror/keyring.gpg."""
+def _pin_keyring(root: Path, keyring: bytes | None) -> None:
+    """After a successful publish: keep the keyring it verified with as .mirror/keyring.gpg
+    (what `verify` checks the published indexes with)."""
     pinned = state_dir(root) / "keyring.gpg"
-    if keyring is None or keyring == pinned:
+    if keyring is None:
         return
-    data = keyring.read_bytes()
-    if not pinned.is_file() or pinned.read_bytes() != data:
-        atomic_write_bytes(pinned, data)
-        log.info("pinned OpenPGP keyring %s", keyring)
+    if not pinned.is_file() or pinned.read_bytes() != keyring:
+        atomic_write_bytes(pinned, keyring)
+        log.info("pinned the OpenPGP keyring in %s", pinned)
 
 
 def _require_keyring(keyring: Path | None, what: str) -> Path:
@@ -290,7 +308,8 @@ def _require_keyring(keyring: Path | None, what: str) -> Path:
     if keyring is None:
         raise VerificationError(
             f"upstream has {what} but no pinned OpenPGP keyring to check it with",
-            hint="pass --keyring archive-keyring.gpg (from the release keys), or mirror with --os windows",
+            hint="the upstream publishes no keys/archive-keyring.gpg target: pass --keyring "
+            "archive-keyring.gpg (from the release keys), or mirror with --os windows",
         )
     return keyring
 
@@ -411,15 +430,20 @@ def _stage_yum(options: SyncOptions, stage: _Stage, channel: str, keyring: Path 
 def _stage_metadata(
     options: SyncOptions,
     stage: _Stage,
-    fetcher: TufFetcher,
+    fetcher: TufTransport,
     initial_root: bytes,
     md: dict[str, bytes],
     keyring: Path | None,
+    release_keys: dict[str, Path],
 ) -> None:
     """Stage keys/, bootstrap/ and TUF metadata in publish order, timestamp.json last."""
+    for name, copy in release_keys.items():  # verified through TUF: published as they are
+        _stage_meta(stage, f"keys/{name}", copy.read_bytes())
     if keyring is not None:
         pinned = set(keyring_fingerprints(keyring))
         for name in KEY_FILES:
+            if name in release_keys:
+                continue
             data = _fetch_optional(options.source, f"keys/{name}")
             if data is None:
                 continue
@@ -512,9 +536,12 @@ class Downloads:
 
     Leaving the block early (an index failed verification) cancels what has not started."""
 
-    def __init__(self, source: Source, staging: Path, workers: int) -> None:
+    def __init__(
+        self, source: Source, staging: Path, workers: int, progress: bool | None = False
+    ) -> None:
         self.source = source
         self.staging = staging
+        self.bar = SyncProgress(progress)
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
         self.futures: list[Future[None]] = []
         self.submitted: dict[str, FileEntry] = {}
@@ -528,13 +555,16 @@ class Downloads:
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.bar.close()
 
     def submit(self, entries: list[FileEntry]) -> None:
         """Start downloading the entries not yet submitted, after a free-space check."""
         check_space(
             self.staging, [e for e in entries if e.relpath not in self.submitted], self.staging
         )
-        for entry in entries:
+        new = [e for e in entries if e.relpath not in self.submitted]
+        self.bar.add(len(new), sum(e.length for e in new))
+        for entry in new:
             if entry.relpath not in self.submitted:
                 self.submitted[entry.relpath] = entry
                 self.futures.append(self.pool.submit(self._fetch, entry))
@@ -545,6 +575,7 @@ class Downloads:
         self.source.download(
             entry.relpath, dest, expected_length=entry.length, expected_sha256=entry.sha256
         )
+        self.bar.finished(entry.length)
 
     def wait(self) -> None:
         """Wait for every download; the first failure cancels the rest and is raised."""

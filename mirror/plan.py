@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from common.platform import DEB_ARCH
+from common.targets import TargetInfo
 from common.version import version_sort_key
 
 T = TypeVar("T")
@@ -34,29 +34,9 @@ class FileEntry:
         return [self.sha256, self.length, self.package, self.version]
 
 
-@dataclass(frozen=True)
-class Target:
-    """A TUF target with our custom fields (DESIGN.md §3)."""
-
-    path: str  # pkg/ver/filename
-    length: int
-    sha256: str
-    package: str
-    version: str
-    os: str
-    arch: str
-    format: str
-    channels: tuple[str, ...]
-
-    @property
-    def relpath(self) -> str:
-        """The consistent-snapshot file name under targets/."""
-        directory, name = posixpath.split(self.path)
-        return posixpath.join("targets", directory, f"{self.sha256}.{name}")
-
-    def entry(self) -> FileEntry:
-        """The file this target is published as."""
-        return FileEntry(self.relpath, self.length, self.sha256, self.package, self.version)
+def target_entry(target: TargetInfo) -> FileEntry:
+    """The file a signed target is published as (consistent-snapshot name under targets/)."""
+    return FileEntry(target.relpath, target.length, target.sha256, target.package, target.version)
 
 
 @dataclass(frozen=True)
@@ -123,27 +103,6 @@ class Plan:
         return sum(entry.length for entry in self.fetch)
 
 
-def parse_targets(signed_targets: Mapping[str, Any]) -> list[Target]:
-    """Targets of a verified top-level targets role (its `signed.targets` dict)."""
-    result = []
-    for path, info in signed_targets.items():
-        custom = info.get("custom", {}) or {}
-        result.append(
-            Target(
-                path=path,
-                length=int(info["length"]),
-                sha256=str(info["hashes"]["sha256"]),
-                package=str(custom.get("package", path.split("/")[0])),
-                version=str(custom.get("version", "")),
-                os=str(custom.get("os", "")),
-                arch=str(custom.get("arch", "")),
-                format=str(custom.get("format", "")),
-                channels=tuple(custom.get("channels", ()) or ()),
-            )
-        )
-    return result
-
-
 def keep_newest(
     items: Iterable[T], package: Callable[[T], str], version: Callable[[T], str], keep: int
 ) -> list[T]:
@@ -160,20 +119,24 @@ def keep_newest(
     return [item for item in items if version(item) in kept[package(item)]]
 
 
-def select_targets(targets: Iterable[Target], filters: Filters) -> list[Target]:
-    """Targets passing the channel/os/arch filters, then the newest `keep` per package."""
+def select_targets(targets: Iterable[TargetInfo], filters: Filters) -> list[TargetInfo]:
+    """Package targets passing the channel/os/arch filters, the newest `keep` per package, and
+    every target that is not a package (the release keys): a mirror always carries those."""
+    targets = list(targets)
     chosen = [
         t
         for t in targets
-        if filters.wants_os(t.os)
+        if t.is_package
+        and filters.wants_os(t.os)
         and (not t.arch or filters.wants_arch(t.arch))
         and (not filters.channels or any(c in filters.channels for c in t.channels))
     ]
     chosen = keep_newest(chosen, lambda t: t.package, lambda t: t.version, filters.keep)
+    chosen += [t for t in targets if not t.is_package]
     return sorted(chosen, key=lambda t: t.path)
 
 
-def channels_of(targets: Iterable[Target], filters: Filters) -> list[str]:
+def channels_of(targets: Iterable[TargetInfo], filters: Filters) -> list[str]:
     """The channels to mirror apt/yum trees for: those the targets name, filtered."""
     found = {c for t in targets for c in t.channels} or {"stable"}
     return sorted(c for c in found if filters.wants_channel(c))

@@ -56,7 +56,11 @@ class HttpSource:
         self, path: str, dest: Path, *, expected_length: int, expected_sha256: str
     ) -> None:
         self._fetcher().download(
-            path, dest, expected_length=expected_length, expected_sha256=expected_sha256
+            path,
+            dest,
+            expected_length=expected_length,
+            expected_sha256=expected_sha256,
+            durable=False,  # staging: FileStorage.publish syncs the filesystem once
         )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from common.atomic import atomic_symlink, fsync_dir
+from common.atomic import atomic_symlink, fsync_dir, sync_filesystem
 from common.errors import ConfigError, DownloadError
 
 log = logging.getLogger(__name__)
@@ -67,45 +67,80 @@ def tree_files(directory: Path) -> list[str]:
     return sorted(files, key=rank)
 
 
-class FileStorage:
-    """The mirror's own --root: moves staged files into place, swaps index trees by symlink."""
+class FileOps:
+    """The filesystem calls a publish makes, in one seam (tests record their order)."""
 
-    def __init__(self, root: Path) -> None:
+    def sync_filesystem(self, path: Path) -> None:
+        """Make every staged byte on the filesystem of `path` durable (one syncfs)."""
+        sync_filesystem(path)
+
+    def replace(self, src: Path, dest: Path) -> None:
+        os.replace(src, dest)
+
+    def fsync_dir(self, path: Path) -> None:
+        fsync_dir(path)
+
+    def symlink(self, target: str, link: Path) -> None:
+        """Point `link` at `target` atomically (its directory fsynced)."""
+        atomic_symlink(target, link)
+
+
+class FileStorage:
+    """The mirror's own --root: moves staged files into place, swaps index trees by symlink.
+
+    Durable without an fsync per file (mirror/README.md, "Safety"): staged files are written without
+    fsync; one syncfs of the mirror's filesystem makes them durable before the first rename,
+    and each group of renames (content, each index tree, metadata) has its directories fsynced
+    before the next group can refer to it; timestamp.json, the last, is renamed alone."""
+
+    def __init__(self, root: Path, ops: FileOps | None = None) -> None:
         self.root = root
         self.description = str(root)
+        self.ops = ops or FileOps()
 
     def publish(self, publication: Publication, source: Path) -> None:
-        os.sync()  # staged bytes reach the disk before any rename makes them visible
-        for rel in publication.content:
-            self._move_in(source / rel, self.root / rel)
+        self.ops.sync_filesystem(source)  # staged bytes reach the disk before any rename
+        self._move_group(publication.content, source)
         for rel in publication.trees:
             self.swap_tree(source / rel, self.root / rel)
-        for rel in publication.metadata:
-            self._move_in(source / rel, self.root / rel)
+        *metadata, last = publication.metadata or [""]
+        self._move_group(metadata, source)
+        if last:
+            self._move_group([last], source)
         for rel in publication.remove:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / rel).unlink()
                 log.info("removed %s", rel)
 
-    def _move_in(self, src: Path, dest: Path) -> None:
+    def _move_group(self, rels: list[str], source: Path) -> None:
+        """Rename staged files into the tree, then fsync each directory they entered once."""
+        touched: dict[Path, None] = {}
+        for rel in rels:
+            dest = self.root / rel
+            if self._move_in(source / rel, dest):
+                touched[dest.parent] = None
+        for directory in touched:
+            self.ops.fsync_dir(directory)
+
+    def _move_in(self, src: Path, dest: Path) -> bool:
         """Rename a staged (verified) file into the tree; nothing staged means already there."""
         if not src.exists():
             if dest.exists():
-                return
+                return False
             raise FileNotFoundError(f"staged file missing: {src}")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        fsync_dir(dest.parent)
+        self.ops.replace(src, dest)
+        return True
 
     def swap_tree(self, src: Path, dest: Path) -> None:
         """Make `dest` a symlink to a fresh copy of `src`, replacing the old tree atomically."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         version = f".{dest.name}-{time.time_ns()}"
-        os.replace(src, dest.parent / version)
-        fsync_dir(dest.parent)
+        self.ops.replace(src, dest.parent / version)
+        self.ops.fsync_dir(dest.parent)
         if dest.exists() and not dest.is_symlink():  # a plain directory, e.g. from an import
-            os.replace(dest, dest.parent / f".{dest.name}-old-{time.time_ns()}")
-        atomic_symlink(version, dest)
+            self.ops.replace(dest, dest.parent / f".{dest.name}-old-{time.time_ns()}")
+        self.ops.symlink(version, dest)
         self._drop_old_trees(dest, keep={version})
 
     def _drop_old_trees(self, dest: Path, keep: set[str]) -> None:

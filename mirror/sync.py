@@ -15,52 +15,14 @@ import datetime as dt
 import logging
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import DownloadError, ExpiredMetadataError, NotFoundError, UsageError
-from mirror.plan import Filters
-from mirror.source import Source
+from common.errors import DownloadError, ExpiredMetadataError, NotFoundError
+from common.imports import preload_tuf
+from mirror.options import MAX_METADATA, SyncOptions, SyncReport
 from mirror.state import MirrorState, load_state, locked, state_dir
-from mirror.storage import Storage
 
 log = logging.getLogger(__name__)
-
-MAX_METADATA = 16 << 20  # bytes: refuse larger metadata / index files
-
-
-@dataclass
-class SyncOptions:
-    """Everything one sync needs; the CLI fills it from options and config."""
-
-    root: Path
-    source: Source
-    filters: Filters = field(default_factory=Filters)
-    region: str = ""
-    public_url: str = ""
-    workers: int = 8
-    trust_root: Path | None = None
-    keyring: Path | None = None
-    dests: list[Storage] = field(default_factory=list)  # extra backends, e.g. S3
-    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise UsageError(f"workers must be at least 1, not {self.workers}")
-
-
-@dataclass
-class SyncReport:
-    """What a sync did."""
-
-    changed: bool
-    timestamp_version: int
-    fetched_files: int = 0
-    fetched_bytes: int = 0
-    total_files: int = 0
-    total_bytes: int = 0
-    seconds: float = 0.0
 
 
 def sync(options: SyncOptions) -> SyncReport:
@@ -74,7 +36,8 @@ def sync(options: SyncOptions) -> SyncReport:
             log.info("upstream timestamp unchanged: nothing to do")
             _drop_staging(root)
             return SyncReport(False, state.timestamp_version, seconds=time.monotonic() - started)
-        from mirror.fullsync import full_sync  # tuf & co. load only when there is work
+        preload_tuf()  # tuf & co. load only when there is work, without the cloud SDKs
+        from mirror.fullsync import full_sync
 
         report = full_sync(options, state)
         report.seconds = time.monotonic() - started
@@ -123,10 +86,3 @@ def check_expiry(expires: dict[str, str], now: dt.datetime) -> None:
                 f"upstream {role} metadata expired at {text}",
                 hint="the upstream must re-publish (assist-pkgbuild publish) before the mirror can sync",
             )
-
-
-def is_content(rel: str) -> bool:
-    """Paths of artifacts (targets, debs, rpms) as opposed to metadata and indexes."""
-    return rel.startswith(("targets/", "apt/pool/")) or (
-        rel.startswith("yum/") and "/repodata/" not in rel
-    )

@@ -110,6 +110,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         out=Path(args.out),
         vendor=not args.no_vendor,
         wheel_cache=Path(args.wheel_cache) if args.wheel_cache else None,
+        with_runtime=not args.no_runtime,
+        runtime_cache=Path(args.runtime_cache) if args.runtime_cache else None,
+        windows_runtime=Path(args.windows_runtime) if args.windows_runtime else None,
     )
     built = build_artifacts(request)
     if args.json:
@@ -203,8 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", metavar="FMT,…", help="deb,rpm,exe,tar.gz (default: all)")
     p.add_argument("--package", default="aliyun-assist", metavar="NAME", help="package name")
     p.add_argument("--out", default="dist", metavar="DIST", help="output directory (./dist)")
-    p.add_argument("--no-vendor", action="store_true", help="do not vendor runtime wheels")
+    p.add_argument(
+        "--no-vendor",
+        action="store_true",
+        help="code only, no runtime and no wheels (dev/test builds: run on the host's python3)",
+    )
     p.add_argument("--wheel-cache", metavar="DIR", help="wheel cache (default .cache/wheels)")
+    p.add_argument(
+        "--no-runtime",
+        action="store_true",
+        help="Linux: vendor the wheels for the VM's python3 instead of shipping our own CPython",
+    )
+    p.add_argument(
+        "--runtime-cache",
+        metavar="DIR",
+        help="built runtimes (default /var/cache/aliyun-assist-build or $ASSIST_RUNTIME_CACHE)",
+    )
+    p.add_argument(
+        "--windows-runtime",
+        metavar="ZIP",
+        help="the official CPython embeddable zip for the agent .exe (required to build it)",
+    )
     p.set_defaults(func=cmd_build)
 
     p = command("init", "create an empty signed release repository")

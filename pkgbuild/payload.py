@@ -1,7 +1,9 @@
 """The payload: one directory tree `versions/V/` that every artifact format carries.
 
     versions/V/bin/assist-agent, assist-update, assist-install    POSIX sh launchers (+ .cmd on Windows)
-    versions/V/lib/            common, agent, updater, installer + vendored runtime wheels
+    versions/V/lib/            common, agent, updater, installer (+ wheels when there is no runtime)
+    versions/V/runtime/        the agent's own CPython with the wheels in its site-packages
+                               (docs/runtime.md); absent in --no-vendor builds
     versions/V/share/root.json              the TUF trust anchor (KEYDIR/root.json)
     versions/V/share/keys/                  pinned native-signature keys
     versions/V/share/aliyun-assist.service  systemd unit
@@ -58,6 +60,7 @@ class PayloadSpec:
     source: Path
     vendor: bool = True
     wheel_cache: Path | None = None
+    runtime: Path | None = None  # a built runtime (pkgbuild.runtime) or an embeddable zip (Windows)
 
     @property
     def is_agent(self) -> bool:
@@ -121,10 +124,28 @@ def build_payload(spec: PayloadSpec, dest: Path) -> Path:
     (root / "VERSION").write_text(spec.version + "\n", encoding="utf-8")
     _write_launchers(root / "bin", windows=spec.target.startswith("windows"))
     _write_share(root / "share", spec.keys)
-    if spec.vendor:
+    if spec.runtime is not None:
+        _ship_runtime(spec, root / "runtime")
+    elif spec.vendor:
         wheels.vendor_wheels(lib, spec.target, spec.wheel_cache)
     log.info("payload for %s %s (%s) in %s", spec.package, spec.version, spec.target, root)
     return root
+
+
+def _ship_runtime(spec: PayloadSpec, dest: Path) -> None:
+    """Put the runtime into the payload and install the dependency wheels for its Python into it."""
+    from pkgbuild import runtime, windows_runtime
+
+    assert spec.runtime is not None
+    if spec.target.startswith("windows"):
+        python = windows_runtime.unpack_embeddable(spec.runtime, dest)
+        site = windows_runtime.site_packages(dest)
+    else:
+        runtime.copy_runtime(spec.runtime, dest)
+        python = runtime.PYTHON_VERSION
+        site = runtime.site_packages(dest)
+    if spec.vendor:
+        wheels.vendor_wheels(site, spec.target, spec.wheel_cache, pythons=(python,))
 
 
 def _build_plain_payload(spec: PayloadSpec, dest: Path) -> Path:

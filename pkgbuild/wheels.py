@@ -106,7 +106,9 @@ def scan_cache(cache: Path) -> list[Wheel]:
     return wheels
 
 
-def select_wheels(wheels: Iterable[Wheel], target: str) -> list[Wheel]:
+def select_wheels(
+    wheels: Iterable[Wheel], target: str, pythons: Sequence[str] = PYTHONS
+) -> list[Wheel]:
     """The wheels to unpack for `target`: per project the newest version that serves every Python."""
     by_project: dict[str, list[Wheel]] = defaultdict(list)
     for wheel in wheels:
@@ -116,36 +118,38 @@ def select_wheels(wheels: Iterable[Wheel], target: str) -> list[Wheel]:
     for project in sorted(by_project):
         versions = sorted({w.version for w in by_project[project]}, reverse=True)
         for version in versions:
-            picked = _cover_pythons([w for w in by_project[project] if w.version == version])
+            same = [w for w in by_project[project] if w.version == version]
+            picked = _cover_pythons(same, pythons)
             if picked:
                 chosen.extend(picked)
                 break
         else:
             raise LocalStateError(
                 f"wheel cache has no version of {project} for {target} that serves "
-                f"CPython {PYTHONS[0]}–{PYTHONS[-1]}",
+                f"CPython {pythons[0]}–{pythons[-1]}",
                 hint=HINT,
             )
     return chosen
 
 
-def _cover_pythons(candidates: list[Wheel]) -> list[Wheel]:
-    """Wheels of one version that together serve every Python in PYTHONS, or [] if they cannot."""
+def _cover_pythons(candidates: list[Wheel], pythons: Sequence[str] = PYTHONS) -> list[Wheel]:
+    """Wheels of one version that together serve every Python in `pythons`, or [] if they cannot."""
     pure = [w for w in candidates if any(t.platform == "any" for t in w.tags)]
     if pure:
-        return [pure[0]] if _requires_python_ok(pure[0]) else []
+        return [pure[0]] if _requires_python_ok(pure[0], pythons) else []
     abi3 = [w for w in candidates if any(t.abi == "abi3" for t in w.tags)]
     if abi3:
         best = min(abi3, key=lambda w: min(_python_floor(t) for t in w.tags))
         floor = min(_python_floor(t) for t in best.tags)
-        return [best] if floor <= _version_tuple(PYTHONS[0]) else []
+        return [best] if floor <= _version_tuple(pythons[0]) else []
     per_python: dict[tuple[int, int], Wheel] = {}
     for wheel in candidates:
         for tag in wheel.tags:
             per_python.setdefault(_python_floor(tag), wheel)
-    if any(_version_tuple(p) not in per_python for p in PYTHONS):
+    if any(_version_tuple(p) not in per_python for p in pythons):
         return []
-    return sorted(set(per_python.values()), key=lambda w: w.path.name)
+    wanted = {_version_tuple(p) for p in pythons}
+    return sorted({w for v, w in per_python.items() if v in wanted}, key=lambda w: w.path.name)
 
 
 def _version_tuple(python: str) -> tuple[int, int]:
@@ -154,8 +158,8 @@ def _version_tuple(python: str) -> tuple[int, int]:
     return (int(major), int(minor))
 
 
-def _requires_python_ok(wheel: Wheel) -> bool:
-    """Whether a pure wheel's Requires-Python admits every Python in PYTHONS."""
+def _requires_python_ok(wheel: Wheel, pythons: Sequence[str] = PYTHONS) -> bool:
+    """Whether a pure wheel's Requires-Python admits every Python in `pythons`."""
     from packaging.specifiers import SpecifierSet
 
     with zipfile.ZipFile(wheel.path) as archive:
@@ -166,7 +170,7 @@ def _requires_python_ok(wheel: Wheel) -> bool:
             break  # end of the headers
         if line.lower().startswith("requires-python:"):
             spec = SpecifierSet(line.split(":", 1)[1].strip())
-            return all(spec.contains(p + ".0") for p in PYTHONS)
+            return all(spec.contains(p + ".0") for p in pythons)
     return True
 
 
@@ -201,32 +205,49 @@ def target_requirements(requirements: Sequence[str], target: str, python: str) -
     return result
 
 
-def _required_projects(requirements: Sequence[str], target: str) -> set[str]:
-    """Project names a target needs on any supported Python."""
+def _required_projects(
+    requirements: Sequence[str], target: str, pythons: Sequence[str] = PYTHONS
+) -> set[str]:
+    """Project names a target needs on any of `pythons`."""
     from packaging.utils import canonicalize_name
 
     names = set()
-    for python in PYTHONS:
+    for python in pythons:
         for text in target_requirements(requirements, target, python):
             names.add(str(canonicalize_name(Requirement(text).name)).replace("-", "_"))
     return names
 
 
-def vendor_wheels(
-    lib: Path, target: str, cache: Path | None = None, requirements: Sequence[str] | None = None
-) -> list[str]:
-    """Unpack the cached wheels for `target` into `lib`; return the wheel file names used."""
+def cached_wheels(
+    target: str,
+    cache: Path | None = None,
+    requirements: Sequence[str] | None = None,
+    pythons: Sequence[str] = PYTHONS,
+) -> list[Wheel]:
+    """The cached wheels a payload for `target` needs; a gap in the cache is an error."""
     cache = cache or default_cache()
     if not cache.is_dir():
         raise LocalStateError(f"wheel cache {cache} does not exist", hint=HINT)
-    selected = select_wheels(scan_cache(cache), target)
+    selected = select_wheels(scan_cache(cache), target, pythons)
     have = {w.project.replace("-", "_") for w in selected}
-    needed = _required_projects(requirements or runtime_requirements(), target)
+    needed = _required_projects(requirements or runtime_requirements(), target, pythons)
     missing = sorted(needed - have)
     if missing:
         raise LocalStateError(
             f"wheel cache {cache} has no {target} wheel for: {', '.join(missing)}", hint=HINT
         )
+    return selected
+
+
+def vendor_wheels(
+    lib: Path,
+    target: str,
+    cache: Path | None = None,
+    requirements: Sequence[str] | None = None,
+    pythons: Sequence[str] = PYTHONS,
+) -> list[str]:
+    """Unpack the cached wheels for `target` (and `pythons`) into `lib`; return their names."""
+    selected = cached_wheels(target, cache, requirements, pythons)
     lib.mkdir(parents=True, exist_ok=True)
     for wheel in selected:
         _unpack_wheel(wheel.path, lib)

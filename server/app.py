@@ -8,24 +8,22 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from nacl.signing import VerifyKey
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server import rpc
+from common import protocol
+from server import lifecycle, rpc
 from server.agent_api import auth, handlers
 from server.agent_api.auth import AgentError
 from server.api import load_actions
 from server.inputs import ascii_int
 from server.notify import Notifier
-from server.output_limits import DEFAULT_QUOTA
-from server.store import Store
-from server.store import queries as q
+from server.state import AgentIdentity, ServerState, Settings
+from server.store import Store, access, instances, tasks
 from server.store.conn import Conn
 from server.store.db import asyncpg_dsn
 
@@ -33,91 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_OPERATOR_BODY = 256 * 1024  # bytes: 18 KB of content plus every other parameter
 MAX_AGENT_BODY = 2 * 1024 * 1024  # bytes
-KEY_CACHE_TTL = 5.0  # seconds a verified instance key is trusted without a DB read
 SEEN_WRITE_INTERVAL = 30_000  # ms between last-seen writes caused by long-polls
-
-
-@dataclass
-class Settings:
-    """Tunables of one server process."""
-
-    db_url: str | None = None
-    max_invoke_instances: int = 100  # InstanceId.N per InvokeCommand, as the real API
-    heartbeat_interval: int = 60  # seconds, told to agents
-    max_poll: int = 60  # seconds a long-poll may wait
-    offline_grace: int = 300  # seconds past a task's Timeout before an offline instance fails it
-    history_days: int = 30  # finished runs of timed invocations are kept this long…
-    history_keep: int = 1000  # …and at most this many per instance and invocation
-    chores_interval: float = 60.0  # seconds between background upkeep rounds
-    output_quota: int = DEFAULT_QUOTA  # bytes of output kept per execution (the tail)
-
-
-@dataclass
-class AgentIdentity:
-    """A verified agent request."""
-
-    instance_id: str
-    account: str
-    nonce_key: str
-    nonce_expires: int
-
-
-@dataclass
-class _CachedKey:
-    key: VerifyKey
-    account: str
-    loaded: float
-
-
-@dataclass
-class ServerState:
-    """Everything request handlers share in one process."""
-
-    settings: Settings
-    store: Store
-    notifier: Notifier
-    keys: dict[str, _CachedKey] = field(default_factory=dict)
-    last_seen_written: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def max_invoke_instances(self) -> int:
-        return self.settings.max_invoke_instances
-
-    @property
-    def heartbeat_interval(self) -> int:
-        return self.settings.heartbeat_interval
-
-    def forget_instance(self, instance_id: str) -> None:
-        """Drop a cached key (after deregistration or re-registration)."""
-        self.keys.pop(instance_id, None)
-
-    def seen(self, instance_id: str, when_ms: int) -> None:
-        self.last_seen_written[instance_id] = when_ms
-
-    async def instance_key(self, instance_id: str) -> _CachedKey:
-        """The registered key of an instance (cached briefly); 401 if unknown/deregistered."""
-        cached = self.keys.get(instance_id)
-        if cached and time.monotonic() - cached.loaded < KEY_CACHE_TTL:
-            return cached
-
-        async def _tx(conn: Conn) -> Any:
-            row = await q.get_instance(conn, instance_id)
-            return row
-
-        row = await self.store.read(_tx)
-        if row is None or row["deregistered"]:
-            self.keys.pop(instance_id, None)
-            raise auth.unauthorized("unknown or deregistered instance")
-        cached = _CachedKey(
-            auth.load_public_key(row["public_key"]), row["account"], time.monotonic()
-        )
-        self.keys[instance_id] = cached
-        return cached
-
-    async def use_agent_nonce(self, conn: Conn, who: AgentIdentity) -> None:
-        """Record the request's nonce in the caller's transaction; 401 on a replay."""
-        if not await q.use_nonce(conn, who.nonce_key, who.nonce_expires):
-            raise auth.unauthorized("nonce already used", "ReplayedRequest")
 
 
 # --- operator API ---------------------------------------------------------------------------
@@ -166,7 +80,7 @@ async def authenticate_operator(state: ServerState, method: str, params: dict[st
     rpc.check_common(params, time.time())
 
     key_id = params["AccessKeyId"]
-    key = await state.store.read(lambda conn: q.get_access_key(conn, key_id))
+    key = await state.store.read(lambda conn: access.get_access_key(conn, key_id))
     if key is None:
         raise rpc.ApiError("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404)
     if not key["enabled"]:
@@ -176,7 +90,7 @@ async def authenticate_operator(state: ServerState, method: str, params: dict[st
     nonce = f"o:{params['AccessKeyId']}:{params['SignatureNonce']}"
 
     async def consume_nonce(conn: Conn) -> None:
-        if not await q.use_nonce(conn, nonce, expires):
+        if not await access.use_nonce(conn, nonce, expires):
             raise rpc.ApiError("SignatureNonceUsed", "Specified signature nonce was used already.")
 
     await state.store.write(consume_nonce, durable=False)
@@ -234,7 +148,7 @@ async def authenticate_agent(state: ServerState, request: Request, body: bytes) 
     """Verify an agent request's Ed25519 signature (the nonce is used by the handler)."""
     headers = auth.read_headers(request.headers)
     cached = await state.instance_key(headers.instance_id)
-    message = auth.canonical_string(
+    message = protocol.canonical_string(
         request.method, request.url.path, request.url.query, headers.timestamp, headers.nonce, body
     )
     auth.verify(cached.key, headers.signature, message)
@@ -242,7 +156,7 @@ async def authenticate_agent(state: ServerState, request: Request, body: bytes) 
         instance_id=headers.instance_id,
         account=cached.account,
         nonce_key=f"a:{headers.instance_id}:{headers.nonce}",
-        nonce_expires=headers.timestamp + auth.TIMESTAMP_WINDOW + 60,
+        nonce_expires=headers.timestamp + protocol.TIMESTAMP_WINDOW + 60,
     )
 
 
@@ -308,7 +222,7 @@ async def notify_handler(request: Request) -> Response:
         async def _tx(conn: Conn) -> Any:
             await state.use_agent_nonce(conn, who)
             if touch:
-                await q.record_seen(conn, who.instance_id, now_ms)
+                await instances.record_seen(conn, who.instance_id, now_ms)
 
         await state.store.write(_tx, durable=False, key=who.instance_id)
         if touch:
@@ -394,11 +308,11 @@ async def run_chores(state: ServerState) -> None:
     history_cutoff = now_ms - settings.history_days * 86_400_000
 
     async def _tx(conn: Conn) -> list[tuple[str, str]]:
-        await q.purge_nonces(conn, now_ms // 1000)
-        forgotten = await q.purge_history(conn, history_cutoff, settings.history_keep)
+        await access.purge_nonces(conn, now_ms // 1000)
+        forgotten = await tasks.purge_history(conn, history_cutoff, settings.history_keep)
         if forgotten:
             log.info("forgot %d finished executions past the history limits", forgotten)
-        return await q.fail_abandoned_tasks(conn, now_ms, grace_ms)
+        return await tasks.fail_abandoned_tasks(conn, now_ms, grace_ms)
 
     for invoke_id, instance_id in await state.store.write(_tx):
         log.warning("%s on %s: instance offline past its timeout, failed", invoke_id, instance_id)
@@ -441,7 +355,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     routes += [
         Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])
-        for kind in handlers.TERMINAL_KINDS
+        for kind in lifecycle.TERMINAL_KINDS
     ]
     return Starlette(
         routes=routes,

@@ -1,4 +1,4 @@
-"""Pure rules of the Cloud Assistant domain: ids, statuses, parameters, schedules."""
+"""Pure rules of the Cloud Assistant domain: ids, times, command content, parameters, schedules."""
 
 from __future__ import annotations
 
@@ -10,13 +10,37 @@ import secrets
 import string
 import time
 import uuid
-import zoneinfo
 from collections.abc import Iterable
 
-from croniter import croniter
-
+from common import schedule
+from server.errors import ApiError, invalid
 from server.inputs import load_json, load_literal, small_int
-from server.rpc import ApiError, invalid
+
+# The task lifecycle (statuses and their rules) lives in server/lifecycle.py; these names stay
+# importable from here for the API modules.
+from server.lifecycle import (  # noqa: F401
+    ABORTED,
+    CANCELLED,
+    ERROR,
+    FAILED,
+    FAILED_LIKE,
+    INVALID,
+    PARTIAL_FAILED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    STOPPED,
+    STOPPED_LIKE,
+    STOPPING,
+    SUCCESS,
+    TERMINAL,
+    TERMINATED,
+    TIMEOUT,
+    is_one_time_schedule,
+    legacy_invoke_status,
+    overall_status,
+    record_status,
+)
 
 COMMAND_TYPES = ("RunShellScript", "RunBatScript", "RunPowerShellScript")
 REPEAT_MODES = ("Once", "Period", "NextRebootOnly", "EveryReboot")
@@ -26,22 +50,9 @@ MAX_PARAMETER_NAME = 64
 DEFAULT_TIMEOUT = 60  # seconds
 MAX_TIMEOUT = 86400
 
-# Per-instance statuses (InvocationStatus of one instance).
-PENDING, SCHEDULED, RUNNING = "Pending", "Scheduled", "Running"
-SUCCESS, FAILED, STOPPING, STOPPED = "Success", "Failed", "Stopping", "Stopped"
-TIMEOUT, CANCELLED, ERROR, INVALID = "Timeout", "Cancelled", "Error", "Invalid"
-ABORTED, TERMINATED, PARTIAL_FAILED = "Aborted", "Terminated", "PartialFailed"
-TERMINAL = frozenset(
-    {SUCCESS, FAILED, STOPPED, TIMEOUT, CANCELLED, ERROR, INVALID, ABORTED, TERMINATED}
-)
-FAILED_LIKE = frozenset({FAILED, TIMEOUT, ERROR, INVALID, ABORTED})
-STOPPED_LIKE = frozenset({STOPPED, CANCELLED, TERMINATED})
-
 _ALPHABET = string.ascii_lowercase + string.digits
 _PARAM = re.compile(r"\{\{\s*([A-Za-z0-9_\-:.]+)\s*\}\}")
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_RATE = re.compile(r"^rate\((\d{1,6})([smhd])\)$")
-_AT = re.compile(r"^at\((.+)\)$")
 
 
 def new_id(prefix: str, length: int = 16) -> str:
@@ -185,82 +196,12 @@ def substitute(content_b64: str, names: Iterable[str], values: dict[str, str]) -
 
 
 def validate_frequency(frequency: str) -> str:
-    """Accept 6-field seconds-first cron (+ optional timezone), rate(…) or at(…)."""
+    """Accept what an agent can schedule (docs/schedules.md); return it stripped."""
     text = frequency.strip()
-    bad = ApiError("InvalidParam.Frequency", "The specified parameter Frequency is not valid.")
-    if _RATE.match(text):
-        if int(_RATE.match(text).group(1)) == 0:  # type: ignore[union-attr]
-            raise bad
-        return text
-    at = _AT.match(text)
-    if at:
-        try:
-            dt.datetime.fromisoformat(at.group(1).replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise bad from exc
-        return text
-    fields = text.split()
-    if len(fields) == 7:
-        try:
-            zoneinfo.ZoneInfo(fields[-1])
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise bad from exc
-        fields = fields[:-1]
-    if len(fields) != 6:
-        raise bad
     try:
-        croniter(" ".join(fields), second_at_beginning=True)
-    except (ValueError, KeyError) as exc:
-        raise bad from exc
+        schedule.parse_frequency(text)
+    except schedule.InvalidFrequencyError as exc:
+        raise ApiError(
+            "InvalidParam.Frequency", "The specified parameter Frequency is not valid."
+        ) from exc
     return text
-
-
-def is_one_time_schedule(repeat_mode: str, frequency: str) -> bool:
-    """Timed tasks that run once at most: at(…) and NextRebootOnly."""
-    return repeat_mode == "NextRebootOnly" or frequency.startswith("at(")
-
-
-def overall_status(statuses: Iterable[str]) -> str:
-    """An invocation's InvocationStatus from its instances', as the real API aggregates them."""
-    values = list(statuses)
-    if not values:
-        return PENDING
-    present = set(values)
-    for status in (PENDING, SCHEDULED, RUNNING, STOPPING):
-        if status in present:
-            return status
-    if present <= STOPPED_LIKE:
-        return STOPPED
-    has_success = SUCCESS in present
-    has_failure = bool(present & FAILED_LIKE)
-    if has_success and has_failure:
-        return PARTIAL_FAILED
-    if has_failure:
-        return FAILED
-    return SUCCESS
-
-
-def record_status(status: str) -> str:
-    """InvokeRecordStatus (and legacy InstanceInvokeStatus) of one instance."""
-    if status in (PENDING, SCHEDULED, RUNNING):
-        return "Running"
-    if status == SUCCESS:
-        return "Finished"
-    if status == STOPPING:
-        return "Stopping"
-    if status in STOPPED_LIKE:
-        return "Stopped"
-    return "Failed"
-
-
-def legacy_invoke_status(overall: str, timed: bool) -> str:
-    """The legacy InvokeStatus: Running, Finished, Failed, PartialFailed, Stopped."""
-    if overall in (PENDING, SCHEDULED, RUNNING, STOPPING) or (timed and overall == SUCCESS):
-        return "Running"
-    if overall == SUCCESS:
-        return "Finished"
-    if overall == STOPPED:
-        return "Stopped"
-    if overall == PARTIAL_FAILED:
-        return "PartialFailed"
-    return "Failed"

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from server.errors import ApiError, Code, invalid, missing  # noqa: F401 (re-exported)
 from server.inputs import ascii_int, load_json
 
 API_VERSION = "2014-05-26"
@@ -29,39 +30,6 @@ BAD_NEXT_TOKEN = ("InvalidParameter.NextToken", 400)
 # What XML 1.0 cannot carry, even escaped: C0 controls but tab/LF/CR, surrogates, U+FFFE/FFFF.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _LIST_KEY = re.compile(r"^([A-Za-z]+)\.([0-9]{1,4})$")
-
-
-class ApiError(Exception):
-    """An error answered to the operator as {"RequestId","Code","Message"} with an HTTP 4xx."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-# An error code with its HTTP status, where the real API has its own for a parameter
-# (the ECS 2014-05-26 API reference's per-action error tables)
-Code = tuple[str, int]
-
-
-def missing(name: str, code: str = "MissingParameter") -> ApiError:
-    """The real API's answer to a mandatory parameter that was not supplied."""
-    return ApiError(
-        code,
-        f'The input parameter "{name}" that is mandatory for processing this request is not supplied.',
-    )
-
-
-def invalid(
-    name: str, detail: str = "", code: str = "InvalidParameter", status: int = 400
-) -> ApiError:
-    """The real API's answer to a parameter with a bad value."""
-    message = f'The specified parameter "{name}" is not valid.'
-    if detail:
-        message += f" {detail}"
-    return ApiError(code, message, status)
 
 
 def new_request_id() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from common.protocol import sign_request as sign_agent_request  # the X-Assist-* headers
 from server.rpc import sign_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -231,30 +230,6 @@ def start_server(
         yield handle
     finally:
         handle.stop()
-
-
-def sign_agent_request(
-    key: Ed25519PrivateKey,
-    instance_id: str,
-    method: str,
-    path: str,
-    query: str,
-    body: bytes,
-    timestamp: int | None = None,
-    nonce: str | None = None,
-) -> dict[str, str]:
-    """The X-Assist-* headers of docs/agent-protocol.md for one request."""
-    ts = str(int(time.time()) if timestamp is None else timestamp)
-    nonce = nonce or uuid.uuid4().hex
-    canonical = "\n".join(
-        [method.upper(), path, query, ts, nonce, hashlib.sha256(body).hexdigest()]
-    ).encode("utf-8")
-    return {
-        "X-Assist-Instance-Id": instance_id,
-        "X-Assist-Timestamp": ts,
-        "X-Assist-Nonce": nonce,
-        "X-Assist-Signature": base64.b64encode(key.sign(canonical)).decode("ascii"),
-    }
 
 
 class FakeAgent:

@@ -1,4 +1,4 @@
-"""assist-update: status, check, apply, rollback, recover, schedule (CLI.md).
+"""assist-update: status, check, apply, rollback, recover, unblock, schedule (CLI.md).
 
 Exit codes of apply: 0 updated or nothing to do, 3 the new version failed and was rolled back,
 4 refused (verification, blocklist, downgrade, no space, locked), 1 other errors.
@@ -17,15 +17,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.cli import add_common_options, print_json, run_cli
+from common.cli import (
+    add_common_options,
+    check_region_option,
+    check_trust_root_option,
+    print_json,
+    run_cli,
+)
 from common.config import Config, load_config
+from common.errors import LocalStateError, NotFoundError
 from common.platform import detect_platform
 from common.service import MANAGERS, ServiceManager, make_service
 from updater import journal as jr
 from updater.engine import LAST_RESULT_FILE, Outcome, Updater, UpdateSettings
 from updater.health import read_health
 from updater.layout import Layout, installed_versions
-from updater.policy import NOTHING, REFUSE, load_blocklist
+from updater.lock import hold_lock
+from updater.policy import NOTHING, REFUSE, load_blocklist, save_blocklist, unblock
 from updater.recovery import recover
 from updater.remote import find_keys_dir, open_repository
 from updater.swap import read_pointer
@@ -67,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     command("rollback", "go back to the previous version")
     command("recover", "finish or undo an interrupted update")
+    p = command("unblock", "forget the failures of a blocklisted version so it can be tried again")
+    p.add_argument("version", metavar="VERSION", help="the blocklisted version")
+    p.add_argument("--json", action="store_true")
     p = command("schedule", "when the next scheduled update runs (cron + splay)")
     p.add_argument("--wait", action="store_true", help="sleep until then, then apply")
     p.add_argument("--json", action="store_true")
@@ -79,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config, prefix=args.prefix)
+    check_region_option(
+        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
+    )
+    check_trust_root_option(getattr(args, "trust_root", None))
     layout = Layout(config.prefix)
     handler = {
         "status": cmd_status,
@@ -86,6 +101,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "apply": cmd_apply,
         "rollback": cmd_rollback,
         "recover": cmd_recover,
+        "unblock": cmd_unblock,
         "schedule": cmd_schedule,
     }[args.command]
     return handler(args, config, layout)
@@ -116,7 +132,7 @@ def _opt(args: argparse.Namespace, name: str, default: float) -> float:
 
 
 def _updater(args: argparse.Namespace, config: Config, layout: Layout, remote: bool) -> Updater:
-    from common.trust import verify_native
+    from common.native_sig import verify_native
 
     repo = None
     if remote:
@@ -152,6 +168,10 @@ def cmd_status(args: argparse.Namespace, config: Config, layout: Layout) -> int:
     if journal["error"]:
         print(f"           {journal['error']}")
     print(f"blocklist: {', '.join(info['blocklist']['blocked']) or '-'}")
+    for version in info["blocklist"]["blocked"]:
+        reason = info["blocklist"]["reasons"].get(version, "")
+        failures = info["blocklist"]["failures"].get(version, 0)
+        print(f"           {version}: {failures} failed update(s); last: {reason or '-'}")
     health = info["health"]
     if health:
         state = "alive" if health["running"] else "not running"
@@ -183,7 +203,11 @@ def gather_status(layout: Layout, service: ServiceManager) -> dict[str, Any]:
             "history": list(journal.history),
             "updated": journal.updated,
         },
-        "blocklist": {"failures": blocklist.failures, "blocked": blocklist.blocked},
+        "blocklist": {
+            "failures": blocklist.failures,
+            "blocked": blocklist.blocked,
+            "reasons": blocklist.reasons,
+        },
         "last_update": last,
         "service": {"name": service.name, "pid": pid},
         "health": None
@@ -198,6 +222,11 @@ def gather_status(layout: Layout, service: ServiceManager) -> dict[str, Any]:
 
 
 def cmd_check(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    if read_pointer(layout) is None:  # read-only: say so, create nothing
+        raise LocalStateError(
+            f"no agent is installed in {layout.prefix}",
+            hint="install it with `assist-install agent`, or pass the --prefix of an installation",
+        )
     plan = _updater(args, config, layout, remote=True).check()
     current = read_pointer(layout)
     available = plan.action not in (NOTHING, REFUSE)
@@ -234,6 +263,11 @@ def _report(args: argparse.Namespace, outcome: Outcome) -> None:
         return
     if outcome.result == "updated":
         print(f"updated {outcome.from_version or '-'} -> {outcome.to_version}")
+    elif outcome.result == "installed":
+        print(
+            f"installed {outcome.from_version or '-'} -> {outcome.to_version}, "
+            f"but the agent is NOT running: {outcome.reason}"
+        )
     elif outcome.result == "up_to_date":
         print(f"up to date ({outcome.to_version})")
     else:
@@ -253,6 +287,23 @@ def cmd_rollback(args: argparse.Namespace, config: Config, layout: Layout) -> in
 def cmd_recover(args: argparse.Namespace, config: Config, layout: Layout) -> int:
     result = recover(layout.prefix, service=_service(args, config, layout))
     print(result)
+    return 0
+
+
+def cmd_unblock(args: argparse.Namespace, config: Config, layout: Layout) -> int:
+    """Remove VERSION from the blocklist (under the update lock, like every state change)."""
+    if not layout.state_dir.is_dir():
+        raise NotFoundError(
+            f"no agent is installed under {layout.prefix}", hint="pass --prefix of the install"
+        )
+    with hold_lock(layout.state_dir):
+        before = load_blocklist(layout.state_dir)
+        save_blocklist(layout.state_dir, unblock(before, args.version))
+    was_blocked = args.version in before.blocked
+    if args.json:
+        print_json({"version": args.version, "was_blocked": was_blocked, "unblocked": True})
+    else:
+        print(f"{args.version} unblocked; the next apply may try it again")
     return 0
 
 

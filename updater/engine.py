@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from common.atomic import atomic_write_json
+from common.atomic import atomic_write_json, atomic_write_text
 from common.errors import AssistError, LocalStateError, NotFoundError
-from common.service import ServiceManager
+from common.platform import pid_runs
+from common.service import ProcessManager, ServiceManager
 from updater import journal as jr
-from updater.health import wait_healthy
+from updater.health import read_health, wait_healthy
 from updater.layout import AGENT_PACKAGE, Layout, installed_versions
 from updater.lock import hold_lock
 from updater.policy import (
@@ -31,7 +32,7 @@ from updater.policy import (
     plan_update,
     versions_to_prune,
 )
-from updater.recovery import recover_locked
+from updater.recovery import HealthPatience, recover_locked
 from updater.staging import (
     StreamStager,
     clean_staging,
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 FAILURE_COUNTED = "failure_counted"
 
 LAST_RESULT_FILE = "last-update.json"
+NOT_RUNNING = (
+    "no service manager runs the agent and none was running: it is installed, not running; "
+    "start it with `assist-agent run --prefix {}`"
+)
 
 
 class RefusedError(LocalStateError):
@@ -131,14 +136,15 @@ class Updater:
         """Refresh trusted metadata and say what apply would do."""
         self.layout.ensure()
         with hold_lock(self.layout.state_dir):
-            recover_locked(self.layout, self.service, max_failures=self.settings.max_failures)
+            self._recover()
             return self._plan(None, allow_downgrade=False)
 
     def apply(self, version: str | None = None, *, allow_downgrade: bool = False) -> Outcome:
         """Update to the newest (or the given) version; roll back if it is not healthy."""
         self.layout.ensure()
         with hold_lock(self.layout.state_dir):
-            recover_locked(self.layout, self.service, max_failures=self.settings.max_failures)
+            self.service = adopt_running_agent(self.layout, self.service)
+            self._recover()
             current = read_pointer(self.layout)
             if current is None:
                 raise LocalStateError(
@@ -159,7 +165,8 @@ class Updater:
         """Go back to `previous` (no network needed) and restart."""
         self.layout.ensure()
         with hold_lock(self.layout.state_dir):
-            recover_locked(self.layout, self.service, max_failures=self.settings.max_failures)
+            self.service = adopt_running_agent(self.layout, self.service)
+            self._recover()
             current = read_pointer(self.layout)
             previous = read_pointer(self.layout, "previous")
             if not previous or previous == current:
@@ -181,6 +188,16 @@ class Updater:
             return Outcome("rolled_back", current, previous, "manual rollback")
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _recover(self) -> str:
+        """Finish or undo an interrupted update first (with this run's health patience)."""
+        s = self.settings
+        return recover_locked(
+            self.layout,
+            self.service,
+            max_failures=s.max_failures,
+            health=HealthPatience(s.health_timeout, s.settle),
+        )
 
     def _plan(self, version: str | None, *, allow_downgrade: bool) -> Plan:
         repo = self._repo()
@@ -246,6 +263,8 @@ class Updater:
         removed = prune_versions(self.layout, s.keep_versions)
         if removed:
             log.info("pruned versions %s", ", ".join(removed))
+        if self.service.name == "none":  # nothing runs it, and no agent was running to restart
+            return Outcome("installed", current, version, NOT_RUNNING.format(self.layout.prefix))
         return Outcome("updated", current, version, reason)
 
     def _fetch_and_stage(self, journal: jr.Journal, target: object) -> jr.Journal:
@@ -316,7 +335,11 @@ class Updater:
         # Counted before the journal says rolling_back: a kill between the two makes recovery
         # repeat the count, which the attempt id turns into a no-op (never a lost count).
         count_failure(
-            self.layout.state_dir, journal.to_version, self.settings.max_failures, journal.attempt
+            self.layout.state_dir,
+            journal.to_version,
+            self.settings.max_failures,
+            journal.attempt,
+            reason,
         )
         jr.crash_point(FAILURE_COUNTED)
         journal = jr.advance(journal, jr.ROLLING_BACK, rollback_to=old, error=reason)
@@ -349,6 +372,22 @@ class Updater:
             self.layout.state_dir / LAST_RESULT_FILE,
             {"result": result, "version": version, "reason": reason, "time": jr.now_iso()},
         )
+
+
+def adopt_running_agent(layout: Layout, service: ServiceManager) -> ServiceManager:
+    """With no service manager (`--service none`), an agent started by hand (`assist-agent run`)
+    is still restarted onto the new version: its pid comes from state/health.json, and the
+    `process` manager (pidfile) takes it over for this update. The pid is only trusted when it
+    is alive and its command line names this prefix (a stale record must not get a signal)."""
+    if service.name != "none":
+        return service
+    record = read_health(layout.health_file)
+    if record is None or not pid_runs(record.pid, str(layout.prefix)):
+        return service
+    manager = ProcessManager(layout.prefix)
+    atomic_write_text(manager.pidfile, f"{record.pid}\n")
+    log.info("no service manager: restarting the running agent (pid %d) ourselves", record.pid)
+    return manager
 
 
 def restore_previous(layout: Layout, version: str) -> None:

@@ -60,6 +60,8 @@ class Layout:
         """Create the directories every command expects."""
         for path in (self.versions_dir, self.state_dir, self.log_dir):
             path.mkdir(parents=True, exist_ok=True)
+        if os.name != "nt" and self.state_dir.stat().st_uid == os.getuid():
+            os.chmod(self.state_dir, 0o700)  # task output and keys live here (docs/agent-state.md)
 
 
 def installed_versions(layout: Layout) -> list[str]:

@@ -39,6 +39,7 @@ class Blocklist:
     failures: dict[str, int] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
     counted: list[str] = field(default_factory=list)  # attempts already counted (newest last)
+    reasons: dict[str, str] = field(default_factory=dict)  # version -> why it last failed
 
     def is_blocked(self, version: str) -> bool:
         return version in self.blocked
@@ -89,7 +90,7 @@ def plan_update(
 
 
 def record_failure(
-    blocklist: Blocklist, version: str, max_failures: int, attempt: str = ""
+    blocklist: Blocklist, version: str, max_failures: int, attempt: str = "", reason: str = ""
 ) -> Blocklist:
     """Count one failed update to `version`; block it when it reaches max_failures.
 
@@ -104,18 +105,37 @@ def record_failure(
     if failures[version] >= max_failures and version not in blocked:
         blocked.append(version)
     counted = [*blocklist.counted, attempt][-COUNTED_KEEP:] if attempt else list(blocklist.counted)
-    return Blocklist(failures, blocked, counted)
+    reasons = {**blocklist.reasons, version: reason or "the health check failed"}
+    return Blocklist(failures, blocked, counted, reasons)
+
+
+def unblock(blocklist: Blocklist, version: str) -> Blocklist:
+    """Forget the failures of `version` (an operator's decision: `assist-update unblock`)."""
+    if version not in blocklist.blocked and version not in blocklist.failures:
+        raise NotFoundError(
+            f"{version} is not blocklisted and has no recorded failures",
+            hint="see `assist-update status` for the blocklist",
+        )
+    return Blocklist(
+        {v: n for v, n in blocklist.failures.items() if v != version},
+        [v for v in blocklist.blocked if v != version],
+        list(blocklist.counted),
+        {v: r for v, r in blocklist.reasons.items() if v != version},
+    )
 
 
 COUNTED_KEEP = 20
 
 
-def count_failure(state_dir: Path, version: str, max_failures: int, attempt: str) -> None:
+def count_failure(
+    state_dir: Path, version: str, max_failures: int, attempt: str, reason: str = ""
+) -> None:
     """Record a failed attempt in state/blocklist.json, best effort: a rollback must never
     wait on it (a full disk right after unpacking a new version is exactly when it fails)."""
     try:
         blocklist = load_blocklist(state_dir)
-        save_blocklist(state_dir, record_failure(blocklist, version, max_failures, attempt))
+        counted = record_failure(blocklist, version, max_failures, attempt, reason)
+        save_blocklist(state_dir, counted)
     except (LocalStateError, OSError) as exc:
         log.error("could not count the failure of %s in the blocklist: %s", version, exc)
 
@@ -135,6 +155,7 @@ def load_blocklist(state_dir: Path) -> Blocklist:
         {str(k): int(v) for k, v in dict(data.get("failures", {})).items()},
         [str(v) for v in data.get("blocked", [])],
         [str(v) for v in data.get("counted", [])],
+        {str(k): str(v) for k, v in dict(data.get("reasons", {})).items()},
     )
 
 
@@ -145,6 +166,7 @@ def save_blocklist(state_dir: Path, blocklist: Blocklist) -> None:
             "failures": blocklist.failures,
             "blocked": blocklist.blocked,
             "counted": blocklist.counted,
+            "reasons": blocklist.reasons,
         },
     )
 

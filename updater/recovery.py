@@ -5,20 +5,29 @@ function of the journal; the I/O only carries it out:
 
     finished journal          nothing (but a missing/broken `current` is repaired)
     downloading/verified/staged   abort: current back to from_version, journal → aborted
-    swapped/health_check      roll back: current → from_version, restart, journal → rolled_back
+    swapped                   roll back: current → from_version, restart, journal → rolled_back
+    health_check              check the new version's health again: healthy → committed;
+                              a failed check → counted, then rolled back like `swapped`;
+                              not checkable from here (we are that agent) → rolled back, uncounted
     rolling_back              finish the rollback
+
+A kill of the updater is not a failure of the version it was checking (docs/SECURITY.md):
+only a health check that really failed counts towards the blocklist.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import load_config
 from common.errors import AssistError, LocalStateError, LockedError
 from common.service import ServiceManager, make_service
 from updater import journal as jr
+from updater.health import wait_healthy
 from updater.layout import Layout, installed_versions, is_runnable
 from updater.lock import hold_lock
 from updater.policy import count_failure
@@ -60,26 +69,53 @@ def recover(prefix: Path, *, service: ServiceManager | None = None) -> str:
             config = load_config(prefix=layout.prefix)
             if service is None:
                 service = make_service(config.update.service, layout.prefix)
-            return recover_locked(layout, service, max_failures=config.update.max_failures)
+            return recover_locked(
+                layout,
+                service,
+                max_failures=config.update.max_failures,
+                health=HealthPatience(config.update.health_timeout, config.update.settle),
+            )
     except LockedError:
         return "busy"
 
 
-def recover_locked(layout: Layout, service: ServiceManager | None, *, max_failures: int = 2) -> str:
+@dataclass(frozen=True)
+class HealthPatience:
+    """How long recovery waits for an interrupted health check's version (like apply does)."""
+
+    timeout: float = 60.0  # seconds for state/health.json to appear
+    settle: float = 10.0  # seconds its pid must then stay alive
+
+
+def recover_locked(
+    layout: Layout,
+    service: ServiceManager | None,
+    *,
+    max_failures: int = 2,
+    health: HealthPatience | None = None,
+) -> str:
     """Recovery with the update lock already held."""
     clean_temp_links(layout)
     clean_staging(layout.versions_dir)
     journal = _load_or_reset(layout)
     action = plan_recovery(journal)
     result = NOTHING
+    if action == ROLLBACK and journal.phase == jr.HEALTH_CHECK:
+        verdict, why = recheck_health(layout, service, journal, health or HealthPatience())
+        if verdict is True:
+            _save(layout, jr.advance(journal, jr.COMMITTED, error=""))
+            log.warning("recovery: %s is healthy; the interrupted update is committed", why)
+            return "committed"
+        if verdict is False:
+            count_failure(layout.state_dir, journal.to_version, max_failures, journal.attempt, why)
+        else:
+            log.warning("recovery: %s; rolling back without counting a failure", why)
     if action == ABORT:
         _point_back(layout, journal.from_version)
         _save(layout, jr.advance(journal, jr.ABORTED, error=f"interrupted while {journal.phase}"))
         result = "aborted"
     elif action in (ROLLBACK, FINISH_ROLLBACK):
         if action == ROLLBACK:
-            if journal.phase == jr.HEALTH_CHECK and journal.to_version:
-                count_failure(layout.state_dir, journal.to_version, max_failures, journal.attempt)
             journal = jr.advance(
                 journal,
                 jr.ROLLING_BACK,
@@ -98,6 +134,37 @@ def recover_locked(layout: Layout, service: ServiceManager | None, *, max_failur
     if result != NOTHING:
         log.warning("recovery: %s (journal was %s)", result, journal.phase)
     return result
+
+
+def recheck_health(
+    layout: Layout, service: ServiceManager | None, journal: jr.Journal, patience: HealthPatience
+) -> tuple[bool | None, str]:
+    """Check again the version whose health check was interrupted: (True, …) healthy,
+    (False, why) the check failed, (None, why) it cannot be checked from this process."""
+    version = journal.to_version
+    if service is None or service.name == "none":
+        return None, f"no service manager to check {version} with"
+    try:
+        pid = service.main_pid()
+        if pid == os.getpid():
+            return None, f"this process is the agent of {version}; it cannot check itself"
+        not_before = (
+            0.0  # the old record was removed before the restart: any {version} record is new
+        )
+        if pid is None:  # the new agent is not running (any more): give it its restart
+            not_before = time.time()
+            service.restart()
+    except AssistError as exc:
+        return False, f"restart of {version} failed: {exc}"
+    ok, why = wait_healthy(
+        layout.health_file,
+        version,
+        timeout=patience.timeout,
+        settle=patience.settle,
+        not_before=not_before,
+        service_pid=service.main_pid,
+    )
+    return ok, f"agent {version}" if ok else why
 
 
 def _load_or_reset(layout: Layout) -> jr.Journal:

@@ -1,9 +1,10 @@
 """Staging: unpack a verified artifact's payload into versions/.staging-V, then rename to versions/V.
 
 The payload is the tree `versions/V/…` (tar.gz) or `./usr/local/share/aliyun-assist/versions/V/…`
-(the data.tar of a deb, the cpio payload of an rpm). Extraction is done member by member, never
-with extractall: absolute paths, `..`, anything outside versions/V/, device files, fifos, links
-pointing outside the staging directory and writes through symlinks are refused (fail closed).
+(the data.tar of a deb, the cpio payload of an rpm). Every format is unpacked by the one safe
+extractor, common/extract.py: absolute paths, `..`, anything outside versions/V/, device files,
+fifos, links resolving outside the staging directory and anything written through a link are
+refused (fail closed), and a refused archive changes nothing outside versions/.staging-V.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import errno
 import io
 import logging
 import os
-import posixpath
 import queue
 import shutil
 import subprocess
@@ -31,6 +31,7 @@ from common.errors import (
     ToolError,
     VerificationError,
 )
+from common.extract import check_links_inside, extract_tar, member_path, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -258,14 +259,6 @@ def stage_exe(artifact: Path, version: str, staging: Path, runner: ExeRunner) ->
         remove_tree(scratch)
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a file, symlink or directory tree if it exists."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-
-
 @contextlib.contextmanager
 def open_payload(artifact: Path, fmt: str) -> Iterator[tarfile.TarFile]:
     """Open the payload of a tar.gz, deb or rpm as a tar archive."""
@@ -350,103 +343,12 @@ def convert_rpm_payload(rpm: Path, out: IO[bytes]) -> None:
 
 def classify_member(name: str, prefix: str) -> str | None:
     """Path of a member relative to the version tree; None for an ancestor dir; refuse the rest."""
-    if name.startswith("/") or "\\" in name:
-        raise VerificationError(f"payload member has an absolute or odd path: {name!r}")
-    clean = name[2:] if name.startswith("./") else name
-    parts = [p for p in clean.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise VerificationError(f"payload member escapes with '..': {name!r}")
-    rel = "/".join(parts)
-    if rel + "/" == prefix or prefix.startswith(rel + "/") or rel == "":
-        return None
-    if not (rel + "/").startswith(prefix):
-        raise VerificationError(
-            f"payload member outside {prefix}: {name!r}", hint="the artifact is malformed"
-        )
-    return rel[len(prefix) :]
-
-
-def check_link_target(rel: str, link: str) -> str:
-    """A symlink target must be relative and stay inside the tree; returns it normalized."""
-    if link.startswith("/") or "\\" in link:
-        raise VerificationError(f"symlink {rel!r} points to an absolute path {link!r}")
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
-    if resolved == ".." or resolved.startswith("../"):
-        raise VerificationError(f"symlink {rel!r} points outside the payload: {link!r}")
-    return resolved
+    return member_path(name, prefix)
 
 
 def extract_checked(tar: tarfile.TarFile, prefix: str, dest: Path) -> None:
-    """Extract members under `prefix` into `dest`, refusing anything unsafe."""
-    root = os.path.realpath(dest)
-    for member in tar:
-        rel = classify_member(member.name, prefix)
-        if rel is None:
-            if not member.isdir():
-                raise VerificationError(f"payload member outside the tree: {member.name!r}")
-            continue
-        if rel == "":
-            continue
-        target = dest / rel
-        _check_parent_inside(target, root)
-        if os.path.lexists(target) and not (member.isdir() and target.is_dir()):
-            raise VerificationError(f"payload member appears twice or overwrites: {member.name!r}")
-        _extract_member(tar, member, rel, target, prefix, dest)
-
-
-def _check_parent_inside(target: Path, root: str) -> None:
-    """Refuse writing through a symlink that leads out of the staging directory."""
-    parent = os.path.realpath(target.parent)
-    if parent != root and not parent.startswith(root + os.sep):
-        raise VerificationError(f"payload member would be written outside staging: {target}")
-
-
-def _extract_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str, target: Path, prefix: str, dest: Path
-) -> None:
-    """Create one checked member: dir, regular file, symlink or hardlink."""
-    mode = member.mode & 0o755 if member.mode else 0o644
-    if member.isdir():
-        target.mkdir(parents=True, exist_ok=True)
-        os.chmod(target, mode | 0o700)
-    elif member.isreg():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = tar.extractfile(member)
-        if source is None:
-            raise VerificationError(f"payload member unreadable: {member.name!r}")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, mode)
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
-    elif member.issym():
-        check_link_target(rel, member.linkname)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(member.linkname, target)
-    elif member.islnk():
-        link_rel = classify_member(member.linkname, prefix)
-        if not link_rel:
-            raise VerificationError(f"hard link {member.name!r} points outside the payload")
-        source_path = dest / link_rel
-        if source_path.is_symlink() or not source_path.is_file():
-            raise VerificationError(f"hard link {member.name!r} to a non-file")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(source_path, target)
-    else:
-        raise VerificationError(f"payload member of a refused type (device/fifo): {member.name!r}")
-
-
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def check_links_inside(tree: Path) -> None:
-    """After extraction: every symlink must really resolve inside the tree (chains included)."""
-    root = os.path.realpath(tree)
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                real = os.path.realpath(path)
-                if real != root and not real.startswith(root + os.sep):
-                    raise VerificationError(f"symlink {path} resolves outside the payload")
+    """Extract members under `prefix` into `dest` with the safe extractor (common/extract.py)."""
+    extract_tar(tar, dest, prefix)
 
 
 def check_agent_payload(tree: Path, version: str) -> None:

@@ -56,6 +56,10 @@ class BuildRequest:
     out: Path = Path("dist")
     vendor: bool = True
     wheel_cache: Path | None = None
+    # The agent's own CPython (docs/runtime.md): on for Linux unless --no-runtime or --no-vendor.
+    with_runtime: bool = True
+    runtime_cache: Path | None = None  # default: pkgbuild.runtime.cache_root()
+    windows_runtime: Path | None = None  # the official CPython embeddable zip
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,26 @@ def resolve_request(request: BuildRequest) -> tuple[list[str], list[str]]:
     missing = sorted({t for f in formats for t in TOOLS[f] if shutil.which(t) is None})
     if missing:
         raise ToolError(f"missing build tools: {', '.join(missing)}", hint="run `make install`")
+    _check_windows_runtime(request, formats)
     return arches, formats
+
+
+def _check_windows_runtime(request: BuildRequest, formats: Sequence[str]) -> None:
+    """An agent .exe that vendors must carry a CPython: a fresh Windows has none."""
+    is_agent = request.package == AGENT_PACKAGE
+    if "exe" not in formats or not is_agent or not request.vendor:
+        return
+    if request.windows_runtime is None:
+        raise UsageError(
+            "an agent .exe needs a Windows runtime: a fresh Windows has no Python",
+            hint="pass --windows-runtime python-3.11.X-embed-amd64.zip (the official CPython "
+            "embeddable zip), or leave exe out of --formats",
+        )
+    if not request.windows_runtime.is_file():
+        raise UsageError(
+            f"--windows-runtime {request.windows_runtime} does not exist",
+            hint="download python-3.11.X-embed-amd64.zip once and pass its path",
+        )
 
 
 def build_artifacts(request: BuildRequest) -> list[Artifact]:
@@ -198,6 +221,7 @@ def _prepare_stage(
     is_agent = request.package == AGENT_PACKAGE
     prefix = DEFAULT_PREFIX if is_agent else f"/opt/{request.package}"
     root = work / target / "root"
+    runtime = _runtime_for(request, arch, os_name) if is_agent and request.vendor else None
     spec = PayloadSpec(
         package=request.package,
         version=request.version,
@@ -206,6 +230,7 @@ def _prepare_stage(
         source=source,
         vendor=request.vendor and is_agent,
         wheel_cache=request.wheel_cache,
+        runtime=runtime,
     )
     prefix_dir = root / prefix.lstrip("/")
     prefix_dir.mkdir(parents=True)
@@ -221,6 +246,20 @@ def _prepare_stage(
         workdir=work / target,
         keys=keys,
     )
+
+
+def _runtime_for(request: BuildRequest, arch: str, os_name: str) -> Path | None:
+    """The runtime an agent payload ships: the embeddable zip on Windows, a cached build on Linux."""
+    if os_name == "windows":
+        return request.windows_runtime
+    if not request.with_runtime:
+        return None
+    from pkgbuild import wheels
+    from pkgbuild.runtime import PYTHON_VERSION, ensure_runtime
+
+    # A wheel cache gap is found in a second, before a runtime build that can take half an hour.
+    wheels.cached_wheels(f"{os_name}-{arch}", request.wheel_cache, pythons=(PYTHON_VERSION,))
+    return ensure_runtime(arch, request.runtime_cache)
 
 
 def _publish_file(staged: Path, dest: Path, request: BuildRequest, arch: str, fmt: str) -> Artifact:

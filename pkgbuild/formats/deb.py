@@ -18,7 +18,7 @@ def render_control(stage: Stage, installed_kib: int) -> str:
     if stage.is_agent:
         summary = "Aliyun Assist agent (Cloud Assistant)"
         body = " Runs commands sent by the Cloud Assistant control plane and keeps itself\n" \
-               " up to date from a signed release repository. Needs python3 (>= 3.9)."  # fmt: skip
+               " up to date from a signed release repository. Carries its own Python."  # fmt: skip
     else:
         summary = f"{stage.package} (published through the Aliyun Assist repository)"
         body = f" Files installed under {stage.prefix}."
@@ -31,8 +31,6 @@ def render_control(stage: Stage, installed_kib: int) -> str:
         "Section: admin",
         "Priority: optional",
     ]
-    if stage.is_agent:
-        fields.append("Recommends: python3 (>= 3.9)")
     fields.append(f"Description: {summary}\n{body}")
     return "\n".join(fields) + "\n"
 

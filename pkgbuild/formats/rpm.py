@@ -23,7 +23,7 @@ def render_spec(stage: Stage, topdir: Path) -> str:
         summary = "Aliyun Assist agent (Cloud Assistant)"
         description = (
             "Runs commands sent by the Cloud Assistant control plane and keeps itself up to date\n"
-            "from a signed release repository. Needs python3 (>= 3.9)."
+            "from a signed release repository. Carries its own Python."
         )
         files = f"{stage.prefix}/versions/{stage.version}"
         snippets = {

@@ -267,6 +267,16 @@ def target_custom(target: TargetFile) -> dict[str, object]:
     return custom
 
 
+def is_package_target(target: TargetFile) -> bool:
+    """Whether a target is a package artifact (custom fields) and not e.g. a release key."""
+    return isinstance(target.custom, dict) and "channels" in target.custom
+
+
+def package_targets(targets: dict[str, TargetFile]) -> dict[str, TargetFile]:
+    """The package artifacts among `targets` (keys/ targets carry no custom fields)."""
+    return {path: t for path, t in targets.items() if is_package_target(t)}
+
+
 def target_channels(target: TargetFile) -> list[str]:
     """The channels a target is published in."""
     channels = target_custom(target)["channels"]

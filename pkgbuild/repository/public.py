@@ -1,4 +1,9 @@
-"""keys/ and bootstrap/: public keys for people and native tools, and the bootstrap scripts."""
+"""keys/ and bootstrap/: public keys for people and native tools, and the bootstrap scripts.
+
+The keys are also TUF targets (keys/archive-keyring.gpg, keys/RPM-GPG-KEY-assist,
+keys/authenticode.crt, without package custom fields), so the one pinned root.json
+authenticates them for mirrors and installers (mirror/README.md, "Safety").
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,30 @@ import hashlib
 import logging
 from pathlib import Path
 
+from tuf.api.metadata import TargetFile
+
 from common.atomic import atomic_write_bytes
 from pkgbuild.keys import gpg_fingerprint, load_keys_json
+from pkgbuild.repository.metadata import stored_target_path
 
 log = logging.getLogger(__name__)
 
 PUBLIC_KEY_FILES = ("archive-keyring.gpg", "RPM-GPG-KEY-assist", "authenticode.crt")
 BOOTSTRAP_TEMPLATES = ("bootstrap.sh", "bootstrap.ps1")
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "installer"
+
+
+def key_targets(repo: Path, keys: Path) -> dict[str, TargetFile]:
+    """KEYDIR/public/* as signed targets keys/<name>, stored under their consistent names."""
+    found = {}
+    for name in PUBLIC_KEY_FILES:
+        data = (Path(keys) / "public" / name).read_bytes()
+        target = TargetFile.from_data(f"keys/{name}", data, ["sha256"])
+        dest = stored_target_path(Path(repo), target)
+        if not dest.is_file() or dest.read_bytes() != data:
+            atomic_write_bytes(dest, data, mode=0o644)
+        found[target.path] = target
+    return found
 
 
 def write_public_keys(repo: Path, keys: Path) -> None:

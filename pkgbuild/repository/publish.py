@@ -40,6 +40,7 @@ from pkgbuild.repository.metadata import (
     load_metadata,
     metadata_dir,
     newest_root_version,
+    package_targets,
     refresh_chain,
     refresh_root,
     require_repository_keys,
@@ -52,7 +53,7 @@ from pkgbuild.repository.metadata import (
     utcnow,
     write_root,
 )
-from pkgbuild.repository.public import write_bootstrap, write_public_keys
+from pkgbuild.repository.public import key_targets, write_bootstrap, write_public_keys
 from pkgbuild.repository.yum import RpmEntry, build_yum_channel, yum_channel_is_current
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def init_repository(repo: Path, keys: Path, expires: dict[str, datetime.timedelt
             )
         root = initial_root(keys, state.expires["root"])
         write_root(repo, root)
-        current = commit_chain(repo, keys, state, root, {}, None)
+        current = commit_chain(repo, keys, state, root, key_targets(repo, keys), None)
         sync_channels(repo, keys, current, [DEFAULT_CHANNEL])
         write_public_keys(repo, keys)
         write_bootstrap(repo, keys)
@@ -95,7 +96,7 @@ def is_interrupted_init(repo: Path, keys: Path) -> bool:
     return (
         current.root.signed.version == 1
         and current.targets.signed.version == 1
-        and not current.targets.signed.targets
+        and not package_targets(current.targets.signed.targets)
         and root_matches_keys(current.root.signed, keys)
     )
 
@@ -158,6 +159,7 @@ def publish_artifacts(
             )
         for info, path in identified:
             store_artifact(repo, targets[info.target_path], path)
+        targets.update(key_targets(repo, keys))
         current = refresh_root(repo, keys, state, current)
         if not same_targets(targets, current.targets.signed.targets):
             current = commit_chain(repo, keys, state, current.root, targets, current)
@@ -177,8 +179,14 @@ def refresh_repository(repo: Path, keys: Path) -> None:
         current = load_metadata(repo)
         require_repository_keys(current.root.signed, keys)
         current = refresh_root(repo, keys, state, current)
-        current = refresh_chain(repo, keys, state, current)
+        targets = {**current.targets.signed.targets, **key_targets(repo, keys)}
+        if not same_targets(targets, current.targets.signed.targets):
+            log.info("the release keys changed: a new targets version signs them")
+            current = commit_chain(repo, keys, state, current.root, targets, current)
+        else:
+            current = refresh_chain(repo, keys, state, current)
         sync_channels(repo, keys, current, known_channels(repo, current, []))
+        write_public_keys(repo, keys)
 
 
 def merge_target(
@@ -222,7 +230,7 @@ def yank_version(
         require_repository_keys(current.root.signed, keys)
         targets = dict(current.targets.signed.targets)
         yanked = []
-        for path, target in sorted(targets.items()):
+        for path, target in sorted(package_targets(targets).items()):
             custom = target_custom(target)
             channels = target_channels(target)
             if custom.get("package") != package or custom.get("version") != version:
@@ -255,7 +263,7 @@ def describe_versions(current: RepoMetadata, package: str, channel: str) -> str:
     versions = sorted(
         {
             str(target_custom(t)["version"])
-            for t in current.targets.signed.targets.values()
+            for t in package_targets(current.targets.signed.targets).values()
             if target_custom(t).get("package") == package and channel in target_channels(t)
         }
     )
@@ -267,7 +275,7 @@ def describe_versions(current: RepoMetadata, package: str, channel: str) -> str:
 def known_channels(repo: Path, current: RepoMetadata, extra: list[str]) -> list[str]:
     """Every channel with a target or an existing apt/yum tree, plus `extra`."""
     channels = set(extra)
-    for target in current.targets.signed.targets.values():
+    for target in package_targets(current.targets.signed.targets).values():
         channels.update(target_channels(target))
     for folder in (repo / "apt" / "dists", repo / "yum"):
         if folder.is_dir():
@@ -284,7 +292,7 @@ def sync_channels(repo: Path, keys: Path, current: RepoMetadata, channels: list[
     valid_until = current.targets.signed.expires
     for channel in known_channels(repo, current, channels):
         debs, rpms = [], []
-        for target in current.targets.signed.targets.values():
+        for target in package_targets(current.targets.signed.targets).values():
             custom = target_custom(target)
             if channel not in target_channels(target):
                 continue

@@ -31,6 +31,7 @@ from pkgbuild.repository.metadata import (
     utcnow,
     write_root,
 )
+from pkgbuild.repository.public import key_targets
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def rotate_key(repo: Path, keys: Path, role: str) -> None:
         write_root(repo, root)
         commit_new_keys(keys, names)
         if role != "root":
-            targets = dict(current.targets.signed.targets)
+            targets = {**current.targets.signed.targets, **key_targets(repo, keys)}
             commit_chain(repo, keys, state, root, targets, current)
     log.info("rotated the %s keys; root is now version %d", role, root.signed.version)
 

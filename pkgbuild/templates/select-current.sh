@@ -1,6 +1,7 @@
 # Point PREFIX/current at versions/VERSION unless a newer version is current; the old current
 # becomes PREFIX/previous. Needs PREFIX, VERSION and newer() (true if $1 is newer than $2).
 mkdir -p "$PREFIX/state" "$PREFIX/config" "$PREFIX/log"
+chmod 0700 "$PREFIX/state"  # task output and keys; the agent makes its files 0600 on start
 current=""
 if [ -L "$PREFIX/current" ] && [ -d "$PREFIX/current/" ]; then
     current=$(basename "$(readlink "$PREFIX/current")")

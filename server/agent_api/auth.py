@@ -1,30 +1,30 @@
-"""Agent request signing: Ed25519 over a canonical string, timestamp window, nonce replay.
+"""Agent request signing, the server's side: header checks, timestamp window, Ed25519 verify.
 
-Signatures are checked with libsodium (PyNaCl): on every agent request this is the server's
-largest single cost, and libsodium verifies in about half the time OpenSSL's Ed25519 takes
-(bench/bench_server.py, server_ingest_rate_*).
+The string to sign and the header names are common/protocol.py (docs/agent-protocol.md, Signing),
+shared with the agent.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nacl.exceptions import CryptoError
-from nacl.signing import VerifyKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from common.protocol import (
+    HEADER_INSTANCE,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    MAX_NONCE,
+    TIMESTAMP_WINDOW,
+    public_key_from_raw,
+    signature_valid,
+)
 from server.inputs import ascii_int
-
-TIMESTAMP_WINDOW = 300  # seconds
-MAX_NONCE = 64
-HEADER_INSTANCE = "x-assist-instance-id"
-HEADER_TIMESTAMP = "x-assist-timestamp"
-HEADER_NONCE = "x-assist-nonce"
-HEADER_SIGNATURE = "x-assist-signature"
 
 
 class AgentError(Exception):
@@ -51,14 +51,6 @@ class SignedHeaders:
     signature: bytes
 
 
-def canonical_string(
-    method: str, path: str, query: str, timestamp: int | str, nonce: str, body: bytes
-) -> bytes:
-    """What the agent signs: METHOD, path, raw query, timestamp, nonce, sha256(body)."""
-    digest = hashlib.sha256(body).hexdigest()
-    return "\n".join([method.upper(), path, query, str(timestamp), nonce, digest]).encode("utf-8")
-
-
 def read_headers(headers: Mapping[str, str], now: float | None = None) -> SignedHeaders:
     """Parse and check the signing headers (not the signature itself)."""
     get = headers.get
@@ -83,20 +75,21 @@ def read_headers(headers: Mapping[str, str], now: float | None = None) -> Signed
     return SignedHeaders(instance_id, timestamp, nonce, signature)
 
 
-def load_public_key(text: str) -> VerifyKey:
+def load_public_key(text: str) -> Ed25519PublicKey:
     """A base64 raw 32-byte Ed25519 public key."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise AgentError("InvalidParameter", "public_key must be base64", 400) from exc
-    if len(raw) != 32:
-        raise AgentError("InvalidParameter", "public_key must be a raw 32-byte Ed25519 key", 400)
-    return VerifyKey(raw)
-
-
-def verify(key: VerifyKey, signature: bytes, message: bytes) -> None:
-    """Raise 401 InvalidSignature unless `signature` signs `message` under `key`."""
     try:
-        key.verify(message, signature)
-    except (CryptoError, ValueError) as exc:  # a bad signature, or not 64 bytes long
-        raise unauthorized("bad signature") from exc
+        return public_key_from_raw(raw)
+    except ValueError as exc:
+        raise AgentError(
+            "InvalidParameter", "public_key must be a raw 32-byte Ed25519 key", 400
+        ) from exc
+
+
+def verify(key: Ed25519PublicKey, signature: bytes, message: bytes) -> None:
+    """Raise 401 InvalidSignature unless `signature` signs `message` under `key`."""
+    if not signature_valid(key, signature, message):  # a bad signature, or not 64 bytes long
+        raise unauthorized("bad signature")

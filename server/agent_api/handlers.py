@@ -11,19 +11,19 @@ from typing import TYPE_CHECKING, Any
 from server import model
 from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
+from server.lifecycle import terminal_status
 from server.output_limits import clip_chunk, clip_report
-from server.store import queries as q
+from server.store import instances, tasks
 from server.store.chunks import trim_chunks
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
-    from server.app import AgentIdentity, ServerState
+    from server.state import AgentIdentity, ServerState
 
 MAX_OUTPUT_B64 = 1024 * 1024  # bytes of base64 output accepted in one report
 _INSTANCE_ID = re.compile(r"^i-[A-Za-z0-9]{1,60}$")
 _INVOKE_ID = re.compile(r"^t-[A-Za-z0-9]{1,60}$")
 _EXECUTION_ID = re.compile(r"^[0-9A-Za-z_.:-]{1,32}$")
-TERMINAL_KINDS = ("finish", "timeout", "error", "stopped", "invalid")
 
 
 def bad(message: str) -> AgentError:
@@ -108,17 +108,17 @@ async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str,
     now = model.now_ms()
 
     async def _tx(conn: Conn) -> Any:
-        activation = await q.get_activation(conn, activation_id)
+        activation = await instances.get_activation(conn, activation_id)
         if activation is None or activation["disabled"]:
             raise denied
-        if not _same(q.hash_code(code), activation["code_hash"]):
+        if not _same(instances.hash_code(code), activation["code_hash"]):
             raise denied
         if now > activation["created_ms"] + activation["ttl_hours"] * 3600 * 1000:
             raise AgentError("ActivationExpired", "the activation has expired", 403)
         if not ip_allowed(client_ip, activation["ip_address_range"]):
             raise AgentError("InvalidActivation", "this address may not use the activation", 403)
         instance_id = wanted or model.new_id("mi-", 17)
-        existing = await q.get_instance(conn, instance_id)
+        existing = await instances.get_instance(conn, instance_id)
         if existing is not None and existing["account"] != activation["account"]:
             raise AgentError("InstanceIdConflict", f"{instance_id} belongs to another account", 409)
         if existing is not None and not existing["deregistered"]:
@@ -128,11 +128,11 @@ async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str,
                 f"{instance_id} is registered: deregister it first (DeregisterManagedInstance)",
                 409,
             )
-        if not await q.claim_activation(conn, activation_id):
+        if not await instances.claim_activation(conn, activation_id):
             raise AgentError(
                 "ActivationLimitExceeded", "the activation's instance count is used up", 403
             )
-        await q.upsert_instance(
+        await instances.upsert_instance(
             conn,
             {
                 "instance_id": instance_id,
@@ -193,7 +193,7 @@ async def task_list(state: ServerState, who: AgentIdentity, body: bytes) -> dict
 
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
-        run, stop = await q.tasks_for(conn, who.instance_id)
+        run, stop = await tasks.tasks_for(conn, who.instance_id)
         return run, stop
 
     run, stop = await state.store.write(_tx, durable=False, key=who.instance_id)
@@ -227,7 +227,7 @@ async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> d
 
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
-        known = await q.record_running(
+        known = await tasks.record_running(
             conn, who.instance_id, invoke_id, execution_id, start, offset, output
         )
         await trim_chunks(conn, who.instance_id, invoke_id, execution_id, quota)
@@ -237,19 +237,6 @@ async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> d
     if not known:
         raise task_not_found(invoke_id)
     return {"ok": True}
-
-
-def terminal_status(kind: str, exit_code: int | None, start_ms: int | None) -> str:
-    """The per-instance status a terminal report means (docs/agent-protocol.md)."""
-    if kind == "finish":
-        return model.SUCCESS if exit_code == 0 else model.FAILED
-    if kind == "timeout":
-        return model.TIMEOUT
-    if kind == "error":
-        return model.FAILED
-    if kind == "stopped":
-        return model.TERMINATED if start_ms else model.STOPPED
-    return model.INVALID
 
 
 async def task_report(
@@ -281,7 +268,7 @@ async def task_report(
 
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
-        duplicate = await q.record_terminal(
+        duplicate = await tasks.record_terminal(
             conn, who.instance_id, invoke_id, execution_id, status, report
         )
         return duplicate
@@ -302,7 +289,9 @@ async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict
 
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
-        await q.record_heartbeat(conn, who.instance_id, now, state.heartbeat_interval, version)
+        await instances.record_heartbeat(
+            conn, who.instance_id, now, state.heartbeat_interval, version
+        )
 
     await state.store.write(_tx, durable=False, key=who.instance_id)
     state.seen(who.instance_id, now)
@@ -317,7 +306,7 @@ async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> d
 
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
-        update_now, version = await q.take_update(conn, who.instance_id)
+        update_now, version = await instances.take_update(conn, who.instance_id)
         return update_now, version
 
     update_now, version = await state.store.write(_tx, key=who.instance_id)

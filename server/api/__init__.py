@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from server.rpc import Params
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 Handler = Callable[["ServerState", str, Params], Awaitable[dict[str, Any]]]
 ACTIONS: dict[str, Handler] = {}

@@ -12,7 +12,7 @@ from server.store import queries as q
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 
 def parse_ip_ranges(text: str) -> str:

@@ -13,7 +13,7 @@ from server.store import queries as q
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 
 # the real API's codes for the command fields (CreateCommand/ModifyCommand error tables)

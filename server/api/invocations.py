@@ -21,7 +21,7 @@ from server.store import queries as q
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 RECORD_STATUS_FILTER = {
     "Running": (model.PENDING, model.SCHEDULED, model.RUNNING),

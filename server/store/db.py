@@ -1,7 +1,8 @@
 """The Store: one seam for every transaction, on SQLite (WAL) or PostgreSQL.
 
 Callers hand the store a *transaction function*: ``async def tx(conn) -> T`` that runs queries
-(server/store/queries.py) on `conn`. The store runs it in one transaction:
+(server/store/access.py, commands.py, instances.py, invocations.py, tasks.py) on `conn`. The
+store runs it in one transaction:
 
 - PostgreSQL: on the event loop with an asyncpg-backed AsyncConnection; replicas share the
   database. Writes are group-committed too, over a few writer lanes (an instance's writes always

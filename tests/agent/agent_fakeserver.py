@@ -45,6 +45,7 @@ class FakeState:
         self.lists: list[tuple[str, str]] = []
         self.update_now: set[str] = set()
         self.refuse_reports = 0  # answer 503 to the next N report posts
+        self.refuse_running = False  # answer 503 to every streamed-output post
         self.empty_wakes: set[str] = set()  # answer the instance's pending poll early, empty
 
     def add_task(self, instance: str, **fields: Any) -> str:
@@ -217,6 +218,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, {"run": run, "stop": stop})
         elif path == "/luban/api/v1/task/running":
             key = (instance, data["invoke_id"], str(data["execution_id"]))
+            if state.refuse_running:
+                self._error(503, "ServiceUnavailable", "try later")
+                return
             with state.lock:
                 state.chunks.setdefault(key, {}).setdefault(
                     int(data["offset"]), base64.b64decode(data["output"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,9 +115,74 @@ def test_register_against_a_dead_server_is_one_clear_line(tmp_path: Path) -> Non
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_run_unregistered_names_the_fix(tmp_path: Path) -> None:
-    out = cli("run", "--prefix", str(tmp_path))
-    assert out.returncode != 0 and "not registered" in out.stderr and "register" in out.stderr
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_run_unregistered_waits_healthy_and_picks_up_a_later_register(
+    tmp_path: Path, fake_server
+) -> None:  # type: ignore[no-untyped-def]
+    prefix = tmp_path / "p"
+    (prefix / "config").mkdir(parents=True)
+    (prefix / "config" / "assist.toml").write_text(
+        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
+    )
+    agent = AgentProcess(prefix)
+    try:
+        health = prefix / "state" / "health.json"
+        deadline = time.monotonic() + 30
+        while not health.exists() and time.monotonic() < deadline:
+            assert agent.proc.poll() is None, agent.log()
+            time.sleep(0.1)
+        up = cli("status", "--prefix", str(prefix), "--json")
+        report = json.loads(up.stdout)
+        assert up.returncode == 0, up.stderr
+        assert report["running"] and report["pid"] == agent.proc.pid
+        assert report["waiting_for_registration"] and not report["registered"]
+        assert report["state"] == "waiting for registration"
+        text = cli("status", "--prefix", str(prefix))
+        assert text.returncode == 0 and "waiting for registration" in text.stdout
+        assert "waiting for `assist-agent register`" in agent.log()
+        before = cpu_ticks(agent.proc.pid)
+        time.sleep(3)
+        assert cpu_ticks(agent.proc.pid) - before < 30  # idle: well under 0.3 s of CPU in 3 s
+        act_id, code = fake_server.activation()
+        registered = cli(
+            "register",
+            "--server",
+            fake_server.url,
+            "--activation-id",
+            act_id,
+            "--activation-code",
+            code,
+            "--prefix",
+            str(prefix),
+        )
+        assert registered.returncode == 0, registered.stderr
+        agent.wait_connected(timeout=30)  # the same process, not restarted
+        instance = registered.stdout.strip()
+        invoke = fake_server.state.add_task(instance, script="echo after-register\n")
+        assert fake_server.state.wait(lambda s: s.results_for(invoke), timeout=30)
+        [result] = fake_server.state.results_for(invoke)
+        assert base64.b64decode(result["output"]) == b"after-register\n"
+        report = json.loads(cli("status", "--prefix", str(prefix), "--json").stdout)
+        assert report["registered"] and not report["waiting_for_registration"]
+        assert report["state"] == "connected" and report["pid"] == agent.proc.pid
+    finally:
+        assert agent.stop() == 0
+
+
+def test_an_unregistered_agent_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path / "p")
+    health = tmp_path / "p" / "state" / "health.json"
+    deadline = time.monotonic() + 30
+    while not health.exists() and time.monotonic() < deadline:
+        assert agent.proc.poll() is None, agent.log()
+        time.sleep(0.1)
+    assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
 
 
 def test_status_reports_running_agent_and_refuses_a_second_one(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]

@@ -499,3 +499,54 @@ def test_progress_bar_appears_on_a_real_terminal(
     os.close(master)
     assert b"file.bin" in output and b"B/s" in output
     assert (tmp_path / "tty.bin").read_bytes() == PAYLOAD
+
+
+def trickle(data: bytes, every: float, release: threading.Event) -> Hook:
+    """A hook that sends the whole Content-Length at once but the body a byte every `every` s."""
+
+    def hook(handler: Any) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        try:
+            for i in range(len(data)):
+                handler.wfile.write(data[i : i + 1])
+                handler.wfile.flush()
+                if release.wait(every):
+                    break
+        except OSError:
+            pass  # the client left: what we want
+        return True
+
+    return hook
+
+
+def test_trickling_mirror_is_left_by_the_low_speed_rule_and_the_body_resumes_elsewhere(
+    servers: list[StaticServer], tmp_path: Path, release: threading.Event
+) -> None:
+    """A mirror sending a byte every 0.1 s never trips a 1 s read timeout; the low-speed rule
+    (fewer than min_speed bytes/s over read_timeout) leaves it, and the rest comes with Range
+    from the other mirror (issue 10.8). Before the rule the whole file came from the trickle."""
+    small = PAYLOAD[:40]
+    servers[0].hook = trickle(small, 0.1, release)
+    seen: list[dict[str, str]] = []
+    servers[1].hook = record_headers(seen)
+    name = "pkg/1.0/small.bin"
+    (servers[1].httpd.root / name).write_bytes(small)
+    result = fetcher_for(servers[0].url, servers[1].url, read_timeout=1.0).download(
+        name, tmp_path / "small.bin", expected_sha256=hashlib.sha256(small).hexdigest()
+    )
+    assert result.mirror == servers[1].url
+    assert seen and seen[0].get("Range", "").startswith("bytes=")
+    assert (tmp_path / "small.bin").read_bytes() == small
+    assert not (tmp_path / "small.bin.part").exists()
+
+
+def test_fetch_bytes_from_a_trickling_only_mirror_ends_with_a_download_error(
+    static_server: StaticServer, release: threading.Event
+) -> None:
+    """Small metadata fetches have the same bound: a lone trickling mirror is an error (after
+    its retries), not a wait of len(body) × 2 s."""
+    static_server.hook = trickle(PAYLOAD[:1000], 0.2, release)
+    with pytest.raises(DownloadError, match="slower than"):
+        fetcher_for(static_server.url, read_timeout=0.5, retries=0).fetch_bytes(NAME, 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,46 @@ def test_mirror_urls_must_be_http(bad: str) -> None:
     with pytest.raises(UsageError, match="not a mirror URL"):
         normalize_url(bad)
     assert normalize_url(" http://127.0.0.1:8081/assist ") == "http://127.0.0.1:8081/assist/"
+
+
+def test_trickling_mirror_neither_delays_the_ranking_nor_keeps_a_thread_alive(
+    servers: dict[str, StaticServer],
+) -> None:
+    """Issue 10.8: a mirror answering the probe a byte every 2 s. The probe gives up at its
+    deadline, the good mirror is ranked, and no non-daemon thread is left behind that would
+    keep `assist-update apply` alive after its work is done (the executor's workers were)."""
+    stop = threading.Event()
+
+    def trickle(handler: Any) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(TIMESTAMP)))
+        handler.end_headers()
+        try:
+            for byte in TIMESTAMP.encode():
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                if stop.wait(2.0):
+                    break
+        except OSError:
+            pass
+        return True
+
+    servers["slow"].hook = trickle
+    before = {t.ident for t in threading.enumerate()}
+    try:
+        cands = [
+            Candidate(servers["slow"].url, TIER_EXPLICIT),
+            Candidate(servers["good"].url, TIER_EXPLICIT),
+        ]
+        results = {r.candidate.url: r for r in probe_mirrors(cands, timeout=1.0)}
+        assert results[servers["good"].url].ok
+        assert not results[servers["slow"].url].ok
+        assert rank_mirrors(list(results.values())) == [servers["good"].url]
+        lingering = [
+            t
+            for t in threading.enumerate()
+            if t.ident not in before and not t.daemon and t.is_alive()
+        ]
+        assert lingering == []
+    finally:
+        stop.set()

@@ -6,6 +6,7 @@ trusted metadata directory is byte-for-byte what it was before the failed refres
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from httpserver import StaticServer
 from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import TargetFile
 from tufrepo import TufRepo
 
 from common.errors import (
@@ -29,6 +31,7 @@ from common.errors import (
 )
 from common.fetch import Fetcher
 from common.trust import TargetInfo, TrustedRepository
+from mirror.plan import Filters, select_targets, target_entry
 
 PKG = "aliyun-assist"
 E = TypeVar("E", bound=AssistError)
@@ -128,6 +131,68 @@ def test_refresh_lists_finds_and_downloads(
     count = len(server.requests)
     assert trusted_repo.download(newest, tmp_path / "cache") == artifact
     assert len(server.requests) == count  # verified cached copy reused
+
+
+def add_plain_target(repository: TufRepo, path: str, data: bytes, custom: Any = None) -> None:
+    """Store and sign a target without (or with only some of) the package custom fields."""
+    digest = hashlib.sha256(data).hexdigest()
+    directory, _, name = path.rpartition("/")
+    stored = repository.targets_dir / directory / f"{digest}.{name}"
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(data)
+    unrecognized = {"custom": custom} if custom is not None else {}
+    target = TargetFile(len(data), {"sha256": digest}, path, unrecognized)
+    repository.md["targets"].signed.targets[path] = target
+
+
+def test_a_target_without_package_fields_is_signed_content_for_every_client(
+    repo: TufRepo, server: StaticServer, state: Path, tmp_path: Path
+) -> None:
+    """The installer's and the mirror's view of one signed targets role agree: a target
+    without the package custom fields (the release keys) is never listed as a package, and
+    is still downloadable (installer) and always mirrored, whatever the filters (mirror)."""
+    add_plain_target(repo, "keys/archive-keyring.gpg", b"keyring bytes")
+    add_plain_target(repo, "keys/half.txt", b"half", custom={"package": "keys"})
+    repo.publish()
+    trusted_repo = client(repo, state, server.url)
+    trusted_repo.refresh()
+
+    assert "keys/archive-keyring.gpg" not in [t.path for t in trusted_repo.targets()]
+    assert trusted_repo.versions("keys") == []
+    plain = {t.path: t for t in trusted_repo.all_targets() if not t.is_package}
+    assert sorted(plain) == ["keys/archive-keyring.gpg", "keys/half.txt"]
+    assert (plain["keys/half.txt"].package, plain["keys/half.txt"].channels) == ("", ())
+    key = trusted_repo.download(plain["keys/archive-keyring.gpg"], tmp_path / "keys")
+    assert key.read_bytes() == b"keyring bytes"
+
+    # the mirror plans from the same parse: keys always, packages filtered
+    chosen = select_targets(trusted_repo.all_targets(), Filters(oses=("windows",), keep=1))
+    assert [t.path for t in chosen] == ["keys/archive-keyring.gpg", "keys/half.txt"]
+    assert [e.relpath for e in (target_entry(t) for t in chosen)] == [t.relpath for t in chosen]
+    assert state.joinpath("tuf", "targets.json").is_file()
+
+
+def test_release_keys_are_fetched_through_tuf(
+    repo: TufRepo, server: StaticServer, state: Path, tmp_path: Path
+) -> None:
+    """An installer with only root.json gets the native-signature keys verified by TUF; a
+    swapped key file on the mirror is refused and nothing is left in the keys directory."""
+    with pytest.raises(NotFoundError, match="no release keys"):
+        client(repo, state, server.url).fetch_release_keys(tmp_path / "none")
+    for name in ("archive-keyring.gpg", "RPM-GPG-KEY-assist", "authenticode.crt"):
+        add_plain_target(repo, f"keys/{name}", f"{name} bytes".encode())
+    repo.publish()
+    keys = client(repo, state, server.url).fetch_release_keys(tmp_path / "keys")
+    assert sorted(p.name for p in keys.iterdir()) == [
+        "RPM-GPG-KEY-assist",
+        "archive-keyring.gpg",
+        "authenticode.crt",
+    ]
+    assert (keys / "authenticode.crt").read_bytes() == b"authenticode.crt bytes"
+    repo.stored_target("keys/RPM-GPG-KEY-assist").write_bytes(b"RPM-GPG-KEY-assist bytez")
+    with pytest.raises(VerificationError):
+        client(repo, state, server.url).fetch_release_keys(tmp_path / "swapped")
+    assert not (tmp_path / "swapped" / "RPM-GPG-KEY-assist").exists()
 
 
 def test_find_names_what_exists(repo: TufRepo, server: StaticServer, state: Path) -> None:

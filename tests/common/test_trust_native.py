@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import ToolError, VerificationError
-from common.trust import (
+from common.native_sig import (
     rpm_signature_problem,
     signer_serials,
     verify_authenticode,

@@ -215,3 +215,115 @@ def test_published_bootstrap_scripts_carry_the_pinned_values(release: dict[str, 
     assert keys["gpg_fingerprint"] in sh and "@GPG_FINGERPRINT@" not in sh
     for text in (ps1, sh):
         assert "@MIRROR_URL@" in text  # left for the mirror to fill per region
+
+
+SERVER_HELPER = """
+import pathlib, sys, time
+sys.path.insert(0, {root!r})
+from server.testing import launch_server
+handle = launch_server(pathlib.Path("/tmp/onestep-server"))
+key_id, secret = handle.create_access_key("bootstrap")
+act_id, code = handle.create_activation(key_id, secret, count=1)
+pathlib.Path("/tmp/act.code").write_text(code + "\\n")
+pathlib.Path("/tmp/act").write_text(handle.url + " " + act_id + "\\n")
+time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("source", ["env", "stdin"])
+def test_bootstrap_one_step_registers_without_the_code_in_any_command_line(
+    source: str, release: dict[str, Path], tmp_path: Path
+) -> None:
+    """Tarball install + registration with a real assist-server (started inside the isolated
+    copy, the only reachable place); a watcher greps every process's cmdline for the code while
+    the script runs (grep -f: the watcher's own argv does not hold it)."""
+    import sqlite3
+    import sys
+
+    script = _script(release, 18080)
+    pinned = _tarball_sha256(release["repo"], "1.0.0")
+    helper = tmp_path / "server_helper.py"
+    helper.write_text(SERVER_HELPER.format(root=str(REPO_ROOT)))
+    if source == "env":
+        run = 'ALIYUN_ASSIST_ACTIVATION_CODE="$(cat /tmp/act.code)" sh {script} {args}'
+    else:
+        run = "sh {script} {args} --activation-code - < /tmp/act.code"
+    args = (
+        f"--method tarball --prefix /opt/assist --sha256 {pinned} "
+        '--server "$url" --activation-id "$act" --instance-name boot-1'
+    )
+    inner = tmp_path / "inner.sh"  # a file: _isolated quotes its script in single quotes
+    inner.write_text(
+        f"""
+{sys.executable} {helper} >/tmp/helper.log 2>&1 &
+i=0; while [ ! -s /tmp/act ]; do i=$((i+1)); [ $i -lt 300 ] || exit 98; sleep 0.1; done
+read url act < /tmp/act
+( while :; do grep -lF -f /tmp/act.code /proc/[0-9]*/cmdline 2>/dev/null | while read f; do
+    cat "$f" | tr '\\0' ' '; echo; done; sleep 0.02; done ) >/tmp/seen &
+export ASSIST_NO_START=1 ASSIST_PYTHON={sys.executable}
+{run.format(script=script, args=args)}
+echo "rc=$?"
+sh -c "sleep 0.5" control "$(cat /tmp/act.code)"  # the watcher must see this one
+cat /opt/assist/state/identity.json
+"""
+    )
+    proc, upper = _isolated(tmp_path, release["repo"], f"sh {inner}")
+    assert "rc=0" in proc.stdout, proc.stdout + proc.stderr
+    code = (upper / "tmp/act.code").read_text().strip()
+    seen = set((upper / "tmp/seen").read_text().splitlines())
+    assert seen == {f"sh -c sleep 0.5 control {code} "}, seen  # only the control
+    assert code not in proc.stdout + proc.stderr
+    identity = (upper / "opt/assist/state/identity.json").read_text()
+    assert '"instance_id": "mi-' in identity and code not in identity
+    # the server stored the instance under the name given
+    [db] = (upper / "tmp/onestep-server").glob("assist.db")
+    with sqlite3.connect(db) as conn:
+        rows = [" ".join(map(str, r)) for r in conn.execute("SELECT * FROM instances")]
+    assert len(rows) == 1 and "boot-1" in rows[0], rows
+    assert "registered as mi-" in proc.stderr
+
+
+def test_bootstrap_refuses_an_activation_code_on_the_command_line(
+    release: dict[str, Path], tmp_path: Path
+) -> None:
+    script = _script(release, 18080)
+    proc, upper = _isolated(
+        tmp_path,
+        release["repo"],
+        f"sh {script} --server http://127.0.0.1:9 --activation-id a "
+        "--activation-code secret-on-argv",
+    )
+    assert proc.returncode == 1 and "shows in ps" in proc.stderr
+    assert not (upper / "usr/local/share/aliyun-assist").exists()
+    assert not (upper / "etc/apt/sources.list.d/aliyun-assist.list").exists()
+
+
+def _balanced(text: str) -> bool:
+    """Brackets balance outside strings and comments (a crude parse: no PowerShell here)."""
+    pairs, stack, quote = {")": "(", "}": "{", "]": "["}, [], ""
+    for line in text.splitlines():
+        for ch in line:
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch in "({[":
+                stack.append(ch)
+            elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+                return False
+    return not stack and not quote
+
+
+def test_bootstrap_ps1_one_step_pipes_the_code_to_register() -> None:
+    """bootstrap.ps1 cannot run here (no Windows, no PowerShell): check its text."""
+    ps1 = (REPO_ROOT / "installer" / "bootstrap.ps1").read_text()
+    assert _balanced(ps1)
+    for param in ("$Server", "$ActivationId", "$ActivationCode", "$InstanceName"):
+        assert f"[string]{param}" in ps1
+    assert "Remove-Item Env:ALIYUN_ASSIST_ACTIVATION_CODE" in ps1
+    assert '"--activation-code", "-"' in ps1 and "$Code | & $launcher @arguments" in ps1
+    # the code variable is never part of an argument list
+    assert not [line for line in ps1.splitlines() if "$arguments" in line and "$Code" in line]
+    assert ps1.index("Register-Agent\n}") > ps1.index("Start-Process -FilePath $exe")

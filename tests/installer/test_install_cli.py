@@ -114,7 +114,7 @@ def test_list_shows_published_packages(
     formats = sorted(t["format"] for t in listing["targets"] if t["package"] == "hello-tool")
     assert formats == ["deb", "exe", "rpm"]
     assert listing["mirror"] == server.url
-    assert (tmp_path / "p" / "state" / "tuf" / "root.json").is_file()
+    assert not (tmp_path / "p").exists()  # read-only: no installation there, nothing created
 
 
 def test_install_and_remove_deb_with_real_dpkg(

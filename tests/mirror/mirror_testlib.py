@@ -174,8 +174,11 @@ class Origin:
 
 
 def sync_args(origin: Origin, url: str, root: Path) -> list[str]:
-    """`assist-mirror sync` of ORIGIN served at URL into ROOT, with its trust root and keyring."""
-    return mirror_sync_args(url, root, origin.keys)
+    """`assist-mirror sync` of ORIGIN served at URL into ROOT with its trust root only: the
+    one trust anchor (the OpenPGP keyring comes from the signed keys/ targets)."""
+    args = mirror_sync_args(url, root, origin.keys)
+    at = args.index("--keyring")
+    return args[:at] + args[at + 2 :]
 
 
 def mirror_cli(

@@ -141,7 +141,7 @@ def test_export_import_full_then_incremental(upstream, tmp_path: Path) -> None:
         names = tar.getnames()
     assert not any("demo_2.0" in n or "demo-2.0" in n for n in names)
     assert sum("demo_3.0_amd64.deb" in n for n in names) == 2  # the target and the pool file
-    from mirror.sync import is_content
+    from mirror.options import is_content
 
     assert sorted(re.sub(r"^[0-9a-f]{64}\.", "", Path(n).name) for n in names if is_content(n)) == [
         "demo_3.0_amd64.deb",
@@ -235,7 +235,7 @@ def test_export_import_round_trip_of_a_filtered_mirror(upstream, tmp_path: Path)
     assert mirror_cli("verify", "--root", str(site)).returncode == 0
     connected_state = json.loads((connected / ".mirror/state.json").read_text())
     site_state = json.loads((site / ".mirror/state.json").read_text())
-    from mirror.sync import is_content
+    from mirror.options import is_content
 
     def content(state: dict) -> dict:
         return {rel: record for rel, record in state["files"].items() if is_content(rel)}
@@ -282,3 +282,41 @@ def test_sync_refuses_zero_workers(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == "assist-mirror: error: --workers must be at least 1 [usage]"
     assert not root.exists()
+
+
+def test_sync_on_a_terminal_shows_one_overall_progress_bar(upstream, tmp_path: Path) -> None:
+    """A pty as stdout and stderr (a terminal): one `sync` bar counting files and bytes, no
+    bar per downloaded file; the mirror is complete."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mirror", *sync_args(origin, server.url, root)],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "120", "LINES": "40"},
+    )
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, output.decode(errors="replace")
+    text = output.decode(errors="replace")
+    assert re.search(r"sync: +\d+%.*\d+/\d+ files", text), text
+    final = re.findall(r"(\d+)/(\d+) files", text)[-1]
+    assert final[0] == final[1] and int(final[1]) > 0
+    assert "demo_2.0_amd64.deb" not in text and ".rpm:" not in text  # no per-file bars
+    assert mirror_cli("verify", "--root", str(root)).returncode == 0

@@ -25,10 +25,10 @@ import requests
 from mirror_testlib import make_deb, make_tarball, mirror_cli, serving, sync_args
 from tuf.api.metadata import Metadata
 
+from common.targets import parse_targets
 from mirror import apt, yum
 from mirror.check import verify_tree
 from mirror.gpg import verify_clearsigned, verify_detached
-from mirror.plan import parse_targets
 
 CHUNK = 64 * 1024
 

@@ -6,19 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError, UsageError, VerificationError
+from common.errors import ConfigError, LocalStateError, UsageError, VerificationError
+from common.regions import DEFAULT_REGIONS, load_table, region_url
+from common.targets import TargetInfo
 from mirror import apt, yum
 from mirror.bootstrap import render_bootstraps
 from mirror.plan import (
     FileEntry,
     Filters,
-    Target,
     channels_of,
     keep_newest,
     plan_fetch,
     select_targets,
 )
-from mirror.regions import DEFAULT_REGIONS, load_table, region_url
 from mirror.storage import content_type, tree_files
 
 
@@ -29,8 +29,8 @@ def target(
     arch: str = "x86_64",
     fmt: str = "deb",
     channels: tuple[str, ...] = ("stable",),
-) -> Target:
-    return Target(
+) -> TargetInfo:
+    return TargetInfo(
         f"{package}/{version}/{package}_{version}.{fmt}",
         10,
         "ab" * 32,
@@ -132,12 +132,25 @@ def test_region_table_defaults_and_overrides(tmp_path: Path) -> None:
 
 
 def test_bootstrap_placeholders_are_filled(tmp_path: Path) -> None:
-    (tmp_path / "bootstrap.sh").write_text(
-        "URL=@MIRROR_URL@\nFPR=@GPG_FINGERPRINT@\nCH=@CHANNEL@\n"
-    )
+    for name in ("bootstrap.sh", "bootstrap.ps1"):
+        (tmp_path / name).write_text("URL=@MIRROR_URL@\nFPR=@GPG_FINGERPRINT@\nCH=@CHANNEL@\n")
     scripts = render_bootstraps("http://m/assist/", "ABCD", "stable", tmp_path)
-    assert scripts == {"bootstrap.sh": "URL=http://m/assist/\nFPR=ABCD\nCH=stable\n"}
+    filled = "URL=http://m/assist/\nFPR=ABCD\nCH=stable\n"
+    assert scripts == {"bootstrap.sh": filled, "bootstrap.ps1": filled}
     assert render_bootstraps("", "ABCD", "stable", tmp_path) == {}
+
+
+def test_bootstraps_come_from_the_installed_installer_package() -> None:
+    scripts = render_bootstraps("http://m/assist/", "ABCD", "stable")
+    assert set(scripts) == {"bootstrap.sh", "bootstrap.ps1"}
+    assert "http://m/assist/" in scripts["bootstrap.sh"] and "@MIRROR_URL@" not in str(scripts)
+
+
+def test_a_missing_bootstrap_template_fails_loudly(tmp_path: Path) -> None:
+    """It used to log at INFO and publish a mirror without bootstrap/bootstrap.ps1."""
+    (tmp_path / "bootstrap.sh").write_text("URL=@MIRROR_URL@\n")
+    with pytest.raises(LocalStateError, match=r"bootstrap\.ps1 is missing"):
+        render_bootstraps("http://m/assist/", "ABCD", "stable", tmp_path)
 
 
 RELEASE = """Origin: Test

@@ -14,10 +14,11 @@ from tuf.api.metadata import Metadata, Timestamp
 
 from common.errors import DownloadError, ExpiredMetadataError, LockedError, VerificationError
 from mirror.check import mirror_status, verify_tree
+from mirror.options import SyncOptions
 from mirror.plan import Filters
 from mirror.source import HttpSource
 from mirror.state import load_state, locked, save_state
-from mirror.sync import SyncOptions, sync
+from mirror.sync import sync
 
 
 def options(origin: Origin, url: str, root: Path, **kwargs: object) -> SyncOptions:
@@ -105,6 +106,9 @@ def test_filters_and_keep_select_what_is_mirrored(upstream, tmp_path: Path) -> N
     sync(options(origin, server.url, root, filters=Filters(keep=1, oses=("linux",))))
     targets = sorted(p.name.split(".", 1)[1] for p in (root / "targets").rglob("*") if p.is_file())
     assert targets == [
+        "RPM-GPG-KEY-assist",  # the release keys: always mirrored, whatever the filters
+        "archive-keyring.gpg",
+        "authenticode.crt",
         "demo-2.0-1.x86_64.rpm",
         "demo-2.0-linux-x86_64.tar.gz",
         "demo_2.0_amd64.deb",
@@ -286,29 +290,11 @@ def test_interrupted_download_resumes_with_range(upstream, tmp_path: Path) -> No
     assert verify_tree(root) == []
 
 
-def test_keyring_defaults_to_the_one_shipped_beside_the_trust_root(
+def test_sync_with_only_the_trust_root_verifies_apt_and_yum_through_tuf(
     upstream, tmp_path: Path
 ) -> None:
-    """Payload layout: share/root.json with share/keys/archive-keyring.gpg; later syncs reuse
-    the keyring pinned at the first one."""
-    origin, server = upstream
-    share = tmp_path / "share"
-    (share / "keys").mkdir(parents=True)
-    shutil.copy(origin.trust_root, share / "root.json")
-    shutil.copy(origin.keyring, share / "keys" / "archive-keyring.gpg")
-    root = tmp_path / "mirror"
-    opts = options(origin, server.url, root)
-    opts.trust_root, opts.keyring = share / "root.json", None
-    sync(opts)
-    assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
-    shutil.rmtree(share)
-    origin.publish(make_deb(tmp_path, "demo", "3.0"))
-    opts.trust_root = None
-    assert sync(opts).changed
-    assert verify_tree(root) == []
-
-
-def test_apt_and_yum_trees_need_a_pinned_keyring(upstream, tmp_path: Path) -> None:
+    """The one trust anchor: root.json alone (nothing beside it) syncs TUF + apt + yum; the
+    OpenPGP keyring comes from the signed target keys/archive-keyring.gpg."""
     origin, server = upstream
     lone = tmp_path / "lone"
     lone.mkdir()
@@ -316,13 +302,43 @@ def test_apt_and_yum_trees_need_a_pinned_keyring(upstream, tmp_path: Path) -> No
     root = tmp_path / "mirror"
     opts = options(origin, server.url, root)
     opts.trust_root, opts.keyring = lone / "root.json", None
-    with pytest.raises(VerificationError, match="no pinned OpenPGP keyring"):
+    assert sync(opts).changed
+    assert (root / "apt/dists/stable/InRelease").is_file()
+    assert (root / "yum/stable/repodata/repomd.xml").is_file()
+    for name in ("archive-keyring.gpg", "RPM-GPG-KEY-assist", "authenticode.crt"):
+        assert (root / "keys" / name).read_bytes() == (origin.keys / "public" / name).read_bytes()
+    assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
+    assert verify_tree(root) == []
+    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    opts.trust_root = None  # later syncs: the pinned root only
+    assert sync(opts).changed
+    assert verify_tree(root) == []
+
+
+def test_a_keyring_swapped_on_the_origin_is_refused(upstream, tmp_path: Path) -> None:
+    """An attacker on the origin replaces the published keyring (and re-signs the apt/yum
+    indexes with it): the keyring target no longer matches the signed targets metadata."""
+    origin, server = upstream
+    other = tmp_path / "other-keys"
+    from mirror_testlib import pkgbuild
+
+    pkgbuild("keygen", "--out", str(other))
+    forged = (other / "public" / "archive-keyring.gpg").read_bytes()
+    stored = list((origin.repo / "targets" / "keys").glob("*.archive-keyring.gpg"))
+    assert len(stored) == 1
+    stored[0].write_bytes(forged)
+    (origin.repo / "keys" / "archive-keyring.gpg").write_bytes(forged)
+    root = tmp_path / "mirror"
+    opts = options(origin, server.url, root)
+    opts.keyring = None
+    with pytest.raises(VerificationError, match="keys/.*archive-keyring.gpg"):
         sync(opts)
-    assert not (root / "metadata").exists()
-    # windows-only mirrors carry no apt/yum trees and need no keyring
-    opts.filters = Filters(oses=("windows",))
-    sync(opts)
-    assert (root / "metadata/timestamp.json").exists() and not (root / "apt").exists()
+    assert not (root / "metadata").exists() and not (root / ".mirror/keyring.gpg").exists()
+    # only the plain copy swapped: the mirror publishes the signed bytes, not the plain file
+    stored[0].write_bytes(origin.keyring.read_bytes())
+    assert sync(opts).changed
+    assert (root / "keys/archive-keyring.gpg").read_bytes() == origin.keyring.read_bytes()
+    assert verify_tree(root) == []
 
 
 def test_sync_after_a_publish_was_cut_short_completes_it(upstream, tmp_path: Path) -> None:
@@ -468,7 +484,7 @@ def test_a_wrong_trust_root_pins_nothing_and_a_right_one_then_works(
     # the trusted root stays; the other --trust-root (and the keyring next to it) is ignored
     origin.publish(make_deb(tmp_path, "demo", "3.0"))
     opts.trust_root = other / "root.json"
-    with caplog.at_level("WARNING", logger="mirror.tufclient"):
+    with caplog.at_level("WARNING", logger="mirror.anchor"):
         assert sync(opts).changed
     assert any(
         "differs from the root this mirror already trusts" in r.getMessage()
@@ -491,7 +507,7 @@ def test_keyring_is_pinned_only_after_a_successful_publish(upstream, tmp_path: P
     with pytest.raises(VerificationError):
         sync(opts)
     assert not (root / ".mirror/keyring.gpg").exists()
-    opts.keyring = None  # the keyring beside the (right) --trust-root, pinned once published
+    opts.keyring = None  # the signed keys/archive-keyring.gpg target, pinned once published
     assert sync(opts).changed
     assert (root / ".mirror/keyring.gpg").read_bytes() == origin.keyring.read_bytes()
 

@@ -75,6 +75,7 @@ def test_install_sets_current_and_runs_clean(
     assert os.access(prefix / "current/bin/assist-agent", os.X_OK)
     for sub in ("state", "config", "log"):
         assert (prefix / sub).is_dir()
+    assert os.stat(prefix / "state").st_mode & 0o777 == 0o700  # task output: private
     assert not (prefix / "previous").exists()
     status = subprocess.run(
         ["dpkg-query", "--admindir", str(root / "var/lib/dpkg"), "-W", "-f=${Status} ${Version}",

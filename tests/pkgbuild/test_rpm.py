@@ -89,6 +89,7 @@ def test_relocated_install_sets_current_and_erase_cleans_up(
     assert (prefix / "current/VERSION").read_text().strip() == "1.0.0"
     assert os.access(prefix / "current/bin/assist-agent", os.X_OK)
     assert (prefix / "state").is_dir() and (prefix / "log").is_dir()
+    assert os.stat(prefix / "state").st_mode & 0o777 == 0o700  # task output: private
     assert rpm(db, "-q", "aliyun-assist").stdout.strip() == "aliyun-assist-1.0.0-1.x86_64"
     rpm(db, "-e", "aliyun-assist")
     assert not (prefix / "current").is_symlink()

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from serverkit import Api, pg_admin, pg_reachable
+from serverkit import PG_HOST, Api, pg_admin, pg_reachable
 
 from server.testing import ServerHandle, launch_server
 
@@ -20,7 +20,7 @@ def pg_url() -> Iterator[str]:
     name = f"assist_test_{uuid.uuid4().hex[:12]}"
     pg_admin(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        yield f"postgresql://postgres@{PG_HOST}/{name}"
     finally:
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

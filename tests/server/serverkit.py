@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
 from server.testing import FakeAgent, ServerHandle
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+# The PostgreSQL the tests use (trust auth, user postgres, a database "test"): `make postgres`.
+PG_HOST = os.environ.get("ASSIST_TEST_PG_HOST", "127.0.0.1:5432")
+PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}/test"
 
 
 class Api:
@@ -91,7 +94,10 @@ def pg_reachable() -> str:
     try:
         pg_admin("SELECT 1")
     except Exception as exc:  # any failure means: skip with the reason
-        return f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}"
+        return (
+            f"PostgreSQL not reachable on {PG_HOST} ({type(exc).__name__}: {exc}): "
+            "run `make postgres` (installs and starts Debian's postgresql)"
+        )
     return ""
 
 

@@ -64,9 +64,11 @@ def test_legacy_invoke_status() -> None:
         "0 */10 * * * *",
         "0 10 1 * * 6,0",
         "0 0 12 * * * Asia/Shanghai",
-        "rate(30s)",
+        "rate(60s)",
         "rate(1d)",
         "at(2026-12-01T03:00:00Z)",
+        "at(2026-12-01 11:00:00 Asia/Shanghai)",
+        "0 0 12 ? * WED 2099 GMT+8:00",
     ],
 )
 def test_valid_frequencies(frequency: str) -> None:
@@ -81,6 +83,8 @@ def test_valid_frequencies(frequency: str) -> None:
         "61 * * * * *",
         "0 0 0 * * * Nowhere/City",
         "rate(0m)",
+        "rate(30s)",
+        "rate(8d)",
         "rate(3w)",
         "at(soon)",
         "at()",

@@ -237,7 +237,7 @@ def test_artifact_with_wrong_length(world: World) -> None:
     assert_refused(world, refresh_first=True)
 
 
-def _evil_tarball(out: Path, version: str, member: tarfile.TarInfo) -> Path:
+def _evil_tarball(out: Path, version: str, member: tarfile.TarInfo | list[tarfile.TarInfo]) -> Path:
     with tarfile.open(out, "w:gz") as tar:
         for name, data in (
             (f"versions/{version}/VERSION", f"{version}\n".encode()),
@@ -246,7 +246,8 @@ def _evil_tarball(out: Path, version: str, member: tarfile.TarInfo) -> Path:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
             tar.addfile(info, io.BytesIO(data))
-        tar.addfile(member, io.BytesIO(b"x") if member.isreg() else None)
+        for extra in member if isinstance(member, list) else [member]:
+            tar.addfile(extra, io.BytesIO(b"x") if extra.isreg() else None)
     return out
 
 
@@ -276,6 +277,71 @@ def test_signed_tarball_with_unsafe_members_is_refused(
     assert not (world.prefix / "versions" / "1.3.0").exists()
     assert not list((world.prefix / "versions").glob(".staging-*"))
     assert not (tmp_path / "escape").exists() and not Path("/etc/evil-absolute").exists()
+
+
+def test_signed_tarball_chaining_links_out_then_a_directory_changes_nothing_outside(
+    world: World, tmp_path: Path
+) -> None:
+    """Issue 10.1 through the real apply: `l -> .`, `a -> l/..`, `b -> a/..`, `c -> b/..` (each
+    lexically inside), then a directory member `c` (0700). The old staging followed `c` and
+    chmodded the directory above the prefix 755 -> 700 before it refused the update."""
+    tmp_path.chmod(0o755)
+    chain = [
+        _member("versions/1.3.0/l", tarfile.SYMTYPE, "."),
+        _member("versions/1.3.0/a", tarfile.SYMTYPE, "l/.."),
+        _member("versions/1.3.0/b", tarfile.SYMTYPE, "a/.."),
+        _member("versions/1.3.0/c", tarfile.SYMTYPE, "b/.."),
+        _member("versions/1.3.0/c", tarfile.DIRTYPE),
+    ]
+    chain[-1].mode = 0o700
+    evil = _evil_tarball(tmp_path / "aliyun-assist-1.3.0-linux-x86_64.tar.gz", "1.3.0", chain)
+    publish(world.repo, world.keys, [evil])
+    outside = {p: (p.stat().st_mode, p.stat().st_mtime_ns) for p in (tmp_path, world.prefix)}
+    assert_refused(world, refresh_first=True)
+    assert {p: (p.stat().st_mode, p.stat().st_mtime_ns) for p in outside} == outside
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o755"
+    assert not list((world.prefix / "versions").glob(".staging-*"))
+
+
+def test_first_install_of_a_signed_tarball_chaining_links_out_changes_nothing_outside(
+    world: World, tmp_path: Path
+) -> None:
+    """The same attack through `assist-install agent` (a fresh prefix): the installer stages
+    with the same extractor, so the directory above the new prefix keeps its mode."""
+    fresh = tmp_path / "outer" / "prefix"
+    fresh.parent.mkdir()
+    fresh.parent.chmod(0o755)
+    chain = [
+        _member("versions/1.3.0/l", tarfile.SYMTYPE, "."),
+        _member("versions/1.3.0/a", tarfile.SYMTYPE, "l/.."),
+        _member("versions/1.3.0/b", tarfile.SYMTYPE, "a/.."),
+        _member("versions/1.3.0/c", tarfile.SYMTYPE, "b/.."),
+        _member("versions/1.3.0/c", tarfile.DIRTYPE),
+    ]
+    chain[-1].mode = 0o700
+    evil = _evil_tarball(tmp_path / "aliyun-assist-1.3.0-linux-x86_64.tar.gz", "1.3.0", chain)
+    publish(world.repo, world.keys, [evil])
+    before = (fresh.parent.stat().st_mode, tmp_path.stat().st_mode)
+    code = install_main(
+        [
+            "agent",
+            "--version",
+            "1.3.0",
+            "--prefix",
+            str(fresh),
+            "--mirror",
+            world.server.url,
+            "--service",
+            "none",
+            "--trust-root",
+            str(world.keys / "root.json"),
+        ]
+    )
+    assert code == 4
+    assert (fresh.parent.stat().st_mode, tmp_path.stat().st_mode) == before
+    assert oct(fresh.parent.stat().st_mode & 0o777) == "0o755"
+    assert not (fresh / "current").exists() and not (fresh / "versions" / "1.3.0").exists()
+    assert not list((fresh / "versions").glob(".staging-*"))
 
 
 @pytest.mark.parametrize("role", ["timestamp", "snapshot", "targets", "root"])
@@ -340,6 +406,74 @@ def test_mirror_hanging_mid_body_is_left_behind_and_download_resumes_elsewhere(
     assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
     assert ranges and ranges[0].startswith("bytes=") and not ranges[0].startswith("bytes=0-")
     assert elapsed < 15
+
+
+def test_apply_with_a_trickling_mirror_exits_once_its_work_is_done(world: World) -> None:
+    """Issue 10.8, through the real console script: a second mirror answers a byte every 2 s.
+    The old probe thread (a non-daemon executor worker reading 8 KiB at a time) kept the
+    process alive for len(timestamp.json) x 2 s (many minutes) after "updated"; now the
+    process ends when its work does. The subprocess timeout is a hang bound, not a benchmark."""
+    import subprocess
+    import sys
+    import threading
+
+    stop = threading.Event()
+
+    def trickle(handler: Any) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        try:
+            while not stop.wait(2.0):
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+        except OSError:
+            pass  # the client went away
+        return True
+
+    # the default probe_timeout (3 s) is longer than the gap between bytes: no read times out
+    with StaticServer(world.repo) as slow:
+        slow.hook = trickle
+        try:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "updater.cli",
+                    "apply",
+                    "--prefix",
+                    str(world.prefix),
+                    "--mirror",
+                    slow.url,
+                    "--mirror",
+                    world.server.url,
+                    "--service",
+                    "none",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=90,
+                check=False,
+            )
+        finally:
+            stop.set()
+    assert proc.returncode == 0, proc.stderr
+    assert "1.1.0 -> 1.2.0" in proc.stdout
+    assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
+
+
+def test_apply_with_service_none_and_no_agent_running_never_says_updated(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13.3 through the real CLI: nothing runs the agent here, so the apply says the new
+    version is installed but NOT running and how to start it, never "updated"."""
+    capsys.readouterr()
+    assert world.apply() == 0
+    out = capsys.readouterr().out
+    assert not out.startswith("updated")
+    assert "installed 1.1.0 -> 1.2.0, but the agent is NOT running" in out
+    assert f"assist-agent run --prefix {world.prefix}" in out
+    assert (world.prefix / "current").readlink() == Path("versions/1.2.0")
 
 
 def test_unknown_channel_is_an_error_not_up_to_date(

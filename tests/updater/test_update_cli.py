@@ -24,7 +24,7 @@ def test_status_json_reports_layout_journal_blocklist_health(
     assert info["installed"] == ["1.0.0", "1.1.0"]
     assert info["journal"]["phase"] == "committed"
     assert info["health"]["version"] == "1.1.0" and info["health"]["running"]
-    assert info["blocklist"] == {"failures": {}, "blocked": []}
+    assert info["blocklist"] == {"failures": {}, "blocked": [], "reasons": {}}
 
 
 def test_rollback_command_goes_back_and_restarts(
@@ -75,3 +75,39 @@ def test_schedule_reports_next_run_or_disabled(
     config.write_text('[update]\nschedule = ""\n')
     assert main(["schedule", "--prefix", str(prefix)]) == 0
     assert "disabled" in capsys.readouterr().out
+
+
+def test_blocklisted_version_shows_its_reason_and_unblock_clears_it(
+    prefix: Path, artifacts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two failed updates to the broken 1.2.0 blocklist it; status says why (text and JSON);
+    `unblock 1.2.0` forgets it, on disk too, so the next apply tries it again."""
+    updater = make_updater(prefix, LocalRepo(artifacts), health_timeout=3.0)
+    assert updater.apply("1.2.0").result == "rolled_back"
+    assert updater.apply("1.2.0").result == "rolled_back"
+    args = ["--prefix", str(prefix), "--service", "process"]
+    capsys.readouterr()
+    assert main(["status", *args, "--json"]) == 0
+    blocklist = json.loads(capsys.readouterr().out)["blocklist"]
+    assert blocklist["blocked"] == ["1.2.0"] and blocklist["failures"] == {"1.2.0": 2}
+    assert "exited before it reported health" in blocklist["reasons"]["1.2.0"]
+    assert main(["status", *args]) == 0
+    out = capsys.readouterr().out
+    assert "1.2.0: 2 failed update(s); last: agent 1.2.0 exited before it reported" in out
+
+    assert main(["unblock", "1.2.0", *args]) == 0
+    assert "1.2.0 unblocked" in capsys.readouterr().out
+    on_disk = json.loads((prefix / "state" / "blocklist.json").read_text())
+    assert on_disk["blocked"] == [] and on_disk["failures"] == {} and on_disk["reasons"] == {}
+    assert main(["status", *args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["blocklist"]["blocked"] == []
+    assert updater.apply("1.2.0").result == "rolled_back"  # tried again, not refused
+
+
+def test_unblock_of_a_version_that_is_not_blocklisted_is_a_clear_error(
+    prefix: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["unblock", "9.9.9", "--prefix", str(prefix), "--service", "process"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "9.9.9 is not blocklisted" in err
+    assert not (prefix / "state" / "blocklist.json").exists()

@@ -26,15 +26,18 @@ from updater.swap import read_pointer
 
 DRIVER = Path(__file__).with_name("crashdriver.py")
 
-# phase -> (target version, versions current may be on after recovery, journal phase after,
-#           failures counted after recovery: once per attempt, however the kill fell)
+# phase[/case] -> (target version, versions current may be on after recovery, journal phase
+#           after, failures counted after recovery: once per attempt, however the kill fell, and
+#           only for a health check that really failed: a kill during the health check of a
+#           healthy version is no failure of it, recovery checks again and commits)
 MATRIX = {
     jr.DOWNLOADING: ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
     jr.VERIFIED: ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
     jr.STAGED: ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
     "swap_midway": ("1.1.0", {"1.0.0"}, jr.ABORTED, {}),
     jr.SWAPPED: ("1.1.0", {"1.0.0"}, jr.ROLLED_BACK, {}),
-    jr.HEALTH_CHECK: ("1.1.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.1.0": 1}),
+    jr.HEALTH_CHECK: ("1.1.0", {"1.1.0"}, jr.COMMITTED, {}),
+    f"{jr.HEALTH_CHECK}/broken": ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.2.0": 1}),
     jr.COMMITTED: ("1.1.0", {"1.1.0"}, jr.COMMITTED, {}),
     FAILURE_COUNTED: ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.2.0": 1}),
     jr.ROLLING_BACK: ("1.2.0", {"1.0.0"}, jr.ROLLED_BACK, {"1.2.0": 1}),
@@ -47,6 +50,9 @@ def test_kill_at_phase_then_recover_leaves_runnable_current(
     prefix: Path, artifacts: dict[str, Path], phase: str
 ) -> None:
     version, expected_current, expected_phase, expected_failures = MATRIX[phase]
+    phase = phase.split("/")[0]
+    (prefix / "config").mkdir(exist_ok=True)  # recovery's own health check: quick, like the driver
+    (prefix / "config" / "assist.toml").write_text("[update]\nhealth_timeout = 5.0\nsettle = 0.5\n")
     env = dict(os.environ, ASSIST_UPDATE_CRASH_AT=phase)
     dist = artifacts["1.1.0"].parent
     proc = subprocess.run(
@@ -73,7 +79,7 @@ def test_kill_at_phase_then_recover_leaves_runnable_current(
     assert current in expected_current and is_runnable(layout, current)
     journal = jr.load_journal(layout.state_dir)
     assert journal.finished and journal.phase == expected_phase
-    assert result in ("nothing", "aborted", "rolled_back")
+    assert result in ("nothing", "aborted", "rolled_back", "committed")
     assert load_blocklist(layout.state_dir).failures == expected_failures
     assert not list(prefix.glob(".current.*.tmp"))
     assert not list((prefix / "versions").glob(".staging-*"))

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
+import stat
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 from fakepayload import make_tarball, write_tree
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from common.errors import NoSpaceError, VerificationError
 from updater.staging import StreamStager, classify_member, ensure_free_space, stage_artifact
@@ -237,3 +243,139 @@ def test_stream_stager_reports_a_full_disk_as_such(
         stager.finish(art)
     stager.abort()
     assert list(versions.iterdir()) == []
+
+
+# -- links that chain out of the tree, then a member written through one (issue 10.1) ------------
+
+
+def snapshot_outside(base: Path, versions: Path) -> dict[str, tuple[int, int, bytes | str]]:
+    """(mode, mtime, content or link text) of every entry under `base` outside `versions`; of
+    `versions` itself only the mode counts (staging creates and removes an entry in it)."""
+    seen: dict[str, tuple[int, int, bytes | str]] = {}
+    for dirpath, dirnames, filenames in os.walk(base):
+        if Path(dirpath) == versions:
+            dirnames[:] = []
+            seen[str(versions)] = (os.lstat(versions).st_mode, 0, "")
+            continue
+        for name in [".", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                content: bytes | str = os.readlink(path)
+            elif stat.S_ISREG(info.st_mode):
+                content = Path(path).read_bytes()
+            else:
+                content = ""
+            seen[os.path.normpath(path)] = (info.st_mode, info.st_mtime_ns, content)
+    return seen
+
+
+def chain_tarball(out: Path, version: str, chain: list[tarfile.TarInfo]) -> Path:
+    """A good fake payload followed by the given members (under versions/V/)."""
+    make_tarball(out, version)
+    raw = out.read_bytes()
+    with (
+        tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as src,
+        tarfile.open(out, "w:gz") as tar,
+    ):
+        for member in src.getmembers():
+            tar.addfile(member, src.extractfile(member) if member.isreg() else None)
+        for member in chain:
+            member.name = f"versions/{version}/{member.name}"
+            tar.addfile(member, io.BytesIO(b"owned\n") if member.isreg() else None)
+    return out
+
+
+def link(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
+    return info
+
+
+def entry(name: str, kind: bytes, mode: int = 0o700) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = kind, mode
+    info.size = len(b"owned\n") if kind == tarfile.REGTYPE else 0
+    return info
+
+
+def deep_versions(base: Path) -> Path:
+    """base/outer/prefix/versions, every directory 0755 with a file in it (the potential victims)."""
+    versions = base / "outer" / "prefix" / "versions"
+    versions.mkdir(parents=True)
+    for level in (base, base / "outer", base / "outer" / "prefix"):
+        level.chmod(0o755)
+        (level / "victim").write_text("untouched\n")
+    return versions
+
+
+def test_directory_member_over_a_link_chain_leaves_the_tree_untouched(tmp_path: Path) -> None:
+    """The attack of issue 10.1: `l -> .`, `a -> l/..`, `b -> a/..`, `c -> b/..` (all lexically
+    inside), then a directory `c` (mode 0700): the old staging chmodded the directory three
+    levels above the staging directory 755 -> 700 and only then refused the update."""
+    versions = deep_versions(tmp_path)
+    chain = [link("l", "."), link("a", "l/.."), link("b", "a/.."), link("c", "b/..")]
+    chain.append(entry("c", tarfile.DIRTYPE))
+    art = chain_tarball(tmp_path / "a.tar.gz", "1.1.0", chain)
+    before = snapshot_outside(tmp_path, versions)
+    with pytest.raises(VerificationError):
+        stage_artifact(art, "tar.gz", "1.1.0", versions)
+    assert snapshot_outside(tmp_path, versions) == before
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert list(versions.iterdir()) == []
+
+
+_NAMES = ["l", "a", "b", "c"]
+_TARGETS = st.sampled_from([".", "..", "l", "l/..", "a/..", "b/..", "c/..", "a/../..", "x/.."])
+
+
+@st.composite
+def chained_members(draw: st.DrawFn) -> list[tarfile.TarInfo]:
+    """Symlinks chaining through each other, and dirs/files written under or over their names,
+    in any order."""
+    members: list[tarfile.TarInfo] = []
+    for _ in range(draw(st.integers(1, 7))):
+        name = draw(st.sampled_from([*_NAMES, "x"]))
+        kind = draw(st.sampled_from(["link", "dir", "file", "file-under", "dir-under"]))
+        if kind == "link":
+            members.append(link(name, draw(_TARGETS)))
+        elif kind == "dir":
+            members.append(entry(name, tarfile.DIRTYPE, draw(st.sampled_from([0o700, 0o555]))))
+        elif kind == "file":
+            members.append(entry(name, tarfile.REGTYPE, 0o644))
+        elif kind == "file-under":
+            members.append(entry(f"{name}/victim", tarfile.REGTYPE, 0o644))
+        else:
+            members.append(entry(f"{name}/sub", tarfile.DIRTYPE))
+    return members
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chained_members())
+def test_any_link_chain_in_any_order_changes_nothing_outside_staging(
+    members: list[tarfile.TarInfo],
+) -> None:
+    """Property: whatever links, chains and members an archive holds, staging either refuses it
+    or produces a tree whose links all stay inside, and nothing outside versions/ changes."""
+    base = Path(tempfile.mkdtemp(prefix="chain-"))
+    try:
+        versions = deep_versions(base)
+        art = chain_tarball(base / "a.tar.gz", "1.1.0", members)
+        before = snapshot_outside(base, versions)
+        try:
+            final = stage_artifact(art, "tar.gz", "1.1.0", versions, require_agent=False)
+        except VerificationError:
+            assert list(versions.iterdir()) == []
+        else:
+            root = os.path.realpath(final)
+            for path in final.rglob("*"):
+                if path.is_symlink():
+                    assert os.path.realpath(path).startswith(root)
+        assert snapshot_outside(base, versions) == before
+    finally:
+        for dirpath, dirnames, _ in os.walk(base):  # a refused chmod 0555 must not stop cleanup
+            for name in dirnames:
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o755)
+        shutil.rmtree(base)

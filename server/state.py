@@ -1,0 +1,100 @@
+"""What request handlers share in one process: settings, the store, the notifier, key cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from server.agent_api import auth
+from server.notify import Notifier
+from server.output_limits import DEFAULT_QUOTA
+from server.store import Store, access, instances
+from server.store.conn import Conn
+
+KEY_CACHE_TTL = 5.0  # seconds a verified instance key is trusted without a DB read
+
+
+@dataclass
+class Settings:
+    """Tunables of one server process."""
+
+    db_url: str | None = None
+    max_invoke_instances: int = 100  # InstanceId.N per InvokeCommand, as the real API
+    heartbeat_interval: int = 60  # seconds, told to agents
+    max_poll: int = 60  # seconds a long-poll may wait
+    offline_grace: int = 300  # seconds past a task's Timeout before an offline instance fails it
+    history_days: int = 30  # finished runs of timed invocations are kept this long…
+    history_keep: int = 1000  # …and at most this many per instance and invocation
+    chores_interval: float = 60.0  # seconds between background upkeep rounds
+    output_quota: int = DEFAULT_QUOTA  # bytes of output kept per execution (the tail)
+
+
+@dataclass
+class AgentIdentity:
+    """A verified agent request."""
+
+    instance_id: str
+    account: str
+    nonce_key: str
+    nonce_expires: int
+
+
+@dataclass
+class _CachedKey:
+    key: Ed25519PublicKey
+    account: str
+    loaded: float
+
+
+@dataclass
+class ServerState:
+    """Everything request handlers share in one process."""
+
+    settings: Settings
+    store: Store
+    notifier: Notifier
+    keys: dict[str, _CachedKey] = field(default_factory=dict)
+    last_seen_written: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def max_invoke_instances(self) -> int:
+        return self.settings.max_invoke_instances
+
+    @property
+    def heartbeat_interval(self) -> int:
+        return self.settings.heartbeat_interval
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Drop a cached key (after deregistration or re-registration)."""
+        self.keys.pop(instance_id, None)
+
+    def seen(self, instance_id: str, when_ms: int) -> None:
+        self.last_seen_written[instance_id] = when_ms
+
+    async def instance_key(self, instance_id: str) -> _CachedKey:
+        """The registered key of an instance (cached briefly); 401 if unknown/deregistered."""
+        cached = self.keys.get(instance_id)
+        if cached and time.monotonic() - cached.loaded < KEY_CACHE_TTL:
+            return cached
+
+        async def _tx(conn: Conn) -> Any:
+            row = await instances.get_instance(conn, instance_id)
+            return row
+
+        row = await self.store.read(_tx)
+        if row is None or row["deregistered"]:
+            self.keys.pop(instance_id, None)
+            raise auth.unauthorized("unknown or deregistered instance")
+        cached = _CachedKey(
+            auth.load_public_key(row["public_key"]), row["account"], time.monotonic()
+        )
+        self.keys[instance_id] = cached
+        return cached
+
+    async def use_agent_nonce(self, conn: Conn, who: AgentIdentity) -> None:
+        """Record the request's nonce in the caller's transaction; 401 on a replay."""
+        if not await access.use_nonce(conn, who.nonce_key, who.nonce_expires):
+            raise auth.unauthorized("nonce already used", "ReplayedRequest")

@@ -1,0 +1,75 @@
+"""AccessKeys of the operator API and the nonces of signed requests (replay protection)."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from sqlalchemy import delete, select, text, update
+
+from server import model
+from server.store.conn import Conn
+from server.store.rows import Row, _one, _rows
+from server.store.schema import (
+    access_keys,
+    nonces,
+)
+
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
+async def create_access_key(conn: Conn, account: str) -> tuple[str, str]:
+    """A new AccessKey pair for `account`."""
+    key_id = "LTAI" + secrets.token_hex(10)
+    # Alphanumeric like the real ones: a secret starting with "-" would read as an option.
+    secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(30))
+    await conn.execute(
+        access_keys.insert().values(
+            access_key_id=key_id,
+            secret=secret,
+            account=account,
+            created_ms=model.now_ms(),
+            enabled=True,
+        )
+    )
+    return key_id, secret
+
+
+async def get_access_key(conn: Conn, key_id: str) -> Row | None:
+    return await _one(conn, select(access_keys).where(access_keys.c.access_key_id == key_id))
+
+
+async def list_access_keys(conn: Conn) -> list[Row]:
+    """Every AccessKey without its secret, oldest first."""
+    ak = access_keys
+    return await _rows(
+        conn,
+        select(ak.c.access_key_id, ak.c.account, ak.c.created_ms, ak.c.enabled).order_by(
+            ak.c.created_ms, ak.c.access_key_id
+        ),
+    )
+
+
+async def set_access_key_enabled(conn: Conn, key_id: str, enabled: bool) -> bool:
+    """Enable or disable an AccessKey; False if there is no such key."""
+    done = await conn.execute(
+        update(access_keys).where(access_keys.c.access_key_id == key_id).values(enabled=enabled)
+    )
+    return bool(done.rowcount)
+
+
+_USE_NONCE = text(
+    "INSERT INTO nonces (nonce, expires) VALUES (:nonce, :expires) ON CONFLICT DO NOTHING"
+)
+
+
+async def use_nonce(conn: Conn, key: str, expires: int) -> bool:
+    """Record a nonce; False when it was already used (a replay)."""
+    result = await conn.execute(_USE_NONCE, {"nonce": key, "expires": expires})
+    return bool(result.rowcount)
+
+
+async def purge_nonces(conn: Conn, now: int) -> int:
+    """Forget nonces whose timestamps can no longer pass the window check."""
+    result = await conn.execute(delete(nonces).where(nonces.c.expires < now))
+    return int(result.rowcount or 0)

@@ -1,0 +1,54 @@
+"""Stored commands (CreateCommand … DeleteCommand)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+
+from server.store.conn import Conn
+from server.store.rows import Row, _one, _page
+from server.store.schema import (
+    commands,
+)
+
+
+async def insert_command(conn: Conn, row: Row) -> None:
+    await conn.execute(commands.insert().values(**row))
+
+
+async def get_command(conn: Conn, account: str, command_id: str) -> Row | None:
+    return await _one(
+        conn,
+        select(commands).where(commands.c.account == account, commands.c.command_id == command_id),
+    )
+
+
+async def list_commands(
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(commands).where(commands.c.account == account)
+    if filters.get("CommandId"):
+        stmt = stmt.where(commands.c.command_id == filters["CommandId"])
+    if filters.get("Name"):
+        stmt = stmt.where(commands.c.name == filters["Name"])
+    if filters.get("Type"):
+        stmt = stmt.where(commands.c.type == filters["Type"])
+    if filters.get("Description"):
+        stmt = stmt.where(commands.c.description == filters["Description"])
+    order = (commands.c.created_ms.desc(), commands.c.command_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def update_command(conn: Conn, account: str, command_id: str, values: Row) -> int:
+    result = await conn.execute(
+        update(commands)
+        .where(commands.c.account == account, commands.c.command_id == command_id)
+        .values(**values)
+    )
+    return int(result.rowcount or 0)
+
+
+async def delete_command(conn: Conn, account: str, command_id: str) -> int:
+    result = await conn.execute(
+        delete(commands).where(commands.c.account == account, commands.c.command_id == command_id)
+    )
+    return int(result.rowcount or 0)

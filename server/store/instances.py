@@ -1,0 +1,201 @@
+"""Managed instances and their activations: registration, heartbeats, update kicks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, text, update
+
+from server import lifecycle, model
+from server.store.conn import Conn
+from server.store.rows import Row, _one, _page
+from server.store.schema import (
+    activations,
+    instances,
+    invocation_instances,
+)
+
+
+async def existing_instances(conn: Conn, account: str, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` are registered, not deregistered, instances of `account`."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        rows = await conn.execute(
+            select(instances.c.instance_id).where(
+                instances.c.account == account,
+                instances.c.deregistered.is_(False),
+                instances.c.instance_id.in_(chunk),
+            )
+        )
+        found.update(r[0] for r in rows)
+    return found
+
+
+async def list_instances(
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(instances).where(
+        instances.c.account == account, instances.c.deregistered.is_(False)
+    )
+    if filters.get("InstanceIds"):
+        stmt = stmt.where(instances.c.instance_id.in_(filters["InstanceIds"]))
+    if filters.get("InstanceName"):
+        stmt = stmt.where(instances.c.instance_name == filters["InstanceName"])
+    if filters.get("ActivationId"):
+        stmt = stmt.where(instances.c.activation_id == filters["ActivationId"])
+    if filters.get("OsType"):
+        stmt = stmt.where(func.lower(instances.c.os_type) == filters["OsType"].lower())
+    if filters.get("InstanceIp"):
+        stmt = stmt.where(instances.c.ip == filters["InstanceIp"])
+    order = (instances.c.registered_ms, instances.c.instance_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+_GET_INSTANCE = text("SELECT * FROM instances WHERE instance_id = :id")
+
+
+async def get_instance(conn: Conn, instance_id: str) -> Row | None:
+    return await _one(conn, _GET_INSTANCE, {"id": instance_id})
+
+
+async def insert_activation(conn: Conn, row: Row, code: str) -> None:
+    await conn.execute(activations.insert().values(**row, code_hash=hash_code(code)))
+
+
+def hash_code(code: str) -> str:
+    """Activation codes are stored hashed; only the operator ever sees the code."""
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+async def get_activation(conn: Conn, activation_id: str) -> Row | None:
+    return await _one(conn, select(activations).where(activations.c.activation_id == activation_id))
+
+
+async def list_activations(
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(activations).where(activations.c.account == account)
+    if filters.get("ActivationId"):
+        stmt = stmt.where(activations.c.activation_id == filters["ActivationId"])
+    if filters.get("InstanceName"):
+        stmt = stmt.where(activations.c.instance_name == filters["InstanceName"])
+    order = (activations.c.created_ms.desc(), activations.c.activation_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def claim_activation(conn: Conn, activation_id: str) -> bool:
+    """Count one registration against the activation's limit; False when it is used up."""
+    result = await conn.execute(
+        update(activations)
+        .where(
+            activations.c.activation_id == activation_id,
+            activations.c.registered_count < activations.c.instance_count,
+        )
+        .values(registered_count=activations.c.registered_count + 1)
+    )
+    return bool(result.rowcount)
+
+
+async def upsert_instance(conn: Conn, row: Row) -> None:
+    """Register (or re-register, replacing the key of) an instance."""
+    existing = await get_instance(conn, row["instance_id"])
+    if existing is None:
+        await conn.execute(instances.insert().values(**row))
+    else:
+        await conn.execute(
+            update(instances).where(instances.c.instance_id == row["instance_id"]).values(**row)
+        )
+
+
+async def deregister_instance(conn: Conn, account: str, instance_id: str) -> Row | None:
+    """Mark an instance deregistered; its pending tasks become Cancelled."""
+    row = await _one(
+        conn,
+        select(instances).where(
+            instances.c.account == account,
+            instances.c.instance_id == instance_id,
+            instances.c.deregistered.is_(False),
+        ),
+    )
+    if row is None:
+        return None
+    await conn.execute(
+        update(instances).where(instances.c.instance_id == instance_id).values(deregistered=True)
+    )
+    await conn.execute(
+        update(activations)
+        .where(activations.c.activation_id == row["activation_id"])
+        .values(deregistered_count=activations.c.deregistered_count + 1)
+    )
+    now = model.now_ms()
+    await conn.execute(
+        update(invocation_instances)
+        .where(
+            invocation_instances.c.instance_id == instance_id,
+            invocation_instances.c.active.is_(True),
+        )
+        .values(status=lifecycle.on_deregister(), active=False, updated_ms=now, stop_ms=now)
+    )
+    return row
+
+
+_HEARTBEAT = text(
+    "UPDATE instances SET last_seen_ms = :now, heartbeat_interval = :interval, "
+    "agent_version = CASE WHEN :version = '' THEN agent_version ELSE :version END "
+    "WHERE instance_id = :id"
+)
+_SEEN = text("UPDATE instances SET last_seen_ms = :now WHERE instance_id = :id")
+
+
+async def record_heartbeat(
+    conn: Conn, instance_id: str, now_ms: int, interval: int, version: str
+) -> None:
+    """Mark an instance heard from (and remember its agent version)."""
+    await conn.execute(
+        _HEARTBEAT, {"now": now_ms, "interval": interval, "version": version, "id": instance_id}
+    )
+
+
+async def record_seen(conn: Conn, instance_id: str, now_ms: int) -> None:
+    await conn.execute(_SEEN, {"now": now_ms, "id": instance_id})
+
+
+async def request_update(conn: Conn, account: str, ids: Sequence[str], version: str) -> None:
+    await conn.execute(
+        update(instances)
+        .where(instances.c.account == account, instances.c.instance_id.in_(list(ids)))
+        .values(update_requested=True, update_version=version)
+    )
+
+
+_TAKE_UPDATE = text(
+    "UPDATE instances SET update_requested = :no "
+    "WHERE instance_id = :id AND update_requested = :yes"
+)
+_UPDATE_VERSION = text("SELECT update_version FROM instances WHERE instance_id = :id")
+
+
+async def take_update(conn: Conn, instance_id: str) -> tuple[bool, str]:
+    """Consume a pending update request (true once per KickAgentUpdate)."""
+    result = await conn.execute(_TAKE_UPDATE, {"no": False, "yes": True, "id": instance_id})
+    if not result.rowcount:
+        return False, ""
+    row = await _one(conn, _UPDATE_VERSION, {"id": instance_id})
+    return True, str(row["update_version"]) if row else ""
+
+
+async def active_task_counts(conn: Conn, ids: Sequence[str]) -> dict[str, int]:
+    """Running/pending task count per instance."""
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(invocation_instances.c.instance_id, func.count())
+        .where(
+            invocation_instances.c.instance_id.in_(list(ids)),
+            invocation_instances.c.status.in_(list(lifecycle.UNFINISHED)),
+        )
+        .group_by(invocation_instances.c.instance_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}

@@ -1,0 +1,251 @@
+"""Invocations and their per-instance results, as the operator API reads and stops them."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select, update
+
+from server import lifecycle, model
+from server.store.conn import Conn
+from server.store.rows import Row, _one, _page, _rows
+from server.store.schema import (
+    commands,
+    executions,
+    instances,
+    invocation_instances,
+    invocations,
+    output_chunks,
+)
+
+
+async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -> None:
+    """Store an invocation and one pending result per instance."""
+    now = model.now_ms()
+    await conn.execute(invocations.insert().values(**row))
+    status = lifecycle.initial_status(bool(row["timed"]))
+    await conn.execute(
+        invocation_instances.insert(),
+        [
+            {
+                "invoke_id": row["invoke_id"],
+                "instance_id": iid,
+                "account": row["account"],
+                "status": status,
+                "active": True,
+                "delivered": False,
+                "stop_requested": False,
+                "execution_id": "",
+                "output": "",
+                "dropped": 0,
+                "error_code": "",
+                "error_info": "",
+                "repeats": 0,
+                "created_ms": now,
+                "updated_ms": now,
+            }
+            for iid in instance_ids
+        ],
+    )
+    await conn.execute(
+        update(commands)
+        .where(commands.c.command_id == row["command_id"])
+        .values(invoke_times=commands.c.invoke_times + 1)
+    )
+    await conn.execute(
+        update(instances)
+        .where(instances.c.instance_id.in_(list(instance_ids)))
+        .values(last_invoked_ms=now, invocation_count=instances.c.invocation_count + 1)
+    )
+
+
+async def get_invocation(conn: Conn, account: str, invoke_id: str) -> Row | None:
+    return await _one(
+        conn,
+        select(invocations).where(
+            invocations.c.account == account, invocations.c.invoke_id == invoke_id
+        ),
+    )
+
+
+async def list_invocations(
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    stmt = select(invocations).where(invocations.c.account == account)
+    for key, column in (
+        ("InvokeId", invocations.c.invoke_id),
+        ("CommandId", invocations.c.command_id),
+        ("CommandName", invocations.c.command_name),
+        ("CommandType", invocations.c.command_type),
+        ("RepeatMode", invocations.c.repeat_mode),
+    ):
+        if filters.get(key):
+            stmt = stmt.where(column == filters[key])
+    if filters.get("Timed") is not None:
+        stmt = stmt.where(invocations.c.timed.is_(filters["Timed"]))
+    if filters.get("InstanceId"):
+        stmt = stmt.where(
+            invocations.c.invoke_id.in_(
+                select(invocation_instances.c.invoke_id).where(
+                    invocation_instances.c.instance_id == filters["InstanceId"]
+                )
+            )
+        )
+    order = (invocations.c.created_ms.desc(), invocations.c.invoke_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def instance_results(conn: Conn, invoke_ids: Sequence[str]) -> dict[str, list[Row]]:
+    """Per-instance result rows of several invocations."""
+    if not invoke_ids:
+        return {}
+    rows = await _rows(
+        conn,
+        select(invocation_instances)
+        .where(invocation_instances.c.invoke_id.in_(list(invoke_ids)))
+        .order_by(invocation_instances.c.instance_id),
+    )
+    grouped: dict[str, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row["invoke_id"], []).append(row)
+    return grouped
+
+
+async def list_results(
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    """Per-instance results joined with their invocation, newest first."""
+    ii, inv = invocation_instances, invocations
+    stmt = (
+        select(
+            ii,
+            inv.c.command_id,
+            inv.c.username,
+            inv.c.timed,
+            inv.c.repeat_mode,
+        )
+        .join(inv, inv.c.invoke_id == ii.c.invoke_id)
+        .where(ii.c.account == account)
+    )
+    stmt = _filter_results(stmt, filters, ii.c.status)
+    order = (ii.c.created_ms.desc(), ii.c.invoke_id, ii.c.instance_id)
+    return await _page(conn, stmt, order, offset, limit)
+
+
+def _filter_results(stmt: Any, filters: Row, status: Any) -> Any:
+    """DescribeInvocationResults' InvokeId / InstanceId / CommandId / status filters."""
+    ii, inv = invocation_instances, invocations
+    if filters.get("InvokeId"):
+        stmt = stmt.where(ii.c.invoke_id == filters["InvokeId"])
+    if filters.get("InstanceId"):
+        stmt = stmt.where(ii.c.instance_id == filters["InstanceId"])
+    if filters.get("CommandId"):
+        stmt = stmt.where(inv.c.command_id == filters["CommandId"])
+    statuses = filters.get("Statuses")
+    if statuses:
+        stmt = stmt.where(status.in_(list(statuses)))
+    return stmt
+
+
+async def list_execution_results(
+    conn: Conn, account: str, filters: Row, offset: int, limit: int
+) -> tuple[int, list[Row]]:
+    """One result per execution (an instance not yet run shows its pending row), newest first."""
+    ii, inv, ex = invocation_instances, invocations, executions
+    ran = and_(
+        ex.c.invoke_id == ii.c.invoke_id,
+        ex.c.instance_id == ii.c.instance_id,
+        ex.c.execution_id != "",  # "" never names a run; guard the outer join anyway
+    )
+    latest = ex.c.execution_id == ii.c.execution_id
+    # a run still going shows the instance's live status (e.g. Stopping); a finished run its own
+    status = case(
+        (ex.c.execution_id.is_(None), ii.c.status),
+        (and_(latest, ex.c.terminal.is_(False)), ii.c.status),
+        else_=ex.c.status,
+    )
+    newest = func.coalesce(ex.c.start_ms, ex.c.finish_ms, ii.c.created_ms)
+    stmt = (
+        select(
+            ii.c.invoke_id,
+            ii.c.instance_id,
+            ii.c.repeats,
+            ii.c.created_ms,
+            status.label("status"),
+            func.coalesce(ex.c.execution_id, ii.c.execution_id).label("execution_id"),
+            case((ex.c.execution_id.is_(None), ii.c.exit_code), else_=ex.c.exit_code).label(
+                "exit_code"
+            ),
+            func.coalesce(ex.c.output, ii.c.output).label("output"),
+            func.coalesce(ex.c.dropped, ii.c.dropped).label("dropped"),
+            func.coalesce(ex.c.error_code, ii.c.error_code).label("error_code"),
+            func.coalesce(ex.c.error_info, ii.c.error_info).label("error_info"),
+            case((ex.c.execution_id.is_(None), ii.c.start_ms), else_=ex.c.start_ms).label(
+                "start_ms"
+            ),
+            case((ex.c.execution_id.is_(None), ii.c.finish_ms), else_=ex.c.finish_ms).label(
+                "finish_ms"
+            ),
+            case((or_(ex.c.execution_id.is_(None), latest), ii.c.stop_ms), else_=None).label(
+                "stop_ms"
+            ),
+            newest.label("newest_ms"),
+            inv.c.command_id,
+            inv.c.username,
+            inv.c.timed,
+            inv.c.repeat_mode,
+        )
+        .select_from(ii.join(inv, inv.c.invoke_id == ii.c.invoke_id).outerjoin(ex, ran))
+        .where(ii.c.account == account)
+    )
+    stmt = _filter_results(stmt, filters, status)
+    order = (newest.desc(), ii.c.invoke_id, ii.c.instance_id, ex.c.execution_id.desc())
+    return await _page(conn, stmt, order, offset, limit)
+
+
+async def running_output(conn: Conn, row: Row) -> tuple[bytes, int]:
+    """Output streamed so far by a running execution: (bytes, dropped)."""
+    chunks = await _rows(
+        conn,
+        select(output_chunks.c.chunk_offset, output_chunks.c.data)
+        .where(
+            output_chunks.c.invoke_id == row["invoke_id"],
+            output_chunks.c.instance_id == row["instance_id"],
+            output_chunks.c.execution_id == row["execution_id"],
+        )
+        .order_by(output_chunks.c.chunk_offset),
+    )
+    data = b"".join(base64.b64decode(c["data"]) for c in chunks)
+    return data, 0
+
+
+async def stop_invocation(
+    conn: Conn, invoke_id: str, instance_ids: Sequence[str] | None
+) -> list[str]:
+    """Ask instances to stop; undelivered or idle ones stop at once. Returns ids to notify."""
+    ii = invocation_instances
+    cond = and_(ii.c.invoke_id == invoke_id, ii.c.active.is_(True), ii.c.stop_requested.is_(False))
+    if instance_ids:
+        cond = and_(cond, ii.c.instance_id.in_(list(instance_ids)))
+    rows = await _rows(conn, select(ii.c.instance_id, ii.c.status, ii.c.delivered).where(cond))
+    now = model.now_ms()
+    notify: list[str] = []
+    for row in rows:
+        stop = lifecycle.on_stop(lifecycle.Task(row["status"], delivered=row["delivered"]), now)
+        values: Row = {"status": stop.status, "stop_requested": True}
+        if not stop.active:
+            values.update(active=False, stop_ms=stop.stop_ms)
+        await conn.execute(
+            update(ii)
+            .where(ii.c.invoke_id == invoke_id, ii.c.instance_id == row["instance_id"])
+            .values(**values, updated_ms=now)
+        )
+        notify.append(row["instance_id"])
+    await conn.execute(
+        update(invocations)
+        .where(invocations.c.invoke_id == invoke_id)
+        .values(stopped=True, revision=invocations.c.revision + 1)
+    )
+    return notify

@@ -1,0 +1,285 @@
+"""The agent side of a task: listing, running output, terminal reports, history, offline.
+
+The rules (which report wins, what status follows) are server/lifecycle.py; this module reads
+a task's row, asks the lifecycle, and writes the answer.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from server import lifecycle, model
+from server.store.conn import Conn
+from server.store.rows import Row, _one, _rows
+
+# The agent API's hot path: prepared text statements (valid on SQLite and PostgreSQL), so a
+# request costs a few cheap executes instead of building and caching SQL constructs each time.
+
+_TASKS_FOR = text(
+    "SELECT ii.stop_requested, ii.delivered, inv.* FROM invocation_instances ii "
+    "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
+    "WHERE ii.instance_id = :id AND ii.active = :yes ORDER BY inv.created_ms"
+)
+_MARK_DELIVERED = text(
+    "UPDATE invocation_instances SET delivered = :yes WHERE instance_id = :id AND invoke_id = :invoke"
+)
+
+
+async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]:
+    """Tasks an instance should have, and invocations it should stop; marks them delivered."""
+    rows = await _rows(conn, _TASKS_FOR, {"id": instance_id, "yes": True})
+    run = [r for r in rows if not r["stop_requested"]]
+    stop = [r["invoke_id"] for r in rows if r["stop_requested"]]
+    fresh = [r["invoke_id"] for r in run if not r["delivered"]]
+    for invoke_id in fresh:  # usually one: what arrived since the last listing
+        await conn.execute(_MARK_DELIVERED, {"yes": True, "id": instance_id, "invoke": invoke_id})
+    return run, stop
+
+
+_RESULT_ROW = text(
+    "SELECT ii.*, inv.timed, inv.repeat_mode, inv.frequency FROM invocation_instances ii "
+    "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
+    "WHERE ii.instance_id = :instance AND ii.invoke_id = :invoke"
+)
+
+
+async def _result_row(conn: Conn, instance_id: str, invoke_id: str) -> Row | None:
+    return await _one(conn, _RESULT_ROW, {"instance": instance_id, "invoke": invoke_id})
+
+
+def _task(row: Row) -> lifecycle.Task:
+    """The lifecycle's view of a task row (from _RESULT_ROW)."""
+    return lifecycle.Task(
+        status=row["status"],
+        active=bool(row["active"]),
+        execution_id=row["execution_id"],
+        delivered=bool(row["delivered"]),
+        stop_requested=bool(row["stop_requested"]),
+        timed=bool(row["timed"]),
+        repeat_mode=row["repeat_mode"],
+        frequency=row["frequency"],
+        stop_ms=row["stop_ms"],
+    )
+
+
+_START_EXECUTION = text(
+    "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, start_ms) "
+    "VALUES (:invoke, :instance, :execution, :status, :no, :start) ON CONFLICT DO NOTHING"
+)
+_EXECUTION_DONE = text(
+    "SELECT terminal FROM executions "
+    "WHERE invoke_id = :invoke AND instance_id = :instance AND execution_id = :execution"
+)
+_ADD_CHUNK = text(
+    "INSERT INTO output_chunks (invoke_id, instance_id, execution_id, chunk_offset, data) "
+    "VALUES (:invoke, :instance, :execution, :offset, :data) ON CONFLICT DO NOTHING"
+)
+_MARK_RUNNING = text(
+    "UPDATE invocation_instances SET status = :status, updated_ms = :now "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
+_NEW_EXECUTION = text(
+    "UPDATE invocation_instances SET status = :status, updated_ms = :now, "
+    "execution_id = :execution, start_ms = :start, exit_code = NULL, output = '', dropped = 0, "
+    "error_code = '', error_info = '', finish_ms = NULL "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
+
+
+async def record_running(
+    conn: Conn,
+    instance_id: str,
+    invoke_id: str,
+    execution_id: str,
+    start_ms: int,
+    offset: int,
+    data: str,
+) -> bool:
+    """Store a running-output chunk once per offset and mark the execution Running."""
+    row = await _result_row(conn, instance_id, invoke_id)
+    if row is None:
+        return False
+    key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
+    await conn.execute(
+        _START_EXECUTION, {**key, "status": lifecycle.RUNNING, "no": False, "start": start_ms}
+    )
+    done = await _one(conn, _EXECUTION_DONE, key)
+    if done and done["terminal"]:
+        return True  # a late chunk of a finished execution changes nothing
+    if data:
+        await conn.execute(_ADD_CHUNK, {**key, "offset": offset, "data": data})
+    step = lifecycle.on_running(_task(row), execution_id)
+    if step != lifecycle.KEEP:
+        params = {**key, "status": lifecycle.RUNNING, "now": model.now_ms(), "start": start_ms}
+        statement = _MARK_RUNNING if step == lifecycle.MARK_RUNNING else _NEW_EXECUTION
+        await conn.execute(statement, params)
+    return True
+
+
+# First terminal report wins: insert, or update a non-terminal row; 0 rows means a repeat.
+_FINISH_EXECUTION = text(
+    "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, exit_code, "
+    "start_ms, finish_ms, output, dropped, error_code, error_info) VALUES (:invoke, :instance, "
+    ":execution, :status, :yes, :exit_code, :start, :finish, :output, :dropped, :error_code, "
+    ":error_info) ON CONFLICT (invoke_id, instance_id, execution_id) DO UPDATE SET "
+    "status = excluded.status, terminal = excluded.terminal, exit_code = excluded.exit_code, "
+    "start_ms = excluded.start_ms, finish_ms = excluded.finish_ms, output = excluded.output, "
+    "dropped = excluded.dropped, error_code = excluded.error_code, "
+    "error_info = excluded.error_info WHERE executions.terminal = :no"
+)
+_APPLY_RESULT = text(
+    "UPDATE invocation_instances SET repeats = repeats + 1, updated_ms = :now, "
+    "execution_id = :execution, exit_code = :exit_code, output = :output, dropped = :dropped, "
+    "error_code = :error_code, error_info = :error_info, start_ms = :start, "
+    "finish_ms = :finish, status = :status, active = :active, stop_ms = :stop "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
+_COUNT_REPEAT = text(
+    "UPDATE invocation_instances SET repeats = repeats + 1, updated_ms = :now "
+    "WHERE instance_id = :instance AND invoke_id = :invoke"
+)
+_DROP_CHUNKS = text(
+    "DELETE FROM output_chunks "
+    "WHERE invoke_id = :invoke AND instance_id = :instance AND execution_id = :execution"
+)
+
+
+async def record_terminal(
+    conn: Conn,
+    instance_id: str,
+    invoke_id: str,
+    execution_id: str,
+    status: str,
+    report: Row,
+) -> bool | None:
+    """Apply a terminal report; True if it was a duplicate, None if the task is unknown."""
+    row = await _result_row(conn, instance_id, invoke_id)
+    if row is None:
+        return None
+    key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
+    won = await conn.execute(
+        _FINISH_EXECUTION,
+        {
+            **key,
+            "status": status,
+            "yes": True,
+            "no": False,
+            "exit_code": report["exit_code"],
+            "start": report["start_ms"],
+            "finish": report["finish_ms"],
+            "output": report["output"],
+            "dropped": report["dropped"],
+            "error_code": report["error_code"],
+            "error_info": report["error_info"],
+        },
+    )
+    if not won.rowcount:
+        return True
+    now = model.now_ms()
+    finish = lifecycle.on_terminal(_task(row), execution_id, status, now)
+    if not finish.latest:
+        await conn.execute(_COUNT_REPEAT, {**key, "now": now})  # a late, older execution
+        return False
+    await conn.execute(
+        _APPLY_RESULT,
+        {
+            **key,
+            "now": now,
+            "exit_code": report["exit_code"],
+            "output": report["output"],
+            "dropped": report["dropped"],
+            "error_code": report["error_code"],
+            "error_info": report["error_info"],
+            "start": report["start_ms"],
+            "finish": report["finish_ms"],
+            "status": finish.status,
+            "active": finish.active,
+            "stop": finish.stop_ms,
+        },
+    )
+    if finish.drop_chunks:
+        await conn.execute(_DROP_CHUNKS, key)
+    return False
+
+
+# Finished runs of timed invocations, other than each task's latest (which its
+# invocation_instances row mirrors): older than the cutoff, or beyond the newest `keep`.
+_PURGE_OLD_EXECUTIONS = text(
+    "DELETE FROM executions WHERE terminal = :yes AND finish_ms < CAST(:cutoff AS BIGINT) "
+    "AND NOT EXISTS (SELECT 1 FROM invocation_instances ii WHERE ii.invoke_id = "
+    "executions.invoke_id AND ii.instance_id = executions.instance_id "
+    "AND ii.execution_id = executions.execution_id)"
+)
+_PURGE_EXTRA_EXECUTIONS = text(
+    "DELETE FROM executions WHERE (invoke_id, instance_id, execution_id) IN ("
+    "SELECT invoke_id, instance_id, execution_id FROM (SELECT e.invoke_id, e.instance_id, "
+    "e.execution_id, e.terminal, ROW_NUMBER() OVER (PARTITION BY e.invoke_id, e.instance_id "
+    "ORDER BY COALESCE(e.finish_ms, e.start_ms, 0) DESC, e.execution_id DESC) AS newest "
+    "FROM executions e) ranked WHERE ranked.newest > CAST(:keep AS BIGINT) "
+    "AND ranked.terminal = :yes) "
+    "AND NOT EXISTS (SELECT 1 FROM invocation_instances ii WHERE ii.invoke_id = "
+    "executions.invoke_id AND ii.instance_id = executions.instance_id "
+    "AND ii.execution_id = executions.execution_id)"
+)
+
+
+async def purge_history(conn: Conn, cutoff_ms: int, keep: int) -> int:
+    """Forget finished executions older than cutoff_ms or beyond the newest `keep` per task."""
+    old = await conn.execute(_PURGE_OLD_EXECUTIONS, {"yes": True, "cutoff": cutoff_ms})
+    extra = await conn.execute(_PURGE_EXTRA_EXECUTIONS, {"yes": True, "keep": keep})
+    return max(old.rowcount, 0) + max(extra.rowcount, 0)
+
+
+OFFLINE_ERROR = lifecycle.OFFLINE_ERROR
+
+# One-shot tasks past their deadline (started, or created if never started, + Timeout + grace)
+# on instances not heard from within three heartbeat intervals: nobody will report them.
+_ABANDONED = text(
+    "SELECT ii.invoke_id, ii.instance_id, ii.execution_id FROM invocation_instances ii "
+    "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
+    "JOIN instances i ON i.instance_id = ii.instance_id "
+    "WHERE ii.active = :yes AND inv.timed = :no AND ii.status IN (:pending, :running, :stopping) "
+    "AND i.last_seen_ms < CAST(:now AS BIGINT) - 3000 * i.heartbeat_interval "
+    "AND COALESCE(ii.start_ms, ii.created_ms) + 1000 * inv.timeout + CAST(:grace AS BIGINT) "
+    "< CAST(:now AS BIGINT)"
+)
+_FAIL_EXECUTION = text(
+    "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, "
+    "finish_ms, error_code, error_info) VALUES (:invoke, :instance, :execution, :status, :yes, "
+    ":now, :error_code, :error_info) ON CONFLICT (invoke_id, instance_id, execution_id) "
+    "DO UPDATE SET status = excluded.status, terminal = excluded.terminal, "
+    "finish_ms = excluded.finish_ms, error_code = excluded.error_code, "
+    "error_info = excluded.error_info WHERE executions.terminal = :no"
+)
+_FAIL_TASK = text(
+    "UPDATE invocation_instances SET status = :status, active = :no, execution_id = :execution, "
+    "error_code = :error_code, error_info = :error_info, finish_ms = :now, updated_ms = :now "
+    "WHERE invoke_id = :invoke AND instance_id = :instance AND active = :yes"
+)
+
+
+async def fail_abandoned_tasks(conn: Conn, now_ms: int, grace_ms: int) -> list[tuple[str, str]]:
+    """Mark one-shot tasks of long-offline instances Failed (InstanceOffline); return them."""
+    flags = {"yes": True, "no": False}
+    pending, running, stopping = lifecycle.UNFINISHED
+    statuses = {"pending": pending, "running": running, "stopping": stopping}
+    rows = await _rows(conn, _ABANDONED, {**flags, **statuses, "now": now_ms, "grace": grace_ms})
+    status, error_code, error_info = lifecycle.on_offline()
+    failed: list[tuple[str, str]] = []
+    for row in rows:
+        values = {
+            **flags,
+            "invoke": row["invoke_id"],
+            "instance": row["instance_id"],
+            "execution": row["execution_id"] or "0",  # a one-shot task's only execution
+            "status": status,
+            "now": now_ms,
+            "error_code": error_code,
+            "error_info": error_info,
+        }
+        if not (await conn.execute(_FAIL_EXECUTION, values)).rowcount:
+            continue  # its terminal report arrived meanwhile: that result stands
+        await conn.execute(_FAIL_TASK, values)
+        await conn.execute(_DROP_CHUNKS, values)
+        failed.append((row["invoke_id"], row["instance_id"]))
+    return failed

@@ -1,0 +1,78 @@
+"""The agent's HTTP seam against misbehaving loopback servers: endless or deeply nested answers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from agent.client import MAX_ANSWER, AgentClient, ServerUnavailableError
+from agent.identity import Identity, generate_key
+
+
+class Flood(BaseHTTPRequestHandler):
+    """Answers every request with 200 and a body far larger than any real answer."""
+
+    sent = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        block = b"[" * 65536
+        try:
+            for _ in range(4 * MAX_ANSWER // len(block)):
+                self.wfile.write(block)
+                Flood.sent += len(block)
+        except OSError:
+            pass  # the client hung up, as it should
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+class Nested(Flood):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"[" * 100_000 + b"]" * 100_000
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def flood() -> Iterator[str]:
+    yield from serve(Flood)
+
+
+@pytest.fixture
+def nested() -> Iterator[str]:
+    yield from serve(Nested)
+
+
+def test_an_endless_answer_is_cut_at_the_cap(flood: str) -> None:
+    client = AgentClient(flood, Identity("mi-1", generate_key()), timeout=10)
+    with pytest.raises(ServerUnavailableError, match="more than"):
+        client.list_tasks("poll")
+    assert Flood.sent < 2 * MAX_ANSWER  # stopped reading instead of taking all 4 x cap
+
+
+def test_a_deeply_nested_answer_is_an_unavailable_server_not_a_crash(nested: str) -> None:
+    client = AgentClient(nested, Identity("mi-1", generate_key()), timeout=10)
+    with pytest.raises(ServerUnavailableError, match="not JSON"):
+        client.list_tasks("poll")
