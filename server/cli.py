@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from common.cli import add_common_options, print_json, run_cli
 from common.errors import ConfigError, NotFoundError, UsageError
 from common.listen import add_limit_options, announce, limits_from_args, parse_listen
+from server.output_limits import DEFAULT_QUOTA
 
 T = TypeVar("T")
 
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="finished runs kept at most per instance and timed invocation",
     )
+    serve.add_argument(
+        "--output-quota",
+        type=int,
+        default=DEFAULT_QUOTA,
+        help="bytes of task output kept per execution, the tail; the agent's quota "
+        "(default: %(default)s)",
+    )
     add_limit_options(serve, idle=75.0)
     serve.add_argument(  # tests only: how often the background upkeep runs
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
@@ -114,8 +122,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("--max-invoke-instances and --heartbeat-interval must be positive")
     if args.offline_grace < 0 or not args.chores_interval > 0:
         raise UsageError("--offline-grace must be 0 or more, --chores-interval positive")
-    if args.history_days < 1 or args.history_keep < 1:
-        raise UsageError("--history-days and --history-keep must be positive")
+    if args.history_days < 1 or args.history_keep < 1 or args.output_quota < 1:
+        raise UsageError("--history-days, --history-keep and --output-quota must be positive")
     return Settings(
         db_url=args.db,
         max_invoke_instances=args.max_invoke_instances,
@@ -124,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         history_days=args.history_days,
         history_keep=args.history_keep,
         chores_interval=args.chores_interval,
+        output_quota=args.output_quota,
     )
 
 
@@ -167,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if path and not Path(path).is_file():
             raise ConfigError(f"TLS file not found: {path}")
     settings = settings_from_args(args)
-    limits = limits_from_args(args)
+    limits = dataclasses.replace(limits_from_args(args), max_header_bytes=H11_MAX_EVENT)
     migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
     debug = bool(getattr(args, "debug", False))
     options: dict[str, Any] = {
@@ -175,7 +184,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": debug,
         "ssl_certfile": args.tls_cert,
         "ssl_keyfile": args.tls_key,
-        "h11_max_incomplete_event_size": H11_MAX_EVENT,
         "backlog": 4096,
     }
     if args.workers > 1:
