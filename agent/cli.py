@@ -67,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent in the foreground")
     run.add_argument("--server", help="server base URL (default: config, env, registration)")
-    run.add_argument("--prefix")
-    run.add_argument("--config")
+    run.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
+    run.add_argument("--config", help="assist.toml (default: PREFIX/config/assist.toml)")
     add_common_options(run)
 
     status = sub.add_parser("status", help="show whether the agent runs and is connected")
-    status.add_argument("--prefix")
-    status.add_argument("--config")
+    status.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
+    status.add_argument("--config", help="assist.toml (default: PREFIX/config/assist.toml)")
     status.add_argument("--json", action="store_true")
     add_common_options(status)
     return parser

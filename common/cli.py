@@ -63,6 +63,9 @@ def finish_parser(
     subcommand path ("" for the command itself, "accesskey create" for a nested one).
     """
     parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if action.help is None and action.option_strings == ["--json"]:
+            action.help = "print the result as JSON on stdout"
     if "--debug" not in parser._option_string_actions:
         add_common_options(parser)
     example = (examples or {}).get(path)

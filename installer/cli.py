@@ -67,13 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "list published packages")
     p.add_argument("--json", action="store_true")
     p = command("install", "verify and install packages with dpkg/rpm (or the exe)")
-    p.add_argument("packages", nargs="+", metavar="NAME[==V]")
+    p.add_argument(
+        "packages",
+        nargs="+",
+        metavar="NAME[==V]",
+        help="packages, each at its newest or a given version",
+    )
     p.add_argument("--root", help="install into this root (dpkg --root / rpm --root)")
     p.add_argument("--format", choices=["deb", "rpm", "exe"], help="default: this platform's")
     p.add_argument("--dry-run", action="store_true", help="resolve and print, change nothing")
     p.add_argument("--json", action="store_true")
     p = command("remove", "remove installed packages", remote=False)
-    p.add_argument("packages", nargs="+", metavar="NAME")
+    p.add_argument("packages", nargs="+", metavar="NAME", help="installed packages to remove")
     p.add_argument("--root", help="remove from this root")
     p.add_argument("--format", choices=["deb", "rpm"], help="default: this platform's")
     p = command("agent", "first install of the agent into the versions layout, then start it")

@@ -263,14 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("yank", "withdraw a package version from a channel")
     _repo_options(p)
-    p.add_argument("--package", required=True, metavar="NAME")
-    p.add_argument("--version", required=True, metavar="V")
+    p.add_argument("--package", required=True, metavar="NAME", help="package to withdraw")
+    p.add_argument("--version", required=True, metavar="V", help="version to withdraw")
     p.add_argument("--channel", default="stable", help="channel (stable)")
     p.set_defaults(func=cmd_yank)
 
     p = command("rotate-key", "replace a TUF role's keys and re-sign the metadata")
     _repo_options(p)
-    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument(
+        "--role", required=True, choices=ROLES, help="the TUF role whose key is replaced"
+    )
     p.set_defaults(func=cmd_rotate_key)
     return parser
 

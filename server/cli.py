@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = ak_sub.add_parser("create", help="create an AccessKey for an account")
     add_common_options(create)
     create.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
-    create.add_argument("--account", default="default")
+    create.add_argument("--account", default="default", help="the account the key acts for")
     create.add_argument("--json", action="store_true")
     listing = ak_sub.add_parser("list", help="list AccessKeys (never their secrets)")
     add_common_options(listing)
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, text in (("disable", "refuse requests signed with"), ("enable", "accept again")):
         toggle = ak_sub.add_parser(verb, help=f"{text} an AccessKey")
         add_common_options(toggle)
-        toggle.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+        toggle.add_argument("access_key_id", metavar="ACCESS_KEY_ID", help="the AccessKeyId")
         toggle.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
         toggle.add_argument("--json", action="store_true")
     return parser

@@ -299,30 +299,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     conf = sub.add_parser("configure", help="save AccessKey, region and endpoint")
     add_common_options(conf)
-    conf.add_argument("--access-key-id")
-    conf.add_argument("--access-key-secret")
-    conf.add_argument("--region")
+    conf.add_argument("--access-key-id", help="AccessKeyId from assist-server accesskey create")
+    conf.add_argument("--access-key-secret", help="its secret (prompted for when left out)")
+    conf.add_argument("--region", help="region id sent with every call, e.g. cn-hangzhou")
     conf.add_argument("--endpoint", help="e.g. http://127.0.0.1:8080")
 
     ecs = sub.add_parser("ecs", help="call an ECS action: assist ecs ACTION --Param value…")
-    ecs.add_argument("action")
-    ecs.add_argument("params", nargs=argparse.REMAINDER)
+    ecs.add_argument("action", help="the API action, e.g. CreateCommand")
+    ecs.add_argument(
+        "params", nargs=argparse.REMAINDER, help="--Name value pairs (list values after one name)"
+    )
 
     run = sub.add_parser("run", help="run a script on instances and show the results")
     add_common_options(run)
-    run.add_argument("--instance-ids", nargs="+", required=True, metavar="ID")
+    run.add_argument(
+        "--instance-ids", nargs="+", required=True, metavar="ID", help="instances to run on"
+    )
     run.add_argument("--command", required=True, help="the script text")
     run.add_argument(
         "--type",
         default="RunShellScript",
         choices=["RunShellScript", "RunBatScript", "RunPowerShellScript"],
+        help="the interpreter",
     )
     run.add_argument("--timeout", type=int, default=60, help="seconds")
-    run.add_argument("--name", default="assist-run")
+    run.add_argument("--name", default="assist-run", help="name of the command created")
     run.add_argument("--wait", action="store_true", help="wait and print a table of results")
     run.add_argument("--wait-timeout", type=float, default=600.0, help="seconds")
     run.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
-    run.add_argument("--endpoint", default="")
+    run.add_argument("--endpoint", default="", help="API endpoint (default: the configured one)")
     run.add_argument("--json", action="store_true")
     return parser
 

@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="update to this version")
     p.add_argument("--health-timeout", type=float, help="seconds (default: config, 60)")
     p.add_argument("--settle", type=float, help="seconds the new pid must live (default 10)")
-    p.add_argument("--allow-downgrade", action="store_true")
+    p.add_argument(
+        "--allow-downgrade", action="store_true", help="allow --version older than the current one"
+    )
     p.add_argument("--splay", type=float, default=0.0, help="random delay first, in seconds")
     p.add_argument("--json", action="store_true")
     command("rollback", "go back to the previous version")
