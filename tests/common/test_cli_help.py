@@ -76,3 +76,12 @@ def test_the_real_console_script_prints_its_example_and_takes_debug_first(comman
     )
     assert proc.returncode == 0, proc.stderr
     assert "example:" in proc.stdout and "--debug" in proc.stdout
+
+
+def test_progress_bars_name_a_file_by_its_own_name_within_80_columns() -> None:
+    from common.progress import LABEL_WIDTH, display_name
+
+    hashed = "targets/" + "ab" * 32 + ".aliyun-assist-2.2.5-linux-x86_64.tar.gz"
+    assert display_name(hashed).startswith("aliyun-assist-2.2.5")
+    assert len(display_name(hashed)) <= LABEL_WIDTH
+    assert display_name("metadata/timestamp.json") == "timestamp.json"
