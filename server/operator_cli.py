@@ -7,6 +7,7 @@ import ast
 import base64
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,8 @@ from common.cli import add_common_options, print_json, run_cli
 from common.errors import AssistError, ConfigError, DownloadError, UsageError
 from server.rpc import sign_params
 
+log = logging.getLogger(__name__)
+
 CONFIG_NAME = "config.json"
 ENDPOINT_ENV = "ALIYUN_ASSIST_ENDPOINT"
 TERMINAL_RECORD = ("Finished", "Failed", "Stopped")
@@ -35,9 +38,38 @@ class ApiCallError(AssistError):
     reference = "api-error"
 
     def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(f"{code}: {message} (HTTP {status})", hint="check the parameters")
         self.code = code
         self.status = status
+        self.detail = message  # the server's whole message, e.g. its string to sign
+        short, hint = explain_api_error(code, message)
+        super().__init__(f"{code}: {short} (HTTP {status})", hint=hint)
+
+
+# Causes first: what an operator most likely got wrong, for codes where the message alone is long
+# or says little. The server's full message stays available with --debug.
+_CAUSES = {
+    "SignatureDoesNotMatch": (
+        "the server computed another signature for this request",
+        "the AccessKey secret is wrong (run `assist configure`) or this machine's clock is off "
+        "by more than 15 minutes; --debug shows the server's string to sign",
+    ),
+    "InvalidAccessKeyId.NotFound": (
+        "the server knows no such AccessKey",
+        "check the AccessKey id (`assist configure`; `assist-server accesskey list`)",
+    ),
+    "InvalidTimeStamp.Expired": (
+        "the request's timestamp is too far from the server's clock",
+        "set this machine's clock (NTP), then retry",
+    ),
+}
+
+
+def explain_api_error(code: str, message: str) -> tuple[str, str]:
+    """A short message and a hint for an API error code (the full message goes to debug logs)."""
+    if code in _CAUSES:
+        log.debug("%s from the server: %s", code, message)
+        return _CAUSES[code]
+    return message, "check the parameters"
 
 
 def config_dir() -> Path:
@@ -192,7 +224,7 @@ def cmd_ecs(args: argparse.Namespace) -> int:
     try:
         print_json(call_api(config, args.action, params))
     except ApiCallError as exc:
-        print_json({"Code": exc.code, "Message": exc.message})
+        print_json({"Code": exc.code, "Message": exc.detail})
         raise
     return 0
 
