@@ -86,15 +86,31 @@ def extract_tar(tar: tarfile.TarFile, dest: Path, prefix: str = "") -> int:
 
 
 def check_links_inside(tree: Path) -> None:
-    """Every symlink under `tree` must really resolve inside it (chains and dangling ones too)."""
+    """Every symlink under `tree` must really resolve inside it (chains and dangling ones too).
+
+    Fails closed: a directory the walk cannot list (one deeper than PATH_MAX, which openat
+    could create) is a refused tree, not a skipped one; realpath would not see through it either.
+    """
     root = os.path.realpath(tree)
-    for dirpath, dirnames, filenames in os.walk(tree):
+    for dirpath, dirnames, filenames in os.walk(tree, onerror=_refuse_unwalkable):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             if os.path.islink(path):
                 real = os.path.realpath(path)
                 if real != root and not real.startswith(root + os.sep):
                     raise VerificationError(f"symlink {path} resolves outside the payload")
+
+
+def _refuse_unwalkable(exc: OSError) -> None:
+    """os.walk's error hook: a directory whose links cannot be checked refuses the tree."""
+    if exc.errno == errno.ENAMETOOLONG:
+        raise VerificationError(
+            "archive tree too deep to check its links (a path longer than PATH_MAX)",
+            hint="the archive is malformed or malicious",
+        ) from exc
+    raise VerificationError(
+        f"cannot check the links under {exc.filename}: {exc.strerror or exc}"
+    ) from exc
 
 
 def remove_tree(path: Path) -> None:

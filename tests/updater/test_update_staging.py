@@ -379,3 +379,22 @@ def test_any_link_chain_in_any_order_changes_nothing_outside_staging(
                 if not os.path.islink(path):
                     os.chmod(path, 0o755)
         shutil.rmtree(base)
+
+
+def test_a_link_chain_in_a_directory_deeper_than_path_max_is_refused_and_removed(
+    tmp_path: Path,
+) -> None:
+    """Links that climb out of the tree from a directory too deep for a path walk: the link
+    check used to skip that directory and stage a link resolving to the host's /etc/hostname."""
+    versions = deep_versions(tmp_path)
+    deep = "/".join(["d" * 200] * 25)  # longer than PATH_MAX
+    chain = [link(f"{deep}/l", ".")]
+    for step in range(40):
+        chain.append(link(f"{deep}/u{step}", f"{'l' if step == 0 else f'u{step - 1}'}/.."))
+    chain.append(link(f"{deep}/escape", "u39/etc/hostname"))
+    art = chain_tarball(tmp_path / "a.tar.gz", "1.1.0", chain)
+    before = snapshot_outside(tmp_path, versions)
+    with pytest.raises(VerificationError, match="too deep"):
+        stage_artifact(art, "tar.gz", "1.1.0", versions)
+    assert list(versions.iterdir()) == []
+    assert snapshot_outside(tmp_path, versions) == before
