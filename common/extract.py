@@ -33,6 +33,7 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _HAVE_DIRFD = os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd
 _NOT_A_REAL_DIR = (errno.ELOOP, errno.ENOTDIR, errno.EMLINK)
+MAX_DEPTH = 256  # path components of a member: deeper trees defeat os.walk and shutil.rmtree
 T = TypeVar("T")
 
 
@@ -46,6 +47,11 @@ def member_path(name: str, prefix: str = "") -> str | None:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise VerificationError(f"archive member escapes with '..': {name!r}")
+    if len(parts) > MAX_DEPTH:
+        raise VerificationError(
+            f"archive member nested too deep ({len(parts)} levels): {name[:80]!r}…",
+            hint="the archive is malformed or malicious",
+        )
     rel = "/".join(parts)
     if rel == "" or rel + "/" == prefix or prefix.startswith(rel + "/"):
         return None
@@ -96,7 +102,12 @@ def check_links_inside(tree: Path) -> None:
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             if os.path.islink(path):
-                real = os.path.realpath(path)
+                try:
+                    real = os.path.realpath(path)
+                except RecursionError:
+                    raise VerificationError(
+                        f"symlink {path} starts a chain of links too long to follow"
+                    ) from None
                 if real != root and not real.startswith(root + os.sep):
                     raise VerificationError(f"symlink {path} resolves outside the payload")
 

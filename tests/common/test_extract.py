@@ -145,3 +145,20 @@ def test_a_link_chain_deeper_than_path_max_is_refused(dest: Path) -> None:
     see them: a tree too deep to walk by path is refused, not skipped (it led to /etc here)."""
     with pytest.raises(VerificationError, match="too deep|cannot check"):
         extract_tar(make_tar(deep_chain_members(40)), dest)
+
+
+def test_a_directory_nesting_too_deep_to_walk_is_refused_before_it_is_made(dest: Path) -> None:
+    """1,500 nested directories (a 3 KB path, under PATH_MAX) made the link check and the
+    caller's clean-up die of RecursionError, leaving the tree behind; now a clear refusal."""
+    with pytest.raises(VerificationError, match="nested too deep"):
+        extract_tar(make_tar([("a/" * 1500 + "f", tarfile.REGTYPE, "x")]), dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_link_chain_longer_than_the_kernel_follows_is_a_refused_archive(dest: Path) -> None:
+    """1,200 links each naming the one before: realpath recursed to a RecursionError (a crash
+    with a traceback at the CLI edge); the kernel itself gives up after 40."""
+    members = [("l0", tarfile.SYMTYPE, ".")]
+    members += [(f"l{k}", tarfile.SYMTYPE, f"l{k - 1}") for k in range(1, 1200)]
+    with pytest.raises(VerificationError, match="chain"):
+        extract_tar(make_tar(members), dest)
