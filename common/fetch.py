@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -378,22 +379,59 @@ class Fetcher:
         headers = {"Accept-Encoding": "identity"}
         if transfer.offset > 0:
             headers["Range"] = f"bytes={transfer.offset}-"
-        try:
-            response = self.session.get(
-                mirror + transfer.path,
-                headers=headers,
-                stream=True,
-                timeout=(self.timeout, self.read_timeout),
-                proxies=self.proxies,
-            )
-        except requests.RequestException as exc:
-            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        response = self._open(mirror + transfer.path, headers)
         with contextlib.closing(response):
             skip = self._accept_response(response, transfer)
             if skip is None:
                 transfer.mirror = mirror
                 return
             yield from self._read_body(response, transfer, skip, mirror)
+
+    def _open(self, url: str, headers: dict[str, str]) -> requests.Response:
+        """GET `url` up to the end of its headers within connect + read timeout in total.
+
+        Socket timeouts bound each read, not their sum: a mirror sending a header byte per
+        second would hold the request for hours (docs/SECURITY.md, "slow mirror"). The request
+        runs on a daemon thread; one that misses the deadline is left to finish on its own and
+        its response is closed then.
+        """
+        outcome: list[requests.Response | Exception] = []
+        settled = threading.Lock()
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                result: requests.Response | Exception = self.session.get(
+                    url,
+                    headers=headers,
+                    stream=True,
+                    timeout=(self.timeout, self.read_timeout),
+                    proxies=self.proxies,
+                )
+            except Exception as exc:  # handed to the caller's thread below
+                result = exc
+            with settled:
+                if finished.is_set():  # the caller gave up on this request
+                    if isinstance(result, requests.Response):
+                        result.close()
+                    return
+                outcome.append(result)
+                finished.set()
+
+        threading.Thread(target=run, name="fetch-headers", daemon=True).start()
+        finished.wait(self.timeout + self.read_timeout)
+        with settled:
+            if not outcome:
+                finished.set()
+                raise _Transient(
+                    f"no complete response headers in {self.timeout + self.read_timeout:g} s"
+                )
+        result = outcome[0]
+        if isinstance(result, requests.RequestException):
+            raise _Transient(f"{type(result).__name__}: {result}") from result
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _accept_response(self, response: requests.Response, transfer: _Transfer) -> int | None:
         """Check status and lengths; return how many re-sent bytes to skip, None if complete."""
