@@ -127,7 +127,7 @@ def detect_region(
         return cached
     region = query_metadata_region(config, session=session)
     if region and state_dir is not None:
-        atomic_write_text(state_dir / REGION_FILE, region + "\n")
+        atomic_write_text(state_dir / REGION_FILE, region + "\n", mode=0o600)
     return region
 
 

@@ -174,6 +174,7 @@ def save_blocklist(state_dir: Path, blocklist: Blocklist) -> None:
             "counted": blocklist.counted,
             "reasons": blocklist.reasons,
         },
+        mode=0o600,
     )
 
 

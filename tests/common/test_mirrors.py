@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -133,6 +134,7 @@ def test_region_from_metadata_service_is_cached(tmp_path: Path, static_server: A
     state.mkdir()
     assert detect_region(config, env={}, state_dir=state) == "cn-shanghai"
     assert (state / "region-id").read_text().strip() == "cn-shanghai"
+    assert stat.S_IMODE((state / "region-id").stat().st_mode) == 0o600  # state/ is private
     (meta / "region-id").write_text("cn-changed")
     assert detect_region(config, env={}, state_dir=state) == "cn-shanghai"  # cached
 
