@@ -18,12 +18,13 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import requests
 import urllib3
@@ -378,9 +379,21 @@ class Fetcher:
         headers = {"Accept-Encoding": "identity"}
         if transfer.offset > 0:
             headers["Range"] = f"bytes={transfer.offset}-"
+        response = self._open(mirror + transfer.path, headers)
+        with contextlib.closing(response):
+            skip = self._accept_response(response, transfer)
+            if skip is None:
+                transfer.mirror = mirror
+                return
+            yield from self._read_body(response, transfer, skip, mirror)
+
+    def _open(self, url: str, headers: dict[str, str]) -> requests.Response:
+        """GET `url` up to the end of its headers within connect + read timeout in total."""
         try:
-            response = self.session.get(
-                mirror + transfer.path,
+            return get_with_deadline(
+                self.session,
+                url,
+                self.timeout + self.read_timeout,
                 headers=headers,
                 stream=True,
                 timeout=(self.timeout, self.read_timeout),
@@ -388,12 +401,6 @@ class Fetcher:
             )
         except requests.RequestException as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
-        with contextlib.closing(response):
-            skip = self._accept_response(response, transfer)
-            if skip is None:
-                transfer.mirror = mirror
-                return
-            yield from self._read_body(response, transfer, skip, mirror)
 
     def _accept_response(self, response: requests.Response, transfer: _Transfer) -> int | None:
         """Check status and lengths; return how many re-sent bytes to skip, None if complete."""
@@ -518,6 +525,46 @@ def read_chunk(
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
         return bytes(buffer), type(exc).__name__
     return bytes(buffer), None
+
+
+def get_with_deadline(
+    session: requests.Session, url: str, total: float, **kwargs: Any
+) -> requests.Response:
+    """session.get(url, **kwargs) that returns or fails within `total` seconds (with its headers).
+
+    Socket timeouts bound each read, not their sum: a server sending a header byte per second
+    would hold the request for hours (docs/SECURITY.md, "slow mirror"). The request runs on a
+    daemon thread; one that misses the deadline raises requests.Timeout here, is left to
+    finish on its own, and its response is closed then. Use stream=True: the body is the
+    caller's to read under its own bound.
+    """
+    outcome: list[requests.Response | Exception] = []
+    settled = threading.Lock()
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            result: requests.Response | Exception = session.get(url, **kwargs)
+        except Exception as exc:  # handed to the caller's thread below
+            result = exc
+        with settled:
+            if finished.is_set():  # the caller gave up on this request
+                if isinstance(result, requests.Response):
+                    result.close()
+                return
+            outcome.append(result)
+            finished.set()
+
+    threading.Thread(target=run, name="http-headers", daemon=True).start()
+    finished.wait(total)
+    with settled:
+        if not outcome:
+            finished.set()
+            raise requests.Timeout(f"no complete response headers from {url} in {total:g} s")
+    result = outcome[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def read_small_body(response: requests.Response, max_bytes: int, deadline: float) -> bytes:

@@ -25,7 +25,7 @@ import requests
 from common.atomic import atomic_write_text
 from common.config import REGION_ENV, MirrorConfig
 from common.errors import ConfigError, DownloadError, UsageError
-from common.fetch import read_small_body, resolve_proxies
+from common.fetch import get_with_deadline, read_small_body, resolve_proxies
 from common.regions import default_table, region_url, valid_region
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def detect_region(
         return cached
     region = query_metadata_region(config, session=session)
     if region and state_dir is not None:
-        atomic_write_text(state_dir / REGION_FILE, region + "\n")
+        atomic_write_text(state_dir / REGION_FILE, region + "\n", mode=0o600)
     return region
 
 
@@ -158,8 +158,10 @@ def query_metadata_region(config: MirrorConfig, session: requests.Session | None
     http = session or requests.Session()
     deadline = time.monotonic() + config.metadata_timeout
     try:
-        with http.get(
+        with get_with_deadline(
+            http,
             config.metadata_url,
+            config.metadata_timeout,
             timeout=config.metadata_timeout,
             stream=True,
             headers={"Accept-Encoding": "identity"},
