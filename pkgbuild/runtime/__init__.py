@@ -265,6 +265,25 @@ def copy_runtime(build: Path, dest: Path) -> None:
                 shutil.copy2(src, target_dir / name)
 
 
+def compile_bytecode(dirs: list[Path]) -> bool:
+    """Precompile .pyc (unchecked-hash: packaging mtimes do not matter) so that the agent does
+    not compile the stdlib at every start on a read-only or unprivileged install.
+
+    Uses this interpreter, which must be the runtime's minor version (one bytecode format per
+    minor); returns False (and compiles nothing) otherwise.
+    """
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
+        log.warning("not precompiling: this is Python %s.%s, the runtime %s",
+                    sys.version_info.major, sys.version_info.minor, PYTHON_VERSION)  # fmt: skip
+        return False
+    cmd = [sys.executable, "-m", "compileall", "-q", "-j", "2", "--invalidation-mode",
+           "unchecked-hash", *map(str, dirs)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:  # a file that does not compile stays source-only
+        log.warning("compileall: %s", (proc.stdout + proc.stderr).strip()[-500:])
+    return True
+
+
 def site_packages(runtime: Path) -> Path:
     """The runtime's site-packages directory."""
     return runtime / "lib" / f"python{PYTHON_VERSION}" / "site-packages"

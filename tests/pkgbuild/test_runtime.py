@@ -135,6 +135,10 @@ def test_payload_with_runtime_has_cp311_wheels_in_its_site_packages(
         assert (site / module).is_dir(), module
     backends = sorted(p.name for p in site.glob("_cffi_backend.*.so"))
     assert backends == ["_cffi_backend.cpython-311-x86_64-linux-gnu.so"]
+    # bytecode ships precompiled (hash-based: packaging mtimes cannot make it stale)
+    pyc = root / "runtime/lib/python3.11/__pycache__/os.cpython-311.pyc"
+    assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01  # flags: hash, unchecked
+    assert (root / "lib/agent/__pycache__").is_dir()
     # lib/ holds only our code: the wheels live in the runtime
     assert sorted(p.name for p in (root / "lib").iterdir()) == [
         "agent", "common", "installer", "updater"
