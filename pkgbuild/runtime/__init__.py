@@ -10,6 +10,8 @@ $XDG_CACHE_HOME/aliyun-assist-build), which is machine-wide so a fresh clone reu
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,8 +151,26 @@ def is_complete(build: Path) -> bool:
     return (build / "BUILD-INFO.json").is_file() and (build / "bin" / "python3").exists()
 
 
+def find_runtime(arch: str, root: Path | None = None) -> Path:
+    """The cached runtime for `arch`; a missing one is an error that names the command to run."""
+    recipe = make_recipe(arch, zig_version(zig_command()))
+    root = root or cache_root()
+    build = cached_build(recipe, root)
+    if not is_complete(build):
+        raise LocalStateError(
+            f"no {arch} runtime for recipe {recipe.digest()} in {root}",
+            hint="build it once per machine with `make runtime` (about half an hour) or "
+            "--build-runtime, or build without it: --no-runtime",
+        )
+    return build
+
+
 def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
-    """Return a built runtime for `arch`, building it (tens of minutes) if the cache lacks it."""
+    """Return a built runtime for `arch`, building it (tens of minutes) if the cache lacks it.
+
+    One build per recipe at a time: a second caller waits on the recipe's lock file and then
+    takes the finished build (two builds in one work directory would corrupt each other).
+    """
     zig = zig_command()
     recipe = make_recipe(arch, zig_version(zig))
     root = root or cache_root()
@@ -158,8 +178,33 @@ def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
     if is_complete(build):
         log.info("runtime %s from cache %s", recipe.digest(), build)
         return build
-    log.warning("building the %s runtime %s (first build: tens of minutes)", arch, recipe.digest())
     root.mkdir(parents=True, exist_ok=True)
+    with _recipe_lock(root / f".lock-{arch}-{recipe.digest()}"):
+        if is_complete(build):  # another process built it while we waited
+            return build
+        _build_into(recipe, zig, root, build, jobs)
+    return build
+
+
+@contextlib.contextmanager
+def _recipe_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`, waited for (logging that we wait)."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building this runtime; waiting for it (%s)", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_into(recipe: Recipe, zig: Path, root: Path, build: Path, jobs: int) -> None:
+    """Fetch the sources, run the build script, and move the result into place atomically."""
+    arch = recipe.arch
+    log.warning("building the %s runtime %s (first build: tens of minutes)", arch, recipe.digest())
     sources = fetch_sources(root / "src", recipe.sources)
     # the work directory outlives a failed or killed build: the next run resumes from its stamps
     work = root / f"work-{arch}-{recipe.digest()}"
@@ -180,7 +225,6 @@ def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
         os.replace(out, build)
     shutil.rmtree(work, ignore_errors=True)
     log.info("runtime %s built in %ss into %s", recipe.digest(), info["build_seconds"], build)
-    return build
 
 
 def fetch_sources(dest: Path, sources: Mapping[str, str]) -> Path:

@@ -176,3 +176,34 @@ def test_launcher_runs_the_payload_runtime_isolated_without_any_python_on_path(
     assert "usage:" in proc.stdout
     argv = record.read_text().splitlines()
     assert argv[:2] == ["-I", "-c"] and argv[3:5] == [str(root / "lib"), "agent.cli"]
+
+
+def test_missing_runtime_is_an_error_naming_make_runtime_not_a_silent_build(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(runtime.LocalStateError) as info:
+        runtime.find_runtime("x86_64", tmp_path)
+    assert "make runtime" in (info.value.hint or "") and "--no-runtime" in (info.value.hint or "")
+    assert list(tmp_path.iterdir()) == []  # nothing fetched, nothing built
+
+
+def test_a_second_builder_waits_for_the_first_and_takes_its_result(tmp_path: Path) -> None:
+    """Two builds in one work directory corrupt each other: the second waits on the lock."""
+    import fcntl
+    import threading
+
+    recipe = runtime.make_recipe("x86_64", runtime.zig_version(runtime.zig_command()))
+    results: list[Path] = []
+    lock = tmp_path / f".lock-x86_64-{recipe.digest()}"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # "the first builder"
+        waiter = threading.Thread(target=lambda: results.append(runtime.ensure_runtime(
+            "x86_64", tmp_path)))  # fmt: skip
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive(), "the second builder must wait for the lock"
+        build = stand_in_build(tmp_path)  # the first builder finishes
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(timeout=60)
+    assert results == [build]
+    assert not (tmp_path / "src").exists()  # it fetched nothing and built nothing itself
