@@ -208,6 +208,9 @@ def _build_into(recipe: Recipe, zig: Path, root: Path, build: Path, jobs: int) -
     sources = fetch_sources(root / "src", recipe.sources)
     # the work directory outlives a failed or killed build: the next run resumes from its stamps
     work = root / f"work-{arch}-{recipe.digest()}"
+    # finished stages live on in work/deps; an unfinished one (killed mid-compile, its objects
+    # maybe truncated) must start from fresh sources, so no old build tree is kept
+    shutil.rmtree(work / "build", ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f"runtime-{arch}-", dir=root) as tmp:
         out = Path(tmp) / "out"
         started = time.monotonic()
