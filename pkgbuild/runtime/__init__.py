@@ -50,7 +50,7 @@ ZIG_TARGETS = {
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build-runtime.sh"
 # Autoconf answers that a cross build cannot find out by running a test program on the build host.
 CROSS_ENV: Mapping[str, Mapping[str, str]] = {
-    "aarch64": {"ac_cv_buggy_getaddrinfo": "no", "READELF": "readelf"},
+    "aarch64": {"ac_cv_buggy_getaddrinfo": "no", "READELF": "/usr/bin/readelf"},
 }
 # What the agent never needs: dropped when a build is copied into a payload.
 STRIPPED_DIRS = frozenset(

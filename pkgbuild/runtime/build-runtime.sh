@@ -35,8 +35,9 @@ CC=$TOOLS/zcc
 AR=$TOOLS/zar
 RANLIB=$TOOLS/zranlib
 # -O2 also turns off the UBSan that zig cc enables in unoptimised builds. Clang 16+ makes implicit
-# declarations errors: older sources (and their configure probes) still rely on them.
-CFLAGS="-O2 -fPIC -fno-sanitize=undefined -Wno-error=implicit-function-declaration -Wno-error=int-conversion -Wno-deprecated-non-prototype"
+# declarations errors: older sources (and their configure probes) still rely on them. zig cc
+# makes __DATE__/__TIME__ an error (reproducible builds); CPython's build info uses them.
+CFLAGS="-O2 -fPIC -fno-sanitize=undefined -Wno-error=implicit-function-declaration -Wno-error=int-conversion -Wno-deprecated-non-prototype -Wno-date-time"
 export CC AR RANLIB CFLAGS
 export PKG_CONFIG_LIBDIR=$DEPS/lib/pkgconfig PKG_CONFIG_PATH=
 HOSTARG=""
