@@ -215,6 +215,7 @@ def _build_into(recipe: Recipe, zig: Path, root: Path, build: Path, jobs: int) -
         out = Path(tmp) / "out"
         started = time.monotonic()
         run_build(recipe, zig, sources, work, out, jobs)
+        smoke_test(out, arch)
         info = {
             "recipe": recipe.digest(),
             "arch": arch,
@@ -228,6 +229,26 @@ def _build_into(recipe: Recipe, zig: Path, root: Path, build: Path, jobs: int) -
         os.replace(out, build)
     shutil.rmtree(work, ignore_errors=True)
     log.info("runtime %s built in %ss into %s", recipe.digest(), info["build_seconds"], build)
+
+
+SMOKE_IMPORTS = "import ssl, sqlite3, ctypes, lzma, bz2, zlib, hashlib, _decimal"
+
+
+def smoke_test(build: Path, arch: str) -> None:
+    """A build this host can run must import its C extension modules, or it is not cached."""
+    if arch != os.uname().machine:
+        return  # a cross build is smoke-run under qemu by tests/pkgbuild/test_runtime_built.py
+    proc = subprocess.run(
+        [str(interpreter(build)), "-I", "-c", SMOKE_IMPORTS],
+        capture_output=True, text=True, env={}, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise ToolError(
+            f"the {arch} runtime build cannot import its extension modules: "
+            f"{lines[-1] if lines else proc.returncode}",
+            hint="see the build log; the broken build was not cached",
+        )
 
 
 def fetch_sources(dest: Path, sources: Mapping[str, str]) -> Path:

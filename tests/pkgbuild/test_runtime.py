@@ -7,6 +7,7 @@ cached one. Here a stand-in build tree in a temporary cache checks the cache and
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -207,3 +208,16 @@ def test_a_second_builder_waits_for_the_first_and_takes_its_result(tmp_path: Pat
     waiter.join(timeout=60)
     assert results == [build]
     assert not (tmp_path / "src").exists()  # it fetched nothing and built nothing itself
+
+
+def test_a_build_without_its_extension_modules_is_refused(tmp_path: Path) -> None:
+    """Seen for real: a CPython whose lib-dynload came out empty must not enter the cache."""
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "python3"
+    python.write_text(
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named '_ssl'\" >&2\nexit 1\n"
+    )
+    python.chmod(0o755)
+    with pytest.raises(runtime.ToolError, match="No module named '_ssl'"):
+        runtime.smoke_test(tmp_path, os.uname().machine)
+    runtime.smoke_test(tmp_path, "riscv64")  # a cross build is checked under qemu instead
