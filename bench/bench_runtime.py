@@ -11,12 +11,16 @@ prints one JSON line per figure (medians of BENCH_RUNTIME_RUNS interleaved runs,
   saying connected, against a real assist-server on loopback. Target: ratio <= 1.1.
 - runtime_idle_rss: RSS of the connected, idle agent after BENCH_RUNTIME_IDLE seconds (default
   10). Target: <= 35 MiB.
+- runtime_apply: `current/bin/assist-update apply` from 1.0.0 to 1.1.0 (TUF refresh from a
+  loopback repository, download, checked unpack, swap, restart of the real agent, health) with
+  settle 0, the updater itself running on each side's interpreter.
 
-Needs the cached runtime (`make runtime`). Apply time is not measured here yet.
+Needs the cached runtime (`make runtime`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +35,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # httpserver.StaticServer
 
 from bench.figures import emit, median_figure  # noqa: E402
 
@@ -42,11 +47,13 @@ IDLE_CONFIG = (
 MB = 1000 * 1000
 
 
-def build(keys: Path, out: Path, *extra: str) -> dict[str, Path]:
-    """assist-pkgbuild build of 1.0.0 for this arch; {format: path}."""
+def build(
+    keys: Path, out: Path, *extra: str, version: str = "1.0.0", formats: str = "deb,rpm,tar.gz"
+) -> dict[str, Path]:
+    """assist-pkgbuild build of `version` for this arch; {format: path}."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pkgbuild.cli", "build", "--version", "1.0.0", "--keys", str(keys),
-         "--formats", "deb,rpm,tar.gz", "--out", str(out), "--json", *extra],
+        [sys.executable, "-m", "pkgbuild.cli", "build", "--version", version, "--keys", str(keys),
+         "--formats", formats, "--out", str(out), "--json", *extra],
         capture_output=True, text=True, cwd=REPO_ROOT, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -67,9 +74,45 @@ def install_tarball(tarball: Path, prefix: Path) -> Path:
 def launcher_env(baseline: bool) -> dict[str, str]:
     """What a service manager gives the agent; the baseline names the VM's python3."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
-    if baseline:
-        env["ASSIST_PYTHON"] = SYSTEM_PYTHON
+    env["ALIYUN_ASSIST_REGION"] = "bench-local"  # loopback only: no metadata service
+    if baseline:  # also for the agent that the updater's process manager restarts
+        env["ASSIST_PYTHON"] = env["ALIYUN_ASSIST_PYTHON"] = SYSTEM_PYTHON
     return env
+
+
+def publish(keys: Path, repo: Path, artifacts: list[Path]) -> None:
+    """A signed repository with these artifacts."""
+    for args in (["init"], ["publish", *map(str, artifacts)]):
+        subprocess.run(
+            [sys.executable, "-m", "pkgbuild.cli", args[0], "--repo", str(repo), "--keys",
+             str(keys), *args[1:]],
+            check=True, capture_output=True, cwd=REPO_ROOT,
+        )  # fmt: skip
+
+
+def time_apply(tarball: Path, prefix: Path, server: object, baseline: bool, mirror: str,
+               keys: Path) -> float:  # fmt: skip
+    """Install 1.0.0, start it, then time its own assist-update apply to 1.1.0."""
+    agent = install_tarball(tarball, prefix)
+    register(agent, prefix, server, baseline)
+    running = start_to_healthy(agent, prefix, baseline)
+    (prefix / "state" / "agent.pid").write_text(f"{running.pid}\n")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(prefix / "current" / "bin" / "assist-update"), "apply", "--prefix", str(prefix),
+         "--mirror", mirror, "--trust-root", str(keys / "root.json"), "--settle", "0",
+         "--service", "process", "--version", "1.1.0"],
+        env=launcher_env(baseline), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    with contextlib.suppress(ProcessLookupError):
+        stop(running)  # the updater stopped it already: this only reaps it
+    from common.service import ProcessManager
+
+    ProcessManager(prefix).stop()
+    if done.returncode != 0 or os.readlink(prefix / "current") != "versions/1.1.0":
+        raise SystemExit(f"apply failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    return elapsed
 
 
 def register(agent: Path, prefix: Path, server: object, baseline: bool) -> None:
@@ -158,6 +201,27 @@ def main() -> None:
                     rss[name].append(rss_mib(proc.pid))
                 stop(proc)
         median_figure("runtime_start_to_healthy", times["ours"], times["base"], "<= 1.1")
+        applies: dict[str, list[float]] = {"ours": [], "base": []}
+        mirrors = {}
+        for name, extra in (("ours", ()), ("base", ("--no-runtime",))):
+            new = build(keys, tmp / f"{name}-new", *extra, version="1.1.0", formats="tar.gz")
+            repo = tmp / f"repo-{name}"
+            publish(keys, repo, [(ours if name == "ours" else base)["tar.gz"], new["tar.gz"]])
+            mirrors[name] = repo
+        from httpserver import StaticServer
+
+        with (
+            StaticServer(mirrors["ours"]) as ours_mirror,
+            StaticServer(mirrors["base"]) as base_mirror,
+        ):
+            for run in range(max(1, runs // 2)):
+                for name, mirror in (("ours", ours_mirror), ("base", base_mirror)):
+                    side = ours if name == "ours" else base
+                    applies[name].append(time_apply(
+                        side["tar.gz"], tmp / f"apply-{name}-{run}", server, name == "base",
+                        mirror.url, keys,
+                    ))  # fmt: skip
+        median_figure("runtime_apply", applies["ours"], applies["base"], "informational")
         rss_ours, rss_base = statistics.median(rss["ours"]), statistics.median(rss["base"])
         emit(
             "runtime_idle_rss", round(rss_ours, 1), round(rss_base, 1), "MiB", "ours <= 35 MiB",

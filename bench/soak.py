@@ -283,7 +283,7 @@ class Soak:
     def set_up_releases(self) -> None:
         """Three signed releases published to an origin, synced to the regional mirror."""
         vendor = (
-            ["--wheel-cache", str(WHEEL_CACHE)]
+            ["--wheel-cache", str(WHEEL_CACHE), "--no-runtime"]  # agents run on this python
             if any(WHEEL_CACHE.glob("*.whl"))
             else ["--no-vendor"]
         )

@@ -145,7 +145,9 @@ def step_server(demo: Demo) -> str:
 
 def build_args(version: str) -> list[str]:
     vendor = (
-        ["--wheel-cache", str(WHEEL_CACHE)] if any(WHEEL_CACHE.glob("*.whl")) else ["--no-vendor"]
+        ["--wheel-cache", str(WHEEL_CACHE), "--no-runtime"]  # the demo runs agents on this python
+        if any(WHEEL_CACHE.glob("*.whl"))
+        else ["--no-vendor"]
     )
     return ["--version", version, *vendor]
 

@@ -112,6 +112,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         wheel_cache=Path(args.wheel_cache) if args.wheel_cache else None,
         with_runtime=not args.no_runtime,
         runtime_cache=Path(args.runtime_cache) if args.runtime_cache else None,
+        build_runtime=args.build_runtime,
         windows_runtime=Path(args.windows_runtime) if args.windows_runtime else None,
     )
     built = build_artifacts(request)
@@ -228,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-runtime",
         action="store_true",
         help="Linux: vendor the wheels for the VM's python3 instead of shipping our own CPython",
+    )
+    p.add_argument(
+        "--build-runtime",
+        action="store_true",
+        help="build the runtime if the cache lacks it (tens of minutes; `make runtime` does it)",
     )
     p.add_argument(
         "--runtime-cache",

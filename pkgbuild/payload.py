@@ -146,6 +146,8 @@ def _ship_runtime(spec: PayloadSpec, dest: Path) -> None:
         site = runtime.site_packages(dest)
     if spec.vendor:
         wheels.vendor_wheels(site, spec.target, spec.wheel_cache, pythons=(python,))
+    if not spec.target.startswith("windows"):
+        runtime.compile_bytecode([dest / "lib", dest.parent / "lib"])
 
 
 def _build_plain_payload(spec: PayloadSpec, dest: Path) -> Path:

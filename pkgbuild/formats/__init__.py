@@ -59,6 +59,7 @@ class BuildRequest:
     # The agent's own CPython (docs/runtime.md): on for Linux unless --no-runtime or --no-vendor.
     with_runtime: bool = True
     runtime_cache: Path | None = None  # default: pkgbuild.runtime.cache_root()
+    build_runtime: bool = False  # build a missing runtime (tens of minutes) instead of failing
     windows_runtime: Path | None = None  # the official CPython embeddable zip
 
 
@@ -255,11 +256,13 @@ def _runtime_for(request: BuildRequest, arch: str, os_name: str) -> Path | None:
     if not request.with_runtime:
         return None
     from pkgbuild import wheels
-    from pkgbuild.runtime import PYTHON_VERSION, ensure_runtime
+    from pkgbuild.runtime import PYTHON_VERSION, ensure_runtime, find_runtime
 
     # A wheel cache gap is found in a second, before a runtime build that can take half an hour.
     wheels.cached_wheels(f"{os_name}-{arch}", request.wheel_cache, pythons=(PYTHON_VERSION,))
-    return ensure_runtime(arch, request.runtime_cache)
+    if request.build_runtime:
+        return ensure_runtime(arch, request.runtime_cache)
+    return find_runtime(arch, request.runtime_cache)
 
 
 def _publish_file(staged: Path, dest: Path, request: BuildRequest, arch: str, fmt: str) -> Artifact:

@@ -10,6 +10,8 @@ $XDG_CACHE_HOME/aliyun-assist-build), which is machine-wide so a fresh clone reu
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,7 @@ ZIG_TARGETS = {
 BUILD_SCRIPT = Path(__file__).resolve().parent / "build-runtime.sh"
 # Autoconf answers that a cross build cannot find out by running a test program on the build host.
 CROSS_ENV: Mapping[str, Mapping[str, str]] = {
-    "aarch64": {"ac_cv_buggy_getaddrinfo": "no"},
+    "aarch64": {"ac_cv_buggy_getaddrinfo": "no", "READELF": "/usr/bin/readelf"},
 }
 # What the agent never needs: dropped when a build is copied into a payload.
 STRIPPED_DIRS = frozenset(
@@ -149,8 +151,26 @@ def is_complete(build: Path) -> bool:
     return (build / "BUILD-INFO.json").is_file() and (build / "bin" / "python3").exists()
 
 
+def find_runtime(arch: str, root: Path | None = None) -> Path:
+    """The cached runtime for `arch`; a missing one is an error that names the command to run."""
+    recipe = make_recipe(arch, zig_version(zig_command()))
+    root = root or cache_root()
+    build = cached_build(recipe, root)
+    if not is_complete(build):
+        raise LocalStateError(
+            f"no {arch} runtime for recipe {recipe.digest()} in {root}",
+            hint="build it once per machine with `make runtime` (about half an hour) or "
+            "--build-runtime, or build without it: --no-runtime",
+        )
+    return build
+
+
 def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
-    """Return a built runtime for `arch`, building it (tens of minutes) if the cache lacks it."""
+    """Return a built runtime for `arch`, building it (tens of minutes) if the cache lacks it.
+
+    One build per recipe at a time: a second caller waits on the recipe's lock file and then
+    takes the finished build (two builds in one work directory would corrupt each other).
+    """
     zig = zig_command()
     recipe = make_recipe(arch, zig_version(zig))
     root = root or cache_root()
@@ -158,15 +178,44 @@ def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
     if is_complete(build):
         log.info("runtime %s from cache %s", recipe.digest(), build)
         return build
-    log.warning("building the %s runtime %s (first build: tens of minutes)", arch, recipe.digest())
     root.mkdir(parents=True, exist_ok=True)
+    with _recipe_lock(root / f".lock-{arch}-{recipe.digest()}"):
+        if is_complete(build):  # another process built it while we waited
+            return build
+        _build_into(recipe, zig, root, build, jobs)
+    return build
+
+
+@contextlib.contextmanager
+def _recipe_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`, waited for (logging that we wait)."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building this runtime; waiting for it (%s)", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_into(recipe: Recipe, zig: Path, root: Path, build: Path, jobs: int) -> None:
+    """Fetch the sources, run the build script, and move the result into place atomically."""
+    arch = recipe.arch
+    log.warning("building the %s runtime %s (first build: tens of minutes)", arch, recipe.digest())
     sources = fetch_sources(root / "src", recipe.sources)
     # the work directory outlives a failed or killed build: the next run resumes from its stamps
     work = root / f"work-{arch}-{recipe.digest()}"
+    # finished stages live on in work/deps; an unfinished one (killed mid-compile, its objects
+    # maybe truncated) must start from fresh sources, so no old build tree is kept
+    shutil.rmtree(work / "build", ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f"runtime-{arch}-", dir=root) as tmp:
         out = Path(tmp) / "out"
         started = time.monotonic()
         run_build(recipe, zig, sources, work, out, jobs)
+        smoke_test(out, arch)
         info = {
             "recipe": recipe.digest(),
             "arch": arch,
@@ -180,7 +229,26 @@ def ensure_runtime(arch: str, root: Path | None = None, jobs: int = 2) -> Path:
         os.replace(out, build)
     shutil.rmtree(work, ignore_errors=True)
     log.info("runtime %s built in %ss into %s", recipe.digest(), info["build_seconds"], build)
-    return build
+
+
+SMOKE_IMPORTS = "import ssl, sqlite3, ctypes, lzma, bz2, zlib, hashlib, _decimal"
+
+
+def smoke_test(build: Path, arch: str) -> None:
+    """A build this host can run must import its C extension modules, or it is not cached."""
+    if arch != os.uname().machine:
+        return  # a cross build is smoke-run under qemu by tests/pkgbuild/test_runtime_built.py
+    proc = subprocess.run(
+        [str(interpreter(build)), "-I", "-c", SMOKE_IMPORTS],
+        capture_output=True, text=True, env={}, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise ToolError(
+            f"the {arch} runtime build cannot import its extension modules: "
+            f"{lines[-1] if lines else proc.returncode}",
+            hint="see the build log; the broken build was not cached",
+        )
 
 
 def fetch_sources(dest: Path, sources: Mapping[str, str]) -> Path:
@@ -263,6 +331,25 @@ def copy_runtime(build: Path, dest: Path) -> None:
                 os.symlink(os.readlink(src), target_dir / name)
             else:
                 shutil.copy2(src, target_dir / name)
+
+
+def compile_bytecode(dirs: list[Path]) -> bool:
+    """Precompile .pyc (unchecked-hash: packaging mtimes do not matter) so that the agent does
+    not compile the stdlib at every start on a read-only or unprivileged install.
+
+    Uses this interpreter, which must be the runtime's minor version (one bytecode format per
+    minor); returns False (and compiles nothing) otherwise.
+    """
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON_VERSION:
+        log.warning("not precompiling: this is Python %s.%s, the runtime %s",
+                    sys.version_info.major, sys.version_info.minor, PYTHON_VERSION)  # fmt: skip
+        return False
+    cmd = [sys.executable, "-m", "compileall", "-q", "-j", "2", "--invalidation-mode",
+           "unchecked-hash", *map(str, dirs)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:  # a file that does not compile stays source-only
+        log.warning("compileall: %s", (proc.stdout + proc.stderr).strip()[-500:])
+    return True
 
 
 def site_packages(runtime: Path) -> Path:

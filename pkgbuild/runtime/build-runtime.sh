@@ -31,12 +31,20 @@ for t in cc:cc ar:ar ranlib:ranlib; do
     printf '#!/bin/sh\nexec %s %s %s "$@"\n' "$ZIG" "$sub" "$extra" > "$TOOLS/z$name"
     chmod +x "$TOOLS/z$name"
 done
+# CPython's setup.py asks `$CC -print-multiarch` and dpkg-architecture for the host's multiarch
+# directories and adds /usr/include/x86_64-linux-gnu: the host's glibc headers then clash with
+# zig's glibc 2.17 ones and every extension module fails (an empty lib-dynload). Answer nothing.
+printf '#!/bin/sh\ncase " $* " in *" -print-multiarch "*) exit 0 ;; esac\nexec %s cc -target %s "$@"\n' \
+    "$ZIG" "$TARGET" > "$TOOLS/zcc"
+printf '#!/bin/sh\nexit 1\n' > "$TOOLS/dpkg-architecture"
+chmod +x "$TOOLS/zcc" "$TOOLS/dpkg-architecture"
 CC=$TOOLS/zcc
 AR=$TOOLS/zar
 RANLIB=$TOOLS/zranlib
 # -O2 also turns off the UBSan that zig cc enables in unoptimised builds. Clang 16+ makes implicit
-# declarations errors: older sources (and their configure probes) still rely on them.
-CFLAGS="-O2 -fPIC -fno-sanitize=undefined -Wno-error=implicit-function-declaration -Wno-error=int-conversion -Wno-deprecated-non-prototype"
+# declarations errors: older sources (and their configure probes) still rely on them. zig cc
+# makes __DATE__/__TIME__ an error (reproducible builds); CPython's build info uses them.
+CFLAGS="-O2 -fPIC -fno-sanitize=undefined -Wno-error=implicit-function-declaration -Wno-error=int-conversion -Wno-deprecated-non-prototype -Wno-date-time"
 export CC AR RANLIB CFLAGS
 export PKG_CONFIG_LIBDIR=$DEPS/lib/pkgconfig PKG_CONFIG_PATH=
 HOSTARG=""
@@ -144,9 +152,14 @@ ZLIB_CFLAGS="-I$DEPS/include" ZLIB_LIBS="-L$DEPS/lib -lz" \
 ./configure $HOSTARG $BUILDPY --prefix=/opt/aliyun-assist-runtime --disable-shared \
     --disable-test-modules --without-ensurepip --with-openssl="$DEPS" \
     --without-readline --with-builtin-hashlib-hashes=md5,sha1,sha256,sha512,sha3,blake2 >/dev/null
-make -j"$JOBS" >/dev/null
+# setup.py in cross mode even for a native target: no /usr/include or /usr/local of the host
+if [ -z "$HOSTARG" ]; then
+    export _PYTHON_HOST_PLATFORM="linux-$ARCH"
+    export _PYTHON_SYSCONFIGDATA_NAME="_sysconfigdata__linux_$ARCH-linux-gnu"
+fi
+PATH="$TOOLS:$PATH" make -j"$JOBS" >/dev/null
 rm -rf "$WORK/install"
-make install DESTDIR="$WORK/install" >/dev/null
+PATH="$TOOLS:$PATH" make install DESTDIR="$WORK/install" >/dev/null
 stamp cpython
 fi
 cp -a "$WORK/install/opt/aliyun-assist-runtime" "$OUT"

@@ -34,9 +34,21 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(scope="module")
+def keydir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Release keys (keygen once for this module)."""
+    from pkgbuild.keys import generate_keys, stop_gpg_agent
+
+    path = tmp_path_factory.mktemp("keys") / "keys"
+    generate_keys(path)
+    yield path
+    stop_gpg_agent(path)
+
+
 @pytest.fixture
 def vm(tmp_path: Path) -> Iterator[Path]:
     """A fresh copy of the cached python-less Debian 11 root with /proc mounted."""
+    require_runtime("x86_64")
     cached = require_bullseye_root()
     root = tmp_path / "vm"
     subprocess.run(["cp", "-a", str(cached), str(root)], check=True)

@@ -7,6 +7,7 @@ cached one. Here a stand-in build tree in a temporary cache checks the cache and
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -135,6 +136,10 @@ def test_payload_with_runtime_has_cp311_wheels_in_its_site_packages(
         assert (site / module).is_dir(), module
     backends = sorted(p.name for p in site.glob("_cffi_backend.*.so"))
     assert backends == ["_cffi_backend.cpython-311-x86_64-linux-gnu.so"]
+    # bytecode ships precompiled (hash-based: packaging mtimes cannot make it stale)
+    pyc = root / "runtime/lib/python3.11/__pycache__/os.cpython-311.pyc"
+    assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01  # flags: hash, unchecked
+    assert (root / "lib/agent/__pycache__").is_dir()
     # lib/ holds only our code: the wheels live in the runtime
     assert sorted(p.name for p in (root / "lib").iterdir()) == [
         "agent", "common", "installer", "updater"
@@ -172,3 +177,47 @@ def test_launcher_runs_the_payload_runtime_isolated_without_any_python_on_path(
     assert "usage:" in proc.stdout
     argv = record.read_text().splitlines()
     assert argv[:2] == ["-I", "-c"] and argv[3:5] == [str(root / "lib"), "agent.cli"]
+
+
+def test_missing_runtime_is_an_error_naming_make_runtime_not_a_silent_build(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(runtime.LocalStateError) as info:
+        runtime.find_runtime("x86_64", tmp_path)
+    assert "make runtime" in (info.value.hint or "") and "--no-runtime" in (info.value.hint or "")
+    assert list(tmp_path.iterdir()) == []  # nothing fetched, nothing built
+
+
+def test_a_second_builder_waits_for_the_first_and_takes_its_result(tmp_path: Path) -> None:
+    """Two builds in one work directory corrupt each other: the second waits on the lock."""
+    import fcntl
+    import threading
+
+    recipe = runtime.make_recipe("x86_64", runtime.zig_version(runtime.zig_command()))
+    results: list[Path] = []
+    lock = tmp_path / f".lock-x86_64-{recipe.digest()}"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # "the first builder"
+        waiter = threading.Thread(target=lambda: results.append(runtime.ensure_runtime(
+            "x86_64", tmp_path)))  # fmt: skip
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive(), "the second builder must wait for the lock"
+        build = stand_in_build(tmp_path)  # the first builder finishes
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(timeout=60)
+    assert results == [build]
+    assert not (tmp_path / "src").exists()  # it fetched nothing and built nothing itself
+
+
+def test_a_build_without_its_extension_modules_is_refused(tmp_path: Path) -> None:
+    """Seen for real: a CPython whose lib-dynload came out empty must not enter the cache."""
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "python3"
+    python.write_text(
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named '_ssl'\" >&2\nexit 1\n"
+    )
+    python.chmod(0o755)
+    with pytest.raises(runtime.ToolError, match="No module named '_ssl'"):
+        runtime.smoke_test(tmp_path, os.uname().machine)
+    runtime.smoke_test(tmp_path, "riscv64")  # a cross build is checked under qemu instead
