@@ -19,6 +19,7 @@ from agent.daemon import Agent, AgentOptions
 from agent.identity import Identity, generate_key, save_identity
 from agent.power import RecordingPower
 from agent.schedule import Boot
+from agent.servertrust import ServerTrust, save_server_trust
 from common.config import Config
 
 
@@ -32,8 +33,12 @@ def register(server_url: str, activation: tuple[str, str], state_dir: Path) -> I
     """Register a fresh key and save the identity like `assist-agent register` does."""
     key = generate_key()
     client = AgentClient(server_url, None)
-    instance = client.register(activation[0], activation[1], Identity("", key).public_key_b64())
-    identity = Identity(instance, key, client.server)
+    instance, server_key = client.register(
+        activation[0], activation[1], Identity("", key).public_key_b64()
+    )
+    trust = ServerTrust([server_key], "registration", state_dir)
+    save_server_trust(state_dir, trust)
+    identity = Identity(instance, key, client.server, trust)
     save_identity(state_dir, identity)
     return identity
 
