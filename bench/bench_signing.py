@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -111,10 +112,11 @@ async def setup(port: int, key_id: str, secret: str) -> tuple[Fleet, str]:
 async def measure(ports: dict[str, tuple[int, str, str]]) -> dict[str, dict[str, list[float]]]:
     fleets = {name: await setup(*args) for name, args in ports.items()}
     figures: dict[str, dict[str, list[float]]] = {n: {"p99": [], "ingest": []} for n in ports}
-    for _ in range(ROUNDS):
+    for round_no in range(ROUNDS):
         for name, (fleet, command_id) in fleets.items():  # alternate before / after
             figures[name]["p99"].append(percentile(await fanout_round(fleet, command_id), 0.99))
             figures[name]["ingest"].append(await ingest_round(fleet, command_id))
+            print(f"round {round_no + 1} {name} done", file=sys.stderr, flush=True)
     return figures
 
 
@@ -139,6 +141,8 @@ def agent_verify_cost() -> tuple[list[float], list[float]]:
 
 
 def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     tmp = Path(tempfile.mkdtemp(prefix="bench-signing-"))
     baseline = unpack_baseline(tmp)
     procs = []
