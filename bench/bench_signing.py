@@ -112,11 +112,15 @@ async def setup(port: int, key_id: str, secret: str) -> tuple[Fleet, str]:
 async def measure(ports: dict[str, tuple[int, str, str]]) -> dict[str, dict[str, list[float]]]:
     fleets = {name: await setup(*args) for name, args in ports.items()}
     figures: dict[str, dict[str, list[float]]] = {n: {"p99": [], "ingest": []} for n in ports}
+    # fan-out rounds first: an ingestion round leaves task events queued for every agent
     for round_no in range(ROUNDS):
         for name, (fleet, command_id) in fleets.items():  # alternate before / after
             figures[name]["p99"].append(percentile(await fanout_round(fleet, command_id), 0.99))
+            print(f"fan-out round {round_no + 1} {name} done", file=sys.stderr, flush=True)
+    for round_no in range(ROUNDS):
+        for name, (fleet, command_id) in fleets.items():
             figures[name]["ingest"].append(await ingest_round(fleet, command_id))
-            print(f"round {round_no + 1} {name} done", file=sys.stderr, flush=True)
+            print(f"ingest round {round_no + 1} {name} done", file=sys.stderr, flush=True)
     return figures
 
 
