@@ -114,11 +114,17 @@ async def measure(ports: dict[str, tuple[int, str, str]]) -> dict[str, dict[str,
     figures: dict[str, dict[str, list[float]]] = {n: {"p99": [], "ingest": []} for n in ports}
     # fan-out rounds first: an ingestion round leaves task events queued for every agent
     for round_no in range(ROUNDS):
-        for name, (fleet, command_id) in fleets.items():  # alternate before / after
+        order = list(fleets.items())
+        if round_no % 2:
+            order.reverse()
+        for name, (fleet, command_id) in order:  # alternate before / after
             figures[name]["p99"].append(percentile(await fanout_round(fleet, command_id), 0.99))
             print(f"fan-out round {round_no + 1} {name} done", file=sys.stderr, flush=True)
     for round_no in range(ROUNDS):
-        for name, (fleet, command_id) in fleets.items():
+        order = list(fleets.items())
+        if round_no % 2:  # who goes first alternates: the first one's upkeep must not bias
+            order.reverse()
+        for name, (fleet, command_id) in order:
             figures[name]["ingest"].append(await ingest_round(fleet, command_id))
             print(f"ingest round {round_no + 1} {name} done", file=sys.stderr, flush=True)
     return figures
