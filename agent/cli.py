@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument("--config", help="config file (default <prefix>/config/assist.toml)")
     reg.add_argument("--force", action="store_true", help="replace an existing registration")
+    reg.add_argument(
+        "--server-key",
+        default="",
+        help="pin this control-plane key (from `assist-server key show`) instead of taking the"
+        " one the server proves with the activation code",
+    )
+    reg.add_argument(
+        "--ca-file", default="", help="PEM CA an https server must chain to (a private CA)"
+    )
     reg.add_argument("--json", action="store_true")
     add_common_options(reg)
 
@@ -70,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
     run.add_argument("--config", help="assist.toml (default: PREFIX/config/assist.toml)")
     add_common_options(run)
+
+    pin = sub.add_parser(
+        "trust-server-key", help="pin the control-plane key of an already registered agent"
+    )
+    pin.add_argument("server_key", metavar="KEY", help="from `assist-server key show`")
+    pin.add_argument("--prefix")
+    pin.add_argument("--config")
+    add_common_options(pin)
 
     status = sub.add_parser("status", help="show whether the agent runs and is connected")
     status.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
@@ -131,8 +148,8 @@ def read_activation_code(
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    """Exchange the activation for an instance id and keep the key under state/."""
-    from agent.client import AgentClient
+    """Exchange the activation for an instance id and keep the keys under state/."""
+    from agent.client import AgentClient, warn_plain_http
     from agent.identity import (
         Identity,
         NotRegisteredError,
@@ -140,6 +157,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         load_identity,
         save_identity,
     )
+    from agent.servertrust import ServerTrust, parse_server_key, save_server_trust
     from common.version import agent_version
 
     restrict_umask()
@@ -154,22 +172,41 @@ def cmd_register(args: argparse.Namespace) -> int:
             hint="pass --force to register again (the old identity is replaced)",
         )
     code = read_activation_code(args.activation_code, os.environ)
+    pinned = parse_server_key(args.server_key) if args.server_key else ""
     key = generate_key()
-    client = AgentClient(args.server, None)
+    client = AgentClient(args.server, None, ca_file=args.ca_file or config.agent.ca_file)
+    warn_plain_http(client.server)
     public = Identity("", key).public_key_b64()
-    instance_id = client.register(
+    instance_id, server_key = client.register(
         args.activation_id,
         code,
         public,
         instance_name=args.instance_name,
         instance_id=args.instance_id,
         agent_version=agent_version(),
+        server_key=pinned,
     )
+    source = "operator" if pinned else "registration"
+    save_server_trust(config.state_dir, ServerTrust([server_key], source))
     save_identity(config.state_dir, Identity(instance_id, key, client.server))
     if args.json:
         print_json({"instance_id": instance_id, "server": client.server})
     else:
         print(instance_id)
+    return 0
+
+
+def cmd_trust_server_key(args: argparse.Namespace) -> int:
+    """Pin the control-plane key given out of band (the upgrade path without first use)."""
+    from agent.identity import load_identity
+    from agent.servertrust import ServerTrust, parse_server_key, save_server_trust
+
+    restrict_umask()
+    config = load(args)
+    key = parse_server_key(args.server_key)
+    load_identity(config.state_dir)  # registered first
+    save_server_trust(config.state_dir, ServerTrust([key], "operator"))
+    print(f"pinned control-plane key {key}")
     return 0
 
 
@@ -198,6 +235,7 @@ def acquire_lock(state_dir: Path) -> IO[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT; unregistered, wait for `register` first."""
+    from agent.client import warn_plain_http
     from agent.daemon import Agent, AgentOptions, recover_update
 
     task_umask = restrict_umask()
@@ -221,7 +259,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if identity is None:
             return 0
         server = resolve_server(args.server, config, identity.server, dict(os.environ))
-        agent = Agent(config, AgentOptions(server=server, identity=identity, task_umask=task_umask))
+        warn_plain_http(server)
+        options = AgentOptions(
+            server=server, identity=identity, task_umask=task_umask, ca_file=config.agent.ca_file
+        )
+        agent = Agent(config, options)
         if stopping.is_set():
             return 0
         log.info("agent %s starting against %s", identity.instance_id, server)
@@ -293,6 +335,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "registered": identity is not None,
         "instance_id": identity.instance_id if identity else "",
         "server": identity.server if identity else "",
+        "server_key": identity.trust.keys[-1] if identity and identity.trust else "",
         "running": running,
         "state": describe_state(running, identity is not None, bool(health.get("connected"))),
         "waiting_for_registration": waiting,
@@ -321,7 +364,12 @@ def describe_state(running: bool, registered: bool, connected: bool) -> str:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen sub-command."""
-    commands = {"register": cmd_register, "run": cmd_run, "status": cmd_status}
+    commands = {
+        "register": cmd_register,
+        "run": cmd_run,
+        "status": cmd_status,
+        "trust-server-key": cmd_trust_server_key,
+    }
     return commands[args.command](args)
 
 

@@ -6,24 +6,29 @@ a loopback server; nothing else in the agent speaks HTTP.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import platform
 import re
 import socket
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from agent.identity import Identity, sign_headers
+from common import protocol
 from common.errors import AssistError, DownloadError, UsageError
 
 log = logging.getLogger(__name__)
 
 API = "/luban/api"
 MAX_ANSWER = 8 * 1024 * 1024  # bytes of one server answer (task lists of 18 KiB scripts fit)
+KEYS_PATH = "/v1/server/keys"
 RETRYABLE_CODES = {"InvalidSignature", "ReplayedRequest"}  # clock skew, nonce clash: try again
 
 
@@ -59,6 +64,42 @@ def normalize_server(url: str) -> str:
     return url.rstrip("/")
 
 
+def tls_verify(ca_file: str = "") -> str | bool:
+    """What https is verified against: the pinned CA file, else the system's store.
+
+    The system store (ssl's default paths) rather than requests' bundled list, so a CA an
+    operator installed on the VM counts; True (requests' own list) only if there is none.
+    """
+    if ca_file:
+        if not Path(ca_file).is_file():
+            raise UsageError(f"--ca-file {ca_file}: no such file", hint="give a PEM CA bundle")
+        return ca_file
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.capath):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return True
+
+
+def warn_plain_http(server: str) -> bool:
+    """Log a warning for http:// to a non-loopback host; True when it warned."""
+    parts = urlsplit(server)
+    if parts.scheme != "http" or is_loopback(parts.hostname or ""):
+        return False
+    log.warning("%s is plain http: tasks are signed; contents are visible on the wire", server)
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback name or address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AgentClient:
     """Signed JSON calls to one server."""
 
@@ -68,11 +109,14 @@ class AgentClient:
         identity: Identity | None,
         session: requests.Session | None = None,
         timeout: float = 30.0,  # seconds per request (long-polls add their own wait)
+        ca_file: str = "",  # PEM CA bundle that https servers must chain to (else the system's)
     ) -> None:
         self.server = normalize_server(server)
         self.identity = identity
         self.session = session or requests.Session()
         self.timeout = timeout
+        self.ca_file = ca_file
+        self.verify = tls_verify(ca_file)
         self._base_path = urlsplit(self.server).path
 
     def call(
@@ -83,28 +127,103 @@ class AgentClient:
         query: str = "",
         timeout: float | None = None,
         signed: bool = True,
+        verify: bool = True,
     ) -> Any:
-        """Send one request and return the decoded JSON answer, or raise a Server*Error."""
+        """Send one request and return the decoded JSON answer, or raise a Server*Error.
+
+        A signed request's answer must carry the control plane's signature over this request
+        (ResponseRefusedError otherwise); `verify=False` only for the key chain itself.
+        """
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
         full_path = self._base_path + API + path
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        sent: dict[str, str] = {}
         if signed:
             if self.identity is None:
                 raise AssistError("cannot sign a request without an identity")
-            headers.update(sign_headers(self.identity, method, full_path, query, data))
+            sent = sign_headers(self.identity, method, full_path, query, data)
+            headers.update(sent)
         url = self.server + API + path + (f"?{query}" if query else "")
         wait = timeout or self.timeout
         try:
             response = self.session.request(
-                method, url, data=data or None, headers=headers, timeout=wait, stream=True
+                method,
+                url,
+                data=data or None,
+                headers=headers,
+                timeout=wait,
+                stream=True,
+                verify=self.verify,  # per request: REQUESTS_CA_BUNDLE must not override a pin
             )
             try:
                 content = self._read_capped(response, time.monotonic() + wait + self.timeout)
             finally:
                 response.close()
+        except requests.exceptions.SSLError as exc:
+            raise ServerUnavailableError(
+                f"cannot reach {self.server}: its TLS certificate is not trusted ({exc})",
+                hint="pass --ca-file with the control plane's CA (or set [agent] ca_file)"
+                if not self.ca_file
+                else f"check that {self.ca_file} holds the CA that issued the server's certificate",
+            ) from exc
         except requests.RequestException as exc:
             raise ServerUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+        if signed and verify:
+            self._check_signed(sent, full_path, response, content)
         return self._decode(response, content)
+
+    def _check_signed(
+        self, sent: dict[str, str], path: str, response: requests.Response, content: bytes
+    ) -> None:
+        """Refuse an answer the control plane did not sign for this very request.
+
+        An unknown key may be a rotation: the key chain is fetched once and followed from the
+        pinned key (docs/agent-protocol.md, Server key).
+        """
+        assert self.identity is not None
+        trust = self.identity.trust
+        if trust is None:
+            raise protocol.ResponseRefusedError(
+                protocol.REFUSED_UNKNOWN_KEY,
+                "no control-plane key is pinned yet (state/server-key.json)",
+            )
+        args = (
+            self.identity.instance_id,
+            sent[protocol.HEADER_NONCE],
+            path,
+            response.status_code,
+            content,
+            response.headers,
+        )
+        try:
+            try:
+                protocol.check_response(trust.trusted(), *args)
+            except protocol.ResponseRefusedError as exc:
+                if exc.code != protocol.REFUSED_UNKNOWN_KEY or path.endswith(KEYS_PATH):
+                    raise
+                if not trust.follow(self.server_keys()):
+                    raise
+                protocol.check_response(trust.trusted(), *args)
+        except protocol.ResponseRefusedError as exc:
+            exc.body = content  # the refused bytes, for reporting which invocations it named
+            log.error("%s", exc)
+            raise
+
+    def server_keys(self) -> list[tuple[str, str]]:
+        """The control plane's key chain, oldest first: [(public_key, endorsement)…].
+
+        The answer is read unverified: follow_rotations checks every link from the pinned key,
+        and the first-use upgrade path (agent/upgrade.py) says so.
+        """
+        answer = self.call("POST", KEYS_PATH, {}, verify=False)
+        keys = answer.get("keys") if isinstance(answer, dict) else None
+        chain: list[tuple[str, str]] = []
+        for item in keys if isinstance(keys, list) else []:
+            if isinstance(item, dict):
+                chain.append(
+                    (str(item.get("public_key") or ""), str(item.get("endorsement") or ""))
+                )
+        return chain
 
     def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
         """The answer's body, refused past MAX_ANSWER bytes or the deadline (monotonic)."""
@@ -145,12 +264,26 @@ class AgentClient:
         instance_name: str = "",
         instance_id: str = "",
         agent_version: str = "",
-    ) -> str:
-        """Exchange an activation for an instance id."""
-        body = {
+        server_key: str = "",
+    ) -> tuple[str, str]:
+        """Exchange an activation for an instance id and the control plane's key.
+
+        The code never crosses the wire: the agent sends a MAC keyed from it, and accepts the
+        returned key only with the server's MAC over both keys, the id and both nonces (or
+        when it equals `server_key`, pinned out of band). Returns (instance_id, server_key).
+        """
+        nonce, now = protocol.new_nonce(), int(time.time())
+        mac_key = protocol.activation_mac_key(
+            activation_id, protocol.activation_secret(activation_code)
+        )
+        body: dict[str, Any] = {
             "activation_id": activation_id,
-            "activation_code": activation_code,
             "public_key": public_key,
+            "nonce": nonce,
+            "timestamp": now,
+            "proof": protocol.agent_proof(
+                mac_key, activation_id, public_key, instance_id, nonce, now
+            ),
             "instance_name": instance_name or socket.gethostname(),
             "hostname": socket.gethostname(),
             "os_type": "windows" if platform.system() == "Windows" else "linux",
@@ -159,10 +292,32 @@ class AgentClient:
         if instance_id:
             body["instance_id"] = instance_id
         answer = self.call("POST", "/instance/register", body, signed=False)
-        instance = answer.get("instance_id") if isinstance(answer, dict) else None
-        if not instance:
+        if not isinstance(answer, dict) or not answer.get("instance_id"):
             raise ServerUnavailableError(f"register answer has no instance_id: {answer!r}")
-        return str(instance)
+        instance = str(answer["instance_id"])
+        returned = str(answer.get("server_key") or "")
+        expected = protocol.server_proof(
+            mac_key,
+            activation_id,
+            public_key,
+            returned,
+            instance,
+            nonce,
+            str(answer.get("server_nonce") or ""),
+        )
+        proven = protocol.proofs_equal(expected, str(answer.get("server_proof") or ""))
+        if server_key and returned != server_key:
+            raise protocol.ResponseRefusedError(
+                protocol.REFUSED_UNKNOWN_KEY,
+                "the server's key is not the one given with --server-key; not registered",
+            )
+        if not server_key and not proven:
+            raise protocol.ResponseRefusedError(
+                protocol.REFUSED_BAD_SIGNATURE,
+                "the server did not prove it holds the activation code: its key cannot be"
+                " trusted, registration abandoned",
+            )
+        return instance, returned
 
     def list_tasks(self, reason: str) -> dict[str, Any]:
         """The tasks this instance should have, and invocations to stop."""

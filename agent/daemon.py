@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from agent import schedule
+from agent import refusals, schedule
 from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
 from agent.health import write_health
 from agent.identity import Identity
@@ -46,6 +46,7 @@ from agent.spool import Spool, read_tail, spool_path
 from common.config import Config
 from common.errors import AssistError
 from common.platform import detect_platform
+from common.protocol import ResponseRefusedError
 from common.version import agent_version
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class AgentOptions:
     identity: Identity
     power: PowerManager = field(default_factory=SystemPower)
     session_factory: Callable[[], requests.Session] = requests.Session
+    ca_file: str = ""  # PEM CA an https server must chain to (agent/client.py tls_verify)
     boot_reader: Callable[[], schedule.Boot] = schedule.read_boot
     kill_grace: float = 3.0  # seconds between SIGTERM and SIGKILL
     updater_command: list[str] | None = None  # default: <prefix>/current/bin/assist-update …
@@ -180,11 +182,12 @@ class Agent:
         )
         # one HTTP session per thread that talks to the server (requests.Session is not
         # guaranteed thread-safe): notify loop (long-poll, task list, update check), outbox, heartbeat
-        self.client = AgentClient(options.server, options.identity, options.session_factory())
-        self.report_client = AgentClient(
-            options.server, options.identity, options.session_factory()
+        self.client, self.report_client, self.beat_client = (
+            AgentClient(
+                options.server, options.identity, options.session_factory(), ca_file=options.ca_file
+            )
+            for _ in range(3)
         )
-        self.beat_client = AgentClient(options.server, options.identity, options.session_factory())
         self.timers = Timers()
         self.boot = options.boot_reader()
         self.started = time.time()
@@ -303,6 +306,10 @@ class Agent:
                     or time.time() - last_sync > self.options.resync_interval
                 ):
                     self._sync_needed.clear()
+                    if self.options.identity.trust is None:
+                        self.options.identity.trust = refusals.trust_on_first_use(
+                            self.client, self.state_dir
+                        )
                     self.sync_tasks("startup" if first else "poll")
                     last_sync = time.time()
                     if first:
@@ -321,7 +328,7 @@ class Agent:
                     self._sync_needed.set()
                 if any(e.get("type") in ("task", "stop") for e in events):
                     last_sync = time.time()
-            except (ServerUnavailableError, ServerRefusedError) as exc:
+            except (ServerUnavailableError, ServerRefusedError, ResponseRefusedError) as exc:
                 self._sync_needed.set()
                 self._set_connected(False)
                 delay = backoff.next_delay()
@@ -401,7 +408,7 @@ class Agent:
             for report in reports:
                 try:
                     self.report_client.post_report(report.path, report.body)
-                except ServerUnavailableError as exc:
+                except (ServerUnavailableError, ResponseRefusedError) as exc:
                     log.info("report %s not delivered: %s", report.key, exc)
                     self._set_connected(False)
                     return False
@@ -416,7 +423,11 @@ class Agent:
 
     def sync_tasks(self, reason: str) -> None:
         """Fetch the task list and bring local runs and schedules in line with it."""
-        listing = self.client.list_tasks(reason)
+        try:
+            listing = self.client.list_tasks(reason)
+        except ResponseRefusedError as exc:
+            self.report_refused(exc)
+            raise
         self._set_connected(True)
         stop_ids = {str(i) for i in listing["stop"]}
         self._stopped = stop_ids
@@ -441,6 +452,17 @@ class Agent:
                 self._forget_timed(invoke_id)
         for invoke_id in stop_ids:
             self.stop_invocation(invoke_id)
+
+    def report_refused(self, exc: ResponseRefusedError) -> None:
+        """Fail the one-shot invocations a refused task list named, with the refusal's code."""
+        for invoke_id in refusals.refused_invocations(exc.body):
+            if self.store.execution_known(invoke_id, "0"):
+                continue
+            if self.store.claim_execution(invoke_id, "0", 0):
+                outcome = Outcome("error", 0, now_ms(), None, b"", 0, exc.code)
+                outcome.error_message = refusals.refusal_message(exc)
+                self._record_outcome(invoke_id, "0", outcome)
+                log.error("%s: refused task list reported as %s", invoke_id, exc.code)
 
     def stop_invocation(self, invoke_id: str) -> None:
         """Stop an invocation: drop its schedule and kill its running executions.

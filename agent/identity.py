@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.servertrust import ServerTrust, load_server_trust
 from common.atomic import atomic_write_bytes, atomic_write_json
 from common.errors import LocalStateError
 from common.protocol import canonical_string as canonical_string  # re-exported
@@ -31,6 +32,7 @@ class Identity:
     instance_id: str
     private_key: Any  # cryptography Ed25519PrivateKey
     server: str = ""  # the server it registered with
+    trust: ServerTrust | None = None  # the control-plane key(s) answers must be signed by
 
     def public_key_b64(self) -> str:
         """The raw 32-byte public key, base64, as the register endpoint wants it."""
@@ -93,7 +95,8 @@ def load_identity(state_dir: Path) -> Identity:
         key = serialization.load_pem_private_key(pem, password=None)
     except ValueError as exc:
         raise LocalStateError(f"{state_dir / KEY_FILE} is not a valid private key") from exc
-    return Identity(str(record["instance_id"]), key, str(record.get("server", "")))
+    trust = load_server_trust(state_dir)
+    return Identity(str(record["instance_id"]), key, str(record.get("server", "")), trust)
 
 
 def sign_headers(

@@ -207,6 +207,7 @@ def host_agents(server_url: str, activation: str, code: str, count: int, base: P
     from agent.client import AgentClient
     from agent.daemon import Agent, AgentOptions
     from agent.identity import Identity, generate_key, save_identity
+    from agent.servertrust import ServerTrust, save_server_trust
     from common.config import Config
 
     agents = []
@@ -215,10 +216,12 @@ def host_agents(server_url: str, activation: str, code: str, count: int, base: P
         config.update.schedule = ""
         config.agent.heartbeat = 60.0
         key = generate_key()
-        instance = AgentClient(server_url, None).register(
+        instance, server_key = AgentClient(server_url, None).register(
             activation, code, Identity("", key).public_key_b64(), instance_name=f"bench-{i}"
         )
-        identity = Identity(instance, key, server_url)
+        trust = ServerTrust([server_key], "registration", config.state_dir)
+        save_server_trust(config.state_dir, trust)
+        identity = Identity(instance, key, server_url, trust)
         save_identity(config.state_dir, identity)
         agent = Agent(config, AgentOptions(server=server_url, identity=identity))
         threading.Thread(target=agent.run, daemon=True).start()

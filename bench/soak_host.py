@@ -119,6 +119,7 @@ def start_agent(
     from agent.client import AgentClient
     from agent.daemon import Agent, AgentOptions
     from agent.identity import IDENTITY_FILE, Identity, generate_key, load_identity, save_identity
+    from agent.servertrust import ServerTrust, save_server_trust
     from common.config import Config
 
     config = Config(prefix=prefix)
@@ -128,10 +129,12 @@ def start_agent(
         identity = load_identity(config.state_dir)
     else:
         key = generate_key()
-        instance = AgentClient(server, None).register(
+        instance, server_key = AgentClient(server, None).register(
             activation, code, Identity("", key).public_key_b64(), instance_name=prefix.name
         )
-        identity = Identity(instance, key, server)
+        trust = ServerTrust([server_key], "registration", config.state_dir)
+        save_server_trust(config.state_dir, trust)
+        identity = Identity(instance, key, server, trust)
         save_identity(config.state_dir, identity)
     options = AgentOptions(
         server=server, identity=identity, session_factory=logging_session_factory(answers, trace)

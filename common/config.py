@@ -73,6 +73,7 @@ class AgentConfig:
     chunk_size: int = 8 * 1024  # bytes per running-output report
     heartbeat: float = 60.0  # seconds between heartbeats (jittered)
     poll_timeout: float = 25.0  # seconds a long-poll may wait
+    ca_file: str = ""  # PEM CA an https server must chain to (empty: the system's store)
 
 
 @dataclass

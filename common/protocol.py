@@ -1,19 +1,29 @@
-"""Agent request signing, the one contract agent and server share (docs/agent-protocol.md, Signing).
+"""Agent request and server response signing: the contract agent and server share.
 
 An agent signs every request after registration with its Ed25519 key over a canonical string;
-the server checks the signature against the registered public key. Both sides use this module
+the server checks the signature against the registered public key. The control plane signs every
+answer with its own Ed25519 key, bound to the instance and the request's nonce, and proves that
+key at registration with a MAC keyed from the activation code (docs/agent-protocol.md, Signing). Both sides use this module
 (and one Ed25519 library, `cryptography`), so the string to sign cannot drift between them.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import time
 import uuid
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from common.errors import VerificationError
 
 HEADER_INSTANCE = "X-Assist-Instance-Id"
 HEADER_TIMESTAMP = "X-Assist-Timestamp"
@@ -74,3 +84,199 @@ def signature_valid(key: Ed25519PublicKey, signature: bytes, message: bytes) -> 
     except InvalidSignature:
         return False
     return True
+
+
+# --- responses: the control plane signs what makes the agent act (docs/agent-protocol.md) ------
+
+HEADER_SERVER_KEY = "X-Assist-Server-Key"  # base64 raw public key that signed this response
+HEADER_SERVER_TIMESTAMP = "X-Assist-Server-Timestamp"
+HEADER_SERVER_SIGNATURE = "X-Assist-Server-Signature"
+RESPONSE_WINDOW = 300  # seconds a signed response's timestamp may be off the agent's clock
+RESPONSE_CONTEXT = "assist-response-v1"
+ROTATION_CONTEXT = "assist-key-rotation-v1"
+
+# Error codes an agent reports when it refuses a response (they reach DescribeInvocationResults).
+REFUSED_UNSIGNED = "ResponseNotSigned"
+REFUSED_BAD_SIGNATURE = "ResponseSignatureInvalid"
+REFUSED_UNKNOWN_KEY = "ResponseKeyUnknown"
+REFUSED_STALE = "ResponseStale"
+REFUSED_REPLAYED = "ResponseReplayed"
+
+
+class ResponseRefusedError(VerificationError):
+    """A server answer failed its signature check: nothing in it may be acted on."""
+
+    reference = "response-refused"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(
+            f"refused a server answer ({code}): {message}",
+            hint="something between this agent and its control plane changed or replayed the"
+            " answer; check proxies and load balancers on the path (docs/SECURITY.md)",
+        )
+        self.code = code
+        self.body = b""  # the refused answer (set by the agent's client)
+
+
+def response_string(
+    instance_id: str, nonce: str, path: str, status: int, timestamp: int | str, body: bytes
+) -> bytes:
+    """What the server signs: context, instance id, request nonce, path, status, time, sha256."""
+    digest = hashlib.sha256(body).hexdigest()
+    parts = [RESPONSE_CONTEXT, instance_id, nonce, path, str(status), str(timestamp), digest]
+    return "\n".join(parts).encode("utf-8")
+
+
+def raw_public_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The raw 32-byte public key, base64."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+def sign_response(
+    key: Ed25519PrivateKey,
+    instance_id: str,
+    nonce: str,
+    path: str,
+    status: int,
+    body: bytes,
+    timestamp: int | None = None,
+    public_b64: str | None = None,
+) -> dict[str, str]:
+    """The headers that sign one answer to `instance_id`'s request carrying `nonce`."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    signature = key.sign(response_string(instance_id, nonce, path, status, ts, body))
+    return {
+        HEADER_INSTANCE: instance_id,
+        HEADER_NONCE: nonce,
+        HEADER_SERVER_TIMESTAMP: str(ts),
+        HEADER_SERVER_KEY: public_b64 or raw_public_b64(key),
+        HEADER_SERVER_SIGNATURE: base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def check_response(
+    trusted: Mapping[str, Ed25519PublicKey],
+    instance_id: str,
+    nonce: str,
+    path: str,
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    now: float | None = None,
+) -> None:
+    """Raise ResponseRefusedError unless a trusted key signed this answer to this request.
+
+    `trusted` maps base64 public keys to keys (the pinned key and the keys it endorsed).
+    """
+    key_b64 = headers.get(HEADER_SERVER_KEY) or ""
+    raw_ts = headers.get(HEADER_SERVER_TIMESTAMP) or ""
+    raw_sig = headers.get(HEADER_SERVER_SIGNATURE) or ""
+    if not (key_b64 and raw_ts and raw_sig):
+        raise ResponseRefusedError(REFUSED_UNSIGNED, f"the answer to {path} is not signed")
+    if headers.get(HEADER_INSTANCE) != instance_id or headers.get(HEADER_NONCE) != nonce:
+        raise ResponseRefusedError(
+            REFUSED_REPLAYED, f"the answer to {path} was signed for another instance or request"
+        )
+    key = trusted.get(key_b64)
+    if key is None:
+        raise ResponseRefusedError(
+            REFUSED_UNKNOWN_KEY,
+            f"the answer to {path} is signed by a key this agent does not trust",
+        )
+    if not raw_ts.isascii() or not raw_ts.isdigit() or len(raw_ts) > 12:
+        raise ResponseRefusedError(REFUSED_BAD_SIGNATURE, "the answer's timestamp is not a number")
+    now = time.time() if now is None else now
+    if abs(now - int(raw_ts)) > RESPONSE_WINDOW:
+        raise ResponseRefusedError(
+            REFUSED_STALE, f"the answer to {path} is more than {RESPONSE_WINDOW} s old or new"
+        )
+    try:
+        signature = base64.b64decode(raw_sig, validate=True)
+    except (binascii.Error, ValueError):
+        signature = b""
+    message = response_string(instance_id, nonce, path, status, raw_ts, body)
+    if not signature_valid(key, signature, message):
+        raise ResponseRefusedError(REFUSED_BAD_SIGNATURE, f"the answer to {path} is badly signed")
+
+
+def rotation_string(old_b64: str, new_b64: str) -> bytes:
+    """What the old control-plane key signs to hand over to the new one."""
+    return "\n".join([ROTATION_CONTEXT, old_b64, new_b64]).encode("utf-8")
+
+
+def follow_rotations(pinned_b64: str, chain: list[tuple[str, str]]) -> list[str]:
+    """The keys `pinned_b64` endorses through `chain` [(new_b64, signature_by_previous_b64)…].
+
+    The chain lists keys oldest first, each endorsed by the one before it. Returns the pinned
+    key followed by every later key reached by valid endorsements (stops at the first bad link).
+    """
+    trusted = [pinned_b64]
+    started = False
+    previous = ""
+    for new_b64, endorsement in chain:
+        if not started:
+            if new_b64 == pinned_b64:
+                started = True
+                previous = new_b64
+            continue
+        try:
+            old = public_key_from_raw(base64.b64decode(previous, validate=True))
+            signature = base64.b64decode(endorsement, validate=True)
+            public_key_from_raw(base64.b64decode(new_b64, validate=True))
+        except (binascii.Error, ValueError):
+            break
+        if not signature_valid(old, signature, rotation_string(previous, new_b64)):
+            break
+        trusted.append(new_b64)
+        previous = new_b64
+    return trusted
+
+
+# --- registration: both sides prove the activation code without sending it --------------------
+
+ACTIVATION_SALT = b"assist-activation-v1"
+
+
+def activation_secret(code: str) -> bytes:
+    """What both sides hold: sha256 of the code (the server stores only this digest)."""
+    return hashlib.sha256(code.encode("utf-8")).hexdigest().encode("ascii")
+
+
+def activation_mac_key(activation_id: str, secret: bytes) -> bytes:
+    """HKDF-SHA256 over the activation secret, bound to the activation id."""
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=ACTIVATION_SALT, info=activation_id.encode()
+    )
+    return hkdf.derive(secret)
+
+
+def _mac(key: bytes, role: str, fields: list[str]) -> str:
+    message = "\n".join([f"assist-register-{role}-v1", *fields]).encode("utf-8")
+    return base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode("ascii")
+
+
+def agent_proof(
+    key: bytes, activation_id: str, agent_key: str, instance_id: str, nonce: str, timestamp: int
+) -> str:
+    """The agent's MAC: it holds the code and sends this key, for this id, now."""
+    return _mac(key, "agent", [activation_id, agent_key, instance_id, nonce, str(timestamp)])
+
+
+def server_proof(
+    key: bytes,
+    activation_id: str,
+    agent_key: str,
+    server_key: str,
+    instance_id: str,
+    agent_nonce: str,
+    server_nonce: str,
+) -> str:
+    """The server's MAC: the control plane holding the code vouches for `server_key`."""
+    fields = [activation_id, agent_key, server_key, instance_id, agent_nonce, server_nonce]
+    return _mac(key, "server", fields)
+
+
+def proofs_equal(a: str, b: str) -> bool:
+    """Constant-time comparison of two proofs."""
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))

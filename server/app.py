@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from common import protocol
 from server import lifecycle, rpc
-from server.agent_api import auth, handlers
+from server.agent_api import auth, handlers, respond
 from server.agent_api.auth import AgentError
 from server.api import load_actions
 from server.inputs import ascii_int
@@ -144,6 +144,20 @@ def agent_error(exc: AgentError) -> JSONResponse:
     return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
 
 
+async def agent_answer(request: Request, work: Awaitable[dict[str, Any]]) -> Response:
+    """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md)."""
+    state: ServerState = request.app.state.server
+    try:
+        payload, status = await work, 200
+    except AgentError as exc:
+        payload, status = {"code": exc.code, "message": exc.message}, exc.status
+    except Exception:
+        log.exception("agent request %s failed", request.url.path)
+        payload, status = {"code": "InternalError", "message": "server error"}, 500
+    key = await state.signing.current()
+    return respond.signed_json(key, request.headers, request.url.path, payload, status)
+
+
 async def authenticate_agent(state: ServerState, request: Request, body: bytes) -> AgentIdentity:
     """Verify an agent request's Ed25519 signature (the nonce is used by the handler)."""
     headers = auth.read_headers(request.headers)
@@ -163,20 +177,17 @@ async def authenticate_agent(state: ServerState, request: Request, body: bytes) 
 def signed(handler: AgentHandler) -> Callable[[Request], Awaitable[Response]]:
     """Wrap an agent handler with body limits, signature checks and error mapping."""
 
-    async def endpoint(request: Request) -> Response:
+    async def work(request: Request) -> dict[str, Any]:
         state: ServerState = request.app.state.server
         try:
-            try:
-                body = await read_body(request, MAX_AGENT_BODY)
-            except ValueError as exc:
-                raise AgentError("RequestTooLarge", "the body is too large", 413) from exc
-            who = await authenticate_agent(state, request, body)
-            return JSONResponse(await handler(state, who, body))
-        except AgentError as exc:
-            return agent_error(exc)
-        except Exception:
-            log.exception("agent request %s failed", request.url.path)
-            return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+            body = await read_body(request, MAX_AGENT_BODY)
+        except ValueError as exc:
+            raise AgentError("RequestTooLarge", "the body is too large", 413) from exc
+        who = await authenticate_agent(state, request, body)
+        return await handler(state, who, body)
+
+    async def endpoint(request: Request) -> Response:
+        return await agent_answer(request, work(request))
 
     return endpoint
 
@@ -189,7 +200,8 @@ async def register_endpoint(request: Request) -> Response:
         except ValueError as exc:
             raise AgentError("RequestTooLarge", "the body is too large", 413) from exc
         client = request.client.host if request.client else ""
-        return JSONResponse(await handlers.register(state, body, client))
+        key = await state.signing.current()
+        return JSONResponse(await handlers.register(state, body, client, key))
     except AgentError as exc:
         return agent_error(exc)
     except Exception:
@@ -209,31 +221,30 @@ def report_endpoint(kind: str) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def notify_handler(request: Request) -> Response:
+    """Long-poll, with a signed answer."""
+    return await agent_answer(request, notify_events(request))
+
+
+async def notify_events(request: Request) -> dict[str, Any]:
     """Long-poll: answer as soon as an event is pending for this instance, or on timeout."""
     state: ServerState = request.app.state.server
-    try:
-        who = await authenticate_agent(state, request, b"")
-        timeout = ascii_int(request.query_params.get("timeout", "25"), 6)
-        if timeout is None or timeout > state.settings.max_poll:
-            raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")
-        now_ms = int(time.time() * 1000)
-        touch = now_ms - state.last_seen_written.get(who.instance_id, 0) > SEEN_WRITE_INTERVAL
+    who = await authenticate_agent(state, request, b"")
+    timeout = ascii_int(request.query_params.get("timeout", "25"), 6)
+    if timeout is None or timeout > state.settings.max_poll:
+        raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")
+    now_ms = int(time.time() * 1000)
+    touch = now_ms - state.last_seen_written.get(who.instance_id, 0) > SEEN_WRITE_INTERVAL
 
-        async def _tx(conn: Conn) -> Any:
-            await state.use_agent_nonce(conn, who)
-            if touch:
-                await instances.record_seen(conn, who.instance_id, now_ms)
-
-        await state.store.write(_tx, durable=False, key=who.instance_id)
+    async def _tx(conn: Conn) -> Any:
+        await state.use_agent_nonce(conn, who)
         if touch:
-            state.seen(who.instance_id, now_ms)
-        events = await wait_unless_gone(request, state.notifier, who.instance_id, float(timeout))
-        return JSONResponse({"events": events})
-    except AgentError as exc:
-        return agent_error(exc)
-    except Exception:
-        log.exception("notify failed")
-        return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+            await instances.record_seen(conn, who.instance_id, now_ms)
+
+    await state.store.write(_tx, durable=False, key=who.instance_id)
+    if touch:
+        state.seen(who.instance_id, now_ms)
+    events = await wait_unless_gone(request, state.notifier, who.instance_id, float(timeout))
+    return {"events": events}
 
 
 async def wait_unless_gone(
@@ -329,7 +340,9 @@ def create_app(settings: Settings) -> Starlette:
         dsn = asyncpg_dsn(store.url) if store.dialect == "postgresql" else None
         notifier = Notifier(dsn)
         await notifier.start()
-        state = ServerState(settings=settings, store=store, notifier=notifier)
+        state = ServerState(
+            settings=settings, store=store, notifier=notifier, signing=respond.SigningKeys(store)
+        )
         app.state.server = state
         app.state.actions = load_actions()
         task = asyncio.create_task(chores(state))
@@ -352,6 +365,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/luban/api/heart-beat", signed(handlers.heartbeat), methods=["POST"]),
         Route("/luban/api/v1/notify", notify_handler, methods=["GET"]),
         Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
+        Route("/luban/api/v1/server/keys", signed(handlers.server_keys), methods=["POST"]),
     ]
     routes += [
         Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])

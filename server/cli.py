@@ -89,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
     )
 
+    key = sub.add_parser("key", help="the control plane's response-signing key")
+    add_common_options(key)
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    show = key_sub.add_parser("show", help="print the public key agents pin")
+    rotate = key_sub.add_parser(
+        "rotate", help="make a new key (or --key-file) active, endorsed by the old one"
+    )
+    rotate.add_argument("--key-file", help="import this PEM Ed25519 private key instead")
+    for cmd in (show, rotate):
+        add_common_options(cmd)
+        cmd.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
+        cmd.add_argument("--json", action="store_true")
+
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     add_common_options(migrate)
     migrate.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
@@ -175,6 +188,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for path in (args.tls_cert, args.tls_key):
         if path and not Path(path).is_file():
             raise ConfigError(f"TLS file not found: {path}")
+    if not args.tls_cert and not is_loopback(host):
+        print(
+            f"assist-server: warning: serving plain http on {host}: tasks are signed; contents"
+            " are visible on the wire (use --tls-cert/--tls-key)",
+            file=sys.stderr,
+        )
     settings = settings_from_args(args)
     limits = dataclasses.replace(limits_from_args(args), max_header_bytes=H11_MAX_EVENT)
     migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
@@ -243,6 +262,59 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print_json({"before": before, "after": after})
     else:
         print(f"schema version {before} -> {after}")
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the listen host is a loopback name or address."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Show or rotate the control plane's signing key (docs/agent-protocol.md, Server key)."""
+    from server.store import Store, serverkeys
+
+    new_key = None
+    if args.key_command == "rotate" and args.key_file:
+        try:
+            new_key = serverkeys.load_private_pem(Path(args.key_file).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"cannot import {args.key_file}: {exc}",
+                hint="give a PEM (PKCS8) Ed25519 private key, e.g. from `openssl genpkey"
+                " -algorithm ed25519`",
+            ) from exc
+    migrate_database(args.db)
+
+    async def run() -> list[tuple[str, str]]:
+        store = Store(args.db)
+        try:
+            if args.key_command == "rotate":
+                from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+                key = new_key or Ed25519PrivateKey.generate()
+                await store.write(lambda conn: serverkeys.add_key(conn, key))
+            return await store.read(serverkeys.key_chain)
+        finally:
+            await store.close()
+
+    chain = run_db(args.db or "", run())
+    if args.json:
+        print_json(
+            {
+                "PublicKey": chain[-1][0],
+                "Keys": [{"PublicKey": k, "Endorsement": e} for k, e in chain],
+            }
+        )
+    else:
+        print(chain[-1][0])
     return 0
 
 
@@ -351,6 +423,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_serve(args)
     if args.command == "migrate":
         return cmd_migrate(args)
+    if args.command == "key":
+        return cmd_key(args)
     if args.ak_command == "list":
         return cmd_accesskey_list(args)
     if args.ak_command in ("enable", "disable"):

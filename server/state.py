@@ -56,6 +56,7 @@ class ServerState:
     settings: Settings
     store: Store
     notifier: Notifier
+    signing: Any = None  # server/agent_api/respond.py SigningKeys: the control plane's key
     keys: dict[str, _CachedKey] = field(default_factory=dict)
     last_seen_written: dict[str, int] = field(default_factory=dict)
 

@@ -5,20 +5,26 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
+from common import protocol
 from server import model
 from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
 from server.lifecycle import terminal_status
 from server.output_limits import clip_chunk, clip_report
-from server.store import instances, tasks
+from server.store import access, instances, tasks
 from server.store.chunks import trim_chunks
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
     from server.state import AgentIdentity, ServerState
+    from server.store.serverkeys import ServerKey
+
+log = logging.getLogger(__name__)
 
 MAX_OUTPUT_B64 = 1024 * 1024  # bytes of base64 output accepted in one report
 _INSTANCE_ID = re.compile(r"^i-[A-Za-z0-9]{1,60}$")
@@ -91,11 +97,46 @@ def ip_allowed(ip: str, ranges: str) -> bool:
     return False
 
 
-async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str, Any]:
-    """Join with an activation and an Ed25519 public key; returns the instance id."""
+def read_proof(data: dict[str, Any]) -> tuple[str, int, str]:
+    """The agent's nonce, timestamp and proof of the activation code (it never sends the code)."""
+    nonce = field_str(data, "nonce", protocol.MAX_NONCE, required=True)
+    timestamp = field_int(data, "timestamp")
+    proof = field_str(data, "proof", 64, required=True)
+    if timestamp is None or abs(time.time() - timestamp) > protocol.TIMESTAMP_WINDOW:
+        raise AgentError(
+            "InvalidTimestamp", "timestamp is more than 300 s off the server's clock", 403
+        )
+    return nonce, timestamp, proof
+
+
+def check_agent_proof(
+    data: dict[str, Any], activation: dict[str, Any], public_key: str, wanted: str
+) -> bytes:
+    """The MAC key of the activation, once the agent proved it knows the code; else 403."""
+    activation_id = str(activation["activation_id"])
+    mac_key = protocol.activation_mac_key(activation_id, str(activation["code_hash"]).encode())
+    code = field_str(data, "activation_code", 128)
+    if code:  # an agent from before signed responses: the code itself came over the wire
+        if not _same(instances.hash_code(code), activation["code_hash"]):
+            raise AgentError("InvalidActivation", "unknown activation id or wrong code", 403)
+        return mac_key
+    nonce, timestamp, proof = read_proof(data)
+    expected = protocol.agent_proof(mac_key, activation_id, public_key, wanted, nonce, timestamp)
+    if not protocol.proofs_equal(expected, proof):
+        raise AgentError("InvalidActivation", "unknown activation id or wrong code", 403)
+    return mac_key
+
+
+async def register(
+    state: ServerState, body: bytes, client_ip: str, server_key: ServerKey
+) -> dict[str, Any]:
+    """Join with an activation and an Ed25519 public key; returns the instance id and the
+    control plane's key, with a proof keyed by the activation code (docs/agent-protocol.md)."""
     data = parse_json(body)
     activation_id = field_str(data, "activation_id", 64, required=True)
-    code = field_str(data, "activation_code", 128, required=True)
+    legacy = bool(field_str(data, "activation_code", 128))
+    if not legacy:
+        read_proof(data)  # malformed or stale: refused before touching the database
     public_key = field_str(data, "public_key", 128, required=True)
     load_public_key(public_key)
     os_type = field_str(data, "os_type", 16) or "linux"
@@ -105,14 +146,20 @@ async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str,
     if wanted and not _INSTANCE_ID.match(wanted):
         raise bad("instance_id must look like i-…")
     denied = AgentError("InvalidActivation", "unknown activation id or wrong code", 403)
+    if legacy:
+        log.warning("%s: registration sent the activation code in clear (old agent)", activation_id)
     now = model.now_ms()
 
     async def _tx(conn: Conn) -> Any:
         activation = await instances.get_activation(conn, activation_id)
         if activation is None or activation["disabled"]:
             raise denied
-        if not _same(instances.hash_code(code), activation["code_hash"]):
-            raise denied
+        mac_key = check_agent_proof(data, activation, public_key, wanted)
+        if not legacy:
+            expires = int(time.time()) + protocol.TIMESTAMP_WINDOW + 60
+            nonce_key = f"r:{activation_id}:{data['nonce']}"
+            if not await access.use_nonce(conn, nonce_key, expires):
+                raise AgentError("ReplayedRequest", "this registration was already used", 403)
         if now > activation["created_ms"] + activation["ttl_hours"] * 3600 * 1000:
             raise AgentError("ActivationExpired", "the activation has expired", 403)
         if not ip_allowed(client_ip, activation["ip_address_range"]):
@@ -152,11 +199,24 @@ async def register(state: ServerState, body: bytes, client_ip: str) -> dict[str,
                 "deregistered": False,
             },
         )
-        return activation, instance_id, existing
+        return mac_key, instance_id
 
-    activation, instance_id, existing = await state.store.write(_tx)
+    mac_key, instance_id = await state.store.write(_tx)
     state.forget_instance(instance_id)
-    return {"instance_id": instance_id}
+    answer = {"instance_id": instance_id, "server_key": server_key.public_b64}
+    if not legacy:
+        server_nonce = protocol.new_nonce()
+        answer["server_nonce"] = server_nonce
+        answer["server_proof"] = protocol.server_proof(
+            mac_key,
+            activation_id,
+            public_key,
+            server_key.public_b64,
+            instance_id,
+            str(data["nonce"]),
+            server_nonce,
+        )
+    return answer
 
 
 def _same(a: str, b: str) -> bool:
@@ -311,3 +371,15 @@ async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> d
 
     update_now, version = await state.store.write(_tx, key=who.instance_id)
     return {"update_now": update_now, "version": version if update_now else ""}
+
+
+async def server_keys(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    """The control plane's keys, oldest first, each endorsed by the one before (rotation)."""
+    parse_json(body)
+
+    async def _tx(conn: Conn) -> Any:
+        await state.use_agent_nonce(conn, who)
+
+    await state.store.write(_tx, durable=False, key=who.instance_id)
+    chain = await state.signing.chain()
+    return {"keys": [{"public_key": k, "endorsement": e} for k, e in chain]}

@@ -39,7 +39,20 @@ async def _add_execution_detail_v2(conn: Conn) -> None:
             await conn.execute(text(f"ALTER TABLE executions ADD COLUMN {name} {ddl}"))
 
 
-MIGRATIONS: list[tuple[int, Step]] = [(1, _create_v1), (2, _add_execution_detail_v2)]
+async def _add_server_keys_v12(conn: Conn) -> None:
+    """Version 12: the control plane's signing key (server/store/serverkeys.py), created now."""
+    from server.store import serverkeys
+
+    await serverkeys.create_table(conn)
+    await serverkeys.ensure_key(conn)
+
+
+# Version 12 (not 3): numbers 3..11 are left to other branches' migrations; order is by number.
+MIGRATIONS: list[tuple[int, Step]] = [
+    (1, _create_v1),
+    (2, _add_execution_detail_v2),
+    (12, _add_server_keys_v12),
+]
 LATEST = MIGRATIONS[-1][0]
 
 

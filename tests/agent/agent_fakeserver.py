@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from common import protocol
 
 if TYPE_CHECKING:
     from agent.identity import Identity
@@ -51,6 +53,7 @@ class FakeState:
         self.refuse_reports = 0  # answer 503 to the next N report posts
         self.refuse_running = False  # answer 503 to every streamed-output post
         self.empty_wakes: set[str] = set()  # answer the instance's pending poll early, empty
+        self.signing_key = Ed25519PrivateKey.generate()  # the control plane's response key
 
     def add_task(self, instance: str, **fields: Any) -> str:
         """Queue a task for `instance` and kick it; returns the invoke id."""
@@ -116,6 +119,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = json.dumps(value).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        instance = self.headers.get(protocol.HEADER_INSTANCE, "")
+        nonce = self.headers.get(protocol.HEADER_NONCE, "")
+        if instance and nonce:  # every answer is signed, like the real server's
+            path = urlsplit(self.path).path
+            key = self.server.state.signing_key
+            for name, value_ in protocol.sign_response(
+                key, instance, nonce, path, status, body
+            ).items():
+                self.send_header(name, value_)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -195,13 +207,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         state = self.server.state
         if path == "/luban/api/instance/register":
             data = json.loads(body)
-            if state.activations.get(data.get("activation_id")) != data.get("activation_code"):
+            act = str(data.get("activation_id"))
+            code = state.activations.get(act, "")
+            mac_key = protocol.activation_mac_key(act, protocol.activation_secret(code))
+            wanted = data.get("instance_id") or ""
+            proof = protocol.agent_proof(
+                mac_key, act, data["public_key"], wanted, data["nonce"], data["timestamp"]
+            )
+            if not code or not protocol.proofs_equal(proof, data.get("proof", "")):
                 self._error(403, "InvalidActivation", "unknown activation or wrong code")
                 return
-            instance = data.get("instance_id") or f"mi-{uuid.uuid4().hex[:20]}"
+            instance = wanted or f"mi-{uuid.uuid4().hex[:20]}"
             raw = base64.b64decode(data["public_key"])
             state.keys[instance] = Ed25519PublicKey.from_public_bytes(raw)
-            self._send(200, {"instance_id": instance})
+            server_key = protocol.raw_public_b64(state.signing_key)
+            server_nonce = protocol.new_nonce()
+            answer = {
+                "instance_id": instance,
+                "server_key": server_key,
+                "server_nonce": server_nonce,
+                "server_proof": protocol.server_proof(
+                    mac_key,
+                    act,
+                    data["public_key"],
+                    server_key,
+                    instance,
+                    data["nonce"],
+                    server_nonce,
+                ),
+            }
+            self._send(200, answer)
             return
         instance = self._verify(body)
         if instance is None:
@@ -251,6 +286,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with state.lock:
                 state.heartbeats.append((instance, data))
             self._send(200, {"next_interval": 60})
+        elif path == "/luban/api/v1/server/keys":
+            public = protocol.raw_public_b64(state.signing_key)
+            self._send(200, {"keys": [{"public_key": public, "endorsement": ""}]})
         elif path == "/luban/api/v1/update/update_check":
             with state.lock:
                 now = instance in state.update_now
@@ -319,10 +357,15 @@ def register(server_url: str, activation: tuple[str, str], state_dir: Path) -> I
     """
     from agent.client import AgentClient
     from agent.identity import Identity, generate_key, save_identity
+    from agent.servertrust import ServerTrust, save_server_trust
 
     key = generate_key()
     client = AgentClient(server_url, None)
-    instance = client.register(activation[0], activation[1], Identity("", key).public_key_b64())
-    identity = Identity(instance, key, client.server)
+    instance, server_key = client.register(
+        activation[0], activation[1], Identity("", key).public_key_b64()
+    )
+    trust = ServerTrust([server_key], "registration", state_dir)
+    save_server_trust(state_dir, trust)
+    identity = Identity(instance, key, client.server, trust)
     save_identity(state_dir, identity)
     return identity

@@ -10,6 +10,7 @@ import pytest
 
 from agent.client import MAX_ANSWER, AgentClient, ServerUnavailableError
 from agent.identity import Identity, generate_key
+from common.protocol import ResponseRefusedError
 
 
 class Flood(BaseHTTPRequestHandler):
@@ -74,5 +75,8 @@ def test_an_endless_answer_is_cut_at_the_cap(flood: str) -> None:
 
 def test_a_deeply_nested_answer_is_an_unavailable_server_not_a_crash(nested: str) -> None:
     client = AgentClient(nested, Identity("mi-1", generate_key()), timeout=10)
-    with pytest.raises(ServerUnavailableError, match="not JSON"):
+    # an unsigned answer is refused before it is parsed; the decoder itself must not crash either
+    with pytest.raises(ResponseRefusedError):
         client.list_tasks("poll")
+    with pytest.raises(ServerUnavailableError, match="not JSON"):
+        client.call("POST", "/v1/task/list", {"reason": "poll"}, verify=False)

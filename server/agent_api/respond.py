@@ -1,0 +1,71 @@
+"""Signed answers to agents: every agent API response carries the control plane's signature.
+
+The canonical form and headers are common/protocol.py (docs/agent-protocol.md, Signed responses).
+The active key lives in the database (server/store/serverkeys.py); each replica re-reads it
+every KEY_REFRESH seconds, so a rotation reaches every replica without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.responses import Response
+
+from common.protocol import HEADER_INSTANCE, HEADER_NONCE, MAX_NONCE, sign_response
+from server.store import Store, serverkeys
+from server.store.serverkeys import ServerKey
+
+KEY_REFRESH = 30.0  # seconds a replica signs with a cached key before re-reading the active one
+
+
+class SigningKeys:
+    """The active control-plane key of one replica, re-read now and then."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._key: ServerKey | None = None
+        self._loaded = 0.0
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> ServerKey:
+        """The key to sign with (created if an old database has none yet)."""
+        if self._key is not None and time.monotonic() - self._loaded < KEY_REFRESH:
+            return self._key
+        async with self._lock:
+            if self._key is None or time.monotonic() - self._loaded >= KEY_REFRESH:
+                self._key = await self.store.write(serverkeys.ensure_key)
+                self._loaded = time.monotonic()
+        return self._key
+
+    async def chain(self) -> list[tuple[str, str]]:
+        """Every key, oldest first, with its endorsement (for agents following a rotation)."""
+        return await self.store.read(serverkeys.key_chain)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON, the bytes that are signed and sent."""
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def signed_json(
+    key: ServerKey, request_headers: Mapping[str, str], path: str, payload: Any, status: int = 200
+) -> Response:
+    """A JSON answer signed for the instance and nonce the request named (if it named them)."""
+    body = dumps(payload)
+    headers: dict[str, str] = {}
+    instance_id = request_headers.get(HEADER_INSTANCE) or ""
+    nonce = request_headers.get(HEADER_NONCE) or ""
+    if _header_safe(instance_id, 64) and _header_safe(nonce, MAX_NONCE):
+        headers = sign_response(
+            key.private_key, instance_id, nonce, path, status, body, public_b64=key.public_b64
+        )
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _header_safe(value: str, limit: int) -> bool:
+    """A non-empty printable ASCII value that may be echoed in a response header."""
+    return 0 < len(value) <= limit and value.isascii() and value.isprintable()

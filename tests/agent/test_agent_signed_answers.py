@@ -1,0 +1,222 @@
+"""The network attacker between agent and control plane (issue 16, docs/SECURITY.md).
+
+The real agent (subprocess) and the real assist-server, with a forwarding proxy on loopback in
+between that rewrites or replays answers. The agent must run only what its own control plane
+signed for this very request, report the refusal, and keep running.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_mitm import MitmProxy
+from agent_realenv import (
+    AGENT_CONFIG,
+    AgentProcess,
+    Sdk,
+    agent_env,
+    register_agent,
+    server_executions,
+)
+
+from agent.client import AgentClient
+from agent.identity import load_identity
+from common import protocol
+from server.testing import ServerHandle, launch_server
+
+pytestmark = pytest.mark.xdist_group("agent-e2e")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    handle = launch_server(tmp_path_factory.mktemp("signed-server"))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+class Env:
+    def __init__(self, server: ServerHandle, tmp_path: Path) -> None:
+        self.server = server
+        self.key_id, self.secret = server.create_access_key(f"signed-{uuid.uuid4().hex[:8]}")
+        self.sdk = Sdk(server, self.key_id, self.secret)
+        self.tmp_path = tmp_path
+        self.agents: list[AgentProcess] = []
+
+    def register(self, name: str) -> tuple[Path, str]:
+        prefix = self.tmp_path / name
+        return prefix, register_agent(self.server, self.key_id, self.secret, prefix)
+
+    def start_agent(self, prefix: Path, server_url: str) -> AgentProcess:
+        agent = AgentProcess(prefix, server_url)
+        self.agents.append(agent)
+        agent.wait_connected()
+        return agent
+
+
+@pytest.fixture
+def env(server: ServerHandle, tmp_path: Path) -> Iterator[Env]:
+    environment = Env(server, tmp_path)
+    yield environment
+    for agent in environment.agents:
+        agent.stop()
+
+
+def rewrite_123_to_666(path: str, body: bytes) -> bytes:
+    """Change every task's script from …123… to …666… (same length, valid JSON)."""
+    if not path.endswith("/v1/task/list"):
+        return body
+    listing = json.loads(body)
+    for task in listing.get("run", []):
+        script = base64.b64decode(task["content"]).replace(b"123", b"666")
+        task["content"] = base64.b64encode(script).decode()
+    rewritten = json.dumps(listing, separators=(",", ":")).encode()
+    assert len(rewritten) == len(body)
+    return rewritten
+
+
+def wait_until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_proxy_rewriting_task_content_gets_nothing_run(env: Env, tmp_path: Path) -> None:
+    prefix, instance = env.register("agent")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with MitmProxy(env.server.url) as proxy:
+        proxy.rewrite = rewrite_123_to_666
+        agent = env.start_agent(prefix, proxy.url)
+        invoke = env.sdk.run_script(f"echo 123 > {marks}/ran-123", instance)
+        item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"), timeout=60)
+        assert item["InvocationStatus"] == "Failed"
+        assert item["ErrorCode"] == protocol.REFUSED_BAD_SIGNATURE
+        assert item["Output"] == ""
+        assert list(marks.iterdir()) == []  # neither the rewritten nor the original script ran
+        assert server_executions(env.server, invoke) == [("0", "Failed")]
+        rewritten = [
+            b
+            for p, _, _, b in proxy.answers
+            if p.endswith("/v1/task/list") and json.loads(b).get("run")
+        ]
+        assert rewritten  # the attack really went through the proxy
+        assert agent.proc.poll() is None  # the agent keeps running
+    assert agent.stop() == 0
+    log = agent.log()
+    assert "Traceback" not in log and protocol.REFUSED_BAD_SIGNATURE in log
+
+    # the same agent (same identity and pinned key), talking to the server directly
+    direct = env.start_agent(prefix, env.server.url)
+    invoke = env.sdk.run_script("echo 123", instance)
+    item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"))
+    assert item["Output"] == "MTIzCg==" and item["InvocationStatus"] == "Success"
+    assert direct.stop() == 0
+
+
+def test_task_list_captured_for_one_instance_runs_nothing_on_another(
+    env: Env, tmp_path: Path
+) -> None:
+    prefix_a, instance_a = env.register("a")
+    prefix_b, instance_b = env.register("b")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    invoke = env.sdk.run_script(f"touch {marks}/ran", instance_a)
+    with MitmProxy(env.server.url) as proxy:
+        # capture A's signed task list (A's own client, signed request, genuine answer)
+        identity_a = load_identity(prefix_a / "state")
+        listed = AgentClient(proxy.url, identity_a).list_tasks("startup")
+        assert [t["invoke_id"] for t in listed["run"]] == [invoke]
+        path, status, headers, captured = proxy.answers[-1]
+        assert path.endswith("/v1/task/list")
+
+        def replay(path: str, request_headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+            if path.endswith("/v1/task/list"):
+                return status, headers, captured
+            return None  # type: ignore[return-value]
+
+        proxy.replay = replay  # type: ignore[assignment]
+        # B gets A's list: refused, nothing runs, B keeps running
+        agent_b = AgentProcess(prefix_b, proxy.url)  # never "connected": every list is refused
+        env.agents.append(agent_b)
+        assert wait_until(lambda: proxy.count("/v1/task/list") >= 3)
+        assert list(marks.iterdir()) == []
+        assert agent_b.proc.poll() is None
+        # A gets its own, now stale, list again for a later request: refused too
+        with pytest.raises(protocol.ResponseRefusedError) as refused:
+            AgentClient(proxy.url, identity_a).list_tasks("poll")
+        assert refused.value.code == protocol.REFUSED_REPLAYED
+        agent_a = AgentProcess(prefix_a, proxy.url)
+        env.agents.append(agent_a)
+        assert wait_until(lambda: protocol.REFUSED_REPLAYED in agent_a.log())
+        assert list(marks.iterdir()) == []
+        assert agent_a.proc.poll() is None
+        item = env.sdk.wait_result(invoke, instance_a, ("Success", "Failed"))
+        assert item["ErrorCode"] == protocol.REFUSED_REPLAYED  # A reported its refusal
+        assert list(marks.iterdir()) == []
+    assert protocol.REFUSED_REPLAYED in agent_b.log()
+    assert "Traceback" not in agent_a.log() + agent_b.log()
+
+
+def register_cli(server_url: str, act_id: str, code: str, prefix: Path, *extra: str) -> Any:
+    (prefix / "config").mkdir(parents=True, exist_ok=True)
+    (prefix / "config" / "assist.toml").write_text(AGENT_CONFIG)
+    argv = [sys.executable, "-m", "agent.cli", "register", "--server", server_url]
+    argv += ["--activation-id", act_id, "--activation-code", code, "--prefix", str(prefix)]
+    return subprocess.run(
+        [*argv, *extra], capture_output=True, text=True, env=agent_env(), timeout=60
+    )
+
+
+def test_proxy_swapping_the_server_key_at_registration_fails_it(env: Env, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    attacker = protocol.raw_public_b64(Ed25519PrivateKey.generate())
+
+    def swap_key(path: str, body: bytes) -> bytes:
+        if not path.endswith("/instance/register"):
+            return body
+        answer = json.loads(body)
+        answer["server_key"] = attacker  # same length: 32 bytes, base64
+        return json.dumps(answer, separators=(",", ":")).encode()
+
+    act_id, code = env.server.create_activation(env.key_id, env.secret, count=5)
+    prefix = tmp_path / "swapped"
+    with MitmProxy(env.server.url) as proxy:
+        proxy.rewrite = swap_key
+        done = register_cli(proxy.url, act_id, code, prefix)
+        sent = b"".join(body for _, _, _, body in proxy.requests)
+    assert done.returncode != 0
+    assert "did not prove it holds the activation code" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+    assert not (prefix / "state" / "identity.json").exists()
+    assert not (prefix / "state" / "server-key.json").exists()
+    assert code.encode() not in sent  # the activation code never crossed the wire
+
+    # without the proxy the same activation registers and pins the real key
+    done = register_cli(env.server.url, act_id, code, prefix)
+    assert done.returncode == 0, done.stderr
+    pinned = json.loads((prefix / "state" / "server-key.json").read_text())
+    shown = subprocess.run(
+        [sys.executable, "-m", "server.cli", "key", "show", "--db", env.server.db_url],
+        capture_output=True,
+        text=True,
+        env=agent_env(),
+        timeout=60,
+        check=True,
+    )
+    assert pinned["keys"] == [shown.stdout.strip()] and pinned["source"] == "registration"
+    assert (prefix / "state" / "server-key.json").stat().st_mode & 0o777 == 0o600
