@@ -535,7 +535,7 @@ class Downloads:
     """Verified downloads into staging on a thread pool: submit in batches, wait once.
 
     The same content under several paths (an artifact as a TUF target, in apt's pool and in
-    yum's Packages/) crosses the network once: the later paths are local copies of the first
+    yum's Packages/) crosses the network once: the later paths are hard links to the first
     verified download (same sha256 and length), made when it lands.
     Leaving the block early (an index failed verification) cancels what has not started."""
 
@@ -595,7 +595,7 @@ class Downloads:
         landed.result()
         dest = self.staging / entry.relpath
         dest.parent.mkdir(parents=True, exist_ok=True)
-        copy_verified(self.staging / first.relpath, dest)
+        link_verified(self.staging / first.relpath, dest)
         self.bar.finished(entry.length)
 
     def wait(self) -> None:
@@ -620,9 +620,16 @@ def _cancelled_last(future: Future[None]) -> bool:
     return future.cancelled() or isinstance(future.exception(), CancelledError)
 
 
-def copy_verified(source: Path, dest: Path) -> None:
-    """`dest` as a copy of `source`, replacing it: in the kernel (copy_file_range), from the
-    page cache. A copy, not a hard link, so export bundles, prune and S3 see plain files."""
+def link_verified(source: Path, dest: Path) -> None:
+    """`dest` as a hard link to `source` (a copy where links are not possible), replacing it.
+
+    Content is immutable and verified, so one inode under several paths costs no second write
+    (and no second flush at the syncfs); prune, export (tar hard-link members, unpacked by
+    common/extract.py) and S3 treat the paths as plain files."""
     temp = dest.with_name(dest.name + ".copy")
-    shutil.copyfile(source, temp)
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
     os.replace(temp, dest)

@@ -107,6 +107,7 @@ def test_incremental_sync_fetches_only_new_files_each_content_once(
     pool = root / "apt/pool/main/d/demo/demo_3.0_amd64.deb"
     target = root / content[0].lstrip("/")
     assert pool.read_bytes() == target.read_bytes() == deb.read_bytes()
+    assert pool.stat().st_ino == target.stat().st_ino  # one copy on disk, one flush
     assert verify_tree(root) == []
     assert not list((root / ".mirror" / "staging").rglob("*.copy"))
 
