@@ -13,7 +13,7 @@ import os
 import posixpath
 import shutil
 from collections.abc import Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -534,6 +534,9 @@ def check_space(directory: Path, entries: Iterable[FileEntry], staging: Path) ->
 class Downloads:
     """Verified downloads into staging on a thread pool: submit in batches, wait once.
 
+    The same content under several paths (an artifact as a TUF target, in apt's pool and in
+    yum's Packages/) crosses the network once: the later paths are hard links to the first
+    verified download (same sha256 and length), made when it lands.
     Leaving the block early (an index failed verification) cancels what has not started."""
 
     def __init__(
@@ -545,10 +548,13 @@ class Downloads:
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
         self.futures: list[Future[None]] = []
         self.submitted: dict[str, FileEntry] = {}
+        self.first: dict[tuple[str, int], tuple[FileEntry, Future[None]]] = {}  # by content
+        self.copied: set[str] = set()  # paths copied from another path's download
 
     @property
     def bytes(self) -> int:
-        return sum(e.length for e in self.submitted.values())
+        """Bytes downloaded (or to be), each content once."""
+        return sum(e.length for e in self.submitted.values() if e.relpath not in self.copied)
 
     def __enter__(self) -> Downloads:
         return self
@@ -563,15 +569,20 @@ class Downloads:
 
     def submit(self, entries: list[FileEntry]) -> None:
         """Start downloading the entries not yet submitted, after a free-space check."""
-        check_space(
-            self.staging, [e for e in entries if e.relpath not in self.submitted], self.staging
-        )
-        new = [e for e in entries if e.relpath not in self.submitted]
+        new = list({e.relpath: e for e in entries if e.relpath not in self.submitted}.values())
+        fresh = {(e.sha256, e.length): e for e in new if (e.sha256, e.length) not in self.first}
+        check_space(self.staging, list(fresh.values()), self.staging)
         self.bar.add(len(new), sum(e.length for e in new))
         for entry in new:
-            if entry.relpath not in self.submitted:
-                self.submitted[entry.relpath] = entry
-                self.futures.append(self.pool.submit(self._fetch, entry))
+            self.submitted[entry.relpath] = entry
+            key = (entry.sha256, entry.length)
+            if key in self.first:
+                self.copied.add(entry.relpath)
+                self.futures.append(self.pool.submit(self._copy, *self.first[key], entry))
+            else:
+                future = self.pool.submit(self._fetch, entry)
+                self.first[key] = (entry, future)
+                self.futures.append(future)
 
     def _fetch(self, entry: FileEntry) -> None:
         dest = self.staging / entry.relpath
@@ -581,14 +592,24 @@ class Downloads:
         )
         self.bar.finished(entry.length)
 
+    def _copy(self, first: FileEntry, landed: Future[None], entry: FileEntry) -> None:
+        """Stage `entry` from the verified download of `first` (same sha256 and length).
+
+        `landed` was submitted earlier to this FIFO pool, so it is running or done: no deadlock."""
+        landed.result()
+        dest = self.staging / entry.relpath
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        link_verified(self.staging / first.relpath, dest)
+        self.bar.finished(entry.length)
+
     def wait(self) -> None:
         """Wait for every download; the first failure cancels the rest and is raised."""
         done, pending = wait(self.futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
-        for future in done:
-            exc = future.exception()
-            if exc is None:
+        # a copy whose source was cancelled ends in CancelledError: report real failures first
+        for future in sorted(done, key=_cancelled_last):
+            if future.cancelled() or (exc := future.exception()) is None:
                 continue
             if isinstance(exc, VerificationError):
                 raise VerificationError(
@@ -596,3 +617,23 @@ class Downloads:
                     hint="the upstream is tampered with or inconsistent; nothing was published",
                 ) from exc
             raise exc
+
+
+def _cancelled_last(future: Future[None]) -> bool:
+    """Sort key: futures cancelled, or failed only because their source was, come last."""
+    return future.cancelled() or isinstance(future.exception(), CancelledError)
+
+
+def link_verified(source: Path, dest: Path) -> None:
+    """`dest` as a hard link to `source` (a copy where links are not possible), replacing it.
+
+    Content is immutable and verified, so one inode under several paths costs no second write
+    (and no second flush at the syncfs); prune, export (tar hard-link members, unpacked by
+    common/extract.py) and S3 treat the paths as plain files."""
+    temp = dest.with_name(dest.name + ".copy")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
+    os.replace(temp, dest)

@@ -6,12 +6,21 @@ One seam (`Source`) for both, plus the adapter that lets tuf's Updater read thro
 from __future__ import annotations
 
 import hashlib
+import http.client
+import logging
 import os
 import threading
+import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.config import PROXY_ENV
 from common.errors import DownloadError, NotFoundError, VerificationError
+
+log = logging.getLogger(__name__)
+
+_PROXY_VARS = (PROXY_ENV, "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 
 class Source(Protocol):
@@ -50,6 +59,16 @@ class HttpSource:
         return fetcher
 
     def fetch_bytes(self, path: str, max_length: int) -> bytes:
+        if getattr(self._local, "fetcher", None) is None:  # the first request: maybe a no-op
+            quick = quick_get(
+                self.base_url + path,
+                max_length,
+                connect_timeout=self._options.get("timeout", 3.0),
+                deadline=self._options.get("read_timeout", 10.0),
+                proxy=self._options.get("proxy"),
+            )
+            if quick is not None:
+                return quick
         return bytes(self._fetcher().fetch_bytes(path, max_length))
 
     def download(
@@ -62,6 +81,45 @@ class HttpSource:
             expected_sha256=expected_sha256,
             durable=False,  # staging: FileStorage.publish syncs the filesystem once
         )
+
+
+def quick_get(
+    url: str, max_length: int, *, connect_timeout: float, deadline: float, proxy: str | None
+) -> bytes | None:
+    """A small file over plain HTTP with the standard library only, or None to say "use the
+    Fetcher" (anything but a clean 200 within the cap: errors, redirects, proxies, https).
+
+    A no-op sync is this one request: without it the CLI would import requests (~0.3 s here)
+    before reaching the network (mirror/README.md, "Start-up and progress"). Never trusted
+    more than the Fetcher: the caller compares the bytes with what it published and verified.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or proxy:
+        return None
+    if any(os.environ.get(var) for var in _PROXY_VARS):  # urllib.request would cost more
+        return None
+    ends = time.monotonic() + deadline
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=connect_timeout)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", target, headers={"Accept-Encoding": "identity"})
+        response = conn.getresponse()
+        if response.status != 200:
+            return None
+        body = bytearray()
+        while len(body) <= max_length:
+            if time.monotonic() > ends:
+                return None
+            piece = response.read1(max_length + 1 - len(body))
+            if not piece:
+                return bytes(body)
+            body += piece
+        return None  # larger than the cap: the Fetcher says so properly
+    except (OSError, http.client.HTTPException) as exc:
+        log.debug("quick GET %s failed (%s): using the full fetcher", url, exc)
+        return None
+    finally:
+        conn.close()
 
 
 class DirSource:

@@ -182,11 +182,15 @@ def sync_args(origin: Origin, url: str, root: Path) -> list[str]:
 
 
 def mirror_cli(
-    *args: str, check: bool = True, **kwargs: object
+    *args: str, check: bool = True, python_args: bool = False, **kwargs: object
 ) -> subprocess.CompletedProcess[str]:
-    """Run `assist-mirror ARGS` (python -m mirror) and return the finished process."""
+    """Run `assist-mirror ARGS` (python -m mirror) and return the finished process; with
+    `python_args`, ARGS starting with "-X" options go to the interpreter first."""
+    interpreter: list[str] = []
+    while python_args and args and args[0] == "-X":
+        interpreter, args = [*interpreter, *args[:2]], args[2:]
     proc = subprocess.run(
-        [sys.executable, "-m", "mirror", *args],
+        [sys.executable, *interpreter, "-m", "mirror", *args],
         capture_output=True,
         text=True,
         check=False,

@@ -28,6 +28,21 @@ def test_sync_status_and_noop_from_the_command_line(upstream, tmp_path: Path) ->
     assert "package    demo: 1.0, 2.0" in text
 
 
+def test_noop_sync_reaches_its_one_request_without_requests_or_tuf(
+    upstream, tmp_path: Path
+) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    mirror_cli(*sync_args(origin, server.url, root))
+    server.requests.clear()
+    again = mirror_cli("-X", "importtime", *sync_args(origin, server.url, root), python_args=True)
+    assert again.stdout.startswith("up to date")
+    assert server.requests == ["/metadata/timestamp.json"]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines()}
+    heavy = {"requests", "urllib3", "tuf", "securesystemslib", "cryptography", "boto3"}
+    assert "mirror.sync" in imported and not heavy & imported, sorted(heavy & imported)
+
+
 def test_sync_writes_the_regions_bootstrap_scripts(upstream, tmp_path: Path) -> None:
     origin, server = upstream
     root = tmp_path / "mirror"
@@ -178,7 +193,8 @@ def test_import_of_a_tampered_bundle_changes_nothing(upstream, tmp_path: Path) -
     with tarfile.open(bundle) as src, tarfile.open(evil, "w") as dst:
         for member in src.getmembers():
             data = src.extractfile(member)
-            if member.name.endswith("demo_3.0_amd64.deb") and member.name.startswith("targets/"):
+            # the target and its pool copy are one inode: tamper the member holding the bytes
+            if member.name.endswith("demo_3.0_amd64.deb") and member.isreg():
                 import io
 
                 raw = bytearray(data.read())

@@ -165,7 +165,7 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
     art.mkdir()
     origin.publish(
         make_deb(art, "big", "1.0", size=2 << 20),
-        *(make_tarball(art, f"blob{i}", "1.0", size=3 << 20) for i in range(3)),
+        *(make_tarball(art, f"blob{i}", "1.0", size=6 << 20) for i in range(3)),
     )
     requests_log: list[tuple[str, str]] = []
     server.hook = throttle(origin.repo, requests_log)

@@ -12,7 +12,13 @@ from mirror_testlib import Origin, make_deb, tree_hash
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
-from common.errors import DownloadError, ExpiredMetadataError, LockedError, VerificationError
+from common.errors import (
+    DownloadError,
+    ExpiredMetadataError,
+    LockedError,
+    NotFoundError,
+    VerificationError,
+)
 from mirror.check import mirror_status, verify_tree
 from mirror.options import SyncOptions
 from mirror.plan import Filters
@@ -80,11 +86,14 @@ def test_noop_sync_costs_one_request(upstream, tmp_path: Path) -> None:
     assert tree_hash(root) == before
 
 
-def test_incremental_sync_fetches_only_new_files(upstream, tmp_path: Path) -> None:
+def test_incremental_sync_fetches_only_new_files_each_content_once(
+    upstream, tmp_path: Path
+) -> None:
     origin, server = upstream
     root = tmp_path / "mirror"
     sync(options(origin, server.url, root))
-    origin.publish(make_deb(tmp_path, "demo", "3.0"))
+    deb = make_deb(tmp_path, "demo", "3.0")
+    origin.publish(deb)
     server.requests.clear()
     report = sync(options(origin, server.url, root))
     content = [
@@ -92,12 +101,15 @@ def test_incremental_sync_fetches_only_new_files(upstream, tmp_path: Path) -> No
         for r in server.requests
         if r.startswith(("/targets/", "/apt/pool/", "/yum/stable/Packages/"))
     ]
-    assert sorted(
-        Path(r).name.split(".", 1)[-1] if r.startswith("/targets/") else Path(r).name
-        for r in content
-    ) == ["demo_3.0_amd64.deb", "demo_3.0_amd64.deb"]
-    assert report.fetched_files == 2
+    # the new deb is a TUF target and in apt's pool: it crosses the wire once, as the target
+    assert len(content) == 1 and content[0].endswith(".demo_3.0_amd64.deb"), content
+    assert report.fetched_files == 2 and report.fetched_bytes == deb.stat().st_size
+    pool = root / "apt/pool/main/d/demo/demo_3.0_amd64.deb"
+    target = root / content[0].lstrip("/")
+    assert pool.read_bytes() == target.read_bytes() == deb.read_bytes()
+    assert pool.stat().st_ino == target.stat().st_ino  # one copy on disk, one flush
     assert verify_tree(root) == []
+    assert not list((root / ".mirror" / "staging").rglob("*.copy"))
 
 
 def test_filters_and_keep_select_what_is_mirrored(upstream, tmp_path: Path) -> None:
@@ -149,13 +161,32 @@ def test_tampered_artifact_is_refused_and_mirror_unchanged(upstream, tmp_path: P
     _assert_untouched(root, before, state)
 
 
-def test_tampered_pool_file_is_refused(upstream, tmp_path: Path) -> None:
+def test_tampered_pool_file_without_its_target_is_refused(upstream, tmp_path: Path) -> None:
     origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
     deb = origin.repo / "apt/pool/main/d/demo/demo_3.0_amd64.deb"
-    deb.write_bytes(deb.read_bytes()[:-1] + b"X")
-    with pytest.raises(VerificationError):
+    data = deb.read_bytes()
+    deb.unlink()
+    deb.write_bytes(data[:-1] + b"X")
+    # the signed target with the same content is gone: the pool copy must be fetched itself
+    for target in (origin.repo / "targets" / "demo" / "3.0").glob("*.deb"):
+        target.unlink()
+    with pytest.raises((VerificationError, NotFoundError)):
         sync(options(origin, server.url, root))
     _assert_untouched(root, before, state)
+
+
+def test_tampered_pool_copy_of_a_target_is_never_served(upstream, tmp_path: Path) -> None:
+    origin, server, root, _before, _state = _sync_then_tamper(upstream, tmp_path)
+    pool = "apt/pool/main/d/demo/demo_3.0_amd64.deb"
+    good = (origin.repo / pool).read_bytes()
+    (origin.repo / pool).unlink()  # the origin may hard-link it to the target: tamper a copy
+    (origin.repo / pool).write_bytes(good[:-1] + b"X")
+    server.requests.clear()
+    sync(options(origin, server.url, root))
+    # the pool file is the verified target's bytes (same signed sha256), never the origin's copy
+    assert f"/{pool}" not in server.requests
+    assert (root / pool).read_bytes() == good
+    assert verify_tree(root) == []
 
 
 def test_bad_tuf_signature_is_refused(upstream, tmp_path: Path) -> None:
