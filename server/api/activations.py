@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.api import action
+from server.api.idempotency import client_token, replay
 from server.rpc import Params, invalid
 from server.store import queries as q
 from server.store.conn import Conn
@@ -35,6 +36,7 @@ def parse_ip_ranges(text: str) -> str:
 @action("CreateActivation")
 async def create_activation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """An activation code that lets up to InstanceCount machines register."""
+    client_token(p)
     now = model.now_ms()
     row = {
         "activation_id": model.new_activation_id(),
@@ -59,12 +61,16 @@ async def create_activation(state: ServerState, account: str, p: Params) -> dict
         "disabled": False,
     }
     code = model.new_activation_code()
+    result = {"ActivationId": row["activation_id"], "ActivationCode": code}
 
     async def _tx(conn: Conn) -> Any:
+        prior = await replay(conn, account, "CreateActivation", p, result)
+        if prior is not None:
+            return prior
         await q.insert_activation(conn, row, code)
+        return result
 
-    await state.store.write(_tx)
-    return {"ActivationId": row["activation_id"], "ActivationCode": code}
+    return dict(await state.store.write(_tx))
 
 
 @action("DescribeActivations")

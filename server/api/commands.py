@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.api import action
+from server.api.idempotency import client_token, replay
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
 from server.store.conn import Conn
@@ -62,8 +63,10 @@ def read_command_fields(p: Params, content_required: bool) -> dict[str, Any]:
     }
 
 
-async def store_command(state: ServerState, account: str, name: str, fields: dict[str, Any]) -> str:
-    """Insert a command; return its id."""
+async def store_command(
+    state: ServerState, account: str, name: str, fields: dict[str, Any], p: Params
+) -> dict[str, Any]:
+    """Insert a command (once per ClientToken); return the CreateCommand answer."""
     command_id = model.new_id("c-")
     now = model.now_ms()
     row = {
@@ -75,20 +78,25 @@ async def store_command(state: ServerState, account: str, name: str, fields: dic
         "created_ms": now,
         "invoke_times": 0,
     }
+    result = {"CommandId": command_id}
 
-    async def _tx(conn: Conn) -> Any:
+    async def _tx(conn: Conn) -> dict[str, Any]:
+        prior = await replay(conn, account, "CreateCommand", p, result)
+        if prior is not None:
+            return prior
         await q.insert_command(conn, row)
+        return result
 
-    await state.store.write(_tx)
-    return command_id
+    return await state.store.write(_tx)
 
 
 @action("CreateCommand")
 async def create_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Store a script for later invocations."""
+    client_token(p)
     name = p.str("Name", required=True, max_len=128, too_long=NAME_TOO_LONG)
     fields = read_command_fields(p, content_required=True)
-    return {"CommandId": await store_command(state, account, name, fields)}
+    return await store_command(state, account, name, fields, p)
 
 
 def render_command(row: dict[str, Any], encoding: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from server.api.commands import (
     command_not_found,
     read_command_fields,
 )
+from server.api.idempotency import client_token, replay
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import queries as q
 from server.store.conn import Conn
@@ -64,9 +65,16 @@ def read_schedule(p: Params) -> tuple[bool, str, str]:
 
 
 async def start_invocation(
-    state: ServerState, account: str, p: Params, command: dict[str, Any], keep: bool
-) -> str:
-    """Validate targets and parameters, store the invocation, wake the agents."""
+    state: ServerState,
+    account: str,
+    p: Params,
+    command: dict[str, Any],
+    keep: bool,
+    action_name: str,
+) -> dict[str, Any]:
+    """Validate targets and parameters, store the invocation (once per ClientToken), wake the
+    agents; return the action's answer."""
+    client_token(p)
     ids = p.list("InstanceId", max_items=state.max_invoke_instances, too_many=TOO_MANY_INSTANCES)
     if not ids:
         raise missing("InstanceId.1", "MissingParam.InstanceId")
@@ -111,7 +119,14 @@ async def start_invocation(
         "stopped": False,
     }
 
+    result = {"InvokeId": invoke_id}
+    if action_name == "RunCommand":
+        result = {"CommandId": command["command_id"], **result}
+
     async def _tx(conn: Conn) -> Any:
+        prior = await replay(conn, account, action_name, p, result)
+        if prior is not None:
+            return prior
         found = await q.existing_instances(conn, account, ids)
         absent = [i for i in ids if i not in found]
         if absent:
@@ -123,10 +138,12 @@ async def start_invocation(
         if keep:
             await q.insert_command(conn, command)
         await q.insert_invocation(conn, row, ids)
+        return result
 
-    await state.store.write(_tx)
-    await state.notifier.publish(ids, {"type": "task"})
-    return invoke_id
+    answer: dict[str, Any] = await state.store.write(_tx)
+    if answer is result:  # a retry of a known ClientToken wakes nobody
+        await state.notifier.publish(ids, {"type": "task"})
+    return answer
 
 
 @action("InvokeCommand")
@@ -141,7 +158,7 @@ async def invoke_command(state: ServerState, account: str, p: Params) -> dict[st
     command = await state.store.read(_tx)
     if command is None:
         raise command_not_found()
-    return {"InvokeId": await start_invocation(state, account, p, command, keep=False)}
+    return await start_invocation(state, account, p, command, False, "InvokeCommand")
 
 
 @action("RunCommand")
@@ -159,8 +176,7 @@ async def run_command(state: ServerState, account: str, p: Params) -> dict[str, 
         "invoke_times": 0,
     }
     keep = p.bool("KeepCommand", False)
-    invoke_id = await start_invocation(state, account, p, command, keep)
-    return {"CommandId": command["command_id"], "InvokeId": invoke_id}
+    return await start_invocation(state, account, p, command, keep, "RunCommand")
 
 
 def encode_output(raw_b64: str, encoding: str) -> str:

@@ -39,7 +39,16 @@ async def _add_execution_detail_v2(conn: Conn) -> None:
             await conn.execute(text(f"ALTER TABLE executions ADD COLUMN {name} {ddl}"))
 
 
-MIGRATIONS: list[tuple[int, Step]] = [(1, _create_v1), (2, _add_execution_detail_v2)]
+async def _create_missing_tables(conn: Conn) -> None:
+    """Create the tables of server/store/schema.py a database does not have yet."""
+    await conn.run_sync(lambda sync: schema.metadata.create_all(sync, checkfirst=True))
+
+
+MIGRATIONS: list[tuple[int, Step]] = [
+    (1, _create_v1),
+    (2, _add_execution_detail_v2),
+    (3, _create_missing_tables),  # client_tokens (ClientToken answers)
+]
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -177,3 +177,15 @@ instances = Table(
     Column("update_requested", Boolean, nullable=False, default=False),
     Column("update_version", String(64), nullable=False, default=""),
 )
+
+# schema version 3: ClientToken of create-type calls, with the first call's answer (docs/operator-api.md)
+client_tokens = Table(
+    "client_tokens",
+    metadata,
+    Column("account", String(128), primary_key=True),
+    Column("action", String(64), primary_key=True),
+    Column("token", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # sha256 hex of the business parameters
+    Column("result", Text, nullable=False),  # JSON of the first answer
+    Column("expires_ms", BigInteger, nullable=False, index=True),
+)
