@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 from server import model
 from server.api import action
 from server.api.idempotency import client_token, replay
+from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
 from server.rpc import Params, invalid
 from server.store import queries as q
+from server.store import tags as store_tags
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
@@ -33,10 +35,11 @@ def parse_ip_ranges(text: str) -> str:
     return ",".join(parts)
 
 
-@action("CreateActivation")
+@action("CreateActivation", tags=True)
 async def create_activation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """An activation code that lets up to InstanceCount machines register."""
     client_token(p)
+    tags = tags_to_set(p)
     now = model.now_ms()
     row = {
         "activation_id": model.new_activation_id(),
@@ -68,22 +71,28 @@ async def create_activation(state: ServerState, account: str, p: Params) -> dict
         if prior is not None:
             return prior
         await q.insert_activation(conn, row, code)
+        await add_tags(conn, account, "activation", [str(row["activation_id"])], tags)
         return result
 
     return dict(await state.store.write(_tx))
 
 
-@action("DescribeActivations")
+@action("DescribeActivations", tags=True)
 async def describe_activations(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """The account's activations (never their codes)."""
     page = p.page()
-    filters = {"ActivationId": p.str("ActivationId"), "InstanceName": p.str("InstanceName")}
+    filters: dict[str, Any] = {
+        "ActivationId": p.str("ActivationId"),
+        "InstanceName": p.str("InstanceName"),
+        "Tags": read_tags(p),
+    }
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_activations(conn, account, filters, page.offset, page.size)
-        return total, rows
+        ids = [r["activation_id"] for r in rows]
+        return total, rows, await store_tags.tags_of(conn, account, "activation", ids)
 
-    total, rows = await state.store.read(_tx)
+    total, rows, tags = await state.store.read(_tx)
     return {
         **page.fields(total),
         "ActivationList": [
@@ -98,7 +107,7 @@ async def describe_activations(state: ServerState, account: str, p: Params) -> d
                 "TimeToLiveInHours": r["ttl_hours"],
                 "CreationTime": r["created"],
                 "Disabled": bool(r["disabled"]),
-                "Tags": [],
+                "Tags": render_tags(tags.get(r["activation_id"], [])),
             }
             for r in rows
         ],

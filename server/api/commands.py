@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 from server import model
 from server.api import action
 from server.api.idempotency import client_token, replay
+from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
+from server.store import tags as store_tags
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
@@ -85,21 +87,25 @@ async def store_command(
         if prior is not None:
             return prior
         await q.insert_command(conn, row)
+        await add_tags(conn, account, "command", [command_id], tags_to_set(p))
         return result
 
     return await state.store.write(_tx)
 
 
-@action("CreateCommand")
+@action("CreateCommand", tags=True)
 async def create_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Store a script for later invocations."""
     client_token(p)
+    tags_to_set(p)
     name = p.str("Name", required=True, max_len=128, too_long=NAME_TOO_LONG)
     fields = read_command_fields(p, content_required=True)
     return await store_command(state, account, name, fields, p)
 
 
-def render_command(row: dict[str, Any], encoding: str) -> dict[str, Any]:
+def render_command(
+    row: dict[str, Any], encoding: str, tags: list[tuple[str, str]]
+) -> dict[str, Any]:
     """A Command item of DescribeCommands."""
     content = row["content"]
     if encoding == "PlainText":
@@ -120,11 +126,11 @@ def render_command(row: dict[str, Any], encoding: str) -> dict[str, Any]:
         "Version": 1,
         "Latest": True,
         "Category": "",
-        "Tags": {"Tag": []},
+        "Tags": {"Tag": render_tags(tags)},
     }
 
 
-@action("DescribeCommands")
+@action("DescribeCommands", tags=True)
 async def describe_commands(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """List the account's commands, newest first."""
     page = p.page()
@@ -134,16 +140,21 @@ async def describe_commands(state: ServerState, account: str, p: Params) -> dict
         raise ApiError(
             "InvalidCommandType.NotFound", "The specified command type does not exist.", 404
         )
-    filters = {k: p.str(k) for k in ("CommandId", "Name", "Description")} | {"Type": ctype}
+    filters: dict[str, Any] = {k: p.str(k) for k in ("CommandId", "Name", "Description")}
+    filters["Type"] = ctype
+    filters["Tags"] = read_tags(p)
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_commands(conn, account, filters, page.offset, page.size)
-        return total, rows
+        ids = [r["command_id"] for r in rows]
+        return total, rows, await store_tags.tags_of(conn, account, "command", ids)
 
-    total, rows = await state.store.read(_tx)
+    total, rows, tags = await state.store.read(_tx)
     return {
         **page.fields(total),
-        "Commands": {"Command": [render_command(r, encoding) for r in rows]},
+        "Commands": {
+            "Command": [render_command(r, encoding, tags.get(r["command_id"], [])) for r in rows]
+        },
     }
 
 
@@ -184,6 +195,7 @@ async def delete_command(state: ServerState, account: str, p: Params) -> dict[st
     async def _tx(conn: Conn) -> Any:
         if not await q.delete_command(conn, account, command_id):
             raise command_not_found()
+        await store_tags.remove_tags(conn, account, "command", [command_id], None)
 
     await state.store.write(_tx)
     return {}

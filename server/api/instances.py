@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.api import action
+from server.api.tags import read_tags, render_tags
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
+from server.store import tags as store_tags
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ def is_online(row: dict[str, Any], now_ms: int) -> bool:
     return bool(row["last_seen_ms"]) and now_ms - int(row["last_seen_ms"]) <= window
 
 
-def render_managed(row: dict[str, Any], now_ms: int) -> dict[str, Any]:
+def render_managed(row: dict[str, Any], now_ms: int, tags: list[tuple[str, str]]) -> dict[str, Any]:
     """One Instance of DescribeManagedInstances."""
     return {
         "InstanceId": row["instance_id"],
@@ -38,11 +40,11 @@ def render_managed(row: dict[str, Any], now_ms: int) -> dict[str, Any]:
         "LastInvokedTime": model.iso_from_ms(row["last_invoked_ms"]),
         "InvocationCount": row["invocation_count"],
         "Connected": is_online(row, now_ms),
-        "Tags": [],
+        "Tags": render_tags(tags),
     }
 
 
-@action("DescribeManagedInstances")
+@action("DescribeManagedInstances", tags=True)
 async def describe_managed_instances(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Registered (managed) instances of the account."""
     page = p.page()
@@ -52,6 +54,7 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
         "ActivationId": p.str("ActivationId"),
         "OsType": p.str("OsType"),
         "InstanceIp": p.str("InstanceIp"),
+        "Tags": read_tags(p),
     }
     connected = p.raw.get("Connected", "")
     want: bool | None = p.bool("Connected") if connected else None
@@ -61,11 +64,12 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_instances(conn, account, filters, offset, limit)
-        return total, rows
+        ids = [r["instance_id"] for r in rows]
+        return total, rows, await store_tags.tags_of(conn, account, "managedinstance", ids)
 
-    total, rows = await state.store.read(_tx)
+    total, rows, tags = await state.store.read(_tx)
     now = model.now_ms()
-    items = [render_managed(r, now) for r in rows]
+    items = [render_managed(r, now, tags.get(r["instance_id"], [])) for r in rows]
     if want is not None:
         items = [i for i in items if i["Connected"] is want]
         total = len(items)
@@ -82,13 +86,15 @@ async def deregister_managed_instance(
 
     async def _tx(conn: Conn) -> Any:
         row = await q.deregister_instance(conn, account, instance_id)
-        return row
+        tags = await store_tags.tags_of(conn, account, "managedinstance", [instance_id])
+        await store_tags.remove_tags(conn, account, "managedinstance", [instance_id], None)
+        return row, tags.get(instance_id, [])
 
-    row = await state.store.write(_tx)
+    row, tags = await state.store.write(_tx)
     if row is None:
         raise ApiError("InvalidInstance.NotFound", "The specified instance does not exist.", 404)
     state.forget_instance(instance_id)
-    return {"Instance": render_managed(row, model.now_ms())}
+    return {"Instance": render_managed(row, model.now_ms(), tags)}
 
 
 @action("DescribeCloudAssistantStatus")

@@ -16,8 +16,10 @@ from server.api.commands import (
     read_command_fields,
 )
 from server.api.idempotency import client_token, replay
+from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import queries as q
+from server.store import tags as store_tags
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ async def start_invocation(
     """Validate targets and parameters, store the invocation (once per ClientToken), wake the
     agents; return the action's answer."""
     client_token(p)
+    tags = tags_to_set(p)
     ids = p.list("InstanceId", max_items=state.max_invoke_instances, too_many=TOO_MANY_INSTANCES)
     if not ids:
         raise missing("InstanceId.1", "MissingParam.InstanceId")
@@ -137,7 +140,9 @@ async def start_invocation(
             )
         if keep:
             await q.insert_command(conn, command)
+            await add_tags(conn, account, "command", [command["command_id"]], tags)
         await q.insert_invocation(conn, row, ids)
+        await add_tags(conn, account, "invocation", [invoke_id], tags)
         return result
 
     answer: dict[str, Any] = await state.store.write(_tx)
@@ -146,7 +151,7 @@ async def start_invocation(
     return answer
 
 
-@action("InvokeCommand")
+@action("InvokeCommand", tags=True)
 async def invoke_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Run a stored command on instances, once or on a schedule."""
     command_id = p.str("CommandId", required=True)
@@ -161,7 +166,7 @@ async def invoke_command(state: ServerState, account: str, p: Params) -> dict[st
     return await start_invocation(state, account, p, command, False, "InvokeCommand")
 
 
-@action("RunCommand")
+@action("RunCommand", tags=True)
 async def run_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Create a command and invoke it in one call."""
     fields = read_command_fields(p, content_required=True)
@@ -194,7 +199,7 @@ async def output_of(conn: Any, row: dict[str, Any]) -> str:
     return str(row["output"] or "")
 
 
-def render_result(row: dict[str, Any], output: str) -> dict[str, Any]:
+def render_result(row: dict[str, Any], output: str, tags: list[tuple[str, str]]) -> dict[str, Any]:
     """One InvocationResult / ResultItem."""
     return {
         "CommandId": row["command_id"],
@@ -216,11 +221,11 @@ def render_result(row: dict[str, Any], output: str) -> dict[str, Any]:
         "ContainerName": "",
         "Launcher": "",
         "TerminationMode": "",
-        "Tags": {"Tag": []},
+        "Tags": {"Tag": render_tags(tags)},
     }
 
 
-@action("DescribeInvocationResults")
+@action("DescribeInvocationResults", tags=True)
 async def describe_invocation_results(
     state: ServerState, account: str, p: Params
 ) -> dict[str, Any]:
@@ -236,6 +241,7 @@ async def describe_invocation_results(
         "InstanceId": p.str("InstanceId"),
         "CommandId": p.str("CommandId"),
         "Statuses": RECORD_STATUS_FILTER.get(record, ()),
+        "Tags": read_tags(p),
     }
     # IncludeHistory: every execution (a timed invocation runs many times), not only the latest
     lister = q.list_execution_results if p.bool("IncludeHistory", False) else q.list_results
@@ -244,7 +250,14 @@ async def describe_invocation_results(
         if invoke_id and await q.get_invocation(conn, account, invoke_id) is None:
             raise invoke_not_found()
         total, rows = await lister(conn, account, filters, page.offset, page.size)
-        items = [render_result(r, encode_output(await output_of(conn, r), encoding)) for r in rows]
+        ids = sorted({r["invoke_id"] for r in rows})
+        tags = await store_tags.tags_of(conn, account, "invocation", ids)
+        items = [
+            render_result(
+                r, encode_output(await output_of(conn, r), encoding), tags.get(r["invoke_id"], [])
+            )
+            for r in rows
+        ]
         return total, rows, items
 
     total, rows, items = await state.store.read(_tx)
@@ -258,7 +271,11 @@ async def describe_invocation_results(
 
 
 def render_invocation(
-    row: dict[str, Any], results: list[dict[str, Any]], encoding: str, with_output: bool
+    row: dict[str, Any],
+    results: list[dict[str, Any]],
+    encoding: str,
+    with_output: bool,
+    tags: list[tuple[str, str]],
 ) -> dict[str, Any]:
     """One Invocation of DescribeInvocations, with its InvokeInstances."""
     overall = model.overall_status(r["status"] for r in results)
@@ -302,11 +319,11 @@ def render_invocation(
         "InvocationStatus": overall,
         "InvokeStatus": model.legacy_invoke_status(overall, bool(row["timed"])),
         "InvokeInstances": {"InvokeInstance": instances},
-        "Tags": {"Tag": []},
+        "Tags": {"Tag": render_tags(tags)},
     }
 
 
-@action("DescribeInvocations")
+@action("DescribeInvocations", tags=True)
 async def describe_invocations(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Invocations with their overall and per-instance status, newest first."""
     page = p.page()
@@ -332,18 +349,23 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     filters["CommandType"] = p.str("CommandType") or p.str("Type")
     filters["RepeatMode"] = p.enum("RepeatMode", model.REPEAT_MODES)
     filters["Timed"] = p.bool("Timed") if p.raw.get("Timed") else None
+    filters["Tags"] = read_tags(p)
     offset, limit = page.offset, page.size
     if wanted:
         offset, limit = 0, 10_000
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_invocations(conn, account, filters, offset, limit)
-        results = await q.instance_results(conn, [r["invoke_id"] for r in rows])
-        return total, rows, results
+        ids = [r["invoke_id"] for r in rows]
+        results = await q.instance_results(conn, ids)
+        return total, rows, results, await store_tags.tags_of(conn, account, "invocation", ids)
 
-    total, rows, results = await state.store.read(_tx)
+    total, rows, results, tags = await state.store.read(_tx)
     items = [
-        render_invocation(r, results.get(r["invoke_id"], []), encoding, with_output) for r in rows
+        render_invocation(
+            r, results.get(r["invoke_id"], []), encoding, with_output, tags.get(r["invoke_id"], [])
+        )
+        for r in rows
     ]
     if wanted:
         items = [i for i in items if wanted in (i["InvokeStatus"], i["InvocationStatus"])]

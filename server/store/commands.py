@@ -9,6 +9,7 @@ from server.store.rows import Row, _one, _page
 from server.store.schema import (
     commands,
 )
+from server.store.tags import tagged
 
 
 async def insert_command(conn: Conn, row: Row) -> None:
@@ -34,6 +35,8 @@ async def list_commands(
         stmt = stmt.where(commands.c.type == filters["Type"])
     if filters.get("Description"):
         stmt = stmt.where(commands.c.description == filters["Description"])
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("command", commands.c.command_id, account, filters["Tags"]))
     order = (commands.c.created_ms.desc(), commands.c.command_id)
     return await _page(conn, stmt, order, offset, limit)
 

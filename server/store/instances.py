@@ -15,6 +15,7 @@ from server.store.schema import (
     instances,
     invocation_instances,
 )
+from server.store.tags import tagged
 
 
 async def existing_instances(conn: Conn, account: str, ids: Sequence[str]) -> set[str]:
@@ -49,6 +50,10 @@ async def list_instances(
         stmt = stmt.where(func.lower(instances.c.os_type) == filters["OsType"].lower())
     if filters.get("InstanceIp"):
         stmt = stmt.where(instances.c.ip == filters["InstanceIp"])
+    if filters.get("Tags"):
+        stmt = stmt.where(
+            tagged("managedinstance", instances.c.instance_id, account, filters["Tags"])
+        )
     order = (instances.c.registered_ms, instances.c.instance_id)
     return await _page(conn, stmt, order, offset, limit)
 
@@ -81,6 +86,10 @@ async def list_activations(
         stmt = stmt.where(activations.c.activation_id == filters["ActivationId"])
     if filters.get("InstanceName"):
         stmt = stmt.where(activations.c.instance_name == filters["InstanceName"])
+    if filters.get("Tags"):
+        stmt = stmt.where(
+            tagged("activation", activations.c.activation_id, account, filters["Tags"])
+        )
     order = (activations.c.created_ms.desc(), activations.c.activation_id)
     return await _page(conn, stmt, order, offset, limit)
 

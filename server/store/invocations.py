@@ -19,6 +19,7 @@ from server.store.schema import (
     invocations,
     output_chunks,
 )
+from server.store.tags import tagged
 
 
 async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -> None:
@@ -93,6 +94,8 @@ async def list_invocations(
                 )
             )
         )
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("invocation", invocations.c.invoke_id, account, filters["Tags"]))
     order = (invocations.c.created_ms.desc(), invocations.c.invoke_id)
     return await _page(conn, stmt, order, offset, limit)
 
@@ -130,6 +133,8 @@ async def list_results(
         .where(ii.c.account == account)
     )
     stmt = _filter_results(stmt, filters, ii.c.status)
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("invocation", ii.c.invoke_id, account, filters["Tags"]))
     order = (ii.c.created_ms.desc(), ii.c.invoke_id, ii.c.instance_id)
     return await _page(conn, stmt, order, offset, limit)
 
@@ -201,6 +206,8 @@ async def list_execution_results(
         .where(ii.c.account == account)
     )
     stmt = _filter_results(stmt, filters, status)
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("invocation", ii.c.invoke_id, account, filters["Tags"]))
     order = (newest.desc(), ii.c.invoke_id, ii.c.instance_id, ex.c.execution_id.desc())
     return await _page(conn, stmt, order, offset, limit)
 

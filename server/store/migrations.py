@@ -48,6 +48,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (1, _create_v1),
     (2, _add_execution_detail_v2),
     (3, _create_missing_tables),  # client_tokens (ClientToken answers)
+    (4, _create_missing_tables),  # tags
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -189,3 +189,15 @@ client_tokens = Table(
     Column("result", Text, nullable=False),  # JSON of the first answer
     Column("expires_ms", BigInteger, nullable=False, index=True),
 )
+
+# schema version 4: tags of commands, invocations, activations and managed instances
+tags = Table(
+    "tags",
+    metadata,
+    Column("account", String(128), primary_key=True),
+    Column("resource_type", String(32), primary_key=True),
+    Column("resource_id", String(64), primary_key=True),
+    Column("tag_key", String(128), primary_key=True),
+    Column("tag_value", String(128), nullable=False, default=""),
+    Index("ix_tags_lookup", "account", "resource_type", "tag_key", "tag_value"),
+)

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from serverkit import Api
 
 from server.rpc import sign_params
+from server.store.migrations import LATEST
 from server.testing import REPO_ROOT, FakeAgent, free_port, launch_server
 
 
@@ -49,9 +50,9 @@ def test_migrate_and_accesskey_create(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'a.db'}"
     first = server_cli("migrate", "--db", db, "--json")
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"before": 0, "after": 2}
+    assert json.loads(first.stdout) == {"before": 0, "after": LATEST}
     again = server_cli("migrate", "--db", db, "--json")
-    assert json.loads(again.stdout) == {"before": 2, "after": 2}
+    assert json.loads(again.stdout) == {"before": LATEST, "after": LATEST}
     created = server_cli("accesskey", "create", "--db", db, "--account", "ops", "--json")
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from serverkit import Api, run_sql
 
+from server.store.migrations import LATEST
 from server.testing import REPO_ROOT, FakeAgent, launch_server
 
 HOUR = 3600
@@ -174,7 +175,7 @@ def test_version_1_database_migrates_to_execution_history(tmp_path: Path) -> Non
             conn.execute(f"ALTER TABLE executions DROP COLUMN {column}")
         conn.execute("INSERT INTO executions VALUES ('t-1', 'mi-1', '0', 'Success', 1, 0, 1, 2)")
         conn.execute("UPDATE schema_version SET version = 1")
-    assert migrate() == {"before": 1, "after": 2}
+    assert migrate() == {"before": 1, "after": LATEST}
     with sqlite3.connect(db) as conn:
         row = conn.execute(
             "SELECT status, output, dropped, error_code, error_info FROM executions"
