@@ -1,4 +1,4 @@
-"""CreateActivation, DescribeActivations."""
+"""CreateActivation, DescribeActivations, DisableActivation, DeleteActivation."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from server import model
 from server.api import action
 from server.api.idempotency import client_token, replay
 from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
-from server.rpc import Params, invalid
+from server.rpc import ApiError, Params, invalid
 from server.store import queries as q
 from server.store import tags as store_tags
 from server.store.conn import Conn
+from server.store.instances import delete_activation as delete_activation_row
+from server.store.instances import update_activation
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -95,20 +97,75 @@ async def describe_activations(state: ServerState, account: str, p: Params) -> d
     total, rows, tags = await state.store.read(_tx)
     return {
         **page.fields(total),
-        "ActivationList": [
-            {
-                "ActivationId": r["activation_id"],
-                "Description": r["description"],
-                "InstanceName": r["instance_name"],
-                "InstanceCount": r["instance_count"],
-                "RegisteredCount": r["registered_count"],
-                "DeregisteredCount": r["deregistered_count"],
-                "IpAddressRange": r["ip_address_range"],
-                "TimeToLiveInHours": r["ttl_hours"],
-                "CreationTime": r["created"],
-                "Disabled": bool(r["disabled"]),
-                "Tags": render_tags(tags.get(r["activation_id"], [])),
-            }
-            for r in rows
-        ],
+        "ActivationList": [render_activation(r, tags.get(r["activation_id"], [])) for r in rows],
     }
+
+
+def render_activation(row: dict[str, Any], tags: list[tuple[str, str]]) -> dict[str, Any]:
+    """One activation as DescribeActivations and friends answer it (never its code)."""
+    return {
+        "ActivationId": row["activation_id"],
+        "Description": row["description"],
+        "InstanceName": row["instance_name"],
+        "InstanceCount": row["instance_count"],
+        "RegisteredCount": row["registered_count"],
+        "DeregisteredCount": row["deregistered_count"],
+        "IpAddressRange": row["ip_address_range"],
+        "TimeToLiveInHours": row["ttl_hours"],
+        "CreationTime": row["created"],
+        "Disabled": bool(row["disabled"]),
+        "Tags": render_tags(tags),
+    }
+
+
+def activation_not_found() -> ApiError:
+    return ApiError(
+        "InvalidActivationId.NotFound", "The specified activation ID does not exist.", 404
+    )
+
+
+async def own_activation(conn: Conn, account: str, activation_id: str) -> dict[str, Any]:
+    """The account's activation, or InvalidActivationId.NotFound."""
+    row = await q.get_activation(conn, activation_id)
+    if row is None or row["account"] != account:
+        raise activation_not_found()
+    return row
+
+
+@action("DisableActivation")
+async def disable_activation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Stop an activation code from registering any more machines (registered ones stay)."""
+    activation_id = p.str("ActivationId", required=True)
+
+    async def _tx(conn: Conn) -> Any:
+        await own_activation(conn, account, activation_id)
+        await update_activation(conn, account, activation_id, {"disabled": True})
+        tags = await store_tags.tags_of(conn, account, "activation", [activation_id])
+        return await own_activation(conn, account, activation_id), tags.get(activation_id, [])
+
+    row, tags = await state.store.write(_tx)
+    return {"Activation": render_activation(row, tags)}
+
+
+@action("DeleteActivation")
+async def delete_activation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Delete an activation code no registered machine still uses."""
+    activation_id = p.str("ActivationId", required=True)
+
+    async def _tx(conn: Conn) -> Any:
+        row = await own_activation(conn, account, activation_id)
+        in_use = int(row["registered_count"]) - int(row["deregistered_count"])
+        if in_use > 0:
+            raise ApiError(
+                "Activation.InUse",
+                f"{in_use} managed instance(s) registered with this activation: deregister "
+                "them first (DeregisterManagedInstance), or DisableActivation instead.",
+                403,
+            )
+        tags = await store_tags.tags_of(conn, account, "activation", [activation_id])
+        await delete_activation_row(conn, account, activation_id)
+        await store_tags.remove_tags(conn, account, "activation", [activation_id], None)
+        return row, tags.get(activation_id, [])
+
+    row, tags = await state.store.write(_tx)
+    return {"Activation": render_activation(row, tags)}

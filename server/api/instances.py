@@ -12,15 +12,20 @@ from server.rpc import ApiError, Params, missing
 from server.store import queries as q
 from server.store import tags as store_tags
 from server.store.conn import Conn
+from server.store.instances import rename_instance
+
+INSTANCE_NAME_TOO_LONG = ("InstanceName.ExceedLimit", 400)
 
 if TYPE_CHECKING:
     from server.state import ServerState
 
 
 def is_online(row: dict[str, Any], now_ms: int) -> bool:
-    """Online while heard from within three heartbeat intervals."""
+    """Online once the agent has connected (a signed request after its registration, which
+    only records the registration time) and while heard from within three heartbeats."""
     window = 3 * max(int(row["heartbeat_interval"] or 60), 1) * 1000
-    return bool(row["last_seen_ms"]) and now_ms - int(row["last_seen_ms"]) <= window
+    seen = int(row["last_seen_ms"] or 0)
+    return seen > int(row["registered_ms"] or 0) and now_ms - seen <= window
 
 
 def render_managed(row: dict[str, Any], now_ms: int, tags: list[tuple[str, str]]) -> dict[str, Any]:
@@ -95,6 +100,22 @@ async def deregister_managed_instance(
         raise ApiError("InvalidInstance.NotFound", "The specified instance does not exist.", 404)
     state.forget_instance(instance_id)
     return {"Instance": render_managed(row, model.now_ms(), tags)}
+
+
+@action("ModifyManagedInstance")
+async def modify_managed_instance(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Rename a managed instance."""
+    instance_id = p.str("InstanceId", required=True)
+    name = p.str("InstanceName", required=True, max_len=128, too_long=INSTANCE_NAME_TOO_LONG)
+
+    async def _tx(conn: Conn) -> Any:
+        if not await rename_instance(conn, account, instance_id, name):
+            raise ApiError(
+                "InvalidInstance.NotFound", "The specified instance does not exist.", 404
+            )
+
+    await state.store.write(_tx)
+    return {"Instance": {"InstanceId": instance_id, "InstanceName": name}}
 
 
 @action("DescribeCloudAssistantStatus")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
@@ -76,6 +76,40 @@ def hash_code(code: str) -> str:
 
 async def get_activation(conn: Conn, activation_id: str) -> Row | None:
     return await _one(conn, select(activations).where(activations.c.activation_id == activation_id))
+
+
+async def update_activation(conn: Conn, account: str, activation_id: str, values: Row) -> int:
+    """Change an activation of `account`; the number of rows changed."""
+    done = await conn.execute(
+        update(activations)
+        .where(activations.c.account == account, activations.c.activation_id == activation_id)
+        .values(**values)
+    )
+    return int(done.rowcount or 0)
+
+
+async def delete_activation(conn: Conn, account: str, activation_id: str) -> int:
+    """Delete an activation of `account`; the number of rows deleted."""
+    done = await conn.execute(
+        delete(activations).where(
+            activations.c.account == account, activations.c.activation_id == activation_id
+        )
+    )
+    return int(done.rowcount or 0)
+
+
+async def rename_instance(conn: Conn, account: str, instance_id: str, name: str) -> int:
+    """Set a managed instance's name; the number of rows changed."""
+    done = await conn.execute(
+        update(instances)
+        .where(
+            instances.c.account == account,
+            instances.c.instance_id == instance_id,
+            instances.c.deregistered.is_(False),
+        )
+        .values(instance_name=name)
+    )
+    return int(done.rowcount or 0)
 
 
 async def list_activations(

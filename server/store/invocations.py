@@ -100,6 +100,21 @@ async def list_invocations(
     return await _page(conn, stmt, order, offset, limit)
 
 
+async def modify_invocation(conn: Conn, invoke_id: str, values: Row) -> list[str]:
+    """Change a timed invocation in place (a new revision the agents reschedule); return the
+    instances that still run it."""
+    await conn.execute(
+        update(invocations)
+        .where(invocations.c.invoke_id == invoke_id)
+        .values(**values, revision=invocations.c.revision + 1)
+    )
+    ii = invocation_instances
+    rows = await conn.execute(
+        select(ii.c.instance_id).where(ii.c.invoke_id == invoke_id, ii.c.active.is_(True))
+    )
+    return [str(r[0]) for r in rows.all()]
+
+
 async def instance_results(conn: Conn, invoke_ids: Sequence[str]) -> dict[str, list[Row]]:
     """Per-instance result rows of several invocations."""
     if not invoke_ids:

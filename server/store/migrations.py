@@ -44,11 +44,23 @@ async def _create_missing_tables(conn: Conn) -> None:
     await conn.run_sync(lambda sync: schema.metadata.create_all(sync, checkfirst=True))
 
 
+async def _add_invocation_template_v5(conn: Conn) -> None:
+    """Version 5: invocations keep their unsubstituted script (ModifyInvocationAttribute)."""
+    have = await conn.run_sync(
+        lambda sync: {c["name"] for c in inspect(sync).get_columns(schema.invocations.name)}
+    )
+    if "template" not in have:
+        await conn.execute(
+            text("ALTER TABLE invocations ADD COLUMN template TEXT NOT NULL DEFAULT ''")
+        )
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _create_v1),
     (2, _add_execution_detail_v2),
     (3, _create_missing_tables),  # client_tokens (ClientToken answers)
     (4, _create_missing_tables),  # tags
+    (5, _add_invocation_template_v5),
 ]
 LATEST = MIGRATIONS[-1][0]
 

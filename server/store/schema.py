@@ -80,6 +80,9 @@ invocations = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("revision", Integer, nullable=False, default=1),
     Column("stopped", Boolean, nullable=False, default=False),
+    # schema version 5: the script before {{parameter}} substitution ('' without parameters),
+    # so ModifyInvocationAttribute can apply new Parameters
+    Column("template", Text, nullable=False, server_default=""),
     Index("ix_invocations_account_created", "account", "created_ms"),
 )
 
