@@ -94,7 +94,8 @@ async def operator_endpoint(request: Request) -> Response:
     """The ECS RPC endpoint: `/?Action=…&…` by GET or POST (query and/or form body)."""
     state: ServerState = request.app.state.server
     request_id = rpc.new_request_id()
-    fmt = "JSON"
+    v3 = rpc.is_v3(request.headers.get("authorization", ""))
+    fmt = "JSON"  # until the request's own Format can be read
     try:
         try:
             body = await read_body(request, MAX_OPERATOR_BODY)
@@ -104,15 +105,17 @@ async def operator_endpoint(request: Request) -> Response:
             raise rpc.ApiError("InvalidParameter", "The request is too large.", 413)
         query = request.url.query.encode("latin-1", "replace")
         headers = request.headers.items()
-        if rpc.is_v3(request.headers.get("authorization", "")):
+        if v3:
             params, caller = rpc.read_v3(
                 request.method, request.url.path, query, headers, body, time.time()
             )
         else:
             params = rpc.parse_form(query, body)
             caller = None
-        if params.get("Format", "").upper() == "XML":
-            fmt = "XML"
+        # without Format the real API answers XML (signature v1) or JSON (v3)
+        fmt = params.get("Format", "").upper() or ("JSON" if v3 else "XML")
+        if fmt not in ("XML", "JSON"):
+            fmt = "JSON"
         action_name = params.get("Action", "")
         if not action_name:
             raise rpc.missing("Action")

@@ -17,6 +17,29 @@ ACTIONS: dict[str, Handler] = {}
 
 # Tag.N.Key / Tag.N.Value, and the fuzzy TagFilter.N.* no action of ours takes
 _TAG_PARAM = re.compile(r"^(Tag\.[0-9]+\.(Key|Value)|TagFilter\..*)$")
+# Options of the real API this server accepts nowhere: refused when given, never ignored
+# (the README's "Not implemented" list).
+NOT_IMPLEMENTED = (
+    "Launcher",
+    "TerminationMode",
+    "ContainerId",
+    "ContainerName",
+    "OssOutputDelivery",
+    "ResourceGroupId",
+    "WindowsPasswordName",
+    "Provider",
+    "MachineId",
+)
+_NOT_IMPLEMENTED = re.compile("^(" + "|".join(NOT_IMPLEMENTED) + r"|ResourceTag\..*)$")
+
+
+def refuse_unimplemented(name: str, p: Params) -> None:
+    """InvalidParameter for a real-API option this server does not implement."""
+    given = sorted(k for k, v in p.raw.items() if v != "" and _NOT_IMPLEMENTED.match(k))
+    if given:
+        raise invalid(
+            given[0], f"This server does not implement {given[0]} (on {name} or anywhere else)."
+        )
 
 
 def action(name: str, tags: bool = False) -> Callable[[Handler], Handler]:
@@ -30,6 +53,7 @@ def action(name: str, tags: bool = False) -> Callable[[Handler], Handler]:
             )
             if refused:
                 raise invalid(refused[0], f"{name} does not take this tag parameter here.")
+            refuse_unimplemented(name, p)
             return await func(state, account, p)
 
         ACTIONS[name] = checked

@@ -121,6 +121,20 @@ def render_command(
         "CreationTime": row["created"],
         "EnableParameter": bool(row["enable_parameter"]),
         "ParameterNames": {"ParameterName": json.loads(row["parameter_names"])},
+        "ParameterDefinitions": {
+            "ParameterDefinition": [
+                {
+                    "ParameterName": name,
+                    "Required": True,
+                    "Description": "",
+                    "DefaultValue": "",
+                    "PatternRegex": "",
+                    "PossibleValues": {"PossibleValue": []},
+                }
+                for name in json.loads(row["parameter_names"])
+            ]
+        },
+        "Launcher": "",
         "InvokeTimes": row["invoke_times"],
         "Provider": "",
         "Version": 1,
