@@ -24,6 +24,8 @@ from server.inputs import ascii_int, load_json
 
 API_VERSION = "2014-05-26"
 TIMESTAMP_WINDOW = 15 * 60  # seconds a signed request stays valid, as the real API
+DEFAULT_REGION = "cn-hangzhou"  # the region of a request without RegionId
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MAX_PAGE_SIZE = 50
 MAX_LIST_ITEMS = 100  # InstanceId.N and friends
 BAD_NEXT_TOKEN = ("InvalidParameter.NextToken", 400)
@@ -250,6 +252,14 @@ class Params:
         if len(values) > max_items:
             raise invalid(name, f"At most {max_items} values are allowed.", *too_many)
         return list(dict.fromkeys(values))
+
+    def region(self) -> builtins.str:
+        """RegionId (DEFAULT_REGION when absent): resources belong to the region they were
+        created in."""
+        value = self.raw.get("RegionId", "") or DEFAULT_REGION
+        if not _REGION.match(value):
+            raise invalid("RegionId", "It must look like cn-hangzhou.", "InvalidRegionId.Malformed")
+        return value
 
     def page(self) -> Page:
         """The page asked for: NextToken + MaxResults, or PageNumber (from 1) + PageSize

@@ -64,6 +64,7 @@ async def create_activation(state: ServerState, account: str, p: Params) -> dict
         "created": model.iso_from_ms(now),
         "created_ms": now,
         "disabled": False,
+        "region_id": p.region(),
     }
     code = model.new_activation_code()
     result = {"ActivationId": row["activation_id"], "ActivationCode": code}
@@ -87,6 +88,7 @@ async def describe_activations(state: ServerState, account: str, p: Params) -> d
         "ActivationId": p.str("ActivationId"),
         "InstanceName": p.str("InstanceName"),
         "Tags": read_tags(p),
+        "Region": p.region(),
     }
 
     async def _tx(conn: Conn) -> Any:
@@ -124,10 +126,12 @@ def activation_not_found() -> ApiError:
     )
 
 
-async def own_activation(conn: Conn, account: str, activation_id: str) -> dict[str, Any]:
-    """The account's activation, or InvalidActivationId.NotFound."""
+async def own_activation(
+    conn: Conn, account: str, activation_id: str, region: str
+) -> dict[str, Any]:
+    """The account's activation in `region`, or InvalidActivationId.NotFound."""
     row = await q.get_activation(conn, activation_id)
-    if row is None or row["account"] != account:
+    if row is None or row["account"] != account or row["region_id"] != region:
         raise activation_not_found()
     return row
 
@@ -138,10 +142,12 @@ async def disable_activation(state: ServerState, account: str, p: Params) -> dic
     activation_id = p.str("ActivationId", required=True)
 
     async def _tx(conn: Conn) -> Any:
-        await own_activation(conn, account, activation_id)
+        await own_activation(conn, account, activation_id, p.region())
         await update_activation(conn, account, activation_id, {"disabled": True})
         tags = await store_tags.tags_of(conn, account, "activation", [activation_id])
-        return await own_activation(conn, account, activation_id), tags.get(activation_id, [])
+        return await own_activation(conn, account, activation_id, p.region()), tags.get(
+            activation_id, []
+        )
 
     row, tags = await state.store.write(_tx)
     return {"Activation": render_activation(row, tags)}
@@ -153,7 +159,7 @@ async def delete_activation(state: ServerState, account: str, p: Params) -> dict
     activation_id = p.str("ActivationId", required=True)
 
     async def _tx(conn: Conn) -> Any:
-        row = await own_activation(conn, account, activation_id)
+        row = await own_activation(conn, account, activation_id, p.region())
         in_use = int(row["registered_count"]) - int(row["deregistered_count"])
         if in_use > 0:
             raise ApiError(

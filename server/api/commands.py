@@ -79,6 +79,7 @@ async def store_command(
         "created": model.iso_from_ms(now),
         "created_ms": now,
         "invoke_times": 0,
+        "region_id": p.region(),
     }
     result = {"CommandId": command_id}
 
@@ -156,6 +157,7 @@ async def describe_commands(state: ServerState, account: str, p: Params) -> dict
         )
     filters: dict[str, Any] = {k: p.str(k) for k in ("CommandId", "Name", "Description")}
     filters["Type"] = ctype
+    filters["Region"] = p.region()
     filters["Tags"] = read_tags(p)
 
     async def _tx(conn: Conn) -> Any:
@@ -189,7 +191,7 @@ async def modify_command(state: ServerState, account: str, p: Params) -> dict[st
         values["content"] = model.decode_content(p.raw["CommandContent"])
 
     async def _tx(conn: Conn) -> Any:
-        row = await q.get_command(conn, account, command_id)
+        row = await q.get_command(conn, account, command_id, p.region())
         if row is None:
             raise command_not_found()
         if "content" in values and row["enable_parameter"]:
@@ -207,6 +209,8 @@ async def delete_command(state: ServerState, account: str, p: Params) -> dict[st
     command_id = p.str("CommandId", required=True)
 
     async def _tx(conn: Conn) -> Any:
+        if await q.get_command(conn, account, command_id, p.region()) is None:
+            raise command_not_found()
         if not await q.delete_command(conn, account, command_id):
             raise command_not_found()
         await store_tags.remove_tags(conn, account, "command", [command_id], None)

@@ -122,6 +122,7 @@ async def start_invocation(
         "revision": 1,
         "stopped": False,
         "template": command["content"] if command["enable_parameter"] else "",
+        "region_id": p.region(),
     }
 
     result = {"InvokeId": invoke_id}
@@ -159,7 +160,7 @@ async def invoke_command(state: ServerState, account: str, p: Params) -> dict[st
     command_id = p.str("CommandId", required=True)
 
     async def _tx(conn: Conn) -> Any:
-        command = await q.get_command(conn, account, command_id)
+        command = await q.get_command(conn, account, command_id, p.region())
         return command
 
     command = await state.store.read(_tx)
@@ -181,6 +182,7 @@ async def run_command(state: ServerState, account: str, p: Params) -> dict[str, 
         "created": model.iso_from_ms(now),
         "created_ms": now,
         "invoke_times": 0,
+        "region_id": p.region(),
     }
     keep = p.bool("KeepCommand", False)
     return await start_invocation(state, account, p, command, keep, "RunCommand")
@@ -244,12 +246,13 @@ async def describe_invocation_results(
         "CommandId": p.str("CommandId"),
         "Statuses": RECORD_STATUS_FILTER.get(record, ()),
         "Tags": read_tags(p),
+        "Region": p.region(),
     }
     # IncludeHistory: every execution (a timed invocation runs many times), not only the latest
     lister = q.list_execution_results if p.bool("IncludeHistory", False) else q.list_results
 
     async def _tx(conn: Conn) -> Any:
-        if invoke_id and await q.get_invocation(conn, account, invoke_id) is None:
+        if invoke_id and await q.get_invocation(conn, account, invoke_id, p.region()) is None:
             raise invoke_not_found()
         total, rows = await lister(conn, account, filters, page.offset, page.size)
         ids = sorted({r["invoke_id"] for r in rows})
@@ -357,6 +360,7 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     filters["RepeatMode"] = p.enum("RepeatMode", model.REPEAT_MODES)
     filters["Timed"] = p.bool("Timed") if p.raw.get("Timed") else None
     filters["Tags"] = read_tags(p)
+    filters["Region"] = p.region()
     offset, limit = page.offset, page.size
     if wanted:
         offset, limit = 0, 10_000
@@ -439,7 +443,7 @@ async def modify_invocation_attribute(
         raise invalid(refused[0], "Adding instances to an invocation is not supported here.")
 
     async def _tx(conn: Conn) -> Any:
-        row = await q.get_invocation(conn, account, invoke_id)
+        row = await q.get_invocation(conn, account, invoke_id, p.region())
         if row is None:
             raise invoke_not_found()
         if not row["timed"]:
@@ -462,7 +466,7 @@ async def stop_invocation(state: ServerState, account: str, p: Params) -> dict[s
     ids = p.list("InstanceId", too_many=TOO_MANY_INSTANCES)
 
     async def _tx(conn: Conn) -> Any:
-        if await q.get_invocation(conn, account, invoke_id) is None:
+        if await q.get_invocation(conn, account, invoke_id, p.region()) is None:
             raise invoke_not_found()
         notify = await q.stop_invocation(conn, invoke_id, ids or None)
         return notify

@@ -84,9 +84,11 @@ def resource_type(p: Params) -> str:
     return value
 
 
-async def require_resources(conn: Conn, account: str, rtype: str, ids: list[str]) -> None:
-    """Raise InvalidResourceId.NotFound unless every id is the account's resource."""
-    found = await store_tags.existing_resources(conn, account, rtype, ids)
+async def require_resources(
+    conn: Conn, account: str, rtype: str, ids: list[str], region: str
+) -> None:
+    """Raise InvalidResourceId.NotFound unless every id is the account's resource there."""
+    found = await store_tags.existing_resources(conn, account, rtype, ids, region)
     absent = [i for i in ids if i not in found]
     if absent:
         raise ApiError(
@@ -125,7 +127,7 @@ async def tag_resources(state: ServerState, account: str, p: Params) -> dict[str
         raise missing("Tag.1.Key")
 
     async def _tx(conn: Conn) -> None:
-        await require_resources(conn, account, rtype, ids)
+        await require_resources(conn, account, rtype, ids, p.region())
         await add_tags(conn, account, rtype, ids, pairs)
 
     await state.store.write(_tx)
@@ -145,7 +147,7 @@ async def untag_resources(state: ServerState, account: str, p: Params) -> dict[s
         raise missing("TagKey.1")
 
     async def _tx(conn: Conn) -> None:
-        await require_resources(conn, account, rtype, ids)
+        await require_resources(conn, account, rtype, ids, p.region())
         await store_tags.remove_tags(conn, account, rtype, ids, None if remove_all else keys)
 
     await state.store.write(_tx)
@@ -164,7 +166,7 @@ async def list_tag_resources(state: ServerState, account: str, p: Params) -> dic
 
     async def _tx(conn: Conn) -> Any:
         return await store_tags.list_tag_resources(
-            conn, account, rtype, ids, wanted, page.offset, page.size
+            conn, account, rtype, ids, wanted, page.offset, page.size, p.region()
         )
 
     total, rows = await state.store.read(_tx)

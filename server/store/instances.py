@@ -120,6 +120,8 @@ async def list_activations(
         stmt = stmt.where(activations.c.activation_id == filters["ActivationId"])
     if filters.get("InstanceName"):
         stmt = stmt.where(activations.c.instance_name == filters["InstanceName"])
+    if filters.get("Region"):
+        stmt = stmt.where(activations.c.region_id == filters["Region"])
     if filters.get("Tags"):
         stmt = stmt.where(
             tagged("activation", activations.c.activation_id, account, filters["Tags"])

@@ -62,13 +62,16 @@ async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -
     )
 
 
-async def get_invocation(conn: Conn, account: str, invoke_id: str) -> Row | None:
-    return await _one(
-        conn,
-        select(invocations).where(
-            invocations.c.account == account, invocations.c.invoke_id == invoke_id
-        ),
+async def get_invocation(
+    conn: Conn, account: str, invoke_id: str, region: str | None = None
+) -> Row | None:
+    """The account's invocation (in `region` when given)."""
+    stmt = select(invocations).where(
+        invocations.c.account == account, invocations.c.invoke_id == invoke_id
     )
+    if region is not None:
+        stmt = stmt.where(invocations.c.region_id == region)
+    return await _one(conn, stmt)
 
 
 async def list_invocations(
@@ -94,6 +97,8 @@ async def list_invocations(
                 )
             )
         )
+    if filters.get("Region"):
+        stmt = stmt.where(invocations.c.region_id == filters["Region"])
     if filters.get("Tags"):
         stmt = stmt.where(tagged("invocation", invocations.c.invoke_id, account, filters["Tags"]))
     order = (invocations.c.created_ms.desc(), invocations.c.invoke_id)
@@ -148,6 +153,8 @@ async def list_results(
         .where(ii.c.account == account)
     )
     stmt = _filter_results(stmt, filters, ii.c.status)
+    if filters.get("Region"):
+        stmt = stmt.where(invocations.c.region_id == filters["Region"])
     if filters.get("Tags"):
         stmt = stmt.where(tagged("invocation", ii.c.invoke_id, account, filters["Tags"]))
     order = (ii.c.created_ms.desc(), ii.c.invoke_id, ii.c.instance_id)
@@ -221,6 +228,8 @@ async def list_execution_results(
         .where(ii.c.account == account)
     )
     stmt = _filter_results(stmt, filters, status)
+    if filters.get("Region"):
+        stmt = stmt.where(invocations.c.region_id == filters["Region"])
     if filters.get("Tags"):
         stmt = stmt.where(tagged("invocation", ii.c.invoke_id, account, filters["Tags"]))
     order = (newest.desc(), ii.c.invoke_id, ii.c.instance_id, ex.c.execution_id.desc())

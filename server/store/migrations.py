@@ -55,12 +55,29 @@ async def _add_invocation_template_v5(conn: Conn) -> None:
         )
 
 
+async def _add_region_v6(conn: Conn) -> None:
+    """Version 6: commands, invocations and activations belong to a region (existing ones to
+    the default region, cn-hangzhou)."""
+    for table in (schema.commands, schema.invocations, schema.activations):
+        have = await conn.run_sync(
+            lambda sync, name=table.name: {c["name"] for c in inspect(sync).get_columns(name)}
+        )
+        if "region_id" not in have:
+            await conn.execute(
+                text(
+                    f"ALTER TABLE {table.name} ADD COLUMN region_id VARCHAR(64) NOT NULL "
+                    "DEFAULT 'cn-hangzhou'"
+                )
+            )
+
+
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _create_v1),
     (2, _add_execution_detail_v2),
     (3, _create_missing_tables),  # client_tokens (ClientToken answers)
     (4, _create_missing_tables),  # tags
     (5, _add_invocation_template_v5),
+    (6, _add_region_v6),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -56,6 +56,8 @@ commands = Table(
     Column("created", String(32), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("invoke_times", Integer, nullable=False, default=0),
+    # schema version 6: the region the command was created in (RegionId scoping)
+    Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),
     Index("ix_commands_account_created", "account", "created_ms"),
 )
 
@@ -83,6 +85,7 @@ invocations = Table(
     # schema version 5: the script before {{parameter}} substitution ('' without parameters),
     # so ModifyInvocationAttribute can apply new Parameters
     Column("template", Text, nullable=False, server_default=""),
+    Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),  # version 6
     Index("ix_invocations_account_created", "account", "created_ms"),
 )
 
@@ -156,6 +159,7 @@ activations = Table(
     Column("created", String(32), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
+    Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),  # version 6
 )
 
 instances = Table(
