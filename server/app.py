@@ -75,19 +75,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def authenticate_operator(state: ServerState, method: str, params: dict[str, str]) -> str:
-    """Check signature v1, timestamp and nonce; return the caller's account."""
-    rpc.check_common(params, time.time())
-
-    key_id = params["AccessKeyId"]
-    key = await state.store.read(lambda conn: access.get_access_key(conn, key_id))
+async def authenticate_operator(state: ServerState, caller: rpc.Caller) -> str:
+    """Check the signature (v1 or v3) and consume its nonce; return the caller's account."""
+    key = await state.store.read(lambda conn: access.get_access_key(conn, caller.key_id))
     if key is None:
         raise rpc.ApiError("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404)
     if not key["enabled"]:
         raise rpc.ApiError("InvalidAccessKeyId.Inactive", "Specified access key is disabled.")
-    rpc.verify_signature(method, params, key["secret"])
-    expires = int(rpc.parse_timestamp(params["Timestamp"])) + rpc.TIMESTAMP_WINDOW + 60
-    nonce = f"o:{params['AccessKeyId']}:{params['SignatureNonce']}"
+    caller.check(key["secret"])
+    expires = int(caller.timestamp) + rpc.TIMESTAMP_WINDOW + 60
+    nonce = f"o:{caller.key_id}:{caller.nonce}"
 
     async def consume_nonce(conn: Conn) -> None:
         if not await access.use_nonce(conn, nonce, expires):
@@ -101,7 +98,8 @@ async def operator_endpoint(request: Request) -> Response:
     """The ECS RPC endpoint: `/?Action=…&…` by GET or POST (query and/or form body)."""
     state: ServerState = request.app.state.server
     request_id = rpc.new_request_id()
-    fmt = "JSON"
+    v3 = rpc.is_v3(request.headers.get("authorization", ""))
+    fmt = "JSON"  # until the request's own Format can be read
     try:
         try:
             body = await read_body(request, MAX_OPERATOR_BODY)
@@ -109,13 +107,25 @@ async def operator_endpoint(request: Request) -> Response:
             raise rpc.ApiError("InvalidParameter", "The request is too large.", 413) from exc
         if len(request.url.query) > MAX_OPERATOR_BODY:
             raise rpc.ApiError("InvalidParameter", "The request is too large.", 413)
-        params = rpc.parse_form(request.url.query.encode("latin-1", "replace"), body)
-        if params.get("Format", "").upper() == "XML":
-            fmt = "XML"
+        query = request.url.query.encode("latin-1", "replace")
+        headers = request.headers.items()
+        if v3:
+            params, caller = rpc.read_v3(
+                request.method, request.url.path, query, headers, body, time.time()
+            )
+        else:
+            params = rpc.parse_form(query, body)
+            caller = None
+        # without Format the real API answers XML (signature v1) or JSON (v3)
+        fmt = params.get("Format", "").upper() or ("JSON" if v3 else "XML")
+        if fmt not in ("XML", "JSON"):
+            fmt = "JSON"
         action_name = params.get("Action", "")
         if not action_name:
             raise rpc.missing("Action")
-        account = await authenticate_operator(state, request.method, params)
+        if caller is None:
+            caller = rpc.read_v1(request.method, params, time.time())
+        account = await authenticate_operator(state, caller)
         handler = request.app.state.actions.get(action_name)
         if handler is None:
             raise rpc.ApiError(

@@ -16,7 +16,7 @@ import hmac
 import re
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from server.errors import ApiError, Code, invalid, missing  # noqa: F401 (re-exported)
@@ -24,6 +24,8 @@ from server.inputs import ascii_int, load_json
 
 API_VERSION = "2014-05-26"
 TIMESTAMP_WINDOW = 15 * 60  # seconds a signed request stays valid, as the real API
+DEFAULT_REGION = "cn-hangzhou"  # the region of a request without RegionId
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MAX_PAGE_SIZE = 50
 MAX_LIST_ITEMS = 100  # InstanceId.N and friends
 BAD_NEXT_TOKEN = ("InvalidParameter.NextToken", 400)
@@ -251,6 +253,14 @@ class Params:
             raise invalid(name, f"At most {max_items} values are allowed.", *too_many)
         return list(dict.fromkeys(values))
 
+    def region(self) -> builtins.str:
+        """RegionId (DEFAULT_REGION when absent): resources belong to the region they were
+        created in."""
+        value = self.raw.get("RegionId", "") or DEFAULT_REGION
+        if not _REGION.match(value):
+            raise invalid("RegionId", "It must look like cn-hangzhou.", "InvalidRegionId.Malformed")
+        return value
+
     def page(self) -> Page:
         """The page asked for: NextToken + MaxResults, or PageNumber (from 1) + PageSize
         (1..50, default 10), as the real API takes either."""
@@ -345,3 +355,221 @@ def parse_json_list(name: str, text: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise invalid(name, "It must be a JSON list of strings.")
     return value
+
+
+# --- signature v3 (ACS3-HMAC-SHA256), docs/operator-api.md -----------------------------------
+
+V3_ALGORITHM = "ACS3-HMAC-SHA256"
+# Headers a v3 request must carry and sign (besides host).
+V3_HEADERS = (
+    "x-acs-action",
+    "x-acs-version",
+    "x-acs-date",
+    "x-acs-signature-nonce",
+    "x-acs-content-sha256",
+)
+_V3_AUTH = re.compile(
+    r"^(?P<alg>[A-Z0-9-]+) Credential=(?P<key>[^,\s]+),\s*SignedHeaders=(?P<headers>[a-z0-9;_.-]+),"
+    r"\s*Signature=(?P<sig>[0-9a-fA-F]+)$",
+    re.ASCII,
+)
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who signed a request, with what nonce and when; `check` raises unless `secret` signed it."""
+
+    key_id: str
+    nonce: str
+    timestamp: float
+    check: Callable[[str], None]
+
+
+def is_v3(authorization: str) -> bool:
+    """True when the Authorization header announces an ACS3 signature."""
+    return authorization.strip().startswith("ACS3-")
+
+
+def incomplete(detail: str) -> ApiError:
+    """The answer to a v3 signature that lacks a part it needs."""
+    return ApiError(
+        "IncompleteSignature",
+        f"The request signature does not conform to Aliyun standards. {detail}",
+    )
+
+
+def parse_authorization_v3(value: str) -> tuple[str, str, tuple[str, ...], str]:
+    """(algorithm, AccessKeyId, signed header names, hex signature) of an ACS3 Authorization."""
+    match = _V3_AUTH.match(value.strip())
+    if not match:
+        raise incomplete(
+            "Expected: ACS3-HMAC-SHA256 Credential=<AccessKeyId>,SignedHeaders=<a;b>,Signature=<hex>."
+        )
+    if match["alg"] != V3_ALGORITHM:
+        raise ApiError(
+            "InvalidSignatureMethod",
+            f"Specified signature method is not supported: {match['alg']}.",
+        )
+    names = tuple(match["headers"].split(";"))
+    if list(names) != sorted(set(names)) or "" in names:
+        raise incomplete("SignedHeaders must be lowercase names, sorted, each once.")
+    return match["alg"], match["key"], names, match["sig"].lower()
+
+
+def canonical_query_v3(params: Mapping[str, str]) -> str:
+    """Sorted, RFC 3986-encoded key=value pairs joined by '&' (the v3 CanonicalQueryString)."""
+    return "&".join(f"{percent_encode(k)}={percent_encode(v)}" for k, v in sorted(params.items()))
+
+
+def canonical_headers_v3(headers: Sequence[tuple[str, str]], names: Sequence[str]) -> str:
+    """'name:value\\n' per signed header; repeated headers' trimmed values sorted, joined by ','."""
+    values: dict[str, list[str]] = {name: [] for name in names}
+    for key, value in headers:
+        if key.lower() in values:
+            values[key.lower()].append(value.strip())
+    return "".join(f"{name}:{','.join(sorted(values[name]))}\n" for name in names)
+
+
+def canonical_request_v3(
+    method: str,
+    path: str,
+    query: Mapping[str, str],
+    headers: Sequence[tuple[str, str]],
+    names: Sequence[str],
+    payload_hash: str,
+) -> str:
+    """The v3 CanonicalRequest: method, URI, query, headers, signed header names, body hash."""
+    return "\n".join(
+        [
+            method.upper(),
+            path or "/",
+            canonical_query_v3(query),
+            canonical_headers_v3(headers, names),
+            ";".join(names),
+            payload_hash,
+        ]
+    )
+
+
+def compute_signature_v3(secret: str, canonical_request: str) -> str:
+    """Hex HMAC-SHA256, keyed by the secret, of 'ACS3-HMAC-SHA256\\n' + hex SHA-256 of the request."""
+    digest = hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()
+    to_sign = f"{V3_ALGORITHM}\n{digest}"
+    return hmac.new(secret.encode("utf-8"), to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def header_value(headers: Sequence[tuple[str, str]], name: str) -> str:
+    """The (first) value of header `name`, '' when absent."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value.strip()
+    return ""
+
+
+def read_v3(
+    method: str,
+    path: str,
+    query: bytes,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    now: float,
+) -> tuple[dict[str, str], Caller]:
+    """Check a v3 request's form (no secret needed) and return its parameters and signer."""
+    _, key_id, names, signature = parse_authorization_v3(header_value(headers, "authorization"))
+    present = {key.lower() for key, _ in headers}
+    for name in V3_HEADERS:
+        if name not in present:
+            raise missing(name)
+    unsigned = sorted(
+        n
+        for n in present
+        if (n.startswith("x-acs-") or n in ("host", "content-type")) and n not in names
+    )
+    if unsigned:
+        raise incomplete(f"These headers must be signed: {', '.join(unsigned)}.")
+    absent = [n for n in names if n not in present]
+    if absent:
+        raise incomplete(f"Signed headers missing from the request: {', '.join(absent)}.")
+    payload_hash = header_value(headers, "x-acs-content-sha256").lower()
+    if not hmac.compare_digest(payload_hash.encode(), hashlib.sha256(body).hexdigest().encode()):
+        raise ApiError(
+            "SignatureDoesNotMatch",
+            "The x-acs-content-sha256 header is not the SHA-256 of the request body.",
+        )
+    nonce = header_value(headers, "x-acs-signature-nonce")
+    if len(nonce) > 128:
+        raise invalid("x-acs-signature-nonce", "It must be at most 128 characters.")
+    when = parse_timestamp(header_value(headers, "x-acs-date"))
+    if abs(now - when) > TIMESTAMP_WINDOW:
+        raise ApiError("InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.")
+    if header_value(headers, "x-acs-version") != API_VERSION:
+        raise ApiError("InvalidVersion", "Specified parameter Version is not valid.")
+    query_params = parse_form(query, b"")
+    form = b""
+    if body:
+        if not header_value(headers, "content-type").lower().startswith(FORM_TYPE):
+            raise invalid("body", f"Parameters go in the query or a {FORM_TYPE} body.")
+        form = body
+    params = parse_form(query, form)
+    action = header_value(headers, "x-acs-action")
+    for name, value in (("Action", action), ("Version", API_VERSION), ("AccessKeyId", key_id)):
+        if params.setdefault(name, value) != value:
+            raise invalid(name, "It disagrees with the signed headers.")
+    canonical = canonical_request_v3(method, path, query_params, headers, names, payload_hash)
+
+    def check(secret: str) -> None:
+        expected = compute_signature_v3(secret, canonical)
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise ApiError(
+                "SignatureDoesNotMatch",
+                "Specified signature is not matched with our calculation. server canonical "
+                "request is:" + canonical,
+            )
+
+    return params, Caller(key_id, nonce, when, check)
+
+
+def read_v1(method: str, params: Mapping[str, str], now: float) -> Caller:
+    """Check a v1 request's common parameters and return its signer."""
+    check_common(params, now)
+    return Caller(
+        params["AccessKeyId"],
+        params["SignatureNonce"],
+        parse_timestamp(params["Timestamp"]),
+        lambda secret: verify_signature(method, params, secret),
+    )
+
+
+def sign_v3(
+    method: str,
+    host: str,
+    action: str,
+    query: Mapping[str, str],
+    access_key_id: str,
+    secret: str,
+    body: bytes = b"",
+    extra_headers: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The headers of a v3-signed request (client side; tests and hand-made calls)."""
+    headers = {
+        "host": host,
+        "x-acs-action": action,
+        "x-acs-version": API_VERSION,
+        "x-acs-date": utc_timestamp(),
+        "x-acs-signature-nonce": uuid.uuid4().hex,
+        "x-acs-content-sha256": hashlib.sha256(body).hexdigest(),
+    }
+    if body:
+        headers["content-type"] = FORM_TYPE
+    headers.update(extra_headers or {})
+    names = sorted(headers)
+    canonical = canonical_request_v3(
+        method, "/", query, list(headers.items()), names, headers["x-acs-content-sha256"]
+    )
+    signature = compute_signature_v3(secret, canonical)
+    headers["Authorization"] = (
+        f"{V3_ALGORITHM} Credential={access_key_id},SignedHeaders={';'.join(names)},"
+        f"Signature={signature}"
+    )
+    return headers

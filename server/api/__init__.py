@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from server.rpc import Params
+from server.rpc import Params, invalid
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -14,11 +15,48 @@ Handler = Callable[["ServerState", str, Params], Awaitable[dict[str, Any]]]
 ACTIONS: dict[str, Handler] = {}
 
 
-def action(name: str) -> Callable[[Handler], Handler]:
-    """Register an operator action under its API name."""
+# Tag.N.Key / Tag.N.Value, and the fuzzy TagFilter.N.* no action of ours takes
+_TAG_PARAM = re.compile(r"^(Tag\.[0-9]+\.(Key|Value)|TagFilter\..*)$")
+# Options of the real API this server accepts nowhere: refused when given, never ignored
+# (the README's "Not implemented" list).
+NOT_IMPLEMENTED = (
+    "Launcher",
+    "TerminationMode",
+    "ContainerId",
+    "ContainerName",
+    "OssOutputDelivery",
+    "ResourceGroupId",
+    "WindowsPasswordName",
+    "Provider",
+    "MachineId",
+)
+_NOT_IMPLEMENTED = re.compile("^(" + "|".join(NOT_IMPLEMENTED) + r"|ResourceTag\..*)$")
+
+
+def refuse_unimplemented(name: str, p: Params) -> None:
+    """InvalidParameter for a real-API option this server does not implement."""
+    given = sorted(k for k, v in p.raw.items() if v != "" and _NOT_IMPLEMENTED.match(k))
+    if given:
+        raise invalid(
+            given[0], f"This server does not implement {given[0]} (on {name} or anywhere else)."
+        )
+
+
+def action(name: str, tags: bool = False) -> Callable[[Handler], Handler]:
+    """Register an operator action under its API name; one that does not take tags (`tags`)
+    refuses Tag.N parameters rather than ignoring a filter and answering everything."""
 
     def register(func: Handler) -> Handler:
-        ACTIONS[name] = func
+        async def checked(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+            refused = sorted(
+                k for k in p.raw if _TAG_PARAM.match(k) and (not tags or "Filter" in k)
+            )
+            if refused:
+                raise invalid(refused[0], f"{name} does not take this tag parameter here.")
+            refuse_unimplemented(name, p)
+            return await func(state, account, p)
+
+        ACTIONS[name] = checked
         return func
 
     return register
@@ -26,6 +64,6 @@ def action(name: str) -> Callable[[Handler], Handler]:
 
 def load_actions() -> dict[str, Handler]:
     """Import every action module (registration happens at import)."""
-    from server.api import activations, commands, instances, invocations  # noqa: F401
+    from server.api import activations, commands, instances, invocations, tags  # noqa: F401
 
     return ACTIONS

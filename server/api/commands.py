@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.api import action
+from server.api.idempotency import client_token, replay
+from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
+from server.store import tags as store_tags
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
@@ -62,8 +65,10 @@ def read_command_fields(p: Params, content_required: bool) -> dict[str, Any]:
     }
 
 
-async def store_command(state: ServerState, account: str, name: str, fields: dict[str, Any]) -> str:
-    """Insert a command; return its id."""
+async def store_command(
+    state: ServerState, account: str, name: str, fields: dict[str, Any], p: Params
+) -> dict[str, Any]:
+    """Insert a command (once per ClientToken); return the CreateCommand answer."""
     command_id = model.new_id("c-")
     now = model.now_ms()
     row = {
@@ -74,24 +79,34 @@ async def store_command(state: ServerState, account: str, name: str, fields: dic
         "created": model.iso_from_ms(now),
         "created_ms": now,
         "invoke_times": 0,
+        "region_id": p.region(),
     }
+    result = {"CommandId": command_id}
 
-    async def _tx(conn: Conn) -> Any:
+    async def _tx(conn: Conn) -> dict[str, Any]:
+        prior = await replay(conn, account, "CreateCommand", p, result)
+        if prior is not None:
+            return prior
         await q.insert_command(conn, row)
+        await add_tags(conn, account, "command", [command_id], tags_to_set(p))
+        return result
 
-    await state.store.write(_tx)
-    return command_id
+    return await state.store.write(_tx)
 
 
-@action("CreateCommand")
+@action("CreateCommand", tags=True)
 async def create_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Store a script for later invocations."""
+    client_token(p)
+    tags_to_set(p)
     name = p.str("Name", required=True, max_len=128, too_long=NAME_TOO_LONG)
     fields = read_command_fields(p, content_required=True)
-    return {"CommandId": await store_command(state, account, name, fields)}
+    return await store_command(state, account, name, fields, p)
 
 
-def render_command(row: dict[str, Any], encoding: str) -> dict[str, Any]:
+def render_command(
+    row: dict[str, Any], encoding: str, tags: list[tuple[str, str]]
+) -> dict[str, Any]:
     """A Command item of DescribeCommands."""
     content = row["content"]
     if encoding == "PlainText":
@@ -107,16 +122,30 @@ def render_command(row: dict[str, Any], encoding: str) -> dict[str, Any]:
         "CreationTime": row["created"],
         "EnableParameter": bool(row["enable_parameter"]),
         "ParameterNames": {"ParameterName": json.loads(row["parameter_names"])},
+        "ParameterDefinitions": {
+            "ParameterDefinition": [
+                {
+                    "ParameterName": name,
+                    "Required": True,
+                    "Description": "",
+                    "DefaultValue": "",
+                    "PatternRegex": "",
+                    "PossibleValues": {"PossibleValue": []},
+                }
+                for name in json.loads(row["parameter_names"])
+            ]
+        },
+        "Launcher": "",
         "InvokeTimes": row["invoke_times"],
         "Provider": "",
         "Version": 1,
         "Latest": True,
         "Category": "",
-        "Tags": {"Tag": []},
+        "Tags": {"Tag": render_tags(tags)},
     }
 
 
-@action("DescribeCommands")
+@action("DescribeCommands", tags=True)
 async def describe_commands(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """List the account's commands, newest first."""
     page = p.page()
@@ -126,16 +155,22 @@ async def describe_commands(state: ServerState, account: str, p: Params) -> dict
         raise ApiError(
             "InvalidCommandType.NotFound", "The specified command type does not exist.", 404
         )
-    filters = {k: p.str(k) for k in ("CommandId", "Name", "Description")} | {"Type": ctype}
+    filters: dict[str, Any] = {k: p.str(k) for k in ("CommandId", "Name", "Description")}
+    filters["Type"] = ctype
+    filters["Region"] = p.region()
+    filters["Tags"] = read_tags(p)
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_commands(conn, account, filters, page.offset, page.size)
-        return total, rows
+        ids = [r["command_id"] for r in rows]
+        return total, rows, await store_tags.tags_of(conn, account, "command", ids)
 
-    total, rows = await state.store.read(_tx)
+    total, rows, tags = await state.store.read(_tx)
     return {
         **page.fields(total),
-        "Commands": {"Command": [render_command(r, encoding) for r in rows]},
+        "Commands": {
+            "Command": [render_command(r, encoding, tags.get(r["command_id"], [])) for r in rows]
+        },
     }
 
 
@@ -156,7 +191,7 @@ async def modify_command(state: ServerState, account: str, p: Params) -> dict[st
         values["content"] = model.decode_content(p.raw["CommandContent"])
 
     async def _tx(conn: Conn) -> Any:
-        row = await q.get_command(conn, account, command_id)
+        row = await q.get_command(conn, account, command_id, p.region())
         if row is None:
             raise command_not_found()
         if "content" in values and row["enable_parameter"]:
@@ -174,8 +209,11 @@ async def delete_command(state: ServerState, account: str, p: Params) -> dict[st
     command_id = p.str("CommandId", required=True)
 
     async def _tx(conn: Conn) -> Any:
+        if await q.get_command(conn, account, command_id, p.region()) is None:
+            raise command_not_found()
         if not await q.delete_command(conn, account, command_id):
             raise command_not_found()
+        await store_tags.remove_tags(conn, account, "command", [command_id], None)
 
     await state.store.write(_tx)
     return {}

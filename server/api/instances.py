@@ -7,21 +7,28 @@ from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.api import action
+from server.api.tags import read_tags, render_tags
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
+from server.store import tags as store_tags
 from server.store.conn import Conn
+from server.store.instances import rename_instance
+
+INSTANCE_NAME_TOO_LONG = ("InstanceName.ExceedLimit", 400)
 
 if TYPE_CHECKING:
     from server.state import ServerState
 
 
 def is_online(row: dict[str, Any], now_ms: int) -> bool:
-    """Online while heard from within three heartbeat intervals."""
+    """Online once the agent has connected (a signed request after its registration, which
+    only records the registration time) and while heard from within three heartbeats."""
     window = 3 * max(int(row["heartbeat_interval"] or 60), 1) * 1000
-    return bool(row["last_seen_ms"]) and now_ms - int(row["last_seen_ms"]) <= window
+    seen = int(row["last_seen_ms"] or 0)
+    return seen > int(row["registered_ms"] or 0) and now_ms - seen <= window
 
 
-def render_managed(row: dict[str, Any], now_ms: int) -> dict[str, Any]:
+def render_managed(row: dict[str, Any], now_ms: int, tags: list[tuple[str, str]]) -> dict[str, Any]:
     """One Instance of DescribeManagedInstances."""
     return {
         "InstanceId": row["instance_id"],
@@ -38,11 +45,11 @@ def render_managed(row: dict[str, Any], now_ms: int) -> dict[str, Any]:
         "LastInvokedTime": model.iso_from_ms(row["last_invoked_ms"]),
         "InvocationCount": row["invocation_count"],
         "Connected": is_online(row, now_ms),
-        "Tags": [],
+        "Tags": render_tags(tags),
     }
 
 
-@action("DescribeManagedInstances")
+@action("DescribeManagedInstances", tags=True)
 async def describe_managed_instances(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Registered (managed) instances of the account."""
     page = p.page()
@@ -52,6 +59,7 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
         "ActivationId": p.str("ActivationId"),
         "OsType": p.str("OsType"),
         "InstanceIp": p.str("InstanceIp"),
+        "Tags": read_tags(p),
     }
     connected = p.raw.get("Connected", "")
     want: bool | None = p.bool("Connected") if connected else None
@@ -61,11 +69,12 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_instances(conn, account, filters, offset, limit)
-        return total, rows
+        ids = [r["instance_id"] for r in rows]
+        return total, rows, await store_tags.tags_of(conn, account, "managedinstance", ids)
 
-    total, rows = await state.store.read(_tx)
+    total, rows, tags = await state.store.read(_tx)
     now = model.now_ms()
-    items = [render_managed(r, now) for r in rows]
+    items = [render_managed(r, now, tags.get(r["instance_id"], [])) for r in rows]
     if want is not None:
         items = [i for i in items if i["Connected"] is want]
         total = len(items)
@@ -82,13 +91,31 @@ async def deregister_managed_instance(
 
     async def _tx(conn: Conn) -> Any:
         row = await q.deregister_instance(conn, account, instance_id)
-        return row
+        tags = await store_tags.tags_of(conn, account, "managedinstance", [instance_id])
+        await store_tags.remove_tags(conn, account, "managedinstance", [instance_id], None)
+        return row, tags.get(instance_id, [])
 
-    row = await state.store.write(_tx)
+    row, tags = await state.store.write(_tx)
     if row is None:
         raise ApiError("InvalidInstance.NotFound", "The specified instance does not exist.", 404)
     state.forget_instance(instance_id)
-    return {"Instance": render_managed(row, model.now_ms())}
+    return {"Instance": render_managed(row, model.now_ms(), tags)}
+
+
+@action("ModifyManagedInstance")
+async def modify_managed_instance(state: ServerState, account: str, p: Params) -> dict[str, Any]:
+    """Rename a managed instance."""
+    instance_id = p.str("InstanceId", required=True)
+    name = p.str("InstanceName", required=True, max_len=128, too_long=INSTANCE_NAME_TOO_LONG)
+
+    async def _tx(conn: Conn) -> Any:
+        if not await rename_instance(conn, account, instance_id, name):
+            raise ApiError(
+                "InvalidInstance.NotFound", "The specified instance does not exist.", 404
+            )
+
+    await state.store.write(_tx)
+    return {"Instance": {"InstanceId": instance_id, "InstanceName": name}}
 
 
 @action("DescribeCloudAssistantStatus")

@@ -15,10 +15,14 @@ from server.api.commands import (
     command_not_found,
     read_command_fields,
 )
+from server.api.idempotency import client_token, replay
+from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
 from server.output_limits import running_tail
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import queries as q
+from server.store import tags as store_tags
 from server.store.conn import Conn
+from server.store.invocations import modify_invocation
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -65,9 +69,17 @@ def read_schedule(p: Params) -> tuple[bool, str, str]:
 
 
 async def start_invocation(
-    state: ServerState, account: str, p: Params, command: dict[str, Any], keep: bool
-) -> str:
-    """Validate targets and parameters, store the invocation, wake the agents."""
+    state: ServerState,
+    account: str,
+    p: Params,
+    command: dict[str, Any],
+    keep: bool,
+    action_name: str,
+) -> dict[str, Any]:
+    """Validate targets and parameters, store the invocation (once per ClientToken), wake the
+    agents; return the action's answer."""
+    client_token(p)
+    tags = tags_to_set(p)
     ids = p.list("InstanceId", max_items=state.max_invoke_instances, too_many=TOO_MANY_INSTANCES)
     if not ids:
         raise missing("InstanceId.1", "MissingParam.InstanceId")
@@ -110,9 +122,18 @@ async def start_invocation(
         "created_ms": now,
         "revision": 1,
         "stopped": False,
+        "template": command["content"] if command["enable_parameter"] else "",
+        "region_id": p.region(),
     }
 
+    result = {"InvokeId": invoke_id}
+    if action_name == "RunCommand":
+        result = {"CommandId": command["command_id"], **result}
+
     async def _tx(conn: Conn) -> Any:
+        prior = await replay(conn, account, action_name, p, result)
+        if prior is not None:
+            return prior
         found = await q.existing_instances(conn, account, ids)
         absent = [i for i in ids if i not in found]
         if absent:
@@ -123,29 +144,33 @@ async def start_invocation(
             )
         if keep:
             await q.insert_command(conn, command)
+            await add_tags(conn, account, "command", [command["command_id"]], tags)
         await q.insert_invocation(conn, row, ids)
+        await add_tags(conn, account, "invocation", [invoke_id], tags)
+        return result
 
-    await state.store.write(_tx)
-    await state.notifier.publish(ids, {"type": "task"})
-    return invoke_id
+    answer: dict[str, Any] = await state.store.write(_tx)
+    if answer is result:  # a retry of a known ClientToken wakes nobody
+        await state.notifier.publish(ids, {"type": "task"})
+    return answer
 
 
-@action("InvokeCommand")
+@action("InvokeCommand", tags=True)
 async def invoke_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Run a stored command on instances, once or on a schedule."""
     command_id = p.str("CommandId", required=True)
 
     async def _tx(conn: Conn) -> Any:
-        command = await q.get_command(conn, account, command_id)
+        command = await q.get_command(conn, account, command_id, p.region())
         return command
 
     command = await state.store.read(_tx)
     if command is None:
         raise command_not_found()
-    return {"InvokeId": await start_invocation(state, account, p, command, keep=False)}
+    return await start_invocation(state, account, p, command, False, "InvokeCommand")
 
 
-@action("RunCommand")
+@action("RunCommand", tags=True)
 async def run_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Create a command and invoke it in one call."""
     fields = read_command_fields(p, content_required=True)
@@ -158,10 +183,10 @@ async def run_command(state: ServerState, account: str, p: Params) -> dict[str, 
         "created": model.iso_from_ms(now),
         "created_ms": now,
         "invoke_times": 0,
+        "region_id": p.region(),
     }
     keep = p.bool("KeepCommand", False)
-    invoke_id = await start_invocation(state, account, p, command, keep)
-    return {"CommandId": command["command_id"], "InvokeId": invoke_id}
+    return await start_invocation(state, account, p, command, keep, "RunCommand")
 
 
 def encode_output(raw_b64: str, encoding: str) -> str:
@@ -179,7 +204,7 @@ async def output_of(conn: Any, row: dict[str, Any], quota: int) -> str:
     return str(row["output"] or "")
 
 
-def render_result(row: dict[str, Any], output: str) -> dict[str, Any]:
+def render_result(row: dict[str, Any], output: str, tags: list[tuple[str, str]]) -> dict[str, Any]:
     """One InvocationResult / ResultItem."""
     return {
         "CommandId": row["command_id"],
@@ -201,11 +226,11 @@ def render_result(row: dict[str, Any], output: str) -> dict[str, Any]:
         "ContainerName": "",
         "Launcher": "",
         "TerminationMode": "",
-        "Tags": {"Tag": []},
+        "Tags": {"Tag": render_tags(tags)},
     }
 
 
-@action("DescribeInvocationResults")
+@action("DescribeInvocationResults", tags=True)
 async def describe_invocation_results(
     state: ServerState, account: str, p: Params
 ) -> dict[str, Any]:
@@ -221,17 +246,23 @@ async def describe_invocation_results(
         "InstanceId": p.str("InstanceId"),
         "CommandId": p.str("CommandId"),
         "Statuses": RECORD_STATUS_FILTER.get(record, ()),
+        "Tags": read_tags(p),
+        "Region": p.region(),
     }
     # IncludeHistory: every execution (a timed invocation runs many times), not only the latest
     lister = q.list_execution_results if p.bool("IncludeHistory", False) else q.list_results
 
     async def _tx(conn: Conn) -> Any:
-        if invoke_id and await q.get_invocation(conn, account, invoke_id) is None:
+        if invoke_id and await q.get_invocation(conn, account, invoke_id, p.region()) is None:
             raise invoke_not_found()
         total, rows = await lister(conn, account, filters, page.offset, page.size)
+        ids = sorted({r["invoke_id"] for r in rows})
+        tags = await store_tags.tags_of(conn, account, "invocation", ids)
         items = [
             render_result(
-                r, encode_output(await output_of(conn, r, state.settings.output_quota), encoding)
+                r,
+                encode_output(await output_of(conn, r, state.settings.output_quota), encoding),
+                tags.get(r["invoke_id"], []),
             )
             for r in rows
         ]
@@ -248,7 +279,11 @@ async def describe_invocation_results(
 
 
 def render_invocation(
-    row: dict[str, Any], results: list[dict[str, Any]], encoding: str, with_output: bool
+    row: dict[str, Any],
+    results: list[dict[str, Any]],
+    encoding: str,
+    with_output: bool,
+    tags: list[tuple[str, str]],
 ) -> dict[str, Any]:
     """One Invocation of DescribeInvocations, with its InvokeInstances."""
     overall = model.overall_status(r["status"] for r in results)
@@ -288,15 +323,20 @@ def render_invocation(
         "Frequency": row["frequency"],
         "Username": row["username"],
         "Timeout": row["timeout"],
+        "WorkingDir": row["working_dir"],
+        "Launcher": "",
+        "TerminationMode": "",
+        "ContainerId": "",
+        "ContainerName": "",
         "CreationTime": row["created"],
         "InvocationStatus": overall,
         "InvokeStatus": model.legacy_invoke_status(overall, bool(row["timed"])),
         "InvokeInstances": {"InvokeInstance": instances},
-        "Tags": {"Tag": []},
+        "Tags": {"Tag": render_tags(tags)},
     }
 
 
-@action("DescribeInvocations")
+@action("DescribeInvocations", tags=True)
 async def describe_invocations(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Invocations with their overall and per-instance status, newest first."""
     page = p.page()
@@ -322,18 +362,24 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     filters["CommandType"] = p.str("CommandType") or p.str("Type")
     filters["RepeatMode"] = p.enum("RepeatMode", model.REPEAT_MODES)
     filters["Timed"] = p.bool("Timed") if p.raw.get("Timed") else None
+    filters["Tags"] = read_tags(p)
+    filters["Region"] = p.region()
     offset, limit = page.offset, page.size
     if wanted:
         offset, limit = 0, 10_000
 
     async def _tx(conn: Conn) -> Any:
         total, rows = await q.list_invocations(conn, account, filters, offset, limit)
-        results = await q.instance_results(conn, [r["invoke_id"] for r in rows])
-        return total, rows, results
+        ids = [r["invoke_id"] for r in rows]
+        results = await q.instance_results(conn, ids)
+        return total, rows, results, await store_tags.tags_of(conn, account, "invocation", ids)
 
-    total, rows, results = await state.store.read(_tx)
+    total, rows, results, tags = await state.store.read(_tx)
     items = [
-        render_invocation(r, results.get(r["invoke_id"], []), encoding, with_output) for r in rows
+        render_invocation(
+            r, results.get(r["invoke_id"], []), encoding, with_output, tags.get(r["invoke_id"], [])
+        )
+        for r in rows
     ]
     if wanted:
         items = [i for i in items if wanted in (i["InvokeStatus"], i["InvocationStatus"])]
@@ -345,6 +391,77 @@ async def describe_invocations(state: ServerState, account: str, p: Params) -> d
     }
 
 
+def invocation_not_modifiable(detail: str) -> ApiError:
+    return ApiError(
+        "InvalidInvocation.NotModifiable", f"The invocation cannot be modified: {detail}"
+    )
+
+
+def modified_values(p: Params, row: dict[str, Any]) -> dict[str, Any]:
+    """The invocation columns ModifyInvocationAttribute changes (content, parameters,
+    frequency), checked against the invocation as it is."""
+    values: dict[str, Any] = {}
+    if p.raw.get("Frequency"):
+        if row["repeat_mode"] != "Period":
+            raise invalid("Frequency", "Only a Period invocation has a frequency.")
+        values["frequency"] = model.validate_frequency(p.str("Frequency", max_len=256))
+    new_content = p.raw.get("CommandContent", "")
+    new_params = p.raw.get("Parameters", "")
+    if not new_content and not new_params:
+        return values
+    encoding = "PlainText" if p.raw.get("ContentEncoding", "").lower() == "plaintext" else "Base64"
+    # the script before substitution: an invocation without parameters keeps it as content
+    before = row["template"] or row["content"]
+    template = model.decode_content(new_content, encoding) if new_content else before
+    enabled = bool(row["template"]) or p.bool("EnableParameter", False)
+    old = json.loads(row["parameters"])
+    parameters = model.parse_parameters(new_params) if new_params else old
+    names = model.parameter_names(template) if enabled else []
+    if parameters and not enabled:
+        raise ApiError("Parameter.Disabled", "The command does not take custom parameters.")
+    unknown = sorted(set(parameters) - set(names))
+    if unknown:
+        raise ApiError(
+            "Parameter.NotMatched",
+            f"The command has no custom parameter(s) {', '.join(unknown)}.",
+            403,
+        )
+    values["content"] = model.substitute(template, names, parameters) if names else template
+    values["template"] = template if enabled else ""
+    values["parameters"] = json.dumps(parameters)
+    return values
+
+
+@action("ModifyInvocationAttribute")
+async def modify_invocation_attribute(
+    state: ServerState, account: str, p: Params
+) -> dict[str, Any]:
+    """Change a running timed invocation's content, parameters or frequency in place: its
+    agents reschedule the new revision."""
+    invoke_id = p.str("InvokeId", required=True)
+    if not any(p.raw.get(k) for k in ("CommandContent", "Parameters", "Frequency")):
+        raise missing("CommandContent")
+    refused = [k for k in ("InstanceId.1", "InstanceIds") if p.raw.get(k)]
+    if refused:
+        raise invalid(refused[0], "Adding instances to an invocation is not supported here.")
+
+    async def _tx(conn: Conn) -> Any:
+        row = await q.get_invocation(conn, account, invoke_id, p.region())
+        if row is None:
+            raise invoke_not_found()
+        if not row["timed"]:
+            raise invocation_not_modifiable("only a timed invocation can be changed.")
+        if row["stopped"]:
+            raise invocation_not_modifiable("it was stopped.")
+        values = modified_values(p, row)
+        return await modify_invocation(conn, invoke_id, values)
+
+    notify = await state.store.write(_tx)
+    if notify:
+        await state.notifier.publish(notify, {"type": "task"})
+    return {}
+
+
 @action("StopInvocation")
 async def stop_invocation(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Stop an invocation on all or some of its instances."""
@@ -352,7 +469,7 @@ async def stop_invocation(state: ServerState, account: str, p: Params) -> dict[s
     ids = p.list("InstanceId", too_many=TOO_MANY_INSTANCES)
 
     async def _tx(conn: Conn) -> Any:
-        if await q.get_invocation(conn, account, invoke_id) is None:
+        if await q.get_invocation(conn, account, invoke_id, p.region()) is None:
             raise invoke_not_found()
         notify = await q.stop_invocation(conn, invoke_id, ids or None)
         return notify

@@ -9,17 +9,23 @@ from server.store.rows import Row, _one, _page
 from server.store.schema import (
     commands,
 )
+from server.store.tags import tagged
 
 
 async def insert_command(conn: Conn, row: Row) -> None:
     await conn.execute(commands.insert().values(**row))
 
 
-async def get_command(conn: Conn, account: str, command_id: str) -> Row | None:
-    return await _one(
-        conn,
-        select(commands).where(commands.c.account == account, commands.c.command_id == command_id),
+async def get_command(
+    conn: Conn, account: str, command_id: str, region: str | None = None
+) -> Row | None:
+    """The account's command (in `region` when given)."""
+    stmt = select(commands).where(
+        commands.c.account == account, commands.c.command_id == command_id
     )
+    if region is not None:
+        stmt = stmt.where(commands.c.region_id == region)
+    return await _one(conn, stmt)
 
 
 async def list_commands(
@@ -34,6 +40,10 @@ async def list_commands(
         stmt = stmt.where(commands.c.type == filters["Type"])
     if filters.get("Description"):
         stmt = stmt.where(commands.c.description == filters["Description"])
+    if filters.get("Region"):
+        stmt = stmt.where(commands.c.region_id == filters["Region"])
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("command", commands.c.command_id, account, filters["Tags"]))
     order = (commands.c.created_ms.desc(), commands.c.command_id)
     return await _page(conn, stmt, order, offset, limit)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
@@ -15,6 +15,7 @@ from server.store.schema import (
     instances,
     invocation_instances,
 )
+from server.store.tags import tagged
 
 
 async def existing_instances(conn: Conn, account: str, ids: Sequence[str]) -> set[str]:
@@ -49,6 +50,10 @@ async def list_instances(
         stmt = stmt.where(func.lower(instances.c.os_type) == filters["OsType"].lower())
     if filters.get("InstanceIp"):
         stmt = stmt.where(instances.c.ip == filters["InstanceIp"])
+    if filters.get("Tags"):
+        stmt = stmt.where(
+            tagged("managedinstance", instances.c.instance_id, account, filters["Tags"])
+        )
     order = (instances.c.registered_ms, instances.c.instance_id)
     return await _page(conn, stmt, order, offset, limit)
 
@@ -73,6 +78,40 @@ async def get_activation(conn: Conn, activation_id: str) -> Row | None:
     return await _one(conn, select(activations).where(activations.c.activation_id == activation_id))
 
 
+async def update_activation(conn: Conn, account: str, activation_id: str, values: Row) -> int:
+    """Change an activation of `account`; the number of rows changed."""
+    done = await conn.execute(
+        update(activations)
+        .where(activations.c.account == account, activations.c.activation_id == activation_id)
+        .values(**values)
+    )
+    return int(done.rowcount or 0)
+
+
+async def delete_activation(conn: Conn, account: str, activation_id: str) -> int:
+    """Delete an activation of `account`; the number of rows deleted."""
+    done = await conn.execute(
+        delete(activations).where(
+            activations.c.account == account, activations.c.activation_id == activation_id
+        )
+    )
+    return int(done.rowcount or 0)
+
+
+async def rename_instance(conn: Conn, account: str, instance_id: str, name: str) -> int:
+    """Set a managed instance's name; the number of rows changed."""
+    done = await conn.execute(
+        update(instances)
+        .where(
+            instances.c.account == account,
+            instances.c.instance_id == instance_id,
+            instances.c.deregistered.is_(False),
+        )
+        .values(instance_name=name)
+    )
+    return int(done.rowcount or 0)
+
+
 async def list_activations(
     conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
@@ -81,6 +120,12 @@ async def list_activations(
         stmt = stmt.where(activations.c.activation_id == filters["ActivationId"])
     if filters.get("InstanceName"):
         stmt = stmt.where(activations.c.instance_name == filters["InstanceName"])
+    if filters.get("Region"):
+        stmt = stmt.where(activations.c.region_id == filters["Region"])
+    if filters.get("Tags"):
+        stmt = stmt.where(
+            tagged("activation", activations.c.activation_id, account, filters["Tags"])
+        )
     order = (activations.c.created_ms.desc(), activations.c.activation_id)
     return await _page(conn, stmt, order, offset, limit)
 

@@ -19,6 +19,7 @@ from server.store.schema import (
     invocations,
     output_chunks,
 )
+from server.store.tags import tagged
 
 
 async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -> None:
@@ -61,13 +62,16 @@ async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -
     )
 
 
-async def get_invocation(conn: Conn, account: str, invoke_id: str) -> Row | None:
-    return await _one(
-        conn,
-        select(invocations).where(
-            invocations.c.account == account, invocations.c.invoke_id == invoke_id
-        ),
+async def get_invocation(
+    conn: Conn, account: str, invoke_id: str, region: str | None = None
+) -> Row | None:
+    """The account's invocation (in `region` when given)."""
+    stmt = select(invocations).where(
+        invocations.c.account == account, invocations.c.invoke_id == invoke_id
     )
+    if region is not None:
+        stmt = stmt.where(invocations.c.region_id == region)
+    return await _one(conn, stmt)
 
 
 async def list_invocations(
@@ -93,8 +97,27 @@ async def list_invocations(
                 )
             )
         )
+    if filters.get("Region"):
+        stmt = stmt.where(invocations.c.region_id == filters["Region"])
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("invocation", invocations.c.invoke_id, account, filters["Tags"]))
     order = (invocations.c.created_ms.desc(), invocations.c.invoke_id)
     return await _page(conn, stmt, order, offset, limit)
+
+
+async def modify_invocation(conn: Conn, invoke_id: str, values: Row) -> list[str]:
+    """Change a timed invocation in place (a new revision the agents reschedule); return the
+    instances that still run it."""
+    await conn.execute(
+        update(invocations)
+        .where(invocations.c.invoke_id == invoke_id)
+        .values(**values, revision=invocations.c.revision + 1)
+    )
+    ii = invocation_instances
+    rows = await conn.execute(
+        select(ii.c.instance_id).where(ii.c.invoke_id == invoke_id, ii.c.active.is_(True))
+    )
+    return [str(r[0]) for r in rows.all()]
 
 
 async def instance_results(conn: Conn, invoke_ids: Sequence[str]) -> dict[str, list[Row]]:
@@ -130,6 +153,10 @@ async def list_results(
         .where(ii.c.account == account)
     )
     stmt = _filter_results(stmt, filters, ii.c.status)
+    if filters.get("Region"):
+        stmt = stmt.where(invocations.c.region_id == filters["Region"])
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("invocation", ii.c.invoke_id, account, filters["Tags"]))
     order = (ii.c.created_ms.desc(), ii.c.invoke_id, ii.c.instance_id)
     return await _page(conn, stmt, order, offset, limit)
 
@@ -201,6 +228,10 @@ async def list_execution_results(
         .where(ii.c.account == account)
     )
     stmt = _filter_results(stmt, filters, status)
+    if filters.get("Region"):
+        stmt = stmt.where(invocations.c.region_id == filters["Region"])
+    if filters.get("Tags"):
+        stmt = stmt.where(tagged("invocation", ii.c.invoke_id, account, filters["Tags"]))
     order = (newest.desc(), ii.c.invoke_id, ii.c.instance_id, ex.c.execution_id.desc())
     return await _page(conn, stmt, order, offset, limit)
 

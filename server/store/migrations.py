@@ -47,10 +47,46 @@ async def _add_server_keys_v12(conn: Conn) -> None:
     await serverkeys.ensure_key(conn)
 
 
-# Version 12 (not 3): numbers 3..11 are left to other branches' migrations; order is by number.
+async def _create_missing_tables(conn: Conn) -> None:
+    """Create the tables of server/store/schema.py a database does not have yet."""
+    await conn.run_sync(lambda sync: schema.metadata.create_all(sync, checkfirst=True))
+
+
+async def _add_invocation_template_v5(conn: Conn) -> None:
+    """Version 5: invocations keep their unsubstituted script (ModifyInvocationAttribute)."""
+    have = await conn.run_sync(
+        lambda sync: {c["name"] for c in inspect(sync).get_columns(schema.invocations.name)}
+    )
+    if "template" not in have:
+        await conn.execute(
+            text("ALTER TABLE invocations ADD COLUMN template TEXT NOT NULL DEFAULT ''")
+        )
+
+
+async def _add_region_v6(conn: Conn) -> None:
+    """Version 6: commands, invocations and activations belong to a region (existing ones to
+    the default region, cn-hangzhou)."""
+    for table in (schema.commands, schema.invocations, schema.activations):
+        have = await conn.run_sync(
+            lambda sync, name=table.name: {c["name"] for c in inspect(sync).get_columns(name)}
+        )
+        if "region_id" not in have:
+            await conn.execute(
+                text(
+                    f"ALTER TABLE {table.name} ADD COLUMN region_id VARCHAR(64) NOT NULL "
+                    "DEFAULT 'cn-hangzhou'"
+                )
+            )
+
+
+# Numbers 7..11 are free; order is by number.
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _create_v1),
     (2, _add_execution_detail_v2),
+    (3, _create_missing_tables),  # client_tokens (ClientToken answers)
+    (4, _create_missing_tables),  # tags
+    (5, _add_invocation_template_v5),
+    (6, _add_region_v6),
     (12, _add_server_keys_v12),
 ]
 LATEST = MIGRATIONS[-1][0]

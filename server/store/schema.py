@@ -56,6 +56,8 @@ commands = Table(
     Column("created", String(32), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("invoke_times", Integer, nullable=False, default=0),
+    # schema version 6: the region the command was created in (RegionId scoping)
+    Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),
     Index("ix_commands_account_created", "account", "created_ms"),
 )
 
@@ -80,6 +82,10 @@ invocations = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("revision", Integer, nullable=False, default=1),
     Column("stopped", Boolean, nullable=False, default=False),
+    # schema version 5: the script before {{parameter}} substitution ('' without parameters),
+    # so ModifyInvocationAttribute can apply new Parameters
+    Column("template", Text, nullable=False, server_default=""),
+    Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),  # version 6
     Index("ix_invocations_account_created", "account", "created_ms"),
 )
 
@@ -153,6 +159,7 @@ activations = Table(
     Column("created", String(32), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
+    Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),  # version 6
 )
 
 instances = Table(
@@ -176,4 +183,28 @@ instances = Table(
     Column("deregistered", Boolean, nullable=False, default=False),
     Column("update_requested", Boolean, nullable=False, default=False),
     Column("update_version", String(64), nullable=False, default=""),
+)
+
+# schema version 3: ClientToken of create-type calls, with the first call's answer (docs/operator-api.md)
+client_tokens = Table(
+    "client_tokens",
+    metadata,
+    Column("account", String(128), primary_key=True),
+    Column("action", String(64), primary_key=True),
+    Column("token", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),  # sha256 hex of the business parameters
+    Column("result", Text, nullable=False),  # JSON of the first answer
+    Column("expires_ms", BigInteger, nullable=False, index=True),
+)
+
+# schema version 4: tags of commands, invocations, activations and managed instances
+tags = Table(
+    "tags",
+    metadata,
+    Column("account", String(128), primary_key=True),
+    Column("resource_type", String(32), primary_key=True),
+    Column("resource_id", String(64), primary_key=True),
+    Column("tag_key", String(128), primary_key=True),
+    Column("tag_value", String(128), nullable=False, default=""),
+    Index("ix_tags_lookup", "account", "resource_type", "tag_key", "tag_value"),
 )

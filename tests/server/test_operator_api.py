@@ -596,6 +596,7 @@ def test_activations_and_managed_instances_with_sdk(api: Api) -> None:
         "web",
     )
     assert "ActivationCode" not in listed
+    agent.heartbeat()  # Connected means the agent has connected, not merely registered
     managed = DescribeManagedInstancesRequest.DescribeManagedInstancesRequest()
     managed.set_InstanceIds([agent.instance_id])
     instances = api.sdk(managed)["Instances"]
