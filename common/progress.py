@@ -82,3 +82,22 @@ def open_progress(desc: str, total: int | None, initial: int, enabled: bool) -> 
         nrows=size.lines,
     )
     return bar
+
+
+def open_steps(desc: str, total: int, unit: str, enabled: bool) -> Progress:
+    """A bar counting whole steps (artifacts built, files synced) on stderr when enabled."""
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    size = shutil.get_terminal_size((80, 24))  # a pty may report 0x0, which silences tqdm
+    bar: Progress = tqdm(
+        desc=desc,
+        total=total,
+        unit=f" {unit}",
+        file=sys.stderr,
+        ncols=size.columns,
+        nrows=size.lines,
+        leave=False,
+    )
+    return bar

@@ -19,6 +19,7 @@ from pathlib import Path
 from common.errors import ToolError, UsageError
 from common.hashing import file_sha256
 from common.platform import normalize_arch
+from common.progress import open_steps, progress_enabled
 from pkgbuild.keys import load_keys_json
 from pkgbuild.naming import FORMATS, artifact_filename
 from pkgbuild.payload import (
@@ -199,18 +200,21 @@ def build_artifacts(request: BuildRequest) -> list[Artifact]:
         plans = [(arch, "linux", linux_formats) for arch in arches if linux_formats]
         if "exe" in formats:
             plans.append(("x86_64", "windows", ["exe"]))
-        for arch, os_name, fmts in plans:
-            stage = _prepare_stage(request, source, keys, arch, os_name, work)
-            for fmt in fmts:
-                name = artifact_filename(request.package, request.version, arch, fmt)
-                scratch = stage.workdir / fmt.replace(".", "_")
-                scratch.mkdir(parents=True)
-                staged = scratch / name
-                if fmt == "exe":
-                    exe.build_exe(stage, staged)
-                else:
-                    builders[fmt](stage, staged)
-                built.append(_publish_file(staged, out / name, request, arch, fmt))
+        total = sum(len(fmts) for _, _, fmts in plans)
+        with open_steps("build", total, "artifact", progress_enabled(None)) as bar:
+            for arch, os_name, fmts in plans:
+                stage = _prepare_stage(request, source, keys, arch, os_name, work)
+                for fmt in fmts:
+                    name = artifact_filename(request.package, request.version, arch, fmt)
+                    scratch = stage.workdir / fmt.replace(".", "_")
+                    scratch.mkdir(parents=True)
+                    staged = scratch / name
+                    if fmt == "exe":
+                        exe.build_exe(stage, staged)
+                    else:
+                        builders[fmt](stage, staged)
+                    built.append(_publish_file(staged, out / name, request, arch, fmt))
+                    bar.update(1)
     return built
 
 
