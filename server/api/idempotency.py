@@ -3,8 +3,10 @@ again; the same token with other parameters is refused (docs/operator-api.md).""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 from typing import Any
 
 from server import model
@@ -63,12 +65,43 @@ async def replay(
     if not token:
         return None
     now = model.now_ms()
-    prior = await claim_token(
-        conn, (account, action, token), fingerprint(p), result, now, now + TOKEN_WINDOW_MS
-    )
+    key = (account, action, hashlib.sha256(token.encode()).hexdigest())
+    sealed = seal(token, key, result)
+    prior = await claim_token(conn, key, fingerprint(p), sealed, now, now + TOKEN_WINDOW_MS)
     if prior is None:
         return None
     seen, answer = prior
     if seen != fingerprint(p):
         raise mismatch()
-    return answer
+    return unseal(token, key, answer)
+
+
+# The database keeps neither a ClientToken nor the answer in clear (a CreateActivation answer
+# holds the activation code): the row is found by the token's sha256 and the answer is sealed
+# with AES-GCM under a key derived from the token, which only the retrying client has.
+
+
+def _answer_key(token: str, key: tuple[str, str, str]) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    info = f"assist client token|{key[0]}|{key[1]}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(token.encode())
+
+
+def seal(token: str, key: tuple[str, str, str], answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer as stored: encrypted and authenticated under the token's key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    box = AESGCM(_answer_key(token, key)).encrypt(nonce, json.dumps(answer).encode(), None)
+    return {"sealed": base64.b64encode(nonce + box).decode()}
+
+
+def unseal(token: str, key: tuple[str, str, str], stored: dict[str, Any]) -> dict[str, Any]:
+    """The first call's answer back from its stored form."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = base64.b64decode(stored["sealed"])
+    plain = AESGCM(_answer_key(token, key)).decrypt(raw[:12], raw[12:], None)
+    return dict(json.loads(plain))

@@ -184,6 +184,15 @@ def test_create_activation_retry_returns_the_same_code(api: Api) -> None:
     assert count(api, "activations") == 1
     status, code = api.error("CreateActivation", InstanceCount=3, ClientToken=token)
     assert code == "IdempotentParameterMismatch"
+    # the database keeps neither the token nor the activation code it answered in clear
+    stored = run_sql(
+        api.server,
+        "SELECT token, result FROM client_tokens WHERE account = ? AND action = ?",
+        account_of(api),
+        "CreateActivation",
+    )
+    assert len(stored) == 1
+    assert token not in str(stored) and first["ActivationCode"] not in str(stored)
 
 
 def test_concurrent_retries_create_exactly_one(api: Api) -> None:
