@@ -393,7 +393,7 @@ def main() -> None:
         host_agents(url, activation, code, int(count), Path(base))
         return
     bench_task_overhead(env_int("BENCH_TASK_RUNS", 30))
-    from server.testing import launch_server
+    from devkit.server import launch_server
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

@@ -34,7 +34,8 @@ if str(REPO_ROOT) not in sys.path:
 PY = sys.executable
 
 from bench.figures import median_figure  # noqa: E402
-from server.testing import free_port, mirror_sync_args  # noqa: E402
+from devkit.release import mirror_sync_args  # noqa: E402
+from devkit.server import free_port  # noqa: E402
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:

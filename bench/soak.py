@@ -51,7 +51,8 @@ from typing import Any
 import requests
 
 from common.cli import interrupts_as_exceptions
-from server.testing import free_port, mirror_sync_args, stop_group, wait_http
+from devkit.release import mirror_sync_args
+from devkit.server import free_port, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -259,7 +260,7 @@ class Soak:
 
     def set_up_server(self) -> None:
         """Server, AccessKey, the soak command."""
-        from server.testing import ServerHandle
+        from devkit.server import ServerHandle
 
         self.start_server()
         assert self.server is not None

@@ -24,7 +24,8 @@ from typing import Any
 
 from common.cli import interrupts_as_exceptions
 from common.service import ProcessManager
-from server.testing import free_port, mirror_sync_args, stop_group, wait_http
+from devkit.release import mirror_sync_args
+from devkit.server import free_port, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -132,7 +133,7 @@ class Demo:
 
 
 def step_server(demo: Demo) -> str:
-    from server.testing import launch_server
+    from devkit.server import launch_server
 
     demo.server = launch_server(demo.work / "server")
     demo.stack.callback(demo.server.stop)

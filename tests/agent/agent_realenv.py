@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.testing import ServerHandle
+from devkit.server import ServerHandle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpserver import StaticServer
 
 from common.config import MirrorConfig
 from common.errors import ConfigError, DownloadError
@@ -28,6 +27,7 @@ from common.mirrors import (
     rank_mirrors,
     select_mirrors,
 )
+from devkit.httpserver import StaticServer
 
 TIMESTAMP = json.dumps({"signed": {"_type": "timestamp", "version": 1}, "signatures": []})
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import build, init_repo, keygen, publish
-from httpserver import StaticServer
 
 from common.platform import pid_alive
 from common.service import ProcessManager
-from server.testing import launch_server
+from devkit.httpserver import StaticServer
+from devkit.release import build, init_repo, keygen, publish
+from devkit.server import launch_server
 
 pytestmark = [pytest.mark.xdist_group("install-unregistered"), pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serverkit import Api
 
+from devkit.server import ServerHandle, launch_server
 from server.api import load_actions
-from server.testing import ServerHandle, launch_server
 
 NAMES = [
     "CommandId",

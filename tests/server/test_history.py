@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from serverkit import Api, run_sql
 
-from server.testing import REPO_ROOT, FakeAgent, launch_server
+from devkit.server import REPO_ROOT, FakeAgent, launch_server
 
 HOUR = 3600
 

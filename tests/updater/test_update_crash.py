@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakepayload import LocalRepo
 from updaterkit import make_updater
 
 from common.service import ProcessManager
+from devkit.fakepayload import LocalRepo
 from updater import journal as jr
 from updater.engine import FAILURE_COUNTED
 from updater.layout import Layout, is_runnable

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakepayload import INIT, UNIT, add_file, add_special
 
 from common.service import ProcessManager
+from devkit.fakepayload import INIT, UNIT, add_file, add_special
 from updater import journal as jr
 from updater.layout import Layout
 from updater.recovery import recover

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fakepayload import LocalRepo
-
 from common.platform import detect_platform, pid_alive
 from common.service import NoManager, ProcessManager
+from devkit.fakepayload import LocalRepo
 from updater import journal as jr
 from updater.engine import Updater, UpdateSettings
 from updater.health import read_health

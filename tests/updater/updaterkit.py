@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fakepayload import LocalRepo
-
 from common.platform import detect_platform
 from common.service import ProcessManager
+from devkit.fakepayload import LocalRepo
 from updater.engine import Updater, UpdateSettings
 from updater.layout import Layout
 
