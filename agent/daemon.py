@@ -24,7 +24,6 @@ import requests
 
 from agent import schedule
 from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
-from agent.health import write_health
 from agent.identity import Identity
 from agent.outbox import Store
 from agent.output import Chunk, b64
@@ -45,6 +44,8 @@ from agent.runner import (
 from agent.spool import Spool, read_tail, spool_path
 from common.config import Config
 from common.errors import AssistError
+from common.health import HealthRecord, write_health
+from common.layout import Layout
 from common.platform import detect_platform
 from common.version import agent_version
 
@@ -166,7 +167,8 @@ class Agent:
     def __init__(self, config: Config, options: AgentOptions) -> None:
         self.config = config
         self.options = options
-        self.state_dir = config.state_dir
+        self.layout = config.layout
+        self.state_dir = self.layout.state_dir
         self.store = Store(self.state_dir)
         cfg = config.agent
         self.pool = TaskPool(cfg.max_running, cfg.max_queued)
@@ -210,7 +212,7 @@ class Agent:
         tighten_tree(self.state_dir)
         self.recover_crashed()
         self.prune_ledger()
-        write_health(self.state_dir, self.started, False)
+        write_health(self.layout.health_file, HealthRecord.of_this_process(self.started, False))
         self.timers.start()
         self._sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
         self._sender.start()
@@ -286,7 +288,7 @@ class Agent:
             return
         self.connected = value
         log.info("server %s", "connected" if value else "unreachable")
-        write_health(self.state_dir, self.started, value)
+        write_health(self.layout.health_file, HealthRecord.of_this_process(self.started, value))
         if value:
             self._wake_sender(force=True)
 
@@ -703,13 +705,13 @@ class Agent:
         if version:
             argv += ["--version", version]
         log.warning("starting the updater (%s): %s", reason, " ".join(argv))
-        log_dir = self.config.log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
-        rotate_log(log_dir / "update.log", MAX_UPDATE_LOG)
+        update_log = self.layout.update_log
+        update_log.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(update_log, MAX_UPDATE_LOG)
         extra: dict[str, Any] = {}
         if self.options.task_umask is not None:
             extra["umask"] = self.options.task_umask  # unpacked versions keep their own modes
-        with open(log_dir / "update.log", "ab") as out:
+        with open(update_log, "ab") as out:
             self._update_proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -733,9 +735,7 @@ def rotate_log(path: Path, limit: int) -> None:
 
 def updater_command(prefix: Path) -> list[str]:
     """`<prefix>/current/bin/assist-update apply` if installed, else the module from this code."""
-    launcher = (
-        prefix / "current" / "bin" / ("assist-update.cmd" if os.name == "nt" else "assist-update")
-    )
+    launcher = Layout(prefix).launcher("assist-update.cmd" if os.name == "nt" else "assist-update")
     if launcher.exists():
         return [str(launcher), "apply", "--prefix", str(prefix)]
     return [sys.executable, "-m", "updater.cli", "apply", "--prefix", str(prefix)]

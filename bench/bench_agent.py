@@ -219,7 +219,7 @@ def host_agents(server_url: str, activation: str, code: str, count: int, base: P
             activation, code, Identity("", key).public_key_b64(), instance_name=f"bench-{i}"
         )
         identity = Identity(instance, key, server_url)
-        save_identity(config.state_dir, identity)
+        save_identity(config.layout.state_dir, identity)
         agent = Agent(config, AgentOptions(server=server_url, identity=identity))
         threading.Thread(target=agent.run, daemon=True).start()
         agents.append(agent)

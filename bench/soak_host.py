@@ -124,15 +124,15 @@ def start_agent(
     config = Config(prefix=prefix)
     config.update.schedule = ""
     config.agent.heartbeat = 30.0
-    if (config.state_dir / IDENTITY_FILE).exists():
-        identity = load_identity(config.state_dir)
+    if (config.layout.state_dir / IDENTITY_FILE).exists():
+        identity = load_identity(config.layout.state_dir)
     else:
         key = generate_key()
         instance = AgentClient(server, None).register(
             activation, code, Identity("", key).public_key_b64(), instance_name=prefix.name
         )
         identity = Identity(instance, key, server)
-        save_identity(config.state_dir, identity)
+        save_identity(config.layout.state_dir, identity)
     options = AgentOptions(
         server=server, identity=identity, session_factory=logging_session_factory(answers, trace)
     )

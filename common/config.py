@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from common.layout import Layout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,20 +86,9 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
 
     @property
-    def state_dir(self) -> Path:
-        return self.prefix / "state"
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.prefix / "versions"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.prefix / "log"
-
-    @property
-    def config_file(self) -> Path:
-        return self.prefix / "config" / "assist.toml"
+    def layout(self) -> Layout:
+        """Where everything lives under the prefix."""
+        return Layout(self.prefix)
 
 
 _SECTIONS = {"mirror": MirrorConfig, "update": UpdateConfig, "agent": AgentConfig}
@@ -156,7 +146,7 @@ def load_config(
     A missing default file means all defaults; a missing explicit file is an error.
     """
     base = Path(prefix) if prefix else None
-    config_path = Path(path) if path else (base or Config().prefix) / "config" / "assist.toml"
+    config_path = Path(path) if path else Layout(base or Config().prefix).config_file
     if not config_path.exists():
         if path:
             raise ConfigError(f"config file not found: {config_path}", hint="check --config")

@@ -26,12 +26,12 @@ from common.cli import (
 )
 from common.config import Config, load_config
 from common.errors import LocalStateError, NotFoundError
+from common.health import read_health
+from common.layout import Layout, installed_versions
 from common.platform import detect_platform
 from common.service import MANAGERS, ServiceManager, make_service
 from updater import journal as jr
 from updater.engine import LAST_RESULT_FILE, Outcome, Updater, UpdateSettings
-from updater.health import read_health
-from updater.layout import Layout, installed_versions
 from updater.lock import hold_lock
 from updater.policy import NOTHING, REFUSE, load_blocklist, save_blocklist, unblock
 from updater.recovery import recover

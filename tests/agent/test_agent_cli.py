@@ -53,6 +53,17 @@ def test_server_discovery_order(tmp_path: Path) -> None:
         resolve_server(None, config, "", {})
 
 
+def test_a_tampered_cached_region_is_no_server_host(tmp_path: Path) -> None:
+    """state/region-id is read through the one validated reader (common.mirrors): a region that
+    is not a region id does not become part of the server URL."""
+    config = Config(prefix=tmp_path)
+    config.layout.state_dir.mkdir()
+    config.layout.region_file.write_text("evil.example.com/x#\n")
+    with pytest.raises(ConfigError, match="which server"):
+        resolve_server(None, config, "", {})
+    assert config.layout.region_file.read_text() == "evil.example.com/x#\n"  # left as it was
+
+
 def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
     act_id, code = fake_server.activation()
     prefix = tmp_path / "p"

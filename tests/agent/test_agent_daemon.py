@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 
-from agent.health import read_health
 from agent.outbox import Store
 from agent.runner import group_alive
 from agent.schedule import Boot
 from agent.spool import spool_path
+from common.health import read_health
+from common.layout import Layout
 
 
 def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
@@ -40,8 +41,8 @@ def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # t
     assert result["kind"] == "finish" and result["exit_code"] == 0
     assert result["output"] == "MTIzCg==" and result["dropped"] == 0
     assert wait_until(lambda: Store(h.prefix / "state").pending_count() == 0)
-    health = read_health(h.prefix / "state")
-    assert health and health["connected"] is True and health["pid"] == os.getpid()
+    health = read_health(Layout(h.prefix).health_file)
+    assert health and health.connected is True and health.pid == os.getpid()
     h.stop()
     assert len([r for r in state.reports if r[2]["invoke_id"] == invoke]) == 1
 
@@ -123,7 +124,8 @@ def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None: 
     fake_server.down()
     assert wait_until(lambda: Store(h.prefix / "state").pending_count() >= 3, timeout=10)
     assert wait_until(
-        lambda: (read_health(h.prefix / "state") or {}).get("connected") is False, timeout=10
+        lambda: getattr(read_health(Layout(h.prefix).health_file), "connected", None) is False,
+        timeout=10,
     )
     time.sleep(1)
     fake_server.start()

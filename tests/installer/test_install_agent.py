@@ -12,10 +12,10 @@ import pytest
 
 from common.config import load_config
 from common.errors import LocalStateError, VerificationError
+from common.layout import Layout
 from common.service import ProcessManager, SystemdManager, SysvManager
 from devkit.fakepayload import LocalRepo, make_tarball
 from installer.agent import AgentInstall, install_agent, render_config
-from updater.layout import Layout
 
 SPEC = AgentInstall(os="linux", arch="x86_64", health_timeout=10)
 

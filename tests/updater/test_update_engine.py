@@ -13,12 +13,12 @@ import pytest
 from updaterkit import make_updater
 
 from common.errors import LockedError, NoSpaceError, VerificationError
+from common.layout import Layout
 from common.platform import pid_alive
 from common.service import ProcessManager
 from devkit.fakepayload import LocalRepo
 from updater import journal as jr
 from updater.engine import RefusedError
-from updater.layout import Layout
 from updater.lock import hold_lock
 from updater.policy import load_blocklist
 from updater.recovery import recover

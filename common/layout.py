@@ -1,4 +1,15 @@
-"""The installed prefix (DESIGN.md §5): one place that knows where things live."""
+"""The install prefix on a VM: the one place that knows where things live (docs/agent-state.md).
+
+    <prefix>/versions/<ver>/   unpacked payloads; current -> versions/<ver>, previous -> …
+    <prefix>/state/            0700: health.json, region-id, agent.pid, tuf/, cache/, the agent's
+                               identity and outbox, the updater's journal
+    <prefix>/config/assist.toml
+    <prefix>/log/              agent.log, update.log
+
+Config, installer, updater, agent and the service managers all take their paths from `Layout`.
+A file only one module reads and writes (the journal, the outbox database, the identity) keeps
+its name next to that module; the path of every file two components share is here.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +19,10 @@ from pathlib import Path
 
 from common.version import version_sort_key
 
-AGENT_PACKAGE = "aliyun-assist"
+AGENT_PACKAGE = "aliyun-assist"  # the agent's package name in the release repository
+HEALTH_FILE = "health.json"
+REGION_FILE = "region-id"
+PID_FILE = "agent.pid"
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,10 @@ class Layout:
         return self.prefix / "log"
 
     @property
+    def config_file(self) -> Path:
+        return self.prefix / "config" / "assist.toml"
+
+    @property
     def tuf_dir(self) -> Path:
         return self.state_dir / "tuf"
 
@@ -39,7 +57,26 @@ class Layout:
 
     @property
     def health_file(self) -> Path:
-        return self.state_dir / "health.json"
+        """Written by the running agent, read by the updater and `assist-agent status`."""
+        return self.state_dir / HEALTH_FILE
+
+    @property
+    def region_file(self) -> Path:
+        """The region detected once from the metadata service."""
+        return self.state_dir / REGION_FILE
+
+    @property
+    def pid_file(self) -> Path:
+        """The agent's pid under the `process` service manager."""
+        return self.state_dir / PID_FILE
+
+    @property
+    def agent_log(self) -> Path:
+        return self.log_dir / "agent.log"
+
+    @property
+    def update_log(self) -> Path:
+        return self.log_dir / "update.log"
 
     @property
     def current(self) -> Path:
@@ -52,9 +89,17 @@ class Layout:
     def version_dir(self, version: str) -> Path:
         return self.versions_dir / version
 
+    def launcher(self, name: str) -> Path:
+        """A console script of the current version (`assist-agent`, `assist-update`)."""
+        return self.current / "bin" / name
+
+    def shared(self, name: str) -> Path:
+        """A file of the current version's share/ (service unit, init script, keys, root.json)."""
+        return self.current / "share" / name
+
     def keys_dir(self) -> Path:
         """Pinned native-signature keys of the running installation."""
-        return self.current / "share" / "keys"
+        return self.shared("keys")
 
     def ensure(self) -> None:
         """Create the directories every command expects."""
