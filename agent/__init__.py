@@ -1,4 +1,4 @@
-"""assist-agent: the daemon on each VM (DESIGN.md §9, docs/agent-protocol.md).
+"""assist-agent: the daemon on each VM (docs/agent-protocol.md, docs/agent-state.md).
 
 Where things are:
 
@@ -11,7 +11,6 @@ Where things are:
 - pool.py      bounded pool (running + queued), TaskConcurrencyLimit beyond it
 - output.py    tail within the quota, Dropped, size-limited streamed chunks
 - schedule.py  pure: next fire of cron (seconds first, timezone) / rate / at; reboot detection
-- outbox.py    SQLite under state/: report outbox and the ledger of started executions
-- health.py    state/health.json
+- outbox.py    AgentDatabase, SQLite under state/: report outbox, ledger of started executions
 - power.py     the service-manager seam for exit codes 193 (power off) and 194 (reboot)
 """

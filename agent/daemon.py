@@ -25,7 +25,7 @@ import requests
 from agent import schedule
 from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
 from agent.identity import Identity
-from agent.outbox import Store
+from agent.outbox import AgentDatabase
 from agent.output import Chunk, b64
 from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
@@ -169,7 +169,7 @@ class Agent:
         self.options = options
         self.layout = config.layout
         self.state_dir = self.layout.state_dir
-        self.store = Store(self.state_dir)
+        self.store = AgentDatabase(self.state_dir)
         cfg = config.agent
         self.pool = TaskPool(cfg.max_running, cfg.max_queued)
         self.limits = RunLimits(

@@ -71,7 +71,7 @@ class StartedExecution:
     proc_start: str
 
 
-class Store:
+class AgentDatabase:
     """The agent's SQLite database, safe to share between threads."""
 
     def __init__(self, state_dir: Path) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from agent.outbox import Store
+from agent.outbox import AgentDatabase
 from agent.runner import group_alive
 from agent.schedule import Boot
 from agent.spool import spool_path
@@ -40,7 +40,7 @@ def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # t
     [result] = state.results_for(invoke)
     assert result["kind"] == "finish" and result["exit_code"] == 0
     assert result["output"] == "MTIzCg==" and result["dropped"] == 0
-    assert wait_until(lambda: Store(h.prefix / "state").pending_count() == 0)
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() == 0)
     health = read_health(Layout(h.prefix).health_file)
     assert health and health.connected is True and health.pid == os.getpid()
     h.stop()
@@ -122,7 +122,7 @@ def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None: 
     ]
     assert wait_until(lambda: h.agent.pool.counts()[0] == 3)
     fake_server.down()
-    assert wait_until(lambda: Store(h.prefix / "state").pending_count() >= 3, timeout=10)
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() >= 3, timeout=10)
     assert wait_until(
         lambda: getattr(read_health(Layout(h.prefix).health_file), "connected", None) is False,
         timeout=10,
@@ -130,7 +130,7 @@ def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None: 
     time.sleep(1)
     fake_server.start()
     assert state.wait(lambda s: all(s.results_for(i) for i in invokes), timeout=30)
-    assert wait_until(lambda: Store(h.prefix / "state").pending_count() == 0, timeout=10)
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() == 0, timeout=10)
     for i, invoke in enumerate(invokes):
         [result] = state.results_for(invoke)
         assert base64.b64decode(result["output"]) == f"r{i}\n".encode()
@@ -252,7 +252,7 @@ def test_crash_recovery_reports_agent_restarted_and_kills_leftovers(
 
     prefix = tmp_path / "prefix"
     leftover = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    store = Store(prefix / "state")
+    store = AgentDatabase(prefix / "state")
     store.claim_execution("t-dead", "0", 1234)
     store.set_process("t-dead", "0", leftover.pid, process_start_stamp(leftover.pid))
     store.close()

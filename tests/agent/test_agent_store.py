@@ -21,7 +21,7 @@ from agent.identity import (
     save_identity,
     sign_headers,
 )
-from agent.outbox import Store
+from agent.outbox import AgentDatabase
 from agent.pool import TaskPool
 from common.errors import LocalStateError
 
@@ -65,11 +65,11 @@ def test_signature_covers_the_canonical_string() -> None:
 
 
 def test_outbox_dedupes_by_key_and_survives_reopen(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     assert store.enqueue("k1", "/v1/task/running", {"a": 1})
     assert not store.enqueue("k1", "/v1/task/running", {"a": 2})
     store.close()
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     [report] = store.due_reports(now=1e12)
     assert (report.key, report.body) == ("k1", {"a": 1})
     store.postpone(report.id, next_try=1e12)
@@ -79,7 +79,7 @@ def test_outbox_dedupes_by_key_and_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_ledger_claims_once_and_lists_unfinished(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     assert store.claim_execution("t-1", "0", 5)
     assert not store.claim_execution("t-1", "0", 6)
     store.set_process("t-1", "0", 1234, "99")
@@ -114,7 +114,7 @@ def test_pool_bounds_running_and_queued() -> None:
 
 
 def test_prune_keeps_executions_whose_report_is_still_queued(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     for invoke in ("t-acked", "t-queued"):
         store.claim_execution(invoke, "0", 1)
         store.finish_execution(
