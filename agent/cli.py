@@ -34,7 +34,7 @@ ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of CLI.md (assist-agent)."""
+    """The command line of assist-agent (docs/cli.md)."""
     parser = argparse.ArgumentParser(prog=PROG, description="The Aliyun Assist agent daemon")
     sub = parser.add_subparsers(dest="command", required=True)
 

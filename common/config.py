@@ -1,4 +1,4 @@
-"""Configuration: dataclasses with the defaults of DESIGN.md, loaded from TOML.
+"""Configuration: dataclasses with the defaults of docs/architecture.md, loaded from TOML.
 
 `<prefix>/config/assist.toml` has one table per dataclass below (`[mirror]`, `[update]`,
 `[agent]`). Unknown keys are refused so a typo does not silently fall back to a default.
@@ -34,7 +34,7 @@ SERVER_ENV = "ALIYUN_ASSIST_SERVER_HOST"
 
 @dataclass
 class MirrorConfig:
-    """Where releases come from (DESIGN.md §4)."""
+    """Where releases come from (docs/architecture.md, Mirror selection)."""
 
     mirrors: list[str] = field(default_factory=list)  # explicit mirrors, tier 0
     region: str = ""  # empty: detect
@@ -50,7 +50,7 @@ class MirrorConfig:
 
 @dataclass
 class UpdateConfig:
-    """Self-update policy (DESIGN.md §6)."""
+    """Self-update policy (docs/architecture.md, Self-update)."""
 
     channel: str = "stable"
     health_timeout: float = 60.0  # seconds for state/health.json to appear
@@ -64,7 +64,7 @@ class UpdateConfig:
 
 @dataclass
 class AgentConfig:
-    """The agent daemon (DESIGN.md §9)."""
+    """The agent daemon (docs/architecture.md, The agent)."""
 
     server: str = ""  # empty: ALIYUN_ASSIST_SERVER_HOST, then region rules
     max_running: int = 10

@@ -1,4 +1,4 @@
-"""Mirror selection (DESIGN.md §4): region detection, candidate tiers, concurrent probing, ranking.
+"""Mirror selection (docs/architecture.md, Mirror selection): region detection, candidate tiers, concurrent probing, ranking.
 
 Decisions (`candidate_mirrors`, `rank_mirrors`; the region table is common.regions) are pure functions over data; the
 I/O (metadata service, probing) sits at the edges and takes its HTTP session as a parameter.

@@ -1,4 +1,4 @@
-"""First install of the agent into the versions layout (DESIGN.md §5), then service + start."""
+"""First install of the agent into the versions layout (common/layout.py), then service + start."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""assist-install: list, install, remove signed packages; first install of the agent (CLI.md)."""
+"""assist-install: list, install, remove signed packages; first install of the agent (docs/cli.md)."""
 
 from __future__ import annotations
 

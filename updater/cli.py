@@ -1,4 +1,4 @@
-"""assist-update: status, check, apply, rollback, recover, unblock, schedule (CLI.md).
+"""assist-update: status, check, apply, rollback, recover, unblock, schedule (docs/cli.md).
 
 Exit codes of apply: 0 updated or nothing to do, 3 the new version failed and was rolled back,
 4 refused (verification, blocklist, downgrade, no space, locked), 1 other errors.

@@ -1,4 +1,4 @@
-"""Config: defaults from DESIGN.md, TOML overrides, typos and wrong types refused."""
+"""Config: defaults from docs/architecture.md, TOML overrides, typos and wrong types refused."""
 
 from __future__ import annotations
 
