@@ -42,6 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.figures import emit  # noqa: E402
+from devkit.agent import register_args  # noqa: E402
 
 IDLE_CONFIG = '[agent]\npoll_timeout = 25.0\n[update]\nschedule = ""\n'
 
@@ -127,15 +128,7 @@ def start_agent_process(
             sys.executable,
             "-m",
             "agent.cli",
-            "register",
-            "--server",
-            server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
+            *register_args(server.url, (act_id, code), prefix),
         ],
         check=True,
         capture_output=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from common.version import version_sort_key
 
@@ -25,66 +26,41 @@ REGION_FILE = "region-id"
 PID_FILE = "agent.pid"
 
 
+class Under:
+    """A path under the install prefix, declared by its parts (a read-only attribute of Layout)."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    @overload
+    def __get__(self, layout: None, owner: type) -> Under: ...
+
+    @overload
+    def __get__(self, layout: Layout, owner: type) -> Path: ...
+
+    def __get__(self, layout: Layout | None, owner: type) -> Under | Path:
+        return self if layout is None else layout.prefix.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths under an install prefix."""
 
     prefix: Path
 
-    @property
-    def versions_dir(self) -> Path:
-        return self.prefix / "versions"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.prefix / "state"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.prefix / "log"
-
-    @property
-    def config_file(self) -> Path:
-        return self.prefix / "config" / "assist.toml"
-
-    @property
-    def tuf_dir(self) -> Path:
-        return self.state_dir / "tuf"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.state_dir / "cache"
-
-    @property
-    def health_file(self) -> Path:
-        """Written by the running agent, read by the updater and `assist-agent status`."""
-        return self.state_dir / HEALTH_FILE
-
-    @property
-    def region_file(self) -> Path:
-        """The region detected once from the metadata service."""
-        return self.state_dir / REGION_FILE
-
-    @property
-    def pid_file(self) -> Path:
-        """The agent's pid under the `process` service manager."""
-        return self.state_dir / PID_FILE
-
-    @property
-    def agent_log(self) -> Path:
-        return self.log_dir / "agent.log"
-
-    @property
-    def update_log(self) -> Path:
-        return self.log_dir / "update.log"
-
-    @property
-    def current(self) -> Path:
-        return self.prefix / "current"
-
-    @property
-    def previous(self) -> Path:
-        return self.prefix / "previous"
+    versions_dir = Under("versions")
+    state_dir = Under("state")
+    log_dir = Under("log")
+    config_file = Under("config", "assist.toml")
+    current = Under("current")
+    previous = Under("previous")
+    tuf_dir = Under("state", "tuf")
+    cache_dir = Under("state", "cache")
+    health_file = Under("state", HEALTH_FILE)  # the agent writes, updater and status read
+    region_file = Under("state", REGION_FILE)  # detected once from the metadata service
+    pid_file = Under("state", PID_FILE)  # the agent's pid under the `process` manager
+    agent_log = Under("log", "agent.log")
+    update_log = Under("log", "update.log")
 
     def version_dir(self, version: str) -> Path:
         return self.versions_dir / version

@@ -51,20 +51,28 @@ def imported_names(
                 yield base
 
 
+def import_edges() -> dict[str, set[str]]:
+    """Every product module's imports of other product modules."""
+    files = {module_name(p): p for p in product_files()}
+    modules = set(files)
+    edges: dict[str, set[str]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found = imported_names(tree, name, path.name == "__init__.py", modules)
+        edges[name] = {t for t in found if t in modules} - {name}
+    return edges
+
+
 def import_graph() -> dict[str, set[str]]:
     """Import edges between product modules, lazy imports included.
 
     A package importing its own submodules is how a package assembles itself (a registry of
     actions or formats) and is left out; every other edge counts.
     """
-    files = {module_name(p): p for p in product_files()}
-    modules = set(files)
-    graph: dict[str, set[str]] = {}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        found = imported_names(tree, name, path.name == "__init__.py", modules)
-        graph[name] = {t for t in found if t in modules and not t.startswith(name + ".")} - {name}
-    return graph
+    return {
+        name: {t for t in targets if not t.startswith(name + ".")}
+        for name, targets in import_edges().items()
+    }
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -137,13 +145,8 @@ def entry_modules(modules: set[str]) -> set[str]:
 
 def test_every_product_module_is_reachable_from_an_entry_point() -> None:
     """A product module nothing of the product imports is dead code or scaffolding."""
-    files = {module_name(p): p for p in product_files()}
-    modules = set(files)
-    edges: dict[str, set[str]] = {}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        found = imported_names(tree, name, path.name == "__init__.py", modules)
-        edges[name] = {t for t in found if t in modules}
+    edges = import_edges()
+    modules = set(edges)
     seen: set[str] = set()
     todo = sorted(entry_modules(modules))
     while todo:

@@ -17,6 +17,7 @@ from agent_realenv import AgentProcess, agent_env
 from agent.cli import SERVER_TEMPLATE, resolve_server
 from common.config import Config
 from common.errors import ConfigError
+from devkit.agent import register_args
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,15 +69,7 @@ def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_ser
     act_id, code = fake_server.activation()
     prefix = tmp_path / "p"
     args = [
-        "register",
-        "--server",
-        fake_server.url,
-        "--activation-id",
-        act_id,
-        "--activation-code",
-        code,
-        "--prefix",
-        str(prefix),
+        *register_args(fake_server.url, (act_id, code), str(prefix)),
     ]
     first = cli(*args, "--json")
     assert first.returncode == 0, first.stderr
@@ -95,15 +88,7 @@ def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_ser
 def test_register_with_a_wrong_code_is_one_clear_line(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
     act_id, _ = fake_server.activation()
     out = cli(
-        "register",
-        "--server",
-        fake_server.url,
-        "--activation-id",
-        act_id,
-        "--activation-code",
-        "wrong",
-        "--prefix",
-        str(tmp_path),
+        *register_args(fake_server.url, (act_id, "wrong"), str(tmp_path)),
     )
     assert out.returncode == 1
     assert "InvalidActivation" in out.stderr and "Traceback" not in out.stderr
@@ -112,15 +97,7 @@ def test_register_with_a_wrong_code_is_one_clear_line(tmp_path: Path, fake_serve
 
 def test_register_against_a_dead_server_is_one_clear_line(tmp_path: Path) -> None:
     out = cli(
-        "register",
-        "--server",
-        "http://127.0.0.1:9",
-        "--activation-id",
-        "a",
-        "--activation-code",
-        "b",
-        "--prefix",
-        str(tmp_path),
+        *register_args("http://127.0.0.1:9", ("a", "b"), str(tmp_path)),
     )
     assert out.returncode == 1 and "cannot reach" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -161,15 +138,7 @@ def test_run_unregistered_waits_healthy_and_picks_up_a_later_register(
         assert cpu_ticks(agent.proc.pid) - before < 30  # idle: well under 0.3 s of CPU in 3 s
         act_id, code = fake_server.activation()
         registered = cli(
-            "register",
-            "--server",
-            fake_server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
+            *register_args(fake_server.url, (act_id, code), str(prefix)),
         )
         assert registered.returncode == 0, registered.stderr
         agent.wait_connected(timeout=30)  # the same process, not restarted
@@ -205,15 +174,7 @@ def test_status_reports_running_agent_and_refuses_a_second_one(tmp_path: Path, f
     )
     assert (
         cli(
-            "register",
-            "--server",
-            fake_server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
+            *register_args(fake_server.url, (act_id, code), str(prefix)),
         ).returncode
         == 0
     )
