@@ -24,6 +24,7 @@ from typing import Any
 
 from common.cli import interrupts_as_exceptions
 from common.service import ProcessManager
+from devkit.agent import write_loopback_config
 from devkit.release import mirror_sync_args
 from devkit.server import free_port, stop_group, wait_http
 
@@ -200,22 +201,7 @@ def step_mirror(demo: Demo) -> str:
 
 def write_agent_config(demo: Demo) -> None:
     """Region rules point at loopback: the intranet mirror is ours, the origin is down."""
-    config = demo.prefix / "config" / "assist.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        "[mirror]\n"
-        f'region = "cn-hangzhou"\n'
-        f'intranet_template = "{demo.mirror_url}"\n'
-        f'internet_origin = "{demo.origin_url}"\n'
-        'metadata_url = "http://127.0.0.1:9/latest/meta-data/region-id"\n'
-        "[update]\n"
-        'service = "process"\n'
-        "health_timeout = 30.0\n"
-        "settle = 3.0\n"
-        'schedule = ""\n'
-        "[agent]\n"
-        f'server = "{demo.server.url}"\n'
-    )
+    write_loopback_config(demo.prefix, demo.mirror_url, demo.origin_url, demo.server.url)
 
 
 def step_install(demo: Demo) -> str:
