@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 from agent.private import make_private_dir, restrict_umask
 from common.cli import add_common_options, print_json, run_cli
 from common.config import REGION_ENV, SERVER_ENV, Config, load_config
-from common.errors import ConfigError, LockedError, UsageError
+from common.errors import ConfigError, LocalStateError, LockedError, UsageError
 from common.layout import Layout
 
 if TYPE_CHECKING:
@@ -31,6 +31,15 @@ LOCK_FILE = "agent.lock"
 REGISTRATION_POLL = 1.0  # seconds between looks for the identity of a later `register`
 # The activation code is a secret: read from here or stdin, it never shows in `ps`.
 ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
+
+
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-agent status --json",
+    "register": "ALIYUN_ASSIST_ACTIVATION_CODE=CODE assist-agent register --server https://assist.example:8443 --activation-id ID",
+    "run": "assist-agent run --prefix /usr/local/share/aliyun-assist",
+    "status": "assist-agent status --json",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent in the foreground")
     run.add_argument("--server", help="server base URL (default: config, env, registration)")
-    run.add_argument("--prefix")
-    run.add_argument("--config")
+    run.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
+    run.add_argument("--config", help="assist.toml (default: PREFIX/config/assist.toml)")
     add_common_options(run)
 
     status = sub.add_parser("status", help="show whether the agent runs and is connected")
-    status.add_argument("--prefix")
-    status.add_argument("--config")
+    status.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
+    status.add_argument("--config", help="assist.toml (default: PREFIX/config/assist.toml)")
     status.add_argument("--json", action="store_true")
     add_common_options(status)
     return parser
@@ -266,6 +275,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from common.platform import pid_alive
 
     config = load(args)
+    state = config.layout.state_dir
+    if state.is_dir() and not os.access(state, os.R_OK | os.X_OK):
+        raise LocalStateError(
+            f"cannot read {state}: it is private to the agent's user",
+            hint="run `assist-agent status` as that user (usually root, e.g. with sudo)",
+        )
     health = read_health(config.layout.health_file)
     try:
         identity: Any = load_identity(config.layout.state_dir)
@@ -314,7 +329,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `assist-agent`."""
-    return run_cli(PROG, build_parser(), dispatch, argv)
+    return run_cli(PROG, build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

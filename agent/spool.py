@@ -12,10 +12,13 @@ down by its own spool. Files are 0600 in a 0700 directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 SPOOL_DIR = "spool"
 MAGIC = b"ASP2"
@@ -39,33 +42,47 @@ class Spool:
         self.ring = 2 * self.quota  # bytes of ring on disk
         self.total = 0  # bytes of output seen
         self._fd: int | None = None
+        self.failed = False  # the spool could not be written and was given up
 
     def write(self, data: bytes) -> None:
-        """Append bytes (straight to the file: they survive the agent's death)."""
-        if not data:
+        """Append bytes (straight to the file: they survive the agent's death).
+
+        A spool that cannot be written (disk full) is given up with one warning: the task runs
+        on and its report still carries the tail kept in memory.
+        """
+        if not data or self.failed:
             return
-        if self._fd is None:
-            self._open()
-        view = memoryview(data)
-        for start in range(0, len(view), self.quota):
-            self._put(view[start : start + self.quota])
+        try:
+            if self._fd is None:
+                self._open()
+            view = memoryview(data)
+            for start in range(0, len(view), self.quota):
+                self._put(view[start : start + self.quota])
+        except OSError as exc:
+            self.failed = True
+            log.warning(
+                "cannot spool task output to %s (%s); the report is kept in memory only",
+                self.path,
+                exc.strerror or exc,
+            )
 
     def _open(self) -> None:
         """Create the spool file (0600, in a 0700 directory) with an empty ring."""
         self.path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, 0), 0)
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        self._fd = os.open(self.path, flags, PRIVATE_FILE)
+        _pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, 0), 0)
 
     def _put(self, piece: memoryview) -> None:
         """Write at most `quota` bytes into the ring, then publish them in the header."""
         assert self._fd is not None
         slot = self.total % self.ring
         first = piece[: self.ring - slot]
-        os.pwrite(self._fd, first, _HEADER.size + slot)
+        _pwrite(self._fd, first, _HEADER.size + slot)
         if len(first) < len(piece):
-            os.pwrite(self._fd, piece[len(first) :], _HEADER.size)
+            _pwrite(self._fd, piece[len(first) :], _HEADER.size)
         self.total += len(piece)
-        os.pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, self.total), 0)
+        _pwrite(self._fd, _HEADER.pack(MAGIC, self.ring, self.total), 0)
 
     def close(self) -> None:
         """Close the file (it stays on disk)."""
@@ -78,8 +95,20 @@ class Spool:
         self.close()
         try:
             self.path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
+
+
+def _pwrite(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of `data` at `offset` (os.pwrite where it exists; seek + write on Windows)."""
+    view = memoryview(data)
+    while view:
+        if hasattr(os, "pwrite"):
+            done = os.pwrite(fd, view, offset)
+        else:  # pragma: no cover - Windows: one writer per spool, so seek + write is safe
+            os.lseek(fd, offset, os.SEEK_SET)
+            done = os.write(fd, view)
+        view, offset = view[done:], offset + done
 
 
 def read_tail(path: Path, quota: int) -> tuple[bytes, int]:
@@ -99,7 +128,7 @@ def read_tail(path: Path, quota: int) -> tuple[bytes, int]:
             start = max(0, size - quota)
             handle.seek(start)
             return handle.read(quota), start
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return b"", 0
 
 

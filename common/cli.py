@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from common.errors import AssistError, is_path_fault, path_error
@@ -39,6 +39,57 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="log progress to stderr",
     )
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (when it has a meaningful one) and keeps examples."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS, [], "")
+        if shown and "%(default)" not in text and (action.option_strings or action.nargs == "?"):
+            text += " (default: %(default)s)"
+        return text
+
+
+def finish_parser(
+    parser: argparse.ArgumentParser, examples: Mapping[str, str] | None = None, path: str = ""
+) -> None:
+    """Give a command and all its subcommands the same help shape (docs/cli.md).
+
+    Every level takes --debug and -v (before or after the subcommand), shows option defaults,
+    has a one-line description, and ends with an example from `examples`, keyed by the
+    subcommand path ("" for the command itself, "accesskey create" for a nested one).
+    """
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if action.help is None and action.option_strings == ["--json"]:
+            action.help = "print the result as JSON on stdout"
+    if "--debug" not in parser._option_string_actions:
+        add_common_options(parser)
+    example = (examples or {}).get(path)
+    if example and not parser.epilog:
+        parser.epilog = "example:\n  " + example.replace("\n", "\n  ")
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, child in action.choices.items():
+            if child.description is None and helps.get(name):
+                child.description = helps[name]
+            finish_parser(child, examples, f"{path} {name}".strip())
+
+
+def subcommand_paths(
+    parser: argparse.ArgumentParser, path: str = ""
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every (subcommand path, parser) of a command, the command itself first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from subcommand_paths(child, f"{path} {name}".strip())
 
 
 def setup_logging(debug: bool = False, verbose: bool = False) -> None:
@@ -73,8 +124,10 @@ def run_cli(
     parser: argparse.ArgumentParser,
     dispatch: Callable[[argparse.Namespace], int | None],
     argv: Sequence[str] | None = None,
+    examples: Mapping[str, str] | None = None,
 ) -> int:
     """Parse argv, run `dispatch`, and map every failure to one stderr line and an exit code."""
+    finish_parser(parser, examples)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     setup_logging(debug, bool(getattr(args, "verbose", False)))

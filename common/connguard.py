@@ -22,13 +22,13 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import os
 import resource
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -40,6 +40,7 @@ from common.listen import ConnLimits
 log = logging.getLogger(__name__)
 
 FD_RESERVE = 64  # descriptors kept free for the database, log files and the listener
+TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 LIMITS_ENV = "ASSIST_CONN_LIMITS"  # the limits, for worker processes started by uvicorn
 GRACEFUL_SHUTDOWN = 5  # seconds running requests (long-polls) get after SIGTERM
@@ -108,10 +109,17 @@ def configure(limits: ConnLimits) -> ConnLimits:
 
 def current_limits() -> ConnLimits:
     """The limits configure() set (defaults if it was not called)."""
-    raw = os.environ.get(LIMITS_ENV)
-    if not raw:
-        return ConnLimits()
-    return ConnLimits(**json.loads(raw))
+    return _parse_limits(os.environ.get(LIMITS_ENV, ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_limits(raw: str) -> ConnLimits:
+    return ConnLimits(**json.loads(raw)) if raw else ConnLimits()
+
+
+@functools.lru_cache(maxsize=4)
+def _timeouts(limits: ConnLimits) -> dict[Phase, float | None]:
+    return {phase: phase_timeout(limits, phase) for phase in Phase}
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -120,29 +128,40 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = current_limits()
+        self._timeouts = _timeouts(self.limits)
         self.phase = Phase.WAIT
-        self.since = time.monotonic()
-        self._deadline: asyncio.TimerHandle | None = None
+        self.since = self.loop.time()
+        self.header_bytes = 0  # received since the current request started
+        self.deadline: float | None = None  # loop time the current phase must end by
+        self._timer: asyncio.TimerHandle | None = None
 
     # --- phase bookkeeping ---------------------------------------------------------------
 
     def enter(self, phase: Phase) -> None:
-        """Move to `phase` and (re)arm its deadline."""
+        """Move to `phase` and set its deadline.
+
+        Cheap on the hot path (several times per request): one timer per connection is armed
+        only when none is, and when it fires it re-arms itself for a deadline moved later."""
+        now = self.loop.time()
         self.phase = phase
-        self.since = time.monotonic()
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        timeout = phase_timeout(self.limits, phase)
-        if timeout is not None and self.transport is not None:
-            self._deadline = self.loop.call_later(timeout, self.expire)
+        self.since = now
+        if phase is not Phase.WAIT:
+            self.header_bytes = 0
+        timeout = self._timeouts[phase]
+        self.deadline = None if timeout is None else now + timeout
+        if self.deadline is not None and self._timer is None and self.transport is not None:
+            self._timer = self.loop.call_at(self.deadline, self.expire)
 
     def expire(self) -> None:
-        """The client missed its deadline: close the connection."""
-        self._deadline = None
-        if self.transport is not None and not self.transport.is_closing():
-            log.info("closing %s: no progress in phase %s", self.client, self.phase.value)
-            self.transport.close()
+        """The timer fired: close the connection if its phase is past due, else wait on."""
+        self._timer = None
+        if self.deadline is None or self.transport is None or self.transport.is_closing():
+            return
+        if self.loop.time() < self.deadline:
+            self._timer = self.loop.call_at(self.deadline, self.expire)
+            return
+        log.info("closing %s: no progress in phase %s", self.client, self.phase.value)
+        self.transport.close()
 
     def make_room(self) -> bool:
         """At the bound: close the longest-waiting client-paced connection; False if none."""
@@ -170,10 +189,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.enter(Phase.WAIT)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase in (Phase.WAIT, Phase.IDLE):
+            self.header_bytes += len(data)
+            if self.header_bytes > self.limits.max_header_bytes:
+                log.info(
+                    "closing %s: request headers beyond %d bytes",
+                    self.client,
+                    self.limits.max_header_bytes,
+                )
+                self.transport.write(TOO_LARGE)
+                self.transport.close()
+                return
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -20,6 +20,9 @@ class ConnLimits:
     body_timeout: float = 60.0  # end of headers -> end of the body
     idle_timeout: float = 75.0  # response sent -> next request starts (keep-alive)
     max_connections: int = 4096  # open connections per process (lowered to fit RLIMIT_NOFILE)
+    max_header_bytes: int = (
+        512 * 1024
+    )  # request line + headers (the SDK puts parameters in the URL)
 
 
 def add_limit_options(parser: argparse.ArgumentParser, idle: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,10 +49,23 @@ def progress_enabled(progress: bool | None) -> bool:
     return bool(isatty and isatty())
 
 
+_HASHED = re.compile(r"^[0-9a-f]{64}\.")  # consistent-snapshot target names: <sha256>.<file>
+LABEL_WIDTH = 28  # leaves the bar, percentage, size and rate room in 80 columns
+
+
+def display_name(path: str) -> str:
+    """What a bar calls a file: its own name, without a content-hash prefix, cut to fit."""
+    name = _HASHED.sub("", path.rsplit("/", 1)[-1])
+    if len(name) > LABEL_WIDTH:
+        name = name[: LABEL_WIDTH - 1] + "…"
+    return name
+
+
 def open_progress(desc: str, total: int | None, initial: int, enabled: bool) -> Progress:
     """A byte-counting tqdm bar on stderr when enabled; otherwise one that prints nothing."""
     if not enabled:
         return _NoProgress()
+    desc = display_name(desc)
     from tqdm import tqdm
 
     size = shutil.get_terminal_size((80, 24))  # a pty may report 0x0, which silences tqdm

@@ -34,6 +34,16 @@ from updater.remote import find_keys_dir, find_trust_root, open_repository
 log = logging.getLogger(__name__)
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-install agent --region cn-hangzhou --service systemd --trust-root root.json",
+    "list": "assist-install list --mirror http://mirror:8081/ --trust-root root.json",
+    "install": "assist-install install aliyun-assist==2.2.5 --mirror http://mirror:8081/ --trust-root root.json",
+    "remove": "assist-install remove aliyun-assist",
+    "agent": "ALIYUN_ASSIST_ACTIVATION_CODE=CODE assist-install agent --mirror http://mirror:8081/ --trust-root root.json --service systemd --server https://assist.example:8443 --activation-id ID",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The assist-install command line."""
     parser = argparse.ArgumentParser(
@@ -57,13 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "list published packages")
     p.add_argument("--json", action="store_true")
     p = command("install", "verify and install packages with dpkg/rpm (or the exe)")
-    p.add_argument("packages", nargs="+", metavar="NAME[==V]")
+    p.add_argument(
+        "packages",
+        nargs="+",
+        metavar="NAME[==V]",
+        help="packages, each at its newest or a given version",
+    )
     p.add_argument("--root", help="install into this root (dpkg --root / rpm --root)")
     p.add_argument("--format", choices=["deb", "rpm", "exe"], help="default: this platform's")
     p.add_argument("--dry-run", action="store_true", help="resolve and print, change nothing")
     p.add_argument("--json", action="store_true")
     p = command("remove", "remove installed packages", remote=False)
-    p.add_argument("packages", nargs="+", metavar="NAME")
+    p.add_argument("packages", nargs="+", metavar="NAME", help="installed packages to remove")
     p.add_argument("--root", help="remove from this root")
     p.add_argument("--format", choices=["deb", "rpm"], help="default: this platform's")
     p = command("agent", "first install of the agent into the versions layout, then start it")
@@ -92,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist-install", build_parser(), dispatch, argv)
+    return run_cli("assist-install", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -27,6 +27,19 @@ PROG = "assist-mirror"
 DEFAULT_ROOT = "/var/lib/aliyun-assist-mirror"
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-mirror sync --region cn-hangzhou --upstream http://origin:8081/ --root /srv/mirror --trust-root root.json",
+    "sync": "assist-mirror sync --region cn-hangzhou --upstream http://origin:8081/ --root /srv/mirror --trust-root root.json --public-url http://mirror:8081/",
+    "serve": "assist-mirror serve --root /srv/mirror --listen 0.0.0.0:8081",
+    "verify": "assist-mirror verify --root /srv/mirror",
+    "status": "assist-mirror status --root /srv/mirror --json",
+    "prune": "assist-mirror prune --root /srv/mirror --keep 3",
+    "export": "assist-mirror export --root /srv/mirror --out bundle.tar --since site-state.json",
+    "import": "assist-mirror import bundle.tar --root /srv/mirror",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of assist-mirror (docs/cli.md), plus a few options of our own."""
     parser = argparse.ArgumentParser(
@@ -101,30 +114,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
 
     p = sub.add_parser("serve", help="serve --root over HTTP (Range, ETag)")
-    p.add_argument("--root", required=True, type=Path)
-    p.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT")
+    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+    p.add_argument(
+        "--listen", default="127.0.0.1:8081", metavar="HOST:PORT", help="address to serve on"
+    )
     add_limit_options(p, idle=15.0)
     add_common_options(p)
 
     p = sub.add_parser("verify", help="exit 0 only if every file matches signed metadata")
-    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
     p.add_argument("--json", action="store_true")
     add_common_options(p)
 
     p = sub.add_parser("status", help="versions, bytes, last sync, metadata expiry")
-    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
     p.add_argument("--json", action="store_true")
     add_common_options(p)
 
     p = sub.add_parser("prune", help="keep only the newest N versions per package")
-    p.add_argument("--root", required=True, type=Path)
-    p.add_argument("--keep", required=True, type=int, metavar="N")
+    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+    p.add_argument(
+        "--keep", required=True, type=int, metavar="N", help="versions to keep per package"
+    )
     p.add_argument("--json", action="store_true")
     add_common_options(p)
 
     p = sub.add_parser("export", help="write a bundle for a site with no network path")
-    p.add_argument("--root", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE.tar")
+    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+    p.add_argument(
+        "--out", required=True, type=Path, metavar="BUNDLE.tar", help="the bundle to write"
+    )
     p.add_argument(
         "--since",
         type=Path,
@@ -135,12 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
 
     p = sub.add_parser("import", help="sync from a bundle, verified like a sync")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE.tar")
-    p.add_argument("--root", required=True, type=Path)
-    p.add_argument("--trust-root", type=Path, metavar="FILE")
-    p.add_argument("--keyring", type=Path, metavar="FILE")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE.tar", help="a bundle from export")
+    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+    p.add_argument(
+        "--trust-root", type=Path, metavar="FILE", help="the TUF root.json the bundle must chain to"
+    )
+    p.add_argument(
+        "--keyring", type=Path, metavar="FILE", help="OpenPGP keyring overriding the signed keys/"
+    )
     p.add_argument("--region", default="", help="region id (for bootstrap/)")
-    p.add_argument("--public-url", metavar="URL")
+    p.add_argument("--public-url", metavar="URL", help="this mirror's URL for bootstrap/")
     p.add_argument("--json", action="store_true")
     add_common_options(p)
     return parser
@@ -318,7 +341,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(PROG, build_parser(), dispatch, argv)
+    return run_cli(PROG, build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,18 @@ def _print_targets(args: argparse.Namespace, targets: list[str]) -> None:
 # --- parser -----------------------------------------------------------------------------------
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-pkgbuild build --version 2.2.5 --keys /secure/keys --out dist",
+    "keygen": "assist-pkgbuild keygen --out /secure/keys",
+    "build": "assist-pkgbuild build --version 2.2.5 --keys /secure/keys --arch x86_64,aarch64 --out dist",
+    "init": "assist-pkgbuild init --repo /srv/origin --keys /secure/keys --expires timestamp=7d,snapshot=30d",
+    "publish": "assist-pkgbuild publish --repo /srv/origin --keys /secure/keys --channel stable dist/*",
+    "yank": "assist-pkgbuild yank --repo /srv/origin --keys /secure/keys --package aliyun-assist --version 2.2.5",
+    "rotate-key": "assist-pkgbuild rotate-key --repo /srv/origin --keys /secure/keys --role timestamp",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for every subcommand."""
     from pkgbuild.keys import ROLES
@@ -251,14 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("yank", "withdraw a package version from a channel")
     _repo_options(p)
-    p.add_argument("--package", required=True, metavar="NAME")
-    p.add_argument("--version", required=True, metavar="V")
+    p.add_argument("--package", required=True, metavar="NAME", help="package to withdraw")
+    p.add_argument("--version", required=True, metavar="V", help="version to withdraw")
     p.add_argument("--channel", default="stable", help="channel (stable)")
     p.set_defaults(func=cmd_yank)
 
     p = command("rotate-key", "replace a TUF role's keys and re-sign the metadata")
     _repo_options(p)
-    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument(
+        "--role", required=True, choices=ROLES, help="the TUF role whose key is replaced"
+    )
     p.set_defaults(func=cmd_rotate_key)
     return parser
 
@@ -284,7 +298,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point."""
-    return run_cli(PROG, build_parser(), dispatch, argv)
+    return run_cli(PROG, build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

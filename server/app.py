@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -56,18 +56,22 @@ def api_error_response(exc: rpc.ApiError, request_id: str, fmt: str = "JSON") ->
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes."""
+    """The request body; ValueError beyond `limit` bytes, or when the client went away (or was
+    closed by its body deadline, common/connguard.py) before sending it all."""
     declared = request.headers.get("content-length")
     size = ascii_int(declared or "", 18)
     if size is not None and size > limit:
         raise ValueError("body too large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ValueError("body too large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ValueError("body too large")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:  # nobody reads the answer: no error to log
+        raise ValueError("the client went away before its body ended") from exc
     return b"".join(chunks)
 
 

@@ -16,11 +16,25 @@ from typing import Any, TypeVar
 from common.cli import add_common_options, print_json, run_cli
 from common.errors import ConfigError, NotFoundError, UsageError
 from common.listen import add_limit_options, announce, limits_from_args, parse_listen
+from server.output_limits import DEFAULT_QUOTA
 
 T = TypeVar("T")
 
 SETTINGS_ENV = "ASSIST_SERVER_SETTINGS"
 H11_MAX_EVENT = 512 * 1024  # bytes: the SDK puts every parameter (18 KB content) in the URL
+
+
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-server serve --listen 0.0.0.0:8443 --db sqlite:///var/lib/assist/assist.db",
+    "serve": "assist-server serve --listen 0.0.0.0:8443 --db postgresql://assist@db/assist --tls-cert c.pem --tls-key k.pem",
+    "migrate": "assist-server migrate --db sqlite:///var/lib/assist/assist.db",
+    "accesskey": "assist-server accesskey create --db sqlite:///var/lib/assist/assist.db --account ops",
+    "accesskey create": "assist-server accesskey create --db sqlite:///var/lib/assist/assist.db --account ops --json",
+    "accesskey list": "assist-server accesskey list --db sqlite:///var/lib/assist/assist.db",
+    "accesskey disable": "assist-server accesskey disable LTAI0123456789abcdef --db sqlite:///var/lib/assist/assist.db",
+    "accesskey enable": "assist-server accesskey enable LTAI0123456789abcdef --db sqlite:///var/lib/assist/assist.db",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="finished runs kept at most per instance and timed invocation",
     )
+    serve.add_argument(
+        "--output-quota",
+        type=int,
+        default=DEFAULT_QUOTA,
+        help="bytes of task output kept per execution, the tail; the agent's quota "
+        "(default: %(default)s)",
+    )
     add_limit_options(serve, idle=75.0)
     serve.add_argument(  # tests only: how often the background upkeep runs
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
@@ -79,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = ak_sub.add_parser("create", help="create an AccessKey for an account")
     add_common_options(create)
     create.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
-    create.add_argument("--account", default="default")
+    create.add_argument("--account", default="default", help="the account the key acts for")
     create.add_argument("--json", action="store_true")
     listing = ak_sub.add_parser("list", help="list AccessKeys (never their secrets)")
     add_common_options(listing)
@@ -88,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, text in (("disable", "refuse requests signed with"), ("enable", "accept again")):
         toggle = ak_sub.add_parser(verb, help=f"{text} an AccessKey")
         add_common_options(toggle)
-        toggle.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+        toggle.add_argument("access_key_id", metavar="ACCESS_KEY_ID", help="the AccessKeyId")
         toggle.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
         toggle.add_argument("--json", action="store_true")
     return parser
@@ -101,8 +122,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("--max-invoke-instances and --heartbeat-interval must be positive")
     if args.offline_grace < 0 or not args.chores_interval > 0:
         raise UsageError("--offline-grace must be 0 or more, --chores-interval positive")
-    if args.history_days < 1 or args.history_keep < 1:
-        raise UsageError("--history-days and --history-keep must be positive")
+    if args.history_days < 1 or args.history_keep < 1 or args.output_quota < 1:
+        raise UsageError("--history-days, --history-keep and --output-quota must be positive")
     return Settings(
         db_url=args.db,
         max_invoke_instances=args.max_invoke_instances,
@@ -111,6 +132,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         history_days=args.history_days,
         history_keep=args.history_keep,
         chores_interval=args.chores_interval,
+        output_quota=args.output_quota,
     )
 
 
@@ -154,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if path and not Path(path).is_file():
             raise ConfigError(f"TLS file not found: {path}")
     settings = settings_from_args(args)
-    limits = limits_from_args(args)
+    limits = dataclasses.replace(limits_from_args(args), max_header_bytes=H11_MAX_EVENT)
     migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
     debug = bool(getattr(args, "debug", False))
     options: dict[str, Any] = {
@@ -162,7 +184,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": debug,
         "ssl_certfile": args.tls_cert,
         "ssl_keyfile": args.tls_key,
-        "h11_max_incomplete_event_size": H11_MAX_EVENT,
         "backlog": 4096,
     }
     if args.workers > 1:
@@ -338,7 +359,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist-server", build_parser(), dispatch, argv)
+    return run_cli("assist-server", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

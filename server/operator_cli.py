@@ -7,6 +7,7 @@ import ast
 import base64
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,8 @@ from common.cli import add_common_options, print_json, run_cli
 from common.errors import AssistError, ConfigError, DownloadError, UsageError
 from server.rpc import sign_params
 
+log = logging.getLogger(__name__)
+
 CONFIG_NAME = "config.json"
 ENDPOINT_ENV = "ALIYUN_ASSIST_ENDPOINT"
 TERMINAL_RECORD = ("Finished", "Failed", "Stopped")
@@ -35,9 +38,38 @@ class ApiCallError(AssistError):
     reference = "api-error"
 
     def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(f"{code}: {message} (HTTP {status})", hint="check the parameters")
         self.code = code
         self.status = status
+        self.detail = message  # the server's whole message, e.g. its string to sign
+        short, hint = explain_api_error(code, message)
+        super().__init__(f"{code}: {short} (HTTP {status})", hint=hint)
+
+
+# Causes first: what an operator most likely got wrong, for codes where the message alone is long
+# or says little. The server's full message stays available with --debug.
+_CAUSES = {
+    "SignatureDoesNotMatch": (
+        "the server computed another signature for this request",
+        "the AccessKey secret is wrong (run `assist configure`) or this machine's clock is off "
+        "by more than 15 minutes; --debug shows the server's string to sign",
+    ),
+    "InvalidAccessKeyId.NotFound": (
+        "the server knows no such AccessKey",
+        "check the AccessKey id (`assist configure`; `assist-server accesskey list`)",
+    ),
+    "InvalidTimeStamp.Expired": (
+        "the request's timestamp is too far from the server's clock",
+        "set this machine's clock (NTP), then retry",
+    ),
+}
+
+
+def explain_api_error(code: str, message: str) -> tuple[str, str]:
+    """A short message and a hint for an API error code (the full message goes to debug logs)."""
+    if code in _CAUSES:
+        log.debug("%s from the server: %s", code, message)
+        return _CAUSES[code]
+    return message, "check the parameters"
 
 
 def config_dir() -> Path:
@@ -192,7 +224,7 @@ def cmd_ecs(args: argparse.Namespace) -> int:
     try:
         print_json(call_api(config, args.action, params))
     except ApiCallError as exc:
-        print_json({"Code": exc.code, "Message": exc.message})
+        print_json({"Code": exc.code, "Message": exc.detail})
         raise
     return 0
 
@@ -284,36 +316,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r["InvocationStatus"] == "Success" for r in results) else 1
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
+    "configure": "assist configure --access-key-id LTAI… --access-key-secret … --region cn-hangzhou --endpoint https://assist.example:8443",
+    "ecs": "assist ecs DescribeInvocationResults --InstanceId i-1 --InvokeId t-…",
+    "run": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assist", description="Cloud Assistant operator CLI")
     add_common_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     conf = sub.add_parser("configure", help="save AccessKey, region and endpoint")
     add_common_options(conf)
-    conf.add_argument("--access-key-id")
-    conf.add_argument("--access-key-secret")
-    conf.add_argument("--region")
+    conf.add_argument("--access-key-id", help="AccessKeyId from assist-server accesskey create")
+    conf.add_argument("--access-key-secret", help="its secret (prompted for when left out)")
+    conf.add_argument("--region", help="region id sent with every call, e.g. cn-hangzhou")
     conf.add_argument("--endpoint", help="e.g. http://127.0.0.1:8080")
 
     ecs = sub.add_parser("ecs", help="call an ECS action: assist ecs ACTION --Param value…")
-    ecs.add_argument("action")
-    ecs.add_argument("params", nargs=argparse.REMAINDER)
+    ecs.add_argument("action", help="the API action, e.g. CreateCommand")
+    ecs.add_argument(
+        "params", nargs=argparse.REMAINDER, help="--Name value pairs (list values after one name)"
+    )
 
     run = sub.add_parser("run", help="run a script on instances and show the results")
     add_common_options(run)
-    run.add_argument("--instance-ids", nargs="+", required=True, metavar="ID")
+    run.add_argument(
+        "--instance-ids", nargs="+", required=True, metavar="ID", help="instances to run on"
+    )
     run.add_argument("--command", required=True, help="the script text")
     run.add_argument(
         "--type",
         default="RunShellScript",
         choices=["RunShellScript", "RunBatScript", "RunPowerShellScript"],
+        help="the interpreter",
     )
     run.add_argument("--timeout", type=int, default=60, help="seconds")
-    run.add_argument("--name", default="assist-run")
+    run.add_argument("--name", default="assist-run", help="name of the command created")
     run.add_argument("--wait", action="store_true", help="wait and print a table of results")
     run.add_argument("--wait-timeout", type=float, default=600.0, help="seconds")
     run.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
-    run.add_argument("--endpoint", default="")
+    run.add_argument("--endpoint", default="", help="API endpoint (default: the configured one)")
     run.add_argument("--json", action="store_true")
     return parser
 
@@ -327,7 +373,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist", build_parser(), dispatch, argv)
+    return run_cli("assist", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.agent_api import auth
 from server.notify import Notifier
+from server.output_limits import DEFAULT_QUOTA
 from server.store import Store, access, instances
 from server.store.conn import Conn
 
@@ -28,6 +29,7 @@ class Settings:
     history_days: int = 30  # finished runs of timed invocations are kept this long…
     history_keep: int = 1000  # …and at most this many per instance and invocation
     chores_interval: float = 60.0  # seconds between background upkeep rounds
+    output_quota: int = DEFAULT_QUOTA  # bytes of output kept per execution (the tail)
 
 
 @dataclass

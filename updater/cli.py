@@ -42,6 +42,19 @@ EXIT_ROLLED_BACK = 3
 EXIT_UPDATE_AVAILABLE = 100
 
 
+# One example per command and subcommand, shown at the end of its --help (docs/cli.md).
+EXAMPLES = {
+    "": "assist-update apply --mirror http://mirror:8081/",
+    "status": "assist-update status --json",
+    "check": "assist-update check --channel stable",
+    "apply": "assist-update apply --mirror http://mirror:8081/ --health-timeout 60",
+    "rollback": "assist-update rollback",
+    "recover": "assist-update recover",
+    "unblock": "assist-update unblock 2.2.5",
+    "schedule": "assist-update schedule --json",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The assist-update command line."""
     parser = argparse.ArgumentParser(prog="assist-update", description="Self-update the agent")
@@ -70,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="update to this version")
     p.add_argument("--health-timeout", type=float, help="seconds (default: config, 60)")
     p.add_argument("--settle", type=float, help="seconds the new pid must live (default 10)")
-    p.add_argument("--allow-downgrade", action="store_true")
+    p.add_argument(
+        "--allow-downgrade", action="store_true", help="allow --version older than the current one"
+    )
     p.add_argument("--splay", type=float, default=0.0, help="random delay first, in seconds")
     p.add_argument("--json", action="store_true")
     command("rollback", "go back to the previous version")
@@ -85,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("assist-update", build_parser(), dispatch, argv)
+    return run_cli("assist-update", build_parser(), dispatch, argv, examples=EXAMPLES)
 
 
 def dispatch(args: argparse.Namespace) -> int:

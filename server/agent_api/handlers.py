@@ -12,7 +12,9 @@ from server import model
 from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
 from server.lifecycle import terminal_status
+from server.output_limits import clip_chunk, clip_report
 from server.store import instances, tasks
+from server.store.chunks import trim_chunks
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
@@ -220,13 +222,15 @@ async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> d
     offset = field_int(data, "offset")
     if offset is None or offset < 0:
         raise bad("offset must be a non-negative integer")
-    output = field_b64(data, "output")
+    quota = state.settings.output_quota
+    offset, output = clip_chunk(offset, field_b64(data, "output"), quota)
 
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         known = await tasks.record_running(
             conn, who.instance_id, invoke_id, execution_id, start, offset, output
         )
+        await trim_chunks(conn, who.instance_id, invoke_id, execution_id, quota)
         return known
 
     known = await state.store.write(_tx, durable=False, key=who.instance_id)
@@ -244,13 +248,17 @@ async def task_report(
     exit_code = field_int(data, "exit_code", None, nullable=True)
     start_ms = field_int(data, "start_time", None, nullable=True)
     finish_ms = field_int(data, "end_time", None, nullable=True) or model.now_ms()
-    dropped = field_int(data, "dropped") or 0
+    output, dropped = clip_report(
+        field_b64(data, "output"),
+        max(field_int(data, "dropped") or 0, 0),
+        state.settings.output_quota,
+    )
     report = {
         "exit_code": exit_code,
         "start_ms": start_ms or None,
         "finish_ms": finish_ms,
-        "output": field_b64(data, "output"),
-        "dropped": max(dropped, 0),
+        "output": output,
+        "dropped": dropped,
         "error_code": field_str(data, "error_code", 128),
         "error_info": field_str(data, "error_message", 4096),
     }

@@ -15,6 +15,7 @@ from server.api.commands import (
     command_not_found,
     read_command_fields,
 )
+from server.output_limits import running_tail
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import queries as q
 from server.store.conn import Conn
@@ -170,11 +171,11 @@ def encode_output(raw_b64: str, encoding: str) -> str:
     return raw_b64 or ""
 
 
-async def output_of(conn: Any, row: dict[str, Any]) -> str:
+async def output_of(conn: Any, row: dict[str, Any], quota: int) -> str:
     """Base64 output of a result row; a running execution shows what it streamed so far."""
     if row["status"] == model.RUNNING and row["execution_id"] and not row["output"]:
         data, _ = await q.running_output(conn, row)
-        return base64.b64encode(data).decode("ascii")
+        return base64.b64encode(running_tail(data, quota)).decode("ascii")
     return str(row["output"] or "")
 
 
@@ -228,7 +229,12 @@ async def describe_invocation_results(
         if invoke_id and await q.get_invocation(conn, account, invoke_id) is None:
             raise invoke_not_found()
         total, rows = await lister(conn, account, filters, page.offset, page.size)
-        items = [render_result(r, encode_output(await output_of(conn, r), encoding)) for r in rows]
+        items = [
+            render_result(
+                r, encode_output(await output_of(conn, r, state.settings.output_quota), encoding)
+            )
+            for r in rows
+        ]
         return total, rows, items
 
     total, rows, items = await state.store.read(_tx)

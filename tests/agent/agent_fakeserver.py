@@ -15,12 +15,16 @@ import json
 import threading
 import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common import protocol
+
+if TYPE_CHECKING:
+    from agent.identity import Identity
 
 TERMINAL = ("finish", "timeout", "error", "stopped", "invalid")
 _ids = itertools.count(1)
@@ -300,3 +304,20 @@ class FakeServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.down()
+
+
+def register(server_url: str, activation: tuple[str, str], state_dir: Path) -> Identity:
+    """Register a fresh key and save the identity like `assist-agent register` does.
+
+    Here rather than in conftest.py: `from conftest import …` resolves to whichever conftest
+    module was imported first when several test folders run together.
+    """
+    from agent.client import AgentClient
+    from agent.identity import Identity, generate_key, save_identity
+
+    key = generate_key()
+    client = AgentClient(server_url, None)
+    instance = client.register(activation[0], activation[1], Identity("", key).public_key_b64())
+    identity = Identity(instance, key, client.server)
+    save_identity(state_dir, identity)
+    return identity

@@ -12,11 +12,10 @@ import pytest
 
 # pytest puts this directory on sys.path (no __init__.py here: a package named after this
 # folder would shadow the real `agent` package)
-from agent_fakeserver import FakeServer
+from agent_fakeserver import FakeServer, register
 
-from agent.client import AgentClient
 from agent.daemon import Agent, AgentOptions
-from agent.identity import Identity, generate_key, save_identity
+from agent.identity import Identity
 from agent.power import RecordingPower
 from agent.schedule import Boot
 from common.config import Config
@@ -26,16 +25,6 @@ from common.config import Config
 def fake_server() -> Iterator[FakeServer]:
     with FakeServer() as server:
         yield server
-
-
-def register(server_url: str, activation: tuple[str, str], state_dir: Path) -> Identity:
-    """Register a fresh key and save the identity like `assist-agent register` does."""
-    key = generate_key()
-    client = AgentClient(server_url, None)
-    instance = client.register(activation[0], activation[1], Identity("", key).public_key_b64())
-    identity = Identity(instance, key, client.server)
-    save_identity(state_dir, identity)
-    return identity
 
 
 @dataclass

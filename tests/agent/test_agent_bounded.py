@@ -126,8 +126,8 @@ def test_update_log_is_rotated_when_it_grows_past_its_limit(tmp_path: Path) -> N
 def test_after_a_kill_9_the_restarted_agent_reports_the_exact_tail_from_the_ring_spool(
     tmp_path: Path, fake_server
 ) -> None:  # type: ignore[no-untyped-def]
+    from agent_fakeserver import register
     from agent_realenv import AgentProcess
-    from conftest import register
 
     prefix = tmp_path / "p"
     (prefix / "config").mkdir(parents=True)

@@ -65,12 +65,17 @@ def test_a_tampered_cached_region_is_no_server_host(tmp_path: Path) -> None:
     assert config.layout.region_file.read_text() == "evil.example.com/x#\n"  # left as it was
 
 
+def write_quiet_config(prefix: Path) -> None:
+    """A config with short long-polls and no scheduled updates."""
+    (prefix / "config").mkdir(parents=True)
+    (prefix / "config" / "assist.toml").write_text(
+        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
+    )
+
+
 def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
-    act_id, code = fake_server.activation()
     prefix = tmp_path / "p"
-    args = [
-        *register_args(fake_server.url, (act_id, code), str(prefix)),
-    ]
+    args = register_args(fake_server.url, fake_server.activation(), prefix)
     first = cli(*args, "--json")
     assert first.returncode == 0, first.stderr
     answer = json.loads(first.stdout)
@@ -88,7 +93,15 @@ def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_ser
 def test_register_with_a_wrong_code_is_one_clear_line(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
     act_id, _ = fake_server.activation()
     out = cli(
-        *register_args(fake_server.url, (act_id, "wrong"), str(tmp_path)),
+        "register",
+        "--server",
+        fake_server.url,
+        "--activation-id",
+        act_id,
+        "--activation-code",
+        "wrong",
+        "--prefix",
+        str(tmp_path),
     )
     assert out.returncode == 1
     assert "InvalidActivation" in out.stderr and "Traceback" not in out.stderr
@@ -97,7 +110,15 @@ def test_register_with_a_wrong_code_is_one_clear_line(tmp_path: Path, fake_serve
 
 def test_register_against_a_dead_server_is_one_clear_line(tmp_path: Path) -> None:
     out = cli(
-        *register_args("http://127.0.0.1:9", ("a", "b"), str(tmp_path)),
+        "register",
+        "--server",
+        "http://127.0.0.1:9",
+        "--activation-id",
+        "a",
+        "--activation-code",
+        "b",
+        "--prefix",
+        str(tmp_path),
     )
     assert out.returncode == 1 and "cannot reach" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -113,10 +134,7 @@ def test_run_unregistered_waits_healthy_and_picks_up_a_later_register(
     tmp_path: Path, fake_server
 ) -> None:  # type: ignore[no-untyped-def]
     prefix = tmp_path / "p"
-    (prefix / "config").mkdir(parents=True)
-    (prefix / "config" / "assist.toml").write_text(
-        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
-    )
+    write_quiet_config(prefix)
     agent = AgentProcess(prefix)
     try:
         health = prefix / "state" / "health.json"
@@ -136,10 +154,7 @@ def test_run_unregistered_waits_healthy_and_picks_up_a_later_register(
         before = cpu_ticks(agent.proc.pid)
         time.sleep(3)
         assert cpu_ticks(agent.proc.pid) - before < 30  # idle: well under 0.3 s of CPU in 3 s
-        act_id, code = fake_server.activation()
-        registered = cli(
-            *register_args(fake_server.url, (act_id, code), str(prefix)),
-        )
+        registered = cli(*register_args(fake_server.url, fake_server.activation(), prefix))
         assert registered.returncode == 0, registered.stderr
         agent.wait_connected(timeout=30)  # the same process, not restarted
         instance = registered.stdout.strip()
@@ -166,18 +181,9 @@ def test_an_unregistered_agent_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_status_reports_running_agent_and_refuses_a_second_one(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
-    act_id, code = fake_server.activation()
     prefix = tmp_path / "p"
-    (prefix / "config").mkdir(parents=True)
-    (prefix / "config" / "assist.toml").write_text(
-        '[agent]\npoll_timeout = 5.0\n[update]\nschedule = ""\n'
-    )
-    assert (
-        cli(
-            *register_args(fake_server.url, (act_id, code), str(prefix)),
-        ).returncode
-        == 0
-    )
+    write_quiet_config(prefix)
+    assert cli(*register_args(fake_server.url, fake_server.activation(), prefix)).returncode == 0
     down = cli("status", "--prefix", str(prefix), "--json")
     assert down.returncode == 3 and json.loads(down.stdout)["running"] is False
     agent = AgentProcess(prefix)

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agent_fakeserver import register
 from agent_realenv import agent_env
-from conftest import register
 
 from agent.private import tighten_tree
 
@@ -138,3 +138,20 @@ def test_tighten_tree_leaves_links_and_foreign_files_alone(public_dir: Path) -> 
     assert stat.S_IMODE(outside.stat().st_mode) == 0o644  # the link was not followed
     assert stat.S_IMODE(foreign.stat().st_mode) == 0o644
     assert tighten_tree(state) == 0
+
+
+def test_status_as_another_user_says_the_state_is_private(public_dir: Path) -> None:
+    prefix = public_dir / "prefix"
+    (prefix / "state").mkdir(parents=True, mode=0o700)
+    os.chmod(prefix, 0o755)
+    out = subprocess.run(
+        [*NOBODY, sys.executable, "-m", "agent.cli", "status", "--prefix", str(prefix)],
+        capture_output=True,
+        text=True,
+        env=agent_env(),
+        cwd="/",
+        timeout=60,
+    )
+    assert out.returncode != 0 and out.returncode != 3
+    assert "private" in out.stderr and "root" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -82,3 +82,15 @@ def test_an_older_agents_huge_spool_is_read_from_its_end_only(tmp_path: Path) ->
         handle.write(b"the end\n")
     tail, dropped = read_tail(path, 8)
     assert (tail, dropped) == (b"the end\n", 50 * 1024 * 1024)
+
+
+def test_a_spool_that_cannot_be_written_is_given_up_without_failing_the_task(
+    tmp_path: Path, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "state").write_text("a file where the state directory should be")
+    spool = Spool(spool_path(tmp_path / "state", "t-1", "0"), QUOTA)
+    spool.write(b"first")  # no exception: the runner goes on pumping output
+    spool.write(b"second")
+    assert spool.failed
+    assert len([r for r in caplog.records if "cannot spool" in r.getMessage()]) == 1
+    spool.discard()

@@ -250,6 +250,24 @@ def test_assist_ecs_error_exit(configured: dict[str, str]) -> None:
     assert bad.returncode == 2
 
 
+def test_a_wrong_secret_names_the_cause_first_and_keeps_the_string_to_sign_for_debug(
+    configured: dict[str, str],
+) -> None:
+    path = Path(configured["XDG_CONFIG_HOME"]) / "aliyun-assist" / "config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(saved, access_key_secret="not-the-secret")))
+    done = assist(configured, "ecs", "DescribeCommands")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("assist: error: SignatureDoesNotMatch: the server computed"), lines
+    assert "secret is wrong" in lines[0] and "clock" in lines[0]
+    assert "string to sign is:" not in done.stderr
+    debug = assist(configured, "--debug", "ecs", "DescribeCommands")
+    assert "server string to sign is:POST&%2F&" in debug.stderr, debug.stderr[-3000:]
+    assert json.loads(done.stdout)["Message"].startswith("Specified signature is not matched")
+
+
 def serve_agent(agent: FakeAgent, stop: threading.Event) -> None:
     """A fake agent loop: long-poll, run what arrives, report."""
     while not stop.is_set():

@@ -144,7 +144,7 @@ def running_runtime(prefix: Path) -> str:
 MATRIX = {
     jr.STAGED: ("1.1.0", "1.0.0"),
     jr.SWAPPED: ("1.1.0", "1.0.0"),
-    jr.HEALTH_CHECK: ("1.1.0", "1.0.0"),
+    jr.HEALTH_CHECK: ("1.1.0", "1.1.0"),  # the new agent is healthy: recovery commits it
     jr.COMMITTED: ("1.1.0", "1.1.0"),
     jr.ROLLING_BACK: ("1.2.0", "1.0.0"),
 }
