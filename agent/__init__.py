@@ -6,7 +6,9 @@ Where things are:
 - identity.py  Ed25519 key + instance id under state/ (0600), request signing
 - client.py    the one HTTP seam to the server (an injected requests.Session)
 - daemon.py    the main loop: long-poll, task sync, timed runs, outbox sender, heartbeat,
-               update hooks, crash recovery of executions
+               crash recovery of executions
+- timers.py    the one timer thread (timed runs, scheduled updates) and retry backoff
+- updates.py   when to start `assist-update apply`: schedule + splay, server request, busy retry
 - runner.py    one execution: script file, interpreter, user, directory, timeout, process group
 - pool.py      bounded pool (running + queued), TaskConcurrencyLimit beyond it
 - output.py    tail within the quota, Dropped, size-limited streamed chunks

@@ -197,7 +197,8 @@ def acquire_lock(state_dir: Path) -> IO[Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT; unregistered, wait for `register` first."""
-    from agent.daemon import Agent, AgentOptions, recover_update
+    from agent.daemon import Agent, AgentOptions
+    from agent.updates import recover_update
 
     task_umask = restrict_umask()
     config = load(args)

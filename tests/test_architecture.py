@@ -158,3 +158,15 @@ def test_every_product_module_is_reachable_from_an_entry_point() -> None:
         parents = {".".join(parts[:i]) for i in range(1, len(parts))}
         todo.extend((edges[name] | parents) & modules - seen)
     assert sorted(modules - seen) == []
+
+
+MAX_MODULE_LINES = 650
+
+
+def test_no_product_module_is_over_650_lines() -> None:
+    """A module past this size is split by concern (agent/daemon.py: timers.py, updates.py)."""
+    sizes = {
+        str(path.relative_to(REPO)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in product_files()
+    }
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}

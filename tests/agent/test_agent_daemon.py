@@ -223,7 +223,7 @@ def test_update_kick_runs_the_updater_but_not_during_a_task(
     marker = tmp_path / "updated"
     cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
     h = start_agent(updater_command=cmd)
-    h.agent.options.update_busy_retry = 0.5
+    h.agent.updates.busy_retry = 0.5
     state = fake_server.state
     instance = h.identity.instance_id
     invoke = state.add_task(instance, script="sleep 2; echo done")
