@@ -8,7 +8,10 @@ exactly which executions died with it and never runs one twice.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -19,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 DB_FILE = "agent.db"
+OUTPUT_BUDGET = 8 << 20  # bytes of queued report bodies before older output is given up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -74,7 +80,8 @@ class StartedExecution:
 class AgentDatabase:
     """The agent's SQLite database, safe to share between threads."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, output_budget: int = OUTPUT_BUDGET) -> None:
+        self.output_budget = output_budget  # bytes; see trim_to_budget
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = state_dir / DB_FILE
         # created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the mode of
@@ -211,6 +218,14 @@ class AgentDatabase:
                 (invoke_id, execution_id, int(body.get("start_time") or 0), time.time()),
             )
             _insert_report(db, key, path, body)
+            trimmed = _trim_to_budget(db, self.output_budget)
+        if trimmed:
+            log.warning(
+                "the server is away and queued reports exceed %d bytes: gave up the output of"
+                " %d older reports (their status stays queued, the bytes count as dropped)",
+                self.output_budget,
+                trimmed,
+            )
         self._wake()
 
     def started_executions(self) -> list[StartedExecution]:
@@ -275,6 +290,47 @@ def _insert_report(db: sqlite3.Connection, key: str, path: str, body: dict[str, 
         (key, path, json.dumps(body, separators=(",", ":")), time.time()),
     )
     return cursor.rowcount > 0
+
+
+def _trim_to_budget(db: sqlite3.Connection, budget: int) -> int:
+    """Keep the queued report bodies within `budget` bytes (docs/agent-state.md, Bounded).
+
+    Periodic runs while the server is away each queue their output; oldest first, streamed
+    chunks are deleted (the terminal reports carry the tails), then terminal reports lose their
+    output, which is counted in `dropped`: every run's status and exit code stays queued.
+    Returns how many terminal reports gave up their output.
+    """
+    total = int(db.execute("SELECT COALESCE(SUM(length(body)), 0) FROM outbox").fetchone()[0])
+    if total <= budget:
+        return 0
+    chunks = db.execute(
+        "SELECT id, length(body) FROM outbox WHERE key LIKE 'running/%' ORDER BY id"
+    ).fetchall()
+    for report_id, size in chunks:
+        db.execute("DELETE FROM outbox WHERE id = ?", (report_id,))
+        total -= size
+        if total <= budget:
+            return 0
+    trimmed = 0
+    rows = db.execute(
+        "SELECT id, body FROM outbox WHERE key LIKE 'terminal/%' AND body LIKE '%\"output\":\"_%'"
+        " ORDER BY id"
+    ).fetchall()
+    for report_id, text in rows[:-1]:  # the newest report keeps its output whatever its size
+        body = json.loads(text)
+        try:
+            given_up = len(base64.b64decode(str(body.get("output") or "")))
+        except (binascii.Error, ValueError):
+            given_up = 0
+        body["output"] = ""
+        body["dropped"] = int(body.get("dropped") or 0) + given_up
+        smaller = json.dumps(body, separators=(",", ":"))
+        db.execute("UPDATE outbox SET body = ? WHERE id = ?", (smaller, report_id))
+        total -= len(text) - len(smaller)
+        trimmed += 1
+        if total <= budget:
+            break
+    return trimmed
 
 
 def count_pending(state_dir: Path) -> int | None:

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -131,8 +132,14 @@ def run_cli(
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     setup_logging(debug, bool(getattr(args, "verbose", False)))
+    stop_on_term = (
+        interrupts_as_exceptions()
+        if threading.current_thread() is threading.main_thread()
+        else contextlib.nullcontext()
+    )
     try:
-        code = dispatch(args)
+        with stop_on_term:  # a command with its own signal handling (serve, run) overrides this
+            code = dispatch(args)
     except AssistError as exc:
         if debug:
             traceback.print_exc()
@@ -140,6 +147,7 @@ def run_cli(
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
+        exit_now_if_workers_linger(130)
         return 130
     except OSError as exc:
         if not is_path_fault(exc):
@@ -152,6 +160,21 @@ def run_cli(
     except Exception as exc:  # the last line of defence: never a bare traceback for users
         return report_internal(prog, exc, debug)
     return int(code or 0)
+
+
+def exit_now_if_workers_linger(code: int) -> None:
+    """After an interrupt, leave at once rather than wait for worker threads at exit.
+
+    The main thread has unwound (locks released, nothing half-published); what is left are
+    transfers that the next run resumes. Python would otherwise join them before exiting."""
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+    ):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def report_internal(prog: str, exc: Exception, debug: bool) -> int:

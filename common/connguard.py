@@ -8,7 +8,9 @@ connection, a deadline for each phase of a request:
 - ``wait``: from connect (or the first byte of a keep-alive request) until the headers are in;
 - ``body``: from the headers until the body is in;
 - ``idle``: after a response, until the next request starts (keep-alive);
-- ``app``: the application is working on a complete request: no deadline (a long-poll may wait).
+- ``app``: the application is working on a complete request: no deadline (a long-poll may wait);
+- ``send``: a response waits on a client that does not read it (the transport paused writing):
+  the body deadline again, so a "slow read" cannot hold a connection either.
 
 It also bounds the connections per process, below the file-descriptor limit: when the bound is
 reached, the connection that has waited longest in a phase the client controls (wait, body,
@@ -53,10 +55,11 @@ class Phase(enum.Enum):
     BODY = "body"
     APP = "app"
     IDLE = "idle"
+    SEND = "send"
 
 
 # Phases in which the client, not the server, must make progress (evictable, timed).
-CLIENT_PHASES = frozenset({Phase.WAIT, Phase.BODY, Phase.IDLE})
+CLIENT_PHASES = frozenset({Phase.WAIT, Phase.BODY, Phase.IDLE, Phase.SEND})
 
 
 def phase_timeout(limits: ConnLimits, phase: Phase) -> float | None:
@@ -65,6 +68,7 @@ def phase_timeout(limits: ConnLimits, phase: Phase) -> float | None:
         Phase.WAIT: limits.header_timeout,
         Phase.BODY: limits.body_timeout,
         Phase.IDLE: limits.idle_timeout,
+        Phase.SEND: limits.body_timeout,
         Phase.APP: None,
     }[phase]
 
@@ -161,7 +165,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(self.deadline, self.expire)
             return
         log.info("closing %s: no progress in phase %s", self.client, self.phase.value)
-        self.transport.close()
+        self.transport.abort()  # close() would wait for a buffer the client never reads
 
     def make_room(self) -> bool:
         """At the bound: close the longest-waiting client-paced connection; False if none."""
@@ -223,8 +227,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.phase is Phase.APP or self.phase is Phase.BODY:
+        if self.phase in (Phase.APP, Phase.BODY, Phase.SEND):
             self.enter(Phase.IDLE)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.enter(Phase.SEND)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.phase is Phase.SEND:
+            self.enter(Phase.APP)
 
 
 class GuardedServer(uvicorn.Server):

@@ -33,6 +33,7 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _HAVE_DIRFD = os.open in os.supports_dir_fd and os.mkdir in os.supports_dir_fd
 _NOT_A_REAL_DIR = (errno.ELOOP, errno.ENOTDIR, errno.EMLINK)
+MAX_DEPTH = 256  # path components of a member: deeper trees defeat os.walk and shutil.rmtree
 T = TypeVar("T")
 
 
@@ -46,6 +47,11 @@ def member_path(name: str, prefix: str = "") -> str | None:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise VerificationError(f"archive member escapes with '..': {name!r}")
+    if len(parts) > MAX_DEPTH:
+        raise VerificationError(
+            f"archive member nested too deep ({len(parts)} levels): {name[:80]!r}…",
+            hint="the archive is malformed or malicious",
+        )
     rel = "/".join(parts)
     if rel == "" or rel + "/" == prefix or prefix.startswith(rel + "/"):
         return None
@@ -86,15 +92,36 @@ def extract_tar(tar: tarfile.TarFile, dest: Path, prefix: str = "") -> int:
 
 
 def check_links_inside(tree: Path) -> None:
-    """Every symlink under `tree` must really resolve inside it (chains and dangling ones too)."""
+    """Every symlink under `tree` must really resolve inside it (chains and dangling ones too).
+
+    Fails closed: a directory the walk cannot list (one deeper than PATH_MAX, which openat
+    could create) is a refused tree, not a skipped one; realpath would not see through it either.
+    """
     root = os.path.realpath(tree)
-    for dirpath, dirnames, filenames in os.walk(tree):
+    for dirpath, dirnames, filenames in os.walk(tree, onerror=_refuse_unwalkable):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             if os.path.islink(path):
-                real = os.path.realpath(path)
+                try:
+                    real = os.path.realpath(path)
+                except RecursionError:
+                    raise VerificationError(
+                        f"symlink {path} starts a chain of links too long to follow"
+                    ) from None
                 if real != root and not real.startswith(root + os.sep):
                     raise VerificationError(f"symlink {path} resolves outside the payload")
+
+
+def _refuse_unwalkable(exc: OSError) -> None:
+    """os.walk's error hook: a directory whose links cannot be checked refuses the tree."""
+    if exc.errno == errno.ENAMETOOLONG:
+        raise VerificationError(
+            "archive tree too deep to check its links (a path longer than PATH_MAX)",
+            hint="the archive is malformed or malicious",
+        ) from exc
+    raise VerificationError(
+        f"cannot check the links under {exc.filename}: {exc.strerror or exc}"
+    ) from exc
 
 
 def remove_tree(path: Path) -> None:

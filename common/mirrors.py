@@ -25,7 +25,7 @@ import requests
 from common.atomic import atomic_write_text
 from common.config import REGION_ENV, MirrorConfig
 from common.errors import ConfigError, DownloadError, UsageError
-from common.fetch import read_small_body, resolve_proxies
+from common.httpbounds import get_with_deadline, read_small_body, resolve_proxies
 from common.regions import default_table, region_url, valid_region
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def detect_region(
         return cached
     region = query_metadata_region(config, session=session)
     if region and region_file is not None:
-        atomic_write_text(region_file, region + "\n")
+        atomic_write_text(region_file, region + "\n", mode=0o600)
     return region
 
 
@@ -157,8 +157,10 @@ def query_metadata_region(config: MirrorConfig, session: requests.Session | None
     http = session or requests.Session()
     deadline = time.monotonic() + config.metadata_timeout
     try:
-        with http.get(
+        with get_with_deadline(
+            http,
             config.metadata_url,
+            config.metadata_timeout,
             timeout=config.metadata_timeout,
             stream=True,
             headers={"Accept-Encoding": "identity"},

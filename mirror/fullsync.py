@@ -553,8 +553,12 @@ class Downloads:
     def __enter__(self) -> Downloads:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        # Interrupted (Ctrl-C, SIGTERM): do not wait for transfers in flight, which a later
+        # sync resumes from their .part files; otherwise let the started ones finish.
+        self.pool.shutdown(
+            wait=kind is None or not issubclass(kind, KeyboardInterrupt), cancel_futures=True
+        )
         self.bar.close()
 
     def submit(self, entries: list[FileEntry]) -> None:

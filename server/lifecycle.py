@@ -159,6 +159,14 @@ def on_offline() -> tuple[str, str, str]:
     return FAILED, OFFLINE_ERROR, OFFLINE_INFO
 
 
+def inferred(error_code: str | None, exit_code: int | None) -> bool:
+    """Whether a terminal execution is the server's guess (offline), not the agent's report.
+
+    A real report from the agent always supersedes a guess: an instance that was only cut off
+    from the server (a replica down, a network outage) still ran the task."""
+    return error_code == OFFLINE_ERROR and exit_code is None
+
+
 def overall_status(statuses: Iterable[str]) -> str:
     """An invocation's InvocationStatus from its instances', as the real API aggregates them."""
     values = list(statuses)

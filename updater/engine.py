@@ -372,6 +372,7 @@ class Updater:
         atomic_write_json(
             self.layout.state_dir / LAST_RESULT_FILE,
             {"result": result, "version": version, "reason": reason, "time": jr.now_iso()},
+            mode=0o600,
         )
 
 
@@ -386,7 +387,7 @@ def adopt_running_agent(layout: Layout, service: ServiceManager) -> ServiceManag
     if record is None or not pid_runs(record.pid, str(layout.prefix)):
         return service
     manager = ProcessManager(layout.prefix)
-    atomic_write_text(manager.pidfile, f"{record.pid}\n")
+    atomic_write_text(manager.pidfile, f"{record.pid}\n", mode=0o600)
     log.info("no service manager: restarting the running agent (pid %d) ourselves", record.pid)
     return manager
 

@@ -176,7 +176,7 @@ def save_journal(state_dir: Path, journal: Journal) -> None:
     """Write the journal atomically, then fire the crash hook for this phase if armed."""
     data = asdict(journal)
     data["history"] = list(journal.history)
-    atomic_write_json(journal_path(state_dir), data)
+    atomic_write_json(journal_path(state_dir), data, mode=0o600)
     crash_point(journal.phase)
 
 

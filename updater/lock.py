@@ -16,7 +16,7 @@ LOCK_FILE = "update.lock"
 def hold_lock(state_dir: Path) -> Iterator[None]:
     """Hold the update lock for the block; LockedError if another process has it."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             _lock(fd)

@@ -151,12 +151,18 @@ def load_blocklist(state_dir: Path) -> Blocklist:
             f"blocklist {state_dir / BLOCKLIST_FILE} is unreadable: {exc}",
             hint="it is written atomically, so this is outside damage: inspect and delete it",
         ) from exc
-    return Blocklist(
-        {str(k): int(v) for k, v in dict(data.get("failures", {})).items()},
-        [str(v) for v in data.get("blocked", [])],
-        [str(v) for v in data.get("counted", [])],
-        {str(k): str(v) for k, v in dict(data.get("reasons", {})).items()},
-    )
+    try:
+        return Blocklist(
+            {str(k): int(v) for k, v in dict(data.get("failures", {})).items()},
+            [str(v) for v in data.get("blocked", [])],
+            [str(v) for v in data.get("counted", [])],
+            {str(k): str(v) for k, v in dict(data.get("reasons", {})).items()},
+        )
+    except (AttributeError, TypeError, ValueError) as exc:  # JSON of the wrong shape
+        raise LocalStateError(
+            f"blocklist {state_dir / BLOCKLIST_FILE} is unreadable: not a blocklist ({exc})",
+            hint="it is written atomically, so this is outside damage: inspect and delete it",
+        ) from exc
 
 
 def save_blocklist(state_dir: Path, blocklist: Blocklist) -> None:
@@ -168,6 +174,7 @@ def save_blocklist(state_dir: Path, blocklist: Blocklist) -> None:
             "counted": blocklist.counted,
             "reasons": blocklist.reasons,
         },
+        mode=0o600,
     )
 
 

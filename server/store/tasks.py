@@ -125,7 +125,9 @@ _FINISH_EXECUTION = text(
     "status = excluded.status, terminal = excluded.terminal, exit_code = excluded.exit_code, "
     "start_ms = excluded.start_ms, finish_ms = excluded.finish_ms, output = excluded.output, "
     "dropped = excluded.dropped, error_code = excluded.error_code, "
-    "error_info = excluded.error_info WHERE executions.terminal = :no"
+    "error_info = excluded.error_info WHERE executions.terminal = :no "
+    # …or it holds the server's offline guess (lifecycle.inferred), which a real report replaces
+    "OR (executions.error_code = :inferred AND executions.exit_code IS NULL)"
 )
 _APPLY_RESULT = text(
     "UPDATE invocation_instances SET repeats = repeats + 1, updated_ms = :now, "
@@ -171,6 +173,7 @@ async def record_terminal(
             "dropped": report["dropped"],
             "error_code": report["error_code"],
             "error_info": report["error_info"],
+            "inferred": lifecycle.OFFLINE_ERROR,
         },
     )
     if not won.rowcount:

@@ -125,3 +125,50 @@ def test_prune_keeps_executions_whose_report_is_still_queued(tmp_path: Path) -> 
     store.prune_executions(older_than=1e12)
     assert not store.execution_known("t-acked", "0")
     assert store.execution_known("t-queued", "0")  # the server still lists it: never run twice
+
+
+def queue_periodic_runs(store: AgentDatabase, runs: int, output: bytes) -> None:
+    """What the daemon queues for each run of a timed task while the server is away: four
+    streamed chunks (the per-execution cap) and the terminal report with the output tail."""
+    for run in range(runs):
+        execution = str(run)
+        group = f"running/t-1/{execution}/"
+        for offset in range(4):
+            chunk = {"invoke_id": "t-1", "execution_id": execution, "offset": offset * 8192}
+            chunk["output"] = base64.b64encode(output[:8192]).decode()
+            store.enqueue_capped(f"{group}{offset}", "/v1/task/running", chunk, group, 4)
+        store.claim_execution("t-1", execution, run)
+        body = {
+            "invoke_id": "t-1",
+            "execution_id": execution,
+            "exit_code": 0,
+            "output": base64.b64encode(output).decode(),
+            "dropped": 7,
+        }
+        store.finish_execution(
+            "t-1", execution, f"terminal/t-1/{execution}", "/v1/task/finish", body
+        )
+
+
+def test_a_timed_task_while_the_server_is_away_keeps_the_outbox_within_its_budget(
+    tmp_path: Path,
+) -> None:
+    """Every run of a periodic task queued ~75 KB of output (terminal tail and streamed chunks)
+    and nothing bounded the sum: a task every second filled ~6 GB a day into agent.db. Now the
+    outbox keeps at most its output budget; older runs keep their status and count their
+    output as dropped, so no result is lost."""
+    store = AgentDatabase(tmp_path, output_budget=1 << 20)
+    output = bytes(range(256)) * 96  # 24 KiB, the default quota
+    queue_periodic_runs(store, 200, output)  # ~15 MB of output queued before this fix
+    on_disk = sum(p.stat().st_size for p in tmp_path.iterdir() if p.name.startswith("agent.db"))
+    assert on_disk < 4 << 20, on_disk
+    reports = store.due_reports(now=1e12, limit=10_000)
+    terminal = [r for r in reports if r.key.startswith("terminal/")]
+    assert [r.body["execution_id"] for r in terminal] == [str(run) for run in range(200)]
+    assert all(r.body["exit_code"] == 0 for r in terminal)
+    newest = terminal[-1].body
+    assert (base64.b64decode(newest["output"]), newest["dropped"]) == (output, 7)
+    oldest = terminal[0].body
+    assert (oldest["output"], oldest["dropped"]) == ("", 7 + len(output))
+    assert store.pending_count() == len(reports)
+    store.close()

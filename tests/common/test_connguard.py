@@ -4,10 +4,12 @@ pure rules, then real servers under a real flood of raw sockets while a real cli
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,6 +173,41 @@ def test_stalled_headers_body_and_idle_connections_are_closed(kind: str, tmp_pat
                 assert closed_by_server(sock)
         assert requests.get(url, timeout=20).status_code == 200
     assert "Traceback" not in (tmp_path / "serve.log").read_text(errors="replace")
+
+
+def open_sockets(pid: int) -> int:
+    """How many sockets process `pid` holds."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def test_a_client_that_never_reads_its_response_is_cut_off(tmp_path: Path) -> None:
+    """Slow read: a large file asked for and never read must not hold a connection forever."""
+    port = free_port()
+    args = mirror_args(tmp_path, port, "--body-timeout", "2")
+    (tmp_path / "mirror" / "big.bin").write_bytes(os.urandom(32 << 20))
+    url = f"http://127.0.0.1:{port}/metadata/timestamp.json"
+    with running(args, url, tmp_path) as proc:
+        baseline = open_sockets(proc.pid)
+        readers = []
+        for _ in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            readers.append(sock)
+        deadline = time.monotonic() + 30
+        while open_sockets(proc.pid) > baseline and time.monotonic() < deadline:
+            time.sleep(0.25)
+        held = open_sockets(proc.pid) - baseline
+        for sock in readers:
+            sock.close()
+        assert held <= 0, f"{held} connections of clients that never read are still held"
+        assert requests.get(url, timeout=20).status_code == 200
 
 
 def test_long_poll_outlives_the_header_timeout(tmp_path: Path) -> None:

@@ -125,3 +125,40 @@ def test_member_path_keeps_the_prefix_and_its_ancestors() -> None:
     assert member_path("usr/share/x/y", "usr/share/") == "x/y"
     with pytest.raises(VerificationError):
         member_path("etc/x", "usr/share/")
+
+
+def deep_chain_members(levels: int) -> list[tuple[str, bytes, str]]:
+    """Links in a directory deeper than PATH_MAX that climb `levels` directories, each link
+    lexically inside, then one through the top of the chain to a file of the host."""
+    deep = "/".join(["d" * 200] * 25)  # 5,024 characters: longer than PATH_MAX (4,096)
+    members = [(f"{deep}/l", tarfile.SYMTYPE, ".")]
+    previous = "l"
+    for step in range(levels):
+        members.append((f"{deep}/u{step}", tarfile.SYMTYPE, f"{previous}/.."))
+        previous = f"u{step}"
+    members.append((f"{deep}/escape", tarfile.SYMTYPE, f"{previous}/etc/hostname"))
+    return members
+
+
+def test_a_link_chain_deeper_than_path_max_is_refused(dest: Path) -> None:
+    """The links are made without being followed, but the final check of where they lead must
+    see them: a tree too deep to walk by path is refused, not skipped (it led to /etc here)."""
+    with pytest.raises(VerificationError, match="too deep|cannot check"):
+        extract_tar(make_tar(deep_chain_members(40)), dest)
+
+
+def test_a_directory_nesting_too_deep_to_walk_is_refused_before_it_is_made(dest: Path) -> None:
+    """1,500 nested directories (a 3 KB path, under PATH_MAX) made the link check and the
+    caller's clean-up die of RecursionError, leaving the tree behind; now a clear refusal."""
+    with pytest.raises(VerificationError, match="nested too deep"):
+        extract_tar(make_tar([("a/" * 1500 + "f", tarfile.REGTYPE, "x")]), dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_link_chain_longer_than_the_kernel_follows_is_a_refused_archive(dest: Path) -> None:
+    """1,200 links each naming the one before: realpath recursed to a RecursionError (a crash
+    with a traceback at the CLI edge); the kernel itself gives up after 40."""
+    members = [("l0", tarfile.SYMTYPE, ".")]
+    members += [(f"l{k}", tarfile.SYMTYPE, f"l{k - 1}") for k in range(1, 1200)]
+    with pytest.raises(VerificationError, match="chain"):
+        extract_tar(make_tar(members), dest)

@@ -550,3 +550,43 @@ def test_fetch_bytes_from_a_trickling_only_mirror_ends_with_a_download_error(
     static_server.hook = trickle(PAYLOAD[:1000], 0.2, release)
     with pytest.raises(DownloadError, match="slower than"):
         fetcher_for(static_server.url, read_timeout=0.5, retries=0).fetch_bytes(NAME, 1000)
+
+
+def trickle_headers(every: float, release: threading.Event) -> Hook:
+    """A hook that sends the status line, then one header byte every `every` s, never ending."""
+
+    def hook(handler: Any) -> bool:
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not release.wait(every):
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+        except OSError:
+            pass  # the client left: what we want
+        return True
+
+    return hook
+
+
+def test_a_mirror_trickling_its_headers_is_left_and_the_file_comes_from_the_next(
+    servers: list[StaticServer], tmp_path: Path, release: threading.Event
+) -> None:
+    """A byte of header every 0.2 s never trips the 0.5 s read timeout, and the low-speed rule
+    only watches the body: the download waited in header parsing for as long as the mirror
+    liked (64 KiB × 100 header lines). The headers get the same bound as the body."""
+    servers[0].hook = trickle_headers(0.2, release)
+    done: list[object] = []
+    worker = threading.Thread(
+        target=lambda: done.append(
+            fetcher_for(servers[0].url, servers[1].url, read_timeout=0.5, retries=0).download(
+                NAME, tmp_path / "file.bin", expected_sha256=SHA
+            )
+        ),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(60)  # a bound on the test, not a timing claim: it hung for hours before
+    release.set()
+    assert done, "the download is still waiting for the trickled headers"
+    assert (tmp_path / "file.bin").read_bytes() == PAYLOAD
+    assert not (tmp_path / "file.bin.part").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -136,6 +137,7 @@ def test_region_from_metadata_service_is_cached(tmp_path: Path, static_server: A
     state.mkdir()
     assert detect_region(config, env={}, region_file=state / "region-id") == "cn-shanghai"
     assert (state / "region-id").read_text().strip() == "cn-shanghai"
+    assert stat.S_IMODE((state / "region-id").stat().st_mode) == 0o600  # state/ is private
     (meta / "region-id").write_text("cn-changed")
     assert detect_region(config, env={}, region_file=state / "region-id") == "cn-shanghai"  # cached
 
@@ -280,3 +282,34 @@ def test_trickling_mirror_neither_delays_the_ranking_nor_keeps_a_thread_alive(
         assert lingering == []
     finally:
         stop.set()
+
+
+def test_a_metadata_service_trickling_its_headers_means_no_region(
+    tmp_path: Path, static_server: Any
+) -> None:
+    """A header byte every 0.2 s never trips the 1 s socket timeout: region detection (and the
+    updater or installer waiting on it) hung for as long as the endpoint liked."""
+    release = threading.Event()
+
+    def hook(handler: Any) -> bool:
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not release.wait(0.2):
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+        except OSError:
+            pass
+        return True
+
+    static_server.hook = hook
+    config = MirrorConfig(metadata_url=static_server.url + "region-id", metadata_timeout=1.0)
+    found: list[str] = []
+    worker = threading.Thread(
+        target=lambda: found.append(detect_region(config, env={}, region_file=tmp_path / "region-id")),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(30)  # a bound on the test, not a timing claim: it hung for hours before
+    release.set()
+    assert found == [""]
+    assert not (tmp_path / "region-id").exists()

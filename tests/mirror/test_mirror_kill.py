@@ -220,3 +220,67 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
             assert (path, f"bytes={size}-") in fetched, f"{path} not resumed from {size}"
     assert verify_tree(root) == []
     assert (root / "apt/pool/main/b/big/big_1.0_amd64.deb").stat().st_size > 2 << 20
+
+
+def slow(repo: Path):
+    """A StaticServer hook that sends files over 256 KiB at about 320 KiB/s."""
+
+    def hook(handler) -> bool:
+        path = repo / handler.path.lstrip("/")
+        if not path.is_file() or path.stat().st_size < 256 * 1024:
+            return False
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(path.stat().st_size))
+        handler.end_headers()
+        with path.open("rb") as src:
+            try:
+                while chunk := src.read(CHUNK):
+                    handler.wfile.write(chunk)
+                    time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        return True
+
+    return hook
+
+
+def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
+    upstream, tmp_path: Path
+) -> None:
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
+    mirror_cli(*sync)
+    published = {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and ".mirror" not in p.relative_to(root).parts
+    }
+    art = tmp_path / "art"
+    art.mkdir()
+    origin.publish(*(make_tarball(art, f"slow{i}", "1.0", size=3 << 20) for i in range(2)))
+    server.hook = slow(origin.repo)
+    staging = root / ".mirror" / "staging"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mirror", *sync],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size > 0 for p in staging.rglob("*.part")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no download started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "assist-mirror: interrupted", err
+    # It did not wait for the transfers (each takes ~10 s here): their .part files stay to resume.
+    assert any(p.stat().st_size < 3 << 20 for p in staging.rglob("*.part"))
+    after = {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and ".mirror" not in p.relative_to(root).parts
+    }
+    assert after == published, "an interrupted sync published something"
+    server.hook = None
+    mirror_cli(*sync)  # the lock is free and the next sync completes
+    assert verify_tree(root) == []

@@ -253,3 +253,10 @@ def test_a_running_chunk_never_revives_a_stop_or_rewinds_an_execution(
         assert step == lc.KEEP
     if step == lc.NEW_EXECUTION:
         assert task.active and execution_id != task.execution_id
+
+
+def test_only_the_servers_offline_guess_is_superseded_by_a_real_report() -> None:
+    status, error_code, _ = lc.on_offline()
+    assert lc.inferred(error_code, None)
+    assert not lc.inferred(error_code, 0)  # the agent's own report, even with that code
+    assert not lc.inferred("", None) and not lc.inferred("ExitCodeNonzero", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
@@ -96,10 +97,23 @@ def test_silent_instance_task_fails_online_one_is_left_alone(fast: Api) -> None:
         silent.instance_id,
     )
     assert [(r[0], bool(r[1]), r[2]) for r in rows] == [("Failed", True, "InstanceOffline")]
-    # the agent comes back: the task is no longer its, and a late report changes nothing
+    # the agent comes back: the task is no longer listed for it, but its real result (it was only
+    # cut off, and ran the task) supersedes the server's guess; a retry of it is a duplicate
     assert [t["invoke_id"] for t in silent.tasks()["run"]] == [timed]
-    assert silent.report("finish", running, b"late", 0)["duplicate"] is True
-    assert status_of(fast, running, silent)["ErrorCode"] == "InstanceOffline"
+    assert silent.report("finish", running, b"late", 0)["duplicate"] is False
+    real = status_of(fast, running, silent)
+    assert (real["InvocationStatus"], real["ErrorCode"], real["ExitCode"]) == ("Success", "", 0)
+    assert base64.b64decode(real["Output"]) == b"late"
+    assert silent.report("finish", running, b"again", 1)["duplicate"] is True
+    assert base64.b64decode(status_of(fast, running, silent)["Output"]) == b"late"
+    rows = run_sql(
+        fast.server,
+        "SELECT status, terminal, error_code, exit_code FROM executions "
+        "WHERE invoke_id = ? AND instance_id = ?",
+        running,
+        silent.instance_id,
+    )
+    assert [(r[0], bool(r[1]), r[2], r[3]) for r in rows] == [("Success", True, "", 0)]
     # and the instance finishing normally is not disturbed
     assert alive.report("finish", running, b"done", 0)["duplicate"] is False
     assert status_of(fast, running, alive)["InvocationStatus"] == "Success"

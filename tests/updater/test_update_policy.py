@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import NotFoundError
+from common.errors import LocalStateError, NotFoundError
 from updater.policy import (
     NOTHING,
     REFUSE,
     UPDATE,
     Blocklist,
+    count_failure,
     load_blocklist,
     plan_update,
     record_failure,
@@ -84,3 +85,16 @@ def test_prune_keeps_newest_and_never_current_or_previous() -> None:
     assert versions_to_prune(installed, 3, ["1.4.0", "1.3.0"]) == ["1.0.0", "1.1.0"]
     # an old current is protected even when newer ones exist
     assert versions_to_prune(installed, 2, ["1.0.0"]) == ["1.1.0", "1.2.0", "1.3.0"]
+
+
+@pytest.mark.parametrize("text", ["[]", '{"failures": 5}', '{"blocked": 3}', '"x"', "null"])
+def test_a_damaged_blocklist_is_a_clear_error_and_never_stops_a_rollback(
+    tmp_path: Path, text: str
+) -> None:
+    """Valid JSON of the wrong shape raised AttributeError/TypeError: a traceback at the CLI
+    edge, and out of count_failure, which a rollback calls and must never wait on."""
+    (tmp_path / "blocklist.json").write_text(text)
+    with pytest.raises(LocalStateError, match="unreadable"):
+        load_blocklist(tmp_path)
+    count_failure(tmp_path, "1.4.0", 2, "attempt-1")  # logs, does not raise
+    assert (tmp_path / "blocklist.json").read_text() == text  # left for the operator to see

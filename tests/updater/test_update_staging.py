@@ -248,14 +248,15 @@ def test_stream_stager_reports_a_full_disk_as_such(
 # -- links that chain out of the tree, then a member written through one (issue 10.1) ------------
 
 
-def snapshot_outside(base: Path, versions: Path) -> dict[str, tuple[int, int, bytes | str]]:
-    """(mode, mtime, content or link text) of every entry under `base` outside `versions`; of
-    `versions` itself only the mode counts (staging creates and removes an entry in it)."""
-    seen: dict[str, tuple[int, int, bytes | str]] = {}
+def snapshot_outside(base: Path, versions: Path) -> dict[str, tuple[int, int, int, bytes | str]]:
+    """(mode, mtime, link count, content or link text) of every entry under `base` outside
+    `versions` (a hard link to a victim changes only its link count); of `versions` itself only
+    the mode counts (staging creates and removes an entry in it)."""
+    seen: dict[str, tuple[int, int, int, bytes | str]] = {}
     for dirpath, dirnames, filenames in os.walk(base):
         if Path(dirpath) == versions:
             dirnames[:] = []
-            seen[str(versions)] = (os.lstat(versions).st_mode, 0, "")
+            seen[str(versions)] = (os.lstat(versions).st_mode, 0, 0, "")
             continue
         for name in [".", *dirnames, *filenames]:
             path = os.path.join(dirpath, name)
@@ -266,7 +267,7 @@ def snapshot_outside(base: Path, versions: Path) -> dict[str, tuple[int, int, by
                 content = Path(path).read_bytes()
             else:
                 content = ""
-            seen[os.path.normpath(path)] = (info.st_mode, info.st_mtime_ns, content)
+            seen[os.path.normpath(path)] = (info.st_mode, info.st_mtime_ns, info.st_nlink, content)
     return seen
 
 
@@ -334,11 +335,23 @@ def chained_members(draw: st.DrawFn) -> list[tarfile.TarInfo]:
     """Symlinks chaining through each other, and dirs/files written under or over their names,
     in any order."""
     members: list[tarfile.TarInfo] = []
+    if draw(st.booleans()):  # often start from a chain that really climbs out, l -> . first
+        climb = [("l", "."), ("a", "l/.."), ("b", "a/.."), ("c", "b/..")]
+        members += [link(name, target) for name, target in climb[: draw(st.integers(2, 4))]]
     for _ in range(draw(st.integers(1, 7))):
         name = draw(st.sampled_from([*_NAMES, "x"]))
-        kind = draw(st.sampled_from(["link", "dir", "file", "file-under", "dir-under"]))
+        kind = draw(
+            st.sampled_from(["link", "dir", "file", "file-under", "dir-under", "hard", "nested"])
+        )
         if kind == "link":
             members.append(link(name, draw(_TARGETS)))
+        elif kind == "nested":  # a link one level down, climbing through the top-level ones
+            members.append(link(f"{name}/n", draw(st.sampled_from(["..", "../l/..", "../c/.."]))))
+        elif kind == "hard":  # a hard link to a file reached through a link, or a real one
+            hard = entry(name, tarfile.LNKTYPE)
+            hard.linkname = draw(st.sampled_from(["b/victim", "l/victim", "x", "a/n/victim"]))
+            hard.linkname = f"versions/1.1.0/{hard.linkname}"
+            members.append(hard)
         elif kind == "dir":
             members.append(entry(name, tarfile.DIRTYPE, draw(st.sampled_from([0o700, 0o555]))))
         elif kind == "file":
@@ -367,10 +380,13 @@ def test_any_link_chain_in_any_order_changes_nothing_outside_staging(
         except VerificationError:
             assert list(versions.iterdir()) == []
         else:
+            assert sorted(p.name for p in versions.iterdir()) == ["1.1.0"]
             root = os.path.realpath(final)
             for path in final.rglob("*"):
                 if path.is_symlink():
                     assert os.path.realpath(path).startswith(root)
+                elif path.is_file() and not path.is_symlink():
+                    assert os.stat(path).st_nlink == 1 or path.read_bytes() == b"owned\n"
         assert snapshot_outside(base, versions) == before
     finally:
         for dirpath, dirnames, _ in os.walk(base):  # a refused chmod 0555 must not stop cleanup
@@ -379,3 +395,22 @@ def test_any_link_chain_in_any_order_changes_nothing_outside_staging(
                 if not os.path.islink(path):
                     os.chmod(path, 0o755)
         shutil.rmtree(base)
+
+
+def test_a_link_chain_in_a_directory_deeper_than_path_max_is_refused_and_removed(
+    tmp_path: Path,
+) -> None:
+    """Links that climb out of the tree from a directory too deep for a path walk: the link
+    check used to skip that directory and stage a link resolving to the host's /etc/hostname."""
+    versions = deep_versions(tmp_path)
+    deep = "/".join(["d" * 200] * 25)  # longer than PATH_MAX
+    chain = [link(f"{deep}/l", ".")]
+    for step in range(40):
+        chain.append(link(f"{deep}/u{step}", f"{'l' if step == 0 else f'u{step - 1}'}/.."))
+    chain.append(link(f"{deep}/escape", "u39/etc/hostname"))
+    art = chain_tarball(tmp_path / "a.tar.gz", "1.1.0", chain)
+    before = snapshot_outside(tmp_path, versions)
+    with pytest.raises(VerificationError, match="too deep"):
+        stage_artifact(art, "tar.gz", "1.1.0", versions)
+    assert list(versions.iterdir()) == []
+    assert snapshot_outside(tmp_path, versions) == before
