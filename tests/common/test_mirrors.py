@@ -305,7 +305,9 @@ def test_a_metadata_service_trickling_its_headers_means_no_region(
     config = MirrorConfig(metadata_url=static_server.url + "region-id", metadata_timeout=1.0)
     found: list[str] = []
     worker = threading.Thread(
-        target=lambda: found.append(detect_region(config, env={}, region_file=tmp_path / "region-id")),
+        target=lambda: found.append(
+            detect_region(config, env={}, region_file=tmp_path / "region-id")
+        ),
         daemon=True,
     )
     worker.start()
