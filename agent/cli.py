@@ -17,6 +17,7 @@ from agent.private import make_private_dir, restrict_umask
 from common.cli import add_common_options, print_json, run_cli
 from common.config import REGION_ENV, SERVER_ENV, Config, load_config
 from common.errors import ConfigError, LocalStateError, LockedError, UsageError
+from common.layout import Layout
 
 if TYPE_CHECKING:
     from agent.identity import Identity
@@ -28,7 +29,6 @@ PROG = "assist-agent"
 SERVER_TEMPLATE = "https://{region}.axt.aliyun.com"
 LOCK_FILE = "agent.lock"
 REGISTRATION_POLL = 1.0  # seconds between looks for the identity of a later `register`
-WAITING = "registration"  # health.json "waiting" value of an agent not registered yet
 # The activation code is a secret: read from here or stdin, it never shows in `ps`.
 ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
 
@@ -43,7 +43,7 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of CLI.md (assist-agent)."""
+    """The command line of assist-agent (docs/cli.md)."""
     parser = argparse.ArgumentParser(prog=PROG, description="The Aliyun Assist agent daemon")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -102,13 +102,12 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def read_region(config: Config, env: dict[str, str]) -> str:
-    """Region: env, then config, then the cached state/region-id."""
+    """Region: env, then config, then the cached state/region-id (if valid)."""
     region = env.get(REGION_ENV, "") or config.mirror.region
     if not region:
-        try:
-            region = (config.state_dir / "region-id").read_text(encoding="utf-8").strip()
-        except OSError:
-            region = ""
+        from common.mirrors import read_cached_region  # requests: only when needed
+
+        region = read_cached_region(config.layout.region_file)
     return region
 
 
@@ -163,7 +162,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     restrict_umask()
     config = load(args)
     try:
-        existing = load_identity(config.state_dir)
+        existing = load_identity(config.layout.state_dir)
     except NotRegisteredError:
         existing = None
     if existing is not None and not args.force:
@@ -187,8 +186,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         server_key=pinned,
     )
     source = "operator" if pinned else "registration"
-    save_server_trust(config.state_dir, ServerTrust([server_key], source))
-    save_identity(config.state_dir, Identity(instance_id, key, client.server))
+    save_server_trust(config.layout.state_dir, ServerTrust([server_key], source))
+    save_identity(config.layout.state_dir, Identity(instance_id, key, client.server))
     if args.json:
         print_json({"instance_id": instance_id, "server": client.server})
     else:
@@ -204,8 +203,8 @@ def cmd_trust_server_key(args: argparse.Namespace) -> int:
     restrict_umask()
     config = load(args)
     key = parse_server_key(args.server_key)
-    load_identity(config.state_dir)  # registered first
-    save_server_trust(config.state_dir, ServerTrust([key], "operator"))
+    load_identity(config.layout.state_dir)  # registered first
+    save_server_trust(config.layout.state_dir, ServerTrust([key], "operator"))
     print(f"pinned control-plane key {key}")
     return 0
 
@@ -236,13 +235,14 @@ def acquire_lock(state_dir: Path) -> IO[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT; unregistered, wait for `register` first."""
     from agent.client import warn_plain_http
-    from agent.daemon import Agent, AgentOptions, recover_update
+    from agent.daemon import Agent, AgentOptions
+    from agent.updates import recover_update
 
     task_umask = restrict_umask()
     config = load(args)
     if recover_update(config.prefix) == "rolled_back":
         relaunch_current(config.prefix)
-    lock = acquire_lock(config.state_dir)
+    lock = acquire_lock(config.layout.state_dir)
     stopping = threading.Event()
     agent: Agent | None = None
 
@@ -255,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        identity = wait_for_registration(config.state_dir, stopping)
+        identity = wait_for_registration(config.layout, stopping)
         if identity is None:
             return 0
         server = resolve_server(args.server, config, identity.server, dict(os.environ))
@@ -274,28 +274,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def wait_for_registration(
-    state_dir: Path, stopping: threading.Event, poll: float = REGISTRATION_POLL
+    layout: Layout, stopping: threading.Event, poll: float = REGISTRATION_POLL
 ) -> Identity | None:
     """The identity once `assist-agent register` wrote it; None if asked to stop meanwhile.
 
     Until then the agent is up and healthy, "waiting for registration" in health.json (an agent
     installed by an image build is registered later, or never). Polling is one stat a second.
     """
-    from agent.health import write_health
     from agent.identity import IDENTITY_FILE, NotRegisteredError, load_identity
+    from common.health import WAITING_FOR_REGISTRATION, HealthRecord, write_health
 
     started = time.time()
     announced = False
     while not stopping.is_set():
         try:
-            return load_identity(state_dir)
+            return load_identity(layout.state_dir)
         except NotRegisteredError:
             if not announced:
                 log.warning(
                     "not registered yet: waiting for `assist-agent register` (watching %s)",
-                    state_dir / IDENTITY_FILE,
+                    layout.state_dir / IDENTITY_FILE,
                 )
-                write_health(state_dir, started, False, registered=False, waiting=WAITING)
+                waiting = HealthRecord.of_this_process(started, False, WAITING_FOR_REGISTRATION)
+                write_health(layout.health_file, waiting)
                 announced = True
         stopping.wait(poll)
     return None
@@ -303,7 +304,7 @@ def wait_for_registration(
 
 def relaunch_current(prefix: Path) -> None:
     """After crash recovery rolled `current` back, become the agent of that version."""
-    launcher = prefix / "current" / "bin" / "assist-agent"
+    launcher = Layout(prefix).launcher("assist-agent")
     if os.name != "nt" and launcher.exists():
         log.warning("re-executing %s after a rollback", launcher)
         os.execv(str(launcher), [str(launcher), "run", "--prefix", str(prefix)])
@@ -311,38 +312,40 @@ def relaunch_current(prefix: Path) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the agent's health; exit 0 when it runs, 3 when it does not."""
-    from agent.health import read_health
     from agent.identity import NotRegisteredError, load_identity
     from agent.outbox import count_pending
+    from common.health import WAITING_FOR_REGISTRATION, read_health
     from common.platform import pid_alive
 
     config = load(args)
-    state = config.state_dir
+    state = config.layout.state_dir
     if state.is_dir() and not os.access(state, os.R_OK | os.X_OK):
         raise LocalStateError(
             f"cannot read {state}: it is private to the agent's user",
             hint="run `assist-agent status` as that user (usually root, e.g. with sudo)",
         )
-    health = read_health(config.state_dir) or {}
+    health = read_health(config.layout.health_file)
     try:
-        identity: Any = load_identity(config.state_dir)
+        identity: Any = load_identity(config.layout.state_dir)
     except NotRegisteredError:
         identity = None
-    pending = count_pending(config.state_dir)
-    running = bool(health) and pid_alive(int(health.get("pid") or 0))
-    waiting = running and identity is None and health.get("waiting") == WAITING
+    pending = count_pending(config.layout.state_dir)
+    live = health if health is not None and pid_alive(health.pid) else None
+    running = live is not None
+    waiting = live is not None and identity is None and live.waiting == WAITING_FOR_REGISTRATION
+    connected = live is not None and live.connected
     report = {
         "registered": identity is not None,
         "instance_id": identity.instance_id if identity else "",
         "server": identity.server if identity else "",
         "server_key": identity.trust.keys[-1] if identity and identity.trust else "",
         "running": running,
-        "state": describe_state(running, identity is not None, bool(health.get("connected"))),
+        "state": describe_state(running, identity is not None, connected),
         "waiting_for_registration": waiting,
-        "connected": bool(health.get("connected")) and running,
-        "version": health.get("version", ""),
-        "pid": health.get("pid", 0) if running else 0,
-        "started": health.get("started", 0),
+        "connected": connected,
+        "version": health.version if health else "",
+        "pid": live.pid if live else 0,
+        "started": health.started if health else 0,
         "pending_reports": pending,
     }
     if args.json:

@@ -1,32 +1,27 @@
 """The agent's main loop: long-poll for kicks, sync tasks, run them, report through the outbox.
 
-Threads: the notify loop (long-poll), a timer thread (timed invocations, scheduled updates), the
-outbox sender, the heartbeat, and task workers started on demand by the pool. Every blocking wait
-is on a socket or a condition, so an idle agent uses no CPU.
+Threads: the notify loop (long-poll), a timer thread (timed invocations, scheduled updates:
+agent/timers.py, agent/updates.py), the outbox sender, the heartbeat, and task workers started on
+demand by the pool. Every blocking wait is on a socket or a condition, so an idle agent uses no
+CPU.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import requests
 
 from agent import refusals, schedule
 from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
-from agent.health import write_health
 from agent.identity import Identity
-from agent.outbox import Store
+from agent.outbox import AgentDatabase
 from agent.output import Chunk, b64
 from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
@@ -43,9 +38,11 @@ from agent.runner import (
     terminate_group,
 )
 from agent.spool import Spool, read_tail, spool_path
+from agent.timers import Backoff, Timers
+from agent.updates import UPDATE_BUSY_RETRY, UpdateTrigger
 from common.config import Config
 from common.errors import AssistError
-from common.platform import detect_platform
+from common.health import HealthRecord, write_health
 from common.protocol import ResponseRefusedError
 from common.version import agent_version
 
@@ -55,84 +52,9 @@ REBOOT_MODES = ("NextRebootOnly", "EveryReboot")
 # An empty long-poll answer before this fraction of its timeout means a lost wake-up.
 EARLY_WAKE_FRACTION = 0.8
 RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a safety net)
-UPDATE_BUSY_RETRY = 60.0  # seconds to wait when an update finds a one-shot task running
 MAX_QUEUED_CHUNKS = 4  # streamed chunks of one execution kept while the server is away
-MAX_UPDATE_LOG = 1 << 20  # bytes of log/update.log before it is rotated to update.log.1
 STOP_EXECUTION = "stopped"  # execution id of a stop acknowledged without a run
 LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff; each delay is drawn from [d/2, d]."""
-
-    initial: float = 1.0  # seconds
-    cap: float = 30.0  # seconds; each delay is jittered so a fleet spreads out
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        """The delay before the next try; grows until `cap`."""
-        delay = min(self.cap, self.initial * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        """Start over after a success."""
-        self.attempt = 0
-
-
-class Timers:
-    """One thread that calls functions at wall-clock times (Unix seconds)."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], object]]] = []
-        self._cancelled: set[int] = set()
-        self._seq = 0
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="timers", daemon=True)
-
-    def start(self) -> None:
-        """Start the timer thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the timer thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-
-    def call_at(self, when: float, fn: Callable[[], object]) -> int:
-        """Call `fn` at `when`; returns a handle for `cancel`."""
-        with self._cond:
-            self._seq += 1
-            heapq.heappush(self._heap, (when, self._seq, fn))
-            self._cond.notify_all()
-            return self._seq
-
-    def cancel(self, handle: int) -> None:
-        """Forget a pending call."""
-        with self._cond:
-            self._cancelled.add(handle)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping:
-                    if self._heap and self._heap[0][0] <= time.time():
-                        break
-                    timeout = self._heap[0][0] - time.time() if self._heap else None
-                    self._cond.wait(timeout)
-                if self._stopping:
-                    return
-                _, handle, fn = heapq.heappop(self._heap)
-                if handle in self._cancelled:
-                    self._cancelled.discard(handle)
-                    continue
-            try:
-                fn()
-            except Exception:
-                log.exception("timer callback failed")
 
 
 @dataclass
@@ -168,8 +90,9 @@ class Agent:
     def __init__(self, config: Config, options: AgentOptions) -> None:
         self.config = config
         self.options = options
-        self.state_dir = config.state_dir
-        self.store = Store(self.state_dir)
+        self.layout = config.layout
+        self.state_dir = self.layout.state_dir
+        self.store = AgentDatabase(self.state_dir)
         cfg = config.agent
         self.pool = TaskPool(cfg.max_running, cfg.max_queued)
         self.limits = RunLimits(
@@ -202,8 +125,15 @@ class Agent:
         self._closing = threading.Event()
         self._sender: threading.Thread | None = None
         self._hold_until = 0.0
-        self._update_proc: subprocess.Popen[bytes] | None = None
-        self._update_timer = 0
+        self.updates = UpdateTrigger(
+            config,
+            self.timers,
+            self.client,
+            self.one_shot_running,
+            command=options.updater_command,
+            busy_retry=options.update_busy_retry,
+            umask=options.task_umask,
+        )
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -213,13 +143,13 @@ class Agent:
         tighten_tree(self.state_dir)
         self.recover_crashed()
         self.prune_ledger()
-        write_health(self.state_dir, self.started, False)
+        write_health(self.layout.health_file, HealthRecord.of_this_process(self.started, False))
         self.timers.start()
         self._sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
         self._sender.start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._notify_loop, "notify")):
             threading.Thread(target=target, name=name, daemon=True).start()
-        self.schedule_update()
+        self.updates.schedule()
         self.stopping.wait()
         self.shutdown()
 
@@ -289,7 +219,7 @@ class Agent:
             return
         self.connected = value
         log.info("server %s", "connected" if value else "unreachable")
-        write_health(self.state_dir, self.started, value)
+        write_health(self.layout.health_file, HealthRecord.of_this_process(self.started, value))
         if value:
             self._wake_sender(force=True)
 
@@ -313,7 +243,7 @@ class Agent:
                     self.sync_tasks("startup" if first else "poll")
                     last_sync = time.time()
                     if first:
-                        self.check_update()
+                        self.updates.check()
                     first = False
                 self._set_connected(True)
                 backoff.reset()
@@ -345,7 +275,7 @@ class Agent:
         if kinds & {"task", "stop"}:
             self.sync_tasks("kick")
         if "update" in kinds:
-            self.check_update()
+            self.updates.check()
 
     def _heartbeat_loop(self) -> None:
         """Send heartbeats with jitter at the server's interval."""
@@ -667,114 +597,3 @@ class Agent:
         """True while a non-periodic task runs (updates wait for it)."""
         with self._lock:
             return any(inv not in self._periodic for inv in self._active)
-
-    # -- self-update hooks ----------------------------------------------------------------------
-
-    def schedule_update(self, after: float | None = None) -> None:
-        """Arm the next scheduled update: [update] schedule plus splay (docs/schedules.md)."""
-        try:
-            when = schedule.next_update_time(
-                self.config.update.schedule, after or time.time(), self.config.update.splay
-            )
-        except AssistError as exc:
-            log.error("[update] schedule is invalid, scheduled updates are off: %s", exc)
-            return
-        if when is None:
-            return
-        log.info(
-            "next scheduled update check at %s",
-            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)),
-        )
-
-        def fire() -> None:
-            self.run_updater("schedule")
-            self.schedule_update(when)
-
-        self._update_timer = self.timers.call_at(when, fire)
-
-    def check_update(self) -> None:
-        """Ask the server whether an update was requested for this instance; apply it if so."""
-        plat = detect_platform()
-        body = {
-            "agent_version": agent_version(),
-            "os": plat.os,
-            "arch": plat.arch,
-            "channel": self.config.update.channel,
-        }
-        try:
-            answer = self.client.update_check(body)
-        except AssistError as exc:
-            log.info("update check failed: %s", exc)
-            return
-        if answer.get("update_now"):
-            self.run_updater("server", str(answer.get("version") or ""))
-
-    def run_updater(self, reason: str, version: str = "") -> bool:
-        """Start `assist-update apply` detached, unless a one-shot task runs (then retry later)."""
-        if self.one_shot_running():
-            log.info("update (%s) postponed: a task is running", reason)
-            self.timers.call_at(
-                time.time() + self.options.update_busy_retry,
-                lambda: self.run_updater(reason, version),
-            )
-            return False
-        if self._update_proc is not None and self._update_proc.poll() is None:
-            log.info("update (%s) skipped: the updater is already running", reason)
-            return False
-        argv = list(self.options.updater_command or updater_command(self.config.prefix))
-        if version:
-            argv += ["--version", version]
-        log.warning("starting the updater (%s): %s", reason, " ".join(argv))
-        log_dir = self.config.log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
-        rotate_log(log_dir / "update.log", MAX_UPDATE_LOG)
-        extra: dict[str, Any] = {}
-        if self.options.task_umask is not None:
-            extra["umask"] = self.options.task_umask  # unpacked versions keep their own modes
-        with open(log_dir / "update.log", "ab") as out:
-            self._update_proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                **extra,
-            )
-        return True
-
-
-def rotate_log(path: Path, limit: int) -> None:
-    """Move a log over `limit` bytes to `<name>.1` (replacing the older one) so it stays bounded."""
-    try:
-        if path.stat().st_size > limit:
-            os.replace(path, path.with_name(path.name + ".1"))
-    except OSError:
-        pass
-
-
-def updater_command(prefix: Path) -> list[str]:
-    """`<prefix>/current/bin/assist-update apply` if installed, else the module from this code."""
-    launcher = (
-        prefix / "current" / "bin" / ("assist-update.cmd" if os.name == "nt" else "assist-update")
-    )
-    if launcher.exists():
-        return [str(launcher), "apply", "--prefix", str(prefix)]
-    return [sys.executable, "-m", "updater.cli", "apply", "--prefix", str(prefix)]
-
-
-def recover_update(prefix: Path) -> str:
-    """Let the updater finish or undo an interrupted update; returns what it did ("" if absent)."""
-    try:
-        from updater.recovery import recover
-    except ImportError:
-        log.info("updater crash recovery not available (updater.recovery missing)")
-        return ""
-    try:
-        result = str(recover(prefix))
-    except Exception:
-        log.exception("updater crash recovery failed")
-        return ""
-    if result not in ("nothing", "busy"):
-        log.warning("updater crash recovery: %s", result)
-    return result

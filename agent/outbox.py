@@ -77,7 +77,7 @@ class StartedExecution:
     proc_start: str
 
 
-class Store:
+class AgentDatabase:
     """The agent's SQLite database, safe to share between threads."""
 
     def __init__(self, state_dir: Path, output_budget: int = OUTPUT_BUDGET) -> None:

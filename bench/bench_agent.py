@@ -42,6 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.figures import emit  # noqa: E402
+from devkit.agent import register_args  # noqa: E402
 
 IDLE_CONFIG = '[agent]\npoll_timeout = 25.0\n[update]\nschedule = ""\n'
 
@@ -127,15 +128,7 @@ def start_agent_process(
             sys.executable,
             "-m",
             "agent.cli",
-            "register",
-            "--server",
-            server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
+            *register_args(server.url, (act_id, code), prefix),
         ],
         check=True,
         capture_output=True,
@@ -219,10 +212,10 @@ def host_agents(server_url: str, activation: str, code: str, count: int, base: P
         instance, server_key = AgentClient(server_url, None).register(
             activation, code, Identity("", key).public_key_b64(), instance_name=f"bench-{i}"
         )
-        trust = ServerTrust([server_key], "registration", config.state_dir)
-        save_server_trust(config.state_dir, trust)
+        trust = ServerTrust([server_key], "registration", config.layout.state_dir)
+        save_server_trust(config.layout.state_dir, trust)
         identity = Identity(instance, key, server_url, trust)
-        save_identity(config.state_dir, identity)
+        save_identity(config.layout.state_dir, identity)
         agent = Agent(config, AgentOptions(server=server_url, identity=identity))
         threading.Thread(target=agent.run, daemon=True).start()
         agents.append(agent)
@@ -396,7 +389,7 @@ def main() -> None:
         host_agents(url, activation, code, int(count), Path(base))
         return
     bench_task_overhead(env_int("BENCH_TASK_RUNS", 30))
-    from server.testing import launch_server
+    from devkit.server import launch_server
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

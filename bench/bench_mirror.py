@@ -53,7 +53,7 @@ PY = sys.executable
 from bench.figures import median_figure  # noqa: E402
 from bench.mirror_peers import ensure_tools, mirrored_files, peer_jobs  # noqa: E402
 from bench.release_history import cached_history, tree_shape  # noqa: E402
-from server.testing import free_port  # noqa: E402
+from devkit.server import free_port  # noqa: E402
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:

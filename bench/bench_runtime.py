@@ -165,8 +165,8 @@ def rss_mib(pid: int) -> float:
 
 
 def main() -> None:
+    from devkit.server import launch_server
     from pkgbuild.keys import generate_keys, stop_gpg_agent
-    from server.testing import launch_server
 
     runs = int(os.environ.get("BENCH_RUNTIME_RUNS", "5"))
     idle = float(os.environ.get("BENCH_RUNTIME_IDLE", "10"))

@@ -44,8 +44,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 
 from bench.figures import emit  # noqa: E402
 from common.protocol import sign_request  # noqa: E402
+from devkit.server import free_port, launch_server  # noqa: E402
 from server.rpc import sign_params  # noqa: E402
-from server.testing import free_port, launch_server  # noqa: E402
 
 AGENTS = int(os.environ.get("BENCH_AGENTS", "1000"))
 FANOUT_ROUNDS = int(os.environ.get("BENCH_FANOUT_ROUNDS", "3"))

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from bench.bench_server import Fleet, burst, fanout_round, percentile, signed_request  # noqa: E402
 from bench.figures import emit  # noqa: E402
 from common import protocol  # noqa: E402
-from server.testing import free_port  # noqa: E402
+from devkit.server import free_port  # noqa: E402
 
 AGENTS = int(os.environ.get("BENCH_AGENTS", "300"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))

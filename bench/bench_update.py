@@ -29,12 +29,11 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from bench.figures import median_figure  # noqa: E402
+from common.layout import Layout  # noqa: E402
 from common.service import ProcessManager  # noqa: E402
 from updater.engine import Updater, UpdateSettings  # noqa: E402
-from updater.layout import Layout  # noqa: E402
 from updater.swap import swap_current  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -126,7 +125,7 @@ def main() -> None:
 
 
 def run(base: Path) -> None:
-    from httpserver import StaticServer
+    from devkit.httpserver import StaticServer
 
     keys = base / "keys"
     dist = base / "dist"

@@ -51,7 +51,9 @@ from typing import Any
 import requests
 
 from common.cli import interrupts_as_exceptions
-from server.testing import free_port, mirror_sync_args, stop_group, wait_http
+from devkit.agent import write_loopback_config
+from devkit.release import mirror_sync_args
+from devkit.server import free_port, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -259,7 +261,7 @@ class Soak:
 
     def set_up_server(self) -> None:
         """Server, AccessKey, the soak command."""
-        from server.testing import ServerHandle
+        from devkit.server import ServerHandle
 
         self.start_server()
         assert self.server is not None
@@ -701,23 +703,7 @@ class ThreadPool:
 
 def write_agent_config(prefix: Path, mirror_url: str, origin_url: str, server_url: str) -> None:
     """A real agent's config: the loopback mirror, no update schedule, the soak's server."""
-    config = prefix / "config" / "assist.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        "[mirror]\n"
-        'region = "cn-hangzhou"\n'
-        f'intranet_template = "{mirror_url}"\n'
-        f'internet_origin = "{origin_url}"\n'
-        'metadata_url = "http://127.0.0.1:9/latest/meta-data/region-id"\n'
-        "[update]\n"
-        'service = "process"\n'
-        "health_timeout = 30.0\n"
-        "settle = 3.0\n"
-        'schedule = ""\n'
-        "[agent]\n"
-        f'server = "{server_url}"\n'
-        "heartbeat = 30.0\n"
-    )
+    write_loopback_config(prefix, mirror_url, origin_url, server_url, "heartbeat = 30.0\n")
 
 
 def stop_real_agent(prefix: Path) -> None:

@@ -125,17 +125,17 @@ def start_agent(
     config = Config(prefix=prefix)
     config.update.schedule = ""
     config.agent.heartbeat = 30.0
-    if (config.state_dir / IDENTITY_FILE).exists():
-        identity = load_identity(config.state_dir)
+    if (config.layout.state_dir / IDENTITY_FILE).exists():
+        identity = load_identity(config.layout.state_dir)
     else:
         key = generate_key()
         instance, server_key = AgentClient(server, None).register(
             activation, code, Identity("", key).public_key_b64(), instance_name=prefix.name
         )
-        trust = ServerTrust([server_key], "registration", config.state_dir)
-        save_server_trust(config.state_dir, trust)
+        trust = ServerTrust([server_key], "registration", config.layout.state_dir)
+        save_server_trust(config.layout.state_dir, trust)
         identity = Identity(instance, key, server, trust)
-        save_identity(config.state_dir, identity)
+        save_identity(config.layout.state_dir, identity)
     options = AgentOptions(
         server=server, identity=identity, session_factory=logging_session_factory(answers, trace)
     )

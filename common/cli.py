@@ -189,19 +189,6 @@ def report_internal(prog: str, exc: Exception, debug: bool) -> int:
     return 1
 
 
-def not_built(prog: str, description: str) -> Callable[[Sequence[str] | None], int]:
-    """A placeholder main for a command whose capability has not been built yet."""
-
-    def main(argv: Sequence[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(prog=prog, description=description)
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
-        parser.parse_args(argv)
-        print(f"{prog}: error: not built yet in this release", file=sys.stderr)
-        return 1
-
-    return main
-
-
 @contextlib.contextmanager
 def interrupts_as_exceptions() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so cleanup in `finally`/ExitStack runs."""

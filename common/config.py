@@ -1,4 +1,4 @@
-"""Configuration: dataclasses with the defaults of DESIGN.md, loaded from TOML.
+"""Configuration: dataclasses with the defaults of docs/architecture.md, loaded from TOML.
 
 `<prefix>/config/assist.toml` has one table per dataclass below (`[mirror]`, `[update]`,
 `[agent]`). Unknown keys are refused so a typo does not silently fall back to a default.
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from common.layout import Layout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +34,7 @@ SERVER_ENV = "ALIYUN_ASSIST_SERVER_HOST"
 
 @dataclass
 class MirrorConfig:
-    """Where releases come from (DESIGN.md §4)."""
+    """Where releases come from (docs/architecture.md, Mirror selection)."""
 
     mirrors: list[str] = field(default_factory=list)  # explicit mirrors, tier 0
     region: str = ""  # empty: detect
@@ -49,7 +50,7 @@ class MirrorConfig:
 
 @dataclass
 class UpdateConfig:
-    """Self-update policy (DESIGN.md §6)."""
+    """Self-update policy (docs/architecture.md, Self-update)."""
 
     channel: str = "stable"
     health_timeout: float = 60.0  # seconds for state/health.json to appear
@@ -63,7 +64,7 @@ class UpdateConfig:
 
 @dataclass
 class AgentConfig:
-    """The agent daemon (DESIGN.md §9)."""
+    """The agent daemon (docs/architecture.md, The agent)."""
 
     server: str = ""  # empty: ALIYUN_ASSIST_SERVER_HOST, then region rules
     max_running: int = 10
@@ -86,20 +87,9 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
 
     @property
-    def state_dir(self) -> Path:
-        return self.prefix / "state"
-
-    @property
-    def versions_dir(self) -> Path:
-        return self.prefix / "versions"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.prefix / "log"
-
-    @property
-    def config_file(self) -> Path:
-        return self.prefix / "config" / "assist.toml"
+    def layout(self) -> Layout:
+        """Where everything lives under the prefix."""
+        return Layout(self.prefix)
 
 
 _SECTIONS = {"mirror": MirrorConfig, "update": UpdateConfig, "agent": AgentConfig}
@@ -157,7 +147,7 @@ def load_config(
     A missing default file means all defaults; a missing explicit file is an error.
     """
     base = Path(prefix) if prefix else None
-    config_path = Path(path) if path else (base or Config().prefix) / "config" / "assist.toml"
+    config_path = Path(path) if path else Layout(base or Config().prefix).config_file
     if not config_path.exists():
         if path:
             raise ConfigError(f"config file not found: {config_path}", hint="check --config")

@@ -1,4 +1,4 @@
-"""Mirror selection (DESIGN.md §4): region detection, candidate tiers, concurrent probing, ranking.
+"""Mirror selection (docs/architecture.md, Mirror selection): region detection, candidate tiers, concurrent probing, ranking.
 
 Decisions (`candidate_mirrors`, `rank_mirrors`; the region table is common.regions) are pure functions over data; the
 I/O (metadata service, probing) sits at the edges and takes its HTTP session as a parameter.
@@ -25,14 +25,13 @@ import requests
 from common.atomic import atomic_write_text
 from common.config import REGION_ENV, MirrorConfig
 from common.errors import ConfigError, DownloadError, UsageError
-from common.fetch import get_with_deadline, read_small_body, resolve_proxies
+from common.httpbounds import get_with_deadline, read_small_body, resolve_proxies
 from common.regions import default_table, region_url, valid_region
 
 log = logging.getLogger(__name__)
 
 PROBE_PATH = "metadata/timestamp.json"
 PROBE_MAX_BYTES = 1 << 20  # a timestamp.json is a few hundred bytes; anything huge is garbage
-REGION_FILE = "region-id"
 
 TIER_EXPLICIT = 0
 TIER_INTRANET = 1
@@ -109,7 +108,7 @@ def detect_region(
     config: MirrorConfig,
     *,
     cli_region: str | None = None,
-    state_dir: Path | None = None,
+    region_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     session: requests.Session | None = None,
 ) -> str:
@@ -122,12 +121,12 @@ def detect_region(
     ):
         if value:
             return _checked_region(value.strip(), source)
-    cached = _read_cached_region(state_dir)
+    cached = read_cached_region(region_file)
     if cached:
         return cached
     region = query_metadata_region(config, session=session)
-    if region and state_dir is not None:
-        atomic_write_text(state_dir / REGION_FILE, region + "\n", mode=0o600)
+    if region and region_file is not None:
+        atomic_write_text(region_file, region + "\n", mode=0o600)
     return region
 
 
@@ -140,12 +139,12 @@ def _checked_region(region: str, source: str) -> str:
     return region
 
 
-def _read_cached_region(state_dir: Path | None) -> str:
-    """The region cached by an earlier detection, if valid."""
-    if state_dir is None:
+def read_cached_region(region_file: Path | None) -> str:
+    """The region cached by an earlier detection (Layout.region_file), if valid."""
+    if region_file is None:
         return ""
     try:
-        text = (state_dir / REGION_FILE).read_text(encoding="utf-8").strip()
+        text = region_file.read_text(encoding="utf-8").strip()
     except OSError:
         return ""
     return text if valid_region(text) else ""
@@ -260,7 +259,7 @@ def select_mirrors(
     *,
     cli_mirrors: Sequence[str] = (),
     cli_region: str | None = None,
-    state_dir: Path | None = None,
+    region_file: Path | None = None,
     session: requests.Session | None = None,
 ) -> list[str]:
     """Detect the region, probe the candidates, and return the working mirrors best first."""
@@ -268,7 +267,7 @@ def select_mirrors(
     region = (
         ""  # explicit mirrors are the only candidates: no need to ask anyone for the region
         if explicit
-        else detect_region(config, cli_region=cli_region, state_dir=state_dir, session=session)
+        else detect_region(config, cli_region=cli_region, region_file=region_file, session=session)
     )
     candidates = candidate_mirrors(config, region, cli_mirrors)
     session = session or proxied_session(config)

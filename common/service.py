@@ -26,6 +26,7 @@ from typing import Protocol
 
 from common.atomic import atomic_write_text
 from common.errors import ToolError, UsageError
+from common.layout import Layout
 from common.platform import pid_runs
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,12 @@ class ProcessManager:
 
     @property
     def pidfile(self) -> Path:
-        return self.prefix / "state" / "agent.pid"
+        return Layout(self.prefix).pid_file
 
     def command(self) -> list[str]:
         """The agent's command line: the payload's launcher."""
         return [
-            str(self.prefix / "current" / "bin" / "assist-agent"),
+            str(Layout(self.prefix).launcher("assist-agent")),
             "run",
             "--prefix",
             str(self.prefix),
@@ -114,9 +115,9 @@ class ProcessManager:
         env = dict(os.environ)
         if self.python:
             env[LAUNCHER_PYTHON_ENV] = self.python
-        log_dir = self.prefix / "log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "agent.log", "ab") as out:
+        agent_log = Layout(self.prefix).agent_log
+        agent_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(agent_log, "ab") as out:
             proc = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
@@ -182,7 +183,7 @@ class SystemdManager:
 
     def install(self) -> None:
         """Copy the unit, reload systemd, enable it."""
-        source = self.prefix / "current" / "share" / self.unit
+        source = Layout(self.prefix).shared(self.unit)
         if not source.is_file():
             raise ToolError(f"payload has no {self.unit}", hint="reinstall the agent")
         text = render_for_prefix(source.read_text(encoding="utf-8"), self.prefix)
@@ -227,7 +228,7 @@ class SysvManager:
 
     def install(self) -> None:
         """Copy the init script and enable it with update-rc.d or chkconfig."""
-        source = self.prefix / "current" / "share" / f"{SERVICE_NAME}.init"
+        source = Layout(self.prefix).shared(f"{SERVICE_NAME}.init")
         if not source.is_file():
             raise ToolError(f"payload has no {SERVICE_NAME}.init", hint="reinstall the agent")
         text = render_for_prefix(source.read_text(encoding="utf-8"), self.prefix)
@@ -255,7 +256,7 @@ class SysvManager:
 
     def main_pid(self) -> int | None:
         try:
-            text = (self.prefix / "state" / "agent.pid").read_text().strip()
+            text = Layout(self.prefix).pid_file.read_text().strip()
         except OSError:
             return None
         return int(text) if text.isdigit() and pid_runs(int(text), str(self.prefix)) else None
@@ -271,9 +272,8 @@ class WindowsManager:
         self.run = runner
 
     def install(self) -> None:
-        binpath = (
-            f'"{self.prefix / "current" / "bin" / "assist-agent.exe"}" run --prefix "{self.prefix}"'
-        )
+        launcher = Layout(self.prefix).launcher("assist-agent.exe")
+        binpath = f'"{launcher}" run --prefix "{self.prefix}"'
         self.run(["sc.exe", "create", WINDOWS_SERVICE, f"binPath= {binpath}", "start= auto"])
         self.run(["sc.exe", "failure", WINDOWS_SERVICE, "reset= 86400", "actions= restart/5000"])
 

@@ -24,7 +24,9 @@ from typing import Any
 
 from common.cli import interrupts_as_exceptions
 from common.service import ProcessManager
-from server.testing import free_port, mirror_sync_args, stop_group, wait_http
+from devkit.agent import write_loopback_config
+from devkit.release import mirror_sync_args
+from devkit.server import free_port, stop_group, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -132,7 +134,7 @@ class Demo:
 
 
 def step_server(demo: Demo) -> str:
-    from server.testing import launch_server
+    from devkit.server import launch_server
 
     demo.server = launch_server(demo.work / "server")
     demo.stack.callback(demo.server.stop)
@@ -201,22 +203,7 @@ def step_mirror(demo: Demo) -> str:
 
 def write_agent_config(demo: Demo) -> None:
     """Region rules point at loopback: the intranet mirror is ours, the origin is down."""
-    config = demo.prefix / "config" / "assist.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(
-        "[mirror]\n"
-        f'region = "cn-hangzhou"\n'
-        f'intranet_template = "{demo.mirror_url}"\n'
-        f'internet_origin = "{demo.origin_url}"\n'
-        'metadata_url = "http://127.0.0.1:9/latest/meta-data/region-id"\n'
-        "[update]\n"
-        'service = "process"\n'
-        "health_timeout = 30.0\n"
-        "settle = 3.0\n"
-        'schedule = ""\n'
-        "[agent]\n"
-        f'server = "{demo.server.url}"\n'
-    )
+    write_loopback_config(demo.prefix, demo.mirror_url, demo.origin_url, demo.server.url)
 
 
 def step_install(demo: Demo) -> str:

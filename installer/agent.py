@@ -1,4 +1,4 @@
-"""First install of the agent into the versions layout (DESIGN.md §5), then service + start."""
+"""First install of the agent into the versions layout (common/layout.py), then service + start."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from common.atomic import atomic_write_text
 from common.errors import LocalStateError
+from common.layout import AGENT_PACKAGE, Layout, is_runnable
 from common.service import ServiceManager
 from updater.health import wait_healthy
-from updater.layout import AGENT_PACKAGE, Layout, is_runnable
 from updater.lock import hold_lock
 from updater.staging import ensure_free_space, stage_artifact
 from updater.swap import read_pointer, swap_current
@@ -81,7 +81,7 @@ def install_agent(
             verify_native(artifact, spec.format)
             stage_artifact(artifact, spec.format, version, layout.versions_dir)
             swap_current(layout, version)
-        config_file = layout.prefix / "config" / "assist.toml"
+        config_file = layout.config_file
         if config_text is not None and not config_file.exists():
             atomic_write_text(config_file, config_text)
         extra = before_start() if before_start is not None else {}
@@ -110,6 +110,6 @@ def install_agent(
                 if not ok:
                     raise LocalStateError(
                         f"agent {version} installed but not healthy: {reason}",
-                        hint=f"see {layout.log_dir / 'agent.log'}",
+                        hint=f"see {layout.agent_log}",
                     )
         return result

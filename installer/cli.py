@@ -1,4 +1,4 @@
-"""assist-install: list, install, remove signed packages; first install of the agent (CLI.md)."""
+"""assist-install: list, install, remove signed packages; first install of the agent (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from common.cli import (
 )
 from common.config import Config, load_config
 from common.errors import AssistError, ConfigError, UsageError, VerificationError
+from common.layout import Layout
 from common.platform import detect_platform
 from common.service import MANAGERS, default_service_name, make_service
 from installer.agent import AgentInstall, install_agent, render_config
 from installer.native import install_native, installed_version, remove_native
-from updater.layout import Layout
 from updater.remote import find_keys_dir, find_trust_root, open_repository
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ EXAMPLES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of CLI.md, plus a few options of our own."""
+    """The command line of assist-mirror (docs/cli.md), plus a few options of our own."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Mirror a release repository into a region"
     )

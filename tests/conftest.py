@@ -75,7 +75,7 @@ def tool_env() -> dict[str, str]:
 @pytest.fixture
 def static_server(tmp_path: Path) -> Iterator[Any]:
     """A loopback HTTP server over `tmp_path / "www"` (created empty)."""
-    from httpserver import StaticServer
+    from devkit.httpserver import StaticServer
 
     root = tmp_path / "www"
     root.mkdir()

@@ -1,4 +1,4 @@
-"""assist-update: status, check, apply, rollback, recover, unblock, schedule (CLI.md).
+"""assist-update: status, check, apply, rollback, recover, unblock, schedule (docs/cli.md).
 
 Exit codes of apply: 0 updated or nothing to do, 3 the new version failed and was rolled back,
 4 refused (verification, blocklist, downgrade, no space, locked), 1 other errors.
@@ -26,12 +26,12 @@ from common.cli import (
 )
 from common.config import Config, load_config
 from common.errors import LocalStateError, NotFoundError
+from common.health import read_health
+from common.layout import Layout, installed_versions
 from common.platform import detect_platform
 from common.service import MANAGERS, ServiceManager, make_service
 from updater import journal as jr
 from updater.engine import LAST_RESULT_FILE, Outcome, Updater, UpdateSettings
-from updater.health import read_health
-from updater.layout import Layout, installed_versions
 from updater.lock import hold_lock
 from updater.policy import NOTHING, REFUSE, load_blocklist, save_blocklist, unblock
 from updater.recovery import recover

@@ -17,11 +17,12 @@ from typing import Protocol
 
 from common.atomic import atomic_write_json, atomic_write_text
 from common.errors import AssistError, LocalStateError, NotFoundError
+from common.health import read_health
+from common.layout import AGENT_PACKAGE, Layout, installed_versions
 from common.platform import pid_runs
 from common.service import ProcessManager, ServiceManager
 from updater import journal as jr
-from updater.health import read_health, wait_healthy
-from updater.layout import AGENT_PACKAGE, Layout, installed_versions
+from updater.health import wait_healthy
 from updater.lock import hold_lock
 from updater.policy import (
     NOTHING,

@@ -1,4 +1,4 @@
-"""Health check: the new agent writes state/health.json once its main loop runs.
+"""Health check: the new agent writes state/health.json (common/health.py) once its main loop runs.
 
 Healthy = a health.json for the expected version appeared within `timeout`, written after the
 restart, and its pid stayed alive for `settle` seconds.
@@ -6,43 +6,17 @@ restart, and its pid stayed alive for `settle` seconds.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from common.health import HealthRecord, read_health
 from common.platform import pid_alive
 
 WAITING = "waiting"
 HEALTHY = "healthy"
 DEAD = "dead"
 WRONG_VERSION = "wrong_version"
-
-
-@dataclass(frozen=True)
-class HealthRecord:
-    """What the agent reports about itself."""
-
-    version: str
-    pid: int
-    mtime: float  # when the file was written (seconds since the epoch)
-    connected: bool = False
-
-
-def read_health(path: Path) -> HealthRecord | None:
-    """Parse state/health.json; None while it is missing or half-written."""
-    try:
-        stat = path.stat()
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return HealthRecord(
-            version=str(data["version"]),
-            pid=int(data["pid"]),
-            mtime=stat.st_mtime,
-            connected=bool(data.get("connected", False)),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def judge_health(

@@ -1,4 +1,4 @@
-"""The update journal (DESIGN.md §6): pure transitions plus atomic load/save.
+"""The update journal (docs/architecture.md, Self-update): pure transitions plus atomic load/save.
 
     idle → downloading → verified → staged → swapped → health_check → committed
     any failure after `swapped`: rolling_back → rolled_back

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from common.config import load_config
 from common.errors import AssistError, LocalStateError, LockedError
+from common.layout import Layout, installed_versions, is_runnable
 from common.service import ServiceManager, make_service
 from updater import journal as jr
 from updater.health import wait_healthy
-from updater.layout import Layout, installed_versions, is_runnable
 from updater.lock import hold_lock
 from updater.policy import count_failure
 from updater.staging import clean_staging

@@ -10,8 +10,8 @@ from typing import Any
 import common
 from common.config import Config
 from common.errors import ConfigError, UsageError
+from common.layout import Layout
 from common.mirrors import select_mirrors
-from updater.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def open_repository(
 
     layout.state_dir.mkdir(parents=True, exist_ok=True)
     ranked = select_mirrors(
-        config.mirror, cli_mirrors=mirrors, cli_region=region, state_dir=layout.state_dir
+        config.mirror, cli_mirrors=mirrors, cli_region=region, region_file=layout.region_file
     )
     log.info("mirrors, best first: %s", ", ".join(ranked))
     mc = config.mirror

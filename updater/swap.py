@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from common.atomic import atomic_write_text, fsync_dir, sync_filesystem
+from common.layout import Layout
 from updater.journal import crash_point
-from updater.layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,13 @@
 
 It follows docs/agent-protocol.md faithfully (Ed25519 signatures, timestamp window, nonce
 replay, first terminal report wins, chunks once per offset, long-poll notify) but keeps
-everything in memory. End-to-end tests use the real server (server/testing.py) instead; this
+everything in memory. End-to-end tests use the real server (devkit/server.py) instead; this
 exists so the agent's behaviour under faults (server down, duplicates) can be checked precisely.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.server
 import itertools
 import json
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common import protocol
@@ -139,34 +137,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Check the X-Assist-* signature; answer 401 and return None when it fails."""
         state = self.server.state
         h = self.headers
-        instance = h.get("X-Assist-Instance-Id", "")
+        instance = h.get(protocol.HEADER_INSTANCE, "")
         key = state.keys.get(instance)
         if key is None:
             self._error(401, "InvalidSignature", "unknown instance")
             return None
         try:
-            ts = int(h.get("X-Assist-Timestamp", ""))
+            ts = int(h.get(protocol.HEADER_TIMESTAMP, ""))
         except ValueError:
             self._error(401, "InvalidSignature", "bad timestamp")
             return None
-        if abs(time.time() - ts) > 300:
+        if abs(time.time() - ts) > protocol.TIMESTAMP_WINDOW:
             self._error(401, "InvalidSignature", "stale timestamp")
             return None
-        nonce = h.get("X-Assist-Nonce", "")
+        nonce = h.get(protocol.HEADER_NONCE, "")
         parts = urlsplit(self.path)
-        canonical = "\n".join(
-            [
-                self.command,
-                parts.path,
-                parts.query,
-                str(ts),
-                nonce,
-                hashlib.sha256(body).hexdigest(),
-            ]
-        ).encode()
+        canonical = protocol.canonical_string(
+            self.command, parts.path, parts.query, ts, nonce, body
+        )
         try:
-            key.verify(base64.b64decode(h.get("X-Assist-Signature", "")), canonical)
-        except (InvalidSignature, ValueError):
+            signature = base64.b64decode(h.get(protocol.HEADER_SIGNATURE, ""))
+        except ValueError:
+            signature = b""
+        if not protocol.signature_valid(key, signature, canonical):
             self._error(401, "InvalidSignature", "signature does not match")
             return None
         with state.lock:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from server.testing import ServerHandle
+from devkit.agent import register_args
+from devkit.server import ServerHandle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,15 +119,7 @@ def register_agent(server: ServerHandle, key_id: str, secret: str, prefix: Path)
             sys.executable,
             "-m",
             "agent.cli",
-            "register",
-            "--server",
-            server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
+            *register_args(server.url, (act_id, code), prefix),
         ],
         capture_output=True,
         text=True,

@@ -66,7 +66,7 @@ def start_agent(tmp_path: Path, fake_server: FakeServer) -> Iterator[Callable[..
             else:
                 setattr(config.update, key.removeprefix("update_"), value)
         if identity is None:
-            identity = register(fake_server.url, fake_server.activation(), config.state_dir)
+            identity = register(fake_server.url, fake_server.activation(), config.layout.state_dir)
         power = RecordingPower()
         options = AgentOptions(
             server=fake_server.url,

@@ -12,7 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from agent.daemon import MAX_QUEUED_CHUNKS, MAX_UPDATE_LOG, rotate_log
+from agent.daemon import MAX_QUEUED_CHUNKS
+from agent.updates import MAX_UPDATE_LOG, rotate_log
 
 QUOTA = 24 * 1024
 LINE = b"chatty line\n"

@@ -17,6 +17,7 @@ from agent_realenv import AgentProcess, agent_env
 from agent.cli import SERVER_TEMPLATE, resolve_server
 from common.config import Config
 from common.errors import ConfigError
+from devkit.agent import register_args
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,11 +54,15 @@ def test_server_discovery_order(tmp_path: Path) -> None:
         resolve_server(None, config, "", {})
 
 
-def register_args(server_url: str, activation: tuple[str, str], prefix: Path) -> list[str]:
-    """`assist-agent register` arguments for an activation of the stand-in server."""
-    act_id, code = activation
-    options = {"--server": server_url, "--activation-id": act_id, "--activation-code": code}
-    return ["register", *(x for pair in options.items() for x in pair), "--prefix", str(prefix)]
+def test_a_tampered_cached_region_is_no_server_host(tmp_path: Path) -> None:
+    """state/region-id is read through the one validated reader (common.mirrors): a region that
+    is not a region id does not become part of the server URL."""
+    config = Config(prefix=tmp_path)
+    config.layout.state_dir.mkdir()
+    config.layout.region_file.write_text("evil.example.com/x#\n")
+    with pytest.raises(ConfigError, match="which server"):
+        resolve_server(None, config, "", {})
+    assert config.layout.region_file.read_text() == "evil.example.com/x#\n"  # left as it was
 
 
 def write_quiet_config(prefix: Path) -> None:

@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 
-from agent.health import read_health
-from agent.outbox import Store
+from agent.outbox import AgentDatabase
 from agent.runner import group_alive
 from agent.schedule import Boot
 from agent.spool import spool_path
+from common.health import read_health
+from common.layout import Layout
 
 
 def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
@@ -39,9 +40,9 @@ def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # t
     [result] = state.results_for(invoke)
     assert result["kind"] == "finish" and result["exit_code"] == 0
     assert result["output"] == "MTIzCg==" and result["dropped"] == 0
-    assert wait_until(lambda: Store(h.prefix / "state").pending_count() == 0)
-    health = read_health(h.prefix / "state")
-    assert health and health["connected"] is True and health["pid"] == os.getpid()
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() == 0)
+    health = read_health(Layout(h.prefix).health_file)
+    assert health and health.connected is True and health.pid == os.getpid()
     h.stop()
     assert len([r for r in state.reports if r[2]["invoke_id"] == invoke]) == 1
 
@@ -121,14 +122,15 @@ def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None: 
     ]
     assert wait_until(lambda: h.agent.pool.counts()[0] == 3)
     fake_server.down()
-    assert wait_until(lambda: Store(h.prefix / "state").pending_count() >= 3, timeout=10)
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() >= 3, timeout=10)
     assert wait_until(
-        lambda: (read_health(h.prefix / "state") or {}).get("connected") is False, timeout=10
+        lambda: getattr(read_health(Layout(h.prefix).health_file), "connected", None) is False,
+        timeout=10,
     )
     time.sleep(1)
     fake_server.start()
     assert state.wait(lambda s: all(s.results_for(i) for i in invokes), timeout=30)
-    assert wait_until(lambda: Store(h.prefix / "state").pending_count() == 0, timeout=10)
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() == 0, timeout=10)
     for i, invoke in enumerate(invokes):
         [result] = state.results_for(invoke)
         assert base64.b64decode(result["output"]) == f"r{i}\n".encode()
@@ -221,7 +223,7 @@ def test_update_kick_runs_the_updater_but_not_during_a_task(
     marker = tmp_path / "updated"
     cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
     h = start_agent(updater_command=cmd)
-    h.agent.options.update_busy_retry = 0.5
+    h.agent.updates.busy_retry = 0.5
     state = fake_server.state
     instance = h.identity.instance_id
     invoke = state.add_task(instance, script="sleep 2; echo done")
@@ -250,7 +252,7 @@ def test_crash_recovery_reports_agent_restarted_and_kills_leftovers(
 
     prefix = tmp_path / "prefix"
     leftover = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    store = Store(prefix / "state")
+    store = AgentDatabase(prefix / "state")
     store.claim_execution("t-dead", "0", 1234)
     store.set_process("t-dead", "0", leftover.pid, process_start_stamp(leftover.pid))
     store.close()

@@ -23,7 +23,7 @@ from agent_realenv import (
     server_executions,
 )
 
-from server.testing import ServerHandle, launch_server
+from devkit.server import ServerHandle, launch_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 

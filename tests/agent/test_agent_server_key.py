@@ -30,7 +30,7 @@ from agent.client import AgentClient, warn_plain_http
 from agent.identity import Identity, generate_key, load_identity, save_identity
 from agent.servertrust import SERVER_KEY_FILE, ServerTrust, save_server_trust
 from common import protocol
-from server.testing import ServerHandle, free_port, launch_server
+from devkit.server import ServerHandle, free_port, launch_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 

@@ -31,7 +31,7 @@ from agent_realenv import (
 from agent.client import AgentClient
 from agent.identity import load_identity
 from common import protocol
-from server.testing import ServerHandle, launch_server
+from devkit.server import ServerHandle, launch_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 

@@ -21,7 +21,7 @@ from agent.identity import (
     save_identity,
     sign_headers,
 )
-from agent.outbox import Store
+from agent.outbox import AgentDatabase
 from agent.pool import TaskPool
 from common.errors import LocalStateError
 
@@ -65,11 +65,11 @@ def test_signature_covers_the_canonical_string() -> None:
 
 
 def test_outbox_dedupes_by_key_and_survives_reopen(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     assert store.enqueue("k1", "/v1/task/running", {"a": 1})
     assert not store.enqueue("k1", "/v1/task/running", {"a": 2})
     store.close()
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     [report] = store.due_reports(now=1e12)
     assert (report.key, report.body) == ("k1", {"a": 1})
     store.postpone(report.id, next_try=1e12)
@@ -79,7 +79,7 @@ def test_outbox_dedupes_by_key_and_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_ledger_claims_once_and_lists_unfinished(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     assert store.claim_execution("t-1", "0", 5)
     assert not store.claim_execution("t-1", "0", 6)
     store.set_process("t-1", "0", 1234, "99")
@@ -114,7 +114,7 @@ def test_pool_bounds_running_and_queued() -> None:
 
 
 def test_prune_keeps_executions_whose_report_is_still_queued(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = AgentDatabase(tmp_path)
     for invoke in ("t-acked", "t-queued"):
         store.claim_execution(invoke, "0", 1)
         store.finish_execution(
@@ -127,7 +127,7 @@ def test_prune_keeps_executions_whose_report_is_still_queued(tmp_path: Path) -> 
     assert store.execution_known("t-queued", "0")  # the server still lists it: never run twice
 
 
-def queue_periodic_runs(store: Store, runs: int, output: bytes) -> None:
+def queue_periodic_runs(store: AgentDatabase, runs: int, output: bytes) -> None:
     """What the daemon queues for each run of a timed task while the server is away: four
     streamed chunks (the per-execution cap) and the terminal report with the output tail."""
     for run in range(runs):
@@ -157,7 +157,7 @@ def test_a_timed_task_while_the_server_is_away_keeps_the_outbox_within_its_budge
     and nothing bounded the sum: a task every second filled ~6 GB a day into agent.db. Now the
     outbox keeps at most its output budget; older runs keep their status and count their
     output as dropped, so no result is lost."""
-    store = Store(tmp_path, output_budget=1 << 20)
+    store = AgentDatabase(tmp_path, output_budget=1 << 20)
     output = bytes(range(256)) * 96  # 24 KiB, the default quota
     queue_periodic_runs(store, 200, output)  # ~15 MB of output queued before this fix
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir() if p.name.startswith("agent.db"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from agent.daemon import Backoff, Timers
+from agent.timers import Backoff, Timers
 
 
 def test_backoff_grows_to_the_cap_and_resets() -> None:

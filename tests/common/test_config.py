@@ -1,4 +1,4 @@
-"""Config: defaults from DESIGN.md, TOML overrides, typos and wrong types refused."""
+"""Config: defaults from docs/architecture.md, TOML overrides, typos and wrong types refused."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_defaults_match_design() -> None:
         50,
         24 * 1024,
     )
-    assert config.state_dir == Path("/p/state")
+    assert config.layout.state_dir == Path("/p/state")
 
 
 def test_toml_overrides_and_int_to_float() -> None:

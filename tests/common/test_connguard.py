@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from common.connguard import FD_RESERVE, Phase, connection_cap, pick_victim
-from server.testing import (
+from devkit.server import (
     REPO_ROOT,
     FakeAgent,
     _env,

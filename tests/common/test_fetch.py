@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 import requests
-from httpserver import StaticServer
 
 from common.errors import ConfigError, DownloadError, NotFoundError, VerificationError
 from common.fetch import CHUNK, EndlessDataError, Fetcher
+from devkit.httpserver import StaticServer
 
 NAME = "pkg/1.0/file.bin"
 PAYLOAD = random.Random(7).randbytes(3 * CHUNK + 12345)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpserver import StaticServer
 
 from common.config import MirrorConfig
 from common.errors import ConfigError, DownloadError
@@ -29,6 +28,7 @@ from common.mirrors import (
     rank_mirrors,
     select_mirrors,
 )
+from devkit.httpserver import StaticServer
 
 TIMESTAMP = json.dumps({"signed": {"_type": "timestamp", "version": 1}, "signatures": []})
 
@@ -122,7 +122,10 @@ def test_region_precedence(tmp_path: Path) -> None:
     assert detect_region(config, env=env) == "cn-env"
     assert detect_region(config, env={}) == "cn-config"
     (tmp_path / "region-id").write_text("cn-cached\n")
-    assert detect_region(MirrorConfig(metadata_url=""), env={}, state_dir=tmp_path) == "cn-cached"
+    assert (
+        detect_region(MirrorConfig(metadata_url=""), env={}, region_file=tmp_path / "region-id")
+        == "cn-cached"
+    )
 
 
 def test_region_from_metadata_service_is_cached(tmp_path: Path, static_server: Any) -> None:
@@ -132,16 +135,16 @@ def test_region_from_metadata_service_is_cached(tmp_path: Path, static_server: A
     config = MirrorConfig(metadata_url=static_server.url + "latest/meta-data/region-id")
     state = tmp_path / "state"
     state.mkdir()
-    assert detect_region(config, env={}, state_dir=state) == "cn-shanghai"
+    assert detect_region(config, env={}, region_file=state / "region-id") == "cn-shanghai"
     assert (state / "region-id").read_text().strip() == "cn-shanghai"
     assert stat.S_IMODE((state / "region-id").stat().st_mode) == 0o600  # state/ is private
     (meta / "region-id").write_text("cn-changed")
-    assert detect_region(config, env={}, state_dir=state) == "cn-shanghai"  # cached
+    assert detect_region(config, env={}, region_file=state / "region-id") == "cn-shanghai"  # cached
 
 
 def test_metadata_service_down_means_no_region(tmp_path: Path) -> None:
     config = MirrorConfig(metadata_url=f"http://127.0.0.1:{_closed_port()}/region-id")
-    assert detect_region(config, env={}, state_dir=tmp_path) == ""
+    assert detect_region(config, env={}, region_file=tmp_path / "region-id") == ""
     assert not (tmp_path / "region-id").exists()
 
 
@@ -181,14 +184,14 @@ def test_select_picks_regional_mirror_when_internet_is_unreachable(
     regional = good.httpd.root / "cn-test" / "metadata"
     regional.mkdir(parents=True)
     (regional / "timestamp.json").write_text(TIMESTAMP)
-    ranked = select_mirrors(config, cli_region="cn-test", state_dir=tmp_path)
+    ranked = select_mirrors(config, cli_region="cn-test", region_file=tmp_path / "region-id")
     assert ranked == [good.url + "cn-test/"]
 
 
 def test_select_with_nothing_reachable_is_a_download_error(tmp_path: Path) -> None:
     config = MirrorConfig(mirrors=[f"http://127.0.0.1:{_closed_port()}/"], probe_timeout=0.5)
     with pytest.raises(DownloadError, match="no mirror answered"):
-        select_mirrors(config, state_dir=tmp_path)
+        select_mirrors(config, region_file=tmp_path / "region-id")
 
 
 def test_explicit_mirrors_never_ask_the_metadata_service(
@@ -199,7 +202,9 @@ def test_explicit_mirrors_never_ask_the_metadata_service(
     meta = servers["missing"]
     meta.hook = lambda handler: bool(asked.append(handler.path))
     config = MirrorConfig(metadata_url=meta.url + "latest/meta-data/region-id", probe_timeout=1.0)
-    ranked = select_mirrors(config, cli_mirrors=[servers["good"].url], state_dir=tmp_path)
+    ranked = select_mirrors(
+        config, cli_mirrors=[servers["good"].url], region_file=tmp_path / "region-id"
+    )
     assert ranked == [servers["good"].url]
     assert asked == [] and not (tmp_path / "region-id").exists()
 
@@ -222,7 +227,7 @@ def test_probe_goes_through_the_configured_proxy(tmp_path: Path) -> None:
         server.hook = proxy
         target = f"http://127.0.0.1:{_closed_port()}/assist/"  # only reachable via the proxy
         config = MirrorConfig(mirrors=[target], proxy=server.url, probe_timeout=2.0)
-        assert select_mirrors(config, state_dir=tmp_path) == [target]
+        assert select_mirrors(config, region_file=tmp_path / "region-id") == [target]
     assert seen == [target + "metadata/timestamp.json"]
 
 
@@ -300,7 +305,9 @@ def test_a_metadata_service_trickling_its_headers_means_no_region(
     config = MirrorConfig(metadata_url=static_server.url + "region-id", metadata_timeout=1.0)
     found: list[str] = []
     worker = threading.Thread(
-        target=lambda: found.append(detect_region(config, env={}, state_dir=tmp_path)),
+        target=lambda: found.append(
+            detect_region(config, env={}, region_file=tmp_path / "region-id")
+        ),
         daemon=True,
     )
     worker.start()

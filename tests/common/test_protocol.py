@@ -16,8 +16,8 @@ from starlette.datastructures import Headers
 
 from agent.identity import Identity, public_key_b64, sign_headers
 from common import protocol
+from devkit.server import sign_agent_request
 from server.agent_api import auth
-from server.testing import sign_agent_request
 
 SEED = bytes(range(32))
 INSTANCE = "mi-0123456789abcdefg"
@@ -108,7 +108,7 @@ def test_register_refuses_a_public_key_that_is_not_32_raw_bytes(text: str) -> No
 def test_server_and_agent_load_one_ed25519_library() -> None:
     # PyNaCl is no dependency any more: the server verifies with cryptography, like the agent signs
     code = (
-        "import sys, server.app, server.testing, agent.client; "
+        "import sys, server.app, devkit.server, agent.client; "
         "print(sorted(m for m in sys.modules if m == 'nacl' or m.startswith('nacl.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

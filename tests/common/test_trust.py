@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from httpserver import StaticServer
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import TargetFile
 from tufrepo import TufRepo
@@ -31,6 +30,7 @@ from common.errors import (
 )
 from common.fetch import Fetcher
 from common.trust import TargetInfo, TrustedRepository
+from devkit.httpserver import StaticServer
 from mirror.plan import Filters, select_targets, target_entry
 
 PKG = "aliyun-assist"

@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from httpserver import StaticServer
 from runtimekit import build_release, require_bullseye_root, require_runtime
 
-from server.testing import ServerHandle, launch_server
+from devkit.httpserver import StaticServer
+from devkit.server import ServerHandle, launch_server
 
 PREFIX = "/usr/local/share/aliyun-assist"
 README_OUTPUT = "MTIzCg=="  # base64("123\n")

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from assistrelease import build, init_repo, keygen, publish
+
+from devkit.release import build, init_repo, keygen, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "installer" / "bootstrap.sh"
@@ -220,7 +221,7 @@ def test_published_bootstrap_scripts_carry_the_pinned_values(release: dict[str, 
 SERVER_HELPER = """
 import pathlib, sys, time
 sys.path.insert(0, {root!r})
-from server.testing import launch_server
+from devkit.server import launch_server
 handle = launch_server(pathlib.Path("/tmp/onestep-server"))
 key_id, secret = handle.create_access_key("bootstrap")
 act_id, code = handle.create_activation(key_id, secret, count=1)

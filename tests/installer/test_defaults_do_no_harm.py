@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import init_repo, keygen
-from httpserver import StaticServer
+
+from devkit.httpserver import StaticServer
+from devkit.release import init_repo, keygen
 
 pytestmark = pytest.mark.xdist_group("install-defaults")
 

@@ -5,20 +5,17 @@ runner: no systemd/init here). The TUF-verified path over HTTP is in tests/updat
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "updater"))
-from fakepayload import LocalRepo, make_tarball
-
 from common.config import load_config
 from common.errors import LocalStateError, VerificationError
+from common.layout import Layout
 from common.service import ProcessManager, SystemdManager, SysvManager
+from devkit.fakepayload import LocalRepo, make_tarball
 from installer.agent import AgentInstall, install_agent, render_config
-from updater.layout import Layout
 
 SPEC = AgentInstall(os="linux", arch="x86_64", health_timeout=10)
 

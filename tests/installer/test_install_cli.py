@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import build, init_repo, keygen, pkgbuild, publish
-from httpserver import StaticServer
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, TargetFile
 
+from devkit.httpserver import StaticServer
+from devkit.release import build, init_repo, keygen, pkgbuild, publish
 from installer.cli import main as install_main
 from pkgbuild.keys import load_tuf_signers
 from pkgbuild.naming import parse_artifact_filename

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import build, init_repo, keygen, publish
-from httpserver import StaticServer
 
 from common.service import ProcessManager
-from server.testing import ServerHandle, launch_server
+from devkit.httpserver import StaticServer
+from devkit.release import build, init_repo, keygen, publish
+from devkit.server import ServerHandle, launch_server
 
 pytestmark = [pytest.mark.xdist_group("install-onestep"), pytest.mark.slow]
 

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import build, init_repo, keygen, publish
-from httpserver import StaticServer
 
 from common.platform import pid_alive
 from common.service import ProcessManager
-from server.testing import launch_server
+from devkit.agent import register_args
+from devkit.httpserver import StaticServer
+from devkit.release import build, init_repo, keygen, publish
+from devkit.server import launch_server
 
 pytestmark = [pytest.mark.xdist_group("install-unregistered"), pytest.mark.slow]
 
@@ -126,15 +127,7 @@ def test_install_without_registration_then_register_live_and_run_a_command(
         registered = installed(
             prefix,
             "assist-agent",
-            "register",
-            "--server",
-            server.url,
-            "--activation-id",
-            act_id,
-            "--activation-code",
-            code,
-            "--prefix",
-            str(prefix),
+            *register_args(server.url, (act_id, code), prefix),
         )
         assert registered.returncode == 0, registered.stderr
         instance = registered.stdout.strip()

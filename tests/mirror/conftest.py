@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from httpserver import StaticServer
-from mirror_testlib import Origin, make_deb, make_rpm, make_tarball, pkgbuild
+
+from devkit.httpserver import StaticServer
+from devkit.release import Release, make_deb, make_rpm, make_tarball, pkgbuild
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +19,12 @@ def release_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def origin(tmp_path_factory: pytest.TempPathFactory, release_keys: Path) -> Origin:
+def origin(tmp_path_factory: pytest.TempPathFactory, release_keys: Path) -> Release:
     """demo 1.0 and 2.0 as deb + rpm + tar.gz, and tool 0.1 as a deb, in channel stable."""
     work = tmp_path_factory.mktemp("mirror-origin")
     repo = work / "repo"
     pkgbuild("init", "--repo", str(repo), "--keys", str(release_keys))
-    result = Origin(repo, release_keys, work)
+    result = Release(repo, release_keys, work)
     art = work / "artifacts"
     art.mkdir()
     result.publish(
@@ -41,7 +42,7 @@ def origin(tmp_path_factory: pytest.TempPathFactory, release_keys: Path) -> Orig
 
 
 @pytest.fixture
-def upstream(origin: Origin, tmp_path: Path) -> Iterator[tuple[Origin, StaticServer]]:
+def upstream(origin: Release, tmp_path: Path) -> Iterator[tuple[Release, StaticServer]]:
     """A private copy of the origin repository served on loopback."""
     copy = origin.copy(tmp_path / "upstream")
     with StaticServer(copy.repo) as server:

@@ -7,7 +7,9 @@ import re
 import tarfile
 from pathlib import Path
 
-from mirror_testlib import Origin, make_deb, mirror_cli, pkgbuild, sync_args, tree_hash
+from mirror_testlib import mirror_cli, sync_args, tree_hash
+
+from devkit.release import Release, make_deb, pkgbuild
 
 
 def test_sync_status_and_noop_from_the_command_line(upstream, tmp_path: Path) -> None:
@@ -64,11 +66,11 @@ def test_sync_writes_the_regions_bootstrap_scripts(upstream, tmp_path: Path) -> 
 def test_status_warns_when_metadata_expires_within_two_days(
     release_keys: Path, tmp_path: Path
 ) -> None:
-    from httpserver import StaticServer
+    from devkit.httpserver import StaticServer
 
     repo = tmp_path / "repo"
     pkgbuild("init", "--repo", str(repo), "--keys", str(release_keys), "--expires", "timestamp=1d")
-    origin = Origin(repo, release_keys, tmp_path)
+    origin = Release(repo, release_keys, tmp_path)
     origin.publish(make_deb(tmp_path, "demo", "1.0"))
     root = tmp_path / "mirror"
     with StaticServer(repo) as server:

@@ -74,7 +74,7 @@ def test_apt_get_installs_from_the_mirror(served_mirror, tmp_path: Path, tool_en
 
 def test_apt_refuses_the_mirror_with_another_key(served_mirror, tmp_path: Path, tool_env) -> None:
     """Signature checks really are on: with a different signed-by key apt update fails."""
-    from mirror_testlib import pkgbuild
+    from devkit.release import pkgbuild
 
     _origin, _root, url = served_mirror
     other = tmp_path / "other"

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from mirror_testlib import make_deb, make_tarball, mirror_cli, serving, sync_args
+from mirror_testlib import mirror_cli, serving, sync_args
 from tuf.api.metadata import Metadata
 
 from common.targets import parse_targets
+from devkit.release import make_deb, make_tarball
 from mirror import apt, yum
 from mirror.check import verify_tree
 from mirror.gpg import verify_clearsigned, verify_detached

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from common.errors import DownloadError
+from devkit.server import free_port
 from mirror.options import SyncOptions
 from mirror.source import HttpSource
 from mirror.state import load_state
 from mirror.storage import S3Storage, make_s3_client
 from mirror.sync import sync
-from server.testing import free_port
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from server.testing import REPO_ROOT, _env, free_port, stop_group, wait_http
+from devkit.server import REPO_ROOT, _env, free_port, stop_group, wait_http
 
 SECRET = b"outside the mirror root\n"
 LATIN1 = st.text(

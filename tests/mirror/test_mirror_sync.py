@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from mirror_testlib import Origin, make_deb, tree_hash
+from mirror_testlib import tree_hash
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Timestamp
 
@@ -19,6 +19,7 @@ from common.errors import (
     NotFoundError,
     VerificationError,
 )
+from devkit.release import Release, make_deb
 from mirror.check import mirror_status, verify_tree
 from mirror.options import SyncOptions
 from mirror.plan import Filters
@@ -27,7 +28,7 @@ from mirror.state import load_state, locked, save_state
 from mirror.sync import sync
 
 
-def options(origin: Origin, url: str, root: Path, **kwargs: object) -> SyncOptions:
+def options(origin: Release, url: str, root: Path, **kwargs: object) -> SyncOptions:
     return SyncOptions(
         root=root,
         source=HttpSource(url, retries=1, backoff=0.0, progress=False),
@@ -219,7 +220,7 @@ def test_bad_yum_signature_is_refused(upstream, tmp_path: Path) -> None:
     _assert_untouched(root, before, state)
 
 
-def _resign_timestamp(origin: Origin, md: Metadata[Timestamp]) -> bytes:
+def _resign_timestamp(origin: Release, md: Metadata[Timestamp]) -> bytes:
     pem = (origin.keys / "tuf" / "timestamp-1.pem").read_bytes()
     md.signatures.clear()
     md.sign(CryptoSigner(load_pem_private_key(pem, None)))
@@ -259,7 +260,7 @@ def test_expired_metadata_is_refused(upstream, tmp_path: Path) -> None:
 def test_untrusted_root_is_refused(upstream, tmp_path: Path, release_keys: Path) -> None:
     origin, server = upstream
     other = tmp_path / "other-keys"
-    from mirror_testlib import pkgbuild
+    from devkit.release import pkgbuild
 
     pkgbuild("keygen", "--out", str(other))
     root = tmp_path / "mirror"
@@ -351,7 +352,7 @@ def test_a_keyring_swapped_on_the_origin_is_refused(upstream, tmp_path: Path) ->
     indexes with it): the keyring target no longer matches the signed targets metadata."""
     origin, server = upstream
     other = tmp_path / "other-keys"
-    from mirror_testlib import pkgbuild
+    from devkit.release import pkgbuild
 
     pkgbuild("keygen", "--out", str(other))
     forged = (other / "public" / "archive-keyring.gpg").read_bytes()
@@ -399,12 +400,12 @@ def test_sync_after_a_publish_was_cut_short_completes_it(upstream, tmp_path: Pat
 def test_root_rotation_reaches_clients_with_old_and_new_anchors(origin, tmp_path: Path) -> None:
     """After a root change upstream, the mirror serves the whole root chain: a client pinned to
     1.root.json chains through it, and a mirror started from 2.root.json still publishes 1."""
-    from httpserver import StaticServer
-    from mirror_testlib import pkgbuild
+    from devkit.httpserver import StaticServer
+    from devkit.release import pkgbuild
 
     keys = tmp_path / "keys"
     shutil.copytree(origin.keys, keys, ignore=shutil.ignore_patterns("S.*"))
-    repo = Origin(tmp_path / "repo", keys, tmp_path)
+    repo = Release(tmp_path / "repo", keys, tmp_path)
     shutil.copytree(origin.repo, repo.repo, symlinks=True)
     anchor_v1 = tmp_path / "1.root.json"
     shutil.copy(keys / "root.json", anchor_v1)
@@ -496,7 +497,7 @@ def test_a_wrong_trust_root_pins_nothing_and_a_right_one_then_works(
     neighbouring keyring is not taken."""
     origin, server = upstream
     other = tmp_path / "other-keys"
-    from mirror_testlib import pkgbuild
+    from devkit.release import pkgbuild
 
     pkgbuild("keygen", "--out", str(other))  # root.json with public/archive-keyring.gpg beside
     root = tmp_path / "mirror"
@@ -530,7 +531,7 @@ def test_keyring_is_pinned_only_after_a_successful_publish(upstream, tmp_path: P
     origin, server = upstream
     root = tmp_path / "mirror"
     wrong = tmp_path / "wrong-keys"
-    from mirror_testlib import pkgbuild
+    from devkit.release import pkgbuild
 
     pkgbuild("keygen", "--out", str(wrong))
     opts = options(origin, server.url, root)

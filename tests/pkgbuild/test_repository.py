@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_repository_support import (
+    build_all,
+    build_deb,
+    build_rpm,
+    build_tarball,
+    checked,
+    expected_custom,
+    tuf_updater,
+)
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import Metadata
 
@@ -29,21 +37,10 @@ from common.errors import (
     UsageError,
     VerificationError,
 )
+from devkit.httpserver import StaticServer
 from pkgbuild.keys import generate_keys, stop_gpg_agent
 from pkgbuild.naming import parse_artifact_filename
 from pkgbuild.repository import init_repository, publish_artifacts, rotate_key, yank_version
-
-sys.path.insert(0, str(Path(__file__).parent))
-from httpserver import StaticServer  # noqa: E402  (tests/ is on sys.path via tests/conftest.py)
-from test_repository_support import (  # noqa: E402
-    build_all,
-    build_deb,
-    build_rpm,
-    build_tarball,
-    checked,
-    expected_custom,
-    tuf_updater,
-)
 
 DAY = datetime.timedelta(days=1)
 

@@ -6,19 +6,12 @@ Uses the session's `built_artifacts` (aliyun-assist 1.0.0, all four formats, --n
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from pkgbuild.naming import parse_artifact_filename
-from pkgbuild.repository import init_repository, publish_artifacts
-
-sys.path.insert(0, str(Path(__file__).parent))
-from httpserver import StaticServer  # noqa: E402
-from test_repository_support import (  # noqa: E402
+from test_repository_support import (
     AptClient,
     DnfClient,
     checked,
@@ -27,6 +20,10 @@ from test_repository_support import (  # noqa: E402
     run,
     tuf_updater,
 )
+
+from devkit.httpserver import StaticServer
+from pkgbuild.naming import parse_artifact_filename
+from pkgbuild.repository import init_repository, publish_artifacts
 
 pytestmark = pytest.mark.xdist_group("repository-clients")
 

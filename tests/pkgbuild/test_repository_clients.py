@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,13 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from pkgbuild.naming import parse_artifact_filename
-from pkgbuild.repository import init_repository, publish_artifacts, yank_version
-
-sys.path.insert(0, str(Path(__file__).parent))
-from httpserver import StaticServer  # noqa: E402
-from test_repository_support import (  # noqa: E402
+from test_repository_support import (
     AptClient,
     DnfClient,
     build_all,
@@ -35,6 +28,10 @@ from test_repository_support import (  # noqa: E402
     run,
     tuf_updater,
 )
+
+from devkit.httpserver import StaticServer
+from pkgbuild.naming import parse_artifact_filename
+from pkgbuild.repository import init_repository, publish_artifacts, yank_version
 
 pytestmark = pytest.mark.xdist_group("repository-clients")
 

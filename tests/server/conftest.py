@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from serverkit import PG_HOST, Api, pg_admin, pg_reachable
 
-from server.testing import ServerHandle, launch_server
+from devkit.server import ServerHandle, launch_server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from server.testing import FakeAgent, ServerHandle
+from devkit.server import FakeAgent, ServerHandle
 
 # The PostgreSQL the tests use (trust auth, user postgres, a database "test"): `make postgres`.
 PG_HOST = os.environ.get("ASSIST_TEST_PG_HOST", "127.0.0.1:5432")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from serverkit import Api, run_sql
 
-from server.testing import REPO_ROOT
+from devkit.server import REPO_ROOT
 
 SCRIPT = Path(sys.executable).parent / "assist-server"
 

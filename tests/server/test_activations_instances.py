@@ -9,7 +9,7 @@ import json
 import pytest
 from serverkit import Api, run_sql
 
-from server.testing import FakeAgent
+from devkit.server import FakeAgent
 
 
 def activation(api: Api, count: int = 5) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from serverkit import Api, run_sql
 
-from server.testing import FakeAgent
+from devkit.server import FakeAgent
 
 ECHO = "ZWNobyAxMjM="
 
@@ -144,7 +144,7 @@ def test_tampered_body_is_refused(api: Api) -> None:
     agent = api.agent()
     invoke_id = invoke(api, agent)
     good = b'{"invoke_id": "%s", "exit_code": 0}' % invoke_id.encode()
-    from server.testing import sign_agent_request
+    from devkit.server import sign_agent_request
 
     headers = sign_agent_request(
         agent.key, agent.instance_id, "POST", "/luban/api/v1/task/finish", "", good
@@ -186,7 +186,7 @@ def test_deregistered_instance_is_refused(api: Api) -> None:
 
 def test_signed_query_string_is_covered(api: Api) -> None:
     agent = api.agent()
-    from server.testing import sign_agent_request
+    from devkit.server import sign_agent_request
 
     headers = sign_agent_request(
         agent.key, agent.instance_id, "GET", "/luban/api/v1/notify", "timeout=0", b""

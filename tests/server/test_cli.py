@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from serverkit import Api
 
+from devkit.server import REPO_ROOT, FakeAgent, free_port, launch_server
 from server.rpc import sign_params
 from server.store.migrations import LATEST
-from server.testing import REPO_ROOT, FakeAgent, free_port, launch_server
 
 
 def run(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from serverkit import Api, run_sql
 
-from server.testing import ServerHandle, launch_server
+from devkit.server import ServerHandle, launch_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from agent_realenv import AgentProcess, Sdk, register_agent  # noqa: E402

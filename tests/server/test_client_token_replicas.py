@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from serverkit import Api, run_sql
 
-from server.testing import ServerHandle, launch_server
+from devkit.server import ServerHandle, launch_server
 
 pytestmark = pytest.mark.postgres
 

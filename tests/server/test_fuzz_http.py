@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from serverkit import Api, parse_body
 
+from devkit.server import ServerHandle, launch_server, sign_agent_request
 from server.api import load_actions
-from server.testing import ServerHandle, launch_server, sign_agent_request
 
 NAMES = [
     "CommandId",

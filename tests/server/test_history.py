@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from serverkit import Api, run_sql
 
+from devkit.server import REPO_ROOT, FakeAgent, launch_server
 from server.store.migrations import LATEST
-from server.testing import REPO_ROOT, FakeAgent, launch_server
 
 HOUR = 3600
 

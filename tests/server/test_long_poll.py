@@ -11,7 +11,7 @@ import requests
 from serverkit import Api
 from test_agent_api import invoke
 
-from server.testing import FakeAgent, ServerHandle, sign_agent_request
+from devkit.server import FakeAgent, ServerHandle, sign_agent_request
 
 NOTIFY = "/luban/api/v1/notify"
 

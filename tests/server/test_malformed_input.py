@@ -13,8 +13,8 @@ import pytest
 import requests
 from serverkit import Api, parse_xml
 
+from devkit.server import FakeAgent, sign_agent_request
 from server.rpc import to_xml
-from server.testing import FakeAgent, sign_agent_request
 
 DEEP_LIST = "[" * 30_000 + "]" * 30_000  # 60 KB, far deeper than the JSON parser's recursion
 DEEP_OBJECT = '{"a":' * 10_000 + "1" + "}" * 10_000

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from serverkit import Api, pg_reachable, run_sql
 
-from server.testing import FakeAgent, ServerHandle, launch_server
+from devkit.server import FakeAgent, ServerHandle, launch_server
 
 # heartbeats every 1 s: offline after 3 s of silence; 1 s grace past a 1 s Timeout; sweep twice a second
 FAST = ["--heartbeat-interval", "1", "--offline-grace", "1", "--chores-interval", "0.5"]

@@ -582,7 +582,7 @@ def test_activations_and_managed_instances_with_sdk(api: Api) -> None:
         or True
     )
     assert activation["ActivationId"] == activation["ActivationId"].upper()
-    from server.testing import FakeAgent
+    from devkit.server import FakeAgent
 
     agent = FakeAgent.register(
         api.server.url, activation["ActivationId"], activation["ActivationCode"]

@@ -8,6 +8,7 @@ import os
 
 from serverkit import Api, run_sql
 
+from devkit.server import FakeAgent
 from server.output_limits import (
     DEFAULT_QUOTA,
     MAX_CHUNKS,
@@ -18,7 +19,6 @@ from server.output_limits import (
     clip_report,
     clip_tail,
 )
-from server.testing import FakeAgent
 
 BIG = 700 * 1024  # bytes per report: its base64 is just under the 1 MiB a report may carry
 

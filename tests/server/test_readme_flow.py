@@ -16,7 +16,7 @@ from aliyunsdkecs.request.v20140526 import (
 )
 from serverkit import Api
 
-from server.testing import ServerHandle
+from devkit.server import ServerHandle
 
 
 def run_readme_flow(api: Api) -> dict:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from serverkit import Api
 
-from server.testing import FakeAgent, ServerHandle, launch_server
+from devkit.server import FakeAgent, ServerHandle, launch_server
 
 pytestmark = pytest.mark.postgres
 

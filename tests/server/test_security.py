@@ -12,8 +12,8 @@ from aliyunsdkcore.client import AcsClient
 from aliyunsdkecs.request.v20140526 import CreateCommandRequest, DescribeCommandsRequest
 from serverkit import Api, run_sql
 
+from devkit.server import ServerHandle
 from server.rpc import compute_signature, sign_params, utc_timestamp
-from server.testing import ServerHandle
 
 
 def signed(api: Api, **params: str) -> dict[str, str]:

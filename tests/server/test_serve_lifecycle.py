@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.listen import check_port_free
-from server.testing import REPO_ROOT, _env, free_port, stop_group, wait_http
+from devkit.server import REPO_ROOT, _env, free_port, stop_group, wait_http
 
 GENEROUS = 30  # seconds: a hang fails the test; this is no timing assertion
 

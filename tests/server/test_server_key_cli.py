@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common import protocol
+from devkit.server import REPO_ROOT, free_port
 from server.cli import is_loopback
-from server.testing import REPO_ROOT, free_port
 
 
 def server_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -17,8 +17,8 @@ import pytest
 import requests
 from serverkit import run_sql
 
+from devkit.server import ServerHandle, launch_server
 from server import rpc
-from server.testing import ServerHandle, launch_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from agent_realenv import AgentProcess, register_agent  # noqa: E402

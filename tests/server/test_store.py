@@ -77,7 +77,7 @@ def test_server_outlives_its_database_connections(pg_url: str, tmp_path: Path) -
     replaced and the next requests succeed (agent writes, operator reads and writes)."""
     import asyncpg
 
-    from server.testing import FakeAgent, launch_server
+    from devkit.server import FakeAgent, launch_server
 
     server = launch_server(tmp_path / "server", db_url=pg_url)
     try:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "installer"))  # assistrelease
-from fakepayload import install_version, make_tarball
-
 from common.service import ProcessManager
+from devkit.fakepayload import install_version, make_tarball
 
 
 @pytest.fixture

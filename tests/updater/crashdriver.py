@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from updaterkit import make_updater
 
-from fakepayload import LocalRepo  # noqa: E402
-from updaterkit import make_updater  # noqa: E402
+from devkit.fakepayload import LocalRepo
 
 
 def main() -> int:

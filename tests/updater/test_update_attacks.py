@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import build, init_repo, keygen, pkgbuild, publish
-from httpserver import StaticServer
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata
 
+from devkit.httpserver import StaticServer
+from devkit.release import build, init_repo, keygen, pkgbuild, publish
 from installer.cli import main as install_main
 from pkgbuild.keys import load_tuf_signers
 from updater.cli import main as update_main

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from fakepayload import LocalRepo
 from updaterkit import make_updater
 
+from devkit.fakepayload import LocalRepo
 from updater import journal as jr
 from updater.cli import main
 

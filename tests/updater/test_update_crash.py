@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakepayload import LocalRepo
 from updaterkit import make_updater
 
+from common.layout import Layout, is_runnable
 from common.service import ProcessManager
+from devkit.fakepayload import LocalRepo
 from updater import journal as jr
 from updater.engine import FAILURE_COUNTED
-from updater.layout import Layout, is_runnable
 from updater.policy import load_blocklist
 from updater.recovery import recover
 from updater.swap import read_pointer

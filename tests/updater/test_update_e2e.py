@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import broken_source, build, init_repo, keygen, publish
-from httpserver import StaticServer
 
 from common.service import ProcessManager
+from devkit.httpserver import StaticServer
+from devkit.release import broken_source, build, init_repo, keygen, publish
 
 pytestmark = [pytest.mark.xdist_group("update-e2e"), pytest.mark.slow]
 

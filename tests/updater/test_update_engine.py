@@ -1,6 +1,6 @@
 """apply / rollback against real processes (process manager) with fake payloads and a local repo.
 
-The repository here is a local stand-in (fakepayload.LocalRepo); TUF-verified end-to-end runs
+The repository here is a local stand-in (devkit.fakepayload.LocalRepo); TUF-verified end-to-end runs
 over loopback HTTP live in tests/updater/test_update_e2e.py.
 """
 
@@ -10,15 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
-from fakepayload import LocalRepo
 from updaterkit import make_updater
 
 from common.errors import LockedError, NoSpaceError, VerificationError
+from common.layout import Layout
 from common.platform import pid_alive
 from common.service import ProcessManager
+from devkit.fakepayload import LocalRepo
 from updater import journal as jr
 from updater.engine import RefusedError
-from updater.layout import Layout
 from updater.lock import hold_lock
 from updater.policy import load_blocklist
 from updater.recovery import recover
@@ -175,7 +175,7 @@ def test_manual_rollback_goes_to_previous_without_network(
 def test_keep_k_versions_prunes_old_versions_and_cache(
     prefix: Path, artifacts: dict[str, Path], tmp_path: Path
 ) -> None:
-    from fakepayload import make_tarball
+    from devkit.fakepayload import make_tarball
 
     extra = {v: make_tarball(tmp_path / f"x/a-{v}.tar.gz", v) for v in ("1.3.0", "1.4.0")}
     repo = LocalRepo({"1.1.0": artifacts["1.1.0"], **extra})

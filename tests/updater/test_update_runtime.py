@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakepayload import INIT, UNIT, add_file, add_special
 
+from common.layout import Layout
 from common.service import ProcessManager
+from devkit.fakepayload import INIT, UNIT, add_file, add_special
 from updater import journal as jr
-from updater.layout import Layout
 from updater.recovery import recover
 from updater.swap import read_pointer
 

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fakepayload import LocalRepo
-
+from common.health import read_health
+from common.layout import Layout
 from common.platform import detect_platform, pid_alive
 from common.service import NoManager, ProcessManager
+from devkit.fakepayload import LocalRepo
 from updater import journal as jr
 from updater.engine import Updater, UpdateSettings
-from updater.health import read_health
-from updater.layout import Layout
 from updater.swap import read_pointer
 
 

@@ -12,11 +12,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fakepayload import make_tarball, write_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.errors import NoSpaceError, VerificationError
+from devkit.fakepayload import make_tarball, write_tree
 from updater.staging import StreamStager, classify_member, ensure_free_space, stage_artifact
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from assistrelease import init_repo, keygen, publish
-from httpserver import StaticServer
 
 from common.hashing import PIECE
+from devkit.httpserver import StaticServer
+from devkit.release import init_repo, keygen, publish
 from updater.cli import main as update_main
 
 pytestmark = pytest.mark.xdist_group("update-stream")

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fakepayload import LocalRepo
-
+from common.layout import Layout
 from common.platform import detect_platform
 from common.service import ProcessManager
+from devkit.fakepayload import LocalRepo
 from updater.engine import Updater, UpdateSettings
-from updater.layout import Layout
 
 
 def make_updater(prefix: Path, repo: LocalRepo, **settings: object) -> Updater:

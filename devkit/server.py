@@ -69,24 +69,6 @@ def wait_http(
     raise error(f"{url} did not answer within {timeout:.0f}s")
 
 
-def mirror_sync_args(upstream: str, root: Path, keys: Path) -> list[str]:
-    """`assist-mirror sync --region cn-hangzhou` arguments from `upstream` into `root`, trusting
-    the root.json and OpenPGP keyring of a key directory made by `assist-pkgbuild keygen`."""
-    return [
-        "sync",
-        "--region",
-        "cn-hangzhou",
-        "--upstream",
-        upstream,
-        "--root",
-        str(root),
-        "--trust-root",
-        str(keys / "root.json"),
-        "--keyring",
-        str(keys / "public" / "archive-keyring.gpg"),
-    ]
-
-
 def free_port() -> int:
     """An unused TCP port on 127.0.0.1."""
     with socket.socket() as sock:

@@ -11,6 +11,7 @@ import io
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -82,7 +83,7 @@ def add_special(tar: tarfile.TarFile, name: str, kind: bytes, linkname: str = ""
 
 
 def make_tarball(
-    out: Path, version: str, broken: bool = False, extra: list[tuple[str, bytes, str]] = ()
+    out: Path, version: str, broken: bool = False, extra: Sequence[tuple[str, bytes, str]] = ()
 ) -> Path:
     """A tar.gz artifact with versions/V/... (extra: (name, type, linkname) members appended)."""
     out.parent.mkdir(parents=True, exist_ok=True)

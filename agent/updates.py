@@ -1,0 +1,160 @@
+"""Self-updates started by the agent: on the [update] schedule (cron + splay) and when the server
+asks, never while a one-shot task runs (docs/schedules.md, docs/agent-protocol.md).
+
+The agent only starts `assist-update apply` detached and logs its output to log/update.log; the
+updater does the work and restarts the agent onto the new version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import schedule
+from agent.client import AgentClient
+from agent.timers import Timers
+from common.config import Config
+from common.errors import AssistError
+from common.layout import Layout
+from common.platform import detect_platform
+from common.version import agent_version
+
+log = logging.getLogger(__name__)
+
+UPDATE_BUSY_RETRY = 60.0  # seconds to wait when an update finds a one-shot task running
+MAX_UPDATE_LOG = 1 << 20  # bytes of log/update.log before it is rotated to update.log.1
+
+
+class UpdateTrigger:
+    """When to start the updater: scheduled, on the server's request, retried while busy."""
+
+    def __init__(
+        self,
+        config: Config,
+        timers: Timers,
+        client: AgentClient,
+        busy: Callable[[], bool],
+        *,
+        command: Sequence[str] | None = None,  # default: <prefix>/current/bin/assist-update …
+        busy_retry: float = UPDATE_BUSY_RETRY,  # seconds
+        umask: int | None = None,  # the updater's umask (the agent's own is 077)
+    ) -> None:
+        self.config = config
+        self.timers = timers
+        self.client = client
+        self.busy = busy
+        self.command = command
+        self.busy_retry = busy_retry
+        self.umask = umask
+        self.process: subprocess.Popen[bytes] | None = None
+        self.timer = 0
+
+    def schedule(self, after: float | None = None) -> None:
+        """Arm the next scheduled update: [update] schedule plus splay (docs/schedules.md)."""
+        try:
+            when = schedule.next_update_time(
+                self.config.update.schedule, after or time.time(), self.config.update.splay
+            )
+        except AssistError as exc:
+            log.error("[update] schedule is invalid, scheduled updates are off: %s", exc)
+            return
+        if when is None:
+            return
+        log.info(
+            "next scheduled update check at %s",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)),
+        )
+
+        def fire() -> None:
+            self.run("schedule")
+            self.schedule(when)
+
+        self.timer = self.timers.call_at(when, fire)
+
+    def check(self) -> None:
+        """Ask the server whether an update was requested for this instance; apply it if so."""
+        plat = detect_platform()
+        body = {
+            "agent_version": agent_version(),
+            "os": plat.os,
+            "arch": plat.arch,
+            "channel": self.config.update.channel,
+        }
+        try:
+            answer = self.client.update_check(body)
+        except AssistError as exc:
+            log.info("update check failed: %s", exc)
+            return
+        if answer.get("update_now"):
+            self.run("server", str(answer.get("version") or ""))
+
+    def run(self, reason: str, version: str = "") -> bool:
+        """Start `assist-update apply` detached, unless a one-shot task runs (then retry later)."""
+        if self.busy():
+            log.info("update (%s) postponed: a task is running", reason)
+            self.timers.call_at(time.time() + self.busy_retry, lambda: self.run(reason, version))
+            return False
+        if self.process is not None and self.process.poll() is None:
+            log.info("update (%s) skipped: the updater is already running", reason)
+            return False
+        argv = list(self.command or updater_command(self.config.prefix))
+        if version:
+            argv += ["--version", version]
+        log.warning("starting the updater (%s): %s", reason, " ".join(argv))
+        update_log = self.config.layout.update_log
+        update_log.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(update_log, MAX_UPDATE_LOG)
+        extra: dict[str, Any] = {}
+        if self.umask is not None:
+            extra["umask"] = self.umask  # unpacked versions keep their own modes
+        with open(update_log, "ab") as out:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                **extra,
+            )
+        return True
+
+
+def rotate_log(path: Path, limit: int) -> None:
+    """Move a log over `limit` bytes to `<name>.1` (replacing the older one) so it stays bounded."""
+    try:
+        if path.stat().st_size > limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except OSError:
+        pass
+
+
+def updater_command(prefix: Path) -> list[str]:
+    """`<prefix>/current/bin/assist-update apply` if installed, else the module from this code."""
+    launcher = Layout(prefix).launcher("assist-update.cmd" if os.name == "nt" else "assist-update")
+    if launcher.exists():
+        return [str(launcher), "apply", "--prefix", str(prefix)]
+    return [sys.executable, "-m", "updater.cli", "apply", "--prefix", str(prefix)]
+
+
+def recover_update(prefix: Path) -> str:
+    """Let the updater finish or undo an interrupted update; returns what it did ("" if absent)."""
+    try:
+        from updater.recovery import recover
+    except ImportError:
+        log.info("updater crash recovery not available (updater.recovery missing)")
+        return ""
+    try:
+        result = str(recover(prefix))
+    except Exception:
+        log.exception("updater crash recovery failed")
+        return ""
+    if result not in ("nothing", "busy"):
+        log.warning("updater crash recovery: %s", result)
+    return result
