@@ -39,6 +39,7 @@ EXAMPLES = {
     "register": "ALIYUN_ASSIST_ACTIVATION_CODE=CODE assist-agent register --server https://assist.example:8443 --activation-id ID",
     "run": "assist-agent run --prefix /usr/local/share/aliyun-assist",
     "status": "assist-agent status --json",
+    "trust-server-key": 'assist-agent trust-server-key "$(assist-server key show)"',
 }
 
 
@@ -84,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "trust-server-key", help="pin the control-plane key of an already registered agent"
     )
     pin.add_argument("server_key", metavar="KEY", help="from `assist-server key show`")
-    pin.add_argument("--prefix")
-    pin.add_argument("--config")
+    pin.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
+    pin.add_argument("--config", help="assist.toml (default: PREFIX/config/assist.toml)")
     add_common_options(pin)
 
     status = sub.add_parser("status", help="show whether the agent runs and is connected")

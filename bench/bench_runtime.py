@@ -35,7 +35,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # httpserver.StaticServer
 
 from bench.figures import emit, median_figure  # noqa: E402
 
@@ -208,7 +207,7 @@ def main() -> None:
             repo = tmp / f"repo-{name}"
             publish(keys, repo, [(ours if name == "ours" else base)["tar.gz"], new["tar.gz"]])
             mirrors[name] = repo
-        from httpserver import StaticServer
+        from devkit.httpserver import StaticServer
 
         with (
             StaticServer(mirrors["ours"]) as ours_mirror,

@@ -34,6 +34,9 @@ EXAMPLES = {
     "accesskey list": "assist-server accesskey list --db sqlite:///var/lib/assist/assist.db",
     "accesskey disable": "assist-server accesskey disable LTAI0123456789abcdef --db sqlite:///var/lib/assist/assist.db",
     "accesskey enable": "assist-server accesskey enable LTAI0123456789abcdef --db sqlite:///var/lib/assist/assist.db",
+    "key": "assist-server key show --db sqlite:///var/lib/assist/assist.db",
+    "key show": "assist-server key show --db sqlite:///var/lib/assist/assist.db",
+    "key rotate": "assist-server key rotate --db sqlite:///var/lib/assist/assist.db",
 }
 
 

@@ -128,7 +128,8 @@ def test_after_a_kill_9_the_restarted_agent_reports_the_exact_tail_from_the_ring
     tmp_path: Path, fake_server
 ) -> None:  # type: ignore[no-untyped-def]
     from agent_fakeserver import register
-    from agent_realenv import AgentProcess
+
+    from devkit.realagent import AgentProcess
 
     prefix = tmp_path / "p"
     (prefix / "config").mkdir(parents=True)

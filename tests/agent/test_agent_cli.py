@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_realenv import AgentProcess, agent_env
 
 from agent.cli import SERVER_TEMPLATE, resolve_server
 from common.config import Config
 from common.errors import ConfigError
 from devkit.agent import register_args
+from devkit.realagent import AgentProcess, agent_env
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_realenv import (
+
+from devkit.realagent import (
     AgentProcess,
     Sdk,
     group_members,
     register_agent,
     server_executions,
 )
-
 from devkit.server import ServerHandle, launch_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from agent_fakeserver import register
-from agent_realenv import agent_env
 
 from agent.private import tighten_tree
+from devkit.realagent import agent_env
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_realenv import AGENT_CONFIG, AgentProcess, Sdk, agent_env
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,6 +29,7 @@ from agent.client import AgentClient, warn_plain_http
 from agent.identity import Identity, generate_key, load_identity, save_identity
 from agent.servertrust import SERVER_KEY_FILE, ServerTrust, save_server_trust
 from common import protocol
+from devkit.realagent import AGENT_CONFIG, AgentProcess, Sdk, agent_env
 from devkit.server import ServerHandle, free_port, launch_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")

@@ -19,7 +19,11 @@ from typing import Any
 
 import pytest
 from agent_mitm import MitmProxy
-from agent_realenv import (
+
+from agent.client import AgentClient
+from agent.identity import load_identity
+from common import protocol
+from devkit.realagent import (
     AGENT_CONFIG,
     AgentProcess,
     Sdk,
@@ -27,10 +31,6 @@ from agent_realenv import (
     register_agent,
     server_executions,
 )
-
-from agent.client import AgentClient
-from agent.identity import load_identity
-from common import protocol
 from devkit.server import ServerHandle, launch_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")

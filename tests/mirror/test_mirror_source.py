@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from httpserver import StaticServer
 
 from common.errors import DownloadError, NotFoundError
+from devkit.httpserver import StaticServer
 from mirror.source import HttpSource, quick_get
 
 

@@ -3,7 +3,6 @@ the same token with other parameters is refused; concurrent retries create exact
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,10 +12,8 @@ from pathlib import Path
 import pytest
 from serverkit import Api, run_sql
 
+from devkit.realagent import AgentProcess, Sdk, register_agent  # noqa: E402
 from devkit.server import ServerHandle, launch_server
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-from agent_realenv import AgentProcess, Sdk, register_agent  # noqa: E402
 
 
 def account_of(api: Api) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import sys
 import time
 import urllib.parse
 import uuid
@@ -17,11 +16,9 @@ import pytest
 import requests
 from serverkit import run_sql
 
+from devkit.realagent import AgentProcess, register_agent  # noqa: E402
 from devkit.server import ServerHandle, launch_server
 from server import rpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
-from agent_realenv import AgentProcess, register_agent  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 
