@@ -157,19 +157,16 @@ def build_args(version: str) -> list[str]:
 def step_releases(demo: Demo) -> str:
     demo.run("assist-pkgbuild", "keygen", "--out", str(demo.keys))
     made = []
+    # An agent .exe carries the official embeddable CPython, which an operator downloads once
+    # (docs/runtime.md): with ASSIST_WINDOWS_RUNTIME naming that zip the demo builds it too.
+    windows = os.environ.get("ASSIST_WINDOWS_RUNTIME", "")
+    formats = "deb,rpm,exe,tar.gz" if windows else "deb,rpm,tar.gz"
+    exe_args = ["--windows-runtime", windows] if windows else []
     for version in ("1.0.0", "1.1.0"):
         built = demo.run_json(
-            "assist-pkgbuild",
-            "build",
-            *build_args(version),
-            "--keys",
-            str(demo.keys),
-            "--formats",
-            "deb,rpm,exe,tar.gz",
-            "--out",
-            str(demo.dist),
-            "--json",
-        )
+            "assist-pkgbuild", "build", *build_args(version), *exe_args,
+            "--keys", str(demo.keys), "--formats", formats, "--out", str(demo.dist), "--json",
+        )  # fmt: skip
         made += [Path(item["path"]) for item in built]
     demo.run("assist-pkgbuild", "init", "--repo", str(demo.origin), "--keys", str(demo.keys))
     demo.run(
@@ -183,7 +180,8 @@ def step_releases(demo: Demo) -> str:
     )
     demo.origin_proc = demo.serve("origin", demo.origin, demo.origin_port)
     names = ", ".join(sorted(p.name for p in made))
-    return f"signed {names}; published to the origin at {demo.origin_url}"
+    skipped = "" if windows else " (no .exe: set ASSIST_WINDOWS_RUNTIME to an embeddable zip)"
+    return f"signed {names}; published to the origin at {demo.origin_url}{skipped}"
 
 
 def sync_mirror(demo: Demo) -> Any:
