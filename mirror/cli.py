@@ -189,12 +189,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else Config()
     table = load_table(args.regions, config.mirror.intranet_template)
     public_url = args.public_url or region_url(args.region, table)
-    if not args.public_url:
-        log.warning(
-            "no --public-url: bootstrap/ scripts will point at %s (the region's default mirror); "
-            "pass --public-url with the URL your VMs use",
-            public_url,
-        )
     upstream = args.upstream or config.mirror.internet_origin
     source = HttpSource(
         upstream,
@@ -236,6 +230,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         )
     else:
         print(f"up to date (timestamp v{report.timestamp_version})")
+    if not args.public_url and report.changed:
+        log.warning(
+            "no --public-url: bootstrap/ scripts point at %s (the region's default mirror); "
+            "pass --public-url with the URL your VMs use",
+            public_url,
+        )
     return 0
 
 

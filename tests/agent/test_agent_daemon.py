@@ -129,7 +129,8 @@ def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None: 
     )
     time.sleep(1)
     fake_server.start()
-    assert state.wait(lambda s: all(s.results_for(i) for i in invokes), timeout=30)
+    # the agent retries with capped backoff (30 s at most, Backoff.cap): allow it a full period
+    assert state.wait(lambda s: all(s.results_for(i) for i in invokes), timeout=70)
     assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() == 0, timeout=10)
     for i, invoke in enumerate(invokes):
         [result] = state.results_for(invoke)
