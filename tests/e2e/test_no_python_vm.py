@@ -109,7 +109,7 @@ def sdk_echo_123(server: ServerHandle, instance_id: str) -> dict[str, object]:
         InvokeCommandRequest,
     )
 
-    key_id, secret = server.create_access_key("vm")
+    key_id, secret = server.create_access_key("ops")  # the account that owns the activation
     client = AcsClient(key_id, secret, "cn-hangzhou", timeout=30)
 
     def send(request: object) -> dict[str, object]:
