@@ -61,43 +61,34 @@ def display_name(path: str) -> str:
     return name
 
 
-def open_progress(desc: str, total: int | None, initial: int, enabled: bool) -> Progress:
-    """A byte-counting tqdm bar on stderr when enabled; otherwise one that prints nothing."""
-    if not enabled:
-        return _NoProgress()
-    desc = display_name(desc)
+def _bar(desc: str, total: int | None, **options: Any) -> Progress:
+    """A tqdm bar on stderr sized to the terminal."""
     from tqdm import tqdm
 
     size = shutil.get_terminal_size((80, 24))  # a pty may report 0x0, which silences tqdm
     bar: Progress = tqdm(
         desc=desc,
         total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
         file=sys.stderr,
         leave=False,
         ncols=size.columns,
         nrows=size.lines,
+        **options,
     )
     return bar
+
+
+def open_progress(desc: str, total: int | None, initial: int, enabled: bool) -> Progress:
+    """A byte-counting tqdm bar on stderr when enabled; otherwise one that prints nothing."""
+    if not enabled:
+        return _NoProgress()
+    return _bar(
+        display_name(desc), total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024
+    )
 
 
 def open_steps(desc: str, total: int, unit: str, enabled: bool) -> Progress:
     """A bar counting whole steps (artifacts built, files synced) on stderr when enabled."""
     if not enabled:
         return _NoProgress()
-    from tqdm import tqdm
-
-    size = shutil.get_terminal_size((80, 24))  # a pty may report 0x0, which silences tqdm
-    bar: Progress = tqdm(
-        desc=desc,
-        total=total,
-        unit=f" {unit}",
-        file=sys.stderr,
-        ncols=size.columns,
-        nrows=size.lines,
-        leave=False,
-    )
-    return bar
+    return _bar(desc, total, unit=f" {unit}")

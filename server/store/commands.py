@@ -32,16 +32,15 @@ async def list_commands(
     conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(commands).where(commands.c.account == account)
-    if filters.get("CommandId"):
-        stmt = stmt.where(commands.c.command_id == filters["CommandId"])
-    if filters.get("Name"):
-        stmt = stmt.where(commands.c.name == filters["Name"])
-    if filters.get("Type"):
-        stmt = stmt.where(commands.c.type == filters["Type"])
-    if filters.get("Description"):
-        stmt = stmt.where(commands.c.description == filters["Description"])
-    if filters.get("Region"):
-        stmt = stmt.where(commands.c.region_id == filters["Region"])
+    for key, column in (
+        ("CommandId", commands.c.command_id),
+        ("Name", commands.c.name),
+        ("Type", commands.c.type),
+        ("Description", commands.c.description),
+        ("Region", commands.c.region_id),
+    ):
+        if filters.get(key):
+            stmt = stmt.where(column == filters[key])
     if filters.get("Tags"):
         stmt = stmt.where(tagged("command", commands.c.command_id, account, filters["Tags"]))
     order = (commands.c.created_ms.desc(), commands.c.command_id)

@@ -84,6 +84,7 @@ async def list_invocations(
         ("CommandName", invocations.c.command_name),
         ("CommandType", invocations.c.command_type),
         ("RepeatMode", invocations.c.repeat_mode),
+        ("Region", invocations.c.region_id),
     ):
         if filters.get(key):
             stmt = stmt.where(column == filters[key])
@@ -97,8 +98,6 @@ async def list_invocations(
                 )
             )
         )
-    if filters.get("Region"):
-        stmt = stmt.where(invocations.c.region_id == filters["Region"])
     if filters.get("Tags"):
         stmt = stmt.where(tagged("invocation", invocations.c.invoke_id, account, filters["Tags"]))
     order = (invocations.c.created_ms.desc(), invocations.c.invoke_id)

@@ -305,34 +305,17 @@ def test_sync_refuses_zero_workers(tmp_path: Path) -> None:
 def test_sync_on_a_terminal_shows_one_overall_progress_bar(upstream, tmp_path: Path) -> None:
     """A pty as stdout and stderr (a terminal): one `sync` bar counting files and bytes, no
     bar per downloaded file; the mirror is complete."""
-    import os
-    import pty
-    import subprocess
     import sys
+
+    from devkit.terminal import run_on_a_terminal
 
     origin, server = upstream
     root = tmp_path / "mirror"
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
+    code, text = run_on_a_terminal(
         [sys.executable, "-m", "mirror", *sync_args(origin, server.url, root)],
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=slave,
-        env={**os.environ, "COLUMNS": "120", "LINES": "40"},
-    )
-    os.close(slave)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(master)
-    assert proc.wait(timeout=120) == 0, output.decode(errors="replace")
-    text = output.decode(errors="replace")
+        columns=120, timeout=120,
+    )  # fmt: skip
+    assert code == 0, text
     assert re.search(r"sync: +\d+%.*\d+/\d+ files", text), text
     final = re.findall(r"(\d+)/(\d+) files", text)[-1]
     assert final[0] == final[1] and int(final[1]) > 0

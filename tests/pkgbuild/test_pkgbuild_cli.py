@@ -231,32 +231,17 @@ def test_signing_commands_leave_no_gpg_agent_running(tmp_path: Path) -> None:
 
 def test_build_on_a_terminal_shows_overall_progress(keydir: Path, tmp_path: Path) -> None:
     """A pty as stdout and stderr: one `build` bar counting the artifacts as they are made."""
-    import os
-    import pty
     import re
     import sys
 
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
+    from devkit.terminal import run_on_a_terminal
+
+    code, text = run_on_a_terminal(
         [sys.executable, "-m", "pkgbuild", "build", "--version", "2.2.5", "--keys", str(keydir),
          "--arch", "x86_64,aarch64", "--formats", "deb,tar.gz", "--no-vendor",
          "--out", str(tmp_path / "dist")],
-        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-        env={**os.environ, "COLUMNS": "100", "LINES": "40"},
     )  # fmt: skip
-    os.close(slave)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(master)
-    text = output.decode(errors="replace")
-    assert proc.wait(timeout=300) == 0, text
+    assert code == 0, text
     counts = re.findall(r"build: +\d+%\|[^|]*\| (\d+)/(\d+) \[", text)
     assert counts and {total for _, total in counts} == {"4"}, text.replace("\r", "\n")
     assert max(int(done) for done, _ in counts) >= 1  # it counted up while building
