@@ -146,6 +146,10 @@ def updater_command(prefix: Path) -> list[str]:
 def recover_update(prefix: Path) -> str:
     """Let the updater finish or undo an interrupted update; returns what it did ("" if absent)."""
     try:
+        from updater.journal import may_need_recovery
+
+        if not may_need_recovery(Layout(prefix)):
+            return "nothing"  # the usual start: no need for the updater's heavier modules
         from updater.recovery import recover
     except ImportError:
         log.info("updater crash recovery not available (updater.recovery missing)")

@@ -24,6 +24,17 @@ AGENT_PACKAGE = "aliyun-assist"  # the agent's package name in the release repos
 HEALTH_FILE = "health.json"
 REGION_FILE = "region-id"
 PID_FILE = "agent.pid"
+STAGING_PREFIX = ".staging-"  # versions/.staging-*: a payload being unpacked by the updater
+
+
+def swap_temp_name(name: str, pid: int) -> str:
+    """The temp link that a swap of `name` (current/previous) renames over it."""
+    return f".{name}.{pid}.tmp"
+
+
+def is_swap_temp(name: str) -> bool:
+    """Whether `name` is a swap's temp link (left behind when a swap was killed)."""
+    return name.startswith((".current.", ".previous.")) and name.endswith(".tmp")
 
 
 class Under:

@@ -10,6 +10,7 @@ transition, so a crash leaves the last phase that was fully reached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -19,6 +20,7 @@ from typing import Any
 
 from common.atomic import atomic_write_json
 from common.errors import LocalStateError
+from common.layout import STAGING_PREFIX, Layout, is_swap_temp
 
 JOURNAL_FILE = "update.json"
 CRASH_ENV = "ASSIST_UPDATE_CRASH_AT"  # test hook: SIGKILL ourselves right after this phase
@@ -154,6 +156,26 @@ def journal_from_dict(data: Any) -> Journal:
 
 def journal_path(state_dir: Path) -> Path:
     return state_dir / JOURNAL_FILE
+
+
+def may_need_recovery(layout: Layout) -> bool:
+    """Whether an update may have been interrupted under `layout`: a journal that is unfinished or
+    unreadable, a staging directory, or a swap's temp link. Cheap: the agent asks this at every
+    start and imports the updater's recovery (tarfile, zipfile, ...) only when it says yes."""
+    try:
+        text = journal_path(layout.state_dir).read_text(encoding="utf-8")
+        if json.loads(text).get("phase") not in TERMINAL:
+            return True
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: recovery resets it and says so
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if any(entry.name.startswith(STAGING_PREFIX) for entry in os.scandir(layout.versions_dir)):
+            return True
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        return any(is_swap_temp(entry.name) for entry in os.scandir(layout.prefix))
+    return False
 
 
 def load_journal(state_dir: Path) -> Journal:

@@ -32,11 +32,11 @@ from common.errors import (
     VerificationError,
 )
 from common.extract import check_links_inside, extract_tar, member_path, remove_tree
+from common.layout import STAGING_PREFIX
 
 log = logging.getLogger(__name__)
 
 NATIVE_PREFIX = "usr/local/share/aliyun-assist/"
-STAGING_PREFIX = ".staging-"
 _AR_MAGIC = b"!<arch>\n"
 
 

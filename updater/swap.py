@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from common.atomic import atomic_write_text, fsync_dir, sync_filesystem
-from common.layout import Layout
+from common.layout import Layout, is_swap_temp, swap_temp_name
 from updater.journal import crash_point
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def point(layout: Layout, name: str, version: str) -> None:
         atomic_write_text(layout.prefix / f"{name}.txt", version + "\n")
         return
     link = layout.prefix / name
-    tmp = layout.prefix / f".{name}.{os.getpid()}.tmp"
+    tmp = layout.prefix / swap_temp_name(name, os.getpid())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     os.symlink(f"versions/{version}", tmp)
@@ -74,7 +74,7 @@ def clean_temp_links(layout: Layout) -> list[str]:
     if not layout.prefix.is_dir():
         return removed
     for entry in layout.prefix.iterdir():
-        if entry.name.startswith((".current.", ".previous.")) and entry.name.endswith(".tmp"):
+        if is_swap_temp(entry.name):
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
             removed.append(entry.name)

@@ -85,3 +85,33 @@ def test_damaged_journal_is_a_clear_error(tmp_path: Path, text: str) -> None:
 )
 def test_recovery_plan_for_every_phase(phase: str, action: str) -> None:
     assert plan_recovery(jr.Journal(phase=phase)) == action
+
+
+def test_agent_start_skips_recovery_only_when_nothing_can_be_interrupted(tmp_path: Path) -> None:
+    """may_need_recovery: the agent's cheap question before it imports the updater's recovery."""
+    from common.layout import Layout
+    from updater.recovery import recover
+
+    layout = Layout(tmp_path)
+    layout.versions_dir.mkdir(parents=True)
+    layout.state_dir.mkdir()
+    assert not jr.may_need_recovery(layout)  # fresh install: no journal
+    finished = jr.advance(jr.begin(jr.Journal(), "1.0.0", "1.1.0", "t", "tar.gz"), jr.ABORTED)
+    jr.save_journal(layout.state_dir, finished)
+    assert not jr.may_need_recovery(layout)
+    for phase, expected in {
+        **dict.fromkeys(jr.PHASES, True),
+        **dict.fromkeys(jr.TERMINAL, False),
+    }.items():
+        jr.journal_path(layout.state_dir).write_text(json.dumps({"phase": phase}))
+        assert jr.may_need_recovery(layout) is expected, phase
+    jr.journal_path(layout.state_dir).write_text("{not json")
+    assert jr.may_need_recovery(layout)
+    jr.journal_path(layout.state_dir).unlink()
+    staging = layout.versions_dir / ".staging-1.1.0"
+    staging.mkdir()
+    assert jr.may_need_recovery(layout)
+    assert recover(tmp_path) == NOTHING and not staging.exists()  # recovery cleans it up
+    assert not jr.may_need_recovery(layout)
+    (tmp_path / ".current.4242.tmp").symlink_to("versions/1.1.0")
+    assert jr.may_need_recovery(layout)
