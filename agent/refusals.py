@@ -20,6 +20,7 @@ from common.protocol import ResponseRefusedError
 log = logging.getLogger(__name__)
 
 _INVOKE_ID = re.compile(r"^t-[A-Za-z0-9]{1,60}$")
+_FILE_ID = re.compile(r"^f-[A-Za-z0-9]{1,60}$")
 
 
 def refused_invocations(body: bytes) -> list[str]:
@@ -37,6 +38,21 @@ def refused_invocations(body: bytes) -> list[str]:
             continue
         invoke_id = task.get("invoke_id")
         if isinstance(invoke_id, str) and _INVOKE_ID.match(invoke_id) and invoke_id not in found:
+            found.append(invoke_id)
+    return found
+
+
+def refused_files(body: bytes) -> list[str]:
+    """File task ids (f-…) named in a refused task list (content is never looked at)."""
+    try:
+        listing = json.loads(body)
+    except (ValueError, RecursionError):
+        return []
+    listed = listing.get("files") if isinstance(listing, dict) else None
+    found: list[str] = []
+    for task in listed if isinstance(listed, list) else []:
+        invoke_id = task.get("invoke_id") if isinstance(task, dict) else None
+        if isinstance(invoke_id, str) and _FILE_ID.match(invoke_id) and invoke_id not in found:
             found.append(invoke_id)
     return found
 
