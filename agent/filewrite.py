@@ -119,13 +119,9 @@ def open_target_dir(target_dir: str) -> int:
     parts = target_parts(target_dir)
     fd = os.open("/", _DIR_FLAGS)
     walked = ""
-    try:
-        for part in parts:
-            walked += "/" + part
-            fd = _step(fd, part, walked)
-    except BaseException:
-        os.close(fd)
-        raise
+    for part in parts:
+        walked += "/" + part
+        fd = _step(fd, part, walked)  # closes the parent, whatever happens
     return fd
 
 
