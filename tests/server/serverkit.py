@@ -54,10 +54,12 @@ class Api:
         assert set(body) >= {"RequestId", "Code", "Message"}
         return status, body["Code"]
 
-    def agent(self, instance_id: str = "") -> FakeAgent:
+    def agent(self, instance_id: str = "", os_type: str = "linux") -> FakeAgent:
         """Register a fake agent with a fresh activation of this account."""
         act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
-        return FakeAgent.register(self.server.url, act_id, code, instance_id=instance_id)
+        return FakeAgent.register(
+            self.server.url, act_id, code, instance_id=instance_id, os_type=os_type
+        )
 
 
 def parse_xml(raw: bytes) -> ET.Element:
