@@ -92,7 +92,11 @@ def test_file_reaches_the_agent_and_its_report_shows_in_every_field(api: Api) ->
         "file_mode": "0600",
         "timeout": 10,
     }
-    assert (task["file_owner"], task["file_group"], task["overwrite"]) == ("nobody", "nogroup", True)
+    assert (task["file_owner"], task["file_group"], task["overwrite"]) == (
+        "nobody",
+        "nogroup",
+        True,
+    )
     running = one(api, invoke)
     assert running["InvocationStatus"] == "Running"
     assert running["InvokeInstances"]["InvokeInstance"][0]["StartTime"]
@@ -154,7 +158,9 @@ def test_failures_partial_failed_and_every_filter(api: Api) -> None:
 def test_not_fetched_within_timeout_is_a_delivery_timeout(api: Api) -> None:
     agent = api.agent()
     invoke = send(api, agent.instance_id, Timeout=10)
-    run_sql(api.server, "UPDATE send_file_instances SET deadline_ms = 5 WHERE invoke_id = ?", invoke)
+    run_sql(
+        api.server, "UPDATE send_file_instances SET deadline_ms = 5 WHERE invoke_id = ?", invoke
+    )
     item = one(api, invoke)
     (result,) = item["InvokeInstances"]["InvokeInstance"]
     assert (item["InvocationStatus"], result["InvocationStatus"]) == ("Failed", "Timeout")
@@ -226,7 +232,9 @@ def test_send_file_validation(api: Api, params: dict[str, Any], code: str) -> No
 def test_content_of_exactly_32_kb_is_accepted(api: Api) -> None:
     agent = api.agent()
     data = bytes(range(256)) * 128
-    invoke = send(api, agent.instance_id, Content=base64.b64encode(data).decode(), ContentType="Base64")
+    invoke = send(
+        api, agent.instance_id, Content=base64.b64encode(data).decode(), ContentType="Base64"
+    )
     assert base64.b64decode(agent.tasks()["files"][0]["content"]) == data
     assert one(api, invoke)["VmCount"] == 1
 
@@ -236,14 +244,17 @@ def test_client_token_returns_the_first_invoke_id_and_sends_once(api: Api) -> No
     token = uuid.uuid4().hex
     first = send(api, agent.instance_id, ClientToken=token)
     assert send(api, agent.instance_id, ClientToken=token) == first
-    assert api.error(
-        "SendFile",
-        ClientToken=token,
-        Name="other",
-        Content="c",
-        TargetDir="/t",
-        **{"InstanceId.1": agent.instance_id},
-    )[1] == "IdempotentParameterMismatch"
+    assert (
+        api.error(
+            "SendFile",
+            ClientToken=token,
+            Name="other",
+            Content="c",
+            TargetDir="/t",
+            **{"InstanceId.1": agent.instance_id},
+        )[1]
+        == "IdempotentParameterMismatch"
+    )
     assert [i["InvokeId"] for i in describe(api)] == [first]
     assert [f["invoke_id"] for f in agent.tasks()["files"]] == [first]
 
