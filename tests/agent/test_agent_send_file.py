@@ -10,6 +10,8 @@ import json
 import os
 import pwd
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import pytest
 from agent_mitm import MitmProxy
 
 from common import protocol
-from devkit.realagent import AgentProcess, Sdk, register_agent
+from devkit.realagent import AgentProcess, Sdk, agent_env, register_agent
 from devkit.server import ServerHandle, launch_server
 
 pytestmark = [
@@ -167,3 +169,83 @@ def test_tampered_or_unsigned_file_task_writes_nothing(
         assert agent.proc.poll() is None  # the agent keeps running
     assert agent.stop() == 0
     assert "Traceback" not in agent.log()
+
+
+def assist(env: Env, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator CLI as a subprocess, configured for the env's account."""
+    environ = {**agent_env(), "XDG_CONFIG_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "server.operator_cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_assist_send_file_waits_prints_results_and_exits_like_run(env: Env, tmp_path: Path) -> None:
+    env.start_agent()
+    home = tmp_path / "cfg"
+    configure = assist(
+        env,
+        home,
+        "configure",
+        "--access-key-id",
+        env.key_id,
+        "--access-key-secret",
+        env.secret,
+        "--region",
+        "cn-hangzhou",
+        "--endpoint",
+        env.server.url,
+    )
+    assert configure.returncode == 0, configure.stderr
+    local = tmp_path / "motd.txt"
+    local.write_bytes(b"hello from the CLI\n")
+    target = tmp_path / "vm" / "etc"
+    args = ["send-file", str(local), "--instance", env.instance_id, "--target-dir", str(target)]
+    done = assist(env, home, *args, "--mode", "0600", "--owner", "nobody", "--poll-interval", "0.2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].split() == ["INSTANCE", "STATUS", "ERROR"]
+    assert done.stdout.splitlines()[1].split() == [env.instance_id, "Success"]
+    written = target / "motd.txt"
+    assert written.read_bytes() == b"hello from the CLI\n"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert written.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+
+    again = assist(env, home, *args, "--json", "--poll-interval", "0.2")
+    assert again.returncode == 1, again.stderr  # a failed instance: exit 1, as `assist run`
+    (result,) = json.loads(again.stdout)["Results"]
+    assert (result["InvocationStatus"], result["ErrorCode"]) == ("Failed", "FileAlreadyExists")
+    replaced = assist(
+        env,
+        home,
+        "send-file",
+        "--content",
+        "new\n",
+        "--name",
+        "motd.txt",
+        "--overwrite",
+        "--instance",
+        env.instance_id,
+        "--target-dir",
+        str(target),
+        "--poll-interval",
+        "0.2",
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    assert written.read_bytes() == b"new\n"
+
+    no_name = assist(
+        env, home, "send-file", "--content", "x", "--instance", "i-1", "--target-dir", "/t"
+    )
+    assert no_name.returncode == 2 and "--name" in no_name.stderr
+    big = tmp_path / "big"
+    big.write_bytes(b"a" * (32 * 1024 + 1))
+    too_big = assist(env, home, "send-file", str(big), "--instance", "i-1", "--target-dir", "/t")
+    assert too_big.returncode == 2 and "32768" in too_big.stderr
+    from aliyunsdkecs.request.v20140526 import DescribeSendFileResultsRequest
+
+    listed = env.sdk.do(DescribeSendFileResultsRequest.DescribeSendFileResultsRequest())
+    assert listed["TotalCount"] == 3  # the refused calls sent nothing
