@@ -471,7 +471,7 @@ def add_send_file_parser(sub: Any) -> None:
     )
     send.add_argument("--target-dir", required=True, help="absolute directory on the instance")
     send.add_argument("--name", default="", help="file name there (default: FILE's name)")
-    send.add_argument("--description", default="")
+    send.add_argument("--description", default="", help="Description of the file task")
     send.add_argument("--mode", default="0644", help="octal, as chmod takes it")
     send.add_argument("--owner", default="root", help="user name on the instance")
     send.add_argument("--group", default="root", help="group name on the instance")
@@ -481,7 +481,7 @@ def add_send_file_parser(sub: Any) -> None:
     send.add_argument("--wait-timeout", type=float, default=600.0, help="seconds")
     send.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
     send.add_argument("--endpoint", default="", help="API endpoint (default: the configured one)")
-    send.add_argument("--json", action="store_true")
+    send.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def dispatch(args: argparse.Namespace) -> int:
