@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from server.rpc import Params, invalid
+from server.rpc import ApiError, Params, invalid
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -39,6 +39,17 @@ def refuse_unimplemented(name: str, p: Params) -> None:
     if given:
         raise invalid(
             given[0], f"This server does not implement {given[0]} (on {name} or anywhere else)."
+        )
+
+
+def require_instances(ids: list[str], found: Collection[str]) -> None:
+    """InvalidInstance.NotFound unless every one of `ids` was found."""
+    absent = [i for i in ids if i not in found]
+    if absent:
+        raise ApiError(
+            "InvalidInstance.NotFound",
+            f"The specified instance does not exist: {', '.join(absent[:10])}.",
+            404,
         )
 
 

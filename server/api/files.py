@@ -12,7 +12,7 @@ import binascii
 from typing import TYPE_CHECKING, Any
 
 from server import model
-from server.api import action
+from server.api import action, require_instances
 from server.api.idempotency import client_token, replay
 from server.api.invocations import TOO_MANY_INSTANCES
 from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
@@ -112,13 +112,7 @@ async def send_file(state: ServerState, account: str, p: Params) -> dict[str, An
         if prior is not None:
             return prior
         found = await store_files.instance_os(conn, account, ids)
-        absent = [i for i in ids if i not in found]
-        if absent:
-            raise ApiError(
-                "InvalidInstance.NotFound",
-                f"The specified instance does not exist: {', '.join(absent[:10])}.",
-                404,
-            )
+        require_instances(ids, found)
         results = [
             {"instance_id": i, "status": store_files.PENDING, "error_code": "", "error_info": ""}
             if found[i] != "windows"

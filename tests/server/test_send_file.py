@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from serverkit import Api, run_sql
+from serverkit import Api, run_sql, tea_client
 
 from devkit.server import FakeAgent
 
@@ -278,17 +278,8 @@ def test_official_sdks_call_send_file_and_describe(api: Api) -> None:
     assert (item["Name"], item["FileMode"], item["Overwrite"]) == ("sdk.txt", "0640", True)
 
     from alibabacloud_ecs20140526 import models
-    from alibabacloud_ecs20140526.client import Client
-    from alibabacloud_tea_openapi.utils_models import Config
 
-    config = Config(
-        access_key_id=api.key_id,
-        access_key_secret=api.secret,
-        endpoint=api.server.url.split("://", 1)[1],
-        protocol="http",
-    )
-    config.region_id = "cn-hangzhou"
-    tea = Client(config)
+    tea = tea_client(api.server, api.key_id, api.secret)
     sent = tea.send_file(
         models.SendFileRequest(
             region_id="cn-hangzhou",
