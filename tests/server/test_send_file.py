@@ -5,8 +5,13 @@ and the official SDKs (aliyun-python-sdk-ecs and the Tea SDK) calling SendFile."
 from __future__ import annotations
 
 import base64
+import json
+import sqlite3
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -302,3 +307,31 @@ def test_official_sdks_call_send_file_and_describe(api: Api) -> None:
     assert tea_item.invoke_id == sent.body.invoke_id and tea_item.name == "tea.txt"
     assert tea_item.invoke_instances.invoke_instance[0].invocation_status == "Pending"
     assert {f["invoke_id"] for f in agent.tasks()["files"]} == {invoke, sent.body.invoke_id}
+
+
+def test_a_version_6_database_gets_the_send_file_tables(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+
+    def migrate() -> dict[str, int]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    def tables() -> set[str]:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return {str(r[0]) for r in rows}
+
+    migrate()
+    with sqlite3.connect(db) as conn:  # what a version-6 server left behind
+        conn.execute("DROP TABLE send_file_instances")
+        conn.execute("DROP TABLE send_files")
+        conn.execute("UPDATE schema_version SET version = 6")
+    assert "send_files" not in tables()
+    assert migrate()["before"] == 6
+    assert {"send_files", "send_file_instances"} <= tables()
