@@ -320,9 +320,13 @@ class AgentClient:
         return instance, returned
 
     def list_tasks(self, reason: str) -> dict[str, Any]:
-        """The tasks this instance should have, and invocations to stop."""
+        """The tasks this instance should have, invocations to stop, and files to write."""
         answer = self.call("POST", "/v1/task/list", {"reason": reason})
-        return {"run": list(answer.get("run") or []), "stop": list(answer.get("stop") or [])}
+        return {
+            "run": list(answer.get("run") or []),
+            "stop": list(answer.get("stop") or []),
+            "files": list(answer.get("files") or []),
+        }
 
     def post_report(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send one queued report (running chunk or terminal) and return the acknowledgement."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from agent import refusals, schedule
+from agent import filewrite, refusals, schedule
 from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
 from agent.identity import Identity
 from agent.outbox import AgentDatabase
@@ -382,6 +382,7 @@ class Agent:
                 self._forget_timed(invoke_id)
         for invoke_id in stop_ids:
             self.stop_invocation(invoke_id)
+        filewrite.deliver_files(self.store, listing.get("files") or [])
 
     def report_refused(self, exc: ResponseRefusedError) -> None:
         """Fail the one-shot invocations a refused task list named, with the refusal's code."""
@@ -393,6 +394,10 @@ class Agent:
                 outcome.error_message = refusals.refusal_message(exc)
                 self._record_outcome(invoke_id, "0", outcome)
                 log.error("%s: refused task list reported as %s", invoke_id, exc.code)
+        for invoke_id in refusals.refused_files(exc.body):
+            if not self.store.execution_known(invoke_id, filewrite.FILE_EXECUTION):
+                message = refusals.refusal_message(exc)
+                filewrite.report_file(self.store, invoke_id, "Failed", exc.code, message, 0)
 
     def stop_invocation(self, invoke_id: str) -> None:
         """Stop an invocation: drop its schedule and kill its running executions.

@@ -20,25 +20,37 @@ from common.protocol import ResponseRefusedError
 log = logging.getLogger(__name__)
 
 _INVOKE_ID = re.compile(r"^t-[A-Za-z0-9]{1,60}$")
+_FILE_ID = re.compile(r"^f-[A-Za-z0-9]{1,60}$")
 
 
-def refused_invocations(body: bytes) -> list[str]:
-    """One-shot invoke ids named in a refused task list (content is never looked at)."""
+def _named(body: bytes, key: str, pattern: re.Pattern[str]) -> list[str]:
+    """Ids matching `pattern` of the one-shot entries under `key` of a refused task list
+    (content is never looked at)."""
     try:
         listing = json.loads(body)
     except (ValueError, RecursionError):
         return []
-    run = listing.get("run") if isinstance(listing, dict) else None
+    entries = listing.get(key) if isinstance(listing, dict) else None
     found: list[str] = []
-    for task in run if isinstance(run, list) else []:
+    for task in entries if isinstance(entries, list) else []:
         if not isinstance(task, dict) or task.get("timed"):
             continue
         if task.get("repeat_mode", "Once") != "Once":
             continue
         invoke_id = task.get("invoke_id")
-        if isinstance(invoke_id, str) and _INVOKE_ID.match(invoke_id) and invoke_id not in found:
+        if isinstance(invoke_id, str) and pattern.match(invoke_id) and invoke_id not in found:
             found.append(invoke_id)
     return found
+
+
+def refused_invocations(body: bytes) -> list[str]:
+    """One-shot invoke ids (t-…) named in a refused task list."""
+    return _named(body, "run", _INVOKE_ID)
+
+
+def refused_files(body: bytes) -> list[str]:
+    """File task ids (f-…) named in a refused task list."""
+    return _named(body, "files", _FILE_ID)
 
 
 def refusal_message(exc: ResponseRefusedError) -> str:

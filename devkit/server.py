@@ -231,6 +231,7 @@ class FakeAgent:
         activation_code: str,
         instance_id: str = "",
         key: Ed25519PrivateKey | None = None,
+        os_type: str = "linux",
     ) -> FakeAgent:
         """Register with an activation and a fresh Ed25519 key."""
         key = key or Ed25519PrivateKey.generate()
@@ -241,7 +242,7 @@ class FakeAgent:
             "public_key": base64.b64encode(public).decode("ascii"),
             "instance_name": "fake",
             "hostname": socket.gethostname(),
-            "os_type": "linux",
+            "os_type": os_type,
             "agent_version": "0.0.0-fake",
         }
         if instance_id:

@@ -19,6 +19,7 @@ from common import protocol
 from server import lifecycle, rpc
 from server.agent_api import auth, handlers, respond
 from server.agent_api.auth import AgentError
+from server.agent_api.files import file_report
 from server.api import load_actions
 from server.inputs import ascii_int
 from server.notify import Notifier
@@ -376,6 +377,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/luban/api/v1/notify", notify_handler, methods=["GET"]),
         Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
         Route("/luban/api/v1/server/keys", signed(handlers.server_keys), methods=["POST"]),
+        Route("/luban/api/v1/file/report", signed(file_report), methods=["POST"]),
     ]
     routes += [
         Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])

@@ -316,12 +316,106 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r["InvocationStatus"] == "Success" for r in results) else 1
 
 
+FILE_DONE = ("Success", "Failed", "PartialFailed")
+MAX_FILE = 32 * 1024  # bytes SendFile takes
+
+
+def file_content(args: argparse.Namespace) -> tuple[str, bytes]:
+    """(name, bytes) of the file to send: the local FILE or --content."""
+    if (args.file is None) == (args.content is None):
+        raise UsageError("give a local FILE or --content TEXT (one of them)")
+    if args.content is not None:
+        if not args.name:
+            raise UsageError("--name is required with --content")
+        data = str(args.content).encode("utf-8")
+    else:
+        path = Path(args.file)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_FILE:
+        raise UsageError(
+            f"the file is {len(data)} bytes; SendFile takes at most {MAX_FILE}",
+            hint="send a script that downloads it instead (assist run)",
+        )
+    return args.name or Path(args.file).name, data
+
+
+def wait_for_file(
+    config: dict[str, str], invoke_id: str, timeout: float, interval: float
+) -> dict[str, Any]:
+    """Poll DescribeSendFileResults until the file task is done; its Invocation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = call_api(config, "DescribeSendFileResults", {"InvokeId": invoke_id})
+        items = body["Invocations"]["Invocation"]
+        if items and items[0]["InvocationStatus"] in FILE_DONE:
+            return dict(items[0])
+        if time.monotonic() > deadline:
+            raise AssistError(
+                f"the file is still being sent after {timeout:.0f} s",
+                hint=f"check later: assist ecs DescribeSendFileResults --InvokeId {invoke_id}",
+            )
+        time.sleep(interval)
+
+
+def format_file_table(results: list[dict[str, Any]]) -> str:
+    """INSTANCE, STATUS, ERROR (code: info) per instance."""
+    rows = [("INSTANCE", "STATUS", "ERROR")]
+    for r in results:
+        error = f"{r['ErrorCode']}: {r['ErrorInfo']}" if r.get("ErrorCode") else ""
+        rows.append((r["InstanceId"], r["InvocationStatus"], error[:100]))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(
+        f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}".rstrip() for row in rows
+    )
+
+
+def cmd_send_file(args: argparse.Namespace) -> int:
+    """SendFile, then (unless --no-wait) wait and print each instance's result."""
+    name, data = file_content(args)
+    config = load_config()
+    if args.endpoint:
+        config["endpoint"] = args.endpoint
+    params: dict[str, Any] = {
+        "Name": name,
+        "Content": base64.b64encode(data).decode("ascii"),
+        "ContentType": "Base64",
+        "TargetDir": args.target_dir,
+        "FileMode": args.mode,
+        "FileOwner": args.owner,
+        "FileGroup": args.group,
+        "Overwrite": "true" if args.overwrite else "false",
+        "Timeout": args.timeout,
+    }
+    if args.description:
+        params["Description"] = args.description
+    for index, instance in enumerate(args.instance, 1):
+        params[f"InstanceId.{index}"] = instance
+    invoke_id = call_api(config, "SendFile", params)["InvokeId"]
+    if args.no_wait:
+        if args.json:
+            print_json({"InvokeId": invoke_id})
+        else:
+            print(f"InvokeId: {invoke_id}")
+        return 0
+    item = wait_for_file(config, invoke_id, args.wait_timeout, args.poll_interval)
+    results = item["InvokeInstances"]["InvokeInstance"]
+    if args.json:
+        print_json({"InvokeId": invoke_id, "Results": results})
+    else:
+        print(format_file_table(results))
+    return 0 if item["InvocationStatus"] == "Success" else 1
+
+
 # One example per command and subcommand, shown at the end of its --help (docs/cli.md).
 EXAMPLES = {
     "": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
     "configure": "assist configure --access-key-id LTAI… --access-key-secret … --region cn-hangzhou --endpoint https://assist.example:8443",
     "ecs": "assist ecs DescribeInvocationResults --InstanceId i-1 --InvokeId t-…",
     "run": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
+    "send-file": "assist send-file app.conf --instance i-1 --instance i-2 --target-dir /etc/app --mode 0640 --owner nobody",
 }
 
 
@@ -361,7 +455,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
     run.add_argument("--endpoint", default="", help="API endpoint (default: the configured one)")
     run.add_argument("--json", action="store_true")
+    add_send_file_parser(sub)
     return parser
+
+
+def add_send_file_parser(sub: Any) -> None:
+    send = sub.add_parser(
+        "send-file", help="put a file (at most 32 KB) on instances and show the results"
+    )
+    add_common_options(send)
+    send.add_argument("file", nargs="?", help="the local file to send (or --content)")
+    send.add_argument("--content", help="the file's text, instead of a local FILE")
+    send.add_argument(
+        "--instance", action="append", required=True, metavar="ID", help="repeat for several"
+    )
+    send.add_argument("--target-dir", required=True, help="absolute directory on the instance")
+    send.add_argument("--name", default="", help="file name there (default: FILE's name)")
+    send.add_argument("--description", default="", help="Description of the file task")
+    send.add_argument("--mode", default="0644", help="octal, as chmod takes it")
+    send.add_argument("--owner", default="root", help="user name on the instance")
+    send.add_argument("--group", default="root", help="group name on the instance")
+    send.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    send.add_argument("--timeout", type=int, default=60, help="seconds to deliver it")
+    send.add_argument("--no-wait", action="store_true", help="print the InvokeId and return")
+    send.add_argument("--wait-timeout", type=float, default=600.0, help="seconds")
+    send.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
+    send.add_argument("--endpoint", default="", help="API endpoint (default: the configured one)")
+    send.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -369,6 +489,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_configure(args)
     if args.command == "ecs":
         return cmd_ecs(args)
+    if args.command == "send-file":
+        return cmd_send_file(args)
     return cmd_run(args)
 
 

@@ -16,7 +16,7 @@ from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
 from server.lifecycle import terminal_status
 from server.output_limits import clip_chunk, clip_report
-from server.store import access, instances, tasks
+from server.store import access, files, instances, tasks
 from server.store.chunks import trim_chunks
 from server.store.conn import Conn
 
@@ -254,10 +254,30 @@ async def task_list(state: ServerState, who: AgentIdentity, body: bytes) -> dict
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         run, stop = await tasks.tasks_for(conn, who.instance_id)
-        return run, stop
+        sent = await files.files_for(conn, who.instance_id, model.now_ms())
+        return run, stop, sent
 
-    run, stop = await state.store.write(_tx, durable=False, key=who.instance_id)
-    return {"run": [render_task(r) for r in run], "stop": stop}
+    run, stop, sent = await state.store.write(_tx, durable=False, key=who.instance_id)
+    answer: dict[str, Any] = {"run": [render_task(r) for r in run], "stop": stop}
+    if sent:  # only when there are some: older agents never see the key
+        answer["files"] = [render_file(r) for r in sent]
+    return answer
+
+
+def render_file(row: dict[str, Any]) -> dict[str, Any]:
+    """A File task of task/list (docs/agent-protocol.md)."""
+    return {
+        "invoke_id": row["invoke_id"],
+        "name": row["name"],
+        "content": row["content"],
+        "target_dir": row["target_dir"],
+        "file_mode": row["file_mode"],
+        "file_owner": row["file_owner"],
+        "file_group": row["file_group"],
+        "overwrite": bool(row["overwrite"]),
+        "timeout": row["timeout"],
+        "created": row["created"],
+    }
 
 
 def read_ids(data: dict[str, Any]) -> tuple[str, str]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from server.rpc import Params, invalid
+from server.rpc import ApiError, Params, invalid
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -42,6 +42,17 @@ def refuse_unimplemented(name: str, p: Params) -> None:
         )
 
 
+def require_instances(ids: list[str], found: Collection[str]) -> None:
+    """InvalidInstance.NotFound unless every one of `ids` was found."""
+    absent = [i for i in ids if i not in found]
+    if absent:
+        raise ApiError(
+            "InvalidInstance.NotFound",
+            f"The specified instance does not exist: {', '.join(absent[:10])}.",
+            404,
+        )
+
+
 def action(name: str, tags: bool = False) -> Callable[[Handler], Handler]:
     """Register an operator action under its API name; one that does not take tags (`tags`)
     refuses Tag.N parameters rather than ignoring a filter and answering everything."""
@@ -64,6 +75,13 @@ def action(name: str, tags: bool = False) -> Callable[[Handler], Handler]:
 
 def load_actions() -> dict[str, Handler]:
     """Import every action module (registration happens at import)."""
-    from server.api import activations, commands, instances, invocations, tags  # noqa: F401
+    from server.api import (  # noqa: F401
+        activations,
+        commands,
+        files,
+        instances,
+        invocations,
+        tags,
+    )
 
     return ACTIONS

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from server import model
-from server.api import action
+from server.api import action, require_instances
 from server.api.tags import read_tags, render_tags
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
@@ -167,16 +167,9 @@ async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict
 
     async def _tx(conn: Conn) -> Any:
         found = await q.existing_instances(conn, account, ids)
-        absent = [i for i in ids if i not in found]
-        if absent:
-            raise ApiError(
-                "InvalidInstance.NotFound",
-                f"The specified instance does not exist: {', '.join(absent[:10])}.",
-                404,
-            )
+        require_instances(ids, found)
         await q.request_update(conn, account, ids, version)
-        return found, absent
 
-    found, absent = await state.store.write(_tx)
+    await state.store.write(_tx)
     await state.notifier.publish(ids, {"type": "update", "version": version})
     return {"InstanceIds": {"InstanceId": ids}}

@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from server import model
-from server.api import action
+from server.api import action, require_instances
 from server.api.commands import (
     NAME_TOO_LONG,
     TIMEOUT_OUT_OF_RANGE,
@@ -135,13 +135,7 @@ async def start_invocation(
         if prior is not None:
             return prior
         found = await q.existing_instances(conn, account, ids)
-        absent = [i for i in ids if i not in found]
-        if absent:
-            raise ApiError(
-                "InvalidInstance.NotFound",
-                f"The specified instance does not exist: {', '.join(absent[:10])}.",
-                404,
-            )
+        require_instances(ids, found)
         if keep:
             await q.insert_command(conn, command)
             await add_tags(conn, account, "command", [command["command_id"]], tags)

@@ -208,3 +208,44 @@ tags = Table(
     Column("tag_value", String(128), nullable=False, default=""),
     Index("ix_tags_lookup", "account", "resource_type", "tag_key", "tag_value"),
 )
+
+# schema version 7: SendFile (server/api/files.py); the content is kept as base64 of the file's
+# bytes whatever ContentType the caller used
+send_files = Table(
+    "send_files",
+    metadata,
+    Column("invoke_id", String(64), primary_key=True),
+    Column("account", String(128), nullable=False),
+    Column("region_id", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("content", Text, nullable=False),
+    Column("content_type", String(16), nullable=False),
+    Column("target_dir", String(256), nullable=False),
+    Column("file_mode", String(8), nullable=False),
+    Column("file_owner", String(64), nullable=False),
+    Column("file_group", String(64), nullable=False),
+    Column("overwrite", Boolean, nullable=False),
+    Column("timeout", Integer, nullable=False),
+    Column("created", String(32), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_send_files_account_created", "account", "created_ms"),
+)
+
+# One row per (file task, instance): Pending until listed to the agent, Running once listed,
+# then the agent's Success / Failed, or Timeout / Invalid from the server.
+send_file_instances = Table(
+    "send_file_instances",
+    metadata,
+    Column("invoke_id", String(64), primary_key=True),
+    Column("instance_id", String(64), primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("error_code", String(128), nullable=False, default=""),
+    Column("error_info", Text, nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("deadline_ms", BigInteger, nullable=False),
+    Column("start_ms", BigInteger, nullable=True),
+    Column("finish_ms", BigInteger, nullable=True),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_sfi_instance_status", "instance_id", "status"),
+)

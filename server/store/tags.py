@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, select
+from sqlalchemy import and_, delete, exists, or_, select
 
 from server.store.conn import Conn
 from server.store.rows import Row, _page, _rows
-from server.store.schema import activations, commands, instances, invocations, tags
+from server.store.schema import activations, commands, instances, invocations, send_files, tags
 
 # A tag filter: (key, value); value None matches any value of the key.
 TagFilter = Sequence[tuple[str, "str | None"]]
@@ -21,6 +21,8 @@ RESOURCES: dict[str, tuple[Any, Any]] = {
     "activation": (activations.c.activation_id, activations.c.account),
     "managedinstance": (instances.c.instance_id, instances.c.account),
 }
+# SendFile's tasks (f-…) are invocations too, as in the real API
+ALSO: dict[str, tuple[Any, Any]] = {"invocation": (send_files.c.invoke_id, send_files.c.account)}
 
 
 def tagged(resource_type: str, id_column: Any, account: str, wanted: TagFilter) -> Any:
@@ -44,13 +46,20 @@ async def existing_resources(
 ) -> set[str]:
     """Which of `ids` are resources of this type owned by `account` (in `region`, but for
     managed instances, which have none)."""
-    id_column, account_column = RESOURCES[resource_type]
-    stmt = select(id_column).where(account_column == account, id_column.in_(list(ids)))
-    if resource_type == "managedinstance":
-        stmt = stmt.where(instances.c.deregistered.is_(False))
-    else:
-        stmt = stmt.where(id_column.table.c.region_id == region)
-    return {str(r[0]) for r in (await conn.execute(stmt)).all()}
+    found: set[str] = set()
+    for id_column, account_column in _tables(resource_type):
+        stmt = select(id_column).where(account_column == account, id_column.in_(list(ids)))
+        if resource_type == "managedinstance":
+            stmt = stmt.where(instances.c.deregistered.is_(False))
+        else:
+            stmt = stmt.where(id_column.table.c.region_id == region)
+        found.update(str(r[0]) for r in (await conn.execute(stmt)).all())
+    return found
+
+
+def _tables(resource_type: str) -> list[tuple[Any, Any]]:
+    """The (id column, account column) of each table holding resources of this type."""
+    return [RESOURCES[resource_type], *([ALSO[resource_type]] if resource_type in ALSO else [])]
 
 
 async def set_tags(
@@ -135,9 +144,15 @@ async def list_tag_resources(
     if ids:
         stmt = stmt.where(t.c.resource_id.in_(list(ids)))
     if resource_type != "managedinstance":  # the others belong to a region
-        id_column, _ = RESOURCES[resource_type]
         stmt = stmt.where(
-            t.c.resource_id.in_(select(id_column).where(id_column.table.c.region_id == region))
+            or_(
+                *(
+                    t.c.resource_id.in_(
+                        select(id_column).where(id_column.table.c.region_id == region)
+                    )
+                    for id_column, _ in _tables(resource_type)
+                )
+            )
         )
     if wanted:
         stmt = stmt.where(tagged(resource_type, t.c.resource_id, account, wanted))

@@ -3,7 +3,7 @@
 It sits between agent and assist-server like a load balancer would: every request is forwarded
 unchanged (headers and body); `rewrite(path, body) -> body` may change an answer in transit and
 `replay(path, request_headers) -> (status, headers, body) | None` may answer from a capture
-instead of forwarding. Every request and answer is recorded.
+instead of forwarding; `unsign(path) -> bool` strips the signature headers of an answer. Every request and answer is recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxy.answers.append((path, status, dict(out_headers), content))
         if proxy.rewrite:
             content = proxy.rewrite(path, content)
+        if proxy.unsign and proxy.unsign(path):
+            out_headers = {
+                k: v for k, v in out_headers.items() if not k.lower().startswith("x-assist-server")
+            }
         self.send_response(status)
         for name, value in out_headers.items():
             if name.lower() not in _HOP:
@@ -75,6 +79,8 @@ class MitmProxy(http.server.ThreadingHTTPServer):
         self.answers: list[tuple[str, int, dict[str, str], bytes]] = []
         self.rewrite: Callable[[str, bytes], bytes] | None = None
         self.replay: Callable[[str, dict[str, str]], Answer | None] | None = None
+        # answers to paths it is true for lose the control plane's signature headers
+        self.unsign: Callable[[str], bool] | None = None
 
     @property
     def url(self) -> str:

@@ -54,10 +54,23 @@ class Api:
         assert set(body) >= {"RequestId", "Code", "Message"}
         return status, body["Code"]
 
-    def agent(self, instance_id: str = "") -> FakeAgent:
+    def agent(self, instance_id: str = "", os_type: str = "linux") -> FakeAgent:
         """Register a fake agent with a fresh activation of this account."""
         act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
-        return FakeAgent.register(self.server.url, act_id, code, instance_id=instance_id)
+        return FakeAgent.register(
+            self.server.url, act_id, code, instance_id=instance_id, os_type=os_type
+        )
+
+
+def tea_client(server: ServerHandle, key_id: str, secret: str) -> Any:
+    """The official Tea SDK client, default settings but for the loopback endpoint."""
+    from alibabacloud_ecs20140526.client import Client
+    from alibabacloud_tea_openapi.utils_models import Config
+
+    host = server.url.split("://", 1)[1]
+    config = Config(access_key_id=key_id, access_key_secret=secret, endpoint=host, protocol="http")
+    config.region_id = "cn-hangzhou"
+    return Client(config)
 
 
 def parse_xml(raw: bytes) -> ET.Element:
