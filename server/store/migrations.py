@@ -79,7 +79,8 @@ async def _add_region_v6(conn: Conn) -> None:
             )
 
 
-# Numbers 8..11 are free; order is by number.
+# Order is by number; a new step takes a number above the last (7..11 stay unused: a database
+# at 12 would never run them).
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _create_v1),
     (2, _add_execution_detail_v2),
@@ -87,8 +88,8 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (4, _create_missing_tables),  # tags
     (5, _add_invocation_template_v5),
     (6, _add_region_v6),
-    (7, _create_missing_tables),  # send_files, send_file_instances (SendFile)
     (12, _add_server_keys_v12),
+    (13, _create_missing_tables),  # send_files, send_file_instances (SendFile)
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -309,7 +309,7 @@ def test_official_sdks_call_send_file_and_describe(api: Api) -> None:
     assert {f["invoke_id"] for f in agent.tasks()["files"]} == {invoke, sent.body.invoke_id}
 
 
-def test_a_version_6_database_gets_the_send_file_tables(tmp_path: Path) -> None:
+def test_a_database_from_before_send_file_gets_its_tables(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
 
     def migrate() -> dict[str, int]:
@@ -328,10 +328,11 @@ def test_a_version_6_database_gets_the_send_file_tables(tmp_path: Path) -> None:
             return {str(r[0]) for r in rows}
 
     migrate()
-    with sqlite3.connect(db) as conn:  # what a version-6 server left behind
-        conn.execute("DROP TABLE send_file_instances")
-        conn.execute("DROP TABLE send_files")
-        conn.execute("UPDATE schema_version SET version = 6")
-    assert "send_files" not in tables()
-    assert migrate()["before"] == 6
-    assert {"send_files", "send_file_instances"} <= tables()
+    for released in (6, 12):  # what a server before SendFile left behind (12: the last release)
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TABLE send_file_instances")
+            conn.execute("DROP TABLE send_files")
+            conn.execute("UPDATE schema_version SET version = ?", (released,))
+        assert "send_files" not in tables()
+        assert migrate()["before"] == released
+        assert {"send_files", "send_file_instances"} <= tables()
