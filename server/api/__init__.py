@@ -64,6 +64,13 @@ def action(name: str, tags: bool = False) -> Callable[[Handler], Handler]:
 
 def load_actions() -> dict[str, Handler]:
     """Import every action module (registration happens at import)."""
-    from server.api import activations, commands, instances, invocations, tags  # noqa: F401
+    from server.api import (  # noqa: F401
+        activations,
+        commands,
+        instances,
+        invocations,
+        settings,
+        tags,
+    )
 
     return ACTIONS

@@ -208,3 +208,14 @@ tags = Table(
     Column("tag_value", String(128), nullable=False, default=""),
     Index("ix_tags_lookup", "account", "resource_type", "tag_key", "tag_value"),
 )
+
+# schema version 8: Cloud Assistant settings per account and region (ModifyCloudAssistantSettings)
+cloud_assistant_settings = Table(
+    "cloud_assistant_settings",
+    metadata,
+    Column("account", String(128), primary_key=True),
+    Column("region_id", String(64), primary_key=True),
+    Column("setting_type", String(64), primary_key=True),
+    Column("value", Text, nullable=False),  # JSON object, the setting's fields
+    Column("updated_ms", BigInteger, nullable=False),
+)
