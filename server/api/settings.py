@@ -83,18 +83,22 @@ def _given_fields(p: Params) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise invalid(AGENT_UPGRADE, "It must be a JSON object.")
         fields.update(value)
-    for key in p.raw:
+    windows: dict[int, str] = {}
+    for key, value in p.raw.items():
         match = _FLAT.match(key)
         if match and match.group(1) == "AllowedUpgradeWindow" and match.group(2):
-            fields["AllowedUpgradeWindow"] = p.list(f"{AGENT_UPGRADE}.AllowedUpgradeWindow")
+            windows[int(match.group(2))] = value
         elif match and not match.group(2):
-            fields[match.group(1)] = p.raw[key]
+            fields[match.group(1)] = value
         elif key.startswith(AGENT_UPGRADE + "."):
             raise invalid(key, f"Unknown field; {AGENT_UPGRADE} takes {', '.join(_FIELDS)}.")
+    if windows:
+        fields["AllowedUpgradeWindow"] = [windows[i] for i in sorted(windows) if windows[i]]
     for name in fields:
         if name not in _FIELDS:
             detail = "This server does not implement it." if name == "BootstrapUpgrade" else ""
-            raise invalid(f"{AGENT_UPGRADE}.{name}", detail or f"Valid fields: {', '.join(_FIELDS)}.")
+            unknown = f"Unknown field; {AGENT_UPGRADE} takes {', '.join(_FIELDS)}."
+            raise invalid(f"{AGENT_UPGRADE}.{name}", detail or unknown)
     return fields
 
 

@@ -60,6 +60,17 @@ class Api:
         return FakeAgent.register(self.server.url, act_id, code, instance_id=instance_id)
 
 
+def tea_client(server: ServerHandle, key_id: str, secret: str) -> Any:
+    """The official Tea SDK client, default settings but for the loopback endpoint."""
+    from alibabacloud_ecs20140526.client import Client
+    from alibabacloud_tea_openapi.utils_models import Config
+
+    host = server.url.split("://", 1)[1]
+    config = Config(access_key_id=key_id, access_key_secret=secret, endpoint=host, protocol="http")
+    config.region_id = "cn-hangzhou"
+    return Client(config)
+
+
 def parse_xml(raw: bytes) -> ET.Element:
     """A response body that must be well-formed XML 1.0 (expat refuses anything else)."""
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from serverkit import run_sql
+from serverkit import run_sql, tea_client
 
 from devkit.realagent import AgentProcess, register_agent  # noqa: E402
 from devkit.server import ServerHandle, launch_server
@@ -35,17 +35,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
 @pytest.fixture
 def account(server: ServerHandle) -> tuple[str, str]:
     return server.create_access_key(f"v3-{uuid.uuid4().hex[:8]}")
-
-
-def tea_client(server: ServerHandle, key_id: str, secret: str) -> Any:
-    """The official Tea SDK client, default settings but for the loopback endpoint."""
-    from alibabacloud_ecs20140526.client import Client
-    from alibabacloud_tea_openapi.utils_models import Config
-
-    host = server.url.split("://", 1)[1]
-    config = Config(access_key_id=key_id, access_key_secret=secret, endpoint=host, protocol="http")
-    config.region_id = "cn-hangzhou"
-    return Client(config)
 
 
 def command_count(server: ServerHandle, account: str) -> int:
