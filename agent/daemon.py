@@ -149,7 +149,7 @@ class Agent:
         self._sender.start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._notify_loop, "notify")):
             threading.Thread(target=target, name=name, daemon=True).start()
-        self.updates.schedule()
+        self.updates.start()
         self.stopping.wait()
         self.shutdown()
 

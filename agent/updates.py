@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 UPDATE_BUSY_RETRY = 60.0  # seconds to wait when an update finds a one-shot task running
 MAX_UPDATE_LOG = 1 << 20  # bytes of log/update.log before it is rotated to update.log.1
+FIRST_CHECK_GRACE = 60.0  # seconds scheduled updates wait for the first update check
 POLICY_FILE = "upgrade-policy.json"  # state/: the server's AgentUpgradeConfig, last received
 
 
@@ -66,6 +67,19 @@ class UpdateTrigger:
         self._lock = threading.RLock()
         self.policy = load_policy(config.layout.state_dir)
 
+    def start(self, grace: float = FIRST_CHECK_GRACE) -> None:
+        """Arm scheduled updates: now with the upgrade settings kept from an earlier run, else
+        after the first update check (or `grace` seconds, if the server cannot be reached)."""
+        if self.policy is not None:
+            self.schedule()
+        else:
+            self.timers.call_at(time.time() + grace, self._arm_once)
+
+    def _arm_once(self) -> None:
+        with self._lock:
+            if self._generation == 0:
+                self.schedule()
+
     def schedule(self, after: float | None = None) -> None:
         """Arm the next scheduled update: [update] schedule plus splay (docs/schedules.md),
         moved into the server's upgrade window when one is set (docs/agent-protocol.md)."""
@@ -78,10 +92,7 @@ class UpdateTrigger:
             when = self._next_time(after or time.time())
             if when is None:
                 return
-            log.info(
-                "next scheduled update check at %s",
-                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)),
-            )
+            log.info("next scheduled update check at %s", _stamp(when))
             self.timer = self.timers.call_at(when, lambda: self._fire(generation, when))
 
     def _next_time(self, after: float) -> float | None:
@@ -97,12 +108,16 @@ class UpdateTrigger:
             return when
         gated = policy.gate(when)
         if gated is None:
-            log.info("scheduled updates are off: the server's AgentUpgradeConfig disables them")
+            log.warning("scheduled updates are off: the server's AgentUpgradeConfig disables them")
         elif gated != when:
             # outside every window: the next opening, spread over at most half of that window
             spread = min(self.config.update.splay, policy.window_left(gated) / 2)
             gated += random.uniform(0, max(0.0, spread))
-            log.info("scheduled update moved into the server's upgrade window")
+            log.warning(
+                "scheduled update at %s moved into the server's upgrade window: %s",
+                _stamp(when),
+                _stamp(gated),
+            )
         return gated
 
     def _fire(self, generation: int, when: float) -> None:
@@ -112,7 +127,7 @@ class UpdateTrigger:
         now = time.time()
         policy = self.policy
         if policy is not None and policy.gate(now) != now:
-            log.info("scheduled update not started: outside the server's upgrade window")
+            log.warning("scheduled update not started: outside the server's upgrade window")
             self.schedule(now)
             return
         self.run("schedule")
@@ -132,8 +147,10 @@ class UpdateTrigger:
             answer = self.client.update_check(body)
         except AssistError as exc:
             log.info("update check failed: %s", exc)
+            self._arm_once()
             return
         self.set_policy(answer.get("upgrade_config"))
+        self._arm_once()
         if not answer.get("update_now"):
             return
         if self.policy is not None and self.policy.disabled:
@@ -189,6 +206,10 @@ class UpdateTrigger:
                 **extra,
             )
         return True
+
+
+def _stamp(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def load_policy(state_dir: Path) -> UpgradePolicy | None:
