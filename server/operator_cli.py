@@ -21,6 +21,7 @@ from tqdm import tqdm
 from common.atomic import atomic_write_json
 from common.cli import add_common_options, print_json, run_cli
 from common.errors import AssistError, ConfigError, DownloadError, UsageError
+from server import operator_settings
 from server.rpc import sign_params
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,7 @@ EXAMPLES = {
     "configure": "assist configure --access-key-id LTAI… --access-key-secret … --region cn-hangzhou --endpoint https://assist.example:8443",
     "ecs": "assist ecs DescribeInvocationResults --InstanceId i-1 --InvokeId t-…",
     "run": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
+    **operator_settings.EXAMPLES,
 }
 
 
@@ -361,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
     run.add_argument("--endpoint", default="", help="API endpoint (default: the configured one)")
     run.add_argument("--json", action="store_true")
+    operator_settings.add_parser(sub)
     return parser
 
 
@@ -369,6 +372,9 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_configure(args)
     if args.command == "ecs":
         return cmd_ecs(args)
+    if args.command == "settings":
+        config = load_config()
+        return operator_settings.cmd_settings(args, lambda a, p: call_api(config, a, p))
     return cmd_run(args)
 
 

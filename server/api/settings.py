@@ -153,7 +153,9 @@ async def modify_settings(state: ServerState, account: str, p: Params) -> dict[s
     async def _tx(conn: Conn) -> Any:
         current = stored_policy(await store.get_setting(conn, account, region, AGENT_UPGRADE))
         policy = merged_policy(current, fields)
-        await store.put_setting(conn, account, region, AGENT_UPGRADE, policy.to_wire(), model.now_ms())
+        await store.put_setting(
+            conn, account, region, AGENT_UPGRADE, policy.to_wire(), model.now_ms()
+        )
         return await store.region_instances(conn, account, region)
 
     targets = await state.store.write(_tx)

@@ -52,7 +52,9 @@ def test_the_official_sdks_set_and_read_the_setting(api: Api) -> None:
 
     tea = tea_client(api.server, api.key_id, api.secret)  # signature v3, defaults
     config = models.ModifyCloudAssistantSettingsRequestAgentUpgradeConfig(
-        enabled=True, allowed_upgrade_window=["02:00-03:00", "22:00-00:30"], time_zone="Asia/Shanghai"
+        enabled=True,
+        allowed_upgrade_window=["02:00-03:00", "22:00-00:30"],
+        time_zone="Asia/Shanghai",
     )
     tea.modify_cloud_assistant_settings(
         models.ModifyCloudAssistantSettingsRequest(
@@ -75,7 +77,9 @@ def test_the_official_sdks_set_and_read_the_setting(api: Api) -> None:
     change.set_AgentUpgradeConfig({"DisableUpgrade": True})
     api.sdk(change)
     answer = tea.describe_cloud_assistant_settings(
-        models.DescribeCloudAssistantSettingsRequest(region_id="cn-hangzhou", setting_type=[UPGRADE])
+        models.DescribeCloudAssistantSettingsRequest(
+            region_id="cn-hangzhou", setting_type=[UPGRADE]
+        )
     ).body.agent_upgrade_config
     assert answer.disable_upgrade is True and answer.enabled is True
     assert answer.allowed_upgrade_windows.allowed_upgrade_window == ["02:00-03:00", "22:00-00:30"]
@@ -99,7 +103,11 @@ def test_flattened_parameters_are_read_too(api: Api) -> None:
 @pytest.mark.parametrize(
     ("params", "code", "named"),
     [
-        ({"SettingType": "SessionManagerConfig"}, "InvalidParameter", "supported: AgentUpgradeConfig"),
+        (
+            {"SettingType": "SessionManagerConfig"},
+            "InvalidParameter",
+            "supported: AgentUpgradeConfig",
+        ),
         ({"SettingType": "Nope"}, "InvalidParameter", "supported: AgentUpgradeConfig"),
         ({}, "MissingParameter", "SettingType"),
         ({UPGRADE: '{"AllowedUpgradeWindow": []}'}, "MissingParameter", "AllowedUpgradeWindow"),
@@ -158,7 +166,11 @@ def test_the_regions_agents_are_told_and_receive_it_in_update_check(api: Api) ->
     body = {"agent_version": "1.0.0", "os": "linux", "arch": "x86_64", "channel": "stable"}
     check = "/luban/api/v1/update/update_check"
     assert agent.post(check, body)["upgrade_config"] is None
-    modify(api, {"Enabled": True, "AllowedUpgradeWindow": ["22:00-01:00"], "TimeZone": "UTC"}, "us-west-1")
+    modify(
+        api,
+        {"Enabled": True, "AllowedUpgradeWindow": ["22:00-01:00"], "TimeZone": "UTC"},
+        "us-west-1",
+    )
     assert agent.poll(timeout=5) == [{"type": "settings"}]
     assert agent.post(check, body) == {
         "update_now": False,
