@@ -79,7 +79,8 @@ async def _add_region_v6(conn: Conn) -> None:
             )
 
 
-# Numbers 7, 9..11 are free; order is by number.
+# Order is by number; a new step takes a number above the last (7..11 stay unused: a database
+# at 12 would never run them; 13 is SendFile's tables, on another branch).
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _create_v1),
     (2, _add_execution_detail_v2),
@@ -87,8 +88,8 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (4, _create_missing_tables),  # tags
     (5, _add_invocation_template_v5),
     (6, _add_region_v6),
-    (8, _create_missing_tables),  # cloud_assistant_settings
     (12, _add_server_keys_v12),
+    (14, _create_missing_tables),  # cloud_assistant_settings
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -119,8 +120,4 @@ async def migrate(conn: Conn) -> tuple[int, int]:
         await step(conn)
         await conn.execute(schema.schema_version.delete())
         await conn.execute(schema.schema_version.insert().values(id=1, version=version))
-    if before >= 8:
-        # A step numbered below a version a database already had (8 was added after 12) never
-        # runs there: its tables are created here, idempotently.
-        await _create_missing_tables(conn)
     return before, LATEST

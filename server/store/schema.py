@@ -209,7 +209,7 @@ tags = Table(
     Index("ix_tags_lookup", "account", "resource_type", "tag_key", "tag_value"),
 )
 
-# schema version 8: Cloud Assistant settings per account and region (ModifyCloudAssistantSettings)
+# schema version 14: Cloud Assistant settings per account and region (ModifyCloudAssistantSettings)
 cloud_assistant_settings = Table(
     "cloud_assistant_settings",
     metadata,

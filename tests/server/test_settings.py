@@ -186,8 +186,8 @@ def test_the_regions_agents_are_told_and_receive_it_in_update_check(api: Api) ->
     assert elsewhere.post(check, body)["upgrade_config"] is None
 
 
-def test_a_database_already_past_version_8_gets_the_table(tmp_path: Path) -> None:
-    """Migration 8 was added after 12: a database at 12 gets its table at the next migrate."""
+def test_a_database_of_the_last_release_gets_the_table(tmp_path: Path) -> None:
+    """A database at version 12 (the last release) migrates to the settings table (step 14)."""
     db = tmp_path / "assist.db"
 
     def migrate() -> dict[str, int]:
@@ -201,9 +201,10 @@ def test_a_database_already_past_version_8_gets_the_table(tmp_path: Path) -> Non
         return dict(json.loads(proc.stdout))
 
     migrate()
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TABLE cloud_assistant_settings")  # as a database made before 8
-    assert migrate() == {"before": LATEST, "after": LATEST}
+    with sqlite3.connect(db) as conn:  # as the last release left it
+        conn.execute("DROP TABLE cloud_assistant_settings")
+        conn.execute("UPDATE schema_version SET version = 12")
+    assert migrate() == {"before": 12, "after": LATEST}
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert "cloud_assistant_settings" in tables
+    assert "cloud_assistant_settings" in tables and LATEST >= 14
