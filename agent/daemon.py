@@ -149,7 +149,7 @@ class Agent:
         self._sender.start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._notify_loop, "notify")):
             threading.Thread(target=target, name=name, daemon=True).start()
-        self.updates.schedule()
+        self.updates.start()
         self.stopping.wait()
         self.shutdown()
 
@@ -240,9 +240,10 @@ class Agent:
                         self.options.identity.trust = refusals.trust_on_first_use(
                             self.client, self.state_dir
                         )
+                    reconnected = not self.connected  # at start, or back after an outage
                     self.sync_tasks("startup" if first else "poll")
                     last_sync = time.time()
-                    if first:
+                    if reconnected:  # kicks and upgrade settings missed meanwhile
                         self.updates.check()
                     first = False
                 self._set_connected(True)
@@ -274,7 +275,7 @@ class Agent:
         kinds = {str(e.get("type")) for e in events}
         if kinds & {"task", "stop"}:
             self.sync_tasks("kick")
-        if "update" in kinds:
+        if kinds & {"update", "settings"}:
             self.updates.check()
 
     def _heartbeat_loop(self) -> None:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from common.atomic import atomic_write_json
 from common.cli import add_common_options, print_json, run_cli
 from common.errors import AssistError, ConfigError, DownloadError, UsageError
+from server import operator_settings
 from server.rpc import sign_params
 
 log = logging.getLogger(__name__)
@@ -416,6 +417,7 @@ EXAMPLES = {
     "ecs": "assist ecs DescribeInvocationResults --InstanceId i-1 --InvokeId t-…",
     "run": "assist run --instance-ids i-1 i-2 --command 'echo 123' --wait",
     "send-file": "assist send-file app.conf --instance i-1 --instance i-2 --target-dir /etc/app --mode 0640 --owner nobody",
+    **operator_settings.EXAMPLES,
 }
 
 
@@ -456,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--endpoint", default="", help="API endpoint (default: the configured one)")
     run.add_argument("--json", action="store_true")
     add_send_file_parser(sub)
+    operator_settings.add_parser(sub)
     return parser
 
 
@@ -491,6 +494,9 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_ecs(args)
     if args.command == "send-file":
         return cmd_send_file(args)
+    if args.command == "settings":
+        config = load_config()
+        return operator_settings.cmd_settings(args, lambda a, p: call_api(config, a, p))
     return cmd_run(args)
 
 

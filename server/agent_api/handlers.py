@@ -16,7 +16,8 @@ from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
 from server.lifecycle import terminal_status
 from server.output_limits import clip_chunk, clip_report
-from server.store import access, files, instances, tasks
+from server.rpc import DEFAULT_REGION
+from server.store import access, files, instances, settings, tasks
 from server.store.chunks import trim_chunks
 from server.store.conn import Conn
 
@@ -379,7 +380,8 @@ async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict
 
 
 async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
-    """update_now is true once after KickAgentUpdate for this instance."""
+    """update_now is true once after KickAgentUpdate for this instance; upgrade_config is the
+    AgentUpgradeConfig of the instance's region (null when the region has none)."""
     data = parse_json(body)
     for name in ("agent_version", "os", "arch", "channel"):
         field_str(data, name, 64)
@@ -387,10 +389,18 @@ async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> d
     async def _tx(conn: Conn) -> Any:
         await state.use_agent_nonce(conn, who)
         update_now, version = await instances.take_update(conn, who.instance_id)
-        return update_now, version
+        where = await settings.instance_region(conn, who.instance_id, DEFAULT_REGION)
+        config = None
+        if where is not None:
+            config = await settings.get_setting(conn, *where, settings.AGENT_UPGRADE)
+        return update_now, version, config
 
-    update_now, version = await state.store.write(_tx, key=who.instance_id)
-    return {"update_now": update_now, "version": version if update_now else ""}
+    update_now, version, config = await state.store.write(_tx, key=who.instance_id)
+    return {
+        "update_now": update_now,
+        "version": version if update_now else "",
+        "upgrade_config": config,
+    }
 
 
 async def server_keys(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:

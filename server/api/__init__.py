@@ -81,6 +81,7 @@ def load_actions() -> dict[str, Handler]:
         files,
         instances,
         invocations,
+        settings,
         tags,
     )
 

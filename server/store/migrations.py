@@ -90,6 +90,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (6, _add_region_v6),
     (12, _add_server_keys_v12),
     (13, _create_missing_tables),  # send_files, send_file_instances (SendFile)
+    (14, _create_missing_tables),  # cloud_assistant_settings
 ]
 LATEST = MIGRATIONS[-1][0]
 

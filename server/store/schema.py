@@ -209,7 +209,7 @@ tags = Table(
     Index("ix_tags_lookup", "account", "resource_type", "tag_key", "tag_value"),
 )
 
-# schema version 7: SendFile (server/api/files.py); the content is kept as base64 of the file's
+# schema version 13: SendFile (server/api/files.py); the content is kept as base64 of the file's
 # bytes whatever ContentType the caller used
 send_files = Table(
     "send_files",
@@ -248,4 +248,15 @@ send_file_instances = Table(
     Column("finish_ms", BigInteger, nullable=True),
     Column("updated_ms", BigInteger, nullable=False),
     Index("ix_sfi_instance_status", "instance_id", "status"),
+)
+
+# schema version 14: Cloud Assistant settings per account and region (ModifyCloudAssistantSettings)
+cloud_assistant_settings = Table(
+    "cloud_assistant_settings",
+    metadata,
+    Column("account", String(128), primary_key=True),
+    Column("region_id", String(64), primary_key=True),
+    Column("setting_type", String(64), primary_key=True),
+    Column("value", Text, nullable=False),  # JSON object, the setting's fields
+    Column("updated_ms", BigInteger, nullable=False),
 )

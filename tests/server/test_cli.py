@@ -341,3 +341,45 @@ def test_assist_run_reports_failure_exit_code(configured: dict[str, str], api: A
         thread.join()
     assert done.returncode == 1
     assert "Failed" in done.stdout
+
+
+def test_assist_settings_set_upgrade_and_show(configured: dict[str, str], api: Api) -> None:
+    done = assist(configured, "settings", "show")
+    assert done.returncode == 0, done.stderr
+    assert (
+        "Enabled:              false" in done.stdout and "TimeZone:             UTC" in done.stdout
+    )
+    done = assist(
+        configured,
+        "settings",
+        "set-upgrade",
+        "--enable",
+        "--window",
+        "02:00-03:00",
+        "--window",
+        "22:00-00:30",
+        "--time-zone",
+        "Asia/Shanghai",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "AllowedUpgradeWindow: 02:00-03:00, 22:00-00:30" in done.stdout
+    # the configured region (cn-test) holds it; another region does not
+    stored = api.ok(
+        "DescribeCloudAssistantSettings",
+        RegionId="cn-test",
+        **{"SettingType.1": "AgentUpgradeConfig"},
+    )
+    assert stored["AgentUpgradeConfig"]["TimeZone"] == "Asia/Shanghai"
+    other = assist(configured, "settings", "show", "--region", "us-west-1", "--json")
+    assert json.loads(other.stdout)["AgentUpgradeConfig"]["Enabled"] is False
+    done = assist(configured, "settings", "set-upgrade", "--disable-upgrade", "--json")
+    answer = json.loads(done.stdout)["AgentUpgradeConfig"]
+    assert answer["DisableUpgrade"] is True and answer["Enabled"] is True
+
+
+def test_assist_settings_errors_are_one_line(configured: dict[str, str]) -> None:
+    done = assist(configured, "settings", "set-upgrade")
+    assert done.returncode == 2 and "nothing to change" in done.stderr
+    done = assist(configured, "settings", "set-upgrade", "--window", "02:00-02:30")
+    assert done.returncode != 0 and "InvalidParameter" in done.stderr
+    assert "60 minutes" in done.stderr and "Traceback" not in done.stderr
