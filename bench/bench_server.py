@@ -305,7 +305,12 @@ def run_backend(name: str, url: str | None, agents: int, tmp: Path, hello_port: 
     if PROFILE_DIR:
         Path(PROFILE_DIR).mkdir(parents=True, exist_ok=True)
         python_args = ["-m", "cProfile", "-o", str(Path(PROFILE_DIR) / f"{name}-{agents}.prof")]
-    handle = launch_server(tmp / f"{name}-{agents}", db_url=url, python_args=python_args)
+    handle = launch_server(
+        tmp / f"{name}-{agents}",
+        db_url=url,
+        extra_args=["--max-connections", str(agents + 1000)],  # every agent parks a poll
+        python_args=python_args,
+    )
     try:
         key_id, secret = handle.create_access_key("bench")
         port = int(handle.url.rsplit(":", 1)[1])
