@@ -118,6 +118,7 @@ class AgentClient:
         self.ca_file = ca_file
         self.verify = tls_verify(ca_file)
         self._base_path = urlsplit(self.server).path
+        self.poll_beat_at = 0.0  # monotonic time of the last long-poll answer that was a heartbeat
 
     def call(
         self,
@@ -348,6 +349,8 @@ class AgentClient:
             "GET", "/v1/notify", query=f"timeout={seconds}", timeout=seconds + self.timeout
         )
         events = answer.get("events") if isinstance(answer, dict) else None
+        if isinstance(answer, dict) and answer.get("heartbeat") is True:
+            self.poll_beat_at = time.monotonic()  # the server counted this poll as a heartbeat
         return [e for e in events or [] if isinstance(e, dict)]
 
     def update_check(self, body: dict[str, Any]) -> dict[str, Any]:

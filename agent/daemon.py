@@ -250,15 +250,14 @@ class Agent:
                 backoff.reset()
                 polled = time.monotonic()
                 events = self.client.notify(self.config.agent.poll_timeout)
-                self._handle_events(events)
+                if self._handle_events(events):
+                    last_sync = time.time()
                 if not events and time.monotonic() - polled < EARLY_WAKE_FRACTION * (
                     self.config.agent.poll_timeout
                 ):
                     # Woken with nothing to show: another poll (e.g. a dead predecessor's
                     # connection) may have taken the event. Listing tasks costs one request.
                     self._sync_needed.set()
-                if any(e.get("type") in ("task", "stop") for e in events):
-                    last_sync = time.time()
             except (ServerUnavailableError, ServerRefusedError, ResponseRefusedError) as exc:
                 self._sync_needed.set()
                 self._set_connected(False)
@@ -270,16 +269,29 @@ class Agent:
                 self._sync_needed.set()
                 self.stopping.wait(backoff.next_delay())
 
-    def _handle_events(self, events: list[dict[str, Any]]) -> None:
-        """React to long-poll events."""
+    def _handle_events(self, events: list[dict[str, Any]]) -> bool:
+        """React to long-poll events; True if the whole task list was fetched.
+
+        A kick that carries its tasks (`{"type": "task", "tasks": [...]}`, signed like every
+        answer) is taken as it is: no task list is asked for. A stop, or a kick without its
+        tasks (a modified invocation, an older server), lists them all."""
         kinds = {str(e.get("type")) for e in events}
-        if kinds & {"task", "stop"}:
+        kicks = [e for e in events if e.get("type") == "task"]
+        synced = "stop" in kinds or any(not isinstance(e.get("tasks"), list) for e in kicks)
+        if synced:
             self.sync_tasks("kick")
+        else:
+            for kick in kicks:
+                for raw in kick["tasks"]:
+                    self._take_task(raw)
         if kinds & {"update", "settings"}:
             self.updates.check()
+        return synced
 
     def _heartbeat_loop(self) -> None:
-        """Send heartbeats with jitter at the server's interval."""
+        """Send heartbeats with jitter at the server's interval, while long-polls do not count
+        as heartbeats (the server says so in their answers): the first one always goes, with
+        the agent's version."""
         interval = self.config.agent.heartbeat
         while not self.stopping.is_set():
             body = {
@@ -288,10 +300,12 @@ class Agent:
                 "boot_time": self.boot.boot_time,
                 "running": self.pool.counts()[0],
             }
-            try:
-                interval = self.beat_client.heartbeat(body) or interval
-            except AssistError as exc:
-                log.info("heartbeat failed: %s", exc)
+            polled = time.monotonic() - self.client.poll_beat_at
+            if polled > interval + self.config.agent.poll_timeout:
+                try:
+                    interval = self.beat_client.heartbeat(body) or interval
+                except AssistError as exc:
+                    log.info("heartbeat failed: %s", exc)
             self.stopping.wait(interval * random.uniform(0.8, 1.0))
 
     # -- outbox -------------------------------------------------------------------------------
@@ -362,28 +376,31 @@ class Agent:
         self._set_connected(True)
         stop_ids = {str(i) for i in listing["stop"]}
         self._stopped = stop_ids
-        listed: set[str] = set()
-        for raw in listing["run"]:
-            try:
-                task = Task.from_wire(raw)
-            except (KeyError, ValueError, TypeError) as exc:
-                log.error("ignoring a malformed task %r: %s", raw, exc)
-                continue
-            if task.invoke_id in stop_ids:
-                continue
-            listed.add(task.invoke_id)
-            if task.repeat_mode in REBOOT_MODES:
-                self._consider_reboot_task(task)
-            elif task.timed or task.repeat_mode == "Period":
-                self._schedule_timed(task)
-            else:
-                self._launch(task, "0")
+        listed = {i for i in map(self._take_task, listing["run"]) if i is not None}
         for invoke_id in list(self._timed):
             if invoke_id not in listed:
                 self._forget_timed(invoke_id)
         for invoke_id in stop_ids:
             self.stop_invocation(invoke_id)
         filewrite.deliver_files(self.store, listing.get("files") or [])
+
+    def _take_task(self, raw: Any) -> str | None:
+        """Run, schedule or keep for the next boot one task of the server's; its invoke id
+        (None if malformed or stopped)."""
+        try:
+            task = Task.from_wire(raw)
+        except (KeyError, ValueError, TypeError) as exc:
+            log.error("ignoring a malformed task %r: %s", raw, exc)
+            return None
+        if task.invoke_id in self._stopped:
+            return None
+        if task.repeat_mode in REBOOT_MODES:
+            self._consider_reboot_task(task)
+        elif task.timed or task.repeat_mode == "Period":
+            self._schedule_timed(task)
+        else:
+            self._launch(task, "0")
+        return task.invoke_id
 
     def report_refused(self, exc: ResponseRefusedError) -> None:
         """Fail the one-shot invocations a refused task list named, with the refusal's code."""

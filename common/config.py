@@ -73,7 +73,7 @@ class AgentConfig:
     chunk_interval: float = 1.0  # seconds between running-output reports
     chunk_size: int = 8 * 1024  # bytes per running-output report
     heartbeat: float = 60.0  # seconds between heartbeats (jittered)
-    poll_timeout: float = 25.0  # seconds a long-poll may wait
+    poll_timeout: float = 50.0  # seconds a long-poll may wait (the server allows up to 60)
     ca_file: str = ""  # PEM CA an https server must chain to (empty: the system's store)
 
 

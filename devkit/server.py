@@ -162,8 +162,10 @@ def launch_server(
     extra_args: list[str] | None = None,
     port: int | None = None,
     scheme: str = "http",
+    python_args: list[str] | None = None,
 ) -> ServerHandle:
-    """Start `assist-server serve` on a free loopback port and wait until it answers."""
+    """Start `assist-server serve` on a free loopback port and wait until it answers.
+    `python_args` go to the interpreter before `-m server.cli` (e.g. `-m cProfile -o FILE`)."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     db = db_url or f"sqlite:///{data / 'assist.db'}"
@@ -172,6 +174,7 @@ def launch_server(
     log_file = log_path.open("wb")
     cmd = [
         sys.executable,
+        *(python_args or []),
         "-m",
         "server.cli",
         "serve",

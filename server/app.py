@@ -24,7 +24,7 @@ from server.api import load_actions
 from server.inputs import ascii_int
 from server.notify import Notifier
 from server.state import AgentIdentity, ServerState, Settings
-from server.store import Store, access, instances, tasks
+from server.store import Store, access, tasks
 from server.store.conn import Conn
 from server.store.db import asyncpg_dsn
 
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 MAX_OPERATOR_BODY = 256 * 1024  # bytes: 18 KB of content plus every other parameter
 MAX_AGENT_BODY = 2 * 1024 * 1024  # bytes
-SEEN_WRITE_INTERVAL = 30_000  # ms between last-seen writes caused by long-polls
 
 
 # --- operator API ---------------------------------------------------------------------------
@@ -243,19 +242,17 @@ async def notify_events(request: Request) -> dict[str, Any]:
     timeout = ascii_int(request.query_params.get("timeout", "25"), 6)
     if timeout is None or timeout > state.settings.max_poll:
         raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")
-    now_ms = int(time.time() * 1000)
-    touch = now_ms - state.last_seen_written.get(who.instance_id, 0) > SEEN_WRITE_INTERVAL
-
-    async def _tx(conn: Conn) -> Any:
-        await state.use_agent_nonce(conn, who)
-        if touch:
-            await instances.record_seen(conn, who.instance_id, now_ms)
-
-    await state.store.write(_tx, durable=False, key=who.instance_id)
-    if touch:
-        state.seen(who.instance_id, now_ms)
+    # Parked only once its nonce is in the shared table (batched per replica: server/agent_api/
+    # batch.py), so a replay, on any replica, is refused before it can dismiss or take anything.
+    if not await state.batch.claim_nonce(who.nonce_key, who.nonce_expires):
+        raise auth.unauthorized("nonce already used", "ReplayedRequest")
+    state.batch.note_seen(who.instance_id, int(time.time() * 1000))
     events = await wait_unless_gone(request, state.notifier, who.instance_id, float(timeout))
-    return {"events": events}
+    for event in events:  # tasks that went out with the kick: no task list will mark them
+        for task in event.get("tasks") or ():
+            state.batch.delivered(str(task["invoke_id"]), who.instance_id)
+    # an answered long-poll counts as a heartbeat: the agent may stop its own
+    return {"events": events, "heartbeat": True}
 
 
 async def wait_unless_gone(
@@ -290,7 +287,12 @@ async def client_gone(request: Request) -> None:
 async def health(request: Request) -> Response:
     state: ServerState = request.app.state.server
     return JSONResponse(
-        {"ok": True, "replica": state.notifier.replica, "waiting": state.notifier.waiting()}
+        {
+            "ok": True,
+            "replica": state.notifier.replica,
+            "waiting": state.notifier.waiting(),
+            "batched_writes": state.batch.stats(),
+        }
     )
 
 
@@ -365,6 +367,7 @@ def create_app(settings: Settings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await notifier.close()
+            await state.batch.close()
             await store.close()
 
     routes = [

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "assist_notify"
 PENDING_TTL = 90.0  # seconds an undelivered event is kept for the next poll
 MAX_PAYLOAD = 7000  # bytes per NOTIFY (PostgreSQL's limit is 8000)
+MAX_EVENT = 3000  # bytes of an event sent along to other replicas as it is
 
 Event = dict[str, Any]
 
@@ -224,12 +225,17 @@ def _add(events: list[Event], new: Iterable[Event]) -> None:
 
 
 def _payloads(replica: str, instance_ids: Sequence[str], event: Event) -> list[str]:
-    """Split a fan-out into NOTIFY payloads under PostgreSQL's size limit."""
+    """Split a fan-out into NOTIFY payloads under PostgreSQL's size limit. An event too big to
+    share a payload with instance ids (a kick carrying a long script) goes without its tasks:
+    the agents it wakes on other replicas list their tasks instead."""
+    if len(json.dumps(event)) > MAX_EVENT:
+        event = {k: v for k, v in event.items() if k != "tasks"}
+    budget = MAX_PAYLOAD - 200 - len(json.dumps(event))
     payloads: list[str] = []
     batch: list[str] = []
     size = 0
     for iid in instance_ids:
-        if batch and size + len(iid) + 3 > MAX_PAYLOAD - 200:
+        if batch and size + len(iid) + 3 > budget:
             payloads.append(json.dumps({"r": replica, "i": batch, "e": event}))
             batch, size = [], 0
         batch.append(iid)

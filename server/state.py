@@ -9,6 +9,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.agent_api import auth
+from server.agent_api.batch import FLUSH_INTERVAL, ReplicaWrites
 from server.notify import Notifier
 from server.output_limits import DEFAULT_QUOTA
 from server.store import Store, access, instances
@@ -30,6 +31,7 @@ class Settings:
     history_keep: int = 1000  # …and at most this many per instance and invocation
     chores_interval: float = 60.0  # seconds between background upkeep rounds
     output_quota: int = DEFAULT_QUOTA  # bytes of output kept per execution (the tail)
+    batch_interval: float = FLUSH_INTERVAL  # seconds between batched nonce/last-seen writes
 
 
 @dataclass
@@ -57,8 +59,11 @@ class ServerState:
     store: Store
     notifier: Notifier
     signing: Any = None  # server/agent_api/respond.py SigningKeys: the control plane's key
+    batch: ReplicaWrites = field(init=False)
     keys: dict[str, _CachedKey] = field(default_factory=dict)
-    last_seen_written: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.batch = ReplicaWrites(self.store, self.settings.batch_interval)
 
     @property
     def max_invoke_instances(self) -> int:
@@ -71,9 +76,6 @@ class ServerState:
     def forget_instance(self, instance_id: str) -> None:
         """Drop a cached key (after deregistration or re-registration)."""
         self.keys.pop(instance_id, None)
-
-    def seen(self, instance_id: str, when_ms: int) -> None:
-        self.last_seen_written[instance_id] = when_ms
 
     async def instance_key(self, instance_id: str) -> _CachedKey:
         """The registered key of an instance (cached briefly); 401 if unknown/deregistered."""

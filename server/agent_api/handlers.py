@@ -375,7 +375,7 @@ async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict
         )
 
     await state.store.write(_tx, durable=False, key=who.instance_id)
-    state.seen(who.instance_id, now)
+    state.batch.seen_written(who.instance_id, now)
     return {"next_interval": state.heartbeat_interval}
 
 

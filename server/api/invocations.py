@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from server import model
+from server.agent_api.handlers import render_task
 from server.api import action, require_instances
 from server.api.commands import (
     NAME_TOO_LONG,
@@ -145,7 +146,8 @@ async def start_invocation(
 
     answer: dict[str, Any] = await state.store.write(_tx)
     if answer is result:  # a retry of a known ClientToken wakes nobody
-        await state.notifier.publish(ids, {"type": "task"})
+        # the kick carries the task: a woken agent needs no task list (docs/scale.md, Fan-out)
+        await state.notifier.publish(ids, {"type": "task", "tasks": [render_task(row)]})
     return answer
 
 

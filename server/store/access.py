@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, text, update
 
 from server import model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _rows
+from server.store.rows import Row, _one, _rows, numbered
 from server.store.schema import (
     access_keys,
     nonces,
@@ -67,6 +67,30 @@ async def use_nonce(conn: Conn, key: str, expires: int) -> bool:
     """Record a nonce; False when it was already used (a replay)."""
     result = await conn.execute(_USE_NONCE, {"nonce": key, "expires": expires})
     return bool(result.rowcount)
+
+
+NONCE_CHUNK = 200  # rows per multi-row nonce insert (well under SQLite's variable limit)
+
+
+async def use_nonces(conn: Conn, items: list[tuple[str, int]]) -> set[str]:
+    """Record many nonces at once; return those that were new (the others were used before).
+
+    One multi-row INSERT … ON CONFLICT DO NOTHING RETURNING per NONCE_CHUNK nonces: the shared
+    table's primary key decides, across replicas, which single request a nonce belongs to."""
+    fresh: set[str] = set()
+    for start in range(0, len(items), NONCE_CHUNK):
+        chunk = items[start : start + NONCE_CHUNK]
+        sql = (
+            f"INSERT INTO nonces (nonce, expires) VALUES {numbered('(:n{i}, :e{i})', len(chunk))}"
+            " ON CONFLICT DO NOTHING RETURNING nonce"
+        )
+        params: dict[str, object] = {}
+        for i, (key, expires) in enumerate(chunk):
+            params[f"n{i}"] = key
+            params[f"e{i}"] = expires
+        result = await conn.execute(text(sql), params)
+        fresh.update(str(row[0]) for row in result)
+    return fresh
 
 
 async def purge_nonces(conn: Conn, now: int) -> int:

@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, text, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _page
+from server.store.rows import Row, _one, _page, numbered, numbered_params
 from server.store.schema import (
     activations,
     instances,
@@ -205,6 +205,20 @@ async def record_heartbeat(
 
 async def record_seen(conn: Conn, instance_id: str, now_ms: int) -> None:
     await conn.execute(_SEEN, {"now": now_ms, "id": instance_id})
+
+
+SEEN_CHUNK = 500  # instance ids per batched last-seen UPDATE
+
+
+async def record_seen_many(conn: Conn, instance_ids: Sequence[str], now_ms: int) -> None:
+    """Mark many instances heard from at `now_ms`: one UPDATE per SEEN_CHUNK ids."""
+    for start in range(0, len(instance_ids), SEEN_CHUNK):
+        chunk = instance_ids[start : start + SEEN_CHUNK]
+        sql = (
+            "UPDATE instances SET last_seen_ms = :now "
+            f"WHERE instance_id IN ({numbered(':i{i}', len(chunk))})"
+        )
+        await conn.execute(text(sql), {"now": now_ms, **numbered_params("i", chunk)})
 
 
 async def request_update(conn: Conn, account: str, ids: Sequence[str], version: str) -> None:

@@ -31,3 +31,14 @@ async def _page(
     total = (await conn.execute(select(func.count()).select_from(stmt.subquery()))).scalar_one()
     rows = await _rows(conn, stmt.order_by(*order).offset(offset).limit(limit))
     return int(total), rows
+
+
+def numbered(template: str, count: int) -> str:
+    """`count` copies of `template` ({i}: the copy's index), comma-separated: the VALUES rows or
+    the IN list of a multi-row text() statement (one round trip for a batch)."""
+    return ", ".join(template.format(i=i) for i in range(count))
+
+
+def numbered_params(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
+    """The parameters of numbered(f":{prefix}{{i}}", len(values))."""
+    return {f"{prefix}{i}": value for i, value in enumerate(values)}

@@ -6,11 +6,13 @@ a task's row, asks the lifecycle, and writes the answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import text
 
 from server import lifecycle, model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _rows
+from server.store.rows import Row, _one, _rows, numbered, numbered_params
 
 # The agent API's hot path: prepared text statements (valid on SQLite and PostgreSQL), so a
 # request costs a few cheap executes instead of building and caching SQL constructs each time.
@@ -34,6 +36,19 @@ async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]
     for invoke_id in fresh:  # usually one: what arrived since the last listing
         await conn.execute(_MARK_DELIVERED, {"yes": True, "id": instance_id, "invoke": invoke_id})
     return run, stop
+
+
+async def mark_delivered(conn: Conn, invoke_id: str, instance_ids: Sequence[str]) -> None:
+    """Mark an invocation delivered to many instances (its task went out with their kick)."""
+    for start in range(0, len(instance_ids), 500):
+        chunk = instance_ids[start : start + 500]
+        sql = (
+            "UPDATE invocation_instances SET delivered = :yes WHERE invoke_id = :invoke "
+            f"AND instance_id IN ({numbered(':i{i}', len(chunk))})"
+        )
+        await conn.execute(
+            text(sql), {"yes": True, "invoke": invoke_id, **numbered_params("i", chunk)}
+        )
 
 
 _RESULT_ROW = text(

@@ -52,6 +52,9 @@ class FakeState:
         self.refuse_running = False  # answer 503 to every streamed-output post
         self.empty_wakes: set[str] = set()  # answer the instance's pending poll early, empty
         self.signing_key = Ed25519PrivateKey.generate()  # the control plane's response key
+        self.carry_tasks = False  # kicks carry their task, as assist-server's do
+        self.poll_beats = False  # long-poll answers count as heartbeats, as assist-server's do
+        self.beat_interval = 60  # next_interval answered to heartbeats
 
     def add_task(self, instance: str, **fields: Any) -> str:
         """Queue a task for `instance` and kick it; returns the invoke id."""
@@ -75,7 +78,10 @@ class FakeState:
         task.update(fields)
         with self.lock:
             self.tasks.setdefault(instance, {})[invoke] = task
-            self.kick(instance, {"type": "task"})
+            self.kick(
+                instance,
+                {"type": "task", "tasks": [task]} if self.carry_tasks else {"type": "task"},
+            )
         return invoke
 
     def stop(self, instance: str, invoke: str) -> None:
@@ -191,7 +197,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 state.lock.wait(min(0.2, deadline - time.time()))
             events = state.events.pop(instance, [])
             state.empty_wakes.discard(instance)
-        self._send(200, {"events": events})
+        self._send(200, {"events": events, **({"heartbeat": True} if state.poll_beats else {})})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -278,7 +284,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/luban/api/heart-beat":
             with state.lock:
                 state.heartbeats.append((instance, data))
-            self._send(200, {"next_interval": 60})
+            self._send(200, {"next_interval": state.beat_interval})
         elif path == "/luban/api/v1/server/keys":
             public = protocol.raw_public_b64(state.signing_key)
             self._send(200, {"keys": [{"public_key": public, "endorsement": ""}]})

@@ -47,6 +47,33 @@ def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # t
     assert len([r for r in state.reports if r[2]["invoke_id"] == invoke]) == 1
 
 
+def test_kick_carrying_its_task_runs_it_without_a_task_list(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    state = fake_server.state
+    state.carry_tasks = True
+    h = start_agent()
+    assert wait_until(lambda: state.lists)
+    listed = len(state.lists)
+    invoke = state.add_task(h.identity.instance_id, script="echo 123\n")
+    assert state.wait(lambda s: s.results_for(invoke), timeout=10)
+    assert state.results_for(invoke)[0]["output"] == "MTIzCg=="
+    assert len(state.lists) == listed  # the kick was enough: no task list asked
+    h.stop()
+
+
+def test_heartbeat_stops_while_long_polls_count_as_heartbeats(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    state = fake_server.state
+    state.poll_beats, state.beat_interval = True, 1
+    h = start_agent(heartbeat=1, poll_timeout=1)
+    time.sleep(2)  # the first heartbeat (with the version), maybe one before a poll answered
+    beats = len(state.heartbeats)
+    assert 1 <= beats <= 2
+    time.sleep(3)  # three more heartbeat intervals of answered polls: no heartbeat
+    assert len(state.heartbeats) == beats
+    state.poll_beats = False  # a server whose polls do not count: heartbeats come back
+    assert wait_until(lambda: len(state.heartbeats) >= 3, timeout=10)
+    h.stop()
+
+
 def test_early_empty_wake_up_lists_tasks(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
     """A wake-up whose event another (dead) poll took still makes the agent look for work."""
     h = start_agent()

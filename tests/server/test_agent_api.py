@@ -346,10 +346,35 @@ def test_long_poll_wakes_on_new_invocation(api: Api) -> None:
     poller = threading.Thread(target=lambda: events.extend(agent.poll(timeout=20)))
     poller.start()
     time.sleep(0.3)  # let the poll park on the server
-    invoke(api, agent)
+    invoke_id = invoke(api, agent)
     poller.join(timeout=15)
     assert not poller.is_alive(), "the long-poll was not woken by the invocation"
-    assert events == [{"type": "task"}]
+    # the kick carries the task, exactly as the task list shows it: no task list is needed
+    assert [e["type"] for e in events] == ["task"]
+    assert events[0]["tasks"] == agent.tasks()["run"]
+    assert events[0]["tasks"][0]["invoke_id"] == invoke_id
+
+
+def test_task_handed_out_by_a_kick_is_marked_delivered(api: Api) -> None:
+    agent = api.agent()
+    events: list = []
+    poller = threading.Thread(target=lambda: events.extend(agent.poll(timeout=20)))
+    poller.start()
+    time.sleep(0.3)
+    invoke_id = invoke(api, agent)
+    poller.join(timeout=15)
+    assert [t["invoke_id"] for t in events[0]["tasks"]] == [invoke_id]
+    # never listed, yet delivered (batched write): a stop must ask the agent, not cancel here
+    time.sleep(1.0)  # a few flush intervals (server/agent_api/batch.py)
+    api.ok("StopInvocation", InvokeId=invoke_id)
+    assert result(api, invoke_id, agent)["InvocationStatus"] == "Stopping"
+
+
+def test_answered_long_poll_counts_as_heartbeat(api: Api) -> None:
+    agent = api.agent()
+    response = agent.request("GET", "/luban/api/v1/notify", query="timeout=0")
+    assert response.status_code == 200
+    assert response.json() == {"events": [], "heartbeat": True}
 
 
 def test_long_poll_times_out_empty_and_validates(api: Api) -> None:

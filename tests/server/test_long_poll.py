@@ -51,12 +51,12 @@ def test_new_poll_gets_the_wakeup_not_the_dead_predecessor(api: Api) -> None:
         try:
             # the dead poll is dismissed empty-handed as soon as the new one arrives
             answer = dead.getresponse()
-            assert (answer.status, answer.read()) == (200, b'{"events":[]}')
+            assert (answer.status, answer.read()) == (200, b'{"events":[],"heartbeat":true}')
             wait_parked(api.server, base + 1)
-            invoke(api, agent)
+            invoke_id = invoke(api, agent)
             live.join(timeout=15)
             assert not live.is_alive(), "the live poll was not woken by the invocation"
-            assert events == [{"type": "task"}]
+            assert [t["invoke_id"] for e in events for t in e["tasks"]] == [invoke_id]
         finally:
             dead.close()
             live.join()
@@ -70,5 +70,5 @@ def test_disconnected_poll_is_unparked(api: Api) -> None:
     wait_parked(api.server, base + 1)
     gone.close()  # the agent died: its socket is closed
     wait_parked(api.server, base)
-    invoke(api, agent)  # raised while nobody polls: kept for the next poll
-    assert agent.poll(timeout=10) == [{"type": "task"}]
+    invoke_id = invoke(api, agent)  # raised while nobody polls: kept for the next poll
+    assert [t["invoke_id"] for e in agent.poll(timeout=10) for t in e["tasks"]] == [invoke_id]

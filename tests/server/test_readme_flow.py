@@ -35,7 +35,7 @@ def run_readme_flow(api: Api) -> dict:
     invoke_id = api.sdk(invoke)["InvokeId"]
     assert invoke_id.startswith("t-")
 
-    assert agent.poll(timeout=5) == [{"type": "task"}]
+    assert [t["invoke_id"] for e in agent.poll(timeout=5) for t in e["tasks"]] == [invoke_id]
     assert agent.run_shell_tasks() == 1
 
     deadline = time.monotonic() + 20

@@ -1,0 +1,256 @@
+"""The load generator of bench_server.py: a minimal keep-alive HTTP/1.1 client on asyncio streams
+(on a 2-core host a full client library would spend more CPU than the server it measures), and a
+fleet of registered agents whose keys it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from common import protocol
+from common.protocol import sign_request
+from server.rpc import sign_params
+
+ACTIVATION_LIMIT = 1000  # CreateActivation's InstanceCount maximum
+INVOKE_LIMIT = 100  # InstanceId.N per InvokeCommand (the real API's limit, the server's default)
+
+
+class Conn:
+    """One keep-alive connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+        return cls(reader, writer)
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def build_request(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    query: str = "",
+) -> bytes:
+    target = path + (f"?{query}" if query else "")
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
+    for key, value in (headers or {}).items():
+        lines.append(f"{key}: {value}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def signed_request(
+    key: Ed25519PrivateKey,
+    instance_id: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    query: str = "",
+) -> bytes:
+    headers = sign_request(key, instance_id, method, path, query, body)
+    headers["Content-Type"] = "application/json"
+    return build_request(method, path, body, headers, query)
+
+
+async def rate(port: int, make: Any, seconds: float, concurrency: int) -> float:
+    """Requests per second with `concurrency` keep-alive connections for `seconds`."""
+    conns = [await Conn.open(port) for _ in range(concurrency)]
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(conn: Conn) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            status, body = await conn.send(make())
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    return done / elapsed
+
+
+async def burst(port: int, requests: list[bytes], concurrency: int) -> float:
+    """Seconds to get answers to all `requests` over `concurrency` connections."""
+    conns = [await Conn.open(port) for _ in range(concurrency)]
+    queue = list(reversed(requests))
+
+    async def worker(conn: Conn) -> None:
+        while queue:
+            status, body = await conn.send(queue.pop())
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    return elapsed
+
+
+async def open_many(port: int, count: int, step: int = 500) -> list[Conn]:
+    """`count` connections, opened `step` at a time (a burst of thousands overflows backlogs)."""
+    conns: list[Conn] = []
+    for start in range(0, count, step):
+        conns += await asyncio.gather(*(Conn.open(port) for _ in range(min(step, count - start))))
+    return conns
+
+
+class Fleet:
+    """A server, an account, and registered agents (keys held here)."""
+
+    def __init__(self, port: int, key_id: str, secret: str) -> None:
+        self.port = port
+        self.key_id = key_id
+        self.secret = secret
+        self.agents: list[tuple[str, Ed25519PrivateKey]] = []
+
+    def operator(self, action: str, **params: Any) -> bytes:
+        signed = sign_params({"Action": action, **params}, self.key_id, self.secret, "POST")
+        body = urlencode(signed).encode()
+        return build_request(
+            "POST", "/", body, {"Content-Type": "application/x-www-form-urlencoded"}
+        )
+
+    async def call(self, action: str, **params: Any) -> dict[str, Any]:
+        conn = await Conn.open(self.port)
+        try:
+            status, body = await conn.send(self.operator(action, Format="JSON", **params))
+        finally:
+            conn.close()
+        if status != 200:
+            raise RuntimeError(f"{action}: HTTP {status} {body[:300]!r}")
+        return dict(json.loads(body))
+
+    async def register(self, count: int) -> None:
+        """`count` agents, over as many activations as CreateActivation's limit needs."""
+        requests: list[tuple[bytes, Ed25519PrivateKey]] = []
+        for start in range(0, count, ACTIVATION_LIMIT):
+            size = min(ACTIVATION_LIMIT, count - start)
+            act = await self.call("CreateActivation", InstanceCount=size, TimeToLiveInHours=24)
+            requests += [
+                registration(act["ActivationId"], act["ActivationCode"]) for _ in range(size)
+            ]
+        conns = [await Conn.open(self.port) for _ in range(16)]
+
+        async def worker(conn: Conn) -> None:
+            while requests:
+                raw, key = requests.pop()
+                status, body = await conn.send(raw)
+                if status != 200:
+                    raise RuntimeError(f"register: HTTP {status} {body[:200]!r}")
+                self.agents.append((json.loads(body)["instance_id"], key))
+
+        await asyncio.gather(*(worker(c) for c in conns))
+        for c in conns:
+            c.close()
+
+    async def invoke_all(self, command_id: str, parallel: int = 8) -> dict[str, str]:
+        """InvokeCommand on every agent, INVOKE_LIMIT instances per call, `parallel` calls at a
+        time; the invoke id each instance got."""
+        chunks = [
+            self.agents[i : i + INVOKE_LIMIT] for i in range(0, len(self.agents), INVOKE_LIMIT)
+        ]
+        owner: dict[str, str] = {}
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(chunk: list[tuple[str, Ed25519PrivateKey]]) -> None:
+            ids = {f"InstanceId.{n}": iid for n, (iid, _) in enumerate(chunk, 1)}
+            async with gate:
+                invoke_id = (await self.call("InvokeCommand", CommandId=command_id, **ids))[
+                    "InvokeId"
+                ]
+            owner.update((iid, invoke_id) for iid, _ in chunk)
+
+        await asyncio.gather(*(one(c) for c in chunks))
+        return owner
+
+    async def all_succeeded(self, invoke_ids: set[str]) -> None:
+        for invoke_id in sorted(invoke_ids):
+            check = await self.call("DescribeInvocations", InvokeId=invoke_id)
+            status = check["Invocations"]["Invocation"][0]["InvocationStatus"]
+            if status != "Success":
+                raise RuntimeError(f"ingestion lost reports: {invoke_id} is {status}")
+
+    def finish_reports(self, owner: dict[str, str], output: str = "") -> list[bytes]:
+        """One signed finish report per agent for the invocation it got."""
+        return [
+            signed_request(
+                key, iid, "POST", "/luban/api/v1/task/finish", finish_body(owner[iid], output)
+            )
+            for iid, key in self.agents
+        ]
+
+
+def finish_body(invoke_id: str, output: str) -> bytes:
+    return json.dumps(
+        {
+            "invoke_id": invoke_id,
+            "execution_id": "0",
+            "start_time": 1,
+            "end_time": 2,
+            "exit_code": 0,
+            "output": output,
+            "dropped": 0,
+            "error_code": "",
+            "error_message": "",
+        }
+    ).encode()
+
+
+def registration(activation_id: str, code: str) -> tuple[bytes, Ed25519PrivateKey]:
+    """A register request proving the activation code (never sending it), and the agent's key."""
+    key = Ed25519PrivateKey.generate()
+    public = base64.b64encode(key.public_key().public_bytes_raw()).decode()
+    nonce, now = protocol.new_nonce(), int(time.time())
+    mac_key = protocol.activation_mac_key(activation_id, protocol.activation_secret(code))
+    body = json.dumps(
+        {
+            "activation_id": activation_id,
+            "public_key": public,
+            "nonce": nonce,
+            "timestamp": now,
+            "proof": protocol.agent_proof(mac_key, activation_id, public, "", nonce, now),
+            "os_type": "linux",
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    return build_request("POST", "/luban/api/instance/register", body, headers), key
+
+
+async def healthz(port: int) -> dict[str, Any]:
+    conn = await Conn.open(port)
+    try:
+        _, body = await conn.send(build_request("GET", "/healthz"))
+    finally:
+        conn.close()
+    return dict(json.loads(body))

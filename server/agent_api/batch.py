@@ -1,0 +1,157 @@
+"""Per-replica batched writes of the agent API: long-poll nonces, last-seen, delivered marks.
+
+An idle fleet's requests are long-polls. Writing each poll's nonce and last-seen time in its own
+transaction made idle cost one or two database writes per request; here a replica collects them
+and writes everything at most once per `interval` (a lone request, with nothing flushed
+recently, goes at once):
+
+- Nonces: one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` into the shared `nonces`
+  table. A poll is parked only after its nonce came back as inserted, so the table's primary
+  key still decides, across every replica, which single request a nonce belongs to: a replay on
+  any replica is refused before it has any effect (docs/scale.md, Idle cost).
+- Last-seen: one ``UPDATE … WHERE instance_id IN (…)`` for the instances heard from since the
+  last flush, each at most once per SEEN_WRITE_INTERVAL.
+- Delivered marks: tasks handed out with a kick (no task list asked) are marked delivered in one
+  UPDATE per invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from server import model
+from server.store import Store, access, instances, tasks
+from server.store.conn import Conn
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.25  # seconds between two flushes of one replica
+SEEN_WRITE_INTERVAL = 60_000  # ms between two last-seen writes of one instance
+
+
+class ReplicaWrites:
+    """The writes one replica batches, and the task that flushes them."""
+
+    def __init__(self, store: Store, interval: float = FLUSH_INTERVAL) -> None:
+        self.store = store
+        self.interval = interval
+        self._nonces: dict[str, tuple[int, asyncio.Future[bool]]] = {}
+        self._seen: set[str] = set()
+        self._seen_written: dict[str, int] = {}  # instance id -> ms of its last last-seen write
+        self._delivered: dict[str, set[str]] = {}  # invoke id -> instance ids
+        self._wake: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._last = 0.0
+        self._next_prune = 0.0
+        self.flushes = 0  # transactions written (for the idle-cost figures)
+        self.rows = 0  # rows written by them
+
+    # --- what requests hand in ------------------------------------------------------------
+
+    def claim_nonce(self, key: str, expires: int) -> asyncio.Future[bool]:
+        """True once the nonce is stored as this request's; False when it was used before, on
+        this replica or another. A nonce still waiting here is refused at once."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if key in self._nonces:
+            future.set_result(False)
+            return future
+        self._nonces[key] = (expires, future)
+        self._kick()
+        return future
+
+    def note_seen(self, instance_id: str, now_ms: int) -> None:
+        """The instance was heard from: write its last-seen time unless written lately."""
+        if now_ms - self._seen_written.get(instance_id, 0) > SEEN_WRITE_INTERVAL:
+            self._seen_written[instance_id] = now_ms
+            self._seen.add(instance_id)
+            self._kick()
+
+    def seen_written(self, instance_id: str, now_ms: int) -> None:
+        """A request wrote the instance's last-seen time itself (a heartbeat)."""
+        self._seen_written[instance_id] = now_ms
+
+    def delivered(self, invoke_id: str, instance_id: str) -> None:
+        """The instance was handed the invocation's task with a kick."""
+        self._delivered.setdefault(invoke_id, set()).add(instance_id)
+        self._kick()
+
+    # --- flushing --------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._wake = asyncio.Event()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            delay = self._last + self.interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._last = time.monotonic()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything collected so far in one transaction."""
+        nonces, self._nonces = self._nonces, {}
+        seen, self._seen = sorted(self._seen), set()
+        delivered, self._delivered = self._delivered, {}
+        if not (nonces or seen or delivered):
+            return
+        now_ms = model.now_ms()
+        items = [(key, expires) for key, (expires, _) in nonces.items()]
+
+        async def _tx(conn: Conn) -> set[str]:
+            fresh = await access.use_nonces(conn, items) if items else set()
+            if seen:
+                await instances.record_seen_many(conn, seen, now_ms)
+            for invoke_id, ids in delivered.items():
+                await tasks.mark_delivered(conn, invoke_id, sorted(ids))
+            return fresh
+
+        try:
+            fresh = await self.store.write(_tx, durable=False)
+        except Exception as exc:
+            log.warning("batched agent writes failed (%d nonces refused): %s", len(nonces), exc)
+            self._seen.update(seen)  # tried again with the next flush
+            for invoke_id, ids in delivered.items():
+                self._delivered.setdefault(invoke_id, set()).update(ids)
+            for _, future in nonces.values():
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.flushes += 1
+        self.rows += len(items) + len(seen) + sum(len(ids) for ids in delivered.values())
+        for key, (_, future) in nonces.items():
+            if not future.done():
+                future.set_result(key in fresh)
+        self._forget_old_seen(now_ms)
+
+    def _forget_old_seen(self, now_ms: int) -> None:
+        """Drop throttle entries old enough to no longer matter (instances that left)."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + SEEN_WRITE_INTERVAL / 1000
+        cutoff = now_ms - 2 * SEEN_WRITE_INTERVAL
+        stale = [iid for iid, when in self._seen_written.items() if when < cutoff]
+        for iid in stale:
+            del self._seen_written[iid]
+
+    def stats(self) -> dict[str, Any]:
+        return {"flushes": self.flushes, "rows": self.rows}
+
+    async def close(self) -> None:
+        """Write what is pending, then stop the flusher."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
