@@ -48,3 +48,16 @@ def write_loopback_config(
         f'server = "{server_url}"\n' + agent_extra
     )
     return config
+
+
+def mirror_args(prefix: Path, mirror_url: str, keys: Path) -> list[str]:
+    """`--prefix P --mirror URL --trust-root KEYS/root.json`: where assist-install and
+    assist-update install, what they read from, and the root they trust."""
+    return [
+        "--prefix",
+        str(prefix),
+        "--mirror",
+        mirror_url,
+        "--trust-root",
+        str(keys / "root.json"),
+    ]

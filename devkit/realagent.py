@@ -13,11 +13,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devkit.agent import register_args
-from devkit.server import ServerHandle
+from devkit.server import ServerHandle, launch_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -201,3 +205,63 @@ def group_members(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(entry.name))
     return members
+
+
+def server_fixture(name: str) -> Callable[..., Iterator[ServerHandle]]:
+    """A module-scoped pytest fixture: one SQLite `assist-server serve` under a temp dir `name`.
+
+    In a test module: `server = server_fixture("v3-server")`."""
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+        handle = launch_server(tmp_path_factory.mktemp(name))
+        try:
+            yield handle
+        finally:
+            handle.stop()
+
+    return server
+
+
+class AgentEnv:
+    """A fresh operator account on `server` (its SDK client), agents registered under `tmp_path`
+    and the real agents a test starts; `close()` stops them."""
+
+    def __init__(self, server: ServerHandle, account_prefix: str, tmp_path: Path) -> None:
+        self.server = server
+        self.key_id, self.secret = server.create_access_key(
+            f"{account_prefix}-{uuid.uuid4().hex[:8]}"
+        )
+        self.sdk = Sdk(server, self.key_id, self.secret)
+        self.tmp_path = tmp_path
+        self.agents: list[AgentProcess] = []
+
+    def register(self, name: str) -> tuple[Path, str]:
+        """`assist-agent register` into tmp_path/name with a fresh activation: (prefix, id)."""
+        prefix = self.tmp_path / name
+        return prefix, register_agent(self.server, self.key_id, self.secret, prefix)
+
+    def start_agent(self, prefix: Path, server_url: str = "") -> AgentProcess:
+        """`assist-agent run` on `prefix`, once it has connected."""
+        agent = AgentProcess(prefix, server_url)
+        self.agents.append(agent)
+        agent.wait_connected()
+        return agent
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+
+
+def agent_env_fixture(
+    account_prefix: str, env_class: type[AgentEnv] = AgentEnv
+) -> Callable[..., Iterator[AgentEnv]]:
+    """A pytest fixture `env`: an `env_class` on the module's `server` fixture, closed after."""
+
+    @pytest.fixture
+    def env(server: ServerHandle, tmp_path: Path) -> Iterator[AgentEnv]:
+        environment = env_class(server, account_prefix, tmp_path)
+        yield environment
+        environment.close()
+
+    return env

@@ -7,6 +7,7 @@ in test_agent_e2e.py run the same flows against the real assist-server and the o
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -20,15 +21,9 @@ from agent.schedule import Boot
 from agent.spool import spool_path
 from common.health import read_health
 from common.layout import Layout
+from devkit import polling
 
-
-def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
+wait_until = functools.partial(polling.wait_until, step=0.05)
 
 
 def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]

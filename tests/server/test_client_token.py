@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from serverkit import Api, run_sql
 
-from devkit.realagent import AgentProcess, Sdk, register_agent  # noqa: E402
-from devkit.server import ServerHandle, launch_server
+from devkit.realagent import AgentProcess, Sdk, register_agent, server_fixture
+from devkit.server import ServerHandle
 
 
 def account_of(api: Api) -> str:
@@ -220,13 +219,7 @@ def test_concurrent_retries_create_exactly_one(api: Api) -> None:
 # --- counted on the VM: a real agent runs the retried invocation once ------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path_factory.mktemp("token-server"))
-    try:
-        yield handle
-    finally:
-        handle.stop()
+server = server_fixture("token-server")
 
 
 @pytest.mark.xdist_group("agent-e2e")
