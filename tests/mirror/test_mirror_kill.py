@@ -46,16 +46,20 @@ def is_content(rel: Path) -> bool:
 _RANGE = re.compile(r"bytes=(\d+)-$")
 
 
-def throttle(repo: Path, log: list[tuple[str, str]]):
-    """A StaticServer hook sending files over 256 KiB slowly (with Range), so kills land mid-transfer."""
+def throttle(
+    repo: Path, log: list[tuple[str, str]] | None = None, pause: float = 0.03, ranges: bool = True
+):
+    """A StaticServer hook sending files over 256 KiB slowly, a CHUNK per `pause` (with Range
+    when `ranges`), so kills land mid-transfer; each request's (path, Range) goes to `log`."""
 
     def hook(handler) -> bool:
-        log.append((handler.path, handler.headers.get("Range", "")))
+        if log is not None:
+            log.append((handler.path, handler.headers.get("Range", "")))
         path = repo / handler.path.lstrip("/")
         if not path.is_file() or path.stat().st_size < 256 * 1024:
             return False
         size = path.stat().st_size
-        match = _RANGE.match(handler.headers.get("Range", ""))
+        match = _RANGE.match(handler.headers.get("Range", "")) if ranges else None
         start = int(match.group(1)) if match else 0
         handler.send_response(206 if match else 200)
         if match:
@@ -67,7 +71,7 @@ def throttle(repo: Path, log: list[tuple[str, str]]):
             try:
                 while chunk := src.read(CHUNK):
                     handler.wfile.write(chunk)
-                    time.sleep(0.03)
+                    time.sleep(pause)
             except (BrokenPipeError, ConnectionResetError):
                 pass
         return True
@@ -222,28 +226,6 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
     assert (root / "apt/pool/main/b/big/big_1.0_amd64.deb").stat().st_size > 2 << 20
 
 
-def slow(repo: Path):
-    """A StaticServer hook that sends files over 256 KiB at about 320 KiB/s."""
-
-    def hook(handler) -> bool:
-        path = repo / handler.path.lstrip("/")
-        if not path.is_file() or path.stat().st_size < 256 * 1024:
-            return False
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(path.stat().st_size))
-        handler.end_headers()
-        with path.open("rb") as src:
-            try:
-                while chunk := src.read(CHUNK):
-                    handler.wfile.write(chunk)
-                    time.sleep(0.2)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-        return True
-
-    return hook
-
-
 def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
     upstream, tmp_path: Path
 ) -> None:
@@ -259,7 +241,7 @@ def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
     art = tmp_path / "art"
     art.mkdir()
     origin.publish(*(make_tarball(art, f"slow{i}", "1.0", size=3 << 20) for i in range(2)))
-    server.hook = slow(origin.repo)
+    server.hook = throttle(origin.repo, pause=0.2, ranges=False)  # about 320 KiB/s
     staging = root / ".mirror" / "staging"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mirror", *sync],

@@ -14,6 +14,8 @@ from serverkit import Api, run_sql
 from devkit.realagent import AgentProcess, Sdk, register_agent, server_fixture
 from devkit.server import ServerHandle
 
+ECHO_A = {"Name": "a", "Type": "RunShellScript", "CommandContent": "ZWNobw=="}
+
 
 def account_of(api: Api) -> str:
     rows = run_sql(
@@ -34,20 +36,8 @@ def new_command(api: Api, script: str = "ZWNobyAxMjM=") -> str:
 
 def test_create_command_retry_returns_the_first_command(api: Api) -> None:
     token = uuid.uuid4().hex
-    first = api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
-    again = api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
+    first = api.ok("CreateCommand", **ECHO_A, ClientToken=token)
+    again = api.ok("CreateCommand", **ECHO_A, ClientToken=token)
     assert again["CommandId"] == first["CommandId"]
     assert again["RequestId"] != first["RequestId"]
     assert count(api, "commands") == 1
@@ -55,20 +45,8 @@ def test_create_command_retry_returns_the_first_command(api: Api) -> None:
 
 def test_same_token_other_parameters_is_a_mismatch(api: Api) -> None:
     token = uuid.uuid4().hex
-    api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
-    status, code = api.error(
-        "CreateCommand",
-        Name="b",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
+    api.ok("CreateCommand", **ECHO_A, ClientToken=token)
+    status, code = api.error("CreateCommand", **ECHO_A | {"Name": "b"}, ClientToken=token)
     assert (status, code) == (400, "IdempotentParameterMismatch")
     assert count(api, "commands") == 1
     assert run_sql(api.server, "SELECT name FROM commands WHERE account = ?", account_of(api)) == [
@@ -80,13 +58,7 @@ def test_a_token_is_per_action(api: Api) -> None:
     token = uuid.uuid4().hex
     command_id = new_command(api)
     agent = api.agent()
-    api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
+    api.ok("CreateCommand", **ECHO_A, ClientToken=token)
     invoked = api.ok(
         "InvokeCommand",
         CommandId=command_id,
