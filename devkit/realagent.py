@@ -207,12 +207,11 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def server_fixture(name: str) -> Callable[..., Iterator[ServerHandle]]:
-    """A module-scoped pytest fixture: one SQLite `assist-server serve` under a temp dir `name`.
+def server_fixture(name: str, scope: str = "module") -> Callable[..., Iterator[ServerHandle]]:
+    """A pytest fixture: one SQLite `assist-server serve` under a fresh temp dir `name`, for
+    each module (or other `scope`). In a test module: `server = server_fixture("v3-server")`."""
 
-    In a test module: `server = server_fixture("v3-server")`."""
-
-    @pytest.fixture(scope="module")
+    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
     def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
         handle = launch_server(tmp_path_factory.mktemp(name))
         try:

@@ -158,14 +158,22 @@ class Reader:
             self.rounds += 1
 
 
+def synced_once(upstream, tmp_path: Path):
+    """A mirror under tmp_path/mirror synced once with 2 workers; (origin, server, root, argv)."""
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
+    mirror_cli(*sync)
+    return origin, server, root, sync
+
+
 @pytest.mark.slow
 def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
     upstream, tmp_path: Path
 ) -> None:
-    origin, server = upstream
-    root = tmp_path / "mirror"
-    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
-    mirror_cli(*sync)  # the mirror starts with the origin's first state
+    origin, server, root, sync = synced_once(
+        upstream, tmp_path
+    )  # the mirror starts with the origin's first state
     art = tmp_path / "art"
     art.mkdir()
     origin.publish(
@@ -229,10 +237,7 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
 def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
     upstream, tmp_path: Path
 ) -> None:
-    origin, server = upstream
-    root = tmp_path / "mirror"
-    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
-    mirror_cli(*sync)
+    origin, server, root, sync = synced_once(upstream, tmp_path)
     published = {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in root.rglob("*")

@@ -4,22 +4,14 @@ different servers still create exactly one invocation (the token row's lock, not
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serverkit import Api, replica_servers, run_sql
+from serverkit import Api, run_sql
 
 from devkit.server import ServerHandle
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[ServerHandle]]:
-    """Two servers started at the same time on one database (migrations race safely)."""
-    with replica_servers(tmp_path_factory.mktemp, pg_url, "token-replica") as handles:
-        yield handles
 
 
 def test_concurrent_retries_on_two_replicas_create_exactly_one(

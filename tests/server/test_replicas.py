@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from serverkit import Api, replica_servers
+from serverkit import Api
 
 from devkit.server import FakeAgent, ServerHandle
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[ServerHandle]]:
-    """Two servers started at the same time on one database (migrations race safely)."""
-    with replica_servers(tmp_path_factory.mktemp, pg_url, "replica") as handles:
-        yield handles
 
 
 def poll_on_other_replica(
