@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 
 from bench.figures import emit  # noqa: E402
 from common.protocol import sign_request  # noqa: E402
+from devkit.postgres import PG_HOST, pg_admin  # noqa: E402
 from devkit.server import free_port, launch_server  # noqa: E402
 from server.rpc import sign_params  # noqa: E402
 
@@ -54,7 +55,6 @@ INGEST_ROUNDS = int(os.environ.get("BENCH_INGEST_ROUNDS", "3"))
 RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", "3"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 # BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 HELLO_APP = """
 import sys, uvicorn
@@ -239,6 +239,15 @@ class Fleet:
     def instance_params(self) -> dict[str, str]:
         return {f"InstanceId.{i}": iid for i, (iid, _) in enumerate(self.agents, 1)}
 
+    def finish_reports(self, invoke_id: str, output: str = "") -> list[bytes]:
+        """Every agent's signed `task/finish` (exit 0, base64 `output`) for one invocation."""
+        report = {"invoke_id": invoke_id, "execution_id": "0", "exit_code": 0, "output": output}
+        body = json.dumps(report).encode()
+        return [
+            signed_request(key, iid, "POST", "/luban/api/v1/task/finish", body)
+            for iid, key in self.agents
+        ]
+
 
 async def waiting(port: int) -> int:
     conn = await Conn.open(port)
@@ -285,19 +294,7 @@ async def fanout_round(fleet: Fleet, command_id: str) -> list[float]:
     for c in conns:
         c.close()
     # acknowledge the tasks so the next round starts clean
-    reports = [
-        signed_request(
-            key,
-            iid,
-            "POST",
-            "/luban/api/v1/task/finish",
-            json.dumps(
-                {"invoke_id": invoke_box["id"], "execution_id": "0", "exit_code": 0, "output": ""}
-            ).encode(),
-        )
-        for iid, key in fleet.agents
-    ]
-    await burst(fleet.port, reports, CONCURRENCY)
+    await burst(fleet.port, fleet.finish_reports(invoke_box["id"]), CONCURRENCY)
     return latencies
 
 
@@ -425,38 +422,19 @@ async def measure_backend(name: str, port: int, key_id: str, secret: str, hello_
 
 def pg_database() -> str | None:
     """A fresh PostgreSQL database for this run, or None when none is reachable."""
-    import asyncpg
 
     name = f"assist_bench_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
     try:
-        asyncio.run(create())
+        pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:
         print(f"PostgreSQL figures skipped: {exc}", file=sys.stderr)
         return None
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    return f"postgresql://postgres@{PG_HOST}/{name}"
 
 
 def drop_database(url: str) -> None:
-    import asyncpg
-
     name = url.rsplit("/", 1)[1]
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:

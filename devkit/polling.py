@@ -30,6 +30,17 @@ def process_cmdlines() -> Iterator[tuple[int, bytes]]:
             continue
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """ "PID: command line" of every live process whose command line contains `text` (a work
+    directory a test's children should have left)."""
+    found = []
+    for pid, raw in process_cmdlines():
+        cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
+        if text in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
 class Sampler:
     """Call `sample()` on a thread every `interval` seconds between `with` entry and exit."""
 

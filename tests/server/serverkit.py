@@ -9,18 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from devkit.server import FakeAgent, ServerHandle, launch_server
-
 # The PostgreSQL the tests use (trust auth, user postgres, a database "test"): `make postgres`.
-PG_HOST = os.environ.get("ASSIST_TEST_PG_HOST", "127.0.0.1:5432")
-PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}/test"
+from devkit.postgres import PG_ADMIN_DSN, PG_HOST, pg_admin  # noqa: E402, F401
+from devkit.server import FakeAgent, ServerHandle, launch_server
 
 
 class Api:
@@ -89,19 +86,6 @@ def parse_body(response: Any) -> dict[str, Any]:
         root = parse_xml(response.content)
         return {child.tag: child.text or "" for child in root} | {"_root": root.tag}
     return dict(response.json())
-
-
-def pg_admin(sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 def pg_reachable() -> str:
