@@ -14,14 +14,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from devkit.agent import register_args
-from devkit.server import ServerHandle, launch_server
+from devkit.server import ServerHandle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,8 +46,9 @@ class Sdk:
         """Set params with the request class's setters, send it, parse the JSON."""
         for name, value in params.items():
             getattr(request, f"set_{name}")(value)
-        request.set_endpoint(self.server.url.split("://", 1)[1])
-        request.set_protocol_type("http")
+        scheme, endpoint = self.server.url.split("://", 1)
+        request.set_endpoint(endpoint)
+        request.set_protocol_type(scheme)
         return dict(json.loads(self.client.do_action_with_exception(request)))
 
     def run_script(self, script: str, instance_id: str, **invoke: Any) -> str:
@@ -207,21 +205,6 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def server_fixture(name: str, scope: str = "module") -> Callable[..., Iterator[ServerHandle]]:
-    """A pytest fixture: one SQLite `assist-server serve` under a fresh temp dir `name`, for
-    each module (or other `scope`). In a test module: `server = server_fixture("v3-server")`."""
-
-    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
-    def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-        handle = launch_server(tmp_path_factory.mktemp(name))
-        try:
-            yield handle
-        finally:
-            handle.stop()
-
-    return server
-
-
 class AgentEnv:
     """A fresh operator account on `server` (its SDK client), agents registered under `tmp_path`
     and the real agents a test starts; `close()` stops them."""
@@ -250,17 +233,3 @@ class AgentEnv:
     def close(self) -> None:
         for agent in self.agents:
             agent.stop()
-
-
-def agent_env_fixture(
-    account_prefix: str, env_class: type[AgentEnv] = AgentEnv
-) -> Callable[..., Iterator[AgentEnv]]:
-    """A pytest fixture `env`: an `env_class` on the module's `server` fixture, closed after."""
-
-    @pytest.fixture
-    def env(server: ServerHandle, tmp_path: Path) -> Iterator[AgentEnv]:
-        environment = env_class(server, account_prefix, tmp_path)
-        yield environment
-        environment.close()
-
-    return env

@@ -215,16 +215,10 @@ def new_certificate(
 def code_signing(builder: x509.CertificateBuilder, ca: bool) -> x509.CertificateBuilder:
     """The extensions of a code-signing certificate (Authenticode): basic constraints, key usage
     digital signature (and certificate signing for a CA), extended key usage code signing."""
+    unused = "content_commitment key_encipherment data_encipherment key_agreement crl_sign"
+    unused += " encipher_only decipher_only"
     usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=ca,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
+        digital_signature=True, key_cert_sign=ca, **dict.fromkeys(unused.split(), False)
     )
     return (
         builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)

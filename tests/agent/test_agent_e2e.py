@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fixtures import agent_env_fixture, server_fixture
 from devkit.polling import wait_until
-from devkit.realagent import (
-    AgentEnv,
-    AgentProcess,
-    agent_env_fixture,
-    group_members,
-    server_executions,
-    server_fixture,
-)
+from devkit.realagent import AgentEnv, AgentProcess, group_members, server_executions
 from devkit.server import ServerHandle, launch_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")

@@ -15,7 +15,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +23,8 @@ from agent.client import AgentClient, warn_plain_http
 from agent.identity import Identity, generate_key, load_identity, save_identity
 from agent.servertrust import SERVER_KEY_FILE, ServerTrust, save_server_trust
 from common import protocol
-from devkit.realagent import AGENT_CONFIG, AgentProcess, Sdk, agent_env, server_fixture
+from devkit.fixtures import server_fixture
+from devkit.realagent import AGENT_CONFIG, AgentProcess, Sdk, agent_env
 from devkit.server import ServerHandle, free_port, launch_server
 from devkit.tls import private_ca, write_loopback_cert
 
@@ -38,17 +38,6 @@ def make_private_ca(directory: Path) -> tuple[Path, Path, Path]:
     ca_path = directory / "ca.pem"
     ca_path.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
     return ca_path, cert, key
-
-
-class HttpsSdk(Sdk):
-    """The official SDK, over https."""
-
-    def do(self, request: Any, **params: Any) -> dict[str, Any]:
-        for name, value in params.items():
-            getattr(request, f"set_{name}")(value)
-        request.set_endpoint(self.server.url.split("://", 1)[1])
-        request.set_protocol_type("https")
-        return dict(json.loads(self.client.do_action_with_exception(request)))
 
 
 def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -123,7 +112,7 @@ def test_private_ca_through_ca_file_works_and_without_it_is_refused_with_a_hint(
     agent = AgentProcess(prefix)
     try:
         agent.wait_connected()
-        sdk = HttpsSdk(server, key_id, secret)
+        sdk = Sdk(server, key_id, secret)
         sdk.client.set_verify(str(ca))  # the operator's SDK trusts the private CA too
         invoke = sdk.run_script("echo 123", instance)
         item = sdk.wait_result(invoke, instance, ("Success", "Failed"))

@@ -20,16 +20,9 @@ from agent_mitm import MitmProxy
 from agent.client import AgentClient
 from agent.identity import load_identity
 from common import protocol
+from devkit.fixtures import agent_env_fixture, server_fixture
 from devkit.polling import wait_until
-from devkit.realagent import (
-    AGENT_CONFIG,
-    AgentEnv,
-    AgentProcess,
-    agent_env,
-    agent_env_fixture,
-    server_executions,
-    server_fixture,
-)
+from devkit.realagent import AGENT_CONFIG, AgentEnv, AgentProcess, agent_env, server_executions
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from runtimekit import build_release, require_bullseye_root, require_runtime
 
+from devkit.fixtures import server_fixture
 from devkit.httpserver import StaticServer
-from devkit.realagent import server_fixture
 from devkit.server import ServerHandle
 
 PREFIX = "/usr/local/share/aliyun-assist"

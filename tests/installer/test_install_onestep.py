@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from common.service import ProcessManager
+from devkit.fixtures import server_fixture
 from devkit.httpserver import StaticServer
 from devkit.polling import Sampler, process_cmdlines
-from devkit.realagent import server_fixture
 from devkit.release import build, init_repo, keygen, publish
 from devkit.server import ServerHandle
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from serverkit import Api, run_sql
 
-from devkit.realagent import AgentProcess, Sdk, register_agent, server_fixture
+from devkit.fixtures import server_fixture
+from devkit.realagent import AgentProcess, Sdk, register_agent
 from devkit.server import ServerHandle
 
 ECHO_A = {"Name": "a", "Type": "RunShellScript", "CommandContent": "ZWNobw=="}

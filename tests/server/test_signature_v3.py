@@ -16,7 +16,8 @@ import pytest
 import requests
 from serverkit import run_sql
 
-from devkit.realagent import AgentProcess, register_agent, server_fixture
+from devkit.fixtures import server_fixture
+from devkit.realagent import AgentProcess, register_agent
 from devkit.server import ServerHandle
 from server import rpc
 
