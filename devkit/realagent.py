@@ -46,9 +46,12 @@ class Sdk:
         """Set params with the request class's setters, send it, parse the JSON."""
         for name, value in params.items():
             getattr(request, f"set_{name}")(value)
+        from aliyunsdkcore.http import protocol_type
+
         scheme, endpoint = self.server.url.split("://", 1)
         request.set_endpoint(endpoint)
-        request.set_protocol_type(scheme)
+        # the SDK tells https by identity (`is protocol_type.HTTPS`): pass its own constant
+        request.set_protocol_type(protocol_type.HTTPS if scheme == "https" else protocol_type.HTTP)
         return dict(json.loads(self.client.do_action_with_exception(request)))
 
     def run_script(self, script: str, instance_id: str, **invoke: Any) -> str:

@@ -88,24 +88,20 @@ def test_list_without_an_install_works_from_trust_root_and_creates_nothing(
     assert not default_prefix.exists()
 
 
-def test_list_without_an_install_or_trust_root_says_so_and_creates_nothing(
-    mirror: StaticServer, default_prefix: Path
+@pytest.mark.parametrize(
+    "module, command, code, hint",
+    [
+        ("installer.cli", "list", 2, "--trust-root"),  # list: the root to trust, or an install
+        ("updater.cli", "check", 1, "assist-install agent"),  # update: install first
+    ],
+)
+def test_without_an_install_it_says_so_and_creates_nothing(
+    module: str, command: str, code: int, hint: str, mirror: StaticServer, default_prefix: Path
 ) -> None:
-    proc = run(default_prefix, "installer.cli", "list", "--mirror", mirror.url)
+    proc = run(default_prefix, module, command, "--mirror", mirror.url)
     line = one_line(proc)
-    assert proc.returncode == 2
-    assert f"no agent is installed in {default_prefix}" in line and "--trust-root" in line
-    assert not default_prefix.exists()
-
-
-def test_update_check_without_an_install_says_so_and_creates_nothing(
-    mirror: StaticServer, default_prefix: Path
-) -> None:
-    proc = run(default_prefix, "updater.cli", "check", "--mirror", mirror.url)
-    line = one_line(proc)
-    assert proc.returncode == 1
-    assert f"no agent is installed in {default_prefix}" in line
-    assert "assist-install agent" in line
+    assert proc.returncode == code
+    assert f"no agent is installed in {default_prefix}" in line and hint in line
     assert not default_prefix.exists()
 
 

@@ -171,9 +171,8 @@ def synced_once(upstream, tmp_path: Path):
 def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
     upstream, tmp_path: Path
 ) -> None:
-    origin, server, root, sync = synced_once(
-        upstream, tmp_path
-    )  # the mirror starts with the origin's first state
+    # the mirror starts with the origin's first state
+    origin, server, root, sync = synced_once(upstream, tmp_path)
     art = tmp_path / "art"
     art.mkdir()
     origin.publish(
