@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,15 @@ def command_config(args: argparse.Namespace) -> tuple[Config, Layout]:
     )
     check_trust_root_option(getattr(args, "trust_root", None))
     return config, Layout(config.prefix)
+
+
+Handler = Callable[[argparse.Namespace, Config, Layout], int]
+
+
+def run_command(args: argparse.Namespace, handlers: Mapping[str, Handler]) -> int:
+    """Run the handler of `args.command` with the checked config and layout (`command_config`)."""
+    config, layout = command_config(args)
+    return handlers[args.command](args, config, layout)
 
 
 def bundled_file(*parts: str) -> Path:

@@ -233,6 +233,14 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
     assert (root / "apt/pool/main/b/big/big_1.0_amd64.deb").stat().st_size > 2 << 20
 
 
+def downloading(staging: Path) -> bool:
+    """A .part file under `staging` has bytes (files renamed away while looking: not yet)."""
+    try:
+        return any(p.stat().st_size > 0 for p in staging.rglob("*.part"))
+    except FileNotFoundError:
+        return False
+
+
 def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
     upstream, tmp_path: Path
 ) -> None:
@@ -252,7 +260,7 @@ def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_size > 0 for p in staging.rglob("*.part")):
+    while not downloading(staging):
         assert proc.poll() is None and time.monotonic() < deadline, "no download started"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
