@@ -54,9 +54,11 @@ class Api:
         assert set(body) >= {"RequestId", "Code", "Message"}
         return status, body["Code"]
 
-    def create_command(self, content: str = "ZWNobyAxMjM=", name: str = "t") -> str:
+    def create_command(self, content: str = "ZWNobyAxMjM=", name: str = "t", **params: Any) -> str:
         """CreateCommand of a shell script (base64 `content`); its CommandId."""
-        body = self.ok("CreateCommand", Name=name, Type="RunShellScript", CommandContent=content)
+        body = self.ok(
+            "CreateCommand", Name=name, Type="RunShellScript", CommandContent=content, **params
+        )
         return str(body["CommandId"])
 
     def invoke(self, command_id: str, instance_id: str, **params: Any) -> str:
