@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.figures import emit  # noqa: E402
-from devkit.agent import register_args  # noqa: E402
+from devkit.agent import register_args, serve_until_sigterm  # noqa: E402
 
 IDLE_CONFIG = '[agent]\npoll_timeout = 25.0\n[update]\nschedule = ""\n'
 
@@ -219,13 +219,7 @@ def host_agents(server_url: str, activation: str, code: str, count: int, base: P
         agent = Agent(config, AgentOptions(server=server_url, identity=identity))
         threading.Thread(target=agent.run, daemon=True).start()
         agents.append(agent)
-        print(instance, flush=True)
-    print("READY", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    for agent in agents:
-        agent.stop()
+    serve_until_sigterm(agents)
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -55,6 +55,7 @@ from bench.server_load import (  # noqa: E402
     rate,
     signed_request,
 )
+from devkit.postgres import PG_HOST, pg_admin  # noqa: E402
 from devkit.server import free_port, launch_server  # noqa: E402
 
 SIZES = [int(n) for n in os.environ.get("BENCH_AGENTS", "1000,10000").split(",") if n.strip()]
@@ -67,7 +68,6 @@ IDLE_POLL = int(os.environ.get("BENCH_IDLE_POLL", "5"))
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "15"))
 PROFILE_DIR = os.environ.get("BENCH_SERVER_PROFILE", "")
 # BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 INGEST_TARGET = {"sqlite": 5000.0, "postgres": 2000.0}
 
 HELLO_APP = """
@@ -265,38 +265,19 @@ async def measure_backend(
 
 def pg_database() -> str | None:
     """A fresh PostgreSQL database for this run, or None when none is reachable."""
-    import asyncpg
 
     name = f"assist_bench_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
     try:
-        asyncio.run(create())
+        pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:
         print(f"PostgreSQL figures skipped: {exc}", file=sys.stderr)
         return None
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    return f"postgresql://postgres@{PG_HOST}/{name}"
 
 
 def drop_database(url: str) -> None:
-    import asyncpg
-
     name = url.rsplit("/", 1)[1]
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run_backend(name: str, url: str | None, agents: int, tmp: Path, hello_port: int) -> None:

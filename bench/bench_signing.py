@@ -33,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:
 import requests  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from bench.bench_server import Fleet, burst, fanout_round, percentile, signed_request  # noqa: E402
+from bench.bench_server import Fleet, burst, fanout_round, percentile  # noqa: E402
 from bench.figures import emit  # noqa: E402
 from common import protocol  # noqa: E402
 from devkit.server import free_port  # noqa: E402
@@ -85,17 +85,7 @@ def start_server(tree: Path, data: Path) -> tuple[subprocess.Popen[bytes], int, 
 async def ingest_round(fleet: Fleet, command_id: str) -> float:
     """Reports per second for one invocation to every agent."""
     body = await fleet.call("InvokeCommand", CommandId=command_id, **fleet.instance_params())
-    report = {"execution_id": "0", "exit_code": 0, "output": "MTIzCg==", "invoke_id": ""}
-    reports = [
-        signed_request(
-            key,
-            iid,
-            "POST",
-            "/luban/api/v1/task/finish",
-            json.dumps(dict(report, invoke_id=body["InvokeId"])).encode(),
-        )
-        for iid, key in fleet.agents
-    ]
+    reports = fleet.finish_reports(body["InvokeId"], "MTIzCg==")
     elapsed = await burst(fleet.port, reports, 32)
     return len(reports) / elapsed
 
@@ -166,28 +156,18 @@ def main() -> None:
             proc.terminate()
             proc.wait()
     before, after = figures["before"], figures["after"]
-    emit(
-        "signing_fanout_p99_sqlite",
-        statistics.median(after["p99"]),
-        statistics.median(before["p99"]),
-        "s",
-        "ratio ~ 1 (signing must not show)",
-        agents=AGENTS,
-        runs=after["p99"],
-        baseline_runs=before["p99"],
-        baseline_ref=BASELINE_REF,
-    )
-    emit(
-        "signing_ingest_rate_sqlite",
-        statistics.median(after["ingest"]),
-        statistics.median(before["ingest"]),
-        "reports/s",
-        "ratio ~ 1 (signing must not show)",
-        agents=AGENTS,
-        runs=after["ingest"],
-        baseline_runs=before["ingest"],
-        baseline_ref=BASELINE_REF,
-    )
+    for figure, unit in (("p99", "s"), ("ingest", "reports/s")):
+        emit(
+            "signing_fanout_p99_sqlite" if figure == "p99" else "signing_ingest_rate_sqlite",
+            statistics.median(after[figure]),
+            statistics.median(before[figure]),
+            unit,
+            "ratio ~ 1 (signing must not show)",
+            agents=AGENTS,
+            runs=after[figure],
+            baseline_runs=before[figure],
+            baseline_ref=BASELINE_REF,
+        )
     ours, base = agent_verify_cost()
     emit(
         "signing_agent_verify_us",

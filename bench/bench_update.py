@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.figures import median_figure  # noqa: E402
 from common.layout import Layout  # noqa: E402
 from common.service import ProcessManager  # noqa: E402
+from devkit.agent import mirror_args  # noqa: E402
 from updater.engine import Updater, UpdateSettings  # noqa: E402
 from updater.swap import swap_current  # noqa: E402
 
@@ -161,12 +162,7 @@ def run(base: Path) -> None:
                 "-m",
                 "updater.cli",
                 "apply",
-                "--prefix",
-                str(prefix),
-                "--mirror",
-                server.url,
-                "--trust-root",
-                str(keys / "root.json"),
+                *mirror_args(prefix, server.url, keys),
                 "--settle",
                 "0",
                 "--service",

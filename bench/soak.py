@@ -785,33 +785,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak", description=(__doc__ or "").splitlines()[0]
     )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=float(env("SOAK_DURATION", 600)),
-        help="seconds of load and faults",
-    )
-    parser.add_argument(
-        "--agents", type=int, default=int(env("SOAK_AGENTS", 300)), help="instances in all"
-    )
-    parser.add_argument(
-        "--real-agents",
-        type=int,
-        default=int(env("SOAK_REAL_AGENTS", 2)),
-        help="installed with assist-install and updated",
-    )
-    parser.add_argument(
-        "--rate", type=float, default=float(env("SOAK_RATE", 5)), help="invocations per second"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=int(env("SOAK_SEED", int(time.time()))), help="random seed"
-    )
-    parser.add_argument(
-        "--drain",
-        type=float,
-        default=float(env("SOAK_DRAIN", 180)),
-        help="max seconds to wait for the last results",
-    )
+    # option, type, default (SOAK_<OPTION> in the environment overrides it), help
+    for option, kind, default, text in (
+        ("--duration", float, 600, "seconds of load and faults"),
+        ("--agents", int, 300, "instances in all"),
+        ("--real-agents", int, 2, "installed with assist-install and updated"),
+        ("--rate", float, 5, "invocations per second"),
+        ("--seed", int, int(time.time()), "random seed"),
+        ("--drain", float, 180, "max seconds to wait for the last results"),
+    ):
+        variable = "SOAK_" + option[2:].upper().replace("-", "_")
+        parser.add_argument(option, type=kind, default=kind(env(variable, default)), help=text)
     parser.add_argument(
         "--per-host", type=int, default=25, help="in-process agents per host process"
     )

@@ -29,6 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from devkit.agent import serve_until_sigterm  # noqa: E402
+
 TERMINAL_KINDS = ("finish", "timeout", "error", "stopped", "invalid")
 
 
@@ -159,13 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix = Path(base) / f"agent-{i}"
         agent = start_agent(server, activation, code, prefix, answers, trace)
         agents.append(agent)
-        print(agent.options.identity.instance_id, flush=True)
-    print("READY", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    for agent in agents:
-        agent.stop()
+    serve_until_sigterm(agents)
     return 0
 
 

@@ -28,24 +28,15 @@ class ConnLimits:
 def add_limit_options(parser: argparse.ArgumentParser, idle: float) -> None:
     """--header-timeout, --body-timeout, --idle-timeout, --max-connections (slow-loris guard)."""
     default = ConnLimits()
-    parser.add_argument(
-        "--header-timeout",
-        type=float,
-        default=default.header_timeout,
-        help="seconds a client has to send its request headers (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--body-timeout",
-        type=float,
-        default=default.body_timeout,
-        help="seconds a client has to send its request body (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=idle,
-        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
-    )
+    seconds = {
+        "--header-timeout": (default.header_timeout, "a client has to send its request headers"),
+        "--body-timeout": (default.body_timeout, "a client has to send its request body"),
+        "--idle-timeout": (idle, "an idle keep-alive connection stays open"),
+    }
+    for option, (value, what) in seconds.items():
+        parser.add_argument(
+            option, type=float, default=value, help=f"seconds {what} (default: %(default)s)"
+        )
     parser.add_argument(
         "--max-connections",
         type=int,

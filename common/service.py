@@ -42,21 +42,23 @@ MANAGERS = ("systemd", "sysv", "windows", "process", "none")
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
-def run_tool(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    """Run a service tool, raising ToolError with its output when it fails."""
+def run_tool(
+    argv: Sequence[str], missing_hint: str = "is this the right --service?"
+) -> subprocess.CompletedProcess[str]:
+    """Run a service or package tool, raising ToolError with its output tail when it fails, is
+    missing (with `missing_hint`) or hangs past TOOL_TIMEOUT."""
     try:
         try:
             proc = subprocess.run(
                 list(argv), capture_output=True, text=True, check=False, timeout=TOOL_TIMEOUT
             )
         except subprocess.TimeoutExpired as exc:
-            raise ToolError(f"{argv[0]} did not answer within {TOOL_TIMEOUT:.0f} s") from exc
+            raise ToolError(f"{argv[0]} did not finish within {TOOL_TIMEOUT:.0f} s") from exc
     except FileNotFoundError as exc:
-        raise ToolError(f"{argv[0]} not found", hint="is this the right --service?") from exc
+        raise ToolError(f"{argv[0]} is not installed", hint=missing_hint) from exc
     if proc.returncode != 0:
-        raise ToolError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-300:]}"
-        )
+        tail = (proc.stderr or proc.stdout).strip()[-400:]
+        raise ToolError(f"{' '.join(argv)} failed ({proc.returncode}): {tail}")
     return proc
 
 

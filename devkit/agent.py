@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from common.layout import Layout
 
@@ -48,3 +52,29 @@ def write_loopback_config(
         f'server = "{server_url}"\n' + agent_extra
     )
     return config
+
+
+def mirror_args(prefix: Path, mirror_url: str, keys: Path) -> list[str]:
+    """`--prefix P --mirror URL --trust-root KEYS/root.json`: where assist-install and
+    assist-update install, what they read from, and the root they trust."""
+    return [
+        "--prefix",
+        str(prefix),
+        "--mirror",
+        mirror_url,
+        "--trust-root",
+        str(keys / "root.json"),
+    ]
+
+
+def serve_until_sigterm(agents: Sequence[Any]) -> None:
+    """A host process of in-process agents: print each instance id, then READY, wait for SIGTERM,
+    stop every agent."""
+    for agent in agents:
+        print(agent.options.identity.instance_id, flush=True)
+    print("READY", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    for agent in agents:
+        agent.stop()

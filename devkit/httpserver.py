@@ -131,3 +131,22 @@ class StaticServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def endless_body(suffix: str, chunk: bytes, times: int) -> Callable[[Any], bool]:
+    """A StaticServer hook: a request for a path ending in `suffix` gets 200 and `chunk` written
+    `times` times with no Content-Length (a body that seems to have no end); others pass."""
+
+    def hook(handler: Any) -> bool:
+        if not handler.path.endswith(suffix):
+            return False
+        handler.send_response(200)
+        handler.end_headers()
+        try:
+            for _ in range(times):
+                handler.wfile.write(chunk)
+        except OSError:
+            pass
+        return True
+
+    return hook

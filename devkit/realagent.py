@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,12 @@ class Sdk:
         """Set params with the request class's setters, send it, parse the JSON."""
         for name, value in params.items():
             getattr(request, f"set_{name}")(value)
-        request.set_endpoint(self.server.url.split("://", 1)[1])
-        request.set_protocol_type("http")
+        from aliyunsdkcore.http import protocol_type
+
+        scheme, endpoint = self.server.url.split("://", 1)
+        request.set_endpoint(endpoint)
+        # the SDK tells https by identity (`is protocol_type.HTTPS`): pass its own constant
+        request.set_protocol_type(protocol_type.HTTPS if scheme == "https" else protocol_type.HTTP)
         return dict(json.loads(self.client.do_action_with_exception(request)))
 
     def run_script(self, script: str, instance_id: str, **invoke: Any) -> str:
@@ -201,3 +206,33 @@ def group_members(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(entry.name))
     return members
+
+
+class AgentEnv:
+    """A fresh operator account on `server` (its SDK client), agents registered under `tmp_path`
+    and the real agents a test starts; `close()` stops them."""
+
+    def __init__(self, server: ServerHandle, account_prefix: str, tmp_path: Path) -> None:
+        self.server = server
+        self.key_id, self.secret = server.create_access_key(
+            f"{account_prefix}-{uuid.uuid4().hex[:8]}"
+        )
+        self.sdk = Sdk(server, self.key_id, self.secret)
+        self.tmp_path = tmp_path
+        self.agents: list[AgentProcess] = []
+
+    def register(self, name: str) -> tuple[Path, str]:
+        """`assist-agent register` into tmp_path/name with a fresh activation: (prefix, id)."""
+        prefix = self.tmp_path / name
+        return prefix, register_agent(self.server, self.key_id, self.secret, prefix)
+
+    def start_agent(self, prefix: Path, server_url: str = "") -> AgentProcess:
+        """`assist-agent run` on `prefix`, once it has connected."""
+        agent = AgentProcess(prefix, server_url)
+        self.agents.append(agent)
+        agent.wait_connected()
+        return agent
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -17,19 +18,17 @@ from typing import Any
 from agent.cli import ACTIVATION_CODE_ENV, read_activation_code
 from common.cli import (
     add_common_options,
-    check_region_option,
-    check_trust_root_option,
     print_json,
     run_cli,
 )
-from common.config import Config, load_config
+from common.config import Config
 from common.errors import AssistError, ConfigError, UsageError, VerificationError
 from common.layout import Layout
 from common.platform import detect_platform
 from common.service import MANAGERS, default_service_name, make_service
 from installer.agent import AgentInstall, install_agent, render_config
 from installer.native import install_native, installed_version, remove_native
-from updater.remote import find_keys_dir, find_trust_root, open_repository
+from updater.remote import find_keys_dir, find_trust_root, open_repository, run_command
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    handlers = {"list": cmd_list, "install": cmd_install, "remove": cmd_remove, "agent": cmd_agent}
+    dispatch = functools.partial(run_command, handlers=handlers)
     return run_cli("assist-install", build_parser(), dispatch, argv, examples=EXAMPLES)
-
-
-def dispatch(args: argparse.Namespace) -> int:
-    config = load_config(args.config, prefix=args.prefix)
-    check_region_option(
-        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
-    )
-    check_trust_root_option(getattr(args, "trust_root", None))
-    layout = Layout(config.prefix)
-    handler = {"list": cmd_list, "install": cmd_install, "remove": cmd_remove, "agent": cmd_agent}
-    return handler[args.command](args, config, layout)
 
 
 def _open(args: argparse.Namespace, config: Config, layout: Layout) -> tuple[Any, list[str]]:

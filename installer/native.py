@@ -9,33 +9,19 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from common.errors import ToolError, UsageError
+from common.service import Runner, run_tool
 
 log = logging.getLogger(__name__)
-TOOL_TIMEOUT = 600.0  # seconds a service/package tool may take before it counts as hung
-
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 
 def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """Run a package tool; ToolError with its output tail when it fails."""
     log.info("running %s", " ".join(argv))
-    try:
-        try:
-            proc = subprocess.run(
-                list(argv), capture_output=True, text=True, check=False, timeout=TOOL_TIMEOUT
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ToolError(f"{argv[0]} did not finish within {TOOL_TIMEOUT:.0f} s") from exc
-    except FileNotFoundError as exc:
-        raise ToolError(f"{argv[0]} is not installed", hint="install it or pick --format") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip()[-400:]
-        raise ToolError(f"{argv[0]} failed ({proc.returncode}): {tail}")
-    return proc
+    return run_tool(argv, missing_hint="install it or pick --format")
 
 
 def dpkg_base(root: Path | None) -> list[str]:

@@ -113,34 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_common_options(p)
 
-    p = sub.add_parser("serve", help="serve --root over HTTP (Range, ETag)")
-    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+    def on_mirror(name: str, help_text: str, json: bool = True) -> argparse.ArgumentParser:
+        """A subcommand on an existing mirror directory: --root, and --json for a report."""
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+        if json:
+            p.add_argument("--json", action="store_true")
+        add_common_options(p)
+        return p
+
+    p = on_mirror("serve", "serve --root over HTTP (Range, ETag)", json=False)
     p.add_argument(
         "--listen", default="127.0.0.1:8081", metavar="HOST:PORT", help="address to serve on"
     )
     add_limit_options(p, idle=15.0)
-    add_common_options(p)
-
-    p = sub.add_parser("verify", help="exit 0 only if every file matches signed metadata")
-    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
-    p.add_argument("--json", action="store_true")
-    add_common_options(p)
-
-    p = sub.add_parser("status", help="versions, bytes, last sync, metadata expiry")
-    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
-    p.add_argument("--json", action="store_true")
-    add_common_options(p)
-
-    p = sub.add_parser("prune", help="keep only the newest N versions per package")
-    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+    on_mirror("verify", "exit 0 only if every file matches signed metadata")
+    on_mirror("status", "versions, bytes, last sync, metadata expiry")
+    p = on_mirror("prune", "keep only the newest N versions per package")
     p.add_argument(
         "--keep", required=True, type=int, metavar="N", help="versions to keep per package"
     )
-    p.add_argument("--json", action="store_true")
-    add_common_options(p)
-
-    p = sub.add_parser("export", help="write a bundle for a site with no network path")
-    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
+    p = on_mirror("export", "write a bundle for a site with no network path")
     p.add_argument(
         "--out", required=True, type=Path, metavar="BUNDLE.tar", help="the bundle to write"
     )
@@ -150,12 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATEFILE",
         help="the site's .mirror/state.json: only what it lacks",
     )
-    p.add_argument("--json", action="store_true")
-    add_common_options(p)
-
-    p = sub.add_parser("import", help="sync from a bundle, verified like a sync")
+    p = on_mirror("import", "sync from a bundle, verified like a sync")
     p.add_argument("bundle", type=Path, metavar="BUNDLE.tar", help="a bundle from export")
-    p.add_argument("--root", required=True, type=Path, help="the mirror's directory")
     p.add_argument(
         "--trust-root", type=Path, metavar="FILE", help="the TUF root.json the bundle must chain to"
     )
@@ -164,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--region", default="", help="region id (for bootstrap/)")
     p.add_argument("--public-url", metavar="URL", help="this mirror's URL for bootstrap/")
-    p.add_argument("--json", action="store_true")
-    add_common_options(p)
     return parser
 
 

@@ -314,6 +314,18 @@ def _require_keyring(keyring: Path | None, what: str) -> Path:
     return keyring
 
 
+def _signed_index(
+    source: Source, rel: str, what: str, channel: str, keyring: Path | None
+) -> tuple[bytes, Path] | None:
+    """A channel's signed index (apt InRelease, yum repomd.xml) and the keyring to check it
+    with; None when the upstream has no such tree for the channel."""
+    data = _fetch_optional(source, rel)
+    if data is None:
+        log.info("upstream has no %s (channel %s)", rel, channel)
+        return None
+    return data, _require_keyring(keyring, what)
+
+
 def _fetch_optional(source: Source, rel: str, limit: int = MAX_METADATA) -> bytes | None:
     """A small upstream file, or None if the upstream does not have it."""
     try:
@@ -343,11 +355,10 @@ def _stage_apt(
 ) -> None:
     """Verify one channel's apt tree and stage dists/<channel>; add its .debs to the content."""
     base = f"apt/dists/{channel}"
-    inrelease = _fetch_optional(options.source, f"{base}/InRelease")
-    if inrelease is None:
-        log.info("upstream has no apt tree for channel %s", channel)
+    found = _signed_index(options.source, f"{base}/InRelease", "an apt tree", channel, keyring)
+    if found is None:
         return
-    keys = _require_keyring(keyring, "an apt tree")
+    inrelease, keys = found
     text = verify_clearsigned(inrelease, keys, f"{base}/InRelease").decode("utf-8")
     release = apt.parse_release(text)
     apt.check_release_fresh(release, channel, now)
@@ -403,11 +414,12 @@ def _carry_by_hash(published: Path, staged: Path) -> None:
 def _stage_yum(options: SyncOptions, stage: _Stage, channel: str, keyring: Path | None) -> None:
     """Verify one channel's yum tree and stage its repodata/; add its rpms to the content."""
     prefix = f"yum/{channel}"
-    repomd = _fetch_optional(options.source, f"{prefix}/repodata/repomd.xml")
-    if repomd is None:
-        log.info("upstream has no yum tree for channel %s", channel)
+    found = _signed_index(
+        options.source, f"{prefix}/repodata/repomd.xml", "a yum tree", channel, keyring
+    )
+    if found is None:
         return
-    keys = _require_keyring(keyring, "a yum tree")
+    repomd, keys = found
     signature = _fetch_optional(options.source, f"{prefix}/repodata/repomd.xml.asc")
     if signature is None:
         raise VerificationError(f"{prefix}/repodata/repomd.xml is not signed (no repomd.xml.asc)")

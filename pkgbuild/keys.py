@@ -193,6 +193,40 @@ def _list_gpg_fingerprint(keydir: Path) -> str:
     raise ToolError("no OpenPGP secret key found", hint="run keygen again into a new directory")
 
 
+def new_certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: Any,
+    valid: tuple[datetime.datetime, datetime.datetime],
+) -> x509.CertificateBuilder:
+    """A certificate builder with subject, issuer, public key, a random serial and the validity
+    window (not before, not after); extensions and the signature are the caller's."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
+    )
+
+
+def code_signing(builder: x509.CertificateBuilder, ca: bool) -> x509.CertificateBuilder:
+    """The extensions of a code-signing certificate (Authenticode): basic constraints, key usage
+    digital signature (and certificate signing for a CA), extended key usage code signing."""
+    unused = "content_commitment key_encipherment data_encipherment key_agreement crl_sign"
+    unused += " encipher_only decipher_only"
+    usage = x509.KeyUsage(
+        digital_signature=True, key_cert_sign=ca, **dict.fromkeys(unused.split(), False)
+    )
+    return (
+        builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+    )
+
+
 def _generate_authenticode(keydir: Path) -> str:
     """Create the self-signed code-signing certificate and key; return the cert's DER sha256."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -203,30 +237,9 @@ def _generate_authenticode(keydir: Path) -> str:
         ]
     )
     now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(minutes=5), now + CERT_LIFETIME)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CERT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        code_signing(new_certificate(name, name, key.public_key(), valid), ca=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )

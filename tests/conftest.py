@@ -86,17 +86,13 @@ def static_server(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session", autouse=True)
 def _stop_stray_gpg_agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """gpg and dnf (librepo) start a gpg-agent per GNUPGHOME; stop those under this run's tmp."""
+    from devkit.polling import process_cmdlines
+
     yield
     base = str(tmp_path_factory.getbasetemp()).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
+    for pid, cmdline in process_cmdlines():
         # the homedir may be a short alias (pkgbuild.keys.gnupg_home) of a directory under base
         homes = [os.path.realpath(arg) for arg in cmdline.split(b"\0") if arg.startswith(b"/")]
         if cmdline.startswith(b"gpg-agent") and any(home.startswith(base) for home in homes):
             with contextlib.suppress(OSError):
-                os.kill(int(entry.name), signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)

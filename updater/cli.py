@@ -19,12 +19,10 @@ from typing import Any
 
 from common.cli import (
     add_common_options,
-    check_region_option,
-    check_trust_root_option,
     print_json,
     run_cli,
 )
-from common.config import Config, load_config
+from common.config import Config
 from common.errors import LocalStateError, NotFoundError
 from common.health import read_health
 from common.layout import Layout, installed_versions
@@ -35,7 +33,7 @@ from updater.engine import LAST_RESULT_FILE, Outcome, Updater, UpdateSettings
 from updater.lock import hold_lock
 from updater.policy import NOTHING, REFUSE, load_blocklist, save_blocklist, unblock
 from updater.recovery import recover
-from updater.remote import find_keys_dir, open_repository
+from updater.remote import find_keys_dir, open_repository, run_command
 from updater.swap import read_pointer
 
 EXIT_ROLLED_BACK = 3
@@ -104,22 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    config = load_config(args.config, prefix=args.prefix)
-    check_region_option(
-        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
-    )
-    check_trust_root_option(getattr(args, "trust_root", None))
-    layout = Layout(config.prefix)
-    handler = {
-        "status": cmd_status,
-        "check": cmd_check,
-        "apply": cmd_apply,
-        "rollback": cmd_rollback,
-        "recover": cmd_recover,
-        "unblock": cmd_unblock,
-        "schedule": cmd_schedule,
-    }[args.command]
-    return handler(args, config, layout)
+    return run_command(args, HANDLERS)
 
 
 def _service(args: argparse.Namespace, config: Config, layout: Layout) -> ServiceManager:
@@ -344,3 +327,15 @@ def cmd_schedule(args: argparse.Namespace, config: Config, layout: Layout) -> in
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# assist-update COMMAND -> its handler
+HANDLERS = {
+    "status": cmd_status,
+    "check": cmd_check,
+    "apply": cmd_apply,
+    "rollback": cmd_rollback,
+    "recover": cmd_recover,
+    "unblock": cmd_unblock,
+    "schedule": cmd_schedule,
+}

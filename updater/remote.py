@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import common
-from common.config import Config
+from common.cli import check_region_option, check_trust_root_option
+from common.config import Config, load_config
 from common.errors import ConfigError, UsageError
 from common.layout import Layout
 from common.mirrors import select_mirrors
 
 log = logging.getLogger(__name__)
+
+
+def command_config(args: argparse.Namespace) -> tuple[Config, Layout]:
+    """The config and install layout of an assist-install or assist-update command, after its
+    --region and --trust-root were checked (a typo is refused before anything is saved)."""
+    config = load_config(args.config, prefix=args.prefix)
+    check_region_option(
+        getattr(args, "region", None), config.mirror.region, config.mirror.intranet_template
+    )
+    check_trust_root_option(getattr(args, "trust_root", None))
+    return config, Layout(config.prefix)
+
+
+Handler = Callable[[argparse.Namespace, Config, Layout], int]
+
+
+def run_command(args: argparse.Namespace, handlers: Mapping[str, Handler]) -> int:
+    """Run the handler of `args.command` with the checked config and layout (`command_config`)."""
+    config, layout = command_config(args)
+    return handlers[args.command](args, config, layout)
 
 
 def bundled_file(*parts: str) -> Path:

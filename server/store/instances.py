@@ -5,11 +5,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import func, select, text, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _page, numbered, numbered_params
+from server.store.rows import (
+    Row,
+    _one,
+    _page,
+    delete_owned,
+    numbered,
+    numbered_params,
+    update_owned,
+    where_equal,
+)
 from server.store.schema import (
     activations,
     instances,
@@ -80,22 +89,12 @@ async def get_activation(conn: Conn, activation_id: str) -> Row | None:
 
 async def update_activation(conn: Conn, account: str, activation_id: str, values: Row) -> int:
     """Change an activation of `account`; the number of rows changed."""
-    done = await conn.execute(
-        update(activations)
-        .where(activations.c.account == account, activations.c.activation_id == activation_id)
-        .values(**values)
-    )
-    return int(done.rowcount or 0)
+    return await update_owned(conn, activations, "activation_id", account, activation_id, values)
 
 
 async def delete_activation(conn: Conn, account: str, activation_id: str) -> int:
     """Delete an activation of `account`; the number of rows deleted."""
-    done = await conn.execute(
-        delete(activations).where(
-            activations.c.account == account, activations.c.activation_id == activation_id
-        )
-    )
-    return int(done.rowcount or 0)
+    return await delete_owned(conn, activations, "activation_id", account, activation_id)
 
 
 async def rename_instance(conn: Conn, account: str, instance_id: str, name: str) -> int:
@@ -116,12 +115,13 @@ async def list_activations(
     conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(activations).where(activations.c.account == account)
-    if filters.get("ActivationId"):
-        stmt = stmt.where(activations.c.activation_id == filters["ActivationId"])
-    if filters.get("InstanceName"):
-        stmt = stmt.where(activations.c.instance_name == filters["InstanceName"])
-    if filters.get("Region"):
-        stmt = stmt.where(activations.c.region_id == filters["Region"])
+    c = activations.c
+    equal = {
+        "ActivationId": c.activation_id,
+        "InstanceName": c.instance_name,
+        "Region": c.region_id,
+    }
+    stmt = where_equal(stmt, filters, equal)
     if filters.get("Tags"):
         stmt = stmt.where(
             tagged("activation", activations.c.activation_id, account, filters["Tags"])

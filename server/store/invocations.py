@@ -10,7 +10,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _page, _rows
+from server.store.rows import Row, _page, _rows, get_owned, where_equal
 from server.store.schema import (
     commands,
     executions,
@@ -62,32 +62,29 @@ async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -
     )
 
 
+# DescribeInvocations' equality filters: parameter -> column
+FILTERS = {
+    "InvokeId": invocations.c.invoke_id,
+    "CommandId": invocations.c.command_id,
+    "CommandName": invocations.c.command_name,
+    "CommandType": invocations.c.command_type,
+    "RepeatMode": invocations.c.repeat_mode,
+    "Region": invocations.c.region_id,
+}
+
+
 async def get_invocation(
     conn: Conn, account: str, invoke_id: str, region: str | None = None
 ) -> Row | None:
     """The account's invocation (in `region` when given)."""
-    stmt = select(invocations).where(
-        invocations.c.account == account, invocations.c.invoke_id == invoke_id
-    )
-    if region is not None:
-        stmt = stmt.where(invocations.c.region_id == region)
-    return await _one(conn, stmt)
+    return await get_owned(conn, invocations, "invoke_id", account, invoke_id, region)
 
 
 async def list_invocations(
     conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(invocations).where(invocations.c.account == account)
-    for key, column in (
-        ("InvokeId", invocations.c.invoke_id),
-        ("CommandId", invocations.c.command_id),
-        ("CommandName", invocations.c.command_name),
-        ("CommandType", invocations.c.command_type),
-        ("RepeatMode", invocations.c.repeat_mode),
-        ("Region", invocations.c.region_id),
-    ):
-        if filters.get(key):
-            stmt = stmt.where(column == filters[key])
+    stmt = where_equal(stmt, filters, FILTERS)
     if filters.get("Timed") is not None:
         stmt = stmt.where(invocations.c.timed.is_(filters["Timed"]))
     if filters.get("InstanceId"):

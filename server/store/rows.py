@@ -1,11 +1,12 @@
-"""Small helpers over an open connection: rows as dicts, one row, one page with its total."""
+"""Small helpers over an open connection: rows as dicts, one row, one page with its total; an
+account's own row by its key (read, change, delete); equality filters."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.sql import Select
 
 from server.store.conn import Conn
@@ -42,3 +43,43 @@ def numbered(template: str, count: int) -> str:
 def numbered_params(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
     """The parameters of numbered(f":{prefix}{{i}}", len(values))."""
     return {f"{prefix}{i}": value for i, value in enumerate(values)}
+
+
+def where_equal(stmt: Any, filters: Row, columns: Mapping[str, Any]) -> Any:
+    """`stmt` narrowed to rows whose column equals each of `filters` named in `columns`
+    (filter name -> column); an absent or empty filter narrows nothing."""
+    for key, column in columns.items():
+        if filters.get(key):
+            stmt = stmt.where(column == filters[key])
+    return stmt
+
+
+def _owned(table: Table, key: str, account: str, value: str) -> tuple[Any, Any]:
+    """The WHERE clauses of `account`'s row whose `key` column is `value`."""
+    return table.c.account == account, table.c[key] == value
+
+
+async def get_owned(
+    conn: Conn, table: Table, key: str, account: str, value: str, region: str | None = None
+) -> Row | None:
+    """The account's row whose `key` column is `value` (in `region` when given)."""
+    stmt = select(table).where(*_owned(table, key, account, value))
+    if region is not None:
+        stmt = stmt.where(table.c.region_id == region)
+    return await _one(conn, stmt)
+
+
+async def update_owned(
+    conn: Conn, table: Table, key: str, account: str, value: str, values: Row
+) -> int:
+    """Change the account's row whose `key` column is `value`; the number of rows changed."""
+    done = await conn.execute(
+        update(table).where(*_owned(table, key, account, value)).values(**values)
+    )
+    return int(done.rowcount or 0)
+
+
+async def delete_owned(conn: Conn, table: Table, key: str, account: str, value: str) -> int:
+    """Delete the account's row whose `key` column is `value`; the number of rows deleted."""
+    done = await conn.execute(delete(table).where(*_owned(table, key, account, value)))
+    return int(done.rowcount or 0)

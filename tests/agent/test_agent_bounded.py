@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 from agent.daemon import MAX_QUEUED_CHUNKS
 from agent.updates import MAX_UPDATE_LOG, rotate_log
+from devkit.polling import Sampler
 
 QUOTA = 24 * 1024
 LINE = b"chatty line\n"
@@ -31,29 +31,18 @@ def disk_usage(root: Path) -> int:
     return total
 
 
-class DiskSampler:
+class DiskSampler(Sampler):
     """Sample the disk usage of a directory on a thread until stopped; keep the maximum."""
 
     def __init__(self, root: Path) -> None:
+        super().__init__()
         self.root = root
         self.peak = 0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, disk_usage(self.root))
-            self.samples += 1
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> DiskSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.peak = max(self.peak, disk_usage(self.root))
+        self.samples += 1
 
 
 def expected_output() -> bytes:

@@ -7,6 +7,7 @@ in test_agent_e2e.py run the same flows against the real assist-server and the o
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -20,15 +21,9 @@ from agent.schedule import Boot
 from agent.spool import spool_path
 from common.health import read_health
 from common.layout import Layout
+from devkit import polling
 
-
-def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
+wait_until = functools.partial(polling.wait_until, step=0.05)
 
 
 def test_kick_runs_echo_and_reports_once(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
@@ -118,14 +113,21 @@ def test_timed_cron_every_second_never_overlaps(fake_server, start_agent) -> Non
     assert len(state.results_for(invoke)) == count  # stopped: no more runs
 
 
-def test_revision_change_reschedules(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+def scheduled_yearly(fake_server, start_agent, script: str):  # type: ignore[no-untyped-def]
+    """A started agent holding a periodic task that fires once a year (never in the test):
+    (agent handle, server state, instance id, invoke id)."""
     h = start_agent()
     state = fake_server.state
     instance = h.identity.instance_id
     invoke = state.add_task(
-        instance, script="echo one", repeat_mode="Period", timed=True, frequency="0 0 0 1 1 *"
+        instance, script=script, repeat_mode="Period", timed=True, frequency="0 0 0 1 1 *"
     )
     assert wait_until(lambda: invoke in h.agent._timed)
+    return h, state, instance, invoke
+
+
+def test_revision_change_reschedules(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+    h, state, instance, invoke = scheduled_yearly(fake_server, start_agent, "echo one")
     time.sleep(1.5)
     assert state.results_for(invoke) == []
     state.add_task(
@@ -313,13 +315,7 @@ def test_health_file_is_valid_json(fake_server, start_agent) -> None:  # type: i
 
 
 def test_stop_before_the_first_run_is_acknowledged(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
-    h = start_agent()
-    state = fake_server.state
-    instance = h.identity.instance_id
-    invoke = state.add_task(
-        instance, script="echo never", repeat_mode="Period", timed=True, frequency="0 0 0 1 1 *"
-    )
-    assert wait_until(lambda: invoke in h.agent._timed)
+    h, state, instance, invoke = scheduled_yearly(fake_server, start_agent, "echo never")
     state.stop(instance, invoke)
     assert state.wait(lambda s: s.results_for(invoke), timeout=10)
     [result] = state.results_for(invoke)

@@ -7,8 +7,6 @@ cryptography's x509 builder.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import logging
 import os
@@ -17,81 +15,29 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from agent.client import AgentClient, warn_plain_http
 from agent.identity import Identity, generate_key, load_identity, save_identity
 from agent.servertrust import SERVER_KEY_FILE, ServerTrust, save_server_trust
 from common import protocol
+from devkit.fixtures import server_fixture
 from devkit.realagent import AGENT_CONFIG, AgentProcess, Sdk, agent_env
 from devkit.server import ServerHandle, free_port, launch_server
+from devkit.tls import private_ca, write_loopback_cert
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 
 
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
 def make_private_ca(directory: Path) -> tuple[Path, Path, Path]:
     """A private CA and a server certificate for 127.0.0.1 it issued: (ca, cert, key)."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("assist test CA"))
-        .issuer_name(_name("assist test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
-
-
-class HttpsSdk(Sdk):
-    """The official SDK, over https."""
-
-    def do(self, request: Any, **params: Any) -> dict[str, Any]:
-        for name, value in params.items():
-            getattr(request, f"set_{name}")(value)
-        request.set_endpoint(self.server.url.split("://", 1)[1])
-        request.set_protocol_type("https")
-        return dict(json.loads(self.client.do_action_with_exception(request)))
+    ca = private_ca()
+    cert, key = write_loopback_cert(directory, issuer=ca)
+    ca_path = directory / "ca.pem"
+    ca_path.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    return ca_path, cert, key
 
 
 def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -166,7 +112,7 @@ def test_private_ca_through_ca_file_works_and_without_it_is_refused_with_a_hint(
     agent = AgentProcess(prefix)
     try:
         agent.wait_connected()
-        sdk = HttpsSdk(server, key_id, secret)
+        sdk = Sdk(server, key_id, secret)
         sdk.client.set_verify(str(ca))  # the operator's SDK trusts the private CA too
         invoke = sdk.run_script("echo 123", instance)
         item = sdk.wait_result(invoke, instance, ("Success", "Failed"))
@@ -176,13 +122,7 @@ def test_private_ca_through_ca_file_works_and_without_it_is_refused_with_a_hint(
     assert "Traceback" not in agent.log()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path / "server")
-    try:
-        yield handle
-    finally:
-        handle.stop()
+server = server_fixture("server", scope="function")
 
 
 def register_identity(server: ServerHandle, state_dir: Path) -> Identity:

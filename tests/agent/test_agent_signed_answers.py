@@ -11,9 +11,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,53 +20,17 @@ from agent_mitm import MitmProxy
 from agent.client import AgentClient
 from agent.identity import load_identity
 from common import protocol
-from devkit.realagent import (
-    AGENT_CONFIG,
-    AgentProcess,
-    Sdk,
-    agent_env,
-    register_agent,
-    server_executions,
-)
-from devkit.server import ServerHandle, launch_server
+from devkit.fixtures import agent_env_fixture, server_fixture
+from devkit.polling import wait_until
+from devkit.realagent import AGENT_CONFIG, AgentEnv, AgentProcess, agent_env, server_executions
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path_factory.mktemp("signed-server"))
-    try:
-        yield handle
-    finally:
-        handle.stop()
+server = server_fixture("signed-server")
 
 
-class Env:
-    def __init__(self, server: ServerHandle, tmp_path: Path) -> None:
-        self.server = server
-        self.key_id, self.secret = server.create_access_key(f"signed-{uuid.uuid4().hex[:8]}")
-        self.sdk = Sdk(server, self.key_id, self.secret)
-        self.tmp_path = tmp_path
-        self.agents: list[AgentProcess] = []
-
-    def register(self, name: str) -> tuple[Path, str]:
-        prefix = self.tmp_path / name
-        return prefix, register_agent(self.server, self.key_id, self.secret, prefix)
-
-    def start_agent(self, prefix: Path, server_url: str) -> AgentProcess:
-        agent = AgentProcess(prefix, server_url)
-        self.agents.append(agent)
-        agent.wait_connected()
-        return agent
-
-
-@pytest.fixture
-def env(server: ServerHandle, tmp_path: Path) -> Iterator[Env]:
-    environment = Env(server, tmp_path)
-    yield environment
-    for agent in environment.agents:
-        agent.stop()
+env = agent_env_fixture("signed")
 
 
 def rewrite_123_to_666(path: str, body: bytes) -> bytes:
@@ -85,16 +46,7 @@ def rewrite_123_to_666(path: str, body: bytes) -> bytes:
     return rewritten
 
 
-def wait_until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def test_proxy_rewriting_task_content_gets_nothing_run(env: Env, tmp_path: Path) -> None:
+def test_proxy_rewriting_task_content_gets_nothing_run(env: AgentEnv, tmp_path: Path) -> None:
     prefix, instance = env.register("agent")
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -128,7 +80,7 @@ def test_proxy_rewriting_task_content_gets_nothing_run(env: Env, tmp_path: Path)
 
 
 def test_task_list_captured_for_one_instance_runs_nothing_on_another(
-    env: Env, tmp_path: Path
+    env: AgentEnv, tmp_path: Path
 ) -> None:
     prefix_a, instance_a = env.register("a")
     prefix_b, instance_b = env.register("b")
@@ -181,7 +133,9 @@ def register_cli(server_url: str, act_id: str, code: str, prefix: Path, *extra: 
     )
 
 
-def test_proxy_swapping_the_server_key_at_registration_fails_it(env: Env, tmp_path: Path) -> None:
+def test_proxy_swapping_the_server_key_at_registration_fails_it(
+    env: AgentEnv, tmp_path: Path
+) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     attacker = protocol.raw_public_b64(Ed25519PrivateKey.generate())

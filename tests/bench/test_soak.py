@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.polling import processes_mentioning
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("soak")]
@@ -38,17 +40,7 @@ def work_dir(stderr: str) -> Path:
 
 def processes_under(path: Path) -> list[str]:
     """Command lines of live processes that mention `path` (left-over soak children)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
+    return processes_mentioning(str(path))
 
 
 def test_short_soak_loses_and_duplicates_nothing() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from common.cli import explain_os_error, option_holding
 from common.errors import NoSpaceError, PathError
+from devkit.mounts import read_only_mount
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 DEAD_MIRROR = "http://127.0.0.1:9/"  # nothing listens: the path fault must come first
@@ -87,19 +88,8 @@ def tree(path: Path) -> list[str]:
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A real read-only filesystem: a read-only bind mount of an empty directory."""
     target = tmp_path / "ro"
-    target.mkdir()
-    proc = subprocess.run(
-        ["mount", "--bind", "-o", "ro", str(target), str(target)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"needs root to bind-mount read-only: {proc.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
+    with read_only_mount(target, "--bind", "-o", "ro", str(target)) as mounted:
+        yield mounted
 
 
 @pytest.mark.parametrize("name", list(commands(Path("/x"))))

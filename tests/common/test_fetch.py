@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import itertools
 import os
-import pty
 import random
-import select
 import socket
-import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import requests
 from common.errors import ConfigError, DownloadError, NotFoundError, VerificationError
 from common.fetch import CHUNK, EndlessDataError, Fetcher
 from devkit.httpserver import StaticServer
+from devkit.terminal import run_on_a_terminal
 
 NAME = "pkg/1.0/file.bin"
 PAYLOAD = random.Random(7).randbytes(3 * CHUNK + 12345)
@@ -478,39 +477,23 @@ def test_progress_bar_appears_on_a_real_terminal(
         "import sys; from pathlib import Path; from common.fetch import Fetcher; "
         f"Fetcher([{servers[0].url!r}]).download({NAME!r}, Path(sys.argv[1]))"
     )
-    master, slave = pty.openpty()
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path / "tty.bin")], stdout=slave, stderr=slave
+    status, output = run_on_a_terminal(
+        [sys.executable, "-c", code, str(tmp_path / "tty.bin")], timeout=30
     )
-    os.close(slave)
-    output = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 30)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        output += data
-    assert child.wait(30) == 0
-    os.close(master)
-    assert b"file.bin" in output and b"B/s" in output
+    assert status == 0
+    assert "file.bin" in output and "B/s" in output
     assert (tmp_path / "tty.bin").read_bytes() == PAYLOAD
 
 
-def trickle(data: bytes, every: float, release: threading.Event) -> Hook:
-    """A hook that sends the whole Content-Length at once but the body a byte every `every` s."""
+def drip(head: bytes, drops: Iterable[bytes], every: float, release: threading.Event) -> Hook:
+    """A hook that writes `head` at once, then one of `drops` every `every` s until they run out,
+    `release` is set or the client leaves."""
 
     def hook(handler: Any) -> bool:
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
         try:
-            for i in range(len(data)):
-                handler.wfile.write(data[i : i + 1])
+            handler.wfile.write(head)
+            for drop in drops:
+                handler.wfile.write(drop)
                 handler.wfile.flush()
                 if release.wait(every):
                     break
@@ -519,6 +502,12 @@ def trickle(data: bytes, every: float, release: threading.Event) -> Hook:
         return True
 
     return hook
+
+
+def trickle(data: bytes, every: float, release: threading.Event) -> Hook:
+    """A hook that sends the whole Content-Length at once but the body a byte every `every` s."""
+    head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+    return drip(head, [data[i : i + 1] for i in range(len(data))], every, release)
 
 
 def test_trickling_mirror_is_left_by_the_low_speed_rule_and_the_body_resumes_elsewhere(
@@ -554,18 +543,7 @@ def test_fetch_bytes_from_a_trickling_only_mirror_ends_with_a_download_error(
 
 def trickle_headers(every: float, release: threading.Event) -> Hook:
     """A hook that sends the status line, then one header byte every `every` s, never ending."""
-
-    def hook(handler: Any) -> bool:
-        try:
-            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-            while not release.wait(every):
-                handler.wfile.write(b"a")
-                handler.wfile.flush()
-        except OSError:
-            pass  # the client left: what we want
-        return True
-
-    return hook
+    return drip(b"HTTP/1.1 200 OK\r\nX-Slow: ", itertools.repeat(b"a"), every, release)
 
 
 def test_a_mirror_trickling_its_headers_is_left_and_the_file_comes_from_the_next(

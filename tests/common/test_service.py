@@ -4,6 +4,7 @@ recording runner passed to the constructor, and the unit/init files they write a
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from common.service import (
     WindowsManager,
     make_service,
 )
+from devkit.polling import wait_until
 
 SLEEP = 'exec python3 -c "import time; time.sleep(600)" "$@"'  # keeps --prefix in its cmdline
 AGENT = f"""#!/bin/sh
@@ -60,13 +62,7 @@ def _no_python_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ASSIST_PYTHON", raising=False)
 
 
-def _wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+_wait_for = functools.partial(wait_until, timeout=5.0, step=0.05)
 
 
 def test_process_manager_starts_detached_and_stops(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from common.errors import ToolError, VerificationError
 from common.native_sig import (
@@ -27,6 +27,7 @@ from common.native_sig import (
     verify_native,
     verify_rpm_signature,
 )
+from pkgbuild.keys import code_signing, new_certificate
 
 SPEC = """\
 Name: tiny
@@ -201,32 +202,9 @@ def make_cert(
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=ca,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .sign(signing_key, hashes.SHA256())
-    )
+    valid = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+    builder = new_certificate(subject, issuer_name, key.public_key(), valid)
+    cert = code_signing(builder, ca).sign(signing_key, hashes.SHA256())
     return cert, key
 
 

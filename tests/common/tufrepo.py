@@ -17,15 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner, Signer
-from tuf.api.metadata import (
-    Metadata,
-    MetaFile,
-    Root,
-    Snapshot,
-    TargetFile,
-    Targets,
-    Timestamp,
-)
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 ROLES = ("root", "targets", "snapshot", "timestamp")

@@ -16,23 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.polling import processes_mentioning
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.xdist_group("demo")
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (a demo work dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
 
 
 def start_demo() -> subprocess.Popen[str]:

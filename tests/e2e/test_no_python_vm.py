@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 from runtimekit import build_release, require_bullseye_root, require_runtime
 
+from devkit.fixtures import server_fixture
 from devkit.httpserver import StaticServer
-from devkit.server import ServerHandle, launch_server
+from devkit.server import ServerHandle
 
 PREFIX = "/usr/local/share/aliyun-assist"
 README_OUTPUT = "MTIzCg=="  # base64("123\n")
@@ -59,13 +60,7 @@ def vm(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(root / "proc")], check=False)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path / "server")
-    try:
-        yield handle
-    finally:
-        handle.stop()
+server = server_fixture("server", scope="function")
 
 
 def in_vm(root: Path, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:

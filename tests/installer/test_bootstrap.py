@@ -114,14 +114,21 @@ i=0; while ! /usr/bin/python3 -c "import socket; socket.create_connection((\\"12
     return proc, upper
 
 
+def _bootstrap(
+    release: dict[str, Path], tmp_path: Path, command: str, fingerprint: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`command` (`{script}`: this mirror's bootstrap.sh) in the isolated copy (`_isolated`)."""
+    script = _script(release, 18080, fingerprint)
+    return _isolated(tmp_path, release["repo"], command.format(script=script))
+
+
 def test_bootstrap_installs_agent_through_apt_with_pinned_key(
     release: dict[str, Path], tmp_path: Path
 ) -> None:
-    script = _script(release, 18080)
-    proc, upper = _isolated(
+    proc, upper = _bootstrap(
+        release,
         tmp_path,
-        release["repo"],
-        f"ASSIST_NO_START=1 sh {script} && dpkg-query -W -f=\\${{Version}} aliyun-assist && "
+        "ASSIST_NO_START=1 sh {script} && dpkg-query -W -f=\\${{Version}} aliyun-assist && "
         "readlink /usr/local/share/aliyun-assist/current",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -136,17 +143,6 @@ def test_bootstrap_installs_agent_through_apt_with_pinned_key(
     assert not Path("/etc/apt/sources.list.d/aliyun-assist.list").exists()
 
 
-def test_bootstrap_refuses_a_key_that_is_not_the_pinned_one(
-    release: dict[str, Path], tmp_path: Path
-) -> None:
-    script = _script(release, 18080, fingerprint="0" * 40)
-    proc, upper = _isolated(tmp_path, release["repo"], f"sh {script}")
-    assert proc.returncode != 0
-    assert "pinned" in proc.stderr
-    assert not (upper / "etc/apt/sources.list.d/aliyun-assist.list").exists()
-    assert not (upper / "usr/local/share/aliyun-assist").exists()
-
-
 def _tarball_sha256(repo: Path, version: str) -> str:
     """The published tarball's sha256, from its consistent-snapshot file name."""
     [stored] = (repo / "targets/aliyun-assist" / version).glob(
@@ -158,13 +154,12 @@ def _tarball_sha256(repo: Path, version: str) -> str:
 def test_bootstrap_tarball_installs_with_a_pinned_sha256(
     release: dict[str, Path], tmp_path: Path
 ) -> None:
-    script = _script(release, 18080)
     pinned = _tarball_sha256(release["repo"], "1.0.0")
-    proc, upper = _isolated(
+    proc, upper = _bootstrap(
+        release,
         tmp_path,
-        release["repo"],
-        f"ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist --sha256 {pinned} && "
-        "cat /opt/assist/current/VERSION",
+        "ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist --sha256 "
+        f"{pinned} && cat /opt/assist/current/VERSION",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("1.0.0")
@@ -175,34 +170,6 @@ def test_bootstrap_tarball_installs_with_a_pinned_sha256(
         'PREFIX="${ALIYUN_ASSIST_PREFIX:-/opt/assist}"' in init
         and "/usr/local/share/aliyun-assist" not in init
     )
-
-
-def test_bootstrap_tarball_without_pinned_sha256_refuses(
-    release: dict[str, Path], tmp_path: Path
-) -> None:
-    """The script cannot check TUF signatures: the mirror's own hash proves nothing."""
-    script = _script(release, 18080)
-    proc, upper = _isolated(
-        tmp_path,
-        release["repo"],
-        f"ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist",
-    )
-    assert proc.returncode != 0
-    assert "refusing the unsigned tarball path without a pinned hash" in proc.stderr
-    assert not (upper / "opt/assist").exists()
-
-
-def test_bootstrap_tarball_refuses_wrong_pinned_sha256(
-    release: dict[str, Path], tmp_path: Path
-) -> None:
-    script = _script(release, 18080)
-    proc, upper = _isolated(
-        tmp_path,
-        release["repo"],
-        f"sh {script} --method tarball --prefix /opt/assist --sha256 {'ab' * 32}",
-    )
-    assert proc.returncode != 0 and "differs" in proc.stderr
-    assert not (upper / "opt/assist").exists()
 
 
 def test_published_bootstrap_scripts_carry_the_pinned_values(release: dict[str, Path]) -> None:
@@ -284,19 +251,63 @@ cat /opt/assist/state/identity.json
     assert "registered as mi-" in proc.stderr
 
 
-def test_bootstrap_refuses_an_activation_code_on_the_command_line(
-    release: dict[str, Path], tmp_path: Path
+APT_SOURCE = "etc/apt/sources.list.d/aliyun-assist.list"
+PAYLOAD = "usr/local/share/aliyun-assist"
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "command", "exit_code", "message", "absent"),
+    [
+        pytest.param(
+            "0" * 40, "sh {script}", None, "pinned", [APT_SOURCE, PAYLOAD], id="key-not-pinned"
+        ),
+        # the script cannot check TUF signatures: the mirror's own hash proves nothing
+        pytest.param(
+            None,
+            "ASSIST_NO_START=1 sh {script} --method tarball --prefix /opt/assist",
+            None,
+            "refusing the unsigned tarball path without a pinned hash",
+            ["opt/assist"],
+            id="tarball-without-pinned-sha256",
+        ),
+        pytest.param(
+            None,
+            "sh {script} --method tarball --prefix /opt/assist --sha256 " + "ab" * 32,
+            None,
+            "differs",
+            ["opt/assist"],
+            id="tarball-wrong-pinned-sha256",
+        ),
+        pytest.param(
+            None,
+            "sh {script} --server http://127.0.0.1:9 --activation-id a "
+            "--activation-code secret-on-argv",
+            1,
+            "shows in ps",
+            [PAYLOAD, APT_SOURCE],
+            id="activation-code-on-the-command-line",
+        ),
+    ],
+)
+def test_bootstrap_refuses(
+    fingerprint: str | None,
+    command: str,
+    exit_code: int | None,
+    message: str,
+    absent: list[str],
+    release: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
-    script = _script(release, 18080)
-    proc, upper = _isolated(
-        tmp_path,
-        release["repo"],
-        f"sh {script} --server http://127.0.0.1:9 --activation-id a "
-        "--activation-code secret-on-argv",
-    )
-    assert proc.returncode == 1 and "shows in ps" in proc.stderr
-    assert not (upper / "usr/local/share/aliyun-assist").exists()
-    assert not (upper / "etc/apt/sources.list.d/aliyun-assist.list").exists()
+    """A key that is not the pinned one, an unpinned or wrong tarball hash, an activation code
+    on the command line: the script stops and leaves nothing installed."""
+    proc, upper = _bootstrap(release, tmp_path, command, fingerprint)
+    if exit_code is None:
+        assert proc.returncode != 0
+    else:
+        assert proc.returncode == exit_code
+    assert message in proc.stderr
+    for path in absent:
+        assert not (upper / path).exists()
 
 
 def _balanced(text: str) -> bool:

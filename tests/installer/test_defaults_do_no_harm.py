@@ -62,42 +62,46 @@ def one_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_list_without_an_install_works_from_trust_root_and_creates_nothing(
-    repo: dict[str, Path], mirror: StaticServer, default_prefix: Path
-) -> None:
-    proc = run(
+def install_list(
+    repo: dict[str, Path], mirror: StaticServer, default_prefix: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`assist-install list --mirror M --trust-root R EXTRA…` with the default prefix."""
+    trust_root = str(repo["keys"] / "root.json")
+    return run(
         default_prefix,
         "installer.cli",
         "list",
         "--mirror",
         mirror.url,
         "--trust-root",
-        str(repo["keys"] / "root.json"),
-        "--json",
+        trust_root,
+        *extra,
     )
+
+
+def test_list_without_an_install_works_from_trust_root_and_creates_nothing(
+    repo: dict[str, Path], mirror: StaticServer, default_prefix: Path
+) -> None:
+    proc = install_list(repo, mirror, default_prefix, "--json")
     assert proc.returncode == 0, proc.stderr
     assert '"mirror": "' + mirror.url in proc.stdout
     assert not default_prefix.exists()
 
 
-def test_list_without_an_install_or_trust_root_says_so_and_creates_nothing(
-    mirror: StaticServer, default_prefix: Path
+@pytest.mark.parametrize(
+    "module, command, code, hint",
+    [
+        ("installer.cli", "list", 2, "--trust-root"),  # list: the root to trust, or an install
+        ("updater.cli", "check", 1, "assist-install agent"),  # update: install first
+    ],
+)
+def test_without_an_install_it_says_so_and_creates_nothing(
+    module: str, command: str, code: int, hint: str, mirror: StaticServer, default_prefix: Path
 ) -> None:
-    proc = run(default_prefix, "installer.cli", "list", "--mirror", mirror.url)
+    proc = run(default_prefix, module, command, "--mirror", mirror.url)
     line = one_line(proc)
-    assert proc.returncode == 2
-    assert f"no agent is installed in {default_prefix}" in line and "--trust-root" in line
-    assert not default_prefix.exists()
-
-
-def test_update_check_without_an_install_says_so_and_creates_nothing(
-    mirror: StaticServer, default_prefix: Path
-) -> None:
-    proc = run(default_prefix, "updater.cli", "check", "--mirror", mirror.url)
-    line = one_line(proc)
-    assert proc.returncode == 1
-    assert f"no agent is installed in {default_prefix}" in line
-    assert "assist-install agent" in line
+    assert proc.returncode == code
+    assert f"no agent is installed in {default_prefix}" in line and hint in line
     assert not default_prefix.exists()
 
 
@@ -145,17 +149,7 @@ def test_region_typo_is_refused_before_anything_is_written(
 def test_known_region_is_accepted(
     repo: dict[str, Path], mirror: StaticServer, default_prefix: Path
 ) -> None:
-    proc = run(
-        default_prefix,
-        "installer.cli",
-        "list",
-        "--mirror",
-        mirror.url,
-        "--trust-root",
-        str(repo["keys"] / "root.json"),
-        "--region",
-        "cn-hangzhou",
-    )
+    proc = install_list(repo, mirror, default_prefix, "--region", "cn-hangzhou")
     assert proc.returncode == 0, proc.stderr
 
 

@@ -5,7 +5,7 @@ runner: no systemd/init here). The TUF-verified path over HTTP is in tests/updat
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -43,38 +43,38 @@ def repo(tmp_path: Path) -> LocalRepo:
     )
 
 
-def test_install_with_process_manager_starts_a_healthy_agent(
-    repo: LocalRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcessManager]:
+    """The process service manager of tmp_path/prefix, stopped after the test."""
     monkeypatch.delenv("ALIYUN_ASSIST_PYTHON", raising=False)
+    manager = ProcessManager(tmp_path / "prefix", stop_timeout=2)
+    yield manager
+    manager.stop()
+
+
+def test_install_with_process_manager_starts_a_healthy_agent(
+    repo: LocalRepo, tmp_path: Path, service: ProcessManager
+) -> None:
     prefix = tmp_path / "prefix"
-    service = ProcessManager(prefix, stop_timeout=2)
-    try:
-        result = install_agent(
-            Layout(prefix),
-            repo,
-            service,
-            AgentInstall(os="linux", arch="x86_64", version="1.0.0", health_timeout=10),
-            verify_native=no_native_check,
-            config_text=render_config("process", ["http://127.0.0.1:1/"], "cn-test"),
-        )
-        assert result["version"] == "1.0.0" and result["healthy"] is True
-        assert (prefix / "current").readlink() == Path("versions/1.0.0")
-        config = load_config(prefix=prefix)
-        assert (
-            config.mirror.mirrors == ["http://127.0.0.1:1/"] and config.update.service == "process"
-        )
-        assert service.main_pid() is not None
-    finally:
-        service.stop()
+    result = install_agent(
+        Layout(prefix),
+        repo,
+        service,
+        AgentInstall(os="linux", arch="x86_64", version="1.0.0", health_timeout=10),
+        verify_native=no_native_check,
+        config_text=render_config("process", ["http://127.0.0.1:1/"], "cn-test"),
+    )
+    assert result["version"] == "1.0.0" and result["healthy"] is True
+    assert (prefix / "current").readlink() == Path("versions/1.0.0")
+    config = load_config(prefix=prefix)
+    assert config.mirror.mirrors == ["http://127.0.0.1:1/"] and config.update.service == "process"
+    assert service.main_pid() is not None
 
 
 def test_install_of_an_agent_that_does_not_start_is_an_error(
-    repo: LocalRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: LocalRepo, tmp_path: Path, service: ProcessManager
 ) -> None:
-    monkeypatch.delenv("ALIYUN_ASSIST_PYTHON", raising=False)
     prefix = tmp_path / "prefix"
-    service = ProcessManager(prefix, stop_timeout=2)
     with pytest.raises(LocalStateError, match="not healthy"):
         install_agent(
             Layout(prefix),
@@ -83,7 +83,6 @@ def test_install_of_an_agent_that_does_not_start_is_an_error(
             AgentInstall(os="linux", arch="x86_64", version="1.1.0", health_timeout=5),
             verify_native=no_native_check,
         )
-    service.stop()
 
 
 def test_native_verification_failure_installs_nothing(repo: LocalRepo, tmp_path: Path) -> None:

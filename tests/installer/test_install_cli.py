@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, TargetFile
 
+from devkit.agent import mirror_args
 from devkit.httpserver import StaticServer
 from devkit.release import build, init_repo, keygen, pkgbuild, publish
 from installer.cli import main as install_main
@@ -43,27 +45,49 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"keys": keys, "repo": repo, "evil": evil, "base": base}
 
 
+def cli(server: StaticServer, prefix: Path, keys: Path, *args: str) -> int:
+    return install_main(
+        [*args, *mirror_args(prefix, server.url, keys), "--keys", str(keys / "public")]
+    )
+
+
+@dataclass
+class Site:
+    """This test's copy of the repository served on loopback; state under tmp/p, --root tmp/root."""
+
+    server: StaticServer
+    repo: Path
+    keys: Path
+    evil: list[Path]
+    tmp: Path
+
+    @property
+    def root(self) -> Path:
+        return self.tmp / "root"
+
+    def cli(self, *args: str) -> int:
+        return cli(self.server, self.tmp / "p", self.keys, *args)
+
+    def install(self, spec: str, fmt: str, *extra: str) -> int:
+        """`assist-install install SPEC --root ROOT --format FMT EXTRA…`."""
+        return self.cli("install", spec, "--root", str(self.root), "--format", fmt, *extra)
+
+
 @pytest.fixture
-def mirror(release: dict[str, Any], tmp_path: Path) -> Iterator[tuple[StaticServer, Path]]:
+def site(release: dict[str, Any], tmp_path: Path) -> Iterator[Site]:
     repo = tmp_path / "repo"
     shutil.copytree(release["repo"], repo, symlinks=True)
     with StaticServer(repo) as server:
-        yield server, repo
+        yield Site(server, repo, release["keys"], release["evil"], tmp_path)
 
 
-def cli(server: StaticServer, prefix: Path, keys: Path, *args: str) -> int:
-    return install_main(
-        [
-            *args,
-            "--prefix",
-            str(prefix),
-            "--mirror",
-            server.url,
-            "--trust-root",
-            str(keys / "root.json"),
-            "--keys",
-            str(keys / "public"),
-        ]
+def rpm_query(root: Path) -> subprocess.CompletedProcess[str]:
+    """`rpm -q hello-tool` in the rpm database under `root`."""
+    return subprocess.run(
+        ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-q", "hello-tool"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -102,41 +126,18 @@ def add_target_with_targets_key(repo: Path, keys: Path, artifact: Path) -> None:
     ts.to_file(str(meta / "timestamp.json"))
 
 
-def test_list_shows_published_packages(
-    release: dict[str, Any],
-    mirror: tuple[StaticServer, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    server, _ = mirror
-    assert cli(server, tmp_path / "p", release["keys"], "list", "--json") == 0
+def test_list_shows_published_packages(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    assert site.cli("list", "--json") == 0
     listing = json.loads(capsys.readouterr().out)
     formats = sorted(t["format"] for t in listing["targets"] if t["package"] == "hello-tool")
     assert formats == ["deb", "exe", "rpm"]
-    assert listing["mirror"] == server.url
-    assert not (tmp_path / "p").exists()  # read-only: no installation there, nothing created
+    assert listing["mirror"] == site.server.url
+    assert not (site.tmp / "p").exists()  # read-only: no installation there, nothing created
 
 
-def test_install_and_remove_deb_with_real_dpkg(
-    release: dict[str, Any], mirror: tuple[StaticServer, Path], tmp_path: Path
-) -> None:
-    server, _ = mirror
-    root = tmp_path / "root"
-    keys = release["keys"]
-    assert (
-        cli(
-            server,
-            tmp_path / "p",
-            keys,
-            "install",
-            "hello-tool==1.0",
-            "--root",
-            str(root),
-            "--format",
-            "deb",
-        )
-        == 0
-    )
+def test_install_and_remove_deb_with_real_dpkg(site: Site, tmp_path: Path) -> None:
+    root = site.root
+    assert site.install("hello-tool==1.0", "deb") == 0
     assert (root / "opt" / "hello-tool" / "bin" / "hello").is_file()
     status = subprocess.run(
         ["dpkg", f"--root={root}", "-s", "hello-tool"], capture_output=True, text=True, check=True
@@ -160,118 +161,39 @@ def test_install_and_remove_deb_with_real_dpkg(
     assert not (root / "opt" / "hello-tool" / "bin" / "hello").exists()
 
 
-def test_install_rpm_with_real_rpm_after_signature_check(
-    release: dict[str, Any], mirror: tuple[StaticServer, Path], tmp_path: Path
-) -> None:
-    server, _ = mirror
-    root = tmp_path / "root"
-    assert (
-        cli(
-            server,
-            tmp_path / "p",
-            release["keys"],
-            "install",
-            "hello-tool",
-            "--root",
-            str(root),
-            "--format",
-            "rpm",
-        )
-        == 0
-    )
-    query = subprocess.run(
-        ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-q", "hello-tool"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def test_install_rpm_with_real_rpm_after_signature_check(site: Site) -> None:
+    root = site.root
+    assert site.install("hello-tool", "rpm") == 0
+    query = rpm_query(root)
     assert query.returncode == 0 and "hello-tool-1.0-1" in query.stdout
     assert (root / "opt" / "hello-tool" / "bin" / "hello").is_file()
 
 
-def test_dry_run_changes_nothing(
-    release: dict[str, Any],
-    mirror: tuple[StaticServer, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    server, _ = mirror
-    root = tmp_path / "root"
-    assert (
-        cli(
-            server,
-            tmp_path / "p",
-            release["keys"],
-            "install",
-            "hello-tool",
-            "--root",
-            str(root),
-            "--format",
-            "deb",
-            "--dry-run",
-        )
-        == 0
-    )
+def test_dry_run_changes_nothing(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    assert site.install("hello-tool", "deb", "--dry-run") == 0
     assert "would install hello-tool 1.0" in capsys.readouterr().out
-    assert not root.exists()
+    assert not site.root.exists()
 
 
-def test_unknown_package_is_not_found(
-    release: dict[str, Any],
-    mirror: tuple[StaticServer, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    server, _ = mirror
-    code = cli(
-        server,
-        tmp_path / "p",
-        release["keys"],
-        "install",
-        "no-such-thing",
-        "--format",
-        "deb",
-        "--root",
-        str(tmp_path / "root"),
-    )
+def test_unknown_package_is_not_found(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    code = site.install("no-such-thing", "deb")
     assert code == 1 and "no-such-thing" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt", ["rpm", "exe"])
 def test_native_signature_by_another_key_is_refused(
-    release: dict[str, Any],
-    mirror: tuple[StaticServer, Path],
-    tmp_path: Path,
-    fmt: str,
-    capsys: pytest.CaptureFixture[str],
+    site: Site, fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """rpm header signed with another OpenPGP key / exe signed by another certificate, both
     listed in validly signed TUF metadata: the native check must refuse them (exit 4)."""
-    server, repo = mirror
-    artifact = next(p for p in release["evil"] if p.name.endswith(f".{fmt}"))
-    add_target_with_targets_key(repo, release["keys"], artifact)
-    root = tmp_path / "root"
-    code = cli(
-        server,
-        tmp_path / "p",
-        release["keys"],
-        "install",
-        "hello-tool==2.0",
-        "--root",
-        str(root),
-        "--format",
-        fmt,
-    )
+    artifact = next(p for p in site.evil if p.name.endswith(f".{fmt}"))
+    add_target_with_targets_key(site.repo, site.keys, artifact)
+    root = site.root
+    code = site.install("hello-tool==2.0", fmt)
     assert code == 4, capsys.readouterr().err
     assert not (root / "opt").exists()
     if fmt == "rpm" and (root / "var" / "lib" / "rpm").exists():
-        query = subprocess.run(
-            ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-q", "hello-tool"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert query.returncode != 0
+        assert rpm_query(root).returncode != 0
 
 
 def test_timestamp_below_threshold_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +19,11 @@ from typing import Any
 import pytest
 
 from common.service import ProcessManager
+from devkit.fixtures import server_fixture
 from devkit.httpserver import StaticServer
+from devkit.polling import Sampler, process_cmdlines
 from devkit.release import build, init_repo, keygen, publish
-from devkit.server import ServerHandle, launch_server
+from devkit.server import ServerHandle
 
 pytestmark = [pytest.mark.xdist_group("install-onestep"), pytest.mark.slow]
 
@@ -36,13 +37,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"keys": keys, "repo": repo}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path_factory.mktemp("onestep-server"))
-    try:
-        yield handle
-    finally:
-        handle.stop()
+server = server_fixture("onestep-server")
 
 
 @pytest.fixture
@@ -88,40 +83,22 @@ class Operator:
             time.sleep(0.2)
 
 
-class CmdlineWatch:
+class CmdlineWatch(Sampler):
     """Scan every process's /proc/PID/cmdline (what `ps` shows) for a secret while running."""
 
+    interval = 0.01
+
     def __init__(self, secret: str) -> None:
+        super().__init__()
         self.secret = secret.encode()
         self.seen: list[str] = []
         self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.scan()
-            time.sleep(0.01)
-
-    def scan(self) -> None:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
+    def sample(self) -> None:
+        for _, cmdline in process_cmdlines():
             if self.secret in cmdline:
                 self.seen.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
         self.scans += 1
-
-    def __enter__(self) -> CmdlineWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def install(

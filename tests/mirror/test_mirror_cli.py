@@ -119,23 +119,20 @@ def test_prune_keeps_the_newest_versions(upstream, tmp_path: Path) -> None:
     assert mirror_cli("verify", "--root", str(root)).returncode == 0
 
 
+def carry_over(upstream, connected: Path, bundle: Path, site: Path, *extra: str):
+    """Sync `connected` from the upstream, export it whole to `bundle`, and import that into the
+    disconnected `site` with the origin's trust root and keyring; the import's process."""
+    origin, server = upstream
+    mirror_cli(*sync_args(origin, server.url, connected))
+    mirror_cli("export", "--root", str(connected), "--out", str(bundle))
+    pins = ["--trust-root", str(origin.trust_root), "--keyring", str(origin.keyring)]
+    return mirror_cli("import", str(bundle), "--root", str(site), *pins, *extra)
+
+
 def test_export_import_full_then_incremental(upstream, tmp_path: Path) -> None:
     origin, server = upstream
-    connected, site = tmp_path / "connected", tmp_path / "site"
-    mirror_cli(*sync_args(origin, server.url, connected))
-    full = tmp_path / "full.tar"
-    mirror_cli("export", "--root", str(connected), "--out", str(full))
-    imported = mirror_cli(
-        "import",
-        str(full),
-        "--root",
-        str(site),
-        "--trust-root",
-        str(origin.trust_root),
-        "--keyring",
-        str(origin.keyring),
-        "--json",
-    )
+    connected, site, full = tmp_path / "connected", tmp_path / "site", tmp_path / "full.tar"
+    imported = carry_over(upstream, connected, full, site, "--json")
     assert json.loads(imported.stdout)["changed"]
     assert mirror_cli("verify", "--root", str(site)).returncode == 0
     assert (site / "metadata/timestamp.json").read_bytes() == (
@@ -173,20 +170,8 @@ def test_export_import_full_then_incremental(upstream, tmp_path: Path) -> None:
 
 def test_import_of_a_tampered_bundle_changes_nothing(upstream, tmp_path: Path) -> None:
     origin, server = upstream
-    connected, site = tmp_path / "connected", tmp_path / "site"
-    mirror_cli(*sync_args(origin, server.url, connected))
-    bundle = tmp_path / "full.tar"
-    mirror_cli("export", "--root", str(connected), "--out", str(bundle))
-    mirror_cli(
-        "import",
-        str(bundle),
-        "--root",
-        str(site),
-        "--trust-root",
-        str(origin.trust_root),
-        "--keyring",
-        str(origin.keyring),
-    )
+    connected, site, bundle = tmp_path / "connected", tmp_path / "site", tmp_path / "full.tar"
+    carry_over(upstream, connected, bundle, site)
     before = tree_hash(site)
     origin.publish(make_deb(tmp_path, "demo", "3.0"))
     mirror_cli(*sync_args(origin, server.url, connected))

@@ -46,16 +46,20 @@ def is_content(rel: Path) -> bool:
 _RANGE = re.compile(r"bytes=(\d+)-$")
 
 
-def throttle(repo: Path, log: list[tuple[str, str]]):
-    """A StaticServer hook sending files over 256 KiB slowly (with Range), so kills land mid-transfer."""
+def throttle(
+    repo: Path, log: list[tuple[str, str]] | None = None, pause: float = 0.03, ranges: bool = True
+):
+    """A StaticServer hook sending files over 256 KiB slowly, a CHUNK per `pause` (with Range
+    when `ranges`), so kills land mid-transfer; each request's (path, Range) goes to `log`."""
 
     def hook(handler) -> bool:
-        log.append((handler.path, handler.headers.get("Range", "")))
+        if log is not None:
+            log.append((handler.path, handler.headers.get("Range", "")))
         path = repo / handler.path.lstrip("/")
         if not path.is_file() or path.stat().st_size < 256 * 1024:
             return False
         size = path.stat().st_size
-        match = _RANGE.match(handler.headers.get("Range", ""))
+        match = _RANGE.match(handler.headers.get("Range", "")) if ranges else None
         start = int(match.group(1)) if match else 0
         handler.send_response(206 if match else 200)
         if match:
@@ -67,7 +71,7 @@ def throttle(repo: Path, log: list[tuple[str, str]]):
             try:
                 while chunk := src.read(CHUNK):
                     handler.wfile.write(chunk)
-                    time.sleep(0.03)
+                    time.sleep(pause)
             except (BrokenPipeError, ConnectionResetError):
                 pass
         return True
@@ -154,14 +158,21 @@ class Reader:
             self.rounds += 1
 
 
+def synced_once(upstream, tmp_path: Path):
+    """A mirror under tmp_path/mirror synced once with 2 workers; (origin, server, root, argv)."""
+    origin, server = upstream
+    root = tmp_path / "mirror"
+    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
+    mirror_cli(*sync)
+    return origin, server, root, sync
+
+
 @pytest.mark.slow
 def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
     upstream, tmp_path: Path
 ) -> None:
-    origin, server = upstream
-    root = tmp_path / "mirror"
-    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
-    mirror_cli(*sync)  # the mirror starts with the origin's first state
+    # the mirror starts with the origin's first state
+    origin, server, root, sync = synced_once(upstream, tmp_path)
     art = tmp_path / "art"
     art.mkdir()
     origin.publish(
@@ -222,35 +233,18 @@ def test_kill_9_during_sync_never_exposes_an_inconsistent_repository(
     assert (root / "apt/pool/main/b/big/big_1.0_amd64.deb").stat().st_size > 2 << 20
 
 
-def slow(repo: Path):
-    """A StaticServer hook that sends files over 256 KiB at about 320 KiB/s."""
-
-    def hook(handler) -> bool:
-        path = repo / handler.path.lstrip("/")
-        if not path.is_file() or path.stat().st_size < 256 * 1024:
-            return False
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(path.stat().st_size))
-        handler.end_headers()
-        with path.open("rb") as src:
-            try:
-                while chunk := src.read(CHUNK):
-                    handler.wfile.write(chunk)
-                    time.sleep(0.2)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-        return True
-
-    return hook
+def downloading(staging: Path) -> bool:
+    """A .part file under `staging` has bytes (files renamed away while looking: not yet)."""
+    try:
+        return any(p.stat().st_size > 0 for p in staging.rglob("*.part"))
+    except FileNotFoundError:
+        return False
 
 
 def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
     upstream, tmp_path: Path
 ) -> None:
-    origin, server = upstream
-    root = tmp_path / "mirror"
-    sync = [*sync_args(origin, server.url, root), "--workers", "2"]
-    mirror_cli(*sync)
+    origin, server, root, sync = synced_once(upstream, tmp_path)
     published = {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in root.rglob("*")
@@ -259,14 +253,14 @@ def test_sigterm_during_sync_stops_it_at_once_and_publishes_nothing(
     art = tmp_path / "art"
     art.mkdir()
     origin.publish(*(make_tarball(art, f"slow{i}", "1.0", size=3 << 20) for i in range(2)))
-    server.hook = slow(origin.repo)
+    server.hook = throttle(origin.repo, pause=0.2, ranges=False)  # about 320 KiB/s
     staging = root / ".mirror" / "staging"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mirror", *sync],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_size > 0 for p in staging.rglob("*.part")):
+    while not downloading(staging):
         assert proc.poll() is None and time.monotonic() < deadline, "no download started"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -151,19 +153,14 @@ def _assert_untouched(root: Path, before: str, state_before) -> None:
     assert verify_tree(root) == []
 
 
-def test_tampered_artifact_is_refused_and_mirror_unchanged(upstream, tmp_path: Path) -> None:
-    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+def _tamper_artifact(origin: Release) -> None:
     target = next((origin.repo / "targets" / "demo" / "3.0").glob("*.deb"))
     data = bytearray(target.read_bytes())
     data[-10] ^= 0xFF
     target.write_bytes(bytes(data))
-    with pytest.raises(VerificationError, match="failed verification|does not match"):
-        sync(options(origin, server.url, root))
-    _assert_untouched(root, before, state)
 
 
-def test_tampered_pool_file_without_its_target_is_refused(upstream, tmp_path: Path) -> None:
-    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+def _tamper_pool_file_and_drop_its_target(origin: Release) -> None:
     deb = origin.repo / "apt/pool/main/d/demo/demo_3.0_amd64.deb"
     data = deb.read_bytes()
     deb.unlink()
@@ -171,7 +168,55 @@ def test_tampered_pool_file_without_its_target_is_refused(upstream, tmp_path: Pa
     # the signed target with the same content is gone: the pool copy must be fetched itself
     for target in (origin.repo / "targets" / "demo" / "3.0").glob("*.deb"):
         target.unlink()
-    with pytest.raises((VerificationError, NotFoundError)):
+
+
+def _tamper_tuf_timestamp(origin: Release) -> None:
+    path = origin.repo / "metadata" / "timestamp.json"
+    md = Metadata[Timestamp].from_bytes(path.read_bytes())
+    md.signed.version += 1  # changed content, old signature
+    path.write_bytes(md.to_bytes())
+
+
+def _tamper_apt_inrelease(origin: Release) -> None:
+    inrelease = origin.repo / "apt/dists/stable/InRelease"
+    text = inrelease.read_text().replace("Aliyun Assist", "Evil Assist", 1)
+    inrelease.write_text(text)
+
+
+def _tamper_yum_repomd(origin: Release) -> None:
+    repomd = origin.repo / "yum/stable/repodata/repomd.xml"
+    repomd.write_bytes(repomd.read_bytes().replace(b"<revision>", b"<revision>1", 1))
+
+
+@pytest.mark.parametrize(
+    "tamper, error, match",
+    [
+        pytest.param(
+            _tamper_artifact, VerificationError, "failed verification|does not match", id="artifact"
+        ),
+        pytest.param(
+            _tamper_pool_file_and_drop_its_target,
+            (VerificationError, NotFoundError),
+            None,
+            id="pool-file-without-its-target",
+        ),
+        pytest.param(
+            _tamper_tuf_timestamp, VerificationError, "failed verification", id="tuf-signature"
+        ),
+        pytest.param(
+            _tamper_apt_inrelease, VerificationError, "bad OpenPGP signature", id="apt-signature"
+        ),
+        pytest.param(
+            _tamper_yum_repomd, VerificationError, "bad OpenPGP signature", id="yum-signature"
+        ),
+    ],
+)
+def test_tampered_upstream_is_refused_and_mirror_unchanged(
+    upstream, tmp_path: Path, tamper: Callable[[Release], None], error: Any, match: str | None
+) -> None:
+    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
+    tamper(origin)
+    with pytest.raises(error, match=match):
         sync(options(origin, server.url, root))
     _assert_untouched(root, before, state)
 
@@ -188,36 +233,6 @@ def test_tampered_pool_copy_of_a_target_is_never_served(upstream, tmp_path: Path
     assert f"/{pool}" not in server.requests
     assert (root / pool).read_bytes() == good
     assert verify_tree(root) == []
-
-
-def test_bad_tuf_signature_is_refused(upstream, tmp_path: Path) -> None:
-    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
-    path = origin.repo / "metadata" / "timestamp.json"
-    md = Metadata[Timestamp].from_bytes(path.read_bytes())
-    md.signed.version += 1  # changed content, old signature
-    path.write_bytes(md.to_bytes())
-    with pytest.raises(VerificationError, match="failed verification"):
-        sync(options(origin, server.url, root))
-    _assert_untouched(root, before, state)
-
-
-def test_bad_apt_signature_is_refused(upstream, tmp_path: Path) -> None:
-    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
-    inrelease = origin.repo / "apt/dists/stable/InRelease"
-    text = inrelease.read_text().replace("Aliyun Assist", "Evil Assist", 1)
-    inrelease.write_text(text)
-    with pytest.raises(VerificationError, match="bad OpenPGP signature"):
-        sync(options(origin, server.url, root))
-    _assert_untouched(root, before, state)
-
-
-def test_bad_yum_signature_is_refused(upstream, tmp_path: Path) -> None:
-    origin, server, root, before, state = _sync_then_tamper(upstream, tmp_path)
-    repomd = origin.repo / "yum/stable/repodata/repomd.xml"
-    repomd.write_bytes(repomd.read_bytes().replace(b"<revision>", b"<revision>1", 1))
-    with pytest.raises(VerificationError, match="bad OpenPGP signature"):
-        sync(options(origin, server.url, root))
-    _assert_untouched(root, before, state)
 
 
 def _resign_timestamp(origin: Release, md: Metadata[Timestamp]) -> bytes:

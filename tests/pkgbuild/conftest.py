@@ -9,6 +9,7 @@ memoises any other set. Session-scoped results are shared read-only: copy before
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,10 +36,23 @@ def keydir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture
 def keydir_factory(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     """Make fresh key directories (optionally with thresholds); their gpg-agents stop afterwards."""
+    numbers = itertools.count()
+    yield from keydir_maker(lambda: tmp_path / f"k{next(numbers)}")
+
+
+@pytest.fixture(scope="module")
+def fresh_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Path]]:
+    """Make key directories a module may modify (rotation, other expiries, thresholds)."""
+    yield from keydir_maker(lambda: tmp_path_factory.mktemp("k"))
+
+
+def keydir_maker(new_base: Callable[[], Path]) -> Iterator[Callable[..., Path]]:
+    """A fixture body: `make(thresholds)` runs keygen under a fresh `new_base()`; the gpg-agents
+    of every directory made stop when the fixture ends."""
     made: list[Path] = []
 
     def make(thresholds: dict[str, int] | None = None) -> Path:
-        path = make_keydir(tmp_path / f"k{len(made)}", thresholds)
+        path = make_keydir(new_base(), thresholds)
         made.append(path)
         return path
 

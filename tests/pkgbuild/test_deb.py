@@ -101,6 +101,16 @@ def test_upgrade_moves_current_forward(artifact_builder: Builder, tmp_path: Path
     assert not (root / PREFIX / "previous").is_symlink()
 
 
+def unpack_as_current(root: Path, tarball: Path, version: str) -> Path:
+    """What the self-updater leaves: `tarball` unpacked into root/PREFIX, current -> it."""
+    prefix = root / PREFIX
+    prefix.mkdir(parents=True)
+    with tarfile.open(tarball) as tar:
+        tar.extractall(prefix, filter="tar")
+    os.symlink(f"versions/{version}", prefix / "current")
+    return prefix
+
+
 def test_older_package_after_self_update_keeps_newer_current(
     artifact_builder: Builder, tmp_path: Path
 ) -> None:
@@ -108,11 +118,7 @@ def test_older_package_after_self_update_keeps_newer_current(
     old = artifact_builder("1.0.0", formats=("deb",))["deb"]
     newer_tar = artifact_builder("2.0.0", formats=("tar.gz",))["tar.gz"]
     root = dpkg_root(tmp_path)
-    prefix = root / PREFIX
-    prefix.mkdir(parents=True)
-    with tarfile.open(newer_tar) as tar:
-        tar.extractall(prefix, filter="tar")
-    os.symlink("versions/2.0.0", prefix / "current")
+    prefix = unpack_as_current(root, newer_tar, "2.0.0")
     dpkg(root, "-i", str(old))
     assert current_of(root) == "versions/2.0.0"
     assert (prefix / "versions/1.0.0/VERSION").read_text().strip() == "1.0.0"
@@ -138,11 +144,7 @@ def test_removing_current_hands_back_to_previous(artifact_builder: Builder, tmp_
     new = artifact_builder("2.0.0", formats=("deb",))["deb"]
     old_tar = artifact_builder("1.0.0", formats=("tar.gz",))["tar.gz"]
     root = dpkg_root(tmp_path)
-    prefix = root / PREFIX
-    prefix.mkdir(parents=True)
-    with tarfile.open(old_tar) as tar:
-        tar.extractall(prefix, filter="tar")
-    os.symlink("versions/1.0.0", prefix / "current")
+    prefix = unpack_as_current(root, old_tar, "1.0.0")
     dpkg(root, "-i", str(new))
     assert current_of(root) == "versions/2.0.0"
     assert os.readlink(prefix / "previous") == "versions/1.0.0"

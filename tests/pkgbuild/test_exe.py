@@ -21,6 +21,16 @@ def verify(exe: Path, keydir: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def unsigned_copy(exe: Path, tmp_path: Path) -> Path:
+    """tmp_path/unsigned.exe: `exe` with its Authenticode signature removed."""
+    unsigned = tmp_path / "unsigned.exe"
+    subprocess.run(
+        ["osslsigncode", "remove-signature", "-in", str(exe), "-out", str(unsigned)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return unsigned
+
+
 def test_signed_installer_verifies_against_our_certificate(
     built_artifacts: dict[str, Path], keydir: Path
 ) -> None:
@@ -44,22 +54,14 @@ def test_flipped_byte_fails(built_artifacts: dict[str, Path], keydir: Path, tmp_
 def test_unsigned_installer_fails(
     built_artifacts: dict[str, Path], keydir: Path, tmp_path: Path
 ) -> None:
-    unsigned = tmp_path / "unsigned.exe"
-    subprocess.run(
-        ["osslsigncode", "remove-signature", "-in", str(built_artifacts["exe"]), "-out", str(unsigned)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    unsigned = unsigned_copy(built_artifacts["exe"], tmp_path)
     assert verify(unsigned, keydir).returncode != 0
 
 
 def test_signed_by_another_certificate_fails(
     built_artifacts: dict[str, Path], keydir: Path, other_keydir: Path, tmp_path: Path
 ) -> None:
-    unsigned = tmp_path / "unsigned.exe"
-    subprocess.run(
-        ["osslsigncode", "remove-signature", "-in", str(built_artifacts["exe"]), "-out", str(unsigned)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    unsigned = unsigned_copy(built_artifacts["exe"], tmp_path)
     forged = tmp_path / "forged.exe"
     sign_exe(unsigned, forged, other_keydir)
     assert verify(forged, other_keydir).returncode == 0  # a valid signature…

@@ -38,7 +38,6 @@ from common.errors import (
     VerificationError,
 )
 from devkit.httpserver import StaticServer
-from pkgbuild.keys import generate_keys, stop_gpg_agent
 from pkgbuild.naming import parse_artifact_filename
 from pkgbuild.repository import init_repository, publish_artifacts, rotate_key, yank_version
 
@@ -65,22 +64,6 @@ def release_valid_until(repo: Path, channel: str) -> datetime.datetime:
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def fresh_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """Make key directories this module may modify (rotation, other expiries, thresholds)."""
-    made: list[Path] = []
-
-    def make(thresholds: dict[str, int] | None = None) -> Path:
-        path = tmp_path_factory.mktemp("k") / "keys"
-        generate_keys(path, thresholds)
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        stop_gpg_agent(path)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from test_repository_support import (
     checked,
     expected_custom,
     install_sh_stub,
-    run,
+    osslsigncode_verify,
     tuf_updater,
 )
 
@@ -103,14 +103,5 @@ def test_native_signatures_of_published_built_artifacts_verify(
     exe = built_repo.artifacts["exe"]
     stored = built_repo.repo / "targets/aliyun-assist/1.0.0"
     published_exe = next(stored.glob(f"*.{exe.name}"))
-    result = run(
-        [
-            "osslsigncode",
-            "verify",
-            "-in",
-            str(published_exe),
-            "-CAfile",
-            str(built_repo.repo / "keys/authenticode.crt"),
-        ]
-    )
+    result = osslsigncode_verify(published_exe, built_repo.repo / "keys/authenticode.crt")
     assert result.returncode == 0, result.stdout + result.stderr

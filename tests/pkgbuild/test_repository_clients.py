@@ -8,6 +8,7 @@ a copy of the repository so the shared one stays intact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -25,6 +26,7 @@ from test_repository_support import (
     build_deb,
     build_rpm,
     checked,
+    osslsigncode_verify,
     run,
     tuf_updater,
 )
@@ -127,29 +129,30 @@ def test_osslsigncode_verifies_the_published_exe_against_the_repository_certific
     target = updater.get_targetinfo(parse_artifact_filename(exe.name).target_path)
     assert target is not None and target.custom["os"] == "windows"
     downloaded = Path(updater.download_target(target))
-    result = run(
-        [
-            "osslsigncode",
-            "verify",
-            "-in",
-            str(downloaded),
-            "-CAfile",
-            str(served.repo / "keys/authenticode.crt"),
-        ]
-    )
+    result = osslsigncode_verify(downloaded, served.repo / "keys/authenticode.crt")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Signature verification: ok" in result.stdout
 
 
-def test_apt_update_refuses_a_modified_inrelease_and_keeps_the_old_lists(
+@contextlib.contextmanager
+def apt_on_a_copy(
     served: SimpleNamespace, tmp_path: Path, tool_env: dict[str, str]
-) -> None:
+) -> Iterator[tuple[Path, AptClient]]:
+    """A copy of the served repository on a loopback server of its own (the test may spoil it),
+    and an apt client that has run `apt update` against it."""
     repo = copy_repo(served, tmp_path / "repo")
     with StaticServer(repo) as server:
         apt = AptClient(tmp_path / "apt", tool_env).setup(
             server.url, repo / "keys/archive-keyring.gpg"
         )
         assert apt.run("update").returncode == 0
+        yield repo, apt
+
+
+def test_apt_update_refuses_a_modified_inrelease_and_keeps_the_old_lists(
+    served: SimpleNamespace, tmp_path: Path, tool_env: dict[str, str]
+) -> None:
+    with apt_on_a_copy(served, tmp_path, tool_env) as (repo, apt):
         lists = tmp_path / "apt/var/lib/apt/lists"
         before = {p.name: p.read_bytes() for p in lists.glob("*_*")}
         assert any(name.endswith("InRelease") for name in before)
@@ -176,12 +179,7 @@ def test_apt_update_refuses_a_modified_inrelease_and_keeps_the_old_lists(
 def test_apt_download_refuses_a_modified_deb_in_the_pool(
     served: SimpleNamespace, tmp_path: Path, tool_env: dict[str, str]
 ) -> None:
-    repo = copy_repo(served, tmp_path / "repo")
-    with StaticServer(repo) as server:
-        apt = AptClient(tmp_path / "apt", tool_env).setup(
-            server.url, repo / "keys/archive-keyring.gpg"
-        )
-        assert apt.run("update").returncode == 0
+    with apt_on_a_copy(served, tmp_path, tool_env) as (repo, apt):
         deb = repo / "apt/pool/main/a/aliyun-assist" / served.v1["deb"].name
         data = bytearray(deb.read_bytes())
         data[-10] ^= 0xFF

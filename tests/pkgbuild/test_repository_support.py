@@ -35,6 +35,11 @@ def checked(cmd: list[str], **kwargs: object) -> str:
     return str(proc.stdout)
 
 
+def osslsigncode_verify(exe: Path, certificate: Path) -> subprocess.CompletedProcess[str]:
+    """`osslsigncode verify` of an .exe against one CA certificate (the publisher's)."""
+    return run(["osslsigncode", "verify", "-in", str(exe), "-CAfile", str(certificate)])
+
+
 def build_deb(
     out: Path, version: str, *, package: str = "aliyun-assist", control_version: str | None = None
 ) -> Path:

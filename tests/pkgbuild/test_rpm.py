@@ -96,13 +96,19 @@ def test_relocated_install_sets_current_and_erase_cleans_up(
     assert not (prefix / "versions/1.0.0").exists()
 
 
+def old_new_and_db(
+    artifact_builder: Builder, keydir: Path, tmp_path: Path
+) -> tuple[Path, Path, Path, Path]:
+    """The 1.0.0 and 2.0.0 rpms, an rpm database trusting our key, and the install prefix."""
+    old = artifact_builder("1.0.0", formats=("rpm",))["rpm"]
+    new = artifact_builder("2.0.0", formats=("rpm",))["rpm"]
+    return old, new, rpmdb(tmp_path, keydir), tmp_path / "prefix"
+
+
 def test_older_rpm_after_newer_keeps_newer_current(
     artifact_builder: Builder, keydir: Path, tmp_path: Path
 ) -> None:
-    old = artifact_builder("1.0.0", formats=("rpm",))["rpm"]
-    new = artifact_builder("2.0.0", formats=("rpm",))["rpm"]
-    db = rpmdb(tmp_path, keydir)
-    prefix = tmp_path / "prefix"
+    old, new, db, prefix = old_new_and_db(artifact_builder, keydir, tmp_path)
     rpm(db, "-i", "--nodeps", "--prefix", str(prefix), str(new))
     # installed side by side (like kernels): the older one must not take over
     rpm(db, "-i", "--nodeps", "--oldpackage", "--prefix", str(prefix), str(old))
@@ -117,10 +123,7 @@ def test_older_rpm_after_newer_keeps_newer_current(
 def test_upgrade_keeps_a_runnable_current(
     artifact_builder: Builder, keydir: Path, tmp_path: Path
 ) -> None:
-    old = artifact_builder("1.0.0", formats=("rpm",))["rpm"]
-    new = artifact_builder("2.0.0", formats=("rpm",))["rpm"]
-    db = rpmdb(tmp_path, keydir)
-    prefix = tmp_path / "prefix"
+    old, new, db, prefix = old_new_and_db(artifact_builder, keydir, tmp_path)
     rpm(db, "-i", "--nodeps", "--prefix", str(prefix), str(old))
     rpm(db, "-U", "--nodeps", "--prefix", str(prefix), str(new))
     assert os.readlink(prefix / "current") == "versions/2.0.0"

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from serverkit import PG_HOST, Api, pg_admin, pg_reachable
+from serverkit import PG_HOST, Api, pg_admin, pg_reachable, replica_servers
 
 from devkit.server import ServerHandle, launch_server
 
@@ -53,3 +53,11 @@ def api(request: pytest.FixtureRequest) -> Api:
     server: ServerHandle = request.getfixturevalue(name)
     key_id, secret = server.create_access_key(f"acct-{uuid.uuid4().hex[:8]}")
     return Api(server, key_id, secret)
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[ServerHandle]]:
+    """Two servers started at the same time on this module's PostgreSQL database (migrations
+    race safely)."""
+    with replica_servers(tmp_path_factory.mktemp, pg_url, "replica") as handles:
+        yield handles

@@ -7,17 +7,17 @@ was imported first when several test folders run in one pytest session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from devkit.server import FakeAgent, ServerHandle
-
 # The PostgreSQL the tests use (trust auth, user postgres, a database "test"): `make postgres`.
-PG_HOST = os.environ.get("ASSIST_TEST_PG_HOST", "127.0.0.1:5432")
-PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}/test"
+from devkit.postgres import PG_ADMIN_DSN, PG_HOST, pg_admin  # noqa: E402, F401
+from devkit.server import FakeAgent, ServerHandle, launch_server
 
 
 class Api:
@@ -54,6 +54,20 @@ class Api:
         assert set(body) >= {"RequestId", "Code", "Message"}
         return status, body["Code"]
 
+    def create_command(self, content: str = "ZWNobyAxMjM=", name: str = "t", **params: Any) -> str:
+        """CreateCommand of a shell script (base64 `content`); its CommandId."""
+        body = self.ok(
+            "CreateCommand", Name=name, Type="RunShellScript", CommandContent=content, **params
+        )
+        return str(body["CommandId"])
+
+    def invoke(self, command_id: str, instance_id: str, **params: Any) -> str:
+        """InvokeCommand on one instance; its InvokeId."""
+        body = self.ok(
+            "InvokeCommand", CommandId=command_id, **{"InstanceId.1": instance_id}, **params
+        )
+        return str(body["InvokeId"])
+
     def agent(self, instance_id: str = "", os_type: str = "linux") -> FakeAgent:
         """Register a fake agent with a fresh activation of this account."""
         act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
@@ -87,19 +101,6 @@ def parse_body(response: Any) -> dict[str, Any]:
         root = parse_xml(response.content)
         return {child.tag: child.text or "" for child in root} | {"_root": root.tag}
     return dict(response.json())
-
-
-def pg_admin(sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 def pg_reachable() -> str:
@@ -139,3 +140,36 @@ def run_sql(server: ServerHandle, sql: str, *args: Any) -> list[tuple[Any, ...]]
             await conn.close()
 
     return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def replica_servers(
+    mktemp: Callable[[str], Path], pg_url: str, name: str, count: int = 2
+) -> Iterator[list[ServerHandle]]:
+    """`count` servers started at the same time on one PostgreSQL database (so migrations race),
+    stopped on exit; any that failed to start fails the set-up."""
+    handles: list[ServerHandle] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def start(i: int) -> None:
+        try:
+            handle = launch_server(mktemp(f"{name}{i}"), db_url=pg_url)
+        except BaseException as exc:
+            errors.append(exc)
+        else:
+            with lock:
+                handles.append(handle)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        assert len(handles) == count
+        yield handles
+    finally:
+        for handle in handles:
+            handle.stop()

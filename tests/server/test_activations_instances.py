@@ -113,13 +113,7 @@ def b64(text: str) -> str:
 
 
 def timed_invocation(api: Api, agent: FakeAgent) -> str:
-    command = api.ok(
-        "CreateCommand",
-        Name="greet",
-        Type="RunShellScript",
-        CommandContent=b64("echo {{who}}"),
-        EnableParameter="true",
-    )["CommandId"]
+    command = api.create_command(b64("echo {{who}}"), "greet", EnableParameter="true")
     return str(
         api.ok(
             "InvokeCommand",

@@ -25,13 +25,7 @@ def account_of(api: Api) -> str:
 
 
 def test_describe_commands_has_parameter_definitions_and_launcher(api: Api) -> None:
-    command_id = api.ok(
-        "CreateCommand",
-        Name="p",
-        Type="RunShellScript",
-        CommandContent=b64("echo {{a}} {{b}}"),
-        EnableParameter="true",
-    )["CommandId"]
+    command_id = api.create_command(b64("echo {{a}} {{b}}"), "p", EnableParameter="true")
     [command] = api.ok("DescribeCommands", CommandId=command_id)["Commands"]["Command"]
     names = [d["ParameterName"] for d in command["ParameterDefinitions"]["ParameterDefinition"]]
     assert names == ["a", "b"]

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from serverkit import Api, run_sql
 
+ECHO_123 = {"Type": "RunShellScript", "CommandContent": "ZWNobyAxMjM="}
+
 
 def test_a_command_created_in_one_region_is_not_visible_in_another(api: Api) -> None:
-    command_id = api.ok(
-        "CreateCommand",
-        RegionId="cn-hangzhou",
-        Name="hz",
-        Type="RunShellScript",
-        CommandContent="ZWNobyAxMjM=",
-    )["CommandId"]
+    command_id = api.ok("CreateCommand", RegionId="cn-hangzhou", Name="hz", **ECHO_123)["CommandId"]
     assert api.ok("DescribeCommands", RegionId="us-west-1")["TotalCount"] == 0
     assert api.ok("DescribeCommands", RegionId="cn-hangzhou")["TotalCount"] == 1
     assert api.ok("DescribeCommands")["TotalCount"] == 1  # no RegionId: cn-hangzhou
@@ -42,13 +38,8 @@ def test_a_command_created_in_one_region_is_not_visible_in_another(api: Api) -> 
 
 def test_invocations_and_activations_are_scoped_too(api: Api) -> None:
     agent = api.agent()
-    invoke_id = api.ok(
-        "RunCommand",
-        RegionId="us-west-1",
-        Type="RunShellScript",
-        CommandContent="ZWNobyAxMjM=",
-        **{"InstanceId.1": agent.instance_id},
-    )["InvokeId"]
+    on_agent = {"InstanceId.1": agent.instance_id}
+    invoke_id = api.ok("RunCommand", RegionId="us-west-1", **ECHO_123, **on_agent)["InvokeId"]
     assert api.ok("DescribeInvocations", RegionId="us-west-1")["TotalCount"] == 1
     assert api.ok("DescribeInvocations", RegionId="cn-hangzhou")["TotalCount"] == 0
     results = api.ok("DescribeInvocationResults", RegionId="cn-hangzhou")

@@ -3,8 +3,6 @@ assist (configure, ecs, run)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import os
 import stat
@@ -15,13 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from serverkit import Api
 
 from devkit.server import REPO_ROOT, FakeAgent, free_port, launch_server
+from devkit.tls import write_loopback_cert
 from server.rpc import sign_params
 from server.store.migrations import LATEST
 
@@ -74,39 +69,8 @@ def test_server_cli_bad_arguments(tmp_path: Path) -> None:
     assert half_tls.returncode == 2 and "--tls-key" in half_tls.stderr
 
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_serve_with_tls(tmp_path: Path) -> None:
-    cert, key = make_cert(tmp_path)
+    cert, key = write_loopback_cert(tmp_path)
     handle = launch_server(
         tmp_path,
         extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from serverkit import Api, run_sql
 
-from devkit.realagent import AgentProcess, Sdk, register_agent  # noqa: E402
-from devkit.server import ServerHandle, launch_server
+from devkit.fixtures import server_fixture
+from devkit.realagent import AgentProcess, Sdk, register_agent
+from devkit.server import ServerHandle
+
+ECHO_A = {"Name": "a", "Type": "RunShellScript", "CommandContent": "ZWNobw=="}
 
 
 def account_of(api: Api) -> str:
@@ -35,20 +37,8 @@ def new_command(api: Api, script: str = "ZWNobyAxMjM=") -> str:
 
 def test_create_command_retry_returns_the_first_command(api: Api) -> None:
     token = uuid.uuid4().hex
-    first = api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
-    again = api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
+    first = api.ok("CreateCommand", **ECHO_A, ClientToken=token)
+    again = api.ok("CreateCommand", **ECHO_A, ClientToken=token)
     assert again["CommandId"] == first["CommandId"]
     assert again["RequestId"] != first["RequestId"]
     assert count(api, "commands") == 1
@@ -56,20 +46,8 @@ def test_create_command_retry_returns_the_first_command(api: Api) -> None:
 
 def test_same_token_other_parameters_is_a_mismatch(api: Api) -> None:
     token = uuid.uuid4().hex
-    api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
-    status, code = api.error(
-        "CreateCommand",
-        Name="b",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
+    api.ok("CreateCommand", **ECHO_A, ClientToken=token)
+    status, code = api.error("CreateCommand", **ECHO_A | {"Name": "b"}, ClientToken=token)
     assert (status, code) == (400, "IdempotentParameterMismatch")
     assert count(api, "commands") == 1
     assert run_sql(api.server, "SELECT name FROM commands WHERE account = ?", account_of(api)) == [
@@ -81,13 +59,7 @@ def test_a_token_is_per_action(api: Api) -> None:
     token = uuid.uuid4().hex
     command_id = new_command(api)
     agent = api.agent()
-    api.ok(
-        "CreateCommand",
-        Name="a",
-        Type="RunShellScript",
-        CommandContent="ZWNobw==",
-        ClientToken=token,
-    )
+    api.ok("CreateCommand", **ECHO_A, ClientToken=token)
     invoked = api.ok(
         "InvokeCommand",
         CommandId=command_id,
@@ -220,13 +192,7 @@ def test_concurrent_retries_create_exactly_one(api: Api) -> None:
 # --- counted on the VM: a real agent runs the retried invocation once ------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path_factory.mktemp("token-server"))
-    try:
-        yield handle
-    finally:
-        handle.stop()
+server = server_fixture("token-server")
 
 
 @pytest.mark.xdist_group("agent-e2e")

@@ -661,12 +661,14 @@ def test_kick_agent_update(api: Api) -> None:
     assert agent.post("/luban/api/v1/update/update_check", check) == {
         "update_now": False,
         "version": "",
+        "upgrade_config": None,
     }
     assert api.ok("KickAgentUpdate", AgentVersion="2.0", **{"InstanceId.1": agent.instance_id})
     assert agent.poll(timeout=2) == [{"type": "update", "version": "2.0"}]
     assert agent.post("/luban/api/v1/update/update_check", check) == {
         "update_now": True,
         "version": "2.0",
+        "upgrade_config": None,
     }
     assert agent.post("/luban/api/v1/update/update_check", check)["update_now"] is False  # once
     assert api.error("KickAgentUpdate") == (400, "MissingParameter")

@@ -4,62 +4,47 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
 from serverkit import Api
 
-from devkit.server import FakeAgent, ServerHandle, launch_server
+from devkit.server import FakeAgent, ServerHandle
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[list[ServerHandle]]:
-    """Two servers started at the same time on one database (migrations race safely)."""
-    handles: list[ServerHandle] = []
-    errors: list[BaseException] = []
+def poll_on_other_replica(
+    api: Api, other: ServerHandle
+) -> tuple[FakeAgent, FakeAgent, Callable[[], list[Any] | None]]:
+    """A fake agent registered through `api`'s server, the same agent long-polling `other` on a
+    thread (started, given half a second), and a function that waits up to 15 s for that poll:
+    its events, or None while it still waits."""
+    registered = api.agent()
+    on_other = FakeAgent(other.url, registered.instance_id, registered.key)
+    events: list[Any] = []
+    poller = threading.Thread(target=lambda: events.extend(on_other.poll(timeout=20)))
+    poller.start()
+    time.sleep(0.5)
 
-    def start(i: int) -> None:
-        try:
-            handles.append(launch_server(tmp_path_factory.mktemp(f"replica{i}"), db_url=pg_url))
-        except BaseException as exc:
-            errors.append(exc)
+    def result() -> list[Any] | None:
+        poller.join(timeout=15)
+        return None if poller.is_alive() else events
 
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert not errors, errors
-        yield handles
-    finally:
-        for handle in handles:
-            handle.stop()
+    return registered, on_other, result
 
 
 def test_invocation_on_one_replica_wakes_agent_polling_another(
     replicas: list[ServerHandle],
 ) -> None:
     a, b = replicas
-    key_id, secret = a.create_access_key("replicas")
-    api_a = Api(a, key_id, secret)
-    registered = api_a.agent()
-    agent_on_b = FakeAgent(b.url, registered.instance_id, registered.key)
-    events: list = []
-    poller = threading.Thread(target=lambda: events.extend(agent_on_b.poll(timeout=20)))
-    poller.start()
-    time.sleep(0.5)
-    command_id = api_a.ok(
-        "CreateCommand", Name="x", Type="RunShellScript", CommandContent="ZWNobyAxMjM="
-    )["CommandId"]
-    invoke_id = api_a.ok(
-        "InvokeCommand", CommandId=command_id, **{"InstanceId.1": registered.instance_id}
-    )["InvokeId"]
-    poller.join(timeout=15)
-    assert not poller.is_alive(), "NOTIFY from replica A did not wake the long-poll on replica B"
+    api_a = Api(a, *a.create_access_key("replicas"))
+    registered, agent_on_b, poll = poll_on_other_replica(api_a, b)
+    invoke_id = api_a.invoke(api_a.create_command(name="x"), registered.instance_id)
+    events = poll()
+    assert events is not None, "NOTIFY from replica A did not wake the long-poll on replica B"
     # the task travels with the kick through NOTIFY, too
     assert [t["invoke_id"] for e in events for t in e["tasks"]] == [invoke_id]
     # the report goes to B, the operator reads it on A: one shared database
@@ -73,17 +58,10 @@ def test_invocation_on_one_replica_wakes_agent_polling_another(
 
 def test_kick_update_crosses_replicas(replicas: list[ServerHandle]) -> None:
     a, b = replicas
-    key_id, secret = b.create_access_key("kick")
-    api_b = Api(b, key_id, secret)
-    registered = api_b.agent()
-    agent_on_a = FakeAgent(a.url, registered.instance_id, registered.key)
-    events: list = []
-    poller = threading.Thread(target=lambda: events.extend(agent_on_a.poll(timeout=20)))
-    poller.start()
-    time.sleep(0.5)
+    api_b = Api(b, *b.create_access_key("kick"))
+    registered, agent_on_a, poll = poll_on_other_replica(api_b, a)
     api_b.ok("KickAgentUpdate", AgentVersion="9.9", **{"InstanceId.1": registered.instance_id})
-    poller.join(timeout=15)
-    assert events == [{"type": "update", "version": "9.9"}]
+    assert poll() == [{"type": "update", "version": "9.9"}]
     check = {"agent_version": "1", "os": "linux", "arch": "x86_64", "channel": "stable"}
     assert agent_on_a.post("/luban/api/v1/update/update_check", check)["update_now"] is True
     assert registered.post("/luban/api/v1/update/update_check", check)["update_now"] is False

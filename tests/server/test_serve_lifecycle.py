@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.listen import check_port_free
+from devkit.mounts import read_only_mount
 from devkit.server import REPO_ROOT, _env, free_port, stop_group, wait_http
 
 GENEROUS = 30  # seconds: a hang fails the test; this is no timing assertion
@@ -22,19 +23,8 @@ GENEROUS = 30  # seconds: a hang fails the test; this is no timing assertion
 @contextlib.contextmanager
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory on a real read-only filesystem (a tmpfs mounted ro)."""
-    target = tmp_path / "ro"
-    target.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with read_only_mount(tmp_path / "ro", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs") as target:
         yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=False)
 
 
 @contextlib.contextmanager

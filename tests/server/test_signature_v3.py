@@ -8,7 +8,7 @@ import hashlib
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +16,15 @@ import pytest
 import requests
 from serverkit import run_sql, tea_client
 
-from devkit.realagent import AgentProcess, register_agent  # noqa: E402
-from devkit.server import ServerHandle, launch_server
+from devkit.fixtures import server_fixture
+from devkit.realagent import AgentProcess, register_agent
+from devkit.server import ServerHandle
 from server import rpc
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path_factory.mktemp("v3-server"))
-    try:
-        yield handle
-    finally:
-        handle.stop()
+server = server_fixture("v3-server")
 
 
 @pytest.fixture
@@ -207,44 +202,89 @@ def test_v3_parameters_in_a_form_body(server: ServerHandle, account: tuple[str, 
     ]
 
 
-def test_v3_tampered_body_with_the_old_hash_is_refused(
-    server: ServerHandle, account: tuple[str, str]
-) -> None:
-    key_id, secret = account
+Tamper = Callable[[dict, bytes, dict], tuple[dict, bytes, dict]]
 
+
+def body_changed(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
+    return headers, body.replace(b"v3", b"v4"), query
+
+
+def body_and_hash_changed(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
+    body = body.replace(b"v3", b"v4")
+    return headers | {"x-acs-content-sha256": hashlib.sha256(body).hexdigest()}, body, query
+
+
+def query_changed(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
+    return headers, body, query | {"Name": "evil"}
+
+
+def acs_date_unsigned(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
+    auth = headers["Authorization"].replace("x-acs-date;", "")
+    return headers | {"Authorization": auth}, body, query
+
+
+def without_header(header: str) -> Tamper:
     def tamper(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
-        return headers, body.replace(b"v3", b"v4"), query
+        return {k: v for k, v in headers.items() if k != header}, body, query
 
-    response = send_v3(server, "CreateCommand", key_id, secret, form=CREATE, tamper=tamper)
-    assert error_code(response) == "SignatureDoesNotMatch"
-    assert "x-acs-content-sha256" in response.json()["Message"]
-    assert command_count(server, account_of(server, key_id)) == 0
+    return tamper
 
 
-def test_v3_body_and_hash_both_changed_fail_the_signature(
-    server: ServerHandle, account: tuple[str, str]
-) -> None:
-    key_id, secret = account
-
+def authorization(value: str) -> Tamper:
     def tamper(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
-        body = body.replace(b"v3", b"v4")
-        return headers | {"x-acs-content-sha256": hashlib.sha256(body).hexdigest()}, body, query
+        return headers | {"Authorization": value}, body, query
 
-    response = send_v3(server, "CreateCommand", key_id, secret, form=CREATE, tamper=tamper)
-    assert error_code(response) == "SignatureDoesNotMatch"
-    assert command_count(server, account_of(server, key_id)) == 0
+    return tamper
 
 
-def test_v3_query_changed_after_signing_is_refused(
-    server: ServerHandle, account: tuple[str, str]
+@pytest.mark.parametrize(
+    "where, tamper, code, named",
+    [
+        pytest.param(
+            "form", body_changed, "SignatureDoesNotMatch", "x-acs-content-sha256",
+            id="body-changed-old-hash",
+        ),
+        pytest.param(
+            "form", body_and_hash_changed, "SignatureDoesNotMatch", "", id="body-and-hash-changed"
+        ),
+        pytest.param(
+            "query", query_changed, "SignatureDoesNotMatch", "", id="query-changed-after-signing"
+        ),
+        *[
+            pytest.param("query", without_header(h), "MissingParameter", h, id=f"missing-{h}")
+            for h in rpc.V3_HEADERS
+        ],
+        pytest.param(
+            "query", acs_date_unsigned, "IncompleteSignature", "x-acs-date",
+            id="unsigned-acs-header",
+        ),
+        pytest.param(
+            "query", authorization("ACS3-HMAC-SHA256 Credential=K"), "IncompleteSignature", "",
+            id="authorization-without-signature",
+        ),
+        pytest.param(
+            "query",
+            authorization("ACS3-HMAC-SM3 Credential=K,SignedHeaders=host,Signature=ab"),
+            "InvalidSignatureMethod",
+            "",
+            id="authorization-other-method",
+        ),
+    ],
+)  # fmt: skip
+def test_v3_request_spoiled_after_signing_is_refused_and_creates_nothing(
+    server: ServerHandle,
+    account: tuple[str, str],
+    where: str,
+    tamper: Tamper,
+    code: str,
+    named: str,
 ) -> None:
+    """Body, hash, query, headers or Authorization changed after signing: refused with the
+    real error code, the Message naming what is wrong, and no command created."""
     key_id, secret = account
-
-    def tamper(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
-        return headers, body, query | {"Name": "evil"}
-
-    response = send_v3(server, "CreateCommand", key_id, secret, query=CREATE, tamper=tamper)
-    assert error_code(response) == "SignatureDoesNotMatch"
+    response = send_v3(server, "CreateCommand", key_id, secret, **{where: CREATE}, tamper=tamper)
+    assert error_code(response) == code
+    assert named in response.json()["Message"]
     assert command_count(server, account_of(server, key_id)) == 0
 
 
@@ -253,54 +293,6 @@ def test_v3_wrong_secret_is_refused(server: ServerHandle, account: tuple[str, st
     response = send_v3(server, "CreateCommand", key_id, "wrong", query=CREATE)
     assert error_code(response) == "SignatureDoesNotMatch"
     assert command_count(server, account_of(server, key_id)) == 0
-
-
-@pytest.mark.parametrize("header", rpc.V3_HEADERS)
-def test_v3_missing_header_is_named(
-    server: ServerHandle, account: tuple[str, str], header: str
-) -> None:
-    key_id, secret = account
-
-    def tamper(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
-        return {k: v for k, v in headers.items() if k != header}, body, query
-
-    response = send_v3(server, "CreateCommand", key_id, secret, query=CREATE, tamper=tamper)
-    assert error_code(response) == "MissingParameter"
-    assert header in response.json()["Message"]
-    assert command_count(server, account_of(server, key_id)) == 0
-
-
-def test_v3_unsigned_acs_header_is_an_incomplete_signature(
-    server: ServerHandle, account: tuple[str, str]
-) -> None:
-    key_id, secret = account
-
-    def tamper(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
-        auth = headers["Authorization"].replace("x-acs-date;", "")
-        return headers | {"Authorization": auth}, body, query
-
-    response = send_v3(server, "CreateCommand", key_id, secret, query=CREATE, tamper=tamper)
-    assert error_code(response) == "IncompleteSignature"
-    assert "x-acs-date" in response.json()["Message"]
-
-
-@pytest.mark.parametrize(
-    "authorization, code",
-    [
-        ("ACS3-HMAC-SHA256 Credential=K", "IncompleteSignature"),
-        ("ACS3-HMAC-SM3 Credential=K,SignedHeaders=host,Signature=ab", "InvalidSignatureMethod"),
-    ],
-)
-def test_v3_malformed_authorization(
-    server: ServerHandle, account: tuple[str, str], authorization: str, code: str
-) -> None:
-    key_id, secret = account
-
-    def tamper(headers: dict, body: bytes, query: dict) -> tuple[dict, bytes, dict]:
-        return headers | {"Authorization": authorization}, body, query
-
-    response = send_v3(server, "CreateCommand", key_id, secret, query=CREATE, tamper=tamper)
-    assert error_code(response) == code
 
 
 def test_v3_replayed_nonce_is_refused_and_runs_nothing(

@@ -22,7 +22,8 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata
 
-from devkit.httpserver import StaticServer
+from devkit.agent import mirror_args
+from devkit.httpserver import StaticServer, endless_body
 from devkit.release import build, init_repo, keygen, pkgbuild, publish
 from installer.cli import main as install_main
 from pkgbuild.keys import load_tuf_signers
@@ -54,21 +55,10 @@ class World:
         self.release = release
 
     def cli(self, main: Callable[[list[str]], int], *args: str) -> int:
-        return main(
-            [*args, "--prefix", str(self.prefix), "--mirror", self.server.url, "--service", "none"]
-            if args[0] != "agent"
-            else [
-                *args,
-                "--prefix",
-                str(self.prefix),
-                "--mirror",
-                self.server.url,
-                "--service",
-                "none",
-                "--trust-root",
-                str(self.keys / "root.json"),
-            ]
-        )
+        remote = ["--prefix", str(self.prefix), "--mirror", self.server.url, "--service", "none"]
+        if args[0] == "agent":
+            remote += ["--trust-root", str(self.keys / "root.json")]
+        return main([*args, *remote])
 
     def apply(self) -> int:
         return self.cli(update_main, "apply")
@@ -205,19 +195,8 @@ def test_timestamp_signed_by_wrong_key(world: World) -> None:
 
 
 def test_endless_timestamp_data(world: World) -> None:
-    def endless(handler: Any) -> bool:
-        if not handler.path.endswith("timestamp.json"):
-            return False
-        handler.send_response(200)
-        handler.end_headers()
-        try:
-            for _ in range(20000):  # ~160 MB if nobody stops reading
-                handler.wfile.write(b'{"signed": ' + b" " * 8192)
-        except OSError:
-            pass
-        return True
-
-    world.server.hook = endless
+    # ~160 MB if nobody stops reading
+    world.server.hook = endless_body("timestamp.json", b'{"signed": ' + b" " * 8192, 20000)
     before = world.snapshot_state()
     assert world.apply() in (1, 4)  # transport (DownloadError) or content refusal
     assert world.snapshot_state() == before
@@ -279,13 +258,9 @@ def test_signed_tarball_with_unsafe_members_is_refused(
     assert not (tmp_path / "escape").exists() and not Path("/etc/evil-absolute").exists()
 
 
-def test_signed_tarball_chaining_links_out_then_a_directory_changes_nothing_outside(
-    world: World, tmp_path: Path
-) -> None:
-    """Issue 10.1 through the real apply: `l -> .`, `a -> l/..`, `b -> a/..`, `c -> b/..` (each
-    lexically inside), then a directory member `c` (0700). The old staging followed `c` and
-    chmodded the directory above the prefix 755 -> 700 before it refused the update."""
-    tmp_path.chmod(0o755)
+def publish_link_chain(world: World, tmp_path: Path) -> None:
+    """Publish a signed 1.3.0 tarball: `l -> .`, `a -> l/..`, `b -> a/..`, `c -> b/..` (each
+    lexically inside), then a directory member `c` (0700)."""
     chain = [
         _member("versions/1.3.0/l", tarfile.SYMTYPE, "."),
         _member("versions/1.3.0/a", tarfile.SYMTYPE, "l/.."),
@@ -296,6 +271,16 @@ def test_signed_tarball_chaining_links_out_then_a_directory_changes_nothing_outs
     chain[-1].mode = 0o700
     evil = _evil_tarball(tmp_path / "aliyun-assist-1.3.0-linux-x86_64.tar.gz", "1.3.0", chain)
     publish(world.repo, world.keys, [evil])
+
+
+def test_signed_tarball_chaining_links_out_then_a_directory_changes_nothing_outside(
+    world: World, tmp_path: Path
+) -> None:
+    """Issue 10.1 through the real apply: `l -> .`, `a -> l/..`, `b -> a/..`, `c -> b/..` (each
+    lexically inside), then a directory member `c` (0700). The old staging followed `c` and
+    chmodded the directory above the prefix 755 -> 700 before it refused the update."""
+    tmp_path.chmod(0o755)
+    publish_link_chain(world, tmp_path)
     outside = {p: (p.stat().st_mode, p.stat().st_mtime_ns) for p in (tmp_path, world.prefix)}
     assert_refused(world, refresh_first=True)
     assert {p: (p.stat().st_mode, p.stat().st_mtime_ns) for p in outside} == outside
@@ -311,31 +296,11 @@ def test_first_install_of_a_signed_tarball_chaining_links_out_changes_nothing_ou
     fresh = tmp_path / "outer" / "prefix"
     fresh.parent.mkdir()
     fresh.parent.chmod(0o755)
-    chain = [
-        _member("versions/1.3.0/l", tarfile.SYMTYPE, "."),
-        _member("versions/1.3.0/a", tarfile.SYMTYPE, "l/.."),
-        _member("versions/1.3.0/b", tarfile.SYMTYPE, "a/.."),
-        _member("versions/1.3.0/c", tarfile.SYMTYPE, "b/.."),
-        _member("versions/1.3.0/c", tarfile.DIRTYPE),
-    ]
-    chain[-1].mode = 0o700
-    evil = _evil_tarball(tmp_path / "aliyun-assist-1.3.0-linux-x86_64.tar.gz", "1.3.0", chain)
-    publish(world.repo, world.keys, [evil])
+    publish_link_chain(world, tmp_path)
     before = (fresh.parent.stat().st_mode, tmp_path.stat().st_mode)
     code = install_main(
-        [
-            "agent",
-            "--version",
-            "1.3.0",
-            "--prefix",
-            str(fresh),
-            "--mirror",
-            world.server.url,
-            "--service",
-            "none",
-            "--trust-root",
-            str(world.keys / "root.json"),
-        ]
+        ["agent", "--version", "1.3.0", "--service", "none"]
+        + mirror_args(fresh, world.server.url, world.keys)
     )
     assert code == 4
     assert (fresh.parent.stat().st_mode, tmp_path.stat().st_mode) == before

@@ -99,27 +99,21 @@ def status(prefix: Path) -> dict[str, Any]:
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
+def install_1_0_0(prefix: Path, keys: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`assist-install agent --version 1.0.0` with the process service manager."""
+    return run_cli(
+        "installer.cli", "agent", "--prefix", str(prefix), "--version", "1.0.0",
+        "--service", "process", "--trust-root", str(keys / "root.json"), *extra,
+    )  # fmt: skip
+
+
 def test_install_update_broken_update_rollback_blocklist(
     release: dict[str, Any], world: dict[str, Any]
 ) -> None:
     prefix = world["prefix"]
     keys = release["keys"]
     # 1. first install of 1.0.0 from the regional mirror (internet unreachable)
-    proc = run_cli(
-        "installer.cli",
-        "agent",
-        "--prefix",
-        str(prefix),
-        "--version",
-        "1.0.0",
-        "--service",
-        "process",
-        "--trust-root",
-        str(keys / "root.json"),
-        "--health-timeout",
-        "30",
-        "--json",
-    )
+    proc = install_1_0_0(prefix, keys, "--health-timeout", "30", "--json")
     assert proc.returncode == 0, proc.stderr
     installed = json.loads(proc.stdout)
     assert installed["version"] == "1.0.0" and installed["healthy"] is True
@@ -173,18 +167,7 @@ def test_killed_updater_is_recovered_by_the_agent_at_its_next_start(
     import time
 
     prefix = world["prefix"]
-    proc = run_cli(
-        "installer.cli",
-        "agent",
-        "--prefix",
-        str(prefix),
-        "--version",
-        "1.0.0",
-        "--service",
-        "process",
-        "--trust-root",
-        str(release["keys"] / "root.json"),
-    )
+    proc = install_1_0_0(prefix, release["keys"])
     assert proc.returncode == 0, proc.stderr
     env = dict(os.environ, ASSIST_UPDATE_CRASH_AT="health_check")
     killed = subprocess.run(
