@@ -60,6 +60,7 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
         "OsType": p.str("OsType"),
         "InstanceIp": p.str("InstanceIp"),
         "Tags": read_tags(p),
+        "Region": p.region(),
     }
     connected = p.raw.get("Connected", "")
     want: bool | None = p.bool("Connected") if connected else None
@@ -90,7 +91,7 @@ async def deregister_managed_instance(
     instance_id = p.str("InstanceId", required=True)
 
     async def _tx(conn: Conn) -> Any:
-        row = await q.deregister_instance(conn, account, instance_id)
+        row = await q.deregister_instance(conn, account, instance_id, p.region())
         tags = await store_tags.tags_of(conn, account, "managedinstance", [instance_id])
         await store_tags.remove_tags(conn, account, "managedinstance", [instance_id], None)
         return row, tags.get(instance_id, [])
@@ -109,7 +110,7 @@ async def modify_managed_instance(state: ServerState, account: str, p: Params) -
     name = p.str("InstanceName", required=True, max_len=128, too_long=INSTANCE_NAME_TOO_LONG)
 
     async def _tx(conn: Conn) -> Any:
-        if not await rename_instance(conn, account, instance_id, name):
+        if not await rename_instance(conn, account, instance_id, name, p.region()):
             raise ApiError(
                 "InvalidInstance.NotFound", "The specified instance does not exist.", 404
             )
@@ -127,6 +128,7 @@ async def describe_cloud_assistant_status(
     filters = {
         "InstanceIds": p.list("InstanceId", too_many=("InstanceIds.ExceedLimit", 403)),
         "OsType": p.str("OSType"),
+        "Region": p.region(),
     }
 
     async def _tx(conn: Conn) -> Any:
@@ -166,7 +168,7 @@ async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict
     version = p.str("AgentVersion", max_len=64)
 
     async def _tx(conn: Conn) -> Any:
-        found = await q.existing_instances(conn, account, ids)
+        found = await q.existing_instances(conn, account, ids, p.region())
         absent = [i for i in ids if i not in found]
         if absent:
             raise ApiError(

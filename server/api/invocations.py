@@ -14,6 +14,7 @@ from server.api.commands import (
     WORKING_DIR_TOO_LONG,
     command_not_found,
     read_command_fields,
+    read_launcher,
 )
 from server.api.idempotency import client_token, replay
 from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
@@ -46,6 +47,8 @@ RECORD_STATUS_FILTER = {
 
 
 TOO_MANY_INSTANCES = ("InstanceIds.ExceedLimit", 403)
+TERMINATION_MODES = ("Process", "ProcessTree")
+UNKNOWN_TERMINATION_MODE = ("InvalidTerminationMode.NotFound", 404)
 
 
 def invoke_not_found() -> ApiError:
@@ -101,6 +104,7 @@ async def start_invocation(
         p.str("WorkingDir", max_len=200, too_long=WORKING_DIR_TOO_LONG) or command["working_dir"]
     )
     username = p.str("Username", max_len=255, too_long=("Username.ExceedLimit", 403))
+    termination = p.enum("TerminationMode", TERMINATION_MODES, "Process", UNKNOWN_TERMINATION_MODE)
     invoke_id = model.new_id("t-")
     now = model.now_ms()
     row = {
@@ -124,6 +128,8 @@ async def start_invocation(
         "stopped": False,
         "template": command["content"] if command["enable_parameter"] else "",
         "region_id": p.region(),
+        "launcher": read_launcher(p) or command["launcher"],
+        "termination_mode": termination,
     }
 
     result = {"InvokeId": invoke_id}
@@ -134,7 +140,7 @@ async def start_invocation(
         prior = await replay(conn, account, action_name, p, result)
         if prior is not None:
             return prior
-        found = await q.existing_instances(conn, account, ids)
+        found = await q.existing_instances(conn, account, ids, p.region())
         absent = [i for i in ids if i not in found]
         if absent:
             raise ApiError(
@@ -224,8 +230,8 @@ def render_result(row: dict[str, Any], output: str, tags: list[tuple[str, str]])
         "Username": row["username"],
         "ContainerId": "",
         "ContainerName": "",
-        "Launcher": "",
-        "TerminationMode": "",
+        "Launcher": row["launcher"],
+        "TerminationMode": row["termination_mode"],
         "Tags": {"Tag": render_tags(tags)},
     }
 
@@ -324,8 +330,8 @@ def render_invocation(
         "Username": row["username"],
         "Timeout": row["timeout"],
         "WorkingDir": row["working_dir"],
-        "Launcher": "",
-        "TerminationMode": "",
+        "Launcher": row["launcher"],
+        "TerminationMode": row["termination_mode"],
         "ContainerId": "",
         "ContainerName": "",
         "CreationTime": row["created"],

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from agent.output import Chunk
+from agent.proctree import group_alive
 from agent.runner import (
     Execution,
     Outcome,
     RunLimits,
     Task,
     TaskRejected,
-    group_alive,
     interpreter_for,
 )
 

@@ -54,9 +54,12 @@ class Api:
         assert set(body) >= {"RequestId", "Code", "Message"}
         return status, body["Code"]
 
-    def agent(self, instance_id: str = "") -> FakeAgent:
-        """Register a fake agent with a fresh activation of this account."""
-        act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
+    def agent(self, instance_id: str = "", region: str = "") -> FakeAgent:
+        """Register a fake agent with a fresh activation of this account (in `region`, else
+        cn-hangzhou: the instance belongs to it)."""
+        act_id, code = self.server.create_activation(
+            self.key_id, self.secret, count=5, region=region
+        )
         return FakeAgent.register(self.server.url, act_id, code, instance_id=instance_id)
 
 
