@@ -18,9 +18,7 @@ from server.store.schema import (
 from server.store.tags import tagged
 
 
-async def existing_instances(
-    conn: Conn, account: str, ids: Sequence[str], region: str
-) -> set[str]:
+async def existing_instances(conn: Conn, account: str, ids: Sequence[str], region: str) -> set[str]:
     """Which of `ids` are registered, not deregistered, instances of `account` in `region`."""
     found: set[str] = set()
     for start in range(0, len(ids), 500):

@@ -315,9 +315,9 @@ def test_assist_run_without_wait(configured: dict[str, str], api: Api) -> None:
     assert done.returncode == 0, done.stderr
     invoke_id = json.loads(done.stdout)["InvokeId"]
     assert agent.run_shell_tasks() == 1
-    item = api.ok("DescribeInvocationResults", InvokeId=invoke_id, RegionId=REGION)[
-        "Invocation"
-    ]["InvocationResults"]["InvocationResult"][0]
+    item = api.ok("DescribeInvocationResults", InvokeId=invoke_id, RegionId=REGION)["Invocation"][
+        "InvocationResults"
+    ]["InvocationResult"][0]
     assert (item["InvocationStatus"], item["ExitCode"]) == ("Failed", 3)
 
 
