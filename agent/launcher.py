@@ -9,6 +9,7 @@ extension. Without the placeholder the path is appended as the last argument.
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 from pathlib import Path
 
@@ -30,14 +31,15 @@ def script_suffix(task_type: str, launcher: str = "") -> str:
 
 def launcher_argv(launcher: str, script: Path) -> list[str]:
     """The argv that runs `script` under `launcher`; LauncherError when it does not parse."""
+    # the placeholder's own quotes (Ext(".py")) must not meet the shell-like split
+    token = f"ACS-SCRIPT-{secrets.token_hex(8)}"
+    placed = _PLACEHOLDER.sub(token, launcher)
     try:
-        words = shlex.split(launcher)
+        words = shlex.split(placed)
     except ValueError as exc:
         raise LauncherError(f"the launcher {launcher!r} does not parse: {exc}") from None
     if not words:
         raise LauncherError("the launcher is empty")
-    path = str(script)
-    argv = [_PLACEHOLDER.sub(lambda _: path, word) for word in words]
-    if not any(_PLACEHOLDER.search(word) for word in words):
-        argv.append(path)
-    return argv
+    if placed == launcher:
+        return [*words, str(script)]
+    return [word.replace(token, str(script)) for word in words]
