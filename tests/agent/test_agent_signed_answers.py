@@ -127,6 +127,42 @@ def test_proxy_rewriting_task_content_gets_nothing_run(env: Env, tmp_path: Path)
     assert direct.stop() == 0
 
 
+def rewrite_launcher(path: str, body: bytes) -> bytes:
+    """Swap every task's launcher for another command line of the same length."""
+    if not path.endswith("/v1/task/list"):
+        return body
+    listing = json.loads(body)
+    for task in listing.get("run", []):
+        task["launcher"] = task["launcher"].replace("X=aaa", "X=bbb")
+    rewritten = json.dumps(listing, separators=(",", ":")).encode()
+    assert len(rewritten) == len(body)
+    return rewritten
+
+
+def test_proxy_rewriting_a_tasks_launcher_gets_nothing_run(env: Env, tmp_path: Path) -> None:
+    """The launcher (and the termination mode) are in the signed answer like the script."""
+    prefix, instance = env.register("agent")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with MitmProxy(env.server.url) as proxy:
+        proxy.rewrite = rewrite_launcher
+        agent = env.start_agent(prefix, proxy.url)
+        invoke = env.sdk.run_script(
+            f'touch "{marks}/ran-$X"', instance, Launcher="env X=aaa /bin/sh"
+        )
+        item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"), timeout=60)
+        assert (item["InvocationStatus"], item["ErrorCode"]) == (
+            "Failed",
+            protocol.REFUSED_BAD_SIGNATURE,
+        )
+        assert list(marks.iterdir()) == []  # neither launcher ran
+        assert [
+            b for p, _, _, b in proxy.answers if p.endswith("/v1/task/list") and b"X=aaa" in b
+        ]  # the task list with the launcher really went through the proxy
+        assert agent.proc.poll() is None
+    assert agent.stop() == 0
+
+
 def test_task_list_captured_for_one_instance_runs_nothing_on_another(
     env: Env, tmp_path: Path
 ) -> None:
