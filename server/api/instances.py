@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from server import model
 from server.api import action
 from server.api.tags import read_tags, render_tags
+from server.errors import require_found
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
 from server.store import tags as store_tags
@@ -18,6 +19,13 @@ INSTANCE_NAME_TOO_LONG = ("InstanceName.ExceedLimit", 400)
 
 if TYPE_CHECKING:
     from server.state import ServerState
+
+
+async def require_instances(conn: Conn, account: str, ids: list[str], region: str) -> None:
+    """InvalidInstance.NotFound unless every id is a managed instance of the account in
+    `region` (the region of the activation it registered with)."""
+    found = await q.existing_instances(conn, account, ids, region)
+    require_found(ids, found, "InvalidInstance.NotFound", "instance")
 
 
 def is_online(row: dict[str, Any], now_ms: int) -> bool:
@@ -168,17 +176,9 @@ async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict
     version = p.str("AgentVersion", max_len=64)
 
     async def _tx(conn: Conn) -> Any:
-        found = await q.existing_instances(conn, account, ids, p.region())
-        absent = [i for i in ids if i not in found]
-        if absent:
-            raise ApiError(
-                "InvalidInstance.NotFound",
-                f"The specified instance does not exist: {', '.join(absent[:10])}.",
-                404,
-            )
+        await require_instances(conn, account, ids, p.region())
         await q.request_update(conn, account, ids, version)
-        return found, absent
 
-    found, absent = await state.store.write(_tx)
+    await state.store.write(_tx)
     await state.notifier.publish(ids, {"type": "update", "version": version})
     return {"InstanceIds": {"InstanceId": ids}}

@@ -17,6 +17,7 @@ from server.api.commands import (
     read_launcher,
 )
 from server.api.idempotency import client_token, replay
+from server.api.instances import require_instances
 from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
 from server.output_limits import running_tail
 from server.rpc import ApiError, Params, invalid, missing
@@ -140,14 +141,7 @@ async def start_invocation(
         prior = await replay(conn, account, action_name, p, result)
         if prior is not None:
             return prior
-        found = await q.existing_instances(conn, account, ids, p.region())
-        absent = [i for i in ids if i not in found]
-        if absent:
-            raise ApiError(
-                "InvalidInstance.NotFound",
-                f"The specified instance does not exist: {', '.join(absent[:10])}.",
-                404,
-            )
+        await require_instances(conn, account, ids, p.region())
         if keep:
             await q.insert_command(conn, command)
             await add_tags(conn, account, "command", [command["command_id"]], tags)

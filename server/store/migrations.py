@@ -81,8 +81,8 @@ async def _add_region_v6(conn: Conn) -> None:
         await _add_columns(conn, table.name, {"region_id": _REGION})
 
 
-async def _add_launcher_and_instance_region_v13(conn: Conn) -> None:
-    """Version 13: Launcher and TerminationMode of commands and invocations; managed instances
+async def _add_launcher_and_instance_region_v15(conn: Conn) -> None:
+    """Version 15: Launcher and TerminationMode of commands and invocations; managed instances
     belong to the region of the activation they registered with."""
     await _add_columns(conn, schema.commands.name, {"launcher": "TEXT NOT NULL DEFAULT ''"})
     await _add_columns(
@@ -103,8 +103,9 @@ async def _add_launcher_and_instance_region_v13(conn: Conn) -> None:
     )
 
 
-# Numbers 7..11 are free; order is by number. A database already at 12 runs only steps
-# numbered above 12, so a new step must be numbered above the last one.
+# Numbers 7..11 are free; order is by number. A database runs only the steps numbered above its
+# version, so a new step must be numbered above the last one. 13 and 14 are taken on main
+# (SendFile, Cloud Assistant settings); this branch's step is 15.
 MIGRATIONS: list[tuple[int, Step]] = [
     (1, _create_v1),
     (2, _add_execution_detail_v2),
@@ -113,7 +114,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (5, _add_invocation_template_v5),
     (6, _add_region_v6),
     (12, _add_server_keys_v12),
-    (13, _add_launcher_and_instance_region_v13),
+    (15, _add_launcher_and_instance_region_v15),
 ]
 LATEST = MIGRATIONS[-1][0]
 

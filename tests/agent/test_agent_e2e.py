@@ -22,6 +22,7 @@ from devkit.realagent import (
     group_members,
     register_agent,
     server_executions,
+    wait_until,
 )
 from devkit.server import ServerHandle, launch_server
 
@@ -61,15 +62,6 @@ def env(server: ServerHandle, tmp_path: Path) -> Iterator[Env]:
         agent.stop()
 
 
-def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_readme_flow_echo_123(env: Env) -> None:
     assert env.instance_id.startswith("mi-")
     agent = env.start_agent()
@@ -89,7 +81,7 @@ def test_timed_every_two_seconds(env: Env) -> None:
     invoke = env.sdk.run_script(
         "date +%s", env.instance_id, Timed=True, RepeatMode="Period", Frequency="*/2 * * * * *"
     )
-    assert wait_for(lambda: len(server_executions(env.server, invoke)) >= 4, timeout=20)
+    assert wait_until(lambda: len(server_executions(env.server, invoke)) >= 4, timeout=20)
     env.sdk.stop(invoke)
     runs = [int(e) for e, status in server_executions(env.server, invoke) if status == "Success"]
     assert len(runs) >= 4
@@ -110,7 +102,7 @@ def test_timeout_kills_everything_and_reports_timeout(env: Env, tmp_path: Path) 
     item = env.sdk.wait_result(invoke, env.instance_id, ("Timeout", "Success", "Failed"))
     assert item["InvocationStatus"] == "Timeout"
     pgid = int(pidfile.read_text())
-    assert wait_for(lambda: group_members(pgid) == [], timeout=5)
+    assert wait_until(lambda: group_members(pgid) == [], timeout=5)
 
 
 def test_kill9_mid_task_reports_agent_restarted_once(env: Env, tmp_path: Path) -> None:
@@ -126,7 +118,9 @@ def test_kill9_mid_task_reports_agent_restarted_once(env: Env, tmp_path: Path) -
     assert item["InvocationStatus"] == "Failed" and item["ErrorCode"] == "AgentRestarted"
     assert "restarted" in item["ErrorInfo"]
     assert base64.b64decode(item["Output"]) == b"started\n"  # printed before the agent died
-    assert wait_for(lambda: group_members(pgid) == [], timeout=10)  # …until the new one cleaned up
+    assert wait_until(
+        lambda: group_members(pgid) == [], timeout=10
+    )  # …until the new one cleaned up
     time.sleep(2)
     assert server_executions(env.server, invoke) == [("0", "Failed")]
 
@@ -188,7 +182,7 @@ def test_big_output_fork_and_stdin(env: Env, tmp_path: Path) -> None:
     item = env.sdk.wait_result(fork, env.instance_id, ("Success", "Failed"))
     assert item["InvocationStatus"] == "Success" and base64.b64decode(item["Output"]) == b"parent\n"
     assert not marker.exists()  # reported before the outliving child finished
-    assert wait_for(marker.exists, timeout=10)
+    assert wait_until(marker.exists, timeout=10)
     item = env.sdk.wait_result(stdin, env.instance_id, ("Success", "Failed"), timeout=10)
     assert base64.b64decode(item["Output"]) == b"no-stdin:0\n"
     for invoke in (big, fork, stdin):
@@ -203,7 +197,7 @@ def test_stop_invocation_kills_the_task(env: Env, tmp_path: Path) -> None:
     env.sdk.stop(invoke)
     item = env.sdk.wait_result(invoke, env.instance_id, ("Terminated", "Stopped"), timeout=20)
     assert base64.b64decode(item["Output"]) == b"started\n"
-    assert wait_for(lambda: group_members(int(pidfile.read_text())) == [], timeout=10)
+    assert wait_until(lambda: group_members(int(pidfile.read_text())) == [], timeout=10)
 
 
 def test_kick_agent_update_runs_the_installed_updater(env: Env, tmp_path: Path) -> None:
@@ -224,7 +218,7 @@ def test_kick_agent_update_runs_the_installed_updater(env: Env, tmp_path: Path) 
         **{"InstanceId.1": env.instance_id},
     )
     assert response.status_code == 200, response.text
-    assert wait_for(record.exists, timeout=20)
+    assert wait_until(record.exists, timeout=20)
     time.sleep(0.5)
     assert record.read_text().split() == [
         "apply",

@@ -19,19 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from devkit.realagent import AgentProcess, Sdk, register_agent
-from devkit.server import ServerHandle, launch_server
+from devkit.realagent import AgentProcess, Sdk, register_agent, wait_until
+from devkit.server import ServerHandle, start_server
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    handle = launch_server(tmp_path_factory.mktemp("launcher-server"))
-    try:
+    with start_server(tmp_path_factory.mktemp("launcher-server")) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +131,6 @@ sleep 303
 """
 
 
-def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
@@ -162,12 +150,12 @@ def test_termination_mode_decides_what_a_stop_or_timeout_kills(
     extra = {"Timeout": 4} if end == "timeout" else {}
     invoke = sdk.run_script(family_script(mark, tmp_path), instance, TerminationMode=mode, **extra)
     try:
-        assert wait_for(lambda: all((tmp_path / n).exists() for n in names))
-        assert wait_for(lambda: all((tmp_path / n).read_text().strip() for n in names))
+        assert wait_until(lambda: all((tmp_path / n).exists() for n in names))
+        assert wait_until(lambda: all((tmp_path / n).read_text().strip() for n in names))
         pids = {n: int((tmp_path / n).read_text()) for n in names}
         assert all(alive(pid) for pid in pids.values())
         # 4 sleeps and the waiting sh (the script itself exported TESTMARK after its exec)
-        assert wait_for(lambda: len(marked(mark)) == 5), marked(mark)
+        assert wait_until(lambda: len(marked(mark)) == 5), marked(mark)
         if end == "stop":
             sdk.stop(invoke)
         final = "Terminated" if end == "stop" else "Timeout"
@@ -177,7 +165,7 @@ def test_termination_mode_decides_what_a_stop_or_timeout_kills(
             assert item["ErrorCode"] == "ExecutionTimeout"
         assert not alive(pids["script"])
         if mode == "ProcessTree":
-            assert wait_for(lambda: not marked(mark), timeout=5), marked(mark)
+            assert wait_until(lambda: not marked(mark), timeout=5), marked(mark)
         else:
             time.sleep(1)  # nothing else is killed, not even late
             left = marked(mark)

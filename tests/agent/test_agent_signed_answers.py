@@ -11,9 +11,8 @@ import base64
 import json
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from devkit.realagent import (
     agent_env,
     register_agent,
     server_executions,
+    wait_until,
 )
 from devkit.server import ServerHandle, launch_server
 
@@ -72,26 +72,28 @@ def env(server: ServerHandle, tmp_path: Path) -> Iterator[Env]:
         agent.stop()
 
 
-def rewrite_123_to_666(path: str, body: bytes) -> bytes:
-    """Change every task's script from …123… to …666… (same length, valid JSON)."""
-    if not path.endswith("/v1/task/list"):
-        return body
-    listing = json.loads(body)
-    for task in listing.get("run", []):
-        script = base64.b64decode(task["content"]).replace(b"123", b"666")
-        task["content"] = base64.b64encode(script).decode()
-    rewritten = json.dumps(listing, separators=(",", ":")).encode()
-    assert len(rewritten) == len(body)
-    return rewritten
+def rewrite_tasks(change: Callable[[dict[str, Any]], None]) -> Callable[[str, bytes], bytes]:
+    """A proxy rewrite applying `change` to every listed task; the answer keeps its length."""
+
+    def rewrite(path: str, body: bytes) -> bytes:
+        if not path.endswith("/v1/task/list"):
+            return body
+        listing = json.loads(body)
+        for task in listing.get("run", []):
+            change(task)
+        rewritten = json.dumps(listing, separators=(",", ":")).encode()
+        assert len(rewritten) == len(body)
+        return rewritten
+
+    return rewrite
 
 
-def wait_until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def _script_123_to_666(task: dict[str, Any]) -> None:
+    script = base64.b64decode(task["content"]).replace(b"123", b"666")
+    task["content"] = base64.b64encode(script).decode()
+
+
+rewrite_123_to_666 = rewrite_tasks(_script_123_to_666)
 
 
 def test_proxy_rewriting_task_content_gets_nothing_run(env: Env, tmp_path: Path) -> None:
@@ -127,25 +129,15 @@ def test_proxy_rewriting_task_content_gets_nothing_run(env: Env, tmp_path: Path)
     assert direct.stop() == 0
 
 
-def rewrite_launcher(path: str, body: bytes) -> bytes:
-    """Swap every task's launcher for another command line of the same length."""
-    if not path.endswith("/v1/task/list"):
-        return body
-    listing = json.loads(body)
-    for task in listing.get("run", []):
-        task["launcher"] = task["launcher"].replace("X=aaa", "X=bbb")
-    rewritten = json.dumps(listing, separators=(",", ":")).encode()
-    assert len(rewritten) == len(body)
-    return rewritten
-
-
 def test_proxy_rewriting_a_tasks_launcher_gets_nothing_run(env: Env, tmp_path: Path) -> None:
     """The launcher (and the termination mode) are in the signed answer like the script."""
     prefix, instance = env.register("agent")
     marks = tmp_path / "marks"
     marks.mkdir()
     with MitmProxy(env.server.url) as proxy:
-        proxy.rewrite = rewrite_launcher
+        proxy.rewrite = rewrite_tasks(
+            lambda task: task.update(launcher=task["launcher"].replace("X=aaa", "X=bbb"))
+        )
         agent = env.start_agent(prefix, proxy.url)
         invoke = env.sdk.run_script(
             f'touch "{marks}/ran-$X"', instance, Launcher="env X=aaa /bin/sh"

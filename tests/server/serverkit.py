@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from devkit.server import FakeAgent, ServerHandle
+from devkit.server import REPO_ROOT, FakeAgent, ServerHandle
 
 # The PostgreSQL the tests use (trust auth, user postgres, a database "test"): `make postgres`.
 PG_HOST = os.environ.get("ASSIST_TEST_PG_HOST", "127.0.0.1:5432")
@@ -129,3 +131,16 @@ def run_sql(server: ServerHandle, sql: str, *args: Any) -> list[tuple[Any, ...]]
             await conn.close()
 
     return asyncio.run(run())
+
+
+def migrate_sqlite(db: Path) -> dict[str, int]:
+    """`assist-server migrate --json` on a SQLite file: {"before": N, "after": M}."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))

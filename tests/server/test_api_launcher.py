@@ -5,16 +5,12 @@ adds them (with the managed instances' region) to a database of version 12."""
 from __future__ import annotations
 
 import base64
-import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from serverkit import Api, run_sql
+from serverkit import Api, migrate_sqlite, run_sql
 
-from devkit.server import REPO_ROOT
 from server.store.migrations import LATEST
 
 
@@ -117,24 +113,12 @@ def test_bad_launcher_or_termination_mode_is_refused_with_the_real_codes(api: Ap
     assert api.ok("DescribeCommands", Name="l")["TotalCount"] == 1  # only `create`'s
 
 
-def migrate(db: Path) -> dict[str, int]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return dict(json.loads(proc.stdout))
-
-
 @pytest.mark.parametrize("region", ["us-west-1", "cn-hangzhou"])
 def test_version_12_database_gets_launchers_and_instance_regions(
     tmp_path: Path, region: str
 ) -> None:
     db = tmp_path / "v12.db"
-    migrate(db)
+    migrate_sqlite(db)
     with sqlite3.connect(db) as conn:  # make it what a version-12 server left behind
         for table, column in (
             ("commands", "launcher"),
@@ -159,7 +143,7 @@ def test_version_12_database_gets_launchers_and_instance_regions(
                 "60, 0, 0, 0, 0, '')"
             )
         conn.execute("UPDATE schema_version SET version = 12")
-    assert migrate(db) == {"before": 12, "after": LATEST}
+    assert migrate_sqlite(db) == {"before": 12, "after": LATEST}
     with sqlite3.connect(db) as conn:
         regions = conn.execute("SELECT instance_id, region_id FROM instances ORDER BY 1").fetchall()
         columns = {
