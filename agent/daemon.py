@@ -26,6 +26,7 @@ from agent.output import Chunk, b64
 from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
 from agent.private import make_private_dir, tighten_tree
+from agent.proctree import process_start_stamp, terminate_group
 from agent.runner import (
     POWER_OFF_EXIT,
     REBOOT_EXIT,
@@ -34,8 +35,6 @@ from agent.runner import (
     RunLimits,
     Task,
     now_ms,
-    process_start_stamp,
-    terminate_group,
 )
 from agent.spool import Spool, read_tail, spool_path
 from agent.timers import Backoff, Timers

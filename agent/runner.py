@@ -1,8 +1,10 @@
 """Running one execution of a task: script file, interpreter, user, directory, timeout, output.
 
 Each execution runs in its own session (POSIX: a new process group whose id is the child's pid),
-with stdin from /dev/null and stdout+stderr on one pipe. A timeout or a stop kills the whole
-group: SIGTERM, a grace period, then SIGKILL. When the script's own process exits while a child
+with stdin from /dev/null and stdout+stderr on one pipe, run by its type's interpreter or by its
+Launcher (agent/launcher.py). A timeout or a stop ends the script's process (TerminationMode
+Process) or its whole process tree (ProcessTree; agent/proctree.py): SIGTERM, a grace period,
+then SIGKILL. When the script's own process exits while a child
 it forked still holds the pipe, the output is read for a short linger and the execution is
 reported with the script's exit code; the child is left alone (scripts start services that way).
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import secrets
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.launcher import LauncherError, launcher_argv, script_suffix
 from agent.output import Chunk, OutputCollector
+from agent.proctree import (
+    KILL,
+    MARKER_ENV,
+    ProcessTree,
+    process_start_stamp,
+    terminate_process,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,10 @@ class Task:
     content: bytes = b""
     working_dir: str = ""
     username: str = ""
+    launcher: str = ""  # a command line to run the script under (agent/launcher.py)
+    # Process | ProcessTree: what a timeout or a stop kills. A server from before this field
+    # sends none: the whole tree, as the agent always did.
+    termination_mode: str = "ProcessTree"
     timeout: int = 60  # seconds
     repeat_mode: str = "Once"
     frequency: str = ""
@@ -66,6 +80,8 @@ class Task:
             content=content,
             working_dir=str(raw.get("working_dir") or ""),
             username=str(raw.get("username") or ""),
+            launcher=str(raw.get("launcher") or ""),
+            termination_mode=str(raw.get("termination_mode") or "ProcessTree"),
             timeout=int(raw.get("timeout") or 60),
             repeat_mode=str(raw.get("repeat_mode") or "Once"),
             frequency=str(raw.get("frequency") or ""),
@@ -148,11 +164,6 @@ def interpreter_for(task_type: str, script: Path, windows: bool = IS_WINDOWS) ->
     raise TaskRejected("invalid", "CommandNotApplicable", f"unknown command type {task_type!r}")
 
 
-def script_suffix(task_type: str) -> str:
-    """File name extension the interpreter expects."""
-    return {"RunBatScript": ".bat", "RunPowerShellScript": ".ps1"}.get(task_type, ".sh")
-
-
 @dataclass
 class RunAs:
     """The account an execution runs as (None fields: the agent's own)."""
@@ -218,60 +229,6 @@ def resolve_working_dir(working_dir: str, run_as: RunAs) -> str:
     return working_dir
 
 
-def process_start_stamp(pid: int) -> str:
-    """The kernel's start time of `pid` (field 22 of /proc/pid/stat), to spot pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def kill_group(pgid: int, sig: int) -> bool:
-    """Signal a whole process group; False if it no longer exists."""
-    if IS_WINDOWS:  # pragma: no cover - Windows only
-        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pgid)], capture_output=True)
-        return False
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def terminate_group(pgid: int, grace: float, reap: Callable[[], object] | None = None) -> None:
-    """SIGTERM a process group, wait up to `grace` seconds for it to go, then SIGKILL it."""
-    if not kill_group(pgid, signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
-        if not group_alive(pgid):
-            return
-        time.sleep(0.02)
-    kill_group(pgid, getattr(signal, "SIGKILL", signal.SIGTERM))
-
-
-def group_alive(pgid: int) -> bool:
-    """True while a process group has a member that is not a zombie."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return kill_group(pgid, 0)
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
 def normalize_exit(returncode: int) -> int:
     """A signal death (-N) as the shell reports it (128+N)."""
     return 128 - returncode if returncode < 0 else returncode
@@ -301,6 +258,8 @@ class Execution:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self.pid = 0
+        self.marker = secrets.token_hex(12)  # in the task's environment: finds its processes
+        self._tree: ProcessTree | None = None
 
     def stop(self) -> None:
         """Ask the execution to kill its process group and end as Stopped."""
@@ -332,6 +291,11 @@ class Execution:
         script = self._write_script(run_as)
         try:
             argv = interpreter_for(task.type, script)
+            if task.launcher:
+                try:
+                    argv = launcher_argv(task.launcher, script)
+                except LauncherError as exc:
+                    raise TaskRejected("invalid", "InvalidLauncher", str(exc)) from None
             proc = self._spawn(argv, cwd, run_as)
             try:
                 return self._supervise(proc)
@@ -358,7 +322,7 @@ class Execution:
         else:
             work = self.limits.work_dir
             work.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = f"{self.task.invoke_id}-{self.execution_id}{script_suffix(self.task.type)}"
+        name = f"{self.task.invoke_id}-{self.execution_id}{script_suffix(self.task.type, self.task.launcher)}"
         path = work / name.replace(os.sep, "_")
         content = substitute_builtins(self.task.content, self.builtins)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
@@ -372,6 +336,7 @@ class Execution:
         """Start the interpreter in its own session; TaskRejected if it cannot start."""
         env = dict(os.environ)
         env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env[MARKER_ENV] = self.marker
         if run_as.name:
             env.update(HOME=run_as.home or "/", USER=run_as.name, LOGNAME=run_as.name)
         kwargs: dict[str, Any] = {}
@@ -400,6 +365,7 @@ class Execution:
                 "error", "ExecutionException", f"cannot start {argv[0]}: {exc.strerror or exc}"
             ) from exc
         self.pid = proc.pid
+        self._tree = ProcessTree(proc.pid, self.marker)
         if self.on_start is not None:
             self.on_start(proc.pid, process_start_stamp(proc.pid))
         return proc
@@ -434,7 +400,7 @@ class Execution:
                 elif not ended_by and self._stop.is_set():
                     ended_by = "stopped"
                 if ended_by and exited_at is None:
-                    terminate_group(proc.pid, limits.kill_grace, proc.poll)
+                    self._terminate(proc)
                     proc.wait()
                     continue
                 if now >= next_chunk:
@@ -464,8 +430,8 @@ class Execution:
             selector.close()
             if pidfd is not None:
                 os.close(pidfd)
-        if ended_by:
-            kill_group(proc.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+        if ended_by and self._tree is not None and self.task.termination_mode != "Process":
+            self._tree.signal(KILL)  # whatever the tree started while it was dying
         # no last chunk: the terminal report carries the tail
         returncode = normalize_exit(proc.wait())
         kind = ended_by or "finish"
@@ -475,7 +441,8 @@ class Execution:
                 f"the task ran longer than its timeout of {self.task.timeout} s and was killed"
             )
         elif ended_by == "stopped":
-            message = "the task was stopped by the operator and its processes were killed"
+            what = "process was" if self.task.termination_mode == "Process" else "processes were"
+            message = f"the task was stopped by the operator and its {what} killed"
         return Outcome(
             kind,
             self.start_time,
@@ -486,6 +453,13 @@ class Execution:
             "ExecutionTimeout" if ended_by == "timeout" else "",
             message,
         )
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        """End the execution's process (Process) or its whole tree (ProcessTree)."""
+        if self.task.termination_mode == "Process" or self._tree is None:
+            terminate_process(proc.pid, self.limits.kill_grace, proc.poll)
+        else:
+            self._tree.terminate(self.limits.kill_grace, proc.poll)
 
     def _emit_chunk(self, collector: OutputCollector) -> None:
         """Hand the next output chunk to the streamer, if any."""

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,16 @@ class Sdk:
         from aliyunsdkecs.request.v20140526 import StopInvocationRequest
 
         self.do(StopInvocationRequest.StopInvocationRequest(), InvokeId=invoke_id)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
+    """Poll `predicate` every 0.1 s until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def agent_env() -> dict[str, str]:

@@ -118,9 +118,13 @@ class ServerHandle:
             return requests.get(self.url + "/", params=signed, timeout=30)
         return requests.post(self.url + "/", data=signed, timeout=30)
 
-    def create_activation(self, key_id: str, secret: str, count: int = 10) -> tuple[str, str]:
-        """CreateActivation through the API; returns (ActivationId, ActivationCode)."""
-        response = self.call("CreateActivation", key_id, secret, InstanceCount=count)
+    def create_activation(
+        self, key_id: str, secret: str, count: int = 10, region: str = ""
+    ) -> tuple[str, str]:
+        """CreateActivation (in `region`, else the default one) through the API; returns
+        (ActivationId, ActivationCode). Its instances belong to that region."""
+        extra = {"RegionId": region} if region else {}
+        response = self.call("CreateActivation", key_id, secret, InstanceCount=count, **extra)
         response.raise_for_status()
         data = response.json()
         return data["ActivationId"], data["ActivationCode"]

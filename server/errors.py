@@ -6,6 +6,8 @@ A leaf module: the domain rules (server/model.py) raise these without depending 
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
+
 
 class ApiError(Exception):
     """An error answered to the operator as {"RequestId","Code","Message"} with an HTTP 4xx."""
@@ -38,3 +40,10 @@ def invalid(
     if detail:
         message += f" {detail}"
     return ApiError(code, message, status)
+
+
+def require_found(ids: Sequence[str], found: Container[str], code: str, what: str) -> None:
+    """`code` (404) naming the first ten of `ids` that are not in `found`, if any."""
+    absent = [i for i in ids if i not in found]
+    if absent:
+        raise ApiError(code, f"The specified {what} does not exist: {', '.join(absent[:10])}.", 404)

@@ -198,6 +198,7 @@ async def register(
                 "last_seen_ms": now,
                 "heartbeat_interval": state.heartbeat_interval,
                 "deregistered": False,
+                "region_id": activation["region_id"],
             },
         )
         return mac_key, instance_id
@@ -236,6 +237,8 @@ def render_task(row: dict[str, Any]) -> dict[str, Any]:
         "content": row["content"],
         "working_dir": row["working_dir"],
         "username": row["username"],
+        "launcher": row["launcher"],
+        "termination_mode": row["termination_mode"],
         "timeout": row["timeout"],
         "repeat_mode": row["repeat_mode"],
         "frequency": row["frequency"],

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from server.rpc import ApiError, Params, invalid
+from server.rpc import Params, invalid
 
 if TYPE_CHECKING:
     from server.state import ServerState
@@ -20,8 +20,6 @@ _TAG_PARAM = re.compile(r"^(Tag\.[0-9]+\.(Key|Value)|TagFilter\..*)$")
 # Options of the real API this server accepts nowhere: refused when given, never ignored
 # (the README's "Not implemented" list).
 NOT_IMPLEMENTED = (
-    "Launcher",
-    "TerminationMode",
     "ContainerId",
     "ContainerName",
     "OssOutputDelivery",
@@ -31,26 +29,25 @@ NOT_IMPLEMENTED = (
     "MachineId",
 )
 _NOT_IMPLEMENTED = re.compile("^(" + "|".join(NOT_IMPLEMENTED) + r"|ResourceTag\..*)$")
+# Options implemented on the actions of the real API that take them, refused on any other
+# (where the real API has no such parameter, so a caller relying on it would be misled).
+ONLY_ON = {
+    "Launcher": ("CreateCommand", "ModifyCommand", "InvokeCommand", "RunCommand"),
+    "TerminationMode": ("InvokeCommand", "RunCommand"),
+}
 
 
 def refuse_unimplemented(name: str, p: Params) -> None:
-    """InvalidParameter for a real-API option this server does not implement."""
+    """InvalidParameter for a real-API option this server does not implement, or one given
+    to an action that does not take it."""
     given = sorted(k for k, v in p.raw.items() if v != "" and _NOT_IMPLEMENTED.match(k))
     if given:
         raise invalid(
             given[0], f"This server does not implement {given[0]} (on {name} or anywhere else)."
         )
-
-
-def require_instances(ids: list[str], found: Collection[str]) -> None:
-    """InvalidInstance.NotFound unless every one of `ids` was found."""
-    absent = [i for i in ids if i not in found]
-    if absent:
-        raise ApiError(
-            "InvalidInstance.NotFound",
-            f"The specified instance does not exist: {', '.join(absent[:10])}.",
-            404,
-        )
+    for option, actions in ONLY_ON.items():
+        if p.raw.get(option, "") != "" and name not in actions:
+            raise invalid(option, f"{name} does not take {option} (only {', '.join(actions)}).")
 
 
 def action(name: str, tags: bool = False) -> Callable[[Handler], Handler]:

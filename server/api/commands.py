@@ -24,6 +24,14 @@ NAME_TOO_LONG = ("CmdName.ExceedLimit", 403)
 DESCRIPTION_TOO_LONG = ("CmdDesc.ExceedLimit", 403)
 WORKING_DIR_TOO_LONG = ("InvalidParameter.WorkingDir", 400)
 TIMEOUT_OUT_OF_RANGE = ("InvalidTimeout.ExceedLimit", 403)
+LAUNCHER_TOO_LONG = ("InvalidLauncher.LengthLimitExceeded", 403)
+MAX_LAUNCHER = 1024  # "cannot exceed 1 KB"
+
+
+def read_launcher(p: Params) -> str:
+    """Launcher: the command line the script runs under (the agent appends the script's path,
+    or puts it where {{ACS::ScriptFileName}} stands)."""
+    return p.str("Launcher", max_len=MAX_LAUNCHER, too_long=LAUNCHER_TOO_LONG)
 
 
 def command_not_found() -> ApiError:
@@ -62,6 +70,7 @@ def read_command_fields(p: Params, content_required: bool) -> dict[str, Any]:
         "enable_parameter": enable,
         "parameter_names": json.dumps(names),
         "description": p.str("Description", max_len=512, too_long=DESCRIPTION_TOO_LONG),
+        "launcher": read_launcher(p),
     }
 
 
@@ -135,7 +144,7 @@ def render_command(
                 for name in json.loads(row["parameter_names"])
             ]
         },
-        "Launcher": "",
+        "Launcher": row["launcher"],
         "InvokeTimes": row["invoke_times"],
         "Provider": "",
         "Version": 1,
@@ -176,7 +185,7 @@ async def describe_commands(state: ServerState, account: str, p: Params) -> dict
 
 @action("ModifyCommand")
 async def modify_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
-    """Change a command's name, description, working dir, timeout or content."""
+    """Change a command's name, description, working dir, timeout, content or launcher."""
     command_id = p.str("CommandId", required=True)
     values: dict[str, Any] = {}
     if p.raw.get("Name"):
@@ -189,6 +198,8 @@ async def modify_command(state: ServerState, account: str, p: Params) -> dict[st
         values["timeout"] = p.int("Timeout", None, 1, model.MAX_TIMEOUT, TIMEOUT_OUT_OF_RANGE)
     if p.raw.get("CommandContent"):
         values["content"] = model.decode_content(p.raw["CommandContent"])
+    if "Launcher" in p.raw:
+        values["launcher"] = read_launcher(p)
 
     async def _tx(conn: Conn) -> Any:
         row = await q.get_command(conn, account, command_id, p.region())

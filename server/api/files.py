@@ -12,10 +12,11 @@ import binascii
 from typing import TYPE_CHECKING, Any
 
 from server import model
-from server.api import action, require_instances
+from server.api import action
 from server.api.idempotency import client_token, replay
 from server.api.invocations import TOO_MANY_INSTANCES
 from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
+from server.errors import require_found
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import files as store_files
 from server.store import tags as store_tags
@@ -111,8 +112,8 @@ async def send_file(state: ServerState, account: str, p: Params) -> dict[str, An
         prior = await replay(conn, account, "SendFile", p, result)
         if prior is not None:
             return prior
-        found = await store_files.instance_os(conn, account, ids)
-        require_instances(ids, found)
+        found = await store_files.instance_os(conn, account, ids, p.region())
+        require_found(ids, found, "InvalidInstance.NotFound", "instance")
         results = [
             {"instance_id": i, "status": store_files.PENDING, "error_code": "", "error_info": ""}
             if found[i] != "windows"

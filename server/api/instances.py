@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from server import model
-from server.api import action, require_instances
+from server.api import action
 from server.api.tags import read_tags, render_tags
+from server.errors import require_found
 from server.rpc import ApiError, Params, missing
 from server.store import queries as q
 from server.store import tags as store_tags
@@ -18,6 +19,13 @@ INSTANCE_NAME_TOO_LONG = ("InstanceName.ExceedLimit", 400)
 
 if TYPE_CHECKING:
     from server.state import ServerState
+
+
+async def require_instances(conn: Conn, account: str, ids: list[str], region: str) -> None:
+    """InvalidInstance.NotFound unless every id is a managed instance of the account in
+    `region` (the region of the activation it registered with)."""
+    found = await q.existing_instances(conn, account, ids, region)
+    require_found(ids, found, "InvalidInstance.NotFound", "instance")
 
 
 def is_online(row: dict[str, Any], now_ms: int) -> bool:
@@ -60,6 +68,7 @@ async def describe_managed_instances(state: ServerState, account: str, p: Params
         "OsType": p.str("OsType"),
         "InstanceIp": p.str("InstanceIp"),
         "Tags": read_tags(p),
+        "Region": p.region(),
     }
     connected = p.raw.get("Connected", "")
     want: bool | None = p.bool("Connected") if connected else None
@@ -90,7 +99,7 @@ async def deregister_managed_instance(
     instance_id = p.str("InstanceId", required=True)
 
     async def _tx(conn: Conn) -> Any:
-        row = await q.deregister_instance(conn, account, instance_id)
+        row = await q.deregister_instance(conn, account, instance_id, p.region())
         tags = await store_tags.tags_of(conn, account, "managedinstance", [instance_id])
         await store_tags.remove_tags(conn, account, "managedinstance", [instance_id], None)
         return row, tags.get(instance_id, [])
@@ -109,7 +118,7 @@ async def modify_managed_instance(state: ServerState, account: str, p: Params) -
     name = p.str("InstanceName", required=True, max_len=128, too_long=INSTANCE_NAME_TOO_LONG)
 
     async def _tx(conn: Conn) -> Any:
-        if not await rename_instance(conn, account, instance_id, name):
+        if not await rename_instance(conn, account, instance_id, name, p.region()):
             raise ApiError(
                 "InvalidInstance.NotFound", "The specified instance does not exist.", 404
             )
@@ -127,6 +136,7 @@ async def describe_cloud_assistant_status(
     filters = {
         "InstanceIds": p.list("InstanceId", too_many=("InstanceIds.ExceedLimit", 403)),
         "OsType": p.str("OSType"),
+        "Region": p.region(),
     }
 
     async def _tx(conn: Conn) -> Any:
@@ -166,8 +176,7 @@ async def kick_agent_update(state: ServerState, account: str, p: Params) -> dict
     version = p.str("AgentVersion", max_len=64)
 
     async def _tx(conn: Conn) -> Any:
-        found = await q.existing_instances(conn, account, ids)
-        require_instances(ids, found)
+        await require_instances(conn, account, ids, p.region())
         await q.request_update(conn, account, ids, version)
 
     await state.store.write(_tx)

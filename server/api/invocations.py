@@ -8,15 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 from server import model
 from server.agent_api.handlers import render_task
-from server.api import action, require_instances
+from server.api import action
 from server.api.commands import (
     NAME_TOO_LONG,
     TIMEOUT_OUT_OF_RANGE,
     WORKING_DIR_TOO_LONG,
     command_not_found,
     read_command_fields,
+    read_launcher,
 )
 from server.api.idempotency import client_token, replay
+from server.api.instances import require_instances
 from server.api.tags import add_tags, read_tags, render_tags, tags_to_set
 from server.output_limits import running_tail
 from server.rpc import ApiError, Params, invalid, missing
@@ -47,6 +49,8 @@ RECORD_STATUS_FILTER = {
 
 
 TOO_MANY_INSTANCES = ("InstanceIds.ExceedLimit", 403)
+TERMINATION_MODES = ("Process", "ProcessTree")
+UNKNOWN_TERMINATION_MODE = ("InvalidTerminationMode.NotFound", 404)
 
 
 def invoke_not_found() -> ApiError:
@@ -102,6 +106,7 @@ async def start_invocation(
         p.str("WorkingDir", max_len=200, too_long=WORKING_DIR_TOO_LONG) or command["working_dir"]
     )
     username = p.str("Username", max_len=255, too_long=("Username.ExceedLimit", 403))
+    termination = p.enum("TerminationMode", TERMINATION_MODES, "Process", UNKNOWN_TERMINATION_MODE)
     invoke_id = model.new_id("t-")
     now = model.now_ms()
     row = {
@@ -125,6 +130,8 @@ async def start_invocation(
         "stopped": False,
         "template": command["content"] if command["enable_parameter"] else "",
         "region_id": p.region(),
+        "launcher": read_launcher(p) or command["launcher"],
+        "termination_mode": termination,
     }
 
     result = {"InvokeId": invoke_id}
@@ -135,8 +142,7 @@ async def start_invocation(
         prior = await replay(conn, account, action_name, p, result)
         if prior is not None:
             return prior
-        found = await q.existing_instances(conn, account, ids)
-        require_instances(ids, found)
+        await require_instances(conn, account, ids, p.region())
         if keep:
             await q.insert_command(conn, command)
             await add_tags(conn, account, "command", [command["command_id"]], tags)
@@ -220,8 +226,8 @@ def render_result(row: dict[str, Any], output: str, tags: list[tuple[str, str]])
         "Username": row["username"],
         "ContainerId": "",
         "ContainerName": "",
-        "Launcher": "",
-        "TerminationMode": "",
+        "Launcher": row["launcher"],
+        "TerminationMode": row["termination_mode"],
         "Tags": {"Tag": render_tags(tags)},
     }
 
@@ -320,8 +326,8 @@ def render_invocation(
         "Username": row["username"],
         "Timeout": row["timeout"],
         "WorkingDir": row["working_dir"],
-        "Launcher": "",
-        "TerminationMode": "",
+        "Launcher": row["launcher"],
+        "TerminationMode": row["termination_mode"],
         "ContainerId": "",
         "ContainerName": "",
         "CreationTime": row["created"],

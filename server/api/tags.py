@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from server.api import action
+from server.errors import require_found
 from server.rpc import ApiError, Params, invalid, missing
 from server.store import tags as store_tags
 from server.store.conn import Conn
@@ -89,13 +90,7 @@ async def require_resources(
 ) -> None:
     """Raise InvalidResourceId.NotFound unless every id is the account's resource there."""
     found = await store_tags.existing_resources(conn, account, rtype, ids, region)
-    absent = [i for i in ids if i not in found]
-    if absent:
-        raise ApiError(
-            "InvalidResourceId.NotFound",
-            f"The specified resource does not exist: {', '.join(absent[:10])}.",
-            404,
-        )
+    require_found(ids, found, "InvalidResourceId.NotFound", "resource")
 
 
 async def add_tags(

@@ -36,13 +36,14 @@ def overall_status(statuses: Sequence[str]) -> str:
     return "PartialFailed"
 
 
-async def instance_os(conn: Conn, account: str, ids: Sequence[str]) -> dict[str, str]:
-    """os_type of each of `ids` that is a registered instance of the account."""
+async def instance_os(conn: Conn, account: str, ids: Sequence[str], region: str) -> dict[str, str]:
+    """os_type of each of `ids` that is a registered instance of the account in `region`."""
     rows = await _rows(
         conn,
         select(instances.c.instance_id, instances.c.os_type).where(
             instances.c.account == account,
             instances.c.deregistered.is_(False),
+            instances.c.region_id == region,
             instances.c.instance_id.in_(list(ids)),
         ),
     )

@@ -27,8 +27,8 @@ from server.store.schema import (
 from server.store.tags import tagged
 
 
-async def existing_instances(conn: Conn, account: str, ids: Sequence[str]) -> set[str]:
-    """Which of `ids` are registered, not deregistered, instances of `account`."""
+async def existing_instances(conn: Conn, account: str, ids: Sequence[str], region: str) -> set[str]:
+    """Which of `ids` are registered, not deregistered, instances of `account` in `region`."""
     found: set[str] = set()
     for start in range(0, len(ids), 500):
         chunk = list(ids[start : start + 500])
@@ -36,6 +36,7 @@ async def existing_instances(conn: Conn, account: str, ids: Sequence[str]) -> se
             select(instances.c.instance_id).where(
                 instances.c.account == account,
                 instances.c.deregistered.is_(False),
+                instances.c.region_id == region,
                 instances.c.instance_id.in_(chunk),
             )
         )
@@ -47,7 +48,9 @@ async def list_instances(
     conn: Conn, account: str, filters: Row, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     stmt = select(instances).where(
-        instances.c.account == account, instances.c.deregistered.is_(False)
+        instances.c.account == account,
+        instances.c.deregistered.is_(False),
+        instances.c.region_id == filters["Region"],
     )
     if filters.get("InstanceIds"):
         stmt = stmt.where(instances.c.instance_id.in_(filters["InstanceIds"]))
@@ -97,14 +100,17 @@ async def delete_activation(conn: Conn, account: str, activation_id: str) -> int
     return await delete_owned(conn, activations, "activation_id", account, activation_id)
 
 
-async def rename_instance(conn: Conn, account: str, instance_id: str, name: str) -> int:
-    """Set a managed instance's name; the number of rows changed."""
+async def rename_instance(
+    conn: Conn, account: str, instance_id: str, name: str, region: str
+) -> int:
+    """Set a managed instance's name (in `region`); the number of rows changed."""
     done = await conn.execute(
         update(instances)
         .where(
             instances.c.account == account,
             instances.c.instance_id == instance_id,
             instances.c.deregistered.is_(False),
+            instances.c.region_id == region,
         )
         .values(instance_name=name)
     )
@@ -154,14 +160,17 @@ async def upsert_instance(conn: Conn, row: Row) -> None:
         )
 
 
-async def deregister_instance(conn: Conn, account: str, instance_id: str) -> Row | None:
-    """Mark an instance deregistered; its pending tasks become Cancelled."""
+async def deregister_instance(
+    conn: Conn, account: str, instance_id: str, region: str
+) -> Row | None:
+    """Mark an instance (of `region`) deregistered; its pending tasks become Cancelled."""
     row = await _one(
         conn,
         select(instances).where(
             instances.c.account == account,
             instances.c.instance_id == instance_id,
             instances.c.deregistered.is_(False),
+            instances.c.region_id == region,
         ),
     )
     if row is None:

@@ -142,6 +142,8 @@ async def list_results(
             ii,
             inv.c.command_id,
             inv.c.username,
+            inv.c.launcher,
+            inv.c.termination_mode,
             inv.c.timed,
             inv.c.repeat_mode,
         )
@@ -217,6 +219,8 @@ async def list_execution_results(
             newest.label("newest_ms"),
             inv.c.command_id,
             inv.c.username,
+            inv.c.launcher,
+            inv.c.termination_mode,
             inv.c.timed,
             inv.c.repeat_mode,
         )

@@ -63,20 +63,44 @@ async def _add_invocation_template_v5(conn: Conn) -> None:
         )
 
 
+async def _add_columns(conn: Conn, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ADD COLUMN for each of `columns` (name: DDL) the table does not have yet."""
+    have = await conn.run_sync(lambda sync: {c["name"] for c in inspect(sync).get_columns(table)})
+    for name, ddl in columns.items():
+        if name not in have:
+            await conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+_REGION = "VARCHAR(64) NOT NULL DEFAULT 'cn-hangzhou'"
+
+
 async def _add_region_v6(conn: Conn) -> None:
     """Version 6: commands, invocations and activations belong to a region (existing ones to
     the default region, cn-hangzhou)."""
     for table in (schema.commands, schema.invocations, schema.activations):
-        have = await conn.run_sync(
-            lambda sync, name=table.name: {c["name"] for c in inspect(sync).get_columns(name)}
+        await _add_columns(conn, table.name, {"region_id": _REGION})
+
+
+async def _add_launcher_and_instance_region_v15(conn: Conn) -> None:
+    """Version 15: Launcher and TerminationMode of commands and invocations; managed instances
+    belong to the region of the activation they registered with."""
+    await _add_columns(conn, schema.commands.name, {"launcher": "TEXT NOT NULL DEFAULT ''"})
+    await _add_columns(
+        conn,
+        schema.invocations.name,
+        {
+            "launcher": "TEXT NOT NULL DEFAULT ''",
+            "termination_mode": "VARCHAR(16) NOT NULL DEFAULT 'Process'",
+        },
+    )
+    await _add_columns(conn, schema.instances.name, {"region_id": _REGION})
+    await conn.execute(
+        text(
+            "UPDATE instances SET region_id = (SELECT a.region_id FROM activations a "
+            "WHERE a.activation_id = instances.activation_id) WHERE EXISTS (SELECT 1 FROM "
+            "activations a WHERE a.activation_id = instances.activation_id)"
         )
-        if "region_id" not in have:
-            await conn.execute(
-                text(
-                    f"ALTER TABLE {table.name} ADD COLUMN region_id VARCHAR(64) NOT NULL "
-                    "DEFAULT 'cn-hangzhou'"
-                )
-            )
+    )
 
 
 # Order is by number; a new step takes a number above the last (7..11 stay unused: a database
@@ -91,6 +115,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (12, _add_server_keys_v12),
     (13, _create_missing_tables),  # send_files, send_file_instances (SendFile)
     (14, _create_missing_tables),  # cloud_assistant_settings
+    (15, _add_launcher_and_instance_region_v15),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -58,6 +58,8 @@ commands = Table(
     Column("invoke_times", Integer, nullable=False, default=0),
     # schema version 6: the region the command was created in (RegionId scoping)
     Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),
+    # schema version 15: the launcher command line the script runs under ('' : the interpreter)
+    Column("launcher", Text, nullable=False, server_default=""),
     Index("ix_commands_account_created", "account", "created_ms"),
 )
 
@@ -86,6 +88,9 @@ invocations = Table(
     # so ModifyInvocationAttribute can apply new Parameters
     Column("template", Text, nullable=False, server_default=""),
     Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),  # version 6
+    # schema version 15: Launcher, and TerminationMode (Process | ProcessTree)
+    Column("launcher", Text, nullable=False, server_default=""),
+    Column("termination_mode", String(16), nullable=False, server_default="Process"),
     Index("ix_invocations_account_created", "account", "created_ms"),
 )
 
@@ -183,6 +188,8 @@ instances = Table(
     Column("deregistered", Boolean, nullable=False, default=False),
     Column("update_requested", Boolean, nullable=False, default=False),
     Column("update_version", String(64), nullable=False, default=""),
+    # schema version 15: the region of the activation the instance registered with
+    Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),
 )
 
 # schema version 3: ClientToken of create-type calls, with the first call's answer (docs/operator-api.md)

@@ -44,15 +44,17 @@ def tagged(resource_type: str, id_column: Any, account: str, wanted: TagFilter) 
 async def existing_resources(
     conn: Conn, account: str, resource_type: str, ids: Sequence[str], region: str
 ) -> set[str]:
-    """Which of `ids` are resources of this type owned by `account` (in `region`, but for
-    managed instances, which have none)."""
+    """Which of `ids` are resources of this type owned by `account` in `region` (a managed
+    instance's region is its activation's)."""
     found: set[str] = set()
     for id_column, account_column in _tables(resource_type):
-        stmt = select(id_column).where(account_column == account, id_column.in_(list(ids)))
+        stmt = select(id_column).where(
+            account_column == account,
+            id_column.in_(list(ids)),
+            id_column.table.c.region_id == region,
+        )
         if resource_type == "managedinstance":
             stmt = stmt.where(instances.c.deregistered.is_(False))
-        else:
-            stmt = stmt.where(id_column.table.c.region_id == region)
         found.update(str(r[0]) for r in (await conn.execute(stmt)).all())
     return found
 
@@ -143,17 +145,14 @@ async def list_tag_resources(
     )
     if ids:
         stmt = stmt.where(t.c.resource_id.in_(list(ids)))
-    if resource_type != "managedinstance":  # the others belong to a region
-        stmt = stmt.where(
-            or_(
-                *(
-                    t.c.resource_id.in_(
-                        select(id_column).where(id_column.table.c.region_id == region)
-                    )
-                    for id_column, _ in _tables(resource_type)
-                )
+    stmt = stmt.where(
+        or_(
+            *(
+                t.c.resource_id.in_(select(id_column).where(id_column.table.c.region_id == region))
+                for id_column, _ in _tables(resource_type)
             )
         )
+    )
     if wanted:
         stmt = stmt.where(tagged(resource_type, t.c.resource_id, account, wanted))
     return await _page(conn, stmt, (t.c.resource_id, t.c.tag_key), offset, limit)

@@ -16,7 +16,7 @@ import sys
 import time
 
 from agent.outbox import AgentDatabase
-from agent.runner import group_alive
+from agent.proctree import group_alive
 from agent.schedule import Boot
 from agent.spool import spool_path
 from common.health import read_health
@@ -278,7 +278,7 @@ def test_scheduled_update_runs_the_updater(tmp_path, fake_server, start_agent) -
 def test_crash_recovery_reports_agent_restarted_and_kills_leftovers(
     tmp_path, fake_server, start_agent
 ) -> None:  # type: ignore[no-untyped-def]
-    from agent.runner import process_start_stamp
+    from agent.proctree import process_start_stamp
 
     prefix = tmp_path / "prefix"
     leftover = subprocess.Popen(["sleep", "60"], start_new_session=True)

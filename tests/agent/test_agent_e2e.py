@@ -74,7 +74,10 @@ def test_timeout_kills_everything_and_reports_timeout(env: Env, tmp_path: Path) 
     env.start_agent()
     pidfile = tmp_path / "pgid"
     invoke = env.sdk.run_script(
-        f"echo $$ > {pidfile}; sleep 30 & sleep 5", env.instance_id, Timeout=1
+        f"echo $$ > {pidfile}; sleep 30 & sleep 5",
+        env.instance_id,
+        Timeout=1,
+        TerminationMode="ProcessTree",  # the API's default, Process, leaves the children
     )
     item = env.sdk.wait_result(invoke, env.instance_id, ("Timeout", "Success", "Failed"))
     assert item["InvocationStatus"] == "Timeout"
@@ -85,7 +88,11 @@ def test_timeout_kills_everything_and_reports_timeout(env: Env, tmp_path: Path) 
 def test_kill9_mid_task_reports_agent_restarted_once(env: Env, tmp_path: Path) -> None:
     agent = env.start_agent()
     pidfile = tmp_path / "pgid"
-    invoke = env.sdk.run_script(f"echo $$ > {pidfile}; echo started; sleep 60", env.instance_id)
+    invoke = env.sdk.run_script(
+        f"echo $$ > {pidfile}; echo started; sleep 60",
+        env.instance_id,
+        TerminationMode="ProcessTree",
+    )
     env.sdk.wait_result(invoke, env.instance_id, ("Running",))
     agent.kill9()
     pgid = int(pidfile.read_text())
@@ -169,7 +176,11 @@ def test_big_output_fork_and_stdin(env: Env, tmp_path: Path) -> None:
 def test_stop_invocation_kills_the_task(env: Env, tmp_path: Path) -> None:
     env.start_agent()
     pidfile = tmp_path / "pgid"
-    invoke = env.sdk.run_script(f"echo $$ > {pidfile}; echo started; sleep 60", env.instance_id)
+    invoke = env.sdk.run_script(
+        f"echo $$ > {pidfile}; echo started; sleep 60",
+        env.instance_id,
+        TerminationMode="ProcessTree",
+    )
     env.sdk.wait_result(invoke, env.instance_id, ("Running",))
     env.sdk.stop(invoke)
     item = env.sdk.wait_result(invoke, env.instance_id, ("Terminated", "Stopped"), timeout=20)

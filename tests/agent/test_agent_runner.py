@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from agent.output import Chunk
+from agent.proctree import group_alive
 from agent.runner import (
     Execution,
     Outcome,
     RunLimits,
     Task,
     TaskRejected,
-    group_alive,
     interpreter_for,
 )
 
@@ -175,3 +175,44 @@ def test_windows_interpreters_are_chosen_on_windows(tmp_path: Path) -> None:
     ]
     with pytest.raises(TaskRejected):
         interpreter_for("RunShellScript", Path("x.sh"), windows=True)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "argv", "suffix"),
+    [
+        ("/bin/sh -x", ["/bin/sh", "-x", "S"], ".sh"),
+        ("env 'A=b c' sh", ["env", "A=b c", "sh", "S"], ".sh"),
+        ('python3 -u {{ACS::ScriptFileName|Ext(".py")}}', ["python3", "-u", "S"], ".py"),
+        ("sh -c '. {{ACS::ScriptFileName}}'", ["sh", "-c", ". S"], ".sh"),
+    ],
+)
+def test_launcher_command_lines(launcher: str, argv: list[str], suffix: str) -> None:
+    from agent.launcher import launcher_argv, script_suffix
+
+    assert launcher_argv(launcher, Path("S")) == argv
+    assert script_suffix("RunShellScript", launcher) == suffix
+
+
+def test_a_launcher_that_does_not_parse_is_invalid(tmp_path: Path) -> None:
+    _, outcome = run(tmp_path, "echo never", launcher="sh -c 'unbalanced")
+    assert (outcome.kind, outcome.error_code) == ("invalid", "InvalidLauncher")
+    assert list((tmp_path / "work").iterdir()) == []  # the script file did not stay
+
+
+def test_process_mode_timeout_kills_only_the_script(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    execution, outcome = run(
+        tmp_path,
+        f"sleep 30 & echo $! > {pidfile}; sleep 5",
+        timeout=1,
+        termination_mode="Process",
+    )
+    child = int(pidfile.read_text())
+    try:
+        assert outcome.kind == "timeout"
+        assert outcome.error_message.endswith("was killed")
+        assert group_alive(execution.pid)  # its children were left alone
+        assert Path(f"/proc/{child}").exists()
+    finally:
+        os.killpg(execution.pid, 9)
+    assert no_group_left(execution.pid)

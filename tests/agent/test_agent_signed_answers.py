@@ -11,6 +11,7 @@ import base64
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,33 @@ server = server_fixture("signed-server")
 env = agent_env_fixture("signed")
 
 
-def rewrite_123_to_666(path: str, body: bytes) -> bytes:
-    """Change every task's script from …123… to …666… (same length, valid JSON)."""
-    if not path.endswith("/v1/task/list"):
-        return body
-    listing = json.loads(body)
-    for task in listing.get("run", []):
-        script = base64.b64decode(task["content"]).replace(b"123", b"666")
-        task["content"] = base64.b64encode(script).decode()
-    rewritten = json.dumps(listing, separators=(",", ":")).encode()
-    assert len(rewritten) == len(body)
-    return rewritten
+def rewrite_tasks(change: Callable[[dict[str, Any]], None]) -> Callable[[str, bytes], bytes]:
+    """A proxy rewrite applying `change` to every listed task; the answer keeps its length."""
+
+    def rewrite(path: str, body: bytes) -> bytes:
+        if path.endswith("/v1/task/list"):
+            listing = json.loads(body)
+            tasks = listing.get("run", [])
+        elif "/v1/notify" in path:  # a kick carries its tasks
+            listing = json.loads(body)
+            tasks = [t for e in listing.get("events", []) for t in e.get("tasks") or []]
+        else:
+            return body
+        for task in tasks:
+            change(task)
+        rewritten = json.dumps(listing, separators=(",", ":")).encode()
+        assert len(rewritten) == len(body)
+        return rewritten
+
+    return rewrite
+
+
+def _script_123_to_666(task: dict[str, Any]) -> None:
+    script = base64.b64decode(task["content"]).replace(b"123", b"666")
+    task["content"] = base64.b64encode(script).decode()
+
+
+rewrite_123_to_666 = rewrite_tasks(_script_123_to_666)
 
 
 def test_proxy_rewriting_task_content_gets_nothing_run(env: AgentEnv, tmp_path: Path) -> None:
@@ -77,6 +94,32 @@ def test_proxy_rewriting_task_content_gets_nothing_run(env: AgentEnv, tmp_path: 
     item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"))
     assert item["Output"] == "MTIzCg==" and item["InvocationStatus"] == "Success"
     assert direct.stop() == 0
+
+
+def test_proxy_rewriting_a_tasks_launcher_gets_nothing_run(env: AgentEnv, tmp_path: Path) -> None:
+    """The launcher (and the termination mode) are in the signed answer like the script."""
+    prefix, instance = env.register("agent")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with MitmProxy(env.server.url) as proxy:
+        proxy.rewrite = rewrite_tasks(
+            lambda task: task.update(launcher=task["launcher"].replace("X=aaa", "X=bbb"))
+        )
+        agent = env.start_agent(prefix, proxy.url)
+        invoke = env.sdk.run_script(
+            f'touch "{marks}/ran-$X"', instance, Launcher="env X=aaa /bin/sh"
+        )
+        item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"), timeout=60)
+        assert (item["InvocationStatus"], item["ErrorCode"]) == (
+            "Failed",
+            protocol.REFUSED_BAD_SIGNATURE,
+        )
+        assert list(marks.iterdir()) == []  # neither launcher ran
+        assert [
+            b for p, _, _, b in proxy.answers if p.endswith("/v1/task/list") and b"X=aaa" in b
+        ]  # the task list with the launcher really went through the proxy
+        assert agent.proc.poll() is None
+    assert agent.stop() == 0
 
 
 def test_task_list_captured_for_one_instance_runs_nothing_on_another(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from xml.etree import ElementTree as ET
 
 # The PostgreSQL the tests use (trust auth, user postgres, a database "test"): `make postgres`.
 from devkit.postgres import PG_ADMIN_DSN, PG_HOST, pg_admin  # noqa: E402, F401
-from devkit.server import FakeAgent, ServerHandle, launch_server
+from devkit.server import REPO_ROOT, FakeAgent, ServerHandle, launch_server
 
 
 class Api:
@@ -68,9 +70,12 @@ class Api:
         )
         return str(body["InvokeId"])
 
-    def agent(self, instance_id: str = "", os_type: str = "linux") -> FakeAgent:
-        """Register a fake agent with a fresh activation of this account."""
-        act_id, code = self.server.create_activation(self.key_id, self.secret, count=5)
+    def agent(self, instance_id: str = "", os_type: str = "linux", region: str = "") -> FakeAgent:
+        """Register a fake agent with a fresh activation of this account (in `region`, else
+        cn-hangzhou: the instance belongs to it)."""
+        act_id, code = self.server.create_activation(
+            self.key_id, self.secret, count=5, region=region
+        )
         return FakeAgent.register(
             self.server.url, act_id, code, instance_id=instance_id, os_type=os_type
         )
@@ -173,3 +178,16 @@ def replica_servers(
     finally:
         for handle in handles:
             handle.stop()
+
+
+def migrate_sqlite(db: Path) -> dict[str, int]:
+    """`assist-server migrate --json` on a SQLite file: {"before": N, "after": M}."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))

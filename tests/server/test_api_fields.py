@@ -43,7 +43,8 @@ def test_describe_invocations_has_working_dir_and_execution_fields(api: Api) -> 
     )["InvokeId"]
     [item] = api.ok("DescribeInvocations", InvokeId=invoke_id)["Invocations"]["Invocation"]
     assert item["WorkingDir"] == "/srv"
-    for name in ("Launcher", "TerminationMode", "ContainerId", "ContainerName"):
+    assert (item["Launcher"], item["TerminationMode"]) == ("", "Process")  # the defaults
+    for name in ("ContainerId", "ContainerName"):
         assert item[name] == ""
 
 

@@ -1,5 +1,6 @@
 """RegionId scoping: a resource belongs to the region it was created in (cn-hangzhou when a
-request names none) and is invisible, unchangeable and untaggable from any other region."""
+request names none), a managed instance to its activation's, and is invisible, unchangeable and
+untaggable from any other region."""
 
 from __future__ import annotations
 
@@ -37,9 +38,14 @@ def test_a_command_created_in_one_region_is_not_visible_in_another(api: Api) -> 
 
 
 def test_invocations_and_activations_are_scoped_too(api: Api) -> None:
-    agent = api.agent()
-    on_agent = {"InstanceId.1": agent.instance_id}
-    invoke_id = api.ok("RunCommand", RegionId="us-west-1", **ECHO_123, **on_agent)["InvokeId"]
+    agent = api.agent(region="us-west-1")
+    invoke_id = api.ok(
+        "RunCommand",
+        RegionId="us-west-1",
+        Type="RunShellScript",
+        CommandContent="ZWNobyAxMjM=",
+        **{"InstanceId.1": agent.instance_id},
+    )["InvokeId"]
     assert api.ok("DescribeInvocations", RegionId="us-west-1")["TotalCount"] == 1
     assert api.ok("DescribeInvocations", RegionId="cn-hangzhou")["TotalCount"] == 0
     results = api.ok("DescribeInvocationResults", RegionId="cn-hangzhou")
@@ -61,3 +67,65 @@ def test_invocations_and_activations_are_scoped_too(api: Api) -> None:
 
 def test_a_malformed_region_is_refused(api: Api) -> None:
     assert api.error("DescribeCommands", RegionId="../etc")[1] == "InvalidRegionId.Malformed"
+
+
+def test_a_managed_instance_belongs_to_its_activations_region(api: Api) -> None:
+    west = api.agent(region="us-west-1")
+    east = api.agent()  # cn-hangzhou
+    assert run_sql(
+        api.server, "SELECT region_id FROM instances WHERE instance_id = ?", west.instance_id
+    ) == [("us-west-1",)]
+
+    def listed(region: str, **params: str) -> list[str]:
+        body = api.ok("DescribeManagedInstances", RegionId=region, **params)
+        return sorted(i["InstanceId"] for i in body["Instances"])
+
+    assert listed("us-west-1") == [west.instance_id]
+    assert listed("cn-hangzhou") == [east.instance_id]
+    assert listed("cn-hangzhou", **{"InstanceId.1": west.instance_id}) == []
+    status = api.ok("DescribeCloudAssistantStatus", RegionId="cn-hangzhou")
+    assert [
+        s["InstanceId"]
+        for s in status["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"]
+    ] == [east.instance_id]
+
+    # invoking, renaming, tagging or deregistering it from another region finds no such instance
+    run = {"Type": "RunShellScript", "CommandContent": "ZWNobyAxMjM="}
+    assert api.error(
+        "RunCommand", RegionId="cn-hangzhou", **run, **{"InstanceId.1": west.instance_id}
+    ) == (404, "InvalidInstance.NotFound")
+    assert api.error(
+        "ModifyManagedInstance",
+        RegionId="cn-hangzhou",
+        InstanceId=west.instance_id,
+        InstanceName="renamed",
+    ) == (404, "InvalidInstance.NotFound")
+    assert api.error(
+        "TagResources",
+        RegionId="cn-hangzhou",
+        ResourceType="managedinstance",
+        **{"ResourceId.1": west.instance_id, "Tag.1.Key": "k"},
+    ) == (404, "InvalidResourceId.NotFound")
+    assert api.error(
+        "DeregisterManagedInstance", RegionId="cn-hangzhou", InstanceId=west.instance_id
+    ) == (404, "InvalidInstance.NotFound")
+    assert run_sql(
+        api.server,
+        "SELECT instance_name, deregistered FROM instances WHERE instance_id = ?",
+        west.instance_id,
+    ) in ([("fake", 0)], [("fake", False)])
+    assert west.tasks()["run"] == []
+    assert run_sql(
+        api.server, "SELECT count(*) FROM tags WHERE resource_id = ?", west.instance_id
+    ) == [(0,)]
+
+    # in its own region everything works
+    api.ok("RunCommand", RegionId="us-west-1", **run, **{"InstanceId.1": west.instance_id})
+    assert west.tasks()["run"][0]["content"] == "ZWNobyAxMjM="
+    api.ok(
+        "ModifyManagedInstance",
+        RegionId="us-west-1",
+        InstanceId=west.instance_id,
+        InstanceName="renamed",
+    )
+    assert listed("us-west-1", InstanceName="renamed") == [west.instance_id]

@@ -20,6 +20,8 @@ from devkit.tls import write_loopback_cert
 from server.rpc import sign_params
 from server.store.migrations import LATEST
 
+REGION = "cn-test"  # the CLI's configured region; the test agents register in it
+
 
 def run(
     args: list[str], env: dict[str, str] | None = None, **kw: object
@@ -105,7 +107,7 @@ def configured(api: Api, tmp_path: Path) -> dict[str, str]:
             "--access-key-secret",
             api.secret,
             "--region",
-            "cn-test",
+            REGION,
             "--endpoint",
             api.server.url,
         ],
@@ -127,7 +129,7 @@ def test_configure_writes_private_file(configured: dict[str, str], api: Api) -> 
     assert data == {
         "access_key_id": api.key_id,
         "access_key_secret": api.secret,
-        "region": "cn-test",
+        "region": REGION,
         "endpoint": api.server.url,
     }
 
@@ -148,7 +150,7 @@ def test_assist_without_configuration(tmp_path: Path) -> None:
 
 
 def test_assist_ecs_readme_spelling(configured: dict[str, str], api: Api) -> None:
-    agent = api.agent()
+    agent = api.agent(region=REGION)
     created = assist(
         configured,
         "ecs",
@@ -190,7 +192,7 @@ def test_assist_ecs_readme_spelling(configured: dict[str, str], api: Api) -> Non
 
 
 def test_assist_ecs_list_forms(configured: dict[str, str], api: Api) -> None:
-    a, b = api.agent(), api.agent()
+    a, b = api.agent(region=REGION), api.agent(region=REGION)
     listed = assist(
         configured, "ecs", "DescribeManagedInstances", "--InstanceIds", a.instance_id, b.instance_id
     )
@@ -241,7 +243,7 @@ def serve_agent(agent: FakeAgent, stop: threading.Event) -> None:
 
 
 def test_assist_run_waits_and_prints_table(configured: dict[str, str], api: Api) -> None:
-    agents = [api.agent(), api.agent()]
+    agents = [api.agent(region=REGION), api.agent(region=REGION)]
     stop = threading.Event()
     threads = [threading.Thread(target=serve_agent, args=(a, stop)) for a in agents]
     for t in threads:
@@ -270,21 +272,21 @@ def test_assist_run_waits_and_prints_table(configured: dict[str, str], api: Api)
 
 
 def test_assist_run_without_wait(configured: dict[str, str], api: Api) -> None:
-    agent = api.agent()
+    agent = api.agent(region=REGION)
     done = assist(
         configured, "run", "--instance-ids", agent.instance_id, "--command", "exit 3", "--json"
     )
     assert done.returncode == 0, done.stderr
     invoke_id = json.loads(done.stdout)["InvokeId"]
     assert agent.run_shell_tasks() == 1
-    item = api.ok("DescribeInvocationResults", InvokeId=invoke_id, RegionId="cn-test")[
-        "Invocation"
-    ]["InvocationResults"]["InvocationResult"][0]
+    item = api.ok("DescribeInvocationResults", InvokeId=invoke_id, RegionId=REGION)["Invocation"][
+        "InvocationResults"
+    ]["InvocationResult"][0]
     assert (item["InvocationStatus"], item["ExitCode"]) == ("Failed", 3)
 
 
 def test_assist_run_reports_failure_exit_code(configured: dict[str, str], api: Api) -> None:
-    agent = api.agent()
+    agent = api.agent(region=REGION)
     stop = threading.Event()
     thread = threading.Thread(target=serve_agent, args=(agent, stop))
     thread.start()

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import base64
-import json
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from serverkit import Api, run_sql
+from serverkit import Api, migrate_sqlite, run_sql
 
-from devkit.server import REPO_ROOT, FakeAgent, launch_server
+from devkit.server import FakeAgent, launch_server
 from server.store.migrations import LATEST
 
 HOUR = 3600
@@ -157,25 +154,13 @@ def test_one_shot_invocation_history_is_its_single_run(api: Api) -> None:
 
 def test_version_1_database_migrates_to_execution_history(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
-
-    def migrate() -> dict:
-        proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return dict(json.loads(proc.stdout))
-
-    migrate()
+    migrate_sqlite(db)
     with sqlite3.connect(db) as conn:  # make it what a version-1 server left behind
         for column in ("output", "dropped", "error_code", "error_info"):
             conn.execute(f"ALTER TABLE executions DROP COLUMN {column}")
         conn.execute("INSERT INTO executions VALUES ('t-1', 'mi-1', '0', 'Success', 1, 0, 1, 2)")
         conn.execute("UPDATE schema_version SET version = 1")
-    assert migrate() == {"before": 1, "after": LATEST}
+    assert migrate_sqlite(db) == {"before": 1, "after": LATEST}
     with sqlite3.connect(db) as conn:
         row = conn.execute(
             "SELECT status, output, dropped, error_code, error_info FROM executions"
