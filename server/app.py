@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from common import protocol
 from server import lifecycle, rpc
-from server.agent_api import auth, handlers, respond
+from server.agent_api import auth, handlers, replicas, respond
 from server.agent_api.auth import AgentError
 from server.api import load_actions
 from server.inputs import ascii_int
@@ -350,19 +350,27 @@ def create_app(settings: Settings) -> Starlette:
         dsn = asyncpg_dsn(store.url) if store.dialect == "postgresql" else None
         notifier = Notifier(dsn)
         await notifier.start()
+        directory = replicas.ReplicaDirectory(
+            store, settings.advertise_url, notifier.replica, settings.advertise_interval
+        )
         state = ServerState(
-            settings=settings, store=store, notifier=notifier, signing=respond.SigningKeys(store)
+            settings=settings,
+            store=store,
+            notifier=notifier,
+            signing=respond.SigningKeys(store),
+            replicas=directory,
         )
         app.state.server = state
         app.state.actions = load_actions()
-        task = asyncio.create_task(chores(state))
+        background = [asyncio.create_task(chores(state)), asyncio.create_task(directory.run())]
         log.info("assist-server ready (%s)", store.dialect)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await notifier.close()
             await store.close()
 
@@ -376,6 +384,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/luban/api/v1/notify", notify_handler, methods=["GET"]),
         Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
         Route("/luban/api/v1/server/keys", signed(handlers.server_keys), methods=["POST"]),
+        Route("/luban/api/v1/server/replicas", signed(replicas.replica_list), methods=["POST"]),
     ]
     routes += [
         Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])

@@ -30,6 +30,8 @@ class Settings:
     history_keep: int = 1000  # …and at most this many per instance and invocation
     chores_interval: float = 60.0  # seconds between background upkeep rounds
     output_quota: int = DEFAULT_QUOTA  # bytes of output kept per execution (the tail)
+    advertise_url: str = ""  # this replica's URL in the agents' replica list ("": not listed)
+    advertise_interval: float = 10.0  # seconds between this replica's announcements
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ServerState:
     store: Store
     notifier: Notifier
     signing: Any = None  # server/agent_api/respond.py SigningKeys: the control plane's key
+    replicas: Any = None  # server/agent_api/replicas.py ReplicaDirectory: the agents' list
     keys: dict[str, _CachedKey] = field(default_factory=dict)
     last_seen_written: dict[str, int] = field(default_factory=dict)
 

@@ -47,6 +47,13 @@ async def _add_server_keys_v12(conn: Conn) -> None:
     await serverkeys.ensure_key(conn)
 
 
+async def _add_replicas_v13(conn: Conn) -> None:
+    """Version 13: replicas announce themselves for the agents' list (server/store/replicas.py)."""
+    from server.store import replicas
+
+    await replicas.create_table(conn)
+
+
 async def _create_missing_tables(conn: Conn) -> None:
     """Create the tables of server/store/schema.py a database does not have yet."""
     await conn.run_sync(lambda sync: schema.metadata.create_all(sync, checkfirst=True))
@@ -88,6 +95,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (5, _add_invocation_template_v5),
     (6, _add_region_v6),
     (12, _add_server_keys_v12),
+    (13, _add_replicas_v13),
 ]
 LATEST = MIGRATIONS[-1][0]
 
