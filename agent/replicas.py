@@ -120,8 +120,7 @@ class ReplicaSet:
         now = self.clock()
         with self._lock:
             return any(
-                url != besides and self._down.get(url, (0, 0.0))[1] <= now
-                for url in self.ranking()
+                url != besides and self._down.get(url, (0, 0.0))[1] <= now for url in self.ranking()
             )
 
     def retry_delay(self, backoff: Backoff) -> float:
@@ -134,13 +133,17 @@ class ReplicaSet:
 
     def failed(self, url: str, retry_after: float | None = None) -> None:
         """`url` did not answer (or answered 5xx): leave it for a jittered, growing while."""
+        now = self.clock()
         with self._lock:
-            failures = self._down.get(url, (0, 0.0))[0] + 1
+            failures, until = self._down.get(url, (0, 0.0))
+            self._refresh_at = 0.0  # the list may have changed: ask again on the next replica
+            if until > now:
+                return  # another thread's request in the same outage: it counts once
+            failures += 1
             pause = min(DOWN_CAP, DOWN_FIRST * 2 ** min(failures - 1, 16))
             if retry_after:
                 pause = max(pause, min(DOWN_CAP, retry_after))
-            self._down[url] = (failures, self.clock() + pause * random.uniform(0.5, 1.0))
-            self._refresh_at = 0.0  # the list may have changed: ask again on the next replica
+            self._down[url] = (failures, now + pause * random.uniform(0.5, 1.0))
         log.info("server replica %s failed (%d in a row)", url, failures)
 
     def succeeded(self, url: str) -> None:

@@ -30,9 +30,7 @@ async def create_table(conn: Conn) -> None:
 async def announce(conn: Conn, url: str, replica: str, now_ms: int) -> None:
     """Insert or refresh this replica's row."""
     updated = await conn.execute(
-        replicas.update()
-        .where(replicas.c.url == url)
-        .values(replica=replica, seen_ms=now_ms)
+        replicas.update().where(replicas.c.url == url).values(replica=replica, seen_ms=now_ms)
     )
     if not updated.rowcount:
         await conn.execute(replicas.insert().values(url=url, replica=replica, seen_ms=now_ms))
