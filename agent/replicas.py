@@ -175,6 +175,8 @@ class ReplicaSet:
         clean: list[str] = []
         for url in urls:
             try:
+                if not isinstance(url, str):
+                    raise UsageError("not a string")
                 normal = normalize_server(url)
             except UsageError:
                 log.warning("ignoring a replica URL the server listed: %r", url)
