@@ -43,7 +43,15 @@ log = logging.getLogger(__name__)
 
 FD_RESERVE = 64  # descriptors kept free for the database, log files and the listener
 TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+RETRY_AFTER = 5  # seconds a refused client is asked to wait (Retry-After)
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n"
+    b"retry-after: %d\r\n\r\n" % RETRY_AFTER
+)
+# Beyond the bound, this many more connections are read (inside FD_RESERVE): a health check
+# among them is answered, anything else gets 503 with Retry-After (BUSY_APP).
+HEALTH_SLACK = 8
+HEALTH_PATHS = frozenset({"/healthz"})
 LIMITS_ENV = "ASSIST_CONN_LIMITS"  # the limits, for worker processes started by uvicorn
 GRACEFUL_SHUTDOWN = 5  # seconds running requests (long-polls) get after SIGTERM
 
@@ -88,6 +96,19 @@ def pick_victim(candidates: Iterable[tuple[Any, Phase, float]]) -> Any | None:
     return best[0] if best else None
 
 
+async def busy_app(scope: Any, receive: Any, send: Any) -> None:
+    """The answer to a request over the connection bound: 503, Retry-After, closed."""
+    body = b'{"code":"ServiceUnavailable","message":"the server is at its connection limit"}'
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def raise_fd_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard one; return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -99,6 +120,20 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return int(soft)
+
+
+def capacity_note(requested: int) -> str:
+    """Raise the open-files limit now and say, in one line, how many agents that allows."""
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = raise_fd_limit()
+    cap = connection_cap(requested, nofile)
+    how = f"raised from {before} to the hard limit" if nofile > before else "the hard limit"
+    if nofile < hard and hard != resource.RLIM_INFINITY:
+        how = f"hard limit {hard}"
+    note = f"open files {nofile} ({how}): room for about {cap} agents, one long-poll each"
+    if cap < requested:
+        note += f"; --max-connections {requested} lowered to fit (raise `ulimit -n` for more)"
+    return note
 
 
 def configure(limits: ConnLimits) -> ConnLimits:
@@ -138,6 +173,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.header_bytes = 0  # received since the current request started
         self.deadline: float | None = None  # loop time the current phase must end by
         self._timer: asyncio.TimerHandle | None = None
+        self.over_bound = False  # admitted in HEALTH_SLACK: only a health check is served
 
     # --- phase bookkeeping ---------------------------------------------------------------
 
@@ -185,12 +221,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections and not self.make_room():
-            log.warning("connection bound reached and every connection busy: refusing one")
-            transport.write(REFUSAL)
-            transport.close()
-            return
+        over = len(self.connections) - self.limits.max_connections
+        if over > 0 and not self.make_room():
+            if over > HEALTH_SLACK:
+                log.warning("connection bound reached and every connection busy: refusing one")
+                transport.write(REFUSAL)
+                transport.close()
+                return
+            self.over_bound = True
         self.enter(Phase.WAIT)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """Over the bound, serve a health check and answer anything else with BUSY_APP."""
+        if self.over_bound and cycle.scope.get("path") not in HEALTH_PATHS:
+            log.warning("connection bound reached and every connection busy: answering 503")
+            app = busy_app
+        super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

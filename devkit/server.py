@@ -162,8 +162,10 @@ def launch_server(
     extra_args: list[str] | None = None,
     port: int | None = None,
     scheme: str = "http",
+    nofile: int | None = None,
 ) -> ServerHandle:
-    """Start `assist-server serve` on a free loopback port and wait until it answers."""
+    """Start `assist-server serve` on a free loopback port and wait until it answers; with
+    `nofile`, under that open-files limit (soft and hard, like `prlimit --nofile=N:N`)."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     db = db_url or f"sqlite:///{data / 'assist.db'}"
@@ -181,6 +183,8 @@ def launch_server(
         db,
         *(extra_args or []),
     ]
+    if nofile:
+        cmd = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *cmd]
     process = subprocess.Popen(
         cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_env()
     )

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import protocol
-from server import lifecycle, rpc
+from server import lifecycle, overload, rpc
 from server.agent_api import auth, handlers, replicas, respond
 from server.agent_api.auth import AgentError
 from server.api import load_actions
@@ -136,12 +136,16 @@ async def operator_endpoint(request: Request) -> Response:
         result = await handler(state, account, rpc.Params(params))
     except rpc.ApiError as exc:
         return api_error_response(exc, request_id, fmt)
-    except Exception:
-        log.exception("operator request %s failed", request_id)
-        err = rpc.ApiError(
-            "InternalError", "The request processing has failed due to some unknown error.", 500
+    except Exception as exc:
+        failed = overload.failure(
+            exc,
+            f"operator request {request_id}",
+            "The request processing has failed due to some unknown error.",
         )
-        return api_error_response(err, request_id, fmt)
+        err = rpc.ApiError(failed.code, failed.message, failed.status)
+        response = api_error_response(err, request_id, fmt)
+        response.headers.update(failed.headers)
+        return response
     return api_response(f"{action_name}Response", {"RequestId": request_id, **result}, fmt)
 
 
@@ -157,15 +161,19 @@ def agent_error(exc: AgentError) -> JSONResponse:
 async def agent_answer(request: Request, work: Awaitable[dict[str, Any]]) -> Response:
     """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md)."""
     state: ServerState = request.app.state.server
+    headers: dict[str, str] = {}
     try:
         payload, status = await work, 200
     except AgentError as exc:
         payload, status = {"code": exc.code, "message": exc.message}, exc.status
-    except Exception:
-        log.exception("agent request %s failed", request.url.path)
-        payload, status = {"code": "InternalError", "message": "server error"}, 500
+    except Exception as exc:
+        failed = overload.failure(exc, f"agent request {request.url.path}", "server error")
+        payload, status = {"code": failed.code, "message": failed.message}, failed.status
+        headers = failed.headers
     key = await state.signing.current()
-    return respond.signed_json(key, request.headers, request.url.path, payload, status)
+    response = respond.signed_json(key, request.headers, request.url.path, payload, status)
+    response.headers.update(headers)
+    return response
 
 
 async def authenticate_agent(state: ServerState, request: Request, body: bytes) -> AgentIdentity:
@@ -214,9 +222,10 @@ async def register_endpoint(request: Request) -> Response:
         return JSONResponse(await handlers.register(state, body, client, key))
     except AgentError as exc:
         return agent_error(exc)
-    except Exception:
-        log.exception("registration failed")
-        return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+    except Exception as exc:
+        failed = overload.failure(exc, "registration", "server error")
+        body = {"code": failed.code, "message": failed.message}
+        return JSONResponse(body, failed.status, headers=failed.headers)
 
 
 async def _report(kind: str, state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:

@@ -198,7 +198,7 @@ def redact_db_url(url: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from common.connguard import serve_asgi
+    from common.connguard import capacity_note, serve_asgi
     from common.listen import check_port_free
     from server.store.db import normalize_db_url
 
@@ -218,6 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     settings = settings_from_args(args)
     limits = dataclasses.replace(limits_from_args(args), max_header_bytes=H11_MAX_EVENT)
+    print(f"assist-server: {capacity_note(limits.max_connections)}", file=sys.stderr)
     migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
     debug = bool(getattr(args, "debug", False))
     options: dict[str, Any] = {

@@ -110,7 +110,9 @@ def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_ser
     assert json.loads((prefix / "state" / "identity.json").read_text()) == identity  # unchanged
 
 
-def test_register_with_several_servers_uses_the_first_that_answers(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]
+def test_register_with_several_servers_uses_the_first_that_answers(
+    tmp_path: Path, fake_server
+) -> None:  # type: ignore[no-untyped-def]
     """`--server DEAD,LIVE`: the dead replica is skipped; both are kept for the daemon."""
     from devkit.server import free_port
 
