@@ -224,8 +224,8 @@ async def register_endpoint(request: Request) -> Response:
         return agent_error(exc)
     except Exception as exc:
         failed = overload.failure(exc, "registration", "server error")
-        body = {"code": failed.code, "message": failed.message}
-        return JSONResponse(body, failed.status, headers=failed.headers)
+        error = {"code": failed.code, "message": failed.message}
+        return JSONResponse(error, failed.status, headers=failed.headers)
 
 
 async def _report(kind: str, state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
