@@ -47,8 +47,8 @@ async def _add_server_keys_v12(conn: Conn) -> None:
     await serverkeys.ensure_key(conn)
 
 
-async def _add_replicas_v13(conn: Conn) -> None:
-    """Version 13: replicas announce themselves for the agents' list (server/store/replicas.py)."""
+async def _add_replicas_v15(conn: Conn) -> None:
+    """Version 15: replicas announce themselves for the agents' list (server/store/replicas.py)."""
     from server.store import replicas
 
     await replicas.create_table(conn)
@@ -95,7 +95,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (5, _add_invocation_template_v5),
     (6, _add_region_v6),
     (12, _add_server_keys_v12),
-    (13, _add_replicas_v13),
+    (15, _add_replicas_v15),  # 13 and 14 are taken on main (SendFile, settings)
 ]
 LATEST = MIGRATIONS[-1][0]
 
