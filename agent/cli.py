@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     reg = sub.add_parser("register", help="join a server with an activation id and code")
-    reg.add_argument("--server", required=True, help="server base URL, e.g. https://host:8080")
+    reg.add_argument(
+        "--server",
+        required=True,
+        action="append",
+        help="server base URL, e.g. https://host:8080; repeat it (or A,B) for several replicas",
+    )
     reg.add_argument("--activation-id", required=True, help="from `assist ecs CreateActivation`")
     reg.add_argument(
         "--activation-code",
@@ -76,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(reg)
 
     run = sub.add_parser("run", help="run the agent in the foreground")
-    run.add_argument("--server", help="server base URL (default: config, env, registration)")
+    run.add_argument(
+        "--server",
+        action="append",
+        help="server base URL, repeatable or A,B (default: config, env, registration)",
+    )
     run.add_argument("--prefix", help="install prefix (default: /usr/local/share/aliyun-assist)")
     run.add_argument("--config", help="assist.toml (default: PREFIX/config/assist.toml)")
     add_common_options(run)
@@ -113,15 +122,23 @@ def read_region(config: Config, env: dict[str, str]) -> str:
 
 
 def resolve_server(
-    cli_server: str | None, config: Config, registered: str, env: dict[str, str]
-) -> str:
-    """--server, [agent] server, $ALIYUN_ASSIST_SERVER_HOST, the registration's, the region rule."""
+    cli_server: str | list[str] | None,
+    config: Config,
+    registered: str | list[str],
+    env: dict[str, str],
+) -> list[str]:
+    """--server, [agent] server, $ALIYUN_ASSIST_SERVER_HOST, the registration's, the region rule.
+
+    Each may name several replicas (repeated --server, or a comma list)."""
+    from agent.replicas import parse_servers
+
     for candidate in (cli_server, config.agent.server, env.get(SERVER_ENV, ""), registered):
-        if candidate:
-            return candidate
+        urls = parse_servers(candidate or [])
+        if urls:
+            return urls
     region = read_region(config, env)
     if region:
-        return SERVER_TEMPLATE.format(region=region)
+        return [SERVER_TEMPLATE.format(region=region)]
     raise ConfigError(
         "cannot tell which server to use",
         hint=f"pass --server, set [agent] server in the config, or set {SERVER_ENV}",
@@ -149,7 +166,7 @@ def read_activation_code(
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Exchange the activation for an instance id and keep the keys under state/."""
-    from agent.client import AgentClient, warn_plain_http
+    from agent.client import AgentClient, ServerUnavailableError, warn_plain_http
     from agent.identity import (
         Identity,
         NotRegisteredError,
@@ -157,6 +174,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         load_identity,
         save_identity,
     )
+    from agent.replicas import parse_servers
     from agent.servertrust import ServerTrust, parse_server_key, save_server_trust
     from common.version import agent_version
 
@@ -174,23 +192,31 @@ def cmd_register(args: argparse.Namespace) -> int:
     code = read_activation_code(args.activation_code, os.environ)
     pinned = parse_server_key(args.server_key) if args.server_key else ""
     key = generate_key()
-    client = AgentClient(args.server, None, ca_file=args.ca_file or config.agent.ca_file)
-    warn_plain_http(client.server)
+    servers = parse_servers(args.server)
     public = Identity("", key).public_key_b64()
-    instance_id, server_key = client.register(
-        args.activation_id,
-        code,
-        public,
-        instance_name=args.instance_name,
-        instance_id=args.instance_id,
-        agent_version=agent_version(),
-        server_key=pinned,
-    )
+    for server in servers:  # the first replica that answers registers this machine
+        client = AgentClient(server, None, ca_file=args.ca_file or config.agent.ca_file)
+        warn_plain_http(server)
+        try:
+            instance_id, server_key = client.register(
+                args.activation_id,
+                code,
+                public,
+                instance_name=args.instance_name,
+                instance_id=args.instance_id,
+                agent_version=agent_version(),
+                server_key=pinned,
+            )
+            break
+        except ServerUnavailableError as exc:
+            if server == servers[-1]:
+                raise
+            log.warning("%s; trying the next server", exc)
     source = "operator" if pinned else "registration"
     save_server_trust(config.layout.state_dir, ServerTrust([server_key], source))
-    save_identity(config.layout.state_dir, Identity(instance_id, key, client.server))
+    save_identity(config.layout.state_dir, Identity(instance_id, key, server, servers=servers))
     if args.json:
-        print_json({"instance_id": instance_id, "server": client.server})
+        print_json({"instance_id": instance_id, "server": server, "servers": servers})
     else:
         print(instance_id)
     return 0
@@ -259,15 +285,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         identity = wait_for_registration(config.layout, stopping)
         if identity is None:
             return 0
-        server = resolve_server(args.server, config, identity.server, dict(os.environ))
-        warn_plain_http(server)
+        servers = resolve_server(args.server, config, identity.servers, dict(os.environ))
+        for server in servers:
+            warn_plain_http(server)
         options = AgentOptions(
-            server=server, identity=identity, task_umask=task_umask, ca_file=config.agent.ca_file
+            server=servers, identity=identity, task_umask=task_umask, ca_file=config.agent.ca_file
         )
         agent = Agent(config, options)
         if stopping.is_set():
             return 0
-        log.info("agent %s starting against %s", identity.instance_id, server)
+        log.info("agent %s starting against %s", identity.instance_id, ", ".join(servers))
         agent.run()
     finally:
         lock.close()

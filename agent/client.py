@@ -10,7 +10,6 @@ import ipaddress
 import json
 import logging
 import platform
-import re
 import socket
 import ssl
 import time
@@ -21,6 +20,8 @@ from urllib.parse import urlsplit
 import requests
 
 from agent.identity import Identity, sign_headers
+from agent.replicas import ReplicaSet
+from agent.replicas import normalize_server as normalize_server  # re-exported
 from common import protocol
 from common.errors import AssistError, DownloadError, UsageError
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 API = "/luban/api"
 MAX_ANSWER = 8 * 1024 * 1024  # bytes of one server answer (task lists of 18 KiB scripts fit)
 KEYS_PATH = "/v1/server/keys"
+REPLICAS_PATH = "/v1/server/replicas"
 RETRYABLE_CODES = {"InvalidSignature", "ReplayedRequest"}  # clock skew, nonce clash: try again
 
 
@@ -52,16 +54,6 @@ class ServerRefusedError(AssistError):
     def retryable(self) -> bool:
         """True when the same report may succeed later (auth glitch, throttling)."""
         return self.status in (408, 425, 429) or self.code in RETRYABLE_CODES
-
-
-def normalize_server(url: str) -> str:
-    """`host[:port]` or a URL, to a base URL without a trailing slash."""
-    url = url.strip()
-    if "://" not in url:
-        url = "https://" + url
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise UsageError(f"not a server URL: {url!r}", hint="use https://HOST[:PORT] (or http://)")
-    return url.rstrip("/")
 
 
 def tls_verify(ca_file: str = "") -> str | bool:
@@ -100,25 +92,35 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def retry_after(value: str | None) -> float | None:
+    """Seconds of a Retry-After header in its delay-seconds form (None otherwise)."""
+    text = (value or "").strip()
+    return float(text) if text.isascii() and text.isdigit() and len(text) < 7 else None
+
+
 class AgentClient:
-    """Signed JSON calls to one server."""
+    """Signed JSON calls to the control plane: to the replica its ReplicaSet picks."""
 
     def __init__(
         self,
-        server: str,
+        server: str | ReplicaSet,  # one URL, a comma list, or a set shared between clients
         identity: Identity | None,
         session: requests.Session | None = None,
         timeout: float = 30.0,  # seconds per request (long-polls add their own wait)
         ca_file: str = "",  # PEM CA bundle that https servers must chain to (else the system's)
     ) -> None:
-        self.server = normalize_server(server)
+        self.replicas = server if isinstance(server, ReplicaSet) else ReplicaSet(server)
         self.identity = identity
         self.session = session or requests.Session()
         self.timeout = timeout
         self.ca_file = ca_file
         self.verify = tls_verify(ca_file)
-        self._base_path = urlsplit(self.server).path
         self.poll_beat_at = 0.0  # monotonic time of the last long-poll answer that was a heartbeat
+
+    @property
+    def server(self) -> str:
+        """The replica requests go to now."""
+        return self.replicas.current()
 
     def call(
         self,
@@ -136,7 +138,8 @@ class AgentClient:
         (ResponseRefusedError otherwise); `verify=False` only for the key chain itself.
         """
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
-        full_path = self._base_path + API + path
+        server = self.replicas.current()
+        full_path = urlsplit(server).path + API + path
         headers = {"Content-Type": "application/json"} if body is not None else {}
         sent: dict[str, str] = {}
         if signed:
@@ -144,7 +147,7 @@ class AgentClient:
                 raise AssistError("cannot sign a request without an identity")
             sent = sign_headers(self.identity, method, full_path, query, data)
             headers.update(sent)
-        url = self.server + API + path + (f"?{query}" if query else "")
+        url = server + API + path + (f"?{query}" if query else "")
         wait = timeout or self.timeout
         try:
             response = self.session.request(
@@ -157,21 +160,32 @@ class AgentClient:
                 verify=self.verify,  # per request: REQUESTS_CA_BUNDLE must not override a pin
             )
             try:
-                content = self._read_capped(response, time.monotonic() + wait + self.timeout)
+                content = self._read_capped(
+                    response, time.monotonic() + wait + self.timeout, server
+                )
             finally:
                 response.close()
         except requests.exceptions.SSLError as exc:
+            self.replicas.failed(server)
             raise ServerUnavailableError(
-                f"cannot reach {self.server}: its TLS certificate is not trusted ({exc})",
+                f"cannot reach {server}: its TLS certificate is not trusted ({exc})",
                 hint="pass --ca-file with the control plane's CA (or set [agent] ca_file)"
                 if not self.ca_file
                 else f"check that {self.ca_file} holds the CA that issued the server's certificate",
             ) from exc
         except requests.RequestException as exc:
-            raise ServerUnavailableError(f"cannot reach {self.server}: {exc}") from exc
+            self.replicas.failed(server)
+            raise ServerUnavailableError(f"cannot reach {server}: {exc}") from exc
+        except ServerUnavailableError:
+            self.replicas.failed(server)
+            raise
+        if response.status_code >= 500:
+            self.replicas.failed(server, retry_after(response.headers.get("Retry-After")))
+        else:
+            self.replicas.succeeded(server)
         if signed and verify:
             self._check_signed(sent, full_path, response, content)
-        return self._decode(response, content)
+        return self._decode(response, content, server)
 
     def _check_signed(
         self, sent: dict[str, str], path: str, response: requests.Response, content: bytes
@@ -226,25 +240,37 @@ class AgentClient:
                 )
         return chain
 
-    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+    def server_replicas(self) -> tuple[list[str], float]:
+        """The replicas the control plane lists (signed answer), and seconds to keep the list."""
+        answer = self.call("POST", REPLICAS_PATH, {})
+        urls = answer.get("replicas") if isinstance(answer, dict) else None
+        try:
+            every = float(answer.get("refresh") or 0)
+        except (TypeError, ValueError):
+            every = 0.0
+        return [str(url) for url in urls if isinstance(url, str)] if isinstance(
+            urls, list
+        ) else [], every
+
+    def _read_capped(self, response: requests.Response, deadline: float, server: str) -> bytes:
         """The answer's body, refused past MAX_ANSWER bytes or the deadline (monotonic)."""
         content = bytearray()
         for piece in response.iter_content(65536):
             content += piece
             if len(content) > MAX_ANSWER:
                 raise ServerUnavailableError(
-                    f"{self.server} answered more than {MAX_ANSWER} bytes; answer ignored",
+                    f"{server} answered more than {MAX_ANSWER} bytes; answer ignored",
                     hint="check that --server points at an assist-server",
                 )
             if time.monotonic() > deadline:
-                raise ServerUnavailableError(f"{self.server} took too long to answer")
+                raise ServerUnavailableError(f"{server} took too long to answer")
         return bytes(content)
 
-    def _decode(self, response: requests.Response, content: bytes) -> Any:
+    def _decode(self, response: requests.Response, content: bytes, server: str) -> Any:
         """Turn a response into JSON or the right error."""
         text = content[:200].decode("utf-8", "replace")
         if response.status_code >= 500:
-            raise ServerUnavailableError(f"{self.server} answered {response.status_code}: {text}")
+            raise ServerUnavailableError(f"{server} answered {response.status_code}: {text}")
         try:
             payload = json.loads(content)
         except (ValueError, RecursionError):
@@ -254,7 +280,7 @@ class AgentClient:
             message = payload.get("message", "") if isinstance(payload, dict) else ""
             raise ServerRefusedError(response.status_code, code or "HTTP", message or text)
         if payload is None:
-            raise ServerUnavailableError(f"{self.server} answered something that is not JSON")
+            raise ServerUnavailableError(f"{server} answered something that is not JSON")
         return payload
 
     def register(

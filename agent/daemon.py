@@ -27,6 +27,7 @@ from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
 from agent.private import make_private_dir, tighten_tree
 from agent.proctree import process_start_stamp, terminate_group
+from agent.replicas import ReplicaSet
 from agent.runner import (
     POWER_OFF_EXIT,
     REBOOT_EXIT,
@@ -70,7 +71,7 @@ class TimedEntry:
 class AgentOptions:
     """What the daemon needs besides the config; tests swap the seams."""
 
-    server: str
+    server: str | list[str]  # one URL, a comma list, or several (agent/replicas.py)
     identity: Identity
     power: PowerManager = field(default_factory=SystemPower)
     session_factory: Callable[[], requests.Session] = requests.Session
@@ -102,11 +103,13 @@ class Agent:
             work_dir=config.prefix / "work",
             task_umask=options.task_umask,
         )
+        self.replicas = ReplicaSet(options.server, options.identity.instance_id, self.state_dir)
         # one HTTP session per thread that talks to the server (requests.Session is not
-        # guaranteed thread-safe): notify loop (long-poll, task list, update check), outbox, heartbeat
+        # guaranteed thread-safe): notify loop (long-poll, task list, update check), outbox,
+        # heartbeat; one replica set, so a replica one of them finds dead is left by all
         self.client, self.report_client, self.beat_client = (
             AgentClient(
-                options.server, options.identity, options.session_factory(), ca_file=options.ca_file
+                self.replicas, options.identity, options.session_factory(), ca_file=options.ca_file
             )
             for _ in range(3)
         )
@@ -247,6 +250,7 @@ class Agent:
                     first = False
                 self._set_connected(True)
                 backoff.reset()
+                self.replicas.refresh(self.client.server_replicas)
                 polled = time.monotonic()
                 events = self.client.notify(self.config.agent.poll_timeout)
                 if self._handle_events(events):
@@ -260,7 +264,7 @@ class Agent:
             except (ServerUnavailableError, ServerRefusedError, ResponseRefusedError) as exc:
                 self._sync_needed.set()
                 self._set_connected(False)
-                delay = backoff.next_delay()
+                delay = self.replicas.retry_delay(backoff)
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 self.stopping.wait(delay)
             except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class Identity:
     private_key: Any  # cryptography Ed25519PrivateKey
     server: str = ""  # the server it registered with
     trust: ServerTrust | None = None  # the control-plane key(s) answers must be signed by
+    servers: list[str] = field(default_factory=list)  # every server URL given at registration
 
     def public_key_b64(self) -> str:
         """The raw 32-byte public key, base64, as the register endpoint wants it."""
@@ -67,7 +68,11 @@ def save_identity(state_dir: Path, identity: Identity) -> None:
         serialization.NoEncryption(),
     )
     atomic_write_bytes(state_dir / KEY_FILE, pem, mode=0o600)
-    record = {"instance_id": identity.instance_id, "server": identity.server}
+    record = {
+        "instance_id": identity.instance_id,
+        "server": identity.server,
+        "servers": identity.servers or [identity.server],
+    }
     atomic_write_json(state_dir / IDENTITY_FILE, record, mode=0o600)
 
 
@@ -96,7 +101,10 @@ def load_identity(state_dir: Path) -> Identity:
     except ValueError as exc:
         raise LocalStateError(f"{state_dir / KEY_FILE} is not a valid private key") from exc
     trust = load_server_trust(state_dir)
-    return Identity(str(record["instance_id"]), key, str(record.get("server", "")), trust)
+    server = str(record.get("server", ""))
+    servers = record.get("servers")
+    listed = [str(url) for url in servers if url] if isinstance(servers, list) else []
+    return Identity(str(record["instance_id"]), key, server, trust, listed or [server])
 
 
 def sign_headers(

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import enum
 import functools
+import gc
 import json
 import logging
 import os
 import resource
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -43,7 +46,15 @@ log = logging.getLogger(__name__)
 
 FD_RESERVE = 64  # descriptors kept free for the database, log files and the listener
 TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+RETRY_AFTER = 5  # seconds a refused client is asked to wait (Retry-After)
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n"
+    b"retry-after: %d\r\n\r\n" % RETRY_AFTER
+)
+# Beyond the bound, this many more connections are read (inside FD_RESERVE): a health check
+# among them is answered, anything else gets 503 with Retry-After (BUSY_APP).
+HEALTH_SLACK = 8
+HEALTH_PATHS = frozenset({"/healthz"})
 LIMITS_ENV = "ASSIST_CONN_LIMITS"  # the limits, for worker processes started by uvicorn
 GRACEFUL_SHUTDOWN = 5  # seconds running requests (long-polls) get after SIGTERM
 
@@ -88,6 +99,72 @@ def pick_victim(candidates: Iterable[tuple[Any, Phase, float]]) -> Any | None:
     return best[0] if best else None
 
 
+async def busy_app(scope: Any, receive: Any, send: Any) -> None:
+    """The answer to a request over the connection bound: 503, Retry-After, closed."""
+    body = b'{"code":"ServiceUnavailable","message":"the server is at its connection limit"}'
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class MemoryTrimmer:
+    """Give the heap that closed connections freed back to the OS.
+
+    glibc keeps freed memory in its arenas: after 1,000 long-polls came and went, a server held
+    on to ~7 KB per poll for good (bench/bench_longpoll.py). Once the open connections dropped
+    by `drop` from their high-water mark, a full collection and `malloc_trim(0)` run (tens of
+    ms with 10,000 connections' worth of heap), at most every
+    `every` seconds, `delay` seconds after the drop so a wave of closes (and the requests it
+    ends) is over before the trim."""
+
+    def __init__(self, drop: int = 256, every: float = 10.0, delay: float = 5.0) -> None:
+        self.drop = drop
+        self.every = every
+        self.delay = delay
+        self.high = 0  # most connections open since the last trim
+        self.last = -every  # loop time of the last trim
+        self.pending = False
+        self.trims = 0
+        self._trim = _malloc_trim()
+
+    def opened(self, open_now: int) -> None:
+        self.high = max(self.high, open_now)
+
+    def closed(self, loop: asyncio.AbstractEventLoop, open_now: int) -> None:
+        if self._trim is None or self.pending or self.high - open_now < self.drop:
+            return
+        self.pending = True
+        loop.call_later(max(self.delay, self.last + self.every - loop.time()), self.trim, loop)
+
+    def trim(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.pending = False
+        self.last = loop.time()
+        self.high = 0
+        self.trims += 1
+        gc.collect()  # request cycles (tasks, cancelled waits) hold what closed polls freed
+        if self._trim is not None:
+            self._trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+TRIMMER = MemoryTrimmer()
+
+
 def raise_fd_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard one; return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -99,6 +176,20 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return int(soft)
+
+
+def capacity_note(requested: int) -> str:
+    """Raise the open-files limit now and say, in one line, how many agents that allows."""
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = raise_fd_limit()
+    cap = connection_cap(requested, nofile)
+    how = f"raised from {before} to the hard limit" if nofile > before else "the hard limit"
+    if nofile < hard and hard != resource.RLIM_INFINITY:
+        how = f"hard limit {hard}"
+    note = f"open files {nofile} ({how}): room for about {cap} agents, one long-poll each"
+    if cap < requested:
+        note += f"; --max-connections {requested} lowered to fit (raise `ulimit -n` for more)"
+    return note
 
 
 def configure(limits: ConnLimits) -> ConnLimits:
@@ -138,6 +229,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.header_bytes = 0  # received since the current request started
         self.deadline: float | None = None  # loop time the current phase must end by
         self._timer: asyncio.TimerHandle | None = None
+        self.over_bound = False  # admitted in HEALTH_SLACK: only a health check is served
 
     # --- phase bookkeeping ---------------------------------------------------------------
 
@@ -185,18 +277,30 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections and not self.make_room():
-            log.warning("connection bound reached and every connection busy: refusing one")
-            transport.write(REFUSAL)
-            transport.close()
-            return
+        over = len(self.connections) - self.limits.max_connections
+        if over > 0 and not self.make_room():
+            if over > HEALTH_SLACK:
+                log.warning("connection bound reached and every connection busy: refusing one")
+                transport.write(REFUSAL)
+                transport.close()
+                return
+            self.over_bound = True
+        TRIMMER.opened(len(self.connections))
         self.enter(Phase.WAIT)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """Over the bound, serve a health check and answer anything else with BUSY_APP."""
+        if self.over_bound and cycle.scope.get("path") not in HEALTH_PATHS:
+            log.warning("connection bound reached and every connection busy: answering 503")
+            app = busy_app
+        super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         super().connection_lost(exc)
+        TRIMMER.closed(self.loop, len(self.connections))
 
     def data_received(self, data: bytes) -> None:
         if self.phase in (Phase.WAIT, Phase.IDLE):

@@ -167,9 +167,11 @@ def launch_server(
     port: int | None = None,
     scheme: str = "http",
     python_args: list[str] | None = None,
+    nofile: int | None = None,
 ) -> ServerHandle:
     """Start `assist-server serve` on a free loopback port and wait until it answers.
-    `python_args` go to the interpreter before `-m server.cli` (e.g. `-m cProfile -o FILE`)."""
+    `python_args` go to the interpreter before `-m server.cli` (e.g. `-m cProfile -o FILE`);
+    with `nofile`, under that open-files limit (soft and hard, like `prlimit --nofile=N:N`)."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     db = db_url or f"sqlite:///{data / 'assist.db'}"
@@ -188,6 +190,8 @@ def launch_server(
         db,
         *(extra_args or []),
     ]
+    if nofile:
+        cmd = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *cmd]
     process = subprocess.Popen(
         cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_env()
     )

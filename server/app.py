@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import protocol
-from server import lifecycle, rpc
-from server.agent_api import auth, handlers, respond
+from server import lifecycle, overload, rpc
+from server.agent_api import auth, handlers, replicas, respond
 from server.agent_api.auth import AgentError
 from server.agent_api.files import file_report
 from server.api import load_actions
@@ -136,12 +136,16 @@ async def operator_endpoint(request: Request) -> Response:
         result = await handler(state, account, rpc.Params(params))
     except rpc.ApiError as exc:
         return api_error_response(exc, request_id, fmt)
-    except Exception:
-        log.exception("operator request %s failed", request_id)
-        err = rpc.ApiError(
-            "InternalError", "The request processing has failed due to some unknown error.", 500
+    except Exception as exc:
+        failed = overload.failure(
+            exc,
+            f"operator request {request_id}",
+            "The request processing has failed due to some unknown error.",
         )
-        return api_error_response(err, request_id, fmt)
+        err = rpc.ApiError(failed.code, failed.message, failed.status)
+        response = api_error_response(err, request_id, fmt)
+        response.headers.update(failed.headers)
+        return response
     return api_response(f"{action_name}Response", {"RequestId": request_id, **result}, fmt)
 
 
@@ -157,15 +161,19 @@ def agent_error(exc: AgentError) -> JSONResponse:
 async def agent_answer(request: Request, work: Awaitable[dict[str, Any]]) -> Response:
     """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md)."""
     state: ServerState = request.app.state.server
+    headers: dict[str, str] = {}
     try:
         payload, status = await work, 200
     except AgentError as exc:
         payload, status = {"code": exc.code, "message": exc.message}, exc.status
-    except Exception:
-        log.exception("agent request %s failed", request.url.path)
-        payload, status = {"code": "InternalError", "message": "server error"}, 500
+    except Exception as exc:
+        failed = overload.failure(exc, f"agent request {request.url.path}", "server error")
+        payload, status = {"code": failed.code, "message": failed.message}, failed.status
+        headers = failed.headers
     key = await state.signing.current()
-    return respond.signed_json(key, request.headers, request.url.path, payload, status)
+    response = respond.signed_json(key, request.headers, request.url.path, payload, status)
+    response.headers.update(headers)
+    return response
 
 
 async def authenticate_agent(state: ServerState, request: Request, body: bytes) -> AgentIdentity:
@@ -214,9 +222,10 @@ async def register_endpoint(request: Request) -> Response:
         return JSONResponse(await handlers.register(state, body, client, key))
     except AgentError as exc:
         return agent_error(exc)
-    except Exception:
-        log.exception("registration failed")
-        return JSONResponse({"code": "InternalError", "message": "server error"}, 500)
+    except Exception as exc:
+        failed = overload.failure(exc, "registration", "server error")
+        error = {"code": failed.code, "message": failed.message}
+        return JSONResponse(error, failed.status, headers=failed.headers)
 
 
 async def _report(kind: str, state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
@@ -353,19 +362,27 @@ def create_app(settings: Settings) -> Starlette:
         dsn = asyncpg_dsn(store.url) if store.dialect == "postgresql" else None
         notifier = Notifier(dsn)
         await notifier.start()
+        directory = replicas.ReplicaDirectory(
+            store, settings.advertise_url, notifier.replica, settings.advertise_interval
+        )
         state = ServerState(
-            settings=settings, store=store, notifier=notifier, signing=respond.SigningKeys(store)
+            settings=settings,
+            store=store,
+            notifier=notifier,
+            signing=respond.SigningKeys(store),
+            replicas=directory,
         )
         app.state.server = state
         app.state.actions = load_actions()
-        task = asyncio.create_task(chores(state))
+        background = [asyncio.create_task(chores(state)), asyncio.create_task(directory.run())]
         log.info("assist-server ready (%s)", store.dialect)
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await notifier.close()
             await state.batch.close()
             await store.close()
@@ -381,6 +398,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
         Route("/luban/api/v1/server/keys", signed(handlers.server_keys), methods=["POST"]),
         Route("/luban/api/v1/file/report", signed(file_report), methods=["POST"]),
+        Route("/luban/api/v1/server/replicas", signed(replicas.replica_list), methods=["POST"]),
     ]
     routes += [
         Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])

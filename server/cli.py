@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes of task output kept per execution, the tail; the agent's quota "
         "(default: %(default)s)",
     )
+    serve.add_argument(
+        "--advertise-url",
+        default="",
+        help="this replica's URL as agents reach it; replicas on one database list each other"
+        " to agents, which fail over between them (docs/scale.md)",
+    )
+    serve.add_argument(  # tests only: seconds between the replica's announcements
+        "--advertise-interval", type=float, default=10.0, help=argparse.SUPPRESS
+    )
     add_limit_options(serve, idle=75.0)
     serve.add_argument(  # tests only: how often the background upkeep runs
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
@@ -140,7 +149,17 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("--offline-grace must be 0 or more, --chores-interval positive")
     if args.history_days < 1 or args.history_keep < 1 or args.output_quota < 1:
         raise UsageError("--history-days, --history-keep and --output-quota must be positive")
+    advertise = args.advertise_url.strip().rstrip("/")
+    if advertise and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", advertise):
+        raise UsageError(
+            f"bad --advertise-url {args.advertise_url!r}",
+            hint="use the URL agents reach this replica at, e.g. https://10.0.0.5:8443",
+        )
+    if not args.advertise_interval > 0:
+        raise UsageError("--advertise-interval must be positive")
     return Settings(
+        advertise_url=advertise,
+        advertise_interval=args.advertise_interval,
         db_url=args.db,
         max_invoke_instances=args.max_invoke_instances,
         heartbeat_interval=args.heartbeat_interval,
@@ -179,7 +198,7 @@ def redact_db_url(url: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from common.connguard import serve_asgi
+    from common.connguard import capacity_note, serve_asgi
     from common.listen import check_port_free
     from server.store.db import normalize_db_url
 
@@ -199,6 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     settings = settings_from_args(args)
     limits = dataclasses.replace(limits_from_args(args), max_header_bytes=H11_MAX_EVENT)
+    print(f"assist-server: {capacity_note(limits.max_connections)}", file=sys.stderr)
     migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
     debug = bool(getattr(args, "debug", False))
     options: dict[str, Any] = {

@@ -32,6 +32,8 @@ class Settings:
     chores_interval: float = 60.0  # seconds between background upkeep rounds
     output_quota: int = DEFAULT_QUOTA  # bytes of output kept per execution (the tail)
     batch_interval: float = FLUSH_INTERVAL  # seconds between batched nonce/last-seen writes
+    advertise_url: str = ""  # this replica's URL in the agents' replica list ("": not listed)
+    advertise_interval: float = 10.0  # seconds between this replica's announcements
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ServerState:
     notifier: Notifier
     signing: Any = None  # server/agent_api/respond.py SigningKeys: the control plane's key
     batch: ReplicaWrites = field(init=False)
+    replicas: Any = None  # server/agent_api/replicas.py ReplicaDirectory: the agents' list
     keys: dict[str, _CachedKey] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

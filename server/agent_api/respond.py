@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,8 @@ from starlette.responses import Response
 from common.protocol import HEADER_INSTANCE, HEADER_NONCE, MAX_NONCE, sign_response
 from server.store import Store, serverkeys
 from server.store.serverkeys import ServerKey
+
+log = logging.getLogger(__name__)
 
 KEY_REFRESH = 30.0  # seconds a replica signs with a cached key before re-reading the active one
 
@@ -37,7 +40,12 @@ class SigningKeys:
             return self._key
         async with self._lock:
             if self._key is None or time.monotonic() - self._loaded >= KEY_REFRESH:
-                self._key = await self.store.write(serverkeys.ensure_key)
+                try:
+                    self._key = await self.store.write(serverkeys.ensure_key)
+                except Exception:
+                    if self._key is None:
+                        raise
+                    log.warning("cannot re-read the signing key; signing with the cached one")
                 self._loaded = time.monotonic()
         return self._key
 

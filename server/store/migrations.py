@@ -47,6 +47,13 @@ async def _add_server_keys_v12(conn: Conn) -> None:
     await serverkeys.ensure_key(conn)
 
 
+async def _add_replicas_v16(conn: Conn) -> None:
+    """Version 16: replicas announce themselves for the agents' list (server/store/replicas.py)."""
+    from server.store import replicas
+
+    await replicas.create_table(conn)
+
+
 async def _create_missing_tables(conn: Conn) -> None:
     """Create the tables of server/store/schema.py a database does not have yet."""
     await conn.run_sync(lambda sync: schema.metadata.create_all(sync, checkfirst=True))
@@ -116,6 +123,7 @@ MIGRATIONS: list[tuple[int, Step]] = [
     (13, _create_missing_tables),  # send_files, send_file_instances (SendFile)
     (14, _create_missing_tables),  # cloud_assistant_settings
     (15, _add_launcher_and_instance_region_v15),
+    (16, _add_replicas_v16),  # the replicas table (agents' replica list)
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -15,7 +15,7 @@ import pytest
 
 from agent.cli import SERVER_TEMPLATE, resolve_server
 from common.config import Config
-from common.errors import ConfigError
+from common.errors import ConfigError, UsageError
 from devkit.agent import register_args
 from devkit.realagent import AgentProcess, agent_env
 
@@ -33,25 +33,41 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_server_discovery_order(tmp_path: Path) -> None:
     config = Config(prefix=tmp_path)
     env = {"ALIYUN_ASSIST_SERVER_HOST": "127.0.0.1:9001", "ALIYUN_ASSIST_REGION": "cn-test"}
-    assert (
-        resolve_server("http://127.0.0.1:1", config, "http://127.0.0.1:4", env)
-        == "http://127.0.0.1:1"
-    )
+    assert resolve_server(["http://127.0.0.1:1"], config, "http://127.0.0.1:4", env) == [
+        "http://127.0.0.1:1"
+    ]
     config.agent.server = "http://127.0.0.1:2"
-    assert resolve_server(None, config, "http://127.0.0.1:4", env) == "http://127.0.0.1:2"
+    assert resolve_server(None, config, "http://127.0.0.1:4", env) == ["http://127.0.0.1:2"]
     config.agent.server = ""
-    assert resolve_server(None, config, "http://127.0.0.1:4", env) == "127.0.0.1:9001"
-    assert resolve_server(None, config, "http://127.0.0.1:4", {}) == "http://127.0.0.1:4"
+    assert resolve_server(None, config, "http://127.0.0.1:4", env) == ["https://127.0.0.1:9001"]
+    assert resolve_server(None, config, "http://127.0.0.1:4", {}) == ["http://127.0.0.1:4"]
     # the region rule is only the last resort (and only computed, never contacted here)
-    assert resolve_server(None, config, "", env | {"ALIYUN_ASSIST_SERVER_HOST": ""}) == (
+    assert resolve_server(None, config, "", env | {"ALIYUN_ASSIST_SERVER_HOST": ""}) == [
         SERVER_TEMPLATE.format(region="cn-test")
-    )
+    ]
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "region-id").write_text("cn-beijing\n")
-    assert resolve_server(None, config, "", {}) == "https://cn-beijing.axt.aliyun.com"
+    assert resolve_server(None, config, "", {}) == ["https://cn-beijing.axt.aliyun.com"]
     (tmp_path / "state" / "region-id").unlink()
     with pytest.raises(ConfigError, match="which server"):
         resolve_server(None, config, "", {})
+
+
+def test_several_servers_repeated_or_comma_listed(tmp_path: Path) -> None:
+    """Replicas: --server repeated, a comma list (in an option, the config or the environment),
+    and the registration's list; duplicates once, order kept."""
+    config = Config(prefix=tmp_path)
+    urls = ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]
+    given = ["http://127.0.0.1:1", "http://127.0.0.1:2/, http://127.0.0.1:3,http://127.0.0.1:1"]
+    assert resolve_server(given, config, "", {}) == urls
+    config.agent.server = ",".join(urls)
+    assert resolve_server(None, config, "", {}) == urls
+    config.agent.server = ""
+    env = {"ALIYUN_ASSIST_SERVER_HOST": " http://127.0.0.1:3 , http://127.0.0.1:1"}
+    assert resolve_server(None, config, urls, env) == [urls[2], urls[0]]
+    assert resolve_server(None, config, urls, {}) == urls
+    with pytest.raises(UsageError, match="not a server URL"):
+        resolve_server(["http://127.0.0.1:1,ftp://x"], config, "", {})
 
 
 def test_a_tampered_cached_region_is_no_server_host(tmp_path: Path) -> None:
@@ -83,11 +99,38 @@ def test_register_keeps_a_private_key_and_refuses_twice(tmp_path: Path, fake_ser
     key = prefix / "state" / "agent.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     identity = json.loads((prefix / "state" / "identity.json").read_text())
-    assert identity == {"instance_id": answer["instance_id"], "server": fake_server.url}
+    assert identity == {
+        "instance_id": answer["instance_id"],
+        "server": fake_server.url,
+        "servers": [fake_server.url],
+    }
     again = cli(*args)
     assert again.returncode == 2 and "already registered" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     assert json.loads((prefix / "state" / "identity.json").read_text()) == identity  # unchanged
+
+
+def test_register_with_several_servers_uses_the_first_that_answers(
+    tmp_path: Path, fake_server
+) -> None:  # type: ignore[no-untyped-def]
+    """`--server DEAD,LIVE`: the dead replica is skipped; both are kept for the daemon."""
+    from devkit.server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    prefix = tmp_path / "p"
+    args = register_args(f"{dead},{fake_server.url}", fake_server.activation(), prefix)
+    done = cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert (answer["server"], answer["servers"]) == (fake_server.url, [dead, fake_server.url])
+    identity = json.loads((prefix / "state" / "identity.json").read_text())
+    assert identity["servers"] == [dead, fake_server.url]
+    assert "trying the next server" in done.stderr
+    # every server dead: one clear line, nothing saved
+    other = tmp_path / "q"
+    failed = cli(*register_args(f"{dead},{dead}/x", fake_server.activation(), other))
+    assert failed.returncode != 0 and "cannot reach" in failed.stderr
+    assert not (other / "state" / "identity.json").exists()
 
 
 def test_register_with_a_wrong_code_is_one_clear_line(tmp_path: Path, fake_server) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from common.connguard import FD_RESERVE, Phase, connection_cap, pick_victim
+from common.connguard import FD_RESERVE, MemoryTrimmer, Phase, connection_cap, pick_victim
 from devkit.server import (
     REPO_ROOT,
     FakeAgent,
@@ -51,6 +51,38 @@ def test_pick_victim_takes_the_longest_waiting_client_paced_connection() -> None
 def test_pick_victim_never_takes_a_connection_being_served() -> None:
     assert pick_victim([("poll", Phase.APP, 0.0), ("poll2", Phase.APP, 1.0)]) is None
     assert pick_victim([]) is None
+
+
+def test_memory_is_trimmed_once_after_many_connections_closed() -> None:
+    """A wave of closes (256 below the high-water mark) schedules one trim, `delay` seconds
+    later; a few closes do not; trims are at least `every` seconds apart."""
+    import asyncio
+
+    calls: list[int] = []
+    trimmer = MemoryTrimmer(drop=10, every=2.0, delay=0.2)
+    trimmer._trim = calls.append  # glibc's malloc_trim stands in for a recorder here
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        trimmer.opened(30)
+        for open_now in range(29, 24, -1):  # 5 closes: below the drop
+            trimmer.closed(loop, open_now)
+        await asyncio.sleep(0.5)
+        assert calls == []
+        for open_now in range(24, -1, -1):  # the wave
+            trimmer.closed(loop, open_now)
+        assert calls == []  # `delay` later, not at once
+        await asyncio.sleep(0.8)
+        assert calls == [0]
+        trimmer.opened(40)
+        for open_now in range(39, -1, -1):
+            trimmer.closed(loop, open_now)
+        await asyncio.sleep(0.3)
+        assert calls == [0]  # not yet: `every` since the last trim
+        await asyncio.sleep(2.5)
+        assert calls == [0, 0]
+
+    asyncio.run(scenario())
 
 
 # --- real servers ---------------------------------------------------------------------------
