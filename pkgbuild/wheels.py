@@ -43,6 +43,11 @@ PLATFORMS: dict[str, tuple[str, ...]] = {
 # pip evaluates environment markers of dependencies against the running interpreter, not the
 # target: dependencies that only the target needs are named here (tqdm needs colorama on Windows).
 TARGET_EXTRAS: dict[str, tuple[str, ...]] = {"windows-x86_64": ("colorama",)}
+# Projects of the dependency closure that payloads leave out. charset-normalizer: requests only
+# uses it to guess the charset of a text answer that names none, and falls back to utf-8 without
+# it (Response.apparent_encoding); we read bytes and JSON. Leaving it out keeps ~1.7 MB of
+# memory out of every idle agent (docs/runtime.md, Memory).
+NOT_VENDORED = frozenset({"charset_normalizer"})
 HINT = "run `make wheels` (needs access to the package index) or build with --no-vendor"
 
 
@@ -247,7 +252,11 @@ def vendor_wheels(
     pythons: Sequence[str] = PYTHONS,
 ) -> list[str]:
     """Unpack the cached wheels for `target` (and `pythons`) into `lib`; return their names."""
-    selected = cached_wheels(target, cache, requirements, pythons)
+    selected = [
+        wheel
+        for wheel in cached_wheels(target, cache, requirements, pythons)
+        if wheel.project.replace("-", "_") not in NOT_VENDORED
+    ]
     lib.mkdir(parents=True, exist_ok=True)
     for wheel in selected:
         _unpack_wheel(wheel.path, lib)

@@ -136,6 +136,7 @@ def test_vendored_payload_runs_without_site_packages(keydir: Path, tmp_path: Pat
     for module in ("requests", "cryptography", "tuf", "securesystemslib", "croniter", "tqdm",
                    "packaging", "cffi", "tomli"):  # fmt: skip
         assert (lib / module).is_dir(), module
+    assert not (lib / "charset_normalizer").exists()  # wheels.NOT_VENDORED
     wrapper = tmp_path / "isolated-python3"
     wrapper.write_text(f'#!/bin/sh\nexec {SYSTEM_PYTHON} -S "$@"\n')
     wrapper.chmod(0o755)
@@ -147,6 +148,8 @@ def test_vendored_payload_runs_without_site_packages(keydir: Path, tmp_path: Pat
     imports = (
         "import requests, cryptography.hazmat.primitives.asymmetric.ed25519 as e, tuf.ngclient, "
         "croniter, tqdm, securesystemslib.signer, json; e.Ed25519PrivateKey.generate(); "
+        "r = requests.models.Response(); r._content = 'é'.encode(); "  # no charset named
+        "assert r.apparent_encoding == 'utf-8' and r.text == 'é'; "
         "print(json.dumps([requests.__file__, tuf.ngclient.__file__]))"
     )
     out = subprocess.run(
