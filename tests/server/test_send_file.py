@@ -5,17 +5,14 @@ and the official SDKs (aliyun-python-sdk-ecs and the Tea SDK) calling SendFile."
 from __future__ import annotations
 
 import base64
-import json
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import Api, run_sql, tea_client
+from serverkit import Api, migrate_sqlite, run_sql, tea_client
 
 from devkit.server import FakeAgent
 
@@ -313,14 +310,7 @@ def test_a_database_from_before_send_file_gets_its_tables(tmp_path: Path) -> Non
     db = tmp_path / "old.db"
 
     def migrate() -> dict[str, int]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return dict(json.loads(proc.stdout))
+        return migrate_sqlite(db)
 
     def tables() -> set[str]:
         with sqlite3.connect(db) as conn:

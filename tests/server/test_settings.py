@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serverkit import Api, tea_client
+from serverkit import Api, migrate_sqlite, tea_client
 
 from server.store.migrations import LATEST
 
@@ -189,22 +187,11 @@ def test_the_regions_agents_are_told_and_receive_it_in_update_check(api: Api) ->
 def test_a_database_of_the_last_release_gets_the_table(tmp_path: Path) -> None:
     """A database at version 12 (the last release) migrates to the settings table (step 14)."""
     db = tmp_path / "assist.db"
-
-    def migrate() -> dict[str, int]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "server.cli", "migrate", "--db", f"sqlite:///{db}", "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        return dict(json.loads(proc.stdout))
-
-    migrate()
+    migrate_sqlite(db)
     with sqlite3.connect(db) as conn:  # as the last release left it
         conn.execute("DROP TABLE cloud_assistant_settings")
         conn.execute("UPDATE schema_version SET version = 12")
-    assert migrate() == {"before": 12, "after": LATEST}
+    assert migrate_sqlite(db) == {"before": 12, "after": LATEST}
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "cloud_assistant_settings" in tables and LATEST >= 14
