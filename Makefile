@@ -50,8 +50,9 @@ runtime: install
 	ASSIST_RUNTIME_CACHE=$(RUNTIME_CACHE) $(BIN)/python -m pkgbuild.runtime --arch x86_64
 
 runtime-aarch64: runtime
-	@command -v qemu-aarch64-static >/dev/null && [ -d /usr/aarch64-linux-gnu/lib ] || \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static libc6-arm64-cross
+	@command -v qemu-aarch64-static >/dev/null && [ -f /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 ] || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static libc6-arm64-cross \
+	    libgcc-s1-arm64-cross
 	ASSIST_RUNTIME_CACHE=$(RUNTIME_CACHE) $(BIN)/python -m pkgbuild.runtime --arch aarch64
 # ---------------------------------------------------------------------------------------------------
 
