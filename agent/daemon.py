@@ -275,18 +275,13 @@ class Agent:
     def _handle_events(self, events: list[dict[str, Any]]) -> bool:
         """React to long-poll events; True if the whole task list was fetched.
 
-        A kick that carries its tasks (`{"type": "task", "tasks": [...]}`, signed like every
-        answer) is taken as it is: no task list is asked for. A stop, or a kick without its
-        tasks (a modified invocation, an older server), lists them all."""
+        A kick or a stop lists the tasks. A kick may carry its tasks (`"tasks"`), but taking them
+        from the kick raced with StopInvocation (a stop of a task taken that way was sometimes
+        not applied); until that is understood the agent lists, as before."""
         kinds = {str(e.get("type")) for e in events}
-        kicks = [e for e in events if e.get("type") == "task"]
-        synced = "stop" in kinds or any(not isinstance(e.get("tasks"), list) for e in kicks)
+        synced = bool(kinds & {"task", "stop"})
         if synced:
             self.sync_tasks("kick")
-        else:
-            for kick in kicks:
-                for raw in kick["tasks"]:
-                    self._take_task(raw)
         if kinds & {"update", "settings"}:
             self.updates.check()
         return synced

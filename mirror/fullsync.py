@@ -151,8 +151,7 @@ def full_sync(options: SyncOptions, state: MirrorState) -> SyncReport:
             if r not in wanted and r not in stage.indexed and is_content(r)
         ),
     )
-    # Record the new file set first: after a kill mid-publish the next sync neither
-    # re-downloads what was already moved into place nor forgets what it had to delete.
+    # the new file set first: a sync after a kill mid-publish re-fetches and forgets nothing
     state.files = {**wanted, **_kept_indexes(state, stage)}
     state.publishing, state.pending_remove = True, publication.remove
     save_state(root, state)

@@ -218,8 +218,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     settings = settings_from_args(args)
     limits = dataclasses.replace(limits_from_args(args), max_header_bytes=H11_MAX_EVENT)
-    print(f"assist-server: {capacity_note(limits.max_connections)}", file=sys.stderr)
     migrate_database(args.db)  # an unopenable database is one line now, not a hung startup
+    print(f"assist-server: {capacity_note(limits.max_connections)}", file=sys.stderr)
     debug = bool(getattr(args, "debug", False))
     options: dict[str, Any] = {
         "log_level": "debug" if debug else "warning",

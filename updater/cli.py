@@ -325,10 +325,6 @@ def cmd_schedule(args: argparse.Namespace, config: Config, layout: Layout) -> in
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # assist-update COMMAND -> its handler
 HANDLERS = {
     "status": cmd_status,
@@ -339,3 +335,7 @@ HANDLERS = {
     "unblock": cmd_unblock,
     "schedule": cmd_schedule,
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -165,6 +165,7 @@ def test_vendored_payload_runs_without_site_packages(keydir: Path, tmp_path: Pat
     )  # fmt: skip
     assert agent.returncode == 0, agent.stderr
     assert "usage:" in agent.stdout
+    assert agent.stderr == ""  # no warning from requests about the charset detector left out
 
 
 @needs_wheels
