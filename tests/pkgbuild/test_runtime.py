@@ -176,7 +176,8 @@ def test_launcher_runs_the_payload_runtime_isolated_without_any_python_on_path(
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
     argv = record.read_text().splitlines()
-    assert argv[:2] == ["-I", "-c"] and argv[3:5] == [str(root / "lib"), "agent.cli"]
+    assert argv[:4] == ["-I", "-W", "ignore:Unable to find acceptable character detection", "-c"]
+    assert argv[5:7] == [str(root / "lib"), "agent.cli"]
 
 
 def test_missing_runtime_is_an_error_naming_make_runtime_not_a_silent_build(

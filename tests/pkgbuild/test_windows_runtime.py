@@ -96,7 +96,10 @@ def test_windows_payload_ships_runtime_and_win_amd64_wheels(keydir: Path, tmp_pa
     assert not [p for p in (root / "lib").iterdir() if p.name not in
                 ("common", "agent", "updater", "installer")]  # fmt: skip
     cmd = (root / "bin" / "assist-agent.cmd").read_text()
-    assert r'"%~dp0..\runtime\python.exe" -m agent.cli' in cmd
+    assert (
+        r'"%~dp0..\runtime\python.exe" -W "ignore:Unable to find acceptable character detection" -m agent.cli'
+        in cmd
+    )
 
 
 def test_agent_exe_without_windows_runtime_is_refused(keydir: Path, tmp_path: Path) -> None:
