@@ -35,20 +35,10 @@ def add_parser(sub: Any) -> None:
         add_common_options(parser)
         parser.add_argument("--region", default="", help="region id (default: the configured one)")
         parser.add_argument("--json", action="store_true")
-    enabled = upgrade.add_mutually_exclusive_group()
-    enabled.add_argument(
-        "--enable",
-        dest="enabled",
-        action="store_true",
-        default=None,
-        help="custom settings on: scheduled updates only inside the windows",
-    )
-    enabled.add_argument(
-        "--no-enable",
-        dest="enabled",
-        action="store_false",
-        help="custom settings off: each agent's own [update] schedule",
-    )
+    _switch(
+        upgrade, "enabled", ("--enable", "custom settings on: scheduled updates only inside the windows"),
+        ("--no-enable", "custom settings off: each agent's own [update] schedule"),
+    )  # fmt: skip
     upgrade.add_argument(
         "--window",
         action="append",
@@ -56,17 +46,17 @@ def add_parser(sub: Any) -> None:
         help="an allowed upgrade window (repeat; replaces the windows; may wrap midnight)",
     )
     upgrade.add_argument("--time-zone", help="IANA name or GMT+8:00 (default UTC)")
-    disable = upgrade.add_mutually_exclusive_group()
-    disable.add_argument(
-        "--disable-upgrade",
-        dest="disable",
-        action="store_true",
-        default=None,
-        help="no scheduled update and no KickAgentUpdate at all",
-    )
-    disable.add_argument(
-        "--allow-upgrade", dest="disable", action="store_false", help="undo --disable-upgrade"
-    )
+    _switch(
+        upgrade, "disable", ("--disable-upgrade", "no scheduled update and no KickAgentUpdate at all"),
+        ("--allow-upgrade", "undo --disable-upgrade"),
+    )  # fmt: skip
+
+
+def _switch(parser: Any, dest: str, on: tuple[str, str], off: tuple[str, str]) -> None:
+    """Two exclusive flags (name, help) setting `dest` True / False; None when neither is given."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(on[0], dest=dest, action="store_true", default=None, help=on[1])
+    group.add_argument(off[0], dest=dest, action="store_false", help=off[1])
 
 
 def render(region: str, config: dict[str, Any]) -> str:
