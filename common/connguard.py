@@ -217,6 +217,26 @@ def _timeouts(limits: ConnLimits) -> dict[Phase, float | None]:
     return {phase: phase_timeout(limits, phase) for phase in Phase}
 
 
+@dataclasses.dataclass
+class Slots:
+    """The connections of one server that hold a slot under the bound, and those admitted over
+    it (HEALTH_SLACK). Counted, not recounted: a connection closed a moment ago stays in
+    uvicorn's set until asyncio reports it lost, and (with uvloop) its transport may not say it
+    is closing yet, so counting the set let two clients in for one eviction."""
+
+    held: int = 0
+    slack: int = 0
+
+
+def slots_of(server_state: Any) -> Slots:
+    """The slot counts of `server_state` (uvicorn's ServerState, one per server)."""
+    slots = getattr(server_state, "assist_slots", None)
+    if slots is None:
+        slots = Slots()
+        server_state.assist_slots = slots
+    return slots
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with per-phase deadlines and a connection bound."""
 
@@ -230,6 +250,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deadline: float | None = None  # loop time the current phase must end by
         self._timer: asyncio.TimerHandle | None = None
         self.over_bound = False  # admitted in HEALTH_SLACK: only a health check is served
+        self.slots = slots_of(server_state)
+        self.counted: str | None = None  # "held" or "slack" while counted in self.slots
 
     # --- phase bookkeeping ---------------------------------------------------------------
 
@@ -257,34 +279,52 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(self.deadline, self.expire)
             return
         log.info("closing %s: no progress in phase %s", self.client, self.phase.value)
-        self.transport.abort()  # close() would wait for a buffer the client never reads
+        self.drop()
+
+    def drop(self) -> None:
+        """Abort the connection (close() would wait for a buffer the client never reads) and
+        give its slot back at once."""
+        self.release()
+        self.transport.abort()
+
+    def release(self) -> None:
+        """Stop counting this connection against the bound (idempotent)."""
+        if self.counted == "held":
+            self.slots.held -= 1
+        elif self.counted == "slack":
+            self.slots.slack -= 1
+        self.counted = None
 
     def make_room(self) -> bool:
         """At the bound: close the longest-waiting client-paced connection; False if none."""
         others = (
             (conn, conn.phase, conn.since)
             for conn in self.connections
-            if conn is not self and isinstance(conn, GuardedHttpProtocol)
+            if isinstance(conn, GuardedHttpProtocol) and conn.counted == "held"
         )
         victim = pick_victim(others)
         if victim is None:
             return False
         log.info("connection bound reached: closing %s (%s)", victim.client, victim.phase.value)
-        victim.transport.abort()
+        victim.drop()
         return True
 
     # --- asyncio / httptools callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        over = len(self.connections) - self.limits.max_connections
-        if over > 0 and not self.make_room():
-            if over > HEALTH_SLACK:
-                log.warning("connection bound reached and every connection busy: refusing one")
-                transport.write(REFUSAL)
-                transport.close()
-                return
+        if self.slots.held < self.limits.max_connections or self.make_room():
+            self.counted = "held"
+            self.slots.held += 1
+        elif self.slots.slack < HEALTH_SLACK:
+            self.counted = "slack"
+            self.slots.slack += 1
             self.over_bound = True
+        else:
+            log.warning("connection bound reached and every connection busy: refusing one")
+            transport.write(REFUSAL)
+            transport.close()
+            return
         TRIMMER.opened(len(self.connections))
         self.enter(Phase.WAIT)
 
@@ -299,6 +339,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.release()
         super().connection_lost(exc)
         TRIMMER.closed(self.loop, len(self.connections))
 
@@ -311,6 +352,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                     self.client,
                     self.limits.max_header_bytes,
                 )
+                self.release()
                 self.transport.write(TOO_LARGE)
                 self.transport.close()
                 return
