@@ -9,12 +9,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from agent.private import make_private_dir, restrict_umask
-from common.cli import add_common_options, print_json, run_cli
+from common.cli import (
+    ACTIVATION_CODE_ENV,
+    add_common_options,
+    print_json,
+    read_activation_code,
+    run_cli,
+)
 from common.config import REGION_ENV, SERVER_ENV, Config, load_config
 from common.errors import ConfigError, LocalStateError, LockedError, UsageError
 from common.layout import Layout
@@ -29,8 +35,6 @@ PROG = "assist-agent"
 SERVER_TEMPLATE = "https://{region}.axt.aliyun.com"
 LOCK_FILE = "agent.lock"
 REGISTRATION_POLL = 1.0  # seconds between looks for the identity of a later `register`
-# The activation code is a secret: read from here or stdin, it never shows in `ps`.
-ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
 
 
 # One example per command and subcommand, shown at the end of its --help (docs/cli.md).
@@ -143,25 +147,6 @@ def resolve_server(
         "cannot tell which server to use",
         hint=f"pass --server, set [agent] server in the config, or set {SERVER_ENV}",
     )
-
-
-def read_activation_code(
-    option: str | None, env: Mapping[str, str], stdin: IO[str] | None = None
-) -> str:
-    """The activation code: --activation-code, '-' for one line of stdin, else the environment."""
-    if option == "-":
-        code = (stdin or sys.stdin).readline().strip()
-        source = "stdin"
-    elif option:
-        code, source = option, "--activation-code"
-    else:
-        code, source = env.get(ACTIVATION_CODE_ENV, "").strip(), f"${ACTIVATION_CODE_ENV}"
-    if not code:
-        raise UsageError(
-            f"no activation code ({source} is empty)",
-            hint=f"set {ACTIVATION_CODE_ENV}, or pass --activation-code - and write it to stdin",
-        )
-    return code
 
 
 def cmd_register(args: argparse.Namespace) -> int:

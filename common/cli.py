@@ -13,11 +13,14 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
-from common.errors import AssistError, is_path_fault, path_error
+from common.errors import AssistError, UsageError, is_path_fault, path_error
 
 log = logging.getLogger(__name__)
+
+# The activation code is a secret: read from here or stdin, it never shows in `ps`.
+ACTIVATION_CODE_ENV = "ALIYUN_ASSIST_ACTIVATION_CODE"
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -294,3 +297,22 @@ def check_trust_root_option(path: str | None) -> None:
         raise ConfigError(
             f"--trust-root {path} is not a TUF root.json ({type(exc).__name__})", hint=hint
         ) from exc
+
+
+def read_activation_code(
+    option: str | None, env: Mapping[str, str], stdin: IO[str] | None = None
+) -> str:
+    """The activation code: --activation-code, '-' for one line of stdin, else the environment."""
+    if option == "-":
+        code = (stdin or sys.stdin).readline().strip()
+        source = "stdin"
+    elif option:
+        code, source = option, "--activation-code"
+    else:
+        code, source = env.get(ACTIVATION_CODE_ENV, "").strip(), f"${ACTIVATION_CODE_ENV}"
+    if not code:
+        raise UsageError(
+            f"no activation code ({source} is empty)",
+            hint=f"set {ACTIVATION_CODE_ENV}, or pass --activation-code - and write it to stdin",
+        )
+    return code

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.cli import ACTIVATION_CODE_ENV, read_activation_code
 from common.cli import (
+    ACTIVATION_CODE_ENV,
     add_common_options,
     print_json,
+    read_activation_code,
     run_cli,
 )
 from common.config import Config

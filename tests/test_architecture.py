@@ -115,6 +115,32 @@ def test_the_circle_finder_sees_a_circle() -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# Which product packages each may import (its own aside). The agent, installer and updater run
+# on the VM; the agent and installer reuse the updater's swap and recovery. Nothing imports the
+# agent, the server or the tools: an installer importing agent.cli (for the activation code)
+# was the slip this rule caught.
+MAY_IMPORT = {
+    "common": set(),
+    "updater": {"common"},
+    "agent": {"common", "updater"},
+    "installer": {"common", "updater"},
+    "mirror": {"common"},
+    "pkgbuild": {"common"},
+    "server": {"common"},
+}
+
+
+def test_each_product_package_imports_only_the_floors_below_it() -> None:
+    offenders = []
+    for module, targets in import_edges().items():
+        package = module.split(".")[0]
+        for target in targets:
+            other = target.split(".")[0]
+            if other != package and other not in MAY_IMPORT[package]:
+                offenders.append(f"{module} imports {target}")
+    assert offenders == []
+
+
 def test_no_product_module_imports_scaffolding() -> None:
     offenders = []
     for path in product_files():

@@ -222,7 +222,7 @@ def test_missing_code_is_refused_before_any_download(
 def test_register_reads_the_code_from_stdin_or_the_environment() -> None:
     import io
 
-    from agent.cli import read_activation_code
+    from common.cli import read_activation_code
     from common.errors import UsageError
 
     env = {"ALIYUN_ASSIST_ACTIVATION_CODE": "from-env"}
