@@ -5,7 +5,9 @@ invocations) and the updater (the `[update] schedule`), so what the server accep
 what an agent can schedule. The grammar follows the ECS Cloud Assistant API (docs/schedules.md):
 
 - cron: `sec min hour day month weekday [year] [zone]`, seconds first; `?`, `L`, `W`, `#` and
-  month/day names as croniter reads them; evaluated in `zone` (UTC when absent);
+  month/day names as croniter reads them; evaluated in `zone`, or without one in the system
+  time zone of the machine that evaluates it (the VM's, as the real API does: `TZ`, else
+  /etc/localtime, else the current UTC offset);
 - `rate(<n><s|m|h|d>)`: every n units, 60 s to 7 days, counted from the task's creation;
 - `at(<time> [zone])`: once; `<time>` is ISO-8601 (`2026-12-01T03:00:00Z`) or the API's
   `2026-12-01 03:00:00 Asia/Shanghai`; UTC when no zone or offset is given.
@@ -15,14 +17,18 @@ Zones are IANA names (`Asia/Shanghai`), `UTC`, or fixed offsets `GMT+8`, `UTC-05
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Union
 
 from common.errors import ConfigError
 
+LOCALTIME = "/etc/localtime"
 MIN_RATE = 60  # seconds, as the real API
 MAX_RATE = 7 * 86400  # seconds
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -44,7 +50,8 @@ class InvalidFrequencyError(ConfigError):
 
 @dataclass(frozen=True)
 class Cron:
-    """Seconds-first cron (6 or 7 fields, the 7th a year), evaluated in `tz` (empty: UTC)."""
+    """Seconds-first cron (6 or 7 fields, the 7th a year), evaluated in `tz` (empty: the
+    system time zone)."""
 
     expression: str
     tz: str = ""
@@ -117,6 +124,20 @@ def parse_instant(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone or timezone.utc)
     return moment.timestamp()
+
+
+def system_zone(environ: Mapping[str, str] | None = None) -> tzinfo:
+    """This machine's time zone, read on each call (an operator may change it): `TZ` if it
+    names a zone, else /etc/localtime, else the current UTC offset (Windows, a bare root)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = (os.environ if environ is None else environ).get("TZ", "").lstrip(":")
+    if name:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
+            return timezone.utc if name.upper() in ("UTC", "GMT") else ZoneInfo(name)
+    with contextlib.suppress(OSError, ValueError), open(LOCALTIME, "rb") as handle:
+        return ZoneInfo.from_file(handle, key="localtime")
+    return datetime.now().astimezone().tzinfo or timezone.utc
 
 
 def parse_zone(name: str) -> tzinfo:
@@ -195,7 +216,7 @@ def next_cron(schedule: Cron, after: float) -> float | None:
     """Next fire of a seconds-first cron after `after`, in its zone; None when it never will."""
     from croniter import croniter
 
-    zone = parse_zone(schedule.tz) if schedule.tz else timezone.utc
+    zone = parse_zone(schedule.tz) if schedule.tz else system_zone()
     start = datetime.fromtimestamp(after, tz=zone)
     try:
         it = croniter(

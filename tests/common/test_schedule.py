@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from common.schedule import (
     next_fire,
     next_update_time,
     parse_frequency,
+    system_zone,
 )
 from server import model
 from server.rpc import ApiError
@@ -112,7 +114,34 @@ def test_cron_fires_in_its_zone_and_year() -> None:
     assert next_fire(parse_frequency("0 0 0 1 1 * 2020"), ts("2026-01-01T00:00:00")) is None
 
 
-def test_update_schedule_is_the_cron_part_of_the_same_grammar() -> None:
+def test_a_cron_without_a_zone_fires_in_the_system_zone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As the real API: a zone-less cron runs in the instance's system time zone."""
+    nightly = parse_frequency("0 0 3 * * *")
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    assert next_fire(nightly, ts("2026-01-01T00:00:00")) == ts("2026-01-01T19:00:00")
+    monkeypatch.setenv("TZ", "America/New_York")  # read on each call; DST moves the fire
+    assert next_fire(nightly, ts("2026-01-01T00:00:00")) == ts("2026-01-01T08:00:00")
+    assert next_fire(nightly, ts("2026-07-01T00:00:00")) == ts("2026-07-01T07:00:00")
+    monkeypatch.setenv("TZ", "UTC")
+    assert next_fire(nightly, ts("2026-01-01T00:00:00")) == ts("2026-01-01T03:00:00")
+    # no TZ: /etc/localtime (a copy of a real zone file here); an unreadable one: the offset
+    monkeypatch.delenv("TZ")
+    localtime = tmp_path / "localtime"
+    localtime.write_bytes(Path("/usr/share/zoneinfo/Asia/Tokyo").read_bytes())
+    monkeypatch.setattr("common.schedule.LOCALTIME", str(localtime))
+    assert next_fire(nightly, ts("2026-01-01T00:00:00")) == ts("2026-01-01T18:00:00")
+    localtime.write_bytes(b"not a zone file")
+    assert system_zone({}).utcoffset(datetime.now()) == datetime.now().astimezone().utcoffset()
+    # an unknown TZ falls through to the next source rather than failing the schedule
+    assert system_zone({"TZ": "Mars/Base"}) is not None
+
+
+def test_update_schedule_is_the_cron_part_of_the_same_grammar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "UTC")
     now = ts("2026-11-26T02:59:30")
     assert next_update_time("0 0 3 * * * Asia/Shanghai", now, 0) == ts("2026-11-26T19:00:00")
     when = next_update_time("0 0 3 * * *", now, 3600, random.Random(7))
