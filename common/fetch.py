@@ -27,7 +27,7 @@ from typing import IO
 
 import requests
 
-from common.atomic import fsync_dir
+from common.atomic import fsync_dir, start_writeback
 from common.errors import (
     AssistError,
     ConfigError,
@@ -49,6 +49,7 @@ from common.progress import open_progress, progress_enabled
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per read: large enough for sha256 and the disk to keep up with the wire
+WRITEBACK = 8 << 20  # bytes written between two starts of their write-back to disk
 MAX_BACKOFF = 30.0  # seconds, the longest sleep between rounds
 MIN_SPEED = 1024  # bytes/s: a mirror slower than this over a whole read_timeout window is left
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -115,7 +116,9 @@ class _PartFile:
 
     Writing and hashing a chunk happen on a worker thread while the caller reads the next one
     from the socket (hashlib and file writes release the GIL); at most one chunk is in flight,
-    so order is kept and memory stays at two chunks.
+    so order is kept and memory stays at two chunks. Every WRITEBACK bytes the worker also
+    starts the disk write of what it wrote (common.atomic.start_writeback), so the fsync at
+    the end, or the mirror's one syncfs, waits for the tail only, not for the whole file.
     """
 
     def __init__(self, path: Path, cap: int | None, gate: PieceGate | None = None) -> None:
@@ -124,6 +127,7 @@ class _PartFile:
         self.hasher = hashlib.sha256()
         self.gate = gate  # checks signed pieces and hands them on while the rest downloads
         self.size = 0
+        self._flushed = 0  # bytes of the file whose write-back has been started
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-write")
         self._pending: Future[None] | None = None
         if cap is not None and os.fstat(self.handle.fileno()).st_size > cap:
@@ -152,6 +156,11 @@ class _PartFile:
         self.hasher.update(chunk)
         if self.gate is not None:
             self.gate.feed(chunk)
+        end = self.handle.tell()
+        if end - self._flushed >= WRITEBACK:
+            self.handle.flush()
+            start_writeback(self.handle.fileno(), self._flushed, end - self._flushed)
+            self._flushed = end
 
     def wait(self) -> None:
         """Let the chunk in flight land; re-raise its error (disk full…)."""
@@ -169,6 +178,7 @@ class _PartFile:
         self.wait()
         self.handle.seek(0)
         self.handle.truncate(0)
+        self._flushed = 0
         self.hasher = hashlib.sha256()
         if self.gate is not None:
             self.gate.restart()

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import requests
 
+import common.atomic
+import common.fetch
 from common.errors import ConfigError, DownloadError, NotFoundError, VerificationError
 from common.fetch import CHUNK, EndlessDataError, Fetcher
 from devkit.httpserver import StaticServer
@@ -173,6 +175,37 @@ def test_download_streams_verifies_and_renames(servers: list[StaticServer], tmp_
     assert result.mirror == servers[0].url
     assert dest.read_bytes() == PAYLOAD
     assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]
+
+
+def test_writeback_is_started_while_receiving_and_the_file_is_fsynced_last(
+    servers: list[StaticServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-back of each window starts as it lands (the final fsync waits for the tail only),
+    covers the file from its first byte, starts over with the file, and never replaces the
+    fsync of a durable download, which comes after the last byte."""
+    calls: list[tuple[str, int, int]] = []
+    real_fsync = os.fsync
+
+    def writeback(fd: int, offset: int, length: int) -> None:
+        calls.append(("writeback", offset, length))
+        common.atomic.start_writeback(fd, offset, length)  # the real sync_file_range
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.fstat(fd).st_size, 0))
+        real_fsync(fd)
+
+    monkeypatch.setattr(common.fetch, "WRITEBACK", CHUNK)
+    monkeypatch.setattr(common.fetch, "start_writeback", writeback)
+    monkeypatch.setattr(os, "fsync", fsync)
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.part").write_bytes(b"X" * 5000)  # wrong: the file starts over
+    fetcher_for(servers[0].url).download(NAME, dest, expected_sha256=SHA)
+    assert dest.read_bytes() == PAYLOAD
+    last_start = max(i for i, call in enumerate(calls) if call == ("writeback", 0, CHUNK))
+    after_restart = calls[last_start:]
+    assert after_restart[:4] == [("writeback", n * CHUNK, CHUNK) for n in range(3)] + [
+        ("fsync", len(PAYLOAD), 0)
+    ]
 
 
 def test_mirror_urls_get_a_trailing_slash(servers: list[StaticServer], tmp_path: Path) -> None:
