@@ -22,6 +22,7 @@ import common.atomic
 import common.fetch
 from common.errors import ConfigError, DownloadError, NotFoundError, VerificationError
 from common.fetch import CHUNK, EndlessDataError, Fetcher
+from common.httpbounds import get_with_deadline
 from devkit.httpserver import StaticServer
 from devkit.terminal import run_on_a_terminal
 
@@ -601,3 +602,32 @@ def test_a_mirror_trickling_its_headers_is_left_and_the_file_comes_from_the_next
     assert done, "the download is still waiting for the trickled headers"
     assert (tmp_path / "file.bin").read_bytes() == PAYLOAD
     assert not (tmp_path / "file.bin.part").exists()
+
+
+class _ThreadRecordingSession(requests.Session):
+    """A real session that notes which thread sent each request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[threading.Thread] = []  # the objects: an ident can be reused
+
+    def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.threads.append(threading.current_thread())
+        return super().get(url, **kwargs)
+
+
+def test_header_threads_are_reused_but_never_one_still_waiting_on_a_hung_mirror(
+    servers: list[StaticServer], release: threading.Event
+) -> None:
+    """The thread a request ran on serves the next one (no thread start per file), while the
+    thread stuck in a trickling mirror's headers is left alone and the next request gets
+    another."""
+    servers[0].hook = trickle_headers(0.2, release)
+    session = _ThreadRecordingSession()
+    with pytest.raises(requests.Timeout):
+        get_with_deadline(session, servers[0].url + NAME, 0.5, stream=True, timeout=(3, 10))
+    for _ in range(3):
+        with get_with_deadline(session, servers[1].url + NAME, 10, stream=True) as response:
+            assert response.content == PAYLOAD
+    hung, *served = session.threads
+    assert len(set(map(id, served))) == 1 and served[0] is not hung
