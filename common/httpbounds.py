@@ -9,6 +9,7 @@ for hours; these helpers give every wait on a mirror or the metadata service a t
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -76,6 +77,44 @@ def read_chunk(
     return bytes(buffer), None
 
 
+class _DaemonThreads:
+    """Daemon threads that each run one job at a time and wait for the next once done.
+
+    get_with_deadline needs a thread per request it may abandon (daemon: one left hanging on
+    a dead mirror must not hold the process at exit); starting one per request costs a mirror
+    sync of hundreds of files dearly, as a new thread waits for the GIL behind the busy ones.
+    A thread whose job hangs is simply not offered again; at most MAX_IDLE wait idle.
+    """
+
+    MAX_IDLE = 16
+
+    def __init__(self) -> None:
+        self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Run `job` on an idle thread, or on a new one if none is idle."""
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(
+                target=self._serve, args=(inbox,), name="http-headers", daemon=True
+            ).start()
+        inbox.put(job)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        while True:
+            inbox.get()()  # the job reports its own outcome and errors
+            with self._lock:
+                if len(self._idle) >= self.MAX_IDLE:
+                    return
+                self._idle.append(inbox)
+
+
+_HEADER_THREADS = _DaemonThreads()
+
+
 def get_with_deadline(
     session: requests.Session, url: str, total: float, **kwargs: Any
 ) -> requests.Response:
@@ -104,7 +143,7 @@ def get_with_deadline(
             outcome.append(result)
             finished.set()
 
-    threading.Thread(target=run, name="http-headers", daemon=True).start()
+    _HEADER_THREADS.run(run)
     finished.wait(total)
     with settled:
         if not outcome:

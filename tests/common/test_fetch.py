@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 import requests
 
+import common.atomic
+import common.fetch
 from common.errors import ConfigError, DownloadError, NotFoundError, VerificationError
 from common.fetch import CHUNK, EndlessDataError, Fetcher
+from common.httpbounds import get_with_deadline
 from devkit.httpserver import StaticServer
 from devkit.terminal import run_on_a_terminal
 
@@ -173,6 +176,37 @@ def test_download_streams_verifies_and_renames(servers: list[StaticServer], tmp_
     assert result.mirror == servers[0].url
     assert dest.read_bytes() == PAYLOAD
     assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]
+
+
+def test_writeback_is_started_while_receiving_and_the_file_is_fsynced_last(
+    servers: list[StaticServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-back of each window starts as it lands (the final fsync waits for the tail only),
+    covers the file from its first byte, starts over with the file, and never replaces the
+    fsync of a durable download, which comes after the last byte."""
+    calls: list[tuple[str, int, int]] = []
+    real_fsync = os.fsync
+
+    def writeback(fd: int, offset: int, length: int) -> None:
+        calls.append(("writeback", offset, length))
+        common.atomic.start_writeback(fd, offset, length)  # the real sync_file_range
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.fstat(fd).st_size, 0))
+        real_fsync(fd)
+
+    monkeypatch.setattr(common.fetch, "WRITEBACK", CHUNK)
+    monkeypatch.setattr(common.fetch, "start_writeback", writeback)
+    monkeypatch.setattr(os, "fsync", fsync)
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.part").write_bytes(b"X" * 5000)  # wrong: the file starts over
+    fetcher_for(servers[0].url).download(NAME, dest, expected_sha256=SHA)
+    assert dest.read_bytes() == PAYLOAD
+    last_start = max(i for i, call in enumerate(calls) if call == ("writeback", 0, CHUNK))
+    after_restart = calls[last_start:]
+    assert after_restart[:4] == [("writeback", n * CHUNK, CHUNK) for n in range(3)] + [
+        ("fsync", len(PAYLOAD), 0)
+    ]
 
 
 def test_mirror_urls_get_a_trailing_slash(servers: list[StaticServer], tmp_path: Path) -> None:
@@ -568,3 +602,32 @@ def test_a_mirror_trickling_its_headers_is_left_and_the_file_comes_from_the_next
     assert done, "the download is still waiting for the trickled headers"
     assert (tmp_path / "file.bin").read_bytes() == PAYLOAD
     assert not (tmp_path / "file.bin.part").exists()
+
+
+class _ThreadRecordingSession(requests.Session):
+    """A real session that notes which thread sent each request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[threading.Thread] = []  # the objects: an ident can be reused
+
+    def get(self, url: str | bytes, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.threads.append(threading.current_thread())
+        return super().get(url, **kwargs)
+
+
+def test_header_threads_are_reused_but_never_one_still_waiting_on_a_hung_mirror(
+    servers: list[StaticServer], release: threading.Event
+) -> None:
+    """The thread a request ran on serves the next one (no thread start per file), while the
+    thread stuck in a trickling mirror's headers is left alone and the next request gets
+    another."""
+    servers[0].hook = trickle_headers(0.2, release)
+    session = _ThreadRecordingSession()
+    with pytest.raises(requests.Timeout):
+        get_with_deadline(session, servers[0].url + NAME, 0.5, stream=True, timeout=(3, 10))
+    for _ in range(3):
+        with get_with_deadline(session, servers[1].url + NAME, 10, stream=True) as response:
+            assert response.content == PAYLOAD
+    hung, *served = session.threads
+    assert len(set(map(id, served))) == 1 and served[0] is not hung
