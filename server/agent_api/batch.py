@@ -17,6 +17,9 @@ recently, goes at once):
   thus ordered by the database: a stop committed first makes the claim fail (the kick goes out
   without its task, the agent lists and finds nothing to run: Cancelled, never run); a claim
   committed first makes the stop a Stopping the agent sees when it lists (docs/scale.md).
+  A claim holds an answer back, so it does not wait out the interval: it is written at once,
+  or, while a flush is under way, with the claims that arrived meanwhile right after it (group
+  commit). Nonces and last-seen ride along.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class ReplicaWrites:
         # invoke id -> instance id -> the answer waiting for its delivery claim
         self._delivered: dict[str, dict[str, asyncio.Future[bool]]] = {}
         self._wake: asyncio.Event | None = None
+        self._urgent: asyncio.Event | None = None  # a claim waits: flush without the interval
         self._flusher: asyncio.Task[None] | None = None
         self._last = 0.0
         self._next_prune = 0.0
@@ -88,26 +92,31 @@ class ReplicaWrites:
         future = waiting.get(instance_id)
         if future is None:
             future = waiting[instance_id] = asyncio.get_running_loop().create_future()
-            self._kick()
+            self._kick(urgent=True)
         return future
 
     # --- flushing --------------------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _kick(self, urgent: bool = False) -> None:
         if self._flusher is None or self._flusher.done():
-            self._wake = asyncio.Event()
+            self._wake, self._urgent = asyncio.Event(), asyncio.Event()
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        assert self._wake is not None
+        assert self._wake is not None and self._urgent is not None
         self._wake.set()
+        if urgent:
+            self._urgent.set()
 
     async def _flush_loop(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._urgent is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
             delay = self._last + self.interval - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # cut short by a claim
+                    async with asyncio.timeout(delay):
+                        await self._urgent.wait()
+            self._urgent.clear()
             self._last = time.monotonic()
             await self.flush()
 
