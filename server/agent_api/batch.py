@@ -1,4 +1,4 @@
-"""Per-replica batched writes of the agent API: long-poll nonces, last-seen, delivered marks.
+"""Per-replica batched writes of the agent API: long-poll nonces, last-seen, delivery claims.
 
 An idle fleet's requests are long-polls. Writing each poll's nonce and last-seen time in its own
 transaction made idle cost one or two database writes per request; here a replica collects them
