@@ -275,11 +275,19 @@ class Agent:
     def _handle_events(self, events: list[dict[str, Any]]) -> bool:
         """React to long-poll events; True if the whole task list was fetched.
 
-        A kick or a stop lists the tasks. A kick may carry its tasks (`"tasks"`), but taking them
-        from the kick raced with StopInvocation (a stop of a task taken that way was sometimes
-        not applied); until that is understood the agent lists, as before."""
+        A kick that carries its tasks (`{"type": "task", "tasks": [...]}`, signed like every
+        answer) is taken as it is: no task list. A stop, or a kick without its tasks (a
+        modified invocation, a task the server would not hand out any more, an older server),
+        lists them all. Carried tasks are taken first, then the list: the server hands a task
+        out with a kick only once it is marked delivered, and publishes a stop only once it is
+        committed, so a listing made after this answer arrived names every stop of a task taken
+        here, whatever order the events came in (docs/agent-protocol.md)."""
+        kicks = [e for e in events if e.get("type") == "task"]
+        for kick in kicks:
+            for raw in kick.get("tasks") or ():
+                self._take_task(raw)
         kinds = {str(e.get("type")) for e in events}
-        synced = bool(kinds & {"task", "stop"})
+        synced = "stop" in kinds or any(not isinstance(e.get("tasks"), list) for e in kicks)
         if synced:
             self.sync_tasks("kick")
         if kinds & {"update", "settings"}:

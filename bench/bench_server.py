@@ -23,6 +23,9 @@ answering a hello-world route. Figure names end in _<db>_<agents>.
   transactions per second and the polls answered per second.
 
 BENCH_SERVER_PROFILE=DIR runs each server under cProfile (DIR/<db>-<agents>.prof).
+BENCH_SERVER_FIGURES=fanout,idle (default: api,fanout,idle,ingest) measures only those figures:
+at 10,000 agents the ingestion rounds alone take minutes. The fan-out figure also gives the CPU
+seconds the server and this load generator (same 2 cores) spent per round.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,6 +71,8 @@ CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 IDLE_POLL = int(os.environ.get("BENCH_IDLE_POLL", "5"))
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "15"))
 PROFILE_DIR = os.environ.get("BENCH_SERVER_PROFILE", "")
+FIGURES = os.environ.get("BENCH_SERVER_FIGURES", "api,fanout,idle,ingest").split(",")
+PARK_DEADLINE = 50.0  # seconds for every agent to park its poll (polls ask for timeout=60)
 # BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
 INGEST_TARGET = {"sqlite": 5000.0, "postgres": 2000.0}
 
@@ -88,13 +94,35 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def all_parked(fleet: Fleet) -> None:
-    while (await healthz(fleet.port))["waiting"] < len(fleet.agents):
+async def all_parked(fleet: Fleet, runners: list[asyncio.Task[None]]) -> None:
+    """Wait until every agent's poll is parked; fail at once if one of them failed (a 503, an
+    answer without events), or when parking outlasts PARK_DEADLINE (the first polls would time
+    out empty meanwhile): waiting for a count that can no longer be reached hung the run."""
+    deadline = time.perf_counter() + PARK_DEADLINE
+    while (waiting := (await healthz(fleet.port))["waiting"]) < len(fleet.agents):
+        for runner in runners:
+            if runner.done():
+                runner.result()  # raises what went wrong
+                raise RuntimeError("an agent's poll was answered before the kick")
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"only {waiting} of {len(fleet.agents)} polls parked")
         await asyncio.sleep(0.1)
 
 
-async def fanout_round(fleet: Fleet, command_id: str, conns: list[Conn]) -> list[float]:
-    """Everyone long-polls; InvokeCommand to all; seconds until each agent holds its task."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` (default: this one)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def fanout_round(
+    fleet: Fleet, command_id: str, conns: list[Conn], server_pid: int
+) -> tuple[list[float], float, float]:
+    """Everyone long-polls; InvokeCommand to all; seconds until each agent holds its task, and
+    the CPU seconds the server and this load generator spent from the first call until then."""
     t0 = 0.0
     latencies: list[float] = []
     owner: dict[str, str] = {}
@@ -122,13 +150,15 @@ async def fanout_round(fleet: Fleet, command_id: str, conns: list[Conn]) -> list
     runners = [
         asyncio.create_task(agent(c, iid, key)) for c, (iid, key) in zip(conns, fleet.agents)
     ]
-    await all_parked(fleet)
+    await all_parked(fleet, runners)
+    cpu = (cpu_seconds(server_pid), cpu_seconds())
     t0 = time.perf_counter()
     owner.update(await fleet.invoke_all(command_id))
     started.set()
     await asyncio.gather(*runners)
+    server_cpu, own_cpu = cpu_seconds(server_pid) - cpu[0], cpu_seconds() - cpu[1]
     await burst(fleet.port, fleet.finish_reports(owner), CONCURRENCY)  # a clean next round
-    return latencies
+    return latencies, server_cpu, own_cpu
 
 
 async def idle_cost(fleet: Fleet, conns: list[Conn]) -> dict[str, float]:
@@ -159,8 +189,9 @@ async def idle_cost(fleet: Fleet, conns: list[Conn]) -> dict[str, float]:
 
 
 async def measure_backend(
-    name: str, agents: int, port: int, key_id: str, secret: str, hello_port: int
+    name: str, agents: int, port: int, key_id: str, secret: str, hello_port: int, server_pid: int
 ) -> None:
+    """Register the fleet, then measure the figures BENCH_SERVER_FIGURES names."""
     tag = f"{name}_{agents}"
     fleet = Fleet(port, key_id, secret)
     await fleet.register(agents)
@@ -169,7 +200,22 @@ async def measure_backend(
             "CreateCommand", Name="bench", Type="RunShellScript", CommandContent="ZWNobyAxMjM="
         )
     )["CommandId"]
-    # API throughput: signed heartbeats vs hello-world, interleaved
+    if {"fanout", "idle"} & set(FIGURES):
+        conns = await open_many(port, agents)
+        if "fanout" in FIGURES:
+            await fanout(tag, fleet, command_id, conns, hello_port, server_pid)
+        if "idle" in FIGURES:
+            await idle_figure(tag, fleet, conns)
+        for c in conns:
+            c.close()
+    if {"api", "ingest"} & set(FIGURES):  # the ingestion's baseline is the API rate's
+        hello_rate = await api_rate(tag, fleet, hello_port)
+        if "ingest" in FIGURES:
+            await ingestion(name, tag, fleet, command_id, hello_rate)
+
+
+async def api_rate(tag: str, fleet: Fleet, hello_port: int) -> float:
+    """Signed heartbeats vs hello-world requests per second, interleaved; the hello rate."""
     iid, key = fleet.agents[0]
     hb = json.dumps({"agent_version": "bench", "uptime": 1, "boot_time": 1, "running": 0}).encode()
     ours, base = [], []
@@ -179,7 +225,7 @@ async def measure_backend(
         )
         ours.append(
             await rate(
-                port,
+                fleet.port,
                 lambda: signed_request(key, iid, "POST", "/luban/api/heart-beat", hb),
                 RATE_SECONDS,
                 CONCURRENCY,
@@ -196,18 +242,24 @@ async def measure_backend(
         baseline_runs=base,
         request="POST /luban/api/heart-beat (signed)",
     )
+    return hello_rate
 
-    # long-poll fan-out, then the idle cost on the same connections
-    conns = await open_many(port, agents)
+
+async def fanout(
+    tag: str, fleet: Fleet, command_id: str, conns: list[Conn], hello_port: int, server_pid: int
+) -> None:
+    """FANOUT_ROUNDS fan-out rounds: the median of their p99s, and the CPU they cost."""
     latencies: list[float] = []
-    p99s = []
+    p99s, server_cpu, generator_cpu = [], [], []
     for _ in range(FANOUT_ROUNDS):
-        round_latencies = await fanout_round(fleet, command_id, conns)
+        round_latencies, server, generator = await fanout_round(
+            fleet, command_id, conns, server_pid
+        )
         latencies.extend(round_latencies)
         p99s.append(percentile(round_latencies, 0.99))
-    idle = await idle_cost(fleet, conns)
-    for c in conns:
-        c.close()
+        server_cpu.append(server)
+        generator_cpu.append(generator)
+    agents = len(fleet.agents)
     hello_conns = min(agents, 1000)
     hello_burst = statistics.median(
         [
@@ -227,7 +279,13 @@ async def measure_backend(
         p50=percentile(latencies, 0.5),
         max=max(latencies),
         rounds_p99=p99s,
+        server_cpu_s=server_cpu,
+        load_generator_cpu_s=generator_cpu,
     )
+
+
+async def idle_figure(tag: str, fleet: Fleet, conns: list[Conn]) -> None:
+    idle = await idle_cost(fleet, conns)
     emit(
         f"server_idle_writes_{tag}",
         idle["transactions_per_s"] / max(idle["polls_per_s"], 1e-9),
@@ -240,13 +298,15 @@ async def measure_backend(
         rows_per_poll=idle["rows_per_poll"],
     )
 
-    # result ingestion: a burst of signed terminal reports, several rounds, median rate
+
+async def ingestion(name: str, tag: str, fleet: Fleet, command_id: str, hello_rate: float) -> None:
+    """A burst of signed terminal reports, several rounds, median rate."""
     rates: list[float] = []
     reports_per_round = 0
     for _ in range(INGEST_ROUNDS):
         owners = [await fleet.invoke_all(command_id) for _ in range(INGEST_INVOCATIONS)]
         reports = [r for owner in owners for r in fleet.finish_reports(owner, "MTIzCg==")]
-        elapsed = await burst(port, reports, CONCURRENCY)
+        elapsed = await burst(fleet.port, reports, CONCURRENCY)
         rates.append(len(reports) / elapsed)
         reports_per_round = len(reports)
         await fleet.all_succeeded({i for owner in owners for i in owner.values()})
@@ -295,12 +355,21 @@ def run_backend(name: str, url: str | None, agents: int, tmp: Path, hello_port: 
     try:
         key_id, secret = handle.create_access_key("bench")
         port = int(handle.url.rsplit(":", 1)[1])
-        asyncio.run(measure_backend(name, agents, port, key_id, secret, hello_port))
+        asyncio.run(
+            measure_backend(name, agents, port, key_id, secret, hello_port, handle.process.pid)
+        )
     finally:
         handle.stop()
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(
+        128 + signum
+    )  # unwinds through the finally blocks: servers stopped, DB dropped
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     hello_port = free_port()

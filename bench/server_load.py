@@ -22,18 +22,38 @@ INVOKE_LIMIT = 100  # InstanceId.N per InvokeCommand (the real API's limit, the 
 
 
 class Conn:
-    """One keep-alive connection."""
+    """One keep-alive connection; reopened when the server has closed it while it sat idle."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.port = port
         self.reader = reader
         self.writer = writer
 
     @classmethod
     async def open(cls, port: int) -> Conn:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-        return cls(reader, writer)
+        return cls(port, reader, writer)
 
     async def send(self, raw: bytes) -> tuple[int, bytes]:
+        """One request and its answer. A connection the server closed before answering (its
+        header or idle timeout ran out while the generator was busy elsewhere: 10,000
+        connections take longer to open than the server's 15 s header timeout) is reopened
+        and the request sent again, as an HTTP client does with a stale keep-alive connection;
+        the server closes only connections with no request under way, so nothing ran twice."""
+        try:
+            return await self._exchange(raw)
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise  # cut mid-answer: not a stale connection
+            self.close()
+            self.reader, self.writer = await asyncio.open_connection(
+                "127.0.0.1", self.port, limit=1 << 22
+            )
+            return await self._exchange(raw)
+
+    async def _exchange(self, raw: bytes) -> tuple[int, bytes]:
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])

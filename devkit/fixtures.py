@@ -12,13 +12,16 @@ from devkit.realagent import AgentEnv
 from devkit.server import ServerHandle, launch_server
 
 
-def server_fixture(name: str, scope: str = "module") -> Callable[..., Iterator[ServerHandle]]:
-    """A pytest fixture: one SQLite `assist-server serve` under a fresh temp dir `name`, for
-    each module (or other `scope`). In a test module: `server = server_fixture("v3-server")`."""
+def server_fixture(
+    name: str, scope: str = "module", extra_args: list[str] | None = None
+) -> Callable[..., Iterator[ServerHandle]]:
+    """A pytest fixture: one SQLite `assist-server serve` (with `extra_args`) under a fresh temp
+    dir `name`, for each module (or other `scope`). In a test module:
+    `server = server_fixture("v3-server")`."""
 
     @pytest.fixture(scope=scope)  # type: ignore[call-overload]
     def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-        handle = launch_server(tmp_path_factory.mktemp(name))
+        handle = launch_server(tmp_path_factory.mktemp(name), extra_args=extra_args)
         try:
             yield handle
         finally:

@@ -257,11 +257,22 @@ async def notify_events(request: Request) -> dict[str, Any]:
         raise auth.unauthorized("nonce already used", "ReplayedRequest")
     state.batch.note_seen(who.instance_id, int(time.time() * 1000))
     events = await wait_unless_gone(request, state.notifier, who.instance_id, float(timeout))
-    for event in events:  # tasks that went out with the kick: no task list will mark them
-        for task in event.get("tasks") or ():
-            state.batch.delivered(str(task["invoke_id"]), who.instance_id)
+    events = [await carried_tasks(state, who.instance_id, event) for event in events]
     # an answered long-poll counts as a heartbeat: the agent may stop its own
     return {"events": events, "heartbeat": True}
+
+
+async def carried_tasks(state: ServerState, instance_id: str, event: Any) -> Any:
+    """The event as this instance may get it: a kick keeps only the tasks whose delivery was
+    claimed (server/agent_api/batch.py), so a task stopped before it went out is never carried;
+    a kick left with none goes without `tasks` and the agent lists its tasks instead."""
+    carried = event.get("tasks") if isinstance(event, dict) else None
+    if not carried:
+        return event
+    claims = [state.batch.claim_delivery(str(t["invoke_id"]), instance_id) for t in carried]
+    kept = [task for task, ok in zip(carried, await asyncio.gather(*claims)) if ok]
+    bare = {k: v for k, v in event.items() if k != "tasks"}
+    return {**bare, "tasks": kept} if kept else bare
 
 
 async def wait_unless_gone(

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(  # tests only: how often the background upkeep runs
         "--chores-interval", type=float, default=60.0, help=argparse.SUPPRESS
     )
+    serve.add_argument(  # tests only: seconds between batched agent writes (a wider race window)
+        "--batch-interval", type=float, default=None, help=argparse.SUPPRESS
+    )
 
     key = sub.add_parser("key", help="the control plane's response-signing key")
     add_common_options(key)
@@ -167,6 +170,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         history_days=args.history_days,
         history_keep=args.history_keep,
         chores_interval=args.chores_interval,
+        batch_interval=Settings.batch_interval
+        if args.batch_interval is None
+        else args.batch_interval,
         output_quota=args.output_quota,
     )
 

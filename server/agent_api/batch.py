@@ -1,4 +1,4 @@
-"""Per-replica batched writes of the agent API: long-poll nonces, last-seen, delivered marks.
+"""Per-replica batched writes of the agent API: long-poll nonces, last-seen, delivery claims.
 
 An idle fleet's requests are long-polls. Writing each poll's nonce and last-seen time in its own
 transaction made idle cost one or two database writes per request; here a replica collects them
@@ -11,8 +11,15 @@ recently, goes at once):
   any replica is refused before it has any effect (docs/scale.md, Idle cost).
 - Last-seen: one ``UPDATE … WHERE instance_id IN (…)`` for the instances heard from since the
   last flush, each at most once per SEEN_WRITE_INTERVAL.
-- Delivered marks: tasks handed out with a kick (no task list asked) are marked delivered in one
-  UPDATE per invocation.
+- Delivery claims: a kick that carries its task goes out with that task only once the instance's
+  row was marked delivered, by one conditional ``UPDATE … RETURNING`` per invocation and flush,
+  and only while the row is active and not asked to stop. StopInvocation and the delivery are
+  thus ordered by the database: a stop committed first makes the claim fail (the kick goes out
+  without its task, the agent lists and finds nothing to run: Cancelled, never run); a claim
+  committed first makes the stop a Stopping the agent sees when it lists (docs/scale.md).
+  A claim holds an answer back, so it does not wait out the interval: it is written at once,
+  or, while a flush is under way, with the claims that arrived meanwhile right after it (group
+  commit). Nonces and last-seen ride along.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from server import model
@@ -42,8 +50,10 @@ class ReplicaWrites:
         self._nonces: dict[str, tuple[int, asyncio.Future[bool]]] = {}
         self._seen: set[str] = set()
         self._seen_written: dict[str, int] = {}  # instance id -> ms of its last last-seen write
-        self._delivered: dict[str, set[str]] = {}  # invoke id -> instance ids
+        # invoke id -> instance id -> the answer waiting for its delivery claim
+        self._delivered: dict[str, dict[str, asyncio.Future[bool]]] = {}
         self._wake: asyncio.Event | None = None
+        self._urgent: asyncio.Event | None = None  # a claim waits: flush without the interval
         self._flusher: asyncio.Task[None] | None = None
         self._last = 0.0
         self._next_prune = 0.0
@@ -74,28 +84,39 @@ class ReplicaWrites:
         """A request wrote the instance's last-seen time itself (a heartbeat)."""
         self._seen_written[instance_id] = now_ms
 
-    def delivered(self, invoke_id: str, instance_id: str) -> None:
-        """The instance was handed the invocation's task with a kick."""
-        self._delivered.setdefault(invoke_id, set()).add(instance_id)
-        self._kick()
+    def claim_delivery(self, invoke_id: str, instance_id: str) -> asyncio.Future[bool]:
+        """True once the invocation is marked delivered to the instance, so its kick may carry
+        the task; False when the row ended or was asked to stop meanwhile (or the write failed):
+        the kick then goes without it and the agent lists its tasks."""
+        waiting = self._delivered.setdefault(invoke_id, {})
+        future = waiting.get(instance_id)
+        if future is None:
+            future = waiting[instance_id] = asyncio.get_running_loop().create_future()
+            self._kick(urgent=True)
+        return future
 
     # --- flushing --------------------------------------------------------------------------
 
-    def _kick(self) -> None:
+    def _kick(self, urgent: bool = False) -> None:
         if self._flusher is None or self._flusher.done():
-            self._wake = asyncio.Event()
+            self._wake, self._urgent = asyncio.Event(), asyncio.Event()
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        assert self._wake is not None
+        assert self._wake is not None and self._urgent is not None
         self._wake.set()
+        if urgent:
+            self._urgent.set()
 
     async def _flush_loop(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._urgent is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
             delay = self._last + self.interval - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # cut short by a claim
+                    async with asyncio.timeout(delay):
+                        await self._urgent.wait()
+            self._urgent.clear()
             self._last = time.monotonic()
             await self.flush()
 
@@ -109,31 +130,33 @@ class ReplicaWrites:
         now_ms = model.now_ms()
         items = [(key, expires) for key, (expires, _) in nonces.items()]
 
-        async def _tx(conn: Conn) -> set[str]:
+        async def _tx(conn: Conn) -> tuple[set[str], dict[str, set[str]]]:
             fresh = await access.use_nonces(conn, items) if items else set()
             if seen:
                 await instances.record_seen_many(conn, seen, now_ms)
-            for invoke_id, ids in delivered.items():
-                await tasks.mark_delivered(conn, invoke_id, sorted(ids))
-            return fresh
+            claimed = {
+                invoke_id: await tasks.claim_delivered(conn, invoke_id, sorted(waiting))
+                for invoke_id, waiting in delivered.items()
+            }
+            return fresh, claimed
 
         try:
-            fresh = await self.store.write(_tx, durable=False)
+            fresh, claimed = await self.store.write(_tx, durable=False)
         except Exception as exc:
             log.warning("batched agent writes failed (%d nonces refused): %s", len(nonces), exc)
             self._seen.update(seen)  # tried again with the next flush
-            for invoke_id, ids in delivered.items():
-                self._delivered.setdefault(invoke_id, set()).update(ids)
+            claimed = {}  # those kicks go without their tasks: the agents list them
             for _, future in nonces.values():
                 if not future.done():
                     future.set_exception(exc)
-            return
-        self.flushes += 1
-        self.rows += len(items) + len(seen) + sum(len(ids) for ids in delivered.values())
-        for key, (_, future) in nonces.items():
-            if not future.done():
-                future.set_result(key in fresh)
-        self._forget_old_seen(now_ms)
+        else:
+            self.flushes += 1
+            self.rows += len(items) + len(seen) + sum(len(w) for w in delivered.values())
+            _settle((key in fresh, future) for key, (_, future) in nonces.items())
+            self._forget_old_seen(now_ms)
+        for invoke_id, waiting in delivered.items():
+            ok = claimed.get(invoke_id, set())
+            _settle((iid in ok, future) for iid, future in waiting.items())
 
     def _forget_old_seen(self, now_ms: int) -> None:
         """Drop throttle entries old enough to no longer matter (instances that left)."""
@@ -155,3 +178,10 @@ class ReplicaWrites:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush()
+
+
+def _settle(outcomes: Iterable[tuple[bool, asyncio.Future[bool]]]) -> None:
+    """Answer the requests waiting on a flush, each with its result."""
+    for result, future in outcomes:
+        if not future.done():
+            future.set_result(result)

@@ -38,17 +38,22 @@ async def tasks_for(conn: Conn, instance_id: str) -> tuple[list[Row], list[str]]
     return run, stop
 
 
-async def mark_delivered(conn: Conn, invoke_id: str, instance_ids: Sequence[str]) -> None:
-    """Mark an invocation delivered to many instances (its task went out with their kick)."""
+async def claim_delivered(conn: Conn, invoke_id: str, instance_ids: Sequence[str]) -> set[str]:
+    """Mark an invocation delivered to many instances whose kick is to carry its task; the ids
+    marked. A row no longer active or asked to stop is left alone: its kick must not carry a
+    task the server has already settled (server/agent_api/batch.py)."""
+    claimed: set[str] = set()
     for start in range(0, len(instance_ids), 500):
         chunk = instance_ids[start : start + 500]
         sql = (
             "UPDATE invocation_instances SET delivered = :yes WHERE invoke_id = :invoke "
-            f"AND instance_id IN ({numbered(':i{i}', len(chunk))})"
+            f"AND instance_id IN ({numbered(':i{i}', len(chunk))}) "
+            "AND active = :yes AND stop_requested = :no RETURNING instance_id"
         )
-        await conn.execute(
-            text(sql), {"yes": True, "invoke": invoke_id, **numbered_params("i", chunk)}
-        )
+        params = {"yes": True, "no": False, "invoke": invoke_id, **numbered_params("i", chunk)}
+        result = await conn.execute(text(sql), params)
+        claimed.update(str(row[0]) for row in result)
+    return claimed
 
 
 _RESULT_ROW = text(

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import requests
 from serverkit import Api
-from test_agent_api import invoke
+from test_agent_api import invoke, result
 
 from devkit.server import FakeAgent, ServerHandle, sign_agent_request
 
@@ -72,3 +72,24 @@ def test_disconnected_poll_is_unparked(api: Api) -> None:
     wait_parked(api.server, base)
     invoke_id = invoke(api, agent)  # raised while nobody polls: kept for the next poll
     assert [t["invoke_id"] for e in agent.poll(timeout=10) for t in e["tasks"]] == [invoke_id]
+
+
+def test_a_kick_never_carries_a_task_stopped_before_it_went_out(api: Api) -> None:
+    # The kick waits in the buffer (nobody polls); the operator stops the invocation; the next
+    # poll must not hand the task out: the server settled it without the agent (Cancelled).
+    stopped, kept = api.agent(), api.agent()
+    invoke_id = invoke(api, stopped, kept)
+    api.ok("StopInvocation", InvokeId=invoke_id, **{"InstanceId.1": stopped.instance_id})
+    events = stopped.poll(timeout=10)
+    assert {"type": "task"} in events and {"type": "stop"} in events
+    assert not any(e.get("tasks") for e in events)
+    listed = stopped.tasks()
+    assert (listed["run"], listed["stop"]) == ([], [])
+    assert result(api, invoke_id, stopped)["InvocationStatus"] == "Cancelled"
+    # the other instance's kick still carries it, and then a stop is one it must act on
+    assert [t["invoke_id"] for e in kept.poll(timeout=10) for t in e.get("tasks", [])] == [
+        invoke_id
+    ]
+    api.ok("StopInvocation", InvokeId=invoke_id)
+    assert kept.tasks()["stop"] == [invoke_id]
+    assert result(api, invoke_id, kept)["InvocationStatus"] == "Stopping"
