@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from common.connguard import FD_RESERVE, MemoryTrimmer, Phase, connection_cap, pick_victim
+from common.connguard import (
+    FD_RESERVE,
+    HeadWithBody,
+    MemoryTrimmer,
+    Phase,
+    connection_cap,
+    pick_victim,
+)
 from devkit.server import (
     REPO_ROOT,
     FakeAgent,
@@ -279,3 +286,58 @@ def test_endless_request_headers_are_refused_with_431(kind: str, tmp_path: Path)
                 answer = b"still open"
         assert answer.startswith(b"HTTP/1.1 431") or answer == b"reset", answer
         assert requests.get(url, timeout=20).status_code == 200
+
+
+class _Recorder:
+    """The transport side of HeadWithBody: what reached the socket, one entry per write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Cycle:
+    response_started = False
+
+
+def test_the_response_head_goes_out_with_the_body_in_one_write() -> None:
+    sink, cycle = _Recorder(), _Cycle()
+    view = HeadWithBody(sink, cycle)  # type: ignore[arg-type]
+    view.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response starts: at once
+    cycle.response_started = True
+    view.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert sink.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    view.write(b"body")
+    view.write(b"more")
+    assert sink.writes[1:] == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"more"]
+
+
+def test_a_held_head_is_written_before_the_connection_closes() -> None:
+    sink, cycle = _Recorder(), _Cycle()
+    view = HeadWithBody(sink, cycle)  # type: ignore[arg-type]
+    cycle.response_started = True
+    view.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    view.close()
+    assert sink.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"] and sink.closed
+
+
+def test_head_and_expect_continue_requests_are_answered(tmp_path: Path) -> None:
+    """HEAD (no body write) and a 100-continue body go through the real server."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(server_args(tmp_path, port), url + "/healthz", tmp_path):
+        assert requests.head(url + "/healthz", timeout=10).status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /luban/api/heart-beat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(b"{}")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 401 ")
