@@ -83,10 +83,12 @@ class _DaemonThreads:
     get_with_deadline needs a thread per request it may abandon (daemon: one left hanging on
     a dead mirror must not hold the process at exit); starting one per request costs a mirror
     sync of hundreds of files dearly, as a new thread waits for the GIL behind the busy ones.
-    A thread whose job hangs is simply not offered again; at most MAX_IDLE wait idle.
+    A thread whose job hangs is simply not offered again; at most MAX_IDLE wait idle, each for
+    at most IDLE_SECONDS (a long-lived agent does not keep a sync's threads for good).
     """
 
     MAX_IDLE = 16
+    IDLE_SECONDS = 30.0
 
     def __init__(self) -> None:
         self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
@@ -104,12 +106,21 @@ class _DaemonThreads:
         inbox.put(job)
 
     def _serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        job = inbox.get()
         while True:
-            inbox.get()()  # the job reports its own outcome and errors
+            job()  # the job reports its own outcome and errors
             with self._lock:
                 if len(self._idle) >= self.MAX_IDLE:
                     return
                 self._idle.append(inbox)
+            try:
+                job = inbox.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:  # nobody took it meanwhile: leave
+                        self._idle.remove(inbox)
+                        return
+                job = inbox.get()  # run() took this inbox just now: its job is on the way
 
 
 _HEADER_THREADS = _DaemonThreads()

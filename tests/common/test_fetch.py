@@ -631,3 +631,21 @@ def test_header_threads_are_reused_but_never_one_still_waiting_on_a_hung_mirror(
             assert response.content == PAYLOAD
     hung, *served = session.threads
     assert len(set(map(id, served))) == 1 and served[0] is not hung
+
+
+def test_idle_header_threads_leave_after_their_idle_time() -> None:
+    """The pool's threads wait for another job a while, then end (a long-lived agent must
+    not keep a sync's threads for good); a job handed over at the last moment still runs."""
+    from common.httpbounds import _DaemonThreads
+    from devkit.polling import wait_until
+
+    pool = _DaemonThreads()
+    pool.IDLE_SECONDS = 0.3
+    done: list[int] = []
+    pool.run(lambda: done.append(1))
+    assert wait_until(lambda: done == [1] and len(pool._idle) == 1, timeout=5)
+    pool.run(lambda: done.append(2))  # reuses the idle thread
+    assert wait_until(lambda: done == [1, 2] and len(pool._idle) == 1, timeout=5)
+    assert wait_until(lambda: pool._idle == [], timeout=5)  # the idle thread left
+    pool.run(lambda: done.append(3))  # a new thread once the old one left
+    assert wait_until(lambda: done == [1, 2, 3], timeout=5)
