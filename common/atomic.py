@@ -66,20 +66,22 @@ def _libc_syncfs() -> Any:
 
 
 @functools.cache
-def _libc_function(name: str) -> Any:
-    """A libc function through ctypes (looked up once), or None where it is missing."""
+def _libc_function(name: str, argtypes: tuple[str, ...] = ()) -> Any:
+    """A libc function through ctypes (looked up once), or None where it is missing;
+    `argtypes` names its ctypes argument types (needed where an int is wider than C's int)."""
     try:
         import ctypes
 
         function = getattr(ctypes.CDLL(None, use_errno=True), name, None)
     except (ImportError, OSError):
         return None
-    if function is not None and name == "sync_file_range":
-        function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    if function is not None and argtypes:
+        function.argtypes = [getattr(ctypes, kind) for kind in argtypes]
     return function
 
 
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start write-back of dirty pages, do not wait
+_SYNC_FILE_RANGE_ARGS = ("c_int", "c_int64", "c_int64", "c_uint")  # fd, offset, nbytes, flags
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -90,7 +92,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     that final flush only waits for the tail. A hint only: where sync_file_range is missing
     (not Linux, old libc) nothing happens and the final fsync does all the work, as before.
     """
-    sync_file_range = _libc_function("sync_file_range") if _LINUX else None
+    sync_file_range = _libc_function("sync_file_range", _SYNC_FILE_RANGE_ARGS) if _LINUX else None
     if sync_file_range is not None:
         sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # errors: the fsync sees them
 

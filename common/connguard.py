@@ -285,9 +285,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.header_bytes = 0  # received since the current request started
         self.deadline: float | None = None  # loop time the current phase must end by
         self._timer: asyncio.TimerHandle | None = None
-        self.over_bound = False  # admitted in HEALTH_SLACK: only a health check is served
         self.slots = slots_of(server_state)
         self.counted: str | None = None  # "held" or "slack" while counted in self.slots
+
+    @property
+    def over_bound(self) -> bool:
+        """Admitted in HEALTH_SLACK: only a health check is served."""
+        return self.counted == "slack"
 
     # --- phase bookkeeping ---------------------------------------------------------------
 
@@ -355,7 +359,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elif self.slots.slack < HEALTH_SLACK:
             self.counted = "slack"
             self.slots.slack += 1
-            self.over_bound = True
         else:
             log.warning("connection bound reached and every connection busy: refusing one")
             transport.write(REFUSAL)

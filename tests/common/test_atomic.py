@@ -87,7 +87,9 @@ def test_sync_filesystem_without_syncfs_falls_back_to_sync(
 def test_start_writeback_calls_the_real_sync_file_range(tmp_path: Path) -> None:
     """The ctypes signature is right (64-bit offsets): libc accepts a real range beyond 4 GiB
     and refuses a closed descriptor, so the hint reaches the kernel where it exists."""
-    sync_file_range = common.atomic._libc_function("sync_file_range")
+    sync_file_range = common.atomic._libc_function(
+        "sync_file_range", common.atomic._SYNC_FILE_RANGE_ARGS
+    )
     if sync_file_range is None:
         pytest.skip("no sync_file_range in this libc")
     path = tmp_path / "f"
