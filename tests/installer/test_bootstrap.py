@@ -238,8 +238,9 @@ cat /opt/assist/state/identity.json
     proc, upper = _isolated(tmp_path, release["repo"], f"sh {inner}")
     assert "rc=0" in proc.stdout, proc.stdout + proc.stderr
     code = (upper / "tmp/act.code").read_text().strip()
-    # a process gone between the watcher's grep and its cat prints an empty line
-    seen = {line for line in (upper / "tmp/seen").read_text().splitlines() if line.strip()}
+    # between the watcher's grep and its cat a process may be gone (an empty line) or have
+    # exec'd (sh -c execs its last command: "sleep 0.5"): only lines that hold the code count
+    seen = {line for line in (upper / "tmp/seen").read_text().splitlines() if code in line}
     assert seen == {f"sh -c sleep 0.5 control {code} "}, seen  # only the control
     assert code not in proc.stdout + proc.stderr
     identity = (upper / "opt/assist/state/identity.json").read_text()
