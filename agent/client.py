@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 API = "/luban/api"
 MAX_ANSWER = 8 * 1024 * 1024  # bytes of one server answer (task lists of 18 KiB scripts fit)
 KEYS_PATH = "/v1/server/keys"
+REPORTS_PATH = "/v1/task/reports"  # several queued reports in one request
 REPLICAS_PATH = "/v1/server/replicas"
 RETRYABLE_CODES = {"InvalidSignature", "ReplayedRequest"}  # clock skew, nonce clash: try again
 
@@ -52,8 +53,9 @@ class ServerRefusedError(AssistError):
 
     @property
     def retryable(self) -> bool:
-        """True when the same report may succeed later (auth glitch, throttling)."""
-        return self.status in (408, 425, 429) or self.code in RETRYABLE_CODES
+        """True when the same report may succeed later (auth glitch, throttling, a batch item
+        the server could not take just now)."""
+        return self.status in (408, 425, 429) or self.status >= 500 or self.code in RETRYABLE_CODES
 
 
 def tls_verify(ca_file: str = "") -> str | bool:
@@ -359,6 +361,16 @@ class AgentClient:
         """Send one queued report (running chunk or terminal) and return the acknowledgement."""
         answer = self.call("POST", path, body)
         return answer if isinstance(answer, dict) else {}
+
+    def post_reports(self, reports: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Send several queued reports, (path, body) each, in one request (task/reports); the
+        answers, in order, are what each would have had on its own (docs/agent-protocol.md)."""
+        items = [{"path": path, "body": body} for path, body in reports]
+        answer = self.call("POST", REPORTS_PATH, {"reports": items})
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != len(items):
+            raise ServerUnavailableError("the server's answer to a batch of reports is malformed")
+        return [r if isinstance(r, dict) else {} for r in results]
 
     def heartbeat(self, body: dict[str, Any]) -> float:
         """Report liveness; return the server's next interval in seconds (0 if none given)."""

@@ -21,7 +21,7 @@ import requests
 from agent import filewrite, refusals, schedule
 from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
 from agent.identity import Identity
-from agent.outbox import AgentDatabase
+from agent.outbox import AgentDatabase, Report, batches
 from agent.output import Chunk, b64
 from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
@@ -55,6 +55,7 @@ RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a saf
 MAX_QUEUED_CHUNKS = 4  # streamed chunks of one execution kept while the server is away
 STOP_EXECUTION = "stopped"  # execution id of a stop acknowledged without a run
 LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered
+BATCH_RETRY = 3600.0  # seconds before a server that took no batch of reports is asked again
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Agent:
         self._closing = threading.Event()
         self._sender: threading.Thread | None = None
         self._hold_until = 0.0
+        self._batch_refused_until = 0.0  # monotonic time before which reports go one by one
         self.updates = UpdateTrigger(
             config,
             self.timers,
@@ -351,24 +353,67 @@ class Agent:
                 break
 
     def _send_due(self) -> bool:
-        """Send every due report; False when the server is unreachable (the rest waits)."""
+        """Send every due report; False when the server is unreachable (the rest waits).
+
+        Several due reports go in batches (one request each: task/reports) unless the server
+        lately said it takes none; one goes on its own."""
         while True:
             reports = self.store.due_reports(time.time())
             if not reports:
                 return True
-            for report in reports:
-                try:
-                    self.report_client.post_report(report.path, report.body)
-                except (ServerUnavailableError, ResponseRefusedError) as exc:
-                    log.info("report %s not delivered: %s", report.key, exc)
-                    self._set_connected(False)
-                    return False
-                except ServerRefusedError as exc:
-                    if exc.retryable:
-                        self.store.postpone(report.id, time.time() + min(60, 2**report.attempts))
-                        continue
-                    log.error("server refused report %s for good, dropping it: %s", report.key, exc)
-                self.store.acknowledge(report.id)
+            try:
+                if len(reports) > 1 and time.monotonic() >= self._batch_refused_until:
+                    for group in batches(reports):
+                        self._send_batch(group)
+                else:
+                    for report in reports:
+                        self._settle(report, self._send_one(report))
+            except (ServerUnavailableError, ResponseRefusedError) as exc:
+                log.info("reports not delivered: %s", exc)
+                self._set_connected(False)
+                return False
+
+    def _send_one(self, report: Report) -> ServerRefusedError | None:
+        """Send one report on its own; the server's refusal of it, if any."""
+        try:
+            self.report_client.post_report(report.path, report.body)
+        except ServerRefusedError as exc:
+            return exc
+        return None
+
+    def _send_batch(self, group: list[Report]) -> None:
+        """Send a group in one request; one by one when the server refuses the batch as such
+        (an older server answers NotFound: batches are left alone for BATCH_RETRY seconds)."""
+        if len(group) == 1:
+            self._settle(group[0], self._send_one(group[0]))
+            return
+        try:
+            answers = self.report_client.post_reports([(r.path, r.body) for r in group])
+        except ServerRefusedError as exc:
+            if exc.status == 404:
+                log.info("the server takes no batched reports (%s): sending them one by one", exc)
+                self._batch_refused_until = time.monotonic() + BATCH_RETRY
+            for report in group:
+                self._settle(report, self._send_one(report))
+            return
+        for report, answer in zip(group, answers):
+            refusal = None
+            if answer.get("ok") is False:
+                status = answer.get("status")
+                code, message = str(answer.get("code") or ""), str(answer.get("message") or "")
+                refusal = ServerRefusedError(
+                    status if isinstance(status, int) else 400, code, message
+                )
+            self._settle(report, refusal)
+
+    def _settle(self, report: Report, refusal: ServerRefusedError | None) -> None:
+        """Forget a report the server took (or refused for good); retry a retryable refusal."""
+        if refusal is not None and refusal.retryable:
+            self.store.postpone(report.id, time.time() + min(60, 2**report.attempts))
+            return
+        if refusal is not None:
+            log.error("server refused report %s for good, dropping it: %s", report.key, refusal)
+        self.store.acknowledge(report.id)
 
     # -- tasks --------------------------------------------------------------------------------
 

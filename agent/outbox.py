@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "agent.db"
 OUTPUT_BUDGET = 8 << 20  # bytes of queued report bodies before older output is given up
+BATCH_BYTES = 1 << 20  # bytes of report bodies sent in one request (the server takes 2 MiB)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -64,6 +65,22 @@ class Report:
     path: str
     body: dict[str, Any]
     attempts: int
+    size: int = 0  # bytes of the body as queued
+
+
+def batches(reports: list[Report], max_bytes: int = BATCH_BYTES) -> Iterator[list[Report]]:
+    """Consecutive groups of reports, in order, each within `max_bytes` of bodies (a larger
+    report makes a group of its own)."""
+    group: list[Report] = []
+    size = 0
+    for report in reports:
+        if group and size + report.size > max_bytes:
+            yield group
+            group, size = [], 0
+        group.append(report)
+        size += report.size
+    if group:
+        yield group
 
 
 @dataclass
@@ -150,7 +167,7 @@ class AgentDatabase:
                 "ORDER BY id LIMIT ?",
                 (now, limit),
             ).fetchall()
-        return [Report(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+        return [Report(r[0], r[1], r[2], json.loads(r[3]), r[4], len(r[3])) for r in rows]
 
     def next_retry_time(self) -> float | None:
         """When the earliest queued report may be tried, or None when the outbox is empty."""

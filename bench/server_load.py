@@ -230,6 +230,19 @@ class Fleet:
             for iid, key in self.agents
         ]
 
+    def finish_batches(self, owners: list[dict[str, str]], output: str = "") -> list[bytes]:
+        """One signed task/reports request per agent carrying its finish report of each
+        invocation in `owners`: what an agent's outbox sends when they are due together."""
+        requests = []
+        for iid, key in self.agents:
+            items = [
+                {"path": "/v1/task/finish", "body": json.loads(finish_body(owner[iid], output))}
+                for owner in owners
+            ]
+            body = json.dumps({"reports": items}).encode()
+            requests.append(signed_request(key, iid, "POST", "/luban/api/v1/task/reports", body))
+        return requests
+
 
 def finish_body(invoke_id: str, output: str) -> bytes:
     return json.dumps(

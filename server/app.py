@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from common import protocol
 from server import lifecycle, overload, rpc
-from server.agent_api import auth, handlers, replicas, respond
+from server.agent_api import auth, handlers, replicas, reports, respond
 from server.agent_api.auth import AgentError
 from server.agent_api.files import file_report
 from server.api import load_actions
@@ -409,6 +409,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
         Route("/luban/api/v1/server/keys", signed(handlers.server_keys), methods=["POST"]),
         Route("/luban/api/v1/file/report", signed(file_report), methods=["POST"]),
+        Route("/luban/api/v1/task/reports", signed(reports.task_reports), methods=["POST"]),
         Route("/luban/api/v1/server/replicas", signed(replicas.replica_list), methods=["POST"]),
     ]
     routes += [

@@ -6,7 +6,15 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from server import model
-from server.agent_api.handlers import bad, field_int, field_str, parse_json, task_not_found
+from server.agent_api.handlers import (
+    ParsedReport,
+    apply_one,
+    bad,
+    field_int,
+    field_str,
+    not_found_answer,
+    parse_json,
+)
 from server.store import files
 from server.store.conn import Conn
 
@@ -18,8 +26,11 @@ _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.]{0,128}$")
 
 
 async def file_report(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    return await apply_one(state, who, parse_file_report(state, parse_json(body)))
+
+
+def parse_file_report(state: ServerState, data: dict[str, Any]) -> ParsedReport:
     """Success or Failed (with ErrorCode) for one file; the first report wins."""
-    data = parse_json(body)
     invoke_id = field_str(data, "invoke_id", 64, required=True)
     if not _FILE_ID.match(invoke_id):
         raise bad("invoke_id must look like f-…")
@@ -38,11 +49,10 @@ async def file_report(state: ServerState, who: AgentIdentity, body: bytes) -> di
         "finish_ms": field_int(data, "end_time", None, nullable=True) or model.now_ms(),
     }
 
-    async def _tx(conn: Conn) -> Any:
-        await state.use_agent_nonce(conn, who)
-        return await files.record_file_result(conn, who.instance_id, invoke_id, report)
+    async def apply(conn: Conn, instance_id: str) -> dict[str, Any]:
+        duplicate = await files.record_file_result(conn, instance_id, invoke_id, report)
+        if duplicate is None:
+            return not_found_answer(invoke_id)
+        return {"ok": True, "duplicate": duplicate}
 
-    duplicate = await state.store.write(_tx, key=who.instance_id)
-    if duplicate is None:
-        raise task_not_found(invoke_id)
-    return {"ok": True, "duplicate": duplicate}
+    return ParsedReport(apply, durable=True)

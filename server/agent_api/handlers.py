@@ -8,6 +8,8 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from common import protocol
@@ -298,9 +300,44 @@ def task_not_found(invoke_id: str) -> AgentError:
     return AgentError("TaskNotFound", f"{invoke_id} is not a task of this instance", 404)
 
 
-async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ParsedReport:
+    """A report whose fields are checked, ready to apply in a transaction (alone, or with the
+    other reports of a batch: server/agent_api/reports.py)."""
+
+    apply: Callable[[Conn, str], Awaitable[dict[str, Any]]]  # (conn, instance id) -> answer
+    durable: bool  # a terminal report is committed durably; a running chunk need not be
+
+
+def not_found_answer(invoke_id: str) -> dict[str, Any]:
+    error = task_not_found(invoke_id)
+    return {"ok": False, "status": error.status, "code": error.code, "message": error.message}
+
+
+async def apply_reports(
+    state: ServerState, who: AgentIdentity, reports: list[ParsedReport]
+) -> list[dict[str, Any]]:
+    """Apply reports in order in one transaction that uses the request's nonce; each gets its
+    answer (an unknown task is an answer, not an error that would undo the others)."""
+
+    async def _tx(conn: Conn) -> list[dict[str, Any]]:
+        await state.use_agent_nonce(conn, who)
+        return [await report.apply(conn, who.instance_id) for report in reports]
+
+    durable = any(report.durable for report in reports)
+    return await state.store.write(_tx, durable=durable, key=who.instance_id)
+
+
+async def apply_one(state: ServerState, who: AgentIdentity, report: ParsedReport) -> dict[str, Any]:
+    """One report of its own request: its answer, or its refusal as an AgentError."""
+    [answer] = await apply_reports(state, who, [report])
+    if answer.get("ok") is False:
+        raise AgentError(answer["code"], answer["message"], answer["status"])
+    return answer
+
+
+def parse_running(state: ServerState, data: dict[str, Any]) -> ParsedReport:
     """A chunk of running output; marks the execution Running."""
-    data = parse_json(body)
     invoke_id, execution_id = read_ids(data)
     start = field_int(data, "start_time") or model.now_ms()
     offset = field_int(data, "offset")
@@ -309,25 +346,20 @@ async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> d
     quota = state.settings.output_quota
     offset, output = clip_chunk(offset, field_b64(data, "output"), quota)
 
-    async def _tx(conn: Conn) -> Any:
-        await state.use_agent_nonce(conn, who)
+    async def apply(conn: Conn, instance_id: str) -> dict[str, Any]:
         known = await tasks.record_running(
-            conn, who.instance_id, invoke_id, execution_id, start, offset, output
+            conn, instance_id, invoke_id, execution_id, start, offset, output
         )
-        await trim_chunks(conn, who.instance_id, invoke_id, execution_id, quota)
-        return known
+        if not known:
+            return not_found_answer(invoke_id)
+        await trim_chunks(conn, instance_id, invoke_id, execution_id, quota)
+        return {"ok": True}
 
-    known = await state.store.write(_tx, durable=False, key=who.instance_id)
-    if not known:
-        raise task_not_found(invoke_id)
-    return {"ok": True}
+    return ParsedReport(apply, durable=False)
 
 
-async def task_report(
-    state: ServerState, who: AgentIdentity, kind: str, body: bytes
-) -> dict[str, Any]:
+def parse_terminal(state: ServerState, kind: str, data: dict[str, Any]) -> ParsedReport:
     """A terminal report; the first one for an execution wins, repeats are acknowledged."""
-    data = parse_json(body)
     invoke_id, execution_id = read_ids(data)
     exit_code = field_int(data, "exit_code", None, nullable=True)
     start_ms = field_int(data, "start_time", None, nullable=True)
@@ -350,17 +382,25 @@ async def task_report(
         report["error_code"] = "ExecutionException"
     status = terminal_status(kind, exit_code, start_ms)
 
-    async def _tx(conn: Conn) -> Any:
-        await state.use_agent_nonce(conn, who)
+    async def apply(conn: Conn, instance_id: str) -> dict[str, Any]:
         duplicate = await tasks.record_terminal(
-            conn, who.instance_id, invoke_id, execution_id, status, report
+            conn, instance_id, invoke_id, execution_id, status, report
         )
-        return duplicate
+        if duplicate is None:
+            return not_found_answer(invoke_id)
+        return {"ok": True, "duplicate": duplicate}
 
-    duplicate = await state.store.write(_tx, key=who.instance_id)
-    if duplicate is None:
-        raise task_not_found(invoke_id)
-    return {"ok": True, "duplicate": duplicate}
+    return ParsedReport(apply, durable=True)
+
+
+async def task_running(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    return await apply_one(state, who, parse_running(state, parse_json(body)))
+
+
+async def task_report(
+    state: ServerState, who: AgentIdentity, kind: str, body: bytes
+) -> dict[str, Any]:
+    return await apply_one(state, who, parse_terminal(state, kind, parse_json(body)))
 
 
 async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:

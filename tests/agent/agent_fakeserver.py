@@ -50,6 +50,8 @@ class FakeState:
         self.update_now: set[str] = set()
         self.refuse_reports = 0  # answer 503 to the next N report posts
         self.refuse_running = False  # answer 503 to every streamed-output post
+        self.take_batches = True  # answer task/reports (False: NotFound, as an older server)
+        self.batches: list[int] = []  # the number of reports in each task/reports request
         self.empty_wakes: set[str] = set()  # answer the instance's pending poll early, empty
         self.signing_key = Ed25519PrivateKey.generate()  # the control plane's response key
         self.carry_tasks = False  # kicks carry their task, as assist-server's do
@@ -199,6 +201,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             state.empty_wakes.discard(instance)
         self._send(200, {"events": events, **({"heartbeat": True} if state.poll_beats else {})})
 
+    def _report(self, instance: str, path: str, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A running chunk or terminal report: (status, answer), alone or as a batch item."""
+        state = self.server.state
+        key = (instance, data["invoke_id"], str(data["execution_id"]))
+        if path == "/luban/api/v1/task/running":
+            if state.refuse_running:
+                return 503, {"code": "ServiceUnavailable", "message": "try later"}
+            with state.lock:
+                state.chunks.setdefault(key, {}).setdefault(
+                    int(data["offset"]), base64.b64decode(data["output"])
+                )
+                state.lock.notify_all()
+            return 200, {"ok": True}
+        with state.lock:
+            if state.refuse_reports > 0:
+                state.refuse_reports -= 1
+                return 503, {"code": "ServiceUnavailable", "message": "try later"}
+            kind = path.rsplit("/", 1)[-1]
+            state.reports.append((instance, kind, data))
+            duplicate = key in state.terminal
+            if not duplicate:
+                state.terminal[key] = dict(data, _kind=kind)
+            if data["invoke_id"] in state.stopped.get(instance, set()):
+                state.stop_acked.add(data["invoke_id"])
+            state.lock.notify_all()
+        return 200, {"ok": True, "duplicate": duplicate}
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
@@ -254,33 +283,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 # like the real server: a stop is listed until a terminal report after it arrives
                 stop = sorted(state.stopped.get(instance, set()) - state.stop_acked)
             self._send(200, {"run": run, "stop": stop})
-        elif path == "/luban/api/v1/task/running":
-            key = (instance, data["invoke_id"], str(data["execution_id"]))
-            if state.refuse_running:
-                self._error(503, "ServiceUnavailable", "try later")
+        elif path == "/luban/api/v1/task/reports":
+            if not state.take_batches:
+                self._error(404, "NotFound", path)  # an older server
                 return
             with state.lock:
-                state.chunks.setdefault(key, {}).setdefault(
-                    int(data["offset"]), base64.b64decode(data["output"])
+                state.batches.append(len(data["reports"]))
+            results = []
+            for item in data["reports"]:
+                status, answer = self._report(instance, "/luban/api" + item["path"], item["body"])
+                results.append(
+                    answer if status == 200 else {"ok": False, "status": status, **answer}
                 )
-                state.lock.notify_all()
-            self._send(200, {"ok": True})
-        elif path.rsplit("/", 1)[-1] in TERMINAL and path.startswith("/luban/api/v1/task/"):
-            with state.lock:
-                if state.refuse_reports > 0:
-                    state.refuse_reports -= 1
-                    self._error(503, "ServiceUnavailable", "try later")
-                    return
-                kind = path.rsplit("/", 1)[-1]
-                key = (instance, data["invoke_id"], str(data["execution_id"]))
-                state.reports.append((instance, kind, data))
-                duplicate = key in state.terminal
-                if not duplicate:
-                    state.terminal[key] = dict(data, _kind=kind)
-                if data["invoke_id"] in state.stopped.get(instance, set()):
-                    state.stop_acked.add(data["invoke_id"])
-                state.lock.notify_all()
-            self._send(200, {"ok": True, "duplicate": duplicate})
+            self._send(200, {"results": results})
+        elif path == "/luban/api/v1/task/running" or (
+            path.rsplit("/", 1)[-1] in TERMINAL and path.startswith("/luban/api/v1/task/")
+        ):
+            status, answer = self._report(instance, path, data)
+            self._send(status, answer)
         elif path == "/luban/api/heart-beat":
             with state.lock:
                 state.heartbeats.append((instance, data))

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from agent.outbox import AgentDatabase
 from agent.proctree import group_alive
 from agent.schedule import Boot
@@ -145,9 +147,12 @@ def test_revision_change_reschedules(fake_server, start_agent) -> None:  # type:
     assert base64.b64decode(state.results_for(invoke)[0]["output"]) == b"two\n"
 
 
-def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("batches", [True, False], ids=["batched", "older-server"])
+def test_server_down_then_back_loses_nothing(fake_server, start_agent, batches: bool) -> None:  # type: ignore[no-untyped-def]
+    """The backlog goes in batches (task/reports), or one by one to a server without them."""
     h = start_agent()
     state = fake_server.state
+    state.take_batches = batches
     invokes = [
         state.add_task(h.identity.instance_id, script=f"sleep 1; echo r{i}") for i in range(3)
     ]
@@ -168,6 +173,10 @@ def test_server_down_then_back_loses_nothing(fake_server, start_agent) -> None: 
         assert base64.b64decode(result["output"]) == f"r{i}\n".encode()
     reports = [r for r in state.reports if r[2]["invoke_id"] in invokes]
     assert len(reports) == 3  # each delivered exactly once
+    if batches:  # the three terminal reports were due together: one request took them all
+        assert max(state.batches) >= 3, state.batches
+    else:
+        assert state.batches == []
 
 
 def test_refused_reports_are_retried_until_acknowledged(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]

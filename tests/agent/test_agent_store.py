@@ -21,7 +21,7 @@ from agent.identity import (
     save_identity,
     sign_headers,
 )
-from agent.outbox import AgentDatabase
+from agent.outbox import AgentDatabase, Report, batches
 from agent.pool import TaskPool
 from common.errors import LocalStateError
 
@@ -172,3 +172,12 @@ def test_a_timed_task_while_the_server_is_away_keeps_the_outbox_within_its_budge
     assert (oldest["output"], oldest["dropped"]) == ("", 7 + len(output))
     assert store.pending_count() == len(reports)
     store.close()
+
+
+def test_batches_keep_the_order_and_stay_within_the_byte_bound() -> None:
+    sizes = [400, 300, 200, 900, 100, 2000, 50]
+    reports = [Report(i, f"k{i}", "/v1/task/finish", {}, 0, size) for i, size in enumerate(sizes)]
+    groups = list(batches(reports, max_bytes=1000))
+    assert [[r.id for r in g] for g in groups] == [[0, 1, 2], [3, 4], [5], [6]]
+    assert [r.id for g in groups for r in g] == list(range(len(sizes)))  # nothing lost, in order
+    assert all(sum(r.size for r in g) <= 1000 for g in groups if len(g) > 1)
