@@ -6,60 +6,59 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, text, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
-from server.store.rows import Row, _page, _rows, get_owned, where_equal
+from server.store.rows import Row, _page, _rows, get_owned, numbered, numbered_params, where_equal
 from server.store.schema import (
-    commands,
     executions,
-    instances,
     invocation_instances,
     invocations,
     output_chunks,
 )
 from server.store.tags import tagged
 
+_RESULT_COLUMNS = (
+    "invoke_id, instance_id, account, status, active, delivered, stop_requested, execution_id, "
+    "output, dropped, error_code, error_info, repeats, created_ms, updated_ms"
+)
+_RESULT_VALUES = (
+    "(:invoke, :i{i}, :account, :status, :yes, :no, :no, '', '', 0, '', '', 0, :now, :now)"
+)
+_COUNT_INVOCATION = text(
+    "UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = :command"
+)
+ROWS_PER_INSERT = 100  # pending results per INSERT statement (InvokeCommand's real limit)
+
 
 async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -> None:
-    """Store an invocation and one pending result per instance."""
+    """Store an invocation and one pending result per instance (multi-row text statements: an
+    InvokeCommand to 100 instances is on the fan-out's path, docs/scale.md)."""
     now = model.now_ms()
     await conn.execute(invocations.insert().values(**row))
-    status = lifecycle.initial_status(bool(row["timed"]))
-    await conn.execute(
-        invocation_instances.insert(),
-        [
-            {
-                "invoke_id": row["invoke_id"],
-                "instance_id": iid,
-                "account": row["account"],
-                "status": status,
-                "active": True,
-                "delivered": False,
-                "stop_requested": False,
-                "execution_id": "",
-                "output": "",
-                "dropped": 0,
-                "error_code": "",
-                "error_info": "",
-                "repeats": 0,
-                "created_ms": now,
-                "updated_ms": now,
-            }
-            for iid in instance_ids
-        ],
-    )
-    await conn.execute(
-        update(commands)
-        .where(commands.c.command_id == row["command_id"])
-        .values(invoke_times=commands.c.invoke_times + 1)
-    )
-    await conn.execute(
-        update(instances)
-        .where(instances.c.instance_id.in_(list(instance_ids)))
-        .values(last_invoked_ms=now, invocation_count=instances.c.invocation_count + 1)
-    )
+    common = {
+        "invoke": row["invoke_id"],
+        "account": row["account"],
+        "status": lifecycle.initial_status(bool(row["timed"])),
+        "yes": True,
+        "no": False,
+        "now": now,
+    }
+    for start in range(0, len(instance_ids), ROWS_PER_INSERT):
+        chunk = list(instance_ids[start : start + ROWS_PER_INSERT])
+        sql = (
+            f"INSERT INTO invocation_instances ({_RESULT_COLUMNS}) "
+            f"VALUES {numbered(_RESULT_VALUES, len(chunk))}"
+        )
+        await conn.execute(text(sql), {**common, **numbered_params("i", chunk)})
+        sql = (
+            "UPDATE instances SET last_invoked_ms = :now, "
+            "invocation_count = invocation_count + 1 "
+            f"WHERE instance_id IN ({numbered(':i{i}', len(chunk))})"
+        )
+        await conn.execute(text(sql), {"now": now, **numbered_params("i", chunk)})
+    await conn.execute(_COUNT_INVOCATION, {"command": row["command_id"]})
 
 
 # DescribeInvocations' equality filters: parameter -> column
