@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class Notifier:
         self._watch: asyncio.Task[None] | None = None
         self._closing = False
         self._lock: asyncio.Lock | None = None
+        # drops cached instance keys: the ids named, or every one (None) after a gap in LISTEN
+        self.on_forget: Callable[[list[str] | None], None] = lambda _ids: None
 
     # --- local delivery ------------------------------------------------------------------
 
@@ -171,6 +173,22 @@ class Notifier:
                 except Exception as exc:  # delivered locally; other replicas' agents poll again
                     log.warning("NOTIFY failed: %s", exc)
 
+    async def forget(self, instance_ids: Sequence[str]) -> None:
+        """Make every replica drop its cached keys of these instances (deregistered, or
+        registered anew): here at once, on the others through NOTIFY (PostgreSQL only)."""
+        self.on_forget(list(instance_ids))
+        if self._dsn is None or not instance_ids:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        payload = json.dumps({"r": self.replica, "f": list(instance_ids)})
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            except Exception as exc:  # the others' caches expire (server/state.py KEY_CACHE_TTL)
+                log.warning("NOTIFY of a key change failed: %s", exc)
+
     async def start(self) -> None:
         """Open the LISTEN connection (PostgreSQL only) and watch it."""
         if self._dsn is None:
@@ -195,6 +213,8 @@ class Notifier:
         if self._conn is None or self._conn.is_closed():
             conn = await asyncpg.connect(self._dsn)
             await conn.add_listener(CHANNEL, self._on_notify)
+            if self._conn is not None:  # listening again after a gap: a forget may be lost
+                self.on_forget(None)
             self._conn = conn
         return self._conn
 
@@ -214,6 +234,9 @@ class Notifier:
             return
         if message.get("r") == self.replica:
             return  # delivered locally already
+        if "f" in message:
+            self.on_forget([str(i) for i in message["f"] if isinstance(i, str)])
+            return
         self.deliver(message.get("i", []), message.get("e", {}))
 
 

@@ -15,7 +15,11 @@ from server.output_limits import DEFAULT_QUOTA
 from server.store import Store, access, instances
 from server.store.conn import Conn
 
-KEY_CACHE_TTL = 5.0  # seconds a verified instance key is trusted without a DB read
+# Seconds an instance's key is used without a DB read. Deregistration and re-registration drop
+# it at once on every replica (Notifier.forget, and a cleared cache after a gap in LISTEN); the
+# TTL only bounds a forget lost with its NOTIFY. 5 s made every long-poll (each 50 s) and every
+# ingestion burst read each key again (docs/scale.md, Ingestion).
+KEY_CACHE_TTL = 120.0
 
 
 @dataclass
@@ -67,6 +71,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.batch = ReplicaWrites(self.store, self.settings.batch_interval)
+        self.notifier.on_forget = self._forget_keys
 
     @property
     def max_invoke_instances(self) -> int:
@@ -76,9 +81,15 @@ class ServerState:
     def heartbeat_interval(self) -> int:
         return self.settings.heartbeat_interval
 
-    def forget_instance(self, instance_id: str) -> None:
-        """Drop a cached key (after deregistration or re-registration)."""
-        self.keys.pop(instance_id, None)
+    async def forget_instance(self, instance_id: str) -> None:
+        """Drop a cached key (after deregistration or re-registration), on every replica."""
+        await self.notifier.forget([instance_id])
+
+    def _forget_keys(self, instance_ids: list[str] | None) -> None:
+        if instance_ids is None:
+            self.keys.clear()
+        for instance_id in instance_ids or []:
+            self.keys.pop(instance_id, None)
 
     async def instance_key(self, instance_id: str) -> _CachedKey:
         """The registered key of an instance (cached briefly); 401 if unknown/deregistered."""

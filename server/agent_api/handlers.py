@@ -206,7 +206,7 @@ async def register(
         return mac_key, instance_id
 
     mac_key, instance_id = await state.store.write(_tx)
-    state.forget_instance(instance_id)
+    await state.forget_instance(instance_id)
     answer = {"instance_id": instance_id, "server_key": server_key.public_b64}
     if not legacy:
         server_nonce = protocol.new_nonce()

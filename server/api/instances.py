@@ -107,7 +107,7 @@ async def deregister_managed_instance(
     row, tags = await state.store.write(_tx)
     if row is None:
         raise ApiError("InvalidInstance.NotFound", "The specified instance does not exist.", 404)
-    state.forget_instance(instance_id)
+    await state.forget_instance(instance_id)
     return {"Instance": render_managed(row, model.now_ms(), tags)}
 
 

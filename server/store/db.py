@@ -525,7 +525,7 @@ def _sqlstate(exc: BaseException) -> str:
 class Store:
     """The database behind the server."""
 
-    def __init__(self, url: str | None = None, pool_size: int = 8) -> None:
+    def __init__(self, url: str | None = None, pool_size: int = 16) -> None:
         self.url = normalize_db_url(url)
         self.dialect = "postgresql" if self.url.startswith("postgresql") else "sqlite"
         self._sqlite: _SqliteRunner | None = None
@@ -535,8 +535,11 @@ class Store:
             self._sqlite = _SqliteRunner(make_url(self.url).database or ":memory:")
         else:
             # No pre-ping (a round trip per transaction); stale connections are recycled instead.
+            # No overflow: under a burst, overflow connections were opened (a TLS handshake with
+            # Debian's default ssl=on) and closed again for each read; now reads queue briefly
+            # for one of the pool's connections.
             self._engine = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=600
+                self.url, pool_size=pool_size, max_overflow=0, pool_recycle=600
             )
             self._pg_writer = _PgGroupCommit(self._engine, PG_WRITE_LANES)
 

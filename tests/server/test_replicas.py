@@ -105,3 +105,21 @@ def test_long_poll_nonce_replay_is_refused_across_replicas(replicas: list[Server
     # and it is in the shared table: the batched write happened
     healthy = [requests.get(h.url + "/healthz", timeout=5).json() for h in (a, b)]
     assert sum(h["batched_writes"]["rows"] for h in healthy) >= 2
+
+
+def test_deregistration_on_one_replica_locks_the_key_out_on_another_at_once(
+    replicas: list[ServerHandle],
+) -> None:
+    """Replica B has the instance's key cached (KEY_CACHE_TTL is minutes); deregistering it on A
+    makes B refuse it straight away (the forget travels by NOTIFY), not when the cache expires."""
+    a, b = replicas
+    api_a = Api(a, *a.create_access_key("dereg"))
+    registered = api_a.agent()
+    on_b = FakeAgent(b.url, registered.instance_id, registered.key)
+    assert on_b.request("POST", "/luban/api/heart-beat", {}).status_code == 200  # B caches it
+    api_a.ok("DeregisterManagedInstance", InstanceId=registered.instance_id)
+    deadline = time.monotonic() + 2.0  # a NOTIFY takes milliseconds; the old TTL was 5 s
+    while (status := on_b.request("POST", "/luban/api/heart-beat", {}).status_code) == 200:
+        assert time.monotonic() < deadline, "replica B still takes the deregistered key"
+        time.sleep(0.05)
+    assert status == 401
