@@ -362,12 +362,8 @@ class Agent:
             if not reports:
                 return True
             try:
-                if len(reports) > 1 and time.monotonic() >= self._batch_refused_until:
-                    for group in batches(reports):
-                        self._send_batch(group)
-                else:
-                    for report in reports:
-                        self._settle(report, self._send_one(report))
+                for group in batches(reports):
+                    self._send_batch(group)
             except (ServerUnavailableError, ResponseRefusedError) as exc:
                 log.info("reports not delivered: %s", exc)
                 self._set_connected(False)
@@ -384,8 +380,9 @@ class Agent:
     def _send_batch(self, group: list[Report]) -> None:
         """Send a group in one request; one by one when the server refuses the batch as such
         (an older server answers NotFound: batches are left alone for BATCH_RETRY seconds)."""
-        if len(group) == 1:
-            self._settle(group[0], self._send_one(group[0]))
+        if len(group) == 1 or time.monotonic() < self._batch_refused_until:
+            for report in group:
+                self._settle(report, self._send_one(report))
             return
         try:
             answers = self.report_client.post_reports([(r.path, r.body) for r in group])

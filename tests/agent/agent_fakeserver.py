@@ -52,6 +52,7 @@ class FakeState:
         self.refuse_running = False  # answer 503 to every streamed-output post
         self.take_batches = True  # answer task/reports (False: NotFound, as an older server)
         self.batches: list[int] = []  # the number of reports in each task/reports request
+        self.refuse_items: dict[str, list[int]] = {}  # invoke id -> statuses for its next reports
         self.empty_wakes: set[str] = set()  # answer the instance's pending poll early, empty
         self.signing_key = Ed25519PrivateKey.generate()  # the control plane's response key
         self.carry_tasks = False  # kicks carry their task, as assist-server's do
@@ -215,6 +216,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 state.lock.notify_all()
             return 200, {"ok": True}
         with state.lock:
+            refusals = state.refuse_items.get(data["invoke_id"])
+            if refusals:  # the next terminal reports of this task get these statuses
+                status = refusals.pop(0)
+                return status, {"code": "Refused", "message": f"refused with {status}"}
             if state.refuse_reports > 0:
                 state.refuse_reports -= 1
                 return 503, {"code": "ServiceUnavailable", "message": "try later"}

@@ -179,6 +179,26 @@ def test_server_down_then_back_loses_nothing(fake_server, start_agent, batches: 
         assert state.batches == []
 
 
+def test_a_batch_item_refused_for_good_is_dropped_and_one_refused_for_now_is_retried(
+    fake_server, start_agent
+) -> None:  # type: ignore[no-untyped-def]
+    h = start_agent()
+    state = fake_server.state
+    invokes = [
+        state.add_task(h.identity.instance_id, script=f"sleep 1; echo r{i}") for i in range(3)
+    ]
+    assert wait_until(lambda: h.agent.pool.counts()[0] == 3)
+    fake_server.down()
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() >= 3, timeout=10)
+    state.refuse_items = {invokes[0]: [400], invokes[1]: [503]}
+    fake_server.start()
+    assert state.wait(lambda s: s.results_for(invokes[1]) and s.results_for(invokes[2]), timeout=70)
+    assert wait_until(lambda: AgentDatabase(h.prefix / "state").pending_count() == 0, timeout=70)
+    assert state.results_for(invokes[0]) == []  # refused for good: dropped, not sent again
+    assert state.refuse_items == {invokes[0]: [], invokes[1]: []}
+    assert max(state.batches) >= 3, state.batches
+
+
 def test_refused_reports_are_retried_until_acknowledged(fake_server, start_agent) -> None:  # type: ignore[no-untyped-def]
     h = start_agent()
     state = fake_server.state
