@@ -106,7 +106,10 @@ def test_timed_cron_every_second_never_overlaps(fake_server, start_agent) -> Non
     )
     assert state.wait(lambda s: len(s.results_for(invoke)) >= 3, timeout=15)
     state.stop(h.identity.instance_id, invoke)
-    time.sleep(1.0)
+    # acknowledged by a result of its own (0.15 s here; a fixed 1 s was thin on a slow machine)
+    assert state.wait(
+        lambda s: any(r["execution_id"] == "stopped" for r in s.results_for(invoke)), timeout=10
+    )
     runs = [r for r in state.results_for(invoke) if r["execution_id"] != "stopped"]
     results = sorted(runs, key=lambda r: r["start_time"])
     for earlier, later in zip(results, results[1:]):
