@@ -145,7 +145,8 @@ def test_pidfile_naming_an_unrelated_process_is_not_ours(tmp_path: Path) -> None
 
 def test_pid_alive_sees_zombies_as_dead() -> None:
     proc = subprocess.Popen(["sleep", "0"])
-    time.sleep(0.3)  # exited, not yet reaped: a zombie
+    # exited, not yet reaped (WNOWAIT): a zombie; a fixed sleep could end before the exit
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     assert not pid_alive(proc.pid)
     os.kill(os.getpid(), 0)
     assert pid_alive(os.getpid())

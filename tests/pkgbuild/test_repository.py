@@ -546,18 +546,24 @@ def test_bootstrap_templates_get_the_repository_fingerprints(
     assert not (repo / "bootstrap/bootstrap.ps1").exists()  # no template, nothing written
 
 
+# A timestamp lifetime short enough to wait out half of. Between the first publish signing it and
+# the second publish finding it fresh, the first one still signs its apt and yum indexes; with
+# expiry in whole seconds, 4 s left as little as 2 s for that: tight on a loaded CI machine.
+SHORT_TIMESTAMP = datetime.timedelta(seconds=8)
+
+
 def test_republishing_re_signs_only_a_timestamp_past_half_its_lifetime(
     keydir: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
-    init_repository(repo, keydir, {"timestamp": datetime.timedelta(seconds=4)})
+    init_repository(repo, keydir, {"timestamp": SHORT_TIMESTAMP})
     tarball = build_tarball(tmp_path, "1.0.0")
     publish_artifacts(repo, keydir, [tarball])
     before = metadata_files(repo)
     publish_artifacts(repo, keydir, [tarball])
     assert metadata_files(repo) == before  # fresh: nothing to do
     expires = Metadata.from_bytes(before["timestamp.json"]).signed.expires
-    time.sleep(max(0.0, (expires - utcnow()).total_seconds() - 1.0))  # < half of 4 s left
+    time.sleep(max(0.0, (expires - utcnow()).total_seconds() - 1.0))  # < half of 8 s left
     publish_artifacts(repo, keydir, [tarball])
     after = metadata_files(repo)
     assert set(after) == set(before)  # no new snapshot or targets version
@@ -576,13 +582,13 @@ def test_publish_with_no_artifacts_only_refreshes_an_aging_timestamp(
     keydir: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
-    init_repository(repo, keydir, {"timestamp": datetime.timedelta(seconds=4)})
+    init_repository(repo, keydir, {"timestamp": SHORT_TIMESTAMP})
     publish_artifacts(repo, keydir, [build_tarball(tmp_path, "1.0.0")])
     before = metadata_files(repo)
     assert publish_artifacts(repo, keydir, []) == []
     assert metadata_files(repo) == before  # fresh: nothing to re-sign
     expires = Metadata.from_bytes(before["timestamp.json"]).signed.expires
-    time.sleep(max(0.0, (expires - utcnow()).total_seconds() - 1.0))  # < half of 4 s left
+    time.sleep(max(0.0, (expires - utcnow()).total_seconds() - 1.0))  # < half of 8 s left
     assert publish_artifacts(repo, keydir, []) == []
     old, new = (
         Metadata.from_bytes(m["timestamp.json"]).signed for m in (before, metadata_files(repo))

@@ -344,7 +344,9 @@ def test_mirror_hanging_mid_body_is_left_behind_and_download_resumes_elsewhere(
 
     def slow_probe_and_record(handler: Any) -> bool:
         if handler.path.endswith("timestamp.json"):
-            time.sleep(0.3)  # ranks second
+            # ranks second: a stall of the whole process longer than this delay makes both probes
+            # about as slow (0.3 s made that a coin flip); still well within the 2 s probe timeout
+            time.sleep(1.0)
         if "/targets/" in handler.path:
             ranges.append(handler.headers.get("Range", ""))
         return False

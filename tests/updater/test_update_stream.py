@@ -177,7 +177,9 @@ def test_a_mirror_tampering_with_one_piece_is_left_and_the_tree_is_the_signed_on
 
     def slow_probe(handler: Any) -> bool:
         if handler.path.endswith("timestamp.json"):
-            time.sleep(0.3)  # ranks second
+            # ranks second: a stall of the whole process longer than this delay makes both probes
+            # about as slow (0.3 s made that a coin flip); still well within the 2 s probe timeout
+            time.sleep(1.0)
         return False
 
     with StaticServer(release["repo"]) as evil, StaticServer(release["repo"]) as good:
