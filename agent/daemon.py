@@ -21,7 +21,7 @@ import requests
 from agent import filewrite, refusals, schedule
 from agent.client import AgentClient, ServerRefusedError, ServerUnavailableError
 from agent.identity import Identity
-from agent.outbox import AgentDatabase, Report, batches
+from agent.outbox import AgentDatabase
 from agent.output import Chunk, b64
 from agent.pool import TaskPool
 from agent.power import PowerManager, SystemPower
@@ -37,6 +37,7 @@ from agent.runner import (
     Task,
     now_ms,
 )
+from agent.sender import ReportSender
 from agent.spool import Spool, read_tail, spool_path
 from agent.timers import Backoff, Timers
 from agent.updates import UPDATE_BUSY_RETRY, UpdateTrigger
@@ -55,7 +56,6 @@ RESYNC_INTERVAL = 300.0  # seconds between task-list polls without a kick (a saf
 MAX_QUEUED_CHUNKS = 4  # streamed chunks of one execution kept while the server is away
 STOP_EXECUTION = "stopped"  # execution id of a stop acknowledged without a run
 LEDGER_KEEP = 86400.0  # seconds a finished, acknowledged execution is remembered
-BATCH_RETRY = 3600.0  # seconds before a server that took no batch of reports is asked again
 
 
 @dataclass
@@ -125,10 +125,7 @@ class Agent:
         self._timed: dict[str, TimedEntry] = {}
         self._stopped: set[str] = set()
         self._sync_needed = threading.Event()
-        self._closing = threading.Event()
-        self._sender: threading.Thread | None = None
-        self._hold_until = 0.0
-        self._batch_refused_until = 0.0  # monotonic time before which reports go one by one
+        self.sender = ReportSender(self.store, self.report_client, self._set_connected)
         self.updates = UpdateTrigger(
             config,
             self.timers,
@@ -149,8 +146,7 @@ class Agent:
         self.prune_ledger()
         write_health(self.layout.health_file, HealthRecord.of_this_process(self.started, False))
         self.timers.start()
-        self._sender = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
-        self._sender.start()
+        self.sender.start()
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._notify_loop, "notify")):
             threading.Thread(target=target, name=name, daemon=True).start()
         self.updates.start()
@@ -173,10 +169,7 @@ class Agent:
         for run in self._all_active():
             run.stop()
         self.pool.wait_idle(self.limits.kill_grace + 5)
-        self._closing.set()
-        self._wake_sender()
-        if self._sender is not None:
-            self._sender.join(flush_seconds + self.report_client.timeout)
+        self.sender.close(flush_seconds)
         self.store.close()
 
     def _all_active(self) -> list[Execution]:
@@ -225,7 +218,7 @@ class Agent:
         log.info("server %s", "connected" if value else "unreachable")
         write_health(self.layout.health_file, HealthRecord.of_this_process(self.started, value))
         if value:
-            self._wake_sender(force=True)
+            self.sender.wake(force=True)
 
     def _notify_loop(self) -> None:
         """Long-poll for events; sync tasks at start, on every kick, and after reconnecting."""
@@ -315,102 +308,6 @@ class Agent:
                 except AssistError as exc:
                     log.info("heartbeat failed: %s", exc)
             self.stopping.wait(interval * random.uniform(0.8, 1.0))
-
-    # -- outbox -------------------------------------------------------------------------------
-
-    def _wake_sender(self, force: bool = False) -> None:
-        with self.store.changed:
-            if force:
-                self._hold_until = 0.0
-            self.store.changed.notify_all()
-
-    def _send_loop(self, flush_seconds: float = 3.0) -> None:
-        """Deliver queued reports in order until each is acknowledged; flush once at close."""
-        backoff = Backoff()
-        changed = self.store.changed
-        while not self._closing.is_set():
-            with changed:
-                hold = self._hold_until - time.time()
-                if hold > 0:
-                    changed.wait(hold)
-                    continue
-            if not self._send_due():
-                with changed:
-                    self._hold_until = time.time() + backoff.next_delay()
-                continue
-            backoff.reset()
-            with changed:
-                if self._closing.is_set():
-                    break
-                nxt = self.store.next_retry_time()
-                if nxt is None:
-                    changed.wait()
-                elif nxt > time.time():
-                    changed.wait(nxt - time.time())
-        deadline = time.time() + flush_seconds
-        while self.store.pending_count() and time.time() < deadline:
-            if not self._send_due():
-                break
-
-    def _send_due(self) -> bool:
-        """Send every due report; False when the server is unreachable (the rest waits).
-
-        Several due reports go in batches (one request each: task/reports) unless the server
-        lately said it takes none; one goes on its own."""
-        while True:
-            reports = self.store.due_reports(time.time())
-            if not reports:
-                return True
-            try:
-                for group in batches(reports):
-                    self._send_batch(group)
-            except (ServerUnavailableError, ResponseRefusedError) as exc:
-                log.info("reports not delivered: %s", exc)
-                self._set_connected(False)
-                return False
-
-    def _send_one(self, report: Report) -> ServerRefusedError | None:
-        """Send one report on its own; the server's refusal of it, if any."""
-        try:
-            self.report_client.post_report(report.path, report.body)
-        except ServerRefusedError as exc:
-            return exc
-        return None
-
-    def _send_batch(self, group: list[Report]) -> None:
-        """Send a group in one request; one by one when the server refuses the batch as such
-        (an older server answers NotFound: batches are left alone for BATCH_RETRY seconds)."""
-        if len(group) == 1 or time.monotonic() < self._batch_refused_until:
-            for report in group:
-                self._settle(report, self._send_one(report))
-            return
-        try:
-            answers = self.report_client.post_reports([(r.path, r.body) for r in group])
-        except ServerRefusedError as exc:
-            if exc.status == 404:
-                log.info("the server takes no batched reports (%s): sending them one by one", exc)
-                self._batch_refused_until = time.monotonic() + BATCH_RETRY
-            for report in group:
-                self._settle(report, self._send_one(report))
-            return
-        for report, answer in zip(group, answers):
-            refusal = None
-            if answer.get("ok") is False:
-                status = answer.get("status")
-                code, message = str(answer.get("code") or ""), str(answer.get("message") or "")
-                refusal = ServerRefusedError(
-                    status if isinstance(status, int) else 400, code, message
-                )
-            self._settle(report, refusal)
-
-    def _settle(self, report: Report, refusal: ServerRefusedError | None) -> None:
-        """Forget a report the server took (or refused for good); retry a retryable refusal."""
-        if refusal is not None and refusal.retryable:
-            self.store.postpone(report.id, time.time() + min(60, 2**report.attempts))
-            return
-        if refusal is not None:
-            log.error("server refused report %s for good, dropping it: %s", report.key, refusal)
-        self.store.acknowledge(report.id)
 
     # -- tasks --------------------------------------------------------------------------------
 
