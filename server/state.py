@@ -68,6 +68,7 @@ class ServerState:
     batch: ReplicaWrites = field(init=False)
     replicas: Any = None  # server/agent_api/replicas.py ReplicaDirectory: the agents' list
     keys: dict[str, _CachedKey] = field(default_factory=dict)
+    forgets: int = field(default=0, init=False)  # counts forgets: a read they overtook is not kept
 
     def __post_init__(self) -> None:
         self.batch = ReplicaWrites(self.store, self.settings.batch_interval)
@@ -86,6 +87,7 @@ class ServerState:
         await self.notifier.forget([instance_id])
 
     def _forget_keys(self, instance_ids: list[str] | None) -> None:
+        self.forgets += 1
         if instance_ids is None:
             self.keys.clear()
         for instance_id in instance_ids or []:
@@ -101,6 +103,7 @@ class ServerState:
             row = await instances.get_instance(conn, instance_id)
             return row
 
+        forgets = self.forgets
         row = await self.store.read(_tx)
         if row is None or row["deregistered"]:
             self.keys.pop(instance_id, None)
@@ -108,7 +111,8 @@ class ServerState:
         cached = _CachedKey(
             auth.load_public_key(row["public_key"]), row["account"], time.monotonic()
         )
-        self.keys[instance_id] = cached
+        if self.forgets == forgets:  # a forget during the read may concern this very row
+            self.keys[instance_id] = cached
         return cached
 
     async def use_agent_nonce(self, conn: Conn, who: AgentIdentity) -> None:
