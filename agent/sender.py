@@ -36,6 +36,7 @@ class ReportSender:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._hold_until = 0.0  # wall time before which an unreachable server is not asked
+        self._flush_seconds = 3.0  # how long the loop flushes after close (close sets it)
         self._batch_refused_until = 0.0  # monotonic time before which reports go one by one
 
     def start(self) -> None:
@@ -44,6 +45,7 @@ class ReportSender:
 
     def close(self, flush_seconds: float) -> None:
         """Stop after flushing what is due for up to `flush_seconds`."""
+        self._flush_seconds = flush_seconds
         self._closing.set()
         self.wake()
         if self._thread is not None:
@@ -56,7 +58,7 @@ class ReportSender:
                 self._hold_until = 0.0
             self.store.changed.notify_all()
 
-    def _loop(self, flush_seconds: float = 3.0) -> None:
+    def _loop(self) -> None:
         """Deliver queued reports in order until each is acknowledged; flush once at close."""
         backoff = Backoff()
         changed = self.store.changed
@@ -79,7 +81,7 @@ class ReportSender:
                     changed.wait()
                 elif nxt > time.time():
                     changed.wait(nxt - time.time())
-        deadline = time.time() + flush_seconds
+        deadline = time.time() + self._flush_seconds
         while self.store.pending_count() and time.time() < deadline:
             if not self.send_due():
                 break

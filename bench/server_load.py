@@ -236,7 +236,7 @@ class Fleet:
         requests = []
         for iid, key in self.agents:
             items = [
-                {"path": "/v1/task/finish", "body": json.loads(finish_body(owner[iid], output))}
+                {"path": "/v1/task/finish", "body": finish_fields(owner[iid], output)}
                 for owner in owners
             ]
             body = json.dumps({"reports": items}).encode()
@@ -245,19 +245,21 @@ class Fleet:
 
 
 def finish_body(invoke_id: str, output: str) -> bytes:
-    return json.dumps(
-        {
-            "invoke_id": invoke_id,
-            "execution_id": "0",
-            "start_time": 1,
-            "end_time": 2,
-            "exit_code": 0,
-            "output": output,
-            "dropped": 0,
-            "error_code": "",
-            "error_message": "",
-        }
-    ).encode()
+    return json.dumps(finish_fields(invoke_id, output)).encode()
+
+
+def finish_fields(invoke_id: str, output: str) -> dict[str, Any]:
+    return {
+        "invoke_id": invoke_id,
+        "execution_id": "0",
+        "start_time": 1,
+        "end_time": 2,
+        "exit_code": 0,
+        "output": output,
+        "dropped": 0,
+        "error_code": "",
+        "error_message": "",
+    }
 
 
 def registration(activation_id: str, code: str) -> tuple[bytes, Ed25519PrivateKey]:

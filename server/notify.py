@@ -159,35 +159,33 @@ class Notifier:
     # --- cross-replica fan-out -------------------------------------------------------------
 
     async def publish(self, instance_ids: Sequence[str], event: Event) -> None:
-        """Deliver locally now, then tell the other replicas (PostgreSQL only)."""
+        """Deliver locally now, then tell the other replicas (PostgreSQL only).
+        A NOTIFY that fails is logged: the other replicas' agents list their tasks anyway."""
         self.deliver(instance_ids, event)
-        if self._dsn is None or not instance_ids:
+        if instance_ids and self._dsn is not None:  # no payloads built for a lone SQLite server
+            await self._notify(_payloads(self.replica, instance_ids, event))
+
+    async def forget(self, instance_ids: Sequence[str]) -> None:
+        """Make every replica drop its cached keys of these instances (deregistered, or
+        registered anew): here at once, on the others through NOTIFY (PostgreSQL only). A
+        NOTIFY that fails leaves the others' caches to expire (server/state.py KEY_CACHE_TTL)."""
+        self.on_forget(list(instance_ids))
+        if instance_ids:
+            await self._notify([json.dumps({"r": self.replica, "f": list(instance_ids)})])
+
+    async def _notify(self, payloads: Sequence[str]) -> None:
+        """Send payloads to the other replicas, each on its own; a failure is logged."""
+        if self._dsn is None:
             return
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:  # one asyncpg connection runs one query at a time
-            for payload in _payloads(self.replica, instance_ids, event):
+            for payload in payloads:
                 try:
                     conn = await self._connection()
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-                except Exception as exc:  # delivered locally; other replicas' agents poll again
+                except Exception as exc:
                     log.warning("NOTIFY failed: %s", exc)
-
-    async def forget(self, instance_ids: Sequence[str]) -> None:
-        """Make every replica drop its cached keys of these instances (deregistered, or
-        registered anew): here at once, on the others through NOTIFY (PostgreSQL only)."""
-        self.on_forget(list(instance_ids))
-        if self._dsn is None or not instance_ids:
-            return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        payload = json.dumps({"r": self.replica, "f": list(instance_ids)})
-        async with self._lock:
-            try:
-                conn = await self._connection()
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            except Exception as exc:  # the others' caches expire (server/state.py KEY_CACHE_TTL)
-                log.warning("NOTIFY of a key change failed: %s", exc)
 
     async def start(self) -> None:
         """Open the LISTEN connection (PostgreSQL only) and watch it."""

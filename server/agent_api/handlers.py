@@ -309,9 +309,13 @@ class ParsedReport:
     durable: bool  # a terminal report is committed durably; a running chunk need not be
 
 
-def not_found_answer(invoke_id: str) -> dict[str, Any]:
-    error = task_not_found(invoke_id)
+def error_answer(error: AgentError) -> dict[str, Any]:
+    """A refusal as one report's answer (apply_one raises it again for a report of its own)."""
     return {"ok": False, "status": error.status, "code": error.code, "message": error.message}
+
+
+def not_found_answer(invoke_id: str) -> dict[str, Any]:
+    return error_answer(task_not_found(invoke_id))
 
 
 async def apply_reports(

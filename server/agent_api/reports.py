@@ -19,6 +19,7 @@ from server.agent_api.handlers import (
     ParsedReport,
     apply_reports,
     bad,
+    error_answer,
     parse_json,
     parse_running,
     parse_terminal,
@@ -64,7 +65,7 @@ def parse_item(state: ServerState, item: Any) -> ParsedReport:
 
 def refused(error: AgentError) -> ParsedReport:
     """An item refused before the transaction: applying it only gives its error answer."""
-    answer = {"ok": False, "status": error.status, "code": error.code, "message": error.message}
+    answer = error_answer(error)
 
     async def apply(*_: Any) -> dict[str, Any]:
         return answer
