@@ -292,8 +292,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not state.take_batches:
                 self._error(404, "NotFound", path)  # an older server
                 return
+            paths = [item["path"] for item in data["reports"]]
             with state.lock:
-                state.batches.append(len(data["reports"]))
+                # unavailable, as assist-server is: the whole request gets the 503, not its items
+                terminal = state.refuse_reports > 0 and any(p != "/v1/task/running" for p in paths)
+                refused = terminal or (state.refuse_running and "/v1/task/running" in paths)
+                if terminal:
+                    state.refuse_reports -= 1
+                if not refused:
+                    state.batches.append(len(paths))
+            if refused:
+                self._error(503, "ServiceUnavailable", "try later")
+                return
             results = []
             for item in data["reports"]:
                 status, answer = self._report(instance, "/luban/api" + item["path"], item["body"])
