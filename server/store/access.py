@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, text, update
 
 from server import model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _rows, numbered
+from server.store.rows import Row, _one, _rows, numbered, sql_text
 from server.store.schema import (
     access_keys,
     nonces,
@@ -88,7 +88,7 @@ async def use_nonces(conn: Conn, items: list[tuple[str, int]]) -> set[str]:
         for i, (key, expires) in enumerate(chunk):
             params[f"n{i}"] = key
             params[f"e{i}"] = expires
-        result = await conn.execute(text(sql), params)
+        result = await conn.execute(sql_text(sql), params)
         fresh.update(str(row[0]) for row in result)
     return fresh
 

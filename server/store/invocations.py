@@ -10,7 +10,16 @@ from sqlalchemy import and_, case, func, or_, select, text, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
-from server.store.rows import Row, _page, _rows, get_owned, numbered, numbered_params, where_equal
+from server.store.rows import (
+    Row,
+    _page,
+    _rows,
+    get_owned,
+    numbered,
+    numbered_params,
+    sql_text,
+    where_equal,
+)
 from server.store.schema import (
     executions,
     invocation_instances,
@@ -51,13 +60,13 @@ async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -
             f"INSERT INTO invocation_instances ({_RESULT_COLUMNS}) "
             f"VALUES {numbered(_RESULT_VALUES, len(chunk))}"
         )
-        await conn.execute(text(sql), {**common, **numbered_params("i", chunk)})
+        await conn.execute(sql_text(sql), {**common, **numbered_params("i", chunk)})
         sql = (
             "UPDATE instances SET last_invoked_ms = :now, "
             "invocation_count = invocation_count + 1 "
             f"WHERE instance_id IN ({numbered(':i{i}', len(chunk))})"
         )
-        await conn.execute(text(sql), {"now": now, **numbered_params("i", chunk)})
+        await conn.execute(sql_text(sql), {"now": now, **numbered_params("i", chunk)})
     await conn.execute(_COUNT_INVOCATION, {"command": row["command_id"]})
 
 

@@ -3,11 +3,13 @@ account's own row by its key (read, change, delete); equality filters."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, delete, func, select, text, update
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import TextClause
 
 from server.store.conn import Conn
 
@@ -38,6 +40,14 @@ def numbered(template: str, count: int) -> str:
     """`count` copies of `template` ({i}: the copy's index), comma-separated: the VALUES rows or
     the IN list of a multi-row text() statement (one round trip for a batch)."""
     return ", ".join(template.format(i=i) for i in range(count))
+
+
+@functools.lru_cache(maxsize=512)
+def sql_text(sql: str) -> TextClause:
+    """text(sql), built once per SQL string: text() parses the bind parameters with a regex
+    every time, and a numbered statement comes in a few sizes run over and over (InvokeCommand
+    and the batched writes are on the fan-out's path)."""
+    return text(sql)
 
 
 def numbered_params(prefix: str, values: Sequence[Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from server import lifecycle, model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _rows, numbered, numbered_params
+from server.store.rows import Row, _one, _rows, numbered, numbered_params, sql_text
 
 # The agent API's hot path: prepared text statements (valid on SQLite and PostgreSQL), so a
 # request costs a few cheap executes instead of building and caching SQL constructs each time.
@@ -51,7 +51,7 @@ async def claim_delivered(conn: Conn, invoke_id: str, instance_ids: Sequence[str
             "AND active = :yes AND stop_requested = :no RETURNING instance_id"
         )
         params = {"yes": True, "no": False, "invoke": invoke_id, **numbered_params("i", chunk)}
-        result = await conn.execute(text(sql), params)
+        result = await conn.execute(sql_text(sql), params)
         claimed.update(str(row[0]) for row in result)
     return claimed
 
