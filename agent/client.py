@@ -12,7 +12,9 @@ import logging
 import platform
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +35,7 @@ KEYS_PATH = "/v1/server/keys"
 REPORTS_PATH = "/v1/task/reports"  # several queued reports in one request
 REPLICAS_PATH = "/v1/server/replicas"
 RETRYABLE_CODES = {"InvalidSignature", "ReplayedRequest"}  # clock skew, nonce clash: try again
+NOTIFY_PATH = "/v1/notify"
 
 
 class ServerUnavailableError(DownloadError):
@@ -118,6 +121,7 @@ class AgentClient:
         self.ca_file = ca_file
         self.verify = tls_verify(ca_file)
         self.poll_beat_at = 0.0  # monotonic time of the last long-poll answer that was a heartbeat
+        self.kicks = KickGuard()
 
     @property
     def server(self) -> str:
@@ -133,11 +137,14 @@ class AgentClient:
         timeout: float | None = None,
         signed: bool = True,
         verify: bool = True,
+        shared: bool = False,
     ) -> Any:
         """Send one request and return the decoded JSON answer, or raise a Server*Error.
 
         A signed request's answer must carry the control plane's signature over this request
-        (ResponseRefusedError otherwise); `verify=False` only for the key chain itself.
+        (ResponseRefusedError otherwise); `verify=False` only for the key chain itself. With
+        `shared` (the long-poll), a kick's answer signed once for all the instances it names
+        is taken too, once; one this agent cannot tell from a replay becomes a plain kick.
         """
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
         server = self.replicas.current()
@@ -185,18 +192,53 @@ class AgentClient:
             self.replicas.failed(server, retry_after(response.headers.get("Retry-After")))
         else:
             self.replicas.succeeded(server)
-        if signed and verify:
-            self._check_signed(sent, full_path, response, content)
+        if signed and verify and not self._check_signed(sent, full_path, response, content, shared):
+            log.warning("a shared kick taken before or older than this agent: listing tasks")
+            return {"events": [{"type": "task"}]}  # a plain kick: list the tasks
         return self._decode(response, content, server)
 
     def _check_signed(
-        self, sent: dict[str, str], path: str, response: requests.Response, content: bytes
-    ) -> None:
-        """Refuse an answer the control plane did not sign for this very request.
+        self,
+        sent: dict[str, str],
+        path: str,
+        response: requests.Response,
+        content: bytes,
+        shared: bool = False,
+    ) -> bool:
+        """Refuse an answer the control plane did not sign for this very request; False for a
+        shared kick (`shared` requests only) that is signed but may be a replay.
 
         An unknown key may be a rotation: the key chain is fetched once and followed from the
         pinned key (docs/agent-protocol.md, Server key).
         """
+        assert self.identity is not None
+        instance_id = self.identity.instance_id
+        headers = response.headers
+        if shared and response.status_code == 200 and protocol.HEADER_KICK_SIGNATURE in headers:
+            kick_id, stamp = self._trusting(
+                path,
+                content,
+                lambda trusted: protocol.check_kick(trusted, instance_id, path, content, headers),
+            )
+            return self.kicks.fresh(kick_id, stamp)
+        self._trusting(
+            path,
+            content,
+            lambda trusted: protocol.check_response(
+                trusted,
+                instance_id,
+                sent[protocol.HEADER_NONCE],
+                path,
+                response.status_code,
+                content,
+                headers,
+            ),
+        )
+        self.kicks.answered(int(headers[protocol.HEADER_SERVER_TIMESTAMP]))
+        return True
+
+    def _trusting(self, path: str, content: bytes, check: Callable[[Any], Any]) -> Any:
+        """check(trusted keys), following a key rotation once if the key is unknown."""
         assert self.identity is not None
         trust = self.identity.trust
         if trust is None:
@@ -204,23 +246,15 @@ class AgentClient:
                 protocol.REFUSED_UNKNOWN_KEY,
                 "no control-plane key is pinned yet (state/server-key.json)",
             )
-        args = (
-            self.identity.instance_id,
-            sent[protocol.HEADER_NONCE],
-            path,
-            response.status_code,
-            content,
-            response.headers,
-        )
         try:
             try:
-                protocol.check_response(trust.trusted(), *args)
+                return check(trust.trusted())
             except protocol.ResponseRefusedError as exc:
                 if exc.code != protocol.REFUSED_UNKNOWN_KEY or path.endswith(KEYS_PATH):
                     raise
                 if not trust.follow(self.server_keys()):
                     raise
-                protocol.check_response(trust.trusted(), *args)
+                return check(trust.trusted())
         except protocol.ResponseRefusedError as exc:
             exc.body = content  # the refused bytes, for reporting which invocations it named
             log.error("%s", exc)
@@ -384,7 +418,11 @@ class AgentClient:
         """Long-poll for events; returns [] when nothing happened within `wait` seconds."""
         seconds = max(1, int(wait))
         answer = self.call(
-            "GET", "/v1/notify", query=f"timeout={seconds}", timeout=seconds + self.timeout
+            "GET",
+            NOTIFY_PATH,
+            query=f"timeout={seconds}&{protocol.SHARED_KICKS}",
+            timeout=seconds + self.timeout,
+            shared=True,
         )
         events = answer.get("events") if isinstance(answer, dict) else None
         if isinstance(answer, dict) and answer.get("heartbeat") is True:
@@ -395,3 +433,35 @@ class AgentClient:
         """Ask whether an operator wants this instance updated now."""
         answer = self.call("POST", "/v1/update/update_check", body)
         return answer if isinstance(answer, dict) else {}
+
+
+class KickGuard:
+    """Takes each shared kick once (docs/agent-protocol.md, Shared kicks).
+
+    A shared answer is signed once for every instance a kick woke, so it names no nonce of
+    this agent's: a recorded one could be played back. Taken are only kicks signed after this
+    process's first answer signed for one of its own requests (server time), and each kick id
+    once; a kick not taken becomes "list your tasks", which a replay cannot abuse.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.floor: int | None = None  # server time of this process's first own-signed answer
+        self._seen: dict[str, int] = {}  # kick id -> its server time
+
+    def answered(self, stamp: int) -> None:
+        """An answer signed for one of this process's requests came, at server time `stamp`."""
+        with self._lock:
+            if self.floor is None:
+                self.floor = stamp
+
+    def fresh(self, kick_id: str, stamp: int) -> bool:
+        """Whether to take this kick: signed after the floor, and not taken before."""
+        with self._lock:
+            if self.floor is None or stamp <= self.floor or kick_id in self._seen:
+                return False
+            horizon = stamp - 2 * protocol.RESPONSE_WINDOW  # older ones fail the time check
+            for old in [k for k, t in self._seen.items() if t < horizon]:
+                del self._seen[old]
+            self._seen[kick_id] = stamp
+            return True

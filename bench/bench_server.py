@@ -79,6 +79,7 @@ FIGURES = os.environ.get("BENCH_SERVER_FIGURES", "api,fanout,idle,ingest").split
 PARK_DEADLINE = 50.0  # seconds for every agent to park its poll (polls ask for timeout=60)
 # BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
 INGEST_TARGET = {"sqlite": 5000.0, "postgres": 2000.0}
+POLL_QUERY = "timeout=60&shared=1"  # as the agent polls: a kick's answer may be shared
 
 HELLO_APP = """
 import sys, uvicorn
@@ -133,7 +134,7 @@ async def fanout_round(
     started = asyncio.Event()
 
     async def agent(conn: Conn, instance_id: str, key: Any) -> None:
-        poll = signed_request(key, instance_id, "GET", "/luban/api/v1/notify", query="timeout=60")
+        poll = signed_request(key, instance_id, "GET", "/luban/api/v1/notify", query=POLL_QUERY)
         status, body = await conn.send(poll)
         answered = time.perf_counter()
         events = json.loads(body).get("events") if status == 200 else None
@@ -173,7 +174,7 @@ async def idle_cost(fleet: Fleet, conns: list[Conn]) -> dict[str, float]:
     async def agent(conn: Conn, instance_id: str, key: Any) -> None:
         nonlocal polls
         while time.perf_counter() < deadline:
-            query = f"timeout={IDLE_POLL}"
+            query = f"timeout={IDLE_POLL}&shared=1"
             raw = signed_request(key, instance_id, "GET", "/luban/api/v1/notify", query=query)
             status, body = await conn.send(raw)
             if status != 200:

@@ -13,9 +13,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -178,6 +179,27 @@ def check_response(
         raise ResponseRefusedError(
             REFUSED_REPLAYED, f"the answer to {path} was signed for another instance or request"
         )
+    _check_signed_by(
+        trusted,
+        path,
+        key_b64,
+        raw_ts,
+        raw_sig,
+        now,
+        lambda ts: response_string(instance_id, nonce, path, status, ts, body),
+    )
+
+
+def _check_signed_by(
+    trusted: Mapping[str, Ed25519PublicKey],
+    path: str,
+    key_b64: str,
+    raw_ts: str,
+    raw_sig: str,
+    now: float | None,
+    message: Callable[[str], bytes],
+) -> None:
+    """Raise ResponseRefusedError unless a trusted key signed message(timestamp) recently."""
     key = trusted.get(key_b64)
     if key is None:
         raise ResponseRefusedError(
@@ -195,9 +217,68 @@ def check_response(
         signature = base64.b64decode(raw_sig, validate=True)
     except (binascii.Error, ValueError):
         signature = b""
-    message = response_string(instance_id, nonce, path, status, raw_ts, body)
-    if not signature_valid(key, signature, message):
+    if not signature_valid(key, signature, message(raw_ts)):
         raise ResponseRefusedError(REFUSED_BAD_SIGNATURE, f"the answer to {path} is badly signed")
+
+
+# --- shared kicks: one signature for every agent a kick wakes (docs/agent-protocol.md) ---------
+
+HEADER_KICK_SIGNATURE = "X-Assist-Kick-Signature"
+KICK_CONTEXT = "assist-kick-v1"
+SHARED_KICKS = "shared=1"  # the long-poll's query asks for them (an older agent does not)
+
+
+def kick_string(path: str, timestamp: int | str, body: bytes) -> bytes:
+    """What the server signs once for a kick: context, path, time, sha256 of the whole answer
+    (which names the kick's id and every instance it is for)."""
+    digest = hashlib.sha256(body).hexdigest()
+    return "\n".join([KICK_CONTEXT, path, str(timestamp), digest]).encode("utf-8")
+
+
+def sign_kick(
+    key: Ed25519PrivateKey, path: str, body: bytes, public_b64: str, timestamp: int | None = None
+) -> dict[str, str]:
+    """The headers that sign one long-poll answer shared by a kick's whole audience."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    signature = key.sign(kick_string(path, ts, body))
+    return {
+        HEADER_SERVER_TIMESTAMP: str(ts),
+        HEADER_SERVER_KEY: public_b64,
+        HEADER_KICK_SIGNATURE: base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def check_kick(
+    trusted: Mapping[str, Ed25519PublicKey],
+    instance_id: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    now: float | None = None,
+) -> tuple[str, int]:
+    """(kick id, server time) of a shared long-poll answer a trusted key signed for a kick that
+    names `instance_id`; ResponseRefusedError otherwise. It carries no nonce of this agent's:
+    the caller takes each kick id once and none signed before it started (agent/client.py)."""
+    key_b64 = headers.get(HEADER_SERVER_KEY) or ""
+    raw_ts = headers.get(HEADER_SERVER_TIMESTAMP) or ""
+    raw_sig = headers.get(HEADER_KICK_SIGNATURE) or ""
+    if not (key_b64 and raw_ts and raw_sig):
+        raise ResponseRefusedError(REFUSED_UNSIGNED, f"the answer to {path} is not signed")
+    _check_signed_by(
+        trusted, path, key_b64, raw_ts, raw_sig, now, lambda ts: kick_string(path, ts, body)
+    )
+    try:
+        kick = json.loads(body).get("kick")
+        kick_id, audience = str(kick["id"]), kick["audience"]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        raise ResponseRefusedError(
+            REFUSED_BAD_SIGNATURE, f"the shared answer to {path} names no kick"
+        ) from None
+    if not isinstance(audience, list) or instance_id not in audience:
+        raise ResponseRefusedError(
+            REFUSED_REPLAYED, f"the shared answer to {path} is for other instances"
+        )
+    return kick_id, int(raw_ts)
 
 
 def rotation_string(old_b64: str, new_b64: str) -> bytes:

@@ -14,10 +14,10 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from common import protocol
 from server import lifecycle, overload, rpc
-from server.agent_api import auth, handlers, replicas, reports, respond
+from server.agent_api import handlers, longpoll, replicas, reports, respond
 from server.agent_api.auth import AgentError
 from server.agent_api.files import file_report
 from server.api import load_actions
@@ -154,44 +154,6 @@ async def operator_endpoint(request: Request) -> Response:
 AgentHandler = Callable[[ServerState, AgentIdentity, bytes], Awaitable[dict[str, Any]]]
 
 
-def agent_error(exc: AgentError) -> JSONResponse:
-    return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
-
-
-async def agent_answer(request: Request, work: Awaitable[dict[str, Any]]) -> Response:
-    """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md)."""
-    state: ServerState = request.app.state.server
-    headers: dict[str, str] = {}
-    try:
-        payload, status = await work, 200
-    except AgentError as exc:
-        payload, status = {"code": exc.code, "message": exc.message}, exc.status
-    except Exception as exc:
-        failed = overload.failure(exc, f"agent request {request.url.path}", "server error")
-        payload, status = {"code": failed.code, "message": failed.message}, failed.status
-        headers = failed.headers
-    key = await state.signing.current()
-    response = respond.signed_json(key, request.headers, request.url.path, payload, status)
-    response.headers.update(headers)
-    return response
-
-
-async def authenticate_agent(state: ServerState, request: Request, body: bytes) -> AgentIdentity:
-    """Verify an agent request's Ed25519 signature (the nonce is used by the handler)."""
-    headers = auth.read_headers(request.headers)
-    cached = await state.instance_key(headers.instance_id)
-    message = protocol.canonical_string(
-        request.method, request.url.path, request.url.query, headers.timestamp, headers.nonce, body
-    )
-    auth.verify(cached.key, headers.signature, message)
-    return AgentIdentity(
-        instance_id=headers.instance_id,
-        account=cached.account,
-        nonce_key=f"a:{headers.instance_id}:{headers.nonce}",
-        nonce_expires=headers.timestamp + protocol.TIMESTAMP_WINDOW + 60,
-    )
-
-
 def signed(handler: AgentHandler) -> Callable[[Request], Awaitable[Response]]:
     """Wrap an agent handler with body limits, signature checks and error mapping."""
 
@@ -201,11 +163,12 @@ def signed(handler: AgentHandler) -> Callable[[Request], Awaitable[Response]]:
             body = await read_body(request, MAX_AGENT_BODY)
         except ValueError as exc:
             raise AgentError("RequestTooLarge", "the body is too large", 413) from exc
-        who = await authenticate_agent(state, request, body)
+        url = request.url
+        who = await state.authenticate(request.method, url.path, url.query, request.headers, body)
         return await handler(state, who, body)
 
     async def endpoint(request: Request) -> Response:
-        return await agent_answer(request, work(request))
+        return await respond.agent_answer(request.app.state.server, request, work(request))
 
     return endpoint
 
@@ -221,7 +184,7 @@ async def register_endpoint(request: Request) -> Response:
         key = await state.signing.current()
         return JSONResponse(await handlers.register(state, body, client, key))
     except AgentError as exc:
-        return agent_error(exc)
+        return respond.agent_error(exc)
     except Exception as exc:
         failed = overload.failure(exc, "registration", "server error")
         error = {"code": failed.code, "message": failed.message}
@@ -237,71 +200,6 @@ def report_endpoint(kind: str) -> Callable[[Request], Awaitable[Response]]:
         return await _report(kind, state, who, body)
 
     return signed(handler)
-
-
-async def notify_handler(request: Request) -> Response:
-    """Long-poll, with a signed answer."""
-    return await agent_answer(request, notify_events(request))
-
-
-async def notify_events(request: Request) -> dict[str, Any]:
-    """Long-poll: answer as soon as an event is pending for this instance, or on timeout."""
-    state: ServerState = request.app.state.server
-    who = await authenticate_agent(state, request, b"")
-    timeout = ascii_int(request.query_params.get("timeout", "25"), 6)
-    if timeout is None or timeout > state.settings.max_poll:
-        raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")
-    # Parked only once its nonce is in the shared table (batched per replica: server/agent_api/
-    # batch.py), so a replay, on any replica, is refused before it can dismiss or take anything.
-    if not await state.batch.claim_nonce(who.nonce_key, who.nonce_expires):
-        raise auth.unauthorized("nonce already used", "ReplayedRequest")
-    state.batch.note_seen(who.instance_id, int(time.time() * 1000))
-    events = await wait_unless_gone(request, state.notifier, who.instance_id, float(timeout))
-    events = [await carried_tasks(state, who.instance_id, event) for event in events]
-    # an answered long-poll counts as a heartbeat: the agent may stop its own
-    return {"events": events, "heartbeat": True}
-
-
-async def carried_tasks(state: ServerState, instance_id: str, event: Any) -> Any:
-    """The event as this instance may get it: a kick keeps only the tasks whose delivery was
-    claimed (server/agent_api/batch.py), so a task stopped before it went out is never carried;
-    a kick left with none goes without `tasks` and the agent lists its tasks instead."""
-    carried = event.get("tasks") if isinstance(event, dict) else None
-    if not carried:
-        return event
-    claims = [state.batch.claim_delivery(str(t["invoke_id"]), instance_id) for t in carried]
-    kept = [task for task, ok in zip(carried, await asyncio.gather(*claims)) if ok]
-    bare = {k: v for k, v in event.items() if k != "tasks"}
-    return {**bare, "tasks": kept} if kept else bare
-
-
-async def wait_unless_gone(
-    request: Request, notifier: Notifier, instance_id: str, timeout: float
-) -> list[Any]:
-    """Long-poll the notifier, giving up when the client disconnects (its events stay queued)."""
-    waiting = asyncio.ensure_future(notifier.wait(instance_id, timeout))
-    gone = asyncio.ensure_future(client_gone(request))
-    try:
-        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (waiting, gone):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-    if waiting.cancelled():
-        return []  # nobody is listening for this answer
-    events = list(waiting.result())
-    if gone.done() and not gone.cancelled():  # both finished at once: keep them for the next
-        notifier.give_back(instance_id, events)
-        return []
-    return events
-
-
-async def client_gone(request: Request) -> None:
-    """Return once the ASGI server reports the client's disconnect."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def health(request: Request) -> Response:
@@ -363,7 +261,22 @@ async def run_chores(state: ServerState) -> None:
     state.notifier.sweep()
 
 
-def create_app(settings: Settings) -> Starlette:
+class AgentFastPaths:
+    """The ASGI application: the long-poll goes straight to its endpoint (no router, no
+    middleware: server/agent_api/longpoll.py); everything else, and the lifespan, to Starlette."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == longpoll.PATH and scope["method"] == "GET":
+            await longpoll.long_poll(self.app.state.server, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings) -> AgentFastPaths:
     """Build the application; the database is opened (and migrated) at startup."""
 
     @contextlib.asynccontextmanager
@@ -405,7 +318,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/luban/api/v1/task/list", signed(handlers.task_list), methods=["POST"]),
         Route("/luban/api/v1/task/running", signed(handlers.task_running), methods=["POST"]),
         Route("/luban/api/heart-beat", signed(handlers.heartbeat), methods=["POST"]),
-        Route("/luban/api/v1/notify", notify_handler, methods=["GET"]),
+        Route(longpoll.PATH, longpoll.Endpoint(), methods=["GET"]),
         Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
         Route("/luban/api/v1/server/keys", signed(handlers.server_keys), methods=["POST"]),
         Route("/luban/api/v1/file/report", signed(file_report), methods=["POST"]),
@@ -416,10 +329,12 @@ def create_app(settings: Settings) -> Starlette:
         Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])
         for kind in lifecycle.TERMINAL_KINDS
     ]
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={404: not_found, 405: method_not_allowed},
+    return AgentFastPaths(
+        Starlette(
+            routes=routes,
+            lifespan=lifespan,
+            exception_handlers={404: not_found, 405: method_not_allowed},
+        )
     )
 
 

@@ -30,23 +30,40 @@ MAX_EVENT = 3000  # bytes of an event sent along to other replicas as it is
 Event = dict[str, Any]
 
 
+class Delivery:
+    """One event as handed to the instances of one `deliver` call: the same object for all of
+    them, so an answer built for it once (one signature for every agent a kick wakes:
+    server/agent_api/longpoll.py) serves them all. `audience` names those instances."""
+
+    __slots__ = ("audience", "event", "shared")
+
+    def __init__(self, event: Event, audience: tuple[str, ...]) -> None:
+        self.event = event
+        self.audience = audience
+        self.shared: Any = None  # the answer built for the whole audience, once
+
+
 class _Waiter:
-    """One parked long-poll: its wake-up and the events handed to it while parked."""
+    """One parked long-poll: its wake-up and the deliveries handed to it while parked."""
 
     __slots__ = ("events", "woken")
 
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.woken = asyncio.Event()
+    def __init__(self, woken: asyncio.Future[None]) -> None:
+        self.events: list[Delivery] = []
+        self.woken = woken
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
 
 
 class _Slot:
-    """Buffered events and the parked long-poll of one instance."""
+    """Buffered deliveries and the parked long-poll of one instance."""
 
     __slots__ = ("events", "stamp", "waiter")
 
     def __init__(self) -> None:
-        self.events: list[Event] = []  # for the next poll: nobody was parked
+        self.events: list[Delivery] = []  # for the next poll: nobody was parked
         self.stamp = 0.0
         self.waiter: _Waiter | None = None  # at most one: the newest poll
 
@@ -69,22 +86,32 @@ class Notifier:
 
     def deliver(self, instance_ids: Iterable[str], event: Event) -> None:
         """Hand `event` to each instance's parked poll, or keep it for its next poll."""
+        audience = tuple(instance_ids)
+        delivery = Delivery(event, audience)
         now = time.monotonic()
-        for iid in instance_ids:
+        for iid in audience:
             slot = self._slots.get(iid)
             if slot is None:
                 slot = self._slots[iid] = _Slot()
             if slot.waiter is not None:
-                _add(slot.waiter.events, [event])
-                slot.waiter.woken.set()
+                _add(slot.waiter.events, [delivery])
+                slot.waiter.wake()
                 continue
             if now - slot.stamp > PENDING_TTL:
                 slot.events = []
-            _add(slot.events, [event])
+            _add(slot.events, [delivery])
             slot.stamp = now
 
     async def wait(self, instance_id: str, timeout: float) -> list[Event]:
-        """Return pending events for the instance as soon as there are any, or [] on timeout.
+        """The events of `park` (no client to watch: a cancel is the client going away)."""
+        return [d.event for d in await self.park(instance_id, timeout)]
+
+    async def park(
+        self, instance_id: str, timeout: float, gone: asyncio.Future[Any] | None = None
+    ) -> list[Delivery]:
+        """Return pending deliveries for the instance as soon as there are any, or [] on
+        timeout, or [] once `gone` (the client's disconnect) is done: its deliveries stay
+        buffered for the next poll.
 
         One live poll per instance: a new poll dismisses the one parked before it (an agent
         that restarted leaves its dead predecessor's poll behind, and the server does not see
@@ -98,35 +125,48 @@ class Notifier:
             self._dismiss(slot, slot.waiter)
         events = self._take_buffered(slot)
         if not events:
-            events = await self._park(slot, timeout)
+            events = await self._park(slot, timeout, gone)
         if slot.waiter is None and not slot.events and self._slots.get(instance_id) is slot:
             del self._slots[instance_id]  # not a newer slot: a dismissed poll may end late
         return events
 
-    async def _park(self, slot: _Slot, timeout: float) -> list[Event]:
-        """Wait as the instance's poll; give events back to the buffer if cancelled."""
-        me = slot.waiter = _Waiter()
+    async def _park(
+        self, slot: _Slot, timeout: float, gone: asyncio.Future[Any] | None
+    ) -> list[Delivery]:
+        """Wait as the instance's poll: one future, woken by a delivery, a newer poll, the
+        timeout or the client's disconnect (no task of its own: a 10,000-agent kick wakes
+        10,000 of these). A cancel, or the client going, gives the deliveries back."""
+        loop = asyncio.get_running_loop()
+        me = slot.waiter = _Waiter(loop.create_future())
+        timer = loop.call_later(timeout, me.wake)
+
+        def client_left(_done: Any) -> None:
+            self._dismiss(slot, me)
+
+        if gone is not None:
+            gone.add_done_callback(client_left)
         try:
-            # asyncio.timeout, not wait_for: wait_for may swallow a cancel once woken (3.11)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await me.woken.wait()
+            await me.woken
         except asyncio.CancelledError:  # the client went away: keep its events for the next
             self._dismiss(slot, me)
             raise
         finally:
+            timer.cancel()
+            if gone is not None:
+                gone.remove_done_callback(client_left)
             if slot.waiter is me:
                 slot.waiter = None
         return me.events
 
-    def give_back(self, instance_id: str, events: list[Event]) -> None:
-        """Return events a poll took but could not answer (its client left) for the next poll."""
-        for event in events:
-            self.deliver([instance_id], event)
+    def give_back(self, instance_id: str, events: list[Delivery]) -> None:
+        """Return deliveries a poll took but could not answer (its client left) for the next
+        poll (each now for this instance alone)."""
+        for delivery in events:
+            self.deliver([instance_id], delivery.event)
 
     @staticmethod
     def _dismiss(slot: _Slot, waiter: _Waiter) -> None:
-        """Wake `waiter` empty-handed, moving its events to the buffer for the next poll."""
+        """Wake `waiter` empty-handed, moving its deliveries to the buffer for the next poll."""
         if waiter.events:
             if time.monotonic() - slot.stamp > PENDING_TTL:
                 slot.events = []
@@ -135,11 +175,11 @@ class Notifier:
             waiter.events = []
         if slot.waiter is waiter:
             slot.waiter = None
-        waiter.woken.set()
+        waiter.wake()
 
     @staticmethod
-    def _take_buffered(slot: _Slot) -> list[Event]:
-        """The buffered events (if not stale), removed from the buffer."""
+    def _take_buffered(slot: _Slot) -> list[Delivery]:
+        """The buffered deliveries (if not stale), removed from the buffer."""
         events = slot.events if time.monotonic() - slot.stamp <= PENDING_TTL else []
         slot.events = []
         return events
@@ -238,11 +278,12 @@ class Notifier:
         self.deliver(message.get("i", []), message.get("e", {}))
 
 
-def _add(events: list[Event], new: Iterable[Event]) -> None:
-    """Append each event of `new` not already in `events` (a repeated kick is one kick)."""
-    for event in new:
-        if event not in events:
-            events.append(event)
+def _add(deliveries: list[Delivery], new: Iterable[Delivery]) -> None:
+    """Append each delivery of `new` whose event is not already in `deliveries` (a repeated
+    kick is one kick)."""
+    for delivery in new:
+        if all(d.event != delivery.event for d in deliveries):
+            deliveries.append(delivery)
 
 
 def _payloads(replica: str, instance_ids: Sequence[str], event: Event) -> list[str]:

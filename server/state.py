@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from common import protocol
 from server.agent_api import auth
 from server.agent_api.batch import FLUSH_INTERVAL, ReplicaWrites
 from server.notify import Notifier
@@ -114,6 +116,23 @@ class ServerState:
         if self.forgets == forgets:  # a forget during the read may concern this very row
             self.keys[instance_id] = cached
         return cached
+
+    async def authenticate(
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+    ) -> AgentIdentity:
+        """Verify an agent request's Ed25519 signature (the nonce is used by the handler)."""
+        signed = auth.read_headers(headers)
+        cached = await self.instance_key(signed.instance_id)
+        message = protocol.canonical_string(
+            method, path, query, signed.timestamp, signed.nonce, body
+        )
+        auth.verify(cached.key, signed.signature, message)
+        return AgentIdentity(
+            instance_id=signed.instance_id,
+            account=cached.account,
+            nonce_key=f"a:{signed.instance_id}:{signed.nonce}",
+            nonce_expires=signed.timestamp + protocol.TIMESTAMP_WINDOW + 60,
+        )
 
     async def use_agent_nonce(self, conn: Conn, who: AgentIdentity) -> None:
         """Record the request's nonce in the caller's transaction; 401 on a replay."""

@@ -11,12 +11,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from common.protocol import HEADER_INSTANCE, HEADER_NONCE, MAX_NONCE, sign_response
+from common.protocol import HEADER_INSTANCE, HEADER_NONCE, MAX_NONCE, sign_kick, sign_response
+from server import overload
+from server.agent_api.auth import AgentError
 from server.store import Store, serverkeys
 from server.store.serverkeys import ServerKey
 
@@ -77,3 +81,51 @@ def signed_json(
 def _header_safe(value: str, limit: int) -> bool:
     """A non-empty printable ASCII value that may be echoed in a response header."""
     return 0 < len(value) <= limit and value.isascii() and value.isprintable()
+
+
+def agent_error(exc: AgentError) -> JSONResponse:
+    """An unsigned error answer (registration: the agent has no pinned key yet)."""
+    return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
+
+
+async def agent_answer(state: Any, request: Request, work: Awaitable[dict[str, Any]]) -> Response:
+    """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md).
+    `state` is the replica's ServerState (server/state.py)."""
+    payload, status, headers = await outcome(request.url.path, work)
+    return await signed_answer(state, request, payload, status, headers)
+
+
+async def outcome(
+    path: str, work: Awaitable[dict[str, Any]]
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """An agent handler's answer, status and extra headers: its error if it raised one."""
+    try:
+        return await work, 200, {}
+    except AgentError as exc:
+        return {"code": exc.code, "message": exc.message}, exc.status, {}
+    except Exception as exc:
+        failed = overload.failure(exc, f"agent request {path}", "server error")
+        return {"code": failed.code, "message": failed.message}, failed.status, failed.headers
+
+
+async def signed_answer(
+    state: Any, request: Request, payload: Any, status: int, headers: dict[str, str]
+) -> Response:
+    """The answer signed for the request's instance and nonce, with extra headers."""
+    key = await state.signing.current()
+    response = signed_json(key, request.headers, request.url.path, payload, status)
+    response.headers.update(headers)
+    return response
+
+
+def shared_kick(
+    key: ServerKey, path: str, event: Any, audience: Sequence[str]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """One long-poll answer for every instance a kick woke, signed once: the event, a fresh
+    kick id and the audience (docs/agent-protocol.md, Shared kicks). Body and raw headers."""
+    kick = {"id": uuid.uuid4().hex, "audience": list(audience)}
+    body = dumps({"events": [event], "heartbeat": True, "kick": kick})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    signed = sign_kick(key.private_key, path, body, key.public_b64)
+    headers += [(k.lower().encode("ascii"), v.encode("ascii")) for k, v in signed.items()]
+    return body, headers

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent.client import MAX_ANSWER, AgentClient, ServerUnavailableError
+from agent.client import MAX_ANSWER, AgentClient, KickGuard, ServerUnavailableError
 from agent.identity import Identity, generate_key
 from common.protocol import ResponseRefusedError
 
@@ -80,3 +80,17 @@ def test_a_deeply_nested_answer_is_an_unavailable_server_not_a_crash(nested: str
         client.list_tasks("poll")
     with pytest.raises(ServerUnavailableError, match="not JSON"):
         client.call("POST", "/v1/task/list", {"reason": "poll"}, verify=False)
+
+
+def test_kick_guard_takes_each_kick_once_and_none_older_than_the_agent() -> None:
+    guard = KickGuard()
+    assert not guard.fresh("k1", 1000)  # nothing signed for this process yet: list instead
+    guard.answered(1000)  # the first answer signed for one of its requests
+    guard.answered(2000)  # later ones do not move the floor
+    assert not guard.fresh("k0", 999) and not guard.fresh("k0", 1000)  # before it started
+    assert guard.fresh("k1", 1001)
+    assert not guard.fresh("k1", 1001)  # played back
+    assert guard.fresh("k2", 1002)
+    assert guard.fresh("k3", 1003 + 10 * 300)  # much later: old ids are forgotten...
+    assert list(guard._seen) == ["k3"]
+    assert not guard.fresh("k3", 1003 + 10 * 300)  # ...but not the recent ones

@@ -217,3 +217,57 @@ def test_proxy_swapping_the_server_key_at_registration_fails_it(
     )
     assert pinned["keys"] == [shown.stdout.strip()] and pinned["source"] == "registration"
     assert (prefix / "state" / "server-key.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_played_back_shared_kick_only_makes_the_agent_list_its_tasks(
+    env: AgentEnv, tmp_path: Path
+) -> None:
+    """A kick's answer is signed once for every instance it woke, so it names no nonce of the
+    agent's: the agent takes each kick once, and none signed before it started; a played-back
+    kick becomes a task list (signed for its own request), which runs nothing again."""
+    prefix, instance = env.register("agent")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with MitmProxy(env.server.url) as proxy:
+        agent = env.start_agent(prefix, proxy.url)
+        agent.wait_connected()
+        invoke = env.sdk.run_script(f"echo ran >> {marks}/runs", instance)
+        item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"))
+        assert item["InvocationStatus"] == "Success"
+        kicks = [
+            (status, headers, body)
+            for path, status, headers, body in proxy.answers
+            if path.endswith("/v1/notify")
+            and protocol.HEADER_KICK_SIGNATURE.lower() in {k.lower() for k in headers}
+        ]
+        assert kicks  # the agent asked for the shared answer and got it
+        status, headers, captured = kicks[-1]
+        assert [t["invoke_id"] for e in json.loads(captured)["events"] for t in e["tasks"]] == [
+            invoke
+        ]
+        played: list[str] = []
+
+        def play_back(path: str, _headers: dict[str, str]) -> Any:
+            if path.endswith("/v1/notify") and len(played) < 3:
+                played.append(path)
+                return status, headers, captured
+            return None
+
+        lists = proxy.count("/v1/task/list")
+        proxy.replay = play_back
+        assert wait_until(lambda: len(played) == 3)
+        assert wait_until(lambda: proxy.count("/v1/task/list") >= lists + 3)
+        assert agent.proc.poll() is None
+        assert agent.stop() == 0
+        assert agent.log().count("a shared kick taken before") >= 3
+
+        # restarted (same identity): the kick was signed before this process began
+        played.clear()
+        again = env.start_agent(prefix, proxy.url)
+        assert wait_until(lambda: len(played) == 3)
+        assert wait_until(lambda: again.log().count("a shared kick taken before") >= 3)
+        assert again.proc.poll() is None
+        assert again.stop() == 0
+    assert (marks / "runs").read_text() == "ran\n"  # run once, whatever was played back
+    assert server_executions(env.server, invoke) == [("0", "Success")]
+    assert "Traceback" not in agent.log() + again.log()

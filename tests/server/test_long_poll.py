@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import threading
 import time
 from urllib.parse import urlsplit
 
+import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from serverkit import Api
 from test_agent_api import invoke, result
 
+from common import protocol
 from devkit.server import FakeAgent, ServerHandle, sign_agent_request
 
 NOTIFY = "/luban/api/v1/notify"
@@ -93,3 +97,89 @@ def test_a_kick_never_carries_a_task_stopped_before_it_went_out(api: Api) -> Non
     api.ok("StopInvocation", InvokeId=invoke_id)
     assert kept.tasks()["stop"] == [invoke_id]
     assert result(api, invoke_id, kept)["InvocationStatus"] == "Stopping"
+
+
+def poll_raw(agent: FakeAgent, query: str, answers: list[requests.Response]) -> threading.Thread:
+    """A long-poll in a thread; its whole response lands in `answers`."""
+
+    def run() -> None:
+        answers.append(agent.request("GET", NOTIFY, query=query, timeout=40))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def pinned_key(agent: FakeAgent) -> dict[str, Ed25519PublicKey]:
+    """The control plane's key as an agent pins it: from an answer signed for its request."""
+    response = agent.request("POST", "/luban/api/v1/task/list", {"reason": "startup"})
+    key_b64 = response.headers[protocol.HEADER_SERVER_KEY]
+    trusted = {key_b64: protocol.public_key_from_raw(base64.b64decode(key_b64))}
+    sent_nonce = response.headers[protocol.HEADER_NONCE]
+    protocol.check_response(
+        trusted, agent.instance_id, sent_nonce, "/luban/api/v1/task/list", 200,
+        response.content, response.headers,
+    )  # fmt: skip
+    return trusted
+
+
+def test_a_kick_is_answered_once_for_every_instance_it_woke(api: Api) -> None:
+    # Agents that ask for shared answers get the same bytes, signed once, naming each of them;
+    # an older agent (no `shared=1`) in the same invocation gets an answer signed for its poll.
+    first, second, older = api.agent(), api.agent(), api.agent()
+    trusted = pinned_key(first)
+    base = parked(api.server)
+    answers: list[requests.Response] = []
+    old_answers: list[requests.Response] = []
+    threads = [poll_raw(a, "timeout=30&shared=1", answers) for a in (first, second)]
+    threads.append(poll_raw(older, "timeout=30", old_answers))
+    wait_parked(api.server, base + 3)
+    invoke_id = invoke(api, first, second, older)
+    for thread in threads:
+        thread.join(timeout=20)
+    assert len(answers) == 2 and len(old_answers) == 1
+    one, two = answers
+    assert one.status_code == two.status_code == 200
+    assert one.content == two.content  # one answer for the whole audience
+    assert (
+        one.headers[protocol.HEADER_KICK_SIGNATURE] == two.headers[protocol.HEADER_KICK_SIGNATURE]
+    )
+    body = one.json()
+    assert [t["invoke_id"] for e in body["events"] for t in e["tasks"]] == [invoke_id]
+    assert body["heartbeat"] is True
+    assert sorted(body["kick"]["audience"]) == sorted(a.instance_id for a in (first, second, older))
+    for agent in (first, second):
+        kick_id, stamp = protocol.check_kick(
+            trusted, agent.instance_id, NOTIFY, one.content, one.headers
+        )
+        assert kick_id == body["kick"]["id"] and abs(stamp - time.time()) < 60
+    # not for an instance it does not name, nor with a byte changed, nor under another path
+    stranger = api.agent()
+    with pytest.raises(protocol.ResponseRefusedError) as refused:
+        protocol.check_kick(trusted, stranger.instance_id, NOTIFY, one.content, one.headers)
+    assert refused.value.code == protocol.REFUSED_REPLAYED
+    forged = one.content.replace(first.instance_id.encode(), stranger.instance_id.encode())
+    with pytest.raises(protocol.ResponseRefusedError) as refused:
+        protocol.check_kick(trusted, stranger.instance_id, NOTIFY, forged, one.headers)
+    assert refused.value.code == protocol.REFUSED_BAD_SIGNATURE
+    with pytest.raises(protocol.ResponseRefusedError):
+        protocol.check_kick(trusted, first.instance_id, "/luban/api/v1/x", one.content, one.headers)
+    # the older agent's answer is signed for its own poll and carries the task too
+    (old,) = old_answers
+    assert protocol.HEADER_KICK_SIGNATURE not in old.headers
+    assert "kick" not in old.json()
+    assert [t["invoke_id"] for e in old.json()["events"] for t in e["tasks"]] == [invoke_id]
+    assert old.headers[protocol.HEADER_INSTANCE] == older.instance_id
+
+
+def test_a_poll_that_takes_a_partial_kick_is_answered_for_itself(api: Api) -> None:
+    # A kick whose task this instance may no longer take (stopped before it went out) differs
+    # per instance: it is never answered shared.
+    stopped = api.agent()
+    invoke_id = invoke(api, stopped)
+    api.ok("StopInvocation", InvokeId=invoke_id, **{"InstanceId.1": stopped.instance_id})
+    response = stopped.request("GET", NOTIFY, query="timeout=10&shared=1", timeout=20)
+    assert response.status_code == 200
+    assert protocol.HEADER_KICK_SIGNATURE not in response.headers
+    assert response.headers[protocol.HEADER_INSTANCE] == stopped.instance_id
+    assert not any(e.get("tasks") for e in response.json()["events"])
