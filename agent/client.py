@@ -193,8 +193,8 @@ class AgentClient:
         else:
             self.replicas.succeeded(server)
         if signed and verify and not self._check_signed(sent, full_path, response, content, shared):
-            log.warning("a shared kick taken before or older than this agent: listing tasks")
-            return {"events": [{"type": "task"}]}  # a plain kick: list the tasks
+            log.warning("a shared kick taken before or older than this agent: asking again")
+            return {"events": bare_events(self._decode(response, content, server))}
         return self._decode(response, content, server)
 
     def _check_signed(
@@ -435,13 +435,23 @@ class AgentClient:
         return answer if isinstance(answer, dict) else {}
 
 
+def bare_events(answer: Any) -> list[dict[str, str]]:
+    """A long-poll answer's events without their contents: each only says what to ask for
+    in a request of the agent's own (list tasks, check for updates), so a played-back answer
+    cannot make the agent act on anything it carried."""
+    events = answer.get("events") if isinstance(answer, dict) else None
+    kinds = [e.get("type") for e in events or [] if isinstance(e, dict)]
+    return [{"type": kind} for kind in kinds if kind in ("task", "stop", "update", "settings")]
+
+
 class KickGuard:
     """Takes each shared kick once (docs/agent-protocol.md, Shared kicks).
 
     A shared answer is signed once for every instance a kick woke, so it names no nonce of
     this agent's: a recorded one could be played back. Taken are only kicks signed after this
     process's first answer signed for one of its own requests (server time), and each kick id
-    once; a kick not taken becomes "list your tasks", which a replay cannot abuse.
+    once; a kick not taken becomes its bare events (bare_events: list your tasks, check for
+    updates), which a replay cannot abuse.
     """
 
     def __init__(self) -> None:

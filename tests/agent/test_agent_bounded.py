@@ -59,7 +59,9 @@ def test_a_chatty_task_keeps_the_state_small_and_reports_tail_and_dropped_exactl
 ) -> None:  # type: ignore[no-untyped-def]
     h = start_agent()
     state = fake_server.state
-    script = f"yes 'chatty line' | head -c {CHATTY_BYTES}\nseq 1 3000\n"
+    # the pause leaves the chatty part spooled for a while: at 100 MB in ~0.1 s on an idle box
+    # the sampler saw too little of the run to mean anything (5 samples)
+    script = f"yes 'chatty line' | head -c {CHATTY_BYTES}\nsleep 0.3\nseq 1 3000\n"
     with DiskSampler(h.prefix) as sampler:
         invoke = state.add_task(h.identity.instance_id, script=script, timeout=120)
         assert state.wait(lambda s: s.results_for(invoke), timeout=120)
