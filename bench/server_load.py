@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import time
 from typing import Any
@@ -153,6 +154,18 @@ class Fleet:
         self.key_id = key_id
         self.secret = secret
         self.agents: list[tuple[str, Ed25519PrivateKey]] = []
+        # the operator's own process for InvokeCommand bursts (Fleet.invoke_all), when started
+        self.operator_process: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def start_operator(self) -> None:
+        """Start (and warm) the operator's process; stop_operator() ends it."""
+        self.operator_process = concurrent.futures.ProcessPoolExecutor(1)
+        self.operator_process.submit(int).result()
+
+    def stop_operator(self) -> None:
+        if self.operator_process is not None:
+            self.operator_process.shutdown()
+            self.operator_process = None
 
     def operator(self, action: str, **params: Any) -> bytes:
         signed = sign_params({"Action": action, **params}, self.key_id, self.secret, "POST")
@@ -196,23 +209,17 @@ class Fleet:
 
     async def invoke_all(self, command_id: str, parallel: int = 8) -> dict[str, str]:
         """InvokeCommand on every agent, INVOKE_LIMIT instances per call, `parallel` calls at a
-        time; the invoke id each instance got."""
-        chunks = [
-            self.agents[i : i + INVOKE_LIMIT] for i in range(0, len(self.agents), INVOKE_LIMIT)
-        ]
-        owner: dict[str, str] = {}
-        gate = asyncio.Semaphore(parallel)
-
-        async def one(chunk: list[tuple[str, Ed25519PrivateKey]]) -> None:
-            ids = {f"InstanceId.{n}": iid for n, (iid, _) in enumerate(chunk, 1)}
-            async with gate:
-                invoke_id = (await self.call("InvokeCommand", CommandId=command_id, **ids))[
-                    "InvokeId"
-                ]
-            owner.update((iid, invoke_id) for iid, _ in chunk)
-
-        await asyncio.gather(*(one(c) for c in chunks))
-        return owner
+        time, from the operator's own process (Operator): an operator's SDK does not share
+        the event loop that reads 10,000 agents' answers, and here it did, so its next call
+        waited for this process rather than for the server. The invoke id each instance got."""
+        ids = [iid for iid, _ in self.agents]
+        if self.operator_process is None:
+            return await invoke_chunks(
+                self.port, self.key_id, self.secret, command_id, ids, parallel
+            )
+        loop = asyncio.get_running_loop()
+        job = (self.port, self.key_id, self.secret, command_id, ids, parallel)
+        return await loop.run_in_executor(self.operator_process, run_invoke_chunks, job)
 
     async def all_succeeded(self, invoke_ids: set[str]) -> None:
         for invoke_id in sorted(invoke_ids):
@@ -242,6 +249,31 @@ class Fleet:
             body = json.dumps({"reports": items}).encode()
             requests.append(signed_request(key, iid, "POST", "/luban/api/v1/task/reports", body))
         return requests
+
+
+def run_invoke_chunks(job: tuple[int, str, str, str, list[str], int]) -> dict[str, str]:
+    """invoke_chunks in a process of its own (the operator's)."""
+    return asyncio.run(invoke_chunks(*job))
+
+
+async def invoke_chunks(
+    port: int, key_id: str, secret: str, command_id: str, ids: list[str], parallel: int
+) -> dict[str, str]:
+    """InvokeCommand on `ids`, INVOKE_LIMIT per call, `parallel` calls at a time, each on a
+    connection of its own; the invoke id each instance got."""
+    fleet = Fleet(port, key_id, secret)
+    owner: dict[str, str] = {}
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(chunk: list[str]) -> None:
+        params = {f"InstanceId.{n}": iid for n, iid in enumerate(chunk, 1)}
+        async with gate:
+            answer = await fleet.call("InvokeCommand", CommandId=command_id, **params)
+        owner.update((iid, answer["InvokeId"]) for iid in chunk)
+
+    chunks = [ids[i : i + INVOKE_LIMIT] for i in range(0, len(ids), INVOKE_LIMIT)]
+    await asyncio.gather(*(one(c) for c in chunks))
+    return owner
 
 
 def finish_body(invoke_id: str, output: str) -> bytes:

@@ -273,6 +273,12 @@ class HeadWithBody:
         return getattr(self.transport, name)
 
 
+# scope["extensions"][DISCONNECT_WATCH](callback) -> unwatch: `callback` runs once when the
+# request's connection is lost (at once if it is already), so a request that waits long (a
+# long-poll) learns that its client left without a task of its own blocked in receive()
+DISCONNECT_WATCH = "assist.disconnect_watch"
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with per-phase deadlines and a connection bound."""
 
@@ -287,6 +293,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self.slots = slots_of(server_state)
         self.counted: str | None = None  # "held" or "slack" while counted in self.slots
+        self._lost_watchers: list[Callable[[], None]] = []
 
     @property
     def over_bound(self) -> bool:
@@ -374,7 +381,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             app = busy_app
         if cycle.scope.get("method") != "HEAD":  # a HEAD answer has no body write to ride on
             cycle.transport = HeadWithBody(cycle.transport, cycle)
+        cycle.scope.setdefault("extensions", {})[DISCONNECT_WATCH] = self.watch_disconnect
         super()._start_asgi_task(cycle, app)
+
+    def watch_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` once when this connection is lost (soon, if it is already); returns
+        the function that stops watching (DISCONNECT_WATCH)."""
+        if self.transport is None or self.transport.is_closing():
+            self.loop.call_soon(callback)
+            return lambda: None
+        self._lost_watchers.append(callback)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                self._lost_watchers.remove(callback)
+
+        return unwatch
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -382,6 +404,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._timer = None
         self.release()
         super().connection_lost(exc)
+        watchers, self._lost_watchers = self._lost_watchers, []
+        for callback in watchers:
+            callback()
         TRIMMER.closed(self.loop, len(self.connections))
 
     def data_received(self, data: bytes) -> None:

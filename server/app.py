@@ -77,7 +77,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def authenticate_operator(state: ServerState, caller: rpc.Caller) -> str:
     """Check the signature (v1 or v3) and consume its nonce; return the caller's account."""
-    key = await state.store.read(lambda conn: access.get_access_key(conn, caller.key_id))
+    key = await state.store.read(
+        lambda conn: access.get_access_key(conn, caller.key_id), small=True
+    )
     if key is None:
         raise rpc.ApiError("InvalidAccessKeyId.NotFound", "Specified access key is not found.", 404)
     if not key["enabled"]:

@@ -106,7 +106,7 @@ class ServerState:
             return row
 
         forgets = self.forgets
-        row = await self.store.read(_tx)
+        row = await self.store.read(_tx, small=True)
         if row is None or row["deregistered"]:
             self.keys.pop(instance_id, None)
             raise auth.unauthorized("unknown or deregistered instance")

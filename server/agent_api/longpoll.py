@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from common.connguard import DISCONNECT_WATCH
 from common.protocol import SHARED_KICKS
 from server.agent_api import auth, respond
 from server.agent_api.auth import AgentError
@@ -84,8 +86,22 @@ async def park(
 ) -> list[Delivery]:
     """Wait on the notifier until something is delivered; [] on timeout or once the client
     is gone (then what it was handed goes back for the next poll)."""
-    gone = asyncio.ensure_future(disconnected(request.receive))  # ends once the answer is sent
-    deliveries = await state.notifier.park(instance_id, timeout, gone)
+    watch = request.scope.get("extensions", {}).get(DISCONNECT_WATCH)
+    if watch is None:  # another ASGI server: a task waits for the disconnect (or the answer)
+        gone: asyncio.Future[Any] = asyncio.ensure_future(disconnected(request.receive))
+        unwatch: Callable[[], None] = lambda: None  # noqa: E731
+    else:  # assist-server's own protocol tells: no task per parked poll
+        gone = asyncio.get_running_loop().create_future()
+
+        def left() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        unwatch = watch(left)
+    try:
+        deliveries = await state.notifier.park(instance_id, timeout, gone)
+    finally:
+        unwatch()
     if gone.done() and deliveries:  # it left just as it was woken: keep them for the next
         state.notifier.give_back(instance_id, deliveries)
         return []

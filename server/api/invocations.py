@@ -166,7 +166,7 @@ async def invoke_command(state: ServerState, account: str, p: Params) -> dict[st
         command = await q.get_command(conn, account, command_id, p.region())
         return command
 
-    command = await state.store.read(_tx)
+    command = await state.store.read(_tx, small=True)
     if command is None:
         raise command_not_found()
     return await start_invocation(state, account, p, command, False, "InvokeCommand")

@@ -250,6 +250,10 @@ class _SqliteRunner(_GroupCommit[_Job]):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._read_sync, fn)
 
+    def read_inline(self, fn: TxFunction[T]) -> T:
+        """A small read on the calling (event loop) thread."""
+        return self._read_sync(fn)
+
     def _read_sync(self, fn: TxFunction[T]) -> T:
         with self.engine.connect() as conn, conn.begin():
             return drive(fn(SyncConn(conn)))
@@ -556,9 +560,14 @@ class Store:
         assert self._pg_writer is not None
         return await self._pg_writer.write(fn, durable, key)
 
-    async def read(self, fn: TxFunction[T]) -> T:
-        """Run `fn` in a read-only transaction (a consistent snapshot)."""
+    async def read(self, fn: TxFunction[T], small: bool = False) -> T:
+        """Run `fn` in a read-only transaction (a consistent snapshot). `small`: a lookup by
+        key, which SQLite runs on the event loop's own thread (tens of microseconds) instead of
+        the reader pool: under a fan-out the pool's answer waits behind every woken long-poll
+        in the loop's queue, and InvokeCommand's next step with it (docs/scale.md)."""
         if self._sqlite is not None:
+            if small:
+                return self._sqlite.read_inline(fn)
             return await self._sqlite.read(fn)
         assert self._engine is not None
         for attempt in range(3):  # a read is safe to repeat on a fresh connection
