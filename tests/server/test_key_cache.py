@@ -26,7 +26,7 @@ class Store:
         self.deregistered = False
         self.during_read: Any = None
 
-    async def read(self, fn: Any) -> dict[str, Any]:
+    async def read(self, fn: Any, small: bool = False) -> dict[str, Any]:
         self.reads += 1
         row = {"public_key": PUBLIC, "account": "acct", "deregistered": self.deregistered}
         await asyncio.sleep(0)
