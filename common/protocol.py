@@ -228,6 +228,12 @@ KICK_CONTEXT = "assist-kick-v1"
 SHARED_KICKS = "shared=1"  # the long-poll's query asks for them (an older agent does not)
 
 
+def audience_tag(instance_id: str) -> str:
+    """How a shared kick names an instance it is for: a digest, so that no agent learns the
+    ids of the other instances one InvokeCommand reached."""
+    return hashlib.sha256(f"{KICK_CONTEXT}\n{instance_id}".encode()).hexdigest()[:32]
+
+
 def kick_string(path: str, timestamp: int | str, body: bytes) -> bytes:
     """What the server signs once for a kick: context, path, time, sha256 of the whole answer
     (which names the kick's id and every instance it is for)."""
@@ -274,7 +280,7 @@ def check_kick(
         raise ResponseRefusedError(
             REFUSED_BAD_SIGNATURE, f"the shared answer to {path} names no kick"
         ) from None
-    if not isinstance(audience, list) or instance_id not in audience:
+    if not isinstance(audience, list) or audience_tag(instance_id) not in audience:
         raise ResponseRefusedError(
             REFUSED_REPLAYED, f"the shared answer to {path} is for other instances"
         )

@@ -1,12 +1,12 @@
 """Wake-ups for long-polling agents: in-process waiters, fanned out across replicas.
 
-`Notifier.wait()` parks a long-poll on an asyncio.Event — no database connection is held while
-it waits. `publish()` delivers an event to local waiters at once and, with PostgreSQL, sends it
+`Notifier.park()` parks a long-poll on one future (no task, no database connection held while
+it waits). `publish()` delivers an event to local waiters at once and, with PostgreSQL, sends it
 through NOTIFY so waiters on every other replica wake too (LISTEN on one dedicated asyncpg
 connection per replica). Events for an instance that is between two polls are buffered briefly
 so the next poll returns at once. Each instance has at most one parked poll per replica: a new
-poll dismisses the older one (a restarted agent's dead poll), and a poll cancelled because its
-client went away hands its events back to the buffer.
+poll dismisses the older one (a restarted agent's dead poll), and a poll whose client went away
+(cancelled, or told by its `gone` future) hands its events back to the buffer.
 """
 
 from __future__ import annotations

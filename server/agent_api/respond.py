@@ -18,7 +18,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from common.protocol import HEADER_INSTANCE, HEADER_NONCE, MAX_NONCE, sign_kick, sign_response
+from common.protocol import (
+    HEADER_INSTANCE,
+    HEADER_NONCE,
+    MAX_NONCE,
+    audience_tag,
+    sign_kick,
+    sign_response,
+)
 from server import overload
 from server.agent_api.auth import AgentError
 from server.store import Store, serverkeys
@@ -123,7 +130,7 @@ def shared_kick(
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """One long-poll answer for every instance a kick woke, signed once: the event, a fresh
     kick id and the audience (docs/agent-protocol.md, Shared kicks). Body and raw headers."""
-    kick = {"id": uuid.uuid4().hex, "audience": list(audience)}
+    kick = {"id": uuid.uuid4().hex, "audience": [audience_tag(i) for i in audience]}
     body = dumps({"events": [event], "heartbeat": True, "kick": kick})
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     signed = sign_kick(key.private_key, path, body, key.public_b64)

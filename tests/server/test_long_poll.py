@@ -147,7 +147,10 @@ def test_a_kick_is_answered_once_for_every_instance_it_woke(api: Api) -> None:
     body = one.json()
     assert [t["invoke_id"] for e in body["events"] for t in e["tasks"]] == [invoke_id]
     assert body["heartbeat"] is True
-    assert sorted(body["kick"]["audience"]) == sorted(a.instance_id for a in (first, second, older))
+    assert sorted(body["kick"]["audience"]) == sorted(
+        protocol.audience_tag(a.instance_id) for a in (first, second, older)
+    )
+    assert first.instance_id not in one.text  # no agent learns the others' ids
     for agent in (first, second):
         kick_id, stamp = protocol.check_kick(
             trusted, agent.instance_id, NOTIFY, one.content, one.headers
