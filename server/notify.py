@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,14 @@ class Delivery:
     them, so an answer built for it once (one signature for every agent a kick wakes:
     server/agent_api/longpoll.py) serves them all. `audience` names those instances."""
 
-    __slots__ = ("audience", "event", "shared")
+    __slots__ = ("audience", "claimed", "event", "shared")
 
-    def __init__(self, event: Event, audience: tuple[str, ...]) -> None:
+    def __init__(
+        self, event: Event, audience: tuple[str, ...], claimed: Set[str] = frozenset()
+    ) -> None:
         self.event = event
         self.audience = audience
+        self.claimed = claimed  # instances whose carried tasks are marked delivered already
         self.shared: Any = None  # the answer built for the whole audience, once
 
 
@@ -84,10 +87,13 @@ class Notifier:
 
     # --- local delivery ------------------------------------------------------------------
 
-    def deliver(self, instance_ids: Iterable[str], event: Event) -> None:
-        """Hand `event` to each instance's parked poll, or keep it for its next poll."""
+    def deliver(
+        self, instance_ids: Iterable[str], event: Event, claimed: Set[str] = frozenset()
+    ) -> None:
+        """Hand `event` to each instance's parked poll, or keep it for its next poll.
+        `claimed`: instances whose carried tasks the caller marked delivered already."""
         audience = tuple(instance_ids)
-        delivery = Delivery(event, audience)
+        delivery = Delivery(event, audience, claimed)
         now = time.monotonic()
         for iid in audience:
             slot = self._slots.get(iid)
@@ -198,10 +204,18 @@ class Notifier:
 
     # --- cross-replica fan-out -------------------------------------------------------------
 
-    async def publish(self, instance_ids: Sequence[str], event: Event) -> None:
+    def parked(self, instance_ids: Iterable[str]) -> set[str]:
+        """Those of the instances whose long-poll is parked on this replica now."""
+        slots = self._slots
+        return {i for i in instance_ids if (slot := slots.get(i)) and slot.waiter is not None}
+
+    async def publish(
+        self, instance_ids: Sequence[str], event: Event, claimed: Set[str] = frozenset()
+    ) -> None:
         """Deliver locally now, then tell the other replicas (PostgreSQL only).
-        A NOTIFY that fails is logged: the other replicas' agents list their tasks anyway."""
-        self.deliver(instance_ids, event)
+        A NOTIFY that fails is logged: the other replicas' agents list their tasks anyway.
+        `claimed` (see deliver) holds here only: other replicas claim as they answer."""
+        self.deliver(instance_ids, event, claimed)
         if instance_ids and self._dsn is not None:  # no payloads built for a lone SQLite server
             await self._notify(_payloads(self.replica, instance_ids, event))
 

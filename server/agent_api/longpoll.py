@@ -40,7 +40,7 @@ async def long_poll(state: ServerState, scope: Scope, receive: Receive, send: Se
         nonlocal shared
         who, timeout, wants_shared = await admit(state, request)
         deliveries = await park(state, request, who.instance_id, timeout)
-        events = [await carried_tasks(state, who.instance_id, d.event) for d in deliveries]
+        events = [await carried_tasks(state, who.instance_id, d) for d in deliveries]
         if wants_shared and len(deliveries) == 1 and events[0] is deliveries[0].event:
             shared = await shared_answer(state, request.url.path, deliveries[0])
         # an answered long-poll counts as a heartbeat: the agent may stop its own
@@ -114,13 +114,15 @@ async def disconnected(receive: Receive) -> None:
         pass
 
 
-async def carried_tasks(state: ServerState, instance_id: str, event: Any) -> Any:
+async def carried_tasks(state: ServerState, instance_id: str, delivery: Delivery) -> Any:
     """The event as this instance may get it: a kick keeps only the tasks whose delivery was
     claimed (server/agent_api/batch.py), so a task stopped before it went out is never carried;
     a kick left with none goes without `tasks` and the agent lists its tasks instead. The very
-    event object comes back when every task was claimed (it may then be answered shared)."""
+    event object comes back when every task was claimed (it may then be answered shared), at
+    once when InvokeCommand claimed them itself for this parked poll."""
+    event = delivery.event
     carried = event.get("tasks") if isinstance(event, dict) else None
-    if not carried:
+    if not carried or instance_id in delivery.claimed:
         return event
     claims = [state.batch.claim_delivery(str(t["invoke_id"]), instance_id) for t in carried]
     claimed = [await claims[0]] if len(claims) == 1 else await asyncio.gather(*claims)

@@ -138,6 +138,11 @@ async def start_invocation(
     if action_name == "RunCommand":
         result = {"CommandId": command["command_id"], **result}
 
+    # The polls parked here get the kick with the task: their rows are marked delivered in
+    # this very transaction, so a later StopInvocation finds them delivered (Stopping, told
+    # to the agent), as when each poll claims its task on waking, one flush later (docs/scale.md)
+    parked = state.notifier.parked(ids)
+
     async def _tx(conn: Conn) -> Any:
         prior = await replay(conn, account, action_name, p, result)
         if prior is not None:
@@ -146,14 +151,15 @@ async def start_invocation(
         if keep:
             await q.insert_command(conn, command)
             await add_tags(conn, account, "command", [command["command_id"]], tags)
-        await q.insert_invocation(conn, row, ids)
+        await q.insert_invocation(conn, row, ids, delivered=parked)
         await add_tags(conn, account, "invocation", [invoke_id], tags)
         return result
 
     answer: dict[str, Any] = await state.store.write(_tx)
     if answer is result:  # a retry of a known ClientToken wakes nobody
         # the kick carries the task: a woken agent needs no task list (docs/scale.md, Fan-out)
-        await state.notifier.publish(ids, {"type": "task", "tasks": [render_task(row)]})
+        event = {"type": "task", "tasks": [render_task(row)]}
+        await state.notifier.publish(ids, event, claimed=parked)
     return answer
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, text, update
@@ -33,7 +33,7 @@ _RESULT_COLUMNS = (
     "output, dropped, error_code, error_info, repeats, created_ms, updated_ms"
 )
 _RESULT_VALUES = (
-    "(:invoke, :i{i}, :account, :status, :yes, :no, :no, '', '', 0, '', '', 0, :now, :now)"
+    "(:invoke, :i{i}, :account, :status, :yes, :d{i}, :no, '', '', 0, '', '', 0, :now, :now)"
 )
 _COUNT_INVOCATION = text(
     "UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = :command"
@@ -41,9 +41,13 @@ _COUNT_INVOCATION = text(
 ROWS_PER_INSERT = 100  # pending results per INSERT statement (InvokeCommand's real limit)
 
 
-async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -> None:
+async def insert_invocation(
+    conn: Conn, row: Row, instance_ids: Sequence[str], delivered: Set[str] = frozenset()
+) -> None:
     """Store an invocation and one pending result per instance (multi-row text statements: an
-    InvokeCommand to 100 instances is on the fan-out's path, docs/scale.md)."""
+    InvokeCommand to 100 instances is on the fan-out's path, docs/scale.md). Rows of
+    `delivered` are marked delivered at once: their kick carries the task to a parked poll
+    (server/api/invocations.py start_invocation)."""
     now = model.now_ms()
     await conn.execute(invocations.insert().values(**row))
     common = {
@@ -60,7 +64,8 @@ async def insert_invocation(conn: Conn, row: Row, instance_ids: Sequence[str]) -
             f"INSERT INTO invocation_instances ({_RESULT_COLUMNS}) "
             f"VALUES {numbered(_RESULT_VALUES, len(chunk))}"
         )
-        await conn.execute(sql_text(sql), {**common, **numbered_params("i", chunk)})
+        marks = numbered_params("d", [iid in delivered for iid in chunk])
+        await conn.execute(sql_text(sql), {**common, **numbered_params("i", chunk), **marks})
         sql = (
             "UPDATE instances SET last_invoked_ms = :now, "
             "invocation_count = invocation_count + 1 "

@@ -186,3 +186,21 @@ def test_a_poll_that_takes_a_partial_kick_is_answered_for_itself(api: Api) -> No
     assert protocol.HEADER_KICK_SIGNATURE not in response.headers
     assert response.headers[protocol.HEADER_INSTANCE] == stopped.instance_id
     assert not any(e.get("tasks") for e in response.json()["events"])
+
+
+def test_a_parked_poll_takes_a_task_its_invocation_marked_delivered(api: Api) -> None:
+    # InvokeCommand marks the task delivered for the polls parked on this replica in its own
+    # transaction: a stop that follows at once finds it delivered (Stopping, told to the
+    # agent), never Cancelled with the task already on its way.
+    agent = api.agent()
+    base = parked(api.server)
+    answers: list[requests.Response] = []
+    thread = poll_raw(agent, "timeout=30&shared=1", answers)
+    wait_parked(api.server, base + 1)
+    invoke_id = invoke(api, agent)
+    api.ok("StopInvocation", InvokeId=invoke_id)
+    thread.join(timeout=20)
+    (answer,) = answers
+    assert [t["invoke_id"] for e in answer.json()["events"] for t in e["tasks"]] == [invoke_id]
+    assert result(api, invoke_id, agent)["InvocationStatus"] == "Stopping"
+    assert agent.tasks()["stop"] == [invoke_id]
