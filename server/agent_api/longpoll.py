@@ -1,10 +1,11 @@
 """The long-poll, GET /luban/api/v1/notify: an ASGI endpoint of its own, outside Starlette.
 
 When an InvokeCommand reaches 10,000 parked polls, the server's time per woken agent is the
-fan-out (docs/scale.md). So a parked poll is one future (server/notify.py) and the task that
-watches for the client's disconnect, and a kick answered to an agent that asks for shared
-answers (`shared=1`) is the same bytes, signed once, for every instance it woke: no signature,
-JSON or Starlette response per agent. Everything else (errors, timeouts, several events, a
+fan-out (docs/scale.md). So a parked poll is one future (server/notify.py), told of its
+client's disconnect by the server's own protocol (common/connguard.py DISCONNECT_WATCH) rather
+than by a task of its own, and a kick answered to an agent that asks for shared answers
+(`shared=1`) is the same bytes, signed once, for every instance it woke: no signature, JSON or
+Starlette response per agent. Everything else (errors, timeouts, several events, a
 task whose delivery was not claimed, older agents) gets the per-request signed answer.
 """
 

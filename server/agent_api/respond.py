@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,6 +30,9 @@ from server import overload
 from server.agent_api.auth import AgentError
 from server.store import Store, serverkeys
 from server.store.serverkeys import ServerKey
+
+if TYPE_CHECKING:
+    from server.state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +98,10 @@ def agent_error(exc: AgentError) -> JSONResponse:
     return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
 
 
-async def agent_answer(state: Any, request: Request, work: Awaitable[dict[str, Any]]) -> Response:
-    """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md).
-    `state` is the replica's ServerState (server/state.py)."""
+async def agent_answer(
+    state: ServerState, request: Request, work: Awaitable[dict[str, Any]]
+) -> Response:
+    """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md)."""
     payload, status, headers = await outcome(request.url.path, work)
     return await signed_answer(state, request, payload, status, headers)
 
@@ -116,7 +120,7 @@ async def outcome(
 
 
 async def signed_answer(
-    state: Any, request: Request, payload: Any, status: int, headers: dict[str, str]
+    state: ServerState, request: Request, payload: Any, status: int, headers: dict[str, str]
 ) -> Response:
     """The answer signed for the request's instance and nonce, with extra headers."""
     key = await state.signing.current()

@@ -161,7 +161,11 @@ def test_a_kick_is_answered_once_for_every_instance_it_woke(api: Api) -> None:
     with pytest.raises(protocol.ResponseRefusedError) as refused:
         protocol.check_kick(trusted, stranger.instance_id, NOTIFY, one.content, one.headers)
     assert refused.value.code == protocol.REFUSED_REPLAYED
-    forged = one.content.replace(first.instance_id.encode(), stranger.instance_id.encode())
+    forged = one.content.replace(
+        protocol.audience_tag(first.instance_id).encode(),
+        protocol.audience_tag(stranger.instance_id).encode(),
+    )
+    assert forged != one.content
     with pytest.raises(protocol.ResponseRefusedError) as refused:
         protocol.check_kick(trusted, stranger.instance_id, NOTIFY, forged, one.headers)
     assert refused.value.code == protocol.REFUSED_BAD_SIGNATURE
