@@ -6,6 +6,7 @@ Each test names the attack it tries against an answer the agent would act on.
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -157,3 +158,58 @@ def test_registration_proofs_bind_code_keys_id_and_nonces() -> None:
     swapped = protocol.server_proof(key, "act-1", "AGENTKEY", "EVILKEY", "mi-a", "n1", "s1")
     assert not protocol.proofs_equal(vouch, swapped)
     assert "code" not in vouch and "code" not in proof
+
+
+# --- shared kicks: one signature for a kick's whole audience ---------------------------------
+
+NOTIFY = "/luban/api/v1/notify"
+
+
+def kick_body(*instances: str, kick_id: str = "k" * 32) -> bytes:
+    audience = [protocol.audience_tag(i) for i in instances]
+    event = {"type": "task", "tasks": [{"invoke_id": "t-1", "content": "ZWNobyAxMjMK"}]}
+    return json.dumps(
+        {"events": [event], "heartbeat": True, "kick": {"id": kick_id, "audience": audience}}
+    ).encode()
+
+
+def refused_kick(
+    body: bytes, headers: dict[str, str], instance: str = INSTANCE, **kw: object
+) -> str:
+    with pytest.raises(protocol.ResponseRefusedError) as refused:
+        protocol.check_kick(TRUSTED, instance, kw.get("path", NOTIFY), body, headers, now=NOW)  # type: ignore[arg-type]
+    return refused.value.code
+
+
+def test_shared_kick_is_taken_by_every_instance_it_names_and_no_other() -> None:
+    body = kick_body(INSTANCE, "mi-b")
+    headers = protocol.sign_kick(SERVER, NOTIFY, body, SERVER_B64, timestamp=NOW)
+    for instance in (INSTANCE, "mi-b"):
+        assert protocol.check_kick(TRUSTED, instance, NOTIFY, body, headers, now=NOW) == (
+            "k" * 32,
+            NOW,
+        )
+    assert b"mi-b" not in body  # named by digest only
+    assert refused_kick(body, headers, "mi-c") == protocol.REFUSED_REPLAYED
+
+
+def test_shared_kick_tampered_stale_unsigned_or_foreign_key_is_refused() -> None:
+    body = kick_body(INSTANCE)
+    headers = protocol.sign_kick(SERVER, NOTIFY, body, SERVER_B64, timestamp=NOW)
+    tampered = body.replace(b"ZWNobyAxMjMK", b"ZWNobyA2NjYK")
+    assert refused_kick(tampered, headers) == protocol.REFUSED_BAD_SIGNATURE
+    assert refused_kick(body, headers, path="/luban/api/v1/task/list") == (
+        protocol.REFUSED_BAD_SIGNATURE
+    )
+    stale = protocol.sign_kick(SERVER, NOTIFY, body, SERVER_B64, timestamp=NOW - 301)
+    assert refused_kick(body, stale) == protocol.REFUSED_STALE
+    unsigned = {k: v for k, v in headers.items() if k != protocol.HEADER_KICK_SIGNATURE}
+    assert refused_kick(body, unsigned) == protocol.REFUSED_UNSIGNED
+    other = Ed25519PrivateKey.generate()
+    foreign = protocol.sign_kick(other, NOTIFY, body, protocol.raw_public_b64(other), timestamp=NOW)
+    assert refused_kick(body, foreign) == protocol.REFUSED_UNKNOWN_KEY
+    # a per-request answer's signature does not pass for a shared one, nor the other way
+    per_request = protocol.sign_response(SERVER, INSTANCE, NONCE, NOTIFY, 200, body, NOW)
+    assert refused_kick(body, per_request) == protocol.REFUSED_UNSIGNED
+    with pytest.raises(protocol.ResponseRefusedError):
+        protocol.check_response(TRUSTED, INSTANCE, NONCE, NOTIFY, 200, body, headers, now=NOW)
