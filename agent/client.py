@@ -144,7 +144,7 @@ class AgentClient:
         A signed request's answer must carry the control plane's signature over this request
         (ResponseRefusedError otherwise); `verify=False` only for the key chain itself. With
         `shared` (the long-poll), a kick's answer signed once for all the instances it names
-        is taken too, once; one this agent cannot tell from a replay becomes a plain kick.
+        is taken too, once; one this agent cannot tell from a replay becomes its bare events.
         """
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
         server = self.replicas.current()
