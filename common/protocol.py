@@ -170,11 +170,7 @@ def check_response(
 
     `trusted` maps base64 public keys to keys (the pinned key and the keys it endorsed).
     """
-    key_b64 = headers.get(HEADER_SERVER_KEY) or ""
-    raw_ts = headers.get(HEADER_SERVER_TIMESTAMP) or ""
-    raw_sig = headers.get(HEADER_SERVER_SIGNATURE) or ""
-    if not (key_b64 and raw_ts and raw_sig):
-        raise ResponseRefusedError(REFUSED_UNSIGNED, f"the answer to {path} is not signed")
+    key_b64, raw_ts, raw_sig = _signature_headers(headers, HEADER_SERVER_SIGNATURE, path)
     if headers.get(HEADER_INSTANCE) != instance_id or headers.get(HEADER_NONCE) != nonce:
         raise ResponseRefusedError(
             REFUSED_REPLAYED, f"the answer to {path} was signed for another instance or request"
@@ -188,6 +184,19 @@ def check_response(
         now,
         lambda ts: response_string(instance_id, nonce, path, status, ts, body),
     )
+
+
+def _signature_headers(
+    headers: Mapping[str, str], signature_header: str, path: str
+) -> tuple[str, str, str]:
+    """The key, timestamp and signature headers of a signed answer; ResponseNotSigned unless
+    all three are there."""
+    key_b64 = headers.get(HEADER_SERVER_KEY) or ""
+    raw_ts = headers.get(HEADER_SERVER_TIMESTAMP) or ""
+    raw_sig = headers.get(signature_header) or ""
+    if not (key_b64 and raw_ts and raw_sig):
+        raise ResponseRefusedError(REFUSED_UNSIGNED, f"the answer to {path} is not signed")
+    return key_b64, raw_ts, raw_sig
 
 
 def _check_signed_by(
@@ -225,7 +234,8 @@ def _check_signed_by(
 
 HEADER_KICK_SIGNATURE = "X-Assist-Kick-Signature"
 KICK_CONTEXT = "assist-kick-v1"
-SHARED_KICKS = "shared=1"  # the long-poll's query asks for them (an older agent does not)
+SHARED_PARAM = "shared"  # the long-poll's query asks for them (an older agent does not)
+SHARED_KICKS = f"{SHARED_PARAM}=1"
 
 
 def audience_tag(instance_id: str) -> str:
@@ -265,11 +275,7 @@ def check_kick(
     """(kick id, server time) of a shared long-poll answer a trusted key signed for a kick that
     names `instance_id`; ResponseRefusedError otherwise. It carries no nonce of this agent's:
     the caller takes each kick id once and none signed before it started (agent/client.py)."""
-    key_b64 = headers.get(HEADER_SERVER_KEY) or ""
-    raw_ts = headers.get(HEADER_SERVER_TIMESTAMP) or ""
-    raw_sig = headers.get(HEADER_KICK_SIGNATURE) or ""
-    if not (key_b64 and raw_ts and raw_sig):
-        raise ResponseRefusedError(REFUSED_UNSIGNED, f"the answer to {path} is not signed")
+    key_b64, raw_ts, raw_sig = _signature_headers(headers, HEADER_KICK_SIGNATURE, path)
     _check_signed_by(
         trusted, path, key_b64, raw_ts, raw_sig, now, lambda ts: kick_string(path, ts, body)
     )

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from common.connguard import DISCONNECT_WATCH
-from common.protocol import SHARED_KICKS
+from common.protocol import SHARED_PARAM
 from server.agent_api import auth, respond
 from server.agent_api.auth import AgentError
 from server.inputs import ascii_int
@@ -78,7 +78,7 @@ async def admit(state: ServerState, request: Request) -> tuple[AgentIdentity, fl
     if not await state.batch.claim_nonce(who.nonce_key, who.nonce_expires):
         raise auth.unauthorized("nonce already used", "ReplayedRequest")
     state.batch.note_seen(who.instance_id, int(time.time() * 1000))
-    shared = query.get("shared") == SHARED_KICKS.partition("=")[2]
+    shared = query.get(SHARED_PARAM) == "1"
     return who, float(timeout), shared
 
 
@@ -126,7 +126,7 @@ async def carried_tasks(state: ServerState, instance_id: str, delivery: Delivery
     if not carried or instance_id in delivery.claimed:
         return event
     claims = [state.batch.claim_delivery(str(t["invoke_id"]), instance_id) for t in carried]
-    claimed = [await claims[0]] if len(claims) == 1 else await asyncio.gather(*claims)
+    claimed = await asyncio.gather(*claims)
     if all(claimed):
         return event
     kept = [task for task, ok in zip(carried, claimed) if ok]
