@@ -9,6 +9,7 @@ indexes it lists.
 from __future__ import annotations
 
 import datetime
+import email.utils
 import gzip
 import logging
 import os
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.atomic import atomic_write_bytes
+from common.errors import ToolError
 from common.platform import DEB_ARCH
 from pkgbuild.repository.generations import (
     carry_over,
@@ -149,9 +151,14 @@ def write_packages(root: Path, stage: Path, arch: str, entries: list[DebEntry]) 
 def make_release(
     stage: Path, channel: str, arches: list[str], valid_until: datetime.datetime
 ) -> bytes:
-    """The Release file (hashes of every index, Valid-Until, by-hash links) via apt-ftparchive."""
-    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
-    valid = max(1, int(valid_until.timestamp()) - now)
+    """The Release file (hashes of every index, Valid-Until, by-hash links) via apt-ftparchive.
+
+    Date and Valid-Until are written here, not left to apt-ftparchive: it reads the clock again
+    for Valid-Until (Date + ValidTime), so across a second boundary the Release outlived the TUF
+    targets it follows by one second.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    valid = max(1, int(valid_until.timestamp() - now.timestamp()))
     options = {
         "Origin": ORIGIN,
         "Label": ORIGIN,
@@ -166,8 +173,26 @@ def make_release(
     cmd = ["apt-ftparchive", "-o", "APT::FTPArchive::DoByHash=true"]
     for key, value in options.items():
         cmd += ["-o", f"APT::FTPArchive::Release::{key}={value}"]
-    env = dict(os.environ, SOURCE_DATE_EPOCH=str(now))
-    return run_tool([*cmd, "release", "."], cwd=stage, env=env, hint="is apt-utils installed?")
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(int(now.timestamp())))
+    release = run_tool([*cmd, "release", "."], cwd=stage, env=env, hint="is apt-utils installed?")
+    return stamp_release(release, now, now + datetime.timedelta(seconds=valid))
+
+
+def stamp_release(release: bytes, date: datetime.datetime, valid_until: datetime.datetime) -> bytes:
+    """`release` with its Date and Valid-Until fields set to these instants (RFC 1123, UTC)."""
+    fields = {
+        b"Date": email.utils.format_datetime(date.astimezone(datetime.timezone.utc)),
+        b"Valid-Until": email.utils.format_datetime(valid_until.astimezone(datetime.timezone.utc)),
+    }
+    lines = release.split(b"\n")
+    for index, line in enumerate(lines):
+        name = line.partition(b":")[0]
+        if name in fields:
+            lines[index] = name + b": " + fields.pop(name).encode()
+    if fields:
+        missing = ", ".join(name.decode() for name in fields)
+        raise ToolError(f"apt-ftparchive wrote no {missing} field", hint="is apt-utils installed?")
+    return b"\n".join(lines)
 
 
 def prune_pool(root: Path) -> None:

@@ -34,12 +34,14 @@ from common.errors import (
     ConfigError,
     LocalStateError,
     NotFoundError,
+    ToolError,
     UsageError,
     VerificationError,
 )
 from devkit.httpserver import StaticServer
 from pkgbuild.naming import parse_artifact_filename
 from pkgbuild.repository import init_repository, publish_artifacts, rotate_key, yank_version
+from pkgbuild.repository.apt import stamp_release
 
 DAY = datetime.timedelta(days=1)
 
@@ -259,6 +261,19 @@ def test_second_channel_merges_into_custom_channels(keydir: Path, tmp_path: Path
     for channel in ("stable", "beta"):
         assert release_valid_until(repo, channel) == targets.expires
     assert "aliyun-assist" in (repo / "apt/dists/beta/main/binary-amd64/Packages").read_text()
+
+
+def test_release_dates_come_from_one_clock_reading_and_a_missing_field_is_refused() -> None:
+    """apt-ftparchive reads the clock twice; the Release's dates are stamped from one reading."""
+    made = b"Origin: x\nDate: Fri, 04 Dec 2026 15:28:48 +0000\nValid-Until: Sat, 01 Jan 2000 00:00:00 +0000\nSHA256:\n"
+    date = datetime.datetime(2026, 12, 4, 15, 28, 48, tzinfo=datetime.timezone.utc)
+    until = date + datetime.timedelta(days=90)
+    stamped = stamp_release(made, date, until).decode()
+    assert "Valid-Until: Thu, 04 Mar 2027 15:28:48 +0000\n" in stamped
+    assert "Date: Fri, 04 Dec 2026 15:28:48 +0000\n" in stamped
+    assert stamped.startswith("Origin: x\n") and stamped.endswith("SHA256:\n")
+    with pytest.raises(ToolError, match="Valid-Until"):
+        stamp_release(b"Date: x\n", date, until)
 
 
 def test_yank_drops_version_from_channel_for_tuf(keydir: Path, tmp_path: Path) -> None:
