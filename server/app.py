@@ -20,7 +20,7 @@ from server import lifecycle, overload, rpc
 from server.agent_api import handlers, longpoll, replicas, reports, respond
 from server.agent_api.auth import AgentError
 from server.agent_api.files import file_report
-from server.api import load_actions
+from server.api import SignedNonce, load_actions, run_action
 from server.inputs import ascii_int
 from server.notify import Notifier
 from server.state import AgentIdentity, ServerState, Settings
@@ -75,8 +75,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def authenticate_operator(state: ServerState, caller: rpc.Caller) -> str:
-    """Check the signature (v1 or v3) and consume its nonce; return the caller's account."""
+async def authenticate_operator(state: ServerState, caller: rpc.Caller) -> tuple[str, SignedNonce]:
+    """Check the signature (v1 or v3); the caller's account, and its nonce to store
+    (server/api run_action stores it before the action has any effect)."""
     key = await state.store.read(
         lambda conn: access.get_access_key(conn, caller.key_id), small=True
     )
@@ -86,14 +87,7 @@ async def authenticate_operator(state: ServerState, caller: rpc.Caller) -> str:
         raise rpc.ApiError("InvalidAccessKeyId.Inactive", "Specified access key is disabled.")
     caller.check(key["secret"])
     expires = int(caller.timestamp) + rpc.TIMESTAMP_WINDOW + 60
-    nonce = f"o:{caller.key_id}:{caller.nonce}"
-
-    async def consume_nonce(conn: Conn) -> None:
-        if not await access.use_nonce(conn, nonce, expires):
-            raise rpc.ApiError("SignatureNonceUsed", "Specified signature nonce was used already.")
-
-    await state.store.write(consume_nonce, durable=False)
-    return str(key["account"])
+    return str(key["account"]), SignedNonce(f"o:{caller.key_id}:{caller.nonce}", expires)
 
 
 async def operator_endpoint(request: Request) -> Response:
@@ -127,15 +121,16 @@ async def operator_endpoint(request: Request) -> Response:
             raise rpc.missing("Action")
         if caller is None:
             caller = rpc.read_v1(request.method, params, time.time())
-        account = await authenticate_operator(state, caller)
+        account, nonce = await authenticate_operator(state, caller)
         handler = request.app.state.actions.get(action_name)
         if handler is None:
+            await nonce.store(state.store)
             raise rpc.ApiError(
                 "InvalidAction.NotFound",
                 "Specified api is not found, please check your url and method.",
                 404,
             )
-        result = await handler(state, account, rpc.Params(params))
+        result = await run_action(state, action_name, handler, account, rpc.Params(params), nonce)
     except rpc.ApiError as exc:
         return api_error_response(exc, request_id, fmt)
     except Exception as exc:

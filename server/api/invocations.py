@@ -155,7 +155,11 @@ async def start_invocation(
         await add_tags(conn, account, "invocation", [invoke_id], tags)
         return result
 
-    answer: dict[str, Any] = await state.store.write(_tx)
+    # the request's nonce goes in this transaction: one database step fewer (server/api)
+    if p.nonce is not None:
+        answer: dict[str, Any] = await p.nonce.write(state.store, _tx)
+    else:
+        answer = await state.store.write(_tx)
     if answer is result:  # a retry of a known ClientToken wakes nobody
         # the kick carries the task: a woken agent needs no task list (docs/scale.md, Fan-out)
         event = {"type": "task", "tasks": [render_task(row)]}
@@ -163,7 +167,7 @@ async def start_invocation(
     return answer
 
 
-@action("InvokeCommand", tags=True)
+@action("InvokeCommand", tags=True, own_nonce=True)
 async def invoke_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Run a stored command on instances, once or on a schedule."""
     command_id = p.str("CommandId", required=True)
@@ -178,7 +182,7 @@ async def invoke_command(state: ServerState, account: str, p: Params) -> dict[st
     return await start_invocation(state, account, p, command, False, "InvokeCommand")
 
 
-@action("RunCommand", tags=True)
+@action("RunCommand", tags=True, own_nonce=True)
 async def run_command(state: ServerState, account: str, p: Params) -> dict[str, Any]:
     """Create a command and invoke it in one call."""
     fields = read_command_fields(p, content_required=True)

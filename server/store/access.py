@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, text, update
 
 from server import model
 from server.store.conn import Conn
-from server.store.rows import Row, _one, _rows, numbered, sql_text
+from server.store.rows import Row, _one, _rows, numbered, sql_text, typed
 from server.store.schema import (
     access_keys,
     nonces,
@@ -35,8 +35,12 @@ async def create_access_key(conn: Conn, account: str) -> tuple[str, str]:
     return key_id, secret
 
 
+_GET_ACCESS_KEY = text("SELECT * FROM access_keys WHERE access_key_id = :id")
+
+
 async def get_access_key(conn: Conn, key_id: str) -> Row | None:
-    return await _one(conn, select(access_keys).where(access_keys.c.access_key_id == key_id))
+    """The access key (every operator request reads it: a prepared text statement)."""
+    return typed(access_keys, await _one(conn, _GET_ACCESS_KEY, {"id": key_id}))
 
 
 async def list_access_keys(conn: Conn) -> list[Row]:

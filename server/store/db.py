@@ -27,6 +27,7 @@ import functools
 import logging
 import os
 import re
+import sqlite3
 import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.elements import TextClause
 
@@ -238,6 +240,7 @@ class _SqliteRunner(_GroupCommit[_Job]):
         _configure_sqlite(self.engine)
         super().__init__()
         self._conn: Connection | None = None
+        self._inline: Connection | None = None  # the loop thread's own, for small reads
         self._readers = concurrent.futures.ThreadPoolExecutor(READ_THREADS, "sqlite-reader")
 
     async def write(self, fn: TxFunction[T]) -> T:
@@ -251,8 +254,21 @@ class _SqliteRunner(_GroupCommit[_Job]):
         return await loop.run_in_executor(self._readers, self._read_sync, fn)
 
     def read_inline(self, fn: TxFunction[T]) -> T:
-        """A small read on the calling (event loop) thread."""
-        return self._read_sync(fn)
+        """A small read on the calling (event loop) thread, on a connection of its own kept
+        open: a checkout from the pool and its reset on return cost more than the lookup."""
+        if self._inline is None:
+            self._inline = self.engine.connect()
+        try:
+            with self._inline.begin():
+                return drive(fn(SyncConn(self._inline)))
+        except (
+            sqlite3.Error,
+            DBAPIError,
+        ):  # a broken connection is not kept: the next read opens another
+            self._inline.invalidate()
+            self._inline.close()
+            self._inline = None
+            raise
 
     def _read_sync(self, fn: TxFunction[T]) -> T:
         with self.engine.connect() as conn, conn.begin():
@@ -295,6 +311,8 @@ class _SqliteRunner(_GroupCommit[_Job]):
         self.stop_writer()
         if self._conn is not None:
             self._conn.close()
+        if self._inline is not None:
+            self._inline.close()
         self._readers.shutdown(wait=True)
         self.engine.dispose()
 

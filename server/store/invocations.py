@@ -15,6 +15,7 @@ from server.store.rows import (
     _page,
     _rows,
     get_owned,
+    insert_row,
     numbered,
     numbered_params,
     sql_text,
@@ -49,7 +50,7 @@ async def insert_invocation(
     `delivered` are marked delivered at once: their kick carries the task to a parked poll
     (server/api/invocations.py start_invocation)."""
     now = model.now_ms()
-    await conn.execute(invocations.insert().values(**row))
+    await insert_row(conn, invocations, row)
     common = {
         "invoke": row["invoke_id"],
         "account": row["account"],

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select, text, update
+from sqlalchemy import Boolean, Table, delete, func, select, text, update
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import TextClause
 
@@ -55,6 +55,20 @@ def numbered_params(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
     return {f"{prefix}{i}": value for i, value in enumerate(values)}
 
 
+async def insert_row(conn: Conn, table: Table, row: Row) -> None:
+    """Insert one row with a prepared text statement (per table and set of columns): what
+    `table.insert().values(**row)` does, a column left out getting its default, without
+    compiling the statement each time (InvokeCommand's invocation row: ~0.3 ms)."""
+    values = dict(row)
+    for column in table.columns:
+        default = column.default
+        if column.name not in values and default is not None and default.is_scalar:
+            values[column.name] = default.arg  # type: ignore[attr-defined]
+    names = sorted(values)
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES (:{', :'.join(names)})"
+    await conn.execute(sql_text(sql), values)
+
+
 def where_equal(stmt: Any, filters: Row, columns: Mapping[str, Any]) -> Any:
     """`stmt` narrowed to rows whose column equals each of `filters` named in `columns`
     (filter name -> column); an absent or empty filter narrows nothing."""
@@ -72,11 +86,31 @@ def _owned(table: Table, key: str, account: str, value: str) -> tuple[Any, Any]:
 async def get_owned(
     conn: Conn, table: Table, key: str, account: str, value: str, region: str | None = None
 ) -> Row | None:
-    """The account's row whose `key` column is `value` (in `region` when given)."""
-    stmt = select(table).where(*_owned(table, key, account, value))
+    """The account's row whose `key` column is `value` (in `region` when given).
+
+    A prepared text statement, not a select(): InvokeCommand reads its command so on the
+    fan-out's path, and building and caching a select() cost ~10 times the lookup."""
+    sql = f"SELECT * FROM {table.name} WHERE account = :account AND {key} = :value"
+    params = {"account": account, "value": value}
     if region is not None:
-        stmt = stmt.where(table.c.region_id == region)
-    return await _one(conn, stmt)
+        sql += " AND region_id = :region"
+        params["region"] = region
+    return typed(table, await _one(conn, sql_text(sql), params))
+
+
+@functools.lru_cache(maxsize=64)
+def _boolean_columns(table: Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if isinstance(c.type, Boolean))
+
+
+def typed(table: Table, row: Row | None) -> Row | None:
+    """A row read by a text statement as a select() of `table` gives it: SQLite stores
+    booleans as 0 and 1 (the schema's only type a text statement leaves untyped)."""
+    if row is not None:
+        for name in _boolean_columns(table):
+            if row.get(name) is not None:
+                row[name] = bool(row[name])
+    return row
 
 
 async def update_owned(

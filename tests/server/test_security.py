@@ -74,6 +74,39 @@ def test_replayed_nonce_is_refused(api: Api) -> None:
     assert count_commands(api) == 1  # the replay created nothing
 
 
+def nonce_rows(api: Api, params: dict[str, str]) -> list[tuple[object, ...]]:
+    key = f"o:{api.key_id}:{params['SignatureNonce']}"
+    return run_sql(api.server, "SELECT nonce FROM nonces WHERE nonce = ?", key)
+
+
+def test_invoke_command_stores_its_nonce_with_the_invocation_once(api: Api) -> None:
+    """InvokeCommand stores its nonce in the transaction that stores the invocation (one
+    database step fewer): a replay is refused and invokes nothing, and a call refused before
+    or inside that transaction uses its nonce up all the same."""
+    agent = api.agent()
+    command_id = api.create_command()
+    target = {"InstanceId.1": agent.instance_id}
+    params = signed(api, Action="InvokeCommand", CommandId=command_id, **target)
+    assert post(api, params).status_code == 200
+    assert len(nonce_rows(api, params)) == 1
+    replay = post(api, params)
+    assert (replay.status_code, replay.json()["Code"]) == (400, "SignatureNonceUsed")
+    assert api.ok("DescribeInvocations")["TotalCount"] == 1  # the replay invoked nothing
+    refusals = [
+        # before its transaction (no such command), inside it (no such instance)
+        signed(api, Action="InvokeCommand", CommandId="c-nosuchcommand", **target),
+        signed(api, Action="InvokeCommand", CommandId=command_id, **{"InstanceId.1": "i-none"}),
+    ]
+    for refused in refusals:
+        first = post(api, refused)
+        assert first.status_code in (400, 404), first.text
+        assert first.json()["Code"] != "SignatureNonceUsed"
+        assert len(nonce_rows(api, refused)) == 1
+        again = post(api, refused)
+        assert (again.status_code, again.json()["Code"]) == (400, "SignatureNonceUsed")
+    assert api.ok("DescribeInvocations")["TotalCount"] == 1
+
+
 def test_stale_timestamp_is_refused(api: Api) -> None:
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=16)
     params = {k: v for k, v in signed(api, **create_params()).items() if k != "Signature"}
