@@ -93,15 +93,21 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class _Row:
-    """A result row with the `_mapping` SQLAlchemy rows have."""
+    """A result row with the `_mapping` SQLAlchemy rows have (built when asked for: a caller
+    that reads by index, as InvokeCommand's instance check does for 100 rows, needs none)."""
 
-    __slots__ = ("_mapping",)
+    __slots__ = ("_names", "_values")
 
-    def __init__(self, mapping: dict[str, Any]) -> None:
-        self._mapping = mapping
+    def __init__(self, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        self._names = names
+        self._values = values
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return dict(zip(self._names, self._values))
 
     def __getitem__(self, index: int) -> Any:
-        return list(self._mapping.values())[index]
+        return self._values[index]
 
 
 class _FastResult:
@@ -109,8 +115,8 @@ class _FastResult:
 
     def __init__(self, cursor: Any) -> None:
         self.rowcount = cursor.rowcount
-        names = [d[0] for d in cursor.description] if cursor.description else []
-        self._rows = [_Row(dict(zip(names, r))) for r in cursor.fetchall()] if names else []
+        names = tuple(d[0] for d in cursor.description) if cursor.description else ()
+        self._rows = [_Row(names, r) for r in cursor.fetchall()] if names else []
 
     def first(self) -> _Row | None:
         return self._rows[0] if self._rows else None
@@ -391,7 +397,8 @@ class _PgFastConn:
                 await adapter._start_transaction()
             if returns_rows:
                 records = await adapter._connection.fetch(sql, *args)
-                return _PgResult([_Row(dict(r.items())) for r in records], len(records))
+                names = tuple(records[0].keys()) if records else ()
+                return _PgResult([_Row(names, tuple(r.values())) for r in records], len(records))
             status = await adapter._connection.execute(sql, *args)
         count = status.rsplit(" ", 1)[-1]
         return _PgResult([], int(count) if count.isdigit() else -1)
