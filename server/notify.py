@@ -12,6 +12,7 @@ poll dismisses the older one (a restarted agent's dead poll), and a poll whose c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -26,6 +27,11 @@ CHANNEL = "assist_notify"
 PENDING_TTL = 90.0  # seconds an undelivered event is kept for the next poll
 MAX_PAYLOAD = 7000  # bytes per NOTIFY (PostgreSQL's limit is 8000)
 MAX_EVENT = 3000  # bytes of an event sent along to other replicas as it is
+# Parked polls woken per turn of the event loop. A kick to 10,000 agents woke them all in one
+# turn, and every database answer an InvokeCommand waited on (PostgreSQL: a dozen round trips
+# a call) queued behind their 10,000 answers; in turns of this many, it waits for at most one
+# turn's worth (docs/scale.md, Fan-out).
+WAKE_BATCH = 64
 
 Event = dict[str, Any]
 
@@ -84,6 +90,8 @@ class Notifier:
         self._lock: asyncio.Lock | None = None
         # drops cached instance keys: the ids named, or every one (None) after a gap in LISTEN
         self.on_forget: Callable[[list[str] | None], None] = lambda _ids: None
+        self._to_wake: collections.deque[_Waiter] = collections.deque()
+        self._waking = False  # a _wake_some is scheduled
 
     # --- local delivery ------------------------------------------------------------------
 
@@ -101,12 +109,27 @@ class Notifier:
                 slot = self._slots[iid] = _Slot()
             if slot.waiter is not None:
                 _add(slot.waiter.events, [delivery])
-                slot.waiter.wake()
+                self._to_wake.append(slot.waiter)
                 continue
             if now - slot.stamp > PENDING_TTL:
                 slot.events = []
             _add(slot.events, [delivery])
             slot.stamp = now
+        if self._to_wake and not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake_some)
+
+    def _wake_some(self) -> None:
+        """Wake WAKE_BATCH of the polls handed deliveries, the rest in the loop's next turns
+        (what their deliveries hold is theirs already: a poll that ends meanwhile, by its
+        timeout, its client leaving or a newer poll, answers or keeps it the same way)."""
+        queue = self._to_wake
+        for _ in range(min(WAKE_BATCH, len(queue))):
+            queue.popleft().wake()
+        if queue:
+            asyncio.get_running_loop().call_soon(self._wake_some)
+        else:
+            self._waking = False
 
     async def wait(self, instance_id: str, timeout: float) -> list[Event]:
         """The events of `park` (no client to watch: a cancel is the client going away)."""
