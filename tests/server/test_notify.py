@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.notify import Notifier
+from server.notify import WAKE_BATCH, Notifier
 
 TASK = {"type": "task"}
 STOP = {"type": "stop"}
@@ -100,5 +100,29 @@ def test_late_ending_dismissed_poll_does_not_orphan_a_newer_poll() -> None:
         assert hub.waiting() == 1
         hub.deliver(["mi-1"], STOP)
         assert await asyncio.wait_for(newest, 5) == [STOP]
+
+    asyncio.run(scenario())
+
+
+def test_a_kick_wakes_its_polls_a_batch_per_loop_turn_and_every_one_of_them() -> None:
+    """What else the loop has to do (an InvokeCommand's database answers) runs between the
+    batches: no turn wakes more than WAKE_BATCH polls, and no poll is left parked."""
+
+    async def scenario() -> None:
+        hub = Notifier()
+        ids = [f"mi-{n}" for n in range(3 * WAKE_BATCH + 5)]
+        polls = [asyncio.create_task(hub.wait(i, 30)) for i in ids]
+        await settle()
+        assert hub.waiting() == len(ids)
+        hub.deliver(ids, TASK)
+        assert sum(p.done() for p in polls) == 0  # nothing is woken inside deliver
+        woken = []
+        for _ in range(12):
+            await asyncio.sleep(0)
+            woken.append(sum(p.done() for p in polls))
+        steps = [b - a for a, b in zip([0, *woken], woken)]
+        assert max(steps) <= WAKE_BATCH and woken[-1] == len(ids)
+        assert all(p.result() == [TASK] for p in polls)
+        assert hub.waiting() == 0 and hub._slots == {}
 
     asyncio.run(scenario())
