@@ -381,9 +381,10 @@ class _PgFastConn:
     fast statement opens the transaction through the driver adapter exactly as SQLAlchemy would.
     """
 
-    def __init__(self, conn: Any, adapter: Any) -> None:
+    def __init__(self, conn: Any, adapter: Any, autocommit: bool = False) -> None:
         self._conn = conn
         self._adapter = adapter
+        self._autocommit = autocommit  # each fast statement on its own (a small read)
         self.dialect = conn.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
@@ -393,7 +394,7 @@ class _PgFastConn:
         args = [(parameters or {})[name] for name in names]
         adapter = self._adapter
         async with adapter._execute_mutex:
-            if adapter._transaction is None:
+            if adapter._transaction is None and not self._autocommit:
                 await adapter._start_transaction()
             if returns_rows:
                 records = await adapter._connection.fetch(sql, *args)
@@ -416,16 +417,21 @@ class _PgResult(_FastResult):
 
 
 @contextlib.asynccontextmanager
-async def _pg_transaction(engine: AsyncEngine) -> AsyncIterator[_PgFastConn]:
-    """engine.begin(), handing out the fast connection.
+async def _pg_transaction(
+    engine: AsyncEngine, autocommit: bool = False
+) -> AsyncIterator[_PgFastConn]:
+    """engine.begin(), handing out the fast connection; with `autocommit`, engine.connect()
+    and no transaction around the fast statements (a lookup by key: BEGIN and COMMIT were two
+    of its three round trips).
 
     A connection found dead by a fast statement is invalidated here, as SQLAlchemy does for its
     own statements, so the pool replaces it instead of handing it out again (PostgreSQL
     restarted, or the server's backends terminated)."""
-    async with engine.begin() as conn:
+    opened = engine.connect() if autocommit else engine.begin()
+    async with opened as conn:
         raw = await conn.get_raw_connection()
         try:
-            yield _PgFastConn(conn, raw.dbapi_connection)
+            yield _PgFastConn(conn, raw.dbapi_connection, autocommit)
         except Exception as exc:
             if connection_lost(exc) and not conn.invalidated:
                 await conn.invalidate()
@@ -586,10 +592,11 @@ class Store:
         return await self._pg_writer.write(fn, durable, key)
 
     async def read(self, fn: TxFunction[T], small: bool = False) -> T:
-        """Run `fn` in a read-only transaction (a consistent snapshot). `small`: a lookup by
+        """Run `fn` in a read-only transaction (a consistent snapshot). `small`: one lookup by
         key, which SQLite runs on the event loop's own thread (tens of microseconds) instead of
-        the reader pool: under a fan-out the pool's answer waits behind every woken long-poll
-        in the loop's queue, and InvokeCommand's next step with it (docs/scale.md)."""
+        the reader pool (under a fan-out the pool's answer waits behind every woken long-poll
+        in the loop's queue, and InvokeCommand's next step with it: docs/scale.md), and
+        PostgreSQL as one statement without BEGIN and COMMIT around it."""
         if self._sqlite is not None:
             if small:
                 return self._sqlite.read_inline(fn)
@@ -597,6 +604,9 @@ class Store:
         assert self._engine is not None
         for attempt in range(3):  # a read is safe to repeat on a fresh connection
             try:
+                if small:  # one statement: no transaction around it (PostgreSQL's own)
+                    async with _pg_transaction(self._engine, autocommit=True) as fast:
+                        return await fn(fast)  # type: ignore[arg-type]
                 async with self._engine.connect() as conn, conn.begin():
                     return await fn(conn)  # type: ignore[arg-type]
             except Exception as exc:
