@@ -31,7 +31,7 @@ MAX_EVENT = 3000  # bytes of an event sent along to other replicas as it is
 # turn, and every database answer an InvokeCommand waited on (PostgreSQL: a dozen round trips
 # a call) queued behind their 10,000 answers; in turns of this many, it waits for at most one
 # turn's worth (docs/scale.md, Fan-out).
-WAKE_BATCH = 64
+WAKE_BATCH = 16
 
 Event = dict[str, Any]
 

@@ -168,7 +168,7 @@ class NonceWriter(Protocol):
     """What stores a signed request's nonce in an action's own write transaction
     (server/api/__init__.py SignedNonce)."""
 
-    async def write(self, store: Any, fn: Any) -> Any: ...
+    async def write(self, store: Any, fn: Any, key: str = ...) -> Any: ...
 
 
 class Params:

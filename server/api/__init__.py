@@ -76,16 +76,16 @@ class SignedNonce:
         await store.write(self.take, durable=False)
         self.stored = True
 
-    async def write(self, store: Store, fn: TxFunction[T]) -> T:
-        """`store.write(fn)` with the nonce taken first in the same transaction."""
+    async def write(self, store: Store, fn: TxFunction[T], key: str = "") -> T:
+        """`store.write(fn, key=key)` with the nonce taken first in the same transaction."""
         if self.stored:
-            return await store.write(fn)
+            return await store.write(fn, key=key)
 
         async def _tx(conn: Conn) -> T:
             await self.take(conn)
             return await fn(conn)
 
-        result = await store.write(_tx)
+        result = await store.write(_tx, key=key)
         self.stored = True
         return result
 

@@ -155,11 +155,13 @@ async def start_invocation(
         await add_tags(conn, account, "invocation", [invoke_id], tags)
         return result
 
-    # the request's nonce goes in this transaction: one database step fewer (server/api)
+    # The request's nonce goes in this transaction: one database step fewer (server/api).
+    # Keyed by the invocation, concurrent calls spread over PostgreSQL's writer lanes instead
+    # of queueing in one (docs/scale.md, Fan-out).
     if p.nonce is not None:
-        answer: dict[str, Any] = await p.nonce.write(state.store, _tx)
+        answer: dict[str, Any] = await p.nonce.write(state.store, _tx, key=invoke_id)
     else:
-        answer = await state.store.write(_tx)
+        answer = await state.store.write(_tx, key=invoke_id)
     if answer is result:  # a retry of a known ClientToken wakes nobody
         # the kick carries the task: a woken agent needs no task list (docs/scale.md, Fan-out)
         event = {"type": "task", "tasks": [render_task(row)]}

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Sequence, Set
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, text, update
+from sqlalchemy import and_, case, func, or_, select, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
@@ -35,9 +35,6 @@ _RESULT_COLUMNS = (
 )
 _RESULT_VALUES = (
     "(:invoke, :i{i}, :account, :status, :yes, :d{i}, :no, '', '', 0, '', '', 0, :now, :now)"
-)
-_COUNT_INVOCATION = text(
-    "UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = :command"
 )
 ROWS_PER_INSERT = 100  # pending results per INSERT statement (InvokeCommand's real limit)
 
@@ -73,7 +70,6 @@ async def insert_invocation(
             f"WHERE instance_id IN ({numbered(':i{i}', len(chunk))})"
         )
         await conn.execute(sql_text(sql), {"now": now, **numbered_params("i", chunk)})
-    await conn.execute(_COUNT_INVOCATION, {"command": row["command_id"]})
 
 
 # DescribeInvocations' equality filters: parameter -> column

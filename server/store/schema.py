@@ -55,6 +55,7 @@ commands = Table(
     Column("parameter_names", Text, nullable=False, default="[]"),  # JSON list
     Column("created", String(32), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
+    # no longer kept up to date: InvokeTimes is counted when asked (store/commands.py)
     Column("invoke_times", Integer, nullable=False, default=0),
     # schema version 6: the region the command was created in (RegionId scoping)
     Column("region_id", String(64), nullable=False, server_default="cn-hangzhou"),

@@ -676,3 +676,21 @@ def test_kick_agent_update(api: Api) -> None:
         404,
         "InvalidInstance.NotFound",
     )
+
+
+def test_invoke_times_counts_every_invocation_of_the_command(api: Api) -> None:
+    """InvokeTimes is counted from the invocations (a RunCommand kept counts its own)."""
+    agent = api.agent()
+    invoked, idle = make_command(api), make_command(api)
+    api.invoke(invoked, agent.instance_id)
+    api.invoke(invoked, agent.instance_id, Timed="true", Frequency="rate(1h)")
+    kept = api.ok(
+        "RunCommand",
+        Type="RunShellScript",
+        CommandContent=ECHO,
+        KeepCommand="true",
+        **{"InstanceId.1": agent.instance_id},
+    )["CommandId"]
+    listed = api.ok("DescribeCommands")["Commands"]["Command"]
+    times = {c["CommandId"]: c["InvokeTimes"] for c in listed}
+    assert times == {invoked: 2, idle: 0, kept: 1}
