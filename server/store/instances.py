@@ -224,11 +224,22 @@ async def record_seen_many(conn: Conn, instance_ids: Sequence[str], now_ms: int)
     """Mark many instances heard from at `now_ms`: one UPDATE per SEEN_CHUNK ids."""
     for start in range(0, len(instance_ids), SEEN_CHUNK):
         chunk = instance_ids[start : start + SEEN_CHUNK]
-        sql = (
-            "UPDATE instances SET last_seen_ms = :now "
-            f"WHERE instance_id IN ({numbered(':i{i}', len(chunk))})"
-        )
+        sql = f"UPDATE instances SET last_seen_ms = :now WHERE {in_lock_order(conn, len(chunk))}"
         await conn.execute(sql_text(sql), {"now": now_ms, **numbered_params("i", chunk)})
+
+
+def in_lock_order(conn: Conn, count: int) -> str:
+    """The WHERE clause of an UPDATE of the instances :i0 … :i{count-1}. On PostgreSQL their
+    rows are locked first, in instance id order: two such UPDATEs in concurrent transactions
+    (InvokeCommand's, a replica's batched last-seen) locked shared rows in the order of their
+    own plans and deadlocked, a second's stall each (deadlock_timeout). SQLite has one writer."""
+    ids = numbered(":i{i}", count)
+    if conn.dialect.name != "postgresql":
+        return f"instance_id IN ({ids})"
+    return (
+        "instance_id IN (SELECT instance_id FROM instances "
+        f"WHERE instance_id IN ({ids}) ORDER BY instance_id FOR UPDATE)"
+    )
 
 
 async def request_update(conn: Conn, account: str, ids: Sequence[str], version: str) -> None:

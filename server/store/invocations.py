@@ -10,12 +10,13 @@ from sqlalchemy import and_, case, func, or_, select, update
 
 from server import lifecycle, model
 from server.store.conn import Conn
+from server.store.instances import in_lock_order
 from server.store.rows import (
     Row,
     _page,
     _rows,
     get_owned,
-    insert_row,
+    insert_sql,
     numbered,
     numbered_params,
     sql_text,
@@ -47,7 +48,7 @@ async def insert_invocation(
     `delivered` are marked delivered at once: their kick carries the task to a parked poll
     (server/api/invocations.py start_invocation)."""
     now = model.now_ms()
-    await insert_row(conn, invocations, row)
+    invocation, invocation_params = insert_sql(invocations, row, "v_")
     common = {
         "invoke": row["invoke_id"],
         "account": row["account"],
@@ -56,20 +57,32 @@ async def insert_invocation(
         "no": False,
         "now": now,
     }
+    # PostgreSQL takes the three as one statement (data-modifying WITH): one round trip, not
+    # three, each of which waited its turn behind a fan-out's answers (docs/scale.md)
+    together = conn.dialect.name == "postgresql"
+    if together:
+        common.update(invocation_params)
+    else:
+        await conn.execute(sql_text(invocation), invocation_params)
     for start in range(0, len(instance_ids), ROWS_PER_INSERT):
         chunk = list(instance_ids[start : start + ROWS_PER_INSERT])
-        sql = (
+        results = (
             f"INSERT INTO invocation_instances ({_RESULT_COLUMNS}) "
             f"VALUES {numbered(_RESULT_VALUES, len(chunk))}"
         )
-        marks = numbered_params("d", [iid in delivered for iid in chunk])
-        await conn.execute(sql_text(sql), {**common, **numbered_params("i", chunk), **marks})
-        sql = (
+        seen = (
             "UPDATE instances SET last_invoked_ms = :now, "
-            "invocation_count = invocation_count + 1 "
-            f"WHERE instance_id IN ({numbered(':i{i}', len(chunk))})"
+            f"invocation_count = invocation_count + 1 WHERE {in_lock_order(conn, len(chunk))}"
         )
-        await conn.execute(sql_text(sql), {"now": now, **numbered_params("i", chunk)})
+        params = {**common, **numbered_params("i", chunk)}
+        marks = numbered_params("d", [iid in delivered for iid in chunk])
+        if together:
+            first = f"v AS ({invocation}), " if start == 0 else ""
+            sql = f"WITH {first}r AS ({results}) {seen}"
+            await conn.execute(sql_text(sql), {**params, **marks})
+        else:
+            await conn.execute(sql_text(results), {**params, **marks})
+            await conn.execute(sql_text(seen), params)
 
 
 # DescribeInvocations' equality filters: parameter -> column

@@ -55,18 +55,19 @@ def numbered_params(prefix: str, values: Sequence[Any]) -> dict[str, Any]:
     return {f"{prefix}{i}": value for i, value in enumerate(values)}
 
 
-async def insert_row(conn: Conn, table: Table, row: Row) -> None:
-    """Insert one row with a prepared text statement (per table and set of columns): what
-    `table.insert().values(**row)` does, a column left out getting its default, without
-    compiling the statement each time (InvokeCommand's invocation row: ~0.3 ms)."""
+def insert_sql(table: Table, row: Row, prefix: str = "") -> tuple[str, Row]:
+    """A prepared INSERT of one row (per table and set of columns) and its parameters (named
+    `prefix` + column): what `table.insert().values(**row)` does, a column left out getting
+    its default, without compiling a statement each time (InvokeCommand's row: ~0.3 ms)."""
     values = dict(row)
     for column in table.columns:
         default = column.default
         if column.name not in values and default is not None and default.is_scalar:
             values[column.name] = default.arg  # type: ignore[attr-defined]
     names = sorted(values)
-    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES (:{', :'.join(names)})"
-    await conn.execute(sql_text(sql), values)
+    marks = ", ".join(f":{prefix}{name}" for name in names)
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"
+    return sql, {f"{prefix}{name}": values[name] for name in names}
 
 
 def where_equal(stmt: Any, filters: Row, columns: Mapping[str, Any]) -> Any:
