@@ -267,10 +267,8 @@ class _SqliteRunner(_GroupCommit[_Job]):
         try:
             with self._inline.begin():
                 return drive(fn(SyncConn(self._inline)))
-        except (
-            sqlite3.Error,
-            DBAPIError,
-        ):  # a broken connection is not kept: the next read opens another
+        except (sqlite3.Error, DBAPIError):
+            # a broken connection is not kept: the next read opens another
             self._inline.invalidate()
             self._inline.close()
             self._inline = None
