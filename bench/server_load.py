@@ -209,7 +209,7 @@ class Fleet:
 
     async def invoke_all(self, command_id: str, parallel: int = 8) -> dict[str, str]:
         """InvokeCommand on every agent, INVOKE_LIMIT instances per call, `parallel` calls at a
-        time, from the operator's own process (Operator): an operator's SDK does not share
+        time, from the operator's own process (start_operator): an operator's SDK does not share
         the event loop that reads 10,000 agents' answers, and here it did, so its next call
         waited for this process rather than for the server. The invoke id each instance got."""
         ids = [iid for iid, _ in self.agents]

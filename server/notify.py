@@ -90,8 +90,8 @@ class Notifier:
         self._lock: asyncio.Lock | None = None
         # drops cached instance keys: the ids named, or every one (None) after a gap in LISTEN
         self.on_forget: Callable[[list[str] | None], None] = lambda _ids: None
+        # polls handed a delivery, not yet woken; while it holds any, a _wake_some is scheduled
         self._to_wake: collections.deque[_Waiter] = collections.deque()
-        self._waking = False  # a _wake_some is scheduled
 
     # --- local delivery ------------------------------------------------------------------
 
@@ -103,6 +103,7 @@ class Notifier:
         audience = tuple(instance_ids)
         delivery = Delivery(event, audience, claimed)
         now = time.monotonic()
+        idle = not self._to_wake  # no _wake_some is scheduled
         for iid in audience:
             slot = self._slots.get(iid)
             if slot is None:
@@ -115,8 +116,7 @@ class Notifier:
                 slot.events = []
             _add(slot.events, [delivery])
             slot.stamp = now
-        if self._to_wake and not self._waking:
-            self._waking = True
+        if idle and self._to_wake:
             asyncio.get_running_loop().call_soon(self._wake_some)
 
     def _wake_some(self) -> None:
@@ -128,8 +128,6 @@ class Notifier:
             queue.popleft().wake()
         if queue:
             asyncio.get_running_loop().call_soon(self._wake_some)
-        else:
-            self._waking = False
 
     async def wait(self, instance_id: str, timeout: float) -> list[Event]:
         """The events of `park` (no client to watch: a cancel is the client going away)."""
