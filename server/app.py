@@ -149,6 +149,7 @@ async def operator_endpoint(request: Request) -> Response:
 # --- agent API ------------------------------------------------------------------------------
 
 AgentHandler = Callable[[ServerState, AgentIdentity, bytes], Awaitable[dict[str, Any]]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def signed(handler: AgentHandler) -> Callable[[Request], Awaitable[Response]]:
@@ -259,18 +260,29 @@ async def run_chores(state: ServerState) -> None:
 
 
 class AgentFastPaths:
-    """The ASGI application: the long-poll goes straight to its endpoint (no router, no
-    middleware: server/agent_api/longpoll.py); everything else, and the lifespan, to Starlette."""
+    """The ASGI application: the long-poll and the signed agent POSTs go straight to their
+    endpoints (no router, no middleware: server/agent_api/longpoll.py, docs/scale.md
+    Ingestion); everything else, and the lifespan, to Starlette. Agent endpoints answer their
+    own errors, so the middleware they skip had nothing to do for them."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, posts: dict[str, Endpoint]) -> None:
         self.app = app
         self.state = app.state
+        self.posts = posts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == longpoll.PATH and scope["method"] == "GET":
-            await longpoll.long_poll(self.app.state.server, scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if path == longpoll.PATH and method == "GET":
+                await longpoll.long_poll(self.app.state.server, scope, receive, send)
+                return
+            endpoint = self.posts.get(path) if method == "POST" else None
+            if endpoint is not None:
+                scope["app"] = self.app
+                response = await endpoint(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings) -> AgentFastPaths:
@@ -306,33 +318,36 @@ def create_app(settings: Settings) -> AgentFastPaths:
                     await task
             await notifier.close()
             await state.batch.close()
+            state.crypto.close()
             await store.close()
 
+    posts: dict[str, Endpoint] = {
+        "/luban/api/v1/task/list": signed(handlers.task_list),
+        "/luban/api/v1/task/running": signed(handlers.task_running),
+        "/luban/api/heart-beat": signed(handlers.heartbeat),
+        "/luban/api/v1/update/update_check": signed(handlers.update_check),
+        "/luban/api/v1/server/keys": signed(handlers.server_keys),
+        "/luban/api/v1/file/report": signed(file_report),
+        "/luban/api/v1/task/reports": signed(reports.task_reports),
+        "/luban/api/v1/server/replicas": signed(replicas.replica_list),
+        **{
+            f"/luban/api/v1/task/{kind}": report_endpoint(kind) for kind in lifecycle.TERMINAL_KINDS
+        },
+    }
     routes = [
         Route("/", operator_endpoint, methods=["GET", "POST"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/luban/api/instance/register", register_endpoint, methods=["POST"]),
-        Route("/luban/api/v1/task/list", signed(handlers.task_list), methods=["POST"]),
-        Route("/luban/api/v1/task/running", signed(handlers.task_running), methods=["POST"]),
-        Route("/luban/api/heart-beat", signed(handlers.heartbeat), methods=["POST"]),
         Route(longpoll.PATH, longpoll.Endpoint(), methods=["GET"]),
-        Route("/luban/api/v1/update/update_check", signed(handlers.update_check), methods=["POST"]),
-        Route("/luban/api/v1/server/keys", signed(handlers.server_keys), methods=["POST"]),
-        Route("/luban/api/v1/file/report", signed(file_report), methods=["POST"]),
-        Route("/luban/api/v1/task/reports", signed(reports.task_reports), methods=["POST"]),
-        Route("/luban/api/v1/server/replicas", signed(replicas.replica_list), methods=["POST"]),
+        # the router sees these only for another method (405); a POST skips it
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in posts.items()),
     ]
-    routes += [
-        Route(f"/luban/api/v1/task/{kind}", report_endpoint(kind), methods=["POST"])
-        for kind in lifecycle.TERMINAL_KINDS
-    ]
-    return AgentFastPaths(
-        Starlette(
-            routes=routes,
-            lifespan=lifespan,
-            exception_handlers={404: not_found, 405: method_not_allowed},
-        )
+    starlette = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: method_not_allowed},
     )
+    return AgentFastPaths(starlette, posts)
 
 
 def dumps(value: Any) -> str:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from common import protocol
 from server.agent_api import auth
 from server.agent_api.batch import FLUSH_INTERVAL, ReplicaWrites
+from server.agent_api.crypto import CryptoThread
 from server.notify import Notifier
 from server.output_limits import DEFAULT_QUOTA
 from server.store import Store, access, instances
@@ -70,6 +71,7 @@ class ServerState:
     batch: ReplicaWrites = field(init=False)
     replicas: Any = None  # server/agent_api/replicas.py ReplicaDirectory: the agents' list
     keys: dict[str, _CachedKey] = field(default_factory=dict)
+    crypto: CryptoThread = field(default_factory=CryptoThread)  # Ed25519 work off the loop
     forgets: int = field(default=0, init=False)  # counts forgets: a read they overtook is not kept
 
     def __post_init__(self) -> None:
@@ -126,7 +128,8 @@ class ServerState:
         message = protocol.canonical_string(
             method, path, query, signed.timestamp, signed.nonce, body
         )
-        auth.verify(cached.key, signed.signature, message)
+        if not await self.crypto.valid(cached.key, signed.signature, message):
+            raise auth.unauthorized("bad signature")  # or not 64 bytes long
         return AgentIdentity(
             instance_id=signed.instance_id,
             account=cached.account,

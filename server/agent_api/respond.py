@@ -24,7 +24,6 @@ from common.protocol import (
     MAX_NONCE,
     audience_tag,
     sign_kick,
-    sign_response,
 )
 from server import overload
 from server.agent_api.auth import AgentError
@@ -73,16 +72,22 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
 
 
-def signed_json(
-    key: ServerKey, request_headers: Mapping[str, str], path: str, payload: Any, status: int = 200
+async def signed_json(
+    state: ServerState,
+    key: ServerKey,
+    request_headers: Mapping[str, str],
+    path: str,
+    payload: Any,
+    status: int = 200,
 ) -> Response:
-    """A JSON answer signed for the instance and nonce the request named (if it named them)."""
+    """A JSON answer signed for the instance and nonce the request named (if it named them),
+    signed on the crypto thread (server/agent_api/crypto.py)."""
     body = dumps(payload)
     headers: dict[str, str] = {}
     instance_id = request_headers.get(HEADER_INSTANCE) or ""
     nonce = request_headers.get(HEADER_NONCE) or ""
     if _header_safe(instance_id, 64) and _header_safe(nonce, MAX_NONCE):
-        headers = sign_response(
+        headers = await state.crypto.sign_response(
             key.private_key, instance_id, nonce, path, status, body, public_b64=key.public_b64
         )
     return Response(body, status_code=status, headers=headers, media_type="application/json")
@@ -124,7 +129,7 @@ async def signed_answer(
 ) -> Response:
     """The answer signed for the request's instance and nonce, with extra headers."""
     key = await state.signing.current()
-    response = signed_json(key, request.headers, request.url.path, payload, status)
+    response = await signed_json(state, key, request.headers, request.url.path, payload, status)
     response.headers.update(headers)
     return response
 
