@@ -16,6 +16,7 @@ from server.agent_api.handlers import (
     parse_json,
 )
 from server.store import files
+from server.store.access import NonceClaim
 from server.store.conn import Conn
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def parse_file_report(state: ServerState, data: dict[str, Any]) -> ParsedReport:
         "finish_ms": field_int(data, "end_time", None, nullable=True) or model.now_ms(),
     }
 
-    async def apply(conn: Conn, instance_id: str) -> dict[str, Any]:
+    async def apply(conn: Conn, instance_id: str, _nonce: NonceClaim) -> dict[str, Any]:
         duplicate = await files.record_file_result(conn, instance_id, invoke_id, report)
         if duplicate is None:
             return not_found_answer(invoke_id)

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from common import protocol
 from server import model
-from server.agent_api.auth import AgentError, load_public_key
+from server.agent_api.auth import AgentError, load_public_key, unauthorized
 from server.inputs import load_json
 from server.lifecycle import terminal_status
 from server.output_limits import clip_chunk, clip_report
 from server.rpc import DEFAULT_REGION
 from server.store import access, files, instances, settings, tasks
+from server.store.access import NonceClaim
 from server.store.chunks import trim_chunks
 from server.store.conn import Conn
 
@@ -305,7 +306,8 @@ class ParsedReport:
     """A report whose fields are checked, ready to apply in a transaction (alone, or with the
     other reports of a batch: server/agent_api/reports.py)."""
 
-    apply: Callable[[Conn, str], Awaitable[dict[str, Any]]]  # (conn, instance id) -> answer
+    # (conn, instance id, the request's nonce) -> answer; a report may record the nonce
+    apply: Callable[[Conn, str, NonceClaim], Awaitable[dict[str, Any]]]
     durable: bool  # a terminal report is committed durably; a running chunk need not be
 
 
@@ -322,11 +324,23 @@ async def apply_reports(
     state: ServerState, who: AgentIdentity, reports: list[ParsedReport]
 ) -> list[dict[str, Any]]:
     """Apply reports in order in one transaction that uses the request's nonce; each gets its
-    answer (an unknown task is an answer, not an error that would undo the others)."""
+    answer (an unknown task is an answer, not an error that would undo the others).
+
+    On SQLite the nonce is recorded first. On PostgreSQL a terminal report's own statement
+    records it (one round trip fewer, docs/scale.md Ingestion), else it is recorded after the
+    reports; a replay then raises, and the transaction with everything it wrote is undone."""
 
     async def _tx(conn: Conn) -> list[dict[str, Any]]:
-        await state.use_agent_nonce(conn, who)
-        return [await report.apply(conn, who.instance_id) for report in reports]
+        claim = access.NonceClaim(who.nonce_key, who.nonce_expires)
+        if conn.dialect.name != "postgresql":
+            await state.use_agent_nonce(conn, who)
+            claim.fresh = True
+        answers = [await report.apply(conn, who.instance_id, claim) for report in reports]
+        if claim.fresh is None:
+            await state.use_agent_nonce(conn, who)
+        elif not claim.fresh:
+            raise unauthorized("nonce already used", "ReplayedRequest")
+        return answers
 
     durable = any(report.durable for report in reports)
     return await state.store.write(_tx, durable=durable, key=who.instance_id)
@@ -350,7 +364,7 @@ def parse_running(state: ServerState, data: dict[str, Any]) -> ParsedReport:
     quota = state.settings.output_quota
     offset, output = clip_chunk(offset, field_b64(data, "output"), quota)
 
-    async def apply(conn: Conn, instance_id: str) -> dict[str, Any]:
+    async def apply(conn: Conn, instance_id: str, _nonce: NonceClaim) -> dict[str, Any]:
         known = await tasks.record_running(
             conn, instance_id, invoke_id, execution_id, start, offset, output
         )
@@ -386,9 +400,9 @@ def parse_terminal(state: ServerState, kind: str, data: dict[str, Any]) -> Parse
         report["error_code"] = "ExecutionException"
     status = terminal_status(kind, exit_code, start_ms)
 
-    async def apply(conn: Conn, instance_id: str) -> dict[str, Any]:
+    async def apply(conn: Conn, instance_id: str, nonce: NonceClaim) -> dict[str, Any]:
         duplicate = await tasks.record_terminal(
-            conn, instance_id, invoke_id, execution_id, status, report
+            conn, instance_id, invoke_id, execution_id, status, report, nonce
         )
         if duplicate is None:
             return not_found_answer(invoke_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select, text, update
 
@@ -65,6 +66,17 @@ async def set_access_key_enabled(conn: Conn, key_id: str, enabled: bool) -> bool
 _USE_NONCE = text(
     "INSERT INTO nonces (nonce, expires) VALUES (:nonce, :expires) ON CONFLICT DO NOTHING"
 )
+
+
+@dataclass
+class NonceClaim:
+    """A request's nonce, to be recorded in its transaction: by a statement that can take it
+    along (PostgreSQL's one-statement terminal report, server/store/tasks.py), else on its own.
+    `fresh` is None until recorded, then whether it was new (False: a replay)."""
+
+    key: str
+    expires: int
+    fresh: bool | None = None
 
 
 async def use_nonce(conn: Conn, key: str, expires: int) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import text
 
 from server import lifecycle, model
+from server.store.access import NonceClaim
 from server.store.conn import Conn
 from server.store.rows import Row, _one, _rows, numbered, numbered_params, sql_text
 
@@ -166,6 +167,33 @@ _DROP_CHUNKS = text(
 )
 
 
+# PostgreSQL writes a terminal report as one statement (data-modifying WITH): the execution,
+# then, only if it won, the task row and the dropped chunks; the lifecycle's answer is known
+# from the row read before. Two round trips a report instead of four (docs/scale.md, Ingestion).
+_WON_CTE = "WITH won AS (" + _FINISH_EXECUTION.text + " RETURNING 1)"
+_IF_WON = " AND EXISTS (SELECT 1 FROM won)"
+_NONCE_CTE = (
+    "WITH nonce AS (INSERT INTO nonces (nonce, expires) VALUES (:nonce, :expires) "
+    "ON CONFLICT DO NOTHING RETURNING 1), "
+)
+_TERMINAL_PG = {
+    (latest, drop, with_nonce): text(
+        (_NONCE_CTE + _WON_CTE.removeprefix("WITH ") if with_nonce else _WON_CTE)
+        + ", task AS ("
+        # the task's status may differ from the execution's (a timed task goes on Scheduled)
+        + (_APPLY_RESULT if latest else _COUNT_REPEAT).text.replace(":status", ":task_status")
+        + _IF_WON
+        + " RETURNING 1)"
+        + (", chunks AS (" + _DROP_CHUNKS.text + _IF_WON + " RETURNING 1)" if drop else "")
+        + " SELECT (SELECT count(*) FROM won) AS won"
+        + (", (SELECT count(*) FROM nonce) AS fresh" if with_nonce else "")
+    )
+    for latest in (True, False)
+    for drop in (True, False)
+    for with_nonce in (True, False)
+}
+
+
 async def record_terminal(
     conn: Conn,
     instance_id: str,
@@ -173,53 +201,47 @@ async def record_terminal(
     execution_id: str,
     status: str,
     report: Row,
+    nonce: NonceClaim | None = None,
 ) -> bool | None:
-    """Apply a terminal report; True if it was a duplicate, None if the task is unknown."""
+    """Apply a terminal report; True if it was a duplicate, None if the task is unknown.
+    On PostgreSQL the request's nonce, if not recorded yet, goes into the same statement."""
     row = await _result_row(conn, instance_id, invoke_id)
     if row is None:
         return None
     key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
-    won = await conn.execute(
-        _FINISH_EXECUTION,
-        {
-            **key,
-            "status": status,
-            "yes": True,
-            "no": False,
-            "exit_code": report["exit_code"],
-            "start": report["start_ms"],
-            "finish": report["finish_ms"],
-            "output": report["output"],
-            "dropped": report["dropped"],
-            "error_code": report["error_code"],
-            "error_info": report["error_info"],
-            "inferred": lifecycle.OFFLINE_ERROR,
-        },
-    )
-    if not won.rowcount:
-        return True
+    fields = {
+        "exit_code": report["exit_code"],
+        "start": report["start_ms"],
+        "finish": report["finish_ms"],
+        "output": report["output"],
+        "dropped": report["dropped"],
+        "error_code": report["error_code"],
+        "error_info": report["error_info"],
+    }
     now = model.now_ms()
     finish = lifecycle.on_terminal(_task(row), execution_id, status, now)
+    execution = {**key, **fields, "status": status, "yes": True, "no": False}
+    execution["inferred"] = lifecycle.OFFLINE_ERROR
+    task = {**key, **fields, "now": now}
+    if finish.latest:
+        task.update(active=finish.active, stop=finish.stop_ms, task_status=finish.status)
+    if conn.dialect.name == "postgresql":
+        takes_nonce = nonce is not None and nonce.fresh is None
+        statement = _TERMINAL_PG[finish.latest, finish.latest and finish.drop_chunks, takes_nonce]
+        params = {**execution, **task}
+        if nonce is not None and takes_nonce:
+            params.update(nonce=nonce.key, expires=nonce.expires)
+        counted = (await conn.execute(statement, params)).first()
+        if nonce is not None and takes_nonce:
+            nonce.fresh = bool(counted and counted[1])
+        return not (counted and counted[0])
+    won = await conn.execute(_FINISH_EXECUTION, execution)
+    if not won.rowcount:
+        return True
     if not finish.latest:
         await conn.execute(_COUNT_REPEAT, {**key, "now": now})  # a late, older execution
         return False
-    await conn.execute(
-        _APPLY_RESULT,
-        {
-            **key,
-            "now": now,
-            "exit_code": report["exit_code"],
-            "output": report["output"],
-            "dropped": report["dropped"],
-            "error_code": report["error_code"],
-            "error_info": report["error_info"],
-            "start": report["start_ms"],
-            "finish": report["finish_ms"],
-            "status": finish.status,
-            "active": finish.active,
-            "stop": finish.stop_ms,
-        },
-    )
+    await conn.execute(_APPLY_RESULT, {**task, "status": finish.status})
     if finish.drop_chunks:
         await conn.execute(_DROP_CHUNKS, key)
     return False

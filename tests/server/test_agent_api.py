@@ -166,6 +166,29 @@ def test_replayed_agent_request_is_refused(api: Api) -> None:
     assert (again.status_code, again.json()["code"]) == (401, "ReplayedRequest")
 
 
+def test_a_used_nonce_refuses_a_terminal_report_and_undoes_its_write(api: Api) -> None:
+    """On PostgreSQL a terminal report records its nonce in its own write statement, so a
+    replay is found only after that write: the write must be undone with the refusal."""
+    agent = api.agent()
+    first, second = invoke(api, agent), invoke(api, agent)
+    finish = "/luban/api/v1/task/finish"
+
+    def report(invoke_id: str, nonce: str) -> requests.Response:
+        body = {"invoke_id": invoke_id, "exit_code": 0, "output": base64.b64encode(b"x").decode()}
+        return agent.request("POST", finish, body, nonce=nonce)
+
+    used_by_report, used_by_heartbeat = uuid.uuid4().hex, uuid.uuid4().hex
+    assert report(first, used_by_report).status_code == 200
+    assert agent.request("POST", "/luban/api/heart-beat", {}, nonce=used_by_heartbeat).ok
+    for nonce in (used_by_report, used_by_heartbeat):
+        again = report(second, nonce)
+        assert (again.status_code, again.json()["code"]) == (401, "ReplayedRequest")
+        assert result(api, second, agent)["InvocationStatus"] == "Pending"
+    assert report(second, uuid.uuid4().hex).status_code == 200
+    assert result(api, second, agent)["InvocationStatus"] == "Success"
+    assert result(api, first, agent)["InvocationStatus"] == "Success"
+
+
 def test_stale_agent_timestamp_is_refused(api: Api) -> None:
     agent = api.agent()
     for skew in (-301, 301):
