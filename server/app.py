@@ -21,6 +21,7 @@ from server.agent_api import handlers, longpoll, replicas, reports, respond
 from server.agent_api.auth import AgentError
 from server.agent_api.files import file_report
 from server.api import SignedNonce, load_actions, run_action
+from server.collector import FullCollections
 from server.inputs import ascii_int
 from server.notify import Notifier
 from server.state import AgentIdentity, ServerState, Settings
@@ -307,7 +308,13 @@ def create_app(settings: Settings) -> AgentFastPaths:
         )
         app.state.server = state
         app.state.actions = load_actions()
-        background = [asyncio.create_task(chores(state)), asyncio.create_task(directory.run())]
+        collections = FullCollections()
+        collections.start()
+        background = [
+            asyncio.create_task(chores(state)),
+            asyncio.create_task(directory.run()),
+            asyncio.create_task(collections.run()),
+        ]
         log.info("assist-server ready (%s)", store.dialect)
         try:
             yield
@@ -320,6 +327,7 @@ def create_app(settings: Settings) -> AgentFastPaths:
             await state.batch.close()
             state.crypto.close()
             await store.close()
+            collections.stop()
 
     posts: dict[str, Endpoint] = {
         "/luban/api/v1/task/list": signed(handlers.task_list),
