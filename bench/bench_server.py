@@ -26,6 +26,8 @@ answering a hello-world route. Figure names end in _<db>_<agents>.
   agent polls with timeout=BENCH_IDLE_POLL for BENCH_IDLE_SECONDS; extra keys give the batched
   transactions per second and the polls answered per second.
 
+BENCH_SERVER_WORKERS=N runs `assist-server serve --workers N` on PostgreSQL (N replicas sharing the
+port; the fan-out's server CPU then counts only the parent process).
 BENCH_SERVER_PROFILE=DIR runs each server under cProfile (DIR/<db>-<agents>.prof).
 BENCH_SERVER_FIGURES=fanout,idle (default: api,fanout,idle,ingest) measures only those figures:
 at 10,000 agents the ingestion rounds alone take minutes. The fan-out figure also gives the CPU
@@ -77,6 +79,7 @@ IDLE_POLL = int(os.environ.get("BENCH_IDLE_POLL", "5"))
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "15"))
 PROFILE_DIR = os.environ.get("BENCH_SERVER_PROFILE", "")
 FIGURES = os.environ.get("BENCH_SERVER_FIGURES", "api,fanout,idle,ingest").split(",")
+WORKERS = int(os.environ.get("BENCH_SERVER_WORKERS", "1"))  # assist-server serve --workers
 PARK_DEADLINE = 50.0  # seconds for every agent to park its poll (polls ask for timeout=60)
 # BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
 INGEST_TARGET = {"sqlite": 5000.0, "postgres": 2000.0}
@@ -374,7 +377,13 @@ def run_backend(name: str, url: str | None, agents: int, tmp: Path, hello_port: 
     handle = launch_server(
         tmp / f"{name}-{agents}",
         db_url=url,
-        extra_args=["--max-connections", str(agents + 1000)],  # every agent parks a poll
+        # every agent parks a poll; several workers only on PostgreSQL (SQLite refuses them)
+        extra_args=[
+            "--max-connections",
+            str(agents + 1000),
+            "--workers",
+            str(WORKERS if url else 1),
+        ],
         python_args=python_args,
     )
     try:

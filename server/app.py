@@ -319,15 +319,15 @@ def create_app(settings: Settings) -> AgentFastPaths:
         try:
             yield
         finally:
+            collections.stop()
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            state.crypto.close()
             await notifier.close()
             await state.batch.close()
-            state.crypto.close()
             await store.close()
-            collections.stop()
 
     posts: dict[str, Endpoint] = {
         "/luban/api/v1/task/list": signed(handlers.task_list),

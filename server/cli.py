@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", default=os.environ.get("ASSIST_SERVER_DB"), help=db_help)
     serve.add_argument("--tls-cert", help="PEM certificate (enables HTTPS)")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (above 1: PostgreSQL only)"
+    )
     serve.add_argument(
         "--max-invoke-instances",
         type=int,
@@ -209,7 +211,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.store.db import normalize_db_url
 
     host, port = parse_listen(args.listen)
-    normalize_db_url(args.db)  # refuse a bad URL before binding
+    db_url = normalize_db_url(args.db)  # refuse a bad URL before binding
+    if args.workers > 1 and not db_url.startswith("postgresql"):
+        # each worker would keep its own kicks and key cache: a task invoked through one would
+        # not wake polls parked on another, nor a deregistration reach the others' caches
+        raise UsageError(
+            "--workers above 1 needs PostgreSQL (--db postgresql://…): SQLite workers share no"
+            " kicks or key-cache forgets"
+        )
     check_port_free(host, port)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")

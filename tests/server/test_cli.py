@@ -69,6 +69,10 @@ def test_server_cli_bad_arguments(tmp_path: Path) -> None:
     assert bad_listen.returncode == 2 and "--listen" in bad_listen.stderr
     half_tls = server_cli("serve", "--tls-cert", "x.pem", "--db", f"sqlite:///{tmp_path}/x.db")
     assert half_tls.returncode == 2 and "--tls-key" in half_tls.stderr
+    # SQLite workers would not share kicks or key-cache forgets (PostgreSQL replicas do)
+    workers = server_cli("serve", "--workers", "2", "--db", f"sqlite:///{tmp_path}/x.db")
+    assert workers.returncode == 2 and "PostgreSQL" in workers.stderr
+    assert "Traceback" not in workers.stderr and not (tmp_path / "x.db").exists()
 
 
 def test_serve_with_tls(tmp_path: Path) -> None:
