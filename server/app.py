@@ -264,7 +264,8 @@ class AgentFastPaths:
     """The ASGI application: the long-poll and the signed agent POSTs go straight to their
     endpoints (no router, no middleware: server/agent_api/longpoll.py, docs/scale.md
     Ingestion); everything else, and the lifespan, to Starlette. Agent endpoints answer their
-    own errors, so the middleware they skip had nothing to do for them."""
+    own errors; a failure to sign the answer reaches uvicorn, which answers 500 as Starlette's
+    error middleware did."""
 
     def __init__(self, app: Starlette, posts: dict[str, Endpoint]) -> None:
         self.app = app

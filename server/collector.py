@@ -24,26 +24,42 @@ log = logging.getLogger(__name__)
 FULL_INTERVAL = 60.0  # seconds between two full collections
 _NEVER = 1 << 30  # a third threshold the collector's own count never reaches
 
+# schedules running in this process (several apps in one test process), and the thresholds
+# from before the first of them
+_active = 0
+_saved: tuple[int, int, int] | None = None
+
 
 class FullCollections:
     """Automatic full collections off (`start`), one every `interval` seconds (`run`), and the
-    thresholds as they were after `stop`."""
+    thresholds as they were once the last schedule of the process stops (`stop`)."""
 
     def __init__(self, interval: float = FULL_INTERVAL) -> None:
         self.interval = interval
         self.runs = 0
         self.longest = 0.0  # seconds of the longest full collection so far
-        self._saved: tuple[int, int, int] | None = None
+        self._started = False
 
     def start(self) -> None:
+        global _active, _saved
         young, middle, old = gc.get_threshold()
-        self._saved = (young, middle, old)
-        gc.set_threshold(young, middle, _NEVER)
+        if old == 0:  # a collector without generations to tune (CPython's incremental one)
+            log.info("full collections left to the interpreter: it has no third threshold")
+            return
+        if _active == 0:
+            _saved = (young, middle, old)
+            gc.set_threshold(young, middle, _NEVER)
+        _active += 1
+        self._started = True
 
     def stop(self) -> None:
-        if self._saved is not None:
-            gc.set_threshold(*self._saved)
-            self._saved = None
+        global _active
+        if not self._started:
+            return
+        self._started = False
+        _active -= 1
+        if _active == 0 and _saved is not None:
+            gc.set_threshold(*_saved)
 
     async def run(self) -> None:
         while True:

@@ -326,9 +326,10 @@ async def apply_reports(
     """Apply reports in order in one transaction that uses the request's nonce; each gets its
     answer (an unknown task is an answer, not an error that would undo the others).
 
-    On SQLite the nonce is recorded first. On PostgreSQL a terminal report's own statement
-    records it (one round trip fewer, docs/scale.md Ingestion), else it is recorded after the
-    reports; a replay then raises, and the transaction with everything it wrote is undone."""
+    On SQLite the nonce is recorded first. On PostgreSQL the write of the first terminal report
+    for a known task records it (one round trip fewer, docs/scale.md Ingestion), else it is
+    recorded after the reports; a replay then raises, and the transaction with everything it
+    wrote is undone."""
 
     async def _tx(conn: Conn) -> list[dict[str, Any]]:
         claim = access.NonceClaim(who.nonce_key, who.nonce_expires)

@@ -82,3 +82,21 @@ def test_a_closed_thread_refuses_work() -> None:
             await crypto.valid(KEY.public_key(), KEY.sign(b"m"), b"m")
 
     asyncio.run(main())
+
+
+def test_a_thread_that_dies_fails_its_callers_instead_of_leaving_them_waiting() -> None:
+    def dies() -> None:
+        raise SystemExit(3)
+
+    async def main() -> None:
+        crypto = CryptoThread()
+        try:
+            with pytest.raises(RuntimeError, match="stopped"):
+                await crypto.call(dies)
+            await asyncio.sleep(0.1)  # the thread has ended
+            with pytest.raises(RuntimeError, match="closed"):
+                await crypto.valid(KEY.public_key(), KEY.sign(b"m"), b"m")
+        finally:
+            crypto.close()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
