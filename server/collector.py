@@ -37,7 +37,6 @@ class FullCollections:
     def __init__(self, interval: float = FULL_INTERVAL) -> None:
         self.interval = interval
         self.runs = 0
-        self.longest = 0.0  # seconds of the longest full collection so far
         self._started = False
 
     def start(self) -> None:
@@ -71,6 +70,5 @@ class FullCollections:
         gc.collect()
         took = time.perf_counter() - began
         self.runs += 1
-        self.longest = max(self.longest, took)
         if took > 1.0:
             log.warning("a full garbage collection took %.1f s", took)

@@ -129,7 +129,7 @@ class ServerState:
             method, path, query, signed.timestamp, signed.nonce, body
         )
         if not await self.crypto.valid(cached.key, signed.signature, message):
-            raise auth.unauthorized("bad signature")  # or not 64 bytes long
+            raise auth.bad_signature()
         return AgentIdentity(
             instance_id=signed.instance_id,
             account=cached.account,
@@ -137,7 +137,13 @@ class ServerState:
             nonce_expires=signed.timestamp + protocol.TIMESTAMP_WINDOW + 60,
         )
 
-    async def use_agent_nonce(self, conn: Conn, who: AgentIdentity) -> None:
-        """Record the request's nonce in the caller's transaction; 401 on a replay."""
-        if not await access.use_nonce(conn, who.nonce_key, who.nonce_expires):
+    async def use_agent_nonce(
+        self, conn: Conn, who: AgentIdentity, claim: access.NonceClaim | None = None
+    ) -> None:
+        """Record the request's nonce in the caller's transaction, unless a statement took it
+        along already (`claim`, server/store/tasks.py); 401 on a replay."""
+        fresh = claim.fresh if claim is not None else None
+        if fresh is None:
+            fresh = await access.use_nonce(conn, who.nonce_key, who.nonce_expires)
+        if not fresh:
             raise auth.unauthorized("nonce already used", "ReplayedRequest")

@@ -89,7 +89,12 @@ def load_public_key(text: str) -> Ed25519PublicKey:
         ) from exc
 
 
+def bad_signature() -> AgentError:
+    """401 InvalidSignature: a bad signature, or one not 64 bytes long."""
+    return unauthorized("bad signature")
+
+
 def verify(key: Ed25519PublicKey, signature: bytes, message: bytes) -> None:
     """Raise 401 InvalidSignature unless `signature` signs `message` under `key`."""
-    if not signature_valid(key, signature, message):  # a bad signature, or not 64 bytes long
-        raise unauthorized("bad signature")
+    if not signature_valid(key, signature, message):
+        raise bad_signature()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from common import protocol
 from server import model
-from server.agent_api.auth import AgentError, load_public_key, unauthorized
+from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
 from server.lifecycle import terminal_status
 from server.output_limits import clip_chunk, clip_report
@@ -326,21 +326,15 @@ async def apply_reports(
     """Apply reports in order in one transaction that uses the request's nonce; each gets its
     answer (an unknown task is an answer, not an error that would undo the others).
 
-    On SQLite the nonce is recorded first. On PostgreSQL the write of the first terminal report
-    for a known task records it (one round trip fewer, docs/scale.md Ingestion), else it is
-    recorded after the reports; a replay then raises, and the transaction with everything it
-    wrote is undone."""
+    The nonce is recorded by a report's own write where the store can take it along
+    (PostgreSQL: the first terminal report for a known task, one round trip fewer,
+    docs/scale.md Ingestion), else after the reports; a replay then raises, and the
+    transaction with everything it wrote is undone."""
 
     async def _tx(conn: Conn) -> list[dict[str, Any]]:
         claim = access.NonceClaim(who.nonce_key, who.nonce_expires)
-        if conn.dialect.name != "postgresql":
-            await state.use_agent_nonce(conn, who)
-            claim.fresh = True
         answers = [await report.apply(conn, who.instance_id, claim) for report in reports]
-        if claim.fresh is None:
-            await state.use_agent_nonce(conn, who)
-        elif not claim.fresh:
-            raise unauthorized("nonce already used", "ReplayedRequest")
+        await state.use_agent_nonce(conn, who, claim)
         return answers
 
     durable = any(report.durable for report in reports)

@@ -226,14 +226,15 @@ async def record_terminal(
     if finish.latest:
         task.update(active=finish.active, stop=finish.stop_ms, task_status=finish.status)
     if conn.dialect.name == "postgresql":
-        takes_nonce = nonce is not None and nonce.fresh is None
-        statement = _TERMINAL_PG[finish.latest, finish.latest and finish.drop_chunks, takes_nonce]
+        taken = nonce if nonce is not None and nonce.fresh is None else None
+        drop = finish.latest and finish.drop_chunks
         params = {**execution, **task}
-        if nonce is not None and takes_nonce:
-            params.update(nonce=nonce.key, expires=nonce.expires)
+        if taken is not None:
+            params.update(nonce=taken.key, expires=taken.expires)
+        statement = _TERMINAL_PG[finish.latest, drop, taken is not None]
         counted = (await conn.execute(statement, params)).first()
-        if nonce is not None and takes_nonce:
-            nonce.fresh = bool(counted and counted[1])
+        if taken is not None:
+            taken.fresh = bool(counted and counted[1])
         return not (counted and counted[0])
     won = await conn.execute(_FINISH_EXECUTION, execution)
     if not won.rowcount:
