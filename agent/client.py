@@ -20,11 +20,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.identity import Identity, sign_headers
 from agent.replicas import ReplicaSet
 from agent.replicas import normalize_server as normalize_server  # re-exported
-from common import protocol
+from agent.sessions import RETRY_FAILED, RETRY_UNSUPPORTED, SessionHolder
+from common import protocol, sessions
 from common.errors import AssistError, DownloadError, UsageError
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,11 @@ class AgentClient:
         session: requests.Session | None = None,
         timeout: float = 30.0,  # seconds per request (long-polls add their own wait)
         ca_file: str = "",  # PEM CA bundle that https servers must chain to (else the system's)
+        sessions: SessionHolder | None = None,  # shared by the clients of one agent
     ) -> None:
         self.replicas = server if isinstance(server, ReplicaSet) else ReplicaSet(server)
         self.identity = identity
+        self.sessions = sessions or SessionHolder()
         self.session = session or requests.Session()
         self.timeout = timeout
         self.ca_file = ca_file
@@ -145,7 +149,33 @@ class AgentClient:
         (ResponseRefusedError otherwise); `verify=False` only for the key chain itself. With
         `shared` (the long-poll), a kick's answer signed once for all the instances it names
         is taken too, once; one this agent cannot tell from a replay becomes its bare events.
+        A signed request goes in the agent's session when it has one (common/sessions.py);
+        one the server refuses as out of session is sent again once, in a new session.
         """
+        in_session = signed and verify and path != sessions.SESSION_PATH  # not the key chain
+        session = self._session() if in_session else None
+        try:
+            return self._send(method, path, body, query, timeout, signed, verify, shared, session)
+        except ServerRefusedError as exc:
+            if session is None or exc.code not in (sessions.SESSION_EXPIRED, "InvalidSignature"):
+                raise
+            log.info("the server ended the session (%s): opening another", exc.code)
+            self.sessions.drop(session)
+        session = self._session()
+        return self._send(method, path, body, query, timeout, signed, verify, shared, session)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: str,
+        timeout: float | None,
+        signed: bool,
+        verify: bool,
+        shared: bool,
+        session: sessions.Session | None,
+    ) -> Any:
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
         server = self.replicas.current()
         full_path = urlsplit(server).path + API + path
@@ -154,7 +184,12 @@ class AgentClient:
         if signed:
             if self.identity is None:
                 raise AssistError("cannot sign a request without an identity")
-            sent = sign_headers(self.identity, method, full_path, query, data)
+            if session is not None:
+                sent = sessions.mac_request(
+                    session, self.identity.instance_id, method, full_path, query, data
+                )
+            else:
+                sent = sign_headers(self.identity, method, full_path, query, data)
             headers.update(sent)
         url = server + API + path + (f"?{query}" if query else "")
         wait = timeout or self.timeout
@@ -192,10 +227,56 @@ class AgentClient:
             self.replicas.failed(server, retry_after(response.headers.get("Retry-After")))
         else:
             self.replicas.succeeded(server)
-        if signed and verify and not self._check_signed(sent, full_path, response, content, shared):
-            log.warning("a shared kick taken before or older than this agent: asking again")
-            return {"events": bare_events(self._decode(response, content, server))}
+        if signed and verify:
+            fresh = self._check_signed(sent, full_path, response, content, shared, session)
+            if not fresh:
+                log.warning("a shared kick taken before or older than this agent: asking again")
+                return {"events": bare_events(self._decode(response, content, server))}
         return self._decode(response, content, server)
+
+    def _session(self) -> sessions.Session | None:
+        """The session to send in: the current one, else a new one (None: sign with Ed25519,
+        for a server without sessions or while one cannot be opened)."""
+        holder = self.sessions
+        current = holder.usable()
+        if current is not None or self.identity is None or not holder.may_open():
+            return current or holder.still_valid()
+        with holder.lock:
+            current = holder.usable()
+            if current is None and holder.may_open():
+                current = self._open_session()
+        return current or holder.still_valid()
+
+    def _open_session(self) -> sessions.Session | None:
+        """One handshake (Ed25519-signed both ways); None, and a pause, when it fails."""
+        assert self.identity is not None
+        own = X25519PrivateKey.generate()
+        try:
+            answer = self._send(
+                "POST",
+                sessions.SESSION_PATH,
+                {"x25519": sessions.exchange_public(own)},
+                "",
+                None,
+                True,
+                True,
+                False,
+                None,
+            )
+            keys = sessions.agent_keys(own, str(answer["x25519"]), self.identity.instance_id)
+            ticket, expires = str(answer["ticket"]), int(answer["expires"])
+        except ServerRefusedError as exc:
+            pause = RETRY_UNSUPPORTED if exc.status == 404 else RETRY_FAILED
+            log.info("no session (%s): requests are signed one by one", exc)
+            self.sessions.wait(pause)
+            return None
+        except (AssistError, KeyError, TypeError, ValueError) as exc:
+            log.info("cannot open a session now (%s): signing requests one by one", exc)
+            self.sessions.wait(RETRY_FAILED)
+            return None
+        session = sessions.Session(ticket, keys, expires)
+        self.sessions.took(session)
+        return session
 
     def _check_signed(
         self,
@@ -204,9 +285,11 @@ class AgentClient:
         response: requests.Response,
         content: bytes,
         shared: bool = False,
+        session: sessions.Session | None = None,
     ) -> bool:
         """Refuse an answer the control plane did not sign for this very request; False for a
-        shared kick (`shared` requests only) that is signed but may be a replay.
+        shared kick (`shared` requests only) that is signed but may be a replay. An answer to
+        a request in a session may carry the session's HMAC instead of a signature.
 
         An unknown key may be a rotation: the key chain is fetched once and followed from the
         pinned key (docs/agent-protocol.md, Server key).
@@ -214,6 +297,23 @@ class AgentClient:
         assert self.identity is not None
         instance_id = self.identity.instance_id
         headers = response.headers
+        if session is not None and sessions.HEADER_SERVER_MAC in headers:
+            try:
+                sessions.check_mac_response(
+                    session.keys,
+                    instance_id,
+                    sent[protocol.HEADER_NONCE],
+                    path,
+                    response.status_code,
+                    content,
+                    headers,
+                )
+            except protocol.ResponseRefusedError as exc:
+                exc.body = content
+                log.error("%s", exc)
+                raise
+            self.kicks.answered(int(headers[protocol.HEADER_SERVER_TIMESTAMP]))
+            return True
         if shared and response.status_code == 200 and protocol.HEADER_KICK_SIGNATURE in headers:
             kick_id, stamp = self._trusting(
                 path,

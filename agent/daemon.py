@@ -38,6 +38,7 @@ from agent.runner import (
     now_ms,
 )
 from agent.sender import ReportSender
+from agent.sessions import SessionHolder
 from agent.spool import Spool, read_tail, spool_path
 from agent.timers import Backoff, Timers
 from agent.updates import UPDATE_BUSY_RETRY, UpdateTrigger
@@ -108,9 +109,14 @@ class Agent:
         # one HTTP session per thread that talks to the server (requests.Session is not
         # guaranteed thread-safe): notify loop (long-poll, task list, update check), outbox,
         # heartbeat; one replica set, so a replica one of them finds dead is left by all
+        self.sessions = SessionHolder()  # one session for the three
         self.client, self.report_client, self.beat_client = (
             AgentClient(
-                self.replicas, options.identity, options.session_factory(), ca_file=options.ca_file
+                self.replicas,
+                options.identity,
+                options.session_factory(),
+                ca_file=options.ca_file,
+                sessions=self.sessions,
             )
             for _ in range(3)
         )

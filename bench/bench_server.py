@@ -26,6 +26,8 @@ answering a hello-world route. Figure names end in _<db>_<agents>.
   agent polls with timeout=BENCH_IDLE_POLL for BENCH_IDLE_SECONDS; extra keys give the batched
   transactions per second and the polls answered per second.
 
+Agents open a session first and send their requests in it (an HMAC, as the agent does:
+common/sessions.py); BENCH_SESSIONS=0 signs every request with Ed25519 instead.
 BENCH_SERVER_WORKERS=N runs `assist-server serve --workers N` on PostgreSQL (N replicas sharing the
 port; the fan-out's server CPU then counts only the parent process).
 BENCH_SERVER_PROFILE=DIR runs each server under cProfile (DIR/<db>-<agents>.prof).
@@ -83,6 +85,7 @@ WORKERS = int(os.environ.get("BENCH_SERVER_WORKERS", "1"))  # assist-server serv
 PARK_DEADLINE = 50.0  # seconds for every agent to park its poll (polls ask for timeout=60)
 # BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
 INGEST_TARGET = {"sqlite": 5000.0, "postgres": 2000.0}
+SESSIONS = os.environ.get("BENCH_SESSIONS", "1") != "0"  # 0: every request Ed25519-signed
 POLL_QUERY = "timeout=60&shared=1"  # as the agent polls: a kick's answer may be shared
 
 HELLO_APP = """
@@ -212,6 +215,8 @@ async def measure_backend(
     tag = f"{name}_{agents}"
     fleet = Fleet(port, key_id, secret)
     await fleet.register(agents)
+    if SESSIONS:
+        await fleet.open_sessions()
     command_id = (
         await fleet.call(
             "CreateCommand", Name="bench", Type="RunShellScript", CommandContent="ZWNobyAxMjM="

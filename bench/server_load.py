@@ -13,8 +13,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from common import protocol
+from common import protocol, sessions
 from common.protocol import sign_request
 from server.rpc import sign_params
 
@@ -84,15 +85,27 @@ def build_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+class Agent:
+    """A registered agent's key, and its session once opened (Fleet.open_sessions)."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key = key
+        self.session: sessions.Session | None = None
+
+
 def signed_request(
-    key: Ed25519PrivateKey,
+    agent: Agent,
     instance_id: str,
     method: str,
     path: str,
     body: bytes = b"",
     query: str = "",
 ) -> bytes:
-    headers = sign_request(key, instance_id, method, path, query, body)
+    """The request as the agent sends it: in its session if it has one, else Ed25519-signed."""
+    if agent.session is not None:
+        headers = sessions.mac_request(agent.session, instance_id, method, path, query, body)
+    else:
+        headers = sign_request(agent.key, instance_id, method, path, query, body)
     headers["Content-Type"] = "application/json"
     return build_request(method, path, body, headers, query)
 
@@ -153,7 +166,7 @@ class Fleet:
         self.port = port
         self.key_id = key_id
         self.secret = secret
-        self.agents: list[tuple[str, Ed25519PrivateKey]] = []
+        self.agents: list[tuple[str, Agent]] = []
         # the operator's own process for InvokeCommand bursts (Fleet.invoke_all), when started
         self.operator_process: concurrent.futures.ProcessPoolExecutor | None = None
 
@@ -201,7 +214,29 @@ class Fleet:
                 status, body = await conn.send(raw)
                 if status != 200:
                     raise RuntimeError(f"register: HTTP {status} {body[:200]!r}")
-                self.agents.append((json.loads(body)["instance_id"], key))
+                self.agents.append((json.loads(body)["instance_id"], Agent(key)))
+
+        await asyncio.gather(*(worker(c) for c in conns))
+        for c in conns:
+            c.close()
+
+    async def open_sessions(self) -> None:
+        """Every agent opens its session, as a real agent does before its first request."""
+        pending = list(self.agents)
+        conns = [await Conn.open(self.port) for _ in range(16)]
+
+        async def worker(conn: Conn) -> None:
+            while pending:
+                iid, agent = pending.pop()
+                own = X25519PrivateKey.generate()
+                body = json.dumps({"x25519": sessions.exchange_public(own)}).encode()
+                raw = signed_request(agent, iid, "POST", "/luban/api/v1/session", body)
+                status, answer = await conn.send(raw)
+                if status != 200:
+                    raise RuntimeError(f"session: HTTP {status} {answer[:200]!r}")
+                opened = json.loads(answer)
+                keys = sessions.agent_keys(own, opened["x25519"], iid)
+                agent.session = sessions.Session(opened["ticket"], keys, int(opened["expires"]))
 
         await asyncio.gather(*(worker(c) for c in conns))
         for c in conns:

@@ -26,12 +26,15 @@ from typing import Any
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from common.protocol import sign_request as sign_agent_request  # the X-Assist-* headers
+from common.sessions import SESSION_PATH, Session, agent_keys, exchange_public, mac_request
 from server.rpc import sign_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SESSION_URL = "/luban/api" + SESSION_PATH
 
 
 def stop_group(
@@ -233,6 +236,7 @@ class FakeAgent:
         self.instance_id = instance_id
         self.key = key
         self.session = requests.Session()
+        self.in_session: Session | None = None  # requests go in it once open_session ran
 
     @classmethod
     def register(
@@ -272,9 +276,17 @@ class FakeAgent:
         timeout: float = 30,
         **sign: Any,
     ) -> requests.Response:
-        """A signed request; `sign` may pin timestamp/nonce (for replay tests)."""
+        """A signed request, in the agent's session if it opened one; `sign` may pin
+        timestamp/nonce (for replay tests)."""
         raw = b"" if body is None else json.dumps(body).encode("utf-8")
-        headers = sign_agent_request(self.key, self.instance_id, method, path, query, raw, **sign)
+        if self.in_session is not None:
+            headers = mac_request(
+                self.in_session, self.instance_id, method, path, query, raw, **sign
+            )
+        else:
+            headers = sign_agent_request(
+                self.key, self.instance_id, method, path, query, raw, **sign
+            )
         headers["Content-Type"] = "application/json"
         url = self.url + path + (f"?{query}" if query else "")
         return self.session.request(method, url, data=raw or None, headers=headers, timeout=timeout)
@@ -284,6 +296,15 @@ class FakeAgent:
         if response.status_code != 200:
             raise RuntimeError(f"{path}: {response.status_code} {response.text}")
         return dict(response.json())
+
+    def open_session(self) -> Session:
+        """Open a session (an Ed25519-signed handshake); later requests go in it."""
+        own = X25519PrivateKey.generate()
+        self.in_session = None
+        answer = self.post(SESSION_URL, {"x25519": exchange_public(own)})
+        keys = agent_keys(own, answer["x25519"], self.instance_id)
+        self.in_session = Session(answer["ticket"], keys, int(answer["expires"]))
+        return self.in_session
 
     def tasks(self, reason: str = "poll") -> dict[str, Any]:
         return self.post("/luban/api/v1/task/list", {"reason": reason})

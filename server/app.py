@@ -331,6 +331,7 @@ def create_app(settings: Settings) -> AgentFastPaths:
             await store.close()
 
     posts: dict[str, Endpoint] = {
+        "/luban/api/v1/session": signed(handlers.open_session),
         "/luban/api/v1/task/list": signed(handlers.task_list),
         "/luban/api/v1/task/running": signed(handlers.task_running),
         "/luban/api/heart-beat": signed(handlers.heartbeat),

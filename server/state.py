@@ -10,9 +10,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common import protocol
+from common.sessions import SessionKeys, request_mac_valid
 from server.agent_api import auth
 from server.agent_api.batch import FLUSH_INTERVAL, ReplicaWrites
 from server.agent_api.crypto import CryptoThread
+from server.agent_api.sessions import Tickets, expired
 from server.notify import Notifier
 from server.output_limits import DEFAULT_QUOTA
 from server.store import Store, access, instances
@@ -51,11 +53,13 @@ class AgentIdentity:
     account: str
     nonce_key: str
     nonce_expires: int
+    session: SessionKeys | None = None  # the request came in a session (common/sessions.py)
 
 
 @dataclass
 class _CachedKey:
     key: Ed25519PublicKey
+    public_b64: str  # as registered
     account: str
     loaded: float
 
@@ -72,6 +76,7 @@ class ServerState:
     replicas: Any = None  # server/agent_api/replicas.py ReplicaDirectory: the agents' list
     keys: dict[str, _CachedKey] = field(default_factory=dict)
     crypto: CryptoThread = field(default_factory=CryptoThread)  # Ed25519 work off the loop
+    tickets: Tickets = field(default_factory=Tickets)  # agent sessions (sessions.py)
     forgets: int = field(default=0, init=False)  # counts forgets: a read they overtook is not kept
 
     def __post_init__(self) -> None:
@@ -112,8 +117,9 @@ class ServerState:
         if row is None or row["deregistered"]:
             self.keys.pop(instance_id, None)
             raise auth.unauthorized("unknown or deregistered instance")
+        public_b64 = str(row["public_key"])
         cached = _CachedKey(
-            auth.load_public_key(row["public_key"]), row["account"], time.monotonic()
+            auth.load_public_key(public_b64), public_b64, row["account"], time.monotonic()
         )
         if self.forgets == forgets:  # a forget during the read may concern this very row
             self.keys[instance_id] = cached
@@ -122,19 +128,29 @@ class ServerState:
     async def authenticate(
         self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
     ) -> AgentIdentity:
-        """Verify an agent request's Ed25519 signature (the nonce is used by the handler)."""
+        """Verify an agent request's Ed25519 signature, or its session's HMAC (the nonce is
+        used by the handler)."""
         signed = auth.read_headers(headers)
         cached = await self.instance_key(signed.instance_id)
         message = protocol.canonical_string(
             method, path, query, signed.timestamp, signed.nonce, body
         )
-        if not await self.crypto.valid(cached.key, signed.signature, message):
+        session = None
+        if signed.ticket:
+            key = await self.signing.current()
+            session = self.tickets.open(key, signed.ticket, signed.instance_id, cached.public_b64)
+            if session is None:
+                raise expired()
+            if not request_mac_valid(session, signed.mac, message):
+                raise auth.bad_signature()
+        elif not await self.crypto.valid(cached.key, signed.signature, message):
             raise auth.bad_signature()
         return AgentIdentity(
             instance_id=signed.instance_id,
             account=cached.account,
             nonce_key=f"a:{signed.instance_id}:{signed.nonce}",
             nonce_expires=signed.timestamp + protocol.TIMESTAMP_WINDOW + 60,
+            session=session,
         )
 
     async def use_agent_nonce(

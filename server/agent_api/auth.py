@@ -1,7 +1,8 @@
 """Agent request signing, the server's side: header checks, timestamp window, Ed25519 verify.
 
 The string to sign and the header names are common/protocol.py (docs/agent-protocol.md, Signing),
-shared with the agent.
+shared with the agent; a request in a session carries a ticket and an HMAC in place of the
+signature (common/sessions.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from common.protocol import (
     public_key_from_raw,
     signature_valid,
 )
+from common.sessions import HEADER_MAC, HEADER_SESSION, MAX_TICKET
 from server.inputs import ascii_int
 
 
@@ -43,12 +45,15 @@ def unauthorized(message: str, code: str = "InvalidSignature") -> AgentError:
 
 @dataclass(frozen=True)
 class SignedHeaders:
-    """The four signing headers of one request, syntactically checked."""
+    """The signing headers of one request, syntactically checked: an Ed25519 `signature`, or
+    a session's `ticket` and `mac` (base64, checked against the session's key)."""
 
     instance_id: str
     timestamp: int
     nonce: str
     signature: bytes
+    ticket: str = ""
+    mac: str = ""
 
 
 def read_headers(headers: Mapping[str, str], now: float | None = None) -> SignedHeaders:
@@ -58,16 +63,20 @@ def read_headers(headers: Mapping[str, str], now: float | None = None) -> Signed
     raw_ts = get(HEADER_TIMESTAMP) or ""
     nonce = get(HEADER_NONCE) or ""
     raw_sig = get(HEADER_SIGNATURE) or ""
-    if not (instance_id and raw_ts and nonce and raw_sig):
+    ticket = get(HEADER_SESSION) or ""
+    mac = (get(HEADER_MAC) or "") if ticket else ""
+    if not (instance_id and raw_ts and nonce and (raw_sig or mac)):
         raise unauthorized("the request is not signed (X-Assist-* headers missing)")
-    if len(instance_id) > 64 or len(nonce) > MAX_NONCE:
-        raise unauthorized("instance id or nonce too long")
+    if len(instance_id) > 64 or len(nonce) > MAX_NONCE or len(ticket) > MAX_TICKET:
+        raise unauthorized("instance id, nonce or session ticket too long")
     timestamp = ascii_int(raw_ts, 12)
     if timestamp is None:
         raise unauthorized("X-Assist-Timestamp must be Unix seconds")
     now = time.time() if now is None else now
     if abs(now - timestamp) > TIMESTAMP_WINDOW:
         raise unauthorized("X-Assist-Timestamp is more than 300 s off the server's clock")
+    if ticket:
+        return SignedHeaders(instance_id, timestamp, nonce, b"", ticket, mac)
     try:
         signature = base64.b64decode(raw_sig, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -12,7 +12,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from common import protocol
+from common.sessions import (
+    SESSION_LIFETIME,
+    SessionKeys,
+    derive_keys,
+    exchange_public,
+    load_exchange_key,
+)
 from server import model
 from server.agent_api.auth import AgentError, load_public_key
 from server.inputs import load_json
@@ -469,3 +479,39 @@ async def server_keys(state: ServerState, who: AgentIdentity, body: bytes) -> di
     await state.store.write(_tx, durable=False, key=who.instance_id)
     chain = await state.signing.chain()
     return {"keys": [{"public_key": k, "endorsement": e} for k, e in chain]}
+
+
+async def open_session(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:
+    """POST /luban/api/v1/session: a new session for an Ed25519-signed request carrying an
+    ephemeral X25519 key; answers the server's ephemeral key, the ticket and its end."""
+    if who.session is not None:
+        raise AgentError(
+            "InvalidSignature", "a session is opened with the instance's key, not in a session", 401
+        )
+    data = parse_json(body)
+    try:
+        agent_raw = load_exchange_key(field_str(data, "x25519", 64, required=True))
+    except ValueError as exc:
+        raise bad(f"x25519: {exc}") from exc
+    key = await state.signing.current()
+    cached = await state.instance_key(who.instance_id)
+
+    def exchange() -> tuple[str, SessionKeys]:
+        own = X25519PrivateKey.generate()
+        server_raw = own.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return exchange_public(own), derive_keys(
+            own, agent_raw, who.instance_id, agent_raw, server_raw
+        )
+
+    try:
+        server_b64, keys = await state.crypto.call(exchange)
+    except ValueError as exc:  # a key of small order: no shared secret
+        raise bad("x25519 is not a usable key") from exc
+
+    async def _tx(conn: Conn) -> None:
+        await state.use_agent_nonce(conn, who)
+
+    await state.store.write(_tx, durable=False, key=who.instance_id)
+    expires = int(time.time()) + SESSION_LIFETIME
+    ticket = state.tickets.seal(key, who.instance_id, cached.public_b64, keys, expires)
+    return {"x25519": server_b64, "ticket": ticket, "expires": expires}

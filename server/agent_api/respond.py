@@ -25,6 +25,7 @@ from common.protocol import (
     audience_tag,
     sign_kick,
 )
+from common.sessions import HEADER_SESSION, mac_response
 from server import overload
 from server.agent_api.auth import AgentError
 from server.store import Store, serverkeys
@@ -80,16 +81,22 @@ async def signed_json(
     payload: Any,
     status: int = 200,
 ) -> Response:
-    """A JSON answer signed for the instance and nonce the request named (if it named them),
-    signed on the crypto thread (server/agent_api/crypto.py)."""
+    """A JSON answer signed for the instance and nonce the request named (if it named them):
+    with the HMAC of the session the request came in, if this replica opened its ticket, else
+    with the control plane's Ed25519 key on the crypto thread (server/agent_api/crypto.py)."""
     body = dumps(payload)
     headers: dict[str, str] = {}
     instance_id = request_headers.get(HEADER_INSTANCE) or ""
     nonce = request_headers.get(HEADER_NONCE) or ""
     if _header_safe(instance_id, 64) and _header_safe(nonce, MAX_NONCE):
-        headers = await state.crypto.sign_response(
-            key.private_key, instance_id, nonce, path, status, body, public_b64=key.public_b64
-        )
+        ticket = request_headers.get(HEADER_SESSION)
+        session = state.tickets.known(ticket, instance_id) if ticket else None
+        if session is not None:
+            headers = mac_response(session, instance_id, nonce, path, status, body)
+        else:
+            headers = await state.crypto.sign_response(
+                key.private_key, instance_id, nonce, path, status, body, public_b64=key.public_b64
+            )
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
