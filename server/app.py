@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -65,14 +65,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise ValueError("body too large")
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ValueError("body too large")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:  # nobody reads the answer: no error to log
-        raise ValueError("the client went away before its body ended") from exc
+    receive = request.receive  # ASGI messages straight: Request.stream() costs more per request
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # nobody reads the answer: no error to log
+            raise ValueError("the client went away before its body ended")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ValueError("body too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     return b"".join(chunks)
 
 
@@ -162,8 +166,8 @@ def signed(handler: AgentHandler) -> Callable[[Request], Awaitable[Response]]:
             body = await read_body(request, MAX_AGENT_BODY)
         except ValueError as exc:
             raise AgentError("RequestTooLarge", "the body is too large", 413) from exc
-        url = request.url
-        who = await state.authenticate(request.method, url.path, url.query, request.headers, body)
+        path, query = respond.target(request.scope)
+        who = await state.authenticate(request.method, path, query, request.headers, body)
         return await handler(state, who, body)
 
     async def endpoint(request: Request) -> Response:

@@ -43,7 +43,7 @@ async def long_poll(state: ServerState, scope: Scope, receive: Receive, send: Se
         deliveries = await park(state, request, who.instance_id, timeout)
         events = [await carried_tasks(state, who.instance_id, d) for d in deliveries]
         if wants_shared and len(deliveries) == 1 and events[0] is deliveries[0].event:
-            shared = await shared_answer(state, request.url.path, deliveries[0])
+            shared = await shared_answer(state, respond.target(scope)[0], deliveries[0])
         # an answered long-poll counts as a heartbeat: the agent may stop its own
         return {"events": events, "heartbeat": True}
 
@@ -69,9 +69,9 @@ async def admit(state: ServerState, request: Request) -> tuple[AgentIdentity, fl
     """The verified caller, its timeout and whether it takes shared answers; its nonce is
     stored before it parks (batched per replica: server/agent_api/batch.py), so a replay, on
     any replica, is refused before it can dismiss or take anything."""
-    url = request.url
-    who = await state.authenticate(request.method, url.path, url.query, request.headers, b"")
-    query = QueryParams(url.query)
+    path, raw_query = respond.target(request.scope)
+    who = await state.authenticate(request.method, path, raw_query, request.headers, b"")
+    query = QueryParams(raw_query)
     timeout = ascii_int(query.get("timeout", "25"), 6)
     if timeout is None or timeout > state.settings.max_poll:
         raise AgentError("InvalidParameter", f"timeout must be 0..{state.settings.max_poll}")

@@ -15,8 +15,10 @@ import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from common.protocol import (
     HEADER_INSTANCE,
@@ -68,6 +70,17 @@ class SigningKeys:
         return await self.store.read(serverkeys.key_chain)
 
 
+def target(scope: Scope) -> tuple[str, str]:
+    """The request's path and raw query, as `request.url` gives them (what the agent signed),
+    without building a URL for the usual path that needs no escaping."""
+    path: str = scope["path"]
+    query: str = scope.get("query_string", b"").decode()
+    if "?" in path or "#" in path or "\\" in path or "#" in query:
+        url = URL(scope=scope)
+        return url.path, url.query
+    return path, query
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON, the bytes that are signed and sent."""
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
@@ -114,7 +127,7 @@ async def agent_answer(
     state: ServerState, request: Request, work: Awaitable[dict[str, Any]]
 ) -> Response:
     """Run an agent handler and sign its answer, error or not (docs/agent-protocol.md)."""
-    payload, status, headers = await outcome(request.url.path, work)
+    payload, status, headers = await outcome(target(request.scope)[0], work)
     return await signed_answer(state, request, payload, status, headers)
 
 
@@ -136,7 +149,8 @@ async def signed_answer(
 ) -> Response:
     """The answer signed for the request's instance and nonce, with extra headers."""
     key = await state.signing.current()
-    response = await signed_json(state, key, request.headers, request.url.path, payload, status)
+    path = target(request.scope)[0]
+    response = await signed_json(state, key, request.headers, path, payload, status)
     response.headers.update(headers)
     return response
 

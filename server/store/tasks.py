@@ -57,29 +57,32 @@ async def claim_delivered(conn: Conn, invoke_id: str, instance_ids: Sequence[str
     return claimed
 
 
+# What the lifecycle reads of a task (_task), nothing more: the row also holds the output.
 _RESULT_ROW = text(
-    "SELECT ii.*, inv.timed, inv.repeat_mode, inv.frequency FROM invocation_instances ii "
+    "SELECT ii.status, ii.active, ii.execution_id, ii.delivered, ii.stop_requested, ii.stop_ms, "
+    "inv.timed, inv.repeat_mode, inv.frequency FROM invocation_instances ii "
     "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
     "WHERE ii.instance_id = :instance AND ii.invoke_id = :invoke"
 )
 
 
-async def _result_row(conn: Conn, instance_id: str, invoke_id: str) -> Row | None:
-    return await _one(conn, _RESULT_ROW, {"instance": instance_id, "invoke": invoke_id})
-
-
-def _task(row: Row) -> lifecycle.Task:
-    """The lifecycle's view of a task row (from _RESULT_ROW)."""
+async def _result_row(conn: Conn, instance_id: str, invoke_id: str) -> lifecycle.Task | None:
+    """The lifecycle's view of a task, None if the instance has no such task."""
+    found = await conn.execute(_RESULT_ROW, {"instance": instance_id, "invoke": invoke_id})
+    row = found.first()
+    if row is None:
+        return None
+    status, active, execution_id, delivered, stop_requested, stop_ms, timed, mode, every = row
     return lifecycle.Task(
-        status=row["status"],
-        active=bool(row["active"]),
-        execution_id=row["execution_id"],
-        delivered=bool(row["delivered"]),
-        stop_requested=bool(row["stop_requested"]),
-        timed=bool(row["timed"]),
-        repeat_mode=row["repeat_mode"],
-        frequency=row["frequency"],
-        stop_ms=row["stop_ms"],
+        status=status,
+        active=bool(active),
+        execution_id=execution_id,
+        delivered=bool(delivered),
+        stop_requested=bool(stop_requested),
+        timed=bool(timed),
+        repeat_mode=mode,
+        frequency=every,
+        stop_ms=stop_ms,
     )
 
 
@@ -117,8 +120,8 @@ async def record_running(
     data: str,
 ) -> bool:
     """Store a running-output chunk once per offset and mark the execution Running."""
-    row = await _result_row(conn, instance_id, invoke_id)
-    if row is None:
+    task = await _result_row(conn, instance_id, invoke_id)
+    if task is None:
         return False
     key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
     await conn.execute(
@@ -129,7 +132,7 @@ async def record_running(
         return True  # a late chunk of a finished execution changes nothing
     if data:
         await conn.execute(_ADD_CHUNK, {**key, "offset": offset, "data": data})
-    step = lifecycle.on_running(_task(row), execution_id)
+    step = lifecycle.on_running(task, execution_id)
     if step != lifecycle.KEEP:
         params = {**key, "status": lifecycle.RUNNING, "now": model.now_ms(), "start": start_ms}
         statement = _MARK_RUNNING if step == lifecycle.MARK_RUNNING else _NEW_EXECUTION
@@ -205,8 +208,8 @@ async def record_terminal(
 ) -> bool | None:
     """Apply a terminal report; True if it was a duplicate, None if the task is unknown.
     On PostgreSQL the request's nonce, if not recorded yet, goes into the same statement."""
-    row = await _result_row(conn, instance_id, invoke_id)
-    if row is None:
+    task = await _result_row(conn, instance_id, invoke_id)
+    if task is None:
         return None
     key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
     fields = {
@@ -219,16 +222,16 @@ async def record_terminal(
         "error_info": report["error_info"],
     }
     now = model.now_ms()
-    finish = lifecycle.on_terminal(_task(row), execution_id, status, now)
+    finish = lifecycle.on_terminal(task, execution_id, status, now)
     execution = {**key, **fields, "status": status, "yes": True, "no": False}
     execution["inferred"] = lifecycle.OFFLINE_ERROR
-    task = {**key, **fields, "now": now}
+    result = {**key, **fields, "now": now}
     if finish.latest:
-        task.update(active=finish.active, stop=finish.stop_ms, task_status=finish.status)
+        result.update(active=finish.active, stop=finish.stop_ms, task_status=finish.status)
     if conn.dialect.name == "postgresql":
         taken = nonce if nonce is not None and nonce.fresh is None else None
         drop = finish.latest and finish.drop_chunks
-        params = {**execution, **task}
+        params = {**execution, **result}
         if taken is not None:
             params.update(nonce=taken.key, expires=taken.expires)
         statement = _TERMINAL_PG[finish.latest, drop, taken is not None]
@@ -242,7 +245,7 @@ async def record_terminal(
     if not finish.latest:
         await conn.execute(_COUNT_REPEAT, {**key, "now": now})  # a late, older execution
         return False
-    await conn.execute(_APPLY_RESULT, {**task, "status": finish.status})
+    await conn.execute(_APPLY_RESULT, {**result, "status": finish.status})
     if finish.drop_chunks:
         await conn.execute(_DROP_CHUNKS, key)
     return False
