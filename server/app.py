@@ -212,6 +212,7 @@ async def health(request: Request) -> Response:
             "ok": True,
             "replica": state.notifier.replica,
             "waiting": state.notifier.waiting(),
+            "sessions": state.tickets.count(),
             "batched_writes": state.batch.stats(),
         }
     )

@@ -100,6 +100,10 @@ class Tickets:
         self._opened[ticket] = (instance_id, public_key, key.serial, ends, keys)
         return keys if now < ends else None
 
+    def count(self) -> int:
+        """Tickets this replica opened lately (/healthz)."""
+        return len(self._opened)
+
     def known(self, ticket: str, instance_id: str) -> SessionKeys | None:
         """The keys of a ticket this replica opened for `instance_id` (to authenticate the
         answer to a request the ticket came with), expired or not; None otherwise."""
