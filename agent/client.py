@@ -150,16 +150,17 @@ class AgentClient:
         `shared` (the long-poll), a kick's answer signed once for all the instances it names
         is taken too, once; one this agent cannot tell from a replay becomes its bare events.
         A signed request goes in the agent's session when it has one (common/sessions.py);
-        one the server refuses as out of session is sent again once, in a new session.
+        one the server refuses as out of session (an authenticated SessionExpired) is sent again
+        once, in a new session or signed.
         """
         in_session = signed and verify and path != sessions.SESSION_PATH  # not the key chain
         session = self._session() if in_session else None
         try:
             return self._send(method, path, body, query, timeout, signed, verify, shared, session)
         except ServerRefusedError as exc:
-            if session is None or exc.code not in (sessions.SESSION_EXPIRED, "InvalidSignature"):
+            if session is None or exc.code != sessions.SESSION_EXPIRED:
                 raise
-            log.info("the server ended the session (%s): opening another", exc.code)
+            log.info("the server ended the session: opening another")
             self.sessions.drop(session)
         session = self._session()
         return self._send(method, path, body, query, timeout, signed, verify, shared, session)
@@ -227,6 +228,10 @@ class AgentClient:
             self.replicas.failed(server, retry_after(response.headers.get("Retry-After")))
         else:
             self.replicas.succeeded(server)
+        if path == sessions.SESSION_PATH and response.status_code == 404:
+            # a server without sessions answers unsigned: believing it only keeps this agent
+            # on Ed25519 signatures, which is no weaker
+            raise ServerRefusedError(404, "NotFound", "the server has no sessions")
         if signed and verify:
             fresh = self._check_signed(sent, full_path, response, content, shared, session)
             if not fresh:
@@ -241,10 +246,14 @@ class AgentClient:
         current = holder.usable()
         if current is not None or self.identity is None or not holder.may_open():
             return current or holder.still_valid()
-        with holder.lock:
+        if not holder.lock.acquire(blocking=False):  # another thread is opening one
+            return holder.still_valid()
+        try:
             current = holder.usable()
             if current is None and holder.may_open():
                 current = self._open_session()
+        finally:
+            holder.lock.release()
         return current or holder.still_valid()
 
     def _open_session(self) -> sessions.Session | None:

@@ -138,11 +138,13 @@ class ServerState:
         session = None
         if signed.ticket:
             key = await self.signing.current()
-            session = self.tickets.open(key, signed.ticket, signed.instance_id, cached.public_b64)
-            if session is None:
+            opened = self.tickets.open(key, signed.ticket, signed.instance_id, cached.public_b64)
+            if opened is None:
                 raise expired()
-            if not request_mac_valid(session, signed.mac, message):
+            if not request_mac_valid(opened.keys, signed.mac, message):
                 raise auth.bad_signature()
+            self.tickets.keep(signed.ticket, opened)
+            session = opened.keys
         elif not await self.crypto.valid(cached.key, signed.signature, message):
             raise auth.bad_signature()
         return AgentIdentity(

@@ -67,6 +67,8 @@ def read_headers(headers: Mapping[str, str], now: float | None = None) -> Signed
     mac = (get(HEADER_MAC) or "") if ticket else ""
     if not (instance_id and raw_ts and nonce and (raw_sig or mac)):
         raise unauthorized("the request is not signed (X-Assist-* headers missing)")
+    if raw_sig and ticket:
+        raise unauthorized("a request is signed or sent in a session, not both")
     if len(instance_id) > 64 or len(nonce) > MAX_NONCE or len(ticket) > MAX_TICKET:
         raise unauthorized("instance id, nonce or session ticket too long")
     timestamp = ascii_int(raw_ts, 12)

@@ -25,6 +25,7 @@ from common.sessions import (
 )
 from server import model
 from server.agent_api.auth import AgentError, load_public_key
+from server.agent_api.sessions import HANDSHAKE_SPACING
 from server.inputs import load_json
 from server.lifecycle import terminal_status
 from server.output_limits import clip_chunk, clip_report
@@ -495,6 +496,10 @@ async def open_session(state: ServerState, who: AgentIdentity, body: bytes) -> d
         raise bad(f"x25519: {exc}") from exc
     key = await state.signing.current()
     cached = await state.instance_key(who.instance_id)
+    if not state.tickets.handshake_allowed(f"{who.instance_id}\n{cached.public_b64}"):
+        raise AgentError(
+            "Throttling", f"one new session per {HANDSHAKE_SPACING:.0f} s: use the last one", 429
+        )
 
     def exchange() -> tuple[str, SessionKeys]:
         own = X25519PrivateKey.generate()

@@ -7,8 +7,10 @@ a ticket stops opening when it expires, when the signing key rotates, when the i
 registers again with another key, or, through the key lookup before it, when the instance is
 deregistered. The protocol is common/sessions.py (docs/agent-protocol.md, Sessions).
 
-Opened tickets are kept (TicketCache) so a request costs a dict lookup and one HMAC, and its
-answer one HMAC: no Ed25519 on either side (docs/scale.md, Ingestion).
+A ticket whose request authenticated is kept (`Tickets.keep`), so the next request costs a dict
+lookup and one HMAC, and its answer one HMAC: no Ed25519 on either side (docs/scale.md,
+Ingestion). A ticket has exactly one spelling (strict base64), so one seen on the wire cannot
+be varied into many entries.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import binascii
 import os
 import struct
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
@@ -26,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from common.sessions import MAX_TICKET, SESSION_EXPIRED, SessionKeys
+from common.sessions import SESSION_EXPIRED, SessionKeys
 from server.agent_api.auth import AgentError
 
 if TYPE_CHECKING:
@@ -37,7 +41,10 @@ TICKET_VERSION = 1
 _HEAD = struct.Struct(">BI")  # version, serial of the signing key that sealed it
 _NONCE_BYTES = 12
 _SEALED = struct.Struct(">Q32s32s")  # expires (Unix s), request key, response key
-CACHE_LIMIT = 1 << 17  # opened tickets kept per replica (the oldest go first)
+_TICKET_BYTES = _HEAD.size + _NONCE_BYTES + _SEALED.size + 16  # 16: the AES-GCM tag
+TICKET_CHARS = 4 * ((_TICKET_BYTES + 2) // 3)  # base64 of those bytes
+CACHE_LIMIT = 1 << 17  # tickets kept per replica (the oldest go first)
+HANDSHAKE_SPACING = 10.0  # seconds between two new sessions of one instance, per replica
 
 
 def expired() -> AgentError:
@@ -47,14 +54,25 @@ def expired() -> AgentError:
     )
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A ticket opened for one instance: its keys, its end, and what it is bound to."""
+
+    keys: SessionKeys
+    ends: int  # Unix s
+    instance_id: str
+    public_key: str  # the instance's registered key
+    serial: int  # of the signing key that sealed it
+
+
 class Tickets:
-    """Seal and open tickets; keeps the ones opened lately."""
+    """Seal and open tickets; keeps those whose requests authenticated lately."""
 
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
         self.limit = limit
         self._sealers: dict[int, AESGCM] = {}  # signing-key serial -> its sealing key
-        # ticket -> (instance id, registered public key, key serial, expires, keys)
-        self._opened: dict[str, tuple[str, str, int, int, SessionKeys]] = {}
+        self._kept: OrderedDict[str, Opened] = OrderedDict()  # oldest first
+        self._handshakes: dict[str, float] = {}  # holder -> monotonic time of its last
 
     def _sealer(self, key: ServerKey) -> AESGCM:
         sealer = self._sealers.get(key.serial)
@@ -67,7 +85,7 @@ class Tickets:
     def seal(
         self, key: ServerKey, instance_id: str, public_key: str, keys: SessionKeys, expires: int
     ) -> str:
-        """A ticket for the session (URL-safe base64, ~140 characters)."""
+        """A ticket for the session (URL-safe base64, 140 characters)."""
         nonce = os.urandom(_NONCE_BYTES)
         plain = _SEALED.pack(expires, keys.request, keys.response)
         sealed = self._sealer(key).encrypt(nonce, plain, _bound(instance_id, public_key))
@@ -81,57 +99,71 @@ class Tickets:
         instance_id: str,
         public_key: str,
         now: float | None = None,
-    ) -> SessionKeys | None:
-        """The keys of a ticket sealed under `key` for this instance and its registered key,
-        not yet expired; None otherwise."""
+    ) -> Opened | None:
+        """The ticket, if `key` sealed it for this instance and its registered key and it has
+        not ended; None otherwise. `keep` it once the request's MAC checked."""
         now = time.time() if now is None else now
-        known = self._opened.get(ticket)
-        if known is not None:
-            owner, bound_key, serial, ends, keys = known
-            if owner == instance_id and bound_key == public_key and serial == key.serial:
-                return keys if now < ends else None
+        opened = self._kept.get(ticket) or self._unseal(key, ticket, instance_id, public_key)
+        if opened is None or now >= opened.ends or opened.serial != key.serial:
             return None
-        opened = self._unseal(key, ticket, instance_id, public_key)
-        if opened is None:
+        if opened.instance_id != instance_id or opened.public_key != public_key:
             return None
-        ends, keys = opened
-        if len(self._opened) >= self.limit:
-            del self._opened[next(iter(self._opened))]
-        self._opened[ticket] = (instance_id, public_key, key.serial, ends, keys)
-        return keys if now < ends else None
+        return opened
+
+    def keep(self, ticket: str, opened: Opened) -> None:
+        """Remember a ticket whose request authenticated: its next request costs a lookup."""
+        if ticket not in self._kept:
+            if len(self._kept) >= self.limit:
+                self._kept.popitem(last=False)
+            self._kept[ticket] = opened
 
     def count(self) -> int:
-        """Tickets this replica opened lately (/healthz)."""
-        return len(self._opened)
+        """Tickets this replica keeps (/healthz)."""
+        return len(self._kept)
 
     def known(self, ticket: str, instance_id: str) -> SessionKeys | None:
-        """The keys of a ticket this replica opened for `instance_id` (to authenticate the
-        answer to a request the ticket came with), expired or not; None otherwise."""
-        known = self._opened.get(ticket)
-        return known[4] if known is not None and known[0] == instance_id else None
+        """The keys of a kept ticket of `instance_id`, to authenticate the answer to a request
+        that came with it; None otherwise (the answer is then signed with Ed25519)."""
+        opened = self._kept.get(ticket)
+        return opened.keys if opened is not None and opened.instance_id == instance_id else None
+
+    def handshake_allowed(self, holder: str, now: float | None = None) -> bool:
+        """At most one new session per `holder` (an instance and its key) and HANDSHAKE_SPACING
+        on this replica: a stolen instance key cannot churn the ticket cache or the replica's
+        CPU with them."""
+        now = time.monotonic() if now is None else now
+        last = self._handshakes.get(holder)
+        if last is not None and now - last < HANDSHAKE_SPACING:
+            return False
+        if len(self._handshakes) >= self.limit:
+            cutoff = now - HANDSHAKE_SPACING
+            self._handshakes = {i: t for i, t in self._handshakes.items() if t >= cutoff}
+        self._handshakes[holder] = now
+        return True
 
     def _unseal(
         self, key: ServerKey, ticket: str, instance_id: str, public_key: str
-    ) -> tuple[int, SessionKeys] | None:
-        if len(ticket) > MAX_TICKET:
+    ) -> Opened | None:
+        if len(ticket) != TICKET_CHARS or not ticket.isascii():
             return None
         try:
-            raw = base64.urlsafe_b64decode(ticket.encode("ascii"))
-        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raw = base64.urlsafe_b64decode(ticket)
+        except (binascii.Error, ValueError):
             return None
-        head = _HEAD.size
-        if len(raw) != head + _NONCE_BYTES + _SEALED.size + 16:
+        # strict: one ticket has one spelling (the decoder skips or maps other characters)
+        if len(raw) != _TICKET_BYTES or base64.urlsafe_b64encode(raw).decode() != ticket:
             return None
         version, serial = _HEAD.unpack_from(raw)
         if version != TICKET_VERSION or serial != key.serial:
             return None  # another format, or a key rotated since: a new session
+        head = _HEAD.size
         nonce, sealed = raw[head : head + _NONCE_BYTES], raw[head + _NONCE_BYTES :]
         try:
             plain = self._sealer(key).decrypt(nonce, sealed, _bound(instance_id, public_key))
         except InvalidTag:
             return None
         ends, request, response = _SEALED.unpack(plain)
-        return ends, SessionKeys(request, response)
+        return Opened(SessionKeys(request, response), ends, instance_id, public_key, serial)
 
 
 def _bound(instance_id: str, public_key: str) -> bytes:

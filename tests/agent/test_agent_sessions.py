@@ -69,8 +69,9 @@ def test_clients_share_one_session_and_check_its_answers(
 
 
 def test_a_session_the_server_ended_is_replaced_without_failing_the_call(
-    server: ServerHandle, tmp_path: Path
+    server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("agent.sessions.SPACING", 0.0)  # no pause after the first handshake
     identity = register(server, tmp_path / "state")
     holder = SessionHolder()
     AgentClient(server.url, identity, sessions=holder).list_tasks("poll")
@@ -130,6 +131,7 @@ def test_against_a_server_without_sessions_every_request_is_signed(old_server: s
         with pytest.raises((protocol.ResponseRefusedError, ServerRefusedError)):
             client.list_tasks("poll")
     assert OldServer.handshakes == 1  # asked once; not again within the hour
+    assert client.sessions.paused_for() > 3500
     assert len(OldServer.seen) == 2
     for headers in OldServer.seen:
         assert protocol.HEADER_SIGNATURE in headers

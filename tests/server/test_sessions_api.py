@@ -79,19 +79,34 @@ def test_the_handshake_is_signed_with_the_instance_key_and_answered_with_the_ser
     api: Api,
 ) -> None:
     agent = api.agent()
-    agent.open_session()
+    session = agent.open_session()
     # a handshake inside a session is refused: only the instance's own key opens one
     inside = agent.request("POST", SESSION_URL, {"x25519": base64.b64encode(b"k" * 32).decode()})
     assert code_of(inside) == (401, "InvalidSignature")
     agent.in_session = None
-    response = agent.request("POST", SESSION_URL, {"x25519": base64.b64encode(b"k" * 32).decode()})
+    # a second session of the same instance within HANDSHAKE_SPACING: refused, use the first
+    again = agent.request("POST", SESSION_URL, {"x25519": base64.b64encode(b"k" * 32).decode()})
+    assert code_of(again) == (429, "Throttling")
+    assert protocol.HEADER_SERVER_SIGNATURE in again.headers  # signed with Ed25519, not a MAC
+    fresh = api.agent()
+    response = fresh.request("POST", SESSION_URL, {"x25519": base64.b64encode(b"k" * 32).decode()})
     assert response.status_code == 200, response.text
     assert protocol.HEADER_SERVER_SIGNATURE in response.headers  # Ed25519, not a MAC
     assert HEADER_SERVER_MAC not in response.headers
-    for bad in ("!!", base64.b64encode(b"k" * 31).decode(), base64.b64encode(bytes(32)).decode()):
-        refused = agent.request("POST", SESSION_URL, {"x25519": bad})
+    small_order = base64.b64encode(bytes(32)).decode()
+    for bad in ("!!", base64.b64encode(b"k" * 31).decode()):
+        refused = api.agent().request("POST", SESSION_URL, {"x25519": bad})
         assert code_of(refused) == (400, "InvalidParameter"), bad
-    assert code_of(agent.request("POST", SESSION_URL, {})) == (400, "InvalidParameter")
+    assert code_of(api.agent().request("POST", SESSION_URL, {})) == (400, "InvalidParameter")
+    refused = api.agent().request("POST", SESSION_URL, {"x25519": small_order})
+    assert code_of(refused) == (400, "InvalidParameter")
+    # a request that is both signed and in a session is refused
+    body = b'{"reason":"poll"}'
+    signed = protocol.sign_request(agent.key, agent.instance_id, "POST", LIST, "", body)
+    made = mac_request(session, agent.instance_id, "POST", LIST, "", body)
+    both = {**signed, HEADER_SESSION: made[HEADER_SESSION], HEADER_MAC: made[HEADER_MAC]}
+    answer = requests.post(api.server.url + LIST, data=body, headers=both, timeout=30)
+    assert code_of(answer) == (401, "InvalidSignature")
 
 
 def test_session_requests_that_are_wrong_are_refused(api: Api) -> None:
@@ -121,8 +136,12 @@ def test_session_requests_that_are_wrong_are_refused(api: Api) -> None:
     flipped = ticket[:20] + ("A" if ticket[20] != "A" else "B") + ticket[21:]
     changed = Session(flipped, session.keys, session.expires)
     assert code_of(send(made(changed, agent.instance_id))) == (401, SESSION_EXPIRED)
-    # garbage and an over-long ticket
-    for junk in ("not-a-ticket", "A" * 300):
+    # garbage, an over-long ticket, and the same ticket spelled otherwise (padding, base64's
+    # other alphabet): one ticket has one spelling
+    other_alphabet = ticket.replace("-", "+").replace("_", "/")
+    for junk in ("not-a-ticket", "A" * 300, ticket + "=", ticket[:-1] + "+", other_alphabet):
+        if junk == ticket:
+            continue
         headers = {**made(session, agent.instance_id), HEADER_SESSION: junk}
         assert send(headers).status_code == 401, junk
     # the ticket without its MAC
@@ -188,17 +207,37 @@ def test_tickets_end_when_they_expire_and_are_bound_to_the_key() -> None:
     now = time.time()
     tickets = Tickets(limit=2)
     ticket = tickets.seal(signing, "mi-1", "key-1", keys, int(now) + 100)
-    assert Tickets().open(signing, ticket, "mi-1", "key-1", now) == keys  # any replica
-    assert tickets.open(signing, ticket, "mi-1", "key-1", now + 99) == keys
-    assert tickets.open(signing, ticket, "mi-1", "key-1", now + 101) is None  # expired
-    assert Tickets().open(signing, ticket, "mi-1", "key-1", now + 101) is None
-    assert Tickets().open(signing, ticket, "mi-2", "key-1", now) is None  # another instance
-    assert Tickets().open(signing, ticket, "mi-1", "key-2", now) is None  # another key
-    assert Tickets().open(rotated, ticket, "mi-1", "key-1", now) is None  # a rotation
-    assert tickets.open(signing, ticket, "mi-2", "key-1", now) is None  # cached, same checks
-    # the cache keeps the newest `limit` tickets and opens older ones again
-    more = [tickets.seal(signing, "mi-1", "key-1", keys, int(now) + 100) for _ in range(3)]
+    assert len(ticket) == 140
+
+    def opens(t: str, instance: str = "mi-1", key: str = "key-1", at: float = now) -> bool:
+        opened = tickets.open(signing, t, instance, key, at)
+        return opened is not None and opened.keys == keys
+
+    assert opens(ticket) and opens(ticket, at=now + 99)
+    assert Tickets().open(signing, ticket, "mi-1", "key-1", now) is not None  # any replica
+    assert not opens(ticket, at=now + 101)  # expired
+    assert not opens(ticket, instance="mi-2")  # another instance
+    assert not opens(ticket, key="key-2")  # the instance registered again with another key
+    assert Tickets().open(rotated, ticket, "mi-1", "key-1", now) is None  # a key rotation
+    # nothing is kept until a request with it authenticated; kept, the same checks hold
+    assert tickets.count() == 0 and tickets.known(ticket, "mi-1") is None
+    opened = tickets.open(signing, ticket, "mi-1", "key-1", now)
+    assert opened is not None
+    tickets.keep(ticket, opened)
+    assert tickets.known(ticket, "mi-1") == keys and tickets.known(ticket, "mi-2") is None
+    assert not opens(ticket, instance="mi-2") and not opens(ticket, key="key-2")
+    assert not opens(ticket, at=now + 101)
+    assert tickets.open(rotated, ticket, "mi-1", "key-1", now) is None
+    # the oldest kept tickets go first
+    more = [tickets.seal(signing, "mi-1", "key-1", keys, int(now) + 100) for _ in range(2)]
     for t in more:
-        assert tickets.open(signing, t, "mi-1", "key-1", now) == keys
-    assert tickets.known(more[0], "mi-1") is None and tickets.known(more[2], "mi-1") == keys
-    assert tickets.open(signing, ticket, "mi-1", "key-1", now) == keys
+        found = tickets.open(signing, t, "mi-1", "key-1", now)
+        assert found is not None
+        tickets.keep(t, found)
+    assert tickets.count() == 2 and tickets.known(ticket, "mi-1") is None
+    assert opens(ticket)  # opened again from the ticket itself
+    # one new session per instance and key within the spacing, per replica
+    assert tickets.handshake_allowed("mi-1\nkey-1", 1000.0)
+    assert not tickets.handshake_allowed("mi-1\nkey-1", 1005.0)
+    assert tickets.handshake_allowed("mi-1\nkey-2", 1005.0)
+    assert tickets.handshake_allowed("mi-1\nkey-1", 1011.0)
