@@ -1,4 +1,5 @@
-"""Agent sessions, the server's half: opening a session, sealing and opening its tickets.
+"""Agent sessions, the server's half: sealing and opening tickets (the handshake itself is
+server/agent_api/handlers.py `open_session`).
 
 A ticket is the session's two keys and its end, sealed with AES-GCM under a key derived from
 the control plane's signing key (which every replica reads from the database), with the instance
