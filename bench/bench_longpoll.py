@@ -14,6 +14,7 @@ Each is the median of BENCH_LONGPOLL_RUNS rounds (default 3) after a warm-up rou
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import sys
 import tempfile
@@ -106,7 +107,11 @@ def register(server: ServerHandle) -> list[FakeAgent]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-longpoll-") as tmp:
-        server = launch_server(Path(tmp), extra_args=["--idle-timeout", "600"])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # a socket per poll, here too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * AGENTS + 1024)), hard))
+        # every agent's poll parks: the connection bound (default 4096) must not refuse any
+        extra = ["--idle-timeout", "600", "--max-connections", str(AGENTS + 1000)]
+        server = launch_server(Path(tmp), extra_args=extra)
         try:
             agents = register(server)
             per_poll: list[float] = []

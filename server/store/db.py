@@ -8,14 +8,14 @@ store runs it in one transaction:
   database. Writes are group-committed too, over a few writer lanes (an instance's writes always
   take the same lane): each lane runs every transaction function queued meanwhile in one
   transaction, and runs them again one by one if any of them fails.
-- SQLite: on threads with the plain sqlite3 driver. Writes go to one writer thread that takes
-  every transaction queued meanwhile and runs them in one BEGIN IMMEDIATE … COMMIT, each inside
-  its own SAVEPOINT (group commit: a failing function rolls back alone). Reads run on a small
-  thread pool (WAL lets them proceed beside the writer). A transaction function costs one thread
-  hand-off, not one per statement, which is what makes SQLite fast under many agents.
+- SQLite: with the plain sqlite3 driver. Writes run on the event loop's own thread: a writer
+  task takes every transaction queued meanwhile and runs them in one BEGIN IMMEDIATE … COMMIT,
+  each inside its own SAVEPOINT (group commit: a failing function rolls back alone); a writer
+  thread was measured slower (the GIL handed back and forth, docs/scale.md). Reads run on a small
+  thread pool (WAL lets them proceed beside the writer); a small read by key on the loop itself.
 
 On SQLite, transaction functions must not await anything but `conn` (they are driven to
-completion synchronously on the thread); the store refuses one that suspends.
+completion synchronously); the store refuses one that suspends.
 """
 
 from __future__ import annotations
