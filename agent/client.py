@@ -306,8 +306,11 @@ class AgentClient:
         assert self.identity is not None
         instance_id = self.identity.instance_id
         headers = response.headers
-        if session is not None and sessions.HEADER_SERVER_MAC in headers:
+        mac_only = protocol.HEADER_SERVER_SIGNATURE not in headers
+        if sessions.HEADER_SERVER_MAC in headers and (session is not None or mac_only):
             try:
+                if session is None:  # authenticated for a session this request was not sent in
+                    raise not_this_session(headers, instance_id, sent, path)
                 sessions.check_mac_response(
                     session.keys,
                     instance_id,
@@ -551,6 +554,21 @@ def bare_events(answer: Any) -> list[dict[str, str]]:
     events = answer.get("events") if isinstance(answer, dict) else None
     kinds = [e.get("type") for e in events or [] if isinstance(e, dict)]
     return [{"type": kind} for kind in kinds if kind in ("task", "stop", "update", "settings")]
+
+
+def not_this_session(
+    headers: Any, instance_id: str, sent: dict[str, str], path: str
+) -> protocol.ResponseRefusedError:
+    """The refusal of an answer carrying a session's MAC to a request signed without one: an
+    answer to another request (ResponseReplayed) unless it echoes this one."""
+    echoes = (headers.get(protocol.HEADER_INSTANCE), headers.get(protocol.HEADER_NONCE))
+    if echoes != (instance_id, sent.get(protocol.HEADER_NONCE)):
+        return protocol.ResponseRefusedError(
+            protocol.REFUSED_REPLAYED, f"the answer to {path} was made for another request"
+        )
+    return protocol.ResponseRefusedError(
+        protocol.REFUSED_BAD_SIGNATURE, f"the answer to {path} is for a session not used here"
+    )
 
 
 class KickGuard:

@@ -8,8 +8,10 @@ to the handshake, as a control plane of the previous release does.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +26,7 @@ from agent.identity import Identity, generate_key, load_identity, save_identity
 from agent.servertrust import ServerTrust, save_server_trust
 from agent.sessions import SessionHolder
 from common import protocol
-from common.sessions import HEADER_MAC, HEADER_SESSION, Session, SessionKeys
+from common.sessions import HEADER_MAC, HEADER_SERVER_MAC, HEADER_SESSION, Session, SessionKeys
 from devkit.fixtures import server_fixture
 from devkit.realagent import AgentProcess, Sdk
 from devkit.server import ServerHandle, launch_server
@@ -162,3 +164,49 @@ def test_the_running_agent_works_in_a_session(server: ServerHandle, tmp_path: Pa
     assert "Traceback" not in log
     assert "no session" not in log and "cannot open a session" not in log
     assert requests.get(server.url + "/healthz", timeout=10).json()["sessions"] >= 1
+
+
+class MacOnly(OldServer):
+    """No sessions here (404 to the handshake), yet answers carry a session's MAC: a capture
+    from another session played back, with this request's echoes or another's."""
+
+    echo_this = False
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.endswith("/v1/session"):
+            body = b'{"code": "NotFound", "message": "no such endpoint"}'
+            self.send_response(404)
+        else:
+            body = b'{"run": [], "stop": []}'
+            self.send_response(200)
+            nonce = self.headers.get("X-Assist-Nonce", "") if MacOnly.echo_this else "f" * 32
+            self.send_header(protocol.HEADER_INSTANCE, "mi-1")
+            self.send_header(protocol.HEADER_NONCE, nonce)
+            self.send_header(protocol.HEADER_SERVER_TIMESTAMP, str(int(time.time())))
+            self.send_header(HEADER_SERVER_MAC, base64.b64encode(b"m" * 32).decode())
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_an_answer_in_a_session_to_a_request_signed_without_one_is_refused() -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), MacOnly)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = AgentClient(
+            f"http://127.0.0.1:{httpd.server_address[1]}", Identity("mi-1", generate_key())
+        )
+        for echo_this, code in (
+            (False, protocol.REFUSED_REPLAYED),
+            (True, protocol.REFUSED_BAD_SIGNATURE),
+        ):
+            MacOnly.echo_this = echo_this
+            with pytest.raises(protocol.ResponseRefusedError) as refused:
+                client.list_tasks("poll")
+            assert refused.value.code == code
+            assert client.sessions.session is None  # signed with Ed25519 throughout
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
