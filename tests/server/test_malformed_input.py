@@ -5,6 +5,7 @@ control characters). The property tests over both APIs are in test_fuzz_http.py.
 from __future__ import annotations
 
 import base64
+import socket
 import uuid
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -178,3 +179,25 @@ def xml(api: Api, action: str, **params: Any) -> ET.Element:
     response = api.server.call(action, api.key_id, api.secret, Format="XML", **params)
     assert response.status_code == 200, response.text
     return parse_xml(response.content)
+
+
+@pytest.mark.parametrize("path", ["/luban/api/heart-beat", "/luban/api/v1/notify"])
+def test_a_query_that_is_not_utf8_is_refused_not_a_server_error(
+    agent: FakeAgent, path: str
+) -> None:
+    """The agent API reads the path and query from the ASGI scope (server/agent_api/respond.py
+    `target`): a raw byte that is not UTF-8 is refused (400 by the HTTP parser, or 401 when it
+    gets through), never a server error."""
+    headers = sign_agent_request(agent.key, agent.instance_id, "POST", path, "a=b", b"{}")
+    host, port = agent.url.split("://", 1)[1].rsplit(":", 1)
+    method = "GET" if path.endswith("notify") else "POST"
+    lines = [f"{method} {path}?a=\xff HTTP/1.1".encode("latin-1"), b"Host: bench"]
+    lines += [f"{k}: {v}".encode() for k, v in headers.items()]
+    lines += [b"Content-Length: 2", b"Connection: close"]
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n{}")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    assert status in (400, 401), answer[:300]
