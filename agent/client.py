@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -30,6 +30,7 @@ from common import protocol, sessions
 from common.errors import AssistError, DownloadError, UsageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 API = "/luban/api"
 MAX_ANSWER = 8 * 1024 * 1024  # bytes of one server answer (task lists of 18 KiB scripts fit)
@@ -260,20 +261,12 @@ class AgentClient:
         """One handshake (Ed25519-signed both ways); None, and a pause, when it fails."""
         assert self.identity is not None
         own = X25519PrivateKey.generate()
+        body = sessions.open_request(own)
         try:
             answer = self._send(
-                "POST",
-                sessions.SESSION_PATH,
-                {"x25519": sessions.exchange_public(own)},
-                "",
-                None,
-                True,
-                True,
-                False,
-                None,
+                "POST", sessions.SESSION_PATH, body, "", None, True, True, False, None
             )
-            keys = sessions.agent_keys(own, str(answer["x25519"]), self.identity.instance_id)
-            ticket, expires = str(answer["ticket"]), int(answer["expires"])
+            session = sessions.session_from(own, answer, self.identity.instance_id)
         except ServerRefusedError as exc:
             pause = RETRY_UNSUPPORTED if exc.status == 404 else RETRY_FAILED
             log.info("no session (%s): requests are signed one by one", exc)
@@ -283,7 +276,6 @@ class AgentClient:
             log.info("cannot open a session now (%s): signing requests one by one", exc)
             self.sessions.wait(RETRY_FAILED)
             return None
-        session = sessions.Session(ticket, keys, expires)
         self.sessions.took(session)
         return session
 
@@ -306,24 +298,23 @@ class AgentClient:
         assert self.identity is not None
         instance_id = self.identity.instance_id
         headers = response.headers
+        nonce = sent[protocol.HEADER_NONCE]
         mac_only = protocol.HEADER_SERVER_SIGNATURE not in headers
         if sessions.HEADER_SERVER_MAC in headers and (session is not None or mac_only):
-            try:
+
+            def check_mac() -> None:
                 if session is None:  # authenticated for a session this request was not sent in
-                    raise not_this_session(headers, instance_id, sent, path)
+                    protocol.check_echoes(headers, instance_id, nonce, path)
+                    raise protocol.ResponseRefusedError(
+                        protocol.REFUSED_BAD_SIGNATURE,
+                        f"the answer to {path} is for a session not used here",
+                    )
+                status = response.status_code
                 sessions.check_mac_response(
-                    session.keys,
-                    instance_id,
-                    sent[protocol.HEADER_NONCE],
-                    path,
-                    response.status_code,
-                    content,
-                    headers,
+                    session.keys, instance_id, nonce, path, status, content, headers
                 )
-            except protocol.ResponseRefusedError as exc:
-                exc.body = content
-                log.error("%s", exc)
-                raise
+
+            refusing(content, check_mac)
             self.kicks.answered(int(headers[protocol.HEADER_SERVER_TIMESTAMP]))
             return True
         if shared and response.status_code == 200 and protocol.HEADER_KICK_SIGNATURE in headers:
@@ -339,7 +330,7 @@ class AgentClient:
             lambda trusted: protocol.check_response(
                 trusted,
                 instance_id,
-                sent[protocol.HEADER_NONCE],
+                nonce,
                 path,
                 response.status_code,
                 content,
@@ -358,7 +349,8 @@ class AgentClient:
                 protocol.REFUSED_UNKNOWN_KEY,
                 "no control-plane key is pinned yet (state/server-key.json)",
             )
-        try:
+
+        def following() -> Any:
             try:
                 return check(trust.trusted())
             except protocol.ResponseRefusedError as exc:
@@ -367,10 +359,8 @@ class AgentClient:
                 if not trust.follow(self.server_keys()):
                     raise
                 return check(trust.trusted())
-        except protocol.ResponseRefusedError as exc:
-            exc.body = content  # the refused bytes, for reporting which invocations it named
-            log.error("%s", exc)
-            raise
+
+        return refusing(content, following)
 
     def server_keys(self) -> list[tuple[str, str]]:
         """The control plane's key chain, oldest first: [(public_key, endorsement)…].
@@ -556,19 +546,15 @@ def bare_events(answer: Any) -> list[dict[str, str]]:
     return [{"type": kind} for kind in kinds if kind in ("task", "stop", "update", "settings")]
 
 
-def not_this_session(
-    headers: Any, instance_id: str, sent: dict[str, str], path: str
-) -> protocol.ResponseRefusedError:
-    """The refusal of an answer carrying a session's MAC to a request signed without one: an
-    answer to another request (ResponseReplayed) unless it echoes this one."""
-    echoes = (headers.get(protocol.HEADER_INSTANCE), headers.get(protocol.HEADER_NONCE))
-    if echoes != (instance_id, sent.get(protocol.HEADER_NONCE)):
-        return protocol.ResponseRefusedError(
-            protocol.REFUSED_REPLAYED, f"the answer to {path} was made for another request"
-        )
-    return protocol.ResponseRefusedError(
-        protocol.REFUSED_BAD_SIGNATURE, f"the answer to {path} is for a session not used here"
-    )
+def refusing(content: bytes, check: Callable[[], T]) -> T:
+    """check(); a refusal it raises carries the refused bytes (for reporting which invocations
+    they named) and is logged."""
+    try:
+        return check()
+    except protocol.ResponseRefusedError as exc:
+        exc.body = content
+        log.error("%s", exc)
+        raise
 
 
 class KickGuard:

@@ -229,14 +229,12 @@ class Fleet:
             while pending:
                 iid, agent = pending.pop()
                 own = X25519PrivateKey.generate()
-                body = json.dumps({"x25519": sessions.exchange_public(own)}).encode()
+                body = json.dumps(sessions.open_request(own)).encode()
                 raw = signed_request(agent, iid, "POST", "/luban/api/v1/session", body)
                 status, answer = await conn.send(raw)
                 if status != 200:
                     raise RuntimeError(f"session: HTTP {status} {answer[:200]!r}")
-                opened = json.loads(answer)
-                keys = sessions.agent_keys(own, opened["x25519"], iid)
-                agent.session = sessions.Session(opened["ticket"], keys, int(opened["expires"]))
+                agent.session = sessions.session_from(own, json.loads(answer), iid)
 
         await asyncio.gather(*(worker(c) for c in conns))
         for c in conns:

@@ -60,15 +60,26 @@ def sign_request(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The four X-Assist-* headers that sign one request as `instance_id`."""
+    headers, message = request_head(instance_id, method, path, query, body, timestamp, nonce)
+    headers[HEADER_SIGNATURE] = base64.b64encode(key.sign(message)).decode("ascii")
+    return headers
+
+
+def request_head(
+    instance_id: str,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> tuple[dict[str, str], bytes]:
+    """The instance, timestamp and nonce headers of one request (now and a fresh nonce unless
+    given), and the canonical string a signature or a session's MAC covers."""
     ts = int(time.time()) if timestamp is None else timestamp
     nonce = nonce or new_nonce()
-    signature = key.sign(canonical_string(method, path, query, ts, nonce, body))
-    return {
-        HEADER_INSTANCE: instance_id,
-        HEADER_TIMESTAMP: str(ts),
-        HEADER_NONCE: nonce,
-        HEADER_SIGNATURE: base64.b64encode(signature).decode("ascii"),
-    }
+    headers = {HEADER_INSTANCE: instance_id, HEADER_TIMESTAMP: str(ts), HEADER_NONCE: nonce}
+    return headers, canonical_string(method, path, query, ts, nonce, body)
 
 
 def public_key_from_raw(raw: bytes) -> Ed25519PublicKey:
@@ -171,10 +182,7 @@ def check_response(
     `trusted` maps base64 public keys to keys (the pinned key and the keys it endorsed).
     """
     key_b64, raw_ts, raw_sig = _signature_headers(headers, HEADER_SERVER_SIGNATURE, path)
-    if headers.get(HEADER_INSTANCE) != instance_id or headers.get(HEADER_NONCE) != nonce:
-        raise ResponseRefusedError(
-            REFUSED_REPLAYED, f"the answer to {path} was signed for another instance or request"
-        )
+    check_echoes(headers, instance_id, nonce, path)
     _check_signed_by(
         trusted,
         path,
@@ -184,6 +192,26 @@ def check_response(
         now,
         lambda ts: response_string(instance_id, nonce, path, status, ts, body),
     )
+
+
+def check_echoes(headers: Mapping[str, str], instance_id: str, nonce: str, path: str) -> None:
+    """ResponseReplayed unless the answer echoes this instance and this request's nonce."""
+    if headers.get(HEADER_INSTANCE) != instance_id or headers.get(HEADER_NONCE) != nonce:
+        raise ResponseRefusedError(
+            REFUSED_REPLAYED, f"the answer to {path} was signed for another instance or request"
+        )
+
+
+def check_stamp(raw_ts: str, path: str, now: float | None = None) -> None:
+    """Refuse an answer whose server timestamp is not a number, or is more than RESPONSE_WINDOW
+    off this clock."""
+    if not raw_ts.isascii() or not raw_ts.isdigit() or len(raw_ts) > 12:
+        raise ResponseRefusedError(REFUSED_BAD_SIGNATURE, "the answer's timestamp is not a number")
+    now = time.time() if now is None else now
+    if abs(now - int(raw_ts)) > RESPONSE_WINDOW:
+        raise ResponseRefusedError(
+            REFUSED_STALE, f"the answer to {path} is more than {RESPONSE_WINDOW} s old or new"
+        )
 
 
 def _signature_headers(
@@ -215,13 +243,7 @@ def _check_signed_by(
             REFUSED_UNKNOWN_KEY,
             f"the answer to {path} is signed by a key this agent does not trust",
         )
-    if not raw_ts.isascii() or not raw_ts.isdigit() or len(raw_ts) > 12:
-        raise ResponseRefusedError(REFUSED_BAD_SIGNATURE, "the answer's timestamp is not a number")
-    now = time.time() if now is None else now
-    if abs(now - int(raw_ts)) > RESPONSE_WINDOW:
-        raise ResponseRefusedError(
-            REFUSED_STALE, f"the answer to {path} is more than {RESPONSE_WINDOW} s old or new"
-        )
+    check_stamp(raw_ts, path, now)
     try:
         signature = base64.b64decode(raw_sig, validate=True)
     except (binascii.Error, ValueError):

@@ -34,15 +34,12 @@ from common.protocol import (
     HEADER_INSTANCE,
     HEADER_NONCE,
     HEADER_SERVER_TIMESTAMP,
-    HEADER_TIMESTAMP,
     REFUSED_BAD_SIGNATURE,
-    REFUSED_REPLAYED,
-    REFUSED_STALE,
     REFUSED_UNSIGNED,
-    RESPONSE_WINDOW,
     ResponseRefusedError,
-    canonical_string,
-    new_nonce,
+    check_echoes,
+    check_stamp,
+    request_head,
     response_string,
 )
 
@@ -130,26 +127,23 @@ def mac_request(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The X-Assist-* headers of one request made in `session` (no Ed25519 signature)."""
-    ts = int(time.time()) if timestamp is None else timestamp
-    nonce = nonce or new_nonce()
-    message = canonical_string(method, path, query, ts, nonce, body)
-    return {
-        HEADER_INSTANCE: instance_id,
-        HEADER_TIMESTAMP: str(ts),
-        HEADER_NONCE: nonce,
-        HEADER_SESSION: session.ticket,
-        HEADER_MAC: mac(session.keys.request, message),
-    }
+    headers, message = request_head(instance_id, method, path, query, body, timestamp, nonce)
+    headers[HEADER_SESSION] = session.ticket
+    headers[HEADER_MAC] = mac(session.keys.request, message)
+    return headers
 
 
 def request_mac_valid(keys: SessionKeys, raw_mac: str, message: bytes) -> bool:
     """Whether `raw_mac` (base64) is the request key's HMAC of `message`."""
+    return _mac_matches(keys.request, raw_mac, message)
+
+
+def _mac_matches(key: bytes, raw_mac: str, message: bytes) -> bool:
     try:
         given = base64.b64decode(raw_mac, validate=True)
     except (binascii.Error, ValueError):
         return False
-    expected = hmac.digest(keys.request, message, hashlib.sha256)
-    return hmac.compare_digest(given, expected)
+    return hmac.compare_digest(given, hmac.digest(key, message, hashlib.sha256))
 
 
 def mac_response(
@@ -189,21 +183,22 @@ def check_mac_response(
     raw_mac = headers.get(HEADER_SERVER_MAC) or ""
     if not (raw_ts and raw_mac):
         raise ResponseRefusedError(REFUSED_UNSIGNED, f"the answer to {path} is not signed")
-    if headers.get(HEADER_INSTANCE) != instance_id or headers.get(HEADER_NONCE) != nonce:
-        raise ResponseRefusedError(
-            REFUSED_REPLAYED, f"the answer to {path} was signed for another instance or request"
-        )
-    if not raw_ts.isascii() or not raw_ts.isdigit() or len(raw_ts) > 12:
-        raise ResponseRefusedError(REFUSED_BAD_SIGNATURE, "the answer's timestamp is not a number")
-    now = time.time() if now is None else now
-    if abs(now - int(raw_ts)) > RESPONSE_WINDOW:
-        raise ResponseRefusedError(
-            REFUSED_STALE, f"the answer to {path} is more than {RESPONSE_WINDOW} s old or new"
-        )
-    try:
-        given = base64.b64decode(raw_mac, validate=True)
-    except (binascii.Error, ValueError):
-        given = b""
+    check_echoes(headers, instance_id, nonce, path)
+    check_stamp(raw_ts, path, now)
     message = response_string(instance_id, nonce, path, status, raw_ts, body)
-    if not hmac.compare_digest(given, hmac.digest(keys.response, message, hashlib.sha256)):
+    if not _mac_matches(keys.response, raw_mac, message):
         raise ResponseRefusedError(REFUSED_BAD_SIGNATURE, f"the answer to {path} is badly signed")
+
+
+def open_request(own: X25519PrivateKey) -> dict[str, str]:
+    """The body of a handshake (POST SESSION_PATH) made with the ephemeral key `own`."""
+    return {"x25519": exchange_public(own)}
+
+
+def session_from(own: X25519PrivateKey, answer: object, instance_id: str) -> Session:
+    """The session a handshake's (verified) answer opened; KeyError, TypeError or ValueError
+    for an answer that is not one."""
+    if not isinstance(answer, dict):
+        raise TypeError("the session answer is not a JSON object")
+    keys = agent_keys(own, str(answer["x25519"]), instance_id)
+    return Session(str(answer["ticket"]), keys, int(answer["expires"]))

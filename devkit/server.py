@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from common.protocol import sign_request as sign_agent_request  # the X-Assist-* headers
-from common.sessions import SESSION_PATH, Session, agent_keys, exchange_public, mac_request
+from common.sessions import SESSION_PATH, Session, mac_request, open_request, session_from
 from server.rpc import sign_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -301,9 +301,8 @@ class FakeAgent:
         """Open a session (an Ed25519-signed handshake); later requests go in it."""
         own = X25519PrivateKey.generate()
         self.in_session = None
-        answer = self.post(SESSION_URL, {"x25519": exchange_public(own)})
-        keys = agent_keys(own, answer["x25519"], self.instance_id)
-        self.in_session = Session(answer["ticket"], keys, int(answer["expires"]))
+        answer = self.post(SESSION_URL, open_request(own))
+        self.in_session = session_from(own, answer, self.instance_id)
         return self.in_session
 
     def tasks(self, reason: str = "poll") -> dict[str, Any]:

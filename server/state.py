@@ -54,6 +54,7 @@ class AgentIdentity:
     nonce_key: str
     nonce_expires: int
     session: SessionKeys | None = None  # the request came in a session (common/sessions.py)
+    public_key: str = ""  # the instance's registered key (base64), as checked
 
 
 @dataclass
@@ -153,6 +154,7 @@ class ServerState:
             nonce_key=f"a:{signed.instance_id}:{signed.nonce}",
             nonce_expires=signed.timestamp + protocol.TIMESTAMP_WINDOW + 60,
             session=session,
+            public_key=cached.public_b64,
         )
 
     async def use_agent_nonce(

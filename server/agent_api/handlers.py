@@ -495,8 +495,7 @@ async def open_session(state: ServerState, who: AgentIdentity, body: bytes) -> d
     except ValueError as exc:
         raise bad(f"x25519: {exc}") from exc
     key = await state.signing.current()
-    cached = await state.instance_key(who.instance_id)
-    if not state.tickets.handshake_allowed(f"{who.instance_id}\n{cached.public_b64}"):
+    if not state.tickets.handshake_allowed(f"{who.instance_id}\n{who.public_key}"):
         raise AgentError(
             "Throttling", f"one new session per {HANDSHAKE_SPACING:.0f} s: use the last one", 429
         )
@@ -518,5 +517,5 @@ async def open_session(state: ServerState, who: AgentIdentity, body: bytes) -> d
 
     await state.store.write(_tx, durable=False, key=who.instance_id)
     expires = int(time.time()) + SESSION_LIFETIME
-    ticket = state.tickets.seal(key, who.instance_id, cached.public_b64, keys, expires)
+    ticket = state.tickets.seal(key, who.instance_id, who.public_key, keys, expires)
     return {"x25519": server_b64, "ticket": ticket, "expires": expires}

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import requests
+from test_agent_client import serve
 from test_agent_server_key import agent_cli, server_cli, write_config
 
 from agent.client import AgentClient, ServerRefusedError
@@ -116,14 +116,12 @@ class OldServer(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def old_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), OldServer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    yield from serve(OldServer)
+
+
+@pytest.fixture
+def mac_only() -> Iterator[str]:
+    yield from serve(MacOnly)
 
 
 def test_against_a_server_without_sessions_every_request_is_signed(old_server: str) -> None:
@@ -191,22 +189,14 @@ class MacOnly(OldServer):
         self.wfile.write(body)
 
 
-def test_an_answer_in_a_session_to_a_request_signed_without_one_is_refused() -> None:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), MacOnly)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        client = AgentClient(
-            f"http://127.0.0.1:{httpd.server_address[1]}", Identity("mi-1", generate_key())
-        )
-        for echo_this, code in (
-            (False, protocol.REFUSED_REPLAYED),
-            (True, protocol.REFUSED_BAD_SIGNATURE),
-        ):
-            MacOnly.echo_this = echo_this
-            with pytest.raises(protocol.ResponseRefusedError) as refused:
-                client.list_tasks("poll")
-            assert refused.value.code == code
-            assert client.sessions.session is None  # signed with Ed25519 throughout
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def test_an_answer_in_a_session_to_a_request_signed_without_one_is_refused(mac_only: str) -> None:
+    client = AgentClient(mac_only, Identity("mi-1", generate_key()))
+    for echo_this, code in (
+        (False, protocol.REFUSED_REPLAYED),
+        (True, protocol.REFUSED_BAD_SIGNATURE),
+    ):
+        MacOnly.echo_this = echo_this
+        with pytest.raises(protocol.ResponseRefusedError) as refused:
+            client.list_tasks("poll")
+        assert refused.value.code == code
+        assert client.sessions.session is None  # signed with Ed25519 throughout
