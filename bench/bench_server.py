@@ -28,8 +28,11 @@ answering a hello-world route. Figure names end in _<db>_<agents>.
 
 Agents open a session first and send their requests in it (an HMAC, as the agent does:
 common/sessions.py); BENCH_SESSIONS=0 signs every request with Ed25519 instead.
-BENCH_SERVER_WORKERS=N runs `assist-server serve --workers N` on PostgreSQL (N replicas sharing the
-port; the fan-out's server CPU then counts only the parent process).
+The server runs as an operator would run it on this 2-core box: `--workers 2` on SQLite (both
+cores; the workers share the file's write lock and a local bus), one process on PostgreSQL
+(PostgreSQL itself needs the other core: `--workers 2` measured no faster there, docs/scale.md).
+BENCH_SERVER_WORKERS=N runs `assist-server serve --workers N` on both. Each figure names its
+`workers`; the server's CPU counts every worker.
 BENCH_SERVER_PROFILE=DIR runs each server under cProfile (DIR/<db>-<agents>.prof).
 BENCH_SERVER_FIGURES=fanout,idle (default: api,fanout,idle,ingest) measures only those figures:
 at 10,000 agents the ingestion rounds alone take minutes. The fan-out figure also gives the CPU
@@ -57,13 +60,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.figures import emit  # noqa: E402
+from bench import figures  # noqa: E402
 from bench.server_load import (  # noqa: E402
     Conn,
     Fleet,
     build_request,
     burst,
-    healthz,
+    healthz_all,
     open_many,
     rate,
     signed_request,
@@ -81,7 +84,18 @@ IDLE_POLL = int(os.environ.get("BENCH_IDLE_POLL", "5"))
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "15"))
 PROFILE_DIR = os.environ.get("BENCH_SERVER_PROFILE", "")
 FIGURES = os.environ.get("BENCH_SERVER_FIGURES", "api,fanout,idle,ingest").split(",")
-WORKERS = int(os.environ.get("BENCH_SERVER_WORKERS", "1"))  # assist-server serve --workers
+# assist-server serve --workers, per backend (BENCH_SERVER_WORKERS=N: N on both)
+WORKERS = {
+    name: int(os.environ.get("BENCH_SERVER_WORKERS", default))
+    for name, default in (("sqlite", "2"), ("postgres", "1"))
+}
+
+
+def emit(bench: str, *args: Any, **extra: Any) -> None:
+    """figures.emit, naming the server's worker processes (names end _<db>_<agents>)."""
+    figures.emit(bench, *args, workers=WORKERS[bench.split("_")[-2]], **extra)
+
+
 PARK_DEADLINE = 50.0  # seconds for every agent to park its poll (polls ask for timeout=60)
 # BENCH_BACKENDS=sqlite,postgres (default both) picks the storage backends measured
 INGEST_TARGET = {"sqlite": 5000.0, "postgres": 2000.0}
@@ -111,7 +125,7 @@ async def all_parked(fleet: Fleet, runners: list[asyncio.Task[None]]) -> None:
     answer without events), or when parking outlasts PARK_DEADLINE (the first polls would time
     out empty meanwhile): waiting for a count that can no longer be reached hung the run."""
     deadline = time.perf_counter() + PARK_DEADLINE
-    while (waiting := (await healthz(fleet.port))["waiting"]) < len(fleet.agents):
+    while (waiting := await parked(fleet)) < len(fleet.agents):
         for runner in runners:
             if runner.done():
                 runner.result()  # raises what went wrong
@@ -121,13 +135,30 @@ async def all_parked(fleet: Fleet, runners: list[asyncio.Task[None]]) -> None:
         await asyncio.sleep(0.1)
 
 
+async def parked(fleet: Fleet) -> int:
+    """Polls parked on all of the server's workers."""
+    return sum(h["waiting"] for h in await healthz_all(fleet.port, fleet.workers))
+
+
+async def batched_writes(fleet: Fleet) -> dict[str, int]:
+    """The batched nonce and last-seen writes of all of the server's workers so far."""
+    counts = [h["batched_writes"] for h in await healthz_all(fleet.port, fleet.workers)]
+    return {key: sum(c[key] for c in counts) for key in ("rows", "flushes")}
+
+
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of process `pid` (default: this one)."""
+    """User + system CPU seconds of process `pid` and its live children (the server's
+    workers), or of this process."""
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 async def fanout_round(
@@ -196,11 +227,11 @@ async def idle_cost(fleet: Fleet, conns: list[Conn]) -> dict[str, float]:
                 raise RuntimeError(f"idle poll: {status} {body[:200]!r}")
             polls += 1
 
-    before = (await healthz(fleet.port))["batched_writes"]
+    before = await batched_writes(fleet)
     start = time.perf_counter()
     await asyncio.gather(*(agent(c, iid, k) for c, (iid, k) in zip(conns, fleet.agents)))
     elapsed = time.perf_counter() - start
-    after = (await healthz(fleet.port))["batched_writes"]
+    after = await batched_writes(fleet)
     return {
         "polls_per_s": polls / elapsed,
         "rows_per_poll": (after["rows"] - before["rows"]) / max(polls, 1),
@@ -214,6 +245,7 @@ async def measure_backend(
     """Register the fleet, then measure the figures BENCH_SERVER_FIGURES names."""
     tag = f"{name}_{agents}"
     fleet = Fleet(port, key_id, secret)
+    fleet.workers = WORKERS[name]
     await fleet.register(agents)
     if SESSIONS:
         await fleet.open_sessions()
@@ -387,7 +419,7 @@ def run_backend(name: str, url: str | None, agents: int, tmp: Path, hello_port: 
             "--max-connections",
             str(agents + 1000),
             "--workers",
-            str(WORKERS if url else 1),
+            str(WORKERS[name]),
         ],
         python_args=python_args,
     )

@@ -167,6 +167,7 @@ class Fleet:
         self.key_id = key_id
         self.secret = secret
         self.agents: list[tuple[str, Agent]] = []
+        self.workers = 1  # the server's worker processes (assist-server serve --workers)
         # the operator's own process for InvokeCommand bursts (Fleet.invoke_all), when started
         self.operator_process: concurrent.futures.ProcessPoolExecutor | None = None
 
@@ -345,6 +346,18 @@ def registration(activation_id: str, code: str) -> tuple[bytes, Ed25519PrivateKe
     ).encode()
     headers = {"Content-Type": "application/json"}
     return build_request("POST", "/luban/api/instance/register", body, headers), key
+
+
+async def healthz_all(port: int, workers: int) -> list[dict[str, Any]]:
+    """/healthz of each of the server's `workers` worker processes: asked on fresh connections
+    (each lands on whichever worker accepts it) until every replica id has answered."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(100 * workers):
+        answer = await healthz(port)
+        seen[answer["replica"]] = answer
+        if len(seen) == workers:
+            return list(seen.values())
+    raise RuntimeError(f"only {len(seen)} of {workers} workers answered /healthz")
 
 
 async def healthz(port: int) -> dict[str, Any]:

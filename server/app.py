@@ -300,7 +300,7 @@ def create_app(settings: Settings) -> AgentFastPaths:
         store = Store(settings.db_url)
         await store.migrate()
         dsn = asyncpg_dsn(store.url) if store.dialect == "postgresql" else None
-        notifier = Notifier(dsn)
+        notifier = Notifier(dsn, settings.bus_dir or None)
         await notifier.start()
         directory = replicas.ReplicaDirectory(
             store, settings.advertise_url, notifier.replica, settings.advertise_interval

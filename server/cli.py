@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate (enables HTTPS)")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
     serve.add_argument(
-        "--workers", type=int, default=1, help="worker processes (above 1: PostgreSQL only)"
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port, e.g. one per core",
     )
     serve.add_argument(
         "--max-invoke-instances",
@@ -206,19 +212,18 @@ def redact_db_url(url: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
     from common.connguard import capacity_note, serve_asgi
     from common.listen import check_port_free
     from server.store.db import normalize_db_url
 
     host, port = parse_listen(args.listen)
     db_url = normalize_db_url(args.db)  # refuse a bad URL before binding
-    if args.workers > 1 and not db_url.startswith("postgresql"):
-        # each worker would keep its own kicks and key cache: a task invoked through one would
-        # not wake polls parked on another, nor a deregistration reach the others' caches
-        raise UsageError(
-            "--workers above 1 needs PostgreSQL (--db postgresql://…): SQLite workers share no"
-            " kicks or key-cache forgets"
-        )
+    if args.workers < 1:
+        raise UsageError("--workers must be 1 or more")
+    if args.workers > 1 and make_url(db_url).database in (None, "", ":memory:"):
+        raise UsageError("--workers above 1 needs a database file or PostgreSQL, not :memory:")
     check_port_free(host, port)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -243,14 +248,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "ssl_keyfile": args.tls_key,
         "backlog": 4096,
     }
-    if args.workers > 1:
-        os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
-        app: Any = "server.cli:app_from_env"
-    else:
+    if args.workers == 1:
         from server.app import create_app
 
-        app = create_app(settings)
-    return serve_asgi(app, host, port, limits, announce, args.workers, **options)
+        return serve_asgi(create_app(settings), host, port, limits, announce, 1, **options)
+    with contextlib.ExitStack() as cleanup:
+        if not db_url.startswith("postgresql"):
+            # SQLite workers tell each other of kicks and key forgets over a local bus
+            # (server/bus.py) in a directory only this server's user can reach
+            bus_dir = tempfile.mkdtemp(prefix="assist-server-bus-")
+            cleanup.callback(shutil.rmtree, bus_dir, True)
+            settings = dataclasses.replace(settings, bus_dir=bus_dir)
+        os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+        app = "server.cli:app_from_env"
+        return serve_asgi(app, host, port, limits, announce, args.workers, **options)
 
 
 def migrate_database(db: str | None) -> tuple[int, int]:

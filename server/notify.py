@@ -3,7 +3,8 @@
 `Notifier.park()` parks a long-poll on one future (no task, no database connection held while
 it waits). `publish()` delivers an event to local waiters at once and, with PostgreSQL, sends it
 through NOTIFY so waiters on every other replica wake too (LISTEN on one dedicated asyncpg
-connection per replica). Events for an instance that is between two polls are buffered briefly
+connection per replica); the workers of one SQLite server (`serve --workers N`) send it to each
+other over their local bus instead (server/bus.py). Events for an instance that is between two polls are buffered briefly
 so the next poll returns at once. Each instance has at most one parked poll per replica: a new
 poll dismisses the older one (a restarted agent's dead poll), and a poll whose client went away
 (cancelled, or told by its `gone` future) hands its events back to the buffer.
@@ -21,12 +22,17 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence, Set
 from typing import Any
 
+from server import bus
+from server.bus import LocalBus
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "assist_notify"
 PENDING_TTL = 90.0  # seconds an undelivered event is kept for the next poll
 MAX_PAYLOAD = 7000  # bytes per NOTIFY (PostgreSQL's limit is 8000)
 MAX_EVENT = 3000  # bytes of an event sent along to other replicas as it is
+NOTIFY_LIMITS = (MAX_PAYLOAD, MAX_EVENT)
+BUS_LIMITS = (bus.MAX_MESSAGE, bus.MAX_MESSAGE // 2)  # the workers' bus takes bigger messages
 # Parked polls woken per turn of the event loop. A kick to 10,000 agents woke them all in one
 # turn, and every database answer an InvokeCommand waited on (PostgreSQL: a dozen round trips
 # a call) queued behind their 10,000 answers; in turns of this many, it waits for at most one
@@ -80,10 +86,11 @@ class _Slot:
 class Notifier:
     """Per-replica hub of long-poll waiters."""
 
-    def __init__(self, pg_dsn: str | None = None) -> None:
+    def __init__(self, pg_dsn: str | None = None, bus_dir: str | None = None) -> None:
         self.replica = uuid.uuid4().hex
         self._slots: dict[str, _Slot] = {}
         self._dsn = pg_dsn
+        self._bus = LocalBus(bus_dir, self.replica, self._on_message) if bus_dir else None
         self._conn: Any = None
         self._watch: asyncio.Task[None] | None = None
         self._closing = False
@@ -233,12 +240,16 @@ class Notifier:
     async def publish(
         self, instance_ids: Sequence[str], event: Event, claimed: Set[str] = frozenset()
     ) -> None:
-        """Deliver locally now, then tell the other replicas (PostgreSQL only).
+        """Deliver locally now, then tell the other replicas (or workers).
         A NOTIFY that fails is logged: the other replicas' agents list their tasks anyway.
         `claimed` (see deliver) holds here only: other replicas claim as they answer."""
         self.deliver(instance_ids, event, claimed)
-        if instance_ids and self._dsn is not None:  # no payloads built for a lone SQLite server
-            await self._notify(_payloads(self.replica, instance_ids, event))
+        if not instance_ids:
+            return
+        if self._bus is not None:
+            await self._bus.send(_payloads(self.replica, instance_ids, event, BUS_LIMITS))
+        elif self._dsn is not None:  # no payloads built for a lone SQLite server
+            await self._notify(_payloads(self.replica, instance_ids, event, NOTIFY_LIMITS))
 
     async def forget(self, instance_ids: Sequence[str]) -> None:
         """Make every replica drop its cached keys of these instances (deregistered, or
@@ -246,7 +257,10 @@ class Notifier:
         NOTIFY that fails leaves the others' caches to expire (server/state.py KEY_CACHE_TTL)."""
         self.on_forget(list(instance_ids))
         if instance_ids:
-            await self._notify([json.dumps({"r": self.replica, "f": list(instance_ids)})])
+            message = json.dumps({"r": self.replica, "f": list(instance_ids)})
+            if self._bus is not None:
+                await self._bus.send([message])
+            await self._notify([message])
 
     async def _notify(self, payloads: Sequence[str]) -> None:
         """Send payloads to the other replicas, each on its own; a failure is logged."""
@@ -263,15 +277,19 @@ class Notifier:
                     log.warning("NOTIFY failed: %s", exc)
 
     async def start(self) -> None:
-        """Open the LISTEN connection (PostgreSQL only) and watch it."""
+        """Open the LISTEN connection (PostgreSQL) and watch it, or join the workers' bus."""
+        if self._bus is not None:
+            self._bus.start()
         if self._dsn is None:
             return
         await self._connection()
         self._watch = asyncio.create_task(self._keep_listening())
 
     async def close(self) -> None:
-        """Stop listening and close the connection."""
+        """Stop listening and close the connection (or leave the bus)."""
         self._closing = True
+        if self._bus is not None:
+            self._bus.close()
         if self._watch:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -301,6 +319,10 @@ class Notifier:
                 log.warning("LISTEN connection lost, retrying: %s", exc)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._on_message(payload)
+
+    def _on_message(self, payload: str) -> None:
+        """A kick or a forget from another replica (NOTIFY) or worker (the bus)."""
         try:
             message = json.loads(payload)
         except ValueError:
@@ -321,22 +343,27 @@ def _add(deliveries: list[Delivery], new: Iterable[Delivery]) -> None:
             deliveries.append(delivery)
 
 
-def _payloads(replica: str, instance_ids: Sequence[str], event: Event) -> list[str]:
-    """Split a fan-out into NOTIFY payloads under PostgreSQL's size limit. An event too big to
-    share a payload with instance ids (a kick carrying a long script) goes without its tasks:
-    the agents it wakes on other replicas list their tasks instead."""
-    if len(json.dumps(event)) > MAX_EVENT:
+def _payloads(
+    replica: str, instance_ids: Sequence[str], event: Event, limits: tuple[int, int]
+) -> list[str]:
+    """Split a fan-out into payloads under `limits`: (bytes per payload, bytes of an event sent
+    as it is). An event too big to share a payload with instance ids (a kick carrying a long
+    script) goes without its tasks: the agents it wakes on other replicas list their tasks
+    instead."""
+    max_payload, max_event = limits
+    if len(json.dumps(event)) > max_event:
         event = {k: v for k, v in event.items() if k != "tasks"}
-    budget = MAX_PAYLOAD - 200 - len(json.dumps(event))
+    budget = max_payload - 200 - len(json.dumps(event))
     payloads: list[str] = []
     batch: list[str] = []
     size = 0
     for iid in instance_ids:
-        if batch and size + len(iid) + 3 > budget:
+        cost = len(json.dumps(iid)) + 2  # quoted, escaped, and ", " before the next
+        if batch and size + cost > budget:
             payloads.append(json.dumps({"r": replica, "i": batch, "e": event}))
             batch, size = [], 0
         batch.append(iid)
-        size += len(iid) + 3
+        size += cost
     if batch:
         payloads.append(json.dumps({"r": replica, "i": batch, "e": event}))
     return payloads

@@ -43,6 +43,7 @@ class Settings:
     batch_interval: float = FLUSH_INTERVAL  # seconds between batched nonce/last-seen writes
     advertise_url: str = ""  # this replica's URL in the agents' replica list ("": not listed)
     advertise_interval: float = 10.0  # seconds between this replica's announcements
+    bus_dir: str = ""  # the workers' bus of a SQLite server with --workers (server/bus.py)
 
 
 @dataclass

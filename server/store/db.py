@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MAX_BATCH = 512  # transaction functions per SQLite group commit
 READ_THREADS = 2
+# seconds between the writer's tries for the write lock while another process holds it (doubling)
+LOCK_PAUSE = 0.0002
+LOCK_PAUSE_MAX = 0.002
 PG_WRITE_LANES = 4  # writer connections, each group-committing its own queue
 
 
@@ -279,17 +282,51 @@ class _SqliteRunner(_GroupCommit[_Job]):
             return drive(fn(SyncConn(conn)))
 
     async def _commit(self, batch: list[_Job]) -> None:
-        if self._conn is None:
-            try:
-                self._conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
-            except Exception as exc:  # unopenable file: fail the batch, never leave it waiting
-                for job in batch:
-                    job.error = exc
-                    _resolve(job)
-                return
-        self._run_batch(self._conn, batch)
+        try:
+            conn = self._writer_connection()
+            await self._lock(conn)
+        except Exception as exc:  # unopenable file, or locked too long: fail the batch
+            for job in batch:
+                job.error = exc
+                _resolve(job)
+            return
+        self._run_batch(conn, batch)
         for job in batch:
             _resolve(job)
+
+    def _writer_connection(self) -> Connection:
+        """The writer's connection: SQLAlchemy emits no BEGIN on it (`_lock` has), and it never
+        waits for a lock inside SQLite (busy_timeout 0), which would block the event loop."""
+        if self._conn is None:
+            conn = self.engine.connect().execution_options(sqlite_begin=None)
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute("PRAGMA busy_timeout=0")
+            self._conn = conn
+        return self._conn
+
+    @staticmethod
+    async def _lock(conn: Connection) -> None:
+        """BEGIN IMMEDIATE: the database's write lock, waited for on the event loop while
+        another process holds it (another worker of `serve --workers N`, or an operator's
+        command); a batch waiting for it grows meanwhile. OperationalError after
+        SQLITE_BUSY_TIMEOUT_MS."""
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        if raw.in_transaction:  # left open by a failure between BEGIN and the batch
+            raw.rollback()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        pause = LOCK_PAUSE
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or loop.time() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOCK_PAUSE_MAX)
 
     @staticmethod
     def _run_batch(conn: Connection, batch: list[_Job]) -> None:
@@ -336,7 +373,19 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode is not None:  # None: the writer, which has begun already (_SqliteRunner._lock)
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY: another connection holds the lock ("database is locked")."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is None:
+        return "database is locked" in str(exc)
+    return bool(code & 0xFF == _SQLITE_BUSY)
+
+
+_SQLITE_BUSY = 5  # and its extended codes, in the low byte
 
 
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")

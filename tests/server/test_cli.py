@@ -69,10 +69,13 @@ def test_server_cli_bad_arguments(tmp_path: Path) -> None:
     assert bad_listen.returncode == 2 and "--listen" in bad_listen.stderr
     half_tls = server_cli("serve", "--tls-cert", "x.pem", "--db", f"sqlite:///{tmp_path}/x.db")
     assert half_tls.returncode == 2 and "--tls-key" in half_tls.stderr
-    # SQLite workers would not share kicks or key-cache forgets (PostgreSQL replicas do)
-    workers = server_cli("serve", "--workers", "2", "--db", f"sqlite:///{tmp_path}/x.db")
-    assert workers.returncode == 2 and "PostgreSQL" in workers.stderr
-    assert "Traceback" not in workers.stderr and not (tmp_path / "x.db").exists()
+    # workers on a database in memory would each have their own (a file or PostgreSQL works)
+    workers = server_cli("serve", "--workers", "2", "--db", "sqlite:///:memory:")
+    assert workers.returncode == 2 and ":memory:" in workers.stderr
+    no_workers = server_cli("serve", "--workers", "0", "--db", f"sqlite:///{tmp_path}/x.db")
+    assert no_workers.returncode == 2 and "--workers" in no_workers.stderr
+    assert "Traceback" not in workers.stderr + no_workers.stderr
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_serve_with_tls(tmp_path: Path) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import stat
+from pathlib import Path
+from typing import Any
 
-from server.notify import WAKE_BATCH, Notifier
+from server.notify import BUS_LIMITS, NOTIFY_LIMITS, WAKE_BATCH, Notifier, _payloads
 
 TASK = {"type": "task"}
 STOP = {"type": "stop"}
@@ -126,3 +131,97 @@ def test_a_kick_wakes_its_polls_a_batch_per_loop_turn_and_every_one_of_them() ->
         assert hub.waiting() == 0 and hub._slots == {}
 
     asyncio.run(scenario())
+
+
+# --- the workers' bus of a SQLite server (server/bus.py) ----------------------------------
+
+
+def test_workers_on_one_bus_wake_each_others_polls_and_forget_each_others_keys(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        a, b = Notifier(bus_dir=str(tmp_path)), Notifier(bus_dir=str(tmp_path))
+        forgotten: list[Any] = []
+        b.on_forget = forgotten.append
+        await a.start()
+        await b.start()
+        try:
+            assert {p.name for p in tmp_path.iterdir()} == {
+                f"{a.replica}.sock",
+                f"{b.replica}.sock",
+            }
+            assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in tmp_path.iterdir())
+            poll = asyncio.create_task(b.wait("mi-1", 30))
+            await settle()
+            kick = {"type": "task", "tasks": [{"invoke_id": "t-1"}]}
+            await a.publish(["mi-1"], kick)
+            assert await asyncio.wait_for(poll, 5) == [kick]  # the task travelled with it
+            await a.forget(["mi-1", "mi-2"])
+            for _ in range(100):
+                if forgotten:
+                    break
+                await asyncio.sleep(0.01)
+            assert forgotten == [["mi-1", "mi-2"]]
+        finally:
+            await a.close()
+            await b.close()
+        assert list(tmp_path.iterdir()) == []  # each worker removed its socket
+
+    asyncio.run(scenario())
+
+
+def test_a_fan_out_to_thousands_crosses_the_bus_whole(tmp_path: Path) -> None:
+    """A kick to 20,000 instances is split into datagrams; every one of them arrives (the
+    receiving worker's queue holds 10 datagrams: the sender waits for room, it drops none)."""
+    ids = [f"i-{n:020d}" for n in range(20_000)]
+
+    async def scenario() -> int:
+        a, b = Notifier(bus_dir=str(tmp_path)), Notifier(bus_dir=str(tmp_path))
+        await a.start()
+        await b.start()
+        try:
+            for round_ in range(3):
+                await a.publish(ids, {"type": "task", "round": round_})
+            for _ in range(500):
+                if sum(len(s.events) for s in b._slots.values()) == 3 * len(ids):
+                    break
+                await asyncio.sleep(0.01)
+            return sum(len(s.events) for s in b._slots.values())
+        finally:
+            await a.close()
+            await b.close()
+
+    assert asyncio.run(scenario()) == 3 * len(ids)
+
+
+def test_a_worker_gone_without_cleaning_up_is_dropped_from_the_bus(tmp_path: Path) -> None:
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(tmp_path / "gone.sock"))
+    dead.close()  # its file stays, as a killed worker's does
+
+    async def scenario() -> list[Any]:
+        a, b = Notifier(bus_dir=str(tmp_path)), Notifier(bus_dir=str(tmp_path))
+        await a.start()
+        await b.start()
+        try:
+            poll = asyncio.create_task(b.wait("mi-1", 30))
+            await settle()
+            await a.publish(["mi-1"], TASK)
+            return await asyncio.wait_for(poll, 5)
+        finally:
+            await a.close()
+            await b.close()
+
+    assert asyncio.run(scenario()) == [TASK]
+    assert not (tmp_path / "gone.sock").exists()
+
+
+def test_fan_out_payloads_stay_under_their_limits_and_name_every_instance() -> None:
+    ids = [f"i-{'x' * (n % 40)}{n}" for n in range(5000)]
+    kick = {"type": "task", "tasks": [{"invoke_id": "t-1"}]}
+    for limits in (NOTIFY_LIMITS, BUS_LIMITS):
+        payloads = _payloads("r", ids, kick, limits)
+        assert all(len(p.encode()) <= limits[0] for p in payloads)
+        named = [i for p in payloads for i in json.loads(p)["i"]]
+        assert named == ids
+        assert all(json.loads(p)["e"] == kick for p in payloads)

@@ -4,6 +4,7 @@ database transaction, yet each one's writes and errors stay its own."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,108 @@ def test_server_outlives_its_database_connections(pg_url: str, tmp_path: Path) -
         assert created.status_code == 200, created.text
     finally:
         server.stop()
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO nonces (nonce, expires) VALUES ('other-process', 1)")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def _hold_write_lock(path: Path, seconds: float) -> Any:
+    """Another process (as another worker of `serve --workers N` is) holding the file's write
+    lock for `seconds`; returned once it holds it."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_sqlite_write_waits_for_another_process_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    """While another process holds the write lock, a write waits on the event loop (other
+    coroutines run meanwhile), then commits; both processes' rows are there."""
+    path = tmp_path / "store.db"
+
+    async def scenario() -> tuple[int, float, int]:
+        store = Store(f"sqlite:///{path}")
+        try:
+            await store.migrate()
+            holder = _hold_write_lock(path, 1.0)
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            beat = asyncio.create_task(ticker())
+            started = time.monotonic()
+
+            async def tx(conn: Any) -> str:
+                await conn.execute(INSERT, {"nonce": "this-process", "expires": 1})
+                return "stored"
+
+            assert await store.write(tx) == "stored"
+            waited = time.monotonic() - started
+            beat.cancel()
+            assert holder.wait(timeout=10) == 0
+
+            async def count(conn: Any) -> int:
+                return int((await conn.execute(COUNT, {"prefix": "%-process"})).first()[0])
+
+            return ticks, waited, await store.read(count)
+        finally:
+            await store.close()
+
+    ticks, waited, rows = asyncio.run(scenario())
+    assert waited >= 0.5  # it did wait for the other process's commit…
+    assert ticks >= 20  # …and the loop kept running meanwhile (a blocked loop ticks 0 times)
+    assert rows == 2
+
+
+def test_a_sqlite_write_locked_out_too_long_fails_clearly_and_the_next_one_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from server.store import db
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "store.db"
+
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{path}")
+        try:
+            await store.migrate()
+            holder = _hold_write_lock(path, 2.0)
+
+            async def tx(conn: Any) -> None:
+                await conn.execute(INSERT, {"nonce": "locked-out", "expires": 1})
+
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await store.write(tx)
+            assert holder.wait(timeout=10) == 0
+            await store.write(tx)  # the writer's connection is usable again
+
+            async def count(conn: Any) -> int:
+                return int((await conn.execute(COUNT, {"prefix": "locked-out"})).first()[0])
+
+            assert await store.read(count) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,128 @@
+"""`assist-server serve --workers 2` on one SQLite file: the workers take the write lock in turn
+and tell each other of kicks and key-cache forgets over their local bus (server/bus.py).
+
+Each request below goes on a connection of its own, so it lands on whichever worker accepts it;
+/healthz names the worker (its replica id) that answered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from serverkit import Api
+
+from devkit.server import FakeAgent, ServerHandle, launch_server
+
+AGENTS = 12
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Any:
+    handle = launch_server(tmp_path, extra_args=["--workers", "2"])
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def fresh(agent: FakeAgent) -> FakeAgent:
+    """The same agent on a new connection (a new worker, maybe)."""
+    return FakeAgent(agent.url, agent.instance_id, agent.key)
+
+
+def workers_waiting(server: ServerHandle) -> dict[str, int]:
+    """Parked polls per worker, asking /healthz on fresh connections until both answered."""
+    seen: dict[str, int] = {}
+    for _ in range(200):
+        answer = requests.get(server.url + "/healthz", timeout=10).json()
+        seen[answer["replica"]] = answer["waiting"]
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_a_kick_through_one_worker_wakes_polls_on_both_and_results_land_in_one_file(
+    two_workers: ServerHandle,
+) -> None:
+    api = Api(two_workers, *two_workers.create_access_key("workers"))
+    agents = [api.agent() for _ in range(AGENTS)]
+    events: dict[str, list[Any]] = {}
+
+    def poll(agent: FakeAgent) -> None:
+        events[agent.instance_id] = fresh(agent).poll(timeout=30)
+
+    pollers = [threading.Thread(target=poll, args=(a,)) for a in agents]
+    for thread in pollers:
+        thread.start()
+    deadline = time.monotonic() + 15
+    while sum((waiting := workers_waiting(two_workers)).values()) < AGENTS:
+        assert time.monotonic() < deadline, f"polls parked per worker: {waiting}"
+        time.sleep(0.1)
+    assert len(waiting) == 2, f"both workers answer /healthz: {waiting}"
+    if min(waiting.values()) == 0:
+        pytest.fail(f"every poll landed on one worker ({waiting}): nothing crossed the bus")
+
+    command_id = api.create_command(name="workers")
+    started = time.monotonic()
+    invoke_ids = [api.invoke(command_id, a.instance_id) for a in agents]
+    for thread in pollers:
+        thread.join(timeout=20)
+    woken = time.monotonic() - started
+    assert all(not t.is_alive() for t in pollers)
+    assert woken < 10  # the kick woke them (their polls would have lasted 30 s)
+    for agent, invoke_id in zip(agents, invoke_ids):
+        carried = [t["invoke_id"] for e in events[agent.instance_id] for t in e.get("tasks", [])]
+        assert carried == [invoke_id], f"{agent.instance_id} got {events[agent.instance_id]}"
+
+    # each report goes to whichever worker accepts it; every one is stored, once
+    for agent, invoke_id in zip(agents, invoke_ids):
+        fresh(agent).report("finish", invoke_id, b"123\n", 0)
+    for invoke_id in invoke_ids:
+        result = api.ok("DescribeInvocationResults", InvokeId=invoke_id)["Invocation"][
+            "InvocationResults"
+        ]["InvocationResult"][0]
+        assert (result["InvocationStatus"], result["Output"]) == ("Success", "MTIzCg==")
+
+
+def test_a_deregistration_through_one_worker_locks_the_key_out_on_both_at_once(
+    two_workers: ServerHandle,
+) -> None:
+    api = Api(two_workers, *two_workers.create_access_key("forget"))
+    agent = api.agent()
+    served = Counter()
+    for _ in range(40):  # both workers verify, and cache, the instance's key
+        fresh(agent).heartbeat()
+        served[requests.get(two_workers.url + "/healthz", timeout=10).json()["replica"]] += 1
+    assert len(served) == 2, f"requests reached only {dict(served)}"
+    api.ok("DeregisterManagedInstance", InstanceId=agent.instance_id)
+    refused = [fresh(agent).request("POST", "/luban/api/heart-beat", {}) for _ in range(20)]
+    assert [r.status_code for r in refused] == [401] * 20
+
+
+def test_the_bus_directory_is_private_and_gone_after_the_server_stops(tmp_path: Path) -> None:
+    import glob
+    import os
+    import stat
+    import tempfile
+
+    pattern = os.path.join(tempfile.gettempdir(), "assist-server-bus-*")
+    before = set(glob.glob(pattern))
+    handle = launch_server(tmp_path, extra_args=["--workers", "2"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (new := set(glob.glob(pattern)) - before) or len(os.listdir(next(iter(new)))) < 2:
+            assert time.monotonic() < deadline, "the workers never joined a bus"
+            time.sleep(0.1)
+        [bus_dir] = new
+        assert stat.S_IMODE(os.stat(bus_dir).st_mode) == 0o700
+        sockets = os.listdir(bus_dir)
+        assert len(sockets) == 2 and all(name.endswith(".sock") for name in sockets)
+    finally:
+        handle.stop()
+    assert not os.path.exists(bus_dir)
