@@ -197,6 +197,80 @@ _TERMINAL_PG = {
 }
 
 
+ONE_SHOT_STATEMENT = True  # False: every report takes the general path (the tests compare them)
+
+# PostgreSQL's common case in ONE statement, the task row's read included: a one-shot task's
+# report of its current (or first) execution. The lifecycle's answer is then the same whatever
+# else the row holds (lifecycle.on_terminal: it ends with the report's status; the streamed
+# chunks go if it had reported running or another execution), so the statement needs no row
+# read first: it writes only if the row is such a task (`task`), and says so (`matched`). A
+# report it did not match (a timed task, another execution, an unknown task) takes the general
+# path: the row read, then the statement above. The two paths give the same rows
+# (tests/server/test_report_paths.py).
+_ONE_SHOT_PG = text(
+    "WITH nonce AS (INSERT INTO nonces (nonce, expires) SELECT :nonce, CAST(:expires AS BIGINT) "
+    "WHERE CAST(:with_nonce AS BOOLEAN) ON CONFLICT DO NOTHING RETURNING 1), "
+    "task AS (SELECT ii.status, ii.execution_id FROM invocation_instances ii "
+    "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
+    "WHERE ii.instance_id = :instance AND ii.invoke_id = :invoke AND inv.timed = :no "
+    "AND ii.execution_id IN ('', :execution)), "
+    "won AS (INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, "
+    "exit_code, start_ms, finish_ms, output, dropped, error_code, error_info) "
+    "SELECT :invoke, :instance, :execution, :status, CAST(:yes AS BOOLEAN), "
+    "CAST(:exit_code AS BIGINT), "
+    "CAST(:start AS BIGINT), CAST(:finish AS BIGINT), :output, CAST(:dropped AS BIGINT), "
+    ":error_code, :error_info FROM task "
+    + _FINISH_EXECUTION.text.split(") VALUES (", 1)[1].split(") ", 1)[1]
+    + " RETURNING 1), "
+    "applied AS ("
+    + _APPLY_RESULT.text.replace(":status", ":task_status").replace(
+        "stop_ms = :stop", "stop_ms = COALESCE(CAST(:stop AS BIGINT), stop_ms)"
+    )
+    + _IF_WON
+    + " RETURNING 1), "
+    "chunks AS ("
+    + _DROP_CHUNKS.text
+    + _IF_WON
+    + " AND EXISTS (SELECT 1 FROM task WHERE task.status IN (:running, :stopping) "
+    "OR task.execution_id <> :execution) RETURNING 1) "
+    "SELECT (SELECT count(*) FROM task) AS matched, (SELECT count(*) FROM won) AS won, "
+    "(SELECT count(*) FROM nonce) AS fresh"
+)
+
+
+async def _one_shot_pg(
+    conn: Conn, params: dict[str, object], status: str, nonce: NonceClaim | None
+) -> bool | None:
+    """_ONE_SHOT_PG: True if a duplicate, False if applied, None if it did not match."""
+    execution = str(params["execution"])
+    now = int(params["now"])  # type: ignore[call-overload]
+    # a one-shot task's first or current execution: what the lifecycle answers for any such row
+    finish = lifecycle.on_terminal(lifecycle.Task(lifecycle.PENDING), execution, status, now)
+    taken = nonce if nonce is not None and nonce.fresh is None else None
+    row = (
+        await conn.execute(
+            _ONE_SHOT_PG,
+            {
+                **params,
+                "task_status": finish.status,
+                "active": finish.active,
+                "stop": finish.stop_ms,
+                "running": lifecycle.RUNNING,
+                "stopping": lifecycle.STOPPING,
+                "with_nonce": taken is not None,
+                "nonce": taken.key if taken else "",
+                "expires": taken.expires if taken else 0,
+            },
+        )
+    ).first()
+    matched, won, fresh = row if row is not None else (0, 0, 0)
+    if taken is not None:
+        taken.fresh = bool(fresh)
+    if not matched:
+        return None
+    return not won
+
+
 async def record_terminal(
     conn: Conn,
     instance_id: str,
@@ -208,9 +282,6 @@ async def record_terminal(
 ) -> bool | None:
     """Apply a terminal report; True if it was a duplicate, None if the task is unknown.
     On PostgreSQL the request's nonce, if not recorded yet, goes into the same statement."""
-    task = await _result_row(conn, instance_id, invoke_id)
-    if task is None:
-        return None
     key = {"invoke": invoke_id, "instance": instance_id, "execution": execution_id}
     fields = {
         "exit_code": report["exit_code"],
@@ -222,10 +293,17 @@ async def record_terminal(
         "error_info": report["error_info"],
     }
     now = model.now_ms()
-    finish = lifecycle.on_terminal(task, execution_id, status, now)
     execution = {**key, **fields, "status": status, "yes": True, "no": False}
     execution["inferred"] = lifecycle.OFFLINE_ERROR
     result = {**key, **fields, "now": now}
+    if conn.dialect.name == "postgresql" and ONE_SHOT_STATEMENT:
+        done = await _one_shot_pg(conn, {**execution, **result}, status, nonce)
+        if done is not None:
+            return done
+    task = await _result_row(conn, instance_id, invoke_id)
+    if task is None:
+        return None
+    finish = lifecycle.on_terminal(task, execution_id, status, now)
     if finish.latest:
         result.update(active=finish.active, stop=finish.stop_ms, task_status=finish.status)
     if conn.dialect.name == "postgresql":
