@@ -37,7 +37,8 @@ class LocalBus:
 
     def __init__(self, directory: str | Path, name: str, on_message: Callable[[str], None]):
         self.directory = Path(directory)
-        self.path = self.directory / f"{name}{SUFFIX}"
+        # a Unix socket's path holds at most 107 bytes: the directory's name is kept short
+        self.path = self.directory / f"{name[:16]}{SUFFIX}"
         self.on_message = on_message
         self._inbox: socket.socket | None = None
         self._outbox: socket.socket | None = None

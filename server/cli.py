@@ -256,7 +256,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not db_url.startswith("postgresql"):
             # SQLite workers tell each other of kicks and key forgets over a local bus
             # (server/bus.py) in a directory only this server's user can reach
-            bus_dir = tempfile.mkdtemp(prefix="assist-server-bus-")
+            short = len(tempfile.gettempdir()) <= 60  # room for the sockets' names
+            bus_dir = tempfile.mkdtemp(prefix="assist-server-bus-", dir=None if short else "/tmp")
             cleanup.callback(shutil.rmtree, bus_dir, True)
             settings = dataclasses.replace(settings, bus_dir=bus_dir)
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from server.notify import BUS_LIMITS, NOTIFY_LIMITS, WAKE_BATCH, Notifier, _payloads
 
@@ -136,21 +141,30 @@ def test_a_kick_wakes_its_polls_a_batch_per_loop_turn_and_every_one_of_them() ->
 # --- the workers' bus of a SQLite server (server/bus.py) ----------------------------------
 
 
+@pytest.fixture
+def bus_dir() -> Iterator[Path]:
+    """A short directory for the bus (a Unix socket's path holds at most 107 bytes, and
+    pytest's tmp_path under xdist is longer)."""
+    path = Path(tempfile.mkdtemp(prefix="bus-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_workers_on_one_bus_wake_each_others_polls_and_forget_each_others_keys(
-    tmp_path: Path,
+    bus_dir: Path,
 ) -> None:
     async def scenario() -> None:
-        a, b = Notifier(bus_dir=str(tmp_path)), Notifier(bus_dir=str(tmp_path))
+        a, b = Notifier(bus_dir=str(bus_dir)), Notifier(bus_dir=str(bus_dir))
         forgotten: list[Any] = []
         b.on_forget = forgotten.append
         await a.start()
         await b.start()
         try:
-            assert {p.name for p in tmp_path.iterdir()} == {
-                f"{a.replica}.sock",
-                f"{b.replica}.sock",
+            assert {p.name for p in bus_dir.iterdir()} == {
+                f"{a.replica[:16]}.sock",
+                f"{b.replica[:16]}.sock",
             }
-            assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in tmp_path.iterdir())
+            assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in bus_dir.iterdir())
             poll = asyncio.create_task(b.wait("mi-1", 30))
             await settle()
             kick = {"type": "task", "tasks": [{"invoke_id": "t-1"}]}
@@ -165,18 +179,18 @@ def test_workers_on_one_bus_wake_each_others_polls_and_forget_each_others_keys(
         finally:
             await a.close()
             await b.close()
-        assert list(tmp_path.iterdir()) == []  # each worker removed its socket
+        assert list(bus_dir.iterdir()) == []  # each worker removed its socket
 
     asyncio.run(scenario())
 
 
-def test_a_fan_out_to_thousands_crosses_the_bus_whole(tmp_path: Path) -> None:
+def test_a_fan_out_to_thousands_crosses_the_bus_whole(bus_dir: Path) -> None:
     """A kick to 20,000 instances is split into datagrams; every one of them arrives (the
     receiving worker's queue holds 10 datagrams: the sender waits for room, it drops none)."""
     ids = [f"i-{n:020d}" for n in range(20_000)]
 
     async def scenario() -> int:
-        a, b = Notifier(bus_dir=str(tmp_path)), Notifier(bus_dir=str(tmp_path))
+        a, b = Notifier(bus_dir=str(bus_dir)), Notifier(bus_dir=str(bus_dir))
         await a.start()
         await b.start()
         try:
@@ -194,13 +208,13 @@ def test_a_fan_out_to_thousands_crosses_the_bus_whole(tmp_path: Path) -> None:
     assert asyncio.run(scenario()) == 3 * len(ids)
 
 
-def test_a_worker_gone_without_cleaning_up_is_dropped_from_the_bus(tmp_path: Path) -> None:
+def test_a_worker_gone_without_cleaning_up_is_dropped_from_the_bus(bus_dir: Path) -> None:
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    dead.bind(str(tmp_path / "gone.sock"))
+    dead.bind(str(bus_dir / "gone.sock"))
     dead.close()  # its file stays, as a killed worker's does
 
     async def scenario() -> list[Any]:
-        a, b = Notifier(bus_dir=str(tmp_path)), Notifier(bus_dir=str(tmp_path))
+        a, b = Notifier(bus_dir=str(bus_dir)), Notifier(bus_dir=str(bus_dir))
         await a.start()
         await b.start()
         try:
@@ -213,7 +227,7 @@ def test_a_worker_gone_without_cleaning_up_is_dropped_from_the_bus(tmp_path: Pat
             await b.close()
 
     assert asyncio.run(scenario()) == [TASK]
-    assert not (tmp_path / "gone.sock").exists()
+    assert not (bus_dir / "gone.sock").exists()
 
 
 def test_fan_out_payloads_stay_under_their_limits_and_name_every_instance() -> None:
