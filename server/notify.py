@@ -4,10 +4,11 @@
 it waits). `publish()` delivers an event to local waiters at once and, with PostgreSQL, sends it
 through NOTIFY so waiters on every other replica wake too (LISTEN on one dedicated asyncpg
 connection per replica); the workers of one SQLite server (`serve --workers N`) send it to each
-other over their local bus instead (server/bus.py). Events for an instance that is between two polls are buffered briefly
-so the next poll returns at once. Each instance has at most one parked poll per replica: a new
-poll dismisses the older one (a restarted agent's dead poll), and a poll whose client went away
-(cancelled, or told by its `gone` future) hands its events back to the buffer.
+other over their local bus instead (server/bus.py). Events for an instance that is between two
+polls are buffered briefly so the next poll returns at once. Each instance has at most one
+parked poll per replica: a new poll dismisses the older one (a restarted agent's dead poll),
+and a poll whose client went away (cancelled, or told by its `gone` future) hands its events
+back to the buffer.
 """
 
 from __future__ import annotations
