@@ -141,17 +141,23 @@ async def record_running(
 
 
 # First terminal report wins: insert, or update a non-terminal row; 0 rows means a repeat.
-_FINISH_EXECUTION = text(
+_EXECUTION_COLUMNS = (
     "INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, exit_code, "
-    "start_ms, finish_ms, output, dropped, error_code, error_info) VALUES (:invoke, :instance, "
-    ":execution, :status, :yes, :exit_code, :start, :finish, :output, :dropped, :error_code, "
-    ":error_info) ON CONFLICT (invoke_id, instance_id, execution_id) DO UPDATE SET "
+    "start_ms, finish_ms, output, dropped, error_code, error_info) "
+)
+_FIRST_TERMINAL_WINS = (
+    "ON CONFLICT (invoke_id, instance_id, execution_id) DO UPDATE SET "
     "status = excluded.status, terminal = excluded.terminal, exit_code = excluded.exit_code, "
     "start_ms = excluded.start_ms, finish_ms = excluded.finish_ms, output = excluded.output, "
     "dropped = excluded.dropped, error_code = excluded.error_code, "
     "error_info = excluded.error_info WHERE executions.terminal = :no "
     # …or it holds the server's offline guess (lifecycle.inferred), which a real report replaces
     "OR (executions.error_code = :inferred AND executions.exit_code IS NULL)"
+)
+_FINISH_EXECUTION = text(
+    _EXECUTION_COLUMNS
+    + "VALUES (:invoke, :instance, :execution, :status, :yes, :exit_code, :start, :finish, "
+    ":output, :dropped, :error_code, :error_info) " + _FIRST_TERMINAL_WINS
 )
 _APPLY_RESULT = text(
     "UPDATE invocation_instances SET repeats = repeats + 1, updated_ms = :now, "
@@ -214,13 +220,13 @@ _ONE_SHOT_PG = text(
     "JOIN invocations inv ON inv.invoke_id = ii.invoke_id "
     "WHERE ii.instance_id = :instance AND ii.invoke_id = :invoke AND inv.timed = :no "
     "AND ii.execution_id IN ('', :execution)), "
-    "won AS (INSERT INTO executions (invoke_id, instance_id, execution_id, status, terminal, "
-    "exit_code, start_ms, finish_ms, output, dropped, error_code, error_info) "
-    "SELECT :invoke, :instance, :execution, :status, CAST(:yes AS BOOLEAN), "
-    "CAST(:exit_code AS BIGINT), "
-    "CAST(:start AS BIGINT), CAST(:finish AS BIGINT), :output, CAST(:dropped AS BIGINT), "
-    ":error_code, :error_info FROM task "
-    + _FINISH_EXECUTION.text.split(") VALUES (", 1)[1].split(") ", 1)[1]
+    "won AS ("
+    + _EXECUTION_COLUMNS
+    # the values only if the row is such a task (SELECT … FROM task), typed as VALUES are
+    + "SELECT :invoke, :instance, :execution, :status, CAST(:yes AS BOOLEAN), "
+    "CAST(:exit_code AS BIGINT), CAST(:start AS BIGINT), CAST(:finish AS BIGINT), :output, "
+    "CAST(:dropped AS BIGINT), :error_code, :error_info FROM task "
+    + _FIRST_TERMINAL_WINS
     + " RETURNING 1), "
     "applied AS ("
     + _APPLY_RESULT.text.replace(":status", ":task_status").replace(
@@ -239,11 +245,10 @@ _ONE_SHOT_PG = text(
 
 
 async def _one_shot_pg(
-    conn: Conn, params: dict[str, object], status: str, nonce: NonceClaim | None
+    conn: Conn, params: dict[str, object], status: str, now: int, nonce: NonceClaim | None
 ) -> bool | None:
     """_ONE_SHOT_PG: True if a duplicate, False if applied, None if it did not match."""
     execution = str(params["execution"])
-    now = int(params["now"])  # type: ignore[call-overload]
     # a one-shot task's first or current execution: what the lifecycle answers for any such row
     finish = lifecycle.on_terminal(lifecycle.Task(lifecycle.PENDING), execution, status, now)
     taken = nonce if nonce is not None and nonce.fresh is None else None
@@ -297,7 +302,7 @@ async def record_terminal(
     execution["inferred"] = lifecycle.OFFLINE_ERROR
     result = {**key, **fields, "now": now}
     if conn.dialect.name == "postgresql" and ONE_SHOT_STATEMENT:
-        done = await _one_shot_pg(conn, {**execution, **result}, status, nonce)
+        done = await _one_shot_pg(conn, {**execution, **result}, status, now, nonce)
         if done is not None:
             return done
     task = await _result_row(conn, instance_id, invoke_id)
