@@ -14,6 +14,9 @@ store runs it in one transaction:
   thread was measured slower (the GIL handed back and forth, docs/scale.md). Reads run on a small
   thread pool (WAL lets them proceed beside the writer); a small read by key on the loop itself.
 
+The PostgreSQL side is server/store/pg.py; the queue both writers take their batches from is
+server/store/groupcommit.py.
+
 On SQLite, transaction functions must not await anything but `conn` (they are driven to
 completion synchronously); the store refuses one that suspends.
 """
@@ -22,37 +25,38 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import functools
 import logging
 import os
-import re
 import sqlite3
-import zlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.sql.elements import TextClause
 
 from common.errors import ConfigError
 from server.store import migrations
 from server.store.conn import T, TxFunction
+from server.store.groupcommit import FastResult, GroupCommit, is_plain_text
+from server.store.pg import (
+    PG_WRITE_LANES,
+    RETRY_PAUSE,
+    PgGroupCommit,
+    connection_lost,
+    pg_transaction,
+)
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-MAX_BATCH = 512  # transaction functions per SQLite group commit
 READ_THREADS = 2
 # seconds between the writer's tries for the write lock while another process holds it (doubling)
 LOCK_PAUSE = 0.0002
 LOCK_PAUSE_MAX = 0.002
-PG_WRITE_LANES = 4  # writer connections, each group-committing its own queue
 
 
 def default_data_dir() -> Path:
@@ -95,49 +99,6 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a SQLite transaction function awaited something other than its connection")
 
 
-class _Row:
-    """A result row with the `_mapping` SQLAlchemy rows have (built when asked for: a caller
-    that reads by index, as InvokeCommand's instance check does for 100 rows, needs none)."""
-
-    __slots__ = ("_names", "_values")
-
-    def __init__(self, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
-        self._names = names
-        self._values = values
-
-    @property
-    def _mapping(self) -> dict[str, Any]:
-        return dict(zip(self._names, self._values))
-
-    def __getitem__(self, index: int) -> Any:
-        return self._values[index]
-
-
-class _FastResult:
-    """The part of a SQLAlchemy Result the queries use, over a raw sqlite3 cursor."""
-
-    def __init__(self, cursor: Any) -> None:
-        self.rowcount = cursor.rowcount
-        names = tuple(d[0] for d in cursor.description) if cursor.description else ()
-        self._rows = [_Row(names, r) for r in cursor.fetchall()] if names else []
-
-    def first(self) -> _Row | None:
-        return self._rows[0] if self._rows else None
-
-    def all(self) -> list[_Row]:
-        return self._rows
-
-    def __iter__(self) -> Any:
-        return iter(self._rows)
-
-
-def _is_plain_text(statement: Any) -> bool:
-    """A text() statement sqlite3 can run as is (named :params, no expanding IN lists)."""
-    return isinstance(statement, TextClause) and not any(
-        b.expanding for b in statement._bindparams.values()
-    )
-
-
 class SyncConn:
     """A sync SQLAlchemy Connection behind the async interface transaction functions use.
 
@@ -150,10 +111,10 @@ class SyncConn:
         self.dialect = conn.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        if _is_plain_text(statement) and (parameters is None or isinstance(parameters, dict)):
+        if is_plain_text(statement) and (parameters is None or isinstance(parameters, dict)):
             raw = self._conn.connection.driver_connection
             assert raw is not None
-            return _FastResult(raw.execute(statement.text, parameters or {}))
+            return FastResult(raw.execute(statement.text, parameters or {}))
         if parameters is None:
             return self._conn.execute(statement)
         return self._conn.execute(statement, parameters)
@@ -182,54 +143,7 @@ def _resolve(job: _Job) -> None:
         job.future.set_result(job.result)
 
 
-J = TypeVar("J")
-
-
-class _GroupCommit(Generic[J]):
-    """A queue of write jobs that a writer task takes in batches: every job queued since its
-    last turn (up to MAX_BATCH) goes to `_commit` at once. Subclasses commit a batch."""
-
-    def __init__(self) -> None:
-        self.pending: list[J] = []
-        self.in_flight = 0
-        self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
-
-    def submit(self, job: J) -> None:
-        if self._writer is None or self._writer.done():
-            self._wake = asyncio.Event()
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
-        self.pending.append(job)
-        assert self._wake is not None
-        self._wake.set()
-
-    def busy(self) -> bool:
-        return bool(self.pending) or self.in_flight > 0
-
-    async def _commit(self, batch: list[J]) -> None:
-        raise NotImplementedError
-
-    async def _write_loop(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.pending:
-                batch = self.pending[:MAX_BATCH]
-                del self.pending[:MAX_BATCH]
-                self.in_flight = len(batch)
-                try:
-                    await self._commit(batch)
-                finally:
-                    self.in_flight = 0
-                await asyncio.sleep(0)  # let the requests that queued meanwhile in
-
-    def stop_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-
-
-class _SqliteRunner(_GroupCommit[_Job]):
+class _SqliteRunner(GroupCommit[_Job]):
     """Group-committed writes on the event loop, reads on a small thread pool, one SQLite file.
 
     Writes run on the loop's own thread: a writer task takes every transaction function queued
@@ -388,222 +302,6 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 _SQLITE_BUSY = 5  # and its extended codes, in the low byte
 
 
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
-# deadlock_detected, serialization_failure: a batch that hit one is run again job by job
-_RETRY_SQLSTATES = ("40P01", "40001")
-_RETRY_PAUSE = 0.05  # seconds before the first retry (a restarting PostgreSQL answers 57P03)
-
-
-@dataclass
-class _PgJob:
-    fn: TxFunction[Any]
-    durable: bool
-    future: asyncio.Future[Any]
-
-
-_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name parameter, as text() finds them
-
-
-@functools.lru_cache(maxsize=256)
-def _numbered(sql: str) -> tuple[str, tuple[str, ...], bool]:
-    """A text() statement in asyncpg's form: $n parameters, their names, whether it returns rows."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    upper = sql.lstrip().upper()
-    returns_rows = upper.startswith(("SELECT", "WITH")) or " RETURNING " in upper
-    return _BIND.sub(number, sql), tuple(names), returns_rows
-
-
-class _PgFastConn:
-    """A SQLAlchemy AsyncConnection whose plain text() statements go straight to asyncpg.
-
-    SQLAlchemy's execution layers cost more server CPU than asyncpg itself on the agent API's
-    hot path; the prepared text statements there need none of them (no type processing, no
-    compilation). Everything else, and the transaction itself, stays with SQLAlchemy: the first
-    fast statement opens the transaction through the driver adapter exactly as SQLAlchemy would.
-    """
-
-    def __init__(self, conn: Any, adapter: Any, autocommit: bool = False) -> None:
-        self._conn = conn
-        self._adapter = adapter
-        self._autocommit = autocommit  # each fast statement on its own (a small read)
-        self.dialect = conn.dialect
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        if not (_is_plain_text(statement) and (parameters is None or isinstance(parameters, dict))):
-            return await self._conn.execute(statement, parameters)
-        sql, names, returns_rows = _numbered(statement.text)
-        args = [(parameters or {})[name] for name in names]
-        adapter = self._adapter
-        async with adapter._execute_mutex:
-            if adapter._transaction is None and not self._autocommit:
-                await adapter._start_transaction()
-            if returns_rows:
-                records = await adapter._connection.fetch(sql, *args)
-                names = tuple(records[0].keys()) if records else ()
-                return _PgResult([_Row(names, tuple(r.values())) for r in records], len(records))
-            status = await adapter._connection.execute(sql, *args)
-        count = status.rsplit(" ", 1)[-1]
-        return _PgResult([], int(count) if count.isdigit() else -1)
-
-    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self._conn.run_sync(fn, *args)
-
-
-class _PgResult(_FastResult):
-    """Rows (or a row count) of a statement _PgFastConn ran."""
-
-    def __init__(self, rows: list[_Row], rowcount: int) -> None:
-        self._rows = rows
-        self.rowcount = rowcount
-
-
-@contextlib.asynccontextmanager
-async def _pg_transaction(
-    engine: AsyncEngine, autocommit: bool = False
-) -> AsyncIterator[_PgFastConn]:
-    """engine.begin(), handing out the fast connection; with `autocommit`, engine.connect()
-    and no transaction around the fast statements (a lookup by key: BEGIN and COMMIT were two
-    of its three round trips).
-
-    A connection found dead by a fast statement is invalidated here, as SQLAlchemy does for its
-    own statements, so the pool replaces it instead of handing it out again (PostgreSQL
-    restarted, or the server's backends terminated)."""
-    opened = engine.connect() if autocommit else engine.begin()
-    async with opened as conn:
-        raw = await conn.get_raw_connection()
-        try:
-            yield _PgFastConn(conn, raw.dbapi_connection, autocommit)
-        except Exception as exc:
-            if connection_lost(exc) and not conn.invalidated:
-                await conn.invalidate()
-            raise
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """Whether an error (asyncpg's, or SQLAlchemy's wrapping of it) means the connection is gone
-    or no longer usable: the socket closed, the backend terminated (SQLSTATE class 08, 57P01-03:
-    PostgreSQL restarted or pg_terminate_backend), or the driver's protocol state left mid-query
-    by such an error ("another operation is in progress")."""
-    import asyncpg
-
-    lost = (
-        OSError,
-        asyncpg.exceptions.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,
-        asyncpg.exceptions.InternalClientError,
-    )
-    return any(
-        isinstance(e, lost) or getattr(e, "connection_invalidated", False) for e in _causes(exc)
-    ) or _sqlstate(exc).startswith(_LOST_SQLSTATES)
-
-
-_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The error and what it wraps: SQLAlchemy's `orig`, then the `raise … from` chain."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        yield seen
-        seen = getattr(seen, "orig", None) or seen.__cause__
-
-
-class _PgLane(_GroupCommit[_PgJob]):
-    """One writer connection's queue: runs the transaction functions queued meanwhile as one
-    transaction (durable commit if any of them asked for it). When any function of a batch
-    fails, the batch rolls back and each function runs again alone, so a failure (or a deadlock
-    with another replica) never leaks one job's partial writes or error into another's."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__()
-        self.engine = engine
-
-    async def _commit(self, batch: list[_PgJob]) -> None:
-        if len(batch) == 1 or not await self._run_batch(batch):
-            for job in batch:
-                await self._run_alone(job)
-
-    async def _run_batch(self, batch: list[_PgJob]) -> bool:
-        """All of `batch` in one transaction; False (nothing stored) if any of it failed."""
-        results = []
-        try:
-            async with _pg_transaction(self.engine) as conn:
-                if not any(job.durable for job in batch):
-                    await conn.execute(_ASYNC_COMMIT)
-                for job in batch:
-                    results.append(await job.fn(conn))  # type: ignore[arg-type]
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.debug("a batch of %d writes rolled back (%s); one by one now", len(batch), exc)
-            return False
-        for job, result in zip(batch, results):
-            if not job.future.done():
-                job.future.set_result(result)
-        return True
-
-    async def _run_alone(self, job: _PgJob) -> None:
-        for attempt in range(3):
-            try:
-                async with _pg_transaction(self.engine) as conn:
-                    if not job.durable:
-                        await conn.execute(_ASYNC_COMMIT)
-                    result = await job.fn(conn)  # type: ignore[arg-type]
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if attempt < 2 and (_sqlstate(exc) in _RETRY_SQLSTATES or connection_lost(exc)):
-                    await asyncio.sleep(_RETRY_PAUSE * (attempt + 1))
-                    continue
-                if not job.future.done():
-                    job.future.set_exception(exc)
-                return
-            if not job.future.done():
-                job.future.set_result(result)
-            return
-
-
-class _PgGroupCommit:
-    """Group-committed writes on PostgreSQL over a few writer lanes.
-
-    Per request the server used to pay a pool checkout, BEGIN, SET LOCAL and COMMIT around a
-    statement or two; under many agents that bookkeeping was most of both processes' CPU. Each
-    lane batches what queued while its last batch ran. Jobs are spread over the lanes by
-    instance, so one agent's writes always take the same lane: two lanes never lock the same
-    instance's rows, and batches of agent requests cannot deadlock each other.
-    """
-
-    def __init__(self, engine: AsyncEngine, lanes: int) -> None:
-        self._lanes = [_PgLane(engine) for _ in range(lanes)]
-
-    async def write(self, fn: TxFunction[T], durable: bool, key: str) -> T:
-        job = _PgJob(fn, durable, asyncio.get_running_loop().create_future())
-        self._lanes[zlib.crc32(key.encode()) % len(self._lanes)].submit(job)
-        return await job.future  # type: ignore[no-any-return]
-
-    def busy(self) -> bool:
-        return any(lane.busy() for lane in self._lanes)
-
-    def close(self) -> None:
-        for lane in self._lanes:
-            lane.stop_writer()
-
-
-def _sqlstate(exc: BaseException) -> str:
-    """The SQLSTATE of a database error (asyncpg's, wrapped by SQLAlchemy or not), or ""."""
-    for seen in _causes(exc):
-        code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
-        if isinstance(code, str):
-            return code
-    return ""
-
-
 class Store:
     """The database behind the server."""
 
@@ -612,7 +310,7 @@ class Store:
         self.dialect = "postgresql" if self.url.startswith("postgresql") else "sqlite"
         self._sqlite: _SqliteRunner | None = None
         self._engine: AsyncEngine | None = None
-        self._pg_writer: _PgGroupCommit | None = None
+        self._pg_writer: PgGroupCommit | None = None
         if self.dialect == "sqlite":
             self._sqlite = _SqliteRunner(make_url(self.url).database or ":memory:")
         else:
@@ -623,7 +321,7 @@ class Store:
             self._engine = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=0, pool_recycle=600
             )
-            self._pg_writer = _PgGroupCommit(self._engine, PG_WRITE_LANES)
+            self._pg_writer = PgGroupCommit(self._engine, PG_WRITE_LANES)
 
     async def write(self, fn: TxFunction[T], durable: bool = True, key: str = "") -> T:
         """Run `fn` in a read-write transaction; its exception rolls it back and propagates.
@@ -652,14 +350,14 @@ class Store:
         for attempt in range(3):  # a read is safe to repeat on a fresh connection
             try:
                 if small:  # one statement: no transaction around it (PostgreSQL's own)
-                    async with _pg_transaction(self._engine, autocommit=True) as fast:
+                    async with pg_transaction(self._engine, autocommit=True) as fast:
                         return await fn(fast)  # type: ignore[arg-type]
                 async with self._engine.connect() as conn, conn.begin():
                     return await fn(conn)  # type: ignore[arg-type]
             except Exception as exc:
                 if attempt == 2 or not connection_lost(exc):
                     raise
-                await asyncio.sleep(_RETRY_PAUSE * (attempt + 1))
+                await asyncio.sleep(RETRY_PAUSE * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def migrate(self) -> tuple[int, int]:

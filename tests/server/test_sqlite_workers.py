@@ -13,7 +13,6 @@ import stat
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -94,19 +93,46 @@ def test_a_kick_through_one_worker_wakes_polls_on_both_and_results_land_in_one_f
         assert (result["InvocationStatus"], result["Output"]) == ("Success", "MTIzCg==")
 
 
+def pinned_to_each_worker(agent: FakeAgent, server: ServerHandle) -> dict[str, FakeAgent]:
+    """The agent on one keep-alive connection per worker: connections opened at once (each
+    lands on whichever worker accepts it first), each asked /healthz to learn its worker."""
+    found: dict[str, FakeAgent] = {}
+    for _ in range(20):
+        batch = [fresh(agent) for _ in range(8)]
+
+        def ask(copy: FakeAgent) -> None:
+            replica = copy.session.get(server.url + "/healthz", timeout=10).json()["replica"]
+            found.setdefault(replica, copy)
+
+        threads = [threading.Thread(target=ask, args=(c,)) for c in batch]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if len(found) == 2:
+            return found
+    pytest.fail(f"connections reached only {list(found)}")
+
+
 def test_a_deregistration_through_one_worker_locks_the_key_out_on_both_at_once(
     two_workers: ServerHandle,
 ) -> None:
     api = Api(two_workers, *two_workers.create_access_key("forget"))
     agent = api.agent()
-    served = Counter()
-    for _ in range(40):  # both workers verify, and cache, the instance's key
-        fresh(agent).heartbeat()
-        served[requests.get(two_workers.url + "/healthz", timeout=10).json()["replica"]] += 1
-    assert len(served) == 2, f"requests reached only {dict(served)}"
+    on = pinned_to_each_worker(agent, two_workers)
+    for copy in on.values():  # each worker verifies, and caches, the instance's key
+        copy.heartbeat()
     api.ok("DeregisterManagedInstance", InstanceId=agent.instance_id)
-    refused = [fresh(agent).request("POST", "/luban/api/heart-beat", {}) for _ in range(20)]
-    assert [r.status_code for r in refused] == [401] * 20
+    for replica, copy in on.items():
+        deadline = time.monotonic() + 2.0  # a datagram takes milliseconds; the cache, minutes
+        while (status := copy.request("POST", "/luban/api/heart-beat", {}).status_code) == 200:
+            assert time.monotonic() < deadline, f"worker {replica} still takes the key"
+            time.sleep(0.05)
+        assert status == 401
+        # the same connection, so the same worker, answered
+        assert copy.session.get(two_workers.url + "/healthz", timeout=10).json()["replica"] == (
+            replica
+        )
 
 
 def listing(path: str) -> set[str]:
