@@ -1,8 +1,9 @@
 """`assist-server serve --workers 2` on one SQLite file: the workers take the write lock in turn
 and tell each other of kicks and key-cache forgets over their local bus (server/bus.py).
 
-Each request below goes on a connection of its own, so it lands on whichever worker accepts it;
-/healthz names the worker (its replica id) that answered.
+A new connection lands on whichever worker accepts it first (under load, one worker may take
+them all for a while), so the tests pin keep-alive connections to each worker: /healthz on a
+connection names the worker (its replica id) behind it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -23,6 +26,7 @@ from serverkit import Api
 from devkit.server import FakeAgent, ServerHandle, launch_server
 
 AGENTS = 12
+P = TypeVar("P")
 
 
 @pytest.fixture
@@ -39,15 +43,32 @@ def fresh(agent: FakeAgent) -> FakeAgent:
     return FakeAgent(agent.url, agent.instance_id, agent.key)
 
 
-def workers_waiting(server: ServerHandle) -> dict[str, int]:
-    """Parked polls per worker, asking /healthz on fresh connections until both answered."""
-    seen: dict[str, int] = {}
-    for _ in range(200):
-        answer = requests.get(server.url + "/healthz", timeout=10).json()
-        seen[answer["replica"]] = answer["waiting"]
-        if len(seen) == 2:
-            break
-    return seen
+def pinned(server: ServerHandle, make: Callable[[], P]) -> dict[str, P]:
+    """One object from `make` (with a requests `session`) per worker, its keep-alive connection
+    pinned to that worker: connections opened at once (each lands on whichever worker accepts
+    it first, and a busy worker may take none for a while), each asked /healthz to learn its
+    worker."""
+    found: dict[str, P] = {}
+    for _ in range(50):
+        batch = [make() for _ in range(8)]
+
+        def ask(one: P) -> None:
+            answer = one.session.get(server.url + "/healthz", timeout=10)  # type: ignore[attr-defined]
+            found.setdefault(answer.json()["replica"], one)
+
+        threads = [threading.Thread(target=ask, args=(one,)) for one in batch]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if len(found) == 2:
+            return found
+    pytest.fail(f"connections reached only {list(found)}")
+
+
+def pinned_to_each_worker(agent: FakeAgent, server: ServerHandle) -> dict[str, FakeAgent]:
+    """The agent on one keep-alive connection per worker."""
+    return pinned(server, lambda: fresh(agent))
 
 
 def test_a_kick_through_one_worker_wakes_polls_on_both_and_results_land_in_one_file(
@@ -58,18 +79,28 @@ def test_a_kick_through_one_worker_wakes_polls_on_both_and_results_land_in_one_f
     events: dict[str, list[Any]] = {}
 
     def poll(agent: FakeAgent) -> None:
-        events[agent.instance_id] = fresh(agent).poll(timeout=30)
+        events[agent.instance_id] = agent.poll(timeout=30)
 
-    pollers = [threading.Thread(target=poll, args=(a,)) for a in agents]
+    # each agent polls on a connection pinned to one worker, half of them on each
+    pins = [pinned_to_each_worker(a, two_workers) for a in agents]
+    replicas = sorted(pins[0])
+    pollers = [
+        threading.Thread(target=poll, args=(pin[replicas[n % 2]],)) for n, pin in enumerate(pins)
+    ]
     for thread in pollers:
         thread.start()
+    # each worker's /healthz on a pinned connection no poll uses (agent 0 polls on the first
+    # worker, agent 1 on the second)
+    idle = {replicas[1]: pins[0][replicas[1]], replicas[0]: pins[1][replicas[0]]}
+
+    def waiting() -> dict[str, int]:
+        url = two_workers.url + "/healthz"
+        return {r: int(a.session.get(url, timeout=10).json()["waiting"]) for r, a in idle.items()}
+
     deadline = time.monotonic() + 15
-    while sum((waiting := workers_waiting(two_workers)).values()) < AGENTS:
-        assert time.monotonic() < deadline, f"polls parked per worker: {waiting}"
+    while (parked := waiting()) != dict.fromkeys(replicas, AGENTS // 2):
+        assert time.monotonic() < deadline, f"polls parked per worker: {parked}"
         time.sleep(0.1)
-    assert len(waiting) == 2, f"both workers answer /healthz: {waiting}"
-    if min(waiting.values()) == 0:
-        pytest.fail(f"every poll landed on one worker ({waiting}): nothing crossed the bus")
 
     command_id = api.create_command(name="workers")
     started = time.monotonic()
@@ -91,27 +122,6 @@ def test_a_kick_through_one_worker_wakes_polls_on_both_and_results_land_in_one_f
             "InvocationResults"
         ]["InvocationResult"][0]
         assert (result["InvocationStatus"], result["Output"]) == ("Success", "MTIzCg==")
-
-
-def pinned_to_each_worker(agent: FakeAgent, server: ServerHandle) -> dict[str, FakeAgent]:
-    """The agent on one keep-alive connection per worker: connections opened at once (each
-    lands on whichever worker accepts it first), each asked /healthz to learn its worker."""
-    found: dict[str, FakeAgent] = {}
-    for _ in range(20):
-        batch = [fresh(agent) for _ in range(8)]
-
-        def ask(copy: FakeAgent) -> None:
-            replica = copy.session.get(server.url + "/healthz", timeout=10).json()["replica"]
-            found.setdefault(replica, copy)
-
-        threads = [threading.Thread(target=ask, args=(c,)) for c in batch]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if len(found) == 2:
-            return found
-    pytest.fail(f"connections reached only {list(found)}")
 
 
 def test_a_deregistration_through_one_worker_locks_the_key_out_on_both_at_once(
@@ -146,8 +156,7 @@ def listing(path: str) -> set[str]:
 def test_the_bus_directory_is_private_and_gone_after_the_server_stops(tmp_path: Path) -> None:
     handle = launch_server(tmp_path, extra_args=["--workers", "2"])
     try:
-        replicas = set(workers_waiting(handle))  # the two workers' replica ids
-        assert len(replicas) == 2
+        replicas = set(pinned(handle, lambda: SimpleNamespace(session=requests.Session())))
         sockets = {f"{replica[:16]}.sock" for replica in replicas}
         ours = [
             path
