@@ -41,6 +41,30 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def stop_processes_mentioning(text: str, quiet: float = 1.0, timeout: float = 20.0) -> list[str]:
+    """Kill (SIGKILL) every live process whose command line contains `text`, again and again
+    until none has appeared for `quiet` seconds (an updater mid-apply may start the agent a test
+    just stopped); the "PID: command line" of each one killed."""
+    import os
+    import signal
+
+    killed: list[str] = []
+    deadline = time.monotonic() + timeout
+    calm_since = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - calm_since < quiet:
+        found = processes_mentioning(text)
+        for line in found:
+            try:
+                os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+            except OSError:
+                continue
+            killed.append(line)
+        if found:
+            calm_since = time.monotonic()
+        time.sleep(0.05)
+    return killed
+
+
 class Sampler:
     """Call `sample()` on a thread every `interval` seconds between `with` entry and exit."""
 

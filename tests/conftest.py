@@ -84,6 +84,17 @@ def static_server(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _stop_leftover_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the run, kill what a test left running from its temporary directory (an
+    agent, an updater): leftovers loaded the machine long after the run ended."""
+    from devkit.polling import stop_processes_mentioning
+
+    yield
+    for line in stop_processes_mentioning(str(tmp_path_factory.getbasetemp()), quiet=0.5):
+        print(f"killed a process a test left running: {line[:300]}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _stop_stray_gpg_agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """gpg and dnf (librepo) start a gpg-agent per GNUPGHOME; stop those under this run's tmp."""
     from devkit.polling import process_cmdlines

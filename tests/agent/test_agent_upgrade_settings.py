@@ -27,6 +27,7 @@ from agent_mitm import MitmProxy
 
 from common.service import ProcessManager
 from devkit.httpserver import StaticServer
+from devkit.polling import stop_processes_mentioning
 from devkit.release import build, init_repo, keygen, publish
 from devkit.server import ServerHandle, launch_server
 
@@ -126,6 +127,9 @@ def fleet(server: ServerHandle, tmp_path: Path) -> Iterator[Fleet]:
         yield fleet
     finally:
         ProcessManager(fleet.prefix, stop_timeout=5).stop()
+        # an updater that was applying (the schedule runs every 2 s) may have started the agent
+        # again after the stop: such leftovers kept running after the test run ended
+        stop_processes_mentioning(str(fleet.prefix))
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, fleet: Fleet) -> None:

@@ -4,6 +4,9 @@ database transaction, yet each one's writes and errors stay its own."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -133,9 +136,6 @@ conn.execute("COMMIT")
 def _hold_write_lock(path: Path, seconds: float) -> Any:
     """Another process (as another worker of `serve --workers N` is) holding the file's write
     lock for `seconds`; returned once it holds it."""
-    import subprocess
-    import sys
-
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)],
         stdout=subprocess.PIPE,
@@ -193,8 +193,6 @@ def test_a_sqlite_write_waits_for_another_process_without_blocking_the_loop(
 def test_a_sqlite_write_locked_out_too_long_fails_clearly_and_the_next_one_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sqlite3
-
     from server.store import db
 
     monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 300)
