@@ -71,7 +71,10 @@ def test_proxy_rewriting_task_content_gets_nothing_run(env: AgentEnv, tmp_path: 
         proxy.rewrite = rewrite_123_to_666
         agent = env.start_agent(prefix, proxy.url)
         invoke = env.sdk.run_script(f"echo 123 > {marks}/ran-123", instance)
-        item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"), timeout=60)
+        try:
+            item = env.sdk.wait_result(invoke, instance, ("Success", "Failed"), timeout=60)
+        except AssertionError as exc:  # once seen in a dry run: say what the agent did
+            raise AssertionError(f"{exc}\nagent log:\n{agent.log()[-6000:]}") from None
         assert item["InvocationStatus"] == "Failed"
         assert item["ErrorCode"] == protocol.REFUSED_BAD_SIGNATURE
         assert item["Output"] == ""
