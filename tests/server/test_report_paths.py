@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from sqlalchemy import text
@@ -20,111 +20,53 @@ pytestmark = pytest.mark.postgres
 
 NOW = 1_700_000_000_000
 
-# (name, timed, task status, active, task execution_id, executions rows, chunks, report)
-# executions rows: (execution_id, status, terminal, error_code, exit_code)
-STATES: list[
-    tuple[str, bool, str, bool, str, list[tuple[Any, ...]], list[str], tuple[str, str]]
-] = [
-    ("pending, never ran", False, "Pending", True, "", [], [], ("0", "Success")),
-    (
-        "running, streamed",
-        False,
-        "Running",
-        True,
-        "0",
-        [("0", "Running", False, "", None)],
-        ["0"],
-        ("0", "Failed"),
-    ),
-    (
-        "stopping",
-        False,
-        "Stopping",
-        True,
-        "0",
-        [("0", "Running", False, "", None)],
-        ["0"],
-        ("0", "Terminated"),
-    ),
-    ("stopped before it started", False, "Pending", True, "", [], [], ("0", "Stopped")),
-    (
-        "a chunk kept while stopping",
-        False,
-        "Stopping",
-        True,
-        "",
-        [("0", "Running", False, "", None)],
-        ["0"],
-        ("0", "Success"),
-    ),
-    (
-        "failed offline (a guess)",
-        False,
-        "Failed",
-        False,
-        "0",
-        [("0", "Failed", True, lifecycle.OFFLINE_ERROR, None)],
-        [],
-        ("0", "Success"),
-    ),
-    (
-        "already reported",
-        False,
-        "Success",
-        False,
-        "0",
-        [("0", "Success", True, "", 0)],
-        [],
-        ("0", "Failed"),
-    ),
-    (
-        "another execution",
-        False,
-        "Running",
-        True,
-        "0",
-        [("0", "Running", False, "", None)],
-        ["0"],
-        ("1", "Success"),
-    ),
-    (
-        "periodic, next fire time",
-        True,
-        "Scheduled",
-        True,
-        "5",
-        [("5", "Success", True, "", 0)],
-        [],
-        ("6", "Success"),
-    ),
-    (
-        "periodic, running",
-        True,
-        "Running",
-        True,
-        "6",
-        [("6", "Running", False, "", None)],
-        ["6"],
-        ("6", "Success"),
-    ),
-]
-
-ONE_STATEMENT_TOOK = {
-    "pending, never ran": [False, True],
-    "running, streamed": [False, True],
-    "stopping": [False, True],
-    "stopped before it started": [False, True],
-    "a chunk kept while stopping": [False, True],
-    "failed offline (a guess)": [False, True],  # the real report replaces the guess
-    "already reported": [True, True],
-    "another execution": [None, True],  # the general path makes "1" the current execution
-    "periodic, next fire time": [None, None],
-    "periodic, running": [None, None],
-}
+RUNNING_0 = ("0", "Running", False, "", None)  # an executions row (State.executions)
 
 
-async def _seed(store: Store, instance: str, state: tuple[Any, ...]) -> None:
-    _name, timed, status, active, execution_id, executions, chunks, _report = state
+class State(NamedTuple):
+    """A task's rows before a report, the report, and what the one statement does with the
+    report and its repeat: applied (False), a duplicate (True), or left to the general path."""
+
+    name: str
+    timed: bool
+    status: str  # the task's
+    active: bool
+    execution_id: str  # the task's latest execution
+    executions: list[tuple[Any, ...]]  # (execution_id, status, terminal, error_code, exit_code)
+    chunks: list[str]  # execution ids with streamed output
+    report: tuple[str, str]  # (execution_id, status)
+    one_statement_took: list[bool | None]
+
+
+STATES = [
+    State("pending, never ran", False, "Pending", True, "", [], [], ("0", "Success"),
+          [False, True]),
+    State("running, streamed", False, "Running", True, "0", [RUNNING_0], ["0"],
+          ("0", "Failed"), [False, True]),
+    State("stopping", False, "Stopping", True, "0", [RUNNING_0], ["0"], ("0", "Terminated"),
+          [False, True]),
+    State("stopped before it started", False, "Pending", True, "", [], [], ("0", "Stopped"),
+          [False, True]),
+    State("a chunk kept while stopping", False, "Stopping", True, "", [RUNNING_0], ["0"],
+          ("0", "Success"), [False, True]),
+    # the real report replaces the guess
+    State("failed offline (a guess)", False, "Failed", False, "0",
+          [("0", "Failed", True, lifecycle.OFFLINE_ERROR, None)], [], ("0", "Success"),
+          [False, True]),
+    State("already reported", False, "Success", False, "0", [("0", "Success", True, "", 0)], [],
+          ("0", "Failed"), [True, True]),
+    # the general path makes "1" the current execution; its repeat then matches
+    State("another execution", False, "Running", True, "0", [RUNNING_0], ["0"],
+          ("1", "Success"), [None, True]),
+    State("periodic, next fire time", True, "Scheduled", True, "5",
+          [("5", "Success", True, "", 0)], [], ("6", "Success"), [None, None]),
+    State("periodic, running", True, "Running", True, "6", [("6", "Running", False, "", None)],
+          ["6"], ("6", "Success"), [None, None]),
+]  # fmt: skip
+
+
+async def _seed(store: Store, instance: str, state: State) -> None:
+    timed, status, active = state.timed, state.status, state.active
     invoke = f"t-{instance}"
 
     async def tx(conn: Any) -> None:
@@ -157,10 +99,10 @@ async def _seed(store: Store, instance: str, state: tuple[Any, ...]) -> None:
                 "status": status,
                 "active": active,
                 "stop": status == "Stopping",
-                "execution": execution_id,
+                "execution": state.execution_id,
             },
         )
-        for ex_id, ex_status, terminal, error_code, exit_code in executions:
+        for ex_id, ex_status, terminal, error_code, exit_code in state.executions:
             await conn.execute(
                 text(
                     "INSERT INTO executions (invoke_id, instance_id, execution_id, status, "
@@ -177,7 +119,7 @@ async def _seed(store: Store, instance: str, state: tuple[Any, ...]) -> None:
                     "error_code": error_code,
                 },
             )
-        for ex_id in chunks:
+        for ex_id in state.chunks:
             await conn.execute(
                 text(
                     "INSERT INTO output_chunks (invoke_id, instance_id, execution_id, "
@@ -189,8 +131,8 @@ async def _seed(store: Store, instance: str, state: tuple[Any, ...]) -> None:
     await store.write(tx)
 
 
-async def _report(store: Store, instance: str, state: tuple[Any, ...], invoke: str = "") -> Any:
-    execution_id, status = state[-1]
+async def _report(store: Store, instance: str, state: State, invoke: str = "") -> Any:
+    execution_id, status = state.report
     report = {
         "exit_code": 0 if status == "Success" else 1,
         "start_ms": 5 if status != "Stopped" else None,
@@ -234,18 +176,18 @@ async def _rows(store: Store, instance: str) -> dict[str, Any]:
     return await store.read(tx)
 
 
-@pytest.mark.parametrize("state", STATES, ids=[s[0] for s in STATES])
+@pytest.mark.parametrize("state", STATES, ids=[s.name for s in STATES])
 def test_the_one_statement_report_leaves_what_the_general_path_leaves(
-    pg_url: str, state: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch
+    pg_url: str, state: State, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(model, "now_ms", lambda: NOW)
-    tag = state[0].replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
+    tag = state.name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
 
     async def scenario() -> tuple[Any, ...]:
         store = Store(pg_url)
         try:
             await store.migrate()
-            outcomes = []
+            outcomes: list[Any] = []
             real = tasks._one_shot_pg
 
             async def recorded(*args: Any) -> Any:
@@ -269,7 +211,7 @@ def test_the_one_statement_report_leaves_what_the_general_path_leaves(
     assert fast == general
     # what the one statement did with the report and its repeat: applied (False), a duplicate
     # (True), or left to the general path (None)
-    assert matched == ONE_STATEMENT_TOOK[state[0]]
+    assert matched == state.one_statement_took
     answer, again, _ = fast
     assert again[0] is True  # a repeat is a duplicate on either path
 
