@@ -163,6 +163,26 @@ def _env() -> dict[str, str]:
     return env
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on TCP `port` (read from /proc: a
+    healthz answer on a port from free_port() may come from another test's server that took
+    the same port first)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                listening = fields[3] == "0A"
+                if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return True
+    return False
+
+
 def launch_server(
     data_dir: str | os.PathLike[str],
     db_url: str | None = None,
@@ -174,11 +194,33 @@ def launch_server(
 ) -> ServerHandle:
     """Start `assist-server serve` on a free loopback port and wait until it answers.
     `python_args` go to the interpreter before `-m server.cli` (e.g. `-m cProfile -o FILE`);
-    with `nofile`, under that open-files limit (soft and hard, like `prlimit --nofile=N:N`)."""
+    with `nofile`, under that open-files limit (soft and hard, like `prlimit --nofile=N:N`).
+    A port from free_port() that another process takes first is replaced by another one."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     db = db_url or f"sqlite:///{data / 'assist.db'}"
-    port = port or free_port()
+    for _ in range(4):
+        handle = _launch(
+            data, db, extra_args or [], port or free_port(), scheme, python_args, nofile
+        )
+        if isinstance(handle, ServerHandle):
+            return handle
+        if port:  # the caller's own port: nothing else to try
+            break
+    raise RuntimeError(f"assist-server found its port taken by another process:\n{handle}")
+
+
+def _launch(
+    data: Path,
+    db: str,
+    extra_args: list[str],
+    port: int,
+    scheme: str,
+    python_args: list[str] | None,
+    nofile: int | None,
+) -> ServerHandle | str:
+    """The started server, or its log when another process answers on `port` (ours then
+    exits: the address is in use)."""
     log_path = data / f"server-{port}.log"
     log_file = log_path.open("wb")
     cmd = [
@@ -191,7 +233,7 @@ def launch_server(
         f"127.0.0.1:{port}",
         "--db",
         db,
-        *(extra_args or []),
+        *extra_args,
     ]
     if nofile:
         cmd = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *cmd]
@@ -203,14 +245,17 @@ def launch_server(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if "already in use" in handle.log():
+                return handle.log()
             raise RuntimeError(f"assist-server exited {process.returncode}:\n{handle.log()}")
         try:
             with warnings.catch_warnings():  # a test certificate is not trusted; only liveness
                 warnings.simplefilter("ignore")
-                if requests.get(handle.url + "/healthz", timeout=1, verify=False).ok:
-                    return handle
+                answered = requests.get(handle.url + "/healthz", timeout=1, verify=False).ok
         except requests.RequestException:
-            pass
+            answered = False
+        if answered and listens_on(process.pid, port):
+            return handle
         time.sleep(0.1)
     handle.stop()
     raise RuntimeError(f"assist-server did not answer within 30 s:\n{handle.log()}")

@@ -5,6 +5,7 @@ Release repositories and their packages come from devkit.release.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import requests
 
 from devkit.release import Release, mirror_sync_args
-from devkit.server import free_port
+from devkit.server import free_port, listens_on
 
 
 def tree_hash(root: Path) -> str:
@@ -69,37 +70,50 @@ def mirror_cli(
 
 @contextmanager
 def serving(root: Path) -> Iterator[str]:
-    """`assist-mirror serve --root ROOT` on a free loopback port; yields its base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mirror",
-            "serve",
-            "--root",
-            str(root),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=os.environ.copy(),
-    )
-    url = f"http://127.0.0.1:{port}/"
+    """`assist-mirror serve --root ROOT` on a free loopback port; yields its base URL. A port
+    that another process takes first is replaced by another one."""
+    for _ in range(4):
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mirror",
+                "serve",
+                "--root",
+                str(root),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=os.environ.copy(),
+        )
+        url = f"http://127.0.0.1:{port}/"
+        if _started(proc, port, url):
+            break
+    else:
+        raise AssertionError("assist-mirror serve found every port it tried taken")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(url + "metadata/timestamp.json", timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        "assist-mirror serve did not start: " + proc.stderr.read().decode()
-                    ) from None
-                time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _started(proc: subprocess.Popen[bytes], port: int, url: str) -> bool:
+    """Whether `proc` answers on `port`; False when another process holds the port."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.ConnectionError):
+            requests.get(url + "metadata/timestamp.json", timeout=1)
+            if listens_on(proc.pid, port):
+                return True
+        if proc.poll() is not None:
+            stderr = proc.stderr.read().decode() if proc.stderr else ""
+            if "already in use" in stderr:
+                return False
+            raise AssertionError("assist-mirror serve did not start: " + stderr)
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("assist-mirror serve did not answer within 20 s")
