@@ -25,7 +25,7 @@ from agent.servertrust import SERVER_KEY_FILE, ServerTrust, save_server_trust
 from common import protocol
 from devkit.fixtures import server_fixture
 from devkit.realagent import AGENT_CONFIG, AgentProcess, Sdk, agent_env
-from devkit.server import ServerHandle, free_port, launch_server
+from devkit.server import ServerHandle, launch_server
 from devkit.tls import private_ca, write_loopback_cert
 
 pytestmark = pytest.mark.xdist_group("agent-e2e")
@@ -77,7 +77,6 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[ServerHandle, Path]]:
     handle = launch_server(
         tmp_path / "server",
         extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
-        port=free_port(),
         scheme="https",
     )
     try:

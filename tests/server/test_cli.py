@@ -15,7 +15,7 @@ import pytest
 import requests
 from serverkit import Api
 
-from devkit.server import REPO_ROOT, FakeAgent, free_port, launch_server
+from devkit.server import REPO_ROOT, FakeAgent, launch_server
 from devkit.tls import write_loopback_cert
 from server.rpc import sign_params
 from server.store.migrations import LATEST
@@ -83,7 +83,6 @@ def test_serve_with_tls(tmp_path: Path) -> None:
     handle = launch_server(
         tmp_path,
         extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
-        port=free_port(),
         scheme="https",
     )
     try:
