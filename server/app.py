@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_OPERATOR_BODY = 256 * 1024  # bytes: 18 KB of content plus every other parameter
 MAX_AGENT_BODY = 2 * 1024 * 1024  # bytes
+SUPERVISOR_CHECK = 1.0  # seconds between a worker's looks at its parent
 
 
 # --- operator API ---------------------------------------------------------------------------
@@ -265,6 +269,18 @@ async def run_chores(state: ServerState) -> None:
     state.notifier.sweep()
 
 
+async def watch_supervisor(settings: Settings) -> None:
+    """A worker of `serve --workers N` stops once its supervisor is gone (killed with -9: a
+    clean stop signals the workers itself), and removes the bus directory the supervisor would
+    have removed, rather than keep serving on the port, orphaned."""
+    while os.getppid() == settings.supervisor_pid:
+        await asyncio.sleep(SUPERVISOR_CHECK)
+    log.warning("the server's supervisor (pid %d) is gone: stopping", settings.supervisor_pid)
+    if settings.bus_dir:
+        shutil.rmtree(settings.bus_dir, ignore_errors=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 class AgentFastPaths:
     """The ASGI application: the long-poll and the signed agent POSTs go straight to their
     endpoints (no router, no middleware: server/agent_api/longpoll.py, docs/scale.md
@@ -321,6 +337,8 @@ def create_app(settings: Settings) -> AgentFastPaths:
             asyncio.create_task(directory.run()),
             asyncio.create_task(collections.run()),
         ]
+        if settings.supervisor_pid:
+            background.append(asyncio.create_task(watch_supervisor(settings)))
         log.info("assist-server ready (%s)", store.dialect)
         try:
             yield

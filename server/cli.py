@@ -260,6 +260,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             bus_dir = tempfile.mkdtemp(prefix="assist-server-bus-", dir=None if short else "/tmp")
             cleanup.callback(shutil.rmtree, bus_dir, True)
             settings = dataclasses.replace(settings, bus_dir=bus_dir)
+        # a worker whose supervisor was killed (-9) stops instead of serving on, orphaned
+        settings = dataclasses.replace(settings, supervisor_pid=os.getpid())
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
         app = "server.cli:app_from_env"
         return serve_asgi(app, host, port, limits, announce, args.workers, **options)

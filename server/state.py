@@ -44,6 +44,7 @@ class Settings:
     advertise_url: str = ""  # this replica's URL in the agents' replica list ("": not listed)
     advertise_interval: float = 10.0  # seconds between this replica's announcements
     bus_dir: str = ""  # the workers' bus of a SQLite server with --workers (server/bus.py)
+    supervisor_pid: int = 0  # with --workers: the parent; a worker stops when it is gone
 
 
 @dataclass

@@ -171,3 +171,51 @@ def test_the_bus_directory_is_private_and_gone_after_the_server_stops(tmp_path: 
     finally:
         handle.stop()
     assert not os.path.exists(bus_dir)
+
+
+def children_of(pid: int) -> set[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for stat_file in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat_file).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat_file.split("/")[2]))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_stop_and_remove_the_bus_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    handle = launch_server(tmp_path, extra_args=["--workers", "2"])
+    try:
+        replicas = set(pinned(handle, lambda: SimpleNamespace(session=requests.Session())))
+        sockets = {f"{replica[:16]}.sock" for replica in replicas}
+        [bus_dir] = [
+            path
+            for path in glob.glob(os.path.join(tempfile.gettempdir(), "assist-server-bus-*"))
+            if listing(path) == sockets
+        ]
+        # the two workers and multiprocessing's resource tracker
+        workers = {pid for pid in children_of(handle.process.pid) if running(pid)}
+        assert len(workers) >= 2
+        handle.process.kill()  # SIGKILL: the supervisor can neither stop them nor clean up
+        handle.process.wait()
+        deadline = time.monotonic() + 15
+        while any(map(running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(running, workers)), "orphaned workers kept serving"
+        assert not os.path.exists(bus_dir)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(handle.url + "/healthz", timeout=5)
+        assert "supervisor" in handle.log() and "is gone: stopping" in handle.log()
+    finally:
+        handle.stop()
