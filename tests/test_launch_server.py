@@ -62,3 +62,14 @@ def test_a_taken_free_port_is_replaced_by_another(
         assert requests.get(handle.url + "/healthz", timeout=5).json()["ok"] is True
     finally:
         handle.stop()
+
+
+def test_free_ports_come_from_this_workers_range_below_the_kernels_and_never_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(12_000 <= port < 14_000 for port in ports)
+    assert max(ports) < ephemeral_low
