@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "assist_notify"
 PENDING_TTL = 90.0  # seconds an undelivered event is kept for the next poll
+MAX_BUFFERED = 32  # undelivered events kept for one instance (then: one kick to list tasks)
+SYNC_KICK = {"type": "task"}  # a kick without its tasks: the agent lists them (and its stops)
+LISTED_KINDS = ("task", "stop")  # what a task listing answers
 MAX_PAYLOAD = 7000  # bytes per NOTIFY (PostgreSQL's limit is 8000)
 MAX_EVENT = 3000  # bytes of an event sent along to other replicas as it is
 NOTIFY_LIMITS = (MAX_PAYLOAD, MAX_EVENT)
@@ -76,9 +79,10 @@ class _Waiter:
 class _Slot:
     """Buffered deliveries and the parked long-poll of one instance."""
 
-    __slots__ = ("events", "stamp", "waiter")
+    __slots__ = ("events", "instance_id", "stamp", "waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
         self.events: list[Delivery] = []  # for the next poll: nobody was parked
         self.stamp = 0.0
         self.waiter: _Waiter | None = None  # at most one: the newest poll
@@ -115,15 +119,12 @@ class Notifier:
         for iid in audience:
             slot = self._slots.get(iid)
             if slot is None:
-                slot = self._slots[iid] = _Slot()
+                slot = self._slots[iid] = _Slot(iid)
             if slot.waiter is not None:
                 _add(slot.waiter.events, [delivery])
                 self._to_wake.append(slot.waiter)
                 continue
-            if now - slot.stamp > PENDING_TTL:
-                slot.events = []
-            _add(slot.events, [delivery])
-            slot.stamp = now
+            _buffer(slot, [delivery], now)
         if idle and self._to_wake:
             asyncio.get_running_loop().call_soon(self._wake_some)
 
@@ -155,7 +156,7 @@ class Notifier:
         """
         slot = self._slots.get(instance_id)
         if slot is None:
-            slot = self._slots[instance_id] = _Slot()
+            slot = self._slots[instance_id] = _Slot(instance_id)
         if slot.waiter is not None:
             self._dismiss(slot, slot.waiter)
         events = self._take_buffered(slot)
@@ -203,10 +204,7 @@ class Notifier:
     def _dismiss(slot: _Slot, waiter: _Waiter) -> None:
         """Wake `waiter` empty-handed, moving its deliveries to the buffer for the next poll."""
         if waiter.events:
-            if time.monotonic() - slot.stamp > PENDING_TTL:
-                slot.events = []
-            _add(slot.events, waiter.events)
-            slot.stamp = time.monotonic()
+            _buffer(slot, waiter.events, time.monotonic())
             waiter.events = []
         if slot.waiter is waiter:
             slot.waiter = None
@@ -334,6 +332,22 @@ class Notifier:
             self.on_forget([str(i) for i in message["f"] if isinstance(i, str)])
             return
         self.deliver(message.get("i", []), message.get("e", {}))
+
+
+def _buffer(slot: _Slot, new: list[Delivery], now: float) -> None:
+    """Keep `new` for the instance's next poll. Past MAX_BUFFERED events (an instance that does
+    not poll while kicks keep coming: offline, or stuck), its kicks and stops become one kick
+    without tasks, on which the agent lists its tasks and stops; update and settings events
+    stay. Unbounded, the buffer grew by one event per kick for as long as kicks came less than
+    PENDING_TTL apart, and each kick compared itself with all of them."""
+    if now - slot.stamp > PENDING_TTL:
+        slot.events = []
+    _add(slot.events, new)
+    slot.stamp = now
+    if len(slot.events) > MAX_BUFFERED:
+        kept = [d for d in slot.events if d.event.get("type") not in LISTED_KINDS]
+        sync = Delivery(dict(SYNC_KICK), (slot.instance_id,))
+        slot.events = [*kept[-(MAX_BUFFERED // 2) :], sync]
 
 
 def _add(deliveries: list[Delivery], new: Iterable[Delivery]) -> None:

@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from server.notify import BUS_LIMITS, NOTIFY_LIMITS, WAKE_BATCH, Notifier, _payloads
+from server.notify import (
+    BUS_LIMITS,
+    MAX_BUFFERED,
+    NOTIFY_LIMITS,
+    SYNC_KICK,
+    WAKE_BATCH,
+    Notifier,
+    _payloads,
+)
 
 TASK = {"type": "task"}
 STOP = {"type": "stop"}
@@ -134,6 +142,39 @@ def test_a_kick_wakes_its_polls_a_batch_per_loop_turn_and_every_one_of_them() ->
         assert max(steps) <= WAKE_BATCH and woken[-1] == len(ids)
         assert all(p.result() == [TASK] for p in polls)
         assert hub.waiting() == 0 and hub._slots == {}
+
+    asyncio.run(scenario())
+
+
+def kick(n: int) -> dict[str, Any]:
+    return {"type": "task", "tasks": [{"invoke_id": f"t-{n}", "content": "ZWNobyAxMjM="}]}
+
+
+def test_kicks_buffered_for_an_instance_that_does_not_poll_stay_few() -> None:
+    """An instance that does not poll while an operator keeps invoking on it (offline, stuck)
+    holds at most MAX_BUFFERED events: past that its kicks and stops become one kick without
+    tasks (the agent then lists its tasks), and its update and settings events stay. Its next
+    poll gets them; one under the bound gets every kick as it came."""
+
+    async def scenario() -> None:
+        hub = Notifier()
+        update = {"type": "update"}
+        for n in range(1000):
+            hub.deliver(["mi-1"], kick(n))
+            hub.deliver(["mi-1"], STOP)
+            if n == 500:
+                hub.deliver(["mi-1"], update)
+            assert len(hub._slots["mi-1"].events) <= MAX_BUFFERED
+        events = await hub.wait("mi-1", 30)
+        assert update in events and SYNC_KICK in events
+        assert events.index(SYNC_KICK) < len(events) - 1  # kicks after the last collapse follow
+        assert events[-1] == kick(999)
+        assert hub._slots == {}
+
+        few = [kick(n) for n in range(MAX_BUFFERED)]
+        for event in few:
+            hub.deliver(["mi-2"], event)
+        assert await hub.wait("mi-2", 30) == few
 
     asyncio.run(scenario())
 
