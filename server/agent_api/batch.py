@@ -49,6 +49,9 @@ class ReplicaWrites:
         self.interval = interval
         self._nonces: dict[str, tuple[int, asyncio.Future[bool]]] = {}
         self._seen: set[str] = set()
+        # nonce key -> the heartbeat written with it, if the nonce is new: (instance id,
+        # interval told, agent version)
+        self._beats: dict[str, tuple[str, int, str]] = {}
         self._seen_written: dict[str, int] = {}  # instance id -> ms of its last last-seen write
         # invoke id -> instance id -> the answer waiting for its delivery claim
         self._delivered: dict[str, dict[str, asyncio.Future[bool]]] = {}
@@ -80,9 +83,19 @@ class ReplicaWrites:
             self._seen.add(instance_id)
             self._kick()
 
-    def seen_written(self, instance_id: str, now_ms: int) -> None:
-        """A request wrote the instance's last-seen time itself (a heartbeat)."""
-        self._seen_written[instance_id] = now_ms
+    def claim_beat(
+        self, key: str, expires: int, instance_id: str, interval: int, version: str
+    ) -> asyncio.Future[bool]:
+        """A heartbeat: claim_nonce, and with a new nonce write the instance's last-seen time,
+        the interval it was told and its agent version ("": unchanged). Written at once, as a
+        delivery claim, and together with whatever queued meanwhile (group commit): one
+        instance's beats or many instances', each flush is a few statements."""
+        future = self.claim_nonce(key, expires)
+        if not future.done():
+            self._beats[key] = (instance_id, interval, version)
+            self._seen_written[instance_id] = int(time.time() * 1000)
+            self._kick(urgent=True)
+        return future
 
     def claim_delivery(self, invoke_id: str, instance_id: str) -> asyncio.Future[bool]:
         """True once the invocation is marked delivered to the instance, so its kick may carry
@@ -124,6 +137,7 @@ class ReplicaWrites:
         """Write everything collected so far in one transaction."""
         nonces, self._nonces = self._nonces, {}
         seen, self._seen = sorted(self._seen), set()
+        beats, self._beats = self._beats, {}
         delivered, self._delivered = self._delivered, {}
         if not (nonces or seen or delivered):
             return
@@ -132,6 +146,9 @@ class ReplicaWrites:
 
         async def _tx(conn: Conn) -> tuple[set[str], dict[str, set[str]]]:
             fresh = await access.use_nonces(conn, items) if items else set()
+            beaten = {beat for key, beat in beats.items() if key in fresh}
+            if beaten:
+                await instances.record_heartbeats(conn, beaten, now_ms)
             if seen:
                 await instances.record_seen_many(conn, seen, now_ms)
             claimed = {
@@ -151,7 +168,8 @@ class ReplicaWrites:
                     future.set_exception(exc)
         else:
             self.flushes += 1
-            self.rows += len(items) + len(seen) + sum(len(w) for w in delivered.values())
+            self.rows += len(items) + len(seen) + len(beats)
+            self.rows += sum(len(w) for w in delivered.values())
             _settle((key in fresh, future) for key, (_, future) in nonces.items())
             self._forget_old_seen(now_ms)
         for invoke_id, waiting in delivered.items():

@@ -24,7 +24,7 @@ from common.sessions import (
     load_exchange_key,
 )
 from server import model
-from server.agent_api.auth import AgentError, load_public_key
+from server.agent_api.auth import AgentError, load_public_key, unauthorized
 from server.agent_api.sessions import HANDSHAKE_SPACING
 from server.inputs import load_json
 from server.lifecycle import terminal_status
@@ -433,17 +433,13 @@ async def heartbeat(state: ServerState, who: AgentIdentity, body: bytes) -> dict
     version = field_str(data, "agent_version", 64)
     for name in ("uptime", "boot_time", "running"):
         field_int(data, name)
-    now = model.now_ms()
-
-    async def _tx(conn: Conn) -> Any:
-        await state.use_agent_nonce(conn, who)
-        await instances.record_heartbeat(
-            conn, who.instance_id, now, state.heartbeat_interval, version
-        )
-
-    await state.store.write(_tx, durable=False, key=who.instance_id)
-    state.batch.seen_written(who.instance_id, now)
-    return {"next_interval": state.heartbeat_interval}
+    interval = state.heartbeat_interval
+    beat = state.batch.claim_beat(
+        who.nonce_key, who.nonce_expires, who.instance_id, interval, version
+    )
+    if not await beat:
+        raise unauthorized("nonce already used", "ReplayedRequest")
+    return {"next_interval": interval}
 
 
 async def update_check(state: ServerState, who: AgentIdentity, body: bytes) -> dict[str, Any]:

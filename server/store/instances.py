@@ -196,28 +196,30 @@ async def deregister_instance(
     return row
 
 
-_HEARTBEAT = text(
+# a heartbeat: last-seen, the interval told, the agent version ("": unchanged)
+_HEARTBEAT_SET = (
     "UPDATE instances SET last_seen_ms = :now, heartbeat_interval = :interval, "
-    "agent_version = CASE WHEN :version = '' THEN agent_version ELSE :version END "
-    "WHERE instance_id = :id"
+    "agent_version = CASE WHEN :version = '' THEN agent_version ELSE :version END"
 )
-_SEEN = text("UPDATE instances SET last_seen_ms = :now WHERE instance_id = :id")
-
-
-async def record_heartbeat(
-    conn: Conn, instance_id: str, now_ms: int, interval: int, version: str
-) -> None:
-    """Mark an instance heard from (and remember its agent version)."""
-    await conn.execute(
-        _HEARTBEAT, {"now": now_ms, "interval": interval, "version": version, "id": instance_id}
-    )
-
-
-async def record_seen(conn: Conn, instance_id: str, now_ms: int) -> None:
-    await conn.execute(_SEEN, {"now": now_ms, "id": instance_id})
 
 
 SEEN_CHUNK = 500  # instance ids per batched last-seen UPDATE
+
+
+async def record_heartbeats(conn: Conn, beats: set[tuple[str, int, str]], now_ms: int) -> None:
+    """Heartbeats (instance id, interval, agent version; "": keep the version) at `now_ms`:
+    one UPDATE per interval and version (a fleet mostly runs one) and SEEN_CHUNK instances."""
+    groups: dict[tuple[int, str], set[str]] = {}
+    for instance_id, interval, version in beats:
+        groups.setdefault((interval, version), set()).add(instance_id)
+    for (interval, version), ids in sorted(groups.items()):
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), SEEN_CHUNK):
+            chunk = ordered[start : start + SEEN_CHUNK]
+            where = in_lock_order(conn, len(chunk))
+            sql = f"{_HEARTBEAT_SET} WHERE {where}"
+            params = {"now": now_ms, "interval": interval, "version": version}
+            await conn.execute(sql_text(sql), {**params, **numbered_params("i", chunk)})
 
 
 async def record_seen_many(conn: Conn, instance_ids: Sequence[str], now_ms: int) -> None:

@@ -166,6 +166,32 @@ def test_replayed_agent_request_is_refused(api: Api) -> None:
     assert (again.status_code, again.json()["code"]) == (401, "ReplayedRequest")
 
 
+def test_a_heartbeat_records_its_beat_and_a_replayed_one_writes_nothing(api: Api) -> None:
+    """A heartbeat's beat goes into the replica's batched write with its nonce, and is written
+    only when the nonce is new (server/agent_api/batch.py)."""
+    agent = api.agent()
+    beat = "/luban/api/heart-beat"
+
+    def row() -> list[tuple[object, ...]]:
+        sql = "SELECT agent_version, last_seen_ms FROM instances WHERE instance_id = ?"
+        return run_sql(api.server, sql, agent.instance_id)
+
+    nonce = uuid.uuid4().hex
+    before = int(time.time() * 1000)
+    assert agent.request("POST", beat, {"agent_version": "1.2.3"}, nonce=nonce).json() == {
+        "next_interval": 60
+    }
+    [(version, seen)] = row()
+    assert version == "1.2.3" and int(seen) >= before
+    time.sleep(0.01)
+    again = agent.request("POST", beat, {"agent_version": "9.9.9"}, nonce=nonce)
+    assert (again.status_code, again.json()["code"]) == (401, "ReplayedRequest")
+    assert row() == [(version, seen)]  # neither the version nor last-seen moved
+    assert agent.request("POST", beat, {"agent_version": ""}, nonce=uuid.uuid4().hex).ok
+    [(version, later)] = row()
+    assert version == "1.2.3" and int(later) > int(seen)  # "" keeps the version
+
+
 def test_a_used_nonce_refuses_a_terminal_report_and_undoes_its_write(api: Api) -> None:
     """On PostgreSQL a terminal report records its nonce in its own write statement, so a
     replay is found only after that write: the write must be undone with the refusal."""
