@@ -8,8 +8,9 @@ database, dropped afterwards even when the run fails), for each fleet size of BE
 to a baseline measured in the same run: the bare HTTP stack (uvicorn + Starlette, same settings)
 answering a hello-world route. Figure names end in _<db>_<agents>.
 
-- server_api_rate: signed agent heartbeats per second (Ed25519 check, nonce insert, row update,
-  one transaction each) against hello-world requests per second, same concurrency.
+- server_api_rate: signed agent heartbeats per second of one agent (Ed25519 check; nonce insert
+  and row update in the replica's batched write) against hello-world requests per second, same
+  concurrency.
 - server_fanout_p99: every agent long-polls; InvokeCommand to all of them (INVOKE_LIMIT = 100
   instances per call, the real API's limit, 8 calls at a time); seconds from the first call
   until each agent holds its task (the kick carries it; without it, a task list). p99 per round,
