@@ -93,7 +93,6 @@ class ReplicaWrites:
         future = self.claim_nonce(key, expires)
         if not future.done():
             self._beats[key] = (instance_id, interval, version)
-            self._seen_written[instance_id] = int(time.time() * 1000)
             self._kick(urgent=True)
         return future
 
@@ -143,14 +142,17 @@ class ReplicaWrites:
             return
         now_ms = model.now_ms()
         items = [(key, expires) for key, (expires, _) in nonces.items()]
+        beaten: dict[str, tuple[int, str]] = {}  # instance id -> its newest beat written
 
         async def _tx(conn: Conn) -> tuple[set[str], dict[str, set[str]]]:
             fresh = await access.use_nonces(conn, items) if items else set()
-            beaten = {beat for key, beat in beats.items() if key in fresh}
-            if beaten:
-                await instances.record_heartbeats(conn, beaten, now_ms)
-            if seen:
-                await instances.record_seen_many(conn, seen, now_ms)
+            beaten.clear()
+            for key, (instance_id, interval, version) in beats.items():  # in arrival order
+                if key in fresh:  # a replay writes nothing
+                    older = beaten.get(instance_id, (0, ""))
+                    beaten[instance_id] = (interval, version or older[1])
+            if seen or beaten:
+                await instances.record_seen(conn, seen, beaten, now_ms)
             claimed = {
                 invoke_id: await tasks.claim_delivered(conn, invoke_id, sorted(waiting))
                 for invoke_id, waiting in delivered.items()
@@ -171,6 +173,7 @@ class ReplicaWrites:
             self.rows += len(items) + len(seen) + len(beats)
             self.rows += sum(len(w) for w in delivered.values())
             _settle((key in fresh, future) for key, (_, future) in nonces.items())
+            self._seen_written.update(dict.fromkeys(beaten, now_ms))
             self._forget_old_seen(now_ms)
         for invoke_id, waiting in delivered.items():
             ok = claimed.get(invoke_id, set())

@@ -206,28 +206,36 @@ _HEARTBEAT_SET = (
 SEEN_CHUNK = 500  # instance ids per batched last-seen UPDATE
 
 
-async def record_heartbeats(conn: Conn, beats: set[tuple[str, int, str]], now_ms: int) -> None:
-    """Heartbeats (instance id, interval, agent version; "": keep the version) at `now_ms`:
-    one UPDATE per interval and version (a fleet mostly runs one) and SEEN_CHUNK instances."""
-    groups: dict[tuple[int, str], set[str]] = {}
-    for instance_id, interval, version in beats:
-        groups.setdefault((interval, version), set()).add(instance_id)
-    for (interval, version), ids in sorted(groups.items()):
-        ordered = sorted(ids)
-        for start in range(0, len(ordered), SEEN_CHUNK):
-            chunk = ordered[start : start + SEEN_CHUNK]
-            where = in_lock_order(conn, len(chunk))
-            sql = f"{_HEARTBEAT_SET} WHERE {where}"
-            params = {"now": now_ms, "interval": interval, "version": version}
+async def record_seen(
+    conn: Conn, seen: Sequence[str], beats: dict[str, tuple[int, str]], now_ms: int
+) -> None:
+    """Mark instances heard from at `now_ms`: the last-seen time of `seen`, and the heartbeats
+    `beats` (instance id -> interval told, agent version; "" keeps the version). On PostgreSQL
+    every row is locked first, all in instance id order (as in_lock_order does for one
+    statement): the updates, one per kind of write and SEEN_CHUNK instances, then wait for
+    nothing. Several UPDATEs each in its own order could deadlock with an InvokeCommand."""
+    ids = sorted({*seen, *beats})
+    if conn.dialect.name == "postgresql":
+        for start in range(0, len(ids), SEEN_CHUNK):
+            chunk = ids[start : start + SEEN_CHUNK]
+            lock = (
+                "SELECT instance_id FROM instances WHERE instance_id IN "
+                f"({numbered(':i{i}', len(chunk))}) ORDER BY instance_id FOR UPDATE"
+            )
+            await conn.execute(sql_text(lock), numbered_params("i", chunk))
+    groups: dict[tuple[int, str] | None, list[str]] = {}
+    for instance_id in ids:
+        groups.setdefault(beats.get(instance_id), []).append(instance_id)
+    for beat, group in groups.items():
+        head = "UPDATE instances SET last_seen_ms = :now"
+        params: dict[str, object] = {"now": now_ms}
+        if beat is not None:
+            head = _HEARTBEAT_SET
+            params.update(interval=beat[0], version=beat[1])
+        for start in range(0, len(group), SEEN_CHUNK):
+            chunk = group[start : start + SEEN_CHUNK]
+            sql = f"{head} WHERE instance_id IN ({numbered(':i{i}', len(chunk))})"
             await conn.execute(sql_text(sql), {**params, **numbered_params("i", chunk)})
-
-
-async def record_seen_many(conn: Conn, instance_ids: Sequence[str], now_ms: int) -> None:
-    """Mark many instances heard from at `now_ms`: one UPDATE per SEEN_CHUNK ids."""
-    for start in range(0, len(instance_ids), SEEN_CHUNK):
-        chunk = instance_ids[start : start + SEEN_CHUNK]
-        sql = f"UPDATE instances SET last_seen_ms = :now WHERE {in_lock_order(conn, len(chunk))}"
-        await conn.execute(sql_text(sql), {"now": now_ms, **numbered_params("i", chunk)})
 
 
 def in_lock_order(conn: Conn, count: int) -> str:
@@ -245,11 +253,17 @@ def in_lock_order(conn: Conn, count: int) -> str:
 
 
 async def request_update(conn: Conn, account: str, ids: Sequence[str], version: str) -> None:
-    await conn.execute(
-        update(instances)
-        .where(instances.c.account == account, instances.c.instance_id.in_(list(ids)))
-        .values(update_requested=True, update_version=version)
-    )
+    """KickAgentUpdate: the account's instances `ids` take `version` at their next update
+    check. Their rows are locked in id order (in_lock_order), as every multi-row write does."""
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), SEEN_CHUNK):
+        chunk = ordered[start : start + SEEN_CHUNK]
+        sql = (
+            "UPDATE instances SET update_requested = :yes, update_version = :version "
+            f"WHERE account = :account AND {in_lock_order(conn, len(chunk))}"
+        )
+        params = {"yes": True, "version": version, "account": account}
+        await conn.execute(sql_text(sql), {**params, **numbered_params("i", chunk)})
 
 
 _TAKE_UPDATE = text(
