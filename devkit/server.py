@@ -72,26 +72,27 @@ def wait_http(
     raise error(f"{url} did not answer within {timeout:.0f}s")
 
 
-PORT_SPAN = 2000  # ports of one test worker's own range, below Linux's ephemeral ports
-_port_cursor: list[int] = []
+PORT_SPAN = 1500  # ports of one test worker's own range, below Linux's ephemeral ports
+PORT_SLOTS = 12  # ranges from 10000 up: 11 for pytest workers gw0-gw10, one for the rest
+_port_cursor: dict[int, int] = {}  # pid -> the last port offset it handed out
 
 
 def free_port() -> int:
     """An unused TCP port on 127.0.0.1, never handed out twice by this process.
 
-    Taken from a range of this pytest worker's own (10000 + 2000 x N for worker gwN), below the
-    ports the kernel hands to `bind(0)` and outgoing connections (32768 and up by default): a
-    port the kernel picked, closed and returned could be picked again by another test's
-    process before ours listened on it (CI once ran a module's tests against another's server).
-    Each process starts at its own place in the range (its pid) and moves on from there."""
+    Taken from a range of this pytest worker's own (10000 + 1500 x N for worker gwN, N < 11;
+    26500-27999 outside pytest), below the ports the kernel hands to `bind(0)` and outgoing
+    connections (32768 and up by default): a port the kernel picked, closed and returned
+    could be picked again by another test's process before ours listened on it (CI once ran a
+    module's tests against another's server). Each process (a forked child too) starts at its
+    own place in the range, from its pid, and moves on from there."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    slot = int(worker[2:]) % 8 if worker[2:].isdigit() else 8
-    low = 10_000 + slot * PORT_SPAN  # 8 workers, then everything else: 10000-27999
-    if not _port_cursor:
-        _port_cursor.append(os.getpid() * 7)
+    slot = int(worker[2:]) % (PORT_SLOTS - 1) if worker[2:].isdigit() else PORT_SLOTS - 1
+    low = 10_000 + slot * PORT_SPAN
+    pid = os.getpid()
     for _ in range(PORT_SPAN):
-        _port_cursor[0] += 1
-        port = low + _port_cursor[0] % PORT_SPAN
+        _port_cursor[pid] = _port_cursor.get(pid, pid * 7) + 1
+        port = low + _port_cursor[pid] % PORT_SPAN
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))

@@ -110,7 +110,7 @@ def _started(proc: subprocess.Popen[bytes], port: int, url: str) -> bool:
             if listens_on(proc.pid, port):
                 return True
         if proc.poll() is not None:
-            stderr = proc.stderr.read().decode() if proc.stderr else ""
+            stderr = proc.communicate()[1].decode()
             if "already in use" in stderr:
                 return False
             raise AssertionError("assist-mirror serve did not start: " + stderr)
