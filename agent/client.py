@@ -517,8 +517,9 @@ class AgentClient:
             return 0.0
 
     def notify(self, wait: float) -> list[dict[str, Any]]:
-        """Long-poll for events; returns [] when nothing happened within `wait` seconds."""
-        seconds = max(1, int(wait))
+        """Long-poll for events; returns [] when nothing happened within `wait` seconds (0:
+        what is there now, without waiting)."""
+        seconds = max(0, int(wait))
         answer = self.call(
             "GET",
             NOTIFY_PATH,

@@ -244,6 +244,8 @@ class Agent:
                             self.client, self.state_dir
                         )
                     reconnected = not self.connected  # at start, or back after an outage
+                    if reconnected:
+                        self._take_over_poll()
                     self.sync_tasks("startup" if first else "poll")
                     last_sync = time.time()
                     if reconnected:  # kicks and upgrade settings missed meanwhile
@@ -272,6 +274,18 @@ class Agent:
                 log.exception("notify loop error")
                 self._sync_needed.set()
                 self.stopping.wait(backoff.next_delay())
+
+    def _take_over_poll(self) -> None:
+        """Poll once without waiting, before listing the tasks at start or after an outage.
+
+        The server keeps one long-poll per instance, and a new poll dismisses the one parked
+        before it. A predecessor's poll can still be parked there: this agent restarted, or its
+        connection died unseen (a proxy or load balancer keeps its own side open). A kick the
+        server hands to that poll is answered to nobody, and its task is marked delivered. Until
+        this agent's first long-poll arrived, a kick raised after the listing went there, and
+        its task waited for the next listing, up to 300 s later. This poll takes the slot first:
+        a kick before it is in the listing, a kick after it waits for the next poll."""
+        self._handle_events(self.client.notify(0))
 
     def _handle_events(self, events: list[dict[str, Any]]) -> bool:
         """React to long-poll events; True if the whole task list was fetched.

@@ -3,7 +3,9 @@
 It sits between agent and assist-server like a load balancer would: every request is forwarded
 unchanged (headers and body); `rewrite(path, body) -> body` may change an answer in transit and
 `replay(path, request_headers) -> (status, headers, body) | None` may answer from a capture
-instead of forwarding; `unsign(path) -> bool` strips the signature headers of an answer. Every request and answer is recorded.
+instead of forwarding; `unsign(path) -> bool` strips the signature headers of an answer;
+`hold(path_and_query) -> seconds` delays a request before it is forwarded. Every request and
+answer is recorded.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +36,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         proxy = self.server
         with proxy.lock:
             proxy.requests.append((self.command, path, headers, body))
+        if proxy.hold:
+            time.sleep(proxy.hold(self.path))
         answer = proxy.replay(path, headers) if proxy.replay else None
         if answer is None:
             answer = self._forward(body, headers)
@@ -81,6 +86,8 @@ class MitmProxy(http.server.ThreadingHTTPServer):
         self.replay: Callable[[str, dict[str, str]], Answer | None] | None = None
         # answers to paths it is true for lose the control plane's signature headers
         self.unsign: Callable[[str], bool] | None = None
+        # seconds to hold a request (its path with the query) before forwarding it
+        self.hold: Callable[[str], float] | None = None
 
     @property
     def url(self) -> str:
