@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -265,23 +265,46 @@ def _launch(
     )
     log_file.close()
     handle = ServerHandle(process, f"{scheme}://127.0.0.1:{port}", db, log_path)
-    deadline = time.monotonic() + 30
+
+    def answers() -> bool:
+        with warnings.catch_warnings():  # a test certificate is not trusted; only liveness
+            warnings.simplefilter("ignore")
+            return requests.get(handle.url + "/healthz", timeout=1, verify=False).ok
+
+    if wait_listening(process, port, answers, handle.log, "assist-server", 30):
+        return handle
+    return handle.log()
+
+
+def wait_listening(
+    process: subprocess.Popen[Any],
+    port: int,
+    answers: Callable[[], bool],
+    output: Callable[[], str],
+    what: str,
+    timeout: float,
+) -> bool:
+    """Until `process` answers (`answers()` true, a failed request false) on `port` and is the
+    one listening there: True; False when it exited because another process holds the port.
+    RuntimeError with its `output()` when it exited otherwise or (killed then) did not answer
+    within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            if "already in use" in handle.log():
-                return handle.log()
-            raise RuntimeError(f"assist-server exited {process.returncode}:\n{handle.log()}")
+            said = output()
+            if "already in use" in said:
+                return False
+            raise RuntimeError(f"{what} exited {process.returncode}:\n{said}")
         try:
-            with warnings.catch_warnings():  # a test certificate is not trusted; only liveness
-                warnings.simplefilter("ignore")
-                answered = requests.get(handle.url + "/healthz", timeout=1, verify=False).ok
+            answered = answers()
         except requests.RequestException:
             answered = False
         if answered and listens_on(process.pid, port):
-            return handle
+            return True
         time.sleep(0.1)
-    handle.stop()
-    raise RuntimeError(f"assist-server did not answer within 30 s:\n{handle.log()}")
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"{what} did not answer within {timeout:.0f} s:\n{output()}")
 
 
 @contextlib.contextmanager

@@ -243,23 +243,28 @@ class Notifier:
         A NOTIFY that fails is logged: the other replicas' agents list their tasks anyway.
         `claimed` (see deliver) holds here only: other replicas claim as they answer."""
         self.deliver(instance_ids, event, claimed)
-        if not instance_ids:
-            return
-        if self._bus is not None:
-            await self._bus.send(_payloads(self.replica, instance_ids, event, BUS_LIMITS))
-        elif self._dsn is not None:  # no payloads built for a lone SQLite server
-            await self._notify(_payloads(self.replica, instance_ids, event, NOTIFY_LIMITS))
+        if instance_ids:
+            await self._tell_others(
+                lambda limits: _payloads(self.replica, instance_ids, event, limits)
+            )
 
     async def forget(self, instance_ids: Sequence[str]) -> None:
         """Make every replica drop its cached keys of these instances (deregistered, or
-        registered anew): here at once, on the others through NOTIFY (PostgreSQL only). A
-        NOTIFY that fails leaves the others' caches to expire (server/state.py KEY_CACHE_TTL)."""
+        registered anew): here at once, on the others through NOTIFY or the workers' bus. A
+        message that fails leaves the others' caches to expire (server/state.py
+        KEY_CACHE_TTL)."""
         self.on_forget(list(instance_ids))
         if instance_ids:
             message = json.dumps({"r": self.replica, "f": list(instance_ids)})
-            if self._bus is not None:
-                await self._bus.send([message])
-            await self._notify([message])
+            await self._tell_others(lambda _limits: [message])
+
+    async def _tell_others(self, payloads: Callable[[tuple[int, int]], list[str]]) -> None:
+        """Send the payloads built for the carrier's limits to the other workers (the bus) or
+        replicas (NOTIFY); a lone SQLite server builds none."""
+        if self._bus is not None:
+            await self._bus.send(payloads(BUS_LIMITS))
+        elif self._dsn is not None:
+            await self._notify(payloads(NOTIFY_LIMITS))
 
     async def _notify(self, payloads: Sequence[str]) -> None:
         """Send payloads to the other replicas, each on its own; a failure is logged."""

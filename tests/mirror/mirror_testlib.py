@@ -5,12 +5,10 @@ Release repositories and their packages come from devkit.release.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import requests
 
 from devkit.release import Release, mirror_sync_args
-from devkit.server import free_port, listens_on
+from devkit.server import free_port, wait_listening
 
 
 def tree_hash(root: Path) -> str:
@@ -90,7 +88,15 @@ def serving(root: Path) -> Iterator[str]:
             env=os.environ.copy(),
         )
         url = f"http://127.0.0.1:{port}/"
-        if _started(proc, port, url):
+
+        def answers(url: str = url) -> bool:
+            requests.get(url + "metadata/timestamp.json", timeout=1)
+            return True
+
+        def stderr(proc: subprocess.Popen[bytes] = proc) -> str:
+            return proc.communicate()[1].decode() if proc.poll() is not None else ""
+
+        if wait_listening(proc, port, answers, stderr, "assist-mirror serve", 20):
             break
     else:
         raise AssertionError("assist-mirror serve found every port it tried taken")
@@ -99,21 +105,3 @@ def serving(root: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _started(proc: subprocess.Popen[bytes], port: int, url: str) -> bool:
-    """Whether `proc` answers on `port`; False when another process holds the port."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.ConnectionError):
-            requests.get(url + "metadata/timestamp.json", timeout=1)
-            if listens_on(proc.pid, port):
-                return True
-        if proc.poll() is not None:
-            stderr = proc.communicate()[1].decode()
-            if "already in use" in stderr:
-                return False
-            raise AssertionError("assist-mirror serve did not start: " + stderr)
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("assist-mirror serve did not answer within 20 s")
